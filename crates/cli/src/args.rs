@@ -1,0 +1,126 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+
+/// Shadowcat: a proxy for the Model Context Protocol.
+///
+/// Relays MCP traffic between clients and servers over stdio and Streamable HTTP, one isolated
+/// session (and one upstream) per client.
+#[derive(Parser, Debug)]
+#[command(name = "shadowcat", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Log filter (e.g. `info`, `debug`, `shadowcat_proxy=trace`); SHADOWCAT_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log format. Logs always go to stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log every relayed message (direction, kind, id, method, name, size).
+    #[arg(long, global = true)]
+    pub log_traffic: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Forward proxy: put Shadowcat between an MCP client and its server(s).
+    #[command(subcommand)]
+    Forward(Forward),
+    /// Run the built-in demo MCP server (stdio by default, or Streamable HTTP at /mcp).
+    DemoServer(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Forward {
+    /// Stdio front: an MCP client launches `shadowcat forward stdio -- CMD` in place of CMD.
+    ///
+    /// Relays our stdin/stdout to a child process (`-- CMD [ARGS…]`) or to a remote Streamable
+    /// HTTP server (`--url`). The exit code is the child's.
+    Stdio(StdioArgs),
+    /// HTTP front: serve Streamable HTTP at /mcp; every client session gets its own upstream.
+    ///
+    /// Upstreams: `-- CMD [ARGS…]` (one child per session), `--target URL`, named targets
+    /// `--target NAME=URL` / `--target NAME=CMD` served at /servers/NAME/mcp, and absolute-form
+    /// request URIs with `--allow-absolute-uri`.
+    Http(HttpArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// Largest message accepted, in bytes (HTTP body, stdio line, SSE event).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub max_message: usize,
+    /// Seconds a child gets after its stdin closes, and again after SIGTERM.
+    #[arg(long, default_value_t = 2.0)]
+    pub shutdown_grace: f64,
+    /// Header sent to HTTP upstreams, `Name: value` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Use the built-in demo server (this executable's `demo-server`) as the upstream.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StdioArgs {
+    /// Streamable HTTP server URL to relay to (instead of a child process).
+    #[arg(long, conflicts_with = "command")]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+    /// The MCP server command and its arguments (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct HttpArgs {
+    /// Address to listen on. Loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Upstream: `URL` (default target), `NAME=URL` or `NAME=CMD ARGS` (served at
+    /// /servers/NAME/mcp). Repeatable.
+    #[arg(long = "target", value_name = "[NAME=]URL|CMD")]
+    pub targets: Vec<String>,
+    /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL.
+    #[arg(long)]
+    pub allow_absolute_uri: bool,
+    /// Browser origin allowed besides localhost ones (repeatable; `*` allows any).
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+    /// Most concurrent sessions; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 1000)]
+    pub max_sessions: usize,
+    /// Seconds a session may stay idle before it is reaped (its child killed).
+    #[arg(long, default_value_t = 600.0)]
+    pub idle_timeout: f64,
+    /// Seconds shutdown waits for in-flight requests.
+    #[arg(long, default_value_t = 10.0)]
+    pub shutdown_deadline: f64,
+    #[command(flatten)]
+    pub common: Common,
+    /// Default target command and arguments (after `--`): one child per session.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Serve Streamable HTTP on this address (endpoint /mcp) instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+}

@@ -1,0 +1,179 @@
+//! `shadowcat forward stdio` and `shadowcat forward http`.
+
+use crate::args::{Common, HttpArgs, StdioArgs};
+use anyhow::{Context, bail};
+use shadowcat_proxy::forward::{StdioForward, forward_http, forward_stdio};
+use shadowcat_proxy::front::http::{HttpFrontConfig, OriginPolicy, Targets};
+use shadowcat_proxy::pipeline::{Hook, Pipeline, TrafficLog};
+use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn pipeline(log_traffic: bool) -> Pipeline {
+    let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
+    if log_traffic {
+        hooks.push(Arc::new(TrafficLog));
+    }
+    Pipeline::new(hooks)
+}
+
+fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+}
+
+fn options(c: &Common) -> anyhow::Result<UpstreamOptions> {
+    Ok(UpstreamOptions {
+        max_message: c.max_message,
+        shutdown_grace: seconds("shutdown-grace", c.shutdown_grace)?,
+        ..UpstreamOptions::default()
+    })
+}
+
+fn headers(c: &Common) -> anyhow::Result<Vec<(String, String)>> {
+    c.headers
+        .iter()
+        .map(|h| match h.split_once(':') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => bail!("--header `{h}` must look like `Name: value`"),
+        })
+        .collect()
+}
+
+fn demo_spec() -> anyhow::Result<UpstreamSpec> {
+    let exe = std::env::current_exe().context("cannot find this executable for --demo")?;
+    Ok(UpstreamSpec::Stdio {
+        command: exe.to_string_lossy().into_owned(),
+        args: vec!["demo-server".into()],
+    })
+}
+
+fn command_spec(cmd: &[String]) -> Option<UpstreamSpec> {
+    let (first, rest) = cmd.split_first()?;
+    Some(UpstreamSpec::Stdio {
+        command: first.clone(),
+        args: rest.to_vec(),
+    })
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+pub async fn stdio(a: StdioArgs, log_traffic: bool) -> anyhow::Result<i32> {
+    let upstream = match (&a.url, command_spec(&a.command), a.common.demo) {
+        (Some(url), None, false) => UpstreamSpec::Http {
+            url: url.clone(),
+            headers: headers(&a.common)?,
+        },
+        (None, Some(spec), false) => spec,
+        (None, None, true) => demo_spec()?,
+        (None, None, false) => {
+            bail!("say which server to relay to: `-- CMD [ARGS…]`, `--url URL` or `--demo`")
+        }
+        _ => bail!("give only one of `-- CMD`, `--url` and `--demo`"),
+    };
+    let cfg = StdioForward {
+        upstream,
+        max_line: a.common.max_message,
+        options: options(&a.common)?,
+        pipeline: pipeline(log_traffic),
+    };
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
+    let code = forward_stdio(cfg, shutdown.clone()).await?;
+    shutdown.cancel();
+    Ok(code)
+}
+
+fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
+    let hdrs = headers(&a.common)?;
+    let mut t = Targets::default();
+    let mut set_default = |spec: UpstreamSpec, what: &str| -> anyhow::Result<()> {
+        if t.default.is_some() {
+            bail!("more than one default target ({what}); name the others with --target NAME=…");
+        }
+        t.default = Some(spec);
+        Ok(())
+    };
+    if let Some(spec) = command_spec(&a.command) {
+        set_default(spec, "-- CMD")?;
+    }
+    if a.common.demo {
+        set_default(demo_spec()?, "--demo")?;
+    }
+    for raw in &a.targets {
+        if is_url(raw) {
+            set_default(
+                UpstreamSpec::Http {
+                    url: raw.clone(),
+                    headers: hdrs.clone(),
+                },
+                raw,
+            )?;
+            continue;
+        }
+        let Some((name, value)) = raw.split_once('=') else {
+            bail!("--target `{raw}` must be URL, NAME=URL or NAME=CMD");
+        };
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            bail!("--target name `{name}` may only use letters, digits, `-` and `_`");
+        }
+        let spec = if is_url(value) {
+            UpstreamSpec::Http {
+                url: value.to_string(),
+                headers: hdrs.clone(),
+            }
+        } else {
+            let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+            command_spec(&words)
+                .with_context(|| format!("--target `{raw}` has an empty command"))?
+        };
+        if t.named.insert(name.to_string(), spec).is_some() {
+            bail!("--target name `{name}` is given twice");
+        }
+    }
+    if t.default.is_none() && t.named.is_empty() && !a.allow_absolute_uri {
+        bail!(
+            "no upstream: give `-- CMD [ARGS…]`, `--target URL`, `--target NAME=…`, `--demo` or `--allow-absolute-uri`"
+        );
+    }
+    Ok(t)
+}
+
+pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
+    let config = HttpFrontConfig {
+        targets: targets(&a)?,
+        allow_absolute_uri: a.allow_absolute_uri,
+        absolute_headers: headers(&a.common)?,
+        origins: OriginPolicy::new(&a.allow_origins),
+        max_body: a.common.max_message,
+        max_sessions: a.max_sessions,
+        idle_timeout: seconds("idle-timeout", a.idle_timeout)?,
+        shutdown_deadline: seconds("shutdown-deadline", a.shutdown_deadline)?,
+        upstream: options(&a.common)?,
+        ..HttpFrontConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!("forward proxy listening on http://{local}/mcp");
+    // Machine-readable line for scripts and tests that listen on port 0.
+    eprintln!("shadowcat: listening on http://{local}");
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
+    forward_http(listener, config, pipeline(log_traffic), shutdown.clone()).await?;
+    shutdown.cancel();
+    Ok(0)
+}

@@ -1,0 +1,36 @@
+//! `shadowcat`: a proxy for the Model Context Protocol.
+
+mod args;
+mod commands;
+mod logging;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = args::Cli::parse();
+    if let Err(e) = logging::init(&cli.log) {
+        eprintln!("shadowcat: cannot set up logging: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shadowcat: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(commands::run(cli));
+    // Do not wait for stray blocking reads of stdin (tokio's stdin uses a blocking thread).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match code {
+        Ok(c) => std::process::ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("shadowcat: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! One JSON-RPC message as received: the raw bytes plus an envelope parsed once.
+//!
+//! The proxy forwards `raw` byte-for-byte; `params`, `result` and unknown fields are never
+//! re-serialised. Only the envelope (kind, id, method, and the tool/resource/prompt name) and the
+//! few routing hints (progress token, cancelled request id) are extracted, in one pass.
+
+use bytes::Bytes;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// A JSON-RPC id. MCP ids are strings or integers; the JSON type is kept (`0` is not `"0"`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestId {
+    /// An integer id.
+    Number(i64),
+    /// A string id.
+    String(Arc<str>),
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RequestId::Number(n) => s.serialize_i64(*n),
+            RequestId::String(v) => s.serialize_str(v),
+        }
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestId::Number(n) => write!(f, "{n}"),
+            RequestId::String(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// Borrowed form used while parsing.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdRepr<'a> {
+    Int(i64),
+    #[serde(borrow)]
+    Str(Cow<'a, str>),
+    Other(IgnoredAny),
+}
+
+impl IdRepr<'_> {
+    fn into_id(self) -> Result<RequestId, FrameError> {
+        match self {
+            IdRepr::Int(n) => Ok(RequestId::Number(n)),
+            IdRepr::Str(s) => Ok(RequestId::String(Arc::from(s.as_ref()))),
+            IdRepr::Other(_) => Err(FrameError::Invalid(
+                "\"id\" must be a string or an integer".into(),
+            )),
+        }
+    }
+}
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Has `method` and `id`: expects a response.
+    Request,
+    /// Has `method`, no `id`.
+    Notification,
+    /// Has `id` and `result`.
+    Response,
+    /// Has `id` (possibly null) and `error`.
+    Error,
+}
+
+impl FrameKind {
+    /// Responses and errors answer a request.
+    pub fn is_reply(self) -> bool {
+        matches!(self, FrameKind::Response | FrameKind::Error)
+    }
+}
+
+/// Why bytes are not a valid JSON-RPC message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Not JSON at all (JSON-RPC -32700).
+    #[error("invalid JSON: {0}")]
+    Parse(String),
+    /// JSON, but not a JSON-RPC 2.0 message (JSON-RPC -32600).
+    #[error("invalid JSON-RPC message: {0}")]
+    Invalid(String),
+    /// Larger than the configured limit.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size seen (at least).
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+}
+
+impl FrameError {
+    /// The JSON-RPC error code for this failure.
+    pub fn code(&self) -> i64 {
+        match self {
+            FrameError::Parse(_) => crate::error::PARSE_ERROR,
+            FrameError::Invalid(_) | FrameError::TooLarge { .. } => crate::error::INVALID_REQUEST,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(rename = "progressToken", borrow, default)]
+    progress_token: Option<IdRepr<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ParamsLite<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(rename = "_meta", borrow, default)]
+    meta: Option<Meta<'a>>,
+    #[serde(rename = "progressToken", borrow, default)]
+    progress_token: Option<IdRepr<'a>>,
+    #[serde(rename = "requestId", borrow, default)]
+    request_id: Option<IdRepr<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<Option<IdRepr<'a>>>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(default)]
+    result: Option<IgnoredAny>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+/// Distinguishes `"id": null` (Some(None)) from a missing id (None).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Routing hints pulled out of `params` during the single parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Hints {
+    /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/read).
+    target: Option<Arc<str>>,
+    /// `params._meta.progressToken` of a request, or `params.progressToken` of a progress notification.
+    progress_token: Option<RequestId>,
+    /// `params.requestId` of `notifications/cancelled`.
+    cancelled_id: Option<RequestId>,
+}
+
+/// One JSON-RPC message: raw bytes + parsed envelope.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    raw: Bytes,
+    kind: FrameKind,
+    id: Option<RequestId>,
+    method: Option<Arc<str>>,
+    hints: Box<Hints>,
+}
+
+/// A parsed HTTP body or stdio line: one message or a 2025-03-26 batch.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A single JSON-RPC message.
+    Single(Frame),
+    /// A JSON-RPC batch (array); each element keeps its own raw bytes.
+    Batch(Vec<Frame>),
+}
+
+impl Message {
+    /// Parse a body that may be a single message or a batch.
+    pub fn parse(raw: Bytes) -> Result<Message, FrameError> {
+        let first = raw.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'[') {
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(&raw).map_err(|e| classify(&raw, e))?;
+            if items.is_empty() {
+                return Err(FrameError::Invalid("empty batch".into()));
+            }
+            let base = raw.as_ptr() as usize;
+            let mut frames = Vec::with_capacity(items.len());
+            for item in items {
+                let text = item.get();
+                let start = text.as_ptr() as usize - base;
+                let slice = raw.slice(start..start + text.len());
+                frames.push(Frame::parse_single(slice)?);
+            }
+            Ok(Message::Batch(frames))
+        } else {
+            Frame::parse_single(raw).map(Message::Single)
+        }
+    }
+
+    /// The frames of this message, in order.
+    pub fn frames(&self) -> &[Frame] {
+        match self {
+            Message::Single(f) => std::slice::from_ref(f),
+            Message::Batch(v) => v,
+        }
+    }
+
+    /// Consume into the frames, in order.
+    pub fn into_frames(self) -> Vec<Frame> {
+        match self {
+            Message::Single(f) => vec![f],
+            Message::Batch(v) => v,
+        }
+    }
+
+    /// True for a batch.
+    pub fn is_batch(&self) -> bool {
+        matches!(self, Message::Batch(_))
+    }
+}
+
+/// A serde error on syntactically broken input is a parse error; on well-formed JSON of the wrong
+/// shape it is an invalid request.
+fn classify(raw: &[u8], e: serde_json::Error) -> FrameError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => FrameError::Parse(e.to_string()),
+        Category::Data => {
+            if serde_json::from_slice::<IgnoredAny>(raw).is_ok() {
+                FrameError::Invalid(e.to_string())
+            } else {
+                FrameError::Parse(e.to_string())
+            }
+        }
+    }
+}
+
+impl Frame {
+    /// Parse exactly one JSON-RPC message (not a batch).
+    pub fn parse_single(raw: Bytes) -> Result<Frame, FrameError> {
+        let first = raw.iter().find(|b| !b.is_ascii_whitespace());
+        match first {
+            Some(b'{') => {}
+            Some(b'[') => return Err(FrameError::Invalid("a batch is not allowed here".into())),
+            None => return Err(FrameError::Parse("empty message".into())),
+            Some(_) => {
+                // Let serde tell whether it is valid JSON of the wrong type or not JSON at all.
+                return Err(match serde_json::from_slice::<IgnoredAny>(&raw) {
+                    Ok(_) => FrameError::Invalid("a JSON-RPC message must be a JSON object".into()),
+                    Err(e) => FrameError::Parse(e.to_string()),
+                });
+            }
+        }
+        let env: Envelope<'_> = serde_json::from_slice(&raw).map_err(|e| classify(&raw, e))?;
+        if env.jsonrpc.as_deref() != Some("2.0") {
+            return Err(FrameError::Invalid("\"jsonrpc\" must be \"2.0\"".into()));
+        }
+        let (kind, id) = match (&env.method, env.id) {
+            (Some(_), None) => (FrameKind::Notification, None),
+            (Some(_), Some(None)) => {
+                return Err(FrameError::Invalid("a request id must not be null".into()));
+            }
+            (Some(_), Some(Some(id))) => (FrameKind::Request, Some(id.into_id()?)),
+            (None, id) => {
+                let kind = match (env.result.is_some(), env.error.is_some()) {
+                    (true, false) => FrameKind::Response,
+                    (false, true) => FrameKind::Error,
+                    (true, true) => {
+                        return Err(FrameError::Invalid(
+                            "a response must not have both \"result\" and \"error\"".into(),
+                        ));
+                    }
+                    (false, false) => {
+                        return Err(FrameError::Invalid(
+                            "a message needs \"method\" (request/notification) or \"result\"/\"error\" (response)"
+                                .into(),
+                        ));
+                    }
+                };
+                let id = match id {
+                    Some(Some(id)) => Some(id.into_id()?),
+                    Some(None) if kind == FrameKind::Error => None,
+                    _ => {
+                        return Err(FrameError::Invalid("a response needs an \"id\"".into()));
+                    }
+                };
+                (kind, id)
+            }
+        };
+        let method = env.method.as_deref().map(Arc::from);
+        let mut hints = Hints::default();
+        // Hints are best effort: params of an unexpected shape carry none, they are not an error.
+        let lite = env
+            .params
+            .filter(|p| p.get().starts_with('{'))
+            .and_then(|p| serde_json::from_str::<ParamsLite<'_>>(p.get()).ok());
+        if let Some(p) = lite {
+            let m = method.as_deref().unwrap_or("");
+            hints.target = match m {
+                "tools/call" | "prompts/get" => p.name.as_deref().map(Arc::from),
+                "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                    p.uri.as_deref().map(Arc::from)
+                }
+                _ => None,
+            };
+            let token = match kind {
+                FrameKind::Request => p.meta.and_then(|m| m.progress_token),
+                _ if m == "notifications/progress" => p.progress_token,
+                _ => None,
+            };
+            hints.progress_token = token.and_then(|t| t.into_id().ok());
+            if m == "notifications/cancelled" {
+                hints.cancelled_id = p.request_id.and_then(|t| t.into_id().ok());
+            }
+        }
+        Ok(Frame {
+            raw,
+            kind,
+            id,
+            method,
+            hints: Box::new(hints),
+        })
+    }
+
+    /// Build a frame for an error response the proxy produced itself (bytes known to be valid).
+    pub(crate) fn from_trusted_error(raw: Bytes, id: Option<RequestId>) -> Frame {
+        Frame {
+            raw,
+            kind: FrameKind::Error,
+            id,
+            method: None,
+            hints: Box::default(),
+        }
+    }
+
+    /// The exact bytes received.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+    /// Consume into the raw bytes.
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
+    /// Request, notification, response or error.
+    pub fn kind(&self) -> FrameKind {
+        self.kind
+    }
+    /// The JSON-RPC id (None for notifications and for errors with a null id).
+    pub fn id(&self) -> Option<&RequestId> {
+        self.id.as_ref()
+    }
+    /// The method of a request or notification.
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+    /// Tool or prompt name (`tools/call`, `prompts/get`) or resource URI (`resources/read`, subscribe).
+    pub fn target(&self) -> Option<&str> {
+        self.hints.target.as_deref()
+    }
+    /// The progress token a request asked for, or the one a progress notification reports.
+    pub fn progress_token(&self) -> Option<&RequestId> {
+        self.hints.progress_token.as_ref()
+    }
+    /// For `notifications/cancelled`: the id of the cancelled request.
+    pub fn cancelled_id(&self) -> Option<&RequestId> {
+        self.hints.cancelled_id.as_ref()
+    }
+    /// True for `initialize` requests.
+    pub fn is_initialize(&self) -> bool {
+        self.kind == FrameKind::Request && self.method() == Some("initialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Frame, FrameError> {
+        Frame::parse_single(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn kinds_and_ids_keep_their_type() {
+        let r = p(r#"{"jsonrpc":"2.0","id":0,"method":"ping"}"#).unwrap();
+        assert_eq!(r.kind(), FrameKind::Request);
+        assert_eq!(r.id(), Some(&RequestId::Number(0)));
+        let r = p(r#"{"jsonrpc":"2.0","id":"0","method":"ping"}"#).unwrap();
+        assert_eq!(r.id(), Some(&RequestId::String("0".into())));
+        assert_ne!(RequestId::Number(0), RequestId::String("0".into()));
+        let n = p(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert_eq!(n.kind(), FrameKind::Notification);
+        assert_eq!(n.id(), None);
+        let ok = p(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#).unwrap();
+        assert_eq!(ok.kind(), FrameKind::Response);
+        let e = p(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#).unwrap();
+        assert_eq!(e.kind(), FrameKind::Error);
+        assert_eq!(e.id(), None);
+    }
+
+    #[test]
+    fn names_uris_and_progress_hints() {
+        let f = p(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"name":"no"},"_meta":{"progressToken":"t1"}}}"#).unwrap();
+        assert_eq!(f.target(), Some("echo"));
+        assert_eq!(f.progress_token(), Some(&RequestId::String("t1".into())));
+        let f =
+            p(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"demo://x"}}"#)
+                .unwrap();
+        assert_eq!(f.target(), Some("demo://x"));
+        let f = p(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":5,"progress":1}}"#).unwrap();
+        assert_eq!(f.progress_token(), Some(&RequestId::Number(5)));
+        let f =
+            p(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a"}}"#)
+                .unwrap();
+        assert_eq!(f.cancelled_id(), Some(&RequestId::String("a".into())));
+        let f =
+            p(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"x"}}"#).unwrap();
+        assert_eq!(f.target(), None);
+        // params that are an array are allowed by JSON-RPC and simply carry no hints
+        let f = p(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1,2]}"#).unwrap();
+        assert_eq!(f.target(), None);
+    }
+
+    #[test]
+    fn raw_bytes_are_kept_exactly() {
+        let text = r#"{ "jsonrpc" : "2.0", "id": 9, "method":"x", "params": {"future": [1.50, "\u00e9"]} }"#;
+        let f = p(text).unwrap();
+        assert_eq!(&f.raw()[..], text.as_bytes());
+    }
+
+    #[test]
+    fn invalid_messages_are_classified() {
+        assert!(matches!(p("{not json"), Err(FrameError::Parse(_))));
+        assert!(matches!(p(""), Err(FrameError::Parse(_))));
+        assert!(matches!(p("42"), Err(FrameError::Invalid(_))));
+        assert!(matches!(
+            p(r#"{"id":1,"method":"x"}"#),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            p(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            p(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            p(r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            p(r#"{"jsonrpc":"2.0","id":1}"#),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            p(r#"{"jsonrpc":"2.0","result":{}}"#),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            p(r#"{"jsonrpc":"2.0","id":1,"method":5}"#),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            p(r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#),
+            Err(FrameError::Invalid(_))
+        ));
+        assert_eq!(FrameError::Parse(String::new()).code(), -32700);
+        assert_eq!(FrameError::Invalid(String::new()).code(), -32600);
+    }
+
+    #[test]
+    fn batches_split_into_zero_copy_frames() {
+        let text = r#"[{"jsonrpc":"2.0","id":1,"method":"a"}, {"jsonrpc":"2.0","method":"b"} ]"#;
+        let m = Message::parse(Bytes::copy_from_slice(text.as_bytes())).unwrap();
+        assert!(m.is_batch());
+        let frames = m.frames();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            &frames[0].raw()[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"a"}"#
+        );
+        assert_eq!(frames[1].kind(), FrameKind::Notification);
+        assert!(matches!(
+            Message::parse(Bytes::from_static(b"[]")),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            Message::parse(Bytes::from_static(b"[1]")),
+            Err(FrameError::Invalid(_))
+        ));
+        assert!(matches!(
+            Message::parse(Bytes::from_static(b"[{")),
+            Err(FrameError::Parse(_))
+        ));
+        let single = Message::parse(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":"x","method":"a"}"#,
+        ))
+        .unwrap();
+        assert!(!single.is_batch());
+    }
+}

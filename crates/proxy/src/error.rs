@@ -1,0 +1,142 @@
+//! Typed errors of the relay engine. Each says which side failed and whether a retry is safe;
+//! [`ProxyError::http_status`] and [`ProxyError::jsonrpc_code`] are the one table that maps them
+//! onto the wire.
+
+use http::StatusCode;
+use shadowcat_proto::FrameError;
+use shadowcat_proto::error as rpc;
+
+/// Which party an error is attributed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong.
+    Client,
+    /// The upstream server failed or is unreachable.
+    Upstream,
+    /// The proxy itself.
+    Internal,
+}
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client's message is not valid JSON-RPC.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The client's HTTP request is wrong in a way that has its own status.
+    #[error("{message}")]
+    BadRequest {
+        /// HTTP status to answer with.
+        status: StatusCode,
+        /// JSON-RPC code for the body.
+        code: i64,
+        /// What was wrong and what to do.
+        message: String,
+    },
+    /// Unknown, expired or deleted session id.
+    #[error(
+        "session not found: it is unknown, expired or was deleted; re-initialize without a session id"
+    )]
+    SessionNotFound,
+    /// Too many sessions.
+    #[error("the proxy is at its session limit ({0}); retry later")]
+    SessionLimit(usize),
+    /// Could not start or reach the upstream.
+    #[error("upstream unavailable: {0}")]
+    UpstreamConnect(String),
+    /// The upstream closed (child exited, connection lost) before answering.
+    #[error("upstream closed: {0}")]
+    UpstreamClosed(String),
+    /// The upstream answered with something the proxy cannot relay.
+    #[error("upstream protocol error: {0}")]
+    UpstreamProtocol(String),
+    /// The proxy is shutting down.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// Shorthand for a client error with its own HTTP status.
+    pub fn bad(status: StatusCode, code: i64, message: impl Into<String>) -> Self {
+        ProxyError::BadRequest {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Which side failed.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::Frame(_) | ProxyError::BadRequest { .. } | ProxyError::SessionNotFound => {
+                Side::Client
+            }
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamClosed(_)
+            | ProxyError::UpstreamProtocol(_) => Side::Upstream,
+            ProxyError::SessionLimit(_) | ProxyError::ShuttingDown => Side::Internal,
+        }
+    }
+
+    /// Whether the same request may safely be sent again (nothing reached the upstream).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamConnect(_) | ProxyError::SessionLimit(_) | ProxyError::ShuttingDown
+        )
+    }
+
+    /// HTTP status for this error when it ends an HTTP request.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            ProxyError::Frame(FrameError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Frame(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest { status, .. } => *status,
+            ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
+            ProxyError::SessionLimit(_) | ProxyError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamClosed(_)
+            | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// JSON-RPC error code for this error.
+    pub fn jsonrpc_code(&self) -> i64 {
+        match self {
+            ProxyError::Frame(e) => e.code(),
+            ProxyError::BadRequest { code, .. } => *code,
+            ProxyError::SessionNotFound => rpc::INVALID_REQUEST,
+            ProxyError::SessionLimit(_) | ProxyError::ShuttingDown => rpc::INTERNAL_ERROR,
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamClosed(_)
+            | ProxyError::UpstreamProtocol(_) => rpc::UPSTREAM_ERROR,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_maps_sides_statuses_and_codes() {
+        let e = ProxyError::SessionNotFound;
+        assert_eq!(
+            (e.side(), e.http_status(), e.jsonrpc_code()),
+            (Side::Client, StatusCode::NOT_FOUND, -32600)
+        );
+        let e = ProxyError::UpstreamConnect("x".into());
+        assert_eq!(e.http_status(), StatusCode::BAD_GATEWAY);
+        assert!(e.retryable());
+        assert!(!ProxyError::UpstreamClosed("x".into()).retryable());
+        let e = ProxyError::Frame(FrameError::TooLarge { size: 2, limit: 1 });
+        assert_eq!(e.http_status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let e = ProxyError::Frame(FrameError::Parse("x".into()));
+        assert_eq!(
+            (e.http_status(), e.jsonrpc_code()),
+            (StatusCode::BAD_REQUEST, -32700)
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The Streamable HTTP front (protocol versions 2025-03-26, 2025-06-18, 2025-11-25).
+//!
+//! Endpoints: `/mcp` (the default target) and `/servers/NAME/mcp` (named targets); with
+//! `allow_absolute_uri`, absolute-form request URIs (`POST http://host/mcp HTTP/1.1`) select an
+//! HTTP upstream per request, as a forward proxy does. Each session gets its own upstream.
+
+mod checks;
+mod outbox;
+mod post;
+mod registry;
+mod reply;
+mod stream;
+
+pub use checks::OriginPolicy;
+pub use registry::Registry;
+
+use crate::error::ProxyError;
+use crate::pipeline::Pipeline;
+use crate::upstream::{HttpClient, UpstreamOptions, UpstreamSpec};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::{Method, StatusCode, header};
+use shadowcat_proto::era::SESSION_ID_HEADER;
+use shadowcat_proto::error::INVALID_REQUEST;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where sessions of each route go.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    /// Served at `/mcp`.
+    pub default: Option<UpstreamSpec>,
+    /// Served at `/servers/NAME/mcp`.
+    pub named: HashMap<String, UpstreamSpec>,
+}
+
+/// Settings of the HTTP front.
+#[derive(Debug, Clone)]
+pub struct HttpFrontConfig {
+    /// Upstreams by route.
+    pub targets: Targets,
+    /// Accept absolute-form request URIs and proxy to the URI they name.
+    pub allow_absolute_uri: bool,
+    /// Headers added to requests sent to absolute-URI upstreams.
+    pub absolute_headers: Vec<(String, String)>,
+    /// Browser origins allowed besides loopback ones.
+    pub origins: OriginPolicy,
+    /// Largest request body accepted (413 above).
+    pub max_body: usize,
+    /// Most live sessions (503 + Retry-After above).
+    pub max_sessions: usize,
+    /// Sessions idle this long are reaped and their upstream released.
+    pub idle_timeout: Duration,
+    /// Server messages waiting for a GET stream, per session.
+    pub queue_capacity: usize,
+    /// How long shutdown waits for in-flight requests before ending sessions.
+    pub shutdown_deadline: Duration,
+    /// Upstream knobs.
+    pub upstream: UpstreamOptions,
+}
+
+impl Default for HttpFrontConfig {
+    fn default() -> Self {
+        HttpFrontConfig {
+            targets: Targets::default(),
+            allow_absolute_uri: false,
+            absolute_headers: Vec::new(),
+            origins: OriginPolicy::default(),
+            max_body: 10 * 1024 * 1024,
+            max_sessions: 1000,
+            idle_timeout: Duration::from_secs(600),
+            queue_capacity: 256,
+            shutdown_deadline: Duration::from_secs(10),
+            upstream: UpstreamOptions::default(),
+        }
+    }
+}
+
+/// Shared state of a running HTTP front.
+pub struct HttpFront {
+    config: HttpFrontConfig,
+    registry: Arc<Registry>,
+    pipeline: Pipeline,
+    http: HttpClient,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// What a request's path (or absolute URI) selects.
+pub(crate) struct Target {
+    /// Route key sessions are bound to.
+    pub key: Arc<str>,
+    /// The upstream for new sessions on this route.
+    pub spec: UpstreamSpec,
+}
+
+impl HttpFront {
+    /// Build a front. `cancel` stops it; its tasks are tracked by `tracker`.
+    pub fn new(
+        config: HttpFrontConfig,
+        pipeline: Pipeline,
+        http: HttpClient,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
+        let registry = Arc::new(Registry::new(config.max_sessions, config.queue_capacity));
+        Arc::new(HttpFront {
+            config,
+            registry,
+            pipeline,
+            http,
+            cancel,
+            tracker,
+        })
+    }
+
+    /// The live sessions.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serve on `listener` until the cancel token fires, then shut down gracefully: stop
+    /// accepting, let in-flight requests finish (up to the deadline), end every session (which
+    /// stops its upstream and kills its child), and close the remaining streams.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let front = self.clone();
+        let app = axum::Router::new().fallback(dispatch).with_state(front);
+        let reaper = self.tracker.spawn(self.clone().reap());
+        let cancel = self.cancel.clone();
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await });
+        let server = tokio::spawn(async move { server.await });
+        self.cancel.cancelled().await;
+        tracing::info!(
+            sessions = self.registry.len(),
+            "shutting down the HTTP front"
+        );
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_deadline;
+        while self.registry.inflight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ends = self.registry.ids().into_iter().map(|id| {
+            let reg = self.registry.clone();
+            async move { reg.end(&id).await }
+        });
+        futures_util::future::join_all(ends).await;
+        let _ = reaper.await;
+        match tokio::time::timeout(self.config.shutdown_deadline, server).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => {
+                tracing::warn!("connections still open after the shutdown deadline; closing them");
+                Ok(())
+            }
+        }
+    }
+
+    async fn reap(self: Arc<Self>) {
+        let period = (self.config.idle_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            for id in self.registry.idle(self.config.idle_timeout) {
+                tracing::info!(session = %id, "session idle too long; reaping it");
+                self.registry.end(&id).await;
+            }
+        }
+    }
+
+    /// Which upstream a request addresses.
+    fn target(&self, req: &Request) -> Result<Target, ProxyError> {
+        let uri = req.uri();
+        if self.config.allow_absolute_uri && uri.scheme().is_some() && uri.authority().is_some() {
+            let url = uri.to_string();
+            return Ok(Target {
+                key: Arc::from(format!("abs:{url}")),
+                spec: UpstreamSpec::Http {
+                    url,
+                    headers: self.config.absolute_headers.clone(),
+                },
+            });
+        }
+        let path = uri.path();
+        if path == "/mcp" {
+            return match &self.config.targets.default {
+                Some(spec) => Ok(Target {
+                    key: Arc::from(""),
+                    spec: spec.clone(),
+                }),
+                None => Err(not_found(
+                    "no default target is configured; use /servers/NAME/mcp",
+                )),
+            };
+        }
+        if let Some(name) = path
+            .strip_prefix("/servers/")
+            .and_then(|r| r.strip_suffix("/mcp"))
+        {
+            return match self.config.targets.named.get(name) {
+                Some(spec) => Ok(Target {
+                    key: Arc::from(name),
+                    spec: spec.clone(),
+                }),
+                None => Err(not_found(&format!("no target named `{name}`"))),
+            };
+        }
+        Err(not_found(&format!(
+            "no MCP endpoint at `{path}`; use /mcp or /servers/NAME/mcp"
+        )))
+    }
+}
+
+fn not_found(msg: &str) -> ProxyError {
+    ProxyError::bad(StatusCode::NOT_FOUND, INVALID_REQUEST, msg)
+}
+
+/// The session id header of a request, if any.
+pub(crate) fn session_header(req: &Request) -> Result<Option<&str>, ProxyError> {
+    match req.headers().get(SESSION_ID_HEADER) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ProxyError::bad(
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "Mcp-Session-Id must be visible ASCII",
+            )
+        }),
+    }
+}
+
+async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response {
+    let result = async {
+        front.config.origins.check(req.headers())?;
+        let target = front.target(&req)?;
+        match *req.method() {
+            Method::POST => post::handle(&front, target, req).await,
+            Method::GET => stream::handle_get(&front, target, req).await,
+            Method::DELETE => handle_delete(&front, target, req).await,
+            _ => Ok(method_not_allowed()),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| reply::error(&e, None))
+}
+
+fn method_not_allowed() -> Response {
+    let mut r = reply::error(
+        &ProxyError::bad(
+            StatusCode::METHOD_NOT_ALLOWED,
+            INVALID_REQUEST,
+            "use POST, GET or DELETE",
+        ),
+        None,
+    );
+    r.headers_mut().insert(
+        header::ALLOW,
+        http::HeaderValue::from_static("GET, POST, DELETE"),
+    );
+    r
+}
+
+async fn handle_delete(
+    front: &HttpFront,
+    target: Target,
+    req: Request,
+) -> Result<Response, ProxyError> {
+    let id = session_header(&req)?.ok_or_else(|| {
+        ProxyError::bad(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "DELETE needs an Mcp-Session-Id header",
+        )
+    })?;
+    if front.registry.get(id, &target.key).is_none() {
+        return Err(ProxyError::SessionNotFound);
+    }
+    front.registry.end(id).await;
+    tracing::info!(session = id, "session deleted by the client");
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}

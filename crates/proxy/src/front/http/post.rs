@@ -1,0 +1,237 @@
+//! POST: one client message (or a 2025-03-26 batch). Notifications and responses get 202.
+//! Requests get their replies as one JSON body when nothing else comes first, and as an SSE
+//! stream as soon as the server sends anything else (progress, logs, server requests) before
+//! the reply — the first byte reaches the client as soon as the upstream sends it.
+
+use super::registry::HttpSession;
+use super::stream::{STREAM_CAPACITY, body};
+use super::{HttpFront, Target, checks, reply, session_header};
+use crate::error::ProxyError;
+use crate::session::{Sent, Session, mint_session_id};
+use crate::upstream::UpstreamCtx;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use http::{StatusCode, header};
+use http_body_util::BodyExt;
+use shadowcat_proto::era::ProtocolVersion;
+use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
+use shadowcat_proto::{Frame, FrameError, FrameKind, Message, RequestId};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub async fn handle(
+    front: &HttpFront,
+    target: Target,
+    req: Request,
+) -> Result<Response, ProxyError> {
+    checks::content_type(req.headers())?;
+    checks::post_accept(req.headers())?;
+    let header_version = checks::protocol_version(req.headers())?;
+    let sid = session_header(&req)?.map(str::to_owned);
+    let raw = read_body(req.into_body(), front.config.max_body).await?;
+    let msg = Message::parse(raw)?;
+
+    let (session, created) = match sid {
+        None => {
+            let init = match &msg {
+                Message::Single(f) if f.is_initialize() => f.id().cloned(),
+                _ => {
+                    return Err(bad(
+                        "missing Mcp-Session-Id header: only an `initialize` request may be sent without one",
+                    ));
+                }
+            };
+            match create_session(front, target).await {
+                Ok(s) => (s, true),
+                Err(e) => return Ok(reply::error(&e, init.as_ref())),
+            }
+        }
+        Some(id) => {
+            let s = front
+                .registry
+                .get(&id, &target.key)
+                .ok_or(ProxyError::SessionNotFound)?;
+            if msg.frames().iter().any(Frame::is_initialize) {
+                return Err(bad(
+                    "`initialize` must be sent without an Mcp-Session-Id header",
+                ));
+            }
+            (s, false)
+        }
+    };
+    if msg.is_batch() {
+        let v = header_version
+            .or_else(|| session.core().known_version())
+            .unwrap_or(ProtocolVersion::HTTP_DEFAULT);
+        if !v.allows_batches() {
+            return Err(bad(&format!(
+                "JSON-RPC batches are not supported in protocol version {v} (only in 2025-03-26)"
+            )));
+        }
+    }
+    let batch = msg.is_batch();
+    let response = relay(&session, msg.into_frames(), batch).await;
+    let sid = created.then(|| session.core().id().to_string());
+    Ok(reply::with_session(response?, sid.as_deref()))
+}
+
+fn bad(msg: &str) -> ProxyError {
+    ProxyError::bad(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg)
+}
+
+async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
+    let too_large = |size| ProxyError::Frame(FrameError::TooLarge { size, limit: max });
+    let mut out = BytesMut::new();
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ProxyError::bad(
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                format!("reading the body failed: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(too_large(out.len() + data.len()));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+async fn create_session(front: &HttpFront, target: Target) -> Result<Arc<HttpSession>, ProxyError> {
+    if front.cancel.is_cancelled() {
+        return Err(ProxyError::ShuttingDown);
+    }
+    if !front.registry.has_room() {
+        return Err(ProxyError::SessionLimit(front.registry.max()));
+    }
+    let id = mint_session_id();
+    let ctx = UpstreamCtx {
+        session: id.clone(),
+        cancel: front.cancel.child_token(),
+        tracker: front.tracker.clone(),
+        http: front.http.clone(),
+        options: front.config.upstream.clone(),
+    };
+    let (core, events) = Session::connect(id, target.spec, front.pipeline.clone(), ctx).await?;
+    tracing::info!(session = %core.id(), upstream = %core.spec().describe(), "session created");
+    Ok(front.registry.insert(core, target.key, events))
+}
+
+/// Send the frames upstream and build the HTTP answer.
+async fn relay(
+    session: &Arc<HttpSession>,
+    frames: Vec<Frame>,
+    batch: bool,
+) -> Result<Response, ProxyError> {
+    let core = session.core();
+    let requests: Vec<RequestId> = frames
+        .iter()
+        .filter(|f| f.kind() == FrameKind::Request)
+        .filter_map(|f| f.id().cloned())
+        .collect();
+    let busy = session.busy();
+    if requests.is_empty() {
+        for f in frames {
+            core.from_client(f).await?;
+        }
+        return Ok(reply::accepted());
+    }
+    let init = frames.iter().any(Frame::is_initialize);
+    let (tx, mut rx) = mpsc::channel(STREAM_CAPACITY);
+    session.outbox().register_requests(&requests, tx);
+    let mut expected: HashSet<RequestId> = requests.into_iter().collect();
+    let mut first = VecDeque::new();
+    for f in frames {
+        let id = f.id().cloned().filter(|_| f.kind() == FrameKind::Request);
+        match core.from_client(f).await {
+            Ok(Sent::Forwarded) => {}
+            Ok(Sent::Replied(answer)) => first.push_back(answer),
+            Ok(Sent::Dropped) => {
+                if let Some(id) = id {
+                    expected.remove(&id);
+                }
+            }
+            Err(e) => match id {
+                Some(id) => {
+                    first.push_back(error_frame(Some(&id), e.jsonrpc_code(), &e.to_string()))
+                }
+                None => tracing::warn!(error = %e, "could not forward a client message"),
+            },
+        }
+    }
+    let mut replies = Vec::new();
+    loop {
+        if expected.is_empty() {
+            break;
+        }
+        let next = match first.pop_front() {
+            Some(f) => Some(f),
+            None => rx.recv().await,
+        };
+        let Some(frame) = next else {
+            // The session ended under us: answer every request still waiting.
+            let reason = "the session ended before the upstream answered";
+            for id in expected.drain() {
+                replies.push(error_frame(
+                    Some(&id),
+                    shadowcat_proto::error::UPSTREAM_ERROR,
+                    reason,
+                ));
+            }
+            break;
+        };
+        let is_expected_reply =
+            frame.kind().is_reply() && frame.id().is_some_and(|id| expected.contains(id));
+        if is_expected_reply {
+            if let Some(id) = frame.id() {
+                expected.remove(id);
+            }
+            replies.push(frame);
+            continue;
+        }
+        // Something other than a reply came first: switch to SSE and stream from here on.
+        let mut head: VecDeque<Frame> = replies.into();
+        head.push_back(frame);
+        head.extend(first);
+        return Ok(reply::sse(body(head, rx, Some(expected), busy)));
+    }
+    if init && replies.iter().any(|f| f.kind() == FrameKind::Error) {
+        let reg_id = session.core().id().clone();
+        tracing::info!(session = %reg_id, "initialize failed upstream; ending the session");
+        session.core().shutdown().await;
+    }
+    Ok(json_replies(replies, batch))
+}
+
+fn json_replies(replies: Vec<Frame>, batch: bool) -> Response {
+    if replies.is_empty() {
+        return reply::accepted();
+    }
+    if !batch && replies.len() == 1 {
+        let f = replies
+            .into_iter()
+            .next()
+            .map(Frame::into_raw)
+            .unwrap_or_default();
+        return reply::json_response(StatusCode::OK, f);
+    }
+    let mut out = BytesMut::new();
+    out.extend_from_slice(b"[");
+    for (i, f) in replies.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(f.raw());
+    }
+    out.extend_from_slice(b"]");
+    let mut r = reply::json_response(StatusCode::OK, out.freeze());
+    r.headers_mut().remove(header::CONTENT_LENGTH);
+    r
+}

@@ -1,0 +1,5 @@
+//! Fronts: the client side. A front accepts clients and turns their traffic into frames bound to
+//! sessions.
+
+pub mod http;
+pub mod stdio;

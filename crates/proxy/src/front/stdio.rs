@@ -1,0 +1,198 @@
+//! The stdio front: our own stdin/stdout, one client, one session. Used by `forward stdio`.
+//!
+//! Client EOF → the upstream is shut down (child: close stdin → wait → SIGTERM → SIGKILL) and the
+//! exit code of the child becomes ours. Upstream gone → every in-flight request gets a JSON-RPC
+//! error, then we exit.
+
+use crate::session::{Sent, Session};
+use crate::upstream::UpstreamEvent;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
+use shadowcat_proto::lines::{Line, LineCodec, single_line};
+use shadowcat_proto::{Frame, FrameError, Message};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Relay between a line-oriented client (`input`/`output`) and a session until the upstream ends.
+/// Returns the exit code to use (the child's for stdio upstreams, 0 otherwise).
+pub async fn run<R, W>(
+    session: Arc<Session>,
+    mut events: mpsc::Receiver<UpstreamEvent>,
+    input: R,
+    output: W,
+    max_line: usize,
+    shutdown: CancellationToken,
+) -> i32
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let tracker = TaskTracker::new();
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
+    let writer = tracker.spawn(write_output(output, out_rx));
+    let reader_done = CancellationToken::new();
+    tracker.spawn(read_input(
+        session.clone(),
+        input,
+        out_tx.clone(),
+        max_line,
+        reader_done.clone(),
+    ));
+
+    let mut stopping = false;
+    let code = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(UpstreamEvent::Frame { frame, .. }) => {
+                    if let Some(f) = session.from_server(frame).await {
+                        if out_tx.send(f.into_raw()).await.is_err() {
+                            tracing::info!("client output closed");
+                        }
+                    }
+                }
+                Some(UpstreamEvent::Closed { reason, exit_code }) => {
+                    tracing::info!(%reason, "upstream closed");
+                    for err in session.inflight().fail_all(&reason) {
+                        let _ = out_tx.send(err.into_raw()).await;
+                    }
+                    break exit_code.unwrap_or(0);
+                }
+                None => break 0,
+            },
+            _ = reader_done.cancelled(), if !stopping => {
+                tracing::info!("client closed stdin; shutting the upstream down");
+                stopping = true;
+                let s = session.clone();
+                tracker.spawn(async move { s.shutdown().await });
+            }
+            _ = shutdown.cancelled(), if !stopping => {
+                tracing::info!("shutdown requested; stopping the upstream");
+                stopping = true;
+                let s = session.clone();
+                tracker.spawn(async move { s.shutdown().await });
+            }
+        }
+    };
+    session.cancel_token().cancel();
+    drop(out_tx);
+    tracker.close();
+    let _ = writer.await;
+    code
+}
+
+async fn write_output<W: AsyncWrite + Unpin>(output: W, mut rx: mpsc::Receiver<Bytes>) {
+    let mut w = BufWriter::new(output);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(m) = next {
+            if w.write_all(&single_line(&m)).await.is_err() || w.write_all(b"\n").await.is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.flush().await;
+}
+
+async fn read_input<R: AsyncRead + Unpin>(
+    session: Arc<Session>,
+    input: R,
+    out: mpsc::Sender<Bytes>,
+    max_line: usize,
+    done: CancellationToken,
+) {
+    let mut lines = FramedRead::new(input, LineCodec::new(max_line));
+    let cancel = session.cancel_token().clone();
+    loop {
+        let item = tokio::select! {
+            i = lines.next() => i,
+            _ = cancel.cancelled() => break,
+        };
+        let line = match item {
+            Some(Ok(Line::Line(l))) => l,
+            Some(Ok(Line::TooLong { seen })) => {
+                let e = FrameError::TooLarge {
+                    size: seen,
+                    limit: max_line,
+                };
+                let _ = out
+                    .send(error_frame(None, e.code(), &e.to_string()).into_raw())
+                    .await;
+                continue;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "reading stdin failed");
+                break;
+            }
+            None => break,
+        };
+        for frame in parse_client_line(&session, line, &out).await {
+            let initialized = frame.method() == Some("notifications/initialized");
+            match session.from_client(frame).await {
+                Ok(Sent::Forwarded) => {
+                    if initialized {
+                        open_listen_later(&session);
+                    }
+                }
+                Ok(Sent::Replied(f)) => {
+                    let _ = out.send(f.into_raw()).await;
+                }
+                Ok(Sent::Dropped) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not forward a client message");
+                }
+            }
+        }
+    }
+    done.cancel();
+}
+
+/// Parse a client line; invalid input is answered with a JSON-RPC error on stdout.
+async fn parse_client_line(
+    session: &Session,
+    line: Bytes,
+    out: &mpsc::Sender<Bytes>,
+) -> Vec<Frame> {
+    match Message::parse(line) {
+        Ok(Message::Single(f)) => vec![f],
+        Ok(Message::Batch(frames)) => match session.known_version() {
+            Some(v) if !v.allows_batches() => {
+                let msg = format!("JSON-RPC batches are not allowed in protocol version {v}");
+                let _ = out
+                    .send(error_frame(None, INVALID_REQUEST, &msg).into_raw())
+                    .await;
+                vec![]
+            }
+            _ => frames,
+        },
+        Err(e) => {
+            let _ = out
+                .send(error_frame(None, e.code(), &e.to_string()).into_raw())
+                .await;
+            vec![]
+        }
+    }
+}
+
+/// After the handshake, make sure server-initiated messages flow (HTTP upstreams open their GET
+/// stream; 405 means the server has none, which is fine).
+fn open_listen_later(session: &Arc<Session>) {
+    let s = session.clone();
+    session.tracker().spawn(async move {
+        match s.upstream().open_listen().await {
+            Ok(true) => tracing::debug!("upstream server-to-client stream open"),
+            Ok(false) => tracing::debug!("upstream offers no server-to-client stream (405)"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not open the upstream server-to-client stream")
+            }
+        }
+    });
+}

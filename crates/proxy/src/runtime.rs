@@ -1,0 +1,36 @@
+//! Process-level runtime pieces: turning SIGINT/SIGTERM into a cancellation, and waiting for
+//! tracked tasks within a deadline.
+
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Cancel `token` on the first SIGINT or SIGTERM. The watcher task is tracked by `tracker`.
+pub fn cancel_on_signals(token: CancellationToken, tracker: &TaskTracker) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let t = token.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = t.cancelled() => return,
+        }
+        t.cancel();
+    });
+    Ok(())
+}
+
+/// Close `tracker` and wait for its tasks, at most `deadline`. Returns false on timeout.
+pub async fn drain(tracker: &TaskTracker, deadline: Duration) -> bool {
+    tracker.close();
+    let ok = tokio::time::timeout(deadline, tracker.wait()).await.is_ok();
+    if !ok {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "tasks still running after the shutdown deadline"
+        );
+    }
+    ok
+}

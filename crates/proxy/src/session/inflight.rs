@@ -1,0 +1,102 @@
+//! The client's requests that have gone upstream and not been answered yet.
+
+use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
+use shadowcat_proto::{Frame, RequestId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// One pending request.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Its method.
+    pub method: Arc<str>,
+    /// The progress token it asked for, if any.
+    pub progress_token: Option<RequestId>,
+}
+
+/// Pending client requests by id. The lock is never held across an await.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    map: Mutex<HashMap<RequestId, Pending>>,
+}
+
+impl Inflight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Pending>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record a request (frames without an id are ignored).
+    pub fn insert(&self, frame: &Frame) {
+        if let Some(id) = frame.id() {
+            let p = Pending {
+                method: Arc::from(frame.method().unwrap_or("")),
+                progress_token: frame.progress_token().cloned(),
+            };
+            self.lock().insert(id.clone(), p);
+        }
+    }
+
+    /// Complete a request.
+    pub fn remove(&self, id: &RequestId) -> Option<Pending> {
+        self.lock().remove(id)
+    }
+
+    /// Number of pending requests.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The request that asked for this progress token.
+    pub fn by_progress_token(&self, token: &RequestId) -> Option<RequestId> {
+        self.lock()
+            .iter()
+            .find(|(_, p)| p.progress_token.as_ref() == Some(token))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Take every pending request and turn each into a JSON-RPC error saying why it failed.
+    pub fn fail_all(&self, reason: &str) -> Vec<Frame> {
+        let drained: Vec<(RequestId, Pending)> = self.lock().drain().collect();
+        drained
+            .into_iter()
+            .map(|(id, p)| {
+                let msg = format!("{} failed: {reason}", p.method);
+                error_frame(Some(&id), UPSTREAM_ERROR, &msg)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn tracks_and_fails_pending_requests() {
+        let i = Inflight::default();
+        let f = Frame::parse_single(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"_meta":{"progressToken":9}}}"#,
+        ))
+        .unwrap();
+        i.insert(&f);
+        assert_eq!(
+            i.by_progress_token(&RequestId::Number(9)),
+            Some(RequestId::String("a".into()))
+        );
+        let errs = i.fail_all("the server process exited");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].id(), Some(&RequestId::String("a".into())));
+        let text = std::str::from_utf8(errs[0].raw()).unwrap();
+        assert!(
+            text.contains("tools/call failed: the server process exited"),
+            "{text}"
+        );
+        assert!(i.is_empty());
+    }
+}

@@ -1,0 +1,189 @@
+//! A session: one client's conversation with one upstream. It owns the upstream, knows the
+//! negotiated protocol version, tracks the client's in-flight requests (so that a dying upstream
+//! turns each into a JSON-RPC error, never silence) and runs the pipeline on every frame.
+
+mod id;
+mod inflight;
+
+pub use id::mint_session_id;
+pub use inflight::Inflight;
+
+use crate::error::ProxyError;
+use crate::pipeline::{Direction, FrameCtx, Pipeline, Verdict};
+use crate::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec};
+use shadowcat_proto::era::ProtocolVersion;
+use shadowcat_proto::{Frame, FrameKind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What happened to a client frame.
+#[derive(Debug)]
+pub enum Sent {
+    /// Handed to the upstream.
+    Forwarded,
+    /// A hook answered it; send this frame back to the client.
+    Replied(Frame),
+    /// A hook dropped it.
+    Dropped,
+}
+
+/// One client session and its upstream.
+pub struct Session {
+    id: Arc<str>,
+    spec: UpstreamSpec,
+    upstream: Upstream,
+    pipeline: Pipeline,
+    inflight: Inflight,
+    protocol: OnceLock<String>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    ending: AtomicBool,
+}
+
+impl Session {
+    /// Create a session and its upstream. Server frames arrive on the returned receiver; pass
+    /// each through [`Session::from_server`] before delivering it.
+    pub async fn connect(
+        id: Arc<str>,
+        spec: UpstreamSpec,
+        pipeline: Pipeline,
+        ctx: UpstreamCtx,
+    ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>), ProxyError> {
+        let cancel = ctx.cancel.clone();
+        let tracker = ctx.tracker.clone();
+        let (upstream, events) = upstream::connect(&spec, ctx).await?;
+        let s = Session {
+            id,
+            spec,
+            upstream,
+            pipeline,
+            inflight: Inflight::default(),
+            protocol: OnceLock::new(),
+            cancel,
+            tracker,
+            ending: AtomicBool::new(false),
+        };
+        Ok((Arc::new(s), events))
+    }
+
+    /// The proxy's session id.
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// Where this session's upstream is.
+    pub fn spec(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+
+    /// The upstream.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// In-flight client requests.
+    pub fn inflight(&self) -> &Inflight {
+        &self.inflight
+    }
+
+    /// Cancelled when the session ends.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Tracks the tasks of this session (and of its upstream).
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// The protocol version the server agreed to in `initialize`, once known.
+    pub fn protocol_version(&self) -> Option<&str> {
+        self.protocol.get().map(String::as_str)
+    }
+
+    /// The negotiated version if it is one this proxy knows.
+    pub fn known_version(&self) -> Option<ProtocolVersion> {
+        self.protocol_version().and_then(ProtocolVersion::parse)
+    }
+
+    /// Run the pipeline on a client frame and, unless a hook decided otherwise, send it upstream.
+    pub async fn from_client(&self, frame: Frame) -> Result<Sent, ProxyError> {
+        let ctx = FrameCtx {
+            session: &self.id,
+            direction: Direction::ClientToServer,
+        };
+        match self.pipeline.run(&ctx, &frame) {
+            Verdict::Forward => {}
+            Verdict::Reply(f) => return Ok(Sent::Replied(f)),
+            Verdict::Drop => return Ok(Sent::Dropped),
+        }
+        let tracked = frame.kind() == FrameKind::Request;
+        if tracked {
+            self.inflight.insert(&frame);
+        }
+        if let Err(e) = self.upstream.send(frame.clone()).await {
+            if let Some(id) = frame.id().filter(|_| tracked) {
+                self.inflight.remove(id);
+            }
+            return Err(e);
+        }
+        Ok(Sent::Forwarded)
+    }
+
+    /// Account for a server frame (completes in-flight requests, learns the protocol version)
+    /// and run the pipeline on it. Returns the frame to deliver to the client, if any.
+    pub async fn from_server(&self, frame: Frame) -> Option<Frame> {
+        if frame.kind().is_reply() {
+            if let Some(req) = frame.id().and_then(|id| self.inflight.remove(id)) {
+                if req.method.as_ref() == "initialize" && frame.kind() == FrameKind::Response {
+                    self.learn_version(&frame);
+                }
+            }
+        }
+        let ctx = FrameCtx {
+            session: &self.id,
+            direction: Direction::ServerToClient,
+        };
+        match self.pipeline.run(&ctx, &frame) {
+            Verdict::Forward => Some(frame),
+            Verdict::Drop => None,
+            Verdict::Reply(answer) => {
+                if let Err(e) = self.upstream.send(answer).await {
+                    tracing::warn!(error = %e, "could not send a hook's answer upstream");
+                }
+                None
+            }
+        }
+    }
+
+    fn learn_version(&self, frame: &Frame) {
+        #[derive(serde::Deserialize)]
+        struct R {
+            result: Res,
+        }
+        #[derive(serde::Deserialize)]
+        struct Res {
+            #[serde(rename = "protocolVersion")]
+            protocol_version: String,
+        }
+        if let Ok(r) = serde_json::from_slice::<R>(frame.raw()) {
+            self.upstream
+                .set_protocol_version(&r.result.protocol_version);
+            let _ = self.protocol.set(r.result.protocol_version);
+        }
+    }
+
+    /// End the session: stop the upstream (child: close stdin → SIGTERM → SIGKILL; HTTP: DELETE).
+    /// Safe to call more than once: later callers wait for the first to finish.
+    pub async fn shutdown(&self) {
+        if self.ending.swap(true, Ordering::AcqRel) {
+            self.cancel.cancelled().await;
+            return;
+        }
+        self.upstream.shutdown().await;
+        self.cancel.cancel();
+    }
+}

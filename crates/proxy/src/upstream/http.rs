@@ -1,0 +1,414 @@
+//! A Streamable HTTP MCP server as the upstream of one session: POST per client message, JSON or
+//! SSE answers streamed event by event, an optional GET stream, DELETE at the end. The upstream's
+//! `Mcp-Session-Id` stays here; the client never sees it.
+
+use super::{UpstreamCtx, UpstreamEvent, Via};
+use crate::error::ProxyError;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use shadowcat_proto::era::{PROTOCOL_VERSION_HEADER, SESSION_ID_HEADER};
+use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
+use shadowcat_proto::sse::SseDecoder;
+use shadowcat_proto::{Frame, FrameKind, Message, RequestId};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+use tracing::Instrument;
+
+/// The shared HTTP client (one connection pool per proxy process).
+#[derive(Clone, Debug)]
+pub struct HttpClient(reqwest::Client);
+
+impl HttpClient {
+    /// A pooled client with TCP_NODELAY and a connect timeout.
+    pub fn new(connect_timeout: Duration) -> Result<Self, ProxyError> {
+        reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .no_proxy()
+            .build()
+            .map(HttpClient)
+            .map_err(|e| ProxyError::UpstreamConnect(format!("cannot build HTTP client: {e}")))
+    }
+}
+
+const LISTEN_IDLE: u8 = 0;
+const LISTEN_RUNNING: u8 = 1;
+const LISTEN_UNSUPPORTED: u8 = 2;
+
+/// The HTTP upstream of one session.
+pub struct HttpUpstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: reqwest::Url,
+    headers: HeaderMap,
+    session_id: Mutex<Option<HeaderValue>>,
+    protocol_version: Mutex<Option<HeaderValue>>,
+    listen: AtomicU8,
+    events: mpsc::Sender<UpstreamEvent>,
+    ctx: UpstreamCtx,
+}
+
+impl HttpUpstream {
+    pub(super) fn new(
+        url: &str,
+        extra: &[(String, String)],
+        ctx: UpstreamCtx,
+        events: mpsc::Sender<UpstreamEvent>,
+    ) -> Result<Self, ProxyError> {
+        let url = reqwest::Url::parse(url).map_err(|e| {
+            ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}"))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ProxyError::UpstreamConnect(format!(
+                "upstream URL `{url}` must be http:// or https://"
+            )));
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in extra {
+            let name = HeaderName::try_from(k.as_str()).map_err(|e| {
+                ProxyError::UpstreamConnect(format!("invalid header name `{k}`: {e}"))
+            })?;
+            let value = HeaderValue::try_from(v.as_str()).map_err(|e| {
+                ProxyError::UpstreamConnect(format!("invalid value for header `{k}`: {e}"))
+            })?;
+            headers.append(name, value);
+        }
+        Ok(HttpUpstream {
+            inner: Arc::new(Inner {
+                url,
+                headers,
+                session_id: Mutex::new(None),
+                protocol_version: Mutex::new(None),
+                listen: AtomicU8::new(LISTEN_IDLE),
+                events,
+                ctx,
+            }),
+        })
+    }
+
+    /// Start the POST for one client frame; its answer arrives as events.
+    pub(super) fn send(&self, frame: Frame) -> Result<(), ProxyError> {
+        let inner = self.inner.clone();
+        let span = tracing::debug_span!("upstream_post", session = %inner.ctx.session);
+        let cancel = inner.ctx.cancel.clone();
+        let tracker = inner.ctx.tracker.clone();
+        tracker.spawn(
+            async move {
+                tokio::select! {
+                    _ = post(&inner, frame) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    pub(super) fn set_protocol_version(&self, version: &str) {
+        if let Ok(v) = HeaderValue::try_from(version) {
+            *lock(&self.inner.protocol_version) = Some(v);
+        }
+    }
+
+    /// Open the upstream GET stream if it is not open yet.
+    pub(super) async fn open_listen(&self) -> Result<bool, ProxyError> {
+        let inner = &self.inner;
+        match inner.listen.compare_exchange(
+            LISTEN_IDLE,
+            LISTEN_RUNNING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {}
+            Err(LISTEN_UNSUPPORTED) => return Ok(false),
+            Err(_) => return Ok(true),
+        }
+        let req = inner
+            .request(reqwest::Method::GET)
+            .header(header::ACCEPT, "text/event-stream");
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                inner.listen.store(LISTEN_IDLE, Ordering::Release);
+                return Err(ProxyError::UpstreamConnect(format!(
+                    "cannot open the upstream GET stream: {e}"
+                )));
+            }
+        };
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            inner.listen.store(LISTEN_UNSUPPORTED, Ordering::Release);
+            return Ok(false);
+        }
+        if !resp.status().is_success() || !is_sse(resp.headers()) {
+            inner.listen.store(LISTEN_IDLE, Ordering::Release);
+            return Err(ProxyError::UpstreamProtocol(format!(
+                "upstream answered the GET stream with HTTP {}",
+                resp.status()
+            )));
+        }
+        let inner2 = inner.clone();
+        let cancel = inner.ctx.cancel.clone();
+        inner.ctx.tracker.spawn(async move {
+            tokio::select! {
+                _ = pump_sse(&inner2, resp, None, Via::Listen) => {}
+                _ = cancel.cancelled() => {}
+            }
+            inner2.listen.store(LISTEN_IDLE, Ordering::Release);
+        });
+        Ok(true)
+    }
+
+    /// DELETE the upstream session (if the upstream gave one) and stop all requests.
+    pub(super) async fn shutdown(&self) {
+        let inner = &self.inner;
+        let has_session = lock(&inner.session_id).is_some();
+        if has_session {
+            let req = inner
+                .request(reqwest::Method::DELETE)
+                .timeout(Duration::from_secs(5));
+            match req.send().await {
+                Ok(r) => tracing::debug!(status = %r.status(), "upstream session deleted"),
+                Err(e) => tracing::debug!(error = %e, "upstream DELETE failed"),
+            }
+        }
+        inner.ctx.cancel.cancel();
+        let closed = UpstreamEvent::Closed {
+            reason: "the session ended".into(),
+            exit_code: None,
+        };
+        let _ = inner
+            .events
+            .send_timeout(closed, Duration::from_secs(1))
+            .await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn is_sse(h: &HeaderMap) -> bool {
+    content_type(h).starts_with("text/event-stream")
+}
+
+fn content_type(h: &HeaderMap) -> &str {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+impl Inner {
+    fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let mut req = self
+            .ctx
+            .http
+            .0
+            .request(method, self.url.clone())
+            .headers(self.headers.clone());
+        if let Some(id) = lock(&self.session_id).clone() {
+            req = req.header(SESSION_ID_HEADER, id);
+        }
+        if let Some(v) = lock(&self.protocol_version).clone() {
+            req = req.header(PROTOCOL_VERSION_HEADER, v);
+        }
+        req
+    }
+
+    async fn deliver(&self, frame: Frame, via: Via) -> bool {
+        self.events
+            .send(UpstreamEvent::Frame { frame, via })
+            .await
+            .is_ok()
+    }
+
+    /// Tell the client its request failed (never leave it waiting in silence).
+    async fn fail(&self, id: Option<&RequestId>, message: String) {
+        tracing::warn!(%message, "upstream request failed");
+        if let Some(id) = id {
+            let frame = error_frame(Some(id), UPSTREAM_ERROR, &message);
+            self.deliver(frame, Via::Request(id.clone())).await;
+        }
+    }
+}
+
+async fn post(inner: &Arc<Inner>, frame: Frame) {
+    let id = match frame.kind() {
+        FrameKind::Request => frame.id().cloned(),
+        _ => None,
+    };
+    let is_init = frame.is_initialize();
+    let req = inner
+        .request(reqwest::Method::POST)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .body(frame.into_raw());
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("cannot reach upstream {}: {e}", inner.url);
+            return inner.fail(id.as_ref(), msg).await;
+        }
+    };
+    let status = resp.status();
+    if is_init && status.is_success() {
+        if let Some(sid) = resp.headers().get(SESSION_ID_HEADER) {
+            *lock(&inner.session_id) = Some(sid.clone());
+        }
+    }
+    if status == StatusCode::NOT_FOUND && lock(&inner.session_id).is_some() {
+        inner
+            .fail(
+                id.as_ref(),
+                "the upstream session has expired (HTTP 404)".into(),
+            )
+            .await;
+        let reason = "the upstream ended its session (HTTP 404)".to_string();
+        let _ = inner
+            .events
+            .send(UpstreamEvent::Closed {
+                reason,
+                exit_code: None,
+            })
+            .await;
+        return;
+    }
+    let via = id.clone().map(Via::Request).unwrap_or(Via::Unrelated);
+    if is_sse(resp.headers()) && status.is_success() {
+        return pump_sse(inner, resp, id.as_ref(), via).await;
+    }
+    let body = match read_limited(resp, inner.ctx.options.max_message).await {
+        Ok(b) => b,
+        Err(msg) => return inner.fail(id.as_ref(), msg).await,
+    };
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        if status.is_success() {
+            if id.is_some() {
+                let msg =
+                    format!("upstream answered the request with HTTP {status} and no response");
+                inner.fail(id.as_ref(), msg).await;
+            }
+        } else {
+            inner
+                .fail(id.as_ref(), format!("upstream answered HTTP {status}"))
+                .await;
+        }
+        return;
+    }
+    match Message::parse(body.clone()) {
+        Ok(msg) => {
+            let mut answered = id.is_none();
+            for f in msg.into_frames() {
+                answered |= f.kind().is_reply() && f.id() == id.as_ref();
+                // A JSON-RPC error with a null id in an error status answers this request.
+                let f = if f.kind() == FrameKind::Error && f.id().is_none() && id.is_some() {
+                    answered = true;
+                    let text = String::from_utf8_lossy(f.raw());
+                    error_frame(
+                        id.as_ref(),
+                        UPSTREAM_ERROR,
+                        &format!("upstream HTTP {status}: {text}"),
+                    )
+                } else {
+                    f
+                };
+                if !inner.deliver(f, via.clone()).await {
+                    return;
+                }
+            }
+            if !answered {
+                let msg =
+                    format!("upstream answered HTTP {status} without a response to the request");
+                inner.fail(id.as_ref(), msg).await;
+            }
+        }
+        Err(e) => {
+            let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            let msg =
+                format!("upstream answered HTTP {status} with an invalid body ({e}): {snippet}");
+            inner.fail(id.as_ref(), msg).await;
+        }
+    }
+}
+
+async fn read_limited(resp: reqwest::Response, max: usize) -> Result<bytes::Bytes, String> {
+    let mut body = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("reading the upstream response failed: {e}"))?;
+        if body.len() + chunk.len() > max {
+            return Err(format!(
+                "upstream response exceeds the limit of {max} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Relay an upstream SSE body event by event (never buffered whole). For a POST stream, `id` is
+/// the request it answers: if the stream ends without that response, the client gets an error.
+async fn pump_sse(inner: &Arc<Inner>, resp: reqwest::Response, id: Option<&RequestId>, via: Via) {
+    let mut decoder = SseDecoder::new(inner.ctx.options.max_message);
+    let mut buf = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    let mut answered = id.is_none();
+    loop {
+        let event = match decoder.decode(&mut buf) {
+            Ok(Some(ev)) => ev,
+            Ok(None) => match stream.next().await {
+                Some(Ok(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    if !answered {
+                        let msg = format!("upstream stream broke before the response: {e}");
+                        inner.fail(id, msg).await;
+                    }
+                    return;
+                }
+                None => break,
+            },
+            Err(e) => {
+                if !answered {
+                    inner
+                        .fail(id, format!("upstream sent an invalid event stream: {e}"))
+                        .await;
+                }
+                return;
+            }
+        };
+        let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+            continue; // priming events, retry hints
+        };
+        if event.event.as_deref().is_some_and(|e| e != "message") {
+            continue;
+        }
+        match Message::parse(bytes::Bytes::from(data)) {
+            Ok(msg) => {
+                for f in msg.into_frames() {
+                    answered |= f.kind().is_reply() && f.id() == id;
+                    if !inner.deliver(f, via.clone()).await {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "upstream SSE event is not JSON-RPC; ignored"),
+        }
+    }
+    if !answered {
+        inner
+            .fail(
+                id,
+                "upstream stream ended before the response arrived".into(),
+            )
+            .await;
+    }
+}

@@ -1,0 +1,183 @@
+//! Upstreams: the server side of a session. Each session creates its own upstream on demand —
+//! one child process per session for stdio, one upstream MCP session for HTTP.
+//!
+//! An upstream takes the client's frames with [`Upstream::send`] and delivers the server's frames,
+//! tagged with where they came from, on the [`UpstreamEvent`] channel returned by [`connect`].
+
+mod http;
+mod process;
+mod stdio;
+
+pub use http::{HttpClient, HttpUpstream};
+pub use stdio::StdioUpstream;
+
+use crate::error::ProxyError;
+use shadowcat_proto::{Frame, RequestId};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How to reach one MCP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamSpec {
+    /// Launch a child process speaking MCP on stdin/stdout.
+    Stdio {
+        /// Program to run.
+        command: String,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+    /// A Streamable HTTP MCP endpoint.
+    Http {
+        /// The endpoint URL.
+        url: String,
+        /// Extra headers sent on every request (e.g. upstream credentials).
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl UpstreamSpec {
+    /// Human-readable description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            UpstreamSpec::Stdio { command, args } => {
+                let mut s = command.clone();
+                for a in args {
+                    s.push(' ');
+                    s.push_str(a);
+                }
+                s
+            }
+            UpstreamSpec::Http { url, .. } => url.clone(),
+        }
+    }
+}
+
+/// Knobs shared by all upstreams of a proxy.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Largest stdio line or HTTP body/SSE event accepted from the upstream.
+    pub max_message: usize,
+    /// How long a child gets after stdin closes, and again after SIGTERM, before the next step.
+    pub shutdown_grace: Duration,
+    /// Capacity of the channel carrying the server's frames to the session.
+    pub channel_capacity: usize,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            max_message: shadowcat_proto::lines::DEFAULT_MAX_LINE,
+            shutdown_grace: Duration::from_secs(2),
+            channel_capacity: 64,
+        }
+    }
+}
+
+/// Which stream of the upstream carried a server frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// The upstream's response stream for this client request (HTTP upstreams).
+    Request(RequestId),
+    /// The upstream's standalone server→client stream (HTTP GET).
+    Listen,
+    /// No relation known (stdio upstreams carry everything on one pipe).
+    Unrelated,
+}
+
+/// What an upstream delivers to its session.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    /// A frame from the server.
+    Frame {
+        /// The frame.
+        frame: Frame,
+        /// Where it came from.
+        via: Via,
+    },
+    /// The upstream is gone (child exited, session ended); no more frames will come.
+    Closed {
+        /// Why, for logs and the errors sent to clients.
+        reason: String,
+        /// The child's exit code, for stdio upstreams that exited.
+        exit_code: Option<i32>,
+    },
+}
+
+/// Context an upstream runs in.
+#[derive(Clone)]
+pub struct UpstreamCtx {
+    /// Session id, for log spans.
+    pub session: Arc<str>,
+    /// Cancelled when the session ends.
+    pub cancel: CancellationToken,
+    /// Tracks the upstream's tasks.
+    pub tracker: TaskTracker,
+    /// Shared HTTP client (connection pool).
+    pub http: HttpClient,
+    /// Options.
+    pub options: UpstreamOptions,
+}
+
+/// The server side of one session.
+pub enum Upstream {
+    /// A child process.
+    Stdio(StdioUpstream),
+    /// A Streamable HTTP server.
+    Http(HttpUpstream),
+}
+
+/// Create the upstream for a session. Server frames arrive on the returned receiver.
+pub async fn connect(
+    spec: &UpstreamSpec,
+    ctx: UpstreamCtx,
+) -> Result<(Upstream, mpsc::Receiver<UpstreamEvent>), ProxyError> {
+    let (tx, rx) = mpsc::channel(ctx.options.channel_capacity);
+    let up = match spec {
+        UpstreamSpec::Stdio { command, args } => {
+            Upstream::Stdio(StdioUpstream::spawn(command, args, ctx, tx)?)
+        }
+        UpstreamSpec::Http { url, headers } => {
+            Upstream::Http(HttpUpstream::new(url, headers, ctx, tx)?)
+        }
+    };
+    Ok((up, rx))
+}
+
+impl Upstream {
+    /// Send one client frame to the server. Returns once the frame is handed over (stdio: queued
+    /// for the child's stdin; HTTP: the POST is under way). Replies arrive as events.
+    pub async fn send(&self, frame: Frame) -> Result<(), ProxyError> {
+        match self {
+            Upstream::Stdio(s) => s.send(frame).await,
+            Upstream::Http(h) => h.send(frame),
+        }
+    }
+
+    /// Make sure server-initiated messages can flow (HTTP: open the GET stream once). Returns
+    /// `false` when the upstream has no such stream (HTTP 405).
+    pub async fn open_listen(&self) -> Result<bool, ProxyError> {
+        match self {
+            Upstream::Stdio(_) => Ok(true),
+            Upstream::Http(h) => h.open_listen().await,
+        }
+    }
+
+    /// End the upstream: stdio closes stdin, then SIGTERM, then SIGKILL after the grace periods;
+    /// HTTP sends DELETE for its upstream session. Resolves when that is done.
+    pub async fn shutdown(&self) {
+        match self {
+            Upstream::Stdio(s) => s.shutdown().await,
+            Upstream::Http(h) => h.shutdown().await,
+        }
+    }
+
+    /// Record the protocol version negotiated by `initialize` (HTTP sends it as a header).
+    pub fn set_protocol_version(&self, version: &str) {
+        if let Upstream::Http(h) = self {
+            h.set_protocol_version(version);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! A child process speaking MCP over newline-delimited stdin/stdout. One child per session.
+
+use super::{UpstreamCtx, UpstreamEvent, Via, process};
+use crate::error::ProxyError;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use shadowcat_proto::lines::{Line, LineCodec, single_line};
+use shadowcat_proto::{Frame, Message};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Longest stderr line kept in the log; longer lines are cut.
+const MAX_STDERR_LINE: usize = 64 * 1024;
+
+/// The stdio upstream of one session.
+pub struct StdioUpstream {
+    stdin: mpsc::Sender<Bytes>,
+    stop: CancellationToken,
+    exited: watch::Receiver<Option<i32>>,
+    pid: Option<u32>,
+}
+
+impl StdioUpstream {
+    /// Start the child and its I/O tasks.
+    pub(super) fn spawn(
+        command: &str,
+        args: &[String],
+        ctx: UpstreamCtx,
+        events: mpsc::Sender<UpstreamEvent>,
+    ) -> Result<Self, ProxyError> {
+        let mut child = process::spawn(command, args)
+            .map_err(|e| ProxyError::UpstreamConnect(format!("cannot start `{command}`: {e}")))?;
+        let pid = child.id();
+        let span = tracing::info_span!("upstream", session = %ctx.session, pid = ?pid);
+        tracing::info!(parent: &span, command, ?args, "spawned stdio upstream");
+        let (stdin_tx, stdin_rx) = mpsc::channel(ctx.options.channel_capacity);
+        let stop = ctx.cancel.child_token();
+        let (exit_tx, exit_rx) = watch::channel(None);
+
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let t = &ctx.tracker;
+        t.spawn(write_stdin(stdin, stdin_rx, stop.clone()).instrument(span.clone()));
+        let reader = t.spawn(
+            read_stdout(stdout, events.clone(), ctx.options.max_message).instrument(span.clone()),
+        );
+        t.spawn(read_stderr(stderr).instrument(span.clone()));
+        let grace = ctx.options.shutdown_grace;
+        let stop2 = stop.clone();
+        t.spawn(
+            async move {
+                let (status, reason) = tokio::select! {
+                    s = child.wait() => {
+                        process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                        (s.ok(), "the server process exited")
+                    }
+                    _ = stop2.cancelled() => {
+                        (process::terminate(&mut child, grace).await, "the session ended")
+                    }
+                };
+                let code = status.as_ref().map(process::exit_code);
+                // Deliver every frame the child wrote before it exited, then report the close.
+                if tokio::time::timeout(grace, reader).await.is_err() {
+                    tracing::warn!("child stdout still open after exit (a grandchild holds it?)");
+                }
+                tracing::info!(exit_code = ?code, "stdio upstream ended");
+                let reason = match code {
+                    Some(c) => format!("{reason} (exit code {c})"),
+                    None => reason.to_string(),
+                };
+                let _ = events
+                    .send(UpstreamEvent::Closed {
+                        reason,
+                        exit_code: code,
+                    })
+                    .await;
+                let _ = exit_tx.send(Some(code.unwrap_or(1)));
+            }
+            .instrument(span),
+        );
+        Ok(StdioUpstream {
+            stdin: stdin_tx,
+            stop,
+            exited: exit_rx,
+            pid,
+        })
+    }
+
+    /// Queue a frame for the child's stdin (waits when the queue is full: backpressure).
+    pub(super) async fn send(&self, frame: Frame) -> Result<(), ProxyError> {
+        self.stdin
+            .send(frame.into_raw())
+            .await
+            .map_err(|_| ProxyError::UpstreamClosed("the server process has exited".into()))
+    }
+
+    /// Close stdin, wait, SIGTERM, wait, SIGKILL; resolves when the child is gone.
+    pub(super) async fn shutdown(&self) {
+        self.stop.cancel();
+        let mut rx = self.exited.clone();
+        let _ = rx.wait_for(|v| v.is_some()).await;
+    }
+
+    /// The child's process id (also its process group id).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
+async fn write_stdin(stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>, stop: CancellationToken) {
+    let mut w = BufWriter::new(stdin);
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = stop.cancelled() => {
+                // Deliver what the client already sent, then close stdin.
+                while let Ok(m) = rx.try_recv() {
+                    if write_line(&mut w, &m).await.is_err() { break; }
+                }
+                let _ = w.flush().await;
+                break;
+            }
+        };
+        let Some(m) = msg else { break };
+        if write_line(&mut w, &m).await.is_err() {
+            break;
+        }
+        // Batch what is already queued into one flush.
+        let mut failed = false;
+        while let Ok(m) = rx.try_recv() {
+            if write_line(&mut w, &m).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed || w.flush().await.is_err() {
+            break;
+        }
+    }
+    // Dropping the writer closes the child's stdin.
+}
+
+async fn write_line(w: &mut BufWriter<ChildStdin>, raw: &Bytes) -> std::io::Result<()> {
+    w.write_all(&single_line(raw)).await?;
+    w.write_all(b"\n").await
+}
+
+async fn read_stdout(stdout: ChildStdout, events: mpsc::Sender<UpstreamEvent>, max: usize) {
+    let mut lines = FramedRead::new(stdout, LineCodec::new(max));
+    while let Some(item) = lines.next().await {
+        let line = match item {
+            Ok(Line::Line(l)) => l,
+            Ok(Line::TooLong { seen }) => {
+                tracing::error!(
+                    seen,
+                    limit = max,
+                    "dropped a server message larger than the limit"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the server's stdout failed");
+                break;
+            }
+        };
+        match Message::parse(line) {
+            Ok(msg) => {
+                for frame in msg.into_frames() {
+                    let ev = UpstreamEvent::Frame {
+                        frame,
+                        via: Via::Unrelated,
+                    };
+                    if events.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "server wrote a line that is not JSON-RPC; ignored")
+            }
+        }
+    }
+}
+
+async fn read_stderr(stderr: ChildStderr) {
+    let mut lines = FramedRead::new(stderr, LineCodec::new(MAX_STDERR_LINE));
+    while let Some(Ok(item)) = lines.next().await {
+        match item {
+            Line::Line(l) => {
+                tracing::info!(target: "shadowcat::upstream::stderr", "{}", String::from_utf8_lossy(&l))
+            }
+            Line::TooLong { seen } => {
+                tracing::info!(target: "shadowcat::upstream::stderr", "<{seen} bytes of stderr without a newline>")
+            }
+        }
+    }
+}
