@@ -26,6 +26,7 @@
 //! to the binary.
 
 mod server;
+mod stdio;
 
 use std::sync::Arc;
 
@@ -46,16 +47,22 @@ pub use server::{DemoServer, SharedState};
 pub const HTTP_PATH: &str = "/mcp";
 
 /// Errors returned by the demo server's entry points.
+///
+/// The underlying cause is available through [`std::error::Error::source`]
+/// (and is printed by `anyhow`'s `{:#}` / `{:?}`).
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The MCP `initialize` handshake did not complete.
-    #[error("MCP initialization with the client failed: {0}")]
+    #[error("MCP initialization with the client failed")]
     Initialize(#[source] Box<ServerInitializeError>),
     /// The task driving the MCP session panicked or was aborted.
-    #[error("the MCP session task failed: {0}")]
+    #[error("the MCP session task failed")]
     SessionTask(#[source] tokio::task::JoinError),
+    /// Standard input/output could not be set up for the stdio transport.
+    #[error("failed to set up stdin/stdout for the stdio transport")]
+    Stdio(#[source] std::io::Error),
     /// The HTTP server failed while accepting or serving connections.
-    #[error("the Streamable HTTP server failed: {0}")]
+    #[error("the Streamable HTTP server failed")]
     Http(#[source] std::io::Error),
 }
 
@@ -63,13 +70,11 @@ pub enum DemoError {
 ///
 /// Never writes anything but MCP to stdout (diagnostics go through `tracing`).
 /// A client that closes stdin before finishing the `initialize` handshake is
-/// treated as a normal end of input, not an error.
+/// treated as a normal end of input, not an error. After `cancel` fires this
+/// returns promptly even if stdin stays open: no blocking read of stdin is
+/// left on Tokio's blocking pool to hold up runtime shutdown.
 pub async fn serve_stdio(cancel: CancellationToken) -> Result<(), DemoError> {
-    // `stdio_pipes` drives stdin/stdout through the non-blocking pipe driver
-    // when they are FIFOs (the way MCP clients launch servers), so a
-    // cancellation does not leave a blocking read of stdin behind. It falls
-    // back to the blocking handles otherwise.
-    let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    let (stdin, stdout) = stdio::stdio().map_err(DemoError::Stdio)?;
     serve_io(stdin, stdout, cancel).await
 }
 

@@ -24,12 +24,11 @@ use rmcp::{
     model::{
         CallToolResult, ContentBlock, CreateMessageRequestParams, ElicitRequestParams,
         ElicitationAction, ElicitationSchema, Implementation, ListResourceTemplatesResult,
-        ListResourcesResult, LoggingLevel, LoggingMessageNotificationParam,
-        PaginatedRequestParams, ProgressNotificationParam, PromptMessage, ProtocolVersion,
-        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-        ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam, Role,
-        SamplingMessage, ServerCapabilities, ServerConfig, SetLevelRequestParams,
-        SubscribeRequestParams, UnsubscribeRequestParams,
+        ListResourcesResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
+        ProgressNotificationParam, PromptMessage, ProtocolVersion, ReadResourceRequestParams,
+        ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+        ResourceUpdatedNotificationParam, Role, SamplingMessage, ServerCapabilities, ServerConfig,
+        SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
     },
     prompt, prompt_handler, prompt_router,
     service::{ElicitationMode, RequestContext},
@@ -414,7 +413,9 @@ impl DemoServer {
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
         if steps > MAX_SLOW_STEPS {
-            return tool_error(format!("steps must be at most {MAX_SLOW_STEPS}, got {steps}"));
+            return tool_error(format!(
+                "steps must be at most {MAX_SLOW_STEPS}, got {steps}"
+            ));
         }
         if !(0.0..=MAX_SLOW_DURATION_SECS).contains(&duration) {
             return tool_error(format!(
@@ -513,10 +514,11 @@ impl DemoServer {
                  `elicitation` capability), so elicitation/create cannot be sent",
             );
         }
-        let requested_schema = match ElicitationSchema::builder().required_string("name").build()
-        {
+        let requested_schema = match ElicitationSchema::builder().required_string("name").build() {
             Ok(schema) => schema,
-            Err(error) => return tool_error(format!("failed to build the elicitation schema: {error}")),
+            Err(error) => {
+                return tool_error(format!("failed to build the elicitation schema: {error}"));
+            }
         };
         let params = ElicitRequestParams::FormElicitationParams {
             meta: None,
@@ -568,7 +570,9 @@ impl DemoServer {
             ));
         };
         if count > MAX_LOG_COUNT {
-            return tool_error(format!("count must be at most {MAX_LOG_COUNT}, got {count}"));
+            return tool_error(format!(
+                "count must be at most {MAX_LOG_COUNT}, got {count}"
+            ));
         }
         let mut sent = 0u32;
         for i in 1..=count {
@@ -610,7 +614,10 @@ impl DemoServer {
 
 #[prompt_router]
 impl DemoServer {
-    #[prompt(name = "greeting", description = "Ask the model to greet someone by name.")]
+    #[prompt(
+        name = "greeting",
+        description = "Ask the model to greet someone by name."
+    )]
     async fn greeting_prompt(
         &self,
         Parameters(GreetingArgs { name }): Parameters<GreetingArgs>,
@@ -621,7 +628,10 @@ impl DemoServer {
         )]
     }
 
-    #[prompt(name = "code_review", description = "Ask the model to review a piece of code.")]
+    #[prompt(
+        name = "code_review",
+        description = "Ask the model to review a piece of code."
+    )]
     async fn code_review_prompt(
         &self,
         Parameters(CodeReviewArgs { code, language }): Parameters<CodeReviewArgs>,
@@ -724,7 +734,8 @@ impl ServerHandler for DemoServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let uri = request.uri;
-        let text = resource_text(&uri, &self.session.shared).ok_or_else(|| resource_not_found(&uri))?;
+        let text =
+            resource_text(&uri, &self.session.shared).ok_or_else(|| resource_not_found(&uri))?;
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, uri)]).into())
     }
 

@@ -15,12 +15,12 @@ use rmcp::{
     ClientHandler, RoleClient, ServiceExt,
     model::{
         CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientRequest,
-        CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
+        ContentBlock, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
         ElicitResult, ElicitationAction, ErrorCode, GetPromptRequestParams, Implementation,
         JsonObject, LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam,
-        ProgressToken, ContentBlock, ReadResourceRequestParams, Request,
-        ResourceContents, ResourceUpdatedNotificationParam, Role, SamplingMessage,
-        ServerResult, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+        ProgressToken, ReadResourceRequestParams, Request, ResourceContents,
+        ResourceUpdatedNotificationParam, Role, SamplingMessage, ServerResult,
+        SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
     },
     service::{
         NotificationContext, PeerRequestOptions, RequestContext, RunningService, ServiceError,
@@ -302,8 +302,14 @@ fn mcp_error(error: ServiceError) -> rmcp::ErrorData {
 async fn initialize_announces_name_version_and_capabilities() {
     let h = Harness::start(TestClient::capable()).await;
     let info = h.service.peer_info().expect("server info after initialize");
-    assert_eq!(info.server_info.as_ref().expect("serverInfo").name, "shadowcat-demo");
-    assert_eq!(info.server_info.as_ref().expect("serverInfo").version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        info.server_info.as_ref().expect("serverInfo").name,
+        "shadowcat-demo"
+    );
+    assert_eq!(
+        info.server_info.as_ref().expect("serverInfo").version,
+        env!("CARGO_PKG_VERSION")
+    );
     let caps = &info.capabilities;
     assert!(caps.tools.is_some(), "tools capability: {caps:?}");
     assert!(caps.prompts.is_some(), "prompts capability: {caps:?}");
@@ -326,7 +332,15 @@ async fn tools_list_has_all_seven_tools() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["add", "echo", "elicit", "increment", "log", "sample", "slow"]
+        [
+            "add",
+            "echo",
+            "elicit",
+            "increment",
+            "log",
+            "sample",
+            "slow"
+        ]
     );
     let echo = tools.iter().find(|t| t.name == "echo").unwrap();
     assert_eq!(
@@ -348,7 +362,10 @@ async fn echo_and_add() {
     );
     assert_eq!(h.call_text("add", json!({"a": 2, "b": 3})).await, "5");
     assert_eq!(h.call_text("add", json!({"a": 1.5, "b": 1})).await, "2.5");
-    assert_eq!(h.call_text("add", json!({"a": -7, "b": 2.25})).await, "-4.75");
+    assert_eq!(
+        h.call_text("add", json!({"a": -7, "b": 2.25})).await,
+        "-4.75"
+    );
     // A missing argument is reported, not silently defaulted.
     let missing = h.call("add", json!({"a": 1})).await;
     assert_eq!(missing.is_error, Some(true), "{missing:?}");
@@ -377,7 +394,11 @@ async fn slow_reports_progress_for_its_token() {
     assert_eq!(only_text(&result), "completed 3 steps");
     h.client
         .wait_for("3 progress notifications", |r| {
-            r.progress.iter().filter(|p| p.progress_token == token).count() >= 3
+            r.progress
+                .iter()
+                .filter(|p| p.progress_token == token)
+                .count()
+                >= 3
         })
         .await;
     let progress = h.client.progress_for(&token);
@@ -443,7 +464,10 @@ async fn slow_stops_promptly_when_cancelled() {
     assert!(later < 10, "slow ran {later} steps before stopping");
 
     // The server is still responsive.
-    assert_eq!(h.call_text("echo", json!({"message": "still here"})).await, "still here");
+    assert_eq!(
+        h.call_text("echo", json!({"message": "still here"})).await,
+        "still here"
+    );
     h.shutdown().await;
 }
 
@@ -451,7 +475,8 @@ async fn slow_stops_promptly_when_cancelled() {
 async fn sample_round_trips_through_the_client() {
     let h = Harness::start(TestClient::capable()).await;
     assert_eq!(
-        h.call_text("sample", json!({"prompt": "write a haiku"})).await,
+        h.call_text("sample", json!({"prompt": "write a haiku"}))
+            .await,
         "sampled: model says: write a haiku"
     );
     assert_eq!(
@@ -477,7 +502,10 @@ async fn sample_and_elicit_fail_cleanly_without_client_support() {
     let message = h.call_error("sample", json!({"prompt": "hi"})).await;
     assert!(message.contains("does not support sampling"), "{message}");
     let message = h.call_error("elicit", json!({"message": "who?"})).await;
-    assert!(message.contains("does not support form elicitation"), "{message}");
+    assert!(
+        message.contains("does not support form elicitation"),
+        "{message}"
+    );
     assert!(h.client.recorded().sampling_requests.is_empty());
     assert!(h.client.recorded().elicitation_requests.is_empty());
     h.shutdown().await;
@@ -493,11 +521,13 @@ async fn elicit_round_trips_through_the_client() {
     );
     {
         let recorded = h.client.recorded();
-        let [ElicitRequestParams::FormElicitationParams {
-            message,
-            requested_schema,
-            ..
-        }] = recorded.elicitation_requests.as_slice()
+        let [
+            ElicitRequestParams::FormElicitationParams {
+                message,
+                requested_schema,
+                ..
+            },
+        ] = recorded.elicitation_requests.as_slice()
         else {
             panic!(
                 "expected one form elicitation, got {:?}",
@@ -527,8 +557,11 @@ async fn elicit_round_trips_through_the_client() {
 async fn log_emits_notifications_and_respects_set_level() {
     let h = Harness::start(TestClient::capable()).await;
     assert_eq!(
-        h.call_text("log", json!({"message": "hello", "level": "warning", "count": 3}))
-            .await,
+        h.call_text(
+            "log",
+            json!({"message": "hello", "level": "warning", "count": 3})
+        )
+        .await,
         "logged 3"
     );
     h.client
@@ -537,15 +570,23 @@ async fn log_emits_notifications_and_respects_set_level() {
     {
         let recorded = h.client.recorded();
         let data: Vec<&Value> = recorded.logs.iter().map(|l| &l.data).collect();
-        assert_eq!(data, [&json!("hello #1"), &json!("hello #2"), &json!("hello #3")]);
+        assert_eq!(
+            data,
+            [&json!("hello #1"), &json!("hello #2"), &json!("hello #3")]
+        );
         for log in &recorded.logs {
             assert_eq!(log.level, LoggingLevel::Warning);
             assert_eq!(log.logger.as_deref(), Some("demo"));
         }
     }
     // Single message: no " #i" suffix, level defaults to info.
-    assert_eq!(h.call_text("log", json!({"message": "once"})).await, "logged 1");
-    h.client.wait_for("4 log notifications", |r| r.logs.len() >= 4).await;
+    assert_eq!(
+        h.call_text("log", json!({"message": "once"})).await,
+        "logged 1"
+    );
+    h.client
+        .wait_for("4 log notifications", |r| r.logs.len() >= 4)
+        .await;
     {
         let recorded = h.client.recorded();
         assert_eq!(recorded.logs[3].data, json!("once"));
@@ -557,8 +598,11 @@ async fn log_emits_notifications_and_respects_set_level() {
         .await
         .expect("logging/setLevel");
     assert_eq!(
-        h.call_text("log", json!({"message": "quiet", "level": "info", "count": 2}))
-            .await,
+        h.call_text(
+            "log",
+            json!({"message": "quiet", "level": "info", "count": 2})
+        )
+        .await,
         "logged 0"
     );
     assert_eq!(
@@ -566,7 +610,9 @@ async fn log_emits_notifications_and_respects_set_level() {
             .await,
         "logged 1"
     );
-    h.client.wait_for("5 log notifications", |r| r.logs.len() >= 5).await;
+    h.client
+        .wait_for("5 log notifications", |r| r.logs.len() >= 5)
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     {
         let recorded = h.client.recorded();
@@ -584,7 +630,11 @@ async fn log_emits_notifications_and_respects_set_level() {
 #[tokio::test]
 async fn resources_list_read_and_templates() {
     let h = Harness::start(TestClient::capable()).await;
-    let resources = h.service.list_all_resources().await.expect("resources/list");
+    let resources = h
+        .service
+        .list_all_resources()
+        .await
+        .expect("resources/list");
     let mut uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
     uris.sort_unstable();
     assert_eq!(uris, ["demo://counter", "demo://readme"]);
@@ -649,7 +699,11 @@ async fn subscribe_increment_sends_resource_updated() {
             .expect_err("subscribing to an unknown uri must fail"),
     );
     assert_eq!(error.code, ErrorCode::INVALID_PARAMS);
-    assert!(error.message.contains("demo://missing"), "{}", error.message);
+    assert!(
+        error.message.contains("demo://missing"),
+        "{}",
+        error.message
+    );
     h.shutdown().await;
 }
 
@@ -713,13 +767,17 @@ async fn prompts_list_and_get() {
         .expect("prompts/get greeting");
     assert_eq!(greeting.messages.len(), 1);
     assert_eq!(greeting.messages[0].role, Role::User);
-    assert_eq!(prompt_text(&greeting.messages[0].content), "Say hello to Ada.");
+    assert_eq!(
+        prompt_text(&greeting.messages[0].content),
+        "Say hello to Ada."
+    );
 
     let review = h
         .service
-        .get_prompt(GetPromptRequestParams::new("code_review").with_arguments(object(
-            json!({"code": "fn main() {}", "language": "rust"}),
-        )))
+        .get_prompt(
+            GetPromptRequestParams::new("code_review")
+                .with_arguments(object(json!({"code": "fn main() {}", "language": "rust"}))),
+        )
         .await
         .expect("prompts/get code_review");
     assert_eq!(review.messages.len(), 1);
@@ -826,10 +884,14 @@ async fn serve_http_streamable_http_round_trip() {
         .await
         .expect("client initializes over Streamable HTTP");
     let info = service.peer_info().expect("server info");
-    assert_eq!(info.server_info.as_ref().expect("serverInfo").name, "shadowcat-demo");
+    assert_eq!(
+        info.server_info.as_ref().expect("serverInfo").name,
+        "shadowcat-demo"
+    );
     let result = service
         .call_tool(
-            CallToolRequestParams::new("echo").with_arguments(object(json!({"message": "over http"}))),
+            CallToolRequestParams::new("echo")
+                .with_arguments(object(json!({"message": "over http"}))),
         )
         .await
         .expect("tools/call echo over HTTP");
@@ -857,12 +919,23 @@ async fn serve_http_streamable_http_round_trip() {
     // Raw HTTP: stateful session id + SSE response, loopback Host accepted on
     // any port, foreign Host rejected.
     let response = raw_http(addr, initialize_request(&addr.to_string())).await;
-    let head = response.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    let head = response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{response}");
     assert!(head.contains("mcp-session-id:"), "{response}");
-    assert!(head.contains("content-type: text/event-stream"), "{response}");
+    assert!(
+        head.contains("content-type: text/event-stream"),
+        "{response}"
+    );
     assert!(response.contains("\"serverInfo\""), "{response}");
-    let response = raw_http(addr, initialize_request(&format!("localhost:{}", addr.port()))).await;
+    let response = raw_http(
+        addr,
+        initialize_request(&format!("localhost:{}", addr.port())),
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let response = raw_http(addr, initialize_request("evil.example:80")).await;
     assert!(response.starts_with("HTTP/1.1 403"), "{response}");
@@ -875,4 +948,23 @@ async fn serve_http_streamable_http_round_trip() {
         .expect("server task does not panic");
     assert!(result.is_ok(), "{result:?}");
     drop(service);
+}
+
+/// The CLI propagates `DemoError` through `anyhow` and may spawn the serve
+/// futures on a multi-threaded runtime.
+#[test]
+fn errors_and_futures_are_send_and_sync() {
+    fn error<E: std::error::Error + Send + Sync + 'static>() {}
+    fn send<F: std::future::Future + Send>(_: F) {}
+    error::<DemoError>();
+    send(shadowcat_demo::serve_stdio(CancellationToken::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    send(serve_http(listener, CancellationToken::new()));
 }

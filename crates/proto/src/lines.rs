@@ -90,9 +90,19 @@ impl Decoder for LineCodec {
                     }
                 }
                 None if buf.len() > self.max => {
-                    self.discarding = Some(buf.len());
-                    buf.clear();
                     self.scanned = 0;
+                    // Too long: drop through the end of this line only, never the lines after it.
+                    match buf[limit..].iter().position(|&b| b == b'\n') {
+                        Some(rel) => {
+                            let end = limit + rel;
+                            let _ = buf.split_to(end + 1);
+                            return Ok(Some(Line::TooLong { seen: end }));
+                        }
+                        None => {
+                            self.discarding = Some(buf.len());
+                            buf.clear();
+                        }
+                    }
                 }
                 None => {
                     self.scanned = buf.len();
@@ -173,6 +183,13 @@ mod tests {
         let mut c = LineCodec::new(8);
         let got = all(&mut c, &[b"0123456789abc", b"def\nok\n"]);
         assert_eq!(got, vec![Line::TooLong { seen: 16 }, line("ok")]);
+        // the lines after an oversized one, already buffered in the same chunk, survive
+        let mut c = LineCodec::new(8);
+        let got = all(&mut c, &[b"0123456789abcdef\nok\nfine\n"]);
+        assert_eq!(
+            got,
+            vec![Line::TooLong { seen: 16 }, line("ok"), line("fine")]
+        );
         // exactly at the limit is fine
         let mut c = LineCodec::new(8);
         assert_eq!(all(&mut c, &[b"01234567\n"]), vec![line("01234567")]);

@@ -16,6 +16,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr()?;
             tracing::info!("demo server listening on http://{local}/mcp");
+            // Machine-readable line for scripts and tests that listen on port 0.
+            eprintln!("shadowcat: listening on http://{local}");
             shadowcat_demo::serve_http(listener, cancel.clone()).await?;
         }
         None => shadowcat_demo::serve_stdio(cancel.clone()).await?,

@@ -136,12 +136,12 @@ impl Session {
     /// Account for a server frame (completes in-flight requests, learns the protocol version)
     /// and run the pipeline on it. Returns the frame to deliver to the client, if any.
     pub async fn from_server(&self, frame: Frame) -> Option<Frame> {
-        if frame.kind().is_reply() {
-            if let Some(req) = frame.id().and_then(|id| self.inflight.remove(id)) {
-                if req.method.as_ref() == "initialize" && frame.kind() == FrameKind::Response {
-                    self.learn_version(&frame);
-                }
-            }
+        if frame.kind().is_reply()
+            && let Some(req) = frame.id().and_then(|id| self.inflight.remove(id))
+            && req.method.as_ref() == "initialize"
+            && frame.kind() == FrameKind::Response
+        {
+            self.learn_version(&frame);
         }
         let ctx = FrameCtx {
             session: &self.id,

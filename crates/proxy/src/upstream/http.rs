@@ -257,10 +257,11 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
         }
     };
     let status = resp.status();
-    if is_init && status.is_success() {
-        if let Some(sid) = resp.headers().get(SESSION_ID_HEADER) {
-            *lock(&inner.session_id) = Some(sid.clone());
-        }
+    if is_init
+        && status.is_success()
+        && let Some(sid) = resp.headers().get(SESSION_ID_HEADER)
+    {
+        *lock(&inner.session_id) = Some(sid.clone());
     }
     if status == StatusCode::NOT_FOUND && lock(&inner.session_id).is_some() {
         inner

@@ -31,7 +31,7 @@ impl OriginPolicy {
             return Ok(());
         };
         let origin = origin.to_str().unwrap_or("").trim().to_ascii_lowercase();
-        if self.any || is_loopback_origin(&origin) || self.allowed.iter().any(|a| *a == origin) {
+        if self.any || is_loopback_origin(&origin) || self.allowed.contains(&origin) {
             return Ok(());
         }
         Err(ProxyError::bad(

@@ -141,18 +141,14 @@ impl Outbox {
             return (Route::To(s.tx.clone()), Some(frame));
         }
         let unrelated_stdio = matches!(via, Via::Unrelated);
-        if unrelated_stdio {
-            if let Some(only) = self.only_request_stream() {
-                return (Route::To(only), Some(frame));
-            }
+        if unrelated_stdio && let Some(only) = self.only_request_stream() {
+            return (Route::To(only), Some(frame));
         }
         if let Some(l) = self.listen.as_ref().filter(|l| l.open()) {
             return (Route::To(l.tx.clone()), Some(frame));
         }
-        if unrelated_stdio {
-            if let Some(newest) = self.requests.values().max_by_key(|s| s.seq) {
-                return (Route::To(newest.tx.clone()), Some(frame));
-            }
+        if unrelated_stdio && let Some(newest) = self.requests.values().max_by_key(|s| s.seq) {
+            return (Route::To(newest.tx.clone()), Some(frame));
         }
         if self.queue.len() >= self.capacity {
             self.queue.pop_front();

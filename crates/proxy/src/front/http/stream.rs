@@ -57,10 +57,10 @@ pub fn body(
             Some(f) => f,
             None => st.rx.recv().await?,
         };
-        if let (Some(exp), Some(id)) = (st.expected.as_mut(), frame.id()) {
-            if frame.kind().is_reply() {
-                exp.remove(id);
-            }
+        if let (Some(exp), Some(id)) = (st.expected.as_mut(), frame.id())
+            && frame.kind().is_reply()
+        {
+            exp.remove(id);
         }
         Some((Ok::<Bytes, std::convert::Infallible>(encode(&frame)), st))
     });

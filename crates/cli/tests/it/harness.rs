@@ -1,0 +1,306 @@
+//! Test harness: start proxies and demo servers as real processes, talk raw HTTP to them, and
+//! count their child processes.
+
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shadowcat")
+}
+
+/// A running `shadowcat` process that serves HTTP (forward http or demo-server --http).
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Start `shadowcat ARGS` and wait for its "listening on" line.
+    pub async fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start shadowcat");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let base = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("read stderr") {
+                if let Some(rest) = line.strip_prefix("shadowcat: listening on ") {
+                    return rest.trim().to_string();
+                }
+            }
+            panic!("shadowcat exited before listening");
+        })
+        .await
+        .expect("shadowcat did not start listening in time");
+        // Keep draining stderr so the process never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if std::env::var_os("SHADOWCAT_TEST_LOGS").is_some() {
+                    eprintln!("[proxy] {line}");
+                }
+            }
+        });
+        Server { child, base }
+    }
+
+    /// `shadowcat forward http --listen 127.0.0.1:0 EXTRA…`
+    pub async fn forward_http(extra: &[&str]) -> Server {
+        let mut args = vec!["forward", "http", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Server::start(&args).await
+    }
+
+    /// `shadowcat demo-server --http 127.0.0.1:0`
+    pub async fn demo_http() -> Server {
+        Server::start(&["demo-server", "--http", "127.0.0.1:0"]).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/mcp", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("server still running")
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("proxy exits after SIGTERM")
+            .expect("wait");
+        status.code()
+    }
+}
+
+/// Direct and indirect children of `pid` (read from /proc).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // Fields after the command name (which is in parentheses and may contain spaces).
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let state = fields.first().copied().unwrap_or("");
+            if state == "Z" {
+                continue;
+            }
+            if let Some(ppid) = fields.get(1).and_then(|f| f.parse::<u32>().ok()) {
+                all.push((p, ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (p, pp) in &all {
+            if *pp == parent {
+                out.push(*p);
+                frontier.push(*p);
+            }
+        }
+    }
+    out
+}
+
+/// Wait until `pid` has exactly `n` descendants.
+pub async fn wait_descendants(pid: u32, n: usize) -> Vec<u32> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let d = descendants(pid);
+        if d.len() == n {
+            return d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {n} child processes of {pid}, found {}: {d:?}",
+            d.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// A raw Streamable HTTP client: exact statuses and headers, JSON or SSE bodies.
+pub struct Raw {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub session: Option<String>,
+    pub version: &'static str,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    /// JSON-RPC messages of the body (one JSON value, or every SSE `data:`).
+    pub fn messages(&self) -> Vec<Value> {
+        if self.content_type().starts_with("text/event-stream") {
+            self.body
+                .split("\n\n")
+                .filter_map(|ev| {
+                    let data: Vec<&str> = ev
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect();
+                    (!data.is_empty() && !data.concat().trim().is_empty())
+                        .then(|| serde_json::from_str(&data.join("\n")).expect("SSE data is JSON"))
+                })
+                .collect()
+        } else if self.body.is_empty() {
+            vec![]
+        } else {
+            match self.json() {
+                Value::Array(items) => items,
+                v => vec![v],
+            }
+        }
+    }
+    /// The JSON-RPC error code of the body.
+    pub fn rpc_code(&self) -> i64 {
+        self.json()["error"]["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no JSON-RPC error: {}", self.body))
+    }
+}
+
+pub fn init_body(id: i64, version: &str) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
+        "protocolVersion": version, "capabilities": {}, "clientInfo": {"name":"raw-test","version":"1"}}})
+}
+
+impl Raw {
+    pub fn new(url: String) -> Raw {
+        Raw {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+            url,
+            session: None,
+            version: "2025-06-18",
+        }
+    }
+
+    pub fn post_builder(&self, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+        let mut r = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(s) = &self.session {
+            r = r
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", self.version);
+        }
+        r
+    }
+
+    pub async fn send(req: reqwest::RequestBuilder) -> Reply {
+        let resp = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("HTTP timeout")
+            .expect("HTTP request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = tokio::time::timeout(WAIT, resp.text())
+            .await
+            .expect("body timeout")
+            .expect("body");
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, body: Value) -> Reply {
+        Raw::send(self.post_builder(body.to_string())).await
+    }
+
+    /// initialize + notifications/initialized; remembers the session id.
+    pub async fn initialize(&mut self) -> Reply {
+        let r = self.post(init_body(0, self.version)).await;
+        assert_eq!(r.status, 200, "initialize: {}", r.body);
+        let sid = r
+            .headers
+            .get("mcp-session-id")
+            .expect("session id header")
+            .to_str()
+            .unwrap()
+            .to_string();
+        self.session = Some(sid);
+        let n = self
+            .post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        assert_eq!(n.status, 202, "initialized: {}", n.body);
+        r
+    }
+
+    /// Call a tool and return the text of its first content item.
+    pub async fn call_tool(&self, id: i64, name: &str, args: Value) -> String {
+        let r = self
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":args}}))
+            .await;
+        assert_eq!(r.status, 200, "tools/call {name}: {}", r.body);
+        let msgs = r.messages();
+        let reply = msgs
+            .iter()
+            .find(|m| m["id"] == json!(id))
+            .unwrap_or_else(|| panic!("no reply: {}", r.body));
+        reply["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no text in {reply}"))
+            .to_string()
+    }
+
+    pub async fn delete(&self) -> Reply {
+        let mut r = self.http.delete(&self.url);
+        if let Some(s) = &self.session {
+            r = r.header("mcp-session-id", s);
+        }
+        Raw::send(r).await
+    }
+}

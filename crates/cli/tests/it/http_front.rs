@@ -1,0 +1,320 @@
+//! The Streamable HTTP front: statuses, headers and JSON-RPC error codes for good and bad input.
+
+use super::harness::{Raw, Server, init_body};
+use serde_json::json;
+
+async fn proxy() -> Server {
+    Server::forward_http(&["--demo", "--max-message", "4096"]).await
+}
+
+#[tokio::test]
+async fn bad_input_gets_exact_statuses() {
+    let p = proxy().await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+
+    // malformed JSON → 400 + parse error
+    let r = Raw::send(c.post_builder("{not json")).await;
+    assert_eq!((r.status, r.rpc_code()), (400, -32700), "{}", r.body);
+    // valid JSON, not JSON-RPC → 400 + invalid request
+    let r = c.post(json!({"hello": "world"})).await;
+    assert_eq!((r.status, r.rpc_code()), (400, -32600), "{}", r.body);
+    // wrong Content-Type → 415
+    let wrong_type = c
+        .http
+        .post(&c.url)
+        .header("content-type", "text/plain")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", c.session.clone().unwrap())
+        .body("{}");
+    let r = Raw::send(wrong_type).await;
+    assert_eq!(r.status, 415, "{}", r.body);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/json")
+    );
+    // Accept missing text/event-stream → 406
+    let json_only = c
+        .http
+        .post(&c.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("mcp-session-id", c.session.clone().unwrap())
+        .body(json!({"jsonrpc":"2.0","id":5,"method":"ping"}).to_string());
+    let r = Raw::send(json_only).await;
+    assert_eq!(r.status, 406, "{}", r.body);
+    // oversized body → 413
+    let big = json!({"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"message":"x".repeat(5000)}}});
+    let r = c.post(big).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    // unknown session id → 404
+    let mut other = Raw::new(p.url());
+    other.session = Some("0123456789abcdef0123456789abcdef".into());
+    let r = other
+        .post(json!({"jsonrpc":"2.0","id":7,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    // missing session id on a non-initialize request → 400
+    let anon = Raw::new(p.url());
+    let r = anon
+        .post(json!({"jsonrpc":"2.0","id":8,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("Mcp-Session-Id"), "{}", r.body);
+    // bad Origin → 403; a localhost origin is fine
+    let r = Raw::send(
+        c.post_builder(json!({"jsonrpc":"2.0","id":9,"method":"ping"}).to_string())
+            .header("origin", "https://evil.example"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = Raw::send(
+        c.post_builder(json!({"jsonrpc":"2.0","id":10,"method":"ping"}).to_string())
+            .header("origin", "http://localhost:5173"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // unsupported protocol version → 400
+    let mut old = Raw::new(p.url());
+    old.session = c.session.clone();
+    old.version = "1999-01-01";
+    let r = old
+        .post(json!({"jsonrpc":"2.0","id":11,"method":"ping"}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("1999-01-01"));
+    // batch in 2025-06-18 → 400
+    let batch = json!([{"jsonrpc":"2.0","id":12,"method":"ping"},{"jsonrpc":"2.0","id":13,"method":"ping"}]);
+    let r = c.post(batch).await;
+    assert_eq!((r.status, r.rpc_code()), (400, -32600), "{}", r.body);
+    assert!(r.body.contains("batch"), "{}", r.body);
+    // wrong method → 405 with Allow
+    let r = Raw::send(c.http.put(&c.url)).await;
+    assert_eq!(r.status, 405);
+    assert!(r.headers.get("allow").is_some());
+    // unknown path → 404
+    let r = Raw::send(c.http.post(format!("{}/nope", p.base))).await;
+    assert_eq!(r.status, 404);
+    // GET without Accept: text/event-stream → 406
+    let get = c.http.get(&c.url).header("accept", "application/json");
+    let r = Raw::send(get.header("mcp-session-id", c.session.clone().unwrap())).await;
+    assert_eq!(r.status, 406, "{}", r.body);
+    // the session still works after all that
+    assert_eq!(
+        c.call_tool(20, "echo", json!({"message":"still here"}))
+            .await,
+        "still here"
+    );
+}
+
+#[tokio::test]
+async fn batches_work_in_2025_03_26() {
+    let p = proxy().await;
+    let mut c = Raw::new(p.url());
+    c.version = "2025-03-26";
+    c.initialize().await;
+    let batch = json!([
+        {"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3}}},
+        {"jsonrpc":"2.0","method":"notifications/roots/list_changed"},
+        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"b"}}}
+    ]);
+    let r = c.post(batch).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let msgs = r.messages();
+    assert_eq!(msgs.len(), 2, "{}", r.body);
+    let a = msgs
+        .iter()
+        .find(|m| m["id"] == json!("a"))
+        .expect("reply to string id \"a\"");
+    assert_eq!(a["result"]["content"][0]["text"], "5");
+    let b = msgs
+        .iter()
+        .find(|m| m["id"] == json!(2))
+        .expect("reply to integer id 2");
+    assert_eq!(b["result"]["content"][0]["text"], "b");
+}
+
+#[tokio::test]
+async fn notifications_get_202_and_ids_keep_their_type() {
+    let p = proxy().await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    let r = c
+        .post(json!({"jsonrpc":"2.0","method":"notifications/roots/list_changed"}))
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (202, ""));
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":"0","method":"ping"}))
+        .await;
+    assert_eq!(r.messages()[0]["id"], json!("0"));
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":0,"method":"ping"}))
+        .await;
+    assert_eq!(r.messages()[0]["id"], json!(0));
+}
+
+#[tokio::test]
+async fn progress_streams_as_sse_before_the_reply() {
+    let p = proxy().await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    let r = c
+        .post(
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+            "name":"slow","arguments":{"steps":3,"duration":0.3},"_meta":{"progressToken":"tok"}}}),
+        )
+        .await;
+    assert!(
+        r.content_type().starts_with("text/event-stream"),
+        "{:?}",
+        r.headers
+    );
+    let msgs = r.messages();
+    let progress: Vec<_> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 3, "{}", r.body);
+    assert_eq!(
+        msgs.last().unwrap()["result"]["content"][0]["text"],
+        "completed 3 steps"
+    );
+    // without a progress token the answer is plain JSON
+    let r = c.post(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow","arguments":{"steps":2,"duration":0.1}}})).await;
+    assert!(
+        r.content_type().starts_with("application/json"),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[tokio::test]
+async fn session_ids_are_proxy_minted_and_deleted_sessions_are_gone() {
+    let demo = Server::demo_http().await;
+    let p = Server::forward_http(&["--target", &demo.url()]).await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    let sid = c.session.clone().unwrap();
+    assert_eq!(sid.len(), 32);
+    assert!(sid.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        c.call_tool(1, "echo", json!({"message":"via http"})).await,
+        "via http"
+    );
+    // The upstream never saw our id: presenting it directly to the upstream fails.
+    let mut direct = Raw::new(demo.url());
+    direct.session = Some(sid.clone());
+    let r = direct
+        .post(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
+        .await;
+    assert!(
+        r.status == 404 || r.status == 400 || r.status == 401,
+        "upstream accepted the proxy id: {}",
+        r.status
+    );
+    // DELETE ends it; afterwards 404
+    let r = c.delete().await;
+    assert_eq!(r.status, 204);
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status, 404);
+    let r = c.delete().await;
+    assert_eq!(r.status, 404);
+    // initialize with a fresh session still works
+    let mut again = Raw::new(p.url());
+    again.initialize().await;
+    assert_ne!(again.session, Some(sid));
+}
+
+#[tokio::test]
+async fn named_targets_and_session_binding_to_routes() {
+    let demo = Server::demo_http().await;
+    let http_target = format!("remote={}", demo.url());
+    let stdio_target = format!("local={} demo-server", super::harness::bin());
+    let p = Server::forward_http(&["--target", &http_target, "--target", &stdio_target]).await;
+    // no default target configured → /mcp is 404 with a clear message
+    let r = Raw::new(p.url()).post(init_body(1, "2025-06-18")).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("/servers/NAME/mcp"));
+    let mut remote = Raw::new(format!("{}/servers/remote/mcp", p.base));
+    remote.initialize().await;
+    assert_eq!(remote.call_tool(1, "add", json!({"a":1,"b":2})).await, "3");
+    let mut local = Raw::new(format!("{}/servers/local/mcp", p.base));
+    local.initialize().await;
+    assert_eq!(
+        local.call_tool(1, "echo", json!({"message":"local"})).await,
+        "local"
+    );
+    // a session id belongs to its route
+    let mut cross = Raw::new(format!("{}/servers/local/mcp", p.base));
+    cross.session = remote.session.clone();
+    let r = cross
+        .post(json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status, 404);
+    let r = Raw::new(format!("{}/servers/nope/mcp", p.base))
+        .post(init_body(1, "2025-06-18"))
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("nope"));
+}
+
+#[tokio::test]
+async fn absolute_form_uris_select_the_upstream() {
+    let demo = Server::demo_http().await;
+    let p = Server::forward_http(&["--allow-absolute-uri"]).await;
+    // reqwest sends absolute-form request targets when talking to an HTTP proxy.
+    let http = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(&p.base).unwrap())
+        .build()
+        .unwrap();
+    let mut c = Raw::new(demo.url());
+    c.http = http;
+    c.initialize().await;
+    assert_eq!(
+        c.call_tool(1, "echo", json!({"message":"absolute"})).await,
+        "absolute"
+    );
+    // without the flag, there is no default target at /mcp: the request is refused, not relayed
+    let plain = Server::forward_http(&["--target", "named=http://127.0.0.1:9/mcp"]).await;
+    let mut c = Raw::new(demo.url());
+    c.http = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(&plain.base).unwrap())
+        .build()
+        .unwrap();
+    let r = c.post(init_body(1, "2025-06-18")).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+#[tokio::test]
+async fn session_limit_answers_503_with_retry_after() {
+    let p = Server::forward_http(&["--demo", "--max-sessions", "2"]).await;
+    let mut a = Raw::new(p.url());
+    a.initialize().await;
+    let mut b = Raw::new(p.url());
+    b.initialize().await;
+    let r = Raw::new(p.url()).post(init_body(1, "2025-06-18")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "5");
+    assert_eq!(r.json()["id"], json!(1));
+    a.delete().await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gives_502_with_the_request_id() {
+    let p = Server::forward_http(&["--target", "http://127.0.0.1:9/mcp"]).await;
+    let r = Raw::new(p.url()).post(init_body(42, "2025-06-18")).await;
+    assert_eq!(
+        r.status, 200,
+        "the JSON-RPC error travels in a 200 reply: {}",
+        r.body
+    );
+    assert_eq!(r.json()["id"], json!(42));
+    assert_eq!(r.rpc_code(), -32000);
+    assert!(r.body.contains("127.0.0.1:9"), "{}", r.body);
+}

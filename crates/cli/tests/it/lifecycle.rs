@@ -1,0 +1,200 @@
+//! Process lifecycle: children dying, client EOF, signals, exit codes. No orphan, ever.
+
+use super::harness::{Raw, Server, WAIT, bin, descendants, process_alive, wait_descendants};
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::test]
+async fn child_killed_mid_call_gives_an_error_and_ends_the_session() {
+    let p = Server::forward_http(&["--demo"]).await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    let child = wait_descendants(p.pid(), 1).await[0];
+    let call = c.post(json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow","arguments":{"steps":1,"duration":30}}}));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let (r, ()) = tokio::join!(call, killer);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reply = r
+        .messages()
+        .into_iter()
+        .find(|m| m["id"] == json!(7))
+        .expect("a reply for id 7");
+    assert_eq!(reply["error"]["code"], json!(-32000), "{reply}");
+    let msg = reply["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("tools/call") && msg.contains("exit"), "{msg}");
+    // the session is over
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":8,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status, 404);
+    wait_descendants(p.pid(), 0).await;
+}
+
+#[tokio::test]
+async fn sigterm_with_live_sessions_leaves_no_child() {
+    let p = Server::forward_http(&[
+        "--demo",
+        "--shutdown-deadline",
+        "1",
+        "--shutdown-grace",
+        "0.5",
+    ])
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = Raw::new(p.url());
+        c.initialize().await;
+        clients.push(c);
+    }
+    let children = wait_descendants(p.pid(), 3).await;
+    let code = p.terminate().await;
+    assert_eq!(code, Some(0));
+    for pid in children {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while process_alive(pid) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "child {pid} outlived the proxy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Run `shadowcat forward stdio ARGS`, write `input` lines, close stdin, and collect output.
+async fn stdio_run(args: &[&str], input: &[Value], close_stdin: bool) -> (Option<i32>, Vec<Value>) {
+    let mut child = Command::new(bin())
+        .args(["forward", "stdio", "--shutdown-grace", "0.3"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for v in input {
+        stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+    }
+    stdin.flush().await.unwrap();
+    if close_stdin {
+        drop(stdin);
+    } else {
+        std::mem::forget(stdin); // keep it open: the child must end things
+    }
+    let mut out = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let status = tokio::time::timeout(WAIT, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            out.push(
+                serde_json::from_str(&l)
+                    .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {l}")),
+            );
+        }
+        child.wait().await.unwrap()
+    })
+    .await
+    .expect("forward stdio exits");
+    (status.code(), out)
+}
+
+#[tokio::test]
+async fn forward_stdio_exit_code_is_the_childs() {
+    let (code, out) = stdio_run(&["--", "sh", "-c", "exit 3"], &[], false).await;
+    assert_eq!(code, Some(3));
+    assert!(out.is_empty());
+    let (code, _) = stdio_run(&["--", "sh", "-c", "cat >/dev/null; exit 5"], &[], true).await;
+    assert_eq!(
+        code,
+        Some(5),
+        "client EOF closes the child's stdin; its exit code is ours"
+    );
+}
+
+#[tokio::test]
+async fn forward_stdio_child_death_fails_in_flight_requests() {
+    let req = json!({"jsonrpc":"2.0","id":"r1","method":"tools/call","params":{"name":"x"}});
+    let (code, out) = stdio_run(&["--", "sh", "-c", "read line; exit 7"], &[req], false).await;
+    assert_eq!(code, Some(7));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["id"], json!("r1"));
+    assert_eq!(out[0]["error"]["code"], json!(-32000));
+}
+
+#[tokio::test]
+async fn forward_stdio_escalates_to_sigkill_and_leaves_no_grandchild() {
+    let marker = format!("shadowcat-it-{}", std::process::id());
+    // The shell ignores SIGTERM and stdin EOF; its `sleep` grandchild must not survive either.
+    let script = format!("trap '' TERM; sleep 30 # {marker}\n");
+    let (code, _) = stdio_run(&["--", "sh", "-c", &script], &[], true).await;
+    assert_eq!(code, Some(137), "killed by SIGKILL");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let leftovers = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "orphans: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+}
+
+#[tokio::test]
+async fn forward_stdio_answers_garbage_and_oversized_lines_with_errors() {
+    let init = super::harness::init_body(1, "2025-06-18");
+    let mut child = Command::new(bin())
+        .args(["forward", "stdio", "--max-message", "1000", "--demo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"x\",\"params\":{{\"p\":\"{}\"}}}}",
+        "y".repeat(1500)
+    );
+    stdin
+        .write_all(format!("not json\n{big}\n{init}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let l = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("line");
+        got.push(serde_json::from_str::<Value>(&l).unwrap());
+    }
+    assert_eq!(got[0]["error"]["code"], json!(-32700));
+    assert_eq!(got[1]["error"]["code"], json!(-32600));
+    assert!(
+        got[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
+    assert_eq!(got[2]["id"], json!(1));
+    assert_eq!(got[2]["result"]["serverInfo"]["name"], "shadowcat-demo");
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(descendants(std::process::id()).len() < 50);
+}

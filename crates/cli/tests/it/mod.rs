@@ -1,0 +1,7 @@
+pub mod harness;
+
+mod http_front;
+mod lifecycle;
+mod python;
+mod rmcp_clients;
+mod sessions;
