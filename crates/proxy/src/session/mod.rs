@@ -120,13 +120,16 @@ impl Session {
             Verdict::Reply(f) => return Ok(Sent::Replied(f)),
             Verdict::Drop => return Ok(Sent::Dropped),
         }
-        let tracked = frame.kind() == FrameKind::Request;
-        if tracked {
-            self.inflight.insert(&frame);
-        }
-        if let Err(e) = self.upstream.send(frame.clone()).await {
-            if let Some(id) = frame.id().filter(|_| tracked) {
-                self.inflight.remove(id);
+        let tracked = match frame.kind() {
+            FrameKind::Request => {
+                self.inflight.insert(&frame);
+                frame.id().cloned()
+            }
+            _ => None,
+        };
+        if let Err(e) = self.upstream.send(frame).await {
+            if let Some(id) = tracked {
+                self.inflight.remove(&id);
             }
             return Err(e);
         }

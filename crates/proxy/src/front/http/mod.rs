@@ -134,7 +134,7 @@ impl HttpFront {
         let cancel = self.cancel.clone();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
+        let server = self.tracker.spawn(async move { server.await });
         self.cancel.cancelled().await;
         tracing::info!(
             sessions = self.registry.len(),
@@ -238,16 +238,24 @@ pub(crate) fn session_header(req: &Request) -> Result<Option<&str>, ProxyError> 
 }
 
 async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response {
-    let result = async {
-        front.config.origins.check(req.headers())?;
-        let target = front.target(&req)?;
-        match *req.method() {
-            Method::POST => post::handle(&front, target, req).await,
-            Method::GET => stream::handle_get(&front, target, req).await,
-            Method::DELETE => handle_delete(&front, target, req).await,
-            _ => Ok(method_not_allowed()),
-        }
-    }
+    let sid = req
+        .headers()
+        .get(SESSION_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let span = tracing::info_span!("request", method = %req.method(), session = sid);
+    let result = tracing::Instrument::instrument(
+        async {
+            front.config.origins.check(req.headers())?;
+            let target = front.target(&req)?;
+            match *req.method() {
+                Method::POST => post::handle(&front, target, req).await,
+                Method::GET => stream::handle_get(&front, target, req).await,
+                Method::DELETE => handle_delete(&front, target, req).await,
+                _ => Ok(method_not_allowed()),
+            }
+        },
+        span,
+    )
     .await;
     result.unwrap_or_else(|e| reply::error(&e, None))
 }

@@ -120,7 +120,8 @@ async fn create_session(front: &HttpFront, target: Target) -> Result<Arc<HttpSes
         options: front.config.upstream.clone(),
     };
     let (core, events) = Session::connect(id, target.spec, front.pipeline.clone(), ctx).await?;
-    tracing::info!(session = %core.id(), upstream = %core.spec().describe(), "session created");
+    tracing::Span::current().record("session", &*core.id().clone());
+    tracing::info!(upstream = %core.spec().describe(), "session created");
     Ok(front.registry.insert(core, target.key, events))
 }
 

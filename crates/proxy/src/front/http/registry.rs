@@ -133,8 +133,10 @@ impl Registry {
         self.lock().insert(core.id().clone(), s.clone());
         let reg = self.clone();
         let pumped = s.clone();
+        let span = tracing::info_span!("session", id = %core.id());
+        let pump = async move { reg.pump(pumped, events).await };
         core.tracker()
-            .spawn(async move { reg.pump(pumped, events).await });
+            .spawn(tracing::Instrument::instrument(pump, span));
         s
     }
 
@@ -190,7 +192,7 @@ impl Registry {
                     }
                 }
                 Some(UpstreamEvent::Closed { reason, .. }) => {
-                    tracing::info!(session = %s.core.id(), %reason, "upstream closed; ending the session");
+                    tracing::info!(%reason, "upstream closed; ending the session");
                     for err in s.core.inflight().fail_all(&reason) {
                         deliver(&s, err, &crate::upstream::Via::Unrelated, None).await;
                     }

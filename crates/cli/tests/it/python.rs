@@ -1,0 +1,56 @@
+//! Interop with the official Python SDK (`mcp` on PyPI) as the client: tests/interop/python_client.py.
+//! The Python environment comes from scripts/python-env.sh (run by the test script and CI).
+
+use super::harness::{Server, bin};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHADOWCAT_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "python with `mcp` not found: run scripts/python-env.sh (or set SHADOWCAT_PYTHON)"
+    );
+    venv
+}
+
+fn run_script(args: &[&str]) {
+    let script = workspace().join("tests/interop/python_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_through_forward_http() {
+    let p = Server::forward_http(&["--demo"]).await;
+    let url = p.url();
+    tokio::task::spawn_blocking(move || run_script(&["--url", &url, "--concurrency", "8"]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_through_forward_stdio() {
+    tokio::task::spawn_blocking(|| {
+        run_script(&["--stdio", "--", bin(), "forward", "stdio", "--demo"])
+    })
+    .await
+    .unwrap();
+}
