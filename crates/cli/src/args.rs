@@ -42,6 +42,56 @@ pub enum Command {
     Forward(Forward),
     /// Run the built-in demo MCP server (stdio by default, or Streamable HTTP at /mcp).
     DemoServer(DemoArgs),
+    /// Inspect and end sessions in a session store (sqlite:PATH or redis://…).
+    #[command(subcommand)]
+    Session(SessionCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Session store: `memory`, `sqlite:PATH` or `redis://HOST[:PORT][/DB]` (also `rediss://`,
+    /// `redis+unix:///path`). Holds session records and the SSE event log used for resumption.
+    #[arg(long, env = "SHADOWCAT_STORE", default_value = "memory")]
+    pub store: String,
+    /// Prefix of every Redis key.
+    #[arg(long, default_value = "shadowcat:")]
+    pub redis_prefix: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCmd {
+    /// List sessions (newest activity last), as a table or JSON.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only `active` or `ended` sessions.
+        #[arg(long, value_parser = ["active", "ended"])]
+        status: Option<String>,
+        /// Most sessions to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session's record.
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The proxy session id.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a session from the store (its record and event log). A proxy still serving it
+    /// keeps its local state until it ends; use the proxy's DELETE for a live session.
+    Kill {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The proxy session id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +161,18 @@ pub struct HttpArgs {
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 10.0)]
     pub shutdown_deadline: f64,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// This replica's id in the session store (default: the host name). Replicas sharing a
+    /// store on one host need distinct ids.
+    #[arg(long)]
+    pub replica_id: Option<String>,
+    /// SSE events kept per stream for resumption.
+    #[arg(long, default_value_t = 1000)]
+    pub max_events: usize,
+    /// `retry:` hint in milliseconds sent to 2025-11-25 clients on priming events.
+    #[arg(long, default_value_t = 1000)]
+    pub sse_retry_ms: u64,
     #[command(flatten)]
     pub common: Common,
     /// Default target command and arguments (after `--`): one child per session.

@@ -11,6 +11,8 @@ use crate::pipeline::Pipeline;
 use crate::runtime::drain;
 use crate::session::{Session, mint_session_id};
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
+use shadowcat_store::SessionStore;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -71,13 +73,15 @@ pub async fn forward_http(
     listener: TcpListener,
     config: HttpFrontConfig,
     pipeline: Pipeline,
+    store: Arc<dyn SessionStore>,
     shutdown: CancellationToken,
+    ready: impl FnOnce(),
 ) -> Result<(), ProxyError> {
     let tracker = TaskTracker::new();
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
-    let front = HttpFront::new(config, pipeline, http, shutdown, tracker.clone());
-    let result = front.serve(listener).await;
+    let front = HttpFront::new(config, pipeline, http, store, shutdown, tracker.clone());
+    let result = front.serve(listener, ready).await;
     drain(&tracker, deadline).await;
     result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
 }

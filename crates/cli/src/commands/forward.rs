@@ -3,9 +3,10 @@
 use crate::args::{Common, HttpArgs, StdioArgs};
 use anyhow::{Context, bail};
 use shadowcat_proxy::forward::{StdioForward, forward_http, forward_stdio};
-use shadowcat_proxy::front::http::{HttpFrontConfig, OriginPolicy, Targets};
+use shadowcat_proxy::front::http::{HttpFrontConfig, OriginPolicy, Targets, default_replica_id};
 use shadowcat_proxy::pipeline::{Hook, Pipeline, TrafficLog};
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
+use shadowcat_store::Retention;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -161,19 +162,36 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         idle_timeout: seconds("idle-timeout", a.idle_timeout)?,
         shutdown_deadline: seconds("shutdown-deadline", a.shutdown_deadline)?,
         upstream: options(&a.common)?,
+        retention: Retention {
+            max_events: Some(a.max_events),
+            max_age: None,
+        },
+        sse_retry: Duration::from_millis(a.sse_retry_ms),
+        replica_id: a.replica_id.clone().unwrap_or_else(default_replica_id),
         ..HttpFrontConfig::default()
     };
+    let store = super::session::open_store(&a.store, a.max_events, config.idle_timeout).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!("forward proxy listening on http://{local}/mcp");
-    // Machine-readable line for scripts and tests that listen on port 0.
-    eprintln!("shadowcat: listening on http://{local}");
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
-    forward_http(listener, config, pipeline(log_traffic), shutdown.clone()).await?;
+    let ready = move || {
+        tracing::info!("forward proxy listening on http://{local}/mcp");
+        // Machine-readable line for scripts and tests that listen on port 0.
+        eprintln!("shadowcat: listening on http://{local}");
+    };
+    forward_http(
+        listener,
+        config,
+        pipeline(log_traffic),
+        store,
+        shutdown.clone(),
+        ready,
+    )
+    .await?;
     shutdown.cancel();
     Ok(0)
 }

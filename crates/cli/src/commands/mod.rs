@@ -2,6 +2,7 @@
 
 mod demo;
 mod forward;
+mod session;
 
 use crate::args::{Cli, Command, Forward};
 
@@ -11,5 +12,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Forward(Forward::Stdio(a)) => forward::stdio(a, cli.log.log_traffic).await,
         Command::Forward(Forward::Http(a)) => forward::http(a, cli.log.log_traffic).await,
         Command::DemoServer(a) => demo::run(a).await,
+        Command::Session(cmd) => session::run(cmd).await,
     }
 }

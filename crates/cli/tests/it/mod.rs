@@ -3,5 +3,8 @@ pub mod harness;
 mod http_front;
 mod lifecycle;
 mod python;
+mod resumption;
 mod rmcp_clients;
 mod sessions;
+mod store;
+mod upstream_resume;

@@ -139,7 +139,7 @@ async fn read_input<R: AsyncRead + Unpin>(
             match session.from_client(frame).await {
                 Ok(Sent::Forwarded) => {
                     if initialized {
-                        open_listen_later(&session);
+                        session.listen_in_background();
                     }
                 }
                 Ok(Sent::Replied(f)) => {
@@ -180,19 +180,4 @@ async fn parse_client_line(
             vec![]
         }
     }
-}
-
-/// After the handshake, make sure server-initiated messages flow (HTTP upstreams open their GET
-/// stream; 405 means the server has none, which is fine).
-fn open_listen_later(session: &Arc<Session>) {
-    let s = session.clone();
-    session.tracker().spawn(async move {
-        match s.upstream().open_listen().await {
-            Ok(true) => tracing::debug!("upstream server-to-client stream open"),
-            Ok(false) => tracing::debug!("upstream offers no server-to-client stream (405)"),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not open the upstream server-to-client stream")
-            }
-        }
-    });
 }

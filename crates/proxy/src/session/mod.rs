@@ -109,6 +109,19 @@ impl Session {
         self.protocol_version().and_then(ProtocolVersion::parse)
     }
 
+    /// After the handshake, listen to the upstream's server→client stream in the background (HTTP
+    /// upstreams open their GET stream; 405 means the server has none, which is fine).
+    pub fn listen_in_background(self: &Arc<Self>) {
+        let s = self.clone();
+        self.tracker.spawn(async move {
+            match s.upstream.open_listen().await {
+                Ok(true) => tracing::debug!("listening to the upstream's server-to-client stream"),
+                Ok(false) => tracing::debug!("the upstream has no server-to-client stream (405)"),
+                Err(e) => tracing::warn!(error = %e, "could not open the upstream's server-to-client stream"),
+            }
+        });
+    }
+
     /// Run the pipeline on a client frame and, unless a hook decided otherwise, send it upstream.
     pub async fn from_client(&self, frame: Frame) -> Result<Sent, ProxyError> {
         let ctx = FrameCtx {

@@ -11,6 +11,7 @@ use shadowcat_proto::era::{PROTOCOL_VERSION_HEADER, SESSION_ID_HEADER};
 use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::sse::SseDecoder;
 use shadowcat_proto::{Frame, FrameKind, Message, RequestId};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -354,12 +355,67 @@ async fn read_limited(resp: reqwest::Response, max: usize) -> Result<bytes::Byte
 }
 
 /// Relay an upstream SSE body event by event (never buffered whole). For a POST stream, `id` is
-/// the request it answers: if the stream ends without that response, the client gets an error.
+/// the request it answers: if the stream breaks before that response, the proxy resumes it with
+/// `GET` + the upstream's own `Last-Event-ID` (jittered exponential backoff, or the server's
+/// `retry:` hint), skipping events it already relayed; if the upstream cannot resume, the client
+/// gets a JSON-RPC error — never silence.
 async fn pump_sse(inner: &Arc<Inner>, resp: reqwest::Response, id: Option<&RequestId>, via: Via) {
+    let mut st = SseProgress {
+        answered: id.is_none(),
+        last_id: None,
+        retry: None,
+        seen: HashSet::new(),
+        resumed: false,
+    };
+    let mut resp = resp;
+    loop {
+        let reason = match relay_events(inner, resp, id, &via, &mut st).await {
+            Ok(()) if st.answered => return,
+            Ok(()) => "upstream stream ended before the response arrived".to_string(),
+            Err(Stop::ClientGone) => return,
+            Err(Stop::Broken(why)) if st.answered => {
+                tracing::debug!(%why, "upstream stream broke after its response");
+                return;
+            }
+            Err(Stop::Broken(why)) => why,
+        };
+        let Some(last) = st.last_id.clone() else {
+            return inner.fail(id, reason).await;
+        };
+        match reconnect(inner, &last, st.retry).await {
+            Ok(r) => {
+                tracing::info!(last_event_id = %last, "resumed the upstream stream");
+                st.resumed = true;
+                resp = r;
+            }
+            Err(why) => return inner.fail(id, format!("{reason}; {why}")).await,
+        }
+    }
+}
+
+struct SseProgress {
+    answered: bool,
+    last_id: Option<String>,
+    retry: Option<Duration>,
+    seen: HashSet<String>,
+    resumed: bool,
+}
+
+enum Stop {
+    ClientGone,
+    Broken(String),
+}
+
+async fn relay_events(
+    inner: &Arc<Inner>,
+    resp: reqwest::Response,
+    id: Option<&RequestId>,
+    via: &Via,
+    st: &mut SseProgress,
+) -> Result<(), Stop> {
     let mut decoder = SseDecoder::new(inner.ctx.options.max_message);
     let mut buf = BytesMut::new();
     let mut stream = resp.bytes_stream();
-    let mut answered = id.is_none();
     loop {
         let event = match decoder.decode(&mut buf) {
             Ok(Some(ev)) => ev,
@@ -368,48 +424,109 @@ async fn pump_sse(inner: &Arc<Inner>, resp: reqwest::Response, id: Option<&Reque
                     buf.extend_from_slice(&chunk);
                     continue;
                 }
-                Some(Err(e)) => {
-                    if !answered {
-                        let msg = format!("upstream stream broke before the response: {e}");
-                        inner.fail(id, msg).await;
-                    }
-                    return;
-                }
-                None => break,
+                Some(Err(e)) => return Err(Stop::Broken(format!("upstream stream broke: {e}"))),
+                None => return Ok(()),
             },
             Err(e) => {
-                if !answered {
-                    inner
-                        .fail(id, format!("upstream sent an invalid event stream: {e}"))
-                        .await;
-                }
-                return;
+                return Err(Stop::Broken(format!(
+                    "upstream sent an invalid event stream: {e}"
+                )));
             }
         };
+        if let Some(ms) = event.retry {
+            st.retry = Some(Duration::from_millis(ms));
+        }
+        let eid = event.id.filter(|e| !e.is_empty());
+        if let Some(e) = &eid {
+            st.last_id = Some(e.clone());
+        }
         let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
             continue; // priming events, retry hints
         };
+        // Some servers reuse a priming event's id for the next message, so only messages count.
+        if let Some(e) = eid {
+            let fresh = st.seen.insert(e);
+            if !fresh && st.resumed {
+                continue; // replayed by the upstream after a reconnect: already relayed
+            }
+        }
         if event.event.as_deref().is_some_and(|e| e != "message") {
             continue;
         }
         match Message::parse(bytes::Bytes::from(data)) {
             Ok(msg) => {
                 for f in msg.into_frames() {
-                    answered |= f.kind().is_reply() && f.id() == id;
+                    st.answered |= f.kind().is_reply() && f.id() == id;
                     if !inner.deliver(f, via.clone()).await {
-                        return;
+                        return Err(Stop::ClientGone);
                     }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "upstream SSE event is not JSON-RPC; ignored"),
         }
     }
-    if !answered {
-        inner
-            .fail(
-                id,
-                "upstream stream ended before the response arrived".into(),
-            )
-            .await;
+}
+
+/// GET + Last-Event-ID with jittered exponential backoff. The error says why resuming failed.
+async fn reconnect(
+    inner: &Arc<Inner>,
+    last: &str,
+    hint: Option<Duration>,
+) -> Result<reqwest::Response, String> {
+    let o = &inner.ctx.options;
+    for attempt in 0..o.reconnect_attempts {
+        let delay = match hint {
+            Some(h) if attempt == 0 => h,
+            _ => backoff(o.reconnect_base, o.reconnect_cap, attempt),
+        };
+        tokio::time::sleep(delay).await;
+        let req = inner
+            .request(reqwest::Method::GET)
+            .header(header::ACCEPT, "text/event-stream")
+            .header("last-event-id", last);
+        match req.send().await {
+            Ok(r) if r.status().is_success() && is_sse(r.headers()) => return Ok(r),
+            Ok(r) if r.status().is_client_error() => {
+                return Err(format!(
+                    "the upstream cannot resume it (HTTP {} to GET with Last-Event-ID)",
+                    r.status()
+                ));
+            }
+            Ok(r) => {
+                tracing::debug!(status = %r.status(), attempt, "upstream resume attempt failed")
+            }
+            Err(e) => tracing::debug!(error = %e, attempt, "upstream resume attempt failed"),
+        }
+    }
+    Err(format!(
+        "resuming it failed after {} attempts",
+        o.reconnect_attempts
+    ))
+}
+
+/// `base * 2^attempt`, capped, with full jitter in [50%, 100%].
+fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+    let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
+    exp.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(2);
+        for attempt in 0..10 {
+            let d = backoff(base, cap, attempt);
+            let full = (base * 2u32.pow(attempt)).min(cap);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
     }
 }

@@ -64,6 +64,12 @@ pub struct UpstreamOptions {
     pub shutdown_grace: Duration,
     /// Capacity of the channel carrying the server's frames to the session.
     pub channel_capacity: usize,
+    /// Resuming a broken upstream SSE stream: first backoff delay.
+    pub reconnect_base: Duration,
+    /// Resuming: largest backoff delay.
+    pub reconnect_cap: Duration,
+    /// Resuming: attempts before the client gets an error.
+    pub reconnect_attempts: u32,
 }
 
 impl Default for UpstreamOptions {
@@ -72,6 +78,9 @@ impl Default for UpstreamOptions {
             max_message: shadowcat_proto::lines::DEFAULT_MAX_LINE,
             shutdown_grace: Duration::from_secs(2),
             channel_capacity: 64,
+            reconnect_base: Duration::from_millis(100),
+            reconnect_cap: Duration::from_secs(5),
+            reconnect_attempts: 5,
         }
     }
 }

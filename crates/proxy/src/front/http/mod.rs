@@ -5,8 +5,10 @@
 //! HTTP upstream per request, as a forward proxy does. Each session gets its own upstream.
 
 mod checks;
+mod events;
 mod outbox;
 mod post;
+mod records;
 mod registry;
 mod reply;
 mod stream;
@@ -20,9 +22,12 @@ use crate::upstream::{HttpClient, UpstreamOptions, UpstreamSpec};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
+use events::EventLog;
 use http::{Method, StatusCode, header};
+use records::Records;
 use shadowcat_proto::era::SESSION_ID_HEADER;
 use shadowcat_proto::error::INVALID_REQUEST;
+use shadowcat_store::{Retention, SessionStore};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,12 +61,18 @@ pub struct HttpFrontConfig {
     pub max_sessions: usize,
     /// Sessions idle this long are reaped and their upstream released.
     pub idle_timeout: Duration,
-    /// Server messages waiting for a GET stream, per session.
-    pub queue_capacity: usize,
+    /// SSE events kept per stream for resumption (and for a GET stream that is not connected).
+    pub retention: Retention,
+    /// The `retry:` hint sent to 2025-11-25 clients on priming events.
+    pub sse_retry: Duration,
     /// How long shutdown waits for in-flight requests before ending sessions.
     pub shutdown_deadline: Duration,
     /// Upstream knobs.
     pub upstream: UpstreamOptions,
+    /// This replica's id in session records (sessions it owns die with it).
+    pub replica_id: String,
+    /// Ended and abandoned session records are deleted from the store after this long.
+    pub record_ttl: Duration,
 }
 
 impl Default for HttpFrontConfig {
@@ -74,9 +85,15 @@ impl Default for HttpFrontConfig {
             max_body: 10 * 1024 * 1024,
             max_sessions: 1000,
             idle_timeout: Duration::from_secs(600),
-            queue_capacity: 256,
+            retention: Retention {
+                max_events: Some(1000),
+                max_age: Some(Duration::from_secs(600)),
+            },
+            sse_retry: Duration::from_millis(1000),
             shutdown_deadline: Duration::from_secs(10),
             upstream: UpstreamOptions::default(),
+            replica_id: default_replica_id(),
+            record_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -105,10 +122,20 @@ impl HttpFront {
         config: HttpFrontConfig,
         pipeline: Pipeline,
         http: HttpClient,
+        store: Arc<dyn SessionStore>,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Self> {
-        let registry = Arc::new(Registry::new(config.max_sessions, config.queue_capacity));
+        let log = Arc::new(EventLog::new(store.clone(), config.retention));
+        let owner: Arc<str> = Arc::from(config.replica_id.as_str());
+        let records = Records::new(
+            store,
+            owner,
+            Duration::from_secs(1),
+            &tracker,
+            cancel.clone(),
+        );
+        let registry = Arc::new(Registry::new(config.max_sessions, log, Arc::new(records)));
         Arc::new(HttpFront {
             config,
             registry,
@@ -127,7 +154,27 @@ impl HttpFront {
     /// Serve on `listener` until the cancel token fires, then shut down gracefully: stop
     /// accepting, let in-flight requests finish (up to the deadline), end every session (which
     /// stops its upstream and kills its child), and close the remaining streams.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// `ready` is called once the front is ready to serve (after start-up housekeeping).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        ready: impl FnOnce(),
+    ) -> std::io::Result<()> {
+        // A single-process store (SQLite) outlives us; sessions our previous run left active lost
+        // their children with it. Shared stores (Redis) are left alone: other replicas own theirs.
+        let single_process = self.registry.records().store().backend() == "sqlite";
+        let orphans = if single_process {
+            self.registry.records().end_orphans().await
+        } else {
+            0
+        };
+        if orphans > 0 {
+            tracing::info!(
+                orphans,
+                "marked sessions of this replica's previous run as ended"
+            );
+        }
+        ready();
         let front = self.clone();
         let app = axum::Router::new().fallback(dispatch).with_state(front);
         let reaper = self.tracker.spawn(self.clone().reap());
@@ -164,6 +211,7 @@ impl HttpFront {
         let period = (self.config.idle_timeout / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut tick = tokio::time::interval(period);
+        let mut last_expire = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -172,6 +220,20 @@ impl HttpFront {
             for id in self.registry.idle(self.config.idle_timeout) {
                 tracing::info!(session = %id, "session idle too long; reaping it");
                 self.registry.end(&id).await;
+            }
+            if last_expire.elapsed() >= Duration::from_secs(60) {
+                last_expire = tokio::time::Instant::now();
+                let store = self.registry.records().store();
+                match store
+                    .expire(records::now_ms(), self.config.record_ttl)
+                    .await
+                {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(expired = gone.len(), "expired old session records")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not expire old session records"),
+                }
             }
         }
     }
@@ -216,6 +278,16 @@ impl HttpFront {
         Err(not_found(&format!(
             "no MCP endpoint at `{path}`; use /mcp or /servers/NAME/mcp"
         )))
+    }
+}
+
+/// The host name: stable across restarts, so a restarted proxy recognises its own sessions.
+/// Replicas that share a store on one host need distinct ids (`--replica-id`).
+pub fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    match host.trim() {
+        "" => "shadowcat".to_string(),
+        h => h.to_string(),
     }
 }
 

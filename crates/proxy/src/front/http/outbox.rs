@@ -1,175 +1,344 @@
 //! Where a session's server→client messages go on the HTTP front.
 //!
-//! * A reply goes to the HTTP request that carried its request.
+//! Messages travel on *streams*: one per POST that carried requests (`p1`, `p2`, …) and the
+//! session's GET stream (`g`). A stream outlives the HTTP connection that carries it: while the
+//! client is away its events still go to the event log, and a `GET` with `Last-Event-ID` attaches
+//! a new connection to it (see `stream.rs`).
+//!
+//! * A reply goes to the stream of the POST that carried its request.
+//! * Until a POST stream's first non-reply message it is *undecided*: replies are held, and if all
+//!   of them arrive first the POST is answered with plain JSON. The first non-reply message turns
+//!   it into an SSE stream (held replies first).
 //! * A server request/notification related to a client request goes on that request's stream
-//!   while it is open (HTTP upstreams tell us the relation; for stdio upstreams progress
-//!   notifications are matched by progress token, and anything else goes to the only open
-//!   request stream, else the GET stream, else the newest request stream).
-//! * Otherwise it goes on the session's GET stream; when no stream is open it waits in a bounded
-//!   queue that the next GET stream drains first.
+//!   (HTTP upstreams tell us the relation; for stdio upstreams progress notifications are matched
+//!   by progress token, and anything else goes to the only connected request stream, else the GET
+//!   stream, else the newest connected request stream).
+//! * Otherwise it goes on the GET stream, logged even while no GET is connected; the next GET
+//!   replays what it missed.
 
 use crate::upstream::Via;
 use shadowcat_proto::{Frame, RequestId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// The sending half of one open HTTP response (POST stream or GET stream).
-#[derive(Clone, Debug)]
-pub struct Sink {
-    tx: mpsc::Sender<Frame>,
+/// Name of a stream within its session (`g` or `p<n>`).
+pub type StreamId = Arc<str>;
+
+/// Id of the GET stream.
+pub const GET_STREAM: &str = "g";
+
+/// What a response stream's channel carries.
+#[derive(Debug)]
+pub enum Out {
+    /// The POST's replies all came before anything else: answer with one JSON body.
+    Json(Vec<Frame>),
+    /// One SSE event; `id` is its SSE event id when it was logged. `frame: None` is a priming
+    /// event (id and empty data).
+    Event {
+        /// The message.
+        frame: Option<Frame>,
+        /// `stream.event` id, when logged.
+        id: Option<Arc<str>>,
+    },
+}
+
+#[derive(Debug)]
+struct Stream {
+    sink: Option<mpsc::Sender<Out>>,
+    /// POST streams: replies still awaited. `None` for the GET stream.
+    expected: Option<HashSet<RequestId>>,
+    /// Replies held while the stream is undecided.
+    held: Vec<Frame>,
+    sse: bool,
+    last_event: Option<Arc<str>>,
+    /// Last event handed to a connected client (GET streams replay from here on reconnect).
+    delivered: Option<Arc<str>>,
     seq: u64,
 }
 
-impl Sink {
-    fn open(&self) -> bool {
-        !self.tx.is_closed()
+impl Stream {
+    fn connected(&self) -> bool {
+        self.sink.as_ref().is_some_and(|s| !s.is_closed())
     }
 }
 
-/// What the router decided for a frame.
+/// Replay bounds returned by [`Outbox::attach`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The last event logged on the stream before the new connection was attached.
+    pub watermark: Option<Arc<str>>,
+    /// The last event handed to a connected client.
+    pub delivered: Option<Arc<str>>,
+}
+
+/// What the caller must do with a frame, outside the lock.
 #[derive(Debug)]
-pub enum Route {
-    /// Send on this stream (outside the lock).
-    To(mpsc::Sender<Frame>),
-    /// Queued for the next GET stream.
-    Queued,
-    /// Nobody is waiting (a reply whose client went away).
+pub enum Plan {
+    /// Log these frames on `stream` (in order; `None` = a priming event) and send each to the
+    /// stream's current sink. `finish`: the stream is complete after them.
+    Deliver {
+        /// The stream.
+        stream: StreamId,
+        /// Frames to log and send.
+        frames: Vec<Option<Frame>>,
+        /// End the stream afterwards.
+        finish: bool,
+    },
+    /// Answer the POST with these replies as JSON (stream already removed).
+    Json {
+        /// The POST's channel.
+        sink: Option<mpsc::Sender<Out>>,
+        /// Its replies.
+        frames: Vec<Frame>,
+    },
+    /// Held until the POST's other replies arrive.
+    Held,
+    /// Nobody can ever receive it (a reply to an unknown request, or the session ended).
     Dropped,
 }
 
 /// Per-session routing table. Guarded by a std mutex that is never held across an await.
 #[derive(Debug)]
 pub struct Outbox {
-    requests: HashMap<RequestId, Sink>,
-    listen: Option<Sink>,
-    queue: VecDeque<Frame>,
-    capacity: usize,
+    streams: HashMap<StreamId, Stream>,
+    requests: HashMap<RequestId, StreamId>,
+    next_post: u64,
     next_seq: u64,
-    dropped: u64,
+    priming: bool,
     closed: bool,
 }
 
 impl Outbox {
-    /// An outbox whose queue holds at most `capacity` frames.
-    pub fn new(capacity: usize) -> Self {
-        Outbox {
+    /// An empty outbox. `priming`: SSE streams start with a priming event (2025-11-25).
+    pub fn new() -> Self {
+        let mut o = Outbox {
+            streams: HashMap::new(),
             requests: HashMap::new(),
-            listen: None,
-            queue: VecDeque::new(),
-            capacity,
+            next_post: 0,
             next_seq: 0,
-            dropped: 0,
+            priming: false,
             closed: false,
-        }
+        };
+        let get = o.new_stream(None, None);
+        o.streams.insert(Arc::from(GET_STREAM), get);
+        o
     }
 
-    fn sink(&mut self, tx: mpsc::Sender<Frame>) -> Sink {
+    fn new_stream(
+        &mut self,
+        sink: Option<mpsc::Sender<Out>>,
+        expected: Option<HashSet<RequestId>>,
+    ) -> Stream {
         self.next_seq += 1;
-        Sink {
-            tx,
+        let sse = expected.is_none();
+        Stream {
+            sink,
+            expected,
+            held: Vec::new(),
+            sse,
+            last_event: None,
+            delivered: None,
             seq: self.next_seq,
         }
     }
 
-    /// Register an HTTP response stream for these client request ids.
-    pub fn register_requests(&mut self, ids: &[RequestId], tx: mpsc::Sender<Frame>) {
-        let sink = self.sink(tx);
-        for id in ids {
-            self.requests.insert(id.clone(), sink.clone());
+    /// Whether SSE streams begin with a priming event (negotiated version 2025-11-25 or later).
+    pub fn set_priming(&mut self, on: bool) {
+        self.priming = on;
+    }
+
+    /// Register a POST carrying these request ids; returns its stream id.
+    pub fn open_post(&mut self, ids: &[RequestId], tx: mpsc::Sender<Out>) -> StreamId {
+        self.next_post += 1;
+        let id: StreamId = Arc::from(format!("p{}", self.next_post));
+        let s = self.new_stream(Some(tx), Some(ids.iter().cloned().collect()));
+        self.streams.insert(id.clone(), s);
+        for r in ids {
+            self.requests.insert(r.clone(), id.clone());
+        }
+        id
+    }
+
+    /// A request of a POST will get no reply (a hook dropped it).
+    pub fn forget_request(&mut self, id: &RequestId) -> Plan {
+        let Some(sid) = self.requests.remove(id) else {
+            return Plan::Dropped;
+        };
+        let Some(s) = self.streams.get_mut(&sid) else {
+            return Plan::Dropped;
+        };
+        if let Some(exp) = s.expected.as_mut() {
+            exp.remove(id);
+        }
+        self.complete_if_done(sid)
+    }
+
+    /// Attach a connection to a stream (replacing an older one). `None` when the stream no
+    /// longer exists; otherwise the last event logged on it (the replay watermark: later events
+    /// go to the new connection) and the last one handed to a connected client.
+    pub fn attach(&mut self, stream: &str, tx: mpsc::Sender<Out>) -> Option<Attached> {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let s = self.streams.get_mut(stream)?;
+        s.sink = Some(tx);
+        s.seq = seq;
+        Some(Attached {
+            watermark: s.last_event.clone(),
+            delivered: s.delivered.clone(),
+        })
+    }
+
+    /// Whether new SSE streams start with a priming event.
+    pub fn priming(&self) -> bool {
+        self.priming
+    }
+
+    /// Record the id of an event just logged on `stream`, and get the connection to send it on.
+    pub fn logged(&mut self, stream: &str, id: Option<Arc<str>>) -> Option<mpsc::Sender<Out>> {
+        let s = self.streams.get_mut(stream)?;
+        let connected = s.connected();
+        if id.is_some() {
+            if connected {
+                s.delivered = id.clone();
+            }
+            s.last_event = id;
+        }
+        s.sink.clone().filter(|_| connected)
+    }
+
+    /// A POST stream delivered its last reply: forget it (its connection ends).
+    pub fn finish(&mut self, stream: &str) {
+        if stream != GET_STREAM {
+            self.streams.remove(stream);
         }
     }
 
-    /// Install the GET stream (replacing an older one) and take what waited for it.
-    pub fn open_listen(&mut self, tx: mpsc::Sender<Frame>) -> Vec<Frame> {
-        self.listen = Some(self.sink(tx));
-        self.queue.drain(..).collect()
-    }
-
-    /// Number of frames dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
-    /// Frames waiting for a GET stream.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Whether a GET stream is open.
-    pub fn listening(&self) -> bool {
-        self.listen.as_ref().is_some_and(Sink::open)
-    }
-
-    /// Whether any HTTP response stream of this session is still open.
+    /// Whether any client connection of this session is open.
     pub fn has_open_streams(&self) -> bool {
-        self.listening() || self.requests.values().any(Sink::open)
+        self.streams.values().any(Stream::connected)
     }
 
-    /// The session ended: drop every stream so the responses finish.
+    /// Whether a GET connection is open.
+    pub fn listening(&self) -> bool {
+        self.streams.get(GET_STREAM).is_some_and(Stream::connected)
+    }
+
+    /// The session ended: drop every connection so the responses finish.
     pub fn close(&mut self) {
         self.closed = true;
+        self.streams.clear();
         self.requests.clear();
-        self.listen = None;
-        self.queue.clear();
+    }
+
+    fn complete_if_done(&mut self, sid: StreamId) -> Plan {
+        let Some(s) = self.streams.get_mut(&sid) else {
+            return Plan::Dropped;
+        };
+        if !s.expected.as_ref().is_some_and(HashSet::is_empty) {
+            return Plan::Held;
+        }
+        if s.sse {
+            return Plan::Deliver {
+                stream: sid,
+                frames: Vec::new(),
+                finish: true,
+            };
+        }
+        let s = self.streams.remove(&sid).expect("present");
+        Plan::Json {
+            sink: s.sink,
+            frames: s.held,
+        }
     }
 
     /// Decide where a server frame goes. `progress_owner` is the request a stdio progress
     /// notification belongs to (found by progress token), if any.
-    pub fn route(
-        &mut self,
-        frame: Frame,
-        via: &Via,
-        progress_owner: Option<RequestId>,
-    ) -> (Route, Option<Frame>) {
+    pub fn route(&mut self, frame: Frame, via: &Via, progress_owner: Option<RequestId>) -> Plan {
         if self.closed {
-            return (Route::Dropped, None);
+            return Plan::Dropped;
         }
         if frame.kind().is_reply() {
-            let sink = frame.id().and_then(|id| self.requests.remove(id));
-            return match sink.filter(Sink::open) {
-                Some(s) => (Route::To(s.tx), Some(frame)),
-                None => (Route::Dropped, None),
+            let Some(sid) = frame.id().and_then(|id| self.requests.remove(id)) else {
+                return Plan::Dropped;
             };
+            let Some(s) = self.streams.get_mut(&sid) else {
+                return Plan::Dropped;
+            };
+            if let (Some(exp), Some(id)) = (s.expected.as_mut(), frame.id()) {
+                exp.remove(id);
+            }
+            let done = s.expected.as_ref().is_some_and(HashSet::is_empty);
+            if s.sse {
+                return Plan::Deliver {
+                    stream: sid,
+                    frames: vec![Some(frame)],
+                    finish: done,
+                };
+            }
+            s.held.push(frame);
+            return self.complete_if_done(sid);
         }
-        self.requests.retain(|_, s| s.open());
+        let sid = self.pick_stream(via, progress_owner);
+        let priming = self.priming;
+        let s = self
+            .streams
+            .get_mut(&sid)
+            .expect("picked an existing stream");
+        let mut frames = Vec::new();
+        if !s.sse {
+            // The first non-reply message decides: this POST becomes an SSE stream.
+            s.sse = true;
+            if priming {
+                frames.push(None);
+            }
+            frames.extend(s.held.drain(..).map(Some));
+        }
+        frames.push(Some(frame));
+        Plan::Deliver {
+            stream: sid,
+            frames,
+            finish: false,
+        }
+    }
+
+    fn pick_stream(&self, via: &Via, progress_owner: Option<RequestId>) -> StreamId {
         let related = match via {
             Via::Request(id) => Some(id.clone()),
             Via::Unrelated => progress_owner,
             Via::Listen => None,
         };
-        if let Some(s) = related.as_ref().and_then(|id| self.requests.get(id)) {
-            return (Route::To(s.tx.clone()), Some(frame));
+        if let Some(sid) = related.as_ref().and_then(|id| self.requests.get(id)) {
+            return sid.clone();
         }
-        let unrelated_stdio = matches!(via, Via::Unrelated);
-        if unrelated_stdio && let Some(only) = self.only_request_stream() {
-            return (Route::To(only), Some(frame));
+        let get: StreamId = Arc::from(GET_STREAM);
+        if !matches!(via, Via::Unrelated) {
+            return get;
         }
-        if let Some(l) = self.listen.as_ref().filter(|l| l.open()) {
-            return (Route::To(l.tx.clone()), Some(frame));
+        let mut posts = self
+            .streams
+            .iter()
+            .filter(|(id, s)| &***id != GET_STREAM && s.connected());
+        if let Some((first_id, _)) = posts.next()
+            && posts.next().is_none()
+        {
+            return first_id.clone();
         }
-        if unrelated_stdio && let Some(newest) = self.requests.values().max_by_key(|s| s.seq) {
-            return (Route::To(newest.tx.clone()), Some(frame));
+        if self.listening() {
+            return get;
         }
-        if self.queue.len() >= self.capacity {
-            self.queue.pop_front();
-            self.dropped += 1;
-            tracing::warn!(
-                capacity = self.capacity,
-                "session queue full; dropped its oldest message"
-            );
-        }
-        self.queue.push_back(frame);
-        (Route::Queued, None)
+        self.streams
+            .iter()
+            .filter(|(id, s)| &***id != GET_STREAM && s.connected())
+            .max_by_key(|(_, s)| s.seq)
+            .map(|(id, _)| id.clone())
+            .unwrap_or(get)
     }
+}
 
-    fn only_request_stream(&self) -> Option<mpsc::Sender<Frame>> {
-        let mut it = self.requests.values();
-        let first = it.next()?;
-        if it.all(|s| s.seq == first.seq) {
-            Some(first.tx.clone())
-        } else {
-            None
-        }
+impl Default for Outbox {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -182,80 +351,136 @@ mod tests {
         Frame::parse_single(Bytes::from_static(s.as_bytes())).unwrap()
     }
     const NOTE: &str = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#;
+    const R1: &str = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+    const R2: &str = r#"{"jsonrpc":"2.0","id":2,"result":{}}"#;
+
+    fn stream_of(p: &Plan) -> &str {
+        match p {
+            Plan::Deliver { stream, .. } => stream,
+            other => panic!("not delivered: {other:?}"),
+        }
+    }
 
     #[test]
-    fn replies_go_to_their_request_and_notes_queue_until_get() {
-        let mut o = Outbox::new(2);
-        let (tx1, mut rx1) = mpsc::channel(4);
-        o.register_requests(&[RequestId::Number(1)], tx1);
-        let (r, fr) = o.route(
-            f(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
-            &Via::Unrelated,
-            None,
-        );
-        let Route::To(tx) = r else {
-            panic!("reply not routed")
-        };
-        tx.try_send(fr.unwrap()).unwrap();
-        assert_eq!(rx1.try_recv().unwrap().id(), Some(&RequestId::Number(1)));
-        // a second reply with the same id has nobody waiting
-        assert!(matches!(
-            o.route(
-                f(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
-                &Via::Unrelated,
-                None
-            )
-            .0,
-            Route::Dropped
-        ));
-        // no streams: notifications queue, bounded, oldest dropped
-        for _ in 0..3 {
-            assert!(matches!(
-                o.route(f(NOTE), &Via::Unrelated, None).0,
-                Route::Queued
-            ));
+    fn replies_first_means_json() {
+        let mut o = Outbox::new();
+        let (tx, _rx) = mpsc::channel(4);
+        o.open_post(&[RequestId::Number(1), RequestId::Number(2)], tx);
+        assert!(matches!(o.route(f(R1), &Via::Unrelated, None), Plan::Held));
+        match o.route(f(R2), &Via::Unrelated, None) {
+            Plan::Json { frames, sink } => {
+                assert_eq!(frames.len(), 2);
+                assert!(sink.is_some());
+            }
+            other => panic!("{other:?}"),
         }
-        assert_eq!((o.queued(), o.dropped()), (2, 1));
-        let (tx2, _rx2) = mpsc::channel(4);
-        assert_eq!(o.open_listen(tx2).len(), 2);
+        // the stream is gone; a duplicate reply has nobody waiting
         assert!(matches!(
-            o.route(f(NOTE), &Via::Listen, None).0,
-            Route::To(_)
+            o.route(f(R1), &Via::Unrelated, None),
+            Plan::Dropped
         ));
     }
 
     #[test]
-    fn related_messages_follow_their_request_stream() {
-        let mut o = Outbox::new(8);
-        let (tx1, _rx1) = mpsc::channel(4);
-        let (tx2, _rx2) = mpsc::channel(4);
-        let (tl, _rl) = mpsc::channel(4);
-        o.register_requests(&[RequestId::Number(1)], tx1.clone());
-        o.register_requests(&[RequestId::Number(2)], tx2.clone());
-        o.open_listen(tl.clone());
-        let to = |r: Route| match r {
-            Route::To(t) => t,
+    fn a_notification_first_turns_the_post_into_sse_with_held_replies_and_priming() {
+        let mut o = Outbox::new();
+        o.set_priming(true);
+        let (tx, _rx) = mpsc::channel(4);
+        let sid = o.open_post(&[RequestId::Number(1), RequestId::Number(2)], tx);
+        assert!(matches!(o.route(f(R1), &Via::Unrelated, None), Plan::Held));
+        match o.route(f(NOTE), &Via::Unrelated, None) {
+            Plan::Deliver {
+                stream,
+                frames,
+                finish,
+            } => {
+                assert_eq!(stream, sid);
+                assert!(!finish);
+                assert!(frames[0].is_none(), "priming event first");
+                assert_eq!(
+                    frames[1].as_ref().unwrap().id(),
+                    Some(&RequestId::Number(1))
+                );
+                assert_eq!(
+                    frames[2].as_ref().unwrap().method(),
+                    Some("notifications/message")
+                );
+            }
             other => panic!("{other:?}"),
-        };
-        assert!(
-            to(o.route(f(NOTE), &Via::Request(RequestId::Number(1)), None)
-                .0)
-            .same_channel(&tx1)
+        }
+        match o.route(f(R2), &Via::Unrelated, None) {
+            Plan::Deliver { finish, frames, .. } => assert!(finish && frames.len() == 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn related_messages_follow_their_request_even_when_disconnected() {
+        let mut o = Outbox::new();
+        let (tx1, rx1) = mpsc::channel(4);
+        let (tx2, _rx2) = mpsc::channel(4);
+        let (tg, _rg) = mpsc::channel(4);
+        let s1 = o.open_post(&[RequestId::Number(1)], tx1);
+        let s2 = o.open_post(&[RequestId::Number(2)], tx2);
+        assert_eq!(o.attach(GET_STREAM, tg).unwrap().watermark, None);
+        assert_eq!(
+            stream_of(&o.route(f(NOTE), &Via::Request(RequestId::Number(1)), None)),
+            &*s1
         );
-        assert!(
-            to(
-                o.route(f(NOTE), &Via::Unrelated, Some(RequestId::Number(2)))
-                    .0
-            )
-            .same_channel(&tx2)
+        assert_eq!(
+            stream_of(&o.route(f(NOTE), &Via::Unrelated, Some(RequestId::Number(2)))),
+            &*s2
         );
-        // two request streams open and no relation known: the GET stream
-        assert!(to(o.route(f(NOTE), &Via::Unrelated, None).0).same_channel(&tl));
+        // two connected POSTs and no relation known: the GET stream
+        assert_eq!(
+            stream_of(&o.route(f(NOTE), &Via::Unrelated, None)),
+            GET_STREAM
+        );
+        assert_eq!(stream_of(&o.route(f(NOTE), &Via::Listen, None)), GET_STREAM);
+        // POST 1's client went away: its related messages still go to its stream (for replay)
+        drop(rx1);
+        assert_eq!(
+            stream_of(&o.route(f(NOTE), &Via::Request(RequestId::Number(1)), None)),
+            &*s1
+        );
+        // ...but unrelated stdio messages now pick the only connected POST
+        let (tx3, _rx3) = mpsc::channel(4);
+        o.attach(&s2, tx3);
         o.close();
         assert!(matches!(
-            o.route(f(NOTE), &Via::Unrelated, None).0,
-            Route::Dropped
+            o.route(f(NOTE), &Via::Unrelated, None),
+            Plan::Dropped
         ));
         assert!(!o.has_open_streams());
+    }
+
+    #[test]
+    fn unrelated_messages_without_streams_go_to_the_get_stream_and_watermarks_move() {
+        let mut o = Outbox::new();
+        assert_eq!(
+            stream_of(&o.route(f(NOTE), &Via::Unrelated, None)),
+            GET_STREAM
+        );
+        assert!(
+            o.logged(GET_STREAM, Some(Arc::from("g.1"))).is_none(),
+            "no connection yet"
+        );
+        let (tg, _rg) = mpsc::channel(4);
+        let a = o.attach(GET_STREAM, tg).unwrap();
+        assert_eq!((a.watermark.as_deref(), a.delivered), (Some("g.1"), None));
+        assert!(o.logged(GET_STREAM, Some(Arc::from("g.2"))).is_some());
+        let a = o.attach(GET_STREAM, mpsc::channel(1).0).unwrap();
+        assert_eq!(
+            (a.watermark.as_deref(), a.delivered.as_deref()),
+            (Some("g.2"), Some("g.2"))
+        );
+        assert!(o.attach("p9", mpsc::channel(1).0).is_none());
+        // a dropped request completes its POST with no replies
+        let (tx, _rx) = mpsc::channel(4);
+        o.open_post(&[RequestId::Number(5)], tx);
+        match o.forget_request(&RequestId::Number(5)) {
+            Plan::Json { frames, .. } => assert!(frames.is_empty()),
+            other => panic!("{other:?}"),
+        }
     }
 }

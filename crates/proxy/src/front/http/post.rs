@@ -3,12 +3,13 @@
 //! stream as soon as the server sends anything else (progress, logs, server requests) before
 //! the reply — the first byte reaches the client as soon as the upstream sends it.
 
+use super::outbox::Out;
 use super::registry::HttpSession;
-use super::stream::{STREAM_CAPACITY, body};
+use super::stream::{STREAM_CAPACITY, body, encode};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
 use crate::session::{Sent, Session, mint_session_id};
-use crate::upstream::UpstreamCtx;
+use crate::upstream::{UpstreamCtx, Via};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -16,9 +17,9 @@ use bytes::{Bytes, BytesMut};
 use http::{StatusCode, header};
 use http_body_util::BodyExt;
 use shadowcat_proto::era::ProtocolVersion;
-use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
+use shadowcat_proto::error::{INVALID_REQUEST, UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::{Frame, FrameError, FrameKind, Message, RequestId};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -44,7 +45,8 @@ pub async fn handle(
                     ));
                 }
             };
-            match create_session(front, target).await {
+            let init_frame = msg.frames()[0].clone();
+            match create_session(front, target, &init_frame).await {
                 Ok(s) => (s, true),
                 Err(e) => return Ok(reply::error(&e, init.as_ref())),
             }
@@ -73,7 +75,14 @@ pub async fn handle(
         }
     }
     let batch = msg.is_batch();
-    let response = relay(&session, msg.into_frames(), batch).await;
+    let response = relay(&session, msg.into_frames(), batch, front.config.sse_retry).await;
+    if created && let Some(v) = session.core().protocol_version() {
+        front
+            .registry
+            .records()
+            .negotiated(session.core().id(), v)
+            .await;
+    }
     let sid = created.then(|| session.core().id().to_string());
     Ok(reply::with_session(response?, sid.as_deref()))
 }
@@ -104,7 +113,11 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     Ok(out.freeze())
 }
 
-async fn create_session(front: &HttpFront, target: Target) -> Result<Arc<HttpSession>, ProxyError> {
+async fn create_session(
+    front: &HttpFront,
+    target: Target,
+    init: &Frame,
+) -> Result<Arc<HttpSession>, ProxyError> {
     if front.cancel.is_cancelled() {
         return Err(ProxyError::ShuttingDown);
     }
@@ -122,7 +135,14 @@ async fn create_session(front: &HttpFront, target: Target) -> Result<Arc<HttpSes
     let (core, events) = Session::connect(id, target.spec, front.pipeline.clone(), ctx).await?;
     tracing::Span::current().record("session", &*core.id().clone());
     tracing::info!(upstream = %core.spec().describe(), "session created");
-    Ok(front.registry.insert(core, target.key, events))
+    let upstream = core.spec().describe();
+    let s = front.registry.insert(core, target.key.clone(), events);
+    front
+        .registry
+        .records()
+        .created(s.core().id(), &target.key, &upstream, init)
+        .await;
+    Ok(s)
 }
 
 /// Send the frames upstream and build the HTTP answer.
@@ -130,6 +150,7 @@ async fn relay(
     session: &Arc<HttpSession>,
     frames: Vec<Frame>,
     batch: bool,
+    retry: std::time::Duration,
 ) -> Result<Response, ProxyError> {
     let core = session.core();
     let requests: Vec<RequestId> = frames
@@ -140,75 +161,69 @@ async fn relay(
     let busy = session.busy();
     if requests.is_empty() {
         for f in frames {
+            let initialized = f.method() == Some("notifications/initialized");
             core.from_client(f).await?;
+            if initialized {
+                core.listen_in_background();
+            }
         }
         return Ok(reply::accepted());
     }
     let init = frames.iter().any(Frame::is_initialize);
     let (tx, mut rx) = mpsc::channel(STREAM_CAPACITY);
-    session.outbox().register_requests(&requests, tx);
-    let mut expected: HashSet<RequestId> = requests.into_iter().collect();
-    let mut first = VecDeque::new();
+    {
+        let mut o = session.outbox();
+        if let Some(v) = core.known_version() {
+            o.set_priming(v >= ProtocolVersion::V2025_11_25);
+        }
+        o.open_post(&requests, tx);
+    }
     for f in frames {
         let id = f.id().cloned().filter(|_| f.kind() == FrameKind::Request);
         match core.from_client(f).await {
             Ok(Sent::Forwarded) => {}
-            Ok(Sent::Replied(answer)) => first.push_back(answer),
+            Ok(Sent::Replied(answer)) => session.deliver(answer, &Via::Unrelated, None).await,
             Ok(Sent::Dropped) => {
                 if let Some(id) = id {
-                    expected.remove(&id);
+                    let plan = session.outbox().forget_request(&id);
+                    session.execute(plan).await;
                 }
             }
             Err(e) => match id {
                 Some(id) => {
-                    first.push_back(error_frame(Some(&id), e.jsonrpc_code(), &e.to_string()))
+                    let err = error_frame(Some(&id), e.jsonrpc_code(), &e.to_string());
+                    session.deliver(err, &Via::Unrelated, None).await;
                 }
                 None => tracing::warn!(error = %e, "could not forward a client message"),
             },
         }
     }
-    let mut replies = Vec::new();
-    loop {
-        if expected.is_empty() {
-            break;
+    match rx.recv().await {
+        Some(Out::Json(replies)) => {
+            if init && replies.iter().any(|f| f.kind() == FrameKind::Error) {
+                tracing::info!("initialize failed upstream; ending the session");
+                core.shutdown().await;
+            }
+            Ok(json_replies(replies, batch))
         }
-        let next = match first.pop_front() {
-            Some(f) => Some(f),
-            None => rx.recv().await,
-        };
-        let Some(frame) = next else {
-            // The session ended under us: answer every request still waiting.
+        Some(first @ Out::Event { .. }) => {
+            let Out::Event { frame, id } = first else {
+                unreachable!()
+            };
+            let data = frame.as_ref().map(|f| &f.raw()[..]).unwrap_or(b"");
+            let head = VecDeque::from([encode(id.as_deref(), data, retry)]);
+            Ok(reply::sse(body(head, Some(rx), retry, busy)))
+        }
+        None => {
+            // The session ended under us: answer every request.
             let reason = "the session ended before the upstream answered";
-            for id in expected.drain() {
-                replies.push(error_frame(
-                    Some(&id),
-                    shadowcat_proto::error::UPSTREAM_ERROR,
-                    reason,
-                ));
-            }
-            break;
-        };
-        let is_expected_reply =
-            frame.kind().is_reply() && frame.id().is_some_and(|id| expected.contains(id));
-        if is_expected_reply {
-            if let Some(id) = frame.id() {
-                expected.remove(id);
-            }
-            replies.push(frame);
-            continue;
+            let errors = requests
+                .iter()
+                .map(|id| error_frame(Some(id), UPSTREAM_ERROR, reason))
+                .collect();
+            Ok(json_replies(errors, batch))
         }
-        // Something other than a reply came first: switch to SSE and stream from here on.
-        let mut head: VecDeque<Frame> = replies.into();
-        head.push_back(frame);
-        head.extend(first);
-        return Ok(reply::sse(body(head, rx, Some(expected), busy)));
     }
-    if init && replies.iter().any(|f| f.kind() == FrameKind::Error) {
-        let reg_id = session.core().id().clone();
-        tracing::info!(session = %reg_id, "initialize failed upstream; ending the session");
-        session.core().shutdown().await;
-    }
-    Ok(json_replies(replies, batch))
 }
 
 fn json_replies(replies: Vec<Frame>, batch: bool) -> Response {

@@ -1,12 +1,14 @@
 //! The HTTP front's live sessions: lookup by proxy id (bound to the route that created it),
 //! the session limit, idle reaping, and the pump that routes each session's server frames.
 
-use super::outbox::{Outbox, Route};
+use super::events::EventLog;
+use super::outbox::{Out, Outbox, Plan};
+use super::records::Records;
 use crate::session::Session;
-use crate::upstream::UpstreamEvent;
-use shadowcat_proto::{Frame, FrameKind};
+use crate::upstream::{UpstreamEvent, Via};
+use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -16,6 +18,9 @@ pub struct HttpSession {
     core: Arc<Session>,
     route: Arc<str>,
     outbox: Mutex<Outbox>,
+    log: Arc<EventLog>,
+    records: Arc<Records>,
+    appends: AtomicU32,
     busy: AtomicUsize,
     last_active_ms: AtomicU64,
     epoch: Instant,
@@ -32,6 +37,11 @@ impl HttpSession {
         &self.route
     }
 
+    /// The event log.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
     /// The routing table (lock is never held across an await).
     pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
@@ -41,6 +51,7 @@ impl HttpSession {
     pub fn busy(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::AcqRel);
         self.touch();
+        self.records.touch(self.core.id());
         BusyGuard(self.clone())
     }
 
@@ -56,6 +67,50 @@ impl HttpSession {
         let last = self.last_active_ms.load(Ordering::Acquire);
         let now = self.epoch.elapsed().as_millis() as u64;
         Some(Duration::from_millis(now.saturating_sub(last)))
+    }
+
+    /// Route a frame to the client and deliver it.
+    pub async fn deliver(&self, frame: Frame, via: &Via, owner: Option<RequestId>) {
+        let plan = self.outbox().route(frame, via, owner);
+        self.execute(plan).await;
+    }
+
+    /// Append one event to this session's log; its SSE id, or `None` if the store failed.
+    pub async fn append_event(&self, stream: &str, data: &[u8]) -> Option<Arc<str>> {
+        self.log
+            .append(self.core.id(), stream, data, &self.appends)
+            .await
+    }
+
+    /// Carry out a routing decision: log SSE events before sending them.
+    pub async fn execute(&self, plan: Plan) {
+        match plan {
+            Plan::Json {
+                sink: Some(tx),
+                frames,
+            } => {
+                let _ = tx.send(Out::Json(frames)).await;
+            }
+            Plan::Deliver {
+                stream,
+                frames,
+                finish,
+            } => {
+                for frame in frames {
+                    let data = frame.as_ref().map(|f| &f.raw()[..]).unwrap_or(b"");
+                    let id = self.append_event(&stream, data).await;
+                    let sink = self.outbox().logged(&stream, id.clone());
+                    if let Some(tx) = sink {
+                        // A client that went away makes this fail; the event is in the log.
+                        let _ = tx.send(Out::Event { frame, id }).await;
+                    }
+                }
+                if finish {
+                    self.outbox().finish(&stream);
+                }
+            }
+            Plan::Json { sink: None, .. } | Plan::Held | Plan::Dropped => {}
+        }
     }
 }
 
@@ -73,17 +128,24 @@ impl Drop for BusyGuard {
 pub struct Registry {
     map: Mutex<HashMap<Arc<str>, Arc<HttpSession>>>,
     max: usize,
-    queue_capacity: usize,
+    log: Arc<EventLog>,
+    records: Arc<Records>,
 }
 
 impl Registry {
-    /// A registry holding at most `max` sessions.
-    pub fn new(max: usize, queue_capacity: usize) -> Self {
+    /// A registry holding at most `max` sessions, logging SSE events to `log`.
+    pub fn new(max: usize, log: Arc<EventLog>, records: Arc<Records>) -> Self {
         Registry {
             map: Mutex::new(HashMap::new()),
             max,
-            queue_capacity,
+            log,
+            records,
         }
+    }
+
+    /// Session records in the store.
+    pub fn records(&self) -> &Arc<Records> {
+        &self.records
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<HttpSession>>> {
@@ -125,7 +187,10 @@ impl Registry {
         let s = Arc::new(HttpSession {
             core: core.clone(),
             route,
-            outbox: Mutex::new(Outbox::new(self.queue_capacity)),
+            outbox: Mutex::new(Outbox::new()),
+            log: self.log.clone(),
+            records: self.records.clone(),
+            appends: AtomicU32::new(0),
             busy: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -140,17 +205,22 @@ impl Registry {
         s
     }
 
-    /// Remove a session and stop its upstream. Returns false if it was not there.
+    /// Remove a session, stop its upstream and drop its event log. False if it was not there.
     pub async fn end(&self, id: &str) -> bool {
         let s = self.lock().remove(id);
         match s {
             Some(s) => {
                 s.core.shutdown().await;
                 s.outbox().close();
+                self.forget(id).await;
                 true
             }
             None => false,
         }
+    }
+
+    async fn forget(&self, id: &str) {
+        self.records.ended(id).await;
     }
 
     /// Every session id.
@@ -188,13 +258,13 @@ impl Registry {
                         _ => None,
                     };
                     if let Some(frame) = s.core.from_server(frame).await {
-                        deliver(&s, frame, &via, owner).await;
+                        s.deliver(frame, &via, owner).await;
                     }
                 }
                 Some(UpstreamEvent::Closed { reason, .. }) => {
                     tracing::info!(%reason, "upstream closed; ending the session");
                     for err in s.core.inflight().fail_all(&reason) {
-                        deliver(&s, err, &crate::upstream::Via::Unrelated, None).await;
+                        s.deliver(err, &Via::Unrelated, None).await;
                     }
                     break;
                 }
@@ -203,21 +273,11 @@ impl Registry {
         }
         // The session is over: forget it, release its upstream, finish its streams.
         let id = s.core.id().clone();
-        self.lock().remove(&id);
+        let removed = self.lock().remove(&id).is_some();
         s.core.shutdown().await;
         s.outbox().close();
-    }
-}
-
-async fn deliver(
-    s: &HttpSession,
-    frame: Frame,
-    via: &crate::upstream::Via,
-    owner: Option<shadowcat_proto::RequestId>,
-) {
-    let (route, frame) = s.outbox().route(frame, via, owner);
-    if let (Route::To(tx), Some(frame)) = (route, frame) {
-        // A client that went away makes this fail; that is fine.
-        let _ = tx.send(frame).await;
+        if removed {
+            self.forget(&id).await;
+        }
     }
 }

@@ -1,8 +1,17 @@
-//! SSE response bodies (POST streams and the GET stream), streamed frame by frame with
-//! backpressure: a slow client fills its bounded channel, which stalls the session's router,
-//! which stops reading the upstream.
+//! SSE response bodies and the GET endpoint, including resumption.
+//!
+//! Bodies stream event by event with backpressure: a slow client fills its bounded channel,
+//! which stalls the session's pump, which stops reading the upstream.
+//!
+//! `GET` + `Last-Event-ID: <stream>.<id>` replays the events of *that* stream logged after the
+//! id, then continues live on it if the stream is still open (the GET stream, or a POST stream
+//! whose replies are not all delivered yet). An id we did not issue, or one the log no longer
+//! holds (trimmed, or the session's log was lost), is answered `400` with a JSON-RPC error that
+//! says events may have been lost — never a silent gap.
 
-use super::registry::BusyGuard;
+use super::events::{Replayed, parse_event_id};
+use super::outbox::{GET_STREAM, Out};
+use super::registry::{BusyGuard, HttpSession};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
 use axum::body::Body;
@@ -10,64 +19,88 @@ use axum::extract::Request;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
+use shadowcat_proto::era::LAST_EVENT_ID_HEADER;
 use shadowcat_proto::error::INVALID_REQUEST;
 use shadowcat_proto::sse::encode_event_into;
-use shadowcat_proto::{Frame, RequestId};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Capacity of one response stream's channel.
 pub const STREAM_CAPACITY: usize = 32;
 
-/// One SSE event carrying a JSON-RPC message.
-pub fn encode(frame: &Frame) -> Bytes {
-    let data = String::from_utf8_lossy(frame.raw());
-    let mut buf = BytesMut::with_capacity(frame.raw().len() + 24);
-    encode_event_into(&mut buf, None, Some("message"), &data, None);
+/// Encode one SSE event. Priming events (no payload) carry the `retry` hint.
+pub fn encode(id: Option<&str>, data: &[u8], retry: Duration) -> Bytes {
+    let text = String::from_utf8_lossy(data);
+    let mut buf = BytesMut::with_capacity(data.len() + 48);
+    if data.is_empty() {
+        encode_event_into(&mut buf, id, None, "", Some(retry.as_millis() as u64));
+    } else {
+        encode_event_into(&mut buf, id, Some("message"), &text, None);
+    }
     buf.freeze()
 }
 
-struct StreamState {
-    first: VecDeque<Frame>,
-    rx: mpsc::Receiver<Frame>,
-    /// For POST streams: replies still awaited; the stream ends when it is empty.
-    expected: Option<HashSet<RequestId>>,
+struct BodyState {
+    first: VecDeque<Bytes>,
+    rx: Option<mpsc::Receiver<Out>>,
+    retry: Duration,
     _busy: BusyGuard,
 }
 
-/// An SSE body: `first` frames, then whatever arrives on `rx`, until every expected reply was
-/// sent (POST) or the session ends (GET).
+/// An SSE body: the already-encoded `first` events, then every event arriving on `rx` until the
+/// stream is finished (its sender dropped) — or nothing more when `rx` is `None`.
 pub fn body(
-    first: VecDeque<Frame>,
-    rx: mpsc::Receiver<Frame>,
-    expected: Option<HashSet<RequestId>>,
+    first: VecDeque<Bytes>,
+    rx: Option<mpsc::Receiver<Out>>,
+    retry: Duration,
     busy: BusyGuard,
 ) -> Body {
-    let state = StreamState {
+    let state = BodyState {
         first,
         rx,
-        expected,
+        retry,
         _busy: busy,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
-        if st.expected.as_ref().is_some_and(HashSet::is_empty) {
-            return None;
+        if let Some(b) = st.first.pop_front() {
+            return Some((Ok::<Bytes, std::convert::Infallible>(b), st));
         }
-        let frame = match st.first.pop_front() {
-            Some(f) => f,
-            None => st.rx.recv().await?,
-        };
-        if let (Some(exp), Some(id)) = (st.expected.as_mut(), frame.id())
-            && frame.kind().is_reply()
-        {
-            exp.remove(id);
+        loop {
+            match st.rx.as_mut()?.recv().await? {
+                Out::Event { frame, id } => {
+                    let data = frame.as_ref().map(|f| &f.raw()[..]).unwrap_or(b"");
+                    return Some((Ok(encode(id.as_deref(), data, st.retry)), st));
+                }
+                // A POST stream never receives JSON once it streams.
+                Out::Json(_) => continue,
+            }
         }
-        Some((Ok::<Bytes, std::convert::Infallible>(encode(&frame)), st))
     });
     Body::from_stream(stream)
 }
 
-/// GET: open the session's server→client stream.
+/// Encode replayed events.
+pub fn encode_replay(events: Vec<Replayed>, retry: Duration) -> VecDeque<Bytes> {
+    events
+        .into_iter()
+        .map(|(id, data)| encode(Some(&id), &data, retry))
+        .collect()
+}
+
+fn gone(id: &str, why: &str) -> ProxyError {
+    ProxyError::bad(
+        StatusCode::BAD_REQUEST,
+        INVALID_REQUEST,
+        format!(
+            "cannot resume after Last-Event-ID `{id}`: {why}; events may have been lost — \
+             re-send pending requests, and open a new stream without Last-Event-ID"
+        ),
+    )
+}
+
+/// GET: open (or resume) a server→client stream.
 pub async fn handle_get(
     front: &HttpFront,
     target: Target,
@@ -86,7 +119,29 @@ pub async fn handle_get(
         .registry
         .get(id, &target.key)
         .ok_or(ProxyError::SessionNotFound)?;
+    let last = match req.headers().get(LAST_EVENT_ID_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| gone("(not ASCII)", "it is not an id this proxy issued"))?
+                .trim()
+                .to_string(),
+        ),
+    };
     let busy = session.busy();
+    let retry = front.config.sse_retry;
+    match last {
+        Some(last) => resume(&session, &last, busy, retry).await,
+        None => open_listen(&session, busy, retry).await,
+    }
+}
+
+/// A fresh GET connection: replay what the previous GET connection never got, then live.
+async fn open_listen(
+    session: &Arc<HttpSession>,
+    busy: BusyGuard,
+    retry: Duration,
+) -> Result<Response, ProxyError> {
     if !session.core().upstream().open_listen().await? {
         return Err(ProxyError::bad(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -95,6 +150,88 @@ pub async fn handle_get(
         ));
     }
     let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
-    let queued = session.outbox().open_listen(tx);
-    Ok(reply::sse(body(queued.into(), rx, None, busy)))
+    let (attached, priming) = {
+        let mut o = session.outbox();
+        (o.attach(GET_STREAM, tx.clone()), o.priming())
+    };
+    let attached = attached.expect("the GET stream always exists");
+    let mut first = VecDeque::new();
+    if let Some(until) = attached
+        .watermark
+        .as_deref()
+        .filter(|w| Some(*w) != attached.delivered.as_deref())
+    {
+        let after = attached
+            .delivered
+            .as_deref()
+            .and_then(parse_event_id)
+            .map(|(_, e)| e);
+        let missed = session
+            .log()
+            .replay(session.core().id(), GET_STREAM, after, Some(until))
+            .await;
+        match missed {
+            Ok(events) => first = encode_replay(events, retry),
+            Err(e) => tracing::warn!(error = %e, "could not replay queued GET-stream events"),
+        }
+    }
+    if priming {
+        // Give the client an id to resume from even before the first event.
+        let id = session.append_event(GET_STREAM, b"").await;
+        first.push_back(encode(id.as_deref(), b"", retry));
+        session.outbox().logged(GET_STREAM, id);
+    }
+    Ok(reply::sse(body(first, Some(rx), retry, busy)))
+}
+
+/// `Last-Event-ID`: replay the stream it names after it, then continue live if still open.
+async fn resume(
+    session: &Arc<HttpSession>,
+    last: &str,
+    busy: BusyGuard,
+    retry: Duration,
+) -> Result<Response, ProxyError> {
+    let (stream, event) =
+        parse_event_id(last).ok_or_else(|| gone(last, "it is not an id this proxy issued"))?;
+    if stream == GET_STREAM && !session.core().upstream().open_listen().await? {
+        return Err(ProxyError::bad(
+            StatusCode::METHOD_NOT_ALLOWED,
+            INVALID_REQUEST,
+            "the upstream server offers no server-to-client stream",
+        ));
+    }
+    let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+    let attached = session.outbox().attach(stream, tx);
+    let until = attached.as_ref().map(|a| a.watermark.clone());
+    let replayed = match until {
+        // The stream is open but nothing was ever logged on it: the id cannot be ours.
+        Some(None) => return Err(gone(last, "the event log does not hold it")),
+        // The client already has everything logged before this connection.
+        Some(Some(w)) if &*w == last => Vec::new(),
+        // Replay up to the watermark (later events arrive live), or to the end of the log
+        // when the stream is already finished.
+        until => session
+            .log()
+            .replay(
+                session.core().id(),
+                stream,
+                Some(event),
+                until.flatten().as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                shadowcat_store::StoreError::EventGone(_) => {
+                    gone(last, "the event log does not hold it")
+                }
+                other => ProxyError::UpstreamConnect(format!("session store: {other}")),
+            })?,
+    };
+    tracing::info!(
+        stream,
+        replayed = replayed.len(),
+        live = attached.is_some(),
+        "stream resumed"
+    );
+    let first = encode_replay(replayed, retry);
+    Ok(reply::sse(body(first, attached.map(|_| rx), retry, busy)))
 }

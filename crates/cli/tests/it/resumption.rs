@@ -1,0 +1,188 @@
+//! Proxy-owned resumption: SSE events carry ids naming their stream, are logged before they are
+//! sent, and a GET with Last-Event-ID replays exactly what the client missed.
+
+use super::harness::{Raw, Server, WAIT};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// One parsed SSE event.
+#[derive(Debug)]
+struct Ev {
+    id: Option<String>,
+    data: String,
+    retry: Option<u64>,
+}
+
+/// Read SSE events from a response until `stop_after` events were read (then drop the
+/// connection) or the stream ends.
+async fn read_events(resp: reqwest::Response, stop_after: Option<usize>) -> (Vec<Ev>, bool) {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut body = resp.bytes_stream();
+    loop {
+        while let Some(pos) = buf.find("\n\n") {
+            let block: String = buf.drain(..pos + 2).collect();
+            let mut ev = Ev {
+                id: None,
+                data: String::new(),
+                retry: None,
+            };
+            let mut has = false;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    ev.id = Some(v.trim().to_string());
+                    has = true;
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    has = true;
+                } else if let Some(v) = line.strip_prefix("retry:") {
+                    ev.retry = v.trim().parse().ok();
+                    has = true;
+                }
+            }
+            if has {
+                out.push(ev);
+            }
+            if stop_after.is_some_and(|n| out.len() >= n) {
+                return (out, false);
+            }
+        }
+        match tokio::time::timeout(WAIT, body.next())
+            .await
+            .expect("SSE stalled")
+        {
+            Some(Ok(chunk)) => buf.push_str(std::str::from_utf8(&chunk).expect("utf-8")),
+            Some(Err(e)) => panic!("SSE read failed: {e}"),
+            None => return (out, true),
+        }
+    }
+}
+
+fn get_resume(c: &Raw, last: &str) -> reqwest::RequestBuilder {
+    c.http
+        .get(&c.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", c.session.clone().unwrap())
+        .header("mcp-protocol-version", c.version)
+        .header("last-event-id", last)
+}
+
+#[tokio::test]
+async fn a_stream_cut_100_times_loses_and_duplicates_nothing() {
+    const STEPS: u64 = 300;
+    let p = Server::forward_http(&["--demo"]).await;
+    let mut c = Raw::new(p.url());
+    c.version = "2025-11-25";
+    c.initialize().await;
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name":"slow","arguments":{"steps":STEPS,"duration":3.0},"_meta":{"progressToken":"t"}}});
+    let resp = c.post_builder(call.to_string()).send().await.unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut seed: u64 = 0x5eed;
+    let mut next_cut = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        1 + (seed >> 33) as usize % 4
+    };
+    let (mut events, mut ended) = read_events(resp, Some(next_cut())).await;
+    let first = &events[0];
+    assert!(
+        first.data.is_empty() && first.retry.is_some(),
+        "2025-11-25 streams start with a priming event: {first:?}"
+    );
+    let mut cuts = 0;
+    while !ended {
+        let last = events
+            .iter()
+            .rev()
+            .find_map(|e| e.id.clone())
+            .expect("events carry ids");
+        assert!(
+            last.starts_with("p"),
+            "POST stream ids name their stream: {last}"
+        );
+        let stop = if cuts < 100 { Some(next_cut()) } else { None };
+        let resp = get_resume(&c, &last).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "resume after {last}");
+        let (more, done) = read_events(resp, stop).await;
+        events.extend(more);
+        ended = done;
+        cuts += 1;
+    }
+    assert!(cuts >= 100, "only {cuts} cuts: the stream ended too early");
+    let msgs: Vec<Value> = events
+        .iter()
+        .filter(|e| !e.data.is_empty())
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let progress: Vec<u64> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| m["params"]["progress"].as_f64().unwrap() as u64)
+        .collect();
+    assert_eq!(
+        progress,
+        (1..=STEPS).collect::<Vec<_>>(),
+        "every progress event exactly once, in order"
+    );
+    let last = msgs.last().unwrap();
+    assert_eq!(last["id"], json!(1));
+    assert_eq!(
+        last["result"]["content"][0]["text"],
+        format!("completed {STEPS} steps")
+    );
+    let ids: Vec<&String> = events.iter().filter_map(|e| e.id.as_ref()).collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event id twice");
+}
+
+#[tokio::test]
+async fn unknown_or_foreign_last_event_ids_are_refused_clearly() {
+    let p = Server::forward_http(&["--demo"]).await;
+    let mut c = Raw::new(p.url());
+    c.version = "2025-11-25";
+    c.initialize().await;
+    for bad in ["nonsense", "p99.5", "g.12345", "x.1"] {
+        let r = Raw::send(get_resume(&c, bad)).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert!(r.body.contains("events may have been lost"), "{}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn get_stream_events_wait_for_the_next_get() {
+    // Over HTTP the demo server sends resource updates on its GET stream; the proxy listens to
+    // it from the start, so updates that arrive while the client has no GET open are kept.
+    let demo = Server::demo_http().await;
+    let p = Server::forward_http(&["--target", &demo.url()]).await;
+    let mut a = Raw::new(p.url());
+    a.initialize().await;
+    let r = a.post(json!({"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"demo://counter"}})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut b = Raw::new(p.url());
+    b.initialize().await;
+    for i in 0..3 {
+        b.call_tool(10 + i, "increment", json!({})).await;
+    }
+    let get = a
+        .http
+        .get(&a.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", a.session.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let (events, _) = read_events(get, Some(3)).await;
+    for e in &events {
+        let m: Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(m["method"], "notifications/resources/updated", "{m}");
+        assert!(e.id.as_deref().unwrap().starts_with("g."), "{e:?}");
+    }
+}

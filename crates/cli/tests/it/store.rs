@@ -1,0 +1,64 @@
+//! Session records in a real SQLite file: listed by `shadowcat session`, kept across a restart,
+//! and a crashed proxy's sessions are marked ended when it comes back.
+
+use super::harness::{Raw, Server, bin};
+use serde_json::Value;
+use std::process::Command;
+
+fn session_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin())
+        .arg("session")
+        .args(args)
+        .output()
+        .expect("run shadowcat session");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn list(store: &str) -> Vec<Value> {
+    let (code, out) = session_cli(&["list", "--store", store, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str::<Vec<Value>>(&out).expect("JSON list")
+}
+
+#[tokio::test]
+async fn sqlite_sessions_survive_a_crash_and_are_marked_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("sessions.db").display());
+    let mut p = Server::forward_http(&["--demo", "--store", &store]).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut c = Raw::new(p.url());
+        c.initialize().await;
+        ids.push(c.session.clone().unwrap());
+    }
+    let rows = list(&store);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["status"], "active");
+        assert_eq!(r["protocol_version"], "2025-06-18");
+        assert_eq!(r["client_info"]["name"], "raw-test");
+        assert!(ids.contains(&r["id"].as_str().unwrap().to_string()));
+    }
+    let (code, text) = session_cli(&["show", "--store", &store, &ids[0]]);
+    assert_eq!(code, 0);
+    assert!(text.contains(&ids[0]) && text.contains("active"), "{text}");
+
+    // crash: SIGKILL, no cleanup. The children get EOF on stdin and exit on their own.
+    p.child.start_kill().unwrap();
+    p.child.wait().await.unwrap();
+    let _p2 = Server::forward_http(&["--demo", "--store", &store]).await;
+    let rows = list(&store);
+    assert_eq!(rows.len(), 2, "still listed after the restart: {rows:?}");
+    assert!(rows.iter().all(|r| r["status"] == "ended"), "{rows:?}");
+
+    let (code, _) = session_cli(&["kill", "--store", &store, &ids[1]]);
+    assert_eq!(code, 0);
+    assert_eq!(list(&store).len(), 1);
+    let (code, _) = session_cli(&["show", "--store", &store, &ids[1]]);
+    assert_eq!(code, 1, "a killed session is gone");
+    let (code, _) = session_cli(&["list", "--store", "memory"]);
+    assert_ne!(code, 0, "the memory store cannot be listed from outside");
+}

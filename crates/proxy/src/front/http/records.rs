@@ -1,0 +1,166 @@
+//! Session records in the store: created with the session, updated when the version is
+//! negotiated, touched (coalesced, one write per interval) on activity, and marked ended when
+//! the session ends (its event log is dropped then).
+
+use shadowcat_proto::Frame;
+use shadowcat_store::{
+    ActivityCoalescer, SessionFilter, SessionRecord, SessionStatus, SessionStore,
+};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Writes session records for one front.
+pub struct Records {
+    store: Arc<dyn SessionStore>,
+    owner: Arc<str>,
+    activity: ActivityCoalescer,
+}
+
+impl Records {
+    /// Records owned by replica `owner`; activity is flushed every `interval`.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        owner: Arc<str>,
+        interval: Duration,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        let activity = ActivityCoalescer::spawn(store.clone(), interval, 4096, tracker, cancel);
+        Records {
+            store,
+            owner,
+            activity,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// This replica's id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// A session was created by this `initialize`.
+    pub async fn created(&self, id: &str, route: &str, upstream: &str, init: &Frame) {
+        #[derive(serde::Deserialize, Default)]
+        struct Params {
+            #[serde(rename = "clientInfo")]
+            client_info: Option<serde_json::Value>,
+            capabilities: Option<serde_json::Value>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Init {
+            #[serde(default)]
+            params: Option<Params>,
+        }
+        let params = serde_json::from_slice::<Init>(init.raw())
+            .ok()
+            .and_then(|i| i.params)
+            .unwrap_or_default();
+        let now = now_ms();
+        let rec = SessionRecord {
+            id: id.to_string(),
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+            upstream_session_id: None,
+            protocol_version: None,
+            client_info: params.client_info,
+            client_capabilities: params.capabilities,
+            principal: None,
+            owner: Some(self.owner.to_string()),
+            status: SessionStatus::Active,
+            created_ms: now,
+            last_active_ms: now,
+        };
+        if let Err(e) = self.store.create(&rec).await {
+            tracing::warn!(error = %e, "could not record the session in the store");
+        }
+    }
+
+    /// The server agreed on a protocol version.
+    pub async fn negotiated(&self, id: &str, version: &str) {
+        match self.store.get(id).await {
+            Ok(Some(mut rec)) => {
+                rec.protocol_version = Some(version.to_string());
+                rec.last_active_ms = now_ms();
+                if let Err(e) = self.store.update(&rec).await {
+                    tracing::warn!(error = %e, "could not update the session record");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the session record"),
+        }
+    }
+
+    /// Activity (coalesced; never waits).
+    pub fn touch(&self, id: &str) {
+        self.activity.touch(id, now_ms());
+    }
+
+    /// The session ended: drop its event log and mapping, keep its record as `ended`.
+    pub async fn ended(&self, id: &str) {
+        let rec = match self.store.get(id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the session record");
+                None
+            }
+        };
+        if let Err(e) = self.store.delete(id).await {
+            tracing::warn!(error = %e, "could not delete the session's event log");
+        }
+        if let Some(mut rec) = rec {
+            rec.status = SessionStatus::Ended;
+            rec.last_active_ms = now_ms();
+            if let Err(e) = self.store.create(&rec).await {
+                tracing::warn!(error = %e, "could not mark the session ended");
+            }
+        }
+    }
+
+    /// At start: sessions a previous run of this replica left active have lost their upstream
+    /// (their children died with it). Mark them ended. Returns how many.
+    pub async fn end_orphans(&self) -> usize {
+        let filter = SessionFilter {
+            status: Some(SessionStatus::Active),
+            owner: Some(self.owner.to_string()),
+            ..SessionFilter::default()
+        };
+        let mut ended = 0;
+        loop {
+            let page = match self.store.list(&filter, None, 500).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list this replica's previous sessions");
+                    return ended;
+                }
+            };
+            if page.sessions.is_empty() {
+                return ended;
+            }
+            for mut rec in page.sessions {
+                rec.status = SessionStatus::Ended;
+                match self.store.update(&rec).await {
+                    Ok(_) => ended += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not mark a previous session ended");
+                        return ended;
+                    }
+                }
+            }
+        }
+    }
+}

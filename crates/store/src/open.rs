@@ -1,0 +1,140 @@
+//! Opening a store from a spec string (`memory`, `sqlite:PATH`, `redis://…`, `rediss://…`,
+//! `redis+unix://…`).
+
+use crate::{MemoryStore, SessionStore, StoreError, StoreResult};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Backend settings that do not fit in the spec string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Prefix of every Redis key (default `shadowcat:`).
+    pub redis_prefix: String,
+    /// Idle TTL: Redis keys expire after this long without activity (default 30 min).
+    pub idle_ttl: Duration,
+    /// Events kept per stream on append, for backends that trim on append (Redis; default
+    /// 10 000).
+    pub max_events: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            redis_prefix: "shadowcat:".to_owned(),
+            idle_ttl: Duration::from_secs(30 * 60),
+            max_events: 10_000,
+        }
+    }
+}
+
+/// What a spec names, before anything is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Spec<'a> {
+    Memory,
+    Sqlite(&'a str),
+    Redis(&'a str),
+}
+
+const SPEC_HELP: &str =
+    "expected `memory`, `sqlite:PATH`, `redis://…`, `rediss://…` or `redis+unix:///path`";
+
+fn parse(spec: &str) -> StoreResult<Spec<'_>> {
+    let spec = spec.trim();
+    if spec == "memory" {
+        return Ok(Spec::Memory);
+    }
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(StoreError::Backend(format!(
+                "store spec `{spec}` has no path; {SPEC_HELP}"
+            )));
+        }
+        return Ok(Spec::Sqlite(path));
+    }
+    if ["redis://", "rediss://", "redis+unix://"]
+        .iter()
+        .any(|p| spec.starts_with(p))
+    {
+        return Ok(Spec::Redis(spec));
+    }
+    Err(StoreError::Backend(format!(
+        "unknown store spec `{spec}`; {SPEC_HELP}"
+    )))
+}
+
+/// Opens the store a spec names. Backends left out of the build (features `sqlite`, `redis`,
+/// `redis-tls` for `rediss://`) are reported as errors, not ignored.
+pub async fn open(spec: &str, opts: &OpenOptions) -> StoreResult<Arc<dyn SessionStore>> {
+    match parse(spec)? {
+        Spec::Memory => Ok(Arc::new(MemoryStore::new())),
+        Spec::Sqlite(path) => open_sqlite(path),
+        Spec::Redis(url) => open_redis(url, opts).await,
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(path: &str) -> StoreResult<Arc<dyn SessionStore>> {
+    Ok(Arc::new(crate::SqliteStore::open(path)?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn open_sqlite(_path: &str) -> StoreResult<Arc<dyn SessionStore>> {
+    Err(StoreError::Backend(
+        "this build has no sqlite backend (feature `sqlite`)".into(),
+    ))
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(url: &str, opts: &OpenOptions) -> StoreResult<Arc<dyn SessionStore>> {
+    if url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+        return Err(StoreError::Backend(
+            "this build has no TLS for redis (`rediss://` needs feature `redis-tls`)".into(),
+        ));
+    }
+    let store = crate::RedisStore::connect(url, &opts.redis_prefix, opts.idle_ttl)
+        .await?
+        .with_max_events(opts.max_events);
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_url: &str, _opts: &OpenOptions) -> StoreResult<Arc<dyn SessionStore>> {
+    Err(StoreError::Backend(
+        "this build has no redis backend (feature `redis`)".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        assert_eq!(parse("memory").ok(), Some(Spec::Memory));
+        assert_eq!(
+            parse("sqlite:/var/lib/s.db").ok(),
+            Some(Spec::Sqlite("/var/lib/s.db"))
+        );
+        assert_eq!(parse("sqlite:rel.db").ok(), Some(Spec::Sqlite("rel.db")));
+        assert_eq!(
+            parse("sqlite:///abs.db").ok(),
+            Some(Spec::Sqlite("/abs.db"))
+        );
+        assert_eq!(
+            parse("redis://h:6379/0").ok(),
+            Some(Spec::Redis("redis://h:6379/0"))
+        );
+        assert_eq!(parse("rediss://h").ok(), Some(Spec::Redis("rediss://h")));
+        assert_eq!(
+            parse("redis+unix:///s.sock").ok(),
+            Some(Spec::Redis("redis+unix:///s.sock"))
+        );
+        for bad in ["", "mem", "sqlite:", "postgres://x", "redis:/x", "Memory"] {
+            match parse(bad) {
+                Err(StoreError::Backend(msg)) => assert!(msg.contains("expected"), "{bad}: {msg}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Helpers shared by the backends.
+
+use crate::{SessionFilter, SessionRecord};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Saturating `Duration` → whole milliseconds.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sessions whose `last_active_ms` is below this are expired; `None`: nothing is.
+pub(crate) fn expiry_cutoff(now_ms: u64, idle_ttl: Duration) -> Option<u64> {
+    now_ms.checked_sub(duration_ms(idle_ttl))
+}
+
+/// Whether `rec` is selected by `filter`.
+pub(crate) fn matches(filter: &SessionFilter, rec: &SessionRecord) -> bool {
+    filter.status.is_none_or(|s| s == rec.status)
+        && filter.route.as_ref().is_none_or(|r| *r == rec.route)
+        && filter
+            .owner
+            .as_ref()
+            .is_none_or(|o| rec.owner.as_ref() == Some(o))
+        && filter
+            .principal
+            .as_ref()
+            .is_none_or(|p| rec.principal.as_ref() == Some(p))
+        && filter.idle_since_ms.is_none_or(|t| rec.last_active_ms <= t)
+}
+
+/// Page size actually used for a requested `limit` (at least 1).
+pub(crate) fn page_limit(limit: usize) -> usize {
+    limit.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutoff_is_strict_and_saturating() {
+        assert_eq!(expiry_cutoff(10_000, Duration::from_secs(1)), Some(9_000));
+        assert_eq!(expiry_cutoff(500, Duration::from_secs(1)), None);
+    }
+}
