@@ -30,6 +30,12 @@ pub struct LogArgs {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum StoreOutage {
+    Closed,
+    Memory,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum LogFormat {
     Text,
     Json,
@@ -106,7 +112,7 @@ pub enum Forward {
     /// Upstreams: `-- CMD [ARGS…]` (one child per session), `--target URL`, named targets
     /// `--target NAME=URL` / `--target NAME=CMD` served at /servers/NAME/mcp, and absolute-form
     /// request URIs with `--allow-absolute-uri`.
-    Http(HttpArgs),
+    Http(Box<HttpArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -165,8 +171,18 @@ pub struct HttpArgs {
     pub store: StoreArgs,
     /// This replica's id in the session store (default: the host name). Replicas sharing a
     /// store on one host need distinct ids.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "advertise")]
     pub replica_id: Option<String>,
+    /// Base URL other replicas use to reach this one (e.g. `http://10.0.0.5:8080`); it is also
+    /// this replica's id. With a shared store, requests for sessions whose stdio child lives
+    /// here are forwarded to it by the other replicas.
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+    /// While a shared store (Redis) is unreachable: `closed` answers new sessions with 503 +
+    /// Retry-After; `memory` continues on local memory (sessions created meanwhile live on this
+    /// replica only). Either way it is logged, counted (`/health`) and recovers by itself.
+    #[arg(long, value_enum, default_value_t = StoreOutage::Closed)]
+    pub on_store_outage: StoreOutage,
     /// SSE events kept per stream for resumption.
     #[arg(long, default_value_t = 1000)]
     pub max_events: usize,

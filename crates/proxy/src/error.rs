@@ -53,6 +53,9 @@ pub enum ProxyError {
     /// The proxy is shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    /// The session store is unreachable and the proxy is configured to fail closed.
+    #[error("the session store is unavailable ({0}); retry later")]
+    StoreUnavailable(String),
 }
 
 impl ProxyError {
@@ -74,7 +77,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_) => Side::Upstream,
-            ProxyError::SessionLimit(_) | ProxyError::ShuttingDown => Side::Internal,
+            ProxyError::SessionLimit(_)
+            | ProxyError::ShuttingDown
+            | ProxyError::StoreUnavailable(_) => Side::Internal,
         }
     }
 
@@ -82,7 +87,10 @@ impl ProxyError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ProxyError::UpstreamConnect(_) | ProxyError::SessionLimit(_) | ProxyError::ShuttingDown
+            ProxyError::UpstreamConnect(_)
+                | ProxyError::SessionLimit(_)
+                | ProxyError::ShuttingDown
+                | ProxyError::StoreUnavailable(_)
         )
     }
 
@@ -93,9 +101,9 @@ impl ProxyError {
             ProxyError::Frame(_) => StatusCode::BAD_REQUEST,
             ProxyError::BadRequest { status, .. } => *status,
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
-            ProxyError::SessionLimit(_) | ProxyError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::SessionLimit(_)
+            | ProxyError::ShuttingDown
+            | ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -108,7 +116,9 @@ impl ProxyError {
             ProxyError::Frame(e) => e.code(),
             ProxyError::BadRequest { code, .. } => *code,
             ProxyError::SessionNotFound => rpc::INVALID_REQUEST,
-            ProxyError::SessionLimit(_) | ProxyError::ShuttingDown => rpc::INTERNAL_ERROR,
+            ProxyError::SessionLimit(_)
+            | ProxyError::ShuttingDown
+            | ProxyError::StoreUnavailable(_) => rpc::INTERNAL_ERROR,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_) => rpc::UPSTREAM_ERROR,

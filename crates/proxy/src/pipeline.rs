@@ -1,8 +1,14 @@
 //! The pipeline: an ordered list of hooks run on every frame in both directions. Auth, limits,
 //! interceptor rules, recording and metrics are hooks; with no hooks the pipeline costs one
 //! empty-slice check per frame.
+//!
+//! A hook decides synchronously ([`Hook::on_frame`]); when it must wait (delay, pause for a
+//! person, backpressure from a recorder) it returns [`Verdict::Defer`] with a future that the
+//! session awaits, which holds back the frames behind it in the same direction.
 
 use shadowcat_proto::Frame;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// Which way a frame travels.
@@ -14,14 +20,43 @@ pub enum Direction {
     ServerToClient,
 }
 
+/// A decision that takes time (see [`Verdict::Defer`]).
+pub type Deferred = Pin<Box<dyn Future<Output = Verdict> + Send + 'static>>;
+
 /// What a hook decides about a frame.
-#[derive(Debug)]
 pub enum Verdict {
     /// Pass it on (to the next hook, then to the other side).
     Forward,
+    /// Pass this frame on instead (a modified message); later hooks see the new one.
+    Replace(Frame),
     /// Do not pass it on; answer the sender with this frame instead (e.g. a JSON-RPC error).
     Reply(Frame),
     /// Do not pass it on and answer nothing.
+    Drop,
+    /// Decide later: the session awaits the future, then applies the verdict it yields.
+    Defer(Deferred),
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Forward => f.write_str("Forward"),
+            Verdict::Replace(x) => f.debug_tuple("Replace").field(x).finish(),
+            Verdict::Reply(x) => f.debug_tuple("Reply").field(x).finish(),
+            Verdict::Drop => f.write_str("Drop"),
+            Verdict::Defer(_) => f.write_str("Defer(..)"),
+        }
+    }
+}
+
+/// What the pipeline as a whole decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send this frame on (the original, or a hook's replacement).
+    Forward(Frame),
+    /// Answer the sender with this frame.
+    Reply(Frame),
+    /// Send nothing.
     Drop,
 }
 
@@ -40,6 +75,11 @@ pub trait Hook: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Inspect (never mutate in place) a frame and decide.
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict;
+    /// An earlier hook answered `frame` with `answer` (sent back to the frame's sender), so this
+    /// hook never saw `frame` in [`Hook::on_frame`]. Observers (the recorder) use this.
+    fn on_answered(&self, _ctx: &FrameCtx<'_>, _frame: &Frame, _answer: &Frame) {}
+    /// The session ended: release what is kept for it.
+    fn on_session_end(&self, _session: &str) {}
 }
 
 /// The ordered hooks of a proxy.
@@ -54,16 +94,47 @@ impl Pipeline {
         Pipeline { hooks }
     }
 
-    /// Run every hook until one does not forward.
+    /// True when there are no hooks (the relay path then does no work here).
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
+    /// Run the hooks in order until one replies or drops; replacements carry on to the next
+    /// hook, deferred verdicts are awaited.
     #[inline]
-    pub fn run(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        for h in &self.hooks {
-            match h.on_frame(ctx, frame) {
-                Verdict::Forward => continue,
-                other => return other,
+    pub async fn process(&self, ctx: &FrameCtx<'_>, frame: Frame) -> Outcome {
+        if self.hooks.is_empty() {
+            return Outcome::Forward(frame);
+        }
+        let mut frame = frame;
+        for (i, h) in self.hooks.iter().enumerate() {
+            let mut verdict = h.on_frame(ctx, &frame);
+            loop {
+                match verdict {
+                    Verdict::Forward => break,
+                    Verdict::Replace(f) => {
+                        frame = f;
+                        break;
+                    }
+                    Verdict::Defer(later) => verdict = later.await,
+                    Verdict::Reply(answer) => {
+                        for later in &self.hooks[i + 1..] {
+                            later.on_answered(ctx, &frame, &answer);
+                        }
+                        return Outcome::Reply(answer);
+                    }
+                    Verdict::Drop => return Outcome::Drop,
+                }
             }
         }
-        Verdict::Forward
+        Outcome::Forward(frame)
+    }
+
+    /// Tell every hook that a session ended.
+    pub fn session_ended(&self, session: &str) {
+        for h in &self.hooks {
+            h.on_session_end(session);
+        }
     }
 
     /// Names of the hooks, in order.
@@ -119,8 +190,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hooks_run_in_order_until_one_decides() {
+    #[tokio::test]
+    async fn hooks_run_in_order_until_one_decides() {
         let p = Pipeline::new(vec![Arc::new(TrafficLog), Arc::new(Block)]);
         assert_eq!(p.names(), vec!["traffic-log", "block"]);
         let ctx = FrameCtx {
@@ -131,15 +202,15 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
         ))
         .unwrap();
-        assert!(matches!(p.run(&ctx, &call), Verdict::Drop));
+        assert!(matches!(p.process(&ctx, call.clone()).await, Outcome::Drop));
         let list = Frame::parse_single(Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
         ))
         .unwrap();
-        assert!(matches!(p.run(&ctx, &list), Verdict::Forward));
+        assert!(matches!(p.process(&ctx, list).await, Outcome::Forward(_)));
         assert!(matches!(
-            Pipeline::default().run(&ctx, &call),
-            Verdict::Forward
+            Pipeline::default().process(&ctx, call).await,
+            Outcome::Forward(_)
         ));
     }
 }

@@ -29,6 +29,7 @@ use std::time::Duration;
 pub mod coalesce;
 #[cfg(feature = "contract-tests")]
 pub mod contract;
+mod failover;
 mod memory;
 mod open;
 #[cfg(feature = "redis")]
@@ -40,6 +41,7 @@ mod util;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use coalesce::ActivityCoalescer;
+pub use failover::{FailoverStore, OnOutage};
 pub use memory::MemoryStore;
 pub use open::{OpenOptions, open};
 #[cfg(feature = "sqlite")]
@@ -129,6 +131,17 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
+/// Reachability of a store, see [`SessionStore::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StoreHealth {
+    /// The backend answers.
+    pub healthy: bool,
+    /// Outages seen since start (transitions to unreachable).
+    pub outages: u64,
+    /// Serving from the local memory fallback because the backend is down.
+    pub degraded: bool,
+}
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -211,4 +224,14 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> StoreResult<usize>;
     /// Whether the store is reachable (for readiness checks).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Whether the backend is reachable right now and how many outages it has had (for
+    /// `/health` and metrics). Plain backends report healthy; [`FailoverStore`] tracks it.
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            healthy: true,
+            outages: 0,
+            degraded: false,
+        }
+    }
 }

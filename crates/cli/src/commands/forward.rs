@@ -1,12 +1,13 @@
 //! `shadowcat forward stdio` and `shadowcat forward http`.
 
+use crate::args::StoreOutage;
 use crate::args::{Common, HttpArgs, StdioArgs};
 use anyhow::{Context, bail};
 use shadowcat_proxy::forward::{StdioForward, forward_http, forward_stdio};
 use shadowcat_proxy::front::http::{HttpFrontConfig, OriginPolicy, Targets, default_replica_id};
 use shadowcat_proxy::pipeline::{Hook, Pipeline, TrafficLog};
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
-use shadowcat_store::Retention;
+use shadowcat_store::{FailoverStore, OnOutage, Retention};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -167,17 +168,30 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
             max_age: None,
         },
         sse_retry: Duration::from_millis(a.sse_retry_ms),
-        replica_id: a.replica_id.clone().unwrap_or_else(default_replica_id),
+        replica_id: a
+            .advertise
+            .clone()
+            .or_else(|| a.replica_id.clone())
+            .unwrap_or_else(default_replica_id),
         ..HttpFrontConfig::default()
     };
-    let store = super::session::open_store(&a.store, a.max_events, config.idle_timeout).await?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
+    let mut store = super::session::open_store(&a.store, a.max_events, config.idle_timeout).await?;
+    if store.backend() != "memory" {
+        let mode = match a.on_store_outage {
+            StoreOutage::Closed => OnOutage::FailClosed,
+            StoreOutage::Memory => OnOutage::Memory,
+        };
+        let failover = FailoverStore::new(store, mode);
+        failover.spawn_probe(Duration::from_secs(1), &tracker, shutdown.clone());
+        store = failover;
+    }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let local = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
     let ready = move || {
         tracing::info!("forward proxy listening on http://{local}/mcp");
         // Machine-readable line for scripts and tests that listen on port 0.

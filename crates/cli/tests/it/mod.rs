@@ -3,6 +3,7 @@ pub mod harness;
 mod http_front;
 mod lifecycle;
 mod python;
+mod replicas;
 mod resumption;
 mod rmcp_clients;
 mod sessions;

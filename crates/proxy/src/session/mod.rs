@@ -9,7 +9,7 @@ pub use id::mint_session_id;
 pub use inflight::Inflight;
 
 use crate::error::ProxyError;
-use crate::pipeline::{Direction, FrameCtx, Pipeline, Verdict};
+use crate::pipeline::{Direction, FrameCtx, Outcome, Pipeline};
 use crate::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec};
 use shadowcat_proto::era::ProtocolVersion;
 use shadowcat_proto::{Frame, FrameKind};
@@ -128,11 +128,11 @@ impl Session {
             session: &self.id,
             direction: Direction::ClientToServer,
         };
-        match self.pipeline.run(&ctx, &frame) {
-            Verdict::Forward => {}
-            Verdict::Reply(f) => return Ok(Sent::Replied(f)),
-            Verdict::Drop => return Ok(Sent::Dropped),
-        }
+        let frame = match self.pipeline.process(&ctx, frame).await {
+            Outcome::Forward(f) => f,
+            Outcome::Reply(f) => return Ok(Sent::Replied(f)),
+            Outcome::Drop => return Ok(Sent::Dropped),
+        };
         let tracked = match frame.kind() {
             FrameKind::Request => {
                 self.inflight.insert(&frame);
@@ -163,15 +163,27 @@ impl Session {
             session: &self.id,
             direction: Direction::ServerToClient,
         };
-        match self.pipeline.run(&ctx, &frame) {
-            Verdict::Forward => Some(frame),
-            Verdict::Drop => None,
-            Verdict::Reply(answer) => {
+        match self.pipeline.process(&ctx, frame).await {
+            Outcome::Forward(f) => Some(f),
+            Outcome::Drop => None,
+            Outcome::Reply(answer) => {
                 if let Err(e) = self.upstream.send(answer).await {
                     tracing::warn!(error = %e, "could not send a hook's answer upstream");
                 }
                 None
             }
+        }
+    }
+
+    /// Continue a session another replica created: the negotiated version and the upstream's
+    /// session id come from its record.
+    pub fn restore(&self, version: Option<&str>, upstream_session_id: Option<&str>) {
+        if let Some(v) = version {
+            self.upstream.set_protocol_version(v);
+            let _ = self.protocol.set(v.to_string());
+        }
+        if let Some(id) = upstream_session_id {
+            self.upstream.restore_session_id(id);
         }
     }
 
@@ -200,6 +212,7 @@ impl Session {
             return;
         }
         self.upstream.shutdown().await;
+        self.pipeline.session_ended(&self.id);
         self.cancel.cancel();
     }
 }

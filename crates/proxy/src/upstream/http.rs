@@ -24,6 +24,11 @@ use tracing::Instrument;
 pub struct HttpClient(reqwest::Client);
 
 impl HttpClient {
+    /// The pooled client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.0
+    }
+
     /// A pooled client with TCP_NODELAY and a connect timeout.
     pub fn new(connect_timeout: Duration) -> Result<Self, ProxyError> {
         reqwest::Client::builder()
@@ -110,6 +115,19 @@ impl HttpUpstream {
             .instrument(span),
         );
         Ok(())
+    }
+
+    pub(super) fn session_id(&self) -> Option<String> {
+        lock(&self.inner.session_id)
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    pub(super) fn set_session_id(&self, id: &str) {
+        if let Ok(v) = HeaderValue::try_from(id) {
+            *lock(&self.inner.session_id) = Some(v);
+        }
     }
 
     pub(super) fn set_protocol_version(&self, version: &str) {

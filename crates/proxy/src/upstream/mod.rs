@@ -189,4 +189,19 @@ impl Upstream {
             h.set_protocol_version(version);
         }
     }
+
+    /// The upstream's own session id (HTTP upstreams that issued one).
+    pub fn upstream_session_id(&self) -> Option<String> {
+        match self {
+            Upstream::Http(h) => h.session_id(),
+            Upstream::Stdio(_) => None,
+        }
+    }
+
+    /// Continue an upstream session another replica started (HTTP upstreams only).
+    pub fn restore_session_id(&self, id: &str) {
+        if let Upstream::Http(h) = self {
+            h.set_session_id(id);
+        }
+    }
 }

@@ -10,6 +10,7 @@ mod outbox;
 mod post;
 mod records;
 mod registry;
+mod replicas;
 mod reply;
 mod stream;
 
@@ -309,7 +310,30 @@ pub(crate) fn session_header(req: &Request) -> Result<Option<&str>, ProxyError> 
     }
 }
 
+/// `GET /health`: liveness plus the session count and the store's reachability. 200 while the
+/// store is reachable (or degraded onto memory), 503 while it is down and failing closed.
+fn health(front: &HttpFront) -> Response {
+    let store = front.registry.records().store();
+    let h = store.health();
+    let ok = h.healthy || h.degraded;
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "sessions": front.registry.len(),
+        "store": { "backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply::json_response(status, bytes::Bytes::from(body.to_string()))
+}
+
 async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response {
+    if req.uri().path() == "/health" && req.method() == Method::GET && req.uri().scheme().is_none()
+    {
+        return health(&front);
+    }
     let sid = req
         .headers()
         .get(SESSION_ID_HEADER)
@@ -319,6 +343,14 @@ async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response
         async {
             front.config.origins.check(req.headers())?;
             let target = front.target(&req)?;
+            if let Some(id) = session_header(&req)? {
+                let forwarded = req.headers().contains_key(replicas::FORWARDED_HEADER);
+                if let replicas::Located::Owner(owner) =
+                    replicas::locate(&front, id, &target, forwarded).await?
+                {
+                    return replicas::forward(&front, &owner, req).await;
+                }
+            }
             match *req.method() {
                 Method::POST => post::handle(&front, target, req).await,
                 Method::GET => stream::handle_get(&front, target, req).await,

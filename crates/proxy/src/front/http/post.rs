@@ -77,10 +77,10 @@ pub async fn handle(
     let batch = msg.is_batch();
     let response = relay(&session, msg.into_frames(), batch, front.config.sse_retry).await;
     if created && let Some(v) = session.core().protocol_version() {
-        front
-            .registry
-            .records()
-            .negotiated(session.core().id(), v)
+        let upstream_sid = session.core().upstream().upstream_session_id();
+        let records = front.registry.records();
+        records
+            .negotiated(session.core().id(), v, upstream_sid)
             .await;
     }
     let sid = created.then(|| session.core().id().to_string());
@@ -125,6 +125,11 @@ async fn create_session(
         return Err(ProxyError::SessionLimit(front.registry.max()));
     }
     let id = mint_session_id();
+    tracing::Span::current().record("session", &*id);
+    let upstream = target.spec.describe();
+    // Record first: with a store that fails closed, nothing is spawned for a refused session.
+    let records = front.registry.records();
+    records.created(&id, &target.key, &upstream, init).await?;
     let ctx = UpstreamCtx {
         session: id.clone(),
         cancel: front.cancel.child_token(),
@@ -132,17 +137,16 @@ async fn create_session(
         http: front.http.clone(),
         options: front.config.upstream.clone(),
     };
-    let (core, events) = Session::connect(id, target.spec, front.pipeline.clone(), ctx).await?;
-    tracing::Span::current().record("session", &*core.id().clone());
-    tracing::info!(upstream = %core.spec().describe(), "session created");
-    let upstream = core.spec().describe();
-    let s = front.registry.insert(core, target.key.clone(), events);
-    front
-        .registry
-        .records()
-        .created(s.core().id(), &target.key, &upstream, init)
-        .await;
-    Ok(s)
+    let connected = Session::connect(id.clone(), target.spec, front.pipeline.clone(), ctx).await;
+    let (core, events) = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            records.ended(&id).await;
+            return Err(e);
+        }
+    };
+    tracing::info!(%upstream, "session created");
+    Ok(front.registry.insert(core, target.key, events))
 }
 
 /// Send the frames upstream and build the HTTP answer.

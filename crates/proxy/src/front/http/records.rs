@@ -2,9 +2,10 @@
 //! negotiated, touched (coalesced, one write per interval) on activity, and marked ended when
 //! the session ends (its event log is dropped then).
 
+use crate::error::ProxyError;
 use shadowcat_proto::Frame;
 use shadowcat_store::{
-    ActivityCoalescer, SessionFilter, SessionRecord, SessionStatus, SessionStore,
+    ActivityCoalescer, SessionFilter, SessionRecord, SessionStatus, SessionStore, StoreError,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,8 +54,15 @@ impl Records {
         &self.owner
     }
 
-    /// A session was created by this `initialize`.
-    pub async fn created(&self, id: &str, route: &str, upstream: &str, init: &Frame) {
+    /// A session is being created by this `initialize`. Fails only when the store is
+    /// unavailable (and fails closed); other store errors are logged.
+    pub async fn created(
+        &self,
+        id: &str,
+        route: &str,
+        upstream: &str,
+        init: &Frame,
+    ) -> Result<(), ProxyError> {
         #[derive(serde::Deserialize, Default)]
         struct Params {
             #[serde(rename = "clientInfo")]
@@ -85,16 +93,22 @@ impl Records {
             created_ms: now,
             last_active_ms: now,
         };
-        if let Err(e) = self.store.create(&rec).await {
-            tracing::warn!(error = %e, "could not record the session in the store");
+        match self.store.create(&rec).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Unavailable(why)) => Err(ProxyError::StoreUnavailable(why)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the session in the store");
+                Ok(())
+            }
         }
     }
 
-    /// The server agreed on a protocol version.
-    pub async fn negotiated(&self, id: &str, version: &str) {
+    /// The server agreed on a protocol version (and an HTTP upstream issued its session id).
+    pub async fn negotiated(&self, id: &str, version: &str, upstream_session_id: Option<String>) {
         match self.store.get(id).await {
             Ok(Some(mut rec)) => {
                 rec.protocol_version = Some(version.to_string());
+                rec.upstream_session_id = upstream_session_id;
                 rec.last_active_ms = now_ms();
                 if let Err(e) = self.store.update(&rec).await {
                     tracing::warn!(error = %e, "could not update the session record");

@@ -205,6 +205,20 @@ impl Registry {
         s
     }
 
+    /// Like [`Registry::insert`], unless a session with this id exists: then that one is
+    /// returned as the error and nothing is started.
+    pub fn insert_new(
+        self: &Arc<Self>,
+        core: Arc<Session>,
+        route: Arc<str>,
+        events: mpsc::Receiver<UpstreamEvent>,
+    ) -> Result<Arc<HttpSession>, Arc<HttpSession>> {
+        if let Some(existing) = self.lock().get(core.id()).cloned() {
+            return Err(existing);
+        }
+        Ok(self.insert(core, route, events))
+    }
+
     /// Remove a session, stop its upstream and drop its event log. False if it was not there.
     pub async fn end(&self, id: &str) -> bool {
         let s = self.lock().remove(id);

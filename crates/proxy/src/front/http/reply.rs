@@ -20,7 +20,10 @@ pub fn error(e: &ProxyError, id: Option<&RequestId>) -> Response {
     }
     let body = error_bytes(id, e.jsonrpc_code(), &e.to_string(), None);
     let mut r = json_response(status, body);
-    if matches!(e, ProxyError::SessionLimit(_) | ProxyError::ShuttingDown) {
+    if matches!(
+        e,
+        ProxyError::SessionLimit(_) | ProxyError::ShuttingDown | ProxyError::StoreUnavailable(_)
+    ) {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }

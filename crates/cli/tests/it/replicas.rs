@@ -1,0 +1,240 @@
+//! Several proxy replicas sharing a real Redis: sessions continue on any replica, SSE streams
+//! resume on another replica (even after the first was SIGKILLed), stdio sessions are forwarded
+//! to the replica that owns the child; Redis outages fail closed or degrade onto memory.
+
+use super::harness::{Raw, Redis, Server, descendants, free_port, wait_descendants};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn replica(redis: &Redis, id: &str, extra: &[&str]) -> Server {
+    let store = redis.url();
+    let mut args = vec!["--store", store.as_str(), "--replica-id", id];
+    args.extend_from_slice(extra);
+    Server::forward_http(&args).await
+}
+
+#[tokio::test]
+async fn a_session_created_on_one_replica_continues_on_another() {
+    let redis = Redis::start();
+    let demo = Server::demo_http().await;
+    let a = replica(&redis, "a", &["--target", &demo.url()]).await;
+    let b = replica(&redis, "b", &["--target", &demo.url()]).await;
+    let mut on_a = Raw::new(a.url());
+    on_a.initialize().await;
+    assert_eq!(
+        on_a.call_tool(1, "echo", json!({"message": "from a"}))
+            .await,
+        "from a"
+    );
+    let mut on_b = Raw::new(b.url());
+    on_b.session = on_a.session.clone();
+    assert_eq!(
+        on_b.call_tool(2, "echo", json!({"message": "from b"}))
+            .await,
+        "from b"
+    );
+    assert_eq!(
+        on_b.call_tool(3, "add", json!({"a": 20, "b": 22})).await,
+        "42"
+    );
+    assert_eq!(on_b.delete().await.status, 204);
+    let r = on_b
+        .post(json!({"jsonrpc":"2.0","id":4,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status, 404, "ended on every replica: {}", r.body);
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_sigkill_resumes_on_another_replica() {
+    let redis = Redis::start();
+    let demo = Server::demo_http().await;
+    let mut a = replica(&redis, "a", &["--target", &demo.url()]).await;
+    let b = replica(&redis, "b", &["--target", &demo.url()]).await;
+    let mut c = Raw::new(a.url());
+    c.version = "2025-11-25";
+    c.initialize().await;
+    let call = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{
+        "name":"slow","arguments":{"steps":40,"duration":2.0},"_meta":{"progressToken":"k"}}});
+    let resp = c.post_builder(call.to_string()).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    // read until 5 progress events arrived
+    while text.matches("notifications/progress").count() < 5 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let events: Vec<(String, String)> = text
+        .split("\n\n")
+        .filter_map(|b| {
+            let id = b
+                .lines()
+                .find_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))?;
+            let data = b
+                .lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .unwrap_or("");
+            Some((id.trim().to_string(), data.to_string()))
+        })
+        .collect();
+    let last_seen = events
+        .iter()
+        .rev()
+        .find(|(_, d)| d.contains("progress"))
+        .unwrap();
+    let last_progress: u64 =
+        serde_json::from_str::<Value>(&last_seen.1).unwrap()["params"]["progress"]
+            .as_f64()
+            .unwrap() as u64;
+    // A keeps logging while we do not read; then it dies without any cleanup.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    drop(body);
+    let resumed = Raw::send(
+        c.http
+            .get(b.url())
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", c.session.clone().unwrap())
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("last-event-id", &last_seen.0),
+    )
+    .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    let progress: Vec<u64> = resumed
+        .messages()
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| m["params"]["progress"].as_f64().unwrap() as u64)
+        .collect();
+    assert!(
+        !progress.is_empty(),
+        "A logged events the client had not read: {}",
+        resumed.body
+    );
+    let expected: Vec<u64> = (last_progress + 1..=last_progress + progress.len() as u64).collect();
+    assert_eq!(
+        progress, expected,
+        "the replay continues exactly after the last event read"
+    );
+}
+
+#[tokio::test]
+async fn stdio_sessions_are_forwarded_to_the_replica_that_owns_the_child() {
+    let redis = Redis::start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let advertise = format!("http://{listen}");
+    let store = redis.url();
+    let a = Server::start(&[
+        "forward",
+        "http",
+        "--listen",
+        &listen,
+        "--demo",
+        "--store",
+        &store,
+        "--advertise",
+        &advertise,
+    ])
+    .await;
+    let b = Server::start(&[
+        "forward",
+        "http",
+        "--listen",
+        "127.0.0.1:0",
+        "--demo",
+        "--store",
+        &store,
+        "--advertise",
+        "http://b.invalid:1",
+    ])
+    .await;
+    let mut on_a = Raw::new(a.url());
+    on_a.initialize().await;
+    wait_descendants(a.pid(), 1).await;
+    let mut on_b = Raw::new(b.url());
+    on_b.session = on_a.session.clone();
+    for i in 0..3 {
+        let msg = format!("via b {i}");
+        assert_eq!(
+            on_b.call_tool(i, "echo", json!({"message": msg})).await,
+            msg
+        );
+    }
+    assert_eq!(
+        descendants(b.pid()).len(),
+        0,
+        "B never spawned a child for A's session"
+    );
+    assert_eq!(
+        descendants(a.pid()).len(),
+        1,
+        "still exactly one child, on A"
+    );
+    assert_eq!(on_b.delete().await.status, 204, "DELETE is forwarded too");
+    wait_descendants(a.pid(), 0).await;
+}
+
+#[tokio::test]
+async fn redis_outage_fails_closed_then_recovers_without_restart() {
+    let mut redis = Redis::start();
+    let p = replica(&redis, "solo", &["--demo"]).await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    redis.stop();
+    let r = Raw::new(p.url())
+        .post(super::harness::init_body(1, "2025-06-18"))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.headers.get("retry-after").is_some());
+    assert!(r.body.contains("session store"), "{}", r.body);
+    let h = Raw::send(c.http.get(format!("{}/health", p.base))).await;
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert_eq!(h.json()["store"]["healthy"], json!(false));
+    // the live session keeps working (its events just cannot be logged)
+    assert_eq!(
+        c.call_tool(5, "echo", json!({"message": "still"})).await,
+        "still"
+    );
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = Raw::new(p.url())
+            .post(super::harness::init_body(1, "2025-06-18"))
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let h = Raw::send(c.http.get(format!("{}/health", p.base))).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["store"]["outages"], json!(1));
+}
+
+#[tokio::test]
+async fn redis_outage_can_continue_on_memory() {
+    let mut redis = Redis::start();
+    let p = replica(&redis, "solo", &["--demo", "--on-store-outage", "memory"]).await;
+    redis.stop();
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    assert_eq!(
+        c.call_tool(1, "echo", json!({"message": "degraded"})).await,
+        "degraded"
+    );
+    let h = Raw::send(c.http.get(format!("{}/health", p.base))).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["store"]["degraded"], json!(true));
+}

@@ -1,0 +1,161 @@
+//! Sessions that live on another replica (several proxies sharing a Redis store).
+//!
+//! A request naming a session this replica does not hold is resolved through the store:
+//! * HTTP upstream: any replica can continue it. This replica *adopts* the session — a local
+//!   session bound to the same upstream session id and protocol version — and serves it; its
+//!   event log is shared, so `Last-Event-ID`s issued by another replica resume here.
+//! * stdio upstream: the child lives on the replica that owns it. The request is forwarded
+//!   over direct HTTP to that replica's advertised URL (its replica id, `--advertise`), and the
+//!   answer streamed back. A forwarded request is never forwarded again (no loops).
+
+use super::{HttpFront, Target};
+use crate::error::ProxyError;
+use crate::session::Session;
+use crate::upstream::{UpstreamCtx, UpstreamSpec};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use futures_util::TryStreamExt;
+use http::{StatusCode, header};
+use shadowcat_store::{SessionStatus, StoreError};
+use std::sync::Arc;
+
+/// Marks a request forwarded by a peer replica.
+pub const FORWARDED_HEADER: &str = "x-shadowcat-forwarded-by";
+
+/// Where a session named by a request is.
+pub enum Located {
+    /// Held (or now adopted) here.
+    Here,
+    /// Owned by the replica at this base URL.
+    Owner(String),
+}
+
+/// Find the session `id` for a request on `target`: local, adopted from the store, or owned by
+/// a peer. `SessionNotFound` when the store does not know it (or it ended).
+pub async fn locate(
+    front: &HttpFront,
+    id: &str,
+    target: &Target,
+    forwarded: bool,
+) -> Result<Located, ProxyError> {
+    if let Some(s) = front.registry.get(id, &target.key) {
+        drop(s);
+        return Ok(Located::Here);
+    }
+    let store = front.registry.records().store();
+    let rec = match store.get(id).await {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return Err(ProxyError::SessionNotFound),
+        Err(StoreError::Unavailable(why)) => return Err(ProxyError::StoreUnavailable(why)),
+        Err(e) => return Err(ProxyError::StoreUnavailable(e.to_string())),
+    };
+    if rec.status != SessionStatus::Active || rec.route != *target.key {
+        return Err(ProxyError::SessionNotFound);
+    }
+    match &target.spec {
+        UpstreamSpec::Http { .. } => {
+            adopt(
+                front,
+                id,
+                target,
+                rec.protocol_version,
+                rec.upstream_session_id,
+            )
+            .await
+        }
+        UpstreamSpec::Stdio { .. } => {
+            let me = front.registry.records().owner();
+            match rec.owner {
+                Some(owner) if !forwarded && owner != me && is_url(&owner) => {
+                    Ok(Located::Owner(owner))
+                }
+                _ => Err(ProxyError::SessionNotFound),
+            }
+        }
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+async fn adopt(
+    front: &HttpFront,
+    id: &str,
+    target: &Target,
+    version: Option<String>,
+    upstream_sid: Option<String>,
+) -> Result<Located, ProxyError> {
+    let sid: Arc<str> = Arc::from(id);
+    let ctx = UpstreamCtx {
+        session: sid.clone(),
+        cancel: front.cancel.child_token(),
+        tracker: front.tracker.clone(),
+        http: front.http.clone(),
+        options: front.config.upstream.clone(),
+    };
+    let (core, events) =
+        Session::connect(sid, target.spec.clone(), front.pipeline.clone(), ctx).await?;
+    core.restore(version.as_deref(), upstream_sid.as_deref());
+    match front
+        .registry
+        .insert_new(core.clone(), target.key.clone(), events)
+    {
+        Ok(s) => {
+            tracing::info!(
+                session = id,
+                "continuing a session created by another replica"
+            );
+            core.listen_in_background();
+            drop(s);
+            Ok(Located::Here)
+        }
+        // Another request adopted it first; ours never did I/O, so just drop it.
+        Err(_existing) => {
+            core.cancel_token().cancel();
+            Ok(Located::Here)
+        }
+    }
+}
+
+/// Relay the request to the owning replica and stream its answer back.
+pub async fn forward(front: &HttpFront, owner: &str, req: Request) -> Result<Response, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/mcp");
+    let url = format!("{}{}", owner.trim_end_matches('/'), path);
+    let mut out = front.http.client().request(parts.method.clone(), &url);
+    for (name, value) in &parts.headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            out = out.header(name, value);
+        }
+    }
+    out = out.header(FORWARDED_HEADER, front.registry.records().owner());
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    out = out.body(reqwest::Body::wrap_stream(stream));
+    let resp = out.send().await.map_err(|e| {
+        ProxyError::UpstreamConnect(format!(
+            "the replica {owner} that owns this session is unreachable: {e}"
+        ))
+    })?;
+    tracing::debug!(%owner, status = %resp.status(), "forwarded to the owning replica");
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() =
+        StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in resp.headers() {
+        let hop = [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+        ];
+        if !hop.contains(name) {
+            r.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    *r.body_mut() = Body::from_stream(resp.bytes_stream());
+    Ok(r)
+}
