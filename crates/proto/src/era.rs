@@ -6,6 +6,15 @@ pub const SESSION_ID_HEADER: &str = "mcp-session-id";
 pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 /// Header a client sends to resume an SSE stream.
 pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
+/// 2026-07-28: mirrors the JSON-RPC `method` of every request.
+pub const METHOD_HEADER: &str = "mcp-method";
+/// 2026-07-28: mirrors `params.name` / `params.uri` of `tools/call`, `resources/read`,
+/// `prompts/get`.
+pub const NAME_HEADER: &str = "mcp-name";
+/// 2026-07-28: prefix of headers mirroring annotated tool parameters (`Mcp-Param-{Name}`).
+pub const PARAM_HEADER_PREFIX: &str = "mcp-param-";
+/// 2026-07-28: `_meta` key carrying the request's protocol version.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
 /// A protocol version this proxy knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -18,6 +27,8 @@ pub enum ProtocolVersion {
     V2025_06_18,
     /// Priming events, `retry:`, 403 on a bad Origin.
     V2025_11_25,
+    /// Stateless: no `initialize`, no sessions, no GET stream; per-request metadata headers.
+    V2026_07_28,
 }
 
 impl ProtocolVersion {
@@ -28,7 +39,8 @@ impl ProtocolVersion {
         ProtocolVersion::V2025_03_26,
     ];
     /// Every version known, newest first.
-    pub const ALL: [ProtocolVersion; 4] = [
+    pub const ALL: [ProtocolVersion; 5] = [
+        ProtocolVersion::V2026_07_28,
         ProtocolVersion::V2025_11_25,
         ProtocolVersion::V2025_06_18,
         ProtocolVersion::V2025_03_26,
@@ -44,12 +56,18 @@ impl ProtocolVersion {
             ProtocolVersion::V2025_03_26 => "2025-03-26",
             ProtocolVersion::V2025_06_18 => "2025-06-18",
             ProtocolVersion::V2025_11_25 => "2025-11-25",
+            ProtocolVersion::V2026_07_28 => "2026-07-28",
         }
     }
 
     /// Parse a wire version string; `None` for versions this proxy does not know.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The stateless era (2026-07-28 and later).
+    pub fn is_modern(self) -> bool {
+        self >= ProtocolVersion::V2026_07_28
     }
 
     /// JSON-RPC batches are allowed only in 2025-03-26.
@@ -82,7 +100,13 @@ mod tests {
         for v in ProtocolVersion::ALL {
             assert_eq!(ProtocolVersion::parse(v.as_str()), Some(v));
         }
-        assert_eq!(ProtocolVersion::parse("2026-07-28"), None);
+        assert_eq!(
+            ProtocolVersion::parse("2026-07-28"),
+            Some(ProtocolVersion::V2026_07_28)
+        );
+        assert!(ProtocolVersion::V2026_07_28.is_modern());
+        assert!(!ProtocolVersion::V2025_11_25.is_modern());
+        assert_eq!(ProtocolVersion::parse("2099-01-01"), None);
         assert_eq!(ProtocolVersion::parse(""), None);
         assert!(ProtocolVersion::V2025_03_26.allows_batches());
         assert!(!ProtocolVersion::V2025_06_18.allows_batches());

@@ -18,6 +18,13 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const UPSTREAM_ERROR: i64 = -32000;
 /// The upstream did not answer within the proxy's request timeout.
 pub const REQUEST_TIMEOUT: i64 = -32001;
+/// 2026-07-28 `HeaderMismatch`: the metadata headers are missing, malformed or disagree with
+/// the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// 2026-07-28 `MissingRequiredClientCapabilityError`.
+pub const MISSING_CAPABILITY: i64 = -32021;
+/// 2026-07-28 `UnsupportedProtocolVersionError` (`data.supported` lists what is served).
+pub const UNSUPPORTED_VERSION: i64 = -32022;
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {

@@ -9,6 +9,7 @@
 pub mod era;
 pub mod error;
 pub mod frame;
+pub mod header_value;
 pub mod lines;
 pub mod sse;
 

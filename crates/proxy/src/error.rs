@@ -33,6 +33,14 @@ pub enum ProxyError {
         /// What was wrong and what to do.
         message: String,
     },
+    /// The client asked for a protocol version not served here (`supported` lists what is).
+    #[error("unsupported protocol version `{requested}`; supported: {}", supported.join(", "))]
+    UnsupportedVersion {
+        /// What the client asked for.
+        requested: String,
+        /// What this route serves.
+        supported: Vec<&'static str>,
+    },
     /// Unknown, expired or deleted session id.
     #[error(
         "session not found: it is unknown, expired or was deleted; re-initialize without a session id"
@@ -71,9 +79,10 @@ impl ProxyError {
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::Frame(_) | ProxyError::BadRequest { .. } | ProxyError::SessionNotFound => {
-                Side::Client
-            }
+            ProxyError::Frame(_)
+            | ProxyError::BadRequest { .. }
+            | ProxyError::SessionNotFound
+            | ProxyError::UnsupportedVersion { .. } => Side::Client,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_) => Side::Upstream,
@@ -100,6 +109,7 @@ impl ProxyError {
             ProxyError::Frame(FrameError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Frame(_) => StatusCode::BAD_REQUEST,
             ProxyError::BadRequest { status, .. } => *status,
+            ProxyError::UnsupportedVersion { .. } => StatusCode::BAD_REQUEST,
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
             ProxyError::SessionLimit(_)
             | ProxyError::ShuttingDown
@@ -110,11 +120,26 @@ impl ProxyError {
         }
     }
 
+    /// The JSON-RPC error `data`, where the error defines one.
+    pub fn data(&self) -> Option<serde_json::Value> {
+        match self {
+            ProxyError::UnsupportedVersion {
+                requested,
+                supported,
+            } => Some(serde_json::json!({
+                "supported": supported,
+                "requested": requested,
+            })),
+            _ => None,
+        }
+    }
+
     /// JSON-RPC error code for this error.
     pub fn jsonrpc_code(&self) -> i64 {
         match self {
             ProxyError::Frame(e) => e.code(),
             ProxyError::BadRequest { code, .. } => *code,
+            ProxyError::UnsupportedVersion { .. } => rpc::UNSUPPORTED_VERSION,
             ProxyError::SessionNotFound => rpc::INVALID_REQUEST,
             ProxyError::SessionLimit(_)
             | ProxyError::ShuttingDown

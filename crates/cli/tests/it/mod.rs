@@ -1,5 +1,6 @@
 pub mod harness;
 
+mod eras;
 mod http_front;
 mod lifecycle;
 mod python;

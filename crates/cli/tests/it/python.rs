@@ -5,11 +5,11 @@ use super::harness::{Server, bin};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn workspace() -> PathBuf {
+pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("SHADOWCAT_PYTHON") {
         return PathBuf::from(p);
     }

@@ -131,14 +131,10 @@ pub fn protocol_version(headers: &HeaderMap) -> Result<Option<ProtocolVersion>, 
     let text = v.to_str().unwrap_or("").trim();
     match ProtocolVersion::parse(text) {
         Some(p) => Ok(Some(p)),
-        None => Err(ProxyError::bad(
-            StatusCode::BAD_REQUEST,
-            INVALID_REQUEST,
-            format!(
-                "unsupported MCP-Protocol-Version `{text}`; supported: {}",
-                ProtocolVersion::list(&ProtocolVersion::ALL)
-            ),
-        )),
+        None => Err(ProxyError::UnsupportedVersion {
+            requested: text.to_string(),
+            supported: ProtocolVersion::ALL.iter().map(|v| v.as_str()).collect(),
+        }),
     }
 }
 
@@ -225,7 +221,19 @@ mod tests {
             Some(ProtocolVersion::V2025_06_18)
         );
         let e = protocol_version(&h(&[("mcp-protocol-version", "1999-01-01")])).unwrap_err();
-        assert_eq!(e.http_status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            (e.http_status(), e.jsonrpc_code()),
+            (StatusCode::BAD_REQUEST, -32022)
+        );
         assert!(e.to_string().contains("1999-01-01"));
+        let data = e.data().unwrap();
+        assert_eq!(data["requested"], "1999-01-01");
+        assert!(
+            data["supported"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == "2026-07-28")
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 mod checks;
 mod events;
+mod modern;
 mod outbox;
 mod post;
 mod records;
@@ -343,6 +344,14 @@ async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response
         async {
             front.config.origins.check(req.headers())?;
             let target = front.target(&req)?;
+            let modern = checks::protocol_version(req.headers())?.is_some_and(|v| v.is_modern());
+            if modern {
+                // 2026-07-28 has no sessions and no GET/DELETE; Mcp-Session-Id is ignored.
+                return match *req.method() {
+                    Method::POST => post::handle(&front, target, req).await,
+                    _ => Ok(method_not_allowed_modern()),
+                };
+            }
             if let Some(id) = session_header(&req)? {
                 let forwarded = req.headers().contains_key(replicas::FORWARDED_HEADER);
                 if let replicas::Located::Owner(owner) =
@@ -362,6 +371,20 @@ async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response
     )
     .await;
     result.unwrap_or_else(|e| reply::error(&e, None))
+}
+
+fn method_not_allowed_modern() -> Response {
+    let mut r = reply::error(
+        &ProxyError::bad(
+            StatusCode::METHOD_NOT_ALLOWED,
+            INVALID_REQUEST,
+            "2026-07-28 has no GET stream and no sessions: use POST (subscriptions/listen for change notifications)",
+        ),
+        None,
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+    r
 }
 
 fn method_not_allowed() -> Response {

@@ -31,6 +31,11 @@ pub async fn handle(
     checks::content_type(req.headers())?;
     checks::post_accept(req.headers())?;
     let header_version = checks::protocol_version(req.headers())?;
+    if let Some(v) = header_version.filter(|v| v.is_modern()) {
+        let (parts, body) = req.into_parts();
+        let raw = read_body(body, front.config.max_body).await?;
+        return super::modern::handle(front, target, parts.headers, raw, v).await;
+    }
     let sid = session_header(&req)?.map(str::to_owned);
     let raw = read_body(req.into_body(), front.config.max_body).await?;
     let msg = Message::parse(raw)?;
