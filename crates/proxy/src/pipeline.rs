@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 /// Which way a frame travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// From the client towards the server.
     ClientToServer,
@@ -212,5 +212,79 @@ mod tests {
             Pipeline::default().process(&ctx, call).await,
             Outcome::Forward(_)
         ));
+    }
+
+    struct Upper;
+    impl Hook for Upper {
+        fn name(&self) -> &'static str {
+            "upper"
+        }
+        fn on_frame(&self, _: &FrameCtx<'_>, f: &Frame) -> Verdict {
+            if f.method() == Some("later") {
+                return Verdict::Defer(Box::pin(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    Verdict::Replace(
+                        Frame::parse_single(Bytes::from_static(
+                            br#"{"jsonrpc":"2.0","method":"replaced"}"#,
+                        ))
+                        .unwrap(),
+                    )
+                }));
+            }
+            if f.method() == Some("ask") {
+                return Verdict::Reply(
+                    Frame::parse_single(Bytes::from_static(
+                        br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+                    ))
+                    .unwrap(),
+                );
+            }
+            Verdict::Forward
+        }
+    }
+
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<String>>);
+    impl Hook for Seen {
+        fn name(&self) -> &'static str {
+            "seen"
+        }
+        fn on_frame(&self, _: &FrameCtx<'_>, f: &Frame) -> Verdict {
+            let m = f.method().unwrap_or("").to_string();
+            self.0.lock().unwrap().push(m);
+            Verdict::Forward
+        }
+        fn on_answered(&self, _: &FrameCtx<'_>, f: &Frame, a: &Frame) {
+            let m = format!("answered {} with {:?}", f.method().unwrap_or(""), a.kind());
+            self.0.lock().unwrap().push(m);
+        }
+    }
+
+    #[tokio::test]
+    async fn replace_defer_and_answers_reach_later_hooks() {
+        let seen = Arc::new(Seen::default());
+        let p = Pipeline::new(vec![Arc::new(Upper), seen.clone()]);
+        let ctx = FrameCtx {
+            session: "s",
+            direction: Direction::ClientToServer,
+        };
+        let f = |m: &'static str| {
+            Frame::parse_single(Bytes::from(format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{m}"}}"#
+            )))
+            .unwrap()
+        };
+        match p.process(&ctx, f("later")).await {
+            Outcome::Forward(out) => assert_eq!(out.method(), Some("replaced")),
+            o => panic!("{o:?}"),
+        }
+        assert!(matches!(p.process(&ctx, f("ask")).await, Outcome::Reply(_)));
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            vec![
+                "replaced".to_string(),
+                "answered ask with Response".to_string()
+            ]
+        );
     }
 }

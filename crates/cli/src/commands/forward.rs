@@ -1,25 +1,16 @@
 //! `shadowcat forward stdio` and `shadowcat forward http`.
 
+use super::hooks::{Describe, Hooks};
 use crate::args::StoreOutage;
-use crate::args::{Common, HttpArgs, StdioArgs};
+use crate::args::{Common, HttpArgs, StdioArgs, UpstreamTransport};
 use anyhow::{Context, bail};
 use shadowcat_proxy::forward::{StdioForward, forward_http, forward_stdio};
 use shadowcat_proxy::front::http::{HttpFrontConfig, OriginPolicy, Targets, default_replica_id};
-use shadowcat_proxy::pipeline::{Hook, Pipeline, TrafficLog};
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{FailoverStore, OnOutage, Retention};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-fn pipeline(log_traffic: bool) -> Pipeline {
-    let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
-    if log_traffic {
-        hooks.push(Arc::new(TrafficLog));
-    }
-    Pipeline::new(hooks)
-}
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v)
@@ -62,16 +53,39 @@ fn command_spec(cmd: &[String]) -> Option<UpstreamSpec> {
     })
 }
 
-fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
+/// The upstream for a URL: its transport prefix (`sse+`, `auto+`, `streamable+`) or else
+/// `default`. `None` when it is not an http(s) URL.
+fn url_spec(
+    raw: &str,
+    default: UpstreamTransport,
+    headers: &[(String, String)],
+) -> Option<UpstreamSpec> {
+    let prefixes = [
+        ("sse+", UpstreamTransport::Sse),
+        ("auto+", UpstreamTransport::Auto),
+        ("streamable+", UpstreamTransport::Streamable),
+    ];
+    let (transport, url) = prefixes
+        .iter()
+        .find_map(|(p, t)| raw.strip_prefix(p).map(|u| (*t, u)))
+        .unwrap_or((default, raw));
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return None;
+    }
+    let (url, headers) = (url.to_string(), headers.to_vec());
+    Some(match transport {
+        UpstreamTransport::Streamable => UpstreamSpec::Http { url, headers },
+        UpstreamTransport::Sse => UpstreamSpec::Sse { url, headers },
+        UpstreamTransport::Auto => UpstreamSpec::Auto { url, headers },
+    })
 }
 
 pub async fn stdio(a: StdioArgs, log_traffic: bool) -> anyhow::Result<i32> {
     let upstream = match (&a.url, command_spec(&a.command), a.common.demo) {
-        (Some(url), None, false) => UpstreamSpec::Http {
-            url: url.clone(),
-            headers: headers(&a.common)?,
-        },
+        (Some(url), None, false) => {
+            url_spec(url, a.common.upstream_transport, &headers(&a.common)?)
+                .with_context(|| format!("--url `{url}` must be an http:// or https:// URL"))?
+        }
         (None, Some(spec), false) => spec,
         (None, None, true) => demo_spec()?,
         (None, None, false) => {
@@ -79,18 +93,26 @@ pub async fn stdio(a: StdioArgs, log_traffic: bool) -> anyhow::Result<i32> {
         }
         _ => bail!("give only one of `-- CMD`, `--url` and `--demo`"),
     };
+    let describe = Describe {
+        mode: "forward-stdio",
+        front: "stdio",
+        upstream: upstream.describe(),
+        headers: headers(&a.common)?,
+    };
+    let hooks = Hooks::build(&a.hooks, log_traffic, describe).await?;
     let cfg = StdioForward {
         upstream,
         max_line: a.common.max_message,
         options: options(&a.common)?,
-        pipeline: pipeline(log_traffic),
+        pipeline: hooks.pipeline.clone(),
     };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
-    let code = forward_stdio(cfg, shutdown.clone()).await?;
+    let code = forward_stdio(cfg, shutdown.clone()).await;
+    hooks.finish().await;
     shutdown.cancel();
-    Ok(code)
+    Ok(code?)
 }
 
 fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
@@ -109,15 +131,10 @@ fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
     if a.common.demo {
         set_default(demo_spec()?, "--demo")?;
     }
+    let transport = a.common.upstream_transport;
     for raw in &a.targets {
-        if is_url(raw) {
-            set_default(
-                UpstreamSpec::Http {
-                    url: raw.clone(),
-                    headers: hdrs.clone(),
-                },
-                raw,
-            )?;
+        if let Some(spec) = url_spec(raw, transport, &hdrs) {
+            set_default(spec, raw)?;
             continue;
         }
         let Some((name, value)) = raw.split_once('=') else {
@@ -130,11 +147,8 @@ fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
         if !valid {
             bail!("--target name `{name}` may only use letters, digits, `-` and `_`");
         }
-        let spec = if is_url(value) {
-            UpstreamSpec::Http {
-                url: value.to_string(),
-                headers: hdrs.clone(),
-            }
+        let spec = if let Some(spec) = url_spec(value, transport, &hdrs) {
+            spec
         } else {
             let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
             command_spec(&words)
@@ -197,15 +211,40 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         // Machine-readable line for scripts and tests that listen on port 0.
         eprintln!("shadowcat: listening on http://{local}");
     };
-    forward_http(
+    let describe = Describe {
+        mode: "forward-http",
+        front: "http",
+        upstream: describe_targets(&config.targets, config.allow_absolute_uri),
+        headers: headers(&a.common)?,
+    };
+    let hooks = Hooks::build(&a.hooks, log_traffic, describe).await?;
+    let served = forward_http(
         listener,
         config,
-        pipeline(log_traffic),
+        hooks.pipeline.clone(),
         store,
         shutdown.clone(),
         ready,
     )
-    .await?;
+    .await;
+    hooks.finish().await;
+    served?;
     shutdown.cancel();
     Ok(0)
+}
+
+/// The upstreams of the HTTP front, for tape headers.
+fn describe_targets(t: &Targets, absolute: bool) -> String {
+    let mut parts: Vec<String> = t.default.iter().map(UpstreamSpec::describe).collect();
+    let mut named: Vec<_> = t.named.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    parts.extend(
+        named
+            .into_iter()
+            .map(|(n, s)| format!("{n}={}", s.describe())),
+    );
+    if absolute {
+        parts.push("absolute-form URIs".into());
+    }
+    parts.join(", ")
 }

@@ -2,4 +2,5 @@
 //! sessions.
 
 pub mod http;
+pub mod sse;
 pub mod stdio;

@@ -276,6 +276,10 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
         }
     };
     let status = resp.status();
+    if is_init && matches!(status.as_u16(), 400 | 404 | 405) {
+        // An `auto` upstream detected as Streamable HTTP refuses it now: re-probe next session.
+        super::detect::forget(inner.url.as_str());
+    }
     if is_init
         && status.is_success()
         && let Some(sid) = resp.headers().get(SESSION_ID_HEADER)

@@ -4,12 +4,17 @@
 //! An upstream takes the client's frames with [`Upstream::send`] and delivers the server's frames,
 //! tagged with where they came from, on the [`UpstreamEvent`] channel returned by [`connect`].
 
+pub mod detect;
 mod http;
 mod process;
+mod sse;
 mod stdio;
+mod tape;
 
 pub use http::{HttpClient, HttpUpstream};
+pub use sse::SseUpstream;
 pub use stdio::StdioUpstream;
+pub use tape::{TapeSource, TapeSpec, TapeUpstream};
 
 use crate::error::ProxyError;
 use shadowcat_proto::{Frame, RequestId};
@@ -36,6 +41,23 @@ pub enum UpstreamSpec {
         /// Extra headers sent on every request (e.g. upstream credentials).
         headers: Vec<(String, String)>,
     },
+    /// A legacy HTTP+SSE (2024-11-05) server: GET the SSE URL, POST to the endpoint it names.
+    Sse {
+        /// The SSE URL (conventionally `…/sse`).
+        url: String,
+        /// Extra headers sent on every request.
+        headers: Vec<(String, String)>,
+    },
+    /// An HTTP server whose transport is detected when a session is created (Streamable HTTP,
+    /// else HTTP+SSE; see [`detect`]).
+    Auto {
+        /// The URL.
+        url: String,
+        /// Extra headers sent on every request.
+        headers: Vec<(String, String)>,
+    },
+    /// A recorded server: answers from a tape (`shadowcat replay`).
+    Tape(TapeSpec),
 }
 
 impl UpstreamSpec {
@@ -51,6 +73,9 @@ impl UpstreamSpec {
                 s
             }
             UpstreamSpec::Http { url, .. } => url.clone(),
+            UpstreamSpec::Sse { url, .. } => format!("sse+{url}"),
+            UpstreamSpec::Auto { url, .. } => format!("auto+{url}"),
+            UpstreamSpec::Tape(t) => format!("tape:{}", t.0.path.display()),
         }
     }
 }
@@ -136,6 +161,10 @@ pub enum Upstream {
     Stdio(StdioUpstream),
     /// A Streamable HTTP server.
     Http(HttpUpstream),
+    /// A legacy HTTP+SSE server.
+    Sse(SseUpstream),
+    /// A tape being replayed.
+    Tape(TapeUpstream),
 }
 
 /// Create the upstream for a session. Server frames arrive on the returned receiver.
@@ -151,6 +180,11 @@ pub async fn connect(
         UpstreamSpec::Http { url, headers } => {
             Upstream::Http(HttpUpstream::new(url, headers, ctx, tx)?)
         }
+        UpstreamSpec::Sse { url, headers } => {
+            Upstream::Sse(SseUpstream::connect(url, headers, ctx, tx).await?)
+        }
+        UpstreamSpec::Auto { url, headers } => detect::connect(url, headers, ctx, tx).await?,
+        UpstreamSpec::Tape(t) => Upstream::Tape(TapeUpstream::new(t, ctx, tx)),
     };
     Ok((up, rx))
 }
@@ -162,6 +196,8 @@ impl Upstream {
         match self {
             Upstream::Stdio(s) => s.send(frame).await,
             Upstream::Http(h) => h.send(frame),
+            Upstream::Sse(s) => s.send(frame).await,
+            Upstream::Tape(t) => t.send(frame).await,
         }
     }
 
@@ -169,7 +205,7 @@ impl Upstream {
     /// `false` when the upstream has no such stream (HTTP 405).
     pub async fn open_listen(&self) -> Result<bool, ProxyError> {
         match self {
-            Upstream::Stdio(_) => Ok(true),
+            Upstream::Stdio(_) | Upstream::Sse(_) | Upstream::Tape(_) => Ok(true),
             Upstream::Http(h) => h.open_listen().await,
         }
     }
@@ -180,6 +216,8 @@ impl Upstream {
         match self {
             Upstream::Stdio(s) => s.shutdown().await,
             Upstream::Http(h) => h.shutdown().await,
+            Upstream::Sse(s) => s.shutdown().await,
+            Upstream::Tape(t) => t.shutdown().await,
         }
     }
 
@@ -194,7 +232,7 @@ impl Upstream {
     pub fn upstream_session_id(&self) -> Option<String> {
         match self {
             Upstream::Http(h) => h.session_id(),
-            Upstream::Stdio(_) => None,
+            Upstream::Stdio(_) | Upstream::Sse(_) | Upstream::Tape(_) => None,
         }
     }
 

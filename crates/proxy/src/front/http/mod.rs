@@ -20,7 +20,7 @@ pub use registry::Registry;
 
 use crate::error::ProxyError;
 use crate::pipeline::Pipeline;
-use crate::upstream::{HttpClient, UpstreamOptions, UpstreamSpec};
+use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
@@ -75,6 +75,9 @@ pub struct HttpFrontConfig {
     pub replica_id: String,
     /// Ended and abandoned session records are deleted from the store after this long.
     pub record_ttl: Duration,
+    /// Gateway mode: routes with upstream sets, authentication, rate limits, metrics. When set,
+    /// it replaces `targets` and `allow_absolute_uri`.
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 impl Default for HttpFrontConfig {
@@ -96,6 +99,7 @@ impl Default for HttpFrontConfig {
             upstream: UpstreamOptions::default(),
             replica_id: default_replica_id(),
             record_ttl: Duration::from_secs(3600),
+            gateway: None,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct HttpFront {
     http: HttpClient,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// The legacy HTTP+SSE endpoints (`/sse`, `/message`) on the same listener.
+    legacy: crate::front::sse::LegacyFront,
 }
 
 /// What a request's path (or absolute URI) selects.
@@ -116,6 +122,8 @@ pub(crate) struct Target {
     pub key: Arc<str>,
     /// The upstream for new sessions on this route.
     pub spec: UpstreamSpec,
+    /// Gateway mode: the route's upstream set and the request's principal.
+    pub gateway: Option<crate::gateway::GatewayTarget>,
 }
 
 impl HttpFront {
@@ -138,6 +146,14 @@ impl HttpFront {
             cancel.clone(),
         );
         let registry = Arc::new(Registry::new(config.max_sessions, log, Arc::new(records)));
+        let legacy = crate::front::sse::LegacyFront::new(
+            &config,
+            registry.clone(),
+            pipeline.clone(),
+            http.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        );
         Arc::new(HttpFront {
             config,
             registry,
@@ -145,12 +161,34 @@ impl HttpFront {
             http,
             cancel,
             tracker,
+            legacy,
         })
     }
 
     /// The live sessions.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The hooks every session runs.
+    pub(crate) fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The context for a new session's upstream (cancelled with the front, tracked by it).
+    pub(crate) fn upstream_ctx(&self, session: &Arc<str>) -> UpstreamCtx {
+        UpstreamCtx {
+            session: session.clone(),
+            cancel: self.cancel.child_token(),
+            tracker: self.tracker.clone(),
+            http: self.http.clone(),
+            options: self.config.upstream.clone(),
+        }
     }
 
     /// Serve on `listener` until the cancel token fires, then shut down gracefully: stop
@@ -181,6 +219,8 @@ impl HttpFront {
         let app = axum::Router::new().fallback(dispatch).with_state(front);
         let reaper = self.tracker.spawn(self.clone().reap());
         let cancel = self.cancel.clone();
+        // The peer address is needed for per-IP rate limits (gateway).
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await });
         let server = self.tracker.spawn(async move { server.await });
@@ -242,6 +282,9 @@ impl HttpFront {
 
     /// Which upstream a request addresses.
     fn target(&self, req: &Request) -> Result<Target, ProxyError> {
+        if let Some(gw) = &self.config.gateway {
+            return gw.target(req);
+        }
         let uri = req.uri();
         if self.config.allow_absolute_uri && uri.scheme().is_some() && uri.authority().is_some() {
             let url = uri.to_string();
@@ -251,6 +294,7 @@ impl HttpFront {
                     url,
                     headers: self.config.absolute_headers.clone(),
                 },
+                gateway: None,
             });
         }
         let path = uri.path();
@@ -259,6 +303,7 @@ impl HttpFront {
                 Some(spec) => Ok(Target {
                     key: Arc::from(""),
                     spec: spec.clone(),
+                    gateway: None,
                 }),
                 None => Err(not_found(
                     "no default target is configured; use /servers/NAME/mcp",
@@ -273,6 +318,7 @@ impl HttpFront {
                 Some(spec) => Ok(Target {
                     key: Arc::from(name),
                     spec: spec.clone(),
+                    gateway: None,
                 }),
                 None => Err(not_found(&format!("no target named `{name}`"))),
             };
@@ -335,6 +381,14 @@ async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response
     {
         return health(&front);
     }
+    if let Some(gw) = front.config.gateway.clone() {
+        return gw.handle(&front, req).await;
+    }
+    serve_mcp(front, req).await
+}
+
+/// Serve one MCP request (in gateway mode: once the gateway has admitted it).
+pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
     let sid = req
         .headers()
         .get(SESSION_ID_HEADER)
@@ -343,6 +397,9 @@ async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response
     let result = tracing::Instrument::instrument(
         async {
             front.config.origins.check(req.headers())?;
+            if let Some(endpoint) = front.legacy.endpoint(&req) {
+                return front.legacy.handle(endpoint, req).await;
+            }
             let target = front.target(&req)?;
             let modern = checks::protocol_version(req.headers())?.is_some_and(|v| v.is_modern());
             if modern {
@@ -353,6 +410,10 @@ async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response
                 };
             }
             if let Some(id) = session_header(&req)? {
+                if let Some(g) = &target.gateway {
+                    // A session answers only to the principal that created it.
+                    g.check_session(&front, id).await?;
+                }
                 let forwarded = req.headers().contains_key(replicas::FORWARDED_HEADER);
                 if let replicas::Located::Owner(owner) =
                     replicas::locate(&front, id, &target, forwarded).await?

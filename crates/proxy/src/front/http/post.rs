@@ -131,6 +131,12 @@ async fn create_session(
     }
     let id = mint_session_id();
     tracing::Span::current().record("session", &*id);
+    if let Some(g) = &target.gateway {
+        // Gateway: the route's upstream set places the session (failing over if need be).
+        let (core, events) = g.connect(front, &id, init).await?;
+        tracing::info!(upstream = %core.spec().describe(), "session created");
+        return Ok(front.registry.insert(core, target.key, events));
+    }
     let upstream = target.spec.describe();
     // Record first: with a store that fails closed, nothing is spawned for a refused session.
     let records = front.registry.records();

@@ -63,6 +63,18 @@ impl Records {
         upstream: &str,
         init: &Frame,
     ) -> Result<(), ProxyError> {
+        self.created_by(id, route, upstream, init, None).await
+    }
+
+    /// [`Records::created`] for a session bound to an authenticated `principal` (gateway).
+    pub async fn created_by(
+        &self,
+        id: &str,
+        route: &str,
+        upstream: &str,
+        init: &Frame,
+        principal: Option<&str>,
+    ) -> Result<(), ProxyError> {
         #[derive(serde::Deserialize, Default)]
         struct Params {
             #[serde(rename = "clientInfo")]
@@ -87,7 +99,7 @@ impl Records {
             protocol_version: None,
             client_info: params.client_info,
             client_capabilities: params.capabilities,
-            principal: None,
+            principal: principal.map(str::to_string),
             owner: Some(self.owner.to_string()),
             status: SessionStatus::Active,
             created_ms: now,
@@ -100,6 +112,20 @@ impl Records {
                 tracing::warn!(error = %e, "could not record the session in the store");
                 Ok(())
             }
+        }
+    }
+
+    /// The session was placed on another upstream than first recorded (gateway failover).
+    pub async fn moved(&self, id: &str, upstream: &str) {
+        match self.store.get(id).await {
+            Ok(Some(mut rec)) => {
+                rec.upstream = upstream.to_string();
+                if let Err(e) = self.store.update(&rec).await {
+                    tracing::warn!(error = %e, "could not update the session record");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the session record"),
         }
     }
 

@@ -53,6 +53,20 @@ pub async fn locate(
     if rec.status != SessionStatus::Active || rec.route != *target.key {
         return Err(ProxyError::SessionNotFound);
     }
+    // Gateway: the session stays on the upstream its record names (affinity across replicas).
+    let pinned;
+    let target = match target.gateway.as_ref().map(|g| g.spec_for(&rec.upstream)) {
+        Some(Some(spec)) => {
+            pinned = Target {
+                key: target.key.clone(),
+                spec,
+                gateway: target.gateway.clone(),
+            };
+            &pinned
+        }
+        Some(None) => return Err(ProxyError::SessionNotFound),
+        None => target,
+    };
     match &target.spec {
         UpstreamSpec::Http { .. } => {
             adopt(
@@ -64,7 +78,30 @@ pub async fn locate(
             )
             .await
         }
-        UpstreamSpec::Stdio { .. } => {
+        // Detected as Streamable HTTP and given an upstream session id: any replica continues it.
+        UpstreamSpec::Auto { url, headers } if rec.upstream_session_id.is_some() => {
+            let http = Target {
+                key: target.key.clone(),
+                spec: UpstreamSpec::Http {
+                    url: url.clone(),
+                    headers: headers.clone(),
+                },
+                gateway: None,
+            };
+            adopt(
+                front,
+                id,
+                &http,
+                rec.protocol_version,
+                rec.upstream_session_id,
+            )
+            .await
+        }
+        // The child process, or the HTTP+SSE stream, lives on the replica that owns the session.
+        UpstreamSpec::Stdio { .. }
+        | UpstreamSpec::Sse { .. }
+        | UpstreamSpec::Auto { .. }
+        | UpstreamSpec::Tape(_) => {
             let me = front.registry.records().owner();
             match rec.owner {
                 Some(owner) if !forwarded && owner != me && is_url(&owner) => {

@@ -1,0 +1,75 @@
+//! `shadowcat config check FILE` and `shadowcat config hash-key`.
+
+use clap::Subcommand;
+use shadowcat_proxy::gateway::GatewayConfig;
+use shadowcat_proxy::gateway::auth::sha256_hex;
+use std::io::Read;
+use std::path::PathBuf;
+
+/// `shadowcat config …`.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validate a gateway configuration file. Prints a summary and exits 0 when it is usable;
+    /// prints every problem (`FILE[:LINE:COL]: FIELD: PROBLEM`) and exits 1 when it is not.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print the SHA-256 (hex) of an API key read from stdin, for `auth.api_keys[].sha256`.
+    /// A trailing newline is not part of the key.
+    HashKey,
+}
+
+pub fn run(cmd: ConfigCmd) -> anyhow::Result<i32> {
+    match cmd {
+        ConfigCmd::Check { file } => match GatewayConfig::load(&file) {
+            Ok(cfg) => {
+                use std::fmt::Write as _;
+                let mut out = String::new();
+                let _ = writeln!(out, "{}: OK", file.display());
+                let _ = writeln!(out, "  listen: {}", cfg.server.listen);
+                let _ = writeln!(out, "  store: {}", cfg.server.store);
+                let _ = match &cfg.auth {
+                    Some(a) => writeln!(
+                        out,
+                        "  auth: {}{} API key(s)",
+                        if a.jwt.is_some() { "JWT + " } else { "" },
+                        a.api_keys.len()
+                    ),
+                    None => writeln!(
+                        out,
+                        "  auth: none (anyone who can reach the listener may connect)"
+                    ),
+                };
+                for r in &cfg.routes {
+                    let _ = writeln!(
+                        out,
+                        "  route {}: {} upstream(s), {}, {} rule(s)",
+                        r.path,
+                        r.upstreams.len(),
+                        r.balance.name(),
+                        r.rules.len()
+                    );
+                }
+                // A closed pipe (`| head`) is not an error of the check.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(1)
+            }
+        },
+        ConfigCmd::HashKey => {
+            let mut key = String::new();
+            std::io::stdin().read_to_string(&mut key)?;
+            let key = key.strip_suffix('\n').unwrap_or(&key);
+            let key = key.strip_suffix('\r').unwrap_or(key);
+            if key.is_empty() {
+                anyhow::bail!("no key on stdin");
+            }
+            println!("{}", sha256_hex(key.as_bytes()));
+            Ok(0)
+        }
+    }
+}

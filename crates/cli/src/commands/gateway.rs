@@ -1,0 +1,203 @@
+//! `shadowcat gateway` (alias `reverse`): the production front door for MCP servers.
+//!
+//! Settings come from a TOML file (`--config`, see `examples/gateway.toml`); for the simple case
+//! the flags alone are enough (`--upstream URL`…, or `-- CMD`). Flags override the file, and
+//! every flag can also be given as a `SHADOWCAT_*` environment variable.
+
+use crate::args::StoreArgs;
+use anyhow::{Context, bail};
+use clap::Args;
+use shadowcat_proxy::gateway::config::{RouteConfig, Strategy, UpstreamConfig};
+use shadowcat_proxy::gateway::{Gateway, GatewayConfig, gateway};
+use shadowcat_proxy::pipeline::{Hook, TrafficLog};
+use shadowcat_store::{FailoverStore, OnOutage};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// `shadowcat gateway`.
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// Configuration file (TOML): routes, upstream sets, auth, limits. See examples/gateway.toml.
+    #[arg(long, short = 'c', env = "SHADOWCAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides `server.listen`; default 127.0.0.1:8080).
+    #[arg(long, env = "SHADOWCAT_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Upstream URL for /mcp (repeatable, or comma-separated in the variable); replaces the
+    /// upstreams of the file's /mcp route.
+    #[arg(
+        long = "upstream",
+        env = "SHADOWCAT_UPSTREAMS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub upstreams: Vec<String>,
+    /// Balancing of the /mcp route given by --upstream / -- CMD / --demo: round-robin,
+    /// weighted-round-robin, least-in-flight, random, consistent-hash.
+    #[arg(long, env = "SHADOWCAT_BALANCE", value_name = "STRATEGY", value_parser = parse_strategy)]
+    pub balance: Option<Strategy>,
+    /// Session store: `memory`, `sqlite:PATH`, `redis://…` (overrides `server.store`).
+    #[arg(long, env = "SHADOWCAT_STORE")]
+    pub store: Option<String>,
+    /// Public base URL of the gateway, used in OAuth metadata (overrides `server.public_url`).
+    #[arg(long, env = "SHADOWCAT_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// This replica's id in the session store (overrides `server.replica_id`; default: the
+    /// host name). Replicas sharing a store need distinct ids.
+    #[arg(long, env = "SHADOWCAT_REPLICA_ID", value_name = "ID")]
+    pub replica_id: Option<String>,
+    /// Use the built-in demo server (one child per session) as the /mcp upstream.
+    #[arg(long)]
+    pub demo: bool,
+    /// A stdio MCP server for /mcp (after `--`): one child per session.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    Strategy::parse(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not a strategy: use round-robin, weighted-round-robin, least-in-flight, random or consistent-hash"
+        )
+    })
+}
+
+/// The configuration after flags and environment: the file's, with overrides applied, validated.
+/// Returns it with the name used in error messages.
+pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
+    let (mut cfg, source) = match &a.config {
+        Some(path) => {
+            // Parse only: validation runs once the overrides are applied.
+            let file = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{file}: cannot read the configuration file"))?;
+            (GatewayConfig::parse(&file, &text)?, file)
+        }
+        None => (GatewayConfig::default(), "command line".to_string()),
+    };
+    if let Some(l) = a.listen {
+        cfg.server.listen = l;
+    }
+    if let Some(s) = &a.store {
+        cfg.server.store = s.clone();
+    }
+    if let Some(u) = &a.public_url {
+        cfg.server.public_url = Some(u.clone());
+    }
+    if let Some(id) = &a.replica_id {
+        cfg.server.replica_id = Some(id.clone());
+    }
+    let mut upstreams: Vec<UpstreamConfig> = a
+        .upstreams
+        .iter()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| UpstreamConfig {
+            url: Some(u.trim().to_string()),
+            weight: 1,
+            ..UpstreamConfig::default()
+        })
+        .collect();
+    if let Some((cmd, args)) = a.command.split_first() {
+        upstreams.push(UpstreamConfig {
+            command: Some(cmd.clone()),
+            args: args.to_vec(),
+            weight: 1,
+            ..UpstreamConfig::default()
+        });
+    }
+    if a.demo {
+        let exe = std::env::current_exe().context("cannot find this executable for --demo")?;
+        upstreams.push(UpstreamConfig {
+            command: Some(exe.to_string_lossy().into_owned()),
+            args: vec!["demo-server".into()],
+            weight: 1,
+            ..UpstreamConfig::default()
+        });
+    }
+    if !upstreams.is_empty() {
+        match cfg.routes.iter_mut().find(|r| r.path == "/mcp") {
+            Some(r) => r.upstreams = upstreams,
+            None => cfg.routes.push(RouteConfig {
+                path: "/mcp".into(),
+                balance: Strategy::default(),
+                scopes: Vec::new(),
+                failover: true,
+                eject_for: shadowcat_proxy::gateway::config::Dur(Duration::from_secs(10)),
+                connect_timeout: shadowcat_proxy::gateway::config::Dur(Duration::from_secs(2)),
+                upstreams,
+                rules: Vec::new(),
+                default_effect: Default::default(),
+                health: None,
+            }),
+        }
+        if let Some(b) = a.balance
+            && let Some(r) = cfg.routes.iter_mut().find(|r| r.path == "/mcp")
+        {
+            r.balance = b;
+        }
+    } else if a.balance.is_some() {
+        bail!("--balance applies to the /mcp route given by --upstream, -- CMD or --demo");
+    }
+    if a.config.is_none() && cfg.routes.is_empty() {
+        bail!(
+            "no upstream: give --config FILE, --upstream URL (repeatable), --demo or -- CMD [ARGS…]"
+        );
+    }
+    cfg.validate(&source)?;
+    Ok((cfg, source))
+}
+
+pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
+    let (cfg, source) = load(&a)?;
+    let gw = Gateway::new(&cfg, &source)?;
+    let s = &cfg.server;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
+    let store_args = StoreArgs {
+        store: s.store.clone(),
+        redis_prefix: s.redis_prefix.clone(),
+    };
+    let mut store = super::session::open_store(&store_args, s.max_events, s.idle_timeout.0).await?;
+    if store.backend() != "memory" {
+        let mode = if s.on_store_outage == "memory" {
+            OnOutage::Memory
+        } else {
+            OnOutage::FailClosed
+        };
+        let failover = FailoverStore::new(store, mode);
+        failover.spawn_probe(Duration::from_secs(1), &tracker, shutdown.clone());
+        store = failover;
+    }
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", s.listen))?;
+    let local = listener.local_addr()?;
+    let routes: Vec<String> = gw
+        .routes()
+        .map(|r| {
+            format!(
+                "{} ({} upstream(s), {})",
+                r.path(),
+                r.set().members().len(),
+                r.set().strategy().name()
+            )
+        })
+        .collect();
+    let ready = move || {
+        tracing::info!(routes = %routes.join(", "), "gateway listening on http://{local}");
+        // Machine-readable line for scripts and tests that listen on port 0.
+        eprintln!("shadowcat: listening on http://{local}");
+    };
+    let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
+    if log_traffic {
+        hooks.push(Arc::new(TrafficLog));
+    }
+    gateway(listener, gw, s, hooks, store, shutdown.clone(), ready).await?;
+    shutdown.cancel();
+    Ok(0)
+}

@@ -1,0 +1,284 @@
+//! `shadowcat tape list | show | export | diff | validate`.
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use shadowcat_tape::diff::{DiffOptions, diff, report};
+use shadowcat_tape::reader::Severity;
+use shadowcat_tape::show::{ShowOptions, render, seconds};
+use shadowcat_tape::{Tape, export, validate};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Color {
+    /// Colour when stdout is a terminal.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON document: header, frames (with line numbers), end.
+    Json,
+    /// HAR 1.2, for HAR viewers and browser developer tools.
+    Har,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TapeCmd {
+    /// List tapes with their size, duration, sessions and frames. Directories are searched for
+    /// `*.jsonl` files.
+    List {
+        /// Tape files or directories (default: the current directory).
+        paths: Vec<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a tape as a readable timeline.
+    Show {
+        /// The tape.
+        tape: PathBuf,
+        /// Print every message in full (pretty JSON) instead of a one-line summary.
+        #[arg(long)]
+        full: bool,
+        /// Only the session whose id starts with this.
+        #[arg(long)]
+        session: Option<String>,
+        /// Colour.
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
+    /// Export a tape as JSON or HAR.
+    Export {
+        /// The tape.
+        tape: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Compare two tapes structurally, ignoring JSON-RPC ids, progress tokens, timestamps and
+    /// session ids. Exit code 0: equivalent; 1: different; 2: a tape could not be read.
+    Diff {
+        /// The first tape.
+        left: PathBuf,
+        /// The second tape.
+        right: PathBuf,
+        /// Also ignore the value at this JSON pointer of every message (repeatable), e.g.
+        /// `/result/content/0/text`.
+        #[arg(long = "ignore", value_name = "POINTER")]
+        ignore: Vec<String>,
+    },
+    /// Check a tape and report every problem with its line number. Exit code 1 on errors
+    /// (or on warnings too with --strict).
+    Validate {
+        /// The tape.
+        tape: PathBuf,
+        /// Treat warnings (unanswered requests, missing end line) as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+pub fn run(cmd: TapeCmd) -> anyhow::Result<i32> {
+    match cmd {
+        TapeCmd::List { paths, json } => list(paths, json),
+        TapeCmd::Show {
+            tape,
+            full,
+            session,
+            color,
+        } => {
+            let t = Tape::open(&tape)?;
+            let color = match color {
+                Color::Always => true,
+                Color::Never => false,
+                Color::Auto => {
+                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+                }
+            };
+            let opts = ShowOptions {
+                color,
+                full,
+                width: terminal_width(),
+                session,
+            };
+            print(&render(&t, &opts))?;
+            Ok(0)
+        }
+        TapeCmd::Export {
+            tape,
+            format,
+            output,
+        } => {
+            let t = Tape::open(&tape)?;
+            let doc = match format {
+                Format::Json => export::to_json(&t),
+                Format::Har => export::to_har(&t),
+            };
+            let text = serde_json::to_string_pretty(&doc)? + "\n";
+            match output {
+                Some(p) => std::fs::write(&p, text)
+                    .with_context(|| format!("cannot write {}", p.display()))?,
+                None => print(&text)?,
+            }
+            Ok(0)
+        }
+        TapeCmd::Diff {
+            left,
+            right,
+            ignore,
+        } => {
+            let (l, r) = match (Tape::open(&left), Tape::open(&right)) {
+                (Ok(l), Ok(r)) => (l, r),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("shadowcat: {e}");
+                    return Ok(2);
+                }
+            };
+            let changes = diff(&l, &r, &DiffOptions { ignore });
+            if changes.is_empty() {
+                println!("the tapes are equivalent ({} messages)", l.frames.len());
+                Ok(0)
+            } else {
+                print(&report(&changes))?;
+                println!("{} difference(s)", changes.len());
+                Ok(1)
+            }
+        }
+        TapeCmd::Validate { tape, strict } => {
+            let file = std::fs::File::open(&tape)
+                .with_context(|| format!("cannot open {}", tape.display()))?;
+            let v = validate(std::io::BufReader::new(file));
+            let mut errors = 0;
+            let mut warnings = 0;
+            for p in &v.problems {
+                let what = match p.severity {
+                    Severity::Error => {
+                        errors += 1;
+                        "error"
+                    }
+                    Severity::Warning => {
+                        warnings += 1;
+                        "warning"
+                    }
+                };
+                if p.line == 0 {
+                    println!("{}: {what}: {}", tape.display(), p.message);
+                } else {
+                    println!("{}:{}: {what}: {}", tape.display(), p.line, p.message);
+                }
+            }
+            println!(
+                "{}: {} frame(s), {errors} error(s), {warnings} warning(s)",
+                tape.display(),
+                v.frames
+            );
+            Ok(i32::from(errors > 0 || (strict && warnings > 0)))
+        }
+    }
+}
+
+fn print(s: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        // A closed pipe (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|w: &usize| *w >= 40)
+        .unwrap_or(120)
+}
+
+fn tapes_in(paths: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        paths
+    };
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&p)
+                .with_context(|| format!("cannot read {}", p.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "jsonl"))
+                .collect();
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn list(paths: Vec<PathBuf>, json: bool) -> anyhow::Result<i32> {
+    let mut rows = Vec::new();
+    for p in tapes_in(paths)? {
+        let row = match Tape::open(&p) {
+            Ok(t) => serde_json::json!({
+                "path": p.display().to_string(),
+                "bytes": size(&p),
+                "created": t.header.created,
+                "mode": t.header.mode,
+                "upstream": t.header.upstream,
+                "duration_us": t.duration_us(),
+                "sessions": t.sessions().len(),
+                "frames": t.frames.len(),
+                "dropped": t.end.as_ref().map_or(0, |e| e.dropped),
+                "complete": t.end.is_some(),
+            }),
+            Err(e) => serde_json::json!({
+                "path": p.display().to_string(),
+                "bytes": size(&p),
+                "error": e.message(),
+            }),
+        };
+        rows.push(row);
+    }
+    if json {
+        print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
+        return Ok(0);
+    }
+    let mut out = format!(
+        "{:<48} {:>9} {:>9} {:>8} {:>7}  {:<24} {}\n",
+        "TAPE", "SIZE", "DURATION", "SESSIONS", "FRAMES", "CREATED", "MODE"
+    );
+    for r in &rows {
+        let path = r["path"].as_str().unwrap_or("");
+        if let Some(e) = r["error"].as_str() {
+            out.push_str(&format!("{path:<48} {:>9} invalid: {e}\n", r["bytes"]));
+            continue;
+        }
+        let mut mode = r["mode"].as_str().unwrap_or("").to_string();
+        if r["complete"] == false {
+            mode.push_str(" (not closed)");
+        }
+        out.push_str(&format!(
+            "{path:<48} {:>9} {:>9} {:>8} {:>7}  {:<24} {mode}\n",
+            r["bytes"],
+            seconds(r["duration_us"].as_u64().unwrap_or(0)),
+            r["sessions"],
+            r["frames"],
+            r["created"].as_str().unwrap_or(""),
+        ));
+    }
+    print(&out)?;
+    Ok(0)
+}

@@ -1,0 +1,607 @@
+//! `shadowcat gateway`: configuration (files, flags, environment, exact errors), balancing with
+//! session affinity, failover, rate limits (accuracy over 1,000 requests), per-tool limits,
+//! `/metrics` and `/ready`.
+
+use super::gateway_support::{
+    FakeUpstream, client, config_file, get, key_hash, run, sample, start_gateway,
+};
+use super::harness::{Raw, free_port};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn example() -> String {
+    format!("{}/../../examples/gateway.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn config_check_accepts_the_example_and_names_file_field_and_problem() {
+    let (code, out, err) = run(&["config", "check", &example()], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": OK"), "{out}");
+    assert!(
+        out.contains("route /servers/github/mcp: 1 upstream(s), consistent-hash, 0 rule(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("route /mcp: 3 upstream(s), least-in-flight, 3 rule(s)"),
+        "{out}"
+    );
+
+    // A type error: file, line, column, field path, problem.
+    let (_d, bad) = config_file(
+        "[[routes]]\npath = \"/mcp\"\n\n[[routes.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\nweight = \"heavy\"\n",
+    );
+    let (code, _, err) = run(&["config", "check", &bad], &[]).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "{bad}:6:10: routes[0].upstreams[0].weight: invalid type: string \"heavy\", expected u32"
+        )
+    );
+
+    // Semantic errors: all of them, one per line.
+    let (_d2, bad2) = config_file(
+        r#"
+[server]
+trusted_proxies = ["10.0.0.0/40"]
+[auth]
+[[auth.api_keys]]
+name = "ci"
+sha256 = "not-a-hash"
+[limits]
+per_ip = { requests = 0, per = "1s" }
+[[routes]]
+path = "/api"
+[[routes.upstreams]]
+url = "ftp://example.com/mcp"
+[[routes.upstreams]]
+url = "http://example.com/mcp"
+command = "server"
+"#,
+    );
+    let (code, _, err) = run(&["config", "check", &bad2], &[]).await;
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = err.lines().collect();
+    let expect = [
+        format!("{bad2}: server.trusted_proxies[0]: `10.0.0.0/40`: prefix length must be 0..=32"),
+        format!(
+            "{bad2}: auth.api_keys[0].sha256: must be 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`), never the key itself"
+        ),
+        format!("{bad2}: limits.per_ip.requests: must be at least 1"),
+        format!(
+            "{bad2}: routes[0].path: `/api` must be `/mcp` or `/servers/NAME/mcp` (NAME: letters, digits, `-`, `_`)"
+        ),
+        format!(
+            "{bad2}: routes[0].upstreams[0].url: `ftp://example.com/mcp` must be an http:// or https:// URL"
+        ),
+        format!("{bad2}: routes[0].upstreams[1]: give either `url` or `command`, not both"),
+    ];
+    for e in &expect {
+        assert!(lines.contains(&e.as_str()), "missing `{e}` in:\n{err}");
+    }
+    assert_eq!(lines.len(), expect.len(), "{err}");
+
+    // The gateway refuses to start with the same messages; a missing file is named too.
+    let (code, _, err) = run(&["gateway", "--config", &bad2], &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains(&expect[3]), "{err}");
+    let (code, _, err) = run(&["gateway", "--config", "/nonexistent/gw.toml"], &[]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/nonexistent/gw.toml: cannot read the configuration file"),
+        "{err}"
+    );
+    // A bearer_env that is not set.
+    let (_d3, bad3) = config_file(
+        "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\nbearer_env = \"SHADOWCAT_TEST_UNSET_TOKEN\"\n",
+    );
+    let (code, _, err) = run(&["gateway", "--config", &bad3], &[]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("{bad3}: routes[0].upstreams[0].bearer_env: environment variable `SHADOWCAT_TEST_UNSET_TOKEN` (bearer_env) is not set")),
+        "{err}"
+    );
+}
+
+/// Which fake upstream a session lives on (its tools answer with their name).
+async fn whoami(c: &Raw, id: i64) -> String {
+    c.call_tool(id, "whoami", json!({})).await
+}
+
+#[tokio::test]
+async fn sessions_are_balanced_and_stay_on_their_upstream() {
+    let ups = [
+        FakeUpstream::start("up0").await,
+        FakeUpstream::start("up1").await,
+        FakeUpstream::start("up2").await,
+    ];
+    // Round-robin from flags alone.
+    let gw = start_gateway(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &ups[0].url,
+            "--upstream",
+            &ups[1].url,
+            "--upstream",
+            &ups[2].url,
+        ],
+        &[],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut c = Raw::new(gw.url());
+        c.initialize().await;
+        clients.push(c);
+    }
+    let mut placed: HashMap<String, usize> = HashMap::new();
+    for (i, c) in clients.iter().enumerate() {
+        let first = whoami(c, 1).await;
+        for k in 2..5 {
+            assert_eq!(whoami(c, k).await, first, "session {i} moved");
+        }
+        *placed.entry(first).or_default() += 1;
+    }
+    assert_eq!(placed.len(), 3, "{placed:?}");
+    assert!(placed.values().all(|&n| n == 2), "{placed:?}");
+    assert!(ups.iter().all(|u| u.sessions() == 2));
+
+    let (status, _, metrics) = get(&gw.base, "/metrics").await;
+    assert_eq!(status, 200);
+    for u in &ups {
+        let series = format!(
+            "shadowcat_upstream_sessions{{route=\"/mcp\",upstream=\"{}\"}}",
+            u.url
+        );
+        assert_eq!(sample(&metrics, &series), Some(2.0), "{series}\n{metrics}");
+    }
+    assert_eq!(sample(&metrics, "shadowcat_active_sessions"), Some(6.0));
+    // 6 × (initialize + initialized + 4 calls) POSTs answered 200/202.
+    let ok = sample(
+        &metrics,
+        "shadowcat_http_requests_total{route=\"/mcp\",method=\"POST\",status=\"200\"}",
+    );
+    assert_eq!(ok, Some(30.0), "{metrics}");
+    assert!(metrics.contains("# TYPE shadowcat_http_request_duration_seconds histogram"));
+    let (status, _, ready) = get(&gw.base, "/ready").await;
+    assert_eq!(status, 200, "{ready}");
+
+    // Ending a session frees its place.
+    assert_eq!(clients[0].delete().await.status, 204);
+    let (_, _, metrics) = get(&gw.base, "/metrics").await;
+    assert_eq!(sample(&metrics, "shadowcat_active_sessions"), Some(5.0));
+}
+
+#[tokio::test]
+async fn weighted_and_hashed_sets_from_a_config_file() {
+    let a = FakeUpstream::start("a").await;
+    let b = FakeUpstream::start("b").await;
+    let (_d, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+path = "/mcp"
+balance = "weighted-round-robin"
+[[routes.upstreams]]
+url = "{a}"
+weight = 3
+[[routes.upstreams]]
+url = "{b}"
+[[routes]]
+path = "/servers/hashed/mcp"
+balance = "consistent-hash"
+[[routes.upstreams]]
+url = "{a}"
+[[routes.upstreams]]
+url = "{b}"
+"#,
+        a = a.url,
+        b = b.url
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..8 {
+        let mut c = Raw::new(gw.url());
+        c.initialize().await;
+        *counts.entry(whoami(&c, i).await).or_default() += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&6), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&2), "{counts:?}");
+    // The named route has its own set, and a session id of one route is unknown on another.
+    let mut h = Raw::new(format!("{}/servers/hashed/mcp", gw.base));
+    h.initialize().await;
+    let name = whoami(&h, 1).await;
+    assert!(name == "a" || name == "b");
+    let mut other = Raw::new(gw.url());
+    other.session = h.session.clone();
+    let r = other
+        .post(json!({"jsonrpc":"2.0","id":2,"method":"ping"}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = Raw::new(format!("{}/servers/nope/mcp", gw.base))
+        .post(super::harness::init_body(0, "2025-06-18"))
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("/servers/hashed/mcp"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_new_session_fails_over_when_its_upstream_is_unreachable() {
+    let live = FakeUpstream::start("live").await;
+    let dead = format!("http://127.0.0.1:{}/mcp", free_port());
+    let gw = start_gateway(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &dead,
+            "--upstream",
+            &live.url,
+        ],
+        &[],
+    )
+    .await;
+    for i in 0..4 {
+        let mut c = Raw::new(gw.url());
+        c.initialize().await;
+        assert_eq!(whoami(&c, i).await, "live");
+    }
+    assert_eq!(live.sessions(), 4);
+    let (_, _, metrics) = get(&gw.base, "/metrics").await;
+    let up = format!("shadowcat_upstream_up{{route=\"/mcp\",upstream=\"{dead}\"}}");
+    assert_eq!(sample(&metrics, &up), Some(0.0), "ejected: {metrics}");
+    let fails =
+        format!("shadowcat_upstream_connect_failures_total{{route=\"/mcp\",upstream=\"{dead}\"}}");
+    assert_eq!(
+        sample(&metrics, &fails),
+        Some(1.0),
+        "tried once, then skipped: {metrics}"
+    );
+    // One upstream left that takes sessions: still ready.
+    assert_eq!(get(&gw.base, "/ready").await.0, 200);
+
+    // Nothing reachable at all: the client gets a JSON-RPC error, and /ready says 503.
+    let dead2 = format!("http://127.0.0.1:{}/mcp", free_port());
+    let gw2 = start_gateway(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &dead,
+            "--upstream",
+            &dead2,
+        ],
+        &[],
+    )
+    .await;
+    let r = Raw::new(gw2.url())
+        .post(super::harness::init_body(0, "2025-06-18"))
+        .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("cannot connect"), "{}", r.body);
+    let (status, _, body) = get(&gw2.base, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test]
+async fn environment_variables_configure_the_simple_case() {
+    let a = FakeUpstream::start("a").await;
+    let b = FakeUpstream::start("b").await;
+    let both = format!("{},{}", a.url, b.url);
+    let gw = start_gateway(
+        &[],
+        &[
+            ("SHADOWCAT_LISTEN", "127.0.0.1:0"),
+            ("SHADOWCAT_UPSTREAMS", &both),
+            ("SHADOWCAT_BALANCE", "least-in-flight"),
+        ],
+    )
+    .await;
+    let mut seen = Vec::new();
+    for i in 0..2 {
+        let mut c = Raw::new(gw.url());
+        c.initialize().await;
+        seen.push(whoami(&c, i).await);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec!["a", "b"],
+        "least-in-flight spreads idle sessions"
+    );
+    let (_, _, metrics) = get(&gw.base, "/metrics").await;
+    assert!(metrics.contains(&format!("upstream=\"{}\"", b.url)));
+    let (code, _, err) = run(&["gateway", "--balance", "fastest"], &[]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("`fastest` is not a strategy"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_rate_limit_is_accurate_over_1000_requests() {
+    let up = FakeUpstream::start("up").await;
+    let (_d, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[limits]
+per_ip = {{ requests = 20, per = "1s", burst = 5 }}
+[[routes]]
+path = "/mcp"
+[[routes.upstreams]]
+url = "{}"
+"#,
+        up.url
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let mut c = Raw::new(gw.url());
+    c.initialize().await;
+    tokio::time::sleep(Duration::from_millis(400)).await; // the burst refills
+    let c = std::sync::Arc::new(c);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut limited, mut retry_after_ok) = (0usize, 0usize, true);
+            for i in 0..250 {
+                let id = w * 1000 + i;
+                let r = c
+                    .post(json!({"jsonrpc":"2.0","id":id,"method":"ping"}))
+                    .await;
+                match r.status {
+                    200 => ok += 1,
+                    429 => {
+                        limited += 1;
+                        let h = |n: &str| {
+                            r.headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string)
+                        };
+                        retry_after_ok &= h("retry-after").as_deref() == Some("1")
+                            && h("ratelimit-limit").as_deref() == Some("5")
+                            && h("ratelimit-remaining").as_deref() == Some("0")
+                            && r.rpc_code() == -32029;
+                    }
+                    s => panic!("unexpected status {s}: {}", r.body),
+                }
+            }
+            (ok, limited, retry_after_ok)
+        }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        let (o, l, headers_ok) = t.await.unwrap();
+        assert!(
+            headers_ok,
+            "429s carry Retry-After, RateLimit-* and a JSON-RPC error"
+        );
+        ok += o;
+        limited += l;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(ok + limited, 1000);
+    // GCRA: a full burst, then one request per 50 ms. (The rate is low enough that 4 clients
+    // exceed it even on a loaded machine: a limiter that is not saturated proves nothing.)
+    let expected = 5.0 + 20.0 * elapsed;
+    let tolerance = 3.0 + 0.05 * expected;
+    assert!(
+        (ok as f64 - expected).abs() <= tolerance,
+        "allowed {ok} of 1000 in {elapsed:.3}s; expected {expected:.1} ± {tolerance:.1}"
+    );
+    assert!(limited > 0, "the test must actually exceed the limit");
+    let (_, _, metrics) = get(&gw.base, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "shadowcat_rate_limited_total{route=\"/mcp\",limit=\"ip\"}"
+        ),
+        Some(limited as f64),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn per_tool_limit_answers_the_call_with_a_json_rpc_error() {
+    let (_d, cfg) = config_file(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[limits.per_tool]
+echo = { requests = 1, per = "1m" }
+[[routes]]
+path = "/mcp"
+[[routes.upstreams]]
+command = "SELF"
+args = ["demo-server"]
+"#
+        .replace("SELF", super::harness::bin())
+        .as_str(),
+    );
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let mut c = client(gw.url(), None);
+    c.initialize().await;
+    assert_eq!(
+        c.call_tool(1, "echo", json!({"message": "once"})).await,
+        "once"
+    );
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"twice"}}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["id"], json!(2));
+    assert_eq!(r.rpc_code(), -32029);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.starts_with("tool `echo`: rate limit exceeded"), "{msg}");
+    // Other tools are not limited.
+    assert_eq!(c.call_tool(3, "add", json!({"a": 1, "b": 2})).await, "3");
+    let (_, _, metrics) = get(&gw.base, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "shadowcat_rate_limited_total{route=\"/mcp\",limit=\"tool\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn affinity_and_principal_binding_hold_across_replicas_sharing_a_store() {
+    let redis = super::harness::Redis::start();
+    let a = FakeUpstream::start("a").await;
+    let b = FakeUpstream::start("b").await;
+    let (_d, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+store = "{store}"
+[auth]
+[[auth.api_keys]]
+name = "alice"
+sha256 = "{alice}"
+[[auth.api_keys]]
+name = "bob"
+sha256 = "{bob}"
+[[routes]]
+path = "/mcp"
+[[routes.upstreams]]
+url = "{a}"
+[[routes.upstreams]]
+url = "{b}"
+"#,
+        store = redis.url(),
+        alice = key_hash("alice-key"),
+        bob = key_hash("bob-key"),
+        a = a.url,
+        b = b.url,
+    ));
+    // Distinct replica ids: sessions owned by one are continued (adopted) by the other.
+    let one = start_gateway(&["--config", &cfg, "--replica-id", "one"], &[]).await;
+    let two = start_gateway(&["--config", &cfg], &[("SHADOWCAT_REPLICA_ID", "two")]).await;
+
+    // Two sessions on replica one: round-robin puts them on a and on b.
+    let mut placed = Vec::new();
+    for i in 0..2 {
+        let mut c = client(one.url(), Some("alice-key"));
+        c.initialize().await;
+        placed.push((c.session.clone(), whoami(&c, i).await));
+    }
+    let names: Vec<&str> = placed.iter().map(|(_, n)| n.as_str()).collect();
+    assert!(names.contains(&"a") && names.contains(&"b"), "{names:?}");
+    // Replica two continues each on the upstream its record names, whatever its own
+    // round-robin would pick.
+    for (i, (sid, name)) in placed.iter().enumerate() {
+        for k in 0..2 {
+            let mut c = client(two.url(), Some("alice-key"));
+            c.session = sid.clone();
+            assert_eq!(&whoami(&c, 10 + (i * 2 + k) as i64).await, name);
+        }
+        // Another principal presenting the id on replica two: not found.
+        let mut m = client(two.url(), Some("bob-key"));
+        m.session = sid.clone();
+        let r = m
+            .post(json!({"jsonrpc":"2.0","id":99,"method":"ping"}))
+            .await;
+        assert_eq!(r.status, 404, "{}", r.body);
+    }
+}
+
+/// Poll `/metrics` until `series` has `value`.
+async fn wait_metric(base: &str, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, _, m) = get(base, "/metrics").await;
+        if sample(&m, series) == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never became {value}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn active_health_checks_take_unhealthy_upstreams_out_and_back() {
+    let ups = [
+        FakeUpstream::start("u0").await,
+        FakeUpstream::start("u1").await,
+    ];
+    let (_d, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+path = "/mcp"
+[routes.health]
+interval = "100ms"
+timeout = "1s"
+unhealthy_threshold = 2
+healthy_threshold = 2
+http_path = "/health"
+[[routes.upstreams]]
+url = "{}"
+[[routes.upstreams]]
+url = "{}"
+"#,
+        ups[0].url, ups[1].url
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let healthy = |u: &FakeUpstream| {
+        format!(
+            "shadowcat_upstream_healthy{{route=\"/mcp\",upstream=\"{}\"}}",
+            u.url
+        )
+    };
+    // A session on each, then u1 fails its checks.
+    let mut before = Vec::new();
+    for i in 0..2 {
+        let mut c = Raw::new(gw.url());
+        c.initialize().await;
+        before.push((whoami(&c, i).await, c));
+    }
+    ups[1].set_healthy(false);
+    wait_metric(&gw.base, &healthy(&ups[1]), 0.0).await;
+    for i in 0..4 {
+        let mut c = Raw::new(gw.url());
+        c.initialize().await;
+        assert_eq!(
+            whoami(&c, i).await,
+            "u0",
+            "no new sessions on an unhealthy upstream"
+        );
+    }
+    // Sessions already there stay there.
+    for (i, (name, c)) in before.iter().enumerate() {
+        assert_eq!(&whoami(c, 10 + i as i64).await, name);
+    }
+    assert_eq!(
+        get(&gw.base, "/ready").await.0,
+        200,
+        "u0 still takes sessions"
+    );
+    ups[0].set_healthy(false);
+    wait_metric(&gw.base, &healthy(&ups[0]), 0.0).await;
+    let (status, _, body) = get(&gw.base, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    // Recovery.
+    ups[0].set_healthy(true);
+    ups[1].set_healthy(true);
+    wait_metric(&gw.base, &healthy(&ups[1]), 1.0).await;
+    wait_metric(&gw.base, &healthy(&ups[0]), 1.0).await;
+    assert_eq!(get(&gw.base, "/ready").await.0, 200);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..2 {
+        let mut c = Raw::new(gw.url());
+        c.initialize().await;
+        seen.insert(whoami(&c, i).await);
+    }
+    assert_eq!(seen.len(), 2, "both take sessions again: {seen:?}");
+}

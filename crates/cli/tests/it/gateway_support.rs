@@ -1,0 +1,359 @@
+//! Helpers of the gateway tests: a fake Streamable HTTP upstream that says who it is and records
+//! the `Authorization` headers it receives, a JWKS server whose keys can be rotated, JWT signing
+//! with the test keys in `tests/fixtures/jwt/`, and starting `shadowcat gateway` with a config
+//! file and environment.
+
+use super::harness::{Raw, Server, WAIT, bin};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+pub const ISSUER: &str = "https://issuer.test";
+pub const AUDIENCE: &str = "https://gateway.test/mcp";
+
+#[derive(Default)]
+struct FakeState {
+    name: String,
+    authorization: Mutex<Vec<Option<String>>>,
+    sessions: AtomicUsize,
+    unhealthy: std::sync::atomic::AtomicBool,
+}
+
+/// A minimal Streamable HTTP MCP server: answers `initialize` (serverInfo.name = its name),
+/// `tools/call` (text = its name) and anything else with `{}`; 202 for notifications.
+pub struct FakeUpstream {
+    pub url: String,
+    state: Arc<FakeState>,
+}
+
+impl FakeUpstream {
+    pub async fn start(name: &str) -> FakeUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let state = Arc::new(FakeState {
+            name: name.to_string(),
+            ..FakeState::default()
+        });
+        let app = axum::Router::new()
+            .route(
+                "/mcp",
+                axum::routing::post(fake_post)
+                    .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
+                    .delete(|| async { StatusCode::OK }),
+            )
+            .route(
+                "/health",
+                axum::routing::get(|State(s): State<Arc<FakeState>>| async move {
+                    if s.unhealthy.load(Ordering::SeqCst) {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }),
+            )
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeUpstream { url, state }
+    }
+
+    /// Every `Authorization` header received (None: absent).
+    pub fn authorization(&self) -> Vec<Option<String>> {
+        self.state.authorization.lock().unwrap().clone()
+    }
+
+    /// Make `GET /health` answer 503 (or 200 again).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// Sessions initialized here.
+    pub fn sessions(&self) -> usize {
+        self.state.sessions.load(Ordering::SeqCst)
+    }
+}
+
+async fn fake_post(State(s): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    s.authorization.lock().unwrap().push(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string()),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(id) = v.get("id").cloned().filter(|_| v.get("method").is_some()) else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let result = match v["method"].as_str().unwrap_or("") {
+        "initialize" => {
+            let n = s.sessions.fetch_add(1, Ordering::SeqCst);
+            let result = json!({
+                "protocolVersion": v["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": s.name, "version": "1"},
+            });
+            let body = json!({"jsonrpc":"2.0","id":id,"result":result}).to_string();
+            return (
+                [
+                    (header::CONTENT_TYPE, "application/json".to_string()),
+                    (
+                        header::HeaderName::from_static("mcp-session-id"),
+                        format!("{}-{n}", s.name),
+                    ),
+                ],
+                body,
+            )
+                .into_response();
+        }
+        "tools/call" => json!({"content":[{"type":"text","text":s.name}]}),
+        _ => json!({}),
+    };
+    let body = json!({"jsonrpc":"2.0","id":id,"result":result}).to_string();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A test signing key with its JWK (public half).
+pub struct TestKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    encoding: EncodingKey,
+}
+
+impl TestKey {
+    pub fn load(file: &str, kid: &str, alg: Algorithm) -> TestKey {
+        let pem = fixture(file);
+        let encoding = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+            other => panic!("no test key for {other:?}"),
+        }
+        .expect("test key");
+        TestKey {
+            kid: kid.to_string(),
+            alg,
+            encoding,
+        }
+    }
+
+    pub fn jwk(&self) -> Jwk {
+        let mut jwk = Jwk::from_encoding_key(&self.encoding, self.alg).expect("jwk");
+        jwk.common.key_id = Some(self.kid.clone());
+        jwk
+    }
+
+    /// Sign `claims` (merged over valid defaults: iss, aud, sub, exp in 5 min, scope `mcp`).
+    pub fn token(&self, claims: Value) -> String {
+        let mut all = json!({
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": "alice",
+            "exp": now() + 300,
+            "iat": now(),
+            "scope": "mcp",
+        });
+        for (k, v) in claims.as_object().expect("claims object") {
+            if v.is_null() {
+                all.as_object_mut().unwrap().remove(k);
+            } else {
+                all[k] = v.clone();
+            }
+        }
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, &all, &self.encoding).expect("sign")
+    }
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[derive(Default)]
+struct JwksState {
+    keys: Mutex<Vec<Jwk>>,
+    fetches: AtomicUsize,
+}
+
+/// Serves a JWKS at `/jwks` whose keys can be replaced (key rotation); counts fetches.
+pub struct JwksServer {
+    pub url: String,
+    state: Arc<JwksState>,
+}
+
+impl JwksServer {
+    pub async fn start(keys: &[&TestKey]) -> JwksServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let state = Arc::new(JwksState::default());
+        let app = axum::Router::new()
+            .route(
+                "/jwks",
+                axum::routing::get(|State(s): State<Arc<JwksState>>| async move {
+                    s.fetches.fetch_add(1, Ordering::SeqCst);
+                    let set = JwkSet {
+                        keys: s.keys.lock().unwrap().clone(),
+                    };
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        serde_json::to_string(&set).unwrap(),
+                    )
+                }),
+            )
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let s = JwksServer { url, state };
+        s.set(keys);
+        s
+    }
+
+    pub fn set(&self, keys: &[&TestKey]) {
+        *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk()).collect();
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.state.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A config file in a temp dir (kept alive with the returned guard).
+pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_string_lossy().into_owned();
+    (dir, p)
+}
+
+/// `shadowcat gateway ARGS` with extra environment variables; waits for "listening on".
+pub async fn start_gateway(args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(bin());
+    cmd.arg("gateway")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start shadowcat gateway");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let base = tokio::time::timeout(WAIT, async {
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(rest) = line.strip_prefix("shadowcat: listening on ") {
+                return rest.trim().to_string();
+            }
+            seen.push(line);
+        }
+        panic!("gateway exited before listening:\n{}", seen.join("\n"));
+    })
+    .await
+    .expect("gateway did not start listening in time");
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if std::env::var_os("SHADOWCAT_TEST_LOGS").is_some() {
+                eprintln!("[gateway] {line}");
+            }
+        }
+    });
+    Server { child, base }
+}
+
+/// Run `shadowcat ARGS` to completion: (exit code, stdout, stderr).
+pub async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("shadowcat finished in time")
+        .expect("run shadowcat");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A raw client that sends `Authorization: Bearer TOKEN` on every request.
+pub fn client(url: String, token: Option<&str>) -> Raw {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+    }
+    let mut r = Raw::new(url);
+    r.http = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    r
+}
+
+/// GET a path of the gateway (metrics, ready, metadata): (status, headers, body).
+pub async fn get(base: &str, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+/// The value of one sample in Prometheus text (`name{labels}` exactly as written).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// `shadowcat config hash-key` of `key` (what `auth.api_keys[].sha256` holds).
+pub fn key_hash(key: &str) -> String {
+    let out = std::process::Command::new(super::harness::bin())
+        .args(["config", "hash-key"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{key}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("config hash-key");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

@@ -1,0 +1,465 @@
+//! Interceptor rules end to end through `forward http`: each action, hot reload (good and bad
+//! file), and pause → list → edit/drop/resume through `shadowcat intercept` and the admin API.
+
+use super::harness::{Raw, WAIT, bin};
+use super::tapes::shadowcat;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A proxy whose stderr is kept, with its MCP and admin URLs.
+pub struct Proxy {
+    child: Child,
+    pub url: String,
+    admin: Option<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// `shadowcat forward http --listen 127.0.0.1:0 --demo ARGS…`
+    pub async fn start(args: &[&str]) -> Proxy {
+        let mut child = Command::new(bin())
+            .args(["forward", "http", "--listen", "127.0.0.1:0", "--demo"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let want_admin = args.contains(&"--admin");
+        let (mut url, mut admin) = (None, None);
+        tokio::time::timeout(WAIT, async {
+            while let Some(l) = lines.next_line().await.unwrap() {
+                if let Some(u) = l.strip_prefix("shadowcat: listening on ") {
+                    url = Some(format!("{}/mcp", u.trim()));
+                }
+                if let Some(u) = l.strip_prefix("shadowcat: admin listening on ") {
+                    admin = Some(u.trim().to_string());
+                }
+                if url.is_some() && (admin.is_some() || !want_admin) {
+                    return;
+                }
+            }
+            panic!("the proxy exited before listening");
+        })
+        .await
+        .expect("the proxy listens");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let keep = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                keep.lock().unwrap().push(l);
+            }
+        });
+        Proxy {
+            child,
+            url: url.unwrap(),
+            admin,
+            log,
+        }
+    }
+
+    pub async fn client(&self) -> Raw {
+        let mut raw = Raw::new(self.url.clone());
+        raw.initialize().await;
+        raw
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Wait until a log line contains every needle; that line.
+    pub async fn wait_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .cloned();
+            if let Some(l) = found {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no log line with {needles:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn terminate(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(0));
+    }
+}
+
+pub fn write_rules(path: &Path, text: &str) {
+    // Write then rename, as editors do, so the watcher never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub async fn call(raw: &Raw, id: i64, tool: &str, args: Value) -> Value {
+    let r = raw
+        .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.messages()
+        .into_iter()
+        .find(|m| m["id"] == json!(id))
+        .unwrap_or_else(|| panic!("no reply: {}", r.body))
+}
+
+pub fn text(reply: &Value) -> &str {
+    reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text: {reply}"))
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "no-adding"
+tool = "add"
+action = "block"
+message = "adding is blocked"
+
+[[rule]]
+name = "shout"
+direction = "client"
+tool = "echo"
+when = [{ pointer = "/params/arguments/message", equals = "change me" }]
+action = "modify"
+set = { "/params/arguments/message" = "changed by a rule" }
+
+[[rule]]
+name = "fake-counter"
+tool = "increment"
+action = "mock"
+result = { content = [{ type = "text", text = "mocked 42" }] }
+
+[[rule]]
+name = "slow-prompts"
+method = "prompts/get"
+action = "delay"
+delay_ms = 400
+
+[[rule]]
+name = "redact-replies"
+direction = "server"
+kind = "response"
+tool = "echo"
+when = [{ pointer = "/result/content/0/text", contains = "secret" }]
+action = "modify"
+set = { "/result/content/0/text" = "[hidden]" }
+
+[[rule]]
+name = "allow-everything-else"
+priority = -1
+action = "continue"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rule_action_through_forward_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(&rules, RULES);
+    let p = Proxy::start(&["--rules", &rules.to_string_lossy()]).await;
+    let raw = p.client().await;
+
+    let blocked = call(&raw, 1, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(blocked["error"]["code"], -32003, "{blocked}");
+    assert_eq!(blocked["error"]["message"], "adding is blocked");
+
+    assert_eq!(
+        text(&call(&raw, 2, "echo", json!({"message": "change me"})).await),
+        "changed by a rule"
+    );
+    assert_eq!(
+        text(&call(&raw, 3, "echo", json!({"message": "keep me"})).await),
+        "keep me"
+    );
+    assert_eq!(
+        text(&call(&raw, 4, "echo", json!({"message": "my secret"})).await),
+        "[hidden]"
+    );
+
+    // The mocked tool never reached the server: its real counter still starts at 1 … but we
+    // cannot call it through the rule, so read the counter resource instead.
+    assert_eq!(
+        text(&call(&raw, 5, "increment", json!({})).await),
+        "mocked 42"
+    );
+    let counter = raw
+        .post(json!({"jsonrpc":"2.0","id":6,"method":"resources/read","params":{"uri":"demo://counter"}}))
+        .await;
+    assert_eq!(
+        counter.messages()[0]["result"]["contents"][0]["text"],
+        "0",
+        "{}",
+        counter.body
+    );
+
+    let t = Instant::now();
+    let r = raw
+        .post(json!({"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":"greeting","arguments":{"name":"Bob"}}}))
+        .await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "delay not applied: {:?}",
+        t.elapsed()
+    );
+    assert!(r.body.contains("Bob"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reload_when_the_file_changes_and_a_bad_file_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        "[[rule]]\ntool = 'echo'\naction = 'block'\nmessage = 'v1'\n",
+    );
+    let p = Proxy::start(&["--rules", &rules.to_string_lossy()]).await;
+    let raw = p.client().await;
+    assert_eq!(
+        call(&raw, 1, "echo", json!({"message": "x"})).await["error"]["message"],
+        "v1"
+    );
+
+    async fn until(raw: &Raw, want: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = call(raw, 9, "echo", json!({"message": "x"})).await;
+            let got = r["error"]["message"]
+                .as_str()
+                .or(r["result"]["content"][0]["text"].as_str());
+            if got == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "rules did not reload: {r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    write_rules(
+        &rules,
+        "[[rule]]\ntool = 'echo'\naction = 'block'\nmessage = 'v2'\n",
+    );
+    until(&raw, "v2").await;
+    assert!(p.logged("reloaded interceptor rules"));
+
+    write_rules(&rules, "[[rule]]\ntool = 'echo'\naction = 'explode'\n");
+    let deadline = Instant::now() + WAIT;
+    while !p.logged("keeping the previous interceptor rules") {
+        assert!(Instant::now() < deadline, "the bad file was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.logged("explode"), "the log says why");
+    assert_eq!(
+        call(&raw, 2, "echo", json!({"message": "x"})).await["error"]["message"],
+        "v2"
+    );
+
+    write_rules(&rules, "");
+    until(&raw, "x").await;
+}
+
+async fn wait_paused(admin: &str, token: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (admin, token) = (admin.to_string(), token.to_string());
+        let out = tokio::task::spawn_blocking(move || {
+            shadowcat(&[
+                "intercept",
+                "list",
+                "--json",
+                "--admin",
+                &admin,
+                "--token",
+                &token,
+            ])
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        if list.len() == n {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} paused, have {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn intercept(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        shadowcat(&a)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_then_edit_drop_and_resume_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        "[[rule]]\nname = 'hold-echo'\ntool = 'echo'\naction = 'pause'\ntimeout_ms = 20000\n",
+    );
+    let p = Proxy::start(&[
+        "--rules",
+        &rules.to_string_lossy(),
+        "--admin",
+        "127.0.0.1:0",
+        "--admin-token",
+        "tok-1",
+    ])
+    .await;
+    let admin = p.admin.clone().unwrap();
+    let raw = Arc::new(p.client().await);
+
+    let pending = |id: i64, msg: &'static str| {
+        let raw = raw.clone();
+        tokio::spawn(async move { call(&raw, id, "echo", json!({"message": msg})).await })
+    };
+
+    // Without the token the admin API refuses.
+    let denied = intercept(&["intercept", "list", "--admin", &admin]).await;
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
+
+    // edit
+    let h = pending(1, "original");
+    let list = wait_paused(&admin, "tok-1", 1).await;
+    assert_eq!(list[0]["rule"], "hold-echo");
+    assert_eq!(list[0]["direction"], "c2s");
+    assert_eq!(
+        list[0]["message"]["params"]["arguments"]["message"],
+        "original"
+    );
+    let id = list[0]["id"].to_string();
+    let edited = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"edited by a person"}}});
+    let out = intercept(&[
+        "intercept",
+        "edit",
+        &id,
+        "--admin",
+        &admin,
+        "--token",
+        "tok-1",
+        "--message",
+        &edited.to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = tokio::time::timeout(WAIT, h).await.unwrap().unwrap();
+    assert_eq!(text(&reply), "edited by a person");
+    // Decided messages are gone.
+    let again = intercept(&[
+        "intercept",
+        "resume",
+        &id,
+        "--admin",
+        &admin,
+        "--token",
+        "tok-1",
+    ])
+    .await;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("404"));
+
+    // drop
+    let h = pending(2, "doomed");
+    let id = wait_paused(&admin, "tok-1", 1).await[0]["id"].to_string();
+    let out = intercept(&[
+        "intercept",
+        "drop",
+        &id,
+        "--admin",
+        &admin,
+        "--token",
+        "tok-1",
+    ])
+    .await;
+    assert!(out.status.success());
+    let reply = tokio::time::timeout(WAIT, h).await.unwrap().unwrap();
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dropped"),
+        "{reply}"
+    );
+
+    // resume
+    let h = pending(3, "as sent");
+    let id = wait_paused(&admin, "tok-1", 1).await[0]["id"].to_string();
+    let out = intercept(&[
+        "intercept",
+        "resume",
+        &id,
+        "--admin",
+        &admin,
+        "--token",
+        "tok-1",
+    ])
+    .await;
+    assert!(out.status.success());
+    let reply = tokio::time::timeout(WAIT, h).await.unwrap().unwrap();
+    assert_eq!(text(&reply), "as sent");
+    wait_paused(&admin, "tok-1", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rules_file_stops_the_proxy_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(&rules, "[[rule]]\naction = 'block'\nmethod = '/(/'\n");
+    let out = tokio::process::Command::new(bin())
+        .args([
+            "forward",
+            "http",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo",
+            "--rules",
+        ])
+        .arg(&rules)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid rules file") && err.contains("method"),
+        "{err}"
+    );
+}

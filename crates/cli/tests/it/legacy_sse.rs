@@ -1,0 +1,546 @@
+//! The legacy HTTP+SSE transport (2024-11-05) on both sides of the proxy, and upstream transport
+//! detection. Peers: the official Python SDK (`mcp` 2.3: SSE client and SSE server, from
+//! tests/interop/), `@modelcontextprotocol/server-everything` in `sse` mode (installed by
+//! scripts/node-peers.sh when missing), and a raw HTTP+SSE client written here.
+
+use super::harness::{Raw, Reply, Server, WAIT, bin, free_port, init_body, wait_descendants};
+use bytes::BytesMut;
+use serde_json::{Value, json};
+use shadowcat_proto::sse::{SseDecoder, SseEvent};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::codec::Decoder;
+
+/// Python and Node peers start slowly on a busy machine.
+const PEER_START: Duration = Duration::from_secs(120);
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHADOWCAT_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "python with `mcp` not found: run scripts/python-env.sh (or set SHADOWCAT_PYTHON)"
+    );
+    venv
+}
+
+async fn wait_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = tokio::time::Instant::now() + PEER_START;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening ({status})");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A peer server process (killed on drop) and its SSE URL.
+struct Peer {
+    child: Child,
+    url: String,
+}
+
+impl Peer {
+    /// tests/interop/python_sse_server.py: an HTTP+SSE-only server (tools echo, add, slow).
+    async fn python_sse() -> Peer {
+        let port = free_port();
+        let mut child = Command::new(python())
+            .arg(workspace().join("tests/interop/python_sse_server.py"))
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the python HTTP+SSE server");
+        wait_port(port, &mut child, "the python HTTP+SSE server").await;
+        Peer {
+            child,
+            url: format!("http://127.0.0.1:{port}/sse"),
+        }
+    }
+
+    /// server-everything in `sse` mode (`/sse` + `/message?sessionId=`).
+    async fn everything_sse() -> Peer {
+        let (node, js) = tokio::task::spawn_blocking(node_peers).await.unwrap();
+        let port = free_port();
+        let mut child = Command::new(node)
+            .arg(js)
+            .arg("sse")
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start server-everything");
+        wait_port(port, &mut child, "server-everything").await;
+        Peer {
+            child,
+            url: format!("http://127.0.0.1:{port}/sse"),
+        }
+    }
+}
+
+/// Node 22 and server-everything's entry point, installed by scripts/node-peers.sh if needed.
+fn node_peers() -> (String, String) {
+    let out = std::process::Command::new("bash")
+        .arg(workspace().join("scripts/node-peers.sh"))
+        .output()
+        .expect("run scripts/node-peers.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/node-peers.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let get = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {stdout}"))
+            .to_string()
+    };
+    (get("NODE="), get("EVERYTHING_JS="))
+}
+
+/// A raw HTTP+SSE client: GET the SSE URL, POST to the endpoint it names, read `message` events.
+struct Legacy {
+    http: reqwest::Client,
+    base: String,
+    resp: reqwest::Response,
+    buf: BytesMut,
+    decoder: SseDecoder,
+    /// The `endpoint` event's data.
+    endpoint: String,
+}
+
+impl Legacy {
+    async fn connect(base: &str, path: &str) -> Legacy {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let resp = tokio::time::timeout(
+            WAIT,
+            http.get(format!("{base}{path}"))
+                .header("accept", "text/event-stream")
+                .send(),
+        )
+        .await
+        .expect("GET timeout")
+        .expect("GET");
+        assert_eq!(resp.status(), 200, "GET {path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        let mut c = Legacy {
+            http,
+            base: base.to_string(),
+            resp,
+            buf: BytesMut::new(),
+            decoder: SseDecoder::new(1 << 20),
+            endpoint: String::new(),
+        };
+        let first = c.next_event().await.expect("an endpoint event");
+        assert_eq!(first.event.as_deref(), Some("endpoint"), "{first:?}");
+        c.endpoint = first.data.unwrap();
+        c
+    }
+
+    /// The next event; `None` when the stream ended.
+    async fn next_event(&mut self) -> Option<SseEvent> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(ev) = self.decoder.decode(&mut self.buf).expect("valid SSE") {
+                    return Some(ev);
+                }
+                match self.resp.chunk().await {
+                    Ok(Some(c)) => self.buf.extend_from_slice(&c),
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .expect("no event within the timeout")
+    }
+
+    /// The next `message` event's JSON.
+    async fn next_message(&mut self) -> Value {
+        loop {
+            let ev = self.next_event().await.expect("stream ended");
+            if ev.event.as_deref() == Some("message") {
+                return serde_json::from_str(ev.data.as_deref().unwrap()).expect("JSON data");
+            }
+        }
+    }
+
+    async fn post_raw(&self, endpoint: &str, content_type: &str, body: String) -> Reply {
+        Raw::send(
+            self.http
+                .post(format!("{}{endpoint}", self.base))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    async fn post(&self, body: Value) -> Reply {
+        self.post_raw(&self.endpoint, "application/json", body.to_string())
+            .await
+    }
+
+    /// POST a request (202 Accepted) and read its reply from the stream.
+    async fn request(&mut self, body: Value) -> Value {
+        let r = self.post(body.clone()).await;
+        assert_eq!((r.status, r.body.as_str()), (202, "Accepted"), "{body}");
+        loop {
+            let m = self.next_message().await;
+            if m["id"] == body["id"] && m.get("method").is_none() {
+                return m;
+            }
+        }
+    }
+
+    async fn initialize(&mut self) -> Value {
+        let mut init = init_body(0, "2024-11-05");
+        init["params"]["clientInfo"]["name"] = json!("raw-legacy");
+        let r = self.request(init).await;
+        assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+        let n = self
+            .post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        assert_eq!(n.status, 202, "{}", n.body);
+        r
+    }
+
+    async fn call(&mut self, id: i64, tool: &str, args: Value) -> String {
+        let r = self
+            .request(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+                "params":{"name":tool,"arguments":args}}))
+            .await;
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no text in {r}"))
+            .to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sse_client_through_forward_http() {
+    let p = Server::forward_http(&["--demo"]).await;
+    let url = format!("{}/sse", p.base);
+    let script = workspace().join("tests/interop/python_sse_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .arg(script)
+            .args(["--url", &url, "--concurrency", "4"])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "python SSE client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_front_endpoints_statuses_and_session_end() {
+    let named = format!("named={} demo-server", bin());
+    let p = Server::forward_http(&["--demo", "--target", &named]).await;
+    let base = p.base.clone();
+
+    let mut a = Legacy::connect(&base, "/sse").await;
+    assert!(
+        a.endpoint.starts_with("/message?sessionId="),
+        "{}",
+        a.endpoint
+    );
+    let init = a.initialize().await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "shadowcat-demo");
+    assert_eq!(a.call(1, "echo", json!({"message":"héllo"})).await, "héllo");
+    assert_eq!(a.call(2, "add", json!({"a":2,"b":3})).await, "5");
+
+    let mut b = Legacy::connect(&base, "/servers/named/sse").await;
+    assert!(
+        b.endpoint.starts_with("/servers/named/message?sessionId="),
+        "{}",
+        b.endpoint
+    );
+    b.initialize().await;
+    assert_eq!(b.call(1, "echo", json!({"message":"b"})).await, "b");
+    wait_descendants(p.pid(), 2).await;
+
+    let sid = a.endpoint.split_once('=').unwrap().1.to_string();
+    let ping = json!({"jsonrpc":"2.0","id":9,"method":"ping"}).to_string();
+    let check = |r: &Reply, status: u16, code: i64, what: &str| {
+        assert_eq!(r.status, status, "{what}: {}", r.body);
+        assert_eq!(r.rpc_code(), code, "{what}");
+    };
+    let r = a
+        .post_raw("/message", "application/json", ping.clone())
+        .await;
+    check(&r, 400, -32600, "no sessionId");
+    let r = a
+        .post_raw("/message?sessionId=0123", "application/json", ping.clone())
+        .await;
+    check(&r, 404, -32600, "unknown session");
+    let other_route = format!("/servers/named/message?sessionId={sid}");
+    let r = a
+        .post_raw(&other_route, "application/json", ping.clone())
+        .await;
+    check(&r, 404, -32600, "session of another route");
+    let r = a
+        .post_raw(&a.endpoint, "application/json", "{not json".into())
+        .await;
+    check(&r, 400, -32700, "malformed JSON");
+    let batch = format!("[{ping}]");
+    let r = a.post_raw(&a.endpoint, "application/json", batch).await;
+    check(&r, 400, -32600, "batch");
+    let r = a.post_raw(&a.endpoint, "text/plain", ping.clone()).await;
+    check(&r, 415, -32600, "content type");
+    let evil = a
+        .http
+        .post(format!("{base}{}", a.endpoint))
+        .header("content-type", "application/json")
+        .header("origin", "http://evil.example")
+        .body(ping.clone());
+    check(&Raw::send(evil).await, 403, -32600, "bad Origin on POST");
+    let evil = a
+        .http
+        .get(format!("{base}/sse"))
+        .header("origin", "http://evil.example");
+    check(&Raw::send(evil).await, 403, -32600, "bad Origin on GET");
+    let wrong = a
+        .http
+        .get(format!("{base}/sse"))
+        .header("accept", "application/json");
+    check(&Raw::send(wrong).await, 406, -32600, "Accept");
+    let r = Raw::send(a.http.get(format!("{base}/servers/nope/sse"))).await;
+    check(&r, 404, -32600, "unknown target");
+    let r = Raw::send(a.http.post(format!("{base}/sse")).body(ping.clone())).await;
+    check(&r, 405, -32600, "POST /sse");
+    assert_eq!(r.headers["allow"], "GET");
+    let r = Raw::send(a.http.get(format!("{base}{}", a.endpoint))).await;
+    check(&r, 405, -32600, "GET /message");
+    // The session survived all of that.
+    assert_eq!(
+        a.call(3, "echo", json!({"message":"still here"})).await,
+        "still here"
+    );
+
+    // Closing the stream ends the session: its child is gone and its endpoint is unknown.
+    let endpoint = a.endpoint.clone();
+    drop(a);
+    wait_descendants(p.pid(), 1).await;
+    let r = b.post_raw(&endpoint, "application/json", ping).await;
+    check(&r, 404, -32600, "ended session");
+    assert_eq!(b.call(2, "echo", json!({"message":"b2"})).await, "b2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sessions_are_recorded_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("sessions.db").display());
+    let p = Server::forward_http(&["--demo", "--store", &store]).await;
+    let mut c = Legacy::connect(&p.base, "/sse").await;
+    c.initialize().await;
+    let id = c.endpoint.split_once('=').unwrap().1.to_string();
+    let list = || {
+        let out = std::process::Command::new(bin())
+            .args(["session", "list", "--store", &store, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let row = loop {
+        let rows = list();
+        if let Some(r) = rows.iter().find(|r| r["id"] == json!(id))
+            && r["protocol_version"].is_string()
+        {
+            break r.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(row["status"], "active", "{row}");
+    assert_eq!(row["route"], "sse:", "{row}");
+    assert_eq!(row["client_info"]["name"], "raw-legacy", "{row}");
+    drop(c);
+    loop {
+        let rows = list();
+        if rows
+            .iter()
+            .any(|r| r["id"] == json!(id) && r["status"] == "ended")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ended: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_client_to_a_python_sse_upstream() {
+    let mut py = Peer::python_sse().await;
+    let target = format!("sse+{}", py.url);
+    let p = Server::forward_http(&["--target", &target]).await;
+    let mut c = Raw::new(p.url());
+    let init = c.initialize().await;
+    assert_eq!(
+        init.json()["result"]["serverInfo"]["name"],
+        "python-sse-interop"
+    );
+    let tools = c
+        .post(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
+        .await;
+    let msgs = tools.messages();
+    let names: Vec<&str> = msgs[0]["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"echo") && names.contains(&"slow"),
+        "{names:?}"
+    );
+    assert_eq!(c.call_tool(2, "echo", json!({"message":"hi"})).await, "hi");
+    assert_eq!(c.call_tool(3, "add", json!({"a":2,"b":3})).await, "5");
+
+    // A legacy client through the proxy to the same legacy server.
+    let mut l = Legacy::connect(&p.base, "/sse").await;
+    l.initialize().await;
+    assert_eq!(
+        l.call(1, "echo", json!({"message":"both legacy"})).await,
+        "both legacy"
+    );
+
+    // The upstream dies while a request is in flight: the client gets a JSON-RPC error.
+    let slow = c.post_builder(
+        json!({"jsonrpc":"2.0","id":4,"method":"tools/call",
+            "params":{"name":"slow","arguments":{"seconds":60}}})
+        .to_string(),
+    );
+    let pending = tokio::spawn(Raw::send(slow));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    py.child.start_kill().unwrap();
+    let r = pending.await.unwrap();
+    let msgs = r.messages();
+    let reply = msgs
+        .iter()
+        .find(|m| m["id"] == json!(4))
+        .unwrap_or_else(|| panic!("no reply to the slow call: {}", r.body));
+    assert_eq!(reply["error"]["code"], -32000, "{reply}");
+    // The legacy client's stream ends with its session.
+    while l.next_event().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everything_sse_detected_and_relayed_both_ways() {
+    let everything = Peer::everything_sse().await;
+    // server-everything answers `POST /sse` with 404: detection falls back to HTTP+SSE.
+    let target = format!("everything=auto+{}", everything.url);
+    let p = Server::forward_http(&["--target", &target]).await;
+    let mut c = Raw::new(format!("{}/servers/everything/mcp", p.base));
+    let init = c.initialize().await;
+    assert!(init.json()["result"]["serverInfo"]["name"].is_string());
+    let echoed = c.call_tool(1, "echo", json!({"message":"ping"})).await;
+    assert!(echoed.contains("ping"), "{echoed}");
+
+    let mut l = Legacy::connect(&p.base, "/servers/everything/sse").await;
+    l.initialize().await;
+    let echoed = l.call(1, "echo", json!({"message":"legacy ping"})).await;
+    assert!(echoed.contains("legacy ping"), "{echoed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_detection_picks_sse_for_a_legacy_server_and_streamable_for_the_demo() {
+    let py = Peer::python_sse().await;
+    let demo = Server::demo_http().await;
+    let legacy = format!("legacy={}", py.url);
+    let modern = format!("modern={}", demo.url());
+    let p = Server::forward_http(&[
+        "--upstream-transport",
+        "auto",
+        "--target",
+        &legacy,
+        "--target",
+        &modern,
+    ])
+    .await;
+    // Twice each: the first session probes, the second uses the cached answer.
+    for round in 0..2 {
+        let mut c = Raw::new(format!("{}/servers/legacy/mcp", p.base));
+        let init = c.initialize().await;
+        assert_eq!(
+            init.json()["result"]["serverInfo"]["name"],
+            "python-sse-interop"
+        );
+        let m = format!("legacy {round}");
+        assert_eq!(c.call_tool(1, "echo", json!({"message": m})).await, m);
+
+        let mut c = Raw::new(format!("{}/servers/modern/mcp", p.base));
+        let init = c.initialize().await;
+        assert_eq!(
+            init.json()["result"]["serverInfo"]["name"],
+            "shadowcat-demo"
+        );
+        let m = format!("modern {round}");
+        assert_eq!(c.call_tool(1, "echo", json!({"message": m})).await, m);
+    }
+
+    // The stdio front detects too (`--url auto+…`).
+    let mut child = Command::new(bin())
+        .args(["forward", "stdio", "--url", &format!("auto+{}", py.url)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let init = init_body(1, "2024-11-05").to_string();
+    stdin
+        .write_all(format!("{init}\n").as_bytes())
+        .await
+        .unwrap();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("stdio answer")
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        v["result"]["serverInfo"]["name"], "python-sse-interop",
+        "{v}"
+    );
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,442 @@
+//! Tapes end to end: record through forward stdio and forward http, replay to the Python `mcp`
+//! client and get identical results; tape tools (validate, diff, show, list, export);
+//! redaction at capture.
+
+use super::harness::{Raw, Server, WAIT, bin};
+use super::python::{python, workspace};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Run tests/interop/tape_client.py with these arguments; its JSON result.
+fn tape_client(args: &[&str]) -> Value {
+    let script = workspace().join("tests/interop/tape_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "tape client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tape client prints JSON")
+}
+
+/// `shadowcat ARGS` to completion.
+pub fn shadowcat(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shadowcat")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn only_tape(dir: &Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("tape directory")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "one tape per session: {files:?}");
+    files.into_iter().next().unwrap()
+}
+
+fn expected_live_result(r: &Value) {
+    // The live run itself must be right, or identical replays would prove nothing.
+    assert_eq!(r["server"], "shadowcat-demo");
+    assert_eq!(r["echo"], "hello tape");
+    assert_eq!(r["progress"], json!([1.0, 2.0, 3.0]));
+    assert_eq!(r["sample"], "sampled: pong from the tape test");
+    assert_eq!(r["logs"], json!(["tape #1", "tape #2"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_forward_stdio_then_replay_to_python_gives_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("stdio.jsonl");
+    let t = tape.to_string_lossy().into_owned();
+    let (live, replayed) = tokio::task::spawn_blocking(move || {
+        let live = tape_client(&[
+            "--stdio",
+            "--",
+            bin(),
+            "forward",
+            "stdio",
+            "--demo",
+            "--record",
+            &t,
+        ]);
+        let replayed = tape_client(&["--stdio", "--", bin(), "replay", &t, "--quiet"]);
+        (live, replayed)
+    })
+    .await
+    .unwrap();
+    expected_live_result(&live);
+    assert_eq!(live, replayed);
+    let v = shadowcat(&["tape", "validate", "--strict", &tape.to_string_lossy()]);
+    assert!(v.status.success(), "{}", stdout(&v));
+    assert!(
+        stdout(&v).contains("0 error(s), 0 warning(s)"),
+        "{}",
+        stdout(&v)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_forward_http_then_replay_over_http_gives_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = format!("{}/", dir.path().join("tapes").display());
+    let proxy = Server::forward_http(&["--demo", "--record", &rec]).await;
+    let url = proxy.url();
+    let live = tokio::task::spawn_blocking(move || tape_client(&["--url", &url]))
+        .await
+        .unwrap();
+    expected_live_result(&live);
+    assert_eq!(proxy.terminate().await, Some(0));
+    let tape = only_tape(&dir.path().join("tapes"));
+    let header: Value = serde_json::from_str(
+        std::fs::read_to_string(&tape)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["mode"], "forward-http");
+    assert!(header["session"].is_string(), "{header}");
+
+    let replay =
+        Server::start(&["replay", &tape.to_string_lossy(), "--listen", "127.0.0.1:0"]).await;
+    let url = replay.url();
+    let replayed = tokio::task::spawn_blocking(move || tape_client(&["--url", &url]))
+        .await
+        .unwrap();
+    assert_eq!(live, replayed);
+    // Each session replays the tape from its start: a second client gets the same answers.
+    let url = replay.url();
+    let again = tokio::task::spawn_blocking(move || tape_client(&["--url", &url]))
+        .await
+        .unwrap();
+    assert_eq!(live, again);
+    replay.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_answers_unmatched_requests_with_the_closest_recorded_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("t.jsonl");
+    let t = tape.to_string_lossy().into_owned();
+    tokio::task::spawn_blocking({
+        let t = t.clone();
+        move || {
+            tape_client(&[
+                "--stdio",
+                "--",
+                bin(),
+                "forward",
+                "stdio",
+                "--demo",
+                "--record",
+                &t,
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    let replay = Server::start(&["replay", &t, "--listen", "127.0.0.1:0", "--speed", "0"]).await;
+    let mut raw = Raw::new(replay.url());
+    raw.initialize().await;
+    assert_eq!(
+        raw.call_tool(1, "echo", json!({"message": "hello tape"}))
+            .await,
+        "hello tape"
+    );
+    let r = raw
+        .post(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"never said"}}}))
+        .await;
+    let m = &r.messages()[0];
+    assert_eq!(m["id"], 2);
+    assert_eq!(m["error"]["code"], -32602, "{m}");
+    let msg = m["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("never said") && msg.contains("hello tape"),
+        "{msg}"
+    );
+    assert!(m["error"]["data"]["closest"]["line"].as_u64().unwrap() > 1);
+    let r = raw
+        .post(json!({"jsonrpc":"2.0","id":3,"method":"completion/complete","params":{}}))
+        .await;
+    assert_eq!(r.messages()[0]["error"]["code"], -32601);
+    replay.terminate().await;
+
+    // --match name: the closest recorded echo answers.
+    let replay = Server::start(&["replay", &t, "--listen", "127.0.0.1:0", "--match", "name"]).await;
+    let mut raw = Raw::new(replay.url());
+    raw.initialize().await;
+    assert_eq!(
+        raw.call_tool(1, "echo", json!({"message": "other"})).await,
+        "hello tape"
+    );
+    replay.terminate().await;
+}
+
+/// Rewrite every message of a tape with `f`.
+fn rewrite(from: &Path, to: &Path, f: impl Fn(&mut Value)) {
+    let text = std::fs::read_to_string(from).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut v: Value = serde_json::from_str(line).unwrap();
+        if v["type"] == "frame" {
+            f(&mut v["message"]);
+            v["t_us"] = json!(v["t_us"].as_u64().unwrap() * 2 + 17);
+            v["session"] = json!("another-session");
+        }
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    std::fs::write(to, out).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tape_diff_ignores_ids_and_catches_a_changed_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.jsonl");
+    let b = dir.path().join("b.jsonl");
+    for p in [&a, &b] {
+        let t = p.to_string_lossy().into_owned();
+        tokio::task::spawn_blocking(move || {
+            tape_client(&[
+                "--stdio",
+                "--",
+                bin(),
+                "forward",
+                "stdio",
+                "--demo",
+                "--record",
+                &t,
+            ])
+        })
+        .await
+        .unwrap();
+    }
+    let (sa, sb) = (a.to_string_lossy(), b.to_string_lossy());
+    // Two real runs: different sessions and timings, same conversation.
+    let d = shadowcat(&["tape", "diff", &sa, &sb]);
+    assert_eq!(d.status.code(), Some(0), "{}", stdout(&d));
+
+    // Every id shifted (requests and their replies alike): still equivalent.
+    let ids = dir.path().join("ids.jsonl");
+    rewrite(&a, &ids, |m| {
+        if let Some(n) = m["id"].as_i64() {
+            m["id"] = json!(n + 1000);
+        } else if let Some(s) = m["id"].as_str() {
+            m["id"] = json!(format!("x-{s}"));
+        }
+    });
+    let d = shadowcat(&["tape", "diff", &sa, &ids.to_string_lossy()]);
+    assert_eq!(d.status.code(), Some(0), "{}", stdout(&d));
+
+    // One response changed: exit 1, and the report names the line and the field.
+    let changed = dir.path().join("changed.jsonl");
+    rewrite(&a, &changed, |m| {
+        if m["result"]["content"][0]["text"] == "hello tape" {
+            m["result"]["content"][0]["text"] = json!("HELLO TAPE");
+        }
+    });
+    let d = shadowcat(&["tape", "diff", &sa, &changed.to_string_lossy()]);
+    assert_eq!(d.status.code(), Some(1), "{}", stdout(&d));
+    let report = stdout(&d);
+    assert!(report.contains("/result/content/0/text"), "{report}");
+    assert!(report.contains("\"HELLO TAPE\""), "{report}");
+    assert!(report.contains("tools/call echo"), "{report}");
+    assert!(report.contains("1 difference(s)"), "{report}");
+    // …unless that field is ignored.
+    let d = shadowcat(&[
+        "tape",
+        "diff",
+        &sa,
+        &changed.to_string_lossy(),
+        "--ignore",
+        "/result/content/0/text",
+    ]);
+    assert_eq!(d.status.code(), Some(0), "{}", stdout(&d));
+    let d = shadowcat(&["tape", "diff", &sa, "/nonexistent.jsonl"]);
+    assert_eq!(d.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tape_show_list_export_and_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("t.jsonl");
+    let t = tape.to_string_lossy().into_owned();
+    tokio::task::spawn_blocking({
+        let t = t.clone();
+        move || {
+            tape_client(&[
+                "--stdio",
+                "--",
+                bin(),
+                "forward",
+                "stdio",
+                "--demo",
+                "--record",
+                &t,
+            ])
+        }
+    })
+    .await
+    .unwrap();
+
+    let show = stdout(&shadowcat(&["tape", "show", &t]));
+    assert!(show.contains("tools/call echo"), "{show}");
+    assert!(show.contains("notifications/progress"), "{show}");
+    assert!(show.contains("sampling/createMessage"), "{show}");
+    assert!(!show.contains('\x1b'), "no colour when not a terminal");
+    let coloured = stdout(&shadowcat(&["tape", "show", &t, "--color", "always"]));
+    assert!(coloured.contains("\x1b["));
+
+    let list = shadowcat(&["tape", "list", "--json", &dir.path().to_string_lossy()]);
+    let rows: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows[0]["sessions"], 1);
+    assert_eq!(rows[0]["complete"], true);
+    assert!(rows[0]["frames"].as_u64().unwrap() >= 20, "{rows}");
+    let table = stdout(&shadowcat(&["tape", "list", &dir.path().to_string_lossy()]));
+    assert!(
+        table.contains("t.jsonl") && table.contains("forward-stdio"),
+        "{table}"
+    );
+
+    let har = shadowcat(&["tape", "export", "--format", "har", &t]);
+    let har: Value = serde_json::from_slice(&har.stdout).unwrap();
+    let entries = har["log"]["entries"].as_array().unwrap();
+    let echo = entries
+        .iter()
+        .find(|e| {
+            e["request"]["postData"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("hello tape")
+        })
+        .expect("an entry for the echo call");
+    assert_eq!(echo["response"]["status"], 200);
+    assert!(
+        echo["response"]["content"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello tape")
+    );
+    let out = dir.path().join("t.json");
+    let e = shadowcat(&["tape", "export", &t, "-o", &out.to_string_lossy()]);
+    assert!(e.status.success());
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(doc["header"]["mode"], "forward-stdio");
+
+    // A broken tape: every problem with its line number, exit 1.
+    let mut lines: Vec<String> = std::fs::read_to_string(&tape)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines[2] = "{\"type\":\"frame\",\"oops\":".into();
+    lines[4] = lines[4].replace("\"jsonrpc\":\"2.0\"", "\"jsonrpc\":\"1.0\"");
+    let broken = dir.path().join("broken.jsonl");
+    std::fs::write(&broken, lines.join("\n")).unwrap();
+    let v = shadowcat(&["tape", "validate", &broken.to_string_lossy()]);
+    assert_eq!(v.status.code(), Some(1));
+    let report = stdout(&v);
+    assert!(report.contains("broken.jsonl:3: error"), "{report}");
+    assert!(report.contains("broken.jsonl:5: error"), "{report}");
+    assert!(report.contains("2 error(s)"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_tape() {
+    let demo = Server::demo_http().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("secret.jsonl");
+    let mut child = tokio::process::Command::new(bin())
+        .args([
+            "forward",
+            "stdio",
+            "--url",
+            &demo.url().replace("127.0.0.1", "user:pa55word@127.0.0.1"),
+            "--header",
+            "Authorization: Bearer SEKRET-TOKEN-123",
+            "--header",
+            "X-Api-Key: KEY-456",
+            "--record",
+            &tape.to_string_lossy(),
+            "--redact-regex",
+            "card-[0-9]{4}",
+            "--redact-pointer",
+            "/params/arguments/pin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines = [
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"pay with card-1234","pin":"9876","api_key":"ARG-KEY-789"}}}),
+    ];
+    let mut replies = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        stdin.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+        if l["id"].is_null() {
+            continue;
+        }
+        // Like a real client: wait for each answer (initialize first of all).
+        let line = tokio::time::timeout(WAIT, out.next_line())
+            .await
+            .expect("answered")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], l["id"], "reply to line {i}: {v}");
+        replies.push(v);
+    }
+    let echoed = replies.pop();
+    // The relay itself is untouched: the server got (and echoed) the real values.
+    assert_eq!(
+        echoed.unwrap()["result"]["content"][0]["text"],
+        "pay with card-1234"
+    );
+    drop(stdin);
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = std::fs::read_to_string(&tape).unwrap();
+    for secret in [
+        "SEKRET-TOKEN-123",
+        "KEY-456",
+        "pa55word",
+        "card-1234",
+        "9876",
+        "ARG-KEY-789",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "`{secret}` leaked into the tape:\n{text}"
+        );
+    }
+    assert!(text.contains("\"Authorization\":\"[REDACTED]\""), "{text}");
+    assert!(text.contains("pay with [REDACTED]"), "{text}");
+    assert!(text.contains("\"type\":\"end\""));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

@@ -1,0 +1,147 @@
+//! One legacy HTTP+SSE session: its event stream (a bounded channel of frames read by the
+//! response body) and the pump that relays its upstream's frames onto it.
+
+use crate::front::http::Registry;
+use crate::session::Session;
+use crate::upstream::UpstreamEvent;
+use axum::body::Body;
+use bytes::Bytes;
+use shadowcat_proto::Frame;
+use shadowcat_proto::sse::{encode_comment, encode_event};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// A session of the legacy front.
+pub struct LegacySession {
+    core: Arc<Session>,
+    route: Arc<str>,
+    out: mpsc::Sender<Frame>,
+    /// Cancelled when the client's event stream is gone (its body was dropped).
+    closed: CancellationToken,
+}
+
+impl LegacySession {
+    /// A session relaying to a new event stream; the receiver feeds the response body.
+    pub fn new(
+        core: Arc<Session>,
+        route: Arc<str>,
+        capacity: usize,
+    ) -> (Arc<Self>, mpsc::Receiver<Frame>) {
+        let (out, rx) = mpsc::channel(capacity);
+        let s = LegacySession {
+            core,
+            route,
+            out,
+            closed: CancellationToken::new(),
+        };
+        (Arc::new(s), rx)
+    }
+
+    /// The engine session.
+    pub fn core(&self) -> &Arc<Session> {
+        &self.core
+    }
+
+    /// The route (target) this session belongs to.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// A guard for the response body: dropping it (the client went away) ends the session.
+    pub fn stream_guard(&self) -> DropGuard {
+        self.closed.clone().drop_guard()
+    }
+
+    /// Put a frame on the client's event stream, waiting while it is full (backpressure).
+    /// False when the stream is gone.
+    pub async fn send(&self, frame: Frame) -> bool {
+        tokio::select! {
+            sent = self.out.send(frame) => sent.is_ok(),
+            _ = self.closed.cancelled() => false,
+        }
+    }
+
+    /// Relay the upstream's frames to the event stream until the client leaves, the upstream
+    /// closes (every request in flight then gets an error first) or the session is cancelled.
+    pub async fn pump(&self, mut events: mpsc::Receiver<UpstreamEvent>, registry: &Registry) {
+        let cancel = self.core.cancel_token().clone();
+        let mut recorded = false;
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = self.closed.cancelled() => {
+                    tracing::info!("the client closed its HTTP+SSE stream; ending the session");
+                    return;
+                }
+                _ = cancel.cancelled() => return,
+            };
+            match ev {
+                Some(UpstreamEvent::Frame { frame, .. }) => {
+                    if let Some(frame) = self.core.from_server(frame).await
+                        && !self.send(frame).await
+                    {
+                        return;
+                    }
+                    if !recorded && let Some(v) = self.core.protocol_version() {
+                        recorded = true;
+                        let up = self.core.upstream().upstream_session_id();
+                        registry.records().negotiated(self.core.id(), v, up).await;
+                    }
+                }
+                Some(UpstreamEvent::Closed { reason, .. }) => {
+                    tracing::info!(%reason, "upstream closed; ending the session");
+                    for err in self.core.inflight().fail_all(&reason) {
+                        if !self.send(err).await {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+struct BodyState {
+    first: Option<Bytes>,
+    rx: mpsc::Receiver<Frame>,
+    keepalive: tokio::time::Interval,
+    _guard: DropGuard,
+}
+
+/// The event stream: `event: endpoint` first, then one `event: message` per frame (a comment
+/// after each `keepalive` of silence) until the session ends. Dropping it drops `guard`.
+pub fn body(
+    endpoint: &str,
+    rx: mpsc::Receiver<Frame>,
+    keepalive: Duration,
+    guard: DropGuard,
+) -> Body {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = BodyState {
+        first: Some(encode_event(None, Some("endpoint"), endpoint, None)),
+        rx,
+        keepalive: tick,
+        _guard: guard,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        if let Some(b) = st.first.take() {
+            return Some((Ok::<Bytes, std::convert::Infallible>(b), st));
+        }
+        let chunk = tokio::select! {
+            frame = st.rx.recv() => {
+                let frame = frame?;
+                let text = String::from_utf8_lossy(frame.raw());
+                encode_event(None, Some("message"), &text, None)
+            }
+            _ = st.keepalive.tick() => encode_comment("keep-alive"),
+        };
+        st.keepalive.reset();
+        Some((Ok(chunk), st))
+    });
+    Body::from_stream(stream)
+}

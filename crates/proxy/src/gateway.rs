@@ -1,0 +1,437 @@
+//! The gateway (reverse proxy) mode: the Streamable HTTP front with routes from a config file,
+//! an upstream *set* per route, authentication, rate limits and metrics.
+//!
+//! Per request, before anything reaches a session: extra endpoints (`/metrics`, `/ready`,
+//! `/.well-known/oauth-protected-resource[/PATH]`), then the per-IP and global rate limits, then
+//! authentication and the route's scopes, then the per-principal limit. An admitted request
+//! carries its [`Principal`] into the front, which binds new sessions to it and answers `404` to
+//! any other principal presenting the session's id. New sessions are placed by the route's
+//! [`UpstreamSet`] (with failover when an upstream cannot be reached) and stay there for life.
+
+pub mod auth;
+pub mod authz;
+pub mod balance;
+pub mod config;
+mod endpoints;
+mod health;
+pub mod limits;
+pub mod metrics;
+mod target;
+mod validate;
+
+pub use auth::{AuthError, Principal};
+pub use balance::UpstreamSet;
+pub use config::{ConfigError, GatewayConfig};
+pub use target::GatewayTarget;
+
+use crate::error::ProxyError;
+use crate::forward::CONNECT_TIMEOUT;
+use crate::front::http::{HttpFront, HttpFrontConfig, OriginPolicy, Target};
+use crate::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
+use crate::runtime::drain;
+use crate::upstream::{HttpClient, UpstreamOptions};
+use auth::Authenticator;
+use authz::{FORBIDDEN, Kind, Rules};
+use axum::extract::Request;
+use config::{Cidr, route_key};
+use http::StatusCode;
+use limits::{Limits, RATE_LIMITED};
+use metrics::Metrics;
+use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
+use shadowcat_proto::{Frame, RequestId};
+use shadowcat_store::{Retention, SessionStore};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+/// One configured MCP endpoint.
+pub struct Route {
+    path: String,
+    key: Arc<str>,
+    set: UpstreamSet,
+    scopes: Vec<String>,
+    failover: bool,
+    connect_timeout: Duration,
+    rules: Rules,
+    health: Option<config::HealthConfig>,
+}
+
+impl Route {
+    /// `/mcp` or `/servers/NAME/mcp`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    /// The upstream set.
+    pub fn set(&self) -> &UpstreamSet {
+        &self.set
+    }
+}
+
+/// What the gateway knows about a live session.
+struct Bound {
+    /// The principal of its latest request (scopes and claims as of that token).
+    principal: Option<Principal>,
+    route: Arc<Route>,
+    /// The member of the route's set it lives on; `None` for a session this replica continues
+    /// (or forwards) for another one.
+    member: Option<usize>,
+    /// List requests in flight whose answers are filtered by the route's rules.
+    lists: HashMap<RequestId, (Kind, &'static str)>,
+    since: Instant,
+}
+
+/// The gateway's policies and state, shared by every request of the front.
+pub struct Gateway {
+    routes: HashMap<Arc<str>, Arc<Route>>,
+    auth: Option<Authenticator>,
+    auth_scopes: Vec<String>,
+    authorization_servers: Vec<String>,
+    public_url: Option<String>,
+    limits: Limits,
+    metrics: Metrics,
+    sessions: Mutex<HashMap<Arc<str>, Bound>>,
+    /// Some route has authorization rules (the hook then looks at every frame).
+    any_rules: bool,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("routes", &self.routes.keys().collect::<Vec<_>>())
+            .field("auth", &self.auth.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Build from a configuration (validated again here; `source` names it in errors).
+    pub fn new(cfg: &GatewayConfig, source: &str) -> Result<Arc<Gateway>, ConfigError> {
+        cfg.validate(source)?;
+        let mut routes = HashMap::new();
+        let global_scopes = cfg
+            .auth
+            .as_ref()
+            .map(|a| a.scopes.clone())
+            .unwrap_or_default();
+        for r in &cfg.routes {
+            let key: Arc<str> = Arc::from(route_key(&r.path).unwrap_or_default());
+            let members = r
+                .upstreams
+                .iter()
+                .filter_map(|u| u.spec().ok().map(|s| (s, u.weight)))
+                .collect();
+            let mut scopes = global_scopes.clone();
+            scopes.extend(
+                r.scopes
+                    .iter()
+                    .filter(|s| !global_scopes.contains(s))
+                    .cloned(),
+            );
+            routes.insert(
+                key.clone(),
+                Arc::new(Route {
+                    path: r.path.clone(),
+                    key,
+                    set: UpstreamSet::new(members, r.balance, r.eject_for.0),
+                    scopes,
+                    failover: r.failover,
+                    connect_timeout: r.connect_timeout.0,
+                    rules: Rules::new(r.rules.clone(), r.default_effect),
+                    health: r.health.clone(),
+                }),
+            );
+        }
+        let jwks_http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ConfigError {
+                file: source.to_string(),
+                problems: vec![config::Problem {
+                    field: "auth.jwt".into(),
+                    position: None,
+                    message: format!("cannot build the HTTP client for the JWKS: {e}"),
+                }],
+            })?;
+        let auth = cfg.auth.as_ref().map(|a| Authenticator::new(a, jwks_http));
+        let authorization_servers = cfg
+            .auth
+            .as_ref()
+            .map(|a| {
+                if a.authorization_servers.is_empty() {
+                    a.jwt.iter().map(|j| j.issuer.clone()).collect()
+                } else {
+                    a.authorization_servers.clone()
+                }
+            })
+            .unwrap_or_default();
+        let trusted = cfg
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|t| Cidr::parse(t).ok())
+            .collect();
+        let any_rules = routes.values().any(|r| !r.rules.is_open());
+        Ok(Arc::new(Gateway {
+            any_rules,
+            routes,
+            auth,
+            auth_scopes: global_scopes,
+            authorization_servers,
+            public_url: cfg
+                .server
+                .public_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
+            limits: Limits::new(&cfg.limits, trusted),
+            metrics: Metrics::default(),
+            sessions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The routes by key.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.values()
+    }
+
+    fn bound(&self) -> MutexGuard<'_, HashMap<Arc<str>, Bound>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn route_of(&self, session: &str) -> String {
+        self.bound()
+            .get(session)
+            .map(|b| b.route.path.clone())
+            .unwrap_or_default()
+    }
+
+    /// Apply the session's route rules to a client request: `Some(reply)` when it is refused.
+    /// List requests are remembered so that their answers get filtered.
+    fn authorize(&self, session: &str, frame: &Frame) -> Option<Verdict> {
+        let (Some(id), Some(method)) = (frame.id(), frame.method()) else {
+            return None;
+        };
+        let mut bound = self.bound();
+        let b = bound.get_mut(session)?;
+        if b.route.rules.is_open() {
+            return None;
+        }
+        if let Err(denied) = b.route.rules.check_frame(b.principal.as_ref(), frame) {
+            let route = b.route.path.clone();
+            drop(bound);
+            tracing::info!(session, reason = %denied.0, "request refused by an authorization rule");
+            self.metrics.authz_denied(&route);
+            return Some(Verdict::Reply(error_frame(Some(id), FORBIDDEN, &denied.0)));
+        }
+        if let Some(list) = Kind::of_list(method) {
+            b.lists.insert(id.clone(), list);
+        }
+        None
+    }
+
+    /// Filter a list answer by the session's route rules.
+    fn filter(&self, session: &str, frame: &Frame) -> Verdict {
+        if !frame.kind().is_reply() {
+            return Verdict::Forward;
+        }
+        let Some(id) = frame.id() else {
+            return Verdict::Forward;
+        };
+        let (rules, principal, (kind, key)) = {
+            let mut bound = self.bound();
+            let Some(b) = bound.get_mut(session) else {
+                return Verdict::Forward;
+            };
+            let Some(list) = b.lists.remove(id) else {
+                return Verdict::Forward;
+            };
+            (b.route.clone(), b.principal.clone(), list)
+        };
+        match rules
+            .rules
+            .filter_list(principal.as_ref(), kind, key, frame)
+        {
+            Some(filtered) => Verdict::Replace(filtered),
+            None => Verdict::Forward,
+        }
+    }
+
+    /// The pipeline hook of the gateway (per-tool limits, session accounting). Install it in
+    /// the pipeline of the front that uses this gateway.
+    pub fn hook(self: &Arc<Self>) -> Arc<dyn Hook> {
+        Arc::new(GatewayHook(self.clone()))
+    }
+
+    fn forget(&self, session: &str) {
+        let b = self.bound().remove(session);
+        if let Some(Bound {
+            route,
+            member: Some(m),
+            ..
+        }) = b
+        {
+            route.set.unbind(m, session);
+        }
+    }
+
+    /// Drop what is kept for sessions continued for another replica that are not live here
+    /// (forwarded to their owner, or ended elsewhere).
+    fn prune(&self, live: &std::collections::HashSet<Arc<str>>) {
+        self.bound().retain(|id, b| {
+            b.member.is_some() || live.contains(id) || b.since.elapsed() < Duration::from_secs(60)
+        });
+    }
+
+    /// Which route a request addresses (paths only: the gateway is an origin server).
+    pub(crate) fn target(self: &Arc<Self>, req: &Request) -> Result<Target, ProxyError> {
+        let path = req.uri().path();
+        let route = route_key(path)
+            .and_then(|k| self.routes.get(k))
+            .ok_or_else(|| {
+                let mut known: Vec<&str> = self.routes.values().map(|r| r.path.as_str()).collect();
+                known.sort_unstable();
+                ProxyError::bad(
+                    StatusCode::NOT_FOUND,
+                    INVALID_REQUEST,
+                    format!(
+                        "no MCP endpoint at `{path}`; this gateway serves {}",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+        let principal = req.extensions().get::<Principal>().cloned();
+        Ok(Target {
+            key: route.key.clone(),
+            spec: route.set.members()[0].spec().clone(),
+            gateway: Some(GatewayTarget {
+                gateway: self.clone(),
+                route: route.clone(),
+                principal,
+            }),
+        })
+    }
+}
+
+/// The gateway's pipeline stage: per-tool rate limits and session accounting.
+struct GatewayHook(Arc<Gateway>);
+
+impl Hook for GatewayHook {
+    fn name(&self) -> &'static str {
+        "gateway"
+    }
+
+    fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
+        if self.0.any_rules {
+            match ctx.direction {
+                Direction::ClientToServer => {
+                    if let Some(v) = self.0.authorize(ctx.session, frame) {
+                        return v;
+                    }
+                }
+                Direction::ServerToClient => return self.0.filter(ctx.session, frame),
+            }
+        }
+        if ctx.direction != Direction::ClientToServer
+            || !self.0.limits.has_tool_limits()
+            || frame.method() != Some("tools/call")
+        {
+            return Verdict::Forward;
+        }
+        let Some(tool) = frame.target() else {
+            return Verdict::Forward;
+        };
+        match self.0.limits.check_tool(tool) {
+            Ok(()) => Verdict::Forward,
+            Err(l) => {
+                let route = self.0.route_of(ctx.session);
+                self.0.metrics.rate_limited(&route, l.scope);
+                let msg = format!("tool `{tool}`: {}", l.message());
+                Verdict::Reply(error_frame(frame.id(), RATE_LIMITED, &msg))
+            }
+        }
+    }
+
+    fn on_session_end(&self, session: &str) {
+        self.0.forget(session);
+    }
+}
+
+/// Serve the gateway `gw` (built by [`Gateway::new`] from the file whose `[server]` section is
+/// `s`) on `listener` until `shutdown` fires, then shut down gracefully. `hooks` run before the gateway's own hook (e.g. the traffic log).
+pub async fn gateway(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    s: &config::ServerConfig,
+    hooks: Vec<Arc<dyn Hook>>,
+    store: Arc<dyn SessionStore>,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(),
+) -> Result<(), ProxyError> {
+    let config = HttpFrontConfig {
+        origins: OriginPolicy::new(&s.allow_origins),
+        max_body: s.max_message,
+        max_sessions: s.max_sessions,
+        idle_timeout: s.idle_timeout.0,
+        shutdown_deadline: s.shutdown_deadline.0,
+        upstream: UpstreamOptions {
+            max_message: s.max_message,
+            shutdown_grace: s.shutdown_grace.0,
+            ..UpstreamOptions::default()
+        },
+        retention: Retention {
+            max_events: Some(s.max_events),
+            max_age: None,
+        },
+        replica_id: s
+            .replica_id
+            .clone()
+            .unwrap_or_else(crate::front::http::default_replica_id),
+        gateway: Some(gw.clone()),
+        ..HttpFrontConfig::default()
+    };
+    let mut hooks = hooks;
+    hooks.push(gw.hook());
+    let tracker = TaskTracker::new();
+    let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
+    let http = HttpClient::new(CONNECT_TIMEOUT)?;
+    let http_checks = http.client().clone();
+    if let Some(a) = &gw.auth {
+        a.prefetch().await;
+    }
+    let stop = shutdown.clone();
+    let front = HttpFront::new(
+        config,
+        Pipeline::new(hooks),
+        http,
+        store,
+        shutdown,
+        tracker.clone(),
+    );
+    for r in gw.routes.values() {
+        if let Some(h) = &r.health {
+            let checker = health::watch(r.clone(), h.clone(), http_checks.clone(), stop.clone());
+            tracker.spawn(checker);
+        }
+    }
+    let (housekeeping, live) = (gw.clone(), front.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    housekeeping.limits.housekeeping();
+                    housekeeping.prune(&live.registry().ids().into_iter().collect());
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+    let result = front.serve(listener, ready).await;
+    drain(&tracker, deadline).await;
+    result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
+}

@@ -1,0 +1,390 @@
+//! Upstream sets and balancing: which upstream a new session goes to. A session stays on the
+//! upstream it was given for life (affinity); only new sessions are balanced.
+//!
+//! Strategies: round-robin, smooth weighted round-robin, least in-flight (requests in flight
+//! across the member's live sessions, then fewest sessions), weighted random, and a consistent
+//! hash ring over the session id. Members that failed to connect are *ejected* for a while and
+//! get no new sessions unless every member is ejected.
+
+use super::config::Strategy;
+use crate::session::Session;
+use crate::upstream::UpstreamSpec;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+/// Points on the hash ring per unit of weight (fewer when the weights are large).
+const VNODES_PER_WEIGHT: u32 = 160;
+/// Most points on the ring.
+const MAX_RING: u32 = 160_000;
+
+/// One upstream of a set.
+pub struct Member {
+    spec: UpstreamSpec,
+    name: String,
+    weight: u32,
+    ejected_until_ms: AtomicU64,
+    live: Mutex<HashMap<Arc<str>, Weak<Session>>>,
+    sessions_total: AtomicU64,
+    connect_failures: AtomicU64,
+    /// Active health: healthy until checks say otherwise.
+    healthy: AtomicBool,
+    /// Consecutive check results: positive = successes, negative = failures.
+    streak: AtomicI64,
+}
+
+impl Member {
+    /// Whether active health checks consider it healthy (always, without checks).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Record one active check; returns the new health when it changed.
+    pub fn checked(&self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
+        let streak = if ok {
+            let prev = self.streak.load(Ordering::Acquire);
+            let next = if prev > 0 { prev + 1 } else { 1 };
+            self.streak.store(next, Ordering::Release);
+            next
+        } else {
+            let prev = self.streak.load(Ordering::Acquire);
+            let next = if prev < 0 { prev - 1 } else { -1 };
+            self.streak.store(next, Ordering::Release);
+            next
+        };
+        let was = self.healthy();
+        let now = if was {
+            !(streak < 0 && streak.unsigned_abs() >= u64::from(unhealthy_after))
+        } else {
+            streak > 0 && streak.unsigned_abs() >= u64::from(healthy_after)
+        };
+        self.healthy.store(now, Ordering::Release);
+        (now != was).then_some(now)
+    }
+
+    /// How to reach it.
+    pub fn spec(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+    /// Its name (the URL, or the command line): what session records say.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its weight.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Weak<Session>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Live sessions on it.
+    pub fn sessions(&self) -> usize {
+        self.live().len()
+    }
+    /// Client requests in flight across its live sessions.
+    pub fn inflight(&self) -> usize {
+        self.live()
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|s| s.inflight().len())
+            .sum()
+    }
+    /// Sessions ever placed on it.
+    pub fn sessions_total(&self) -> u64 {
+        self.sessions_total.load(Ordering::Relaxed)
+    }
+    /// Failed connection attempts.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// The upstreams of one route and how new sessions are spread over them.
+pub struct UpstreamSet {
+    members: Vec<Member>,
+    strategy: Strategy,
+    next: AtomicUsize,
+    /// Smooth weighted round-robin order (one period).
+    wrr: Vec<usize>,
+    /// Hash ring: (point, member), sorted by point.
+    ring: Vec<(u64, usize)>,
+    eject_for: Duration,
+    epoch: Instant,
+}
+
+fn hash64(data: &[u8]) -> u64 {
+    let d = Sha256::digest(data);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+impl UpstreamSet {
+    /// A set of `(spec, weight)` members (at least one).
+    pub fn new(members: Vec<(UpstreamSpec, u32)>, strategy: Strategy, eject_for: Duration) -> Self {
+        let members: Vec<Member> = members
+            .into_iter()
+            .map(|(spec, weight)| Member {
+                name: spec.describe(),
+                spec,
+                weight: weight.max(1),
+                ejected_until_ms: AtomicU64::new(0),
+                live: Mutex::new(HashMap::new()),
+                sessions_total: AtomicU64::new(0),
+                connect_failures: AtomicU64::new(0),
+                healthy: AtomicBool::new(true),
+                streak: AtomicI64::new(0),
+            })
+            .collect();
+        let wrr = smooth_wrr(&members.iter().map(|m| m.weight).collect::<Vec<_>>());
+        let mut ring = Vec::new();
+        if strategy == Strategy::ConsistentHash {
+            let total: u32 = members.iter().map(|m| m.weight).sum();
+            let per_weight = (MAX_RING / total.max(1)).clamp(1, VNODES_PER_WEIGHT);
+            for (i, m) in members.iter().enumerate() {
+                for v in 0..m.weight * per_weight {
+                    ring.push((hash64(format!("{}#{v}", m.name).as_bytes()), i));
+                }
+            }
+            ring.sort_unstable();
+        }
+        UpstreamSet {
+            members,
+            strategy,
+            next: AtomicUsize::new(0),
+            wrr,
+            ring,
+            eject_for,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The members, in configuration order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The member with this name (as stored in a session record).
+    pub fn find(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether member `i` may get new sessions: healthy, and not ejected.
+    pub fn is_available(&self, i: usize) -> bool {
+        let m = &self.members[i];
+        m.healthy() && m.ejected_until_ms.load(Ordering::Acquire) <= self.now_ms()
+    }
+
+    /// Member `i` failed to connect: no new sessions for it for a while.
+    pub fn eject(&self, i: usize) {
+        let m = &self.members[i];
+        m.connect_failures.fetch_add(1, Ordering::Relaxed);
+        let until = self.now_ms() + self.eject_for.as_millis() as u64;
+        m.ejected_until_ms.store(until, Ordering::Release);
+    }
+
+    /// A session now lives on member `i`.
+    pub fn bind(&self, i: usize, session: &Arc<Session>) {
+        let m = &self.members[i];
+        m.sessions_total.fetch_add(1, Ordering::Relaxed);
+        m.live()
+            .insert(session.id().clone(), Arc::downgrade(session));
+    }
+
+    /// The session ended.
+    pub fn unbind(&self, i: usize, id: &str) {
+        if let Some(m) = self.members.get(i) {
+            m.live().remove(id);
+        }
+    }
+
+    /// Members to try for a new session, best first: the strategy's choice, then (with
+    /// `failover`) the other available members, then the ejected ones.
+    pub fn plan(&self, session: &str, failover: bool) -> Vec<usize> {
+        let n = self.members.len();
+        let any_available = (0..n).any(|i| self.is_available(i));
+        let ok = |i: usize| !any_available || self.is_available(i);
+        let first = self.choose(session, &ok);
+        let mut plan = vec![first];
+        if failover {
+            let rest = (1..n).map(|k| (first + k) % n);
+            let (up, down): (Vec<usize>, Vec<usize>) = rest.partition(|&i| self.is_available(i));
+            plan.extend(up);
+            plan.extend(down);
+        }
+        plan
+    }
+
+    fn choose(&self, session: &str, ok: &dyn Fn(usize) -> bool) -> usize {
+        let n = self.members.len();
+        match self.strategy {
+            Strategy::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| ok(i))
+                    .unwrap_or(0)
+            }
+            Strategy::WeightedRoundRobin => {
+                let len = self.wrr.len();
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..len)
+                    .map(|k| self.wrr[(start + k) % len])
+                    .find(|&i| ok(i))
+                    .unwrap_or(0)
+            }
+            Strategy::LeastInFlight => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| ok(i))
+                    .min_by_key(|&i| {
+                        let m = &self.members[i];
+                        (m.inflight(), m.sessions())
+                    })
+                    .unwrap_or(0)
+            }
+            Strategy::Random => {
+                let total: u64 = (0..n)
+                    .filter(|&i| ok(i))
+                    .map(|i| u64::from(self.members[i].weight))
+                    .sum();
+                let mut r = rand::random_range(0..total.max(1));
+                for i in (0..n).filter(|&i| ok(i)) {
+                    let w = u64::from(self.members[i].weight);
+                    if r < w {
+                        return i;
+                    }
+                    r -= w;
+                }
+                0
+            }
+            Strategy::ConsistentHash => {
+                let h = hash64(session.as_bytes());
+                let start = self.ring.partition_point(|(p, _)| *p < h);
+                let len = self.ring.len();
+                (0..len)
+                    .map(|k| self.ring[(start + k) % len].1)
+                    .find(|&i| ok(i))
+                    .unwrap_or(0)
+            }
+        }
+    }
+}
+
+/// One period of smooth weighted round-robin (nginx): spreads each member's turns evenly.
+fn smooth_wrr(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, &w) in current.iter_mut().zip(weights) {
+            *c += i64::from(w);
+        }
+        let best = (0..weights.len())
+            .max_by_key(|&i| (current[i], -(i as i64)))
+            .unwrap_or(0);
+        current[best] -= total;
+        out.push(best);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(weights: &[u32], s: Strategy) -> UpstreamSet {
+        let members = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                (
+                    UpstreamSpec::Http {
+                        url: format!("http://u{i}/mcp"),
+                        headers: vec![],
+                    },
+                    w,
+                )
+            })
+            .collect();
+        UpstreamSet::new(members, s, Duration::from_secs(60))
+    }
+
+    fn counts(s: &UpstreamSet, n: usize) -> Vec<usize> {
+        let mut c = vec![0; s.members().len()];
+        for k in 0..n {
+            c[s.plan(&format!("session-{k}"), false)[0]] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn strategies_spread_sessions() {
+        assert_eq!(
+            counts(&set(&[1, 1, 1], Strategy::RoundRobin), 30),
+            vec![10, 10, 10]
+        );
+        assert_eq!(smooth_wrr(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(
+            counts(&set(&[3, 1], Strategy::WeightedRoundRobin), 400),
+            vec![300, 100]
+        );
+        let r = counts(&set(&[1, 3], Strategy::Random), 4000);
+        assert!((800..1200).contains(&r[0]), "{r:?}");
+        let h = set(&[1, 1, 1], Strategy::ConsistentHash);
+        let c = counts(&h, 3000);
+        assert!(c.iter().all(|&x| (700..1300).contains(&x)), "{c:?}");
+        // The same session id always lands on the same member.
+        assert_eq!(h.plan("abc", false), h.plan("abc", false));
+    }
+
+    #[test]
+    fn health_thresholds() {
+        let s = set(&[1, 1], Strategy::RoundRobin);
+        let m = &s.members()[1];
+        assert_eq!(m.checked(false, 2, 3), None);
+        assert_eq!(m.checked(false, 2, 3), None);
+        assert_eq!(
+            m.checked(true, 2, 3),
+            None,
+            "a success resets the failure streak"
+        );
+        for _ in 0..2 {
+            assert_eq!(m.checked(false, 2, 3), None);
+        }
+        assert_eq!(m.checked(false, 2, 3), Some(false));
+        assert!(!s.is_available(1));
+        assert_eq!(counts(&s, 10), vec![10, 0]);
+        assert_eq!(m.checked(true, 2, 3), None);
+        assert_eq!(m.checked(true, 2, 3), Some(true));
+        assert!(s.is_available(1));
+    }
+
+    #[test]
+    fn ejected_members_get_no_new_sessions_and_failover_order() {
+        let s = set(&[1, 1, 1], Strategy::RoundRobin);
+        s.eject(1);
+        assert!(!s.is_available(1));
+        assert_eq!(counts(&s, 30)[1], 0);
+        let plan = s.plan("x", true);
+        assert_eq!(plan.len(), 3);
+        assert_eq!(plan[2], 1, "ejected member last: {plan:?}");
+        assert_eq!(s.members()[1].connect_failures(), 1);
+        s.eject(0);
+        s.eject(2);
+        // Everything ejected: still try something rather than nothing.
+        assert_eq!(s.plan("y", true).len(), 3);
+    }
+}

@@ -1,0 +1,738 @@
+//! The gateway's configuration file (TOML): the schema. Loading and validation are in
+//! `validate.rs`.
+//!
+//! Parsing reports the first syntax or type error with its line, column and field path;
+//! validation then reports *every* semantic problem, each naming the file, the field (as a path
+//! such as `routes[0].upstreams[1].url`) and what is wrong. See `examples/gateway.toml`.
+
+use crate::upstream::UpstreamSpec;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: a field path (`routes[0].upstreams[1].url`), empty for the file as a whole.
+    pub field: String,
+    /// Line and column (1-based) when known.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (as given).
+    pub file: String,
+    /// Every problem found (at least one).
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}", self.file)?;
+            if let Some((line, col)) = p.position {
+                write!(f, ":{line}:{col}")?;
+            }
+            if !p.field.is_empty() {
+                write!(f, ": {}", p.field)?;
+            }
+            write!(f, ": {}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub(super) fn one(file: &str, field: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            problems: vec![Problem {
+                field: field.to_string(),
+                position: None,
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// A duration written as `"500ms"`, `"10s"`, `"5m"`, `"1h"`, or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    /// Parse the string form.
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a duration (use e.g. \"500ms\", \"10s\", \"5m\", \"1h\")")
+        })?;
+        let scale = match unit.trim() {
+            "ms" => 0.001,
+            "" | "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => {
+                return Err(format!(
+                    "unknown duration unit `{u}` in `{s}` (use ms, s, m or h)"
+                ));
+            }
+        };
+        Duration::try_from_secs_f64(n * scale)
+            .map(Dur)
+            .map_err(|_| format!("`{s}` is out of range"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"10s\", \"500ms\", \"5m\" or a number of seconds")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                Dur::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
+                u64::try_from(v)
+                    .map(|s| Dur(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
+                Ok(Dur(Duration::from_secs(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
+                Duration::try_from_secs_f64(v)
+                    .map(Dur)
+                    .map_err(|_| E::custom("a duration must be a non-negative number of seconds"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listener, store and front settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Client authentication (absent: none).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Rate limits (absent: none).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// MCP endpoints, each with its upstream set.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_store() -> String {
+    "memory".into()
+}
+fn default_redis_prefix() -> String {
+    "shadowcat:".into()
+}
+fn default_max_sessions() -> usize {
+    1000
+}
+fn default_idle() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_deadline() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_max_message() -> usize {
+    10 * 1024 * 1024
+}
+fn default_max_events() -> usize {
+    1000
+}
+fn default_outage() -> String {
+    "closed".into()
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The public base URL clients use (`https://mcp.example.com`): the resource identifiers of
+    /// the OAuth metadata are built from it. Default: `http://` + the request's `Host`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Session store: `memory`, `sqlite:PATH`, `redis://…`.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Prefix of every Redis key.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// While a shared store is unreachable: `closed` (503) or `memory`.
+    #[serde(default = "default_outage")]
+    pub on_store_outage: String,
+    /// This replica's id in the store (default: the host name).
+    #[serde(default)]
+    pub replica_id: Option<String>,
+    /// Most live sessions.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Idle sessions are reaped after this long.
+    #[serde(default = "default_idle")]
+    pub idle_timeout: Dur,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default = "default_deadline")]
+    pub shutdown_deadline: Dur,
+    /// Grace given to a stdio child after stdin closes, and again after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// Largest message accepted, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message: usize,
+    /// SSE events kept per stream for resumption.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Browser origins allowed besides loopback ones (`*` for any).
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            public_url: None,
+            store: default_store(),
+            redis_prefix: default_redis_prefix(),
+            on_store_outage: default_outage(),
+            replica_id: None,
+            max_sessions: default_max_sessions(),
+            idle_timeout: default_idle(),
+            shutdown_deadline: default_deadline(),
+            shutdown_grace: default_grace(),
+            max_message: default_max_message(),
+            max_events: default_max_events(),
+            allow_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[auth]`: the gateway as an OAuth 2.1 resource server, and static API keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Scopes every route requires.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Authorization servers listed in the protected-resource metadata (default: the JWT issuer).
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// Bearer JWTs from an authorization server.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    /// Static API keys (presented as `Authorization: Bearer KEY`), stored as SHA-256 hex.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+fn default_leeway() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_jwks_cache() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_jwks_min_refetch() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_principal_claim() -> String {
+    "sub".into()
+}
+
+/// `[auth.jwt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (the token must name at least one).
+    pub audience: Vec<String>,
+    /// Where the issuer publishes its signing keys.
+    pub jwks_url: String,
+    /// Accepted signature algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+    /// Keys are refetched after this long.
+    #[serde(default = "default_jwks_cache")]
+    pub jwks_cache: Dur,
+    /// A token with an unknown `kid` refetches the keys at most this often.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch: Dur,
+    /// The claim naming the principal.
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+}
+
+/// One `[[auth.api_keys]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds it (the principal is `key:NAME`).
+    pub name: String,
+    /// SHA-256 of the key, hex (`printf %s KEY | sha256sum`).
+    pub sha256: String,
+    /// Scopes it grants.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// All requests together.
+    #[serde(default)]
+    pub global: Option<RateConfig>,
+    /// Each authenticated principal.
+    #[serde(default)]
+    pub per_principal: Option<RateConfig>,
+    /// Each client IP.
+    #[serde(default)]
+    pub per_ip: Option<RateConfig>,
+    /// `tools/call` of each named tool (all clients together).
+    #[serde(default)]
+    pub per_tool: BTreeMap<String, RateConfig>,
+}
+
+/// A GCRA rate: `requests` per `per`, bursts of up to `burst` (default: `requests`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Requests allowed per period.
+    pub requests: u32,
+    /// The period.
+    pub per: Dur,
+    /// Largest burst.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RateConfig {
+    /// The burst size.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.requests).max(1)
+    }
+    /// Time between two requests at the sustained rate.
+    pub fn interval(&self) -> Duration {
+        self.per.0 / self.requests.max(1)
+    }
+}
+
+/// How a route picks the upstream of a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Each in turn.
+    #[default]
+    RoundRobin,
+    /// Each in turn, `weight` times as often (smooth weighted round-robin).
+    #[serde(alias = "weighted")]
+    WeightedRoundRobin,
+    /// The one with the fewest requests in flight (then the fewest sessions).
+    LeastInFlight,
+    /// Random, proportional to `weight`.
+    Random,
+    /// A hash ring over the session id (weight = share of the ring).
+    ConsistentHash,
+}
+
+impl Strategy {
+    /// The name used in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round-robin",
+            Strategy::WeightedRoundRobin => "weighted-round-robin",
+            Strategy::LeastInFlight => "least-in-flight",
+            Strategy::Random => "random",
+            Strategy::ConsistentHash => "consistent-hash",
+        }
+    }
+    /// Parse a name (for command-line flags).
+    pub fn parse(s: &str) -> Option<Strategy> {
+        Strategy::deserialize(de::value::StrDeserializer::<de::value::Error>::new(s)).ok()
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_eject() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_probe() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_weight() -> u32 {
+    1
+}
+
+/// What an authorization rule decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Let it through.
+    #[default]
+    Allow,
+    /// Refuse it (JSON-RPC error saying why; hidden from lists).
+    Deny,
+}
+
+/// One `[[routes.rules]]`: who × method × tool/prompt/resource. Every list given must match
+/// (an empty list matches anything); names and URIs may use `*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `allow` or `deny`.
+    pub effect: Effect,
+    /// Principal ids (`jwt:alice`, `key:ci`, `jwt:*`): any of them.
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// Scopes the principal must all have.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// JWT claims that must have these values (a string claim equal, or an array containing it).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// JSON-RPC methods (`tools/call`, `resources/*`): any of them.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Tool names (`tools/call`; filters `tools/list`).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Prompt names (`prompts/get`; filters `prompts/list`).
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// Resource URIs (`resources/read`, `subscribe`, `unsubscribe`; filters `resources/list`).
+    #[serde(default)]
+    pub resources: Vec<String>,
+}
+
+fn default_health_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_health_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+/// `[routes.health]`: active checks of the route's HTTP upstreams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between checks.
+    #[serde(default = "default_health_interval")]
+    pub interval: Dur,
+    /// A check that takes longer failed.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    /// Consecutive successes that make an unhealthy upstream healthy again.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy upstream unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// `GET` this path on the upstream's origin (2xx = healthy). Without it, a TCP connect.
+    #[serde(default)]
+    pub http_path: Option<String>,
+}
+
+/// One `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `/mcp` or `/servers/NAME/mcp`.
+    pub path: String,
+    /// Balancing strategy for new sessions.
+    #[serde(default)]
+    pub balance: Strategy,
+    /// Scopes this route requires (besides `auth.scopes`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Try the next upstream when a new session's upstream cannot be reached.
+    #[serde(default = "default_true")]
+    pub failover: bool,
+    /// An upstream that failed to connect gets no new sessions for this long.
+    #[serde(default = "default_eject")]
+    pub eject_for: Dur,
+    /// Connect timeout of the reachability probe of HTTP upstreams (with failover).
+    #[serde(default = "default_probe")]
+    pub connect_timeout: Dur,
+    /// The upstream set.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Authorization rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// The decision when no rule matches.
+    #[serde(default)]
+    pub default_effect: Effect,
+    /// Active health checks (absent: none; connection failures still eject).
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+}
+
+/// One `[[routes.upstreams]]`: `url = …` or `command = …` (+ `args`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// A Streamable HTTP server.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A stdio server: one child per session.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Share of new sessions.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Headers sent with every upstream request (upstream credentials).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Send `Authorization: Bearer $VAR` (read at start) to this upstream.
+    #[serde(default)]
+    pub bearer_env: Option<String>,
+}
+
+impl UpstreamConfig {
+    /// The upstream spec, with credentials resolved from the environment.
+    pub fn spec(&self) -> Result<UpstreamSpec, String> {
+        match (&self.url, &self.command) {
+            (Some(url), None) => {
+                let mut headers: Vec<(String, String)> = self
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if let Some(var) = &self.bearer_env {
+                    let token = std::env::var(var).map_err(|_| {
+                        format!("environment variable `{var}` (bearer_env) is not set")
+                    })?;
+                    if token.trim().is_empty() {
+                        return Err(format!(
+                            "environment variable `{var}` (bearer_env) is empty"
+                        ));
+                    }
+                    headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+                }
+                Ok(UpstreamSpec::Http {
+                    url: url.clone(),
+                    headers,
+                })
+            }
+            (None, Some(command)) => Ok(UpstreamSpec::Stdio {
+                command: command.clone(),
+                args: self.args.clone(),
+            }),
+            (Some(_), Some(_)) => Err("give either `url` or `command`, not both".into()),
+            (None, None) => Err("give `url` (HTTP) or `command` (stdio)".into()),
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1`, `127.0.0.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `IP` or `IP/PREFIX`.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The route key sessions are bound to: `""` for `/mcp`, `NAME` for `/servers/NAME/mcp`.
+pub fn route_key(path: &str) -> Option<&str> {
+    if path == "/mcp" {
+        return Some("");
+    }
+    let name = path.strip_prefix("/servers/")?.strip_suffix("/mcp")?;
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then_some(name)
+}
+
+/// The algorithms a JWT may be signed with.
+pub const JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        match GatewayConfig::parse("g.toml", text).and_then(|c| c.validate("g.toml").map(|_| c)) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn durations_and_cidrs() {
+        assert_eq!(Dur::parse("500ms").unwrap().0, Duration::from_millis(500));
+        assert_eq!(Dur::parse("2m").unwrap().0, Duration::from_secs(120));
+        assert_eq!(Dur::parse("1.5").unwrap().0, Duration::from_millis(1500));
+        assert!(Dur::parse("5 parsecs").is_err());
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert_eq!(route_key("/servers/a-b/mcp"), Some("a-b"));
+        assert_eq!(route_key("/servers//mcp"), None);
+        assert_eq!(
+            Strategy::parse("least-in-flight"),
+            Some(Strategy::LeastInFlight)
+        );
+        assert_eq!(
+            Strategy::parse("weighted"),
+            Some(Strategy::WeightedRoundRobin)
+        );
+    }
+
+    #[test]
+    fn type_errors_name_line_and_field() {
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\nweight = \"x\"\n",
+        );
+        assert!(e.starts_with("g.toml:5:"), "{e}");
+        assert!(e.contains("routes[0].upstreams[0].weight"), "{e}");
+        let e = errors("[server]\nlisten = \"127.0.0.1:1\"\nport = 3\n");
+        assert!(
+            e.contains("g.toml:3:1: server.port: unknown field `port`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let e = errors(
+            "[[routes]]\npath = \"/api\"\n[[routes.upstreams]]\nurl = \"ftp://x\"\nweight = 0\n\
+             [[routes]]\npath = \"/servers/a/mcp\"\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(lines.contains(&"g.toml: routes[0].path: `/api` must be `/mcp` or `/servers/NAME/mcp` (NAME: letters, digits, `-`, `_`)"), "{e}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("g.toml: routes[0].upstreams[0].url: `ftp://x` must be")),
+            "{e}"
+        );
+        assert!(
+            lines.contains(&"g.toml: routes[0].upstreams[0].weight: 0 is not in 1..=1000"),
+            "{e}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("g.toml: routes[1].upstreams: no upstreams")),
+            "{e}"
+        );
+        let e = errors(
+            "[auth]\n[[auth.api_keys]]\nname = \"a\"\nsha256 = \"secret\"\n\
+             [[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\nbearer_env = \"SHADOWCAT_TEST_SURELY_UNSET\"\n",
+        );
+        assert!(
+            e.contains("g.toml: auth.api_keys[0].sha256: must be 64 hex digits"),
+            "{e}"
+        );
+        assert!(e.contains("g.toml: routes[0].upstreams[0].bearer_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (bearer_env) is not set"), "{e}");
+    }
+}

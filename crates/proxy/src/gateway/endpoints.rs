@@ -1,0 +1,334 @@
+//! The gateway's HTTP layer: its own endpoints (`/metrics`, `/ready`, protected-resource
+//! metadata), admission of MCP requests (rate limits, authentication, scopes) and the
+//! answers that refuse them (`401`/`403` challenges, `429`).
+
+use super::auth::{AuthError, Principal};
+use super::config::route_key;
+use super::limits::{Limited, RATE_LIMITED};
+use super::metrics::{Snapshot, UpstreamGauge};
+use super::{Gateway, Route, WELL_KNOWN};
+use crate::front::http::{HttpFront, serve_mcp};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use shadowcat_proto::error::{INVALID_REQUEST, error_bytes};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Gateway {
+    /// Serve one request: gateway endpoints, limits, authentication, then the MCP front.
+    pub(crate) async fn handle(self: &Arc<Self>, front: &Arc<HttpFront>, req: Request) -> Response {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        if method == Method::GET && req.uri().scheme().is_none() {
+            if path == "/metrics" {
+                return self.metrics_page(front);
+            }
+            if path == "/ready" {
+                return self.ready(front);
+            }
+            if let Some(rest) = path.strip_prefix(WELL_KNOWN) {
+                return self.resource_metadata(req.uri(), req.headers(), rest);
+            }
+        }
+        let route = route_key(&path).and_then(|k| self.routes.get(k)).cloned();
+        let label = route
+            .as_ref()
+            .map(|r| r.path.as_str())
+            .unwrap_or("unmatched");
+        // The body is not `Sync`: only the head is borrowed across the awaits of admission.
+        let (mut parts, body) = req.into_parts();
+        let resp = match self.admit(&parts, route.as_ref(), label).await {
+            Ok(principal) => {
+                if let Some(p) = principal {
+                    parts.extensions.insert(p);
+                }
+                serve_mcp(front.clone(), Request::from_parts(parts, body)).await
+            }
+            Err(r) => r,
+        };
+        self.metrics.request(
+            label,
+            method.as_str(),
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
+        resp
+    }
+
+    async fn admit(
+        &self,
+        req: &http::request::Parts,
+        route: Option<&Arc<Route>>,
+        label: &str,
+    ) -> Result<Option<Principal>, Response> {
+        let peer = req
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let ip = self.limits.client_ip(peer, &req.headers);
+        if let Err(l) = self.limits.check_client(ip) {
+            self.metrics.rate_limited(label, l.scope);
+            return Err(too_many(&l));
+        }
+        // With [auth], every path but the gateway's own endpoints needs credentials: unknown
+        // paths too (no route enumeration, nothing served unauthenticated by accident).
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let principal = match auth.authenticate(&req.headers).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.auth_failure(label, e.reason());
+                tracing::info!(%ip, reason = %e, "request refused by authentication");
+                return Err(self.challenge(req, route, &e));
+            }
+        };
+        let needed = route
+            .map(|r| r.scopes.as_slice())
+            .unwrap_or(&self.auth_scopes);
+        if !principal.has_scopes(needed) {
+            let e = AuthError::InsufficientScope(needed.to_vec());
+            self.metrics.auth_failure(label, e.reason());
+            tracing::info!(principal = %principal.id, reason = %e, "request refused");
+            return Err(self.challenge(req, route, &e));
+        }
+        if let Err(l) = self.limits.check_principal(&principal.id) {
+            self.metrics.rate_limited(label, l.scope);
+            return Err(too_many(&l));
+        }
+        Ok(Some(principal))
+    }
+
+    /// The base URL of this gateway as clients see it.
+    fn base_url(&self, uri: &http::Uri, headers: &http::HeaderMap) -> String {
+        if let Some(u) = &self.public_url {
+            return u.clone();
+        }
+        let host = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .filter(|h| {
+                !h.is_empty()
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c))
+            })
+            .unwrap_or_else(|| "localhost".to_string());
+        format!("http://{host}")
+    }
+
+    /// The metadata of the route, or of the whole origin for other paths.
+    fn metadata_url(&self, req: &http::request::Parts, route: Option<&Arc<Route>>) -> String {
+        format!(
+            "{}{WELL_KNOWN}{}",
+            self.base_url(&req.uri, &req.headers),
+            route.map(|r| r.path.as_str()).unwrap_or("")
+        )
+    }
+
+    fn challenge(
+        &self,
+        req: &http::request::Parts,
+        route: Option<&Arc<Route>>,
+        e: &AuthError,
+    ) -> Response {
+        let clean = |s: &str| s.replace(['"', '\\'], "'");
+        let mut v = format!(
+            "Bearer resource_metadata=\"{}\"",
+            self.metadata_url(req, route)
+        );
+        let scopes = route
+            .map(|r| r.scopes.as_slice())
+            .unwrap_or(&self.auth_scopes);
+        if !scopes.is_empty() {
+            v.push_str(&format!(", scope=\"{}\"", clean(&scopes.join(" "))));
+        }
+        let status = match e {
+            AuthError::Missing => StatusCode::UNAUTHORIZED,
+            AuthError::Invalid(_) | AuthError::Expired => {
+                v.push_str(&format!(
+                    ", error=\"invalid_token\", error_description=\"{}\"",
+                    clean(&e.to_string())
+                ));
+                StatusCode::UNAUTHORIZED
+            }
+            AuthError::InsufficientScope(_) => {
+                v.push_str(", error=\"insufficient_scope\"");
+                StatusCode::FORBIDDEN
+            }
+        };
+        let mut r = json(
+            status,
+            error_bytes(None, INVALID_REQUEST, &e.to_string(), None),
+        );
+        if let Ok(h) = HeaderValue::try_from(v) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, h);
+        }
+        r
+    }
+
+    /// RFC 9728 protected-resource metadata: `rest` is empty (the whole origin) or a route path.
+    fn resource_metadata(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        rest: &str,
+    ) -> Response {
+        if self.auth.is_none() {
+            return json(
+                StatusCode::NOT_FOUND,
+                error_bytes(
+                    None,
+                    INVALID_REQUEST,
+                    "this gateway does not require authentication",
+                    None,
+                ),
+            );
+        }
+        let base = self.base_url(uri, headers);
+        let (resource, scopes) = if rest.is_empty() || rest == "/" {
+            let mut all = self.auth_scopes.clone();
+            for r in self.routes.values() {
+                all.extend(
+                    r.scopes
+                        .iter()
+                        .filter(|s| !all.contains(s))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+            }
+            (base, all)
+        } else {
+            match route_key(rest).and_then(|k| self.routes.get(k)) {
+                Some(r) => (format!("{base}{}", r.path), r.scopes.clone()),
+                None => {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        error_bytes(
+                            None,
+                            INVALID_REQUEST,
+                            &format!("no MCP endpoint at `{rest}`"),
+                            None,
+                        ),
+                    );
+                }
+            }
+        };
+        let mut doc = serde_json::json!({
+            "resource": resource,
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Shadowcat MCP gateway",
+        });
+        if !self.authorization_servers.is_empty() {
+            doc["authorization_servers"] = serde_json::json!(self.authorization_servers);
+        }
+        if !scopes.is_empty() {
+            doc["scopes_supported"] = serde_json::json!(scopes);
+        }
+        json(StatusCode::OK, Bytes::from(doc.to_string()))
+    }
+
+    fn snapshot(&self, front: &HttpFront) -> Snapshot {
+        let h = front.registry().records().store().health();
+        let mut upstreams = Vec::new();
+        let mut routes: Vec<&Arc<Route>> = self.routes.values().collect();
+        routes.sort_by(|a, b| a.path.cmp(&b.path));
+        for r in routes {
+            for (i, m) in r.set.members().iter().enumerate() {
+                upstreams.push(UpstreamGauge {
+                    route: r.path.clone(),
+                    upstream: m.name().to_string(),
+                    up: r.set.is_available(i),
+                    healthy: m.healthy(),
+                    sessions: m.sessions(),
+                    inflight: m.inflight(),
+                    sessions_total: m.sessions_total(),
+                    connect_failures: m.connect_failures(),
+                });
+            }
+        }
+        Snapshot {
+            active_sessions: front.registry().len(),
+            store_healthy: h.healthy || h.degraded,
+            upstreams,
+        }
+    }
+
+    fn metrics_page(&self, front: &HttpFront) -> Response {
+        let text = self.metrics.render(&self.snapshot(front));
+        let mut r = Response::new(Body::from(text));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+
+    /// `GET /ready`: 200 while the store is reachable and every route has an upstream that may
+    /// take new sessions; 503 otherwise. The body says which part is not ready.
+    fn ready(&self, front: &HttpFront) -> Response {
+        let snap = self.snapshot(front);
+        let mut routes = serde_json::Map::new();
+        let mut all_routes = true;
+        for r in self.routes.values() {
+            let up = (0..r.set.members().len())
+                .filter(|&i| r.set.is_available(i))
+                .count();
+            all_routes &= up > 0;
+            routes.insert(
+                r.path.clone(),
+                serde_json::json!({"upstreams": r.set.members().len(), "available": up}),
+            );
+        }
+        let ready = snap.store_healthy && all_routes && !front.is_shutting_down();
+        let body = serde_json::json!({
+            "ready": ready,
+            "store": snap.store_healthy,
+            "shutting_down": front.is_shutting_down(),
+            "routes": routes,
+        });
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(status, Bytes::from(body.to_string()))
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn too_many(l: &Limited) -> Response {
+    let mut r = json(
+        StatusCode::TOO_MANY_REQUESTS,
+        error_bytes(None, RATE_LIMITED, &l.message(), None),
+    );
+    let secs = l.retry_secs().max(1).to_string();
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(secs.as_str()) {
+        h.insert(header::RETRY_AFTER, v.clone());
+        h.insert("ratelimit-reset", v);
+    }
+    h.insert("ratelimit-limit", HeaderValue::from(l.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+    r
+}

@@ -1,0 +1,342 @@
+//! Prometheus metrics of the gateway, in the text exposition format (written by hand: a few
+//! counters and one histogram do not need a metrics library).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the request latency histogram.
+pub const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct State {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    rate_limited: BTreeMap<(String, String), u64>,
+    auth_failures: BTreeMap<(String, String), u64>,
+    denied_sessions: BTreeMap<String, u64>,
+    authz_denied: BTreeMap<String, u64>,
+}
+
+/// Counters shared by all requests.
+#[derive(Default)]
+pub struct Metrics {
+    state: Mutex<State>,
+}
+
+/// Gauges read at scrape time.
+pub struct Snapshot {
+    /// Live sessions on this replica.
+    pub active_sessions: usize,
+    /// Whether the session store is reachable.
+    pub store_healthy: bool,
+    /// Per upstream: route, upstream name, up (not ejected), live sessions, in-flight requests,
+    /// sessions placed there, failed connection attempts.
+    pub upstreams: Vec<UpstreamGauge>,
+}
+
+/// One upstream's state.
+pub struct UpstreamGauge {
+    /// Route path.
+    pub route: String,
+    /// URL or command.
+    pub upstream: String,
+    /// May get new sessions (healthy and not ejected).
+    pub up: bool,
+    /// Active health checks say healthy (always true without checks).
+    pub healthy: bool,
+    /// Live sessions.
+    pub sessions: usize,
+    /// Requests in flight.
+    pub inflight: usize,
+    /// Sessions ever placed there.
+    pub sessions_total: u64,
+    /// Failed connection attempts.
+    pub connect_failures: u64,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One HTTP request finished (its response head was produced).
+    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        let mut s = self.lock();
+        *s.requests
+            .entry((route.to_string(), method.to_string(), status))
+            .or_default() += 1;
+        let h = s.latency.entry(route.to_string()).or_default();
+        if h.counts.is_empty() {
+            h.counts = vec![0; BUCKETS.len()];
+        }
+        let secs = took.as_secs_f64();
+        for (c, b) in h.counts.iter_mut().zip(BUCKETS) {
+            if secs <= *b {
+                *c += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
+    }
+
+    /// A request or call was refused by a rate limit.
+    pub fn rate_limited(&self, route: &str, scope: &str) {
+        *self
+            .lock()
+            .rate_limited
+            .entry((route.to_string(), scope.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Authentication failed.
+    pub fn auth_failure(&self, route: &str, reason: &str) {
+        *self
+            .lock()
+            .auth_failures
+            .entry((route.to_string(), reason.to_string()))
+            .or_default() += 1;
+    }
+
+    /// A principal presented a session id bound to another principal.
+    pub fn foreign_session(&self, route: &str) {
+        *self
+            .lock()
+            .denied_sessions
+            .entry(route.to_string())
+            .or_default() += 1;
+    }
+
+    /// A request was refused by an authorization rule.
+    pub fn authz_denied(&self, route: &str) {
+        *self
+            .lock()
+            .authz_denied
+            .entry(route.to_string())
+            .or_default() += 1;
+    }
+
+    /// The exposition text.
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let s = self.lock();
+        let mut o = String::with_capacity(4096);
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_http_requests_total HTTP requests by route, method and status."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_http_requests_total counter");
+        for ((route, method, status), n) in &s.requests {
+            let _ = writeln!(
+                o,
+                "shadowcat_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                esc(route),
+                esc(method)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_http_request_duration_seconds Time to the response head, by route."
+        );
+        let _ = writeln!(
+            o,
+            "# TYPE shadowcat_http_request_duration_seconds histogram"
+        );
+        for (route, h) in &s.latency {
+            let r = esc(route);
+            for (c, b) in h.counts.iter().zip(BUCKETS) {
+                let _ = writeln!(
+                    o,
+                    "shadowcat_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {c}"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "shadowcat_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                o,
+                "shadowcat_http_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                o,
+                "shadowcat_http_request_duration_seconds_count{{route=\"{r}\"}} {}",
+                h.count
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_rate_limited_total Requests and tool calls refused by a rate limit."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_rate_limited_total counter");
+        for ((route, scope), n) in &s.rate_limited {
+            let _ = writeln!(
+                o,
+                "shadowcat_rate_limited_total{{route=\"{}\",limit=\"{}\"}} {n}",
+                esc(route),
+                esc(scope)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_auth_failures_total Requests refused by authentication."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_auth_failures_total counter");
+        for ((route, reason), n) in &s.auth_failures {
+            let _ = writeln!(
+                o,
+                "shadowcat_auth_failures_total{{route=\"{}\",reason=\"{}\"}} {n}",
+                esc(route),
+                esc(reason)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_foreign_session_total Session ids presented by a principal that does not own them (answered 404)."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_foreign_session_total counter");
+        for (route, n) in &s.denied_sessions {
+            let _ = writeln!(
+                o,
+                "shadowcat_foreign_session_total{{route=\"{}\"}} {n}",
+                esc(route)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_authz_denied_total Requests refused by an authorization rule."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_authz_denied_total counter");
+        for (route, n) in &s.authz_denied {
+            let _ = writeln!(
+                o,
+                "shadowcat_authz_denied_total{{route=\"{}\"}} {n}",
+                esc(route)
+            );
+        }
+        drop(s);
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_active_sessions Live sessions on this replica."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_active_sessions gauge");
+        let _ = writeln!(o, "shadowcat_active_sessions {}", snap.active_sessions);
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_store_up Whether the session store is reachable."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_store_up gauge");
+        let _ = writeln!(o, "shadowcat_store_up {}", u8::from(snap.store_healthy));
+        type Field = fn(&UpstreamGauge) -> String;
+        let families: [(&str, &str, &str, Field); 6] = [
+            (
+                "shadowcat_upstream_up",
+                "gauge",
+                "1 while the upstream may get new sessions (healthy, not ejected after connection failures).",
+                |u| u8::from(u.up).to_string(),
+            ),
+            (
+                "shadowcat_upstream_healthy",
+                "gauge",
+                "1 while active health checks pass (always 1 without checks).",
+                |u| u8::from(u.healthy).to_string(),
+            ),
+            (
+                "shadowcat_upstream_sessions",
+                "gauge",
+                "Live sessions per upstream.",
+                |u| u.sessions.to_string(),
+            ),
+            (
+                "shadowcat_upstream_inflight_requests",
+                "gauge",
+                "Client requests in flight per upstream.",
+                |u| u.inflight.to_string(),
+            ),
+            (
+                "shadowcat_upstream_sessions_total",
+                "counter",
+                "Sessions placed on each upstream.",
+                |u| u.sessions_total.to_string(),
+            ),
+            (
+                "shadowcat_upstream_connect_failures_total",
+                "counter",
+                "Failed connection attempts per upstream.",
+                |u| u.connect_failures.to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            for u in &snap.upstreams {
+                let _ = writeln!(
+                    o,
+                    "{name}{{route=\"{}\",upstream=\"{}\"}} {}",
+                    esc(&u.route),
+                    esc(&u.upstream),
+                    value(u)
+                );
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.request("/mcp", "POST", 200, Duration::from_millis(3));
+        m.request("/mcp", "POST", 200, Duration::from_millis(30));
+        m.rate_limited("/mcp", "ip");
+        let text = m.render(&Snapshot {
+            active_sessions: 2,
+            store_healthy: true,
+            upstreams: vec![UpstreamGauge {
+                route: "/mcp".into(),
+                upstream: "http://a/\"x\"".into(),
+                up: true,
+                healthy: true,
+                sessions: 2,
+                inflight: 1,
+                sessions_total: 5,
+                connect_failures: 0,
+            }],
+        });
+        assert!(text.contains(
+            "shadowcat_http_requests_total{route=\"/mcp\",method=\"POST\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "shadowcat_http_request_duration_seconds_bucket{route=\"/mcp\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "shadowcat_http_request_duration_seconds_bucket{route=\"/mcp\",le=\"+Inf\"} 2"
+        ));
+        assert!(text.contains("shadowcat_rate_limited_total{route=\"/mcp\",limit=\"ip\"} 1"));
+        assert!(text.contains(
+            "shadowcat_upstream_sessions{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 2"
+        ));
+        assert!(text.contains("shadowcat_active_sessions 2"));
+    }
+}

@@ -1,0 +1,196 @@
+//! What the gateway adds to a request's front [`Target`]: the route's upstream set and the
+//! request's principal. It binds sessions to principals and places new sessions on the set.
+
+use super::{Bound, Gateway, Principal, Route};
+use crate::error::ProxyError;
+use crate::front::http::HttpFront;
+use crate::session::Session;
+use crate::upstream::{UpstreamEvent, UpstreamSpec};
+use shadowcat_proto::Frame;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What the gateway adds to a request's [`Target`].
+#[derive(Clone)]
+pub struct GatewayTarget {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) route: Arc<Route>,
+    pub(super) principal: Option<Principal>,
+}
+
+impl std::fmt::Debug for GatewayTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayTarget")
+            .field("route", &self.route.path)
+            .field("principal", &self.principal())
+            .finish()
+    }
+}
+
+impl GatewayTarget {
+    /// The authenticated principal of the request (its id).
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_ref().map(|p| &*p.id)
+    }
+
+    /// The upstream a session record names (affinity across replicas).
+    pub fn spec_for(&self, upstream: &str) -> Option<UpstreamSpec> {
+        self.route.set.find(upstream).map(|m| m.spec().clone())
+    }
+
+    /// A request names session `id`: it must belong to this request's principal. Another
+    /// principal's session is "not found" (never "forbidden": ids are not to be probed).
+    pub(crate) async fn check_session(
+        &self,
+        front: &HttpFront,
+        id: &str,
+    ) -> Result<(), ProxyError> {
+        let mine = self.principal();
+        {
+            let mut bound = self.gateway.bound();
+            if let Some(b) = bound.get_mut(id) {
+                if b.principal.as_ref().map(|p| &*p.id) == mine {
+                    // Rules see the scopes and claims of the latest token.
+                    b.principal = self.principal.clone();
+                    return Ok(());
+                }
+                drop(bound);
+                return Err(self.foreign(id));
+            }
+        }
+        let owner = match front.registry().records().store().get(id).await {
+            Ok(Some(rec)) => rec.principal,
+            // Unknown ids and store errors are the front's to answer.
+            Ok(None) | Err(_) => return Ok(()),
+        };
+        if owner.as_deref() != mine {
+            return Err(self.foreign(id));
+        }
+        // A session of another replica that this one continues (or forwards): remember its
+        // principal and route for the pipeline's rules.
+        self.gateway
+            .bound()
+            .entry(Arc::from(id))
+            .or_insert_with(|| Bound {
+                principal: self.principal.clone(),
+                route: self.route.clone(),
+                member: None,
+                lists: HashMap::new(),
+                since: Instant::now(),
+            });
+        Ok(())
+    }
+
+    fn foreign(&self, id: &str) -> ProxyError {
+        tracing::warn!(
+            session = id,
+            principal = self.principal().unwrap_or("-"),
+            "a session id was presented by a principal that does not own it"
+        );
+        self.gateway.metrics.foreign_session(&self.route.path);
+        ProxyError::SessionNotFound
+    }
+
+    /// Create the upstream of a new session: the route's set chooses, and an upstream that
+    /// cannot be reached is ejected and the next one tried (with `failover`). The session
+    /// record is written before anything is spawned (and updated if the session moves).
+    pub(crate) async fn connect(
+        &self,
+        front: &HttpFront,
+        id: &Arc<str>,
+        init: &Frame,
+    ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>), ProxyError> {
+        let set = &self.route.set;
+        let plan = set.plan(id, self.route.failover);
+        let records = front.registry().records();
+        let first = set.members()[plan[0]].name();
+        records
+            .created_by(id, &self.route.key, first, init, self.principal())
+            .await?;
+        let mut last = None;
+        for (n, &i) in plan.iter().enumerate() {
+            let m = &set.members()[i];
+            if n > 0 {
+                records.moved(id, m.name()).await;
+            }
+            if plan.len() > 1
+                && let Err(e) = probe(m.spec(), self.route.connect_timeout).await
+            {
+                tracing::warn!(upstream = m.name(), error = %e, "upstream unreachable; ejecting it and trying the next");
+                set.eject(i);
+                last = Some(e);
+                continue;
+            }
+            let connected = Session::connect(
+                id.clone(),
+                m.spec().clone(),
+                front.pipeline().clone(),
+                front.upstream_ctx(id),
+            )
+            .await;
+            match connected {
+                Ok((core, events)) => {
+                    set.bind(i, &core);
+                    self.gateway.bound().insert(
+                        id.clone(),
+                        Bound {
+                            principal: self.principal.clone(),
+                            route: self.route.clone(),
+                            member: Some(i),
+                            lists: HashMap::new(),
+                            since: Instant::now(),
+                        },
+                    );
+                    return Ok((core, events));
+                }
+                Err(e) if e.retryable() && n + 1 < plan.len() => {
+                    tracing::warn!(upstream = m.name(), error = %e, "upstream failed to start; ejecting it and trying the next");
+                    set.eject(i);
+                    last = Some(e);
+                }
+                Err(e) => {
+                    if e.retryable() {
+                        set.eject(i);
+                    }
+                    records.ended(id).await;
+                    return Err(e);
+                }
+            }
+        }
+        records.ended(id).await;
+        Err(last.unwrap_or_else(|| ProxyError::UpstreamConnect("no upstream to try".into())))
+    }
+}
+
+/// Can a TCP connection to an HTTP upstream be opened? (Stdio upstreams are checked by
+/// spawning them.)
+pub(super) async fn probe(spec: &UpstreamSpec, timeout: Duration) -> Result<(), ProxyError> {
+    let UpstreamSpec::Http { url, .. } = spec else {
+        return Ok(());
+    };
+    let u = reqwest::Url::parse(url)
+        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}")))?;
+    let host = u
+        .host_str()
+        .unwrap_or("")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = u.port_or_known_default().unwrap_or(80);
+    match tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ProxyError::UpstreamConnect(format!(
+            "cannot connect to {url}: {e}"
+        ))),
+        Err(_) => Err(ProxyError::UpstreamConnect(format!(
+            "cannot connect to {url}: no answer within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}

@@ -1,0 +1,387 @@
+//! Loading and validating the gateway's configuration file: the first syntax or type error
+//! with its line, column and field path; then *every* semantic problem, each naming the file,
+//! the field and what is wrong.
+
+use super::config::{
+    AuthConfig, Cidr, ConfigError, GatewayConfig, JWT_ALGORITHMS, Problem, RateConfig,
+    UpstreamConfig, route_key,
+};
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+impl GatewayConfig {
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one(&file, "", format!("cannot read the file: {e}")))?;
+        let cfg = GatewayConfig::parse(&file, &text)?;
+        cfg.validate(&file)?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML text (no validation). `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<GatewayConfig, ConfigError> {
+        let fail = |field: String, span: Option<std::ops::Range<usize>>, msg: &str| ConfigError {
+            file: file.to_string(),
+            problems: vec![Problem {
+                field,
+                position: span.map(|s| position(text, s.start)),
+                message: msg.to_string(),
+            }],
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| fail(String::new(), e.span(), e.message()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let inner = e.into_inner();
+            fail(path, inner.span(), inner.message())
+        })
+    }
+
+    /// Check everything that types cannot: every problem is reported, each with its field.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let mut bad = |field: String, message: String| {
+            p.push(Problem {
+                field,
+                position: None,
+                message,
+            })
+        };
+        let s = &self.server;
+        if let Some(u) = &s.public_url
+            && let Err(e) = check_url(u)
+        {
+            bad("server.public_url".into(), e);
+        }
+        if s.max_sessions == 0 {
+            bad("server.max_sessions".into(), "must be at least 1".into());
+        }
+        if s.max_message < 1024 {
+            bad(
+                "server.max_message".into(),
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        if !matches!(s.on_store_outage.as_str(), "closed" | "memory") {
+            bad(
+                "server.on_store_outage".into(),
+                format!("`{}` is not `closed` or `memory`", s.on_store_outage),
+            );
+        }
+        if s.idle_timeout.0.is_zero() {
+            bad("server.idle_timeout".into(), "must be more than 0".into());
+        }
+        for (i, t) in s.trusted_proxies.iter().enumerate() {
+            if let Err(e) = Cidr::parse(t) {
+                bad(format!("server.trusted_proxies[{i}]"), e);
+            }
+        }
+        if let Some(a) = &self.auth {
+            validate_auth(a, &mut bad);
+        }
+        let l = &self.limits;
+        for (name, r) in [
+            ("global", &l.global),
+            ("per_principal", &l.per_principal),
+            ("per_ip", &l.per_ip),
+        ] {
+            if let Some(r) = r {
+                validate_rate(&format!("limits.{name}"), r, &mut bad);
+            }
+        }
+        for (tool, r) in &l.per_tool {
+            validate_rate(&format!("limits.per_tool.{tool}"), r, &mut bad);
+        }
+        if l.per_principal.is_some() && self.auth.is_none() {
+            bad(
+                "limits.per_principal".into(),
+                "needs [auth]: without authentication there are no principals".into(),
+            );
+        }
+        if self.routes.is_empty() {
+            bad(
+                "routes".into(),
+                "no routes: add a [[routes]] with path = \"/mcp\" and its [[routes.upstreams]]"
+                    .into(),
+            );
+        }
+        let mut paths = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if route_key(&r.path).is_none() {
+                bad(
+                    format!("{at}.path"),
+                    format!(
+                        "`{}` must be `/mcp` or `/servers/NAME/mcp` (NAME: letters, digits, `-`, `_`)",
+                        r.path
+                    ),
+                );
+            } else if !paths.insert(r.path.as_str()) {
+                bad(
+                    format!("{at}.path"),
+                    format!("`{}` is used by another route", r.path),
+                );
+            }
+            if r.upstreams.is_empty() {
+                bad(
+                    format!("{at}.upstreams"),
+                    "no upstreams: add [[routes.upstreams]] with `url` or `command`".into(),
+                );
+            }
+            if r.connect_timeout.0.is_zero() {
+                bad(
+                    format!("{at}.connect_timeout"),
+                    "must be more than 0".into(),
+                );
+            }
+            if !r.scopes.is_empty() && self.auth.is_none() {
+                bad(
+                    format!("{at}.scopes"),
+                    "scopes need [auth]: without authentication no token carries scopes".into(),
+                );
+            }
+            if let Some(h) = &r.health {
+                if h.interval.0 < Duration::from_millis(10) {
+                    bad(
+                        format!("{at}.health.interval"),
+                        "must be at least 10ms".into(),
+                    );
+                }
+                if h.timeout.0.is_zero() {
+                    bad(format!("{at}.health.timeout"), "must be more than 0".into());
+                }
+                if h.healthy_threshold == 0 {
+                    bad(
+                        format!("{at}.health.healthy_threshold"),
+                        "must be at least 1".into(),
+                    );
+                }
+                if h.unhealthy_threshold == 0 {
+                    bad(
+                        format!("{at}.health.unhealthy_threshold"),
+                        "must be at least 1".into(),
+                    );
+                }
+                if let Some(p) = &h.http_path
+                    && !p.starts_with('/')
+                {
+                    bad(
+                        format!("{at}.health.http_path"),
+                        format!("`{p}` must start with `/`"),
+                    );
+                }
+            }
+            for (j, rule) in r.rules.iter().enumerate() {
+                let who = !rule.principals.is_empty()
+                    || !rule.scopes.is_empty()
+                    || !rule.claims.is_empty();
+                if who && self.auth.is_none() {
+                    bad(
+                        format!("{at}.rules[{j}]"),
+                        "`principals`, `scopes` and `claims` need [auth]: without authentication there is no principal"
+                            .into(),
+                    );
+                }
+            }
+            let mut seen = HashSet::new();
+            for (j, u) in r.upstreams.iter().enumerate() {
+                let at = format!("{at}.upstreams[{j}]");
+                validate_upstream(&at, u, &mut seen, &mut bad);
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                file: file.to_string(),
+                problems: p,
+            })
+        }
+    }
+}
+
+fn check_url(u: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{u}` must be an http:// or https:// URL"));
+    }
+    Ok(())
+}
+
+fn validate_auth(a: &AuthConfig, bad: &mut impl FnMut(String, String)) {
+    if a.jwt.is_none() && a.api_keys.is_empty() {
+        bad(
+            "auth".into(),
+            "configure [auth.jwt] and/or [[auth.api_keys]] (or remove [auth] to turn authentication off)"
+                .into(),
+        );
+    }
+    for (i, s) in a.authorization_servers.iter().enumerate() {
+        if let Err(e) = check_url(s) {
+            bad(format!("auth.authorization_servers[{i}]"), e);
+        }
+    }
+    if let Some(j) = &a.jwt {
+        if j.issuer.trim().is_empty() {
+            bad("auth.jwt.issuer".into(), "must not be empty".into());
+        }
+        if j.audience.is_empty() || j.audience.iter().any(|a| a.trim().is_empty()) {
+            bad(
+                "auth.jwt.audience".into(),
+                "list the audience values this gateway accepts (its resource URL); none may be empty"
+                    .into(),
+            );
+        }
+        if let Err(e) = check_url(&j.jwks_url) {
+            bad("auth.jwt.jwks_url".into(), e);
+        }
+        if j.algorithms.is_empty() {
+            bad(
+                "auth.jwt.algorithms".into(),
+                "list at least one algorithm".into(),
+            );
+        }
+        for (i, alg) in j.algorithms.iter().enumerate() {
+            if !JWT_ALGORITHMS.contains(&alg.as_str()) {
+                bad(
+                    format!("auth.jwt.algorithms[{i}]"),
+                    format!(
+                        "`{alg}` is not supported; use one of {}",
+                        JWT_ALGORITHMS.join(", ")
+                    ),
+                );
+            }
+        }
+        if j.principal_claim.trim().is_empty() {
+            bad(
+                "auth.jwt.principal_claim".into(),
+                "must not be empty".into(),
+            );
+        }
+    }
+    let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
+    for (i, k) in a.api_keys.iter().enumerate() {
+        let at = format!("auth.api_keys[{i}]");
+        if k.name.trim().is_empty() {
+            bad(format!("{at}.name"), "must not be empty".into());
+        } else if !names.insert(k.name.as_str()) {
+            bad(
+                format!("{at}.name"),
+                format!("`{}` is used by another key", k.name),
+            );
+        }
+        let hex = k.sha256.trim().to_ascii_lowercase();
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            bad(
+                format!("{at}.sha256"),
+                "must be 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`), never the key itself"
+                    .into(),
+            );
+        } else if !hashes.insert(hex) {
+            bad(
+                format!("{at}.sha256"),
+                "the same key is listed twice".into(),
+            );
+        }
+    }
+}
+
+fn validate_rate(at: &str, r: &RateConfig, bad: &mut impl FnMut(String, String)) {
+    if r.requests == 0 {
+        bad(format!("{at}.requests"), "must be at least 1".into());
+    }
+    if r.per.0.is_zero() {
+        bad(format!("{at}.per"), "must be more than 0".into());
+    } else if r.requests > 0 && (r.per.0 / r.requests).is_zero() {
+        bad(
+            at.to_string(),
+            "rate too high: more than one request per nanosecond".into(),
+        );
+    }
+    if r.burst == Some(0) {
+        bad(format!("{at}.burst"), "must be at least 1".into());
+    }
+}
+
+fn validate_upstream(
+    at: &str,
+    u: &UpstreamConfig,
+    seen: &mut HashSet<String>,
+    bad: &mut impl FnMut(String, String),
+) {
+    if u.weight == 0 || u.weight > 1000 {
+        bad(
+            format!("{at}.weight"),
+            format!("{} is not in 1..=1000", u.weight),
+        );
+    }
+    if let Some(url) = &u.url
+        && let Err(e) = check_url(url)
+    {
+        bad(format!("{at}.url"), e);
+    }
+    if u.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        bad(format!("{at}.command"), "must not be empty".into());
+    }
+    if u.command.is_some() && (!u.headers.is_empty() || u.bearer_env.is_some()) {
+        bad(
+            at.to_string(),
+            "`headers` and `bearer_env` apply to HTTP upstreams (`url`); a stdio server takes credentials from its environment"
+                .into(),
+        );
+    }
+    for (k, v) in &u.headers {
+        if http::HeaderName::try_from(k.as_str()).is_err() {
+            bad(
+                format!("{at}.headers.{k}"),
+                format!("`{k}` is not a valid header name"),
+            );
+        } else if http::HeaderValue::try_from(v.as_str()).is_err() {
+            bad(
+                format!("{at}.headers.{k}"),
+                "the value is not a valid header value".into(),
+            );
+        }
+        if u.bearer_env.is_some() && k.eq_ignore_ascii_case("authorization") {
+            bad(
+                format!("{at}.headers.{k}"),
+                "both `headers.Authorization` and `bearer_env` are set; keep one".into(),
+            );
+        }
+    }
+    match u.spec() {
+        Ok(spec) => {
+            if !seen.insert(spec.describe()) {
+                bad(
+                    at.to_string(),
+                    format!("`{}` is listed twice in this route", spec.describe()),
+                );
+            }
+        }
+        Err(e) => {
+            let field = if e.contains("bearer_env") {
+                format!("{at}.bearer_env")
+            } else {
+                at.to_string()
+            };
+            bad(field, e);
+        }
+    }
+}

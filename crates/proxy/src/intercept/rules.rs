@@ -1,0 +1,463 @@
+//! The rules file (TOML) and its compiled form. See `docs/interceptor.md`.
+
+use super::pattern::Pattern;
+use crate::pipeline::Direction;
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+use shadowcat_proto::FrameKind;
+use std::time::Duration;
+
+/// Default JSON-RPC code of `block`.
+pub const BLOCKED: i64 = -32003;
+
+/// Kind mask bit: requests.
+pub const KIND_REQUEST: u8 = 1;
+/// Kind mask bit: notifications.
+pub const KIND_NOTIFICATION: u8 = 2;
+/// Kind mask bit: responses (results).
+pub const KIND_RESPONSE: u8 = 4;
+/// Kind mask bit: error responses.
+pub const KIND_ERROR: u8 = 8;
+
+/// The mask bit of a frame kind.
+pub fn kind_bit(k: FrameKind) -> u8 {
+    match k {
+        FrameKind::Request => KIND_REQUEST,
+        FrameKind::Notification => KIND_NOTIFICATION,
+        FrameKind::Response => KIND_RESPONSE,
+        FrameKind::Error => KIND_ERROR,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRules {
+    #[serde(default, rename = "rule")]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCond {
+    pointer: String,
+    #[serde(default)]
+    equals: Option<toml::Value>,
+    #[serde(default)]
+    matches: Option<String>,
+    #[serde(default)]
+    contains: Option<String>,
+    #[serde(default)]
+    exists: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawError {
+    code: Option<i64>,
+    message: String,
+    #[serde(default)]
+    data: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    #[serde(default)]
+    priority: i64,
+    #[serde(default)]
+    enabled: Option<bool>,
+    direction: Option<String>,
+    kind: Option<String>,
+    method: Option<String>,
+    tool: Option<String>,
+    resource: Option<String>,
+    prompt: Option<String>,
+    session: Option<String>,
+    #[serde(default)]
+    when: Vec<RawCond>,
+    action: String,
+    // block
+    code: Option<i64>,
+    message: Option<String>,
+    // modify
+    #[serde(default)]
+    set: toml::Table,
+    #[serde(default)]
+    remove: Vec<String>,
+    // mock
+    result: Option<toml::Value>,
+    error: Option<RawError>,
+    // delay
+    delay_ms: Option<u64>,
+    // pause
+    timeout_ms: Option<u64>,
+    on_timeout: Option<String>,
+}
+
+/// A condition on the message, by JSON pointer (into the whole message: `/params/…`,
+/// `/result/…`).
+#[derive(Debug, Clone)]
+pub enum Test {
+    /// The value equals this JSON value.
+    Equals(Value),
+    /// The value (a string, or else its JSON text) matches this regex.
+    Matches(Regex),
+    /// The value (a string, or else its JSON text) contains this text.
+    Contains(String),
+    /// The pointer resolves (true) or not (false).
+    Exists(bool),
+}
+
+/// One condition.
+#[derive(Debug, Clone)]
+pub struct Cond {
+    /// Where.
+    pub pointer: String,
+    /// What must hold.
+    pub test: Test,
+}
+
+impl Cond {
+    /// Does the message satisfy it?
+    pub fn holds(&self, msg: &Value) -> bool {
+        let v = msg.pointer(&self.pointer);
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match &self.test {
+            Test::Exists(want) => v.is_some() == *want,
+            Test::Equals(want) => v == Some(want),
+            Test::Matches(re) => v.is_some_and(|v| re.is_match(&text(v))),
+            Test::Contains(s) => v.is_some_and(|v| text(v).contains(s.as_str())),
+        }
+    }
+}
+
+/// What happens when a paused message's timeout runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// Let it through unchanged.
+    Continue,
+    /// Discard it (a request is answered with an error).
+    Drop,
+    /// Block it (a JSON-RPC error to the sender).
+    Block,
+}
+
+/// What a rule does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Let it through (and stop looking at lower-priority rules).
+    Continue,
+    /// Answer the sender with a JSON-RPC error (requests), turn a reply into an error, or
+    /// discard a notification.
+    Block {
+        /// JSON-RPC code.
+        code: i64,
+        /// Error message.
+        message: String,
+    },
+    /// Change the message: set values at JSON pointers, then remove others.
+    Modify {
+        /// `(pointer, value)`.
+        set: Vec<(String, Value)>,
+        /// Pointers.
+        remove: Vec<String>,
+    },
+    /// Answer a request with a synthetic response (it never reaches the other side); replace a
+    /// reply's result; discard a notification.
+    Mock {
+        /// `Ok(result)` or `Err(error object)`.
+        reply: Result<Value, Value>,
+    },
+    /// Hold the message this long, then let it through.
+    Delay(Duration),
+    /// Hold the message until a person resumes, edits or drops it (`shadowcat intercept`), or
+    /// the timeout runs out.
+    Pause {
+        /// How long to wait.
+        timeout: Duration,
+        /// What then.
+        on_timeout: OnTimeout,
+    },
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Name for logs and the admin API.
+    pub name: String,
+    /// Higher runs first; ties keep file order.
+    pub priority: i64,
+    /// Only this direction.
+    pub direction: Option<Direction>,
+    /// Which kinds of message, as a mask of [`KIND_REQUEST`] … (default: requests and
+    /// notifications; replies only when asked for with `kind = "reply"`, `"response"`,
+    /// `"error"` or `"any"`).
+    pub kinds: u8,
+    /// Method pattern (replies match the method of the request they answer).
+    pub method: Option<Pattern>,
+    /// Tool name pattern (`tools/call`).
+    pub tool: Option<Pattern>,
+    /// Resource URI pattern (`resources/read`, subscribe, unsubscribe).
+    pub resource: Option<Pattern>,
+    /// Prompt name pattern (`prompts/get`).
+    pub prompt: Option<Pattern>,
+    /// Proxy session id pattern.
+    pub session: Option<Pattern>,
+    /// Conditions that must all hold.
+    pub when: Vec<Cond>,
+    /// What to do.
+    pub action: Action,
+}
+
+/// The rules of one file, in evaluation order.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    /// Sorted by priority (highest first), then file order.
+    pub rules: Vec<Rule>,
+}
+
+fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+fn pattern(field: &str, v: Option<String>) -> Result<Option<Pattern>, String> {
+    v.map(|s| Pattern::parse(&s).map_err(|e| format!("{field}: {e}")))
+        .transpose()
+}
+
+fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
+    let name = r.name.clone().unwrap_or_else(|| format!("rule #{}", i + 1));
+    let at = |e: String| format!("rule `{name}`: {e}");
+    if r.enabled == Some(false) {
+        return Ok(None);
+    }
+    let direction = match r.direction.as_deref() {
+        None | Some("any") => None,
+        Some("client" | "c2s" | "request") => Some(Direction::ClientToServer),
+        Some("server" | "s2c") => Some(Direction::ServerToClient),
+        Some(o) => return Err(at(format!("direction `{o}`: use client, server or any"))),
+    };
+    let kinds = match r.kind.as_deref() {
+        None | Some("message") => KIND_REQUEST | KIND_NOTIFICATION,
+        Some("any") => KIND_REQUEST | KIND_NOTIFICATION | KIND_RESPONSE | KIND_ERROR,
+        Some("request") => KIND_REQUEST,
+        Some("notification") => KIND_NOTIFICATION,
+        Some("reply") => KIND_RESPONSE | KIND_ERROR,
+        Some("response") => KIND_RESPONSE,
+        Some("error") => KIND_ERROR,
+        Some(o) => {
+            return Err(at(format!(
+                "kind `{o}`: use message (default: requests and notifications), request, \
+                 notification, reply (responses and errors), response, error or any"
+            )));
+        }
+    };
+    let mut when = Vec::new();
+    for c in r.when {
+        if !c.pointer.is_empty() && !c.pointer.starts_with('/') {
+            return Err(at(format!("pointer `{}` must start with `/`", c.pointer)));
+        }
+        let tests = [
+            c.equals.map(|v| Test::Equals(toml_to_json(v))),
+            c.matches
+                .map(|m| {
+                    Regex::new(&m)
+                        .map(Test::Matches)
+                        .map_err(|e| at(format!("matches `{m}`: {e}")))
+                })
+                .transpose()?,
+            c.contains.map(Test::Contains),
+            c.exists.map(Test::Exists),
+        ];
+        let mut any = false;
+        for test in tests.into_iter().flatten() {
+            any = true;
+            when.push(Cond {
+                pointer: c.pointer.clone(),
+                test,
+            });
+        }
+        if !any {
+            return Err(at(format!(
+                "condition on `{}` needs equals, matches, contains or exists",
+                c.pointer
+            )));
+        }
+    }
+    let action = match r.action.as_str() {
+        "continue" => Action::Continue,
+        "block" => Action::Block {
+            code: r.code.unwrap_or(BLOCKED),
+            message: r
+                .message
+                .unwrap_or_else(|| format!("blocked by interceptor rule `{name}`")),
+        },
+        "modify" => {
+            if r.set.is_empty() && r.remove.is_empty() {
+                return Err(at("modify needs `set` and/or `remove`".into()));
+            }
+            let mut set = Vec::new();
+            for (k, v) in r.set {
+                if !k.starts_with('/') {
+                    return Err(at(format!("set: pointer `{k}` must start with `/`")));
+                }
+                set.push((k, toml_to_json(v)));
+            }
+            Action::Modify {
+                set,
+                remove: r.remove,
+            }
+        }
+        "mock" => match (r.result, r.error) {
+            (Some(v), None) => Action::Mock {
+                reply: Ok(toml_to_json(v)),
+            },
+            (None, Some(e)) => {
+                let mut o =
+                    serde_json::json!({"code": e.code.unwrap_or(BLOCKED), "message": e.message});
+                if let Some(d) = e.data {
+                    o["data"] = toml_to_json(d);
+                }
+                Action::Mock { reply: Err(o) }
+            }
+            _ => return Err(at("mock needs exactly one of `result` and `error`".into())),
+        },
+        "delay" => Action::Delay(Duration::from_millis(
+            r.delay_ms
+                .ok_or_else(|| at("delay needs `delay_ms`".into()))?,
+        )),
+        "pause" => Action::Pause {
+            timeout: Duration::from_millis(r.timeout_ms.unwrap_or(300_000)),
+            on_timeout: match r.on_timeout.as_deref() {
+                None | Some("continue") => OnTimeout::Continue,
+                Some("drop") => OnTimeout::Drop,
+                Some("block") => OnTimeout::Block,
+                Some(o) => {
+                    return Err(at(format!("on_timeout `{o}`: use continue, drop or block")));
+                }
+            },
+        },
+        o => {
+            return Err(at(format!(
+                "action `{o}`: use continue, block, modify, mock, delay or pause"
+            )));
+        }
+    };
+    Ok(Some(Rule {
+        name: name.clone(),
+        priority: r.priority,
+        direction,
+        kinds,
+        method: pattern("method", r.method).map_err(at)?,
+        tool: pattern("tool", r.tool).map_err(at)?,
+        resource: pattern("resource", r.resource).map_err(at)?,
+        prompt: pattern("prompt", r.prompt).map_err(at)?,
+        session: pattern("session", r.session).map_err(at)?,
+        when,
+        action,
+    }))
+}
+
+impl RuleSet {
+    /// Parse and compile a rules file (TOML). The error says what is wrong and where.
+    pub fn parse(text: &str) -> Result<RuleSet, String> {
+        let file: FileRules = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut rules = Vec::new();
+        for (i, r) in file.rules.into_iter().enumerate() {
+            if let Some(rule) = compile(i, r)? {
+                rules.push(rule);
+            }
+        }
+        // Stable: equal priorities keep file order.
+        rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
+        Ok(RuleSet { rules })
+    }
+
+    /// True when there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Some rule may apply to replies (so the methods of requests must be remembered).
+    pub fn needs_replies(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.kinds & (KIND_RESPONSE | KIND_ERROR) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_action_and_sorts_by_priority() {
+        let rs = RuleSet::parse(
+            r#"
+            [[rule]]
+            name = "slow"
+            action = "delay"
+            delay_ms = 10
+            [[rule]]
+            name = "deny"
+            priority = 10
+            method = "tools/call"
+            tool = "delete_*"
+            action = "block"
+            [[rule]]
+            action = "modify"
+            set = { "/params/arguments/x" = 1 }
+            remove = ["/params/arguments/y"]
+            [[rule]]
+            action = "mock"
+            result = { content = [{ type = "text", text = "m" }] }
+            [[rule]]
+            action = "pause"
+            timeout_ms = 5
+            on_timeout = "block"
+            when = [{ pointer = "/params/name", matches = "^e" }]
+            [[rule]]
+            action = "continue"
+            enabled = false
+            "#,
+        )
+        .unwrap();
+        let names: Vec<&str> = rs.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["deny", "slow", "rule #3", "rule #4", "rule #5"]);
+        assert!(matches!(
+            rs.rules[0].action,
+            Action::Block { code: BLOCKED, .. }
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_rule_and_field() {
+        let e = RuleSet::parse("[[rule]]\nname='x'\naction='explode'").unwrap_err();
+        assert!(e.contains("rule `x`") && e.contains("explode"), "{e}");
+        let e = RuleSet::parse("[[rule]]\naction='block'\nmethod='/(/'").unwrap_err();
+        assert!(e.contains("method"), "{e}");
+        let e = RuleSet::parse("[[rule]]\naction='block'\nbogus=1").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = RuleSet::parse("[[rule]]\naction='mock'").unwrap_err();
+        assert!(e.contains("result"), "{e}");
+        assert!(RuleSet::parse("not toml [").is_err());
+        assert!(RuleSet::parse("").unwrap().is_empty());
+    }
+}

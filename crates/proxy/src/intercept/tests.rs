@@ -1,0 +1,337 @@
+//! Each action through the real pipeline, reply matching, pause decisions and hot reload.
+
+use super::*;
+use crate::pipeline::{FrameCtx, Outcome, Pipeline};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::time::Instant;
+
+fn frame(v: Value) -> Frame {
+    Frame::parse_single(Bytes::from(v.to_string())).unwrap()
+}
+
+fn json_of(f: &Frame) -> Value {
+    serde_json::from_slice(f.raw()).unwrap()
+}
+
+fn setup(rules: &str) -> (Pipeline, Arc<Interceptor>) {
+    let icpt = Interceptor::new(
+        RuleSet::parse(rules).unwrap(),
+        Arc::new(PauseBoard::default()),
+    );
+    (Pipeline::new(vec![icpt.clone()]), icpt)
+}
+
+const C2S: FrameCtx<'static> = FrameCtx {
+    session: "s1",
+    direction: Direction::ClientToServer,
+};
+const S2C: FrameCtx<'static> = FrameCtx {
+    session: "s1",
+    direction: Direction::ServerToClient,
+};
+
+fn call(id: i64, tool: &str) -> Frame {
+    frame(
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{"message":"hi","path":"/etc/passwd"}}}),
+    )
+}
+
+#[tokio::test]
+async fn block_answers_requests_with_an_error() {
+    let (p, _) = setup(
+        r#"[[rule]]
+        name = "no-delete"
+        tool = "delete_*"
+        action = "block"
+        message = "nope"
+        code = -32099"#,
+    );
+    match p.process(&C2S, call(4, "delete_file")).await {
+        Outcome::Reply(f) => {
+            let v = json_of(&f);
+            assert_eq!(v["id"], 4);
+            assert_eq!(v["error"]["code"], -32099);
+            assert_eq!(v["error"]["message"], "nope");
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(
+        p.process(&C2S, call(5, "echo")).await,
+        Outcome::Forward(_)
+    ));
+    // a server → client message does not match a client rule... this one has no direction, so a
+    // notification matching it is dropped
+    let (p, _) = setup("[[rule]]\nmethod = 'notifications/*'\naction = 'block'");
+    let n = frame(json!({"jsonrpc":"2.0","method":"notifications/progress","params":{}}));
+    assert!(matches!(p.process(&S2C, n).await, Outcome::Drop));
+}
+
+#[tokio::test]
+async fn conditions_direction_and_priority() {
+    let (p, _) = setup(
+        r#"
+        [[rule]]
+        name = "allow-tmp"
+        priority = 10
+        when = [{ pointer = "/params/arguments/path", matches = "^/tmp/" }]
+        action = "continue"
+        [[rule]]
+        name = "deny-paths"
+        direction = "client"
+        when = [{ pointer = "/params/arguments/path", exists = true }]
+        action = "block"
+        "#,
+    );
+    assert!(matches!(
+        p.process(&C2S, call(1, "read")).await,
+        Outcome::Reply(_)
+    ));
+    let tmp = frame(
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read","arguments":{"path":"/tmp/x"}}}),
+    );
+    assert!(matches!(p.process(&C2S, tmp).await, Outcome::Forward(_)));
+    // direction = client: the same message from the server passes
+    assert!(matches!(
+        p.process(&S2C, call(3, "read")).await,
+        Outcome::Forward(_)
+    ));
+}
+
+#[tokio::test]
+async fn modify_sets_and_removes_and_keeps_the_id() {
+    let (p, _) = setup(
+        r#"[[rule]]
+        method = "tools/call"
+        action = "modify"
+        set = { "/params/arguments/message" = "changed", "/params/arguments/extra" = [1, 2] }
+        remove = ["/params/arguments/path"]"#,
+    );
+    match p.process(&C2S, call(7, "echo")).await {
+        Outcome::Forward(f) => {
+            let v = json_of(&f);
+            assert_eq!(v["id"], 7);
+            assert_eq!(
+                v["params"]["arguments"],
+                json!({"message":"changed","extra":[1,2]})
+            );
+            assert_eq!(f.target(), Some("echo"));
+        }
+        o => panic!("{o:?}"),
+    }
+}
+
+#[tokio::test]
+async fn replies_match_the_method_and_tool_they_answer() {
+    let (p, _) = setup(
+        r#"[[rule]]
+        direction = "server"
+        kind = "reply"
+        method = "tools/call"
+        tool = "echo"
+        when = [{ pointer = "/result/content/0/text", equals = "hi" }]
+        action = "modify"
+        set = { "/result/content/0/text" = "HI" }"#,
+    );
+    let reply = |id: i64| {
+        frame(json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":"hi"}]}}))
+    };
+    // no request seen for this id: the rule cannot know it answers echo
+    assert!(
+        matches!(p.process(&S2C, reply(1)).await, Outcome::Forward(f) if json_of(&f)["result"]["content"][0]["text"] == "hi")
+    );
+    assert!(matches!(
+        p.process(&C2S, call(2, "echo")).await,
+        Outcome::Forward(_)
+    ));
+    match p.process(&S2C, reply(2)).await {
+        Outcome::Forward(f) => assert_eq!(json_of(&f)["result"]["content"][0]["text"], "HI"),
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(
+        p.process(&C2S, call(3, "add")).await,
+        Outcome::Forward(_)
+    ));
+    assert!(
+        matches!(p.process(&S2C, reply(3)).await, Outcome::Forward(f) if json_of(&f)["result"]["content"][0]["text"] == "hi")
+    );
+
+    // Without `kind`, rules leave replies alone: pausing `echo` pauses the call, not its result.
+    let (p, _) = setup("[[rule]]\ntool = 'echo'\naction = 'block'");
+    assert!(matches!(
+        p.process(&S2C, reply(4)).await,
+        Outcome::Forward(_)
+    ));
+    let (p, _) = setup("[[rule]]\ntool = 'echo'\nkind = 'any'\naction = 'block'");
+    assert!(matches!(
+        p.process(&C2S, call(5, "echo")).await,
+        Outcome::Reply(_)
+    ));
+}
+
+#[tokio::test]
+async fn mock_answers_without_the_server() {
+    let (p, _) = setup(
+        r#"[[rule]]
+        tool = "echo"
+        action = "mock"
+        result = { content = [{ type = "text", text = "mocked" }] }
+        [[rule]]
+        tool = "add"
+        action = "mock"
+        error = { code = -32042, message = "no adding today" }"#,
+    );
+    match p.process(&C2S, call(9, "echo")).await {
+        Outcome::Reply(f) => {
+            let v = json_of(&f);
+            assert_eq!(v["id"], 9);
+            assert_eq!(v["result"]["content"][0]["text"], "mocked");
+        }
+        o => panic!("{o:?}"),
+    }
+    match p.process(&C2S, call(10, "add")).await {
+        Outcome::Reply(f) => assert_eq!(json_of(&f)["error"]["code"], -32042),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[tokio::test]
+async fn delay_holds_the_message() {
+    let (p, _) = setup("[[rule]]\naction = 'delay'\ndelay_ms = 150");
+    let t = Instant::now();
+    assert!(matches!(
+        p.process(&C2S, call(1, "echo")).await,
+        Outcome::Forward(_)
+    ));
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+async fn paused_id(board: &PauseBoard) -> u64 {
+    for _ in 0..200 {
+        if let Some(p) = board.list().first() {
+            return p.id;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("nothing was paused");
+}
+
+#[tokio::test]
+async fn pause_resume_edit_drop_and_timeout() {
+    let (p, icpt) = setup("[[rule]]\nname = 'hold'\naction = 'pause'\ntimeout_ms = 5000");
+    let board = icpt.board().clone();
+
+    let run = |f: Frame| {
+        let p = p.clone();
+        tokio::spawn(async move { p.process(&C2S, f).await })
+    };
+    let h = run(call(1, "echo"));
+    let id = paused_id(&board).await;
+    let info = &board.list()[0];
+    assert_eq!(
+        (info.rule.as_str(), info.direction, info.session.as_str()),
+        ("hold", "c2s", "s1")
+    );
+    assert_eq!(info.message["params"]["name"], "echo");
+    board.resume(id).unwrap();
+    assert!(matches!(h.await.unwrap(), Outcome::Forward(f) if json_of(&f)["id"] == 1));
+    assert_eq!(board.resume(id), Err(DecideError::NotFound(id)));
+
+    let h = run(call(2, "echo"));
+    let id = paused_id(&board).await;
+    assert!(board.edit(id, json!("not an object")).is_err());
+    board
+        .edit(id, json!({"jsonrpc":"2.0","id":999,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}))
+        .unwrap();
+    match h.await.unwrap() {
+        Outcome::Forward(f) => {
+            let v = json_of(&f);
+            assert_eq!(v["id"], 2, "the original id is kept");
+            assert_eq!(v["params"]["name"], "add");
+        }
+        o => panic!("{o:?}"),
+    }
+
+    let h = run(call(3, "echo"));
+    let id = paused_id(&board).await;
+    board.drop_message(id).unwrap();
+    assert!(matches!(h.await.unwrap(), Outcome::Reply(f) if json_of(&f)["error"].is_object()));
+    assert!(board.is_empty());
+
+    let (p, icpt) = setup("[[rule]]\naction = 'pause'\ntimeout_ms = 50\non_timeout = 'block'");
+    assert!(
+        matches!(p.process(&C2S, call(4, "echo")).await, Outcome::Reply(f) if json_of(&f)["error"]["code"] == BLOCKED)
+    );
+    assert!(icpt.board().is_empty());
+    let (p, _) = setup("[[rule]]\naction = 'pause'\ntimeout_ms = 50");
+    assert!(matches!(
+        p.process(&C2S, call(5, "echo")).await,
+        Outcome::Forward(_)
+    ));
+}
+
+#[tokio::test]
+async fn an_abandoned_pause_leaves_the_board() {
+    let (p, icpt) = setup("[[rule]]\naction = 'pause'");
+    let h = tokio::spawn(async move { p.process(&C2S, call(1, "echo")).await });
+    paused_id(icpt.board()).await;
+    h.abort();
+    let _ = h.await;
+    assert!(icpt.board().is_empty());
+}
+
+#[tokio::test]
+async fn hot_reload_keeps_old_rules_on_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, "[[rule]]\ntool = 'echo'\naction = 'block'").unwrap();
+    let icpt = Interceptor::new(load(&path).unwrap(), Arc::new(PauseBoard::default()));
+    let p = Pipeline::new(vec![icpt.clone()]);
+    let stop = CancellationToken::new();
+    icpt.watch(path.clone(), Duration::from_millis(20), stop.clone());
+    assert!(matches!(
+        p.process(&C2S, call(1, "echo")).await,
+        Outcome::Reply(_)
+    ));
+
+    async fn until(p: &Pipeline, f: impl Fn(&Outcome) -> bool) {
+        for _ in 0..200 {
+            if f(&p.process(&C2S, call(1, "echo")).await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "the rules did not change: {:?}",
+            p.process(&C2S, call(1, "echo")).await
+        );
+    }
+    std::fs::write(
+        &path,
+        "[[rule]]\ntool = 'echo'\naction = 'mock'\nresult = {}",
+    )
+    .unwrap();
+    until(
+        &p,
+        |o| matches!(o, Outcome::Reply(f) if json_of(f)["result"].is_object()),
+    )
+    .await;
+    std::fs::write(&path, "[[rule]]\ntool = 'echo'\naction = 'teleport'").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        matches!(p.process(&C2S, call(1, "echo")).await, Outcome::Reply(f) if json_of(&f)["result"].is_object())
+    );
+    assert!(
+        icpt.reload(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("teleport")
+    );
+    std::fs::write(&path, "").unwrap();
+    until(&p, |o| matches!(o, Outcome::Forward(_))).await;
+    stop.cancel();
+}

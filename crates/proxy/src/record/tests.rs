@@ -1,0 +1,167 @@
+//! The recorder end to end inside the process: hook → writer thread → tape files.
+
+use super::*;
+use crate::pipeline::{Direction, FrameCtx, Hook, Outcome, Pipeline, Verdict};
+use shadowcat_proto::Frame;
+use shadowcat_tape::Tape;
+
+fn frame(s: &str) -> Frame {
+    Frame::parse_single(Bytes::copy_from_slice(s.as_bytes())).unwrap()
+}
+
+fn config(path: PathBuf) -> RecordConfig {
+    RecordConfig {
+        path,
+        mode: "forward-stdio".into(),
+        front: "stdio".into(),
+        upstream: "https://user:pw@example.test/mcp?token=abc".into(),
+        upstream_headers: vec![
+            ("Authorization".into(), "Bearer s3cret".into()),
+            ("X-Trace".into(), "t1".into()),
+        ],
+        redact: RedactConfig::default(),
+        capacity: 64,
+        on_full: OnFull::Drop,
+    }
+}
+
+fn ctx(session: &str, direction: Direction) -> FrameCtx<'_> {
+    FrameCtx { session, direction }
+}
+
+#[tokio::test]
+async fn one_file_for_all_sessions_with_redacted_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.jsonl");
+    let (hook, handle) = start(config(path.clone())).unwrap();
+    let p = Pipeline::new(vec![hook]);
+    for s in ["a", "b"] {
+        let req = frame(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+        assert!(matches!(
+            p.process(&ctx(s, Direction::ClientToServer), req).await,
+            Outcome::Forward(_)
+        ));
+        let res = frame(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        p.process(&ctx(s, Direction::ServerToClient), res).await;
+    }
+    handle.finish(Duration::from_secs(5)).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    for secret in ["s3cret", "pw@", "token=abc"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let t = Tape::open(&path).unwrap();
+    assert_eq!(t.sessions(), vec!["a", "b"]);
+    assert_eq!(t.frames.len(), 4);
+    assert_eq!(t.header.upstream_headers["X-Trace"], "t1");
+    assert_eq!(t.end.unwrap().frames, 4);
+}
+
+#[tokio::test]
+async fn a_directory_gets_one_tape_per_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tapes/");
+    let (hook, handle) = start(config(path.clone())).unwrap();
+    let p = Pipeline::new(vec![hook]);
+    for s in ["s1", "s2"] {
+        let n = frame(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        p.process(&ctx(s, Direction::ClientToServer), n).await;
+    }
+    p.session_ended("s1");
+    handle.finish(Duration::from_secs(5)).await;
+    let mut files: Vec<_> = std::fs::read_dir(&path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let t = Tape::open(f).unwrap();
+        let s = t.header.session.clone().unwrap();
+        assert!(f.to_string_lossy().ends_with(&format!("-{s}.jsonl")));
+        assert_eq!(t.frames.len(), 1);
+        assert!(t.end.is_some(), "{} not closed", f.display());
+        assert_eq!(
+            t.frames[0].record.t_us, 0,
+            "each tape starts at its first frame"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hook_answers_are_recorded_with_a_note() {
+    struct Answer;
+    impl Hook for Answer {
+        fn name(&self) -> &'static str {
+            "answer"
+        }
+        fn on_frame(&self, _: &FrameCtx<'_>, _: &Frame) -> Verdict {
+            Verdict::Reply(frame(
+                r#"{"jsonrpc":"2.0","id":1,"result":{"mocked":true}}"#,
+            ))
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.jsonl");
+    let (hook, handle) = start(config(path.clone())).unwrap();
+    let p = Pipeline::new(vec![Arc::new(Answer), hook]);
+    let req = frame(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#);
+    assert!(matches!(
+        p.process(&ctx("s", Direction::ClientToServer), req).await,
+        Outcome::Reply(_)
+    ));
+    handle.finish(Duration::from_secs(5)).await;
+    let t = Tape::open(&path).unwrap();
+    let notes: Vec<_> = t
+        .frames
+        .iter()
+        .map(|f| {
+            (
+                f.record.dir.as_str(),
+                f.record.note.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        notes,
+        vec![
+            ("c2s", "answered-by-hook".to_string()),
+            ("s2c", "hook-answer".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_full_buffer_drops_and_counts_or_blocks() {
+    let shared = Arc::new(Shared::default());
+    let (tx, mut rx) = mpsc::channel(1);
+    let hook = RecordHook::new(tx, Instant::now(), OnFull::Drop, shared.clone());
+    let c = ctx("s", Direction::ClientToServer);
+    let f = frame(r#"{"jsonrpc":"2.0","method":"x"}"#);
+    assert!(matches!(hook.on_frame(&c, &f), Verdict::Forward));
+    assert!(matches!(hook.on_frame(&c, &f), Verdict::Forward));
+    assert_eq!(
+        shared
+            .dropped_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(shared.take_dropped(Some("s")), 1);
+
+    let (tx, mut rx2) = mpsc::channel(1);
+    let hook = RecordHook::new(tx, Instant::now(), OnFull::Block, shared.clone());
+    assert!(matches!(hook.on_frame(&c, &f), Verdict::Forward));
+    let Verdict::Defer(wait) = hook.on_frame(&c, &f) else {
+        panic!("a full buffer must make the relay wait with OnFull::Block");
+    };
+    let waiting = tokio::spawn(wait);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "it must wait for room");
+    rx2.recv().await.unwrap();
+    assert!(matches!(waiting.await.unwrap(), Verdict::Forward));
+    assert!(
+        rx2.recv().await.is_some(),
+        "the held frame is written, not lost"
+    );
+    rx.close();
+}

@@ -1,0 +1,437 @@
+//! Tests across modules: write → read → validate, diff, export, replay index.
+
+use crate::diff::{Change, DiffOptions, diff};
+use crate::reader::{Severity, Tape, validate};
+use crate::record::{Dir, Header, Transport};
+use crate::redact::Redactor;
+use crate::replay::{Book, Role, StepAction, Strictness};
+use crate::writer::TapeWriter;
+use serde_json::json;
+use shadowcat_proto::FrameKind;
+
+type Msg = (u64, Dir, &'static str, serde_json::Value);
+
+fn tape_text(msgs: &[Msg]) -> String {
+    let header = Header::new("forward-stdio", "demo", "2025-01-02T03:04:05.000Z".into());
+    let mut w = TapeWriter::new(Vec::new(), &header, Redactor::default()).unwrap();
+    for (t, dir, session, m) in msgs {
+        w.frame(
+            *t,
+            *dir,
+            session,
+            Transport::default(),
+            None,
+            m.to_string().as_bytes(),
+        )
+        .unwrap();
+    }
+    String::from_utf8(w.finish(9_000_000, 0).unwrap()).unwrap()
+}
+
+fn tape(msgs: &[Msg]) -> Tape {
+    Tape::read(tape_text(msgs).as_bytes()).unwrap()
+}
+
+const C: Dir = Dir::ClientToServer;
+const S: Dir = Dir::ServerToClient;
+
+fn session(id_base: i64, echo: &str) -> Vec<Msg> {
+    vec![
+        (
+            0,
+            C,
+            "a",
+            json!({"jsonrpc":"2.0","id":id_base,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}),
+        ),
+        (
+            1000,
+            S,
+            "a",
+            json!({"jsonrpc":"2.0","id":id_base,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"demo","version":"1"}}}),
+        ),
+        (
+            2000,
+            C,
+            "a",
+            json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        ),
+        (
+            3000,
+            C,
+            "a",
+            json!({"jsonrpc":"2.0","id":id_base+1,"method":"tools/call","params":{"name":"slow","arguments":{"steps":2},"_meta":{"progressToken":id_base+100}}}),
+        ),
+        (
+            4000,
+            S,
+            "a",
+            json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":id_base+100,"progress":1}}),
+        ),
+        (
+            5000,
+            S,
+            "a",
+            json!({"jsonrpc":"2.0","id":7,"method":"sampling/createMessage","params":{"messages":[]}}),
+        ),
+        (
+            6000,
+            C,
+            "a",
+            json!({"jsonrpc":"2.0","id":7,"result":{"role":"assistant","content":{"type":"text","text":"hi"}}}),
+        ),
+        (
+            8000,
+            S,
+            "a",
+            json!({"jsonrpc":"2.0","id":id_base+1,"result":{"content":[{"type":"text","text":echo}]}}),
+        ),
+    ]
+}
+
+#[test]
+fn write_read_round_trip_keeps_bytes_and_protocol() {
+    let t = tape(&session(1, "done"));
+    assert_eq!(t.frames.len(), 8);
+    assert_eq!(t.header.mode, "forward-stdio");
+    assert_eq!(t.protocol().as_deref(), Some("2025-06-18"));
+    assert_eq!(t.end.as_ref().unwrap().frames, 8);
+    assert_eq!(t.frames[3].frame.target(), Some("slow"));
+    assert_eq!(t.frames[3].line, 5);
+    assert_eq!(t.sessions(), vec!["a"]);
+}
+
+#[test]
+fn writer_redacts_before_disk() {
+    let header = Header::new("m", "u", "2025-01-02T03:04:05.000Z".into());
+    let red = Redactor::new(&crate::RedactConfig {
+        pointers: vec!["/params/arguments/pin".into()],
+        patterns: vec!["tok_[a-z0-9]+".into()],
+    })
+    .unwrap();
+    let mut w = TapeWriter::new(Vec::new(), &header, red).unwrap();
+    let m = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"pin":"1234","note":"use tok_abc123","api_key":"k-9"}}});
+    w.frame(
+        1,
+        C,
+        "s",
+        Transport::default(),
+        None,
+        m.to_string().as_bytes(),
+    )
+    .unwrap();
+    let text = String::from_utf8(w.finish(2, 0).unwrap()).unwrap();
+    for secret in ["1234", "tok_abc123", "k-9"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    assert!(Tape::read(text.as_bytes()).is_ok());
+}
+
+#[test]
+fn multi_line_messages_become_one_line() {
+    let header = Header::new("m", "u", "2025-01-02T03:04:05.000Z".into());
+    let mut w = TapeWriter::new(Vec::new(), &header, Redactor::default()).unwrap();
+    w.frame(
+        1,
+        C,
+        "s",
+        Transport::default(),
+        None,
+        b"{\n \"jsonrpc\": \"2.0\",\r\n \"method\": \"x\"\n}",
+    )
+    .unwrap();
+    let text = String::from_utf8(w.finish(2, 0).unwrap()).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert_eq!(
+        Tape::read(text.as_bytes()).unwrap().frames[0]
+            .frame
+            .method(),
+        Some("x")
+    );
+}
+
+#[test]
+fn validate_reports_line_numbers() {
+    let mut text = tape_text(&session(1, "done"));
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[3] = "{not json".into();
+    lines[5] = r#"{"type":"frame","t_us":1,"dir":"c2s","session":"a","message":{"id":1}}"#.into();
+    lines.insert(7, r#"{"type":"bogus"}"#.into());
+    text = lines.join("\n");
+    let v = validate(text.as_bytes());
+    let errors: Vec<(usize, String)> = v
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| (p.line, p.message.clone()))
+        .collect();
+    assert_eq!(
+        errors.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![4, 6, 8],
+        "{errors:?}"
+    );
+    assert!(errors[2].1.contains("bogus"));
+    assert!(!v.is_valid());
+    assert!(validate(tape_text(&session(1, "x")).as_bytes()).is_valid());
+    let err = Tape::read(text.as_bytes()).unwrap_err().to_string();
+    assert!(err.starts_with("line 4:"), "{err}");
+    let no_header = validate(&b"{\"type\":\"end\",\"t_us\":1,\"frames\":0}\n"[..]);
+    assert_eq!(no_header.problems[0].line, 1);
+}
+
+#[test]
+fn diff_ignores_ids_times_sessions_and_catches_changes() {
+    let a = tape(&session(1, "done"));
+    let mut other = session(50, "done");
+    for m in &mut other {
+        m.0 *= 3;
+        m.2 = "b";
+    }
+    let b = tape(&other);
+    assert_eq!(diff(&a, &b, &DiffOptions::default()), vec![]);
+    let c = tape(&session(1, "DIFFERENT"));
+    let changes = diff(&a, &c, &DiffOptions::default());
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    match &changes[0] {
+        Change::Changed { fields, what, .. } => {
+            assert_eq!(fields[0].0, "/result/content/0/text");
+            assert!(what.contains("tools/call"), "{what}");
+        }
+        c => panic!("{c:?}"),
+    }
+    let ignored = DiffOptions {
+        ignore: vec!["/result/content/0/text".into()],
+    };
+    assert_eq!(diff(&a, &c, &ignored), vec![]);
+    // How the two directions interleave is timing, not a difference.
+    let mut reordered = session(1, "done");
+    reordered.swap(1, 2);
+    assert_eq!(diff(&a, &tape(&reordered), &DiffOptions::default()), vec![]);
+    // Nor is the order in which concurrent requests were answered.
+    let mut concurrent = session(1, "done");
+    concurrent.insert(
+        4,
+        (
+            3500,
+            C,
+            "a",
+            json!({"jsonrpc":"2.0","id":9,"method":"ping"}),
+        ),
+    );
+    concurrent.push((8500, S, "a", json!({"jsonrpc":"2.0","id":9,"result":{}})));
+    let mut swapped = concurrent.clone();
+    let last = swapped.pop().unwrap();
+    swapped.insert(5, last);
+    let (c1, c2) = (tape(&concurrent), tape(&swapped));
+    assert_eq!(diff(&c1, &c2, &DiffOptions::default()), vec![]);
+    assert_eq!(
+        diff(&a, &c1, &DiffOptions::default()).len(),
+        2,
+        "the extra ping and its reply"
+    );
+    let mut shorter = session(1, "done");
+    shorter.remove(4);
+    let changes = diff(&a, &tape(&shorter), &DiffOptions::default());
+    assert!(
+        matches!(changes.as_slice(), [Change::Removed { line: 6, .. }]),
+        "{changes:?}"
+    );
+}
+
+#[test]
+fn replay_index_attaches_progress_server_requests_and_reply() {
+    let book = Book::from_tape(&tape(&session(1, "done")));
+    assert_eq!(book.requests(), 2);
+    let mut cur = book.cursor();
+    let params = json!({"name":"slow","arguments":{"steps":2}});
+    let e = book
+        .lookup(
+            &mut cur,
+            FrameKind::Request,
+            "tools/call",
+            Some("slow"),
+            &params,
+            Strictness::Exact,
+        )
+        .unwrap();
+    let roles: Vec<String> = e
+        .steps
+        .iter()
+        .map(|s| match &s.action {
+            StepAction::Send { role, .. } => format!("{role:?}@{}", s.at_us),
+            StepAction::AwaitClient(id) => format!("await {id}@{}", s.at_us),
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            "Progress@1000",
+            "ServerRequest(Number(7))@2000",
+            "await 7@3000",
+            "Reply@5000"
+        ]
+    );
+    assert!(matches!(
+        e.steps[3].action,
+        StepAction::Send {
+            role: Role::Reply,
+            ..
+        }
+    ));
+    // initialize matches whatever the client says about itself
+    let init = json!({"protocolVersion":"2025-03-26","clientInfo":{"name":"other"}});
+    assert!(
+        book.lookup(
+            &mut cur,
+            FrameKind::Request,
+            "initialize",
+            None,
+            &init,
+            Strictness::Exact
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn replay_misses_name_the_closest_request() {
+    let book = Book::from_tape(&tape(&session(1, "done")));
+    let mut cur = book.cursor();
+    let params = json!({"name":"slow","arguments":{"steps":3}});
+    let miss = book
+        .lookup(
+            &mut cur,
+            FrameKind::Request,
+            "tools/call",
+            Some("slow"),
+            &params,
+            Strictness::Exact,
+        )
+        .unwrap_err();
+    assert_eq!(miss.code, -32602);
+    assert!(miss.message.contains("tape line 5"), "{}", miss.message);
+    assert!(miss.message.contains("\"steps\":2"), "{}", miss.message);
+    // looser matching answers with the closest recorded call
+    assert!(
+        book.lookup(
+            &mut cur,
+            FrameKind::Request,
+            "tools/call",
+            Some("slow"),
+            &params,
+            Strictness::Name
+        )
+        .is_ok()
+    );
+    let miss = book
+        .lookup(
+            &mut cur,
+            FrameKind::Request,
+            "prompts/get",
+            None,
+            &json!({}),
+            Strictness::Method,
+        )
+        .unwrap_err();
+    assert_eq!(miss.code, -32601);
+}
+
+#[test]
+fn repeated_calls_walk_through_recorded_answers() {
+    let mut msgs = Vec::new();
+    for (i, n) in [(1, "1"), (2, "2")] {
+        msgs.push((
+            i * 10,
+            C,
+            "a",
+            json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"increment"}}),
+        ));
+        msgs.push((
+            i * 10 + 1,
+            S,
+            "a",
+            json!({"jsonrpc":"2.0","id":i,"result":{"n":n}}),
+        ));
+    }
+    let book = Book::from_tape(&tape(&msgs));
+    let mut cur = book.cursor();
+    let p = json!({"name":"increment"});
+    let answers: Vec<u64> = (0..3)
+        .map(|_| {
+            book.lookup(
+                &mut cur,
+                FrameKind::Request,
+                "tools/call",
+                Some("increment"),
+                &p,
+                Strictness::Exact,
+            )
+            .unwrap()
+            .line as u64
+        })
+        .collect();
+    assert_eq!(answers, vec![2, 4, 2]);
+}
+
+#[test]
+fn exports() {
+    let t = tape(&session(1, "done"));
+    let har = crate::export::to_har(&t);
+    let entries = har["log"]["entries"].as_array().unwrap();
+    // initialize, initialized, tools/call, and the client's sampling answer
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[0]["response"]["status"], 200);
+    assert_eq!(entries[0]["startedDateTime"], "2025-01-02T03:04:05.000Z");
+    assert_eq!(entries[1]["response"]["status"], 202);
+    assert_eq!(entries[2]["time"], 5);
+    assert_eq!(entries[2]["_serverMessages"].as_array().unwrap().len(), 2);
+    let j = crate::export::to_json(&t);
+    assert_eq!(j["frames"].as_array().unwrap().len(), 8);
+    assert_eq!(j["frames"][0]["line"], 2);
+    let shown = crate::show::render(&t, &Default::default());
+    assert!(shown.contains("tools/call slow (5.0 ms)"), "{shown}");
+    assert!(!shown.contains('\x1b'));
+}
+
+#[test]
+fn redacted_values_match_anything_on_replay() {
+    let msgs = vec![
+        (
+            0,
+            C,
+            "a",
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"login","arguments":{"user":"ada","password":"[REDACTED]"}}}),
+        ),
+        (
+            1,
+            S,
+            "a",
+            json!({"jsonrpc":"2.0","id":1,"result":{"ok":true}}),
+        ),
+    ];
+    let book = Book::from_tape(&tape(&msgs));
+    let mut cur = book.cursor();
+    let p = json!({"name":"login","arguments":{"user":"ada","password":"secret"}});
+    assert!(
+        book.lookup(
+            &mut cur,
+            FrameKind::Request,
+            "tools/call",
+            Some("login"),
+            &p,
+            Strictness::Exact
+        )
+        .is_ok()
+    );
+    let p = json!({"name":"login","arguments":{"user":"bob","password":"secret"}});
+    assert!(
+        book.lookup(
+            &mut cur,
+            FrameKind::Request,
+            "tools/call",
+            Some("login"),
+            &p,
+            Strictness::Exact
+        )
+        .is_err()
+    );
+}
