@@ -166,6 +166,10 @@ pub async fn serve_http(
         cancel.cancelled().await;
         sessions_ct.cancel();
     };
+    // Without TCP_NODELAY, Nagle holds small SSE writes for the peer's delayed ACK (up to 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -221,6 +221,11 @@ impl HttpFront {
         let cancel = self.cancel.clone();
         // The peer address is needed for per-IP rate limits (gateway).
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        // Small writes (SSE events, short JSON answers) must not wait for the client's delayed
+        // ACK: without TCP_NODELAY, Nagle holds them up to 40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await });
         let server = self.tracker.spawn(async move { server.await });

@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Aggregate the raw shadowcat-bench runs of one bench/run.sh invocation into DATE.json + DATE.md.
+
+Each raw run carries a label `scenario|group|variant|param|rN`. Runs of the same
+(scenario, group, variant, param) are rounds; the report gives the median over rounds of
+each metric, ratios against the scenario's baseline, and the targets table.
+Standard library only.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+from collections import defaultdict
+
+# Targets we compare against (numbers, not pass/fail of the run).
+IDLE_TARGET_BYTES = 10 * 1024  # "≤ 10 KB RSS per idle session"
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def dig(d, *path):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def metrics(run):
+    """The numbers of one raw run, flat."""
+    mode = run.get("mode")
+    if mode == "calls":
+        cpu = run.get("cpu", {})
+        return {
+            "rps": run.get("throughput_rps"),
+            "p50_us": dig(run, "latency", "p50_us"),
+            "p90_us": dig(run, "latency", "p90_us"),
+            "p99_us": dig(run, "latency", "p99_us"),
+            "max_us": dig(run, "latency", "max_us"),
+            "ok": run.get("requests_ok"),
+            "errors": dig(run, "errors", "total"),
+            "proxy_cpu_us": dig(cpu, "proxy", "cpu_us_per_request"),
+            "proxy_children": dig(cpu, "proxy", "children"),
+            "children_cpu_us": dig(cpu, "proxy", "children_cpu_us_per_request"),
+            "upstream_cpu_us": dig(cpu, "upstream", "cpu_us_per_request"),
+            "generator_cpu_us": dig(cpu, "generator", "cpu_us_per_request"),
+        }
+    if mode == "idle-sessions":
+        p = run.get("processes", {})
+        return {
+            "sessions": run.get("sessions"),
+            "sessions_per_s": run.get("sessions_per_s"),
+            "verified": f'{run.get("verified")}/{run.get("verify_attempted")}',
+            "proxy_b_per_session": dig(p, "proxy", "rss_bytes_per_session"),
+            "proxy_rss_kb": dig(p, "proxy", "after", "rss_kb"),
+            "children": dig(p, "proxy", "after", "children"),
+            "children_rss_b_per_session": dig(p, "proxy", "children_rss_bytes_per_session"),
+            "children_pss_b_per_session": dig(p, "proxy", "children_pss_bytes_per_session"),
+            "upstream_b_per_session": dig(p, "upstream", "rss_bytes_per_session"),
+            "upstream_rss_kb": dig(p, "upstream", "after", "rss_kb"),
+        }
+    if mode == "sse":
+        cpu = run.get("cpu", {})
+        return {
+            "events_per_s": run.get("events_per_s"),
+            "call_events_per_s": run.get("median_call_events_per_s"),
+            "gap_p50_us": dig(run, "event_gap", "p50_us"),
+            "gap_p99_us": dig(run, "event_gap", "p99_us"),
+            "gap_max_us": dig(run, "event_gap", "max_us"),
+            "first_event_p50_us": dig(run, "probe_first_event", "p50_us"),
+            "first_event_p99_us": dig(run, "probe_first_event", "p99_us"),
+            "errors": dig(run, "errors", "total"),
+            "proxy_cpu_us_per_event": dig(cpu, "proxy", "cpu_us_per_request"),
+            "upstream_cpu_us_per_event": dig(cpu, "upstream", "cpu_us_per_request"),
+        }
+    if mode == "cold-start":
+        return {
+            "listening_p50_ms": ms(dig(run, "listening", "p50_us")),
+            "init_p50_ms": ms(dig(run, "initialized", "p50_us")),
+            "init_max_ms": ms(dig(run, "initialized", "max_us")),
+            "first_call_p50_ms": ms(dig(run, "first_call", "p50_us")),
+            "runs": run.get("runs"),
+            "errors": dig(run, "errors", "total"),
+        }
+    return {}
+
+
+def ms(us):
+    return None if us is None else us / 1000.0
+
+
+def fmt(v, digits=None):
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float):
+        if digits is not None:
+            return f"{v:,.{digits}f}"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def load(args):
+    runs, pending = [], []
+    for f in sorted(glob.glob(os.path.join(args.raw, "*.json"))):
+        with open(f) as fh:
+            try:
+                d = json.load(fh)
+            except json.JSONDecodeError as e:
+                d = {"label": os.path.basename(f), "parse_error": str(e)}
+        (pending if "status" in d else runs).append(d)
+    meta = {}
+    with open(args.meta) as fh:
+        for line in fh:
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                meta[k] = v
+    def jsonl(path):
+        out = []
+        if path and os.path.exists(path):
+            with open(path) as fh:
+                for line in fh:
+                    line = line.strip()
+                    if line:
+                        out.append(json.loads(line))
+        return out
+    return runs, pending, meta, jsonl(args.peers), jsonl(args.failures)
+
+
+def aggregate(runs):
+    groups = defaultdict(list)
+    for r in runs:
+        parts = r.get("label", "").split("|")
+        if len(parts) != 5:
+            continue
+        s, g, v, p, _round = parts
+        groups[(s, g, v, p)].append(metrics(r))
+    agg = {}
+    for key, ms_ in groups.items():
+        keys = {k for m in ms_ for k in m}
+        row = {"rounds": len(ms_)}
+        for k in sorted(keys):
+            vals = [m.get(k) for m in ms_]
+            if all(isinstance(x, (int, float)) or x is None for x in vals):
+                row[k] = med(vals)
+                row[k + "_rounds"] = vals
+            else:
+                row[k] = vals[-1]
+        agg[key] = row
+    return agg
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return None
+    return a / b
+
+
+def targets(agg):
+    """The targets table: (what, shadowcat, reference, value, target, met)."""
+    rows = []
+    hi = max((p for (s, g, v, p) in agg if s == "a" and p.startswith("c=")),
+             key=lambda p: int(p[2:]), default="c=32")
+    lo = min((p for (s, g, v, p) in agg if s == "a" and p.startswith("c=")),
+             key=lambda p: int(p[2:]), default="c=1")
+    for g, note in (("http", ""), ("json-upstream", " — diagnostic: JSON upstream")):
+        d, x = agg.get(("a", g, "direct", hi)), agg.get(("a", g, "shadowcat", hi))
+        if d and x:
+            r = ratio(x["rps"], d["rps"])
+            rows.append((f"a. HTTP→HTTP throughput proxied/direct, {hi}{note}",
+                         f'{fmt(x["rps"])} req/s', f'{fmt(d["rps"])} req/s direct',
+                         fmt(r, 2), "≥ 0.70", r is not None and r >= 0.7))
+        d, x = agg.get(("a", g, "direct", lo)), agg.get(("a", g, "shadowcat", lo))
+        if d and x and d.get("p50_us") is not None and x.get("p50_us") is not None:
+            added = x["p50_us"] - d["p50_us"]
+            rows.append((f"a. HTTP→HTTP added p50 latency, {lo}{note}",
+                         f'{fmt(x["p50_us"])} µs', f'{fmt(d["p50_us"])} µs direct',
+                         f"+{fmt(added)} µs", "≤ 50 µs", added <= 50))
+    for srv in ("demo", "everything"):
+        for p in (hi, lo):
+            x, rp = agg.get(("b", srv, "shadowcat", p)), agg.get(("b", srv, "rust-mcp-proxy", p))
+            if not x:
+                continue
+            if not rp or not rp.get("rps"):
+                rows.append((f"b. HTTP→stdio ({srv} server) vs Rust mcp-proxy, {p}",
+                             f'{fmt(x["rps"])} req/s, p99 {fmt(x["p99_us"])} µs',
+                             "Rust mcp-proxy: no result", "–", "≥ 1.2× at no worse p99", None))
+                continue
+            r = ratio(x["rps"], rp["rps"])
+            ok = r is not None and r >= 1.2 and x["p99_us"] is not None and rp["p99_us"] is not None \
+                and x["p99_us"] <= rp["p99_us"]
+            rows.append((f"b. HTTP→stdio ({srv} server) vs Rust mcp-proxy, {p}",
+                         f'{fmt(x["rps"])} req/s, p99 {fmt(x["p99_us"])} µs',
+                         f'{fmt(rp["rps"])} req/s, p99 {fmt(rp["p99_us"])} µs',
+                         f"{fmt(r, 2)}×", "≥ 1.2× at no worse p99", ok))
+    for (s, g, v, p), row in sorted(agg.items()):
+        if s == "c" and g == "http" and v == "shadowcat":
+            b = row.get("proxy_b_per_session")
+            up = agg.get(("c", "http", "direct", p), {}).get("upstream_b_per_session")
+            rows.append((f"c. idle RSS per session, HTTP upstream, {p}", f"{fmt(b)} B",
+                         f"upstream demo server alone: {fmt(up)} B", f"{fmt(b)} B",
+                         "≤ 10 KiB (10,240 B)", b is not None and b <= IDLE_TARGET_BYTES))
+        if s == "c" and g == "stdio" and v == "shadowcat":
+            b = row.get("proxy_b_per_session")
+            rows.append((f"c. idle RSS per session, stdio children, {p} (proxy only)", f"{fmt(b)} B",
+                         f'+ 1 child each: {fmt(row.get("children_pss_b_per_session"))} B PSS',
+                         f"{fmt(b)} B", "≤ 10 KiB (10,240 B)", b is not None and b <= IDLE_TARGET_BYTES))
+    for g in ("http", "stdio"):
+        for (s, gg, v, p), row in sorted(agg.items(), key=lambda kv: kv[0][3]):
+            if s == "d" and gg == g and v == "shadowcat":
+                d = agg.get(("d", g, "direct", p), {})
+                e = row.get("events_per_s")
+                rows.append((f"d. SSE events/s through the proxy ({g} upstream, {p})", f"{fmt(e)}/s",
+                             f'{fmt(d.get("events_per_s"))}/s direct', f"{fmt(e)}/s", "≥ 100,000/s",
+                             e is not None and e >= 100_000))
+    for (s, g, v, p), row in sorted(agg.items()):
+        if s == "h" and v == "shadowcat":
+            t = row.get("init_p50_ms")
+            what = "--target URL" if g == "http" else "-- CMD (child spawned by the first initialize)"
+            rows.append((f"h. cold start, spawn → first initialize answered ({what})", f"{fmt(t)} ms",
+                         f'first tools/call: {fmt(row.get("first_call_p50_ms"))} ms', f"{fmt(t)} ms",
+                         "≤ 50 ms", t is not None and t <= 50))
+    return rows
+
+
+COLUMNS = {
+    "a": [("rps", "req/s"), ("p50_us", "p50 µs"), ("p90_us", "p90 µs"), ("p99_us", "p99 µs"),
+          ("max_us", "max µs"), ("errors", "errors"), ("proxy_cpu_us", "proxy CPU µs/req"),
+          ("upstream_cpu_us", "upstream CPU µs/req"), ("generator_cpu_us", "generator CPU µs/req")],
+    "b": [("rps", "req/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs"), ("max_us", "max µs"),
+          ("errors", "errors"), ("proxy_children", "children"), ("proxy_cpu_us", "proxy CPU µs/req"),
+          ("children_cpu_us", "children CPU µs/req"), ("generator_cpu_us", "generator CPU µs/req")],
+    "c": [("sessions_per_s", "sessions opened/s"), ("verified", "verified"),
+          ("proxy_rss_kb", "proxy RSS kB"), ("proxy_b_per_session", "proxy B/session"),
+          ("children", "children"), ("children_rss_b_per_session", "children RSS B/session"),
+          ("children_pss_b_per_session", "children PSS B/session"),
+          ("upstream_rss_kb", "upstream RSS kB"), ("upstream_b_per_session", "upstream B/session")],
+    "d": [("events_per_s", "events/s"), ("call_events_per_s", "per call events/s"),
+          ("gap_p50_us", "gap p50 µs"), ("gap_p99_us", "gap p99 µs"), ("gap_max_us", "gap max µs"),
+          ("first_event_p50_us", "first event p50 µs"), ("first_event_p99_us", "first event p99 µs"),
+          ("errors", "errors"), ("proxy_cpu_us_per_event", "proxy CPU µs/event"),
+          ("upstream_cpu_us_per_event", "upstream CPU µs/event")],
+    "h": [("listening_p50_ms", "→ listening p50 ms"), ("init_p50_ms", "→ initialize p50 ms"),
+          ("init_max_ms", "→ initialize max ms"), ("first_call_p50_ms", "→ first call p50 ms"),
+          ("runs", "runs/round"), ("errors", "errors")],
+}
+
+TITLES = {
+    "a": "a. HTTP→HTTP `tools/call` echo: direct vs through `shadowcat forward http --target` (group `http`: the demo server's own HTTP endpoint; `json-upstream`: a shadowcat HTTP→stdio front of it, which answers in one JSON write)",
+    "b": "b. HTTP→stdio: each proxy fronts the same stdio server (`direct-stdio` = the generator speaks stdio to the server itself)",
+    "c": "c. Idle sessions: memory per session (RSS of the watched process; children = its descendants)",
+    "d": "d. SSE pass-through: `log` tool, `count` notifications/message per call (gap = time between consecutive events at the client; first event = request → first notification of a count=1 call)",
+    "h": "h. Cold start: spawn → stderr `listening` line → first `initialize` answered → first `tools/call` answered",
+}
+
+BASELINE = {"a": "direct", "b": "rust-mcp-proxy", "c": "direct", "d": "direct", "h": "demo-server"}
+RATIO_METRIC = {"a": "rps", "b": "rps", "d": "events_per_s"}
+
+
+def markdown(meta, peers, failures, pending, agg, target_rows):
+    out = []
+    w = out.append
+    w(f"# Shadowcat benchmarks — {meta.get('date', '')}" + (" (QUICK smoke run)" if meta.get("quick") == "1" else ""))
+    w("")
+    mem_gib = int(meta.get("mem_total_kb", "0")) / 1024 / 1024
+    w("| machine | |")
+    w("|---|---|")
+    w(f"| nproc | {meta.get('nproc')} |")
+    w(f"| CPU | {meta.get('cpu')} |")
+    w(f"| memory | {mem_gib:.1f} GiB |")
+    w(f"| kernel | {meta.get('kernel')} |")
+    w(f"| rustc | {meta.get('rustc')} |")
+    w(f"| shadowcat commit | {meta.get('commit')} |")
+    w(f"| load average before / after | {meta.get('load_before')} / {meta.get('load_after')} |")
+    w(f"| wall time | {meta.get('elapsed_s')} s |")
+    w(f"| settings | `{meta.get('settings')}` |")
+    w("")
+    w("Medians over rounds; A and B variants alternate within each round. The generator, the proxy and")
+    w("the upstream share the same cores, so absolute numbers are lower than on a dedicated machine;")
+    w("compare within a table. CPU columns are CPU time used during the measured window divided by")
+    w("requests (or events), from /proc.")
+    w("")
+    w("## Targets")
+    w("")
+    w("| what | shadowcat | reference | value | target | met |")
+    w("|---|---|---|---|---|---|")
+    for what, x, ref, val, tgt, ok in target_rows:
+        w(f"| {what} | {x} | {ref} | {val} | {tgt} | {'yes' if ok else ('–' if ok is None else '**no**')} |")
+    w("")
+    for s in ("a", "b", "c", "d", "h"):
+        keys = sorted(k for k in agg if k[0] == s)
+        if not keys:
+            continue
+        cols = COLUMNS[s]
+        w(f"## {TITLES[s]}")
+        w("")
+        rm = RATIO_METRIC.get(s)
+        head = ["group", "variant", "param", "rounds"] + [c[1] for c in cols]
+        if rm:
+            head.append(f"{rm} vs {BASELINE[s]}")
+        w("| " + " | ".join(head) + " |")
+        w("|" + "---|" * len(head))
+        for key in keys:
+            _, g, v, p = key
+            row = agg[key]
+            cells = [g, f"**{v}**" if v == "shadowcat" else v, p, str(row["rounds"])]
+            cells += [fmt(row.get(c[0])) for c in cols]
+            if rm:
+                base = agg.get((s, g, BASELINE[s], p), {}).get(rm)
+                r = ratio(row.get(rm), base)
+                cells.append("–" if r is None else f"{r:.2f}×")
+            w("| " + " | ".join(cells) + " |")
+        w("")
+    if pending:
+        w("## Not measured yet")
+        w("")
+        for p in pending:
+            w(f"- {p.get('scenario')}: {p.get('status')}")
+        w("")
+    w("## Peers")
+    w("")
+    w("| peer | status | version | detail |")
+    w("|---|---|---|---|")
+    for p in peers:
+        detail = (p.get("detail") or "").replace("\n", " ").replace("|", "\\|")[:300]
+        w(f"| {p['name']} | {p['status']} | {p.get('version') or ''} | {detail} |")
+    w("")
+    if failures:
+        w("## Failures")
+        w("")
+        for f in failures:
+            err = f["error"].strip().replace("\n", "\n    ")
+            w(f"- `{f['label']}`:")
+            w("")
+            w(f"    {err[-1500:]}")
+            w("")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--meta", required=True)
+    ap.add_argument("--peers")
+    ap.add_argument("--failures")
+    ap.add_argument("--out", required=True, help="path without extension")
+    args = ap.parse_args()
+    runs, pending, meta, peers, failures = load(args)
+    agg = aggregate(runs)
+    target_rows = targets(agg)
+    doc = {
+        "meta": meta,
+        "peers": peers,
+        "failures": failures,
+        "pending": pending,
+        "targets": [
+            {"what": a, "shadowcat": b, "reference": c, "value": d, "target": e, "met": f}
+            for a, b, c, d, e, f in target_rows
+        ],
+        "summary": [
+            {"scenario": s, "group": g, "variant": v, "param": p, **row}
+            for (s, g, v, p), row in sorted(agg.items())
+        ],
+        "runs": runs,
+    }
+    with open(args.out + ".json", "w") as fh:
+        json.dump(doc, fh, indent=1, ensure_ascii=False)
+    with open(args.out + ".md", "w") as fh:
+        fh.write(markdown(meta, peers, failures, pending, agg, target_rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,554 @@
+#!/usr/bin/env bash
+# Shadowcat benchmark suite.
+#
+#   bench/run.sh                 full run (about 15 minutes on 2 cores)
+#   QUICK=1 bench/run.sh         every scenario briefly (smoke test, ~3 minutes)
+#   SCENARIOS=a,d bench/run.sh   only some scenarios
+#
+# Every scenario is an A/B comparison run in the same invocation: variants alternate in rotating
+# order for ROUNDS rounds, and the report gives medians over rounds and ratios. Results go to
+# bench/results/DATE.json (everything, raw runs included) and bench/results/DATE.md (tables).
+# Benchmarks report numbers; they never fail on timing. A peer that cannot be installed or run is
+# recorded in the results with its error and the run goes on.
+#
+# Knobs (environment):
+#   CARGO_TARGET_DIR   where shadowcat and shadowcat-bench are built (default: ./target)
+#   PEERS_DIR          where peer proxies are installed (default: ./target/bench-peers)
+#   RESULTS_DIR        default: bench/results          DATE   result file name (default: UTC now)
+#   SKIP_BUILD=1       use the binaries already built   SKIP_PEERS=1   do not install/run peers
+#   NO_INSTALL=1       run the peers already installed, install none
+#   ROUNDS=3           A/B rounds                       DURATION=3 WARMUP=1   seconds per calls run
+#   PAYLOAD=64         echo message bytes               CONCURRENCY="1 32"
+#   IDLE_HTTP=10000    idle sessions, HTTP upstream     IDLE_STDIO=1000   idle sessions, stdio children
+#   IDLE_ROUNDS=2      rounds of the idle scenario      IDLE_PEERS=1      idle stdio peers (not supergateway)
+#   SSE_COUNT=10000    notifications per call           SSE_CALLS=3       measured calls per stream
+#   SSE_STREAMS="1 4"  concurrent streams               SSE_PROBES=200    count=1 probes (first-event latency)
+#   COLD_RUNS=20       cold starts per variant per round   PEER_COLD_RUNS=3
+#   BENCH_THREADS=1    generator threads (it shares the 2 cores with what it measures)
+#   BENCH_QUICKACK=1   generator ACKs at once (see crates/bench: --quickack); 0 = delayed ACKs
+#   KEEP_WORK=1        keep the scratch directory (logs of every process)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+PEERS=${PEERS_DIR:-$ROOT/target/bench-peers}
+RESULTS=${RESULTS_DIR:-$ROOT/bench/results}
+DATE=${DATE:-$(date -u +%Y-%m-%d-%H%M)}
+SCENARIOS=${SCENARIOS:-a,b,c,d,e,f,g,h}
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+  ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-1} WARMUP=${WARMUP:-0.3}
+  IDLE_HTTP=${IDLE_HTTP:-500} IDLE_STDIO=${IDLE_STDIO:-20} IDLE_ROUNDS=${IDLE_ROUNDS:-1}
+  SSE_COUNT=${SSE_COUNT:-2000} SSE_CALLS=${SSE_CALLS:-1} SSE_STREAMS=${SSE_STREAMS:-1} SSE_PROBES=${SSE_PROBES:-20}
+  COLD_RUNS=${COLD_RUNS:-3} PEER_COLD_RUNS=${PEER_COLD_RUNS:-1}
+fi
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} PAYLOAD=${PAYLOAD:-64}
+CONCURRENCY=${CONCURRENCY:-1 32}
+IDLE_HTTP=${IDLE_HTTP:-10000} IDLE_STDIO=${IDLE_STDIO:-1000} IDLE_ROUNDS=${IDLE_ROUNDS:-2} IDLE_PEERS=${IDLE_PEERS:-1}
+SSE_COUNT=${SSE_COUNT:-10000} SSE_CALLS=${SSE_CALLS:-3} SSE_STREAMS=${SSE_STREAMS:-1 4} SSE_PROBES=${SSE_PROBES:-200}
+COLD_RUNS=${COLD_RUNS:-20} PEER_COLD_RUNS=${PEER_COLD_RUNS:-3}
+export BENCH_THREADS=${BENCH_THREADS:-1}
+# The generator ACKs at once (TCP_QUICKACK) so it takes no part in Nagle/delayed-ACK stalls of
+# servers that write responses in pieces without TCP_NODELAY; BENCH_QUICKACK=0 behaves like a
+# typical client instead.
+export BENCH_QUICKACK=${BENCH_QUICKACK:-1}
+export RUST_BACKTRACE=0
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/shadowcat-bench.XXXXXX")
+RAW=$WORK/raw
+mkdir -p "$RAW" "$RESULTS"
+FAILURES=$WORK/failures.jsonl
+: >"$FAILURES"
+PIDS=()
+START_TS=$(date +%s)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+has() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
+
+# --- processes ------------------------------------------------------------------------------
+
+# All descendants of a pid (children first found, then theirs).
+descendants() {
+  local p kids
+  kids=$(ps -o pid= --ppid "$1" 2>/dev/null || true)
+  for p in $kids; do
+    echo "$p"
+    descendants "$p"
+  done
+}
+
+# stop PID: SIGTERM its process group, wait, then SIGKILL the group and any descendant left
+# (shadowcat puts each stdio child in a process group of its own).
+stop() {
+  local pid=$1 i kids
+  kids=$(descendants "$pid")
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  for i in $kids; do kill -KILL "$i" 2>/dev/null || true; done
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$? p
+  for p in "${PIDS[@]}"; do
+    kill -0 "$p" 2>/dev/null && stop "$p"
+  done
+  if [[ ${KEEP_WORK:-0} == 1 ]]; then log "scratch kept in $WORK"; else rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: run CMD in its own session/process group; sets LAST_PID.
+start() {
+  local name=$1
+  shift
+  setsid "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" </dev/null &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# wait_listen NAME PID: the address from shadowcat's `listening on http://ADDR` line.
+wait_listen() {
+  local name=$1 pid=$2 i addr
+  for i in $(seq 1 300); do
+    addr=$(grep -o '^shadowcat: listening on http://[^ ]*' "$WORK/$name.log" 2>/dev/null | head -1 | sed 's|^shadowcat: listening on http://||') || true
+    if [[ -n $addr ]]; then
+      echo "http://$addr"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited: $(tail -5 "$WORK/$name.log")"
+      return 1
+    fi
+    sleep 0.1
+  done
+  log "$name did not say it was listening"
+  return 1
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+json_str() { python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))'; }
+
+# failure LABEL MESSAGE: record a failure in the results (the run goes on).
+failure() {
+  printf '{"label": %s, "error": %s}\n' "$(printf %s "$1" | json_str)" "$(printf %s "$2" | json_str)" >>"$FAILURES"
+  log "FAILED $1: $(printf %s "$2" | tail -3)"
+}
+
+# bench LABEL MODE ARGS...: one generator run; its JSON goes to $RAW. LABEL is
+# scenario|group|variant|param|round.
+bench() {
+  local label=$1 mode=$2
+  shift 2
+  local file
+  file=$RAW/$(printf %s "$label" | tr '|= /:' '_____').json
+  log "$label"
+  if timeout --kill-after=10 "${BENCH_TIMEOUT:-300}" "$BENCH" "$mode" --label "$label" --json "$file" "$@" \
+    >"$WORK/bench.out" 2>"$WORK/bench.err"; then
+    sed 's/^/    /' "$WORK/bench.out" >&2
+  else
+    failure "$label" "$(cat "$WORK/bench.out" "$WORK/bench.err" | tail -c 3000)"
+  fi
+}
+
+# rotate N WORDS...: the words rotated left by N (alternates the A/B order between rounds).
+rotate() {
+  local n=$1
+  shift
+  local a=("$@") k=${#a[@]} i
+  for ((i = 0; i < k; i++)); do printf '%s ' "${a[$(((i + n) % k))]}"; done
+}
+
+# --- build and peers --------------------------------------------------------------------------
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+  log "building shadowcat and shadowcat-bench (release) in $TARGET_DIR"
+  CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p shadowcat-bench -p shadowcat >&2
+fi
+SC=$TARGET_DIR/release/shadowcat
+BENCH=$TARGET_DIR/release/shadowcat-bench
+[[ -x $SC && -x $BENCH ]] || { log "missing $SC or $BENCH"; exit 1; }
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+PEER_STATUS=$WORK/peers.jsonl
+: >"$PEER_STATUS"
+peer() { # peer NAME STATUS VERSION DETAIL
+  printf '{"name": "%s", "status": "%s", "version": %s, "detail": %s}\n' "$1" "$2" \
+    "$(printf %s "$3" | json_str)" "$(printf %s "$4" | json_str)" >>"$PEER_STATUS"
+}
+RUST_PEER=$PEERS/bin/mcp-proxy
+PY_PEER=$PEERS/pyvenv/bin/mcp-proxy
+SG=$PEERS/node/node_modules/supergateway/dist/index.js
+EVERYTHING=$PEERS/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js
+HAVE_RUST=0 HAVE_PY=0 HAVE_SG=0 HAVE_EVERYTHING=0
+if [[ ${SKIP_PEERS:-0} != 1 ]] && { has b || has c || has h; }; then
+  mkdir -p "$PEERS"
+  if [[ ! -x $RUST_PEER && ${NO_INSTALL:-0} != 1 ]]; then
+    log "installing Rust mcp-proxy 0.6 into $PEERS"
+    CARGO_TARGET_DIR=$TARGET_DIR/bench-peers-build cargo install mcp-proxy --version '^0.6' --locked \
+      --root "$PEERS" >"$WORK/install-rust.log" 2>&1 || true
+  fi
+  if [[ -x $RUST_PEER ]]; then
+    HAVE_RUST=1
+    peer rust-mcp-proxy ok "$(grep -o 'mcp-proxy [0-9.]*' "$PEERS/.crates.toml" | head -1)" ""
+  else
+    peer rust-mcp-proxy install-failed "" "$(tail -c 2000 "$WORK/install-rust.log" 2>/dev/null)"
+  fi
+  if [[ ! -x $PY_PEER && ${NO_INSTALL:-0} != 1 ]]; then
+    log "installing python mcp-proxy into $PEERS/pyvenv"
+    { python3 -m venv "$PEERS/pyvenv" && "$PEERS/pyvenv/bin/pip" install -q mcp-proxy; } >"$WORK/install-py.log" 2>&1 || true
+  fi
+  if [[ -x $PY_PEER ]]; then
+    HAVE_PY=1
+    peer python-mcp-proxy ok "$("$PEERS/pyvenv/bin/pip" list 2>/dev/null | grep -E '^(mcp|mcp-proxy) ' | tr -s ' ' | paste -sd, -)" ""
+  else
+    peer python-mcp-proxy install-failed "" "$(tail -c 2000 "$WORK/install-py.log" 2>/dev/null)"
+  fi
+  if [[ (! -f $SG || ! -f $EVERYTHING) && ${NO_INSTALL:-0} != 1 ]]; then
+    log "installing supergateway and server-everything into $PEERS/node"
+    mkdir -p "$PEERS/node"
+    npm install --no-audit --no-fund --prefix "$PEERS/node" supergateway @modelcontextprotocol/server-everything \
+      >"$WORK/install-node.log" 2>&1 || true
+  fi
+  pkgver() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$1" 2>/dev/null; }
+  if [[ -f $SG ]]; then
+    HAVE_SG=1
+    peer supergateway ok "$(pkgver "$PEERS/node/node_modules/supergateway/package.json")" "node $(node --version)"
+  else
+    peer supergateway install-failed "" "$(tail -c 2000 "$WORK/install-node.log" 2>/dev/null)"
+  fi
+  if [[ -f $EVERYTHING ]]; then
+    HAVE_EVERYTHING=1
+    peer server-everything ok "$(pkgver "$PEERS/node/node_modules/@modelcontextprotocol/server-everything/package.json")" ""
+  else
+    peer server-everything install-failed "" "$(tail -c 2000 "$WORK/install-node.log" 2>/dev/null)"
+  fi
+fi
+
+# --- peers as HTTP fronts of a stdio server ---------------------------------------------------
+
+# start_front KIND NAME SERVER_CMD...: start a proxy of KIND (shadowcat, rust-mcp-proxy,
+# python-mcp-proxy, supergateway) fronting the stdio server; sets FRONT_URL, FRONT_PID, FRONT_TOOL
+# (tool name of `echo` through it). Returns 1 (after recording why) if it does not come up.
+start_front() {
+  local kind=$1 name=$2
+  shift 2
+  local port
+  FRONT_TOOL=echo
+  case $kind in
+    shadowcat)
+      start "$name" "$SC" --log-level warn forward http --listen 127.0.0.1:0 \
+        --max-sessions 100000 --idle-timeout 3600 --shutdown-deadline 2 -- "$@"
+      FRONT_PID=$LAST_PID
+      FRONT_URL=$(wait_listen "$name" "$FRONT_PID")/mcp || { failure "$name" "did not start: $(tail -c 1500 "$WORK/$name.log")"; return 1; }
+      return 0
+      ;;
+    rust-mcp-proxy)
+      port=$(free_port)
+      {
+        printf '[proxy]\nname = "bench"\n[proxy.listen]\nhost = "127.0.0.1"\nport = %s\n' "$port"
+        printf '[observability]\nlog_level = "warn"\n'
+        printf '[[backends]]\nname = "s"\ntransport = "stdio"\ncommand = "%s"\nargs = [' "$1"
+        local first=1 arg
+        for arg in "${@:2}"; do
+          [[ $first == 1 ]] || printf ', '
+          printf '"%s"' "$arg"
+          first=0
+        done
+        printf ']\n'
+      } >"$WORK/$name.toml"
+      start "$name" "$RUST_PEER" --config "$WORK/$name.toml"
+      FRONT_URL=http://127.0.0.1:$port/
+      FRONT_TOOL=s/echo
+      ;;
+    python-mcp-proxy)
+      port=$(free_port)
+      start "$name" "$PY_PEER" --host 127.0.0.1 --port "$port" --log-level WARNING -- "$@"
+      FRONT_URL=http://127.0.0.1:$port/mcp
+      ;;
+    supergateway)
+      port=$(free_port)
+      # supergateway has no listen-address option (it binds every interface); we only ever
+      # address it on 127.0.0.1.
+      start "$name" node "$SG" --stdio "$*" --outputTransport streamableHttp --stateful \
+        --port "$port" --logLevel none
+      FRONT_URL=http://127.0.0.1:$port/mcp
+      ;;
+  esac
+  FRONT_PID=$LAST_PID
+  if ! "$BENCH" wait --url "$FRONT_URL" --timeout 60 >"$WORK/wait.out" 2>&1; then
+    failure "$name" "did not come up: $(cat "$WORK/wait.out" | tail -c 1000); log: $(tail -c 1500 "$WORK/$name.log")"
+    stop "$FRONT_PID"
+    return 1
+  fi
+}
+
+have_kind() {
+  case $1 in
+    shadowcat) return 0 ;;
+    rust-mcp-proxy) [[ $HAVE_RUST == 1 ]] ;;
+    python-mcp-proxy) [[ $HAVE_PY == 1 ]] ;;
+    supergateway) [[ $HAVE_SG == 1 ]] ;;
+  esac
+}
+
+start_demo_http() { # sets DEMO_PID, DEMO_URL
+  start "$1" "$SC" --log-level warn demo-server --http 127.0.0.1:0
+  DEMO_PID=$LAST_PID
+  DEMO_URL=$(wait_listen "$1" "$DEMO_PID")/mcp
+}
+
+# --- scenarios ----------------------------------------------------------------------------------
+
+calls_args() { echo --duration "$DURATION" --warmup "$WARMUP" --payload "$PAYLOAD"; }
+
+scenario_a() {
+  log "== a. HTTP→HTTP tools/call echo: direct vs through shadowcat forward http --target"
+  # Two upstreams: `http` = the demo server's own Streamable HTTP endpoint (rmcp; answers with an
+  # SSE body written in pieces, no TCP_NODELAY), and `json-upstream` = a shadowcat HTTP→stdio front
+  # of the demo server (answers with one JSON body): it tells the proxy's own cost apart from
+  # Nagle/delayed-ACK stalls on the proxy→upstream connection.
+  start_demo_http a-demo || { failure "a" "demo server did not start"; return; }
+  start "a-json" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --max-sessions 100000 \
+    --shutdown-deadline 2 -- "$SC" demo-server
+  local json_pid=$LAST_PID json_url
+  json_url=$(wait_listen a-json "$json_pid")/mcp || { failure "a" "json upstream did not start"; return; }
+  start "a-proxy" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$DEMO_URL" \
+    --max-sessions 100000 --shutdown-deadline 2
+  local proxy_pid=$LAST_PID proxy_url
+  proxy_url=$(wait_listen a-proxy "$proxy_pid")/mcp || { failure "a" "proxy did not start"; return; }
+  start "a-proxy-json" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$json_url" \
+    --max-sessions 100000 --shutdown-deadline 2
+  local pj_pid=$LAST_PID pj_url
+  pj_url=$(wait_listen a-proxy-json "$pj_pid")/mcp || { failure "a" "proxy did not start"; return; }
+  local r c v g url up pp
+  for r in $(seq 1 "$ROUNDS"); do
+    for g in http json-upstream; do
+      for c in $CONCURRENCY; do
+        for v in $(rotate "$r" direct shadowcat); do
+          if [[ $g == http ]]; then
+            up=$DEMO_PID pp=$proxy_pid
+            [[ $v == direct ]] && url=$DEMO_URL || url=$proxy_url
+          else
+            up=$json_pid pp=$pj_pid
+            [[ $v == direct ]] && url=$json_url || url=$pj_url
+          fi
+          local watch=(--pid "upstream=$up")
+          [[ $v == direct ]] || watch+=(--pid "proxy=$pp")
+          # shellcheck disable=SC2046
+          bench "a|$g|$v|c=$c|r$r" calls --url "$url" -c "$c" $(calls_args) "${watch[@]}"
+        done
+      done
+    done
+  done
+  stop "$pj_pid"
+  stop "$proxy_pid"
+  stop "$json_pid"
+  stop "$DEMO_PID"
+}
+
+scenario_b() {
+  log "== b. HTTP→stdio: shadowcat vs peers, each fronting the same stdio server"
+  local servers=(demo) kinds=(shadowcat rust-mcp-proxy python-mcp-proxy supergateway)
+  [[ $HAVE_EVERYTHING == 1 ]] && servers+=(everything)
+  local srv
+  for srv in "${servers[@]}"; do
+    local cmd prefix
+    if [[ $srv == demo ]]; then
+      cmd=("$SC" demo-server)
+      prefix=""
+    else
+      cmd=(node "$EVERYTHING" stdio)
+      prefix="Echo: "
+    fi
+    declare -A url=() pid=() tool=()
+    local kind
+    for kind in "${kinds[@]}"; do
+      if ! have_kind "$kind"; then
+        failure "b|$srv|$kind" "not installed (see peers)"
+        continue
+      fi
+      if start_front "$kind" "b-$srv-$kind" "${cmd[@]}"; then
+        url[$kind]=$FRONT_URL pid[$kind]=$FRONT_PID tool[$kind]=$FRONT_TOOL
+      fi
+    done
+    local variants=(direct "${!url[@]}") r c v
+    for r in $(seq 1 "$ROUNDS"); do
+      for c in $CONCURRENCY; do
+        for v in $(rotate "$r" "${variants[@]}"); do
+          if [[ $v == direct ]]; then
+            # shellcheck disable=SC2046
+            bench "b|$srv|direct-stdio|c=$c|r$r" calls -c "$c" $(calls_args) \
+              --expect-prefix "$prefix" --stdio -- "${cmd[@]}"
+          else
+            # shellcheck disable=SC2046
+            bench "b|$srv|$v|c=$c|r$r" calls --url "${url[$v]}" --tool "${tool[$v]}" \
+              --expect-prefix "$prefix" -c "$c" $(calls_args) --pid "proxy=${pid[$v]}"
+          fi
+        done
+      done
+    done
+    for v in "${!pid[@]}"; do stop "${pid[$v]}"; done
+    unset url pid tool
+  done
+}
+
+scenario_c() {
+  log "== c. idle sessions: memory per session"
+  local r v
+  for r in $(seq 1 "$IDLE_ROUNDS"); do
+    for v in $(rotate "$r" direct shadowcat); do
+      start_demo_http "c-demo-$v-$r" || { failure "c" "demo server did not start"; continue; }
+      if [[ $v == direct ]]; then
+        bench "c|http|direct|n=$IDLE_HTTP|r$r" idle-sessions --url "$DEMO_URL" --sessions "$IDLE_HTTP" \
+          --pid "upstream=$DEMO_PID"
+      else
+        start "c-proxy-$r" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$DEMO_URL" \
+          --max-sessions $((IDLE_HTTP * 2)) --idle-timeout 3600 --shutdown-deadline 2
+        local ppid=$LAST_PID purl
+        if purl=$(wait_listen "c-proxy-$r" "$ppid"); then
+          bench "c|http|shadowcat|n=$IDLE_HTTP|r$r" idle-sessions --url "$purl/mcp" --sessions "$IDLE_HTTP" \
+            --pid "proxy=$ppid" --pid "upstream=$DEMO_PID"
+        fi
+        stop "$ppid"
+      fi
+      stop "$DEMO_PID"
+    done
+  done
+  local kinds=(shadowcat)
+  [[ $IDLE_PEERS == 1 ]] && kinds+=(rust-mcp-proxy python-mcp-proxy)
+  for r in $(seq 1 "$IDLE_ROUNDS"); do
+    for v in $(rotate "$r" "${kinds[@]}"); do
+      have_kind "$v" || continue
+      if start_front "$v" "c-stdio-$v-$r" "$SC" demo-server; then
+        BENCH_TIMEOUT=600 bench "c|stdio|$v|n=$IDLE_STDIO|r$r" idle-sessions --url "$FRONT_URL" \
+          --tool "$FRONT_TOOL" --sessions "$IDLE_STDIO" --concurrency 16 --pid "proxy=$FRONT_PID"
+        stop "$FRONT_PID"
+      fi
+    done
+  done
+}
+
+scenario_d() {
+  log "== d. SSE pass-through: notifications/message events, proxy vs direct"
+  start_demo_http d-demo || { failure "d" "demo server did not start"; return; }
+  start d-proxy-http "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$DEMO_URL" \
+    --max-sessions 100000 --shutdown-deadline 2
+  local hp=$LAST_PID hu
+  hu=$(wait_listen d-proxy-http "$hp")/mcp || { failure "d" "proxy did not start"; return; }
+  start d-proxy-stdio "$SC" --log-level warn forward http --listen 127.0.0.1:0 --max-sessions 100000 \
+    --shutdown-deadline 2 -- "$SC" demo-server
+  local sp=$LAST_PID su
+  su=$(wait_listen d-proxy-stdio "$sp")/mcp || { failure "d" "stdio proxy did not start"; return; }
+  local r s v sse_args=(--count "$SSE_COUNT" --rounds "$SSE_CALLS" --probes "$SSE_PROBES")
+  for r in $(seq 1 "$ROUNDS"); do
+    for s in $SSE_STREAMS; do
+      for v in $(rotate "$r" direct-http shadowcat-http direct-stdio shadowcat-stdio); do
+        case $v in
+          direct-http) bench "d|http|direct|streams=$s|r$r" sse --url "$DEMO_URL" --streams "$s" "${sse_args[@]}" \
+            --pid "upstream=$DEMO_PID" ;;
+          shadowcat-http) bench "d|http|shadowcat|streams=$s|r$r" sse --url "$hu" --streams "$s" "${sse_args[@]}" \
+            --pid "proxy=$hp" --pid "upstream=$DEMO_PID" ;;
+          direct-stdio) bench "d|stdio|direct|streams=$s|r$r" sse --streams "$s" "${sse_args[@]}" \
+            --stdio -- "$SC" demo-server ;;
+          shadowcat-stdio) bench "d|stdio|shadowcat|streams=$s|r$r" sse --url "$su" --streams "$s" "${sse_args[@]}" \
+            --pid "proxy=$sp" ;;
+        esac
+      done
+    done
+  done
+  stop "$sp"
+  stop "$hp"
+  stop "$DEMO_PID"
+}
+
+# e, f, g: the session store, resumption (Last-Event-ID) and recording (tapes) are not built
+# yet. Each gets its scenario here when it lands, following the same pattern: start the variants,
+# alternate them for $ROUNDS rounds with `bench "LETTER|group|variant|param|rN" MODE …`, stop them;
+# bench/report.py then needs a row in TARGETS/headline for it.
+scenario_e() { log "== e. session store (SQLite/Redis): not built yet"; echo '{"scenario": "e", "status": "pending: session store not built yet"}' >"$RAW/pending-e.json"; }
+scenario_f() { log "== f. resumption (Last-Event-ID): not built yet"; echo '{"scenario": "f", "status": "pending: resumption not built yet"}' >"$RAW/pending-f.json"; }
+scenario_g() { log "== g. recording (tapes): not built yet"; echo '{"scenario": "g", "status": "pending: recording not built yet"}' >"$RAW/pending-g.json"; }
+
+scenario_h() {
+  log "== h. cold start: spawn → first initialize answered"
+  start_demo_http h-demo || { failure "h" "demo server did not start"; return; }
+  local r v variants=(shadowcat-http shadowcat-stdio demo-server)
+  [[ $HAVE_RUST == 1 ]] && variants+=(rust-mcp-proxy)
+  [[ $HAVE_PY == 1 ]] && variants+=(python-mcp-proxy)
+  [[ $HAVE_SG == 1 ]] && variants+=(supergateway)
+  local port
+  for r in $(seq 1 "$ROUNDS"); do
+    for v in $(rotate "$r" "${variants[@]}"); do
+      case $v in
+        shadowcat-http) bench "h|http|shadowcat|target|r$r" cold-start --runs "$COLD_RUNS" -- \
+          "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$DEMO_URL" ;;
+        shadowcat-stdio) bench "h|stdio|shadowcat|child|r$r" cold-start --runs "$COLD_RUNS" -- \
+          "$SC" --log-level warn forward http --listen 127.0.0.1:0 -- "$SC" demo-server ;;
+        demo-server) bench "h|http|demo-server|direct|r$r" cold-start --runs "$COLD_RUNS" -- \
+          "$SC" --log-level warn demo-server --http 127.0.0.1:0 ;;
+        rust-mcp-proxy)
+          port=$(free_port)
+          printf '[proxy]\nname = "bench"\n[proxy.listen]\nhost = "127.0.0.1"\nport = %s\n[observability]\nlog_level = "warn"\n[[backends]]\nname = "s"\ntransport = "stdio"\ncommand = "%s"\nargs = ["demo-server"]\n' \
+            "$port" "$SC" >"$WORK/h-rust.toml"
+          bench "h|stdio|rust-mcp-proxy|child|r$r" cold-start --runs "$PEER_COLD_RUNS" \
+            --url "http://127.0.0.1:$port/" --tool s/echo -- "$RUST_PEER" --config "$WORK/h-rust.toml" ;;
+        python-mcp-proxy)
+          port=$(free_port)
+          bench "h|stdio|python-mcp-proxy|child|r$r" cold-start --runs "$PEER_COLD_RUNS" \
+            --url "http://127.0.0.1:$port/mcp" -- "$PY_PEER" --host 127.0.0.1 --port "$port" \
+            --log-level WARNING -- "$SC" demo-server ;;
+        supergateway)
+          port=$(free_port)
+          bench "h|stdio|supergateway|child|r$r" cold-start --runs "$PEER_COLD_RUNS" \
+            --url "http://127.0.0.1:$port/mcp" -- node "$SG" --stdio "$SC demo-server" \
+            --outputTransport streamableHttp --stateful --port "$port" --logLevel none ;;
+      esac
+    done
+  done
+  stop "$DEMO_PID"
+}
+
+# --- run ------------------------------------------------------------------------------------------
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+declare -A TOOK=()
+for s in a b c d e f g h; do
+  if has "$s"; then
+    t0=$(date +%s)
+    "scenario_$s" || failure "$s" "scenario aborted (exit $?)"
+    TOOK[$s]=$(($(date +%s) - t0))
+  fi
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Machine and run description for the report.
+{
+  echo "date=$DATE"
+  echo "quick=$QUICK"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "mem_total_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
+  echo "kernel=$(uname -r)"
+  echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+  echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
+  echo "load_before=$LOAD_BEFORE"
+  echo "load_after=$LOAD_AFTER"
+  echo "elapsed_s=$(($(date +%s) - START_TS))"
+  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS BENCH_THREADS=$BENCH_THREADS"
+  for s in "${!TOOK[@]}"; do echo "took_$s=${TOOK[$s]}"; done
+} >"$WORK/meta.txt"
+
+python3 "$ROOT/bench/report.py" --raw "$RAW" --meta "$WORK/meta.txt" --peers "$PEER_STATUS" \
+  --failures "$FAILURES" --out "$RESULTS/$DATE"
+log "results: $RESULTS/$DATE.md and $RESULTS/$DATE.json ($(($(date +%s) - START_TS)) s)"
