@@ -94,14 +94,6 @@ impl MemoryStore {
     }
 }
 
-/// Event ids are canonical decimal integers; anything else (`+5`, `05`) was never handed out.
-fn parse_event_id(id: &str) -> StoreResult<u64> {
-    id.parse::<u64>()
-        .ok()
-        .filter(|n| n.to_string() == id)
-        .ok_or_else(|| StoreError::EventGone(id.to_owned()))
-}
-
 #[async_trait]
 impl SessionStore for MemoryStore {
     fn backend(&self) -> &'static str {
@@ -238,7 +230,7 @@ impl SessionStore for MemoryStore {
         limit: usize,
     ) -> StoreResult<Vec<LoggedEvent>> {
         let after = after
-            .map(|a| parse_event_id(a).map(|n| (a, n)))
+            .map(|a| crate::util::parse_event_id::<u64>(a).map(|n| (a, n)))
             .transpose()?;
         let st = self.lock();
         let log = st.events.get(session).and_then(|s| s.get(stream));

@@ -3,6 +3,15 @@
 use crate::{SessionFilter, SessionRecord};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Parse an event id handed out as a canonical decimal integer; anything else (`+5`, `05`, or not
+/// a number) was never handed out, so it is `EventGone`.
+pub(crate) fn parse_event_id<T: std::str::FromStr + ToString>(id: &str) -> crate::StoreResult<T> {
+    id.parse::<T>()
+        .ok()
+        .filter(|n| n.to_string() == id)
+        .ok_or_else(|| crate::StoreError::EventGone(id.to_owned()))
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

@@ -133,14 +133,6 @@ fn filter_sql(filter: &SessionFilter, after: Option<&str>) -> (String, Vec<Value
     (sql, values)
 }
 
-/// Event ids are canonical decimal integers; anything else (`+5`, `05`) was never handed out.
-fn parse_event_id(id: &str) -> StoreResult<i64> {
-    id.parse::<i64>()
-        .ok()
-        .filter(|n| n.to_string() == id)
-        .ok_or_else(|| StoreError::EventGone(id.to_owned()))
-}
-
 #[async_trait]
 impl SessionStore for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -362,7 +354,7 @@ impl SessionStore for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<LoggedEvent>> {
         let after = after
-            .map(|a| parse_event_id(a).map(|n| (a.to_owned(), n)))
+            .map(|a| crate::util::parse_event_id::<i64>(a).map(|n| (a.to_owned(), n)))
             .transpose()?;
         let (session, stream) = (session.to_owned(), stream.to_owned());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

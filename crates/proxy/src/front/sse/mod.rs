@@ -269,7 +269,7 @@ impl Shared {
 
     /// `POST …/message?sessionId=…`: hand the message to the session; 202.
     async fn message(&self, route: Arc<str>, req: Request) -> Result<Response, ProxyError> {
-        content_type_json(req.headers())?;
+        crate::front::http::checks::content_type(req.headers())?;
         let id = session_param(req.uri().query().unwrap_or("")).ok_or_else(|| {
             bad("the message endpoint needs `?sessionId=` (from the `endpoint` event)")
         })?;
@@ -383,24 +383,6 @@ fn accepts_sse(headers: &HeaderMap) -> Result<(), ProxyError> {
         StatusCode::NOT_ACCEPTABLE,
         INVALID_REQUEST,
         "the SSE endpoint answers with `text/event-stream`; send `Accept: text/event-stream`",
-    ))
-}
-
-/// Message bodies are JSON (415 otherwise).
-fn content_type_json(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = ct.split(';').next().unwrap_or("").trim();
-    if media.eq_ignore_ascii_case("application/json") {
-        return Ok(());
-    }
-    let shown = if ct.is_empty() { "none" } else { ct };
-    Err(ProxyError::bad(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        INVALID_REQUEST,
-        format!("Content-Type must be application/json (got {shown})"),
     ))
 }
 
