@@ -156,7 +156,7 @@ impl SessionStore for MemoryStore {
             Some(a) => Bound::Excluded(a),
             None => Bound::Unbounded,
         };
-        let mut sessions: Vec<SessionRecord> = st
+        let sessions: Vec<SessionRecord> = st
             .sessions
             .range::<str, _>((start, Bound::Unbounded))
             .map(|(_, rec)| rec)
@@ -164,13 +164,7 @@ impl SessionStore for MemoryStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        let next = if sessions.len() > limit {
-            sessions.truncate(limit);
-            sessions.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
-        Ok(SessionPage { sessions, next })
+        Ok(crate::util::page(sessions, limit))
     }
 
     async fn count(&self, filter: &SessionFilter) -> StoreResult<usize> {

@@ -12,6 +12,18 @@ pub(crate) fn parse_event_id<T: std::str::FromStr + ToString>(id: &str) -> crate
         .ok_or_else(|| crate::StoreError::EventGone(id.to_owned()))
 }
 
+/// A listing page from up to `limit + 1` matches in id order: the extra one only says that
+/// another page follows, whose cursor is the last id kept.
+pub(crate) fn page(mut sessions: Vec<crate::SessionRecord>, limit: usize) -> crate::SessionPage {
+    let next = if sessions.len() > limit {
+        sessions.truncate(limit);
+        sessions.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    crate::SessionPage { sessions, next }
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

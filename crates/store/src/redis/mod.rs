@@ -372,13 +372,7 @@ impl SessionStore for RedisStore {
             |_| {},
         )
         .await?;
-        let next = if sessions.len() > limit {
-            sessions.truncate(limit);
-            sessions.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
-        Ok(SessionPage { sessions, next })
+        Ok(crate::util::page(sessions, limit))
     }
 
     async fn count(&self, filter: &SessionFilter) -> StoreResult<usize> {

@@ -254,18 +254,12 @@ impl SessionStore for SqliteStore {
         self.readers
             .run(move |conn| {
                 let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
-                let mut sessions = stmt
+                let sessions = stmt
                     .query_map(params_from_iter(values.iter()), record_from_row)
                     .map_err(sql_err)?
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(row_err)?;
-                let next = if sessions.len() > limit {
-                    sessions.truncate(limit);
-                    sessions.last().map(|r| r.id.clone())
-                } else {
-                    None
-                };
-                Ok(SessionPage { sessions, next })
+                Ok(crate::util::page(sessions, limit))
             })
             .await
     }
