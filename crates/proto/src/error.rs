@@ -64,7 +64,7 @@ pub fn error_bytes(
 
 /// A JSON-RPC error response as a [`Frame`].
 pub fn error_frame(id: Option<&RequestId>, code: i64, message: &str) -> Frame {
-    Frame::from_trusted_error(error_bytes(id, code, message, None), id.cloned())
+    Frame::from_trusted_error(error_bytes(id, code, message, None), id.cloned(), code)
 }
 
 #[cfg(test)]
@@ -78,7 +78,13 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(f.raw()).unwrap();
         assert_eq!(v["id"], serde_json::json!(7));
         assert_eq!(v["error"]["code"], serde_json::json!(-32000));
+        assert_eq!(f.proxy_error(), Some(UPSTREAM_ERROR));
         let back = Frame::parse_single(f.raw().clone()).unwrap();
+        assert_eq!(
+            back.proxy_error(),
+            None,
+            "a received frame is never the proxy's own"
+        );
         assert_eq!(back.kind(), FrameKind::Error);
         assert_eq!(back.id(), Some(&RequestId::Number(7)));
 

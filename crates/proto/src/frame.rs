@@ -163,6 +163,8 @@ struct Hints {
     progress_token: Option<RequestId>,
     /// `params.requestId` of `notifications/cancelled`.
     cancelled_id: Option<RequestId>,
+    /// The error code of an error response the proxy made itself (never set by parsing).
+    proxy_error: Option<i64>,
 }
 
 /// One JSON-RPC message: raw bytes + parsed envelope.
@@ -334,13 +336,16 @@ impl Frame {
     }
 
     /// Build a frame for an error response the proxy produced itself (bytes known to be valid).
-    pub(crate) fn from_trusted_error(raw: Bytes, id: Option<RequestId>) -> Frame {
+    pub(crate) fn from_trusted_error(raw: Bytes, id: Option<RequestId>, code: i64) -> Frame {
         Frame {
             raw,
             kind: FrameKind::Error,
             id,
             method: None,
-            hints: Box::default(),
+            hints: Box::new(Hints {
+                proxy_error: Some(code),
+                ..Hints::default()
+            }),
         }
     }
 
@@ -375,6 +380,11 @@ impl Frame {
     /// For `notifications/cancelled`: the id of the cancelled request.
     pub fn cancelled_id(&self) -> Option<&RequestId> {
         self.hints.cancelled_id.as_ref()
+    }
+    /// The code of an error response this process made itself (`None` for every frame that
+    /// was received, whatever it says).
+    pub fn proxy_error(&self) -> Option<i64> {
+        self.hints.proxy_error
     }
     /// True for `initialize` requests.
     pub fn is_initialize(&self) -> bool {

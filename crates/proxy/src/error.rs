@@ -64,6 +64,14 @@ pub enum ProxyError {
     /// The session store is unreachable and the proxy is configured to fail closed.
     #[error("the session store is unavailable ({0}); retry later")]
     StoreUnavailable(String),
+    /// Every upstream that could take the request has its circuit breaker open.
+    #[error("{message}")]
+    CircuitOpen {
+        /// Which upstream and when to retry.
+        message: String,
+        /// Seconds until the breaker lets a probe through.
+        retry_after: u64,
+    },
 }
 
 impl ProxyError {
@@ -85,7 +93,8 @@ impl ProxyError {
             | ProxyError::UnsupportedVersion { .. } => Side::Client,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
-            | ProxyError::UpstreamProtocol(_) => Side::Upstream,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::CircuitOpen { .. } => Side::Upstream,
             ProxyError::SessionLimit(_)
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_) => Side::Internal,
@@ -97,6 +106,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::UpstreamConnect(_)
+                | ProxyError::CircuitOpen { .. }
                 | ProxyError::SessionLimit(_)
                 | ProxyError::ShuttingDown
                 | ProxyError::StoreUnavailable(_)
@@ -113,7 +123,8 @@ impl ProxyError {
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
             ProxyError::SessionLimit(_)
             | ProxyError::ShuttingDown
-            | ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::StoreUnavailable(_)
+            | ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -146,7 +157,8 @@ impl ProxyError {
             | ProxyError::StoreUnavailable(_) => rpc::INTERNAL_ERROR,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
-            | ProxyError::UpstreamProtocol(_) => rpc::UPSTREAM_ERROR,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::CircuitOpen { .. } => rpc::UPSTREAM_ERROR,
         }
     }
 }

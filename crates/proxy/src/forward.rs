@@ -47,6 +47,7 @@ pub async fn forward_stdio(
         tracker: tracker.clone(),
         http: HttpClient::new(CONNECT_TIMEOUT)?,
         options: cfg.options.clone(),
+        guard: None,
     };
     let grace = cfg.options.shutdown_grace;
     let (session, events) =

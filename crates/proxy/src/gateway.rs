@@ -16,6 +16,7 @@ mod endpoints;
 mod health;
 pub mod limits;
 pub mod metrics;
+pub mod resilience;
 mod target;
 mod validate;
 
@@ -137,7 +138,12 @@ impl Gateway {
                 Arc::new(Route {
                     path: r.path.clone(),
                     key,
-                    set: UpstreamSet::new(members, r.balance, r.eject_for.0),
+                    set: UpstreamSet::new(
+                        members,
+                        r.balance,
+                        r.eject_for.0,
+                        &resilience::guard_config(r),
+                    ),
                     scopes,
                     failover: r.failover,
                     connect_timeout: r.connect_timeout.0,

@@ -19,6 +19,7 @@ pub mod error;
 pub mod forward;
 pub mod front;
 pub mod gateway;
+pub mod guard;
 pub mod intercept;
 pub mod pipeline;
 pub mod record;

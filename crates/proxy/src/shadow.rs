@@ -203,6 +203,7 @@ async fn run(inner: Arc<Inner>, session: Arc<str>, mut rx: mpsc::Receiver<Frame>
         tracker: inner.tracker.clone(),
         http: inner.http.clone(),
         options: inner.options.clone(),
+        guard: None,
     };
     let (up, mut events) = match upstream::connect(&inner.spec, ctx).await {
         Ok(x) => x,

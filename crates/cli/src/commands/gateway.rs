@@ -132,6 +132,10 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
                 rules: Vec::new(),
                 default_effect: Default::default(),
                 health: None,
+                breaker: Default::default(),
+                retry: Default::default(),
+                request_timeout: shadowcat_proxy::gateway::resilience::default_request_timeout(),
+                sse_idle_timeout: shadowcat_proxy::gateway::resilience::default_sse_idle_timeout(),
             }),
         }
         if let Some(b) = a.balance

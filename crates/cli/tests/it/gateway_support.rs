@@ -27,6 +27,23 @@ struct FakeState {
     authorization: Mutex<Vec<Option<String>>>,
     sessions: AtomicUsize,
     unhealthy: std::sync::atomic::AtomicBool,
+    /// Every message received: its method (`reply` for responses).
+    methods: Mutex<Vec<String>>,
+    /// Faults, see [`Fault`].
+    fault: Mutex<Option<Fault>>,
+    /// Answer this many more requests (not `initialize`) with HTTP 503.
+    unavailable: AtomicUsize,
+}
+
+/// How the fake misbehaves on `tools/call`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 500 with an empty body.
+    Error500,
+    /// Never answer (the request hangs until the client gives up).
+    Hang,
+    /// Answer `text/event-stream` and then send nothing.
+    SilentStream,
 }
 
 /// A minimal Streamable HTTP MCP server: answers `initialize` (serverInfo.name = its name),
@@ -76,6 +93,27 @@ impl FakeUpstream {
         self.state.unhealthy.store(!healthy, Ordering::SeqCst);
     }
 
+    /// Misbehave on `tools/call` (or behave again with `None`).
+    pub fn set_fault(&self, f: Option<Fault>) {
+        *self.state.fault.lock().unwrap() = f;
+    }
+
+    /// Answer the next `n` requests other than `initialize` with HTTP 503.
+    pub fn unavailable_for(&self, n: usize) {
+        self.state.unavailable.store(n, Ordering::SeqCst);
+    }
+
+    /// How many messages with this method arrived.
+    pub fn count(&self, method: &str) -> usize {
+        self.state
+            .methods
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m == method)
+            .count()
+    }
+
     /// Sessions initialized here.
     pub fn sessions(&self) -> usize {
         self.state.sessions.load(Ordering::SeqCst)
@@ -89,9 +127,34 @@ async fn fake_post(State(s): State<Arc<FakeState>>, headers: HeaderMap, body: By
             .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string()),
     );
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let method = v["method"].as_str().unwrap_or("reply").to_string();
+    s.methods.lock().unwrap().push(method.clone());
     let Some(id) = v.get("id").cloned().filter(|_| v.get("method").is_some()) else {
         return StatusCode::ACCEPTED.into_response();
     };
+    if method != "initialize"
+        && s.unavailable
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let fault = *s.fault.lock().unwrap();
+    match fault.filter(|_| method == "tools/call") {
+        Some(Fault::Error500) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Some(Fault::Hang) => {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+        Some(Fault::SilentStream) => {
+            let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+            return (
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                axum::body::Body::from_stream(never),
+            )
+                .into_response();
+        }
+        None => {}
+    }
     let result = match v["method"].as_str().unwrap_or("") {
         "initialize" => {
             let n = s.sessions.fetch_add(1, Ordering::SeqCst);

@@ -3,6 +3,7 @@ pub mod harness;
 mod eras;
 mod gateway;
 mod gateway_auth;
+mod gateway_resilience;
 mod gateway_support;
 mod http_front;
 mod intercept;

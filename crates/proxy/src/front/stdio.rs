@@ -57,7 +57,7 @@ where
                 }
                 Some(UpstreamEvent::Closed { reason, exit_code }) => {
                     tracing::info!(%reason, "upstream closed");
-                    for err in session.inflight().fail_all(&reason) {
+                    for err in session.fail_pending(&reason) {
                         let _ = out_tx.send(err.into_raw()).await;
                     }
                     break exit_code.unwrap_or(0);

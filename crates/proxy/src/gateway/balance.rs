@@ -7,6 +7,7 @@
 //! get no new sessions unless every member is ejected.
 
 use super::config::Strategy;
+use crate::guard::{Guard, GuardConfig};
 use crate::session::Session;
 use crate::upstream::UpstreamSpec;
 use sha2::{Digest, Sha256};
@@ -33,6 +34,8 @@ pub struct Member {
     healthy: AtomicBool,
     /// Consecutive check results: positive = successes, negative = failures.
     streak: AtomicI64,
+    /// Breaker, retries and timeouts, shared by the sessions placed here.
+    guard: Arc<Guard>,
 }
 
 impl Member {
@@ -64,6 +67,10 @@ impl Member {
         (now != was).then_some(now)
     }
 
+    /// Its breaker, retry budget and timeouts.
+    pub fn guard(&self) -> &Arc<Guard> {
+        &self.guard
+    }
     /// How to reach it.
     pub fn spec(&self) -> &UpstreamSpec {
         &self.spec
@@ -123,10 +130,16 @@ fn hash64(data: &[u8]) -> u64 {
 
 impl UpstreamSet {
     /// A set of `(spec, weight)` members (at least one).
-    pub fn new(members: Vec<(UpstreamSpec, u32)>, strategy: Strategy, eject_for: Duration) -> Self {
+    pub fn new(
+        members: Vec<(UpstreamSpec, u32)>,
+        strategy: Strategy,
+        eject_for: Duration,
+        guard: &GuardConfig,
+    ) -> Self {
         let members: Vec<Member> = members
             .into_iter()
             .map(|(spec, weight)| Member {
+                guard: Arc::new(Guard::new(&spec.describe(), guard)),
                 name: spec.describe(),
                 spec,
                 weight: weight.max(1),
@@ -180,10 +193,12 @@ impl UpstreamSet {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether member `i` may get new sessions: healthy, and not ejected.
+    /// Whether member `i` may get new sessions: healthy, not ejected, breaker not open.
     pub fn is_available(&self, i: usize) -> bool {
         let m = &self.members[i];
-        m.healthy() && m.ejected_until_ms.load(Ordering::Acquire) <= self.now_ms()
+        m.healthy()
+            && m.ejected_until_ms.load(Ordering::Acquire) <= self.now_ms()
+            && m.guard.accepts_sessions()
     }
 
     /// Member `i` failed to connect: no new sessions for it for a while.
@@ -319,7 +334,7 @@ mod tests {
                 )
             })
             .collect();
-        UpstreamSet::new(members, s, Duration::from_secs(60))
+        UpstreamSet::new(members, s, Duration::from_secs(60), &GuardConfig::default())
     }
 
     fn counts(s: &UpstreamSet, n: usize) -> Vec<usize> {

@@ -5,6 +5,7 @@
 //! validation then reports *every* semantic problem, each naming the file, the field (as a path
 //! such as `routes[0].upstreams[1].url`) and what is wrong. See `examples/gateway.toml`.
 
+use super::resilience::{BreakerSection, RetrySection};
 use crate::upstream::UpstreamSpec;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
@@ -517,6 +518,18 @@ pub struct RouteConfig {
     /// Active health checks (absent: none; connection failures still eject).
     #[serde(default)]
     pub health: Option<HealthConfig>,
+    /// Circuit breaker of each upstream (on by default).
+    #[serde(default)]
+    pub breaker: BreakerSection,
+    /// Retries where safe, under a budget.
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// Longest wait for an upstream's answer to a request (`0`: no limit).
+    #[serde(default = "super::resilience::default_request_timeout")]
+    pub request_timeout: Dur,
+    /// Longest silence on an upstream response stream before it counts as broken (`0`: none).
+    #[serde(default = "super::resilience::default_sse_idle_timeout")]
+    pub sse_idle_timeout: Dur,
 }
 
 /// One `[[routes.upstreams]]`: `url = …` or `command = …` (+ `args`).

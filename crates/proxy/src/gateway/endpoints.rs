@@ -245,17 +245,8 @@ impl Gateway {
         let mut routes: Vec<&Arc<Route>> = self.routes.values().collect();
         routes.sort_by(|a, b| a.path.cmp(&b.path));
         for r in routes {
-            for (i, m) in r.set.members().iter().enumerate() {
-                upstreams.push(UpstreamGauge {
-                    route: r.path.clone(),
-                    upstream: m.name().to_string(),
-                    up: r.set.is_available(i),
-                    healthy: m.healthy(),
-                    sessions: m.sessions(),
-                    inflight: m.inflight(),
-                    sessions_total: m.sessions_total(),
-                    connect_failures: m.connect_failures(),
-                });
+            for i in 0..r.set.members().len() {
+                upstreams.push(UpstreamGauge::of(&r.path, &r.set, i));
             }
         }
         Snapshot {

@@ -63,6 +63,44 @@ pub struct UpstreamGauge {
     pub sessions_total: u64,
     /// Failed connection attempts.
     pub connect_failures: u64,
+    /// Circuit breaker: 0 closed, 1 half-open, 2 open (0 without a breaker).
+    pub breaker: u8,
+    /// Times the breaker opened.
+    pub breaker_opened: u64,
+    /// Requests refused fast while the breaker was open.
+    pub breaker_rejected: u64,
+    /// Retries sent.
+    pub retries: u64,
+    /// Retries not sent because the retry budget was spent.
+    pub retry_budget_exhausted: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+}
+
+impl UpstreamGauge {
+    /// The gauges of member `i` of `route`'s set.
+    pub fn of(route: &str, set: &super::UpstreamSet, i: usize) -> UpstreamGauge {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &set.members()[i];
+        let g = m.guard();
+        let s = g.stats();
+        UpstreamGauge {
+            route: route.to_string(),
+            upstream: m.name().to_string(),
+            up: set.is_available(i),
+            healthy: m.healthy(),
+            sessions: m.sessions(),
+            inflight: m.inflight(),
+            sessions_total: m.sessions_total(),
+            connect_failures: m.connect_failures(),
+            breaker: g.breaker().map(|b| b.state().gauge()).unwrap_or(0),
+            breaker_opened: g.breaker().map(|b| b.opened_total()).unwrap_or(0),
+            breaker_rejected: s.rejected.load(Relaxed),
+            retries: s.retries.load(Relaxed),
+            retry_budget_exhausted: s.budget_exhausted.load(Relaxed),
+            timeouts: s.timeouts.load(Relaxed),
+        }
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -245,7 +283,7 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE shadowcat_store_up gauge");
         let _ = writeln!(o, "shadowcat_store_up {}", u8::from(snap.store_healthy));
         type Field = fn(&UpstreamGauge) -> String;
-        let families: [(&str, &str, &str, Field); 6] = [
+        let families: [(&str, &str, &str, Field); 12] = [
             (
                 "shadowcat_upstream_up",
                 "gauge",
@@ -281,6 +319,42 @@ impl Metrics {
                 "counter",
                 "Failed connection attempts per upstream.",
                 |u| u.connect_failures.to_string(),
+            ),
+            (
+                "shadowcat_upstream_breaker_state",
+                "gauge",
+                "Circuit breaker state: 0 closed, 1 half-open (probing), 2 open (failing fast).",
+                |u| u.breaker.to_string(),
+            ),
+            (
+                "shadowcat_upstream_breaker_opened_total",
+                "counter",
+                "Times the circuit breaker opened.",
+                |u| u.breaker_opened.to_string(),
+            ),
+            (
+                "shadowcat_upstream_breaker_rejected_total",
+                "counter",
+                "Requests refused without reaching the upstream while its breaker was open.",
+                |u| u.breaker_rejected.to_string(),
+            ),
+            (
+                "shadowcat_upstream_retries_total",
+                "counter",
+                "Requests sent again (connection failures; 502/503/504 on idempotent methods).",
+                |u| u.retries.to_string(),
+            ),
+            (
+                "shadowcat_upstream_retry_budget_exhausted_total",
+                "counter",
+                "Retries not sent because the retry budget was spent.",
+                |u| u.retry_budget_exhausted.to_string(),
+            ),
+            (
+                "shadowcat_upstream_request_timeouts_total",
+                "counter",
+                "Requests the upstream did not answer within the request timeout.",
+                |u| u.timeouts.to_string(),
             ),
         ];
         for (name, kind, help, value) in families {
@@ -322,6 +396,12 @@ mod tests {
                 inflight: 1,
                 sessions_total: 5,
                 connect_failures: 0,
+                breaker: 2,
+                breaker_opened: 1,
+                breaker_rejected: 4,
+                retries: 3,
+                retry_budget_exhausted: 0,
+                timeouts: 1,
             }],
         });
         assert!(text.contains(
@@ -338,5 +418,11 @@ mod tests {
             "shadowcat_upstream_sessions{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 2"
         ));
         assert!(text.contains("shadowcat_active_sessions 2"));
+        assert!(text.contains(
+            "shadowcat_upstream_breaker_state{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 2"
+        ));
+        assert!(text.contains(
+            "shadowcat_upstream_retries_total{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 3"
+        ));
     }
 }

@@ -104,6 +104,21 @@ impl GatewayTarget {
     ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>), ProxyError> {
         let set = &self.route.set;
         let plan = set.plan(id, self.route.failover);
+        // Every breaker open: refuse now rather than start a session bound to fail.
+        let waits: Option<Vec<_>> = plan
+            .iter()
+            .map(|&i| set.members()[i].guard().open_for())
+            .collect();
+        if let Some(wait) = waits.and_then(|w| w.into_iter().min()) {
+            return Err(ProxyError::CircuitOpen {
+                message: format!(
+                    "every upstream of {} is failing (circuit breakers open); retry in {} s",
+                    self.route.path,
+                    wait.as_secs().max(1)
+                ),
+                retry_after: wait.as_secs().max(1),
+            });
+        }
         let records = front.registry().records();
         let first = set.members()[plan[0]].name();
         records
@@ -119,17 +134,18 @@ impl GatewayTarget {
                 && let Err(e) = probe(m.spec(), self.route.connect_timeout).await
             {
                 tracing::warn!(upstream = m.name(), error = %e, "upstream unreachable; ejecting it and trying the next");
+                m.guard().record(false);
                 set.eject(i);
                 last = Some(e);
                 continue;
             }
-            let connected = Session::connect(
-                id.clone(),
-                m.spec().clone(),
-                front.pipeline().clone(),
-                front.upstream_ctx(id),
-            )
-            .await;
+            let mut ctx = front.upstream_ctx(id);
+            ctx.guard = Some(m.guard().clone());
+            let connected =
+                Session::connect(id.clone(), m.spec().clone(), front.pipeline().clone(), ctx).await;
+            if connected.is_err() {
+                m.guard().record(false);
+            }
             match connected {
                 Ok((core, events)) => {
                     set.bind(i, &core);

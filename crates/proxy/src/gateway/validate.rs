@@ -150,6 +150,7 @@ impl GatewayConfig {
                     "must be more than 0".into(),
                 );
             }
+            super::resilience::validate(&at, r, &mut bad);
             if !r.scopes.is_empty() && self.auth.is_none() {
                 bad(
                     format!("{at}.scopes"),

@@ -2,8 +2,12 @@
 
 use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::{Frame, RequestId};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Timed-out request ids remembered so that their late answers are dropped.
+const EXPIRED_KEPT: usize = 256;
 
 /// One pending request.
 #[derive(Debug, Clone)]
@@ -12,17 +16,24 @@ pub struct Pending {
     pub method: Arc<str>,
     /// The progress token it asked for, if any.
     pub progress_token: Option<RequestId>,
+    /// When it went upstream.
+    pub since: Instant,
 }
 
 /// Pending client requests by id. The lock is never held across an await.
 #[derive(Debug, Default)]
 pub struct Inflight {
     map: Mutex<HashMap<RequestId, Pending>>,
+    expired: Mutex<VecDeque<RequestId>>,
 }
 
 impl Inflight {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Pending>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expired(&self) -> std::sync::MutexGuard<'_, VecDeque<RequestId>> {
+        self.expired.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Record a request (frames without an id are ignored).
@@ -31,6 +42,7 @@ impl Inflight {
             let p = Pending {
                 method: Arc::from(frame.method().unwrap_or("")),
                 progress_token: frame.progress_token().cloned(),
+                since: Instant::now(),
             };
             self.lock().insert(id.clone(), p);
         }
@@ -39,6 +51,49 @@ impl Inflight {
     /// Complete a request.
     pub fn remove(&self, id: &RequestId) -> Option<Pending> {
         self.lock().remove(id)
+    }
+
+    /// When the oldest pending request went upstream.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.lock().values().map(|p| p.since).min()
+    }
+
+    /// Take the requests that went upstream before `cutoff`; their late answers will be
+    /// recognised by [`Inflight::was_expired`].
+    pub fn expire(&self, cutoff: Instant) -> Vec<(RequestId, Pending)> {
+        let mut map = self.lock();
+        let ids: Vec<RequestId> = map
+            .iter()
+            .filter(|(_, p)| p.since <= cutoff)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let out: Vec<(RequestId, Pending)> = ids
+            .into_iter()
+            .filter_map(|id| map.remove(&id).map(|p| (id, p)))
+            .collect();
+        drop(map);
+        if !out.is_empty() {
+            let mut expired = self.expired();
+            for (id, _) in &out {
+                if expired.len() == EXPIRED_KEPT {
+                    expired.pop_front();
+                }
+                expired.push_back(id.clone());
+            }
+        }
+        out
+    }
+
+    /// Is this the id of a request that timed out? (Forgets it: one answer is expected.)
+    pub fn was_expired(&self, id: &RequestId) -> bool {
+        let mut expired = self.expired();
+        match expired.iter().position(|e| e == id) {
+            Some(i) => {
+                expired.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Number of pending requests.
@@ -98,5 +153,31 @@ mod tests {
             "{text}"
         );
         assert!(i.is_empty());
+    }
+
+    #[test]
+    fn expired_requests_are_taken_and_their_late_answers_recognised() {
+        let i = Inflight::default();
+        let f = |id: &str| {
+            Frame::parse_single(Bytes::from(format!(
+                r#"{{"jsonrpc":"2.0","id":"{id}","method":"tools/call"}}"#
+            )))
+            .unwrap()
+        };
+        i.insert(&f("old"));
+        let cutoff = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        i.insert(&f("new"));
+        assert!(i.oldest().is_some_and(|t| t <= cutoff));
+        let gone = i.expire(cutoff);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, RequestId::String("old".into()));
+        assert_eq!(i.len(), 1);
+        assert!(i.was_expired(&RequestId::String("old".into())));
+        assert!(
+            !i.was_expired(&RequestId::String("old".into())),
+            "forgotten once seen"
+        );
+        assert!(!i.was_expired(&RequestId::String("new".into())));
     }
 }

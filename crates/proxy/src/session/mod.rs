@@ -9,13 +9,16 @@ pub use id::mint_session_id;
 pub use inflight::Inflight;
 
 use crate::error::ProxyError;
+use crate::guard::Guard;
 use crate::pipeline::{Direction, FrameCtx, Outcome, Pipeline};
-use crate::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec};
+use crate::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
 use shadowcat_proto::era::ProtocolVersion;
-use shadowcat_proto::{Frame, FrameKind};
+use shadowcat_proto::error::{REQUEST_TIMEOUT, UPSTREAM_ERROR, error_frame};
+use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +44,12 @@ pub struct Session {
     cancel: CancellationToken,
     tracker: TaskTracker,
     ending: AtomicBool,
+    /// Breaker, retries and timeouts of the upstream (gateway mode).
+    guard: Option<Arc<Guard>>,
+    /// Puts the proxy's own answers (timeouts) on the upstream's event channel.
+    loopback: mpsc::WeakSender<UpstreamEvent>,
+    /// Wakes the request-timeout sweeper when a request goes upstream.
+    sent: Arc<Notify>,
 }
 
 impl Session {
@@ -54,19 +63,32 @@ impl Session {
     ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>), ProxyError> {
         let cancel = ctx.cancel.clone();
         let tracker = ctx.tracker.clone();
-        let (upstream, events) = upstream::connect(&spec, ctx).await?;
-        let s = Session {
+        let guard = ctx.guard.clone();
+        let opened = upstream::open(&spec, ctx).await?;
+        let s = Arc::new(Session {
             id,
             spec,
-            upstream,
+            upstream: opened.upstream,
             pipeline,
             inflight: Inflight::default(),
             protocol: OnceLock::new(),
             cancel,
             tracker,
             ending: AtomicBool::new(false),
-        };
-        Ok((Arc::new(s), events))
+            guard,
+            loopback: opened.loopback,
+            sent: Arc::new(Notify::new()),
+        });
+        if let Some(timeout) = s.guard.as_ref().and_then(|g| g.request_timeout()) {
+            let sweeper = sweep(
+                Arc::downgrade(&s),
+                s.sent.clone(),
+                timeout,
+                s.cancel.clone(),
+            );
+            s.tracker.spawn(sweeper);
+        }
+        Ok((s, opened.events))
     }
 
     /// The proxy's session id.
@@ -135,7 +157,15 @@ impl Session {
         };
         let tracked = match frame.kind() {
             FrameKind::Request => {
-                self.inflight.insert(&frame);
+                if let Some(g) = &self.guard {
+                    if let Err(why) = g.admit() {
+                        return Ok(Sent::Replied(error_frame(frame.id(), UPSTREAM_ERROR, &why)));
+                    }
+                    self.inflight.insert(&frame);
+                    self.sent.notify_one();
+                } else {
+                    self.inflight.insert(&frame);
+                }
                 frame.id().cloned()
             }
             _ => None,
@@ -153,11 +183,27 @@ impl Session {
     /// and run the pipeline on it. Returns the frame to deliver to the client, if any.
     pub async fn from_server(&self, frame: Frame) -> Option<Frame> {
         if frame.kind().is_reply()
-            && let Some(req) = frame.id().and_then(|id| self.inflight.remove(id))
-            && req.method.as_ref() == "initialize"
-            && frame.kind() == FrameKind::Response
+            && let Some(id) = frame.id()
         {
-            self.learn_version(&frame);
+            match self.inflight.remove(id) {
+                Some(req) => {
+                    if let Some(g) = &self.guard {
+                        g.record(!upstream_failed(&frame));
+                    }
+                    if req.method.as_ref() == "initialize" && frame.kind() == FrameKind::Response {
+                        self.learn_version(&frame);
+                    }
+                }
+                // The client was told this request timed out: its late answer goes nowhere.
+                None if self.guard.is_some()
+                    && frame.proxy_error() != Some(REQUEST_TIMEOUT)
+                    && self.inflight.was_expired(id) =>
+                {
+                    tracing::debug!(%id, "dropping the late answer to a request that timed out");
+                    return None;
+                }
+                None => {}
+            }
         }
         let ctx = FrameCtx {
             session: &self.id,
@@ -172,6 +218,45 @@ impl Session {
                 }
                 None
             }
+        }
+    }
+
+    /// The upstream is gone: every pending request becomes a JSON-RPC error saying why (each
+    /// counted as a failure of the upstream).
+    pub fn fail_pending(&self, reason: &str) -> Vec<Frame> {
+        let errors = self.inflight.fail_all(reason);
+        if let Some(g) = &self.guard {
+            for _ in &errors {
+                g.record(false);
+            }
+        }
+        errors
+    }
+
+    /// A request got no answer in time: tell the client (through the event channel, so the
+    /// answer takes the same path as the server's would have), and the server
+    /// (`notifications/cancelled`).
+    async fn timed_out(&self, id: RequestId, method: &str, after: Duration) {
+        if let Some(g) = &self.guard {
+            g.timed_out();
+        }
+        tracing::warn!(session = %self.id, %id, method, "upstream request timed out");
+        let msg = format!(
+            "{method} timed out: the upstream did not answer within {} s",
+            after.as_secs_f64()
+        );
+        let frame = error_frame(Some(&id), REQUEST_TIMEOUT, &msg);
+        if let Some(tx) = self.loopback.upgrade() {
+            let via = Via::Request(id.clone());
+            let _ = tx.send(UpstreamEvent::Frame { frame, via }).await;
+        }
+        let cancel = serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": id, "reason": "timed out at the proxy"},
+        });
+        if let Ok(f) = Frame::parse_single(cancel.to_string().into()) {
+            let _ = self.upstream.send(f).await;
         }
     }
 
@@ -214,5 +299,41 @@ impl Session {
         self.upstream.shutdown().await;
         self.pipeline.session_ended(&self.id);
         self.cancel.cancel();
+    }
+}
+
+/// A reply the proxy made because the upstream failed (not the server's own answer).
+fn upstream_failed(frame: &Frame) -> bool {
+    matches!(frame.proxy_error(), Some(UPSTREAM_ERROR | REQUEST_TIMEOUT))
+}
+
+/// Fail the session's requests that wait longer than `timeout` (one task per session, asleep
+/// until the oldest pending request's deadline, or until a request is sent).
+async fn sweep(
+    session: Weak<Session>,
+    sent: Arc<Notify>,
+    timeout: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        let oldest = match session.upgrade() {
+            Some(s) => s.inflight.oldest(),
+            None => return,
+        };
+        let Some(oldest) = oldest else {
+            tokio::select! {
+                _ = sent.notified() => continue,
+                _ = cancel.cancelled() => return,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until((oldest + timeout).into()) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let Some(s) = session.upgrade() else { return };
+        let cutoff = Instant::now().checked_sub(timeout).unwrap_or(oldest);
+        for (id, p) in s.inflight.expire(cutoff) {
+            s.timed_out(id, &p.method, timeout).await;
+        }
     }
 }

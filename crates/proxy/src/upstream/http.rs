@@ -4,6 +4,7 @@
 
 use super::{UpstreamCtx, UpstreamEvent, Via};
 use crate::error::ProxyError;
+use crate::guard::backoff;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -263,12 +264,8 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
         _ => None,
     };
     let is_init = frame.is_initialize();
-    let req = inner
-        .request(reqwest::Method::POST)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .body(frame.into_raw());
-    let resp = match req.send().await {
+    let idempotent = frame.method().is_some_and(crate::guard::is_idempotent);
+    let resp = match send_post(inner, frame.into_raw(), idempotent).await {
         Ok(r) => r,
         Err(e) => {
             let msg = format!("cannot reach upstream {}: {e}", inner.url);
@@ -361,6 +358,43 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
     }
 }
 
+/// POST a client message. With a guard, retried where safe (see [`crate::guard`]): after a
+/// connection failure (nothing was delivered), and for idempotent methods after 502/503/504.
+async fn send_post(
+    inner: &Arc<Inner>,
+    body: bytes::Bytes,
+    idempotent: bool,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let guard = inner.ctx.guard.as_deref();
+    if let Some(g) = guard {
+        g.attempt();
+    }
+    let mut attempt = 0;
+    loop {
+        let sent = inner
+            .request(reqwest::Method::POST)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .body(body.clone())
+            .send()
+            .await;
+        let Some(g) = guard else { return sent };
+        let why = match &sent {
+            Err(e) if e.is_connect() => format!("cannot connect: {e}"),
+            Ok(r) if idempotent && matches!(r.status().as_u16(), 502..=504) => {
+                format!("HTTP {}", r.status())
+            }
+            _ => return sent,
+        };
+        let Some(delay) = g.retry_after(attempt) else {
+            return sent;
+        };
+        tracing::info!(upstream = %inner.url, attempt = attempt + 1, %why, "retrying the upstream request");
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
 async fn read_limited(resp: reqwest::Response, max: usize) -> Result<bytes::Bytes, String> {
     let mut body = BytesMut::new();
     let mut stream = resp.bytes_stream();
@@ -438,16 +472,29 @@ async fn relay_events(
     let mut decoder = SseDecoder::new(inner.ctx.options.max_message);
     let mut buf = BytesMut::new();
     let mut stream = resp.bytes_stream();
+    // Only response streams (a request waits on them) have an idle limit.
+    let idle = match via {
+        Via::Request(_) => inner.ctx.guard.as_ref().and_then(|g| g.sse_idle_timeout()),
+        _ => None,
+    };
     loop {
         let event = match decoder.decode(&mut buf) {
             Ok(Some(ev)) => ev,
-            Ok(None) => match stream.next().await {
-                Some(Ok(chunk)) => {
+            Ok(None) => match next_chunk(&mut stream, idle).await {
+                Ok(Some(Ok(chunk))) => {
                     buf.extend_from_slice(&chunk);
                     continue;
                 }
-                Some(Err(e)) => return Err(Stop::Broken(format!("upstream stream broke: {e}"))),
-                None => return Ok(()),
+                Ok(Some(Err(e))) => {
+                    return Err(Stop::Broken(format!("upstream stream broke: {e}")));
+                }
+                Ok(None) => return Ok(()),
+                Err(after) => {
+                    return Err(Stop::Broken(format!(
+                        "upstream stream idle: no event for {} s",
+                        after.as_secs_f64()
+                    )));
+                }
             },
             Err(e) => {
                 return Err(Stop::Broken(format!(
@@ -489,6 +536,17 @@ async fn relay_events(
     }
 }
 
+/// The next chunk of a body, or `Err(limit)` when none came within `limit`.
+async fn next_chunk<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    limit: Option<Duration>,
+) -> Result<Option<S::Item>, Duration> {
+    match limit {
+        None => Ok(stream.next().await),
+        Some(l) => tokio::time::timeout(l, stream.next()).await.map_err(|_| l),
+    }
+}
+
 /// GET + Last-Event-ID with jittered exponential backoff. The error says why resuming failed.
 async fn reconnect(
     inner: &Arc<Inner>,
@@ -524,31 +582,4 @@ async fn reconnect(
         "resuming it failed after {} attempts",
         o.reconnect_attempts
     ))
-}
-
-/// `base * 2^attempt`, capped, with full jitter in [50%, 100%].
-fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-    let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
-    exp.mul_f64(jitter)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(2);
-        for attempt in 0..10 {
-            let d = backoff(base, cap, attempt);
-            let full = (base * 2u32.pow(attempt)).min(cap);
-            assert!(
-                d >= full / 2 && d <= full,
-                "attempt {attempt}: {d:?} vs {full:?}"
-            );
-        }
-    }
 }

@@ -17,6 +17,7 @@ pub use stdio::StdioUpstream;
 pub use tape::{TapeSource, TapeSpec, TapeUpstream};
 
 use crate::error::ProxyError;
+use crate::guard::Guard;
 use shadowcat_proto::{Frame, RequestId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +154,8 @@ pub struct UpstreamCtx {
     pub http: HttpClient,
     /// Options.
     pub options: UpstreamOptions,
+    /// Breaker, retries and timeouts of the upstream (gateway mode); `None`: none of them.
+    pub guard: Option<Arc<Guard>>,
 }
 
 /// The server side of one session.
@@ -172,7 +175,24 @@ pub async fn connect(
     spec: &UpstreamSpec,
     ctx: UpstreamCtx,
 ) -> Result<(Upstream, mpsc::Receiver<UpstreamEvent>), ProxyError> {
+    open(spec, ctx).await.map(|o| (o.upstream, o.events))
+}
+
+/// An upstream just created, with its event channel.
+pub struct Opened {
+    /// The upstream.
+    pub upstream: Upstream,
+    /// Its events.
+    pub events: mpsc::Receiver<UpstreamEvent>,
+    /// A way to put events of the proxy's own (timeouts) on that channel without keeping it
+    /// open: it closes when the upstream lets go of its end.
+    pub loopback: mpsc::WeakSender<UpstreamEvent>,
+}
+
+/// Like [`connect`], also giving the session a weak handle on the event channel.
+pub async fn open(spec: &UpstreamSpec, ctx: UpstreamCtx) -> Result<Opened, ProxyError> {
     let (tx, rx) = mpsc::channel(ctx.options.channel_capacity);
+    let loopback = tx.downgrade();
     let up = match spec {
         UpstreamSpec::Stdio { command, args } => {
             Upstream::Stdio(StdioUpstream::spawn(command, args, ctx, tx)?)
@@ -186,7 +206,11 @@ pub async fn connect(
         UpstreamSpec::Auto { url, headers } => detect::connect(url, headers, ctx, tx).await?,
         UpstreamSpec::Tape(t) => Upstream::Tape(TapeUpstream::new(t, ctx, tx)),
     };
-    Ok((up, rx))
+    Ok(Opened {
+        upstream: up,
+        events: rx,
+        loopback,
+    })
 }
 
 impl Upstream {

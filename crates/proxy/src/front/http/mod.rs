@@ -188,6 +188,7 @@ impl HttpFront {
             tracker: self.tracker.clone(),
             http: self.http.clone(),
             options: self.config.upstream.clone(),
+            guard: None,
         }
     }
 

@@ -9,7 +9,7 @@ use super::stream::{STREAM_CAPACITY, body, encode};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
 use crate::session::{Sent, Session, mint_session_id};
-use crate::upstream::{UpstreamCtx, Via};
+use crate::upstream::Via;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -141,13 +141,7 @@ async fn create_session(
     // Record first: with a store that fails closed, nothing is spawned for a refused session.
     let records = front.registry.records();
     records.created(&id, &target.key, &upstream, init).await?;
-    let ctx = UpstreamCtx {
-        session: id.clone(),
-        cancel: front.cancel.child_token(),
-        tracker: front.tracker.clone(),
-        http: front.http.clone(),
-        options: front.config.upstream.clone(),
-    };
+    let ctx = front.upstream_ctx(&id);
     let connected = Session::connect(id.clone(), target.spec, front.pipeline.clone(), ctx).await;
     let (core, events) = match connected {
         Ok(c) => c,

@@ -277,7 +277,7 @@ impl Registry {
                 }
                 Some(UpstreamEvent::Closed { reason, .. }) => {
                     tracing::info!(%reason, "upstream closed; ending the session");
-                    for err in s.core.inflight().fail_all(&reason) {
+                    for err in s.core.fail_pending(&reason) {
                         s.deliver(err, &Via::Unrelated, None).await;
                     }
                     break;

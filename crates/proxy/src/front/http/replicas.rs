@@ -11,7 +11,7 @@
 use super::{HttpFront, Target};
 use crate::error::ProxyError;
 use crate::session::Session;
-use crate::upstream::{UpstreamCtx, UpstreamSpec};
+use crate::upstream::UpstreamSpec;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -125,13 +125,7 @@ async fn adopt(
     upstream_sid: Option<String>,
 ) -> Result<Located, ProxyError> {
     let sid: Arc<str> = Arc::from(id);
-    let ctx = UpstreamCtx {
-        session: sid.clone(),
-        cancel: front.cancel.child_token(),
-        tracker: front.tracker.clone(),
-        http: front.http.clone(),
-        options: front.config.upstream.clone(),
-    };
+    let ctx = front.upstream_ctx(&sid);
     let (core, events) =
         Session::connect(sid, target.spec.clone(), front.pipeline.clone(), ctx).await?;
     core.restore(version.as_deref(), upstream_sid.as_deref());

@@ -20,12 +20,20 @@ pub fn error(e: &ProxyError, id: Option<&RequestId>) -> Response {
     }
     let body = error_bytes(id, e.jsonrpc_code(), &e.to_string(), e.data().as_ref());
     let mut r = json_response(status, body);
-    if matches!(
-        e,
-        ProxyError::SessionLimit(_) | ProxyError::ShuttingDown | ProxyError::StoreUnavailable(_)
-    ) {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    match e {
+        ProxyError::SessionLimit(_)
+        | ProxyError::ShuttingDown
+        | ProxyError::StoreUnavailable(_) => {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        ProxyError::CircuitOpen { retry_after, .. } => {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from((*retry_after).max(1)),
+            );
+        }
+        _ => {}
     }
     r
 }

@@ -231,6 +231,7 @@ impl Shared {
             tracker: self.tracker.clone(),
             http: self.http.clone(),
             options: self.upstream.clone(),
+            guard: None,
         };
         let (core, events) =
             match Session::connect(id.clone(), spec, self.pipeline.clone(), ctx).await {

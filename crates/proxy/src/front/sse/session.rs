@@ -92,7 +92,7 @@ impl LegacySession {
                 }
                 Some(UpstreamEvent::Closed { reason, .. }) => {
                     tracing::info!(%reason, "upstream closed; ending the session");
-                    for err in self.core.inflight().fail_all(&reason) {
+                    for err in self.core.fail_pending(&reason) {
                         if !self.send(err).await {
                             break;
                         }

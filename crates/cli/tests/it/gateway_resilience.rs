@@ -1,0 +1,201 @@
+//! The gateway protects its upstreams: the circuit breaker opens on failures (requests fail
+//! fast, new sessions get 503) and closes after a good probe; idempotent requests are retried
+//! on 502/503/504 but `tools/call` never is; the request and SSE-idle timeouts answer the client
+//! and cancel the request upstream.
+
+use super::gateway_support::{FakeUpstream, Fault, config_file, get, sample, start_gateway};
+use super::harness::Raw;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn route(upstream: &str, extra: &str) -> String {
+    format!("[[routes]]\npath = \"/mcp\"\n{extra}\n[[routes.upstreams]]\nurl = \"{upstream}\"\n")
+}
+
+async fn call(c: &Raw, id: i64) -> Value {
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{}}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.messages()
+        .into_iter()
+        .find(|m| m["id"] == json!(id))
+        .unwrap_or_else(|| panic!("no reply to {id}: {}", r.body))
+}
+
+async fn metric(base: &str, series: &str) -> f64 {
+    let (_, _, text) = get(base, "/metrics").await;
+    sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test]
+async fn breaker_opens_on_failures_fails_fast_and_closes_after_recovery() {
+    let up = FakeUpstream::start("flaky").await;
+    let (_d, file) = config_file(&route(
+        &up.url,
+        "[routes.breaker]\nconsecutive_failures = 3\nopen_for = \"1s\"\n[routes.retry]\nattempts = 0\n",
+    ));
+    let gw = start_gateway(&["--config", &file, "--listen", "127.0.0.1:0"], &[]).await;
+    let base = gw.base.clone();
+    let series = format!(
+        "shadowcat_upstream_breaker_state{{route=\"/mcp\",upstream=\"{}\"}}",
+        up.url
+    );
+    let mut c = Raw::new(gw.url());
+    c.initialize().await;
+    assert_eq!(call(&c, 1).await["result"]["content"][0]["text"], "flaky");
+
+    up.set_fault(Some(Fault::Error500));
+    for id in 2..5 {
+        let r = call(&c, id).await;
+        assert_eq!(r["error"]["code"], -32000, "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("HTTP 500"),
+            "{r}"
+        );
+    }
+    assert_eq!(up.count("tools/call"), 4);
+    assert_eq!(metric(&base, &series).await, 2.0, "open");
+
+    // Open: fails fast without reaching the upstream.
+    let r = call(&c, 5).await;
+    assert_eq!(r["error"]["code"], -32000, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("circuit breaker open"), "{msg}");
+    assert_eq!(
+        up.count("tools/call"),
+        4,
+        "the open breaker kept the request away"
+    );
+    // … and a new session is refused with 503 + Retry-After.
+    let mut other = Raw::new(gw.url());
+    let r = other.post(super::harness::init_body(0, "2025-06-18")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.headers.get("retry-after").is_some());
+    assert!(r.body.contains("circuit breakers open"), "{}", r.body);
+
+    // Recovery: after open_for, one probe goes through and closes it.
+    up.set_fault(None);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(call(&c, 6).await["result"]["content"][0]["text"], "flaky");
+    assert_eq!(metric(&base, &series).await, 0.0, "closed again");
+    other.initialize().await;
+    assert_eq!(call(&c, 7).await["result"]["content"][0]["text"], "flaky");
+    let opened = format!(
+        "shadowcat_upstream_breaker_opened_total{{route=\"/mcp\",upstream=\"{}\"}}",
+        up.url
+    );
+    assert_eq!(metric(&base, &opened).await, 1.0);
+}
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_and_tools_call_never_is() {
+    let up = FakeUpstream::start("busy").await;
+    let (_d, file) = config_file(&route(
+        &up.url,
+        "[routes.retry]\nattempts = 2\nbackoff = \"10ms\"\nbudget_min_per_sec = 10\n",
+    ));
+    let gw = start_gateway(&["--config", &file, "--listen", "127.0.0.1:0"], &[]).await;
+    let base = gw.base.clone();
+    let mut c = Raw::new(gw.url());
+    c.initialize().await;
+
+    // tools/list: two 503s, then an answer — the client sees only the answer.
+    up.unavailable_for(2);
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json().get("result").is_some(), "{}", r.body);
+    assert_eq!(up.count("tools/list"), 3);
+
+    // tools/call: one 503 and no retry (it may have had effects).
+    up.unavailable_for(1);
+    let r = call(&c, 2).await;
+    assert_eq!(r["error"]["code"], -32000, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("503"),
+        "{r}"
+    );
+    assert_eq!(up.count("tools/call"), 1, "tools/call is never retried");
+
+    // Three 503s for tools/list: 2 retries, then the client gets the error.
+    up.unavailable_for(3);
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.json()["error"]["code"], -32000, "{}", r.body);
+    assert_eq!(up.count("tools/list"), 6);
+    let retries = format!(
+        "shadowcat_upstream_retries_total{{route=\"/mcp\",upstream=\"{}\"}}",
+        up.url
+    );
+    assert_eq!(metric(&base, &retries).await, 4.0);
+}
+
+#[tokio::test]
+async fn request_timeout_answers_the_client_and_cancels_upstream() {
+    let up = FakeUpstream::start("slow").await;
+    let (_d, file) = config_file(&route(&up.url, "request_timeout = \"1s\"\n"));
+    let gw = start_gateway(&["--config", &file, "--listen", "127.0.0.1:0"], &[]).await;
+    let base = gw.base.clone();
+    let mut c = Raw::new(gw.url());
+    c.initialize().await;
+    up.set_fault(Some(Fault::Hang));
+    let r = call(&c, 9).await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("tools/call timed out") && msg.contains("1 s"),
+        "{msg}"
+    );
+    // The upstream is told to stop working on it.
+    let mut cancelled = 0;
+    for _ in 0..100 {
+        cancelled = up.count("notifications/cancelled");
+        if cancelled > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cancelled, 1);
+    // The session goes on.
+    up.set_fault(None);
+    assert_eq!(call(&c, 10).await["result"]["content"][0]["text"], "slow");
+    let timeouts = format!(
+        "shadowcat_upstream_request_timeouts_total{{route=\"/mcp\",upstream=\"{}\"}}",
+        up.url
+    );
+    assert_eq!(metric(&base, &timeouts).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_silent_upstream_stream_is_cut_by_the_sse_idle_timeout() {
+    let up = FakeUpstream::start("mute").await;
+    let (_d, file) = config_file(&route(&up.url, "sse_idle_timeout = \"500ms\"\n"));
+    let gw = start_gateway(&["--config", &file, "--listen", "127.0.0.1:0"], &[]).await;
+    let mut c = Raw::new(gw.url());
+    c.initialize().await;
+    up.set_fault(Some(Fault::SilentStream));
+    let r = call(&c, 4).await;
+    assert_eq!(r["error"]["code"], -32000, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("no event for 0.5 s"), "{msg}");
+}
+
+#[tokio::test]
+async fn resilience_settings_are_validated() {
+    let (_d, file) = config_file(&route(
+        "http://127.0.0.1:1/mcp",
+        "[routes.breaker]\nfailure_rate = 1.5\nhalf_open_probes = 0\n[routes.retry]\nbackoff = \"2s\"\nbackoff_max = \"1s\"\n",
+    ));
+    let (code, _, err) = super::gateway_support::run(&["config", "check", &file], &[]).await;
+    assert_eq!(code, 1);
+    for want in [
+        "routes[0].breaker.failure_rate: 1.5 is not a share between 0 and 1",
+        "routes[0].breaker.half_open_probes: must be at least 1",
+        "routes[0].retry.backoff: is larger than retry.backoff_max",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in\n{err}");
+    }
+}
