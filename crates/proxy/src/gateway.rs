@@ -30,6 +30,7 @@ use crate::front::http::{HttpFront, HttpFrontConfig, OriginPolicy, Target};
 use crate::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
 use crate::runtime::drain;
 use crate::upstream::{HttpClient, UpstreamOptions};
+use futures_util::FutureExt;
 use auth::Authenticator;
 use authz::{FORBIDDEN, Kind, Rules};
 use axum::extract::Request;
@@ -188,7 +189,12 @@ impl Gateway {
                 .public_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
-            limits: Limits::new(&cfg.limits, trusted),
+            limits: Limits::new(
+                &cfg.limits,
+                trusted,
+                cfg.limits.shared_redis(&cfg.server),
+                &cfg.server.redis_prefix,
+            ),
             metrics: Metrics::default(),
             sessions: Mutex::new(HashMap::new()),
         }))
@@ -345,14 +351,24 @@ impl Hook for GatewayHook {
         let Some(tool) = frame.target() else {
             return Verdict::Forward;
         };
-        match self.0.limits.check_tool(tool) {
-            Ok(()) => Verdict::Forward,
-            Err(l) => {
-                let route = self.0.route_of(ctx.session);
-                self.0.metrics.rate_limited(&route, l.scope);
-                let msg = format!("tool `{tool}`: {}", l.message());
-                Verdict::Reply(error_frame(frame.id(), RATE_LIMITED, &msg))
+        let (gw, tool, id) = (self.0.clone(), tool.to_string(), frame.id().cloned());
+        let session = ctx.session.to_string();
+        let decide = async move {
+            match gw.limits.check_tool(&tool).await {
+                Ok(()) => Verdict::Forward,
+                Err(l) => {
+                    let route = gw.route_of(&session);
+                    gw.metrics.rate_limited(&route, l.scope);
+                    let msg = format!("tool `{tool}`: {}", l.message());
+                    Verdict::Reply(error_frame(id.as_ref(), RATE_LIMITED, &msg))
+                }
             }
+        };
+        // The local limiter decides at once; the shared one may wait for Redis.
+        let mut decide = Box::pin(decide);
+        match (&mut decide).now_or_never() {
+            Some(v) => v,
+            None => Verdict::Defer(decide),
         }
     }
 

@@ -311,10 +311,7 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| {
                 (
-                    UpstreamSpec::Http {
-                        url: format!("http://u{i}/mcp"),
-                        headers: vec![],
-                    },
+                    UpstreamSpec::http(format!("http://u{i}/mcp"), vec![]),
                     w,
                 )
             })

@@ -2,6 +2,7 @@
 //! SSE answers streamed event by event, an optional GET stream, DELETE at the end. The upstream's
 //! `Mcp-Session-Id` stays here; the client never sees it.
 
+use super::credentials::{self, Credentials, SendError};
 use super::{UpstreamCtx, UpstreamEvent, Via};
 use crate::error::ProxyError;
 use bytes::BytesMut;
@@ -54,6 +55,8 @@ pub struct HttpUpstream {
 struct Inner {
     url: reqwest::Url,
     headers: HeaderMap,
+    /// `Authorization: Bearer …` from a token source (OAuth client credentials).
+    credentials: Option<Credentials>,
     session_id: Mutex<Option<HeaderValue>>,
     protocol_version: Mutex<Option<HeaderValue>>,
     listen: AtomicU8,
@@ -65,6 +68,17 @@ impl HttpUpstream {
     pub(super) fn new(
         url: &str,
         extra: &[(String, String)],
+        ctx: UpstreamCtx,
+        events: mpsc::Sender<UpstreamEvent>,
+    ) -> Result<Self, ProxyError> {
+        Self::with_credentials(url, extra, None, ctx, events)
+    }
+
+    /// Like `new`, with a token source for `Authorization: Bearer …`.
+    pub(super) fn with_credentials(
+        url: &str,
+        extra: &[(String, String)],
+        credentials: Option<Credentials>,
         ctx: UpstreamCtx,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<Self, ProxyError> {
@@ -90,6 +104,7 @@ impl HttpUpstream {
             inner: Arc::new(Inner {
                 url,
                 headers,
+                credentials,
                 session_id: Mutex::new(None),
                 protocol_version: Mutex::new(None),
                 listen: AtomicU8::new(LISTEN_IDLE),
@@ -149,10 +164,12 @@ impl HttpUpstream {
             Err(LISTEN_UNSUPPORTED) => return Ok(false),
             Err(_) => return Ok(true),
         }
-        let req = inner
-            .request(reqwest::Method::GET)
-            .header(header::ACCEPT, "text/event-stream");
-        let resp = match req.send().await {
+        let build = || {
+            inner
+                .request(reqwest::Method::GET)
+                .header(header::ACCEPT, "text/event-stream")
+        };
+        let resp = match inner.send(build).await {
             Ok(r) => r,
             Err(e) => {
                 inner.listen.store(LISTEN_IDLE, Ordering::Release);
@@ -189,10 +206,12 @@ impl HttpUpstream {
         let inner = &self.inner;
         let has_session = lock(&inner.session_id).is_some();
         if has_session {
-            let req = inner
-                .request(reqwest::Method::DELETE)
-                .timeout(Duration::from_secs(5));
-            match req.send().await {
+            let build = || {
+                inner
+                    .request(reqwest::Method::DELETE)
+                    .timeout(Duration::from_secs(5))
+            };
+            match inner.send(build).await {
                 Ok(r) => tracing::debug!(status = %r.status(), "upstream session deleted"),
                 Err(e) => tracing::debug!(error = %e, "upstream DELETE failed"),
             }
@@ -240,6 +259,20 @@ impl Inner {
         req
     }
 
+    /// Send what `build` makes, with the upstream's credentials (after a `401`, a new token and
+    /// one more attempt). The error says what failed.
+    async fn send(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, String> {
+        credentials::send(self.credentials.as_ref(), build)
+            .await
+            .map_err(|e| match e {
+                SendError::Credentials(e) => format!("no access token for {}: {e}", self.url),
+                SendError::Http(e) => format!("cannot reach upstream {}: {e}", self.url),
+            })
+    }
+
     async fn deliver(&self, frame: Frame, via: Via) -> bool {
         self.events
             .send(UpstreamEvent::Frame { frame, via })
@@ -263,19 +296,29 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
         _ => None,
     };
     let is_init = frame.is_initialize();
-    let req = inner
-        .request(reqwest::Method::POST)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .body(frame.into_raw());
-    let resp = match req.send().await {
+    let body = frame.into_raw();
+    let build = || {
+        inner
+            .request(reqwest::Method::POST)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .body(body.clone())
+    };
+    let resp = match inner.send(build).await {
         Ok(r) => r,
-        Err(e) => {
-            let msg = format!("cannot reach upstream {}: {e}", inner.url);
-            return inner.fail(id.as_ref(), msg).await;
-        }
+        Err(e) => return inner.fail(id.as_ref(), e).await,
     };
     let status = resp.status();
+    if status == StatusCode::UNAUTHORIZED
+        && let Some(c) = &inner.credentials
+    {
+        let msg = format!(
+            "upstream {} refused a fresh access token from {} (HTTP 401): check the client's scope and resource/audience",
+            inner.url,
+            c.token_url()
+        );
+        return inner.fail(id.as_ref(), msg).await;
+    }
     if is_init && matches!(status.as_u16(), 400 | 404 | 405) {
         // An `auto` upstream detected as Streamable HTTP refuses it now: re-probe next session.
         super::detect::forget(inner.url.as_str());
@@ -502,11 +545,13 @@ async fn reconnect(
             _ => backoff(o.reconnect_base, o.reconnect_cap, attempt),
         };
         tokio::time::sleep(delay).await;
-        let req = inner
-            .request(reqwest::Method::GET)
-            .header(header::ACCEPT, "text/event-stream")
-            .header("last-event-id", last);
-        match req.send().await {
+        let build = || {
+            inner
+                .request(reqwest::Method::GET)
+                .header(header::ACCEPT, "text/event-stream")
+                .header("last-event-id", last)
+        };
+        match inner.send(build).await {
             Ok(r) if r.status().is_success() && is_sse(r.headers()) => return Ok(r),
             Ok(r) if r.status().is_client_error() => {
                 return Err(format!(
