@@ -16,4 +16,5 @@ mod sessions;
 mod shadow;
 mod store;
 mod tapes;
+mod upstream_credentials;
 mod upstream_resume;

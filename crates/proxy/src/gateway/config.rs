@@ -968,4 +968,68 @@ mod tests {
         );
         assert!(e.contains("g.toml: routes[0].upstreams[0].bearer_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (bearer_env) is not set"), "{e}");
     }
+
+    #[test]
+    fn upstream_credentials_and_shared_limits_are_validated() {
+        let e = errors(
+            "[limits]\nbackend = \"redis\"\nredis_timeout = \"0s\"\n\
+             [[routes]]\npath = \"/mcp\"\n\
+             [[routes.upstreams]]\nurl = \"http://a/mcp\"\nbearer_env = \"PATH\"\n\
+             [routes.upstreams.oauth]\ntoken_url = \"http://auth.example.com/token\"\nclient_id = \"\"\n\
+             resource = \"not a uri\"\n\
+             [[routes.upstreams]]\nurl = \"http://b/mcp\"\n\
+             [routes.upstreams.oauth]\ntoken_url = \"https://auth.example.com/token\"\nclient_id = \"gw\"\n\
+             client_secret_env = \"SHADOWCAT_TEST_SURELY_UNSET\"\n\
+             [[routes.upstreams]]\ncommand = \"srv\"\nheaders_env = { X-Key = \"PATH\" }\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        for want in [
+            "g.toml: limits.redis_timeout: must be more than 0",
+            "g.toml: limits.backend: `redis` needs a Redis: set limits.redis_url, or use a Redis server.store (it is `memory`)",
+            "g.toml: routes[0].upstreams[0].oauth: `bearer_env`, `oauth` all set `Authorization`; keep one",
+            "g.toml: routes[0].upstreams[0].oauth.token_url: `http://auth.example.com/token` must be https:// (plain http:// only on loopback): the client secret is sent to it",
+            "g.toml: routes[0].upstreams[0].oauth.client_id: must not be empty",
+            "g.toml: routes[0].upstreams[0].oauth: the client secret is missing: give `client_secret_env` (a variable name) or `client_secret_file`",
+            "g.toml: routes[0].upstreams[1].oauth.client_secret_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (oauth.client_secret_env) is not set",
+            "g.toml: routes[0].upstreams[2]: `headers`, `headers_env`, `bearer_env` and `oauth` apply to HTTP upstreams (`url`); a stdio server takes credentials from its environment",
+        ] {
+            assert!(lines.contains(&want), "missing `{want}` in:\n{e}");
+        }
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "g.toml: routes[0].upstreams[0].oauth.resource: `not a uri` is not an absolute URI"
+            )),
+            "{e}"
+        );
+        let e = errors(
+            "[limits]\nbackend = \"sideways\"\n[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n",
+        );
+        assert!(e.starts_with("g.toml:2:"), "{e}");
+        assert!(e.contains("limits.backend: unknown variant `sideways`"), "{e}");
+        // A Redis store is the default Redis of the shared limiter; a secret file works.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "[server]\nstore = \"redis://127.0.0.1:1\"\n[limits]\nbackend = \"redis\"\n\
+             [[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n\
+             [routes.upstreams.oauth]\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"gw\"\n\
+             client_secret_file = \"{}\"\nauth_method = \"client_secret_post\"\n",
+            secret.display()
+        );
+        assert_eq!(errors(&text), "");
+        let cfg = GatewayConfig::parse("g.toml", &text).unwrap();
+        assert_eq!(
+            cfg.limits.shared_redis(&cfg.server),
+            Some("redis://127.0.0.1:1")
+        );
+        let client = cfg.routes[0].upstreams[0]
+            .oauth
+            .as_ref()
+            .unwrap()
+            .client()
+            .unwrap();
+        assert_eq!(client.client_secret, "s3cret");
+        assert_eq!(client.auth_method, AuthMethod::ClientSecretPost);
+    }
 }

@@ -292,3 +292,158 @@ pub async fn send(
         .await
         .map_err(SendError::Http)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Endpoint {
+        calls: AtomicUsize,
+        down: AtomicBool,
+        expires_in: AtomicUsize,
+        last: Mutex<Option<(String, String)>>,
+    }
+
+    /// A token endpoint: token `t<n>` for call n; 503 while `down`; 400 `invalid_client` for a
+    /// wrong secret. Slow enough that concurrent callers overlap.
+    async fn endpoint() -> (String, Arc<Endpoint>) {
+        let state = Arc::new(Endpoint::default());
+        state.expires_in.store(3600, Ordering::SeqCst);
+        let app = axum::Router::new()
+            .route(
+                "/token",
+                axum::routing::post(
+                    |State(s): State<Arc<Endpoint>>, h: HeaderMap, body: String| async move {
+                        let n = s.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        let auth = h
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        *lock(&s.last) = Some((auth.clone(), body));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if s.down.load(Ordering::SeqCst) {
+                            return (StatusCode::SERVICE_UNAVAILABLE, String::new());
+                        }
+                        // base64("id:good")
+                        if auth != "Basic aWQ6Z29vZA==" {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                r#"{"error":"invalid_client","error_description":"bad secret"}"#
+                                    .to_string(),
+                            );
+                        }
+                        let body = serde_json::json!({
+                            "access_token": format!("t{n}"),
+                            "token_type": "bearer",
+                            "expires_in": s.expires_in.load(Ordering::SeqCst),
+                        });
+                        (StatusCode::OK, body.to_string())
+                    },
+                ),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, state)
+    }
+
+    fn client(url: &str, secret: &str) -> OAuthClient {
+        OAuthClient {
+            token_url: url.to_string(),
+            client_id: "id".into(),
+            client_secret: secret.into(),
+            scope: Some("mcp".into()),
+            resource: Some("https://up.test/mcp".into()),
+            audience: None,
+            auth_method: AuthMethod::ClientSecretBasic,
+            refresh_before: Duration::from_secs(60),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_fetch_serves_concurrent_requests_and_sources_are_shared() {
+        let (url, ep) = endpoint().await;
+        let c = Credentials::oauth(client(&url, "good"));
+        let same = Credentials::oauth(client(&url, "good"));
+        assert_eq!(c, same);
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let c = if i % 2 == 0 { c.clone() } else { same.clone() };
+                tokio::spawn(async move { c.bearer().await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "Bearer t1");
+        }
+        assert_eq!(ep.calls.load(Ordering::SeqCst), 1);
+        let (_, body) = lock(&ep.last).clone().unwrap();
+        assert_eq!(
+            body,
+            "grant_type=client_credentials&scope=mcp&resource=https%3A%2F%2Fup.test%2Fmcp"
+        );
+        // A 401 drops the token once; a stale value does not drop the new one.
+        c.invalidate(&HeaderValue::from_static("Bearer t1"));
+        assert_eq!(c.bearer().await.unwrap(), "Bearer t2");
+        c.invalidate(&HeaderValue::from_static("Bearer t1"));
+        assert_eq!(c.bearer().await.unwrap(), "Bearer t2");
+        assert_eq!(ep.calls.load(Ordering::SeqCst), 2);
+        assert!(format!("{c:?}").contains("oauth client `id`"));
+        assert!(!format!("{:?}", client(&url, "good")).contains("good"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_name_the_endpoint_and_are_shared_by_waiters() {
+        let (url, ep) = endpoint().await;
+        let wrong = Credentials::oauth(client(&url, "bad"));
+        let e = wrong.bearer().await.unwrap_err();
+        assert_eq!(
+            e.0,
+            format!(
+                "token endpoint {url}: refused the client `id` with HTTP 400 Bad Request: invalid_client (bad secret)"
+            )
+        );
+        ep.down.store(true, Ordering::SeqCst);
+        let c = Credentials::oauth(client(&url, "good"));
+        let before = ep.calls.load(Ordering::SeqCst);
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.bearer().await })
+            })
+            .collect();
+        for t in tasks {
+            let e = t.await.unwrap().unwrap_err();
+            assert!(e.0.contains("HTTP 503"), "{e}");
+        }
+        // Requests that waited for the failing fetch got its error instead of fetching again.
+        assert!(ep.calls.load(Ordering::SeqCst) - before < 10);
+        ep.down.store(false, Ordering::SeqCst);
+        assert!(c.bearer().await.is_ok());
+        let gone = Credentials::oauth(client("http://127.0.0.1:1/token", "good"));
+        let e = gone.bearer().await.unwrap_err();
+        assert!(
+            e.0.starts_with("token endpoint http://127.0.0.1:1/token: cannot reach it"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_are_refreshed_before_they_expire() {
+        let (url, ep) = endpoint().await;
+        ep.expires_in.store(2, Ordering::SeqCst);
+        let c = Credentials::oauth(client(&url, "good"));
+        assert_eq!(c.bearer().await.unwrap(), "Bearer t1");
+        assert_eq!(c.bearer().await.unwrap(), "Bearer t1");
+        // Refresh is due after half of the 2 s lifetime.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(c.bearer().await.unwrap(), "Bearer t2");
+        assert_eq!(ep.calls.load(Ordering::SeqCst), 2);
+    }
+}
