@@ -14,6 +14,7 @@ mod resumption;
 mod rmcp_clients;
 mod sessions;
 mod shadow;
+mod shared_limits;
 mod store;
 mod tapes;
 mod upstream_credentials;

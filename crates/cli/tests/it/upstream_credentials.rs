@@ -22,6 +22,9 @@ const SECRET: &str = "s3cret";
 const BASIC: &str = "Basic Z3ctY2xpZW50OnMzY3JldA==";
 const API_KEY: &str = "client-api-key";
 
+/// One token request: its `Authorization` header and its form fields.
+type TokenRequest = (Option<String>, HashMap<String, String>);
+
 #[derive(Default)]
 struct TokenState {
     calls: AtomicUsize,
@@ -30,7 +33,7 @@ struct TokenState {
     /// Tokens issued and not revoked.
     valid: Mutex<HashSet<String>>,
     /// Each request: its Authorization header and form fields.
-    requests: Mutex<Vec<(Option<String>, HashMap<String, String>)>>,
+    requests: Mutex<Vec<TokenRequest>>,
 }
 
 /// An OAuth token endpoint (client credentials): `tok-N` for the N-th call.
@@ -65,7 +68,7 @@ impl TokenServer {
         self.state.valid.lock().unwrap().clear();
     }
 
-    fn requests(&self) -> Vec<(Option<String>, HashMap<String, String>)> {
+    fn requests(&self) -> Vec<TokenRequest> {
         self.state.requests.lock().unwrap().clone()
     }
 }
@@ -75,7 +78,10 @@ async fn token(State(s): State<Arc<TokenState>>, headers: HeaderMap, body: Bytes
     let auth = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap().to_string());
-    s.requests.lock().unwrap().push((auth.clone(), form.clone()));
+    s.requests
+        .lock()
+        .unwrap()
+        .push((auth.clone(), form.clone()));
     let n = s.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let json_body = |status: StatusCode, v: Value| {
         (
@@ -243,11 +249,7 @@ resource = "{up}"
 "#,
         key = key_hash(API_KEY),
     ));
-    let gw = start_gateway(
-        &["--config", &cfg],
-        &[("UPSTREAM_CLIENT_SECRET", SECRET)],
-    )
-    .await;
+    let gw = start_gateway(&["--config", &cfg], &[("UPSTREAM_CLIENT_SECRET", SECRET)]).await;
     (gw, dir)
 }
 

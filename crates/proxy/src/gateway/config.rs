@@ -804,10 +804,7 @@ impl UpstreamConfig {
                 "",
                 "give either `url` or `command`, not both",
             )),
-            (None, None) => Err(upstream_error(
-                "",
-                "give `url` (HTTP) or `command` (stdio)",
-            )),
+            (None, None) => Err(upstream_error("", "give `url` (HTTP) or `command` (stdio)")),
         }
     }
 }
@@ -1005,7 +1002,10 @@ mod tests {
             "[limits]\nbackend = \"sideways\"\n[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n",
         );
         assert!(e.starts_with("g.toml:2:"), "{e}");
-        assert!(e.contains("limits.backend: unknown variant `sideways`"), "{e}");
+        assert!(
+            e.contains("limits.backend: unknown variant `sideways`"),
+            "{e}"
+        );
         // A Redis store is the default Redis of the shared limiter; a secret file works.
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");

@@ -127,7 +127,7 @@ impl Credentials {
     /// another request already did.
     pub fn invalidate(&self, used: &HeaderValue) {
         let mut cached = lock(&self.0.cached);
-        if cached.as_ref().is_some_and(|c| &c.value == used) {
+        if cached.as_ref().is_some_and(|c| c.value == used) {
             tracing::info!(endpoint = %self.0.client.token_url, "the upstream refused the access token; fetching a new one");
             *cached = None;
         }
@@ -226,10 +226,7 @@ impl TokenSource {
                         let margin = c.refresh_before.min(life / 2);
                         // A little slack: a token that expires in flight is refused.
                         let slack = (life / 10).min(Duration::from_secs(1));
-                        (
-                            Some(started + life - margin),
-                            Some(started + life - slack),
-                        )
+                        (Some(started + life - margin), Some(started + life - slack))
                     }
                     None => (None, None),
                 };

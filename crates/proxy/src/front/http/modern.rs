@@ -17,8 +17,8 @@
 use super::{HttpFront, Target, reply};
 use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, Outcome};
-use crate::upstream::credentials::{self, Credentials, SendError};
 use crate::upstream::UpstreamSpec;
+use crate::upstream::credentials::{self, Credentials, SendError};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
