@@ -348,7 +348,7 @@ impl Hook for GatewayHook {
         {
             return Verdict::Forward;
         }
-        let Some(tool) = frame.target() else {
+        let Some(tool) = frame.target().filter(|t| self.0.limits.limits_tool(t)) else {
             return Verdict::Forward;
         };
         let (gw, tool, id) = (self.0.clone(), tool.to_string(), frame.id().cloned());

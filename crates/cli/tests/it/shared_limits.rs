@@ -6,6 +6,7 @@ use super::gateway_support::{
     FakeUpstream, client, config_file, get, key_hash, sample, start_gateway,
 };
 use super::harness::{Redis, Reply, Server, WAIT, init_body};
+use serde_json::json;
 use std::time::Instant;
 
 async fn init(gw: &Server, key: Option<&str>) -> Reply {
@@ -31,6 +32,8 @@ sha256 = "{bob}"
 [limits]
 backend = "redis"
 per_principal = {{ requests = 10, per = "1h", burst = 10 }}
+[limits.per_tool]
+echo = {{ requests = 2, per = "1h" }}
 [[routes]]
 path = "/mcp"
 [[routes.upstreams]]
@@ -69,8 +72,40 @@ url = "{up}"
     }
     assert_eq!(allowed[0] + allowed[1], 10, "{allowed:?}");
     assert!(allowed[0] > 0 && allowed[1] > 0, "{allowed:?}");
-    // Another principal has its own limit.
-    assert_eq!(init(&two, Some("bob-key")).await.status, 200);
+    // Another principal has its own limit; a tool's limit is shared too: 2 calls of `echo`
+    // in all, whichever replica the session is on.
+    let mut sessions = Vec::new();
+    for gw in [&one, &two] {
+        let mut c = client(gw.url(), Some("bob-key"));
+        c.initialize().await;
+        sessions.push(c);
+    }
+    let mut refused = 0;
+    for i in 0..5 {
+        let c = &sessions[i % 2];
+        let r = c
+            .post(json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"echo","arguments":{}}}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let reply = r
+            .messages()
+            .into_iter()
+            .find(|m| m["id"] == json!(i))
+            .unwrap();
+        if reply.get("error").is_some() {
+            assert_eq!(reply["error"]["code"], json!(-32029), "{reply}");
+            let msg = reply["error"]["message"].as_str().unwrap();
+            assert!(msg.starts_with("tool `echo`: rate limit exceeded"), "{msg}");
+            refused += 1;
+        } else {
+            assert_eq!(
+                reply["result"]["content"][0]["text"],
+                json!("up"),
+                "{reply}"
+            );
+        }
+    }
+    assert_eq!(refused, 3);
     let (_, _, m) = get(&one.base, "/metrics").await;
     assert_eq!(sample(&m, "shadowcat_ratelimit_redis_up"), Some(1.0), "{m}");
     assert_eq!(

@@ -159,6 +159,11 @@ impl Limits {
         !self.tools.is_empty()
     }
 
+    /// Whether `tools/call` of `tool` is limited.
+    pub fn limits_tool(&self, tool: &str) -> bool {
+        self.tools.contains_key(tool)
+    }
+
     /// Whether checks may wait for Redis (otherwise they complete without waiting).
     pub fn is_shared(&self) -> bool {
         self.shared.is_some()
