@@ -35,6 +35,7 @@ use auth::Authenticator;
 use authz::{FORBIDDEN, Kind, Rules};
 use axum::extract::Request;
 use config::{Cidr, route_key};
+use futures_util::FutureExt;
 use http::StatusCode;
 use limits::{Limits, RATE_LIMITED};
 use metrics::Metrics;
@@ -194,7 +195,12 @@ impl Gateway {
                 .public_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
-            limits: Limits::new(&cfg.limits, trusted),
+            limits: Limits::new(
+                &cfg.limits,
+                trusted,
+                cfg.limits.shared_redis(&cfg.server),
+                &cfg.server.redis_prefix,
+            ),
             metrics: Metrics::default(),
             sessions: Mutex::new(HashMap::new()),
         }))
@@ -348,17 +354,27 @@ impl Hook for GatewayHook {
         {
             return Verdict::Forward;
         }
-        let Some(tool) = frame.target() else {
+        let Some(tool) = frame.target().filter(|t| self.0.limits.limits_tool(t)) else {
             return Verdict::Forward;
         };
-        match self.0.limits.check_tool(tool) {
-            Ok(()) => Verdict::Forward,
-            Err(l) => {
-                let route = self.0.route_of(ctx.session);
-                self.0.metrics.rate_limited(&route, l.scope);
-                let msg = format!("tool `{tool}`: {}", l.message());
-                Verdict::Reply(error_frame(frame.id(), RATE_LIMITED, &msg))
+        let (gw, tool, id) = (self.0.clone(), tool.to_string(), frame.id().cloned());
+        let session = ctx.session.to_string();
+        let decide = async move {
+            match gw.limits.check_tool(&tool).await {
+                Ok(()) => Verdict::Forward,
+                Err(l) => {
+                    let route = gw.route_of(&session);
+                    gw.metrics.rate_limited(&route, l.scope);
+                    let msg = format!("tool `{tool}`: {}", l.message());
+                    Verdict::Reply(error_frame(id.as_ref(), RATE_LIMITED, &msg))
+                }
             }
+        };
+        // The local limiter decides at once; the shared one may wait for Redis.
+        let mut decide = Box::pin(decide);
+        match (&mut decide).now_or_never() {
+            Some(v) => v,
+            None => Verdict::Defer(decide),
         }
     }
 

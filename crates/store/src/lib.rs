@@ -39,7 +39,7 @@ mod sqlite;
 mod util;
 
 #[cfg(feature = "redis")]
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, redis_connection};
 pub use coalesce::ActivityCoalescer;
 pub use failover::{FailoverStore, OnOutage};
 pub use memory::MemoryStore;

@@ -74,7 +74,7 @@ fn url_spec(
     }
     let (url, headers) = (url.to_string(), headers.to_vec());
     Some(match transport {
-        UpstreamTransport::Streamable => UpstreamSpec::Http { url, headers },
+        UpstreamTransport::Streamable => UpstreamSpec::http(url, headers),
         UpstreamTransport::Sse => UpstreamSpec::Sse { url, headers },
         UpstreamTransport::Auto => UpstreamSpec::Auto { url, headers },
     })

@@ -228,10 +228,7 @@ impl Hooks {
 /// `--shadow`: an http(s) URL (Streamable HTTP) or a command line.
 fn shadow_spec(target: &str, headers: &[(String, String)]) -> anyhow::Result<UpstreamSpec> {
     if target.starts_with("http://") || target.starts_with("https://") {
-        return Ok(UpstreamSpec::Http {
-            url: target.to_string(),
-            headers: headers.to_vec(),
-        });
+        return Ok(UpstreamSpec::http(target, headers.to_vec()));
     }
     let mut words = target.split_whitespace().map(str::to_string);
     let command = words.next().context("--shadow needs a URL or a command")?;

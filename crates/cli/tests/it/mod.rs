@@ -15,6 +15,8 @@ mod resumption;
 mod rmcp_clients;
 mod sessions;
 mod shadow;
+mod shared_limits;
 mod store;
 mod tapes;
+mod upstream_credentials;
 mod upstream_resume;

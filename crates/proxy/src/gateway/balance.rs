@@ -324,15 +324,7 @@ mod tests {
         let members = weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| {
-                (
-                    UpstreamSpec::Http {
-                        url: format!("http://u{i}/mcp"),
-                        headers: vec![],
-                    },
-                    w,
-                )
-            })
+            .map(|(i, &w)| (UpstreamSpec::http(format!("http://u{i}/mcp"), vec![]), w))
             .collect();
         UpstreamSet::new(members, s, Duration::from_secs(60), &GuardConfig::default())
     }

@@ -7,11 +7,13 @@
 
 use super::resilience::{BreakerSection, RetrySection};
 use crate::upstream::UpstreamSpec;
+use crate::upstream::credentials::{AuthMethod, Credentials, OAuthClient};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// One problem in a configuration file.
@@ -320,10 +322,48 @@ pub struct ApiKeyConfig {
     pub scopes: Vec<String>,
 }
 
+/// Where rate-limit state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    /// In this process (each replica enforces its own limits).
+    #[default]
+    Local,
+    /// In Redis: every replica sharing it enforces one limit.
+    Redis,
+}
+
+/// What the Redis-backed limiter does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisOutage {
+    /// Fall back to this replica's in-process limits (logged and counted).
+    #[default]
+    Local,
+    /// Refuse requests (503) until Redis is back.
+    Deny,
+}
+
+fn default_redis_timeout() -> Dur {
+    Dur(Duration::from_millis(500))
+}
+
 /// `[limits]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// `local` (default) or `redis` (one limit shared by every replica).
+    #[serde(default)]
+    pub backend: LimitsBackend,
+    /// Redis for `backend = "redis"` (default: `server.store` when it is a Redis URL).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// While Redis is unreachable: `local` (default) or `deny`.
+    #[serde(default)]
+    pub on_redis_outage: RedisOutage,
+    /// A Redis check that takes longer counts as an outage.
+    #[serde(default = "default_redis_timeout")]
+    pub redis_timeout: Dur,
     /// All requests together.
     #[serde(default)]
     pub global: Option<RateConfig>,
@@ -336,6 +376,38 @@ pub struct LimitsConfig {
     /// `tools/call` of each named tool (all clients together).
     #[serde(default)]
     pub per_tool: BTreeMap<String, RateConfig>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            backend: LimitsBackend::default(),
+            redis_url: None,
+            on_redis_outage: RedisOutage::default(),
+            redis_timeout: default_redis_timeout(),
+            global: None,
+            per_principal: None,
+            per_ip: None,
+            per_tool: BTreeMap::new(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The Redis of `backend = "redis"`: `redis_url`, else `server.store` if it is a Redis URL.
+    pub fn shared_redis<'a>(&'a self, server: &'a ServerConfig) -> Option<&'a str> {
+        match &self.redis_url {
+            Some(u) => Some(u.as_str()),
+            None => is_redis_url(&server.store).then_some(server.store.as_str()),
+        }
+    }
+}
+
+/// Whether a string names a Redis server (`redis://`, `rediss://`, `redis+unix://`).
+pub fn is_redis_url(s: &str) -> bool {
+    ["redis://", "rediss://", "redis+unix://"]
+        .iter()
+        .any(|p| s.trim().starts_with(p))
 }
 
 /// A GCRA rate: `requests` per `per`, bursts of up to `burst` (default: `requests`).
@@ -533,6 +605,10 @@ pub struct RouteConfig {
 }
 
 /// One `[[routes.upstreams]]`: `url = …` or `command = …` (+ `args`).
+///
+/// Upstream credentials (HTTP upstreams; the client's own `Authorization` is never forwarded):
+/// static `headers`, header values from the environment (`headers_env`), `bearer_env`, or an
+/// OAuth client-credentials token (`[routes.upstreams.oauth]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -551,14 +627,163 @@ pub struct UpstreamConfig {
     /// Headers sent with every upstream request (upstream credentials).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Headers whose values are read from environment variables at start: header → variable.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
     /// Send `Authorization: Bearer $VAR` (read at start) to this upstream.
     #[serde(default)]
     pub bearer_env: Option<String>,
+    /// Get `Authorization: Bearer …` from an OAuth 2.1 token endpoint (client credentials).
+    #[serde(default)]
+    pub oauth: Option<OAuthConfig>,
+}
+
+fn default_refresh_before() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_token_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// How the gateway authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthAuthMethod {
+    /// HTTP Basic with the client id and secret.
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// `[routes.upstreams.oauth]`: the OAuth 2.1 client-credentials grant. The token is fetched on
+/// first use, shared by every upstream with the same client, refreshed before it expires and
+/// refetched when the upstream answers `401`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The authorization server's token endpoint (https://, or http:// on loopback).
+    pub token_url: String,
+    /// The gateway's client id.
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret (surrounding whitespace ignored).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// `scope` requested (space-separated).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// RFC 8707 `resource`: the upstream's resource identifier (usually its URL).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// `audience`, for authorization servers that expect it instead of `resource`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: OAuthAuthMethod,
+    /// Refresh a token this long before it expires (at most half its lifetime).
+    #[serde(default = "default_refresh_before")]
+    pub refresh_before: Dur,
+    /// Bound on one request to the token endpoint.
+    #[serde(default = "default_token_timeout")]
+    pub timeout: Dur,
+}
+
+/// Why an upstream's spec cannot be built: the field (relative to the upstream) and the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamError {
+    /// `""` for the upstream as a whole, else e.g. `bearer_env`, `oauth.client_secret_env`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn upstream_error(field: &str, message: impl Into<String>) -> UpstreamError {
+    UpstreamError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A secret from an environment variable (`field` names the setting in errors).
+fn env_secret(var: &str, field: &str) -> Result<String, UpstreamError> {
+    let v = std::env::var(var).map_err(|_| {
+        upstream_error(
+            field,
+            format!("environment variable `{var}` ({field}) is not set"),
+        )
+    })?;
+    let v = v.trim();
+    if v.is_empty() {
+        return Err(upstream_error(
+            field,
+            format!("environment variable `{var}` ({field}) is empty"),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+impl OAuthConfig {
+    /// The client, with its secret read from the environment or the file.
+    pub fn client(&self) -> Result<OAuthClient, UpstreamError> {
+        let secret = match (&self.client_secret_env, &self.client_secret_file) {
+            (Some(var), None) => env_secret(var, "oauth.client_secret_env")?,
+            (None, Some(path)) => {
+                let field = "oauth.client_secret_file";
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    upstream_error(field, format!("cannot read `{}`: {e}", path.display()))
+                })?;
+                let text = text.trim();
+                if text.is_empty() {
+                    return Err(upstream_error(
+                        field,
+                        format!("`{}` is empty", path.display()),
+                    ));
+                }
+                text.to_string()
+            }
+            (Some(_), Some(_)) => {
+                return Err(upstream_error(
+                    "oauth",
+                    "give either `client_secret_env` or `client_secret_file`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(upstream_error(
+                    "oauth",
+                    "the client secret is missing: give `client_secret_env` (a variable name) or `client_secret_file`",
+                ));
+            }
+        };
+        Ok(OAuthClient {
+            token_url: self.token_url.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: secret,
+            scope: self.scope.clone().filter(|s| !s.trim().is_empty()),
+            resource: self.resource.clone(),
+            audience: self.audience.clone(),
+            auth_method: match self.auth_method {
+                OAuthAuthMethod::ClientSecretBasic => AuthMethod::ClientSecretBasic,
+                OAuthAuthMethod::ClientSecretPost => AuthMethod::ClientSecretPost,
+            },
+            refresh_before: self.refresh_before.0,
+            timeout: self.timeout.0,
+        })
+    }
 }
 
 impl UpstreamConfig {
-    /// The upstream spec, with credentials resolved from the environment.
-    pub fn spec(&self) -> Result<UpstreamSpec, String> {
+    /// The upstream spec, with credentials resolved from the environment (and secret files).
+    pub fn spec(&self) -> Result<UpstreamSpec, UpstreamError> {
         match (&self.url, &self.command) {
             (Some(url), None) => {
                 let mut headers: Vec<(String, String)> = self
@@ -566,28 +791,33 @@ impl UpstreamConfig {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                if let Some(var) = &self.bearer_env {
-                    let token = std::env::var(var).map_err(|_| {
-                        format!("environment variable `{var}` (bearer_env) is not set")
-                    })?;
-                    if token.trim().is_empty() {
-                        return Err(format!(
-                            "environment variable `{var}` (bearer_env) is empty"
-                        ));
-                    }
-                    headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+                for (h, var) in &self.headers_env {
+                    let field = format!("headers_env.{h}");
+                    headers.push((h.clone(), env_secret(var, &field)?));
                 }
+                if let Some(var) = &self.bearer_env {
+                    let token = env_secret(var, "bearer_env")?;
+                    headers.push(("authorization".into(), format!("Bearer {token}")));
+                }
+                let credentials = match &self.oauth {
+                    Some(o) => Some(Credentials::oauth(o.client()?)),
+                    None => None,
+                };
                 Ok(UpstreamSpec::Http {
                     url: url.clone(),
                     headers,
+                    credentials,
                 })
             }
             (None, Some(command)) => Ok(UpstreamSpec::Stdio {
                 command: command.clone(),
                 args: self.args.clone(),
             }),
-            (Some(_), Some(_)) => Err("give either `url` or `command`, not both".into()),
-            (None, None) => Err("give `url` (HTTP) or `command` (stdio)".into()),
+            (Some(_), Some(_)) => Err(upstream_error(
+                "",
+                "give either `url` or `command`, not both",
+            )),
+            (None, None) => Err(upstream_error("", "give `url` (HTTP) or `command` (stdio)")),
         }
     }
 }
@@ -747,5 +977,72 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("g.toml: routes[0].upstreams[0].bearer_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (bearer_env) is not set"), "{e}");
+    }
+
+    #[test]
+    fn upstream_credentials_and_shared_limits_are_validated() {
+        let e = errors(
+            "[limits]\nbackend = \"redis\"\nredis_timeout = \"0s\"\n\
+             [[routes]]\npath = \"/mcp\"\n\
+             [[routes.upstreams]]\nurl = \"http://a/mcp\"\nbearer_env = \"PATH\"\n\
+             [routes.upstreams.oauth]\ntoken_url = \"http://auth.example.com/token\"\nclient_id = \"\"\n\
+             resource = \"not a uri\"\n\
+             [[routes.upstreams]]\nurl = \"http://b/mcp\"\n\
+             [routes.upstreams.oauth]\ntoken_url = \"https://auth.example.com/token\"\nclient_id = \"gw\"\n\
+             client_secret_env = \"SHADOWCAT_TEST_SURELY_UNSET\"\n\
+             [[routes.upstreams]]\ncommand = \"srv\"\nheaders_env = { X-Key = \"PATH\" }\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        for want in [
+            "g.toml: limits.redis_timeout: must be more than 0",
+            "g.toml: limits.backend: `redis` needs a Redis: set limits.redis_url, or use a Redis server.store (it is `memory`)",
+            "g.toml: routes[0].upstreams[0].oauth: `bearer_env`, `oauth` all set `Authorization`; keep one",
+            "g.toml: routes[0].upstreams[0].oauth.token_url: `http://auth.example.com/token` must be https:// (plain http:// only on loopback): the client secret is sent to it",
+            "g.toml: routes[0].upstreams[0].oauth.client_id: must not be empty",
+            "g.toml: routes[0].upstreams[0].oauth: the client secret is missing: give `client_secret_env` (a variable name) or `client_secret_file`",
+            "g.toml: routes[0].upstreams[1].oauth.client_secret_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (oauth.client_secret_env) is not set",
+            "g.toml: routes[0].upstreams[2]: `headers`, `headers_env`, `bearer_env` and `oauth` apply to HTTP upstreams (`url`); a stdio server takes credentials from its environment",
+        ] {
+            assert!(lines.contains(&want), "missing `{want}` in:\n{e}");
+        }
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "g.toml: routes[0].upstreams[0].oauth.resource: `not a uri` is not an absolute URI"
+            )),
+            "{e}"
+        );
+        let e = errors(
+            "[limits]\nbackend = \"sideways\"\n[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n",
+        );
+        assert!(e.starts_with("g.toml:2:"), "{e}");
+        assert!(
+            e.contains("limits.backend: unknown variant `sideways`"),
+            "{e}"
+        );
+        // A Redis store is the default Redis of the shared limiter; a secret file works.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "[server]\nstore = \"redis://127.0.0.1:1\"\n[limits]\nbackend = \"redis\"\n\
+             [[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n\
+             [routes.upstreams.oauth]\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"gw\"\n\
+             client_secret_file = \"{}\"\nauth_method = \"client_secret_post\"\n",
+            secret.display()
+        );
+        assert_eq!(errors(&text), "");
+        let cfg = GatewayConfig::parse("g.toml", &text).unwrap();
+        assert_eq!(
+            cfg.limits.shared_redis(&cfg.server),
+            Some("redis://127.0.0.1:1")
+        );
+        let client = cfg.routes[0].upstreams[0]
+            .oauth
+            .as_ref()
+            .unwrap()
+            .client()
+            .unwrap();
+        assert_eq!(client.client_secret, "s3cret");
+        assert_eq!(client.auth_method, AuthMethod::ClientSecretPost);
     }
 }

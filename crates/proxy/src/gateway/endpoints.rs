@@ -72,7 +72,7 @@ impl Gateway {
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let ip = self.limits.client_ip(peer, &req.headers);
-        if let Err(l) = self.limits.check_client(ip) {
+        if let Err(l) = self.limits.check_client(ip).await {
             self.metrics.rate_limited(label, l.scope);
             return Err(too_many(&l));
         }
@@ -98,7 +98,7 @@ impl Gateway {
             tracing::info!(principal = %principal.id, reason = %e, "request refused");
             return Err(self.challenge(req, route, &e));
         }
-        if let Err(l) = self.limits.check_principal(&principal.id) {
+        if let Err(l) = self.limits.check_principal(&principal.id).await {
             self.metrics.rate_limited(label, l.scope);
             return Err(too_many(&l));
         }
@@ -257,7 +257,8 @@ impl Gateway {
     }
 
     fn metrics_page(&self, front: &HttpFront) -> Response {
-        let text = self.metrics.render(&self.snapshot(front));
+        let mut text = self.metrics.render(&self.snapshot(front));
+        self.limits.render_metrics(&mut text);
         let mut r = Response::new(Body::from(text));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -310,16 +311,16 @@ fn json(status: StatusCode, body: Bytes) -> Response {
 
 fn too_many(l: &Limited) -> Response {
     let mut r = json(
-        StatusCode::TOO_MANY_REQUESTS,
+        l.status(),
         error_bytes(None, RATE_LIMITED, &l.message(), None),
     );
-    let secs = l.retry_secs().max(1).to_string();
+    let secs = HeaderValue::from(l.retry_secs().max(1));
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::try_from(secs.as_str()) {
-        h.insert(header::RETRY_AFTER, v.clone());
-        h.insert("ratelimit-reset", v);
+    h.insert(header::RETRY_AFTER, secs.clone());
+    if !l.unavailable {
+        h.insert("ratelimit-reset", secs);
+        h.insert("ratelimit-limit", HeaderValue::from(l.limit));
+        h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
     }
-    h.insert("ratelimit-limit", HeaderValue::from(l.limit));
-    h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
     r
 }

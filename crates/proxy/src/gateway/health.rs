@@ -9,6 +9,7 @@ use super::Route;
 use super::config::HealthConfig;
 use super::target::probe;
 use crate::upstream::UpstreamSpec;
+use crate::upstream::credentials::{self, SendError};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +69,12 @@ async fn check(
     cfg: &HealthConfig,
     http: &reqwest::Client,
 ) -> Result<(), String> {
-    let UpstreamSpec::Http { url, headers } = spec else {
+    let UpstreamSpec::Http {
+        url,
+        headers,
+        credentials,
+    } = spec
+    else {
         return Ok(());
     };
     let Some(path) = &cfg.http_path else {
@@ -77,14 +83,19 @@ async fn check(
     let mut u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
     u.set_path(path);
     u.set_query(None);
-    let mut req = http.get(u.clone()).timeout(cfg.timeout.0);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let resp = req
-        .send()
+    let build = || {
+        let mut req = http.get(u.clone()).timeout(cfg.timeout.0);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req
+    };
+    let resp = credentials::send(credentials.as_ref(), build)
         .await
-        .map_err(|e| format!("health check GET {u} failed: {e}"))?;
+        .map_err(|e| match e {
+            SendError::Credentials(e) => format!("health check GET {u}: no access token: {e}"),
+            SendError::Http(e) => format!("health check GET {u} failed: {e}"),
+        })?;
     if resp.status().is_success() {
         Ok(())
     } else {

@@ -1,18 +1,25 @@
-//! Rate limits (GCRA, `governor`): global, per principal, per client IP, per tool.
+//! Rate limits (GCRA): global, per principal, per client IP, per tool.
 //!
 //! HTTP-level limits answer `429` with `Retry-After` and `RateLimit-*` headers; the per-tool
 //! limit applies to `tools/call` messages inside a session and answers that call with a JSON-RPC
 //! error (code [`RATE_LIMITED`]) saying when to retry.
 //!
+//! State lives in this process (`governor`), or with `backend = "redis"` in Redis so that every
+//! replica enforces one shared limit (see [`shared`]). While Redis is unreachable the limiter
+//! follows `on_redis_outage`: this process's own limits (`local`), or `503` (`deny`).
+//!
 //! The client IP is the TCP peer, unless the peer is a configured trusted proxy: then the
 //! right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
 
-use super::config::{Cidr, LimitsConfig, RateConfig};
+mod shared;
+
+use super::config::{Cidr, LimitsBackend, LimitsConfig, RateConfig, RedisOutage};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
+use shared::{Shared, SharedKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -25,7 +32,7 @@ pub const RATE_LIMITED: i64 = -32029;
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, DefaultClock>;
 
-/// A request over a limit.
+/// A request over a limit (or refused because the shared limiter is unreachable).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limited {
     /// Which limit: `global`, `principal`, `ip` or `tool`.
@@ -34,6 +41,8 @@ pub struct Limited {
     pub retry_after: Duration,
     /// The limit's burst size (the `RateLimit-Limit` header).
     pub limit: u32,
+    /// Refused because Redis is unreachable (`on_redis_outage = "deny"`), not over the limit.
+    pub unavailable: bool,
 }
 
 impl Limited {
@@ -43,6 +52,12 @@ impl Limited {
     }
     /// What to tell the client.
     pub fn message(&self) -> String {
+        if self.unavailable {
+            return format!(
+                "the shared rate limiter is unavailable (Redis unreachable); retry in {} s",
+                self.retry_secs().max(1)
+            );
+        }
         let which = match self.scope {
             "global" => "the gateway's overall limit",
             "principal" => "your limit",
@@ -54,6 +69,14 @@ impl Limited {
             self.retry_secs().max(1)
         )
     }
+    /// The HTTP status of a refused request: `429`, or `503` when the limiter is unavailable.
+    pub fn status(&self) -> StatusCode {
+        if self.unavailable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+    }
 }
 
 fn quota(r: &RateConfig) -> Quota {
@@ -63,40 +86,71 @@ fn quota(r: &RateConfig) -> Quota {
         .allow_burst(burst)
 }
 
+/// One configured limit: its in-process limiter and its rate.
+struct Limit<L> {
+    local: L,
+    rate: RateConfig,
+}
+
+impl<L> Limit<L> {
+    fn shared(&self, scope: &'static str, key: String) -> SharedKey {
+        SharedKey {
+            scope,
+            key,
+            interval: self.rate.interval(),
+            burst: self.rate.burst(),
+        }
+    }
+}
+
 /// The configured limiters.
 pub struct Limits {
     clock: DefaultClock,
-    global: Option<(Direct, u32)>,
-    principal: Option<(Keyed<Arc<str>>, u32)>,
-    ip: Option<(Keyed<IpAddr>, u32)>,
-    tools: HashMap<String, (Direct, u32)>,
+    global: Option<Limit<Direct>>,
+    principal: Option<Limit<Keyed<Arc<str>>>>,
+    ip: Option<Limit<Keyed<IpAddr>>>,
+    tools: HashMap<String, Limit<Direct>>,
     trusted: Vec<Cidr>,
+    /// `backend = "redis"`: the shared state.
+    shared: Option<Shared>,
 }
 
 impl Limits {
     /// Build from validated configuration; `trusted` are the proxies whose `X-Forwarded-For`
-    /// is believed.
-    pub fn new(cfg: &LimitsConfig, trusted: Vec<Cidr>) -> Self {
+    /// is believed; `redis` is the Redis of `backend = "redis"` (nothing is connected until
+    /// the first check) and `prefix` starts its keys.
+    pub fn new(cfg: &LimitsConfig, trusted: Vec<Cidr>, redis: Option<&str>, prefix: &str) -> Self {
+        let direct = |r: &RateConfig| Limit {
+            local: RateLimiter::direct(quota(r)),
+            rate: *r,
+        };
+        let shared = match (cfg.backend, redis) {
+            (LimitsBackend::Redis, Some(url)) => Some(Shared::new(
+                url,
+                prefix,
+                cfg.redis_timeout.0,
+                cfg.on_redis_outage == RedisOutage::Deny,
+            )),
+            _ => None,
+        };
         Limits {
             clock: DefaultClock::default(),
-            global: cfg
-                .global
-                .as_ref()
-                .map(|r| (RateLimiter::direct(quota(r)), r.burst())),
-            principal: cfg
-                .per_principal
-                .as_ref()
-                .map(|r| (RateLimiter::dashmap(quota(r)), r.burst())),
-            ip: cfg
-                .per_ip
-                .as_ref()
-                .map(|r| (RateLimiter::dashmap(quota(r)), r.burst())),
+            global: cfg.global.as_ref().map(direct),
+            principal: cfg.per_principal.as_ref().map(|r| Limit {
+                local: RateLimiter::dashmap(quota(r)),
+                rate: *r,
+            }),
+            ip: cfg.per_ip.as_ref().map(|r| Limit {
+                local: RateLimiter::dashmap(quota(r)),
+                rate: *r,
+            }),
             tools: cfg
                 .per_tool
                 .iter()
-                .map(|(t, r)| (t.clone(), (RateLimiter::direct(quota(r)), r.burst())))
+                .map(|(t, r)| (t.clone(), direct(r)))
                 .collect(),
             trusted,
+            shared,
         }
     }
 
@@ -105,56 +159,127 @@ impl Limits {
         !self.tools.is_empty()
     }
 
+    /// Whether `tools/call` of `tool` is limited.
+    pub fn limits_tool(&self, tool: &str) -> bool {
+        self.tools.contains_key(tool)
+    }
+
+    /// Whether checks may wait for Redis (otherwise they complete without waiting).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     fn refused(
         &self,
         scope: &'static str,
-        limit: u32,
+        rate: &RateConfig,
         at: governor::NotUntil<<DefaultClock as Clock>::Instant>,
     ) -> Limited {
         Limited {
             scope,
             retry_after: at.wait_time_from(self.clock.now()),
-            limit,
+            limit: rate.burst(),
+            unavailable: false,
+        }
+    }
+
+    /// Check `keys` in Redis. `None`: Redis is unreachable and this process's limits decide.
+    async fn check_shared(&self, keys: Vec<SharedKey>) -> Option<Result<(), Limited>> {
+        let shared = self.shared.as_ref()?;
+        if keys.is_empty() {
+            return Some(Ok(()));
+        }
+        match shared.check(&keys).await {
+            Ok(None) => Some(Ok(())),
+            Ok(Some((i, retry_after))) => {
+                let k = &keys[i];
+                Some(Err(Limited {
+                    scope: k.scope,
+                    retry_after,
+                    limit: k.burst,
+                    unavailable: false,
+                }))
+            }
+            Err(()) if shared.deny_on_outage() => Some(Err(Limited {
+                scope: keys[0].scope,
+                retry_after: shared::RETRY_EVERY,
+                limit: keys[0].burst,
+                unavailable: true,
+            })),
+            Err(()) => None,
         }
     }
 
     /// Per-IP, then global limit: checked before authentication.
-    pub fn check_client(&self, ip: IpAddr) -> Result<(), Limited> {
-        if let Some((l, b)) = &self.ip {
-            l.check_key(&ip).map_err(|n| self.refused("ip", *b, n))?;
+    pub async fn check_client(&self, ip: IpAddr) -> Result<(), Limited> {
+        if self.shared.is_some() {
+            let mut keys = Vec::new();
+            if let Some(l) = &self.ip {
+                keys.push(l.shared("ip", ip.to_string()));
+            }
+            if let Some(l) = &self.global {
+                keys.push(l.shared("global", String::new()));
+            }
+            if let Some(decided) = self.check_shared(keys).await {
+                return decided;
+            }
         }
-        if let Some((l, b)) = &self.global {
-            l.check().map_err(|n| self.refused("global", *b, n))?;
+        if let Some(l) = &self.ip {
+            l.local
+                .check_key(&ip)
+                .map_err(|n| self.refused("ip", &l.rate, n))?;
+        }
+        if let Some(l) = &self.global {
+            l.local
+                .check()
+                .map_err(|n| self.refused("global", &l.rate, n))?;
         }
         Ok(())
     }
 
     /// Per-principal limit: checked after authentication.
-    pub fn check_principal(&self, principal: &Arc<str>) -> Result<(), Limited> {
-        if let Some((l, b)) = &self.principal {
-            l.check_key(principal)
-                .map_err(|n| self.refused("principal", *b, n))?;
+    pub async fn check_principal(&self, principal: &Arc<str>) -> Result<(), Limited> {
+        let Some(l) = &self.principal else {
+            return Ok(());
+        };
+        if self.shared.is_some()
+            && let Some(decided) = self
+                .check_shared(vec![l.shared("principal", principal.to_string())])
+                .await
+        {
+            return decided;
         }
-        Ok(())
+        l.local
+            .check_key(principal)
+            .map_err(|n| self.refused("principal", &l.rate, n))
     }
 
     /// Per-tool limit on a `tools/call`.
-    pub fn check_tool(&self, tool: &str) -> Result<(), Limited> {
-        if let Some((l, b)) = self.tools.get(tool) {
-            l.check().map_err(|n| self.refused("tool", *b, n))?;
+    pub async fn check_tool(&self, tool: &str) -> Result<(), Limited> {
+        let Some(l) = self.tools.get(tool) else {
+            return Ok(());
+        };
+        if self.shared.is_some()
+            && let Some(decided) = self
+                .check_shared(vec![l.shared("tool", tool.to_string())])
+                .await
+        {
+            return decided;
         }
-        Ok(())
+        l.local
+            .check()
+            .map_err(|n| self.refused("tool", &l.rate, n))
     }
 
     /// Forget keys whose state is back to full (bounded memory under many clients).
     pub fn housekeeping(&self) {
-        if let Some((l, _)) = &self.principal {
-            l.retain_recent();
-            l.shrink_to_fit();
+        if let Some(l) = &self.principal {
+            l.local.retain_recent();
+            l.local.shrink_to_fit();
         }
-        if let Some((l, _)) = &self.ip {
-            l.retain_recent();
-            l.shrink_to_fit();
+        if let Some(l) = &self.ip {
+            l.local.retain_recent();
+            l.local.shrink_to_fit();
         }
     }
 
@@ -162,6 +287,13 @@ impl Limits {
     /// `X-Forwarded-For` entry.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         client_ip(peer, headers, &self.trusted)
+    }
+
+    /// Prometheus lines of the shared limiter (nothing with the local backend).
+    pub fn render_metrics(&self, out: &mut String) {
+        if let Some(s) = &self.shared {
+            s.render_metrics(out);
+        }
     }
 }
 
@@ -212,8 +344,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn burst_then_refusal_with_retry_after() {
+    #[tokio::test]
+    async fn burst_then_refusal_with_retry_after() {
         let cfg = LimitsConfig {
             per_ip: Some(RateConfig {
                 requests: 1,
@@ -222,17 +354,57 @@ mod tests {
             }),
             ..LimitsConfig::default()
         };
-        let l = Limits::new(&cfg, vec![]);
+        let l = Limits::new(&cfg, vec![], None, "t:");
+        assert!(!l.is_shared());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         for _ in 0..3 {
-            assert!(l.check_client(ip).is_ok());
+            assert!(l.check_client(ip).await.is_ok());
         }
-        let r = l.check_client(ip).unwrap_err();
-        assert_eq!((r.scope, r.limit), ("ip", 3));
+        let r = l.check_client(ip).await.unwrap_err();
+        assert_eq!((r.scope, r.limit, r.unavailable), ("ip", 3, false));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(
             r.retry_after > Duration::from_secs(9) && r.retry_secs() == 10,
             "{r:?}"
         );
-        assert!(l.check_client("127.0.0.2".parse().unwrap()).is_ok());
+        assert!(l.check_client("127.0.0.2".parse().unwrap()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_follows_on_redis_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("redis+unix://{}", dir.path().join("none.sock").display());
+        let rate = RateConfig {
+            requests: 1,
+            per: Dur(Duration::from_secs(60)),
+            burst: Some(2),
+        };
+        let mut cfg = LimitsConfig {
+            backend: LimitsBackend::Redis,
+            global: Some(rate),
+            ..LimitsConfig::default()
+        };
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        // local: this process's own limit still applies.
+        let l = Limits::new(&cfg, vec![], Some(&url), "t:");
+        assert!(l.is_shared());
+        assert!(l.check_client(ip).await.is_ok());
+        assert!(l.check_client(ip).await.is_ok());
+        let r = l.check_client(ip).await.unwrap_err();
+        assert_eq!((r.scope, r.unavailable), ("global", false));
+        let mut m = String::new();
+        l.render_metrics(&mut m);
+        assert!(m.contains("shadowcat_ratelimit_redis_up 0"), "{m}");
+        assert!(
+            m.contains("shadowcat_ratelimit_redis_outage_decisions_total{decision=\"local\"} 3"),
+            "{m}"
+        );
+        // deny: refused with 503.
+        cfg.on_redis_outage = RedisOutage::Deny;
+        let l = Limits::new(&cfg, vec![], Some(&url), "t:");
+        let r = l.check_client(ip).await.unwrap_err();
+        assert!(r.unavailable, "{r:?}");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.message().contains("Redis unreachable"), "{}", r.message());
     }
 }

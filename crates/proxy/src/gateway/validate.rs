@@ -3,8 +3,8 @@
 //! the field and what is wrong.
 
 use super::config::{
-    AuthConfig, Cidr, ConfigError, GatewayConfig, JWT_ALGORITHMS, Problem, RateConfig,
-    UpstreamConfig, route_key,
+    AuthConfig, Cidr, ConfigError, GatewayConfig, JWT_ALGORITHMS, LimitsBackend, OAuthConfig,
+    Problem, RateConfig, UpstreamConfig, is_redis_url, route_key,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -108,6 +108,7 @@ impl GatewayConfig {
         for (tool, r) in &l.per_tool {
             validate_rate(&format!("limits.per_tool.{tool}"), r, &mut bad);
         }
+        validate_limits_backend(self, &mut bad);
         if l.per_principal.is_some() && self.auth.is_none() {
             bad(
                 "limits.per_principal".into(),
@@ -341,13 +342,18 @@ fn validate_upstream(
     if u.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
         bad(format!("{at}.command"), "must not be empty".into());
     }
-    if u.command.is_some() && (!u.headers.is_empty() || u.bearer_env.is_some()) {
+    let http_only = !u.headers.is_empty()
+        || !u.headers_env.is_empty()
+        || u.bearer_env.is_some()
+        || u.oauth.is_some();
+    if u.command.is_some() && http_only {
         bad(
             at.to_string(),
-            "`headers` and `bearer_env` apply to HTTP upstreams (`url`); a stdio server takes credentials from its environment"
+            "`headers`, `headers_env`, `bearer_env` and `oauth` apply to HTTP upstreams (`url`); a stdio server takes credentials from its environment"
                 .into(),
         );
     }
+    let mut authorization = Vec::new();
     for (k, v) in &u.headers {
         if http::HeaderName::try_from(k.as_str()).is_err() {
             bad(
@@ -360,12 +366,50 @@ fn validate_upstream(
                 "the value is not a valid header value".into(),
             );
         }
-        if u.bearer_env.is_some() && k.eq_ignore_ascii_case("authorization") {
+        if k.eq_ignore_ascii_case("authorization") {
+            authorization.push(format!("headers.{k}"));
+        }
+    }
+    for (k, var) in &u.headers_env {
+        if http::HeaderName::try_from(k.as_str()).is_err() {
             bad(
-                format!("{at}.headers.{k}"),
-                "both `headers.Authorization` and `bearer_env` are set; keep one".into(),
+                format!("{at}.headers_env.{k}"),
+                format!("`{k}` is not a valid header name"),
+            );
+        } else if u.headers.keys().any(|h| h.eq_ignore_ascii_case(k)) {
+            bad(
+                format!("{at}.headers_env.{k}"),
+                format!("`{k}` is also in `headers`; keep one"),
+            );
+        } else if let Ok(v) = std::env::var(var)
+            && http::HeaderValue::try_from(v.trim()).is_err()
+        {
+            bad(
+                format!("{at}.headers_env.{k}"),
+                format!("environment variable `{var}` is not a valid header value"),
             );
         }
+        if k.eq_ignore_ascii_case("authorization") {
+            authorization.push(format!("headers_env.{k}"));
+        }
+    }
+    if u.bearer_env.is_some() {
+        authorization.push("bearer_env".into());
+    }
+    if u.oauth.is_some() {
+        authorization.push("oauth".into());
+    }
+    if authorization.len() > 1 {
+        bad(
+            format!("{at}.{}", authorization[1]),
+            format!(
+                "`{}` all set `Authorization`; keep one",
+                authorization.join("`, `")
+            ),
+        );
+    }
+    if let Some(o) = &u.oauth {
+        validate_oauth(&format!("{at}.oauth"), o, bad);
     }
     match u.spec() {
         Ok(spec) => {
@@ -377,12 +421,90 @@ fn validate_upstream(
             }
         }
         Err(e) => {
-            let field = if e.contains("bearer_env") {
-                format!("{at}.bearer_env")
-            } else {
+            let field = if e.field.is_empty() {
                 at.to_string()
+            } else {
+                format!("{at}.{}", e.field)
             };
-            bad(field, e);
+            bad(field, e.message);
         }
+    }
+}
+
+/// A token endpoint must use TLS, except on loopback (OAuth 2.1 §1.5).
+fn check_token_url(u: &str) -> Result<(), String> {
+    check_url(u)?;
+    let url = reqwest::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
+    let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() == "http" && !loopback {
+        return Err(format!(
+            "`{u}` must be https:// (plain http:// only on loopback): the client secret is sent to it"
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("`{u}` must not have a #fragment"));
+    }
+    Ok(())
+}
+
+fn validate_oauth(at: &str, o: &OAuthConfig, bad: &mut impl FnMut(String, String)) {
+    if let Err(e) = check_token_url(&o.token_url) {
+        bad(format!("{at}.token_url"), e);
+    }
+    if o.client_id.trim().is_empty() {
+        bad(format!("{at}.client_id"), "must not be empty".into());
+    }
+    if let Some(r) = &o.resource {
+        match reqwest::Url::parse(r) {
+            Ok(u) if u.fragment().is_some() => bad(
+                format!("{at}.resource"),
+                format!("`{r}` must not have a #fragment (RFC 8707)"),
+            ),
+            Ok(_) => {}
+            Err(e) => bad(
+                format!("{at}.resource"),
+                format!("`{r}` is not an absolute URI (RFC 8707): {e}"),
+            ),
+        }
+    }
+    if o.audience.as_deref().is_some_and(|a| a.trim().is_empty()) {
+        bad(format!("{at}.audience"), "must not be empty".into());
+    }
+    if o.timeout.0.is_zero() {
+        bad(format!("{at}.timeout"), "must be more than 0".into());
+    }
+}
+
+fn validate_limits_backend(cfg: &GatewayConfig, bad: &mut impl FnMut(String, String)) {
+    let l = &cfg.limits;
+    if let Some(u) = &l.redis_url
+        && !is_redis_url(u)
+    {
+        bad(
+            "limits.redis_url".into(),
+            format!("`{u}` must be a redis://, rediss:// or redis+unix:// URL"),
+        );
+    }
+    if l.redis_timeout.0.is_zero() {
+        bad("limits.redis_timeout".into(), "must be more than 0".into());
+    }
+    if l.backend == LimitsBackend::Redis && l.shared_redis(&cfg.server).is_none() {
+        bad(
+            "limits.backend".into(),
+            format!(
+                "`redis` needs a Redis: set limits.redis_url, or use a Redis server.store (it is `{}`)",
+                cfg.server.store
+            ),
+        );
+    }
+    if l.backend == LimitsBackend::Local && l.redis_url.is_some() {
+        bad(
+            "limits.redis_url".into(),
+            "is only used with backend = \"redis\"".into(),
+        );
     }
 }

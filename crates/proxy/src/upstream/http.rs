@@ -2,6 +2,7 @@
 //! SSE answers streamed event by event, an optional GET stream, DELETE at the end. The upstream's
 //! `Mcp-Session-Id` stays here; the client never sees it.
 
+use super::credentials::{self, Credentials, SendError};
 use super::{UpstreamCtx, UpstreamEvent, Via};
 use crate::error::ProxyError;
 use crate::guard::backoff;
@@ -55,6 +56,8 @@ pub struct HttpUpstream {
 struct Inner {
     url: reqwest::Url,
     headers: HeaderMap,
+    /// `Authorization: Bearer …` from a token source (OAuth client credentials).
+    credentials: Option<Credentials>,
     session_id: Mutex<Option<HeaderValue>>,
     protocol_version: Mutex<Option<HeaderValue>>,
     listen: AtomicU8,
@@ -66,6 +69,17 @@ impl HttpUpstream {
     pub(super) fn new(
         url: &str,
         extra: &[(String, String)],
+        ctx: UpstreamCtx,
+        events: mpsc::Sender<UpstreamEvent>,
+    ) -> Result<Self, ProxyError> {
+        Self::with_credentials(url, extra, None, ctx, events)
+    }
+
+    /// Like `new`, with a token source for `Authorization: Bearer …`.
+    pub(super) fn with_credentials(
+        url: &str,
+        extra: &[(String, String)],
+        credentials: Option<Credentials>,
         ctx: UpstreamCtx,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<Self, ProxyError> {
@@ -91,6 +105,7 @@ impl HttpUpstream {
             inner: Arc::new(Inner {
                 url,
                 headers,
+                credentials,
                 session_id: Mutex::new(None),
                 protocol_version: Mutex::new(None),
                 listen: AtomicU8::new(LISTEN_IDLE),
@@ -150,10 +165,12 @@ impl HttpUpstream {
             Err(LISTEN_UNSUPPORTED) => return Ok(false),
             Err(_) => return Ok(true),
         }
-        let req = inner
-            .request(reqwest::Method::GET)
-            .header(header::ACCEPT, "text/event-stream");
-        let resp = match req.send().await {
+        let build = || {
+            inner
+                .request(reqwest::Method::GET)
+                .header(header::ACCEPT, "text/event-stream")
+        };
+        let resp = match inner.send(build).await {
             Ok(r) => r,
             Err(e) => {
                 inner.listen.store(LISTEN_IDLE, Ordering::Release);
@@ -190,10 +207,12 @@ impl HttpUpstream {
         let inner = &self.inner;
         let has_session = lock(&inner.session_id).is_some();
         if has_session {
-            let req = inner
-                .request(reqwest::Method::DELETE)
-                .timeout(Duration::from_secs(5));
-            match req.send().await {
+            let build = || {
+                inner
+                    .request(reqwest::Method::DELETE)
+                    .timeout(Duration::from_secs(5))
+            };
+            match inner.send(build).await {
                 Ok(r) => tracing::debug!(status = %r.status(), "upstream session deleted"),
                 Err(e) => tracing::debug!(error = %e, "upstream DELETE failed"),
             }
@@ -241,6 +260,26 @@ impl Inner {
         req
     }
 
+    /// Send what `build` makes, with the upstream's credentials (after a `401`, a new token and
+    /// one more attempt). The error says what failed.
+    async fn send(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, String> {
+        self.describe(credentials::send(self.credentials.as_ref(), build).await)
+    }
+
+    /// What went wrong sending, in words.
+    fn describe(
+        &self,
+        sent: Result<reqwest::Response, SendError>,
+    ) -> Result<reqwest::Response, String> {
+        sent.map_err(|e| match e {
+            SendError::Credentials(e) => format!("no access token for {}: {e}", self.url),
+            SendError::Http(e) => format!("cannot reach upstream {}: {e}", self.url),
+        })
+    }
+
     async fn deliver(&self, frame: Frame, via: Via) -> bool {
         self.events
             .send(UpstreamEvent::Frame { frame, via })
@@ -267,12 +306,19 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
     let idempotent = frame.method().is_some_and(crate::guard::is_idempotent);
     let resp = match send_post(inner, frame.into_raw(), idempotent).await {
         Ok(r) => r,
-        Err(e) => {
-            let msg = format!("cannot reach upstream {}: {e}", inner.url);
-            return inner.fail(id.as_ref(), msg).await;
-        }
+        Err(e) => return inner.fail(id.as_ref(), e).await,
     };
     let status = resp.status();
+    if status == StatusCode::UNAUTHORIZED
+        && let Some(c) = &inner.credentials
+    {
+        let msg = format!(
+            "upstream {} refused a fresh access token from {} (HTTP 401): check the client's scope and resource/audience",
+            inner.url,
+            c.token_url()
+        );
+        return inner.fail(id.as_ref(), msg).await;
+    }
     if is_init && matches!(status.as_u16(), 400 | 404 | 405) {
         // An `auto` upstream detected as Streamable HTTP refuses it now: re-probe next session.
         super::detect::forget(inner.url.as_str());
@@ -364,30 +410,30 @@ async fn send_post(
     inner: &Arc<Inner>,
     body: bytes::Bytes,
     idempotent: bool,
-) -> Result<reqwest::Response, reqwest::Error> {
-    let guard = inner.ctx.guard.as_deref();
-    if let Some(g) = guard {
-        g.attempt();
-    }
-    let mut attempt = 0;
-    loop {
-        let sent = inner
+) -> Result<reqwest::Response, String> {
+    let build = || {
+        inner
             .request(reqwest::Method::POST)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream")
             .body(body.clone())
-            .send()
-            .await;
-        let Some(g) = guard else { return sent };
+    };
+    let Some(g) = inner.ctx.guard.as_deref() else {
+        return inner.send(build).await;
+    };
+    g.attempt();
+    let mut attempt = 0;
+    loop {
+        let sent = credentials::send(inner.credentials.as_ref(), build).await;
         let why = match &sent {
-            Err(e) if e.is_connect() => format!("cannot connect: {e}"),
+            Err(SendError::Http(e)) if e.is_connect() => format!("cannot connect: {e}"),
             Ok(r) if idempotent && matches!(r.status().as_u16(), 502..=504) => {
                 format!("HTTP {}", r.status())
             }
-            _ => return sent,
+            _ => return inner.describe(sent),
         };
         let Some(delay) = g.retry_after(attempt) else {
-            return sent;
+            return inner.describe(sent);
         };
         tracing::info!(upstream = %inner.url, attempt = attempt + 1, %why, "retrying the upstream request");
         tokio::time::sleep(delay).await;
@@ -560,11 +606,13 @@ async fn reconnect(
             _ => backoff(o.reconnect_base, o.reconnect_cap, attempt),
         };
         tokio::time::sleep(delay).await;
-        let req = inner
-            .request(reqwest::Method::GET)
-            .header(header::ACCEPT, "text/event-stream")
-            .header("last-event-id", last);
-        match req.send().await {
+        let build = || {
+            inner
+                .request(reqwest::Method::GET)
+                .header(header::ACCEPT, "text/event-stream")
+                .header("last-event-id", last)
+        };
+        match inner.send(build).await {
             Ok(r) if r.status().is_success() && is_sse(r.headers()) => return Ok(r),
             Ok(r) if r.status().is_client_error() => {
                 return Err(format!(

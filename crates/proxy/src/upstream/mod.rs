@@ -4,6 +4,7 @@
 //! An upstream takes the client's frames with [`Upstream::send`] and delivers the server's frames,
 //! tagged with where they came from, on the [`UpstreamEvent`] channel returned by [`connect`].
 
+pub mod credentials;
 pub mod detect;
 mod http;
 mod process;
@@ -11,6 +12,7 @@ mod sse;
 mod stdio;
 mod tape;
 
+pub use credentials::Credentials;
 pub use http::{HttpClient, HttpUpstream};
 pub use sse::SseUpstream;
 pub use stdio::StdioUpstream;
@@ -39,8 +41,11 @@ pub enum UpstreamSpec {
     Http {
         /// The endpoint URL.
         url: String,
-        /// Extra headers sent on every request (e.g. upstream credentials).
+        /// Extra headers sent on every request (e.g. static upstream credentials).
         headers: Vec<(String, String)>,
+        /// A token source whose `Authorization: Bearer …` goes with every request (OAuth
+        /// client credentials); `None` costs nothing.
+        credentials: Option<Credentials>,
     },
     /// A legacy HTTP+SSE (2024-11-05) server: GET the SSE URL, POST to the endpoint it names.
     Sse {
@@ -62,6 +67,15 @@ pub enum UpstreamSpec {
 }
 
 impl UpstreamSpec {
+    /// A Streamable HTTP endpoint with static headers only.
+    pub fn http(url: impl Into<String>, headers: Vec<(String, String)>) -> UpstreamSpec {
+        UpstreamSpec::Http {
+            url: url.into(),
+            headers,
+            credentials: None,
+        }
+    }
+
     /// Human-readable description for logs.
     pub fn describe(&self) -> String {
         match self {
@@ -197,8 +211,25 @@ pub async fn open(spec: &UpstreamSpec, ctx: UpstreamCtx) -> Result<Opened, Proxy
         UpstreamSpec::Stdio { command, args } => {
             Upstream::Stdio(StdioUpstream::spawn(command, args, ctx, tx)?)
         }
-        UpstreamSpec::Http { url, headers } => {
-            Upstream::Http(HttpUpstream::new(url, headers, ctx, tx)?)
+        UpstreamSpec::Http {
+            url,
+            headers,
+            credentials,
+        } => {
+            if let Some(c) = credentials {
+                // A session starts with a token: a token endpoint that fails refuses the session
+                // (HTTP 502 to its `initialize`) instead of failing each later request.
+                c.bearer().await.map_err(|e| {
+                    ProxyError::UpstreamConnect(format!("no access token for {url}: {e}"))
+                })?;
+            }
+            Upstream::Http(HttpUpstream::with_credentials(
+                url,
+                headers,
+                credentials.clone(),
+                ctx,
+                tx,
+            )?)
         }
         UpstreamSpec::Sse { url, headers } => {
             Upstream::Sse(SseUpstream::connect(url, headers, ctx, tx).await?)

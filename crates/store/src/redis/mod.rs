@@ -132,19 +132,26 @@ fn decode_events(reply: StreamRangeReply) -> StoreResult<Vec<LoggedEvent>> {
         .collect()
 }
 
+/// A connection to the Redis at `url` (`redis://`, `rediss://` with feature `redis-tls`,
+/// `redis+unix:///path`) with the store's timeouts: reconnects by itself after a failure.
+/// Fails with `Unavailable` if the server cannot be reached now.
+pub async fn redis_connection(url: &str) -> StoreResult<ConnectionManager> {
+    let client = Client::open(url)
+        .map_err(|e| StoreError::Backend(format!("redis: bad url `{url}`: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    bounded(ConnectionManager::new_with_config(client, config)).await
+}
+
 impl RedisStore {
     /// Connects to `url` (`redis://`, `rediss://` with feature `redis-tls`, `redis+unix:///path`).
     /// `prefix` starts every key; `ttl` is the idle TTL every key gets (refreshed on
     /// create/update/touch). Fails with `Unavailable` if the server cannot be reached.
     pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> StoreResult<RedisStore> {
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Backend(format!("redis: bad url `{url}`: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = bounded(ConnectionManager::new_with_config(client, config)).await?;
+        let conn = redis_connection(url).await?;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),

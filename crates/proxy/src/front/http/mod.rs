@@ -296,10 +296,7 @@ impl HttpFront {
             let url = uri.to_string();
             return Ok(Target {
                 key: Arc::from(format!("abs:{url}")),
-                spec: UpstreamSpec::Http {
-                    url,
-                    headers: self.config.absolute_headers.clone(),
-                },
+                spec: UpstreamSpec::http(url, self.config.absolute_headers.clone()),
                 gateway: None,
             });
         }

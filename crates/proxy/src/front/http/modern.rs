@@ -18,10 +18,11 @@ use super::{HttpFront, Target, reply};
 use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, Outcome};
 use crate::upstream::UpstreamSpec;
+use crate::upstream::credentials::{self, Credentials, SendError};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use shadowcat_proto::era::{
     META_PROTOCOL_VERSION, METHOD_HEADER, NAME_HEADER, PARAM_HEADER_PREFIX,
     PROTOCOL_VERSION_HEADER, ProtocolVersion,
@@ -191,7 +192,8 @@ async fn serve(
         UpstreamSpec::Http {
             url,
             headers: extra,
-        } => relay(front, url, extra, &headers, frame).await,
+            credentials,
+        } => relay(front, url, extra, credentials.as_ref(), &headers, frame).await,
         _ => Err(ProxyError::UnsupportedVersion {
             requested: version.as_str().to_string(),
             supported: ProtocolVersion::ALL
@@ -208,17 +210,26 @@ async fn relay(
     front: &HttpFront,
     url: &str,
     extra: &[(String, String)],
+    credentials: Option<&Credentials>,
     client: &HeaderMap,
     frame: Frame,
 ) -> Result<Response, ProxyError> {
-    let mut req = front
-        .http
-        .client()
-        .post(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream");
+    let mut head = HeaderMap::new();
+    head.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    head.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
     for (k, v) in extra {
-        req = req.header(k.as_str(), v.as_str());
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::try_from(k.as_str()),
+            HeaderValue::try_from(v.as_str()),
+        ) {
+            head.append(k, v);
+        }
     }
     for (k, v) in client {
         let name = k.as_str();
@@ -227,12 +238,27 @@ async fn relay(
             || name == NAME_HEADER
             || name.starts_with(PARAM_HEADER_PREFIX);
         if mirrored {
-            req = req.header(k, v);
+            head.append(k, v.clone());
         }
     }
-    let resp =
-        req.body(frame.into_raw()).send().await.map_err(|e| {
-            ProxyError::UpstreamConnect(format!("cannot reach upstream {url}: {e}"))
+    let body = frame.into_raw();
+    let build = || {
+        front
+            .http
+            .client()
+            .post(url)
+            .headers(head.clone())
+            .body(body.clone())
+    };
+    let resp = credentials::send(credentials, build)
+        .await
+        .map_err(|e| match e {
+            SendError::Credentials(e) => {
+                ProxyError::UpstreamConnect(format!("no access token for {url}: {e}"))
+            }
+            SendError::Http(e) => {
+                ProxyError::UpstreamConnect(format!("cannot reach upstream {url}: {e}"))
+            }
         })?;
     let mut r = Response::new(Body::empty());
     *r.status_mut() = resp.status();

@@ -82,10 +82,7 @@ pub async fn locate(
         UpstreamSpec::Auto { url, headers } if rec.upstream_session_id.is_some() => {
             let http = Target {
                 key: target.key.clone(),
-                spec: UpstreamSpec::Http {
-                    url: url.clone(),
-                    headers: headers.clone(),
-                },
+                spec: UpstreamSpec::http(url.clone(), headers.clone()),
                 gateway: None,
             };
             adopt(
