@@ -22,14 +22,8 @@ fn setup(rules: &str) -> (Pipeline, Arc<Interceptor>) {
     (Pipeline::new(vec![icpt.clone()]), icpt)
 }
 
-const C2S: FrameCtx<'static> = FrameCtx {
-    session: "s1",
-    direction: Direction::ClientToServer,
-};
-const S2C: FrameCtx<'static> = FrameCtx {
-    session: "s1",
-    direction: Direction::ServerToClient,
-};
+const C2S: FrameCtx<'static> = FrameCtx::new("s1", Direction::ClientToServer);
+const S2C: FrameCtx<'static> = FrameCtx::new("s1", Direction::ServerToClient);
 
 fn call(id: i64, tool: &str) -> Frame {
     frame(

@@ -13,10 +13,10 @@
 mod hook;
 mod sink;
 
-pub use hook::RecordHook;
+pub use hook::{RECORDED_HEADERS, RecordHook};
 
 use bytes::Bytes;
-use shadowcat_tape::{Dir, RedactConfig, Redactor};
+use shadowcat_tape::{Dir, RedactConfig, Redactor, Transport};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -77,6 +77,8 @@ pub(crate) enum Msg {
         dir: Dir,
         session: Box<str>,
         raw: Bytes,
+        /// HTTP details, when the front gave them (boxed: stdio frames carry none).
+        transport: Option<Box<Transport>>,
         note: Option<&'static str>,
     },
     SessionEnd {

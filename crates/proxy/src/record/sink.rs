@@ -2,7 +2,7 @@
 
 use super::{Msg, RecordConfig, RecordError, Shared};
 use shadowcat_tape::time::format_ms;
-use shadowcat_tape::{Header, Redactor, TapeWriter, Transport};
+use shadowcat_tape::{Header, Redactor, TapeWriter};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufWriter;
@@ -138,6 +138,7 @@ impl Sink {
             dir,
             session,
             raw,
+            transport,
             note,
         } = msg
         else {
@@ -147,10 +148,14 @@ impl Sink {
             return;
         };
         let t = t_us.saturating_sub(tape.start_us);
-        if let Err(e) = tape
-            .writer
-            .frame(t, dir, &session, Transport::default(), note, &raw)
-        {
+        if let Err(e) = tape.writer.frame(
+            t,
+            dir,
+            &session,
+            transport.map(|t| *t).unwrap_or_default(),
+            note,
+            &raw,
+        ) {
             if !tape.failed {
                 tracing::error!(error = %e, "writing the tape failed; frames are being lost");
                 tape.failed = true;
