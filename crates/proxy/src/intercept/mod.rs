@@ -11,8 +11,8 @@ mod rules;
 pub use pattern::Pattern;
 pub use pause::{DecideError, Decision, PauseBoard, PausedInfo};
 pub use rules::{
-    Action, BLOCKED, Cond, KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, OnTimeout,
-    Rule, RuleSet, Test,
+    Action, BLOCKED, Cond, Format, KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE,
+    OnTimeout, Rule, RuleSet, Test,
 };
 
 use crate::pipeline::{Direction, FrameCtx, Hook, Verdict};
@@ -44,13 +44,13 @@ pub enum RulesError {
     },
 }
 
-/// Load and compile a rules file.
+/// Load and compile a rules file: YAML when it is named `*.yaml` or `*.yml`, else TOML.
 pub fn load(path: &Path) -> Result<RuleSet, RulesError> {
     let text = std::fs::read_to_string(path).map_err(|e| RulesError::Read {
         path: path.to_path_buf(),
         source: e,
     })?;
-    RuleSet::parse(&text).map_err(|message| RulesError::Invalid {
+    RuleSet::parse_as(&text, Format::of(path)).map_err(|message| RulesError::Invalid {
         path: path.to_path_buf(),
         message,
     })
