@@ -197,4 +197,6 @@ impl Hook for Interceptor {
 }
 
 #[cfg(test)]
+mod principal_tests;
+#[cfg(test)]
 mod tests;
