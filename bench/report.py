@@ -296,7 +296,7 @@ TITLES = {
     "c": "c. Idle sessions: memory per session (RSS of the watched process; children = its descendants)",
     "d": "d. SSE pass-through: `log` tool, `count` notifications/message per call (gap = time between consecutive events at the client; first event = request → first notification of a count=1 call)",
     "g": {
-        "pipeline": "g. Pipeline cost per frame, in process (a `tools/call` and its reply as the HTTP front runs them; `relay` = no pipeline call at all, `no-hooks` = the empty pipeline of a proxy without --record/--rules; the recorder's writer thread runs beside the relay)",
+        "pipeline": "g. Pipeline cost per frame, in process (a `tools/call` and its reply as the HTTP front runs them; `relay` = no pipeline call at all, `no-hooks` = what a session does without --record/--rules (one emptiness check), `no-hooks-entered` = the empty pipeline's future built and polled anyway; the recorder (`block`) is paced by its writer thread, which runs beside the relay)",
         "e2e": "g. Recording and 100 interceptor rules end to end: `forward http` to a stdio demo child per session, plain vs `--record FILE --record-on-full block` vs `--rules` (100 non-matching + 3 matching `continue` rules)",
     },
     "h": "h. Cold start: spawn → stderr `listening` line → first `initialize` answered → first `tools/call` answered",

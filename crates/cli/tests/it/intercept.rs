@@ -437,12 +437,9 @@ async fn pause_then_edit_drop_and_resume_through_the_cli() {
     wait_paused(&admin, "tok-1", 0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_rules_file_stops_the_proxy_from_starting() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    write_rules(&rules, "[[rule]]\naction = 'block'\nmethod = '/(/'\n");
-    let out = tokio::process::Command::new(bin())
+/// Start a proxy with these rules: it must refuse; its stderr.
+async fn refused(rules: &Path) -> String {
+    let out = Command::new(bin())
         .args([
             "forward",
             "http",
@@ -451,13 +448,24 @@ async fn a_bad_rules_file_stops_the_proxy_from_starting() {
             "--demo",
             "--rules",
         ])
-        .arg(&rules)
+        .arg(rules)
         .stdin(Stdio::null())
         .output()
         .await
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the proxy started with a bad rules file"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rules_file_stops_the_proxy_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(&rules, "[[rule]]\naction = 'block'\nmethod = '/(/'\n");
+    let err = refused(&rules).await;
     assert!(
         err.contains("invalid rules file") && err.contains("method"),
         "{err}"
@@ -502,22 +510,7 @@ async fn yaml_rules_apply_reload_and_report_bad_lines() {
         &rules,
         "rule:\n  - action: block\n    tool: echo\n    colour: red\n",
     );
-    let out = tokio::process::Command::new(bin())
-        .args([
-            "forward",
-            "http",
-            "--listen",
-            "127.0.0.1:0",
-            "--demo",
-            "--rules",
-        ])
-        .arg(&rules)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&rules).await;
     assert!(
         err.contains("unknown field `colour`") && err.contains("line 4"),
         "{err}"

@@ -1,6 +1,6 @@
 //! The rules file (TOML or YAML, one schema) and its compiled form. See `docs/interceptor.md`.
 
-use super::pattern::Pattern;
+use super::pattern::{Pattern, Pointer};
 use crate::pipeline::Direction;
 use regex::Regex;
 use serde::Deserialize;
@@ -136,7 +136,7 @@ pub enum Test {
 #[derive(Debug, Clone)]
 pub struct Cond {
     /// Where.
-    pub pointer: String,
+    pub pointer: Pointer,
     /// What must hold.
     pub test: Test,
 }
@@ -144,11 +144,13 @@ pub struct Cond {
 impl Cond {
     /// Does the message satisfy it?
     pub fn holds(&self, msg: &Value) -> bool {
-        let v = msg.pointer(&self.pointer);
-        let text = |v: &Value| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+        let v = self.pointer.get(msg);
+        fn text(v: &Value) -> std::borrow::Cow<'_, str> {
+            match v {
+                Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+                other => std::borrow::Cow::Owned(other.to_string()),
+            }
+        }
         match &self.test {
             Test::Exists(want) => v.is_some() == *want,
             Test::Equals(want) => v == Some(want),
@@ -294,9 +296,7 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
     };
     let mut when = Vec::new();
     for c in r.when {
-        if !c.pointer.is_empty() && !c.pointer.starts_with('/') {
-            return Err(at(format!("pointer `{}` must start with `/`", c.pointer)));
-        }
+        let pointer = Pointer::parse(&c.pointer).map_err(at)?;
         let tests = [
             c.equals.map(|v| Test::Equals(json_value(v))),
             c.matches
@@ -313,7 +313,7 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
         for test in tests.into_iter().flatten() {
             any = true;
             when.push(Cond {
-                pointer: c.pointer.clone(),
+                pointer: pointer.clone(),
                 test,
             });
         }

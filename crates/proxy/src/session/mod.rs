@@ -156,11 +156,16 @@ impl Session {
         frame: Frame,
         transport: Transport<'_>,
     ) -> Result<Sent, ProxyError> {
-        let ctx = self.ctx(Direction::ClientToServer, transport);
-        let frame = match self.pipeline.process(&ctx, frame).await {
-            Outcome::Forward(f) => f,
-            Outcome::Reply(f) => return Ok(Sent::Replied(f)),
-            Outcome::Drop => return Ok(Sent::Dropped),
+        // No hooks: not even the pipeline's future is made (no cost when unused).
+        let frame = if self.pipeline.is_empty() {
+            frame
+        } else {
+            let ctx = self.ctx(Direction::ClientToServer, transport);
+            match self.pipeline.process(&ctx, frame).await {
+                Outcome::Forward(f) => f,
+                Outcome::Reply(f) => return Ok(Sent::Replied(f)),
+                Outcome::Drop => return Ok(Sent::Dropped),
+            }
         };
         let tracked = match frame.kind() {
             FrameKind::Request => {
@@ -199,6 +204,9 @@ impl Session {
             && frame.kind() == FrameKind::Response
         {
             self.learn_version(&frame);
+        }
+        if self.pipeline.is_empty() {
+            return Some(frame);
         }
         let ctx = self.ctx(Direction::ServerToClient, transport);
         match self.pipeline.process(&ctx, frame).await {
