@@ -3,10 +3,10 @@
 //! The recorder is a pipeline hook: it timestamps each frame and hands it (the raw bytes, a
 //! reference-counted clone) to a bounded channel. A background thread owns the files: it redacts,
 //! serialises and writes, and flushes whenever it has caught up; while traffic flows it naps
-//! 2 ms between batches rather than being woken (a system call on the relay's side) per frame. The relay never waits for the
-//! disk unless asked to: when the channel is full the frame is dropped from the tape, counted
-//! (in the tape's end line) and warned about (`OnFull::Drop`, the default), or the relay waits
-//! for room (`OnFull::Block`, backpressure).
+//! 2 ms between batches rather than being woken (a system call on the relay's side) per frame.
+//! The relay never waits for the disk unless asked to: when the channel is full the frame is
+//! dropped from the tape, counted (in the tape's end line) and warned about (`OnFull::Drop`, the
+//! default), or the relay waits for room (`OnFull::Block`, backpressure).
 //!
 //! `PATH` is a file (every session in one tape) or a directory (one tape per session, named
 //! `YYYYMMDD-HHMMSS-SESSION.jsonl`); a path ending in `/` is created as a directory.
