@@ -78,6 +78,15 @@ def metrics(run):
             "proxy_cpu_us_per_event": dig(cpu, "proxy", "cpu_us_per_request"),
             "upstream_cpu_us_per_event": dig(cpu, "upstream", "cpu_us_per_request"),
         }
+    if mode == "pipeline":
+        rec = run.get("recorded") or {}
+        frames = rec.get("frames")
+        return {
+            "ns_per_frame": run.get("ns_per_frame"),
+            "ns_per_frame_min": run.get("ns_per_frame_min"),
+            "writer_ns_per_frame": rec.get("ns_per_frame_incl_writer"),
+            "tape_b_per_frame": rec["tape_bytes"] / frames if frames else None,
+        }
     if mode == "cold-start":
         return {
             "listening_p50_ms": ms(dig(run, "listening", "p50_us")),
@@ -224,6 +233,24 @@ def targets(agg):
                              f'{fmt(d.get("events_per_s"))}/s direct', f"{fmt(e)}/s", "≥ 100,000/s",
                              e is not None and e >= 100_000))
     for (s, g, v, p), row in sorted(agg.items()):
+        if s == "g" and g == "pipeline" and v == "no-hooks":
+            base = agg.get(("g", "pipeline", "relay", p), {}).get("ns_per_frame")
+            x = row.get("ns_per_frame")
+            if x is not None and base is not None:
+                added = x - base
+                rows.append(("g. no --record, no --rules: pipeline cost per frame vs no pipeline call",
+                             f"{fmt(x)} ns/frame", f"{fmt(base)} ns/frame (frames only moved)",
+                             f"{added:+.1f} ns", "≤ 5 ns (no work when unused)", added <= 5))
+        if s == "g" and g == "e2e" and v in ("record", "rules"):
+            plain = agg.get(("g", "e2e", "plain", p), {})
+            r = ratio(row.get("rps"), plain.get("rps"))
+            c = ratio(row.get("proxy_cpu_us"), plain.get("proxy_cpu_us"))
+            what = "--record (every frame written)" if v == "record" else "--rules (100 non-matching + 3 continue)"
+            rows.append((f"g. {what} vs plain forward http, {p}",
+                         f'{fmt(row.get("rps"))} req/s, {fmt(row.get("proxy_cpu_us"))} CPU µs/req',
+                         f'{fmt(plain.get("rps"))} req/s, {fmt(plain.get("proxy_cpu_us"))} CPU µs/req',
+                         f"{fmt(r, 2)}× throughput, {fmt(c, 2)}× proxy CPU", "– (reported)", None))
+    for (s, g, v, p), row in sorted(agg.items()):
         if s == "h" and v == "shadowcat":
             t = row.get("init_p50_ms")
             what = "--target URL" if g == "http" else "-- CMD (child spawned by the first initialize)"
@@ -250,6 +277,14 @@ COLUMNS = {
           ("first_event_p50_us", "first event p50 µs"), ("first_event_p99_us", "first event p99 µs"),
           ("errors", "errors"), ("proxy_cpu_us_per_event", "proxy CPU µs/event"),
           ("upstream_cpu_us_per_event", "upstream CPU µs/event")],
+    "g": {
+        "pipeline": [("ns_per_frame", "ns/frame (median)"), ("ns_per_frame_min", "ns/frame (min)"),
+                     ("writer_ns_per_frame", "ns/frame incl. writer thread"),
+                     ("tape_b_per_frame", "tape B/frame")],
+        "e2e": [("rps", "req/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs"), ("max_us", "max µs"),
+                ("errors", "errors"), ("proxy_cpu_us", "proxy CPU µs/req"),
+                ("children_cpu_us", "children CPU µs/req"), ("generator_cpu_us", "generator CPU µs/req")],
+    },
     "h": [("listening_p50_ms", "→ listening p50 ms"), ("init_p50_ms", "→ initialize p50 ms"),
           ("init_max_ms", "→ initialize max ms"), ("first_call_p50_ms", "→ first call p50 ms"),
           ("runs", "runs/round"), ("errors", "errors")],
@@ -260,11 +295,23 @@ TITLES = {
     "b": "b. HTTP→stdio: each proxy fronts the same stdio server (`direct-stdio` = the generator speaks stdio to the server itself)",
     "c": "c. Idle sessions: memory per session (RSS of the watched process; children = its descendants)",
     "d": "d. SSE pass-through: `log` tool, `count` notifications/message per call (gap = time between consecutive events at the client; first event = request → first notification of a count=1 call)",
+    "g": {
+        "pipeline": "g. Pipeline cost per frame, in process (a `tools/call` and its reply as the HTTP front runs them; `relay` = no pipeline call at all, `no-hooks` = what a session does without --record/--rules (one emptiness check), `no-hooks-entered` = the empty pipeline's future built and polled anyway; the recorder (`block`) is paced by its writer thread, which runs beside the relay)",
+        "e2e": "g. Recording and 100 interceptor rules end to end: `forward http` to a stdio demo child per session, plain vs `--record FILE --record-on-full block` vs `--rules` (100 non-matching + 3 matching `continue` rules)",
+    },
     "h": "h. Cold start: spawn → stderr `listening` line → first `initialize` answered → first `tools/call` answered",
 }
 
-BASELINE = {"a": "direct", "b": "rust-mcp-proxy", "c": "direct", "d": "direct", "h": "demo-server"}
-RATIO_METRIC = {"a": "rps", "b": "rps", "d": "events_per_s"}
+BASELINE = {"a": "direct", "b": "rust-mcp-proxy", "c": "direct", "d": "direct", "h": "demo-server",
+            "g": {"pipeline": "relay", "e2e": "plain"}}
+RATIO_METRIC = {"a": "rps", "b": "rps", "d": "events_per_s",
+                "g": {"pipeline": "ns_per_frame", "e2e": "proxy_cpu_us"}}
+
+
+def by_group(table, s, g):
+    """A per-scenario setting, or the group's entry when the scenario has one per group."""
+    v = table.get(s)
+    return v.get(g) if isinstance(v, dict) else v
 
 
 def markdown(meta, peers, failures, pending, agg, target_rows):
@@ -297,30 +344,36 @@ def markdown(meta, peers, failures, pending, agg, target_rows):
     for what, x, ref, val, tgt, ok in target_rows:
         w(f"| {what} | {x} | {ref} | {val} | {tgt} | {'yes' if ok else ('–' if ok is None else '**no**')} |")
     w("")
-    for s in ("a", "b", "c", "d", "h"):
+    for s in ("a", "b", "c", "d", "g", "h"):
         keys = sorted(k for k in agg if k[0] == s)
         if not keys:
             continue
-        cols = COLUMNS[s]
-        w(f"## {TITLES[s]}")
-        w("")
-        rm = RATIO_METRIC.get(s)
-        head = ["group", "variant", "param", "rounds"] + [c[1] for c in cols]
-        if rm:
-            head.append(f"{rm} vs {BASELINE[s]}")
-        w("| " + " | ".join(head) + " |")
-        w("|" + "---|" * len(head))
-        for key in keys:
-            _, g, v, p = key
-            row = agg[key]
-            cells = [g, f"**{v}**" if v == "shadowcat" else v, p, str(row["rounds"])]
-            cells += [fmt(row.get(c[0])) for c in cols]
+        # Scenarios whose groups measure different things get one table per group.
+        tables = [(g, [k for k in keys if k[1] == g]) for g in COLUMNS[s]] \
+            if isinstance(COLUMNS[s], dict) else [(None, keys)]
+        for tg, tkeys in tables:
+            if not tkeys:
+                continue
+            cols = by_group(COLUMNS, s, tg)
+            w(f"## {by_group(TITLES, s, tg)}")
+            w("")
+            rm = by_group(RATIO_METRIC, s, tg)
+            head = ["group", "variant", "param", "rounds"] + [c[1] for c in cols]
             if rm:
-                base = agg.get((s, g, BASELINE[s], p), {}).get(rm)
-                r = ratio(row.get(rm), base)
-                cells.append("–" if r is None else f"{r:.2f}×")
-            w("| " + " | ".join(cells) + " |")
-        w("")
+                head.append(f"{rm} vs {by_group(BASELINE, s, tg)}")
+            w("| " + " | ".join(head) + " |")
+            w("|" + "---|" * len(head))
+            for key in tkeys:
+                _, g, v, p = key
+                row = agg[key]
+                cells = [g, f"**{v}**" if v == "shadowcat" else v, p, str(row["rounds"])]
+                cells += [fmt(row.get(c[0])) for c in cols]
+                if rm:
+                    base = agg.get((s, g, by_group(BASELINE, s, g), p), {}).get(rm)
+                    r = ratio(row.get(rm), base)
+                    cells.append("–" if r is None else f"{r:.2f}×")
+                w("| " + " | ".join(cells) + " |")
+            w("")
     if pending:
         w("## Not measured yet")
         w("")

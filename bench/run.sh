@@ -24,6 +24,7 @@
 #   SSE_COUNT=10000    notifications per call           SSE_CALLS=3       measured calls per stream
 #   SSE_STREAMS="1 4"  concurrent streams               SSE_PROBES=200    count=1 probes (first-event latency)
 #   COLD_RUNS=20       cold starts per variant per round   PEER_COLD_RUNS=3
+#   PIPE_EXCHANGES=20000 PIPE_BATCHES=15   in-process pipeline batches (scenario g)
 #   BENCH_THREADS=1    generator threads (it shares the 2 cores with what it measures)
 #   BENCH_QUICKACK=1   generator ACKs at once (see crates/bench: --quickack); 0 = delayed ACKs
 #   KEEP_WORK=1        keep the scratch directory (logs of every process)
@@ -42,12 +43,14 @@ if [[ $QUICK == 1 ]]; then
   IDLE_HTTP=${IDLE_HTTP:-500} IDLE_STDIO=${IDLE_STDIO:-20} IDLE_ROUNDS=${IDLE_ROUNDS:-1}
   SSE_COUNT=${SSE_COUNT:-2000} SSE_CALLS=${SSE_CALLS:-1} SSE_STREAMS=${SSE_STREAMS:-1} SSE_PROBES=${SSE_PROBES:-20}
   COLD_RUNS=${COLD_RUNS:-3} PEER_COLD_RUNS=${PEER_COLD_RUNS:-1}
+  PIPE_EXCHANGES=${PIPE_EXCHANGES:-5000} PIPE_BATCHES=${PIPE_BATCHES:-5}
 fi
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} PAYLOAD=${PAYLOAD:-64}
 CONCURRENCY=${CONCURRENCY:-1 32}
 IDLE_HTTP=${IDLE_HTTP:-10000} IDLE_STDIO=${IDLE_STDIO:-1000} IDLE_ROUNDS=${IDLE_ROUNDS:-2} IDLE_PEERS=${IDLE_PEERS:-1}
 SSE_COUNT=${SSE_COUNT:-10000} SSE_CALLS=${SSE_CALLS:-3} SSE_STREAMS=${SSE_STREAMS:-1 4} SSE_PROBES=${SSE_PROBES:-200}
 COLD_RUNS=${COLD_RUNS:-20} PEER_COLD_RUNS=${PEER_COLD_RUNS:-3}
+PIPE_EXCHANGES=${PIPE_EXCHANGES:-20000} PIPE_BATCHES=${PIPE_BATCHES:-15}
 export BENCH_THREADS=${BENCH_THREADS:-1}
 # The generator ACKs at once (TCP_QUICKACK) so it takes no part in Nagle/delayed-ACK stalls of
 # servers that write responses in pieces without TCP_NODELAY; BENCH_QUICKACK=0 behaves like a
@@ -472,13 +475,79 @@ scenario_d() {
   stop "$DEMO_PID"
 }
 
-# e, f, g: the session store, resumption (Last-Event-ID) and recording (tapes) are not built
-# yet. Each gets its scenario here when it lands, following the same pattern: start the variants,
+# e, f: the session store and resumption (Last-Event-ID) are not built yet. Each gets its
+# scenario here when it lands, following the same pattern: start the variants,
 # alternate them for $ROUNDS rounds with `bench "LETTER|group|variant|param|rN" MODE …`, stop them;
 # bench/report.py then needs a row in TARGETS/headline for it.
 scenario_e() { log "== e. session store (SQLite/Redis): not built yet"; echo '{"scenario": "e", "status": "pending: session store not built yet"}' >"$RAW/pending-e.json"; }
 scenario_f() { log "== f. resumption (Last-Event-ID): not built yet"; echo '{"scenario": "f", "status": "pending: resumption not built yet"}' >"$RAW/pending-f.json"; }
-scenario_g() { log "== g. recording (tapes): not built yet"; echo '{"scenario": "g", "status": "pending: recording not built yet"}' >"$RAW/pending-g.json"; }
+# bench_rules FILE: 100 interceptor rules that never match the benchmark's traffic (other tools,
+# method globs and regexes, and echo calls/replies whose conditions fail, which makes the
+# interceptor parse each message), then 3 matching `continue` rules (request, reply,
+# notifications) that every message of the benchmark reaches last.
+bench_rules() {
+  local f=$1 i
+  : >"$f"
+  for i in $(seq 1 40); do printf '[[rule]]\nname = "other-tool-%s"\ntool = "tool_%s"\naction = "block"\n' "$i" "$i" >>"$f"; done
+  for i in $(seq 1 20); do printf '[[rule]]\nname = "glob-%s"\nmethod = "custom/%s/*"\naction = "delay"\ndelay_ms = 1000\n' "$i" "$i" >>"$f"; done
+  for i in $(seq 1 20); do printf '[[rule]]\nname = "regex-%s"\nmethod = "/^vendor\\\\.(x|y)%s$/"\naction = "block"\n' "$i" "$i" >>"$f"; done
+  for i in $(seq 1 10); do printf '[[rule]]\nname = "echo-cond-%s"\ntool = "echo"\nwhen = [{ pointer = "/params/arguments/message", equals = "never-%s" }]\naction = "block"\n' "$i" "$i" >>"$f"; done
+  for i in $(seq 1 10); do printf '[[rule]]\nname = "reply-cond-%s"\nkind = "reply"\ntool = "echo"\nwhen = [{ pointer = "/result/content/0/text", contains = "never-%s" }]\naction = "mock"\nresult = {}\n' "$i" "$i" >>"$f"; done
+  printf '[[rule]]\nname = "echo-ok"\ntool = "echo"\naction = "continue"\n' >>"$f"
+  printf '[[rule]]\nname = "replies-ok"\nkind = "reply"\nmethod = "tools/call"\naction = "continue"\n' >>"$f"
+  printf '[[rule]]\nname = "notifications-ok"\nmethod = "notifications/*"\naction = "continue"\n' >>"$f"
+}
+
+scenario_g() {
+  log "== g. overhead of recording and of 100 interceptor rules: plain vs --record vs --rules"
+  local rules=$WORK/g-rules.toml tapes=$WORK/g-tapes
+  bench_rules "$rules"
+  mkdir -p "$tapes"
+  # 1. In process, per frame, no I/O: the empty pipeline against no pipeline call at all (the
+  #    relay path with neither --record nor --rules), and the cost of each hook.
+  local r v
+  for r in $(seq 1 "$ROUNDS"); do
+    for v in $(rotate "$r" relay no-hooks no-hooks-entered rules record rules+record); do
+      bench "g|pipeline|$v|payload=$PAYLOAD|r$r" pipeline --variant "$v" --rules "$rules" \
+        --dir "$tapes" --payload "$PAYLOAD" --exchanges "$PIPE_EXCHANGES" --batches "$PIPE_BATCHES"
+    done
+  done
+  # 2. End to end: the same `calls` workload through forward http (stdio demo child per session;
+  #    answers are single JSON bodies, so the proxy's own work dominates), three proxies side by
+  #    side. The recorder waits for the disk (`block`) so that every frame is written.
+  declare -A url=() pid=()
+  local args=(--log-level warn forward http --listen 127.0.0.1:0 --max-sessions 100000 --shutdown-deadline 2)
+  for v in plain record rules; do
+    local extra=()
+    case $v in
+      record) extra=(--record "$tapes/g-e2e.jsonl" --record-on-full block) ;;
+      rules) extra=(--rules "$rules") ;;
+    esac
+    start "g-$v" "$SC" "${args[@]}" "${extra[@]}" -- "$SC" demo-server
+    pid[$v]=$LAST_PID
+    url[$v]=$(wait_listen "g-$v" "${pid[$v]}")/mcp || { failure "g|$v" "proxy did not start: $(tail -c 1500 "$WORK/g-$v.log")"; unset 'url[$v]'; }
+  done
+  local c
+  for r in $(seq 1 "$ROUNDS"); do
+    for c in $CONCURRENCY; do
+      for v in $(rotate "$r" "${!url[@]}"); do
+        # shellcheck disable=SC2046
+        bench "g|e2e|$v|c=$c|r$r" calls --url "${url[$v]}" -c "$c" $(calls_args) --pid "proxy=${pid[$v]}"
+      done
+    done
+  done
+  for v in "${!pid[@]}"; do stop "${pid[$v]}"; done
+  # The tape must be complete: closed, nothing dropped.
+  if [[ -n ${url[record]:-} ]]; then
+    local end
+    end=$(tail -n 1 "$tapes/g-e2e.jsonl" 2>/dev/null || true)
+    case $end in
+      *'"type":"end"'*'"dropped":0'*) log "g: tape closed: $end" ;;
+      *) failure "g|record" "the recorded tape is incomplete; last line: $end" ;;
+    esac
+  fi
+  unset url pid
+}
 
 scenario_h() {
   log "== h. cold start: spawn → first initialize answered"
@@ -545,7 +614,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "load_before=$LOAD_BEFORE"
   echo "load_after=$LOAD_AFTER"
   echo "elapsed_s=$(($(date +%s) - START_TS))"
-  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS BENCH_THREADS=$BENCH_THREADS"
+  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS PIPE_EXCHANGES=$PIPE_EXCHANGES PIPE_BATCHES=$PIPE_BATCHES BENCH_THREADS=$BENCH_THREADS"
   for s in "${!TOOK[@]}"; do echo "took_$s=${TOOK[$s]}"; done
 } >"$WORK/meta.txt"
 

@@ -8,6 +8,7 @@ mod cold;
 mod http;
 mod idle;
 mod mcp;
+mod pipeline;
 mod sse;
 mod stats;
 mod stdio;
@@ -45,6 +46,8 @@ enum Mode {
     ColdStart(cold::ColdArgs),
     /// Session store operations per backend (memory, sqlite, redis): latency, appends/s.
     Store(store::StoreArgs),
+    /// Cost per frame of the hook pipeline (none, interceptor rules, recorder), in process.
+    Pipeline(pipeline::PipelineArgs),
     /// Wait until an MCP endpoint answers `initialize` (for scripts).
     Wait(WaitArgs),
 }
@@ -140,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Sse(a) => sse::run(a).await,
             Mode::ColdStart(a) => cold::run(a).await,
             Mode::Store(a) => store::run(a).await,
+            Mode::Pipeline(a) => pipeline::run(a).await,
             Mode::Wait(a) => {
                 http::wait_ready(&a.url, std::time::Duration::from_secs_f64(a.timeout)).await
             }

@@ -60,6 +60,47 @@ pub enum Outcome {
     Drop,
 }
 
+/// A future a hook asks the relay to wait for (see [`Hook::on_delivered`]).
+pub type Wait = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// How an HTTP exchange carried a frame. Everything is borrowed from the front: building it
+/// costs nothing, and hooks copy only what they keep.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpMeta<'a> {
+    /// Client → server: the method of the request that carried the frame (`POST`). Server →
+    /// client: the method of the request that opened the stream or response carrying it (`POST`
+    /// for a POST's replies and stream, `GET` for the session's GET stream).
+    pub method: &'a str,
+    /// Server → client: the status of the response that carried the frame.
+    pub status: Option<u16>,
+    /// Server → client: the `Content-Type` of that response (`application/json` or
+    /// `text/event-stream`).
+    pub content_type: Option<&'a str>,
+    /// Client → server: the request's headers (hooks pick what they need; secrets included, so
+    /// a hook that keeps any must redact them).
+    pub headers: Option<&'a http::HeaderMap>,
+    /// Server → client: the SSE event id the frame was sent under (a proxy-issued id that the
+    /// client can resume after).
+    pub sse_id: Option<&'a str>,
+}
+
+/// What a hook learns about the transport of a frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Transport<'a> {
+    /// Nothing to tell (stdio, or a front that does not pass transport details).
+    #[default]
+    None,
+    /// The HTTP exchange that carried it.
+    Http(HttpMeta<'a>),
+    /// Server → client on the Streamable HTTP front, in [`Hook::on_frame`]: how the frame reaches
+    /// the client (JSON body or SSE event, and its event id) is decided after the pipeline ran;
+    /// the front reports it to [`Hook::on_delivered`] once the frame has been handed over.
+    Later,
+    /// In [`Hook::on_delivered`]: a frame that had [`Transport::Later`] could not be delivered
+    /// (the request it answers is unknown, or the session ended).
+    Undelivered,
+}
+
 /// Per-frame context a hook sees.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCtx<'a> {
@@ -67,6 +108,23 @@ pub struct FrameCtx<'a> {
     pub session: &'a str,
     /// Direction of travel.
     pub direction: Direction,
+    /// The authenticated principal the session is bound to (gateway with `[auth]`); `None` in
+    /// the forward modes and without authentication.
+    pub principal: Option<&'a str>,
+    /// Transport details, when the front has them.
+    pub transport: Transport<'a>,
+}
+
+impl<'a> FrameCtx<'a> {
+    /// A context with no principal and no transport details.
+    pub const fn new(session: &'a str, direction: Direction) -> Self {
+        FrameCtx {
+            session,
+            direction,
+            principal: None,
+            transport: Transport::None,
+        }
+    }
 }
 
 /// One pipeline stage.
@@ -78,6 +136,13 @@ pub trait Hook: Send + Sync + 'static {
     /// An earlier hook answered `frame` with `answer` (sent back to the frame's sender), so this
     /// hook never saw `frame` in [`Hook::on_frame`]. Observers (the recorder) use this.
     fn on_answered(&self, _ctx: &FrameCtx<'_>, _frame: &Frame, _answer: &Frame) {}
+    /// A frame that passed the pipeline with [`Transport::Later`] (and was forwarded) has been
+    /// handed to the client; `ctx.transport` now says how ([`Transport::Http`]), or that nobody
+    /// could receive it ([`Transport::Undelivered`]). Observers (the recorder) use this; a
+    /// returned future makes the front wait for it (backpressure).
+    fn on_delivered(&self, _ctx: &FrameCtx<'_>, _frame: &Frame) -> Option<Wait> {
+        None
+    }
     /// The session ended: release what is kept for it.
     fn on_session_end(&self, _session: &str) {}
 }
@@ -128,6 +193,16 @@ impl Pipeline {
             }
         }
         Outcome::Forward(frame)
+    }
+
+    /// Tell every hook how a frame that passed with [`Transport::Later`] was delivered (see
+    /// [`Hook::on_delivered`]); waits for the hooks that ask to.
+    pub async fn delivered(&self, ctx: &FrameCtx<'_>, frame: &Frame) {
+        for h in &self.hooks {
+            if let Some(wait) = h.on_delivered(ctx, frame) {
+                wait.await;
+            }
+        }
     }
 
     /// Tell every hook that a session ended.
@@ -194,10 +269,7 @@ mod tests {
     async fn hooks_run_in_order_until_one_decides() {
         let p = Pipeline::new(vec![Arc::new(TrafficLog), Arc::new(Block)]);
         assert_eq!(p.names(), vec!["traffic-log", "block"]);
-        let ctx = FrameCtx {
-            session: "s",
-            direction: Direction::ClientToServer,
-        };
+        let ctx = FrameCtx::new("s", Direction::ClientToServer);
         let call = Frame::parse_single(Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
         ))
@@ -264,10 +336,7 @@ mod tests {
     async fn replace_defer_and_answers_reach_later_hooks() {
         let seen = Arc::new(Seen::default());
         let p = Pipeline::new(vec![Arc::new(Upper), seen.clone()]);
-        let ctx = FrameCtx {
-            session: "s",
-            direction: Direction::ClientToServer,
-        };
+        let ctx = FrameCtx::new("s", Direction::ClientToServer);
         let f = |m: &'static str| {
             Frame::parse_single(Bytes::from(format!(
                 r#"{{"jsonrpc":"2.0","id":1,"method":"{m}"}}"#

@@ -191,7 +191,7 @@ impl Inner {
 
     fn record(&self, session: &str, direction: Direction, frame: &Frame) {
         if let Some(r) = &self.recorder {
-            let _ = r.on_frame(&FrameCtx { session, direction }, frame);
+            let _ = r.on_frame(&FrameCtx::new(session, direction), frame);
         }
     }
 }

@@ -1,13 +1,15 @@
 //! Export a tape as one JSON document or as HAR 1.2 (for HAR viewers and browser dev tools).
 //!
 //! HAR is request/response shaped, so: every client request with its reply is one entry
-//! (`POST`, the request as `postData`, the reply as the response body, the latency as `time`);
+//! (the request as `postData`, the reply as the response body, the latency as `time`). HTTP
+//! method, status, headers and content type come from the frames' recorded transport details
+//! when there are any (`forward http`), else `POST`, `200` and `application/json`;
 //! client notifications and responses are entries answered with `202`; messages the server sent
 //! while a request was open (progress, logs, sampling requests) are listed in that entry's
 //! `_serverMessages`, and the others in the log's `_serverMessages`.
 
 use crate::reader::Tape;
-use crate::record::Dir;
+use crate::record::{Dir, Transport};
 use crate::time::{format_ms, parse_ms};
 use serde_json::{Value, json};
 use shadowcat_proto::{FrameKind, RequestId};
@@ -53,20 +55,44 @@ fn url_of(tape: &Tape) -> String {
     }
 }
 
-fn entry(started_ms: i64, url: &str, session: &str, request: &Value) -> Value {
+fn har_headers(t: &Transport) -> Vec<Value> {
+    t.headers
+        .iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect()
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        _ => "",
+    }
+}
+
+fn entry(started_ms: i64, url: &str, session: &str, request: &Value, t: &Transport) -> Value {
     let text = request.to_string();
+    let headers = if t.headers.is_empty() {
+        vec![
+            json!({"name": "Content-Type", "value": "application/json"}),
+            json!({"name": "Mcp-Session-Id", "value": session}),
+        ]
+    } else {
+        har_headers(t)
+    };
     json!({
         "startedDateTime": format_ms(started_ms),
         "time": 0,
         "request": {
-            "method": "POST",
+            "method": t.method.as_deref().unwrap_or("POST"),
             "url": url,
             "httpVersion": "HTTP/1.1",
             "cookies": [],
-            "headers": [
-                {"name": "Content-Type", "value": "application/json"},
-                {"name": "Mcp-Session-Id", "value": session},
-            ],
+            "headers": headers,
             "queryString": [],
             "postData": {"mimeType": "application/json", "text": text},
             "headersSize": -1,
@@ -104,7 +130,7 @@ pub fn to_har(tape: &Tape) -> Value {
         match (r.dir, f.frame.kind()) {
             (Dir::ClientToServer, kind) => {
                 let i = entries.len();
-                entries.push(entry(at_ms, &url, &r.session, &msg));
+                entries.push(entry(at_ms, &url, &r.session, &msg, &r.transport));
                 if kind == FrameKind::Request
                     && let Some(id) = f.frame.id()
                 {
@@ -125,12 +151,23 @@ pub fn to_har(tape: &Tape) -> Value {
                             .unwrap_or(at_ms);
                         let wait = (at_ms - started).max(0);
                         let text = msg.to_string();
+                        let t = &r.transport;
+                        let status = t.status.unwrap_or(200);
+                        let mime = t
+                            .headers
+                            .get("content-type")
+                            .map_or("application/json", String::as_str);
                         e["time"] = json!(wait);
                         e["timings"]["wait"] = json!(wait);
-                        e["response"]["status"] = json!(200);
-                        e["response"]["statusText"] = json!("OK");
-                        e["response"]["content"] = json!({"size": text.len(), "mimeType": "application/json", "text": text});
+                        e["response"]["status"] = json!(status);
+                        e["response"]["statusText"] = json!(status_text(status));
+                        e["response"]["headers"] = json!(har_headers(t));
+                        e["response"]["content"] =
+                            json!({"size": text.len(), "mimeType": mime, "text": text});
                         e["response"]["bodySize"] = json!(text.len());
+                        if let Some(id) = &t.sse_id {
+                            e["response"]["_sseId"] = json!(id);
+                        }
                     }
                     None => {
                         loose.push(json!({"t_us": r.t_us, "session": r.session, "message": msg}))
@@ -144,7 +181,10 @@ pub fn to_har(tape: &Tape) -> Value {
                     .filter(|((s, _), _)| *s == r.session)
                     .map(|(_, i)| *i)
                     .max();
-                let item = json!({"t_us": r.t_us, "message": msg});
+                let mut item = json!({"t_us": r.t_us, "message": msg});
+                if let Some(id) = &r.transport.sse_id {
+                    item["sse_id"] = json!(id);
+                }
                 match owner {
                     Some(i) => {
                         if let Some(a) = entries[i]["_serverMessages"].as_array_mut() {

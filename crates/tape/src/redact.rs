@@ -187,10 +187,16 @@ impl Redactor {
         if self.patterns.iter().any(|re| re.is_match(&text)) {
             return true;
         }
-        let lower = text.to_ascii_lowercase();
-        SECRET_KEYS
-            .iter()
-            .any(|k| lower.contains(&format!("\"{k}\"")))
+        // Any quoted secret key, case-insensitively, without allocating per key.
+        let bytes = text.as_bytes();
+        bytes.iter().enumerate().any(|(i, &b)| {
+            b == b'"'
+                && SECRET_KEYS.iter().any(|k| {
+                    let end = i + 1 + k.len();
+                    bytes.get(end) == Some(&b'"')
+                        && bytes[i + 1..end].eq_ignore_ascii_case(k.as_bytes())
+                })
+        })
     }
 
     fn walk(&self, v: &mut Value) -> bool {

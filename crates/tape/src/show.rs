@@ -3,7 +3,7 @@
 //! payload. Colour is optional (the CLI turns it on for terminals).
 
 use crate::reader::Tape;
-use crate::record::Dir;
+use crate::record::{Dir, Transport};
 use shadowcat_proto::{FrameKind, RequestId};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -130,24 +130,35 @@ pub fn render(tape: &Tape, opts: &ShowOptions) -> String {
         } else {
             format!("{kind:<8}")
         };
+        let via = transport_tag(&r.transport)
+            .map(|t| format!(" {}", p.wrap("34", &format!("[{t}]"))))
+            .unwrap_or_default();
         let note = r
             .note
             .as_ref()
             .map(|n| format!(" {}", p.wrap("33", &format!("[{n}]"))))
             .unwrap_or_default();
         let head = format!(
-            "{:>10}  {}  {} {:>6}  {}{}",
+            "{:>10}  {}  {} {:>6}  {}{}{}",
             format!("+{}", seconds(r.t_us)),
             p.wrap(dir_colour, arrow),
             kind_col,
             id,
             p.wrap("1", &what),
+            via,
             note
         );
         let payload = payload(&f.json());
         if opts.full {
             let pretty = serde_json::to_string_pretty(&f.json()).unwrap_or_default();
             let _ = writeln!(out, "{head}");
+            for (name, value) in &r.transport.headers {
+                let _ = writeln!(
+                    out,
+                    "            {}",
+                    p.wrap("34", &format!("{name}: {value}"))
+                );
+            }
             for l in pretty.lines() {
                 let _ = writeln!(out, "            {}", p.wrap("2", l));
             }
@@ -157,6 +168,32 @@ pub fn render(tape: &Tape, opts: &ShowOptions) -> String {
         }
     }
     out
+}
+
+/// How the message travelled, shortly: `POST` for a client message, `POST 200 json`,
+/// `POST 200 sse p1.3` or `GET 200 sse g.7` for a server message (method of the request that
+/// opened the response, status, body type, SSE event id). `None` without transport details.
+pub fn transport_tag(t: &Transport) -> Option<String> {
+    if t.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(t.method.clone());
+    if let Some(status) = t.status {
+        parts.push(status.to_string());
+        let body = t.headers.get("content-type").map(|ct| {
+            if ct.starts_with("text/event-stream") {
+                "sse"
+            } else if ct.starts_with("application/json") {
+                "json"
+            } else {
+                ct.as_str()
+            }
+        });
+        parts.extend(body.map(str::to_string));
+    }
+    parts.extend(t.sse_id.clone());
+    Some(parts.join(" "))
 }
 
 /// The interesting part of a message: params, result or error.

@@ -435,3 +435,103 @@ fn redacted_values_match_anything_on_replay() {
         .is_err()
     );
 }
+
+#[test]
+fn transport_details_are_kept_redacted_shown_and_exported() {
+    let header = Header::new(
+        "forward-http",
+        "http://h/mcp",
+        "2025-01-02T03:04:05.000Z".into(),
+    );
+    let red = Redactor::new(&crate::RedactConfig {
+        pointers: vec![],
+        patterns: vec!["sk-[a-z0-9]+".into()],
+    })
+    .unwrap();
+    let mut w = TapeWriter::new(Vec::new(), &header, red).unwrap();
+    let post = Transport {
+        method: Some("POST".into()),
+        status: None,
+        headers: [
+            ("mcp-session-id", "abc"),
+            ("accept", "application/json, text/event-stream"),
+            ("authorization", "Bearer hunter2"),
+            ("x-note", "key sk-abc123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        sse_id: None,
+    };
+    let sse = Transport {
+        method: Some("POST".into()),
+        status: Some(200),
+        headers: [("content-type".to_string(), "text/event-stream".to_string())].into(),
+        sse_id: Some("p1.7".into()),
+    };
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}});
+    let reply = json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}});
+    w.frame(10, C, "abc", post, None, call.to_string().as_bytes())
+        .unwrap();
+    w.frame(2010, S, "abc", sse, None, reply.to_string().as_bytes())
+        .unwrap();
+    let text = String::from_utf8(w.finish(3000, 0).unwrap()).unwrap();
+    for secret in ["hunter2", "sk-abc123"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let t = Tape::read(text.as_bytes()).unwrap();
+    let c = &t.frames[0].record.transport;
+    assert_eq!(c.method.as_deref(), Some("POST"));
+    assert_eq!(c.headers["authorization"], crate::redact::REDACTED);
+    assert_eq!(c.headers["x-note"], "key [REDACTED]");
+    assert_eq!(t.frames[1].record.transport.sse_id.as_deref(), Some("p1.7"));
+    assert!(validate(text.as_bytes()).is_valid());
+
+    let shown = crate::show::render(&t, &Default::default());
+    assert!(shown.contains("[POST]"), "{shown}");
+    assert!(shown.contains("[POST 200 sse p1.7]"), "{shown}");
+    let full = crate::show::render(
+        &t,
+        &crate::show::ShowOptions {
+            full: true,
+            ..Default::default()
+        },
+    );
+    assert!(full.contains("mcp-session-id: abc"), "{full}");
+
+    let har = crate::export::to_har(&t);
+    let e = &har["log"]["entries"][0];
+    assert_eq!(e["request"]["method"], "POST");
+    let names: Vec<&str> = e["request"]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"mcp-session-id") && names.contains(&"accept"));
+    assert_eq!(e["response"]["status"], 200);
+    assert_eq!(e["response"]["content"]["mimeType"], "text/event-stream");
+    assert_eq!(e["response"]["_sseId"], "p1.7");
+    assert_eq!(e["time"], 2);
+    let j = crate::export::to_json(&t);
+    assert_eq!(j["frames"][1]["transport"]["sse_id"], "p1.7");
+}
+
+#[test]
+fn tapes_without_transport_details_still_read() {
+    // A version-1 tape written before transport details existed.
+    let text = concat!(
+        r#"{"type":"header","format":"shadowcat-tape","version":1,"created":"2025-01-02T03:04:05.000Z","shadowcat":"0.1.0","mode":"forward-stdio","upstream":"demo"}"#,
+        "\n",
+        r#"{"type":"frame","t_us":5,"dir":"c2s","session":"a","message":{"jsonrpc":"2.0","id":1,"method":"ping"}}"#,
+        "\n",
+        r#"{"type":"end","t_us":9,"frames":1}"#,
+        "\n"
+    );
+    let t = Tape::read(text.as_bytes()).unwrap();
+    assert!(t.frames[0].record.transport.is_empty());
+    assert!(validate(text.as_bytes()).is_valid());
+    let har = crate::export::to_har(&t);
+    assert_eq!(har["log"]["entries"][0]["request"]["method"], "POST");
+    assert!(!crate::show::render(&t, &Default::default()).contains('['));
+}

@@ -28,17 +28,24 @@ impl<W: Write> TapeWriter<W> {
         })
     }
 
-    /// Append one frame. `raw` is the message as it travelled; secrets are redacted and line
-    /// breaks (only possible as insignificant whitespace in JSON) become spaces.
+    /// Append one frame. `raw` is the message as it travelled; secrets are redacted (in the
+    /// message and in the transport's header values) and line breaks (only possible as
+    /// insignificant whitespace in JSON) become spaces.
     pub fn frame(
         &mut self,
         t_us: u64,
         dir: Dir,
         session: &str,
-        transport: Transport,
+        mut transport: Transport,
         note: Option<&str>,
         raw: &[u8],
     ) -> io::Result<()> {
+        for (name, value) in transport.headers.iter_mut() {
+            let clean = self.redactor.header(name, value);
+            if clean != value.as_str() {
+                *value = clean.into_owned();
+            }
+        }
         let redacted = self.redactor.message(raw);
         let text = String::from_utf8_lossy(&redacted);
         let text = if text.contains(['\n', '\r']) {

@@ -49,8 +49,9 @@ pub struct HookArgs {
     /// Also redact every match of this regex inside recorded JSON strings (repeatable).
     #[arg(long = "redact-regex", value_name = "REGEX")]
     pub redact_patterns: Vec<String>,
-    /// Interceptor rules (TOML, see docs/interceptor.md): block, modify, mock, delay or pause
-    /// matching messages. The file is reloaded when it changes; a bad file keeps the old rules.
+    /// Interceptor rules (TOML, or YAML for *.yaml/*.yml; see docs/interceptor.md): block,
+    /// modify, mock, delay or pause matching messages. The file is reloaded when it changes; a
+    /// bad file keeps the old rules.
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
     /// Serve the admin API (paused messages, for `shadowcat intercept`) on this address

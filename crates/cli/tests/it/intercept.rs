@@ -437,12 +437,9 @@ async fn pause_then_edit_drop_and_resume_through_the_cli() {
     wait_paused(&admin, "tok-1", 0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_rules_file_stops_the_proxy_from_starting() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    write_rules(&rules, "[[rule]]\naction = 'block'\nmethod = '/(/'\n");
-    let out = tokio::process::Command::new(bin())
+/// Start a proxy with these rules: it must refuse; its stderr.
+async fn refused(rules: &Path) -> String {
+    let out = Command::new(bin())
         .args([
             "forward",
             "http",
@@ -451,15 +448,71 @@ async fn a_bad_rules_file_stops_the_proxy_from_starting() {
             "--demo",
             "--rules",
         ])
-        .arg(&rules)
+        .arg(rules)
         .stdin(Stdio::null())
         .output()
         .await
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the proxy started with a bad rules file"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rules_file_stops_the_proxy_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(&rules, "[[rule]]\naction = 'block'\nmethod = '/(/'\n");
+    let err = refused(&rules).await;
     assert!(
         err.contains("invalid rules file") && err.contains("method"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yaml_rules_apply_reload_and_report_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    let v = |msg: &str| {
+        format!(
+            "rule:\n  - name: anyone-signed-in\n    principal: '*'\n    action: block\n    message: never in forward mode\n  - tool: echo\n    action: block\n    message: {msg}\n"
+        )
+    };
+    write_rules(&rules, &v("v1"));
+    let p = Proxy::start(&["--rules", &rules.to_string_lossy()]).await;
+    let raw = p.client().await;
+    let echo = |id| call(&raw, id, "echo", json!({"message": "x"}));
+    // The forward proxy has no principal: the first rule never matches.
+    assert_eq!(echo(1).await["error"]["message"], "v1");
+    write_rules(&rules, &v("v2"));
+    let deadline = Instant::now() + WAIT;
+    while echo(2).await["error"]["message"] != "v2" {
+        assert!(Instant::now() < deadline, "the YAML rules did not reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    write_rules(
+        &rules,
+        "rule:\n  - tool: echo\n    action: mock\n    result: [unclosed\n",
+    );
+    let deadline = Instant::now() + WAIT;
+    while !p.logged("keeping the previous interceptor rules") {
+        assert!(Instant::now() < deadline, "the bad file was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.logged("at line 4"), "the log says where");
+    assert_eq!(echo(3).await["error"]["message"], "v2");
+    p.terminate().await;
+
+    write_rules(
+        &rules,
+        "rule:\n  - action: block\n    tool: echo\n    colour: red\n",
+    );
+    let err = refused(&rules).await;
+    assert!(
+        err.contains("unknown field `colour`") && err.contains("line 4"),
         "{err}"
     );
 }

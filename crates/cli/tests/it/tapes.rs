@@ -2,7 +2,7 @@
 //! client and get identical results; tape tools (validate, diff, show, list, export);
 //! redaction at capture.
 
-use super::harness::{Raw, Server, WAIT, bin};
+use super::harness::{Raw, Server, WAIT, bin, init_body};
 use super::python::{python, workspace};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -439,4 +439,123 @@ async fn secrets_never_reach_the_tape() {
     assert!(text.contains("pay with [REDACTED]"), "{text}");
     assert!(text.contains("\"type\":\"end\""));
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_http_tapes_carry_http_details_and_never_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let tape = dir.path().join("http.jsonl");
+    let t = tape.to_string_lossy().into_owned();
+    let proxy = Server::forward_http(&["--demo", "--record", &t]).await;
+    let mut raw = Raw::new(proxy.url());
+    let secret = |r: reqwest::RequestBuilder| r.header("authorization", "Bearer TOPSECRET-777");
+    let init = Raw::send(secret(
+        raw.post_builder(init_body(0, "2025-06-18").to_string()),
+    ))
+    .await;
+    assert_eq!(init.status, 200, "{}", init.body);
+    let sid = init.headers["mcp-session-id"].to_str().unwrap().to_string();
+    raw.session = Some(sid.clone());
+    let n = Raw::send(secret(raw.post_builder(
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string(),
+    )))
+    .await;
+    assert_eq!(n.status, 202);
+    // Progress first: the POST's answer becomes an SSE stream with proxy-issued event ids.
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow",
+        "arguments":{"duration":0.05,"steps":2},"_meta":{"progressToken":"pt"}}});
+    let slow = Raw::send(secret(raw.post_builder(call.to_string()))).await;
+    assert!(
+        slow.content_type().starts_with("text/event-stream"),
+        "{}",
+        slow.body
+    );
+    let sent_ids: Vec<String> = slow
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .map(|id| id.trim().to_string())
+        .collect();
+    assert_eq!(sent_ids.len(), 3, "2 progress + the reply: {}", slow.body);
+    assert_eq!(proxy.terminate().await, Some(0));
+
+    let text = std::fs::read_to_string(&tape).unwrap();
+    assert!(!text.contains("TOPSECRET"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("\"authorization\""),
+        "{text}"
+    );
+    let frames: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "frame")
+        .collect();
+    let find = |dir: &str, pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+        frames
+            .iter()
+            .filter(|f| f["dir"] == dir && pred(&f["message"]))
+            .map(|f| f["transport"].clone())
+            .collect()
+    };
+    // Client → server: the POST and its selected headers.
+    let init_t = &find("c2s", &|m| m["method"] == "initialize")[0];
+    assert_eq!(init_t["method"], "POST", "{init_t}");
+    assert_eq!(init_t["headers"]["content-type"], "application/json");
+    assert_eq!(
+        init_t["headers"]["accept"],
+        "application/json, text/event-stream"
+    );
+    assert!(init_t["headers"].get("mcp-session-id").is_none());
+    let call_t = &find("c2s", &|m| m["method"] == "tools/call")[0];
+    assert_eq!(call_t["headers"]["mcp-session-id"], sid.as_str());
+    assert_eq!(call_t["headers"]["mcp-protocol-version"], "2025-06-18");
+    let initialized = &find("c2s", &|m| m["method"] == "notifications/initialized")[0];
+    assert_eq!(initialized["method"], "POST");
+    // Server → client: the initialize result was the POST's JSON body...
+    let init_r = &find("s2c", &|m| m["id"] == 0)[0];
+    assert_eq!(init_r["status"], 200, "{init_r}");
+    assert_eq!(init_r["headers"]["content-type"], "application/json");
+    assert!(init_r.get("sse_id").is_none());
+    // ...and the progress notifications and the reply went out as the SSE events the client got.
+    let streamed = find("s2c", &|m| {
+        m["id"] == 1 || m["method"] == "notifications/progress"
+    });
+    let recorded_ids: Vec<String> = streamed
+        .iter()
+        .map(|t| {
+            assert_eq!(t["status"], 200, "{t}");
+            assert_eq!(t["method"], "POST");
+            assert_eq!(t["headers"]["content-type"], "text/event-stream");
+            t["sse_id"].as_str().expect("an SSE event id").to_string()
+        })
+        .collect();
+    assert_eq!(recorded_ids, sent_ids);
+
+    let show = stdout(&shadowcat(&["tape", "show", &t]));
+    assert!(show.contains("[POST 200 json]"), "{show}");
+    assert!(
+        show.contains(&format!("[POST 200 sse {}]", sent_ids[2])),
+        "{show}"
+    );
+    let har: Value =
+        serde_json::from_slice(&shadowcat(&["tape", "export", &t, "--format", "har"]).stdout)
+            .unwrap();
+    let entry = har["log"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["request"]["postData"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("tools/call")
+        })
+        .unwrap()
+        .clone();
+    assert_eq!(
+        entry["response"]["content"]["mimeType"],
+        "text/event-stream"
+    );
+    assert_eq!(entry["response"]["_sseId"], sent_ids[2].as_str());
+    assert_eq!(entry["_serverMessages"].as_array().unwrap().len(), 2);
 }

@@ -25,7 +25,10 @@ pub(super) fn matches(
     let fits = |p: &Option<pattern::Pattern>, v: Option<&str>| {
         p.as_ref().is_none_or(|p| v.is_some_and(|v| p.matches(v)))
     };
-    if !fits(&rule.method, method) || !fits(&rule.session, Some(ctx.session)) {
+    if !fits(&rule.method, method)
+        || !fits(&rule.session, Some(ctx.session))
+        || !fits(&rule.principal, ctx.principal)
+    {
         return false;
     }
     let m = method.unwrap_or("");

@@ -8,11 +8,11 @@ mod pattern;
 mod pause;
 mod rules;
 
-pub use pattern::Pattern;
+pub use pattern::{Pattern, Pointer};
 pub use pause::{DecideError, Decision, PauseBoard, PausedInfo};
 pub use rules::{
-    Action, BLOCKED, Cond, KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, OnTimeout,
-    Rule, RuleSet, Test,
+    Action, BLOCKED, Cond, Format, KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE,
+    OnTimeout, Rule, RuleSet, Test,
 };
 
 use crate::pipeline::{Direction, FrameCtx, Hook, Verdict};
@@ -44,23 +44,40 @@ pub enum RulesError {
     },
 }
 
-/// Load and compile a rules file.
+/// Load and compile a rules file: YAML when it is named `*.yaml` or `*.yml`, else TOML.
 pub fn load(path: &Path) -> Result<RuleSet, RulesError> {
     let text = std::fs::read_to_string(path).map_err(|e| RulesError::Read {
         path: path.to_path_buf(),
         source: e,
     })?;
-    RuleSet::parse(&text).map_err(|message| RulesError::Invalid {
+    RuleSet::parse_as(&text, Format::of(path)).map_err(|message| RulesError::Invalid {
         path: path.to_path_buf(),
         message,
     })
 }
 
-type Asked = HashMap<(Arc<str>, Direction, RequestId), (Arc<str>, Option<Arc<str>>)>;
+/// Per session: requests in flight (by the direction they travelled and their id) with their
+/// method and target. Keyed by session first so that lookups need no allocation.
+type Asked = HashMap<Arc<str>, HashMap<(Direction, RequestId), (Arc<str>, Option<Arc<str>>)>>;
+
+/// Rules in force, and whether any of them looks at replies.
+struct Active {
+    rules: Arc<RuleSet>,
+    replies: bool,
+}
+
+impl Active {
+    fn new(rules: RuleSet) -> Self {
+        Active {
+            replies: rules.needs_replies(),
+            rules: Arc::new(rules),
+        }
+    }
+}
 
 /// The interceptor hook.
 pub struct Interceptor {
-    rules: RwLock<Arc<RuleSet>>,
+    rules: RwLock<Active>,
     board: Arc<PauseBoard>,
     /// Method and target of requests in flight, so rules can match their replies.
     asked: Mutex<Asked>,
@@ -70,7 +87,7 @@ impl Interceptor {
     /// An interceptor with these rules, holding paused messages on `board`.
     pub fn new(rules: RuleSet, board: Arc<PauseBoard>) -> Arc<Interceptor> {
         Arc::new(Interceptor {
-            rules: RwLock::new(Arc::new(rules)),
+            rules: RwLock::new(Active::new(rules)),
             board,
             asked: Mutex::new(HashMap::new()),
         })
@@ -83,12 +100,17 @@ impl Interceptor {
 
     /// The rules in force.
     pub fn rules(&self) -> Arc<RuleSet> {
-        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.active().0
+    }
+
+    fn active(&self) -> (Arc<RuleSet>, bool) {
+        let a = self.rules.read().unwrap_or_else(|p| p.into_inner());
+        (a.rules.clone(), a.replies)
     }
 
     /// Replace the rules.
     pub fn set_rules(&self, rules: RuleSet) {
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Active::new(rules);
     }
 
     /// Reload from `path`: on success the new rules apply to the next message; on failure the
@@ -142,7 +164,7 @@ impl Hook for Interceptor {
     }
 
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        let rules = self.rules();
+        let (rules, replies) = self.active();
         if rules.is_empty() {
             return Verdict::Forward;
         }
@@ -154,8 +176,13 @@ impl Hook for Interceptor {
                     Direction::ClientToServer => Direction::ServerToClient,
                     Direction::ServerToClient => Direction::ClientToServer,
                 };
-                self.asked()
-                    .remove(&(Arc::from(ctx.session), back, id.clone()))
+                let mut asked = self.asked();
+                let found = asked.get_mut(ctx.session);
+                let hit = found.and_then(|m| m.remove(&(back, id.clone())));
+                if asked.get(ctx.session).is_some_and(HashMap::is_empty) {
+                    asked.remove(ctx.session);
+                }
+                hit
             }
             _ => None,
         };
@@ -176,25 +203,34 @@ impl Hook for Interceptor {
             None => Verdict::Forward,
         };
         if kind == FrameKind::Request
-            && rules.needs_replies()
+            && replies
             && matches!(
                 verdict,
                 Verdict::Forward | Verdict::Replace(_) | Verdict::Defer(_)
             )
             && let (Some(id), Some(m)) = (frame.id(), frame.method())
         {
-            self.asked().insert(
-                (Arc::from(ctx.session), ctx.direction, id.clone()),
-                (Arc::from(m), frame.target().map(Arc::from)),
-            );
+            let entry = (Arc::from(m), frame.target().map(Arc::from));
+            let mut asked = self.asked();
+            match asked.get_mut(ctx.session) {
+                Some(m) => {
+                    m.insert((ctx.direction, id.clone()), entry);
+                }
+                None => {
+                    let m = HashMap::from([((ctx.direction, id.clone()), entry)]);
+                    asked.insert(Arc::from(ctx.session), m);
+                }
+            }
         }
         verdict
     }
 
     fn on_session_end(&self, session: &str) {
-        self.asked().retain(|(s, _, _), _| &**s != session);
+        self.asked().remove(session);
     }
 }
 
+#[cfg(test)]
+mod principal_tests;
 #[cfg(test)]
 mod tests;

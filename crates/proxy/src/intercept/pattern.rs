@@ -57,6 +57,53 @@ fn unescape(token: &str) -> String {
     token.replace("~1", "/").replace("~0", "~")
 }
 
+/// A JSON pointer (RFC 6901) split into its unescaped tokens once, so that looking it up in
+/// every message allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    /// Parse `""` (the whole value) or `/a/b/0`; anything else is an error.
+    pub fn parse(text: &str) -> Result<Pointer, String> {
+        let tokens = match text {
+            "" => Vec::new(),
+            t => t
+                .strip_prefix('/')
+                .ok_or_else(|| format!("pointer `{t}` must start with `/`"))?
+                .split('/')
+                .map(unescape)
+                .collect(),
+        };
+        Ok(Pointer {
+            text: text.to_string(),
+            tokens,
+        })
+    }
+
+    /// The pointer as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The value it points at in `root`, if any (same rules as `serde_json::Value::pointer`).
+    pub fn get<'v>(&self, root: &'v Value) -> Option<&'v Value> {
+        self.tokens.iter().try_fold(root, |v, tok| match v {
+            Value::Object(m) => m.get(tok),
+            Value::Array(a) => {
+                let canonical = tok == "0" || !(tok.starts_with('0') || tok.starts_with('+'));
+                tok.parse::<usize>()
+                    .ok()
+                    .filter(|_| canonical)
+                    .and_then(|i| a.get(i))
+            }
+            _ => None,
+        })
+    }
+}
+
 /// Set the value at a JSON pointer, creating missing object members on the way. Fails when a
 /// step goes through something that is not an object or array, or past an array's end.
 pub fn set(root: &mut Value, pointer: &str, value: Value) -> Result<(), String> {
@@ -147,6 +194,29 @@ mod tests {
         assert!(Pattern::parse("/(/").is_err());
         assert!(Pattern::parse("a.b?").unwrap().matches("a.bc"));
         assert!(!Pattern::parse("a.b?").unwrap().matches("axbc"));
+    }
+
+    #[test]
+    fn pointers_find_what_serde_json_finds() {
+        let v = json!({"a/b":{"m~n":[10,{"x":null}]},"":1,"list":[0,1]});
+        for p in [
+            "",
+            "/a~1b",
+            "/a~1b/m~0n",
+            "/a~1b/m~0n/1/x",
+            "/a~1b/m~0n/2",
+            "/",
+            "/list/01",
+            "/list/+1",
+            "/list/1",
+            "/list/-",
+            "/missing/x",
+            "/a~1b/m~0n/0/deeper",
+        ] {
+            assert_eq!(Pointer::parse(p).unwrap().get(&v), v.pointer(p), "{p}");
+        }
+        assert!(Pointer::parse("a/b").is_err());
+        assert_eq!(Pointer::parse("/a~1b").unwrap().as_str(), "/a~1b");
     }
 
     #[test]

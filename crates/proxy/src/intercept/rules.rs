@@ -1,6 +1,6 @@
-//! The rules file (TOML) and its compiled form. See `docs/interceptor.md`.
+//! The rules file (TOML or YAML, one schema) and its compiled form. See `docs/interceptor.md`.
 
-use super::pattern::Pattern;
+use super::pattern::{Pattern, Pointer};
 use crate::pipeline::Direction;
 use regex::Regex;
 use serde::Deserialize;
@@ -30,10 +30,31 @@ pub fn kind_bit(k: FrameKind) -> u8 {
     }
 }
 
+/// The syntax of a rules file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// TOML: `[[rule]]` tables.
+    Toml,
+    /// YAML: a `rule:` (or `rules:`) list of mappings.
+    Yaml,
+}
+
+impl Format {
+    /// By file name: `.yaml` and `.yml` are YAML, anything else TOML.
+    pub fn of(path: &std::path::Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml") => {
+                Format::Yaml
+            }
+            _ => Format::Toml,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRules {
-    #[serde(default, rename = "rule")]
+    #[serde(default, rename = "rule", alias = "rules")]
     rules: Vec<RawRule>,
 }
 
@@ -42,7 +63,7 @@ struct FileRules {
 struct RawCond {
     pointer: String,
     #[serde(default)]
-    equals: Option<toml::Value>,
+    equals: Option<Value>,
     #[serde(default)]
     matches: Option<String>,
     #[serde(default)]
@@ -57,7 +78,7 @@ struct RawError {
     code: Option<i64>,
     message: String,
     #[serde(default)]
-    data: Option<toml::Value>,
+    data: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +96,7 @@ struct RawRule {
     resource: Option<String>,
     prompt: Option<String>,
     session: Option<String>,
+    principal: Option<String>,
     #[serde(default)]
     when: Vec<RawCond>,
     action: String,
@@ -83,11 +105,11 @@ struct RawRule {
     message: Option<String>,
     // modify
     #[serde(default)]
-    set: toml::Table,
+    set: serde_json::Map<String, Value>,
     #[serde(default)]
     remove: Vec<String>,
     // mock
-    result: Option<toml::Value>,
+    result: Option<Value>,
     error: Option<RawError>,
     // delay
     delay_ms: Option<u64>,
@@ -114,7 +136,7 @@ pub enum Test {
 #[derive(Debug, Clone)]
 pub struct Cond {
     /// Where.
-    pub pointer: String,
+    pub pointer: Pointer,
     /// What must hold.
     pub test: Test,
 }
@@ -122,11 +144,13 @@ pub struct Cond {
 impl Cond {
     /// Does the message satisfy it?
     pub fn holds(&self, msg: &Value) -> bool {
-        let v = msg.pointer(&self.pointer);
-        let text = |v: &Value| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+        let v = self.pointer.get(msg);
+        fn text(v: &Value) -> std::borrow::Cow<'_, str> {
+            match v {
+                Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+                other => std::borrow::Cow::Owned(other.to_string()),
+            }
+        }
         match &self.test {
             Test::Exists(want) => v.is_some() == *want,
             Test::Equals(want) => v == Some(want),
@@ -208,6 +232,9 @@ pub struct Rule {
     pub prompt: Option<Pattern>,
     /// Proxy session id pattern.
     pub session: Option<Pattern>,
+    /// Authenticated principal pattern (gateway with `[auth]`): a rule with one never matches a
+    /// session without a principal.
+    pub principal: Option<Pattern>,
     /// Conditions that must all hold.
     pub when: Vec<Cond>,
     /// What to do.
@@ -221,19 +248,17 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
 }
 
-fn toml_to_json(v: toml::Value) -> Value {
+/// A value from the file as JSON. TOML date-times arrive as a one-member object naming toml's
+/// private marker; they become their text.
+fn json_value(v: Value) -> Value {
+    const TOML_DATETIME: &str = "$__toml_private_datetime";
     match v {
-        toml::Value::String(s) => Value::String(s),
-        toml::Value::Integer(i) => Value::from(i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(f)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        toml::Value::Boolean(b) => Value::Bool(b),
-        toml::Value::Datetime(d) => Value::String(d.to_string()),
-        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => {
-            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        Value::Object(mut o) if o.len() == 1 && o.contains_key(TOML_DATETIME) => {
+            o.remove(TOML_DATETIME).unwrap_or(Value::Null)
         }
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, json_value(v))).collect()),
+        Value::Array(a) => Value::Array(a.into_iter().map(json_value).collect()),
+        other => other,
     }
 }
 
@@ -271,11 +296,9 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
     };
     let mut when = Vec::new();
     for c in r.when {
-        if !c.pointer.is_empty() && !c.pointer.starts_with('/') {
-            return Err(at(format!("pointer `{}` must start with `/`", c.pointer)));
-        }
+        let pointer = Pointer::parse(&c.pointer).map_err(at)?;
         let tests = [
-            c.equals.map(|v| Test::Equals(toml_to_json(v))),
+            c.equals.map(|v| Test::Equals(json_value(v))),
             c.matches
                 .map(|m| {
                     Regex::new(&m)
@@ -290,7 +313,7 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
         for test in tests.into_iter().flatten() {
             any = true;
             when.push(Cond {
-                pointer: c.pointer.clone(),
+                pointer: pointer.clone(),
                 test,
             });
         }
@@ -318,7 +341,7 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
                 if !k.starts_with('/') {
                     return Err(at(format!("set: pointer `{k}` must start with `/`")));
                 }
-                set.push((k, toml_to_json(v)));
+                set.push((k, json_value(v)));
             }
             Action::Modify {
                 set,
@@ -327,13 +350,13 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
         }
         "mock" => match (r.result, r.error) {
             (Some(v), None) => Action::Mock {
-                reply: Ok(toml_to_json(v)),
+                reply: Ok(json_value(v)),
             },
             (None, Some(e)) => {
                 let mut o =
                     serde_json::json!({"code": e.code.unwrap_or(BLOCKED), "message": e.message});
                 if let Some(d) = e.data {
-                    o["data"] = toml_to_json(d);
+                    o["data"] = json_value(d);
                 }
                 Action::Mock { reply: Err(o) }
             }
@@ -370,15 +393,26 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
         resource: pattern("resource", r.resource).map_err(at)?,
         prompt: pattern("prompt", r.prompt).map_err(at)?,
         session: pattern("session", r.session).map_err(at)?,
+        principal: pattern("principal", r.principal).map_err(at)?,
         when,
         action,
     }))
 }
 
 impl RuleSet {
-    /// Parse and compile a rules file (TOML). The error says what is wrong and where.
+    /// Parse and compile a TOML rules file. The error says what is wrong and where.
     pub fn parse(text: &str) -> Result<RuleSet, String> {
-        let file: FileRules = toml::from_str(text).map_err(|e| e.to_string())?;
+        Self::parse_as(text, Format::Toml)
+    }
+
+    /// Parse and compile a rules file in either syntax. Syntax errors name the line and
+    /// column; rule errors name the rule and the field.
+    pub fn parse_as(text: &str, format: Format) -> Result<RuleSet, String> {
+        let file: FileRules = match format {
+            Format::Toml => toml::from_str(text).map_err(|e| e.to_string())?,
+            Format::Yaml if yaml_is_empty(text) => FileRules { rules: Vec::new() },
+            Format::Yaml => serde_norway::from_str(text).map_err(|e| e.to_string())?,
+        };
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             if let Some(rule) = compile(i, r)? {
@@ -401,6 +435,15 @@ impl RuleSet {
             .iter()
             .any(|r| r.kinds & (KIND_RESPONSE | KIND_ERROR) != 0)
     }
+}
+
+/// A YAML file with no document (only comments, blank lines or `---`): no rules, like an empty
+/// TOML file.
+fn yaml_is_empty(text: &str) -> bool {
+    text.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#') || t == "---" || t == "..."
+    })
 }
 
 #[cfg(test)]
@@ -459,5 +502,92 @@ mod tests {
         assert!(e.contains("result"), "{e}");
         assert!(RuleSet::parse("not toml [").is_err());
         assert!(RuleSet::parse("").unwrap().is_empty());
+        let e = RuleSet::parse("[[rule]]\naction='block'\nprincipal='/(/'").unwrap_err();
+        assert!(e.contains("principal"), "{e}");
+    }
+
+    #[test]
+    fn yaml_has_the_same_schema() {
+        let toml = RuleSet::parse(
+            r#"
+            [[rule]]
+            name = "deny"
+            priority = 10
+            principal = "team-*"
+            tool = "delete_*"
+            when = [{ pointer = "/params/arguments/n", equals = 3 }]
+            action = "block"
+            code = -32099
+            [[rule]]
+            name = "fake"
+            action = "mock"
+            result = { content = [{ type = "text", text = "m" }], at = 1979-05-27T07:32:00Z }
+            [[rule]]
+            name = "edit"
+            action = "modify"
+            set = { "/params/arguments/x" = [1, true, "s"] }
+            "#,
+        )
+        .unwrap();
+        let yaml = RuleSet::parse_as(
+            r#"
+# the same rules as YAML
+rule:
+  - name: deny
+    priority: 10
+    principal: team-*
+    tool: delete_*
+    when:
+      - pointer: /params/arguments/n
+        equals: 3
+    action: block
+    code: -32099
+  - name: fake
+    action: mock
+    result:
+      content: [{type: text, text: m}]
+      at: "1979-05-27T07:32:00Z"
+  - name: edit
+    action: modify
+    set: {"/params/arguments/x": [1, true, s]}
+"#,
+            Format::Yaml,
+        )
+        .unwrap();
+        assert_eq!(format!("{toml:?}"), format!("{yaml:?}"));
+        assert!(matches!(
+            &yaml.rules[1].action,
+            Action::Mock { reply: Ok(v) } if v["at"] == "1979-05-27T07:32:00Z"
+        ));
+        assert!(
+            RuleSet::parse_as("# nothing yet\n---\n", Format::Yaml)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            RuleSet::parse_as("rules: []", Format::Yaml)
+                .unwrap()
+                .rules
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn bad_yaml_says_where() {
+        let e = RuleSet::parse_as("rule:\n  - action: block\n    bogus: 1\n", Format::Yaml)
+            .unwrap_err();
+        assert!(e.contains("bogus") && e.contains("line 3"), "{e}");
+        let e =
+            RuleSet::parse_as("rule:\n  - action: block\n   tool: [x\n", Format::Yaml).unwrap_err();
+        assert!(e.contains("line"), "{e}");
+        let e = RuleSet::parse_as("rule:\n  - action: explode\n", Format::Yaml).unwrap_err();
+        assert!(e.contains("rule `rule #1`") && e.contains("explode"), "{e}");
+        let e = RuleSet::parse_as("rule: 3\n", Format::Yaml).unwrap_err();
+        assert!(e.contains("sequence"), "{e}");
+        assert_eq!(Format::of(std::path::Path::new("r.YML")), Format::Yaml);
+        assert_eq!(Format::of(std::path::Path::new("r.yaml")), Format::Yaml);
+        assert_eq!(Format::of(std::path::Path::new("r.toml")), Format::Toml);
+        assert_eq!(Format::of(std::path::Path::new("rules")), Format::Toml);
     }
 }

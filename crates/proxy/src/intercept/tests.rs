@@ -22,14 +22,8 @@ fn setup(rules: &str) -> (Pipeline, Arc<Interceptor>) {
     (Pipeline::new(vec![icpt.clone()]), icpt)
 }
 
-const C2S: FrameCtx<'static> = FrameCtx {
-    session: "s1",
-    direction: Direction::ClientToServer,
-};
-const S2C: FrameCtx<'static> = FrameCtx {
-    session: "s1",
-    direction: Direction::ServerToClient,
-};
+const C2S: FrameCtx<'static> = FrameCtx::new("s1", Direction::ClientToServer);
+const S2C: FrameCtx<'static> = FrameCtx::new("s1", Direction::ServerToClient);
 
 fn call(id: i64, tool: &str) -> Frame {
     frame(
@@ -284,11 +278,18 @@ async fn an_abandoned_pause_leaves_the_board() {
     assert!(icpt.board().is_empty());
 }
 
-#[tokio::test]
-async fn hot_reload_keeps_old_rules_on_a_bad_file() {
+/// Rules files of one syntax for the hot reload test: block echo, mock echo, a bad action, empty.
+struct Files {
+    name: &'static str,
+    block: &'static str,
+    mock: &'static str,
+    bad: &'static str,
+}
+
+async fn hot_reload_keeps_old_rules_on_a_bad_file(files: Files) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, "[[rule]]\ntool = 'echo'\naction = 'block'").unwrap();
+    let path = dir.path().join(files.name);
+    std::fs::write(&path, files.block).unwrap();
     let icpt = Interceptor::new(load(&path).unwrap(), Arc::new(PauseBoard::default()));
     let p = Pipeline::new(vec![icpt.clone()]);
     let stop = CancellationToken::new();
@@ -310,17 +311,13 @@ async fn hot_reload_keeps_old_rules_on_a_bad_file() {
             p.process(&C2S, call(1, "echo")).await
         );
     }
-    std::fs::write(
-        &path,
-        "[[rule]]\ntool = 'echo'\naction = 'mock'\nresult = {}",
-    )
-    .unwrap();
+    std::fs::write(&path, files.mock).unwrap();
     until(
         &p,
         |o| matches!(o, Outcome::Reply(f) if json_of(f)["result"].is_object()),
     )
     .await;
-    std::fs::write(&path, "[[rule]]\ntool = 'echo'\naction = 'teleport'").unwrap();
+    std::fs::write(&path, files.bad).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         matches!(p.process(&C2S, call(1, "echo")).await, Outcome::Reply(f) if json_of(&f)["result"].is_object())
@@ -334,4 +331,92 @@ async fn hot_reload_keeps_old_rules_on_a_bad_file() {
     std::fs::write(&path, "").unwrap();
     until(&p, |o| matches!(o, Outcome::Forward(_))).await;
     stop.cancel();
+}
+
+#[tokio::test]
+async fn hot_reload_of_a_toml_file() {
+    hot_reload_keeps_old_rules_on_a_bad_file(Files {
+        name: "rules.toml",
+        block: "[[rule]]\ntool = 'echo'\naction = 'block'",
+        mock: "[[rule]]\ntool = 'echo'\naction = 'mock'\nresult = {}",
+        bad: "[[rule]]\ntool = 'echo'\naction = 'teleport'",
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hot_reload_of_a_yaml_file() {
+    hot_reload_keeps_old_rules_on_a_bad_file(Files {
+        name: "rules.yml",
+        block: "rule:\n  - tool: echo\n    action: block\n",
+        mock: "rules:\n  - tool: echo\n    action: mock\n    result: {}\n",
+        bad: "rule:\n  - tool: echo\n    action: teleport\n",
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rules_on_the_principal_need_one() {
+    let (p, _) = setup(
+        r#"
+        [[rule]]
+        name = "admins-may"
+        principal = "admin-*"
+        tool = "delete_*"
+        action = "continue"
+        [[rule]]
+        name = "alice-is-watched"
+        principal = "alice"
+        tool = "echo"
+        action = "mock"
+        result = { content = [{ type = "text", text = "hi alice" }] }
+        [[rule]]
+        name = "regex"
+        principal = "/^svc-[0-9]+$/"
+        action = "block"
+        message = "services may not call tools"
+        [[rule]]
+        name = "nobody-else"
+        tool = "delete_*"
+        action = "block"
+        "#,
+    );
+    let who = |principal: Option<&'static str>| FrameCtx { principal, ..C2S };
+    let blocked = |o: &Outcome| matches!(o, Outcome::Reply(f) if json_of(f)["error"].is_object());
+    // Forward modes have no principal: rules that need one never match.
+    assert!(blocked(&p.process(&who(None), call(1, "delete_x")).await));
+    assert!(matches!(
+        p.process(&who(None), call(2, "echo")).await,
+        Outcome::Forward(_)
+    ));
+    assert!(matches!(
+        p.process(&who(Some("admin-bob")), call(3, "delete_x"))
+            .await,
+        Outcome::Forward(_)
+    ));
+    assert!(blocked(
+        &p.process(&who(Some("bob")), call(4, "delete_x")).await
+    ));
+    match p.process(&who(Some("alice")), call(5, "echo")).await {
+        Outcome::Reply(f) => assert_eq!(json_of(&f)["result"]["content"][0]["text"], "hi alice"),
+        o => panic!("{o:?}"),
+    }
+    // Exact means exact.
+    assert!(matches!(
+        p.process(&who(Some("alice2")), call(6, "echo")).await,
+        Outcome::Forward(_)
+    ));
+    match p.process(&who(Some("svc-42")), call(7, "echo")).await {
+        Outcome::Reply(f) => {
+            assert_eq!(
+                json_of(&f)["error"]["message"],
+                "services may not call tools"
+            )
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(
+        p.process(&who(Some("svc-4x")), call(8, "echo")).await,
+        Outcome::Forward(_)
+    ));
 }

@@ -1,9 +1,10 @@
 //! The recorder's pipeline hook: timestamp, hand over, never parse.
 
 use super::{Msg, OnFull, Shared};
-use crate::pipeline::{Direction, FrameCtx, Hook, Verdict};
+use crate::pipeline::{Direction, FrameCtx, Hook, Transport, Verdict, Wait};
 use shadowcat_proto::Frame;
 use shadowcat_tape::Dir;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -17,6 +18,43 @@ pub struct RecordHook {
     on_full: OnFull,
     shared: Arc<Shared>,
     last_warn_ms: AtomicU64,
+}
+
+/// Request headers a tape keeps, by lower-case name. Credentials (`Authorization`, cookies, API
+/// keys) are not among them: they are never captured.
+pub const RECORDED_HEADERS: &[&str] = &[
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "last-event-id",
+    "content-type",
+    "accept",
+];
+
+/// The transport details worth keeping, copied out of the front's borrowed view.
+fn capture(t: &Transport<'_>) -> Option<Box<shadowcat_tape::Transport>> {
+    let Transport::Http(m) = t else {
+        return None;
+    };
+    let mut headers = BTreeMap::new();
+    if let Some(h) = m.headers {
+        for name in RECORDED_HEADERS {
+            if let Some(v) = h.get(*name) {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                headers.insert(name.to_string(), v);
+            }
+        }
+    }
+    if let Some(ct) = m.content_type {
+        headers.insert("content-type".to_string(), ct.to_string());
+    }
+    Some(Box::new(shadowcat_tape::Transport {
+        method: Some(m.method.to_string()),
+        status: m.status,
+        headers,
+        sse_id: m.sse_id.map(str::to_string),
+    }))
 }
 
 fn dir(d: Direction) -> Dir {
@@ -46,12 +84,20 @@ impl RecordHook {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    fn msg(&self, d: Direction, session: &str, frame: &Frame, note: Option<&'static str>) -> Msg {
+    fn msg(
+        &self,
+        d: Direction,
+        session: &str,
+        frame: &Frame,
+        transport: &Transport<'_>,
+        note: Option<&'static str>,
+    ) -> Msg {
         Msg::Frame {
             t_us: self.now_us(),
             dir: dir(d),
             session: session.into(),
             raw: frame.raw().clone(),
+            transport: capture(transport),
             note,
         }
     }
@@ -108,13 +154,37 @@ impl Hook for RecordHook {
     }
 
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        let msg = self.msg(ctx.direction, ctx.session, frame, None);
+        if let Transport::Later = ctx.transport {
+            // Recorded by `on_delivered`, with how it reached the client.
+            return Verdict::Forward;
+        }
+        let msg = self.msg(ctx.direction, ctx.session, frame, &ctx.transport, None);
         self.offer(ctx.session, msg).unwrap_or(Verdict::Forward)
+    }
+
+    fn on_delivered(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Option<Wait> {
+        let note = match ctx.transport {
+            Transport::Undelivered => Some("undelivered"),
+            _ => None,
+        };
+        let msg = self.msg(ctx.direction, ctx.session, frame, &ctx.transport, note);
+        match self.offer(ctx.session, msg)? {
+            Verdict::Defer(wait) => Some(Box::pin(async move {
+                wait.await;
+            })),
+            _ => None,
+        }
     }
 
     fn on_answered(&self, ctx: &FrameCtx<'_>, frame: &Frame, answer: &Frame) {
         // Observers cannot wait: both lines are offered without blocking.
-        let m = self.msg(ctx.direction, ctx.session, frame, Some("answered-by-hook"));
+        let m = self.msg(
+            ctx.direction,
+            ctx.session,
+            frame,
+            &ctx.transport,
+            Some("answered-by-hook"),
+        );
         if self.offer(ctx.session, m).is_some() {
             self.dropped(ctx.session);
         }
@@ -122,7 +192,13 @@ impl Hook for RecordHook {
             Direction::ClientToServer => Direction::ServerToClient,
             Direction::ServerToClient => Direction::ClientToServer,
         };
-        let m = self.msg(back, ctx.session, answer, Some("hook-answer"));
+        let m = self.msg(
+            back,
+            ctx.session,
+            answer,
+            &Transport::None,
+            Some("hook-answer"),
+        );
         if self.offer(ctx.session, m).is_some() {
             self.dropped(ctx.session);
         }

@@ -2,10 +2,11 @@
 //!
 //! The recorder is a pipeline hook: it timestamps each frame and hands it (the raw bytes, a
 //! reference-counted clone) to a bounded channel. A background thread owns the files: it redacts,
-//! serialises and writes, and flushes whenever it has caught up. The relay never waits for the
-//! disk unless asked to: when the channel is full the frame is dropped from the tape, counted
-//! (in the tape's end line) and warned about (`OnFull::Drop`, the default), or the relay waits
-//! for room (`OnFull::Block`, backpressure).
+//! serialises and writes, and flushes whenever it has caught up; while traffic flows it naps
+//! 2 ms between batches rather than being woken (a system call on the relay's side) per frame.
+//! The relay never waits for the disk unless asked to: when the channel is full the frame is
+//! dropped from the tape, counted (in the tape's end line) and warned about (`OnFull::Drop`, the
+//! default), or the relay waits for room (`OnFull::Block`, backpressure).
 //!
 //! `PATH` is a file (every session in one tape) or a directory (one tape per session, named
 //! `YYYYMMDD-HHMMSS-SESSION.jsonl`); a path ending in `/` is created as a directory.
@@ -13,10 +14,10 @@
 mod hook;
 mod sink;
 
-pub use hook::RecordHook;
+pub use hook::{RECORDED_HEADERS, RecordHook};
 
 use bytes::Bytes;
-use shadowcat_tape::{Dir, RedactConfig, Redactor};
+use shadowcat_tape::{Dir, RedactConfig, Redactor, Transport};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -77,6 +78,8 @@ pub(crate) enum Msg {
         dir: Dir,
         session: Box<str>,
         raw: Bytes,
+        /// HTTP details, when the front gave them (boxed: stdio frames carry none).
+        transport: Option<Box<Transport>>,
         note: Option<&'static str>,
     },
     SessionEnd {

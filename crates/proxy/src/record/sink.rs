@@ -2,13 +2,13 @@
 
 use super::{Msg, RecordConfig, RecordError, Shared};
 use shadowcat_tape::time::format_ms;
-use shadowcat_tape::{Header, Redactor, TapeWriter, Transport};
+use shadowcat_tape::{Header, Redactor, TapeWriter};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 type Writer = TapeWriter<BufWriter<File>>;
@@ -138,6 +138,7 @@ impl Sink {
             dir,
             session,
             raw,
+            transport,
             note,
         } = msg
         else {
@@ -147,10 +148,14 @@ impl Sink {
             return;
         };
         let t = t_us.saturating_sub(tape.start_us);
-        if let Err(e) = tape
-            .writer
-            .frame(t, dir, &session, Transport::default(), note, &raw)
-        {
+        if let Err(e) = tape.writer.frame(
+            t,
+            dir,
+            &session,
+            transport.map(|t| *t).unwrap_or_default(),
+            note,
+            &raw,
+        ) {
             if !tape.failed {
                 tracing::error!(error = %e, "writing the tape failed; frames are being lost");
                 tape.failed = true;
@@ -207,14 +212,29 @@ fn finish(tape: Open, t_us: u64, dropped: u64) {
     }
 }
 
+/// While traffic flows, the writer naps this long when it has caught up instead of parking in
+/// `recv`: a parked receiver is woken by every message, which costs the relay a system call per
+/// frame. Frames reach the disk at most this late.
+const NAP: Duration = Duration::from_millis(2);
+/// Naps in a row (nothing arrived) before the writer parks until the next message.
+const NAPS_BEFORE_PARKING: u32 = 50;
+
 /// The writer loop: write what comes, flush when the queue is empty, stop on `Finish`.
 pub(crate) fn run(mut rx: mpsc::Receiver<Msg>, mut sink: Sink, shared: Arc<Shared>) {
     let mut last_t = 0;
+    let mut naps = 0;
     loop {
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(TryRecvError::Empty) => {
-                sink.flush();
+                if naps == 0 {
+                    sink.flush();
+                }
+                if naps < NAPS_BEFORE_PARKING {
+                    naps += 1;
+                    std::thread::sleep(NAP);
+                    continue;
+                }
                 match rx.blocking_recv() {
                     Some(m) => m,
                     None => break,
@@ -222,6 +242,7 @@ pub(crate) fn run(mut rx: mpsc::Receiver<Msg>, mut sink: Sink, shared: Arc<Share
             }
             Err(TryRecvError::Disconnected) => break,
         };
+        naps = 0;
         match msg {
             m @ Msg::Frame { .. } => {
                 if let Msg::Frame { t_us, .. } = &m {

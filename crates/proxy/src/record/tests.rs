@@ -26,7 +26,7 @@ fn config(path: PathBuf) -> RecordConfig {
 }
 
 fn ctx(session: &str, direction: Direction) -> FrameCtx<'_> {
-    FrameCtx { session, direction }
+    FrameCtx::new(session, direction)
 }
 
 #[tokio::test]
@@ -164,4 +164,82 @@ async fn a_full_buffer_drops_and_counts_or_blocks() {
         "the held frame is written, not lost"
     );
     rx.close();
+}
+
+#[tokio::test]
+async fn http_details_are_kept_and_server_frames_wait_for_delivery() {
+    use crate::pipeline::{HttpMeta, Transport};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.jsonl");
+    let (hook, handle) = start(config(path.clone())).unwrap();
+    let p = Pipeline::new(vec![hook]);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("mcp-protocol-version", "2025-06-18".parse().unwrap());
+    headers.insert("authorization", "Bearer s3cret".parse().unwrap());
+    headers.insert("x-api-key", "k3y".parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let post = FrameCtx {
+        transport: Transport::Http(HttpMeta {
+            method: "POST",
+            status: None,
+            content_type: None,
+            headers: Some(&headers),
+            sse_id: None,
+        }),
+        ..ctx("s", Direction::ClientToServer)
+    };
+    let req = frame(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    p.process(&post, req).await;
+    // A server frame whose delivery is reported later: nothing is recorded until then.
+    let later = FrameCtx {
+        transport: Transport::Later,
+        ..ctx("s", Direction::ServerToClient)
+    };
+    let note = frame(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#);
+    let res = frame(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+    let stray = frame(r#"{"jsonrpc":"2.0","id":9,"result":{}}"#);
+    for f in [&note, &res, &stray] {
+        assert!(matches!(
+            p.process(&later, (*f).clone()).await,
+            Outcome::Forward(_)
+        ));
+    }
+    let sent = FrameCtx {
+        transport: Transport::Http(HttpMeta {
+            method: "POST",
+            status: Some(200),
+            content_type: Some("text/event-stream"),
+            headers: None,
+            sse_id: Some("p1.3"),
+        }),
+        ..ctx("s", Direction::ServerToClient)
+    };
+    p.delivered(&sent, &note).await;
+    p.delivered(&sent, &res).await;
+    let lost = FrameCtx {
+        transport: Transport::Undelivered,
+        ..ctx("s", Direction::ServerToClient)
+    };
+    p.delivered(&lost, &stray).await;
+    handle.finish(Duration::from_secs(5)).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("s3cret") && !text.contains("k3y"), "{text}");
+    assert!(
+        !text
+            .to_ascii_lowercase()
+            .contains("authorization\":\"bearer")
+    );
+    let t = Tape::open(&path).unwrap();
+    assert_eq!(t.frames.len(), 4, "{text}");
+    let c = &t.frames[0].record.transport;
+    assert_eq!(c.method.as_deref(), Some("POST"));
+    assert_eq!(c.headers["mcp-protocol-version"], "2025-06-18");
+    assert_eq!(c.headers["content-type"], "application/json");
+    assert!(!c.headers.contains_key("authorization"));
+    assert!(!c.headers.contains_key("x-api-key"));
+    let s = &t.frames[2].record.transport;
+    assert_eq!((s.status, s.sse_id.as_deref()), (Some(200), Some("p1.3")));
+    assert_eq!(s.headers["content-type"], "text/event-stream");
+    assert_eq!(t.frames[3].record.note.as_deref(), Some("undelivered"));
+    assert!(t.frames[3].record.transport.is_empty());
 }

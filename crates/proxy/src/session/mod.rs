@@ -10,7 +10,7 @@ pub use inflight::Inflight;
 
 use crate::error::ProxyError;
 use crate::guard::Guard;
-use crate::pipeline::{Direction, FrameCtx, Outcome, Pipeline};
+use crate::pipeline::{Direction, FrameCtx, Outcome, Pipeline, Transport};
 use crate::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
 use shadowcat_proto::era::ProtocolVersion;
 use shadowcat_proto::error::{REQUEST_TIMEOUT, UPSTREAM_ERROR, error_frame};
@@ -41,6 +41,7 @@ pub struct Session {
     pipeline: Pipeline,
     inflight: Inflight,
     protocol: OnceLock<String>,
+    principal: OnceLock<Arc<str>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     ending: AtomicBool,
@@ -72,6 +73,7 @@ impl Session {
             pipeline,
             inflight: Inflight::default(),
             protocol: OnceLock::new(),
+            principal: OnceLock::new(),
             cancel,
             tracker,
             ending: AtomicBool::new(false),
@@ -121,6 +123,27 @@ impl Session {
         &self.tracker
     }
 
+    /// Bind the session to the authenticated principal that created it (the gateway does, before
+    /// the first frame); hooks see it in [`FrameCtx::principal`]. Set once: later calls are
+    /// ignored (a session never changes owner).
+    pub fn set_principal(&self, principal: &str) {
+        let _ = self.principal.set(Arc::from(principal));
+    }
+
+    /// The principal the session is bound to, if any.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.get().map(|p| &**p)
+    }
+
+    fn ctx<'a>(&'a self, direction: Direction, transport: Transport<'a>) -> FrameCtx<'a> {
+        FrameCtx {
+            session: &self.id,
+            direction,
+            principal: self.principal(),
+            transport,
+        }
+    }
+
     /// The protocol version the server agreed to in `initialize`, once known.
     pub fn protocol_version(&self) -> Option<&str> {
         self.protocol.get().map(String::as_str)
@@ -146,14 +169,25 @@ impl Session {
 
     /// Run the pipeline on a client frame and, unless a hook decided otherwise, send it upstream.
     pub async fn from_client(&self, frame: Frame) -> Result<Sent, ProxyError> {
-        let ctx = FrameCtx {
-            session: &self.id,
-            direction: Direction::ClientToServer,
-        };
-        let frame = match self.pipeline.process(&ctx, frame).await {
-            Outcome::Forward(f) => f,
-            Outcome::Reply(f) => return Ok(Sent::Replied(f)),
-            Outcome::Drop => return Ok(Sent::Dropped),
+        self.from_client_via(frame, Transport::None).await
+    }
+
+    /// [`Session::from_client`] for a front that tells hooks how the frame travelled.
+    pub async fn from_client_via(
+        &self,
+        frame: Frame,
+        transport: Transport<'_>,
+    ) -> Result<Sent, ProxyError> {
+        // No hooks: not even the pipeline's future is made (no cost when unused).
+        let frame = if self.pipeline.is_empty() {
+            frame
+        } else {
+            let ctx = self.ctx(Direction::ClientToServer, transport);
+            match self.pipeline.process(&ctx, frame).await {
+                Outcome::Forward(f) => f,
+                Outcome::Reply(f) => return Ok(Sent::Replied(f)),
+                Outcome::Drop => return Ok(Sent::Dropped),
+            }
         };
         let tracked = match frame.kind() {
             FrameKind::Request => {
@@ -182,6 +216,18 @@ impl Session {
     /// Account for a server frame (completes in-flight requests, learns the protocol version)
     /// and run the pipeline on it. Returns the frame to deliver to the client, if any.
     pub async fn from_server(&self, frame: Frame) -> Option<Frame> {
+        self.from_server_via(frame, Transport::None).await
+    }
+
+    /// Whether hooks want to hear how server frames were delivered: a front that can tell
+    /// passes [`Transport::Later`] to [`Session::from_server_via`] and then calls
+    /// [`Session::delivered`]. False when there are no hooks (no work at all then).
+    pub fn reports_delivery(&self) -> bool {
+        !self.pipeline.is_empty()
+    }
+
+    /// [`Session::from_server`] for a front that tells hooks how the frame travelled.
+    pub async fn from_server_via(&self, frame: Frame, transport: Transport<'_>) -> Option<Frame> {
         if frame.kind().is_reply()
             && let Some(id) = frame.id()
         {
@@ -205,10 +251,10 @@ impl Session {
                 None => {}
             }
         }
-        let ctx = FrameCtx {
-            session: &self.id,
-            direction: Direction::ServerToClient,
-        };
+        if self.pipeline.is_empty() {
+            return Some(frame);
+        }
+        let ctx = self.ctx(Direction::ServerToClient, transport);
         match self.pipeline.process(&ctx, frame).await {
             Outcome::Forward(f) => Some(f),
             Outcome::Drop => None,
@@ -258,6 +304,13 @@ impl Session {
         if let Ok(f) = Frame::parse_single(cancel.to_string().into()) {
             let _ = self.upstream.send(f).await;
         }
+    }
+
+    /// A server frame that passed [`Session::from_server_via`] with [`Transport::Later`] was
+    /// handed to the client like this (or could not be: [`Transport::Undelivered`]).
+    pub async fn delivered(&self, frame: &Frame, transport: Transport<'_>) {
+        let ctx = self.ctx(Direction::ServerToClient, transport);
+        self.pipeline.delivered(&ctx, frame).await;
     }
 
     /// Continue a session another replica created: the negotiated version and the upstream's

@@ -177,10 +177,7 @@ async fn serve(
     version: ProtocolVersion,
 ) -> Result<Response, ProxyError> {
     validate(&headers, &frame, version)?;
-    let ctx = FrameCtx {
-        session: "-",
-        direction: Direction::ClientToServer,
-    };
+    let ctx = FrameCtx::new("-", Direction::ClientToServer);
     let frame = match front.pipeline.process(&ctx, frame).await {
         Outcome::Forward(f) => f,
         Outcome::Reply(answer) => {

@@ -28,6 +28,26 @@ pub type StreamId = Arc<str>;
 /// Id of the GET stream.
 pub const GET_STREAM: &str = "g";
 
+/// A server→client message on its way to the client.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The message.
+    pub frame: Frame,
+    /// It passed the pipeline with `Transport::Later`: the session's hooks are told how it was
+    /// delivered (see `HttpSession::execute`).
+    pub report: bool,
+}
+
+impl Outgoing {
+    /// A message the hooks are not told about (an answer made by the proxy or a hook).
+    pub fn quiet(frame: Frame) -> Self {
+        Outgoing {
+            frame,
+            report: false,
+        }
+    }
+}
+
 /// What a response stream's channel carries.
 #[derive(Debug)]
 pub enum Out {
@@ -49,7 +69,7 @@ struct Stream {
     /// POST streams: replies still awaited. `None` for the GET stream.
     expected: Option<HashSet<RequestId>>,
     /// Replies held while the stream is undecided.
-    held: Vec<Frame>,
+    held: Vec<Outgoing>,
     sse: bool,
     last_event: Option<Arc<str>>,
     /// Last event handed to a connected client (GET streams replay from here on reconnect).
@@ -81,7 +101,7 @@ pub enum Plan {
         /// The stream.
         stream: StreamId,
         /// Frames to log and send.
-        frames: Vec<Option<Frame>>,
+        frames: Vec<Option<Outgoing>>,
         /// End the stream afterwards.
         finish: bool,
     },
@@ -90,12 +110,12 @@ pub enum Plan {
         /// The POST's channel.
         sink: Option<mpsc::Sender<Out>>,
         /// Its replies.
-        frames: Vec<Frame>,
+        frames: Vec<Outgoing>,
     },
     /// Held until the POST's other replies arrive.
     Held,
     /// Nobody can ever receive it (a reply to an unknown request, or the session ended).
-    Dropped,
+    Dropped(Option<Outgoing>),
 }
 
 /// Per-session routing table. Guarded by a std mutex that is never held across an await.
@@ -163,10 +183,10 @@ impl Outbox {
     /// A request of a POST will get no reply (a hook dropped it).
     pub fn forget_request(&mut self, id: &RequestId) -> Plan {
         let Some(sid) = self.requests.remove(id) else {
-            return Plan::Dropped;
+            return Plan::Dropped(None);
         };
         let Some(s) = self.streams.get_mut(&sid) else {
-            return Plan::Dropped;
+            return Plan::Dropped(None);
         };
         if let Some(exp) = s.expected.as_mut() {
             exp.remove(id);
@@ -233,7 +253,7 @@ impl Outbox {
 
     fn complete_if_done(&mut self, sid: StreamId) -> Plan {
         let Some(s) = self.streams.get_mut(&sid) else {
-            return Plan::Dropped;
+            return Plan::Dropped(None);
         };
         if !s.expected.as_ref().is_some_and(HashSet::is_empty) {
             return Plan::Held;
@@ -254,29 +274,29 @@ impl Outbox {
 
     /// Decide where a server frame goes. `progress_owner` is the request a stdio progress
     /// notification belongs to (found by progress token), if any.
-    pub fn route(&mut self, frame: Frame, via: &Via, progress_owner: Option<RequestId>) -> Plan {
+    pub fn route(&mut self, out: Outgoing, via: &Via, progress_owner: Option<RequestId>) -> Plan {
         if self.closed {
-            return Plan::Dropped;
+            return Plan::Dropped(Some(out));
         }
-        if frame.kind().is_reply() {
-            let Some(sid) = frame.id().and_then(|id| self.requests.remove(id)) else {
-                return Plan::Dropped;
+        if out.frame.kind().is_reply() {
+            let Some(sid) = out.frame.id().and_then(|id| self.requests.remove(id)) else {
+                return Plan::Dropped(Some(out));
             };
             let Some(s) = self.streams.get_mut(&sid) else {
-                return Plan::Dropped;
+                return Plan::Dropped(Some(out));
             };
-            if let (Some(exp), Some(id)) = (s.expected.as_mut(), frame.id()) {
+            if let (Some(exp), Some(id)) = (s.expected.as_mut(), out.frame.id()) {
                 exp.remove(id);
             }
             let done = s.expected.as_ref().is_some_and(HashSet::is_empty);
             if s.sse {
                 return Plan::Deliver {
                     stream: sid,
-                    frames: vec![Some(frame)],
+                    frames: vec![Some(out)],
                     finish: done,
                 };
             }
-            s.held.push(frame);
+            s.held.push(out);
             return self.complete_if_done(sid);
         }
         let sid = self.pick_stream(via, progress_owner);
@@ -294,7 +314,7 @@ impl Outbox {
             }
             frames.extend(s.held.drain(..).map(Some));
         }
-        frames.push(Some(frame));
+        frames.push(Some(out));
         Plan::Deliver {
             stream: sid,
             frames,
@@ -347,8 +367,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn f(s: &'static str) -> Frame {
-        Frame::parse_single(Bytes::from_static(s.as_bytes())).unwrap()
+    fn f(s: &'static str) -> Outgoing {
+        Outgoing::quiet(Frame::parse_single(Bytes::from_static(s.as_bytes())).unwrap())
     }
     const NOTE: &str = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#;
     const R1: &str = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
@@ -377,7 +397,7 @@ mod tests {
         // the stream is gone; a duplicate reply has nobody waiting
         assert!(matches!(
             o.route(f(R1), &Via::Unrelated, None),
-            Plan::Dropped
+            Plan::Dropped(_)
         ));
     }
 
@@ -398,11 +418,11 @@ mod tests {
                 assert!(!finish);
                 assert!(frames[0].is_none(), "priming event first");
                 assert_eq!(
-                    frames[1].as_ref().unwrap().id(),
+                    frames[1].as_ref().unwrap().frame.id(),
                     Some(&RequestId::Number(1))
                 );
                 assert_eq!(
-                    frames[2].as_ref().unwrap().method(),
+                    frames[2].as_ref().unwrap().frame.method(),
                     Some("notifications/message")
                 );
             }
@@ -449,7 +469,7 @@ mod tests {
         o.close();
         assert!(matches!(
             o.route(f(NOTE), &Via::Unrelated, None),
-            Plan::Dropped
+            Plan::Dropped(_)
         ));
         assert!(!o.has_open_streams());
     }

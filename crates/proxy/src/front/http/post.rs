@@ -8,13 +8,14 @@ use super::registry::HttpSession;
 use super::stream::{STREAM_CAPACITY, body, encode};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
+use crate::pipeline::{HttpMeta, Transport};
 use crate::session::{Sent, Session, mint_session_id};
 use crate::upstream::Via;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http::{StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use shadowcat_proto::era::ProtocolVersion;
 use shadowcat_proto::error::{INVALID_REQUEST, UPSTREAM_ERROR, error_frame};
@@ -37,7 +38,8 @@ pub async fn handle(
         return super::modern::handle(front, target, parts.headers, raw, v).await;
     }
     let sid = session_header(&req)?.map(str::to_owned);
-    let raw = read_body(req.into_body(), front.config.max_body).await?;
+    let (parts, body) = req.into_parts();
+    let raw = read_body(body, front.config.max_body).await?;
     let msg = Message::parse(raw)?;
 
     let (session, created) = match sid {
@@ -80,7 +82,14 @@ pub async fn handle(
         }
     }
     let batch = msg.is_batch();
-    let response = relay(&session, msg.into_frames(), batch, front.config.sse_retry).await;
+    let response = relay(
+        &session,
+        msg.into_frames(),
+        batch,
+        front.config.sse_retry,
+        &parts.headers,
+    )
+    .await;
     if created && let Some(v) = session.core().protocol_version() {
         let upstream_sid = session.core().upstream().upstream_session_id();
         let records = front.registry.records();
@@ -134,6 +143,9 @@ async fn create_session(
     if let Some(g) = &target.gateway {
         // Gateway: the route's upstream set places the session (failing over if need be).
         let (core, events) = g.connect(front, &id, init).await?;
+        if let Some(p) = g.principal() {
+            core.set_principal(p);
+        }
         tracing::info!(upstream = %core.spec().describe(), "session created");
         return Ok(front.registry.insert(core, target.key, events));
     }
@@ -154,14 +166,22 @@ async fn create_session(
     Ok(front.registry.insert(core, target.key, events))
 }
 
-/// Send the frames upstream and build the HTTP answer.
+/// Send the frames upstream and build the HTTP answer. `headers` are the POST's, for hooks.
 async fn relay(
     session: &Arc<HttpSession>,
     frames: Vec<Frame>,
     batch: bool,
     retry: std::time::Duration,
+    headers: &HeaderMap,
 ) -> Result<Response, ProxyError> {
     let core = session.core();
+    let transport = Transport::Http(HttpMeta {
+        method: "POST",
+        status: None,
+        content_type: None,
+        headers: Some(headers),
+        sse_id: None,
+    });
     let requests: Vec<RequestId> = frames
         .iter()
         .filter(|f| f.kind() == FrameKind::Request)
@@ -171,7 +191,7 @@ async fn relay(
     if requests.is_empty() {
         for f in frames {
             let initialized = f.method() == Some("notifications/initialized");
-            core.from_client(f).await?;
+            core.from_client_via(f, transport).await?;
             if initialized {
                 core.listen_in_background();
             }
@@ -189,7 +209,7 @@ async fn relay(
     }
     for f in frames {
         let id = f.id().cloned().filter(|_| f.kind() == FrameKind::Request);
-        match core.from_client(f).await {
+        match core.from_client_via(f, transport).await {
             Ok(Sent::Forwarded) => {}
             Ok(Sent::Replied(answer)) => session.deliver(answer, &Via::Unrelated, None).await,
             Ok(Sent::Dropped) => {

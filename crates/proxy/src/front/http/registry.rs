@@ -2,8 +2,9 @@
 //! the session limit, idle reaping, and the pump that routes each session's server frames.
 
 use super::events::EventLog;
-use super::outbox::{Out, Outbox, Plan};
+use super::outbox::{GET_STREAM, Out, Outbox, Outgoing, Plan};
 use super::records::Records;
+use crate::pipeline::{HttpMeta, Transport};
 use crate::session::Session;
 use crate::upstream::{UpstreamEvent, Via};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
@@ -69,10 +70,21 @@ impl HttpSession {
         Some(Duration::from_millis(now.saturating_sub(last)))
     }
 
-    /// Route a frame to the client and deliver it.
+    /// Route a frame made by the proxy or a hook to the client and deliver it.
     pub async fn deliver(&self, frame: Frame, via: &Via, owner: Option<RequestId>) {
-        let plan = self.outbox().route(frame, via, owner);
+        self.deliver_out(Outgoing::quiet(frame), via, owner).await;
+    }
+
+    async fn deliver_out(&self, out: Outgoing, via: &Via, owner: Option<RequestId>) {
+        let plan = self.outbox().route(out, via, owner);
         self.execute(plan).await;
+    }
+
+    /// Tell the hooks how a reported frame went out.
+    async fn report(&self, out: &Outgoing, transport: Transport<'_>) {
+        if out.report {
+            self.core.delivered(&out.frame, transport).await;
+        }
     }
 
     /// Append one event to this session's log; its SSE id, or `None` if the store failed.
@@ -89,6 +101,10 @@ impl HttpSession {
                 sink: Some(tx),
                 frames,
             } => {
+                for out in &frames {
+                    self.report(out, json_reply()).await;
+                }
+                let frames = frames.into_iter().map(|o| o.frame).collect();
                 let _ = tx.send(Out::Json(frames)).await;
             }
             Plan::Deliver {
@@ -96,10 +112,14 @@ impl HttpSession {
                 frames,
                 finish,
             } => {
-                for frame in frames {
-                    let data = frame.as_ref().map(|f| &f.raw()[..]).unwrap_or(b"");
+                for out in frames {
+                    let data = out.as_ref().map(|o| &o.frame.raw()[..]).unwrap_or(b"");
                     let id = self.append_event(&stream, data).await;
                     let sink = self.outbox().logged(&stream, id.clone());
+                    if let Some(out) = &out {
+                        self.report(out, sse_event(&stream, id.as_deref())).await;
+                    }
+                    let frame = out.map(|o| o.frame);
                     if let Some(tx) = sink {
                         // A client that went away makes this fail; the event is in the log.
                         let _ = tx.send(Out::Event { frame, id }).await;
@@ -109,9 +129,37 @@ impl HttpSession {
                     self.outbox().finish(&stream);
                 }
             }
-            Plan::Json { sink: None, .. } | Plan::Held | Plan::Dropped => {}
+            Plan::Json { sink: None, frames } => {
+                for out in &frames {
+                    self.report(out, Transport::Undelivered).await;
+                }
+            }
+            Plan::Dropped(Some(out)) => self.report(&out, Transport::Undelivered).await,
+            Plan::Held | Plan::Dropped(None) => {}
         }
     }
+}
+
+/// How a reply sent as the POST's JSON body travelled.
+fn json_reply() -> Transport<'static> {
+    Transport::Http(HttpMeta {
+        method: "POST",
+        status: Some(200),
+        content_type: Some("application/json"),
+        headers: None,
+        sse_id: None,
+    })
+}
+
+/// How a message sent as an SSE event of `stream` travelled.
+fn sse_event<'a>(stream: &str, id: Option<&'a str>) -> Transport<'a> {
+    Transport::Http(HttpMeta {
+        method: if stream == GET_STREAM { "GET" } else { "POST" },
+        status: Some(200),
+        content_type: Some("text/event-stream"),
+        headers: None,
+        sse_id: id,
+    })
 }
 
 /// Keeps a session busy while alive.
@@ -271,8 +319,15 @@ impl Registry {
                         }
                         _ => None,
                     };
-                    if let Some(frame) = s.core.from_server(frame).await {
-                        s.deliver(frame, &via, owner).await;
+                    // With hooks, they hear how the frame reached the client once it has.
+                    let report = s.core.reports_delivery();
+                    let transport = if report {
+                        Transport::Later
+                    } else {
+                        Transport::None
+                    };
+                    if let Some(frame) = s.core.from_server_via(frame, transport).await {
+                        s.deliver_out(Outgoing { frame, report }, &via, owner).await;
                     }
                 }
                 Some(UpstreamEvent::Closed { reason, .. }) => {

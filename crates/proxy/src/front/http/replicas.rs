@@ -126,6 +126,10 @@ async fn adopt(
     let (core, events) =
         Session::connect(sid, target.spec.clone(), front.pipeline.clone(), ctx).await?;
     core.restore(version.as_deref(), upstream_sid.as_deref());
+    // The gateway checked that the session belongs to this request's principal.
+    if let Some(p) = target.gateway.as_ref().and_then(|g| g.principal()) {
+        core.set_principal(p);
+    }
     match front
         .registry
         .insert_new(core.clone(), target.key.clone(), events)
