@@ -6,8 +6,8 @@
 //! such as `routes[0].upstreams[1].url`) and what is wrong. See `examples/gateway.toml`.
 
 use crate::upstream::UpstreamSpec;
-use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -126,8 +126,22 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl Serialize for Dur {
+    /// The string form (`"10s"`, `"500ms"`), as the file would say it.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ms = self.0.as_millis();
+        if self.0.subsec_nanos() % 1_000_000 != 0 {
+            s.serialize_f64(self.0.as_secs_f64())
+        } else if ms % 1000 == 0 {
+            s.serialize_str(&format!("{}s", ms / 1000))
+        } else {
+            s.serialize_str(&format!("{ms}ms"))
+        }
+    }
+}
+
 /// The whole file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Listener, store and front settings.
@@ -142,6 +156,9 @@ pub struct GatewayConfig {
     /// MCP endpoints, each with its upstream set.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The admin listener (absent: none).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -176,7 +193,7 @@ fn default_outage() -> String {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -246,7 +263,7 @@ impl Default for ServerConfig {
 }
 
 /// `[auth]`: the gateway as an OAuth 2.1 resource server, and static API keys.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Scopes every route requires.
@@ -280,7 +297,7 @@ fn default_principal_claim() -> String {
 }
 
 /// `[auth.jwt]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// Required `iss`.
@@ -307,7 +324,7 @@ pub struct JwtConfig {
 }
 
 /// One `[[auth.api_keys]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// Who holds it (the principal is `key:NAME`).
@@ -320,7 +337,7 @@ pub struct ApiKeyConfig {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// All requests together.
@@ -338,7 +355,7 @@ pub struct LimitsConfig {
 }
 
 /// A GCRA rate: `requests` per `per`, bursts of up to `burst` (default: `requests`).
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
     /// Requests allowed per period.
@@ -362,7 +379,7 @@ impl RateConfig {
 }
 
 /// How a route picks the upstream of a new session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Each in turn.
@@ -410,7 +427,7 @@ fn default_weight() -> u32 {
 }
 
 /// What an authorization rule decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// Let it through.
@@ -422,7 +439,7 @@ pub enum Effect {
 
 /// One `[[routes.rules]]`: who × method × tool/prompt/resource. Every list given must match
 /// (an empty list matches anything); names and URIs may use `*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// `allow` or `deny`.
@@ -464,7 +481,7 @@ fn default_unhealthy_threshold() -> u32 {
 }
 
 /// `[routes.health]`: active checks of the route's HTTP upstreams.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// Time between checks.
@@ -485,7 +502,7 @@ pub struct HealthConfig {
 }
 
 /// One `[[routes]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `/mcp` or `/servers/NAME/mcp`.
@@ -520,7 +537,7 @@ pub struct RouteConfig {
 }
 
 /// One `[[routes.upstreams]]`: `url = …` or `command = …` (+ `args`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// A Streamable HTTP server.
@@ -575,6 +592,56 @@ impl UpstreamConfig {
             }),
             (Some(_), Some(_)) => Err("give either `url` or `command`, not both".into()),
             (None, None) => Err("give `url` (HTTP) or `command` (stdio)".into()),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// `[admin]`: the admin listener (JSON API, live traffic, web page) on its own address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve it (`false` keeps the section but binds nothing).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address to listen on; anything but loopback needs a token.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// The bearer token every API request needs (prefer `token_env`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Read the token from this environment variable at start.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: default_admin_listen(),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token (from `token`, or the variable `token_env` names); `None` when neither is set.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        match (&self.token, &self.token_env) {
+            (Some(_), Some(_)) => Err("give `token` or `token_env`, not both".into()),
+            (Some(t), None) if t.trim().is_empty() => Err("`token` must not be empty".into()),
+            (Some(t), None) => Ok(Some(t.trim().to_string())),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+                Ok(_) => Err(format!("environment variable `{var}` (token_env) is empty")),
+                Err(_) => Err(format!("environment variable `{var}` (token_env) is not set")),
+            },
+            (None, None) => Ok(None),
         }
     }
 }
@@ -734,5 +801,41 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("g.toml: routes[0].upstreams[0].bearer_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (bearer_env) is not set"), "{e}");
+    }
+
+    #[test]
+    fn admin_section() {
+        let base = "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n";
+        let with = |admin: &str| errors(&format!("{base}[admin]\n{admin}"));
+        assert_eq!(with(""), "");
+        let cfg = GatewayConfig::parse("g.toml", &format!("{base}[admin]\n")).unwrap();
+        let admin = cfg.admin.unwrap();
+        assert!(admin.enabled);
+        assert_eq!(admin.listen, "127.0.0.1:9090".parse().unwrap());
+        let e = with("listen = \"0.0.0.0:9090\"\n");
+        assert!(
+            e.contains("g.toml: admin.listen: `0.0.0.0:9090` is not a loopback address"),
+            "{e}"
+        );
+        assert_eq!(with("listen = \"0.0.0.0:9090\"\ntoken = \"t\"\n"), "");
+        assert_eq!(with("enabled = false\nlisten = \"0.0.0.0:9090\"\n"), "");
+        let e = with("token = \"a\"\ntoken_env = \"B\"\n");
+        assert!(
+            e.contains("g.toml: admin: give `token` or `token_env`, not both"),
+            "{e}"
+        );
+        let e = with("token_env = \"SHADOWCAT_TEST_SURELY_UNSET\"\n");
+        assert!(e.contains("g.toml: admin.token_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (token_env) is not set"), "{e}");
+        let e = with("token = \" \"\n");
+        assert!(e.contains("g.toml: admin.token: `token` must not be empty"), "{e}");
+        let e = with("port = 1\n");
+        assert!(e.contains("admin.port: unknown field `port`"), "{e}");
+        let e = errors(&format!(
+            "[server]\nlisten = \"127.0.0.1:9090\"\n{base}[admin]\n"
+        ));
+        assert!(
+            e.contains("g.toml: admin.listen: `127.0.0.1:9090` is also server.listen"),
+            "{e}"
+        );
     }
 }
