@@ -232,7 +232,9 @@ impl Gateway {
             key: b.route.key.clone(),
             route: b.route.path.clone(),
             principal: b.principal.as_ref().map(|p| p.id.to_string()),
-            upstream: b.member.map(|m| b.route.set.members()[m].name().to_string()),
+            upstream: b
+                .member
+                .map(|m| b.route.set.members()[m].name().to_string()),
         })
     }
 

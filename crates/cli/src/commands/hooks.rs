@@ -21,10 +21,8 @@ use tokio_util::task::TaskTracker;
 
 const DEFAULT_BUFFER: usize = 4096;
 /// `--admin` without an address in the forward and replay modes.
-const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-    7474,
-);
+const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7474);
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnFullArg {

@@ -13,12 +13,11 @@
 //!
 //! Without a gateway (forward modes) these answer `404`.
 
-use super::{Admin, Shared, error, json};
+use super::{Admin, Answer, Refused, Shared, json};
 use crate::front::http::HttpFront;
 use crate::gateway::Gateway;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Value, json};
 use shadowcat_store::SessionRecord;
@@ -34,16 +33,18 @@ pub(super) fn routes() -> axum::Router<Arc<Admin>> {
         .route("/api/metrics", get(metrics))
 }
 
+fn not_gateway() -> Refused {
+    Refused::new(
+        StatusCode::NOT_FOUND,
+        "this proxy is not a gateway: sessions, upstreams, configuration and metrics are served by `shadowcat gateway`",
+    )
+}
+
 /// The gateway and its running front, or the answer saying why there is none.
-fn running(a: &Admin) -> Result<(&Arc<Gateway>, Arc<HttpFront>), Response> {
-    let gw = a.gateway.as_ref().ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "this proxy is not a gateway: sessions, upstreams, configuration and metrics are served by `shadowcat gateway`",
-        )
-    })?;
+fn running(a: &Admin) -> Result<(&Arc<Gateway>, Arc<HttpFront>), Refused> {
+    let gw = a.gateway.as_ref().ok_or_else(not_gateway)?;
     let front = gw.front().ok_or_else(|| {
-        error(
+        Refused::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the gateway is not serving (starting or shut down)",
         )
@@ -98,11 +99,8 @@ fn session_json(
     Some(v)
 }
 
-async fn list(axum::extract::State(a): Shared) -> Response {
-    let (gw, front) = match running(&a) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+async fn list(axum::extract::State(a): Shared) -> Answer {
+    let (gw, front) = running(&a)?;
     let ids: Vec<String> = front
         .registry()
         .ids()
@@ -123,14 +121,11 @@ async fn list(axum::extract::State(a): Shared) -> Response {
         .filter_map(|(id, rec)| session_json(gw, &front, id, rec.as_ref(), false))
         .collect();
     sessions.sort_by_key(|s| std::cmp::Reverse(s["created_ms"].as_u64().unwrap_or(0)));
-    json(StatusCode::OK, json!({ "sessions": sessions }))
+    Ok(json(StatusCode::OK, json!({ "sessions": sessions })))
 }
 
-async fn show(axum::extract::State(a): Shared, Path(id): Path<String>) -> Response {
-    let (gw, front) = match running(&a) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+async fn show(axum::extract::State(a): Shared, Path(id): Path<String>) -> Answer {
+    let (gw, front) = running(&a)?;
     let rec = front
         .registry()
         .records()
@@ -140,35 +135,29 @@ async fn show(axum::extract::State(a): Shared, Path(id): Path<String>) -> Respon
         .ok()
         .flatten();
     match session_json(gw, &front, &id, rec.as_ref(), true) {
-        Some(v) => json(StatusCode::OK, v),
-        None => not_live(&id),
+        Some(v) => Ok(json(StatusCode::OK, v)),
+        None => Err(not_live(&id)),
     }
 }
 
-fn not_live(id: &str) -> Response {
-    error(
+fn not_live(id: &str) -> Refused {
+    Refused::new(
         StatusCode::NOT_FOUND,
-        &format!("no live session `{id}` on this replica"),
+        format!("no live session `{id}` on this replica"),
     )
 }
 
-async fn kill(axum::extract::State(a): Shared, Path(id): Path<String>) -> Response {
-    let (gw, front) = match running(&a) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+async fn kill(axum::extract::State(a): Shared, Path(id): Path<String>) -> Answer {
+    let (gw, front) = running(&a)?;
     if gw.binding(&id).is_none() || !front.registry().end(&id).await {
-        return not_live(&id);
+        return Err(not_live(&id));
     }
     tracing::info!(session = %id, "session ended through the admin API");
-    json(StatusCode::OK, json!({ "ended": id }))
+    Ok(json(StatusCode::OK, json!({ "ended": id })))
 }
 
-async fn upstreams(axum::extract::State(a): Shared) -> Response {
-    let (gw, _) = match running(&a) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+async fn upstreams(axum::extract::State(a): Shared) -> Answer {
+    let (gw, _) = running(&a)?;
     let mut routes: Vec<_> = gw.routes().collect();
     routes.sort_by(|x, y| x.path().cmp(y.path()));
     let routes: Vec<Value> = routes
@@ -199,25 +188,20 @@ async fn upstreams(axum::extract::State(a): Shared) -> Response {
             })
         })
         .collect();
-    json(StatusCode::OK, json!({ "routes": routes }))
+    Ok(json(StatusCode::OK, json!({ "routes": routes })))
 }
 
-async fn config(axum::extract::State(a): Shared) -> Response {
-    match &a.config {
-        Some(c) => json(StatusCode::OK, (**c).clone()),
-        None => running(&a).err().unwrap_or_else(|| error(StatusCode::NOT_FOUND, "no configuration")),
-    }
+async fn config(axum::extract::State(a): Shared) -> Answer {
+    let c = a.config.as_ref().ok_or_else(not_gateway)?;
+    Ok(json(StatusCode::OK, (**c).clone()))
 }
 
-async fn metrics(axum::extract::State(a): Shared) -> Response {
-    let (gw, front) = match running(&a) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+async fn metrics(axum::extract::State(a): Shared) -> Answer {
+    let (gw, front) = running(&a)?;
     let t = gw.metrics().totals();
     let store = front.registry().records().store();
     let h = store.health();
-    json(
+    Ok(json(
         StatusCode::OK,
         json!({
             "uptime_s": a.started.elapsed().as_secs_f64(),
@@ -234,5 +218,5 @@ async fn metrics(axum::extract::State(a): Shared) -> Response {
             "inflight": front.registry().inflight(),
             "store": {"backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages},
         }),
-    )
+    ))
 }

@@ -9,7 +9,7 @@
 //! Errors: `401` bad or missing token, `404` no such paused message (or no interceptor rules
 //! on this proxy), `400` invalid edit.
 
-use super::{Admin, Shared, error, json};
+use super::{Admin, Answer, Refused, Shared, error, json};
 use crate::intercept::{DecideError, PauseBoard};
 use axum::body::Bytes;
 use axum::extract::Path;
@@ -24,9 +24,9 @@ pub(super) fn routes() -> axum::Router<Arc<Admin>> {
         .route("/intercept/paused/{id}/{verb}", post(act))
 }
 
-fn board(a: &Admin) -> Result<&PauseBoard, Response> {
+fn board(a: &Admin) -> Result<&PauseBoard, Refused> {
     a.board.as_deref().ok_or_else(|| {
-        error(
+        Refused::new(
             StatusCode::NOT_FOUND,
             "this proxy has no interceptor rules (start it with --rules FILE)",
         )
@@ -41,23 +41,21 @@ fn decided(r: Result<(), DecideError>) -> Response {
     }
 }
 
-async fn list(axum::extract::State(a): Shared) -> Response {
-    match board(&a) {
-        Ok(b) => json(StatusCode::OK, serde_json::json!({ "paused": b.list() })),
-        Err(r) => r,
-    }
+async fn list(axum::extract::State(a): Shared) -> Answer {
+    let b = board(&a)?;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "paused": b.list() }),
+    ))
 }
 
 async fn act(
     axum::extract::State(a): Shared,
     Path((id, verb)): Path<(u64, String)>,
     body: Bytes,
-) -> Response {
-    let b = match board(&a) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match verb.as_str() {
+) -> Answer {
+    let b = board(&a)?;
+    Ok(match verb.as_str() {
         "resume" => decided(b.resume(id)),
         "drop" => decided(b.drop_message(id)),
         "edit" => match serde_json::from_slice(&body) {
@@ -68,5 +66,5 @@ async fn act(
             ),
         },
         _ => error(StatusCode::NOT_FOUND, "use resume, edit or drop"),
-    }
+    })
 }

@@ -86,7 +86,11 @@ impl AdminServer {
     }
 
     /// Serve on `listener` until `cancel` (open live-traffic streams end then too).
-    pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
         let (gateway, config) = match self.gateway {
             Some((g, c)) => (Some(g), Some(c)),
             None => (None, None),
@@ -109,7 +113,10 @@ impl AdminServer {
             .layer(axum::middleware::from_fn_with_state(admin.clone(), guard));
         let app = page::routes()
             .merge(api)
-            .layer(axum::middleware::from_fn_with_state(admin.clone(), host_check))
+            .layer(axum::middleware::from_fn_with_state(
+                admin.clone(),
+                host_check,
+            ))
             .with_state(admin);
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -134,6 +141,24 @@ pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response {
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }))
 }
+
+/// An API request that cannot be served: its status and what to say.
+pub(crate) struct Refused(StatusCode, String);
+
+impl Refused {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Refused {
+        Refused(status, message.into())
+    }
+}
+
+impl axum::response::IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+/// What the handlers return.
+pub(crate) type Answer = Result<Response, Refused>;
 
 /// `GET /api`: what this admin listener serves.
 async fn index(State(a): Shared) -> Response {
@@ -241,10 +266,23 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:9090", "127.0.0.1", "127.0.0.1:1", "[::1]:9090", "[::1]"] {
+        for h in [
+            "localhost",
+            "localhost:9090",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "[::1]:9090",
+            "[::1]",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["", "evil.example", "evil.example:9090", "10.0.0.1:9090", "localhost.evil.example"] {
+        for h in [
+            "",
+            "evil.example",
+            "evil.example:9090",
+            "10.0.0.1:9090",
+            "localhost.evil.example",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }

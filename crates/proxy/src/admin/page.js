@@ -243,9 +243,11 @@ function addLive(ev) {
   const t = new Date(ev.time_ms);
   const arrow = ev.direction === "c2s" ? "→" : "←";
   const msg = el("code", ev.preview + (ev.truncated ? " …" : ""));
+  const sid = el("span", ev.session.slice(0, 8) + "…", "session-id");
+  sid.title = ev.session;
   const tr = row([
     t.toLocaleTimeString() + "." + String(t.getMilliseconds()).padStart(3, "0"),
-    ev.session, el("span", arrow, ev.direction), ev.kind + (ev.note ? " (" + ev.note + ")" : ""),
+    sid, el("span", arrow, ev.direction), ev.kind + (ev.note ? " (" + ev.note + ")" : ""),
     ev.method || "", ev.id === undefined ? "" : JSON.stringify(ev.id), ev.name || "", ev.bytes, msg,
   ]);
   tr.dataset.session = ev.session;

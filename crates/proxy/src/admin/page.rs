@@ -46,7 +46,10 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 
 pub(super) fn routes() -> axum::Router<Arc<Admin>> {
     axum::Router::new()
-        .route("/", get(|| async { asset(HTML, "text/html; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { asset(HTML, "text/html; charset=utf-8") }),
+        )
         .route(
             "/admin.js",
             get(|| async { asset(JS, "text/javascript; charset=utf-8") }),

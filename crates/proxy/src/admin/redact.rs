@@ -150,7 +150,10 @@ args = ["--token", "argsecret", "--api-key=eqsecret", "--port", "8"]
         let up = &v["routes"][0]["upstreams"][0];
         assert_eq!(up["headers"]["X-Trace"], REDACTED);
         assert_eq!(up["bearer_env"], "UP_TOKEN");
-        assert_eq!(up["url"], "http://user:[REDACTED]@a/mcp?api_key=[REDACTED]&x=1");
+        assert_eq!(
+            up["url"],
+            "http://user:[REDACTED]@a/mcp?api_key=[REDACTED]&x=1"
+        );
         assert_eq!(v["auth"]["api_keys"][0]["name"], "ci");
         assert_eq!(v["admin"]["listen"], "127.0.0.1:9090");
         assert_eq!(

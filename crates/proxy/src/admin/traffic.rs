@@ -184,7 +184,12 @@ impl Hook for Traffic {
             Direction::ClientToServer => Direction::ServerToClient,
             Direction::ServerToClient => Direction::ClientToServer,
         };
-        let asked = self.summarise(ctx.session, ctx.direction, frame, Some("answered by the proxy"));
+        let asked = self.summarise(
+            ctx.session,
+            ctx.direction,
+            frame,
+            Some("answered by the proxy"),
+        );
         self.publish(asked);
         self.publish(self.summarise(ctx.session, back, answer, None));
     }

@@ -130,9 +130,9 @@ impl Serialize for Dur {
     /// The string form (`"10s"`, `"500ms"`), as the file would say it.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let ms = self.0.as_millis();
-        if self.0.subsec_nanos() % 1_000_000 != 0 {
+        if !self.0.subsec_nanos().is_multiple_of(1_000_000) {
             s.serialize_f64(self.0.as_secs_f64())
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             s.serialize_str(&format!("{}s", ms / 1000))
         } else {
             s.serialize_str(&format!("{ms}ms"))
@@ -639,7 +639,9 @@ impl AdminConfig {
             (None, Some(var)) => match std::env::var(var) {
                 Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
                 Ok(_) => Err(format!("environment variable `{var}` (token_env) is empty")),
-                Err(_) => Err(format!("environment variable `{var}` (token_env) is not set")),
+                Err(_) => Err(format!(
+                    "environment variable `{var}` (token_env) is not set"
+                )),
             },
             (None, None) => Ok(None),
         }
@@ -827,7 +829,10 @@ mod tests {
         let e = with("token_env = \"SHADOWCAT_TEST_SURELY_UNSET\"\n");
         assert!(e.contains("g.toml: admin.token_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (token_env) is not set"), "{e}");
         let e = with("token = \" \"\n");
-        assert!(e.contains("g.toml: admin.token: `token` must not be empty"), "{e}");
+        assert!(
+            e.contains("g.toml: admin.token: `token` must not be empty"),
+            "{e}"
+        );
         let e = with("port = 1\n");
         assert!(e.contains("admin.port: unknown field `port`"), "{e}");
         let e = errors(&format!(

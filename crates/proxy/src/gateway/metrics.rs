@@ -153,7 +153,10 @@ impl Metrics {
         let mut t = Totals::default();
         for ((_, _, status), n) in &s.requests {
             t.requests += n;
-            if let Some(c) = t.by_class.get_mut(usize::from(status / 100).wrapping_sub(1)) {
+            if let Some(c) = t
+                .by_class
+                .get_mut(usize::from(status / 100).wrapping_sub(1))
+            {
                 *c += n;
             }
         }
