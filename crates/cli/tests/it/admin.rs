@@ -1,12 +1,9 @@
 //! The gateway's admin listener: the JSON API (sessions list/show/end, upstreams, redacted
 //! configuration, metrics, the token), live traffic over SSE, and `gateway --record/--rules`.
 
-use super::gateway_support::{client, config_file, key_hash, run};
-use super::harness::{Raw, Server, WAIT, bin};
+use super::gateway_support::{client, config_file, key_hash, run, start_gateway_seen};
+use super::harness::{Raw, Server, WAIT};
 use serde_json::{Value, json};
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 /// A gateway with its admin URL.
 pub struct AdminGateway {
@@ -14,48 +11,28 @@ pub struct AdminGateway {
     pub admin: String,
 }
 
-/// `shadowcat gateway ARGS` (with `env`); waits for its admin and gateway listening lines.
+/// `shadowcat gateway ARGS` (with `env`, and an admin listener); waits until both listen.
 pub async fn start(args: &[&str], env: &[(&str, &str)]) -> AdminGateway {
-    let mut cmd = Command::new(bin());
-    cmd.arg("gateway")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start shadowcat gateway");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (base, admin) = tokio::time::timeout(WAIT, async {
-        let (mut base, mut admin, mut seen) = (None, None, Vec::new());
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(u) = line.strip_prefix("shadowcat: admin listening on ") {
-                admin = Some(u.trim().to_string());
-            } else if let Some(u) = line.strip_prefix("shadowcat: listening on ") {
-                base = Some(u.trim().to_string());
-            }
-            if let (Some(b), Some(a)) = (&base, &admin) {
-                return (b.clone(), a.clone());
-            }
-            seen.push(line);
-        }
-        panic!("gateway exited before listening:\n{}", seen.join("\n"));
-    })
-    .await
-    .expect("gateway did not start in time");
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if std::env::var_os("SHADOWCAT_TEST_LOGS").is_some() {
-                eprintln!("[gateway] {line}");
-            }
-        }
-    });
-    AdminGateway {
-        server: Server { child, base },
-        admin,
-    }
+    let (server, seen) = start_gateway_seen(args, env).await;
+    let admin = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("shadowcat: admin listening on "))
+        .unwrap_or_else(|| panic!("no admin listener:\n{}", seen.join("\n")))
+        .trim()
+        .to_string();
+    AdminGateway { server, admin }
+}
+
+/// `shadowcat gateway --demo` on ephemeral ports, with an admin listener, plus `extra`.
+pub async fn demo_with_admin(extra: &[&str]) -> AdminGateway {
+    let base = [
+        "--demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    start(&[&base[..], extra].concat(), &[]).await
 }
 
 /// One admin API call: (status, JSON body).
@@ -247,17 +224,7 @@ async fn next_event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_traffic_shows_a_tools_call_as_it_happens() {
-    let gw = start(
-        &[
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-        &[],
-    )
-    .await;
+    let gw = demo_with_admin(&[]).await;
     let admin = gw.admin.clone();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -348,21 +315,8 @@ async fn gateway_records_tapes_and_applies_rules() {
     )
     .unwrap();
     let tape_dir = format!("{}/", tapes.display());
-    let gw = start(
-        &[
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--record",
-            &tape_dir,
-            "--rules",
-            &rules.to_string_lossy(),
-        ],
-        &[],
-    )
-    .await;
+    let rules = rules.to_string_lossy();
+    let gw = demo_with_admin(&["--record", &tape_dir, "--rules", &rules]).await;
     let mut c = Raw::new(gw.server.url());
     c.initialize().await;
     assert_eq!(
@@ -405,51 +359,26 @@ async fn gateway_records_tapes_and_applies_rules() {
     );
 }
 
+/// `shadowcat ARGS` fails, saying `why`.
+async fn refused(args: &[&str], why: &str) {
+    let (code, _, err) = run(args, &[]).await;
+    assert_ne!(code, 0, "{args:?} started");
+    assert!(err.contains(why), "{args:?}: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_refuses_shadow_and_an_open_admin_without_token() {
-    let (code, _, err) = run(
-        &[
-            "gateway",
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--shadow",
-            "http://127.0.0.1:9/mcp",
-        ],
-        &[],
-    )
-    .await;
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("--shadow does not apply to `gateway`"),
-        "{err}"
-    );
-
-    let (code, _, err) = run(
-        &[
-            "gateway",
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "0.0.0.0:0",
-        ],
-        &[],
-    )
-    .await;
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("admin.listen: `0.0.0.0:0` is not a loopback address"),
-        "{err}"
-    );
-
+    let demo = ["gateway", "--demo", "--listen", "127.0.0.1:0"];
+    let shadow = [&demo[..], &["--shadow", "http://127.0.0.1:9/mcp"]].concat();
+    refused(&shadow, "--shadow does not apply to `gateway`").await;
+    let open = [&demo[..], &["--admin", "0.0.0.0:0"]].concat();
+    refused(&open, "admin.listen: `0.0.0.0:0` is not a loopback address").await;
     let (_d, cfg) = config_file(
         "[admin]\ntoken = \"a\"\ntoken_env = \"B\"\n[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://127.0.0.1:9/mcp\"\n",
     );
-    let (code, _, err) = run(&["gateway", "--config", &cfg], &[]).await;
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("admin: give `token` or `token_env`, not both"),
-        "{err}"
-    );
+    refused(
+        &["gateway", "--config", &cfg],
+        "admin: give `token` or `token_env`, not both",
+    )
+    .await;
 }

@@ -1,7 +1,7 @@
 //! The admin web page in a real headless Chromium: it shows the live sessions, the upstreams
 //! and the live messages, and ends a session with its button.
 
-use super::admin::{call, start};
+use super::admin::{call, demo_with_admin};
 use super::cdp::Browser;
 use super::harness::Raw;
 use serde_json::{Value, json};
@@ -24,19 +24,7 @@ fn state(v: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_shows_live_sessions_in_headless_chromium() {
-    let gw = start(
-        &[
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--admin-token",
-            TOKEN,
-        ],
-        &[],
-    )
-    .await;
+    let gw = demo_with_admin(&["--admin-token", TOKEN]).await;
     let mut c = Raw::new(gw.server.url());
     c.initialize().await;
     let id = c.session.clone().unwrap();
