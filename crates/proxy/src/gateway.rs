@@ -400,17 +400,23 @@ impl Hook for GatewayHook {
     }
 }
 
+/// The pipeline hooks a gateway runs besides its own stage.
+#[derive(Default)]
+pub struct GatewayHooks {
+    /// Before the gateway's stage: they see what clients sent (the traffic log).
+    pub before: Vec<Arc<dyn Hook>>,
+    /// After it: they see what it admitted, and its refusals through `on_answered`
+    /// (interceptor, recorder, the admin's live traffic).
+    pub after: Vec<Arc<dyn Hook>>,
+}
+
 /// Serve the gateway `gw` (built by [`Gateway::new`] from the file whose `[server]` section is
-/// `s`) on `listener` until `shutdown` fires, then shut down gracefully. `before` run before
-/// the gateway's own hook (the traffic log: what clients sent), `after` on what it admitted
-/// (interceptor, recorder, the admin's live view: what was relayed, refusals included).
-#[allow(clippy::too_many_arguments)]
+/// `s`) on `listener` until `shutdown` fires, then shut down gracefully.
 pub async fn gateway(
     listener: TcpListener,
     gw: Arc<Gateway>,
     s: &config::ServerConfig,
-    before: Vec<Arc<dyn Hook>>,
-    after: Vec<Arc<dyn Hook>>,
+    hooks: GatewayHooks,
     store: Arc<dyn SessionStore>,
     shutdown: CancellationToken,
     ready: impl FnOnce(),
@@ -437,6 +443,7 @@ pub async fn gateway(
         gateway: Some(gw.clone()),
         ..HttpFrontConfig::default()
     };
+    let GatewayHooks { before, after } = hooks;
     let mut hooks = before;
     hooks.push(gw.hook());
     hooks.extend(after);

@@ -11,7 +11,7 @@ use crate::args::StoreArgs;
 use anyhow::{Context, bail};
 use clap::Args;
 use shadowcat_proxy::gateway::config::{AdminConfig, RouteConfig, Strategy, UpstreamConfig};
-use shadowcat_proxy::gateway::{Gateway, GatewayConfig, gateway};
+use shadowcat_proxy::gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
 use shadowcat_proxy::pipeline::{Hook, TrafficLog};
 use shadowcat_store::{FailoverStore, OnOutage};
 use shadowcat_tape::Redactor;
@@ -267,17 +267,11 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
     if log_traffic {
         before.push(Arc::new(TrafficLog));
     }
-    let served = gateway(
-        listener,
-        gw,
-        s,
+    let around = GatewayHooks {
         before,
-        hooks.list(),
-        store,
-        shutdown.clone(),
-        ready,
-    )
-    .await;
+        after: hooks.list(),
+    };
+    let served = gateway(listener, gw, s, around, store, shutdown.clone(), ready).await;
     hooks.finish().await;
     served?;
     shutdown.cancel();

@@ -86,17 +86,21 @@ $("login-form").addEventListener("submit", (ev) => {
 
 // --- sessions ---------------------------------------------------------------------------
 
+// Sessions armed for ending (first click), until when: kept across the table's re-renders.
+const armed = new Map();
+
 function killButton(id) {
-  const b = el("button", "End", "danger");
+  const isArmed = () => (armed.get(id) || 0) > Date.now();
+  const b = el("button", isArmed() ? "Confirm end" : "End", "danger");
   b.type = "button";
-  b.title = "End this session (its client gets 404 next time)";
+  b.title = "End this session (its client gets 404 next time); click twice";
   b.addEventListener("click", async () => {
-    if (b.dataset.armed !== "1") {
-      b.dataset.armed = "1";
+    if (!isArmed()) {
+      armed.set(id, Date.now() + 5000);
       b.textContent = "Confirm end";
-      setTimeout(() => { b.dataset.armed = ""; b.textContent = "End"; }, 4000);
       return;
     }
+    armed.delete(id);
     b.disabled = true;
     try {
       await api("/api/sessions/" + encodeURIComponent(id), { method: "DELETE" });
