@@ -43,7 +43,7 @@ use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
 use shadowcat_proto::{Frame, RequestId};
 use shadowcat_store::{Retention, SessionStore};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +99,20 @@ pub struct Gateway {
     sessions: Mutex<HashMap<Arc<str>, Bound>>,
     /// Some route has authorization rules (the hook then looks at every frame).
     any_rules: bool,
+    /// The front serving this gateway, once [`gateway`] has built it (for the admin API).
+    front: OnceLock<Weak<HttpFront>>,
+}
+
+/// What the gateway knows about one live session (for the admin API).
+pub(crate) struct SessionBinding {
+    /// Route key (registry lookups).
+    pub key: Arc<str>,
+    /// Route path.
+    pub route: String,
+    /// The principal of its latest request.
+    pub principal: Option<String>,
+    /// The upstream it was placed on (`None`: continued for another replica).
+    pub upstream: Option<String>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -203,12 +217,37 @@ impl Gateway {
             ),
             metrics: Metrics::default(),
             sessions: Mutex::new(HashMap::new()),
+            front: OnceLock::new(),
         }))
     }
 
     /// The routes by key.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.values()
+    }
+
+    /// The front serving this gateway (`None` before it starts and after it is gone).
+    pub(crate) fn front(&self) -> Option<Arc<HttpFront>> {
+        self.front.get().and_then(Weak::upgrade)
+    }
+
+    /// Request counters.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Route, principal and upstream of a session this gateway holds.
+    pub(crate) fn binding(&self, session: &str) -> Option<SessionBinding> {
+        let bound = self.bound();
+        let b = bound.get(session)?;
+        Some(SessionBinding {
+            key: b.route.key.clone(),
+            route: b.route.path.clone(),
+            principal: b.principal.as_ref().map(|p| p.id.to_string()),
+            upstream: b
+                .member
+                .map(|m| b.route.set.members()[m].name().to_string()),
+        })
     }
 
     fn bound(&self) -> MutexGuard<'_, HashMap<Arc<str>, Bound>> {
@@ -383,13 +422,23 @@ impl Hook for GatewayHook {
     }
 }
 
+/// The pipeline hooks a gateway runs besides its own stage.
+#[derive(Default)]
+pub struct GatewayHooks {
+    /// Before the gateway's stage: they see what clients sent (the traffic log).
+    pub before: Vec<Arc<dyn Hook>>,
+    /// After it: they see what it admitted, and its refusals through `on_answered`
+    /// (interceptor, recorder, the admin's live traffic).
+    pub after: Vec<Arc<dyn Hook>>,
+}
+
 /// Serve the gateway `gw` (built by [`Gateway::new`] from the file whose `[server]` section is
-/// `s`) on `listener` until `shutdown` fires, then shut down gracefully. `hooks` run before the gateway's own hook (e.g. the traffic log).
+/// `s`) on `listener` until `shutdown` fires, then shut down gracefully.
 pub async fn gateway(
     listener: TcpListener,
     gw: Arc<Gateway>,
     s: &config::ServerConfig,
-    hooks: Vec<Arc<dyn Hook>>,
+    hooks: GatewayHooks,
     store: Arc<dyn SessionStore>,
     shutdown: CancellationToken,
     ready: impl FnOnce(),
@@ -416,8 +465,10 @@ pub async fn gateway(
         gateway: Some(gw.clone()),
         ..HttpFrontConfig::default()
     };
-    let mut hooks = hooks;
+    let GatewayHooks { before, after } = hooks;
+    let mut hooks = before;
     hooks.push(gw.hook());
+    hooks.extend(after);
     let tracker = TaskTracker::new();
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
@@ -434,6 +485,7 @@ pub async fn gateway(
         shutdown,
         tracker.clone(),
     );
+    let _ = gw.front.set(Arc::downgrade(&front));
     for r in gw.routes.values() {
         if let Some(h) = &r.health {
             let checker = health::watch(r.clone(), h.clone(), http_checks.clone(), stop.clone());

@@ -9,8 +9,8 @@
 //! * [`runtime`]: process-level shutdown signals.
 //! * [`gateway`]: the gateway (reverse proxy) mode: routes with upstream sets, balancing,
 //!   authentication, rate limits and metrics on the HTTP front.
-//! * [`intercept`]: interceptor rules (`--rules`) and paused messages; [`admin`]: the admin API
-//!   that lists and decides paused messages (`--admin`).
+//! * [`intercept`]: interceptor rules (`--rules`) and paused messages; [`admin`]: the admin
+//!   listener (paused messages, live traffic, the gateway's sessions and upstreams, web page).
 //! * [`record`]: the recorder hook (`--record`), writing tapes in the background.
 //! * [`shadow`]: shadow traffic (`--shadow`): requests mirrored to a second upstream, replies compared.
 

@@ -41,6 +41,14 @@ pub fn run(cmd: ConfigCmd) -> anyhow::Result<i32> {
                         "  auth: none (anyone who can reach the listener may connect)"
                     ),
                 };
+                if let Some(a) = cfg.admin.as_ref().filter(|a| a.enabled) {
+                    let token = if a.token.is_some() || a.token_env.is_some() {
+                        "token required"
+                    } else {
+                        "no token"
+                    };
+                    let _ = writeln!(out, "  admin: http://{}/ ({token})", a.listen);
+                }
                 for r in &cfg.routes {
                     let _ = writeln!(
                         out,

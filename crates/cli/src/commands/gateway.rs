@@ -2,15 +2,19 @@
 //!
 //! Settings come from a TOML file (`--config`, see `examples/gateway.toml`); for the simple case
 //! the flags alone are enough (`--upstream URL`…, or `-- CMD`). Flags override the file, and
-//! every flag can also be given as a `SHADOWCAT_*` environment variable.
+//! every flag can also be given as a `SHADOWCAT_*` environment variable. `--record`, `--rules`
+//! and `--admin` work as in the forward modes; the admin listener also serves the gateway's
+//! sessions, upstreams and configuration (`[admin]`).
 
+use super::hooks::{AdminPlan, Describe, HookArgs, Hooks};
 use crate::args::StoreArgs;
 use anyhow::{Context, bail};
 use clap::Args;
-use shadowcat_proxy::gateway::config::{RouteConfig, Strategy, UpstreamConfig};
-use shadowcat_proxy::gateway::{Gateway, GatewayConfig, gateway};
+use shadowcat_proxy::gateway::config::{AdminConfig, RouteConfig, Strategy, UpstreamConfig};
+use shadowcat_proxy::gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
 use shadowcat_proxy::pipeline::{Hook, TrafficLog};
 use shadowcat_store::{FailoverStore, OnOutage};
+use shadowcat_tape::Redactor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +57,8 @@ pub struct GatewayArgs {
     /// Use the built-in demo server (one child per session) as the /mcp upstream.
     #[arg(long)]
     pub demo: bool,
+    #[command(flatten)]
+    pub hooks: HookArgs,
     /// A stdio MCP server for /mcp (after `--`): one child per session.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -146,6 +152,25 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
     } else if a.balance.is_some() {
         bail!("--balance applies to the /mcp route given by --upstream, -- CMD or --demo");
     }
+    if let Some(addr) = a.hooks.admin {
+        let admin = cfg.admin.get_or_insert_with(AdminConfig::default);
+        admin.enabled = true;
+        if let Some(addr) = addr {
+            admin.listen = addr;
+        }
+    }
+    if let Some(token) = &a.hooks.admin_token {
+        match cfg.admin.as_mut() {
+            Some(admin) => {
+                admin.token = Some(token.clone());
+                admin.token_env = None;
+            }
+            None => tracing::warn!(
+                "an admin token is given (--admin-token / SHADOWCAT_ADMIN_TOKEN) but the admin \
+                 listener is off: add --admin or an [admin] section"
+            ),
+        }
+    }
     if a.config.is_none() && cfg.routes.is_empty() {
         bail!(
             "no upstream: give --config FILE, --upstream URL (repeatable), --demo or -- CMD [ARGS…]"
@@ -155,7 +180,34 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
     Ok((cfg, source))
 }
 
+/// What tape headers say about the gateway's upstreams: each route with its members
+/// (credentials in URLs redacted).
+fn describe_routes(gw: &Gateway) -> String {
+    let r = Redactor::default();
+    let mut routes: Vec<String> = gw
+        .routes()
+        .map(|route| {
+            let members: Vec<String> = route
+                .set()
+                .members()
+                .iter()
+                .map(|m| r.url(m.name()))
+                .collect();
+            format!("{} = {}", route.path(), members.join(" | "))
+        })
+        .collect();
+    routes.sort();
+    routes.join("; ")
+}
+
 pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
+    if a.hooks.shadow.is_some() {
+        bail!(
+            "--shadow does not apply to `gateway`: its routes balance over sets of upstreams, so \
+             there is no single server to mirror; mirror one server with `shadowcat forward http \
+             --shadow URL|CMD …` in front of it"
+        );
+    }
     let (cfg, source) = load(&a)?;
     let gw = Gateway::new(&cfg, &source)?;
     let s = &cfg.server;
@@ -197,11 +249,35 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
         // Machine-readable line for scripts and tests that listen on port 0.
         eprintln!("shadowcat: listening on http://{local}");
     };
-    let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
+    let admin = match &cfg.admin {
+        Some(admin) if admin.enabled => Some(AdminPlan {
+            addr: admin.listen,
+            token: admin
+                .resolve_token()
+                .map_err(|e| anyhow::anyhow!("{source}: admin: {e}"))?,
+            gateway: Some((gw.clone(), cfg.clone())),
+        }),
+        _ => None,
+    };
+    let describe = Describe {
+        mode: "gateway",
+        front: "http",
+        upstream: describe_routes(&gw),
+        headers: Vec::new(),
+    };
+    let hooks = Hooks::assemble(&a.hooks, false, describe, admin).await?;
+    // The traffic log sees what clients sent; the others what the gateway admitted.
+    let mut before: Vec<Arc<dyn Hook>> = Vec::new();
     if log_traffic {
-        hooks.push(Arc::new(TrafficLog));
+        before.push(Arc::new(TrafficLog));
     }
-    gateway(listener, gw, s, hooks, store, shutdown.clone(), ready).await?;
+    let around = GatewayHooks {
+        before,
+        after: hooks.list(),
+    };
+    let served = gateway(listener, gw, s, around, store, shutdown.clone(), ready).await;
+    hooks.finish().await;
+    served?;
     shutdown.cancel();
     Ok(0)
 }

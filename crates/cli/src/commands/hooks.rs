@@ -1,9 +1,11 @@
 //! The observation and interception flags shared by the proxy modes (`--record`, `--rules`,
-//! `--admin`) and the pipeline they build.
+//! `--admin`, `--shadow`), the pipeline they build and the admin listener they start.
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use shadowcat_proxy::admin::{AdminServer, Traffic};
 use shadowcat_proxy::forward::CONNECT_TIMEOUT;
+use shadowcat_proxy::gateway::{Gateway, GatewayConfig};
 use shadowcat_proxy::intercept::{Interceptor, PauseBoard};
 use shadowcat_proxy::pipeline::{Hook, Pipeline, TrafficLog};
 use shadowcat_proxy::record::{self, OnFull, RecordConfig, RecordHandle};
@@ -18,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const DEFAULT_BUFFER: usize = 4096;
+/// `--admin` without an address in the forward and replay modes.
+const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7474);
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnFullArg {
@@ -54,11 +59,14 @@ pub struct HookArgs {
     /// bad file keeps the old rules.
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
-    /// Serve the admin API (paused messages, for `shadowcat intercept`) on this address
-    /// (`--admin` alone: 127.0.0.1:7474).
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:7474")]
-    pub admin: Option<SocketAddr>,
-    /// Token the admin API requires as `Authorization: Bearer TOKEN`.
+    /// Serve the admin API and web page (paused messages for `shadowcat intercept`, live
+    /// traffic; a gateway's sessions and upstreams) on this address. `--admin` alone:
+    /// 127.0.0.1:7474, or for `gateway` its `[admin].listen` (default 127.0.0.1:9090).
+    /// Anything but loopback needs --admin-token.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1)]
+    pub admin: Option<Option<SocketAddr>>,
+    /// Token the admin API requires as `Authorization: Bearer TOKEN` (for `gateway`: replaces
+    /// `[admin].token` / `token_env`).
     #[arg(
         long,
         env = "SHADOWCAT_ADMIN_TOKEN",
@@ -87,18 +95,52 @@ pub struct Describe<'a> {
     pub headers: Vec<(String, String)>,
 }
 
+/// Where an admin listener goes and what it serves besides paused messages and live traffic.
+pub struct AdminPlan {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+    /// A gateway's sessions, upstreams, metrics and (redacted) configuration.
+    pub gateway: Option<(Arc<Gateway>, GatewayConfig)>,
+}
+
 /// The hooks of a running proxy and what must be stopped with it.
 pub struct Hooks {
     pub pipeline: Pipeline,
+    /// The same hooks, for compositions that insert their own (the gateway).
+    hooks: Vec<Arc<dyn Hook>>,
     recorders: Vec<RecordHandle>,
     shadow: Option<(Arc<Shadow>, TaskTracker)>,
     stop: CancellationToken,
+    /// The admin listener's task.
+    admin: TaskTracker,
 }
 
 impl Hooks {
-    /// Build the pipeline: traffic log → interceptor → shadow → recorder (so tapes and the shadow
-    /// get what was relayed).
+    /// The pipeline of the forward and replay modes (the admin listener, if asked for, serves
+    /// paused messages and live traffic).
     pub async fn build(a: &HookArgs, log_traffic: bool, d: Describe<'_>) -> anyhow::Result<Hooks> {
+        let admin = a.admin.map(|addr| AdminPlan {
+            addr: addr.unwrap_or(DEFAULT_ADMIN),
+            token: a.admin_token.clone(),
+            gateway: None,
+        });
+        Hooks::assemble(a, log_traffic, d, admin).await
+    }
+
+    /// The hooks, in order.
+    pub fn list(&self) -> Vec<Arc<dyn Hook>> {
+        self.hooks.clone()
+    }
+
+    /// Build the pipeline: traffic log → interceptor → shadow → recorder → live traffic (so
+    /// tapes, the shadow and the admin's live view get what was relayed), and start the admin
+    /// listener of `admin`.
+    pub async fn assemble(
+        a: &HookArgs,
+        log_traffic: bool,
+        d: Describe<'_>,
+        admin: Option<AdminPlan>,
+    ) -> anyhow::Result<Hooks> {
         let recording_asked = a.record.is_some() || a.record_shadow.is_some();
         if !recording_asked
             && (!a.redact_pointers.is_empty()
@@ -123,25 +165,6 @@ impl Hooks {
             let icpt = Interceptor::new(rules, board.clone());
             icpt.watch(path.clone(), Duration::from_millis(500), stop.clone());
             hooks.push(icpt);
-        }
-        if let Some(addr) = a.admin {
-            if a.rules.is_none() {
-                tracing::warn!("--admin without --rules: nothing can be paused");
-            }
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
-            let local = listener.local_addr()?;
-            if !local.ip().is_loopback() && a.admin_token.is_none() {
-                tracing::warn!(%local, "the admin API listens beyond loopback without --admin-token");
-            }
-            eprintln!("shadowcat: admin listening on http://{local}");
-            let (b, token, s) = (board.clone(), a.admin_token.clone(), stop.clone());
-            tokio::spawn(async move {
-                if let Err(e) = shadowcat_proxy::admin::serve(listener, b, token, s).await {
-                    tracing::error!(error = %e, "the admin API failed");
-                }
-            });
         }
         let mut recorders = Vec::new();
         let recording = |path: &PathBuf, mode: &str, upstream: String| RecordConfig {
@@ -190,11 +213,25 @@ impl Hooks {
             hooks.push(hook);
             recorders.push(handle);
         }
+        let tasks = TaskTracker::new();
+        if let Some(plan) = admin {
+            let traffic = Traffic::new();
+            hooks.push(traffic.clone());
+            let server = start_admin(plan, a.rules.is_some().then_some(board), traffic).await?;
+            let s = stop.clone();
+            tasks.spawn(async move {
+                if let Err(e) = server.serve(s).await {
+                    tracing::error!(error = %e, "the admin listener failed");
+                }
+            });
+        }
         Ok(Hooks {
-            pipeline: Pipeline::new(hooks),
+            pipeline: Pipeline::new(hooks.clone()),
+            hooks,
             recorders,
             shadow,
             stop,
+            admin: tasks,
         })
     }
 
@@ -202,6 +239,8 @@ impl Hooks {
     /// flushed).
     pub async fn finish(self) {
         self.stop.cancel();
+        self.admin.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.admin.wait()).await;
         if let Some((shadow, tracker)) = self.shadow {
             tracker.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
@@ -224,6 +263,49 @@ impl Hooks {
             }
         }
     }
+}
+
+/// An admin listener bound to its address, ready to serve.
+struct BoundAdmin {
+    listener: tokio::net::TcpListener,
+    server: AdminServer,
+}
+
+impl BoundAdmin {
+    async fn serve(self, stop: CancellationToken) -> std::io::Result<()> {
+        self.server.serve(self.listener, stop).await
+    }
+}
+
+/// Bind the admin listener (refused beyond loopback without a token) and say where it is.
+async fn start_admin(
+    plan: AdminPlan,
+    board: Option<Arc<PauseBoard>>,
+    traffic: Arc<Traffic>,
+) -> anyhow::Result<BoundAdmin> {
+    let addr = plan.addr;
+    if !addr.ip().is_loopback() && plan.token.is_none() {
+        bail!(
+            "the admin API would listen on {addr}, beyond loopback, without a token: set \
+             --admin-token (or SHADOWCAT_ADMIN_TOKEN; for gateway `[admin].token_env`), or \
+             listen on 127.0.0.1"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
+    let local = listener.local_addr()?;
+    let mut server = AdminServer::new(plan.token).traffic(traffic);
+    if let Some(b) = board {
+        server = server.intercept(b);
+    }
+    if let Some((gw, cfg)) = &plan.gateway {
+        server = server.gateway(gw.clone(), cfg);
+    }
+    tracing::info!("admin API and page on http://{local}/");
+    // Machine-readable line for scripts and tests that listen on port 0.
+    eprintln!("shadowcat: admin listening on http://{local}");
+    Ok(BoundAdmin { listener, server })
 }
 
 /// `--shadow`: an http(s) URL (Streamable HTTP) or a command line.

@@ -306,6 +306,11 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
 
 /// `shadowcat gateway ARGS` with extra environment variables; waits for "listening on".
 pub async fn start_gateway(args: &[&str], env: &[(&str, &str)]) -> Server {
+    start_gateway_seen(args, env).await.0
+}
+
+/// [`start_gateway`], also returning the stderr lines printed before "listening on".
+pub async fn start_gateway_seen(args: &[&str], env: &[(&str, &str)]) -> (Server, Vec<String>) {
     let mut cmd = Command::new(bin());
     cmd.arg("gateway")
         .args(args)
@@ -319,11 +324,11 @@ pub async fn start_gateway(args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = cmd.spawn().expect("start shadowcat gateway");
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr).lines();
-    let base = tokio::time::timeout(WAIT, async {
+    let (base, seen) = tokio::time::timeout(WAIT, async {
         let mut seen = Vec::new();
         while let Some(line) = lines.next_line().await.expect("read stderr") {
             if let Some(rest) = line.strip_prefix("shadowcat: listening on ") {
-                return rest.trim().to_string();
+                return (rest.trim().to_string(), seen);
             }
             seen.push(line);
         }
@@ -338,7 +343,7 @@ pub async fn start_gateway(args: &[&str], env: &[(&str, &str)]) -> Server {
             }
         }
     });
-    Server { child, base }
+    (Server { child, base }, seen)
 }
 
 /// Run `shadowcat ARGS` to completion: (exit code, stdout, stderr).

@@ -1,5 +1,8 @@
 pub mod harness;
 
+mod admin;
+mod admin_page;
+mod cdp;
 mod eras;
 mod gateway;
 mod gateway_auth;

@@ -8,8 +8,8 @@
 use super::resilience::{BreakerSection, RetrySection};
 use crate::upstream::UpstreamSpec;
 use crate::upstream::credentials::{AuthMethod, Credentials, OAuthClient};
-use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -129,8 +129,22 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl Serialize for Dur {
+    /// The string form (`"10s"`, `"500ms"`), as the file would say it.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ms = self.0.as_millis();
+        if !self.0.subsec_nanos().is_multiple_of(1_000_000) {
+            s.serialize_f64(self.0.as_secs_f64())
+        } else if ms.is_multiple_of(1000) {
+            s.serialize_str(&format!("{}s", ms / 1000))
+        } else {
+            s.serialize_str(&format!("{ms}ms"))
+        }
+    }
+}
+
 /// The whole file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Listener, store and front settings.
@@ -145,6 +159,9 @@ pub struct GatewayConfig {
     /// MCP endpoints, each with its upstream set.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The admin listener (absent: none).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -179,7 +196,7 @@ fn default_outage() -> String {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -249,7 +266,7 @@ impl Default for ServerConfig {
 }
 
 /// `[auth]`: the gateway as an OAuth 2.1 resource server, and static API keys.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Scopes every route requires.
@@ -283,7 +300,7 @@ fn default_principal_claim() -> String {
 }
 
 /// `[auth.jwt]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// Required `iss`.
@@ -310,7 +327,7 @@ pub struct JwtConfig {
 }
 
 /// One `[[auth.api_keys]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// Who holds it (the principal is `key:NAME`).
@@ -323,7 +340,7 @@ pub struct ApiKeyConfig {
 }
 
 /// Where rate-limit state lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitsBackend {
     /// In this process (each replica enforces its own limits).
@@ -334,7 +351,7 @@ pub enum LimitsBackend {
 }
 
 /// What the Redis-backed limiter does while Redis is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RedisOutage {
     /// Fall back to this replica's in-process limits (logged and counted).
@@ -349,7 +366,7 @@ fn default_redis_timeout() -> Dur {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// `local` (default) or `redis` (one limit shared by every replica).
@@ -411,7 +428,7 @@ pub fn is_redis_url(s: &str) -> bool {
 }
 
 /// A GCRA rate: `requests` per `per`, bursts of up to `burst` (default: `requests`).
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
     /// Requests allowed per period.
@@ -435,7 +452,7 @@ impl RateConfig {
 }
 
 /// How a route picks the upstream of a new session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Each in turn.
@@ -483,7 +500,7 @@ fn default_weight() -> u32 {
 }
 
 /// What an authorization rule decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// Let it through.
@@ -495,7 +512,7 @@ pub enum Effect {
 
 /// One `[[routes.rules]]`: who × method × tool/prompt/resource. Every list given must match
 /// (an empty list matches anything); names and URIs may use `*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// `allow` or `deny`.
@@ -537,7 +554,7 @@ fn default_unhealthy_threshold() -> u32 {
 }
 
 /// `[routes.health]`: active checks of the route's HTTP upstreams.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// Time between checks.
@@ -558,7 +575,7 @@ pub struct HealthConfig {
 }
 
 /// One `[[routes]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `/mcp` or `/servers/NAME/mcp`.
@@ -609,7 +626,7 @@ pub struct RouteConfig {
 /// Upstream credentials (HTTP upstreams; the client's own `Authorization` is never forwarded):
 /// static `headers`, header values from the environment (`headers_env`), `bearer_env`, or an
 /// OAuth client-credentials token (`[routes.upstreams.oauth]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// A Streamable HTTP server.
@@ -646,7 +663,7 @@ fn default_token_timeout() -> Dur {
 }
 
 /// How the gateway authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OAuthAuthMethod {
     /// HTTP Basic with the client id and secret.
@@ -659,7 +676,7 @@ pub enum OAuthAuthMethod {
 /// `[routes.upstreams.oauth]`: the OAuth 2.1 client-credentials grant. The token is fetched on
 /// first use, shared by every upstream with the same client, refreshed before it expires and
 /// refetched when the upstream answers `401`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthConfig {
     /// The authorization server's token endpoint (https://, or http:// on loopback).
@@ -818,6 +835,58 @@ impl UpstreamConfig {
                 "give either `url` or `command`, not both",
             )),
             (None, None) => Err(upstream_error("", "give `url` (HTTP) or `command` (stdio)")),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// `[admin]`: the admin listener (JSON API, live traffic, web page) on its own address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve it (`false` keeps the section but binds nothing).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address to listen on; anything but loopback needs a token.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// The bearer token every API request needs (prefer `token_env`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Read the token from this environment variable at start.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: default_admin_listen(),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token (from `token`, or the variable `token_env` names); `None` when neither is set.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        match (&self.token, &self.token_env) {
+            (Some(_), Some(_)) => Err("give `token` or `token_env`, not both".into()),
+            (Some(t), None) if t.trim().is_empty() => Err("`token` must not be empty".into()),
+            (Some(t), None) => Ok(Some(t.trim().to_string())),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+                Ok(_) => Err(format!("environment variable `{var}` (token_env) is empty")),
+                Err(_) => Err(format!(
+                    "environment variable `{var}` (token_env) is not set"
+                )),
+            },
+            (None, None) => Ok(None),
         }
     }
 }
@@ -1044,5 +1113,44 @@ mod tests {
             .unwrap();
         assert_eq!(client.client_secret, "s3cret");
         assert_eq!(client.auth_method, AuthMethod::ClientSecretPost);
+    }
+
+    #[test]
+    fn admin_section() {
+        let base = "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n";
+        let with = |admin: &str| errors(&format!("{base}[admin]\n{admin}"));
+        assert_eq!(with(""), "");
+        let cfg = GatewayConfig::parse("g.toml", &format!("{base}[admin]\n")).unwrap();
+        let admin = cfg.admin.unwrap();
+        assert!(admin.enabled);
+        assert_eq!(admin.listen, "127.0.0.1:9090".parse().unwrap());
+        let e = with("listen = \"0.0.0.0:9090\"\n");
+        assert!(
+            e.contains("g.toml: admin.listen: `0.0.0.0:9090` is not a loopback address"),
+            "{e}"
+        );
+        assert_eq!(with("listen = \"0.0.0.0:9090\"\ntoken = \"t\"\n"), "");
+        assert_eq!(with("enabled = false\nlisten = \"0.0.0.0:9090\"\n"), "");
+        let e = with("token = \"a\"\ntoken_env = \"B\"\n");
+        assert!(
+            e.contains("g.toml: admin: give `token` or `token_env`, not both"),
+            "{e}"
+        );
+        let e = with("token_env = \"SHADOWCAT_TEST_SURELY_UNSET\"\n");
+        assert!(e.contains("g.toml: admin.token_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (token_env) is not set"), "{e}");
+        let e = with("token = \" \"\n");
+        assert!(
+            e.contains("g.toml: admin.token: `token` must not be empty"),
+            "{e}"
+        );
+        let e = with("port = 1\n");
+        assert!(e.contains("admin.port: unknown field `port`"), "{e}");
+        let e = errors(&format!(
+            "[server]\nlisten = \"127.0.0.1:9090\"\n{base}[admin]\n"
+        ));
+        assert!(
+            e.contains("g.toml: admin.listen: `127.0.0.1:9090` is also server.listen"),
+            "{e}"
+        );
     }
 }

@@ -103,6 +103,21 @@ impl UpstreamGauge {
     }
 }
 
+/// Counters summed over routes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// HTTP requests answered.
+    pub requests: u64,
+    /// By status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub by_class: [u64; 5],
+    /// Refused by a rate limit.
+    pub rate_limited: u64,
+    /// Refused by authentication.
+    pub auth_failures: u64,
+    /// Refused by an authorization rule.
+    pub authz_denied: u64,
+}
+
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -168,6 +183,25 @@ impl Metrics {
             .authz_denied
             .entry(route.to_string())
             .or_default() += 1;
+    }
+
+    /// Running totals (the admin page turns them into rates).
+    pub fn totals(&self) -> Totals {
+        let s = self.lock();
+        let mut t = Totals::default();
+        for ((_, _, status), n) in &s.requests {
+            t.requests += n;
+            if let Some(c) = t
+                .by_class
+                .get_mut(usize::from(status / 100).wrapping_sub(1))
+            {
+                *c += n;
+            }
+        }
+        t.rate_limited = s.rate_limited.values().sum();
+        t.auth_failures = s.auth_failures.values().sum();
+        t.authz_denied = s.authz_denied.values().sum();
+        t
     }
 
     /// The exposition text.
@@ -424,5 +458,7 @@ mod tests {
         assert!(text.contains(
             "shadowcat_upstream_retries_total{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 3"
         ));
+        let t = m.totals();
+        assert_eq!((t.requests, t.by_class[1], t.rate_limited), (2, 2, 1));
     }
 }

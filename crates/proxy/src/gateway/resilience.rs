@@ -3,11 +3,11 @@
 
 use super::config::{Dur, RouteConfig};
 use crate::guard::{BreakerConfig, GuardConfig, RetryConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// `[routes.breaker]`: on by default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerSection {
     /// `false` turns the breaker off.
@@ -49,7 +49,7 @@ impl Default for BreakerSection {
 }
 
 /// `[routes.retry]`: where retries are safe (see `crate::guard`), under a budget.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
     /// Extra attempts per request (0: never retry).

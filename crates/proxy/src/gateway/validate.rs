@@ -3,8 +3,8 @@
 //! the field and what is wrong.
 
 use super::config::{
-    AuthConfig, Cidr, ConfigError, GatewayConfig, JWT_ALGORITHMS, LimitsBackend, OAuthConfig,
-    Problem, RateConfig, UpstreamConfig, is_redis_url, route_key,
+    AdminConfig, AuthConfig, Cidr, ConfigError, GatewayConfig, JWT_ALGORITHMS, LimitsBackend,
+    OAuthConfig, Problem, RateConfig, UpstreamConfig, is_redis_url, route_key,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -94,6 +94,9 @@ impl GatewayConfig {
         }
         if let Some(a) = &self.auth {
             validate_auth(a, &mut bad);
+        }
+        if let Some(a) = &self.admin {
+            validate_admin(a, s.listen, &mut bad);
         }
         let l = &self.limits;
         for (name, r) in [
@@ -302,6 +305,46 @@ fn validate_auth(a: &AuthConfig, bad: &mut impl FnMut(String, String)) {
                 "the same key is listed twice".into(),
             );
         }
+    }
+}
+
+fn validate_admin(
+    a: &AdminConfig,
+    server: std::net::SocketAddr,
+    bad: &mut impl FnMut(String, String),
+) {
+    let token = match a.resolve_token() {
+        Ok(t) => t,
+        Err(e) => {
+            let field = if a.token.is_some() && a.token_env.is_none() {
+                "admin.token"
+            } else if a.token.is_none() {
+                "admin.token_env"
+            } else {
+                "admin"
+            };
+            bad(field.into(), e);
+            return;
+        }
+    };
+    if !a.enabled {
+        return;
+    }
+    if !a.listen.ip().is_loopback() && token.is_none() {
+        bad(
+            "admin.listen".into(),
+            format!(
+                "`{}` is not a loopback address: set `token_env` (or `token`, or --admin-token) so \
+                 the admin API requires a bearer token, or listen on 127.0.0.1",
+                a.listen
+            ),
+        );
+    }
+    if a.listen == server && a.listen.port() != 0 {
+        bad(
+            "admin.listen".into(),
+            format!("`{}` is also server.listen; use another port", a.listen),
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::gateway::auth::sha256_hex;
-use crate::gateway::{Gateway, GatewayConfig, gateway};
+use crate::gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
 use crate::pipeline::Hook;
 use serde_json::{Value, json};
 use shadowcat_store::MemoryStore;
@@ -106,7 +106,10 @@ args = ["-c", "cat > /dev/null"]
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let hooks: Vec<Arc<dyn Hook>> = vec![icpt];
+    let hooks = GatewayHooks {
+        before: Vec::new(),
+        after: vec![icpt as Arc<dyn Hook>],
+    };
     let server = tokio::spawn({
         let stop = stop.clone();
         let server_cfg = cfg.server.clone();

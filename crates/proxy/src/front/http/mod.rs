@@ -9,7 +9,7 @@ mod events;
 mod modern;
 mod outbox;
 mod post;
-mod records;
+pub(crate) mod records;
 mod registry;
 mod replicas;
 mod reply;

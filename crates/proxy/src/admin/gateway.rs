@@ -1,0 +1,222 @@
+//! The gateway's state as JSON.
+//!
+//! * `GET /api/sessions` → `{"sessions":[…]}`: the live sessions of this replica (route,
+//!   principal, client, upstream, protocol version, requests in flight, times).
+//! * `GET /api/sessions/{id}` → one of them, with its client capabilities and upstream
+//!   session id; `404` when it is not live here.
+//! * `DELETE /api/sessions/{id}` → end it: its upstream is shut down (a stdio child is
+//!   killed), its record marked ended; the client's next request gets `404`.
+//! * `GET /api/upstreams` → `{"routes":[{path, strategy, upstreams:[{name, weight, available,
+//!   healthy, sessions, inflight, sessions_total, connect_failures}]}]}`.
+//! * `GET /api/config` → the effective configuration, secrets redacted.
+//! * `GET /api/metrics` → request totals (by status class), refusals, live sessions, store.
+//!
+//! Without a gateway (forward modes) these answer `404`.
+
+use super::{Admin, Answer, Refused, Shared, json};
+use crate::front::http::HttpFront;
+use crate::gateway::Gateway;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::{Value, json};
+use shadowcat_store::SessionRecord;
+use shadowcat_tape::redact::Redactor;
+use std::sync::Arc;
+
+pub(super) fn routes() -> axum::Router<Arc<Admin>> {
+    axum::Router::new()
+        .route("/api/sessions", get(list))
+        .route("/api/sessions/{id}", get(show).delete(kill))
+        .route("/api/upstreams", get(upstreams))
+        .route("/api/config", get(config))
+        .route("/api/metrics", get(metrics))
+}
+
+fn not_gateway() -> Refused {
+    Refused::new(
+        StatusCode::NOT_FOUND,
+        "this proxy is not a gateway: sessions, upstreams, configuration and metrics are served by `shadowcat gateway`",
+    )
+}
+
+/// The gateway and its running front, or the answer saying why there is none.
+fn running(a: &Admin) -> Result<(&Arc<Gateway>, Arc<HttpFront>), Refused> {
+    let gw = a.gateway.as_ref().ok_or_else(not_gateway)?;
+    let front = gw.front().ok_or_else(|| {
+        Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is not serving (starting or shut down)",
+        )
+    })?;
+    Ok((gw, front))
+}
+
+/// Upstream names as shown: URL credentials redacted.
+fn shown(name: &str) -> String {
+    if name.contains("://") {
+        Redactor::default().url(name)
+    } else {
+        name.to_string()
+    }
+}
+
+/// A live session as JSON (`detail`: with capabilities and the upstream's session id).
+fn session_json(
+    gw: &Gateway,
+    front: &HttpFront,
+    id: &str,
+    rec: Option<&SessionRecord>,
+    detail: bool,
+) -> Option<Value> {
+    let b = gw.binding(id)?;
+    let s = front.registry().get(id, &b.key)?;
+    let core = s.core();
+    let client = rec.and_then(|r| r.client_info.as_ref());
+    let upstream = b
+        .upstream
+        .or_else(|| rec.map(|r| r.upstream.clone()))
+        .unwrap_or_else(|| core.spec().describe());
+    let mut v = json!({
+        "id": id,
+        "route": b.route,
+        "principal": b.principal,
+        "upstream": shown(&upstream),
+        "protocol_version": core.protocol_version(),
+        "client": client.map(|c| json!({"name": c.get("name"), "version": c.get("version")})),
+        "inflight": core.inflight().len(),
+        "created_ms": rec.map(|r| r.created_ms),
+        "last_active_ms": rec.map(|r| r.last_active_ms),
+    });
+    if detail {
+        v["client_info"] = client.cloned().unwrap_or(Value::Null);
+        v["client_capabilities"] = rec
+            .and_then(|r| r.client_capabilities.clone())
+            .unwrap_or(Value::Null);
+        v["upstream_session_id"] = json!(rec.and_then(|r| r.upstream_session_id.clone()));
+        v["replica"] = json!(rec.and_then(|r| r.owner.clone()));
+    }
+    Some(v)
+}
+
+async fn list(axum::extract::State(a): Shared) -> Answer {
+    let (gw, front) = running(&a)?;
+    let ids: Vec<String> = front
+        .registry()
+        .ids()
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    // The store adds what the front does not keep (client info, times); it may be down.
+    let records = match front.registry().records().store().get_many(&ids).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: cannot read session records");
+            vec![None; ids.len()]
+        }
+    };
+    let mut sessions: Vec<Value> = ids
+        .iter()
+        .zip(records.iter())
+        .filter_map(|(id, rec)| session_json(gw, &front, id, rec.as_ref(), false))
+        .collect();
+    sessions.sort_by_key(|s| std::cmp::Reverse(s["created_ms"].as_u64().unwrap_or(0)));
+    Ok(json(StatusCode::OK, json!({ "sessions": sessions })))
+}
+
+async fn show(axum::extract::State(a): Shared, Path(id): Path<String>) -> Answer {
+    let (gw, front) = running(&a)?;
+    let rec = front
+        .registry()
+        .records()
+        .store()
+        .get(&id)
+        .await
+        .ok()
+        .flatten();
+    match session_json(gw, &front, &id, rec.as_ref(), true) {
+        Some(v) => Ok(json(StatusCode::OK, v)),
+        None => Err(not_live(&id)),
+    }
+}
+
+fn not_live(id: &str) -> Refused {
+    Refused::new(
+        StatusCode::NOT_FOUND,
+        format!("no live session `{id}` on this replica"),
+    )
+}
+
+async fn kill(axum::extract::State(a): Shared, Path(id): Path<String>) -> Answer {
+    let (gw, front) = running(&a)?;
+    if gw.binding(&id).is_none() || !front.registry().end(&id).await {
+        return Err(not_live(&id));
+    }
+    tracing::info!(session = %id, "session ended through the admin API");
+    Ok(json(StatusCode::OK, json!({ "ended": id })))
+}
+
+async fn upstreams(axum::extract::State(a): Shared) -> Answer {
+    let (gw, _) = running(&a)?;
+    let mut routes: Vec<_> = gw.routes().collect();
+    routes.sort_by(|x, y| x.path().cmp(y.path()));
+    let routes: Vec<Value> = routes
+        .into_iter()
+        .map(|r| {
+            let set = r.set();
+            let members: Vec<Value> = set
+                .members()
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    json!({
+                        "name": shown(m.name()),
+                        "weight": m.weight(),
+                        "available": set.is_available(i),
+                        "healthy": m.healthy(),
+                        "sessions": m.sessions(),
+                        "inflight": m.inflight(),
+                        "sessions_total": m.sessions_total(),
+                        "connect_failures": m.connect_failures(),
+                    })
+                })
+                .collect();
+            json!({
+                "path": r.path(),
+                "strategy": set.strategy().name(),
+                "upstreams": members,
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, json!({ "routes": routes })))
+}
+
+async fn config(axum::extract::State(a): Shared) -> Answer {
+    let c = a.config.as_ref().ok_or_else(not_gateway)?;
+    Ok(json(StatusCode::OK, (**c).clone()))
+}
+
+async fn metrics(axum::extract::State(a): Shared) -> Answer {
+    let (gw, front) = running(&a)?;
+    let t = gw.metrics().totals();
+    let store = front.registry().records().store();
+    let h = store.health();
+    Ok(json(
+        StatusCode::OK,
+        json!({
+            "uptime_s": a.started.elapsed().as_secs_f64(),
+            "requests_total": t.requests,
+            "responses": {
+                "1xx": t.by_class[0], "2xx": t.by_class[1], "3xx": t.by_class[2],
+                "4xx": t.by_class[3], "5xx": t.by_class[4],
+            },
+            "rate_limited_total": t.rate_limited,
+            "auth_failures_total": t.auth_failures,
+            "authz_denied_total": t.authz_denied,
+            "active_sessions": front.registry().len(),
+            "max_sessions": front.registry().max(),
+            "inflight": front.registry().inflight(),
+            "store": {"backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages},
+        }),
+    ))
+}

@@ -1,0 +1,289 @@
+//! The admin listener: a JSON API, live traffic as SSE and a web page, on its own address
+//! (never the proxy's listener). What it serves depends on what the proxy has:
+//!
+//! * always: `GET /` (the web page, `admin.js`, `admin.css`: no data in them, no token needed)
+//!   and `GET /api` (which parts this proxy has);
+//! * interceptor rules (a [`PauseBoard`]): `/intercept/paused…` (see [`intercept`]);
+//! * live traffic ([`Traffic`]): `GET /api/traffic` (SSE, see [`traffic`]);
+//! * a gateway: `/api/sessions[/{id}]`, `/api/upstreams`, `/api/config`, `/api/metrics`
+//!   (see `gateway.rs`).
+//!
+//! With a token, every API request needs `Authorization: Bearer TOKEN` (compared in constant
+//! time); `401` otherwise. Without one, only loopback `Host` names are served (a DNS-rebinding
+//! page cannot reach it) and state-changing requests from a non-loopback `Origin` get `403`.
+
+mod gateway;
+pub mod intercept;
+mod page;
+mod redact;
+pub mod traffic;
+
+pub use traffic::Traffic;
+
+use crate::gateway::{Gateway, GatewayConfig};
+use crate::intercept::PauseBoard;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What an admin listener serves.
+pub struct AdminServer {
+    token: Option<Arc<str>>,
+    board: Option<Arc<PauseBoard>>,
+    gateway: Option<(Arc<Gateway>, Arc<serde_json::Value>)>,
+    traffic: Option<Arc<Traffic>>,
+}
+
+/// Shared by the handlers.
+pub(crate) struct Admin {
+    token: Option<Arc<str>>,
+    board: Option<Arc<PauseBoard>>,
+    gateway: Option<Arc<Gateway>>,
+    /// The gateway's effective configuration, secrets redacted.
+    config: Option<Arc<serde_json::Value>>,
+    traffic: Option<Arc<Traffic>>,
+    started: Instant,
+    cancel: CancellationToken,
+}
+
+type Shared = State<Arc<Admin>>;
+
+impl AdminServer {
+    /// An admin listener; with `token`, every API request needs it.
+    pub fn new(token: Option<String>) -> AdminServer {
+        AdminServer {
+            token: token.map(Arc::from),
+            board: None,
+            gateway: None,
+            traffic: None,
+        }
+    }
+
+    /// Serve the messages held by `pause` rules.
+    pub fn intercept(mut self, board: Arc<PauseBoard>) -> Self {
+        self.board = Some(board);
+        self
+    }
+
+    /// Serve a gateway's sessions, upstreams, metrics and configuration (`cfg`, shown with
+    /// every secret redacted).
+    pub fn gateway(mut self, gw: Arc<Gateway>, cfg: &GatewayConfig) -> Self {
+        self.gateway = Some((gw, Arc::new(redact::config(cfg))));
+        self
+    }
+
+    /// Serve live traffic (install `traffic` in the pipeline too).
+    pub fn traffic(mut self, traffic: Arc<Traffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
+    }
+
+    /// Serve on `listener` until `cancel` (open live-traffic streams end then too).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let (gateway, config) = match self.gateway {
+            Some((g, c)) => (Some(g), Some(c)),
+            None => (None, None),
+        };
+        let admin = Arc::new(Admin {
+            token: self.token,
+            board: self.board,
+            gateway,
+            config,
+            traffic: self.traffic,
+            started: Instant::now(),
+            cancel: cancel.clone(),
+        });
+        let api = axum::Router::new()
+            .route("/api", get(index))
+            .merge(intercept::routes())
+            .merge(gateway::routes())
+            .route("/api/traffic", get(traffic::stream))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "unknown admin endpoint") })
+            .layer(axum::middleware::from_fn_with_state(admin.clone(), guard));
+        let app = page::routes()
+            .merge(api)
+            .layer(axum::middleware::from_fn_with_state(
+                admin.clone(),
+                host_check,
+            ))
+            .with_state(admin);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await
+    }
+}
+
+pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
+    json(status, serde_json::json!({ "error": message }))
+}
+
+/// An API request that cannot be served: its status and what to say.
+pub(crate) struct Refused(StatusCode, String);
+
+impl Refused {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Refused {
+        Refused(status, message.into())
+    }
+}
+
+impl axum::response::IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+/// What the handlers return.
+pub(crate) type Answer = Result<Response, Refused>;
+
+/// `GET /api`: what this admin listener serves.
+async fn index(State(a): Shared) -> Response {
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "shadowcat": env!("CARGO_PKG_VERSION"),
+            "intercept": a.board.is_some(),
+            "gateway": a.gateway.is_some(),
+            "traffic": a.traffic.is_some(),
+            "uptime_s": a.started.elapsed().as_secs(),
+        }),
+    )
+}
+
+impl Admin {
+    /// `None` when allowed; the 401 answer otherwise.
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        let token = self.token.as_ref()?;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compare without an early exit so timing does not reveal the token's prefix.
+        let ok = given.is_some_and(|g| {
+            g.len() == token.len()
+                && g.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        (!ok).then(|| {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token (Authorization: Bearer TOKEN)",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"shadowcat-admin\""),
+            );
+            r
+        })
+    }
+}
+
+/// The API needs the token (when one is set).
+async fn guard(State(a): Shared, req: Request, next: Next) -> Response {
+    if let Some(r) = a.refuse(req.headers()) {
+        return r;
+    }
+    next.run(req).await
+}
+
+/// A loopback host name or address, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Without a token, refuse what a web page elsewhere could make a browser send here: other
+/// `Host` names (DNS rebinding) and state changes from another origin.
+async fn host_check(State(a): Shared, req: Request, next: Next) -> Response {
+    if a.token.is_none() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !is_loopback_host(host) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "this admin listener has no token and serves loopback host names only \
+                 (localhost, 127.0.0.1, [::1]); set a token to reach it by another name",
+            );
+        }
+        let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
+        if changes
+            && let Some(o) = origin
+            && !o
+                .split_once("://")
+                .is_some_and(|(_, rest)| is_loopback_host(rest))
+        {
+            return error(
+                StatusCode::FORBIDDEN,
+                &format!("requests from the origin `{o}` may not change anything here"),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "localhost:9090",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "[::1]:9090",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "evil.example",
+            "evil.example:9090",
+            "10.0.0.1:9090",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+}
