@@ -7,7 +7,8 @@
 //! * `DELETE /api/sessions/{id}` → end it: its upstream is shut down (a stdio child is
 //!   killed), its record marked ended; the client's next request gets `404`.
 //! * `GET /api/upstreams` → `{"routes":[{path, strategy, upstreams:[{name, weight, available,
-//!   healthy, sessions, inflight, sessions_total, connect_failures}]}]}`.
+//!   healthy, sessions, inflight, sessions_total, connect_failures, breaker
+//!   (`closed`/`half-open`/`open`, null without one), retries, timeouts}]}]}`.
 //! * `GET /api/config` → the effective configuration, secrets redacted.
 //! * `GET /api/metrics` → request totals (by status class), refusals, live sessions, store.
 //!
@@ -178,6 +179,9 @@ async fn upstreams(axum::extract::State(a): Shared) -> Answer {
                         "inflight": m.inflight(),
                         "sessions_total": m.sessions_total(),
                         "connect_failures": m.connect_failures(),
+                        "breaker": m.guard().breaker().map(|b| b.state().name()),
+                        "retries": m.guard().stats().retries.load(std::sync::atomic::Ordering::Relaxed),
+                        "timeouts": m.guard().stats().timeouts.load(std::sync::atomic::Ordering::Relaxed),
                     })
                 })
                 .collect();
