@@ -290,7 +290,7 @@ impl Gateway {
     /// Which route a request addresses (paths only: the gateway is an origin server).
     pub(crate) fn target(self: &Arc<Self>, req: &Request) -> Result<Target, ProxyError> {
         let path = req.uri().path();
-        let route = route_key(path)
+        let route = route_key_of(path)
             .and_then(|k| self.routes.get(k))
             .ok_or_else(|| {
                 let mut known: Vec<&str> = self.routes.values().map(|r| r.path.as_str()).collect();
@@ -305,9 +305,25 @@ impl Gateway {
                 )
             })?;
         let principal = req.extensions().get::<Principal>().cloned();
+        // A stateless (2026-07-28) request has no session placed on a member: the route's
+        // balancing picks one per request (consistent hashing keys on the principal). New
+        // sessions are placed by `GatewayTarget::connect`, so member 0 is only a default.
+        let stateless = crate::front::http::checks::protocol_version(req.headers())
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.is_modern());
+        let member = if stateless {
+            let key = principal
+                .as_ref()
+                .map(|p| p.id.to_string())
+                .unwrap_or_else(|| rand::random::<u64>().to_string());
+            route.set.pick_stateless(&key)
+        } else {
+            0
+        };
         Ok(Target {
             key: route.key.clone(),
-            spec: route.set.members()[0].spec().clone(),
+            spec: route.set.members()[member].spec().clone(),
             gateway: Some(GatewayTarget {
                 gateway: self.clone(),
                 route: route.clone(),
@@ -315,6 +331,13 @@ impl Gateway {
             }),
         })
     }
+}
+
+/// The route key a request path addresses: a route's MCP endpoint, or one of its legacy
+/// HTTP+SSE endpoints (`/sse` and `/message` belong to `/mcp`; `/servers/NAME/sse` and
+/// `/servers/NAME/message` to `/servers/NAME/mcp`).
+pub(crate) fn route_key_of(path: &str) -> Option<&str> {
+    route_key(path).or_else(|| crate::front::sse::Endpoint::route_of(path))
 }
 
 /// The gateway's pipeline stage: per-tool rate limits and session accounting.

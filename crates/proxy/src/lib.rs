@@ -12,6 +12,7 @@
 //! * [`intercept`]: interceptor rules (`--rules`) and paused messages; [`admin`]: the admin API
 //!   that lists and decides paused messages (`--admin`).
 //! * [`record`]: the recorder hook (`--record`), writing tapes in the background.
+//! * [`translate`]: era translation (2026-07-28 clients ↔ session-based servers and back).
 //! * [`shadow`]: shadow traffic (`--shadow`): requests mirrored to a second upstream, replies compared.
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod record;
 pub mod runtime;
 pub mod session;
 pub mod shadow;
+pub mod translate;
 pub mod upstream;
 
 pub use error::{ProxyError, Side};

@@ -7,17 +7,23 @@
 //!   `tools/call`, `prompts/get`, `resources/read`. Failures: 400 + JSON-RPC -32020.
 //! * No sessions: `Mcp-Session-Id` is ignored, none is minted; GET and DELETE with this version
 //!   get 405.
-//! * HTTP upstreams: the request is relayed as its own POST with the metadata headers and every
-//!   `Mcp-Param-*` header (never the client's credentials), and the answer (JSON or SSE) is
-//!   streamed back as it arrives. Closing the response closes the upstream request, which is
-//!   the 2026-07-28 cancellation signal.
-//! * stdio upstreams speak the session-based eras: the request is answered 400 + -32022 listing
-//!   the versions this route serves, which makes dual-era clients fall back to `initialize`.
+//! * HTTP upstreams that serve 2026-07-28 (a `server/discover` probe, cached per URL: see
+//!   [`crate::upstream::detect`]): the request is relayed as its own POST with the metadata
+//!   headers and every `Mcp-Param-*` header (never the client's credentials), and the answer
+//!   (JSON or SSE) is streamed back as it arrives. Closing the response closes the upstream
+//!   request, which is the 2026-07-28 cancellation signal. A relayed request refused with
+//!   `400`/`405` and no 2026-era error makes the next request probe again.
+//! * Upstreams that speak only the session-based eras (stdio children, HTTP+SSE servers,
+//!   Streamable HTTP servers that do not answer `server/discover`): the request is translated
+//!   onto a session the proxy holds with the server ([`crate::translate`]).
+//! * Tape replays (recorded sessions) answer 400 + -32022 listing the session-based versions,
+//!   which makes dual-era clients fall back to `initialize`.
 
 use super::{HttpFront, Target, reply};
 use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, Outcome};
 use crate::upstream::UpstreamSpec;
+use crate::upstream::detect::{self, Transport};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -176,6 +182,21 @@ async fn serve(
     version: ProtocolVersion,
 ) -> Result<Response, ProxyError> {
     validate(&headers, &frame, version)?;
+    let (url, extra) = match era(front, &target.spec).await {
+        Era::Relay { url, headers } => (url, headers),
+        // The held session's pipeline runs on the translated frames.
+        Era::Translate => return crate::translate::serve::handle(front, &target, frame).await,
+        Era::Refuse => {
+            return Err(ProxyError::UnsupportedVersion {
+                requested: version.as_str().to_string(),
+                supported: ProtocolVersion::ALL
+                    .iter()
+                    .filter(|v| !v.is_modern())
+                    .map(|v| v.as_str())
+                    .collect(),
+            });
+        }
+    };
     let ctx = FrameCtx {
         session: "-",
         direction: Direction::ClientToServer,
@@ -187,19 +208,39 @@ async fn serve(
         }
         Outcome::Drop => return Ok(reply::accepted()),
     };
-    match &target.spec {
-        UpstreamSpec::Http {
-            url,
-            headers: extra,
-        } => relay(front, url, extra, &headers, frame).await,
-        _ => Err(ProxyError::UnsupportedVersion {
-            requested: version.as_str().to_string(),
-            supported: ProtocolVersion::ALL
-                .iter()
-                .filter(|v| !v.is_modern())
-                .map(|v| v.as_str())
-                .collect(),
-        }),
+    relay(front, &url, &extra, &headers, frame).await
+}
+
+/// How a route's upstream takes 2026-07-28 requests.
+enum Era {
+    /// As they are: it serves 2026-07-28 (or nobody knows yet, and its own answer will tell).
+    Relay {
+        url: String,
+        headers: Vec<(String, String)>,
+    },
+    /// On a session held with it: it speaks only the session-based eras.
+    Translate,
+    /// Not at all (a tape replays a recorded session).
+    Refuse,
+}
+
+async fn era(front: &HttpFront, spec: &UpstreamSpec) -> Era {
+    match spec {
+        UpstreamSpec::Http { url, headers } | UpstreamSpec::Auto { url, headers } => {
+            let relay = Era::Relay {
+                url: url.clone(),
+                headers: headers.clone(),
+            };
+            if detect::cached(url) == Some(Transport::ModernOnly) {
+                return relay;
+            }
+            match detect::serves_modern(url, headers, front.http()).await {
+                Some(false) => Era::Translate,
+                Some(true) | None => relay,
+            }
+        }
+        UpstreamSpec::Stdio { .. } | UpstreamSpec::Sse { .. } => Era::Translate,
+        UpstreamSpec::Tape(_) => Era::Refuse,
     }
 }
 
@@ -234,8 +275,24 @@ async fn relay(
         req.body(frame.into_raw()).send().await.map_err(|e| {
             ProxyError::UpstreamConnect(format!("cannot reach upstream {url}: {e}"))
         })?;
+    let status = resp.status();
+    if matches!(status.as_u16(), 400 | 405) {
+        // Refused: if not in 2026-era terms, the URL's era is probed again next time.
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = read_refusal(resp).await;
+        if !refused_in_modern_terms(&body) {
+            tracing::info!(url, %status, "a relayed 2026-07-28 request was refused; probing the upstream's era again next time");
+            detect::forget(url);
+        }
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        if let Some(ct) = content_type {
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return Ok(r);
+    }
     let mut r = Response::new(Body::empty());
-    *r.status_mut() = resp.status();
+    *r.status_mut() = status;
     for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
         if let Some(v) = resp.headers().get(&name) {
             r.headers_mut().insert(name, v.clone());
@@ -250,6 +307,33 @@ async fn relay(
     }
     *r.body_mut() = Body::from_stream(resp.bytes_stream());
     Ok(r)
+}
+
+/// Most bytes of a refused relay's body read (the rest is dropped).
+const REFUSAL_LIMIT: usize = 64 * 1024;
+
+async fn read_refusal(mut resp: reqwest::Response) -> Bytes {
+    let mut body = bytes::BytesMut::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= REFUSAL_LIMIT {
+            break;
+        }
+    }
+    body.freeze()
+}
+
+/// A JSON-RPC error a 2026-07-28 server answers with (header, version, capability, params or
+/// parse errors): the URL still serves the era.
+fn refused_in_modern_terms(body: &[u8]) -> bool {
+    use shadowcat_proto::error::{INVALID_PARAMS, PARSE_ERROR};
+    detect::is_modern_error(body)
+        || serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+            matches!(
+                v["error"]["code"].as_i64(),
+                Some(INVALID_PARAMS | PARSE_ERROR)
+            )
+        })
 }
 
 #[cfg(test)]
