@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Era interop peers built on the official Python SDK (`mcp`):
 
-    modern_peer.py server --port PORT [--era E]   # an MCP server (tools echo, add, count)
+    modern_peer.py server --port PORT [--era E]   # an MCP server (tools echo, add, count,
+                                                  # wait, cancellations, whoami)
     modern_peer.py server --stdio                 # the same tools on stdin/stdout
     modern_peer.py client --url URL --mode M      # list tools, call echo, add, count; check answers
 
@@ -15,7 +16,8 @@ Server eras (`--era`), all on 127.0.0.1:PORT:
     sse     the legacy HTTP+SSE transport (2024-11-05): GET /sse, POST /messages/
 
 Client modes: `auto`, `legacy` or `2026-07-28` (the SDK's `Client(mode=...)`); `--sse` uses the
-SDK's HTTP+SSE client (legacy mode only). `--progress` also checks that `count` reports
+SDK's HTTP+SSE client (legacy mode only); `--any-server` only lists tools and calls `echo`
+(whose text must contain the message), for other SDKs' servers. `--progress` also checks that `count` reports
 progress 1..3 through a progress callback. The client prints `ok ...` lines, then
 `N passed, M failed`, and exits 0 only if all passed. `--expect-era modern|legacy` also checks
 which era the session ended up speaking.
@@ -37,8 +39,9 @@ from mcp.server.mcpserver import Context, MCPServer
 MODERN = "2026-07-28"
 
 
-def make_app() -> MCPServer:
-    app = MCPServer("py-era-peer")
+def make_app(name: str = "py-era-peer") -> MCPServer:
+    app = MCPServer(name)
+    cancelled = 0
 
     @app.tool()
     def echo(message: str) -> str:
@@ -57,6 +60,27 @@ def make_app() -> MCPServer:
             await ctx.report_progress(i, n)
             await anyio.sleep(0.01)
         return f"counted {n}"
+
+    @app.tool()
+    async def wait(seconds: float) -> str:
+        """Sleep; a cancelled wait is counted (see `cancellations`)."""
+        nonlocal cancelled
+        try:
+            await anyio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            cancelled += 1
+            raise
+        return "waited"
+
+    @app.tool()
+    def whoami() -> str:
+        """This server's name (`--name`)."""
+        return name
+
+    @app.tool()
+    def cancellations() -> str:
+        """How many `wait` calls were cancelled in this process."""
+        return str(cancelled)
 
     return app
 
@@ -96,8 +120,8 @@ def era_gate(inner, era: str):
     return app
 
 
-async def serve_http(port: int, era: str) -> None:
-    app = make_app()
+async def serve_http(port: int, era: str, name: str) -> None:
+    app = make_app(name)
     if era == "sse":
         asgi = app.sse_app(host="127.0.0.1")
     else:
@@ -131,6 +155,13 @@ async def drive(a: argparse.Namespace) -> int:
             print(f"negotiated {version}", file=sys.stderr)
             tools = await c.list_tools()
             names = sorted(t.name for t in tools.tools)
+            print(f"tools: {' '.join(names)}")
+            if a.any_server:
+                # Another SDK's server: its echo decorates the message.
+                r = await c.call_tool("echo", {"message": "héllo era"})
+                check("echo", "héllo era" in text_of(r), f"got {text_of(r)!r}")
+                print(f"{passed} passed, {failed} failed")
+                return 0 if failed == 0 else 1
             check("tools_list", {"echo", "add"} <= set(names), f"got {names}")
             r = await c.call_tool("echo", {"message": "héllo era"})
             check("echo", text_of(r) == "héllo era", f"got {text_of(r)!r}")
@@ -159,20 +190,22 @@ def main() -> int:
     s.add_argument("--port", type=int)
     s.add_argument("--stdio", action="store_true")
     s.add_argument("--era", choices=["dual", "legacy", "modern", "sse"], default="dual")
+    s.add_argument("--name", default="py-era-peer")
     c = sub.add_parser("client")
     c.add_argument("--url", required=True)
     c.add_argument("--mode", default="auto")
     c.add_argument("--sse", action="store_true")
     c.add_argument("--progress", action="store_true")
+    c.add_argument("--any-server", action="store_true", help="only list tools and call echo (any server's)")
     c.add_argument("--expect-era", choices=["modern", "legacy"])
     a = p.parse_args()
     if a.cmd == "server":
         if a.stdio:
-            make_app().run()
+            make_app(a.name).run()
             return 0
         if a.port is None:
             p.error("server needs --port or --stdio")
-        anyio.run(serve_http, a.port, a.era)
+        anyio.run(serve_http, a.port, a.era, a.name)
         return 0
     return anyio.run(drive, a)
 

@@ -22,13 +22,12 @@ pub fn decode(value: &[u8]) -> Option<String> {
 /// Encode a value for a metadata header: unchanged when it is visible ASCII (inner spaces
 /// allowed) and does not look like the sentinel, else `=?base64?…?=` (standard Base64).
 pub fn encode(value: &str) -> String {
-    let plain = !value.is_empty()
-        && !value.starts_with([' ', '\t'])
-        && !value.ends_with([' ', '\t'])
-        && !(value.starts_with("=?base64?") && value.ends_with("?="))
-        && value
-            .bytes()
-            .all(|b| b == b' ' || (0x21..=0x7e).contains(&b));
+    let edge_space = value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']);
+    let sentinel = value.starts_with("=?base64?") && value.ends_with("?=");
+    let visible = value
+        .bytes()
+        .all(|b| b == b' ' || (0x21..=0x7e).contains(&b));
+    let plain = !value.is_empty() && !edge_space && !sentinel && visible;
     if plain {
         return value.to_string();
     }

@@ -1,5 +1,6 @@
 pub mod harness;
 
+mod era_matrix;
 mod eras;
 mod gateway;
 mod gateway_auth;
@@ -8,6 +9,7 @@ mod http_front;
 mod intercept;
 mod legacy_sse;
 mod lifecycle;
+mod peers;
 mod python;
 mod replicas;
 mod resumption;

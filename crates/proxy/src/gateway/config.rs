@@ -541,6 +541,22 @@ pub struct UpstreamConfig {
     /// Send `Authorization: Bearer $VAR` (read at start) to this upstream.
     #[serde(default)]
     pub bearer_env: Option<String>,
+    /// How `url` is spoken (era translation and transport detection).
+    #[serde(default)]
+    pub transport: UrlTransport,
+}
+
+/// The HTTP transport of a `url` upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UrlTransport {
+    /// Streamable HTTP (every era from 2025-03-26 on, including 2026-07-28).
+    #[default]
+    Streamable,
+    /// The legacy HTTP+SSE transport (2024-11-05): `url` is the SSE endpoint.
+    Sse,
+    /// Detected when a session is created (Streamable HTTP, else HTTP+SSE).
+    Auto,
 }
 
 impl UpstreamConfig {
@@ -564,9 +580,11 @@ impl UpstreamConfig {
                     }
                     headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
                 }
-                Ok(UpstreamSpec::Http {
-                    url: url.clone(),
-                    headers,
+                let url = url.clone();
+                Ok(match self.transport {
+                    UrlTransport::Streamable => UpstreamSpec::Http { url, headers },
+                    UrlTransport::Sse => UpstreamSpec::Sse { url, headers },
+                    UrlTransport::Auto => UpstreamSpec::Auto { url, headers },
                 })
             }
             (None, Some(command)) => Ok(UpstreamSpec::Stdio {

@@ -97,7 +97,7 @@ impl Filter {
             Some("notifications/resources/list_changed") => self.resources,
             Some("notifications/resources/updated") => {
                 let uri = updated_uri(frame);
-                uri.is_some_and(|u| self.uris.iter().any(|x| *x == u))
+                uri.is_some_and(|u| self.uris.contains(&u))
             }
             _ => false,
         }

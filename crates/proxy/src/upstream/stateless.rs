@@ -390,10 +390,15 @@ pub(super) async fn post(inner: &Arc<Inner>, st: &Arc<Stateless>, frame: Frame) 
             }
         }
         Plan::Post(out) => {
-            let cancel = out.cancel.clone();
+            let (cancel, id) = (out.cancel.clone(), out.id.clone());
             tokio::select! {
                 _ = send(inner, out) => {}
-                _ = cancel.cancelled() => tracing::debug!("request cancelled by the client; its POST is closed"),
+                _ = cancel.cancelled() => {
+                    // Closing the POST is the cancellation; the client's own HTTP request for
+                    // it is released with an error it will ignore (it cancelled).
+                    let msg = "the request was cancelled by the client (notifications/cancelled)";
+                    inner.fail(id.as_ref(), msg.into()).await;
+                }
             }
         }
     }
