@@ -333,6 +333,35 @@ impl Gateway {
     }
 }
 
+/// Which list answer of a stateless request the route's rules filter.
+pub(crate) type ListFilter = (Kind, &'static str);
+
+impl GatewayTarget {
+    /// The route's authorization rules for a stateless (2026-07-28) request relayed to a modern
+    /// upstream, which has no session to carry its principal: `Err(answer)` when a rule refuses
+    /// it, `Ok(Some(list))` when its answer (a list) must be filtered.
+    pub(crate) fn authorize_stateless(&self, frame: &Frame) -> Result<Option<ListFilter>, Frame> {
+        let rules = &self.route.rules;
+        if rules.is_open() {
+            return Ok(None);
+        }
+        if let Err(denied) = rules.check_frame(self.principal.as_ref(), frame) {
+            tracing::info!(reason = %denied.0, "stateless request refused by an authorization rule");
+            self.gateway.metrics.authz_denied(&self.route.path);
+            return Err(error_frame(frame.id(), FORBIDDEN, &denied.0));
+        }
+        Ok(frame.method().and_then(Kind::of_list))
+    }
+
+    /// A stateless list answer without the items the principal may not use (`None`: unchanged).
+    pub(crate) fn filter_stateless(&self, list: ListFilter, frame: &Frame) -> Option<Frame> {
+        let (kind, key) = list;
+        self.route
+            .rules
+            .filter_list(self.principal.as_ref(), kind, key, frame)
+    }
+}
+
 /// The route key a request path addresses: a route's MCP endpoint, or one of its legacy
 /// HTTP+SSE endpoints (`/sse` and `/message` belong to `/mcp`; `/servers/NAME/sse` and
 /// `/servers/NAME/message` to `/servers/NAME/mcp`).

@@ -548,3 +548,72 @@ url = "{b}"
     let count = |n: &str| seen.iter().filter(|s| *s == n).count();
     assert_eq!((count("a"), count("b")), (3, 3), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_rules_apply_to_stateless_requests_relayed_or_translated() {
+    let py = Peer::python(PyEra::Dual).await;
+    let cmd = python_stdio();
+    let args: Vec<String> = cmd[1..].iter().map(|a| format!("{a:?}")).collect();
+    let (_dir, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+path = "/servers/relayed/mcp"
+[[routes.upstreams]]
+url = "{url}"
+[[routes.rules]]
+effect = "deny"
+tools = ["add", "count"]
+[[routes]]
+path = "/servers/held/mcp"
+[[routes.upstreams]]
+command = {command:?}
+args = [{args}]
+[[routes.rules]]
+effect = "deny"
+tools = ["add", "count"]
+"#,
+        url = py.url,
+        command = cmd[0],
+        args = args.join(", "),
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    for route in ["relayed", "held"] {
+        let url = format!("{}/servers/{route}/mcp", gw.base);
+        let r = modern(&url, "tools/list", None, json!({})).await;
+        assert_eq!(r.status, 200, "{route}: {}", r.body);
+        let names: Vec<String> = r.messages()[0]["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{route}: {}", r.body))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(names.contains(&"echo".to_string()), "{route}: {names:?}");
+        assert!(
+            !names.iter().any(|n| n == "add" || n == "count"),
+            "{route}: {names:?}"
+        );
+        let r = modern(
+            &url,
+            "tools/call",
+            Some("add"),
+            json!({"arguments": {"a": 1, "b": 2}}),
+        )
+        .await;
+        assert_eq!(r.rpc_code(), -32003, "{route}: {}", r.body);
+        assert!(
+            r.body.contains("forbidden by the gateway"),
+            "{route}: {}",
+            r.body
+        );
+        let r = modern(
+            &url,
+            "tools/call",
+            Some("echo"),
+            json!({"arguments": {"message": "ok"}}),
+        )
+        .await;
+        assert_eq!(text_of(&r, &json!(1)), "ok", "{route}");
+    }
+}

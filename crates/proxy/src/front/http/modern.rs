@@ -33,7 +33,9 @@ use shadowcat_proto::era::{
     PROTOCOL_VERSION_HEADER, ProtocolVersion,
 };
 use shadowcat_proto::error::{HEADER_MISMATCH, INVALID_REQUEST};
+use shadowcat_proto::sse::{SseDecoder, encode_event};
 use shadowcat_proto::{Frame, FrameKind, Message, header_value};
+use tokio_util::codec::Decoder;
 
 fn mismatch(frame: &Frame, msg: String) -> ProxyError {
     let _ = frame;
@@ -197,6 +199,14 @@ async fn serve(
             });
         }
     };
+    // Gateway: no session carries the principal, so the route's rules are applied here.
+    let list = match &target.gateway {
+        Some(g) => match g.authorize_stateless(&frame) {
+            Err(answer) => return Ok(reply::json_response(StatusCode::OK, answer.into_raw())),
+            Ok(list) => list.map(|l| (g, l)),
+        },
+        None => None,
+    };
     let ctx = FrameCtx {
         session: "-",
         direction: Direction::ClientToServer,
@@ -208,7 +218,61 @@ async fn serve(
         }
         Outcome::Drop => return Ok(reply::accepted()),
     };
-    relay(front, &url, &extra, &headers, frame).await
+    let answer = relay(front, &url, &extra, &headers, frame).await?;
+    match list {
+        Some((g, list)) => {
+            let limit = front.config.upstream.max_message;
+            filtered(answer, limit, |f| g.filter_stateless(list, f)).await
+        }
+        None => Ok(answer),
+    }
+}
+
+/// A list answer (JSON or SSE) with its response frame passed through `filter` (which returns
+/// `None` to keep a frame unchanged). The answer is buffered, up to `limit` bytes.
+async fn filtered(
+    answer: Response,
+    limit: usize,
+    filter: impl Fn(&Frame) -> Option<Frame>,
+) -> Result<Response, ProxyError> {
+    let (parts, body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        ProxyError::UpstreamProtocol(format!("the upstream's list answer could not be read: {e}"))
+    })?;
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let apply = |raw: Bytes| match Frame::parse_single(raw.clone()) {
+        Ok(f) if f.kind().is_reply() => filter(&f).map(Frame::into_raw).unwrap_or(raw),
+        _ => raw,
+    };
+    let out = if is_sse {
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        let mut decoder = SseDecoder::new(limit);
+        let mut out = bytes::BytesMut::new();
+        while let Ok(Some(ev)) = decoder.decode(&mut buf) {
+            match ev.data.as_deref().filter(|d| !d.trim().is_empty()) {
+                Some(d) => {
+                    let data = apply(Bytes::copy_from_slice(d.as_bytes()));
+                    let text = String::from_utf8_lossy(&data);
+                    out.extend_from_slice(&encode_event(
+                        ev.id.as_deref(),
+                        ev.event.as_deref(),
+                        &text,
+                        ev.retry,
+                    ));
+                }
+                None => out.extend_from_slice(&ev.raw),
+            }
+        }
+        out.freeze()
+    } else {
+        apply(bytes)
+    };
+    let mut r = Response::from_parts(parts, Body::from(out));
+    r.headers_mut().remove(header::CONTENT_LENGTH);
+    Ok(r)
 }
 
 /// How a route's upstream takes 2026-07-28 requests.
