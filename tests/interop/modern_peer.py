@@ -2,7 +2,7 @@
 """Era interop peers built on the official Python SDK (`mcp`):
 
     modern_peer.py server --port PORT [--era E]   # an MCP server (tools echo, add, count,
-                                                  # wait, cancellations, whoami)
+                                                  # wait, cancellations, whoami, ask)
     modern_peer.py server --stdio                 # the same tools on stdin/stdout
     modern_peer.py client --url URL --mode M      # list tools, call echo, add, count; check answers
 
@@ -18,7 +18,8 @@ Server eras (`--era`), all on 127.0.0.1:PORT:
 Client modes: `auto`, `legacy` or `2026-07-28` (the SDK's `Client(mode=...)`); `--sse` uses the
 SDK's HTTP+SSE client (legacy mode only); `--any-server` only lists tools and calls `echo`
 (whose text must contain the message), for other SDKs' servers. `--progress` also checks that `count` reports
-progress 1..3 through a progress callback. The client prints `ok ...` lines, then
+progress 1..3 through a progress callback; `--ask` that `ask` reaches the elicitation callback
+(the server asks with a 2026-07-28 multi-round-trip result). The client prints `ok ...` lines, then
 `N passed, M failed`, and exits 0 only if all passed. `--expect-era modern|legacy` also checks
 which era the session ended up speaking.
 """
@@ -35,6 +36,7 @@ import uvicorn
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import ElicitRequest, ElicitRequestFormParams, ElicitResult, InputRequiredResult
 
 MODERN = "2026-07-28"
 
@@ -71,6 +73,21 @@ def make_app(name: str = "py-era-peer") -> MCPServer:
             cancelled += 1
             raise
         return "waited"
+
+    @app.tool()
+    async def ask(question: str, ctx: Context) -> str | InputRequiredResult:
+        """Ask the client (2026-07-28 multi-round-trip elicitation); answer with what it said."""
+        answer = (ctx.input_responses or {}).get("answer")
+        if answer is None:
+            form = ElicitRequestFormParams(
+                message=question,
+                requested_schema={"type": "object", "properties": {"name": {"type": "string"}}},
+            )
+            return InputRequiredResult(
+                input_requests={"answer": ElicitRequest(params=form)}, request_state="asked"
+            )
+        content = getattr(answer, "content", None) or {}
+        return f"{getattr(answer, 'action', '?')} {content.get('name', '')} ({ctx.request_state})"
 
     @app.tool()
     def whoami() -> str:
@@ -148,9 +165,15 @@ async def drive(a: argparse.Namespace) -> int:
             failed += 1
             print(f"FAIL {name}: {why}")
 
+    asked: list[str] = []
+
+    async def on_elicit(ctx, params) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"name": "Ada"})
+
     target = sse_client(a.url, timeout=20) if a.sse else a.url
     with anyio.fail_after(60):
-        async with Client(target, mode=a.mode) as c:
+        async with Client(target, mode=a.mode, elicitation_callback=on_elicit) as c:
             version = str(getattr(c, "protocol_version", "") or "")
             print(f"negotiated {version}", file=sys.stderr)
             tools = await c.list_tools()
@@ -176,6 +199,10 @@ async def drive(a: argparse.Namespace) -> int:
                 r = await c.call_tool("count", {"n": 3}, progress_callback=on_progress)
                 check("count", text_of(r) == "counted 3", f"got {text_of(r)!r}")
                 check("progress", seen == [1, 2, 3], f"got {seen}")
+            if a.ask:
+                r = await c.call_tool("ask", {"question": "your name?"})
+                check("ask", text_of(r) == "accept Ada (asked)", f"got {text_of(r)!r}")
+                check("asked", asked == ["your name?"], f"elicitation callback saw {asked}")
             if a.expect_era:
                 era = "modern" if version.startswith("2026") else "legacy"
                 check("era", era == a.expect_era, f"negotiated {version!r} ({era})")
@@ -197,6 +224,7 @@ def main() -> int:
     c.add_argument("--sse", action="store_true")
     c.add_argument("--progress", action="store_true")
     c.add_argument("--any-server", action="store_true", help="only list tools and call echo (any server's)")
+    c.add_argument("--ask", action="store_true", help="call `ask` (multi-round-trip elicitation)")
     c.add_argument("--expect-era", choices=["modern", "legacy"])
     a = p.parse_args()
     if a.cmd == "server":

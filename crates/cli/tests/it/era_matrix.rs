@@ -6,7 +6,8 @@
 //! HTTP only, 2026-07-28 only, and stdio. Without the proxy, a modern client cannot use a
 //! legacy server and a legacy client cannot use a modern-only one; through it, each pair lists
 //! tools, calls `echo`, `add` and `count` (3 progress notifications relayed) and ends up in the
-//! era its client asked for.
+//! era its client asked for. The modern-only server also asks every client for input with a
+//! multi-round-trip result (`ask`): session-based clients get it as `elicitation/create`.
 
 use super::gateway_support::{config_file, start_gateway};
 use super::harness::Server;
@@ -48,8 +49,10 @@ async fn run_matrix(base: String) {
             runs.push(tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await.unwrap();
                 let path = format!("/servers/{route}/mcp");
+                // The modern-only server asks for input the 2026-07-28 way (`ask`).
+                let ask = route == "modern";
                 let (ok, out) =
-                    tokio::task::spawn_blocking(move || python_client(&base, &path, era))
+                    tokio::task::spawn_blocking(move || python_client(&base, &path, era, ask))
                         .await
                         .unwrap();
                 (route, era, ok, out)

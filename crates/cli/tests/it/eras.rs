@@ -388,6 +388,35 @@ async fn modern_requests_are_translated_onto_a_held_session() {
     );
 }
 
+/// tests/interop/python_client.py (every feature of the demo server) in `mode`; panics with its
+/// output unless every check passed.
+fn python_client_script(url: &str, mode: &str) {
+    let out = Command::new(python())
+        .arg(workspace().join("tests/interop/python_client.py"))
+        .args(["--url", url, "--mode", mode, "--concurrency", "4"])
+        .output()
+        .expect("run python_client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "mode {mode}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_clients_of_a_session_based_server_lose_nothing() {
+    // Progress, sampling and elicitation (as multi-round-trip input), log messages (opted in
+    // per request), resources, prompts and 4 concurrent sessions, through a held session.
+    let p = Server::forward_http(&["--demo"]).await;
+    for mode in ["2026-07-28", "auto"] {
+        let url = p.url();
+        tokio::task::spawn_blocking(move || python_client_script(&url, mode))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_modern_response_cancels_the_request_on_the_held_session() {
     let stdio = format!("stdio={}", python_stdio().join(" "));

@@ -179,8 +179,10 @@ impl ClientEra {
 
 /// Run the Python SDK's client in `era` against the route at `base` + `route` (`/mcp` or
 /// `/servers/NAME/mcp`; the SSE client uses the route's `sse` endpoint): list tools, call echo,
-/// add and count (with 3 progress notifications), check the era. Returns (passed, output).
-pub fn python_client(base: &str, route: &str, era: ClientEra) -> (bool, String) {
+/// add and count (with 3 progress notifications), check the era; with `ask`, also the `ask`
+/// tool (the server's multi-round-trip elicitation reaches the client's callback). Returns
+/// (passed, output).
+pub fn python_client(base: &str, route: &str, era: ClientEra, ask: bool) -> (bool, String) {
     let url = match era {
         ClientEra::Sse => format!("{base}{}", route.replace("/mcp", "/sse")),
         _ => format!("{base}{route}"),
@@ -197,13 +199,17 @@ pub fn python_client(base: &str, route: &str, era: ClientEra) -> (bool, String) 
     if era == ClientEra::Sse {
         cmd.arg("--sse");
     }
+    if ask {
+        cmd.arg("--ask");
+    }
     let out = cmd.output().expect("run the python client");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let ok = out.status.success() && text.contains("6 passed, 0 failed");
+    let checks = if ask { 8 } else { 6 };
+    let ok = out.status.success() && text.contains(&format!("{checks} passed, 0 failed"));
     (ok, text)
 }
 

@@ -16,13 +16,13 @@ pub fn held_client_info(env: &Envelope) -> Value {
         .unwrap_or_else(|| json!({"name": "shadowcat", "version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// The client capabilities a held session declares: the modern client's, without the ones that
-/// need a server→client request the proxy cannot carry (`sampling`, `elicitation`, `roots`: a
-/// 2026-07-28 client answers them only through a multi-round-trip result, which a session-based
-/// server cannot produce). `tasks` goes too (removed from the core in 2026-07-28).
+/// The client capabilities a held session declares: the modern client's, without `roots` (a
+/// session-based server asks for roots outside any request, where a 2026-07-28 client cannot
+/// be asked) and `tasks` (removed from the core in 2026-07-28). `sampling` and `elicitation`
+/// stay: their requests reach the client as multi-round-trip input ([`super::mrtr`]).
 pub fn held_capabilities(env: &Envelope) -> Value {
     let mut caps = env.capabilities.as_object().cloned().unwrap_or_default();
-    for k in ["sampling", "elicitation", "roots", "tasks"] {
+    for k in ["roots", "tasks"] {
         caps.remove(k);
     }
     Value::Object(caps)
@@ -111,7 +111,10 @@ mod tests {
         };
         let p = initialize_params(&env);
         assert_eq!(p["protocolVersion"], "2025-11-25");
-        assert_eq!(p["capabilities"], json!({"experimental":{"x":{}}}));
+        assert_eq!(
+            p["capabilities"],
+            json!({"sampling":{}, "elicitation":{"form":{}}, "experimental":{"x":{}}})
+        );
         assert_eq!(p["clientInfo"]["name"], "shadowcat");
     }
 

@@ -11,9 +11,11 @@
 //!   opted in with `_meta` `logLevel` and the level is high enough; `list_changed` and
 //!   `resources/updated` to the `subscriptions/listen` streams that asked for them; anything
 //!   else is dropped (debug log).
-//! * Server requests: `ping` is answered `{}`; anything else (`sampling/createMessage`,
-//!   `elicitation/create`, `roots/list`) gets JSON-RPC `-32601` with a message saying why —
-//!   the held session never declares those capabilities, so a conforming server does not ask.
+//! * Server requests: `ping` is answered `{}`; `sampling/createMessage` and
+//!   `elicitation/create` related to a client's `tools/call`, `prompts/get` or `resources/read`
+//!   reach that client as a multi-round-trip `InputRequiredResult` ([`super::mrtr`]); anything
+//!   else (unrelated ones, `roots/list`, which the held session never declares) gets JSON-RPC
+//!   `-32601` with a message saying why.
 //! * A client that closes its response stream cancels its request: the server gets
 //!   `notifications/cancelled` for the held id.
 //! * The session ends when it has been idle (nothing in flight, no listener) for the front's
@@ -21,6 +23,7 @@
 //!   each listener a final `subscriptions/listen` result) or when the proxy shuts down.
 
 use super::envelope::{self, id_value};
+use super::mrtr::{self, Suspended};
 use crate::error::ProxyError;
 use crate::front::http::Records;
 use crate::session::{Sent, Session};
@@ -128,6 +131,7 @@ fn severity(level: &str) -> Option<usize> {
 struct Waiter {
     client_id: RequestId,
     method: Arc<str>,
+    target: Option<Arc<str>>,
     client_token: Option<Value>,
     log_level: Option<usize>,
     tx: mpsc::Sender<Frame>,
@@ -146,6 +150,8 @@ struct Table {
     next_listener: u64,
     /// Resource URIs subscribed on the server, with how many listeners want each.
     subscribed: HashMap<String, usize>,
+    /// Client requests waiting for their client's input, by `requestState`.
+    suspended: HashMap<String, Suspended>,
 }
 
 /// A session-based upstream session held for 2026-07-28 clients.
@@ -252,7 +258,7 @@ impl Held {
 
     fn idle_for(&self) -> Option<Duration> {
         let t = self.table();
-        if !t.waiting.is_empty() || !t.listeners.is_empty() {
+        if !t.waiting.is_empty() || !t.listeners.is_empty() || !t.suspended.is_empty() {
             return None;
         }
         drop(t);
@@ -280,6 +286,7 @@ impl Held {
             Waiter {
                 client_id: id.clone(),
                 method: Arc::from("initialize"),
+                target: None,
                 client_token: None,
                 log_level: None,
                 tx,
@@ -349,6 +356,9 @@ impl Held {
         let client_id = frame.id().cloned().ok_or_else(|| {
             ProxyError::UpstreamProtocol("a request without an id cannot be relayed".into())
         })?;
+        if let Some((state, responses)) = mrtr::retry_of(frame) {
+            return self.resume(frame, client_id, &state, &responses).await;
+        }
         let id = self.next_id();
         let unwrapped = envelope::unwrap_request(frame, &id, &id_value(&id)).map_err(|e| {
             ProxyError::bad(
@@ -363,6 +373,7 @@ impl Held {
             Waiter {
                 client_id,
                 method: Arc::from(frame.method().unwrap_or("")),
+                target: frame.target().map(Arc::from),
                 client_token: unwrapped.progress_token,
                 log_level: unwrapped.envelope.log_level.as_deref().and_then(severity),
                 tx,
@@ -375,6 +386,156 @@ impl Held {
         };
         self.send(unwrapped.frame, &id).await?;
         Ok(Call { rx, guard })
+    }
+
+    /// A client's retry with `inputResponses` for a request that asked it for input: answer the
+    /// server's requests, then wait for the request's answer (or ask again for what is missing).
+    async fn resume(
+        self: &Arc<Self>,
+        frame: &Frame,
+        client_id: RequestId,
+        state: &str,
+        responses: &serde_json::Map<String, Value>,
+    ) -> Result<Call, ProxyError> {
+        let invalid = |msg: &str| {
+            ProxyError::bad(
+                http::StatusCode::BAD_REQUEST,
+                shadowcat_proto::error::INVALID_PARAMS,
+                msg,
+            )
+        };
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (answers, uid, now) = {
+            let mut t = self.table();
+            let Some(mut s) = t.suspended.remove(state) else {
+                return Err(invalid(
+                    "unknown or expired requestState: send the request again without it",
+                ));
+            };
+            if Some(&*s.method) != frame.method() || s.target.as_deref() != frame.target() {
+                t.suspended.insert(state.to_string(), s);
+                return Err(invalid("this requestState belongs to another request"));
+            }
+            let answers = s.answer(responses);
+            let uid = s.uid.clone();
+            let now = if s.asking() {
+                // Input still missing: ask for it again, under the same state.
+                let again = s.input_required(&client_id, state);
+                t.suspended.insert(state.to_string(), s);
+                Some(again)
+            } else if let Some(done) = s.done.take() {
+                let info = self.server_info();
+                Some(envelope::modern_answer(&done, &client_id, &s.method, info).unwrap_or(done))
+            } else {
+                let env = envelope::read_envelope(frame);
+                t.waiting.insert(
+                    uid.clone(),
+                    Waiter {
+                        client_id,
+                        method: s.method,
+                        target: s.target,
+                        client_token: frame.progress_token().map(id_value),
+                        log_level: env.log_level.as_deref().and_then(severity),
+                        tx: tx.clone(),
+                    },
+                );
+                None
+            };
+            (answers, uid, now)
+        };
+        self.touch();
+        if let Some(f) = now {
+            let _ = tx.try_send(f);
+        }
+        drop(tx);
+        let guard = CallGuard {
+            held: self.clone(),
+            id: uid.clone(),
+        };
+        for a in answers {
+            self.core.from_client(a).await?;
+        }
+        Ok(Call { rx, guard })
+    }
+
+    /// A server request for input (`sampling/createMessage`, `elicitation/create`) related to
+    /// a client request that may take input: the client gets an `InputRequiredResult` for it.
+    /// False when it cannot be related to one.
+    fn suspend(&self, request: &Frame, via: &Via) -> bool {
+        let mut t = self.table();
+        let uid = match via {
+            Via::Request(id) => Some(id.clone()),
+            // stdio and HTTP+SSE carry no relation: the only client request in flight, else
+            // the only one already asking its client.
+            _ => {
+                let mut live = t.waiting.iter().filter(|(_, w)| !w.tx.is_closed());
+                match (live.next(), live.next()) {
+                    (Some((id, _)), None) => Some(id.clone()),
+                    (None, _) if t.suspended.len() == 1 => {
+                        t.suspended.values().next().map(|s| s.uid.clone())
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let Some(uid) = uid else {
+            return false;
+        };
+        if let Some(s) = t.suspended.values_mut().find(|s| s.uid == uid) {
+            // Its client has not come back yet: this is asked in the same round.
+            s.add(request);
+            return true;
+        }
+        let takes_input = t
+            .waiting
+            .get(&uid)
+            .is_some_and(|w| mrtr::TAKES_INPUT.contains(&&*w.method));
+        if !takes_input {
+            return false;
+        }
+        let Some(w) = t.waiting.remove(&uid) else {
+            return false;
+        };
+        let mut s = Suspended::new(uid, w.method.clone(), w.target.clone());
+        s.add(request);
+        let state = mrtr::new_state();
+        let ask = s.input_required(&w.client_id, &state);
+        t.suspended.insert(state, s);
+        drop(t);
+        if let Err(mpsc::error::TrySendError::Full(ask)) = w.tx.try_send(ask) {
+            self.core.tracker().spawn(async move {
+                let _ = w.tx.send(ask).await;
+            });
+        }
+        true
+    }
+
+    /// Suspended requests whose client did not come back within `ttl`: the server's requests
+    /// get an error, the client's request is cancelled.
+    async fn expire(&self, ttl: Duration) {
+        let expired: Vec<Suspended> = {
+            let mut t = self.table();
+            let old: Vec<String> = t
+                .suspended
+                .iter()
+                .filter(|(_, s)| s.since.elapsed() >= ttl)
+                .map(|(k, _)| k.clone())
+                .collect();
+            old.iter().filter_map(|k| t.suspended.remove(k)).collect()
+        };
+        for mut s in expired {
+            tracing::info!(id = %s.uid, "a 2026-07-28 client never came back with the input it was asked for");
+            let mut out = s.abandon("the client never answered (its requestState expired)");
+            let note = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{
+                "requestId": id_value(&s.uid), "reason": "the client's requestState expired"}});
+            out.extend(Frame::parse_single(Bytes::from(note.to_string())));
+            self.core.inflight().remove(&s.uid);
+            for f in out {
+                if let Err(e) = self.core.from_client(f).await {
+                    tracing::debug!(error = %e, "could not tell the server");
+                }
+            }
+        }
     }
 
     /// The client went away before its answer: forget the request and cancel it upstream.
@@ -503,6 +664,7 @@ impl Held {
             Waiter {
                 client_id: id.clone(),
                 method: Arc::from(method),
+                target: None,
                 client_token: None,
                 log_level: None,
                 tx,
@@ -517,15 +679,28 @@ impl Held {
     async fn on_frame(&self, frame: Frame, via: &Via) {
         match frame.kind() {
             FrameKind::Response | FrameKind::Error => self.route_reply(frame).await,
-            FrameKind::Request => self.answer_server_request(frame).await,
+            FrameKind::Request => self.answer_server_request(frame, via).await,
             FrameKind::Notification => self.route_notification(frame, via),
         }
     }
 
     async fn route_reply(&self, frame: Frame) {
-        let Some(w) = frame.id().and_then(|id| self.table().waiting.remove(id)) else {
-            tracing::debug!(id = ?frame.id(), "an answer for no waiting request; dropped");
-            return;
+        let w = {
+            let mut t = self.table();
+            let Some(id) = frame.id() else {
+                return;
+            };
+            match t.waiting.remove(id) {
+                Some(w) => w,
+                None => {
+                    // Answered while its client is away for input: kept for the retry.
+                    match t.suspended.values_mut().find(|s| s.uid == *id) {
+                        Some(s) => s.done = Some(frame),
+                        None => tracing::debug!(%id, "an answer for no waiting request; dropped"),
+                    }
+                    return;
+                }
+            }
         };
         self.touch();
         let out = if &*w.method == "initialize" {
@@ -550,9 +725,12 @@ impl Held {
         }
     }
 
-    async fn answer_server_request(&self, frame: Frame) {
+    async fn answer_server_request(&self, frame: Frame, via: &Via) {
         let method = frame.method().unwrap_or("");
         let id = frame.id().cloned();
+        if mrtr::INPUT_METHODS.contains(&method) && self.suspend(&frame, via) {
+            return;
+        }
         let answer = if method == "ping" {
             let v = json!({"jsonrpc":"2.0","id": id.as_ref().map(id_value),"result":{}});
             Frame::parse_single(Bytes::from(v.to_string())).ok()
@@ -563,8 +741,8 @@ impl Held {
             );
             let msg = format!(
                 "`{method}` is not available: the client speaks 2026-07-28 through Shadowcat, \
-                 which holds this session for it and cannot forward server requests (the \
-                 session did not declare this capability)"
+                 which holds this session for it; server requests reach it only as input for \
+                 one of its tools/call, prompts/get or resources/read requests in flight"
             );
             Some(error_frame(id.as_ref(), METHOD_NOT_FOUND, &msg))
         };
@@ -655,6 +833,7 @@ impl Held {
                     None => return "the upstream is gone".into(),
                 },
                 _ = tick.tick() => {
+                    self.expire(idle).await;
                     if self.idle_for().is_some_and(|d| d >= idle) {
                         return "idle".into();
                     }
@@ -669,6 +848,7 @@ impl Held {
         let (waiting, listeners) = {
             let mut t = self.table();
             t.subscribed.clear();
+            t.suspended.clear();
             (
                 std::mem::take(&mut t.waiting),
                 std::mem::take(&mut t.listeners),

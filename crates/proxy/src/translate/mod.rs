@@ -7,11 +7,12 @@
 //! `server/discover` is answered from the held session's `InitializeResult`;
 //! `subscriptions/listen` is served from its notifications (resource subscriptions become
 //! `resources/subscribe` while someone listens); results gain `resultType`, the `serverInfo`
-//! stamp and cache hints. Not translatable, and what the client gets then:
-//! * server→client requests (`sampling/createMessage`, `elicitation/create`, `roots/list`):
-//!   the held session never declares those capabilities; a server that asks anyway gets
-//!   `-32601` from the proxy, and the tool's own answer (usually an error result) reaches the
-//!   client.
+//! stamp and cache hints; the server's `sampling/createMessage` and `elicitation/create` during
+//! a request become a multi-round-trip `InputRequiredResult` ([`mrtr`]). Not translatable, and
+//! what the client gets then:
+//! * server→client requests not related to a request that may take input, and `roots/list`
+//!   (the held session does not declare `roots`): the server gets `-32601` from the proxy, the
+//!   client whatever the server then answers its request.
 //! * client notifications: absorbed with `202` (2026-07-28 has none on HTTP); cancellation is
 //!   closing the response, which the proxy turns into `notifications/cancelled`.
 //! * `initialize` sent with the 2026-07-28 header: `400` + `-32600`.
@@ -29,6 +30,7 @@
 pub mod envelope;
 pub mod handshake;
 pub mod held;
+pub mod mrtr;
 pub mod pool;
 pub(crate) mod serve;
 

@@ -266,13 +266,19 @@ impl Inner {
     }
 
     pub(super) async fn deliver(&self, frame: Frame, via: Via) -> bool {
-        let frame = match self.stateless.get() {
-            Some(st) => match st.to_client(frame) {
-                Some(f) => f,
-                None => return true,
-            },
-            None => frame,
-        };
+        if let Some(st) = self.stateless.get() {
+            // The client's era: maybe nothing, maybe several frames (the server's questions).
+            for f in st.to_client(frame) {
+                if !self.send_event(f, via.clone()).await {
+                    return false;
+                }
+            }
+            return true;
+        }
+        self.send_event(frame, via).await
+    }
+
+    async fn send_event(&self, frame: Frame, via: Via) -> bool {
         self.events
             .send(UpstreamEvent::Frame { frame, via })
             .await

@@ -14,11 +14,13 @@
 //!   2026-07-28`, `Mcp-Method`, `Mcp-Name` (Base64 sentinel when needed) and `Mcp-Param-*` for
 //!   tool arguments the server annotated with `x-mcp-header` (learned from `tools/list`), no
 //!   session id. Answers lose `resultType`, cache hints and the `serverInfo` stamp. A result of
-//!   type `input_required` (a multi-round-trip request for elicitation, sampling or roots) is
-//!   not translated: the client gets `-32000` saying so.
+//!   type `input_required` (multi-round-trip input: elicitation, sampling, roots) becomes server
+//!   requests to the client, whose answers go back in a retry of its request ([`input`]).
 //! * The client's GET stream is fed by `POST subscriptions/listen` asking for every list change
 //!   the server offers and the subscribed URIs; the acknowledgement and the stream's final
 //!   result are not relayed.
+
+mod input;
 
 use super::http::Inner;
 use crate::translate::{envelope, handshake};
@@ -55,6 +57,8 @@ pub(super) struct Outgoing {
 
 struct Pending {
     method: Arc<str>,
+    /// The client's request (sent again with `inputResponses` if the server asks for input).
+    request: Frame,
     cancel: CancellationToken,
 }
 
@@ -71,6 +75,8 @@ struct State {
     listen_ids: HashSet<RequestId>,
     /// The client opened its GET stream (listening is wanted).
     listening: bool,
+    /// Requests whose server asked the client for input.
+    rounds: input::Rounds,
 }
 
 /// The session-based client's state, kept by the proxy.
@@ -107,16 +113,23 @@ impl Stateless {
             FrameKind::Notification => {
                 if method == "notifications/cancelled"
                     && let Some(id) = frame.cancelled_id()
-                    && let Some(p) = self.state().pending.remove(id)
                 {
-                    p.cancel.cancel();
+                    let mut st = self.state();
+                    if let Some(p) = st.pending.remove(id) {
+                        p.cancel.cancel();
+                    } else if st.rounds.forget(id) {
+                        // Cancelled while its client was being asked for input.
+                        let msg =
+                            "the request was cancelled by the client (notifications/cancelled)";
+                        return Plan::Answer {
+                            frame: error_frame(Some(id), UPSTREAM_ERROR, msg),
+                            relisten: false,
+                        };
+                    }
                 }
                 return Plan::Absorb;
             }
-            _ => {
-                tracing::debug!("a client response has no server request to answer; dropped");
-                return Plan::Absorb;
-            }
+            _ => return self.answered(frame),
         }
         let Some(id) = frame.id().cloned() else {
             return Plan::Absorb;
@@ -176,6 +189,33 @@ impl Stateless {
         }
     }
 
+    /// A client's response: the answer to a question the server asked through the proxy.
+    fn answered(&self, frame: &Frame) -> Plan {
+        let answered = self.state().rounds.answered(frame);
+        match answered {
+            input::Answered::NotOurs => {
+                tracing::debug!("a client response has no server request to answer; dropped");
+                Plan::Absorb
+            }
+            input::Answered::Waiting => Plan::Absorb,
+            input::Answered::Refused(frame) => Plan::Answer {
+                frame,
+                relisten: false,
+            },
+            input::Answered::Retry(request) => {
+                let (Some(id), Some(method)) = (request.id().cloned(), request.method()) else {
+                    return Plan::Absorb;
+                };
+                let method = method.to_string();
+                let name = match method.as_str() {
+                    "tools/call" | "prompts/get" | "resources/read" => request.target(),
+                    _ => None,
+                };
+                self.outgoing(&request, id, &method, &method, name)
+            }
+        }
+    }
+
     fn outgoing(
         &self,
         frame: &Frame,
@@ -229,6 +269,7 @@ impl Stateless {
             id.clone(),
             Pending {
                 method: Arc::from(client_method),
+                request: frame.clone(),
                 cancel: cancel.clone(),
             },
         );
@@ -287,31 +328,36 @@ impl Stateless {
         })
     }
 
-    /// A server frame in the client's era; `None` when the client must not see it.
-    pub(super) fn to_client(&self, frame: Frame) -> Option<Frame> {
+    /// A server frame in the client's era: usually one frame; none when the client must not see
+    /// it; the server's questions when it answered with an `InputRequiredResult`.
+    pub(super) fn to_client(&self, frame: Frame) -> Vec<Frame> {
         match frame.kind() {
             FrameKind::Notification => {
                 let hidden = frame.method() == Some("notifications/subscriptions/acknowledged");
-                return (!hidden).then_some(frame);
+                return if hidden { vec![] } else { vec![frame] };
             }
             FrameKind::Response | FrameKind::Error => {}
-            _ => return Some(frame),
+            _ => return vec![frame],
         }
-        let id = frame.id()?.clone();
+        let Some(id) = frame.id().cloned() else {
+            return vec![frame];
+        };
         let pending = {
             let mut st = self.state();
             if st.listen_ids.remove(&id) {
-                return None; // a listen stream's final result
+                return vec![]; // a listen stream's final result
             }
             st.pending.remove(&id)
         };
-        let method = pending.map(|p| p.method);
         if frame.kind() == FrameKind::Error {
-            return Some(frame);
+            return vec![frame];
         }
+        let method = pending.as_ref().map(|p| p.method.clone());
         match method.as_deref() {
             Some("initialize") => {
-                let v: Value = serde_json::from_slice(frame.raw()).ok()?;
+                let Ok(v) = serde_json::from_slice::<Value>(frame.raw()) else {
+                    return vec![frame];
+                };
                 let discover = &v["result"];
                 let requested = {
                     let mut st = self.state();
@@ -319,20 +365,26 @@ impl Stateless {
                     st.requested.clone()
                 };
                 let result = handshake::initialize_result(discover, requested.as_deref());
-                return Some(frame_of(
+                return vec![frame_of(
                     json!({"jsonrpc":"2.0","id": envelope::id_value(&id),"result": result}),
-                ));
+                )];
             }
             Some("tools/list") => self.learn_param_headers(&frame),
             _ => {}
         }
         if envelope::result_type(&frame).is_some_and(|t| t != "complete") {
-            let msg = "the server asked for input through a 2026-07-28 multi-round-trip result \
-                       (elicitation, sampling or roots), which Shadowcat does not translate for \
-                       session-based clients";
-            return Some(error_frame(Some(&id), UPSTREAM_ERROR, msg));
+            // Multi-round-trip input: asked as server requests, then the request is retried.
+            let v: Value = serde_json::from_slice(frame.raw()).unwrap_or(Value::Null);
+            if let Some(p) = pending
+                && let Some(asks) = self.state().rounds.ask(&id, p.request, &v["result"])
+            {
+                return asks;
+            }
+            let msg = "the server answered with a result of a kind Shadowcat cannot translate \
+                       for session-based clients (see docs/architecture.md, protocol eras)";
+            return vec![error_frame(Some(&id), UPSTREAM_ERROR, msg)];
         }
-        Some(envelope::legacy_answer(frame.clone()).unwrap_or(frame))
+        vec![envelope::legacy_answer(frame.clone()).unwrap_or(frame)]
     }
 
     /// Remember which tool arguments the server wants mirrored in `Mcp-Param-*` headers.
@@ -442,135 +494,4 @@ pub(super) fn listen(inner: &Arc<Inner>, st: &Arc<Stateless>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(v: Value) -> Frame {
-        frame_of(v)
-    }
-
-    fn posted(p: Plan) -> Outgoing {
-        match p {
-            Plan::Post(o) => o,
-            _ => panic!("expected a POST"),
-        }
-    }
-
-    fn header<'a>(o: &'a Outgoing, name: &str) -> Option<&'a str> {
-        o.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    #[test]
-    fn initialize_becomes_discover_and_its_answer_an_initialize_result() {
-        let st = Stateless::default();
-        let init = frame(
-            json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{"roots":{}},"clientInfo":{"name":"c","version":"1"}}}),
-        );
-        let o = posted(st.plan(&init));
-        assert_eq!(header(&o, "mcp-method"), Some("server/discover"));
-        assert_eq!(header(&o, "mcp-protocol-version"), Some("2026-07-28"));
-        let body: Value = serde_json::from_slice(&o.body).unwrap();
-        assert_eq!(body["method"], "server/discover");
-        assert_eq!(body["id"], 0);
-        assert_eq!(
-            body["params"]["_meta"]["io.modelcontextprotocol/clientInfo"]["name"],
-            "c"
-        );
-        let answer = frame(
-            json!({"jsonrpc":"2.0","id":0,"result":{"supportedVersions":["2026-07-28"],
-            "capabilities":{"tools":{"listChanged":true},"resources":{"subscribe":true}},
-            "resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":{"name":"m","version":"2"}}}}),
-        );
-        let r: Value = serde_json::from_slice(st.to_client(answer).unwrap().raw()).unwrap();
-        assert_eq!(r["result"]["protocolVersion"], "2025-06-18");
-        assert_eq!(r["result"]["serverInfo"]["name"], "m");
-        // the initialized notification is absorbed; ping is answered locally
-        let n = frame(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
-        assert!(matches!(st.plan(&n), Plan::Absorb));
-        let p = frame(json!({"jsonrpc":"2.0","id":1,"method":"ping"}));
-        assert!(matches!(st.plan(&p), Plan::Answer { .. }));
-        // subscriptions feed the listen request
-        let s = frame(
-            json!({"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"demo://a"}}),
-        );
-        assert!(matches!(
-            st.plan(&s),
-            Plan::Answer {
-                relisten: false,
-                ..
-            }
-        ));
-        let l = st.listen_request().unwrap();
-        let body: Value = serde_json::from_slice(&l.body).unwrap();
-        assert_eq!(
-            body["params"]["notifications"],
-            json!({"toolsListChanged": true, "resourceSubscriptions": ["demo://a"]})
-        );
-        let ack = frame(
-            json!({"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged","params":{}}),
-        );
-        assert!(st.to_client(ack).is_none());
-        let end =
-            frame(json!({"jsonrpc":"2.0","id":body["id"],"result":{"resultType":"complete"}}));
-        assert!(st.to_client(end).is_none());
-    }
-
-    #[test]
-    fn requests_carry_headers_and_answers_lose_modern_fields() {
-        let st = Stateless::default();
-        st.state().client.log_level = Some("info".into());
-        let list = frame(json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}));
-        let o = posted(st.plan(&list));
-        let body: Value = serde_json::from_slice(&o.body).unwrap();
-        assert_eq!(
-            body["params"]["_meta"]["io.modelcontextprotocol/logLevel"],
-            "info"
-        );
-        let tools = frame(
-            json!({"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"t","inputSchema":{
-            "type":"object","properties":{"region":{"type":"string","x-mcp-header":"Region"},
-            "n":{"type":"object","properties":{"deep":{"type":"integer","x-mcp-header":"Deep"}}}}}}],
-            "resultType":"complete","ttlMs":0,"cacheScope":"private"}}),
-        );
-        let r: Value = serde_json::from_slice(st.to_client(tools).unwrap().raw()).unwrap();
-        assert!(r["result"].get("resultType").is_none() && r["result"].get("ttlMs").is_none());
-        let call = frame(
-            json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"t",
-            "arguments":{"region":"eu wést","n":{"deep":7}}}}),
-        );
-        let o = posted(st.plan(&call));
-        assert_eq!(header(&o, "mcp-name"), Some("t"));
-        assert_eq!(
-            header(&o, "mcp-param-Region").map(|v| header_value::decode(v.as_bytes())),
-            Some(Some("eu wést".to_string()))
-        );
-        assert_eq!(header(&o, "mcp-param-Deep"), Some("7"));
-        // a multi-round-trip result is refused in words
-        let ir = frame(
-            json!({"jsonrpc":"2.0","id":4,"result":{"resultType":"input_required","requestState":"x"}}),
-        );
-        let e = st.to_client(ir).unwrap();
-        assert_eq!(e.kind(), FrameKind::Error);
-        // cancellation closes the POST
-        let call =
-            frame(json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"t"}}));
-        let o = posted(st.plan(&call));
-        let c = frame(
-            json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5}}),
-        );
-        assert!(matches!(st.plan(&c), Plan::Absorb));
-        assert!(o.cancel.is_cancelled());
-        // subscriptions need the capability
-        let s = frame(
-            json!({"jsonrpc":"2.0","id":6,"method":"resources/subscribe","params":{"uri":"x"}}),
-        );
-        match st.plan(&s) {
-            Plan::Answer { frame, .. } => assert_eq!(frame.kind(), FrameKind::Error),
-            _ => panic!("expected an answer"),
-        }
-    }
-}
+mod tests;
