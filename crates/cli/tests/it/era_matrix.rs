@@ -11,7 +11,7 @@
 
 use super::gateway_support::{config_file, start_gateway};
 use super::harness::Server;
-use super::peers::{ClientEra, Peer, PyEra, python_client, python_stdio};
+use super::peers::{ClientEra, Peer, PyEra, python_client, python_stdio, python_stdio_toml};
 use std::sync::Arc;
 
 /// The four server eras, started once per test.
@@ -100,8 +100,6 @@ async fn every_client_era_to_every_server_era_through_forward_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_era_to_every_server_era_through_the_gateway() {
     let up = Upstreams::start().await;
-    let cmd = python_stdio();
-    let args: Vec<String> = cmd[1..].iter().map(|a| format!("{a:?}")).collect();
     let (_dir, cfg) = config_file(&format!(
         r#"
 [server]
@@ -126,14 +124,12 @@ url = "{modern}"
 [[routes]]
 path = "/servers/stdio/mcp"
 [[routes.upstreams]]
-command = {command:?}
-args = [{args}]
+{stdio}
 "#,
         legacy = up.legacy.url,
         sse = up.sse.url,
         modern = up.modern.url,
-        command = cmd[0],
-        args = args.join(", "),
+        stdio = python_stdio_toml(),
     ));
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     run_matrix(gw.base.clone()).await;

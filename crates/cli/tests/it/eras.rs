@@ -6,7 +6,7 @@
 
 use super::gateway_support::{config_file, start_gateway};
 use super::harness::{Raw, Reply, Server, WAIT, init_body};
-use super::peers::{Peer, PyEra, SseReader, python_stdio};
+use super::peers::{Peer, PyEra, SseReader, python_stdio, python_stdio_toml};
 use super::python::{python, workspace};
 use serde_json::{Value, json};
 use std::process::Command;
@@ -581,8 +581,6 @@ url = "{b}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_rules_apply_to_stateless_requests_relayed_or_translated() {
     let py = Peer::python(PyEra::Dual).await;
-    let cmd = python_stdio();
-    let args: Vec<String> = cmd[1..].iter().map(|a| format!("{a:?}")).collect();
     let (_dir, cfg) = config_file(&format!(
         r#"
 [server]
@@ -597,15 +595,13 @@ tools = ["add", "count"]
 [[routes]]
 path = "/servers/held/mcp"
 [[routes.upstreams]]
-command = {command:?}
-args = [{args}]
+{stdio}
 [[routes.rules]]
 effect = "deny"
 tools = ["add", "count"]
 "#,
         url = py.url,
-        command = cmd[0],
-        args = args.join(", "),
+        stdio = python_stdio_toml(),
     ));
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     for route in ["relayed", "held"] {

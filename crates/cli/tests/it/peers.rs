@@ -125,6 +125,13 @@ pub fn python_stdio() -> Vec<String> {
     ]
 }
 
+/// The Python SDK's stdio server as a gateway upstream: `command = …` and `args = […]` lines.
+pub fn python_stdio_toml() -> String {
+    let cmd = python_stdio();
+    let args: Vec<String> = cmd[1..].iter().map(|a| format!("{a:?}")).collect();
+    format!("command = {:?}\nargs = [{}]", cmd[0], args.join(", "))
+}
+
 /// Node 22 and server-everything's entry point, installed by scripts/node-peers.sh if needed.
 pub fn node_peers() -> (String, String) {
     let out = std::process::Command::new("bash")

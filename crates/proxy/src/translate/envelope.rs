@@ -87,8 +87,8 @@ pub fn id_value(id: &RequestId) -> Value {
     }
 }
 
-/// What a modern request's envelope says (defaults for what it does not).
-pub fn read_envelope(frame: &Frame) -> Envelope {
+/// The `params._meta` object of a request, if it has one.
+pub fn request_meta(frame: &Frame) -> Option<Map<String, Value>> {
     #[derive(serde::Deserialize)]
     struct Body {
         params: Option<Params>,
@@ -98,11 +98,16 @@ pub fn read_envelope(frame: &Frame) -> Envelope {
         #[serde(rename = "_meta")]
         meta: Option<Map<String, Value>>,
     }
+    serde_json::from_slice::<Body>(frame.raw())
+        .ok()?
+        .params?
+        .meta
+}
+
+/// What a modern request's envelope says (defaults for what it does not).
+pub fn read_envelope(frame: &Frame) -> Envelope {
     let mut env = Envelope::default();
-    let Some(meta) = serde_json::from_slice::<Body>(frame.raw())
-        .ok()
-        .and_then(|b| b.params?.meta)
-    else {
+    let Some(meta) = request_meta(frame) else {
         return env;
     };
     if let Some(c) = meta.get(META_CLIENT_CAPABILITIES).filter(|v| v.is_object()) {

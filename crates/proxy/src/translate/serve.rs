@@ -13,7 +13,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use shadowcat_proto::error::{
     HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, MISSING_CAPABILITY,
-    PARSE_ERROR, UNSUPPORTED_VERSION, UPSTREAM_ERROR, error_frame,
+    PARSE_ERROR, UNSUPPORTED_VERSION, UPSTREAM_ERROR, error_code, error_frame,
 };
 use shadowcat_proto::sse::encode_event;
 use shadowcat_proto::{Frame, FrameKind};
@@ -118,17 +118,9 @@ fn status_of(frame: &Frame) -> StatusCode {
     if frame.kind() != FrameKind::Error {
         return StatusCode::OK;
     }
-    #[derive(serde::Deserialize)]
-    struct E {
-        error: C,
-    }
-    #[derive(serde::Deserialize)]
-    struct C {
-        code: i64,
-    }
-    match serde_json::from_slice::<E>(frame.raw()).map(|e| e.error.code) {
-        Ok(METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
-        Ok(
+    match error_code(frame.raw()) {
+        Some(METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+        Some(
             PARSE_ERROR | INVALID_REQUEST | INVALID_PARAMS | HEADER_MISMATCH | MISSING_CAPABILITY
             | UNSUPPORTED_VERSION,
         ) => StatusCode::BAD_REQUEST,

@@ -43,7 +43,9 @@ use http::{StatusCode, header};
 use shadowcat_proto::era::{
     METHOD_HEADER, PROTOCOL_VERSION_HEADER, ProtocolVersion, SESSION_ID_HEADER,
 };
-use shadowcat_proto::error::{HEADER_MISMATCH, MISSING_CAPABILITY, UNSUPPORTED_VERSION};
+use shadowcat_proto::error::{
+    HEADER_MISMATCH, MISSING_CAPABILITY, UNSUPPORTED_VERSION, error_code,
+};
 use shadowcat_proto::sse::SseDecoder;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -423,20 +425,10 @@ async fn probe_streamable(
 
 /// A JSON-RPC error body of the 2026-07-28 era: the server speaks (modern) Streamable HTTP.
 pub(crate) fn is_modern_error(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct E {
-        error: C,
-    }
-    #[derive(serde::Deserialize)]
-    struct C {
-        code: i64,
-    }
-    serde_json::from_slice::<E>(body).is_ok_and(|e| {
-        matches!(
-            e.error.code,
-            HEADER_MISMATCH | MISSING_CAPABILITY | UNSUPPORTED_VERSION
-        )
-    })
+    matches!(
+        error_code(body),
+        Some(HEADER_MISMATCH | MISSING_CAPABILITY | UNSUPPORTED_VERSION)
+    )
 }
 
 #[cfg(test)]
@@ -465,5 +457,36 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"x"}}"#
         ));
         assert!(!is_modern_error(b"Cannot POST /sse"));
+    }
+
+    #[test]
+    fn discover_answers_prove_the_era() {
+        assert!(is_discover_answer(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"supportedVersions":["2026-07-28"],"capabilities":{}}}"#
+        ));
+        // A result that is not a discover result (a server answering anything with `{}`).
+        assert!(!is_discover_answer(
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
+        ));
+        assert!(!is_discover_answer(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"supportedVersions":["2099-01-01"]}}"#
+        ));
+        assert!(is_discover_answer(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32022,"message":"x","data":{"supported":["2026-07-28"]}}}"#
+        ));
+        assert!(!is_discover_answer(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32022,"message":"x","data":{"supported":["2099-01-01"]}}}"#
+        ));
+        assert!(!is_discover_answer(
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Bad Request: No valid session ID"}}"#
+        ));
+        assert!(!is_discover_answer(b"Not Found"));
+        let sse = BytesMut::from(
+            &b": hi\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"[..],
+        );
+        assert_eq!(
+            first_sse_data(sse).as_deref(),
+            Some(&br#"{"jsonrpc":"2.0","id":1,"result":{}}"#[..])
+        );
     }
 }

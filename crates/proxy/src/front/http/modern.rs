@@ -48,18 +48,7 @@ fn mismatch(frame: &Frame, msg: String) -> ProxyError {
 
 /// The `_meta` protocol version of a request body.
 fn body_version(frame: &Frame) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        params: Option<Params>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Params {
-        #[serde(rename = "_meta")]
-        meta: Option<serde_json::Map<String, serde_json::Value>>,
-    }
-    let b: Body = serde_json::from_slice(frame.raw()).ok()?;
-    b.params?
-        .meta?
+    crate::translate::envelope::request_meta(frame)?
         .get(META_PROTOCOL_VERSION)?
         .as_str()
         .map(str::to_owned)
@@ -392,12 +381,10 @@ async fn read_refusal(mut resp: reqwest::Response) -> Bytes {
 fn refused_in_modern_terms(body: &[u8]) -> bool {
     use shadowcat_proto::error::{INVALID_PARAMS, PARSE_ERROR};
     detect::is_modern_error(body)
-        || serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
-            matches!(
-                v["error"]["code"].as_i64(),
-                Some(INVALID_PARAMS | PARSE_ERROR)
-            )
-        })
+        || matches!(
+            shadowcat_proto::error::error_code(body),
+            Some(INVALID_PARAMS | PARSE_ERROR)
+        )
 }
 
 #[cfg(test)]
