@@ -20,7 +20,7 @@
 //!
 //! **Session-based client → modern-only server** (a Streamable HTTP server that refuses
 //! `initialize` with a 2026-era error): the session's HTTP upstream switches to its stateless
-//! mode ([`crate::upstream`]'s `stateless.rs`): `initialize` is answered from the server's
+//! mode ([`crate::upstream`]'s `stateless/`): `initialize` is answered from the server's
 //! `server/discover` ([`handshake::initialize_result`]), `notifications/initialized` is absorbed,
 //! every request is POSTed on its own with the 2026-07-28 headers and `_meta` envelope
 //! ([`envelope::wrap_request`]), `ping` and `logging/setLevel` are answered by the proxy (the

@@ -62,7 +62,7 @@ pub(super) struct Inner {
     events: mpsc::Sender<UpstreamEvent>,
     ctx: UpstreamCtx,
     /// Set when the server serves only 2026-07-28: the proxy plays the session for the client
-    /// (era translation, see `stateless.rs`).
+    /// (era translation, see `stateless/`).
     stateless: OnceLock<Arc<Stateless>>,
 }
 
