@@ -131,7 +131,10 @@ class Runner:
     # -- connection -------------------------------------------------------
 
     def make_client(self, rec: Recorder | None) -> Client:
-        kwargs: dict[str, Any] = dict(mode=self.args.mode, read_timeout_seconds=self.args.timeout)
+        # log_level: 2026-07-28 servers send log messages only to requests that opt in.
+        kwargs: dict[str, Any] = dict(
+            mode=self.args.mode, read_timeout_seconds=self.args.timeout, log_level="debug"
+        )
         if rec is not None:
             kwargs.update(
                 sampling_callback=rec.sampling,
@@ -174,6 +177,11 @@ class Runner:
                     phase = "checks"
                     error: str | None = None
                     info = c.server_info
+                    if info is None and str(c.protocol_version).startswith("2026"):
+                        # Mode 2026-07-28 starts without a round trip: ask who is there.
+                        raw = await c.session.send_discover(str(c.protocol_version))
+                        stamp = (raw.get("_meta") or {}).get("io.modelcontextprotocol/serverInfo")
+                        info = types.Implementation.model_validate(stamp) if stamp else None
                     print(f"# protocol version {c.protocol_version}, server {info!r}", file=sys.stderr)
                     if info is None:
                         error = "server did not identify itself"

@@ -161,8 +161,8 @@ pub struct Common {
     pub demo: bool,
     /// Transport of upstream URLs: `streamable` (Streamable HTTP), `sse` (legacy HTTP+SSE,
     /// 2024-11-05: the URL is the SSE endpoint, e.g. http://host/sse) or `auto` (when a session
-    /// is created: POST `initialize`, and on 400/404/405 try HTTP+SSE; cached per URL, probed
-    /// again after a failure). One URL can choose for itself with a prefix:
+    /// is created: POST `server/discover`, else `initialize`, and on 400/404/405 try HTTP+SSE;
+    /// cached per URL, probed again after a failure). Eras are translated either way. One URL can choose for itself with a prefix:
     /// `sse+http://host/sse`, `auto+https://host/mcp`, `streamable+http://host/mcp`.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = UpstreamTransport::Streamable)]
     pub upstream_transport: UpstreamTransport,

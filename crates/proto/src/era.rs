@@ -15,6 +15,14 @@ pub const NAME_HEADER: &str = "mcp-name";
 pub const PARAM_HEADER_PREFIX: &str = "mcp-param-";
 /// 2026-07-28: `_meta` key carrying the request's protocol version.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// 2026-07-28: `_meta` key carrying the client's capabilities on every request.
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// 2026-07-28: `_meta` key carrying the client's `Implementation` (name, version).
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// 2026-07-28: `_meta` key opting a request in to log messages at or above a level.
+pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+/// 2026-07-28: `_meta` key of a result carrying the server's `Implementation`.
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 
 /// A protocol version this proxy knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

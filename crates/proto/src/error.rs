@@ -62,6 +62,19 @@ pub fn error_bytes(
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
+/// The `error.code` of a JSON-RPC error response body, if it is one.
+pub fn error_code(body: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: C,
+    }
+    #[derive(serde::Deserialize)]
+    struct C {
+        code: i64,
+    }
+    serde_json::from_slice::<E>(body).ok().map(|e| e.error.code)
+}
+
 /// A JSON-RPC error response as a [`Frame`].
 pub fn error_frame(id: Option<&RequestId>, code: i64, message: &str) -> Frame {
     Frame::from_trusted_error(error_bytes(id, code, message, None), id.cloned(), code)
@@ -71,6 +84,16 @@ pub fn error_frame(id: Option<&RequestId>, code: i64, message: &str) -> Frame {
 mod tests {
     use super::*;
     use crate::frame::FrameKind;
+
+    #[test]
+    fn error_codes_are_read_from_bodies() {
+        assert_eq!(
+            error_code(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"m"}}"#),
+            Some(-32601)
+        );
+        assert_eq!(error_code(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), None);
+        assert_eq!(error_code(b"Bad Request"), None);
+    }
 
     #[test]
     fn error_frame_keeps_id_type_and_parses_back() {

@@ -19,6 +19,42 @@ pub fn decode(value: &[u8]) -> Option<String> {
     None
 }
 
+/// Encode a value for a metadata header: unchanged when it is visible ASCII (inner spaces
+/// allowed) and does not look like the sentinel, else `=?base64?…?=` (standard Base64).
+pub fn encode(value: &str) -> String {
+    let edge_space = value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']);
+    let sentinel = value.starts_with("=?base64?") && value.ends_with("?=");
+    let visible = value
+        .bytes()
+        .all(|b| b == b' ' || (0x21..=0x7e).contains(&b));
+    let plain = !value.is_empty() && !edge_space && !sentinel && visible;
+    if plain {
+        return value.to_string();
+    }
+    format!("=?base64?{}?=", base64_encode(value.as_bytes()))
+}
+
+fn base64_encode(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
     fn val(c: u8) -> Option<u32> {
         Some(match c {
@@ -54,7 +90,31 @@ fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::{decode, encode};
+
+    #[test]
+    fn encode_round_trips_and_keeps_plain_values() {
+        assert_eq!(encode("get_weather"), "get_weather");
+        assert_eq!(encode("file:///a b.txt"), "file:///a b.txt");
+        assert_eq!(encode("Hello, 世界"), "=?base64?SGVsbG8sIOS4lueVjA==?=");
+        for v in [
+            " padded ",
+            "line1\nline2",
+            "=?base64?literal?=",
+            "",
+            "a",
+            "ab",
+            "abc",
+            "héllo",
+        ] {
+            let e = encode(v);
+            assert!(
+                e.bytes().all(|b| (0x21..=0x7e).contains(&b) || b == b' '),
+                "{e}"
+            );
+            assert_eq!(decode(e.as_bytes()).as_deref(), Some(v), "{v:?} -> {e}");
+        }
+    }
 
     #[test]
     fn plain_and_sentinel_values() {

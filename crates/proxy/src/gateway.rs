@@ -341,7 +341,7 @@ impl Gateway {
     /// Which route a request addresses (paths only: the gateway is an origin server).
     pub(crate) fn target(self: &Arc<Self>, req: &Request) -> Result<Target, ProxyError> {
         let path = req.uri().path();
-        let route = route_key(path)
+        let route = route_key_of(path)
             .and_then(|k| self.routes.get(k))
             .ok_or_else(|| {
                 let mut known: Vec<&str> = self.routes.values().map(|r| r.path.as_str()).collect();
@@ -356,9 +356,25 @@ impl Gateway {
                 )
             })?;
         let principal = req.extensions().get::<Principal>().cloned();
+        // A stateless (2026-07-28) request has no session placed on a member: the route's
+        // balancing picks one per request (consistent hashing keys on the principal). New
+        // sessions are placed by `GatewayTarget::connect`, so member 0 is only a default.
+        let stateless = crate::front::http::checks::protocol_version(req.headers())
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.is_modern());
+        let member = if stateless {
+            let key = principal
+                .as_ref()
+                .map(|p| p.id.to_string())
+                .unwrap_or_else(|| rand::random::<u64>().to_string());
+            route.set.pick_stateless(&key)
+        } else {
+            0
+        };
         Ok(Target {
             key: route.key.clone(),
-            spec: route.set.members()[0].spec().clone(),
+            spec: route.set.members()[member].spec().clone(),
             gateway: Some(GatewayTarget {
                 gateway: self.clone(),
                 route: route.clone(),
@@ -366,6 +382,42 @@ impl Gateway {
             }),
         })
     }
+}
+
+/// Which list answer of a stateless request the route's rules filter.
+pub(crate) type ListFilter = (Kind, &'static str);
+
+impl GatewayTarget {
+    /// The route's authorization rules for a stateless (2026-07-28) request relayed to a modern
+    /// upstream, which has no session to carry its principal: `Err(answer)` when a rule refuses
+    /// it, `Ok(Some(list))` when its answer (a list) must be filtered.
+    pub(crate) fn authorize_stateless(&self, frame: &Frame) -> Result<Option<ListFilter>, Frame> {
+        let rules = &self.route.rules;
+        if rules.is_open() {
+            return Ok(None);
+        }
+        if let Err(denied) = rules.check_frame(self.principal.as_ref(), frame) {
+            tracing::info!(reason = %denied.0, "stateless request refused by an authorization rule");
+            self.gateway.metrics.authz_denied(&self.route.path);
+            return Err(error_frame(frame.id(), FORBIDDEN, &denied.0));
+        }
+        Ok(frame.method().and_then(Kind::of_list))
+    }
+
+    /// A stateless list answer without the items the principal may not use (`None`: unchanged).
+    pub(crate) fn filter_stateless(&self, list: ListFilter, frame: &Frame) -> Option<Frame> {
+        let (kind, key) = list;
+        self.route
+            .rules
+            .filter_list(self.principal.as_ref(), kind, key, frame)
+    }
+}
+
+/// The route key a request path addresses: a route's MCP endpoint, or one of its legacy
+/// HTTP+SSE endpoints (`/sse` and `/message` belong to `/mcp`; `/servers/NAME/sse` and
+/// `/servers/NAME/message` to `/servers/NAME/mcp`).
+pub(crate) fn route_key_of(path: &str) -> Option<&str> {
+    route_key(path).or_else(|| crate::front::sse::Endpoint::route_of(path))
 }
 
 /// The gateway's pipeline stage: per-tool rate limits and session accounting.

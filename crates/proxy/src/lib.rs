@@ -12,6 +12,7 @@
 //! * [`intercept`]: interceptor rules (`--rules`) and paused messages; [`admin`]: the admin
 //!   listener (paused messages, live traffic, the gateway's sessions and upstreams, web page).
 //! * [`record`]: the recorder hook (`--record`), writing tapes in the background.
+//! * [`translate`]: era translation (2026-07-28 clients ↔ session-based servers and back).
 //! * [`shadow`]: shadow traffic (`--shadow`): requests mirrored to a second upstream, replies compared.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod record;
 pub mod runtime;
 pub mod session;
 pub mod shadow;
+pub mod translate;
 pub mod upstream;
 
 pub use error::{ProxyError, Side};

@@ -4,129 +4,39 @@
 //! scripts/node-peers.sh when missing), and a raw HTTP+SSE client written here.
 
 use super::harness::{Raw, Reply, Server, WAIT, bin, free_port, init_body, wait_descendants};
-use bytes::BytesMut;
+use super::peers::{Peer, SseReader, wait_port};
+use super::python::{python, workspace};
 use serde_json::{Value, json};
-use shadowcat_proto::sse::{SseDecoder, SseEvent};
-use std::path::PathBuf;
+use shadowcat_proto::sse::SseEvent;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio_util::codec::Decoder;
+use tokio::process::Command;
 
-/// Python and Node peers start slowly on a busy machine.
-const PEER_START: Duration = Duration::from_secs(120);
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SHADOWCAT_PYTHON") {
-        return PathBuf::from(p);
+/// tests/interop/python_sse_server.py: an HTTP+SSE-only server (tools echo, add, slow).
+async fn python_sse() -> Peer {
+    let port = free_port();
+    let mut child = Command::new(python())
+        .arg(workspace().join("tests/interop/python_sse_server.py"))
+        .args(["--port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the python HTTP+SSE server");
+    wait_port(port, &mut child, "the python HTTP+SSE server").await;
+    Peer {
+        child,
+        url: format!("http://127.0.0.1:{port}/sse"),
     }
-    let venv = workspace().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "python with `mcp` not found: run scripts/python-env.sh (or set SHADOWCAT_PYTHON)"
-    );
-    venv
-}
-
-async fn wait_port(port: u16, child: &mut Child, what: &str) {
-    let deadline = tokio::time::Instant::now() + PEER_START;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening ({status})");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not listen on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A peer server process (killed on drop) and its SSE URL.
-struct Peer {
-    child: Child,
-    url: String,
-}
-
-impl Peer {
-    /// tests/interop/python_sse_server.py: an HTTP+SSE-only server (tools echo, add, slow).
-    async fn python_sse() -> Peer {
-        let port = free_port();
-        let mut child = Command::new(python())
-            .arg(workspace().join("tests/interop/python_sse_server.py"))
-            .args(["--port", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the python HTTP+SSE server");
-        wait_port(port, &mut child, "the python HTTP+SSE server").await;
-        Peer {
-            child,
-            url: format!("http://127.0.0.1:{port}/sse"),
-        }
-    }
-
-    /// server-everything in `sse` mode (`/sse` + `/message?sessionId=`).
-    async fn everything_sse() -> Peer {
-        let (node, js) = tokio::task::spawn_blocking(node_peers).await.unwrap();
-        let port = free_port();
-        let mut child = Command::new(node)
-            .arg(js)
-            .arg("sse")
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start server-everything");
-        wait_port(port, &mut child, "server-everything").await;
-        Peer {
-            child,
-            url: format!("http://127.0.0.1:{port}/sse"),
-        }
-    }
-}
-
-/// Node 22 and server-everything's entry point, installed by scripts/node-peers.sh if needed.
-fn node_peers() -> (String, String) {
-    let out = std::process::Command::new("bash")
-        .arg(workspace().join("scripts/node-peers.sh"))
-        .output()
-        .expect("run scripts/node-peers.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "scripts/node-peers.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let get = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {stdout}"))
-            .to_string()
-    };
-    (get("NODE="), get("EVERYTHING_JS="))
 }
 
 /// A raw HTTP+SSE client: GET the SSE URL, POST to the endpoint it names, read `message` events.
 struct Legacy {
     http: reqwest::Client,
     base: String,
-    resp: reqwest::Response,
-    buf: BytesMut,
-    decoder: SseDecoder,
+    events: SseReader,
     /// The `endpoint` event's data.
     endpoint: String,
 }
@@ -134,6 +44,11 @@ struct Legacy {
 impl Legacy {
     async fn connect(base: &str, path: &str) -> Legacy {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        Legacy::connect_with(http, base, path).await
+    }
+
+    /// [`Legacy::connect`] with a client of the caller's (default headers: credentials).
+    async fn connect_with(http: reqwest::Client, base: &str, path: &str) -> Legacy {
         let resp = tokio::time::timeout(
             WAIT,
             http.get(format!("{base}{path}"))
@@ -149,9 +64,7 @@ impl Legacy {
         let mut c = Legacy {
             http,
             base: base.to_string(),
-            resp,
-            buf: BytesMut::new(),
-            decoder: SseDecoder::new(1 << 20),
+            events: SseReader::new(resp),
             endpoint: String::new(),
         };
         let first = c.next_event().await.expect("an endpoint event");
@@ -162,19 +75,7 @@ impl Legacy {
 
     /// The next event; `None` when the stream ended.
     async fn next_event(&mut self) -> Option<SseEvent> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(ev) = self.decoder.decode(&mut self.buf).expect("valid SSE") {
-                    return Some(ev);
-                }
-                match self.resp.chunk().await {
-                    Ok(Some(c)) => self.buf.extend_from_slice(&c),
-                    Ok(None) | Err(_) => return None,
-                }
-            }
-        })
-        .await
-        .expect("no event within the timeout")
+        self.events.next_event().await
     }
 
     /// The next `message` event's JSON.
@@ -403,7 +304,7 @@ async fn legacy_sessions_are_recorded_in_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamable_client_to_a_python_sse_upstream() {
-    let mut py = Peer::python_sse().await;
+    let mut py = python_sse().await;
     let target = format!("sse+{}", py.url);
     let p = Server::forward_http(&["--target", &target]).await;
     let mut c = Raw::new(p.url());
@@ -459,7 +360,7 @@ async fn streamable_client_to_a_python_sse_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_everything_sse_detected_and_relayed_both_ways() {
-    let everything = Peer::everything_sse().await;
+    let everything = Peer::everything("sse").await;
     // server-everything answers `POST /sse` with 404: detection falls back to HTTP+SSE.
     let target = format!("everything=auto+{}", everything.url);
     let p = Server::forward_http(&["--target", &target]).await;
@@ -477,7 +378,7 @@ async fn server_everything_sse_detected_and_relayed_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_detection_picks_sse_for_a_legacy_server_and_streamable_for_the_demo() {
-    let py = Peer::python_sse().await;
+    let py = python_sse().await;
     let demo = Server::demo_http().await;
     let legacy = format!("legacy={}", py.url);
     let modern = format!("modern={}", demo.url());
@@ -543,4 +444,104 @@ async fn auto_detection_picks_sse_for_a_legacy_server_and_streamable_for_the_dem
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_serves_http_sse_per_route_bound_to_the_principal() {
+    use super::gateway_support::{client, config_file, key_hash, start_gateway};
+    let (_dir, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[auth]
+[[auth.api_keys]]
+name = "alice"
+sha256 = "{alice}"
+[[auth.api_keys]]
+name = "bob"
+sha256 = "{bob}"
+scopes = ["docs"]
+[[routes]]
+path = "/mcp"
+[[routes.upstreams]]
+command = "{bin}"
+args = ["demo-server"]
+[[routes]]
+path = "/servers/docs/mcp"
+scopes = ["docs"]
+[[routes.upstreams]]
+command = "{bin}"
+args = ["demo-server"]
+"#,
+        alice = key_hash("alice-key"),
+        bob = key_hash("bob-key"),
+        bin = bin(),
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let base = gw.base.clone();
+    let alice = client(String::new(), Some("alice-key")).http;
+    let bob = client(String::new(), Some("bob-key")).http;
+
+    // Admission applies to the legacy endpoints: no credentials, or missing route scopes.
+    let anon = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = Raw::send(
+        anon.get(format!("{base}/sse"))
+            .header("accept", "text/event-stream"),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = Raw::send(
+        alice
+            .get(format!("{base}/servers/docs/sse"))
+            .header("accept", "text/event-stream"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "the route's scopes apply: {}", r.body);
+
+    // Alice's session works; the gateway placed it on the route's upstream.
+    let mut a = Legacy::connect_with(alice.clone(), &base, "/sse").await;
+    assert!(
+        a.endpoint.starts_with("/message?sessionId="),
+        "{}",
+        a.endpoint
+    );
+    let init = a.initialize().await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "shadowcat-demo");
+    assert_eq!(a.call(1, "echo", json!({"message": "gw"})).await, "gw");
+
+    // Bob may not post into it: 404, as for an unknown session.
+    let ping = json!({"jsonrpc":"2.0","id":9,"method":"ping"});
+    let r = Raw::send(
+        bob.post(format!("{base}{}", a.endpoint))
+            .header("content-type", "application/json")
+            .body(ping.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    // Its id is not a Streamable session either.
+    let sid = a.endpoint.rsplit('=').next().unwrap().to_string();
+    let r = Raw::send(
+        alice
+            .post(format!("{base}/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &sid)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(ping.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    // Bob has his own, on the route his scopes allow.
+    let mut b = Legacy::connect_with(bob, &base, "/servers/docs/sse").await;
+    assert!(
+        b.endpoint.starts_with("/servers/docs/message?sessionId="),
+        "{}",
+        b.endpoint
+    );
+    b.initialize().await;
+    assert_eq!(b.call(2, "add", json!({"a": 1, "b": 2})).await, "3");
+    assert_eq!(
+        a.call(3, "echo", json!({"message": "still"})).await,
+        "still"
+    );
 }

@@ -241,6 +241,13 @@ impl UpstreamSet {
         plan
     }
 
+    /// The member for one stateless (2026-07-28) request, which has no session to stay on:
+    /// the strategy's choice among the available members (`key` feeds consistent hashing).
+    /// Stateless requests are not counted by least-in-flight.
+    pub fn pick_stateless(&self, key: &str) -> usize {
+        self.plan(key, false)[0]
+    }
+
     fn choose(&self, session: &str, ok: &dyn Fn(usize) -> bool) -> usize {
         let n = self.members.len();
         match self.strategy {
@@ -393,5 +400,16 @@ mod tests {
         s.eject(2);
         // Everything ejected: still try something rather than nothing.
         assert_eq!(s.plan("y", true).len(), 3);
+    }
+
+    #[test]
+    fn stateless_requests_are_balanced() {
+        let s = set(&[1, 1, 1], Strategy::RoundRobin);
+        let picks: Vec<usize> = (0..6).map(|_| s.pick_stateless("")).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        s.eject(1);
+        assert!((0..6).all(|_| s.pick_stateless("") != 1));
+        let h = set(&[1, 1, 1], Strategy::ConsistentHash);
+        assert_eq!(h.pick_stateless("alice"), h.pick_stateless("alice"));
     }
 }

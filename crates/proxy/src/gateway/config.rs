@@ -653,6 +653,9 @@ pub struct UpstreamConfig {
     /// Get `Authorization: Bearer …` from an OAuth 2.1 token endpoint (client credentials).
     #[serde(default)]
     pub oauth: Option<OAuthConfig>,
+    /// How `url` is spoken (era translation and transport detection).
+    #[serde(default)]
+    pub transport: UrlTransport,
 }
 
 fn default_refresh_before() -> Dur {
@@ -798,6 +801,19 @@ impl OAuthConfig {
     }
 }
 
+/// The HTTP transport of a `url` upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UrlTransport {
+    /// Streamable HTTP (every era from 2025-03-26 on, including 2026-07-28).
+    #[default]
+    Streamable,
+    /// The legacy HTTP+SSE transport (2024-11-05): `url` is the SSE endpoint.
+    Sse,
+    /// Detected when a session is created (Streamable HTTP, else HTTP+SSE).
+    Auto,
+}
+
 impl UpstreamConfig {
     /// The upstream spec, with credentials resolved from the environment (and secret files).
     pub fn spec(&self) -> Result<UpstreamSpec, UpstreamError> {
@@ -820,10 +836,25 @@ impl UpstreamConfig {
                     Some(o) => Some(Credentials::oauth(o.client()?)),
                     None => None,
                 };
-                Ok(UpstreamSpec::Http {
-                    url: url.clone(),
-                    headers,
-                    credentials,
+                let url = url.clone();
+                Ok(match self.transport {
+                    UrlTransport::Streamable => UpstreamSpec::Http {
+                        url,
+                        headers,
+                        credentials,
+                    },
+                    UrlTransport::Sse if credentials.is_none() => {
+                        UpstreamSpec::Sse { url, headers }
+                    }
+                    UrlTransport::Auto if credentials.is_none() => {
+                        UpstreamSpec::Auto { url, headers }
+                    }
+                    _ => {
+                        return Err(upstream_error(
+                            "oauth",
+                            "OAuth client credentials apply to Streamable HTTP upstreams (transport = \"streamable\")",
+                        ));
+                    }
                 })
             }
             (None, Some(command)) => Ok(UpstreamSpec::Stdio {

@@ -35,7 +35,10 @@ impl Gateway {
                 return self.resource_metadata(req.uri(), req.headers(), rest);
             }
         }
-        let route = route_key(&path).and_then(|k| self.routes.get(k)).cloned();
+        // Legacy HTTP+SSE endpoints are admitted as their route (its scopes, its label).
+        let route = super::route_key_of(&path)
+            .and_then(|k| self.routes.get(k))
+            .cloned();
         let label = route
             .as_ref()
             .map(|r| r.path.as_str())

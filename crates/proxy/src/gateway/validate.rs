@@ -385,6 +385,12 @@ fn validate_upstream(
     if u.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
         bad(format!("{at}.command"), "must not be empty".into());
     }
+    if u.command.is_some() && u.transport != super::config::UrlTransport::Streamable {
+        bad(
+            format!("{at}.transport"),
+            "applies to HTTP upstreams (`url`), not to a stdio `command`".into(),
+        );
+    }
     let http_only = !u.headers.is_empty()
         || !u.headers_env.is_empty()
         || u.bearer_env.is_some()

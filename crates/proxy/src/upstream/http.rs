@@ -3,6 +3,8 @@
 //! `Mcp-Session-Id` stays here; the client never sees it.
 
 use super::credentials::{self, Credentials, SendError};
+use super::detect::{self, Transport};
+use super::stateless::{self, Stateless};
 use super::{UpstreamCtx, UpstreamEvent, Via};
 use crate::error::ProxyError;
 use crate::guard::backoff;
@@ -15,7 +17,7 @@ use shadowcat_proto::sse::SseDecoder;
 use shadowcat_proto::{Frame, FrameKind, Message, RequestId};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
@@ -53,7 +55,7 @@ pub struct HttpUpstream {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     url: reqwest::Url,
     headers: HeaderMap,
     /// `Authorization: Bearer …` from a token source (OAuth client credentials).
@@ -63,6 +65,9 @@ struct Inner {
     listen: AtomicU8,
     events: mpsc::Sender<UpstreamEvent>,
     ctx: UpstreamCtx,
+    /// Set when the server serves only 2026-07-28: the proxy plays the session for the client
+    /// (era translation, see `stateless/`).
+    stateless: OnceLock<Arc<Stateless>>,
 }
 
 impl HttpUpstream {
@@ -101,6 +106,10 @@ impl HttpUpstream {
             })?;
             headers.append(name, value);
         }
+        let stateless = OnceLock::new();
+        if detect::cached(url.as_str()) == Some(Transport::ModernOnly) {
+            let _ = stateless.set(Arc::default());
+        }
         Ok(HttpUpstream {
             inner: Arc::new(Inner {
                 url,
@@ -111,6 +120,7 @@ impl HttpUpstream {
                 listen: AtomicU8::new(LISTEN_IDLE),
                 events,
                 ctx,
+                stateless,
             }),
         })
     }
@@ -155,6 +165,10 @@ impl HttpUpstream {
     /// Open the upstream GET stream if it is not open yet.
     pub(super) async fn open_listen(&self) -> Result<bool, ProxyError> {
         let inner = &self.inner;
+        if let Some(st) = inner.stateless.get() {
+            // A modern-only server: `subscriptions/listen` feeds the client's GET stream.
+            return Ok(stateless::listen(inner, st));
+        }
         match inner.listen.compare_exchange(
             LISTEN_IDLE,
             LISTEN_RUNNING,
@@ -244,7 +258,15 @@ fn content_type(h: &HeaderMap) -> &str {
 }
 
 impl Inner {
-    fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+    pub(super) fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    pub(super) fn ctx(&self) -> &UpstreamCtx {
+        &self.ctx
+    }
+
+    pub(super) fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
         let mut req = self
             .ctx
             .http
@@ -254,7 +276,10 @@ impl Inner {
         if let Some(id) = lock(&self.session_id).clone() {
             req = req.header(SESSION_ID_HEADER, id);
         }
-        if let Some(v) = lock(&self.protocol_version).clone() {
+        // Stateless requests carry their own (2026-07-28) version header.
+        if self.stateless.get().is_none()
+            && let Some(v) = lock(&self.protocol_version).clone()
+        {
             req = req.header(PROTOCOL_VERSION_HEADER, v);
         }
         req
@@ -280,7 +305,20 @@ impl Inner {
         })
     }
 
-    async fn deliver(&self, frame: Frame, via: Via) -> bool {
+    pub(super) async fn deliver(&self, frame: Frame, via: Via) -> bool {
+        if let Some(st) = self.stateless.get() {
+            // The client's era: maybe nothing, maybe several frames (the server's questions).
+            for f in st.to_client(frame) {
+                if !self.send_event(f, via.clone()).await {
+                    return false;
+                }
+            }
+            return true;
+        }
+        self.send_event(frame, via).await
+    }
+
+    async fn send_event(&self, frame: Frame, via: Via) -> bool {
         self.events
             .send(UpstreamEvent::Frame { frame, via })
             .await
@@ -288,7 +326,7 @@ impl Inner {
     }
 
     /// Tell the client its request failed (never leave it waiting in silence).
-    async fn fail(&self, id: Option<&RequestId>, message: String) {
+    pub(super) async fn fail(&self, id: Option<&RequestId>, message: String) {
         tracing::warn!(%message, "upstream request failed");
         if let Some(id) = id {
             let frame = error_frame(Some(id), UPSTREAM_ERROR, &message);
@@ -298,11 +336,15 @@ impl Inner {
 }
 
 async fn post(inner: &Arc<Inner>, frame: Frame) {
+    if let Some(st) = inner.stateless.get() {
+        return stateless::post(inner, st, frame).await;
+    }
     let id = match frame.kind() {
         FrameKind::Request => frame.id().cloned(),
         _ => None,
     };
     let is_init = frame.is_initialize();
+    let init = is_init.then(|| frame.clone());
     let idempotent = frame.method().is_some_and(crate::guard::is_idempotent);
     let resp = match send_post(inner, frame.into_raw(), idempotent).await {
         Ok(r) => r,
@@ -318,10 +360,6 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
             c.token_url()
         );
         return inner.fail(id.as_ref(), msg).await;
-    }
-    if is_init && matches!(status.as_u16(), 400 | 404 | 405) {
-        // An `auto` upstream detected as Streamable HTTP refuses it now: re-probe next session.
-        super::detect::forget(inner.url.as_str());
     }
     if is_init
         && status.is_success()
@@ -346,24 +384,66 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
             .await;
         return;
     }
-    let via = id.clone().map(Via::Request).unwrap_or(Via::Unrelated);
-    if is_sse(resp.headers()) && status.is_success() {
-        return pump_sse(inner, resp, id.as_ref(), via).await;
+    if let Some(init) = init
+        && status.is_client_error()
+        && !is_sse(resp.headers())
+    {
+        let body = match read_limited(resp, inner.ctx.options.max_message).await {
+            Ok(b) => b,
+            Err(msg) => return inner.fail(id.as_ref(), msg).await,
+        };
+        if detect::is_modern_error(&body) {
+            // Era translation: the server serves only 2026-07-28. From now on this upstream
+            // plays the session for the client (and the URL is remembered as modern-only).
+            tracing::info!(url = %inner.url, "upstream refused initialize with a 2026-07-28 error; translating this session");
+            detect::remember(inner.url.as_str(), Transport::ModernOnly);
+            let st = inner.stateless.get_or_init(Arc::default);
+            return stateless::post(inner, st, init).await;
+        }
+        if matches!(status.as_u16(), 400 | 404 | 405) {
+            // An upstream detected as Streamable HTTP refuses it now: re-probe next session.
+            detect::forget(inner.url.as_str());
+        }
+        let via = id.clone().map(Via::Request).unwrap_or(Via::Unrelated);
+        return answer_body(inner, status, body, id.as_ref(), via).await;
     }
-    let body = match read_limited(resp, inner.ctx.options.max_message).await {
-        Ok(b) => b,
-        Err(msg) => return inner.fail(id.as_ref(), msg).await,
-    };
+    inner.answer(resp, id).await;
+}
+
+impl Inner {
+    /// Relay the answer to a POST: an event stream event by event, a JSON body as its frames,
+    /// anything else as a JSON-RPC error for the request.
+    pub(super) async fn answer(self: &Arc<Self>, resp: reqwest::Response, id: Option<RequestId>) {
+        let status = resp.status();
+        let via = id.clone().map(Via::Request).unwrap_or(Via::Unrelated);
+        if is_sse(resp.headers()) && status.is_success() {
+            return pump_sse(self, resp, id.as_ref(), via).await;
+        }
+        let body = match read_limited(resp, self.ctx.options.max_message).await {
+            Ok(b) => b,
+            Err(msg) => return self.fail(id.as_ref(), msg).await,
+        };
+        answer_body(self, status, body, id.as_ref(), via).await
+    }
+}
+
+async fn answer_body(
+    inner: &Arc<Inner>,
+    status: StatusCode,
+    body: bytes::Bytes,
+    id: Option<&RequestId>,
+    via: Via,
+) {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         if status.is_success() {
             if id.is_some() {
                 let msg =
                     format!("upstream answered the request with HTTP {status} and no response");
-                inner.fail(id.as_ref(), msg).await;
+                inner.fail(id, msg).await;
             }
         } else {
             inner
-                .fail(id.as_ref(), format!("upstream answered HTTP {status}"))
+                .fail(id, format!("upstream answered HTTP {status}"))
                 .await;
         }
         return;
@@ -372,13 +452,13 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
         Ok(msg) => {
             let mut answered = id.is_none();
             for f in msg.into_frames() {
-                answered |= f.kind().is_reply() && f.id() == id.as_ref();
+                answered |= f.kind().is_reply() && f.id() == id;
                 // A JSON-RPC error with a null id in an error status answers this request.
                 let f = if f.kind() == FrameKind::Error && f.id().is_none() && id.is_some() {
                     answered = true;
                     let text = String::from_utf8_lossy(f.raw());
                     error_frame(
-                        id.as_ref(),
+                        id,
                         UPSTREAM_ERROR,
                         &format!("upstream HTTP {status}: {text}"),
                     )
@@ -392,14 +472,14 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
             if !answered {
                 let msg =
                     format!("upstream answered HTTP {status} without a response to the request");
-                inner.fail(id.as_ref(), msg).await;
+                inner.fail(id, msg).await;
             }
         }
         Err(e) => {
             let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
             let msg =
                 format!("upstream answered HTTP {status} with an invalid body ({e}): {snippet}");
-            inner.fail(id.as_ref(), msg).await;
+            inner.fail(id, msg).await;
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod detect;
 mod http;
 mod process;
 mod sse;
+mod stateless;
 mod stdio;
 mod tape;
 

@@ -12,10 +12,12 @@ mod post;
 pub(crate) mod records;
 mod registry;
 mod replicas;
-mod reply;
+pub(crate) mod reply;
 mod stream;
 
 pub use checks::OriginPolicy;
+/// Session records (the era translation's held sessions write them too).
+pub(crate) use records::Records;
 pub use registry::Registry;
 
 use crate::error::ProxyError;
@@ -26,7 +28,6 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use events::EventLog;
 use http::{Method, StatusCode, header};
-use records::Records;
 use shadowcat_proto::era::SESSION_ID_HEADER;
 use shadowcat_proto::error::INVALID_REQUEST;
 use shadowcat_store::{Retention, SessionStore};
@@ -114,6 +115,8 @@ pub struct HttpFront {
     tracker: TaskTracker,
     /// The legacy HTTP+SSE endpoints (`/sse`, `/message`) on the same listener.
     legacy: crate::front::sse::LegacyFront,
+    /// Sessions held with session-based servers for 2026-07-28 clients (era translation).
+    translations: Arc<crate::translate::Pool>,
 }
 
 /// What a request's path (or absolute URI) selects.
@@ -162,7 +165,23 @@ impl HttpFront {
             cancel,
             tracker,
             legacy,
+            translations: Arc::default(),
         })
+    }
+
+    /// The front's settings.
+    pub(crate) fn config(&self) -> &HttpFrontConfig {
+        &self.config
+    }
+
+    /// The shared upstream HTTP client.
+    pub(crate) fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// The sessions held for 2026-07-28 clients of session-based servers.
+    pub(crate) fn translations(&self) -> &Arc<crate::translate::Pool> {
+        &self.translations
     }
 
     /// The live sessions.
@@ -401,7 +420,7 @@ pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
         async {
             front.config.origins.check(req.headers())?;
             if let Some(endpoint) = front.legacy.endpoint(&req) {
-                return front.legacy.handle(endpoint, req).await;
+                return front.legacy.handle(&front, endpoint, req).await;
             }
             let target = front.target(&req)?;
             let modern = checks::protocol_version(req.headers())?.is_some_and(|v| v.is_modern());

@@ -7,18 +7,24 @@
 //!   `tools/call`, `prompts/get`, `resources/read`. Failures: 400 + JSON-RPC -32020.
 //! * No sessions: `Mcp-Session-Id` is ignored, none is minted; GET and DELETE with this version
 //!   get 405.
-//! * HTTP upstreams: the request is relayed as its own POST with the metadata headers and every
-//!   `Mcp-Param-*` header (never the client's credentials), and the answer (JSON or SSE) is
-//!   streamed back as it arrives. Closing the response closes the upstream request, which is
-//!   the 2026-07-28 cancellation signal.
-//! * stdio upstreams speak the session-based eras: the request is answered 400 + -32022 listing
-//!   the versions this route serves, which makes dual-era clients fall back to `initialize`.
+//! * HTTP upstreams that serve 2026-07-28 (a `server/discover` probe, cached per URL: see
+//!   [`crate::upstream::detect`]): the request is relayed as its own POST with the metadata
+//!   headers and every `Mcp-Param-*` header (never the client's credentials), and the answer
+//!   (JSON or SSE) is streamed back as it arrives. Closing the response closes the upstream
+//!   request, which is the 2026-07-28 cancellation signal. A relayed request refused with
+//!   `400`/`405` and no 2026-era error makes the next request probe again.
+//! * Upstreams that speak only the session-based eras (stdio children, HTTP+SSE servers,
+//!   Streamable HTTP servers that do not answer `server/discover`): the request is translated
+//!   onto a session the proxy holds with the server ([`crate::translate`]).
+//! * Tape replays (recorded sessions) answer 400 + -32022 listing the session-based versions,
+//!   which makes dual-era clients fall back to `initialize`.
 
 use super::{HttpFront, Target, reply};
 use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, Outcome};
 use crate::upstream::UpstreamSpec;
 use crate::upstream::credentials::{self, Credentials, SendError};
+use crate::upstream::detect::{self, Transport};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -28,7 +34,9 @@ use shadowcat_proto::era::{
     PROTOCOL_VERSION_HEADER, ProtocolVersion,
 };
 use shadowcat_proto::error::{HEADER_MISMATCH, INVALID_REQUEST};
+use shadowcat_proto::sse::{SseDecoder, encode_event};
 use shadowcat_proto::{Frame, FrameKind, Message, header_value};
+use tokio_util::codec::Decoder;
 
 fn mismatch(frame: &Frame, msg: String) -> ProxyError {
     let _ = frame;
@@ -41,18 +49,7 @@ fn mismatch(frame: &Frame, msg: String) -> ProxyError {
 
 /// The `_meta` protocol version of a request body.
 fn body_version(frame: &Frame) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        params: Option<Params>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Params {
-        #[serde(rename = "_meta")]
-        meta: Option<serde_json::Map<String, serde_json::Value>>,
-    }
-    let b: Body = serde_json::from_slice(frame.raw()).ok()?;
-    b.params?
-        .meta?
+    crate::translate::envelope::request_meta(frame)?
         .get(META_PROTOCOL_VERSION)?
         .as_str()
         .map(str::to_owned)
@@ -177,6 +174,33 @@ async fn serve(
     version: ProtocolVersion,
 ) -> Result<Response, ProxyError> {
     validate(&headers, &frame, version)?;
+    let (url, extra, credentials) = match era(front, &target.spec).await {
+        Era::Relay {
+            url,
+            headers,
+            credentials,
+        } => (url, headers, credentials),
+        // The held session's pipeline runs on the translated frames.
+        Era::Translate => return crate::translate::serve::handle(front, &target, frame).await,
+        Era::Refuse => {
+            return Err(ProxyError::UnsupportedVersion {
+                requested: version.as_str().to_string(),
+                supported: ProtocolVersion::ALL
+                    .iter()
+                    .filter(|v| !v.is_modern())
+                    .map(|v| v.as_str())
+                    .collect(),
+            });
+        }
+    };
+    // Gateway: no session carries the principal, so the route's rules are applied here.
+    let list = match &target.gateway {
+        Some(g) => match g.authorize_stateless(&frame) {
+            Err(answer) => return Ok(reply::json_response(StatusCode::OK, answer.into_raw())),
+            Ok(list) => list.map(|l| (g, l)),
+        },
+        None => None,
+    };
     let ctx = FrameCtx::new("-", Direction::ClientToServer);
     let frame = match front.pipeline.process(&ctx, frame).await {
         Outcome::Forward(f) => f,
@@ -185,20 +209,99 @@ async fn serve(
         }
         Outcome::Drop => return Ok(reply::accepted()),
     };
-    match &target.spec {
-        UpstreamSpec::Http {
-            url,
-            headers: extra,
-            credentials,
-        } => relay(front, url, extra, credentials.as_ref(), &headers, frame).await,
-        _ => Err(ProxyError::UnsupportedVersion {
-            requested: version.as_str().to_string(),
-            supported: ProtocolVersion::ALL
-                .iter()
-                .filter(|v| !v.is_modern())
-                .map(|v| v.as_str())
-                .collect(),
-        }),
+    let answer = relay(front, &url, &extra, credentials.as_ref(), &headers, frame).await?;
+    match list {
+        Some((g, list)) => {
+            let limit = front.config.upstream.max_message;
+            filtered(answer, limit, |f| g.filter_stateless(list, f)).await
+        }
+        None => Ok(answer),
+    }
+}
+
+/// A list answer (JSON or SSE) with its response frame passed through `filter` (which returns
+/// `None` to keep a frame unchanged). The answer is buffered, up to `limit` bytes.
+async fn filtered(
+    answer: Response,
+    limit: usize,
+    filter: impl Fn(&Frame) -> Option<Frame>,
+) -> Result<Response, ProxyError> {
+    let (parts, body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        ProxyError::UpstreamProtocol(format!("the upstream's list answer could not be read: {e}"))
+    })?;
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let apply = |raw: Bytes| match Frame::parse_single(raw.clone()) {
+        Ok(f) if f.kind().is_reply() => filter(&f).map(Frame::into_raw).unwrap_or(raw),
+        _ => raw,
+    };
+    let out = if is_sse {
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        let mut decoder = SseDecoder::new(limit);
+        let mut out = bytes::BytesMut::new();
+        while let Ok(Some(ev)) = decoder.decode(&mut buf) {
+            match ev.data.as_deref().filter(|d| !d.trim().is_empty()) {
+                Some(d) => {
+                    let data = apply(Bytes::copy_from_slice(d.as_bytes()));
+                    let text = String::from_utf8_lossy(&data);
+                    out.extend_from_slice(&encode_event(
+                        ev.id.as_deref(),
+                        ev.event.as_deref(),
+                        &text,
+                        ev.retry,
+                    ));
+                }
+                None => out.extend_from_slice(&ev.raw),
+            }
+        }
+        out.freeze()
+    } else {
+        apply(bytes)
+    };
+    let mut r = Response::from_parts(parts, Body::from(out));
+    r.headers_mut().remove(header::CONTENT_LENGTH);
+    Ok(r)
+}
+
+/// How a route's upstream takes 2026-07-28 requests.
+enum Era {
+    /// As they are: it serves 2026-07-28 (or nobody knows yet, and its own answer will tell).
+    Relay {
+        url: String,
+        headers: Vec<(String, String)>,
+        credentials: Option<Credentials>,
+    },
+    /// On a session held with it: it speaks only the session-based eras.
+    Translate,
+    /// Not at all (a tape replays a recorded session).
+    Refuse,
+}
+
+async fn era(front: &HttpFront, spec: &UpstreamSpec) -> Era {
+    match spec {
+        UpstreamSpec::Http { url, headers, .. } | UpstreamSpec::Auto { url, headers } => {
+            let credentials = match spec {
+                UpstreamSpec::Http { credentials, .. } => credentials.clone(),
+                _ => None,
+            };
+            let relay = Era::Relay {
+                url: url.clone(),
+                headers: headers.clone(),
+                credentials,
+            };
+            if detect::cached(url) == Some(Transport::ModernOnly) {
+                return relay;
+            }
+            match detect::serves_modern(url, headers, front.http()).await {
+                Some(false) => Era::Translate,
+                Some(true) | None => relay,
+            }
+        }
+        UpstreamSpec::Stdio { .. } | UpstreamSpec::Sse { .. } => Era::Translate,
+        UpstreamSpec::Tape(_) => Era::Refuse,
     }
 }
 
@@ -257,8 +360,24 @@ async fn relay(
                 ProxyError::UpstreamConnect(format!("cannot reach upstream {url}: {e}"))
             }
         })?;
+    let status = resp.status();
+    if matches!(status.as_u16(), 400 | 405) {
+        // Refused: if not in 2026-era terms, the URL's era is probed again next time.
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = read_refusal(resp).await;
+        if !refused_in_modern_terms(&body) {
+            tracing::info!(url, %status, "a relayed 2026-07-28 request was refused; probing the upstream's era again next time");
+            detect::forget(url);
+        }
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        if let Some(ct) = content_type {
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return Ok(r);
+    }
     let mut r = Response::new(Body::empty());
-    *r.status_mut() = resp.status();
+    *r.status_mut() = status;
     for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
         if let Some(v) = resp.headers().get(&name) {
             r.headers_mut().insert(name, v.clone());
@@ -273,6 +392,31 @@ async fn relay(
     }
     *r.body_mut() = Body::from_stream(resp.bytes_stream());
     Ok(r)
+}
+
+/// Most bytes of a refused relay's body read (the rest is dropped).
+const REFUSAL_LIMIT: usize = 64 * 1024;
+
+async fn read_refusal(mut resp: reqwest::Response) -> Bytes {
+    let mut body = bytes::BytesMut::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= REFUSAL_LIMIT {
+            break;
+        }
+    }
+    body.freeze()
+}
+
+/// A JSON-RPC error a 2026-07-28 server answers with (header, version, capability, params or
+/// parse errors): the URL still serves the era.
+fn refused_in_modern_terms(body: &[u8]) -> bool {
+    use shadowcat_proto::error::{INVALID_PARAMS, PARSE_ERROR};
+    detect::is_modern_error(body)
+        || matches!(
+            shadowcat_proto::error::error_code(body),
+            Some(INVALID_PARAMS | PARSE_ERROR)
+        )
 }
 
 #[cfg(test)]

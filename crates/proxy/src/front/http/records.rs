@@ -115,11 +115,11 @@ impl Records {
         }
     }
 
-    /// The session was placed on another upstream than first recorded (gateway failover).
-    pub async fn moved(&self, id: &str, upstream: &str) {
+    /// Change a session's record (logged, never failing: the record is informational here).
+    async fn modify(&self, id: &str, change: impl FnOnce(&mut SessionRecord)) {
         match self.store.get(id).await {
             Ok(Some(mut rec)) => {
-                rec.upstream = upstream.to_string();
+                change(&mut rec);
                 if let Err(e) = self.store.update(&rec).await {
                     tracing::warn!(error = %e, "could not update the session record");
                 }
@@ -129,20 +129,27 @@ impl Records {
         }
     }
 
+    /// The session was placed on another upstream than first recorded (gateway failover).
+    pub async fn moved(&self, id: &str, upstream: &str) {
+        self.modify(id, |rec| rec.upstream = upstream.to_string())
+            .await;
+    }
+
+    /// The session belongs to another route than the one it was created under: the legacy
+    /// HTTP+SSE front's and the era translation's sessions, which the gateway creates like
+    /// Streamable ones (their ids must stay unknown to the Streamable endpoint).
+    pub async fn rerouted(&self, id: &str, route: &str) {
+        self.modify(id, |rec| rec.route = route.to_string()).await;
+    }
+
     /// The server agreed on a protocol version (and an HTTP upstream issued its session id).
     pub async fn negotiated(&self, id: &str, version: &str, upstream_session_id: Option<String>) {
-        match self.store.get(id).await {
-            Ok(Some(mut rec)) => {
-                rec.protocol_version = Some(version.to_string());
-                rec.upstream_session_id = upstream_session_id;
-                rec.last_active_ms = now_ms();
-                if let Err(e) = self.store.update(&rec).await {
-                    tracing::warn!(error = %e, "could not update the session record");
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "could not read the session record"),
-        }
+        self.modify(id, |rec| {
+            rec.protocol_version = Some(version.to_string());
+            rec.upstream_session_id = upstream_session_id;
+            rec.last_active_ms = now_ms();
+        })
+        .await;
     }
 
     /// Activity (coalesced; never waits).

@@ -23,14 +23,20 @@
 //! session limit together with the Streamable front's sessions, and are recorded in the same
 //! store (route `sse:` + the target name, so a legacy session id is unknown to `/mcp`).
 //!
-//! Not served (404) in gateway mode: its admission (authentication, limits) is per route and
-//! does not know these endpoints yet. A legacy session lives on the replica that holds its
-//! stream; `POST /message` for a session of another replica is answered 404.
+//! In gateway mode the endpoints of each route (`/sse` + `/message` for the route `/mcp`,
+//! `/servers/NAME/sse` + `/servers/NAME/message` for `/servers/NAME/mcp`) are admitted like the
+//! route (authentication, the route's scopes, rate limits); the route's upstream set places
+//! the session and binds it to the principal, and a `POST /message` of another principal is
+//! answered 404. A legacy session lives on the replica that holds its stream; `POST /message`
+//! for a session of another replica is answered 404.
 
 mod session;
 
+pub(crate) use session::frames_body;
+
 use crate::error::ProxyError;
-use crate::front::http::{HttpFrontConfig, Registry, Targets};
+use crate::front::http::{HttpFront, HttpFrontConfig, Registry, Targets};
+use crate::gateway::Gateway;
 use crate::pipeline::Pipeline;
 use crate::session::{Sent, Session, mint_session_id};
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
@@ -53,7 +59,7 @@ use tokio_util::task::TaskTracker;
 const STREAM_CAPACITY: usize = 32;
 /// A comment is sent on a silent event stream this often (keeps intermediaries and client read
 /// timeouts from closing it, and finds a client that went away).
-const KEEPALIVE: Duration = Duration::from_secs(15);
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Which legacy endpoint a request addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +71,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Parse a request path: `/sse`, `/message`, `/servers/NAME/sse`, `/servers/NAME/message`.
-    pub fn parse(path: &str) -> Option<Endpoint> {
+    /// The route key (`""` or the target name) of a legacy endpoint path.
+    pub fn route_of(path: &str) -> Option<&str> {
         let (route, leaf) = match path.strip_prefix("/servers/") {
             Some(rest) => {
                 let (name, leaf) = rest.rsplit_once('/')?;
@@ -77,10 +83,16 @@ impl Endpoint {
             }
             None => ("", path.strip_prefix('/')?),
         };
-        match leaf {
-            "sse" => Some(Endpoint::Sse(Arc::from(route))),
-            "message" => Some(Endpoint::Message(Arc::from(route))),
-            _ => None,
+        matches!(leaf, "sse" | "message").then_some(route)
+    }
+
+    /// Parse a request path: `/sse`, `/message`, `/servers/NAME/sse`, `/servers/NAME/message`.
+    pub fn parse(path: &str) -> Option<Endpoint> {
+        let route = Arc::from(Self::route_of(path)?);
+        if path.ends_with("/sse") {
+            Some(Endpoint::Sse(route))
+        } else {
+            Some(Endpoint::Message(route))
         }
     }
 }
@@ -109,8 +121,8 @@ struct Shared {
     sessions: Mutex<HashMap<Arc<str>, Arc<LegacySession>>>,
     targets: Targets,
     allow_absolute_uri: bool,
-    /// In gateway mode the legacy endpoints are not served (admission knows only its routes).
-    disabled: bool,
+    /// Gateway mode: routes, placement and principals come from the gateway.
+    gateway: Option<Arc<Gateway>>,
     max_body: usize,
     max_sessions: usize,
     upstream: UpstreamOptions,
@@ -137,7 +149,7 @@ impl LegacyFront {
                 sessions: Mutex::new(HashMap::new()),
                 targets: config.targets.clone(),
                 allow_absolute_uri: config.allow_absolute_uri,
-                disabled: config.gateway.is_some(),
+                gateway: config.gateway.clone(),
                 max_body: config.max_body,
                 max_sessions: config.max_sessions,
                 upstream: config.upstream.clone(),
@@ -151,15 +163,10 @@ impl LegacyFront {
     }
 
     /// The legacy endpoint `req` addresses, if any. Absolute-form URIs that the front proxies
-    /// (`--allow-absolute-uri`) are never ours, nor is anything in gateway mode (its
-    /// authentication and limits are per route, and do not know the legacy endpoints yet).
+    /// (`--allow-absolute-uri`) are never ours.
     pub fn endpoint(&self, req: &Request) -> Option<Endpoint> {
         let uri = req.uri();
-        if self.shared.disabled
-            || (self.shared.allow_absolute_uri
-                && uri.scheme().is_some()
-                && uri.authority().is_some())
-        {
+        if self.shared.allow_absolute_uri && uri.scheme().is_some() && uri.authority().is_some() {
             return None;
         }
         Endpoint::parse(uri.path())
@@ -175,11 +182,18 @@ impl LegacyFront {
         self.len() == 0
     }
 
-    /// Serve a request for a legacy endpoint (Origin already checked).
-    pub async fn handle(&self, endpoint: Endpoint, req: Request) -> Result<Response, ProxyError> {
+    /// Serve a request for a legacy endpoint (Origin already checked; in gateway mode, admitted).
+    pub async fn handle(
+        &self,
+        front: &HttpFront,
+        endpoint: Endpoint,
+        req: Request,
+    ) -> Result<Response, ProxyError> {
         match (endpoint, req.method()) {
-            (Endpoint::Sse(route), &Method::GET) => self.shared.open(route, req).await,
-            (Endpoint::Message(route), &Method::POST) => self.shared.message(route, req).await,
+            (Endpoint::Sse(route), &Method::GET) => self.shared.open(front, route, req).await,
+            (Endpoint::Message(route), &Method::POST) => {
+                self.shared.message(front, route, req).await
+            }
             (Endpoint::Sse(_), _) => Ok(method_not_allowed("GET")),
             (Endpoint::Message(_), _) => Ok(method_not_allowed("POST")),
         }
@@ -208,9 +222,22 @@ impl Shared {
     }
 
     /// `GET …/sse`: create the session and its upstream, answer with its event stream.
-    async fn open(self: &Arc<Self>, route: Arc<str>, req: Request) -> Result<Response, ProxyError> {
+    async fn open(
+        self: &Arc<Self>,
+        front: &HttpFront,
+        route: Arc<str>,
+        req: Request,
+    ) -> Result<Response, ProxyError> {
         accepts_sse(req.headers())?;
-        let spec = self.spec(&route)?;
+        // Gateway: the route (and principal) of this request; else the configured target.
+        let placed = match &self.gateway {
+            Some(gw) => gw.target(&req)?.gateway,
+            None => None,
+        };
+        let place = match placed {
+            Some(g) => Place::Gateway(g),
+            None => Place::Spec(self.spec(&route)?),
+        };
         if self.cancel.is_cancelled() {
             return Err(ProxyError::ShuttingDown);
         }
@@ -219,28 +246,43 @@ impl Shared {
         }
         let id = mint_session_id();
         tracing::Span::current().record("session", &*id);
-        let upstream = spec.describe();
         let records = self.registry.records();
-        // The record exists from the stream's opening; `initialize` fills in the client.
-        records
-            .created(&id, &record_route(&route), &upstream, &placeholder_init())
-            .await?;
-        let ctx = UpstreamCtx {
-            session: id.clone(),
-            cancel: self.cancel.child_token(),
-            tracker: self.tracker.clone(),
-            http: self.http.clone(),
-            options: self.upstream.clone(),
-            guard: None,
+        let connected = match place {
+            Place::Gateway(g) => {
+                // The route's set places it and binds it to the principal.
+                let c = g.connect(front, &id, &placeholder_init()).await?;
+                records.rerouted(&id, &record_route(&route)).await;
+                Ok(c)
+            }
+            Place::Spec(spec) => {
+                // The record exists from the stream's opening; `initialize` fills in the client.
+                records
+                    .created(
+                        &id,
+                        &record_route(&route),
+                        &spec.describe(),
+                        &placeholder_init(),
+                    )
+                    .await?;
+                let ctx = UpstreamCtx {
+                    session: id.clone(),
+                    cancel: self.cancel.child_token(),
+                    tracker: self.tracker.clone(),
+                    http: self.http.clone(),
+                    options: self.upstream.clone(),
+                    guard: None,
+                };
+                Session::connect(id.clone(), spec, self.pipeline.clone(), ctx).await
+            }
         };
-        let (core, events) =
-            match Session::connect(id.clone(), spec, self.pipeline.clone(), ctx).await {
-                Ok(c) => c,
-                Err(e) => {
-                    records.ended(&id).await;
-                    return Err(e);
-                }
-            };
+        let (core, events) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                records.ended(&id).await;
+                return Err(e);
+            }
+        };
+        let upstream = core.spec().describe();
         let (session, rx) = LegacySession::new(core, route.clone(), STREAM_CAPACITY);
         self.lock().insert(id.clone(), session.clone());
         tracing::info!(%upstream, "legacy HTTP+SSE session created");
@@ -269,12 +311,23 @@ impl Shared {
     }
 
     /// `POST …/message?sessionId=…`: hand the message to the session; 202.
-    async fn message(&self, route: Arc<str>, req: Request) -> Result<Response, ProxyError> {
+    async fn message(
+        &self,
+        front: &HttpFront,
+        route: Arc<str>,
+        req: Request,
+    ) -> Result<Response, ProxyError> {
         crate::front::http::checks::content_type(req.headers())?;
         let id = session_param(req.uri().query().unwrap_or("")).ok_or_else(|| {
             bad("the message endpoint needs `?sessionId=` (from the `endpoint` event)")
         })?;
         tracing::Span::current().record("session", id.as_str());
+        if let Some(gw) = &self.gateway
+            && let Some(g) = gw.target(&req)?.gateway
+        {
+            // A session answers only to the principal that opened it.
+            g.check_session(front, &id).await?;
+        }
         let session = self
             .lock()
             .get(id.as_str())
@@ -309,6 +362,14 @@ impl Shared {
         }
         Ok(accepted())
     }
+}
+
+/// Where a new legacy session's upstream comes from.
+enum Place {
+    /// The gateway route's upstream set (with the request's principal).
+    Gateway(crate::gateway::GatewayTarget),
+    /// The configured target.
+    Spec(UpstreamSpec),
 }
 
 /// A stand-in `initialize` for the record created when the stream opens (no client info yet).

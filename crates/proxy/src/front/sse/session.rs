@@ -105,11 +105,11 @@ impl LegacySession {
     }
 }
 
-struct BodyState {
-    first: Option<Bytes>,
+struct BodyState<G> {
+    first: std::collections::VecDeque<Bytes>,
     rx: mpsc::Receiver<Frame>,
     keepalive: tokio::time::Interval,
-    _guard: DropGuard,
+    _guard: G,
 }
 
 /// The event stream: `event: endpoint` first, then one `event: message` per frame (a comment
@@ -120,16 +120,30 @@ pub fn body(
     keepalive: Duration,
     guard: DropGuard,
 ) -> Body {
+    let first = encode_event(None, Some("endpoint"), endpoint, None);
+    frames_body(vec![first], rx, keepalive, guard)
+}
+
+/// An event stream of frames without ids (nothing to resume): the already encoded `first`
+/// events, then one `event: message` per frame from `rx` (a comment after each `keepalive` of
+/// silence) until `rx` closes. `guard` lives exactly as long as the body (the legacy session's
+/// end, a 2026-07-28 request's cancellation).
+pub(crate) fn frames_body<G: Send + 'static>(
+    first: Vec<Bytes>,
+    rx: mpsc::Receiver<Frame>,
+    keepalive: Duration,
+    guard: G,
+) -> Body {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = BodyState {
-        first: Some(encode_event(None, Some("endpoint"), endpoint, None)),
+        first: first.into(),
         rx,
         keepalive: tick,
         _guard: guard,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
-        if let Some(b) = st.first.take() {
+        if let Some(b) = st.first.pop_front() {
             return Some((Ok::<Bytes, std::convert::Infallible>(b), st));
         }
         let chunk = tokio::select! {
