@@ -184,6 +184,80 @@ async fn a_silent_upstream_stream_is_cut_by_the_sse_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_new_session_whose_upstream_fails_initialize_moves_to_the_next() {
+    let bad = FakeUpstream::start("bad").await;
+    bad.refuse_initialize(true);
+    let good = FakeUpstream::start("good").await;
+    let gw = start_gateway(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &bad.url,
+            "--upstream",
+            &good.url,
+        ],
+        &[],
+    )
+    .await;
+    for i in 0..3 {
+        let mut c = Raw::new(gw.url());
+        let r = c.initialize().await;
+        assert_eq!(
+            r.messages()[0]["result"]["serverInfo"]["name"],
+            "good",
+            "{}",
+            r.body
+        );
+        assert_eq!(c.call_tool(i, "whoami", json!({})).await, "good");
+    }
+    assert_eq!(good.sessions(), 3);
+    // The first session tried it (with the route's retries of a 503), then it was ejected.
+    let tries = bad.count("initialize");
+    assert!(
+        (1..=3).contains(&tries),
+        "initialize sent to the bad upstream {tries} times"
+    );
+    let up = format!(
+        "shadowcat_upstream_up{{route=\"/mcp\",upstream=\"{}\"}}",
+        bad.url
+    );
+    assert_eq!(metric(&gw.base, &up).await, 0.0);
+
+    // With no other upstream left, the client gets the error (and no live session).
+    let gw1 = start_gateway(&["--listen", "127.0.0.1:0", "--upstream", &bad.url], &[]).await;
+    let r = Raw::new(gw1.url())
+        .post(super::harness::init_body(0, "2025-06-18"))
+        .await;
+    let m = &r.messages()[0];
+    assert_eq!(m["error"]["code"], -32000, "{}", r.body);
+    assert!(r.body.contains("503"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_stdio_upstream_that_exits_before_initialize_fails_over() {
+    let demo = super::harness::bin();
+    let (_d, file) = config_file(&format!(
+        "[[routes]]\npath = \"/mcp\"\n\
+         [[routes.upstreams]]\ncommand = \"sh\"\nargs = [\"-c\", \"exit 3\"]\n\
+         [[routes.upstreams]]\ncommand = \"{demo}\"\nargs = [\"demo-server\"]\n"
+    ));
+    let gw = start_gateway(&["--config", &file, "--listen", "127.0.0.1:0"], &[]).await;
+    for i in 0..2 {
+        let mut c = Raw::new(gw.url());
+        let r = c.initialize().await;
+        assert!(
+            r.messages()[0]["result"]["serverInfo"].is_object(),
+            "{}",
+            r.body
+        );
+        assert_eq!(c.call_tool(i, "echo", json!({"message": "hi"})).await, "hi");
+    }
+    let up = "shadowcat_upstream_up{route=\"/mcp\",upstream=\"sh -c exit 3\"}";
+    assert_eq!(metric(&gw.base, up).await, 0.0);
+}
+
+#[tokio::test]
 async fn resilience_settings_are_validated() {
     let (_d, file) = config_file(&route(
         "http://127.0.0.1:1/mcp",

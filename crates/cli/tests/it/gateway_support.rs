@@ -33,6 +33,8 @@ struct FakeState {
     fault: Mutex<Option<Fault>>,
     /// Answer this many more requests (not `initialize`) with HTTP 503.
     unavailable: AtomicUsize,
+    /// Answer `initialize` with HTTP 503.
+    refuse_initialize: std::sync::atomic::AtomicBool,
 }
 
 /// How the fake misbehaves on `tools/call`.
@@ -103,6 +105,11 @@ impl FakeUpstream {
         self.state.unavailable.store(n, Ordering::SeqCst);
     }
 
+    /// Answer every `initialize` with HTTP 503 (or normally again).
+    pub fn refuse_initialize(&self, refuse: bool) {
+        self.state.refuse_initialize.store(refuse, Ordering::SeqCst);
+    }
+
     /// How many messages with this method arrived.
     pub fn count(&self, method: &str) -> usize {
         self.state
@@ -137,6 +144,9 @@ async fn fake_post(State(s): State<Arc<FakeState>>, headers: HeaderMap, body: By
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
     {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if method == "initialize" && s.refuse_initialize.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let fault = *s.fault.lock().unwrap();

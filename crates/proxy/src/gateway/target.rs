@@ -83,6 +83,26 @@ impl GatewayTarget {
         Ok(())
     }
 
+    /// The upstream `spec` of a new session failed its `initialize` (the proxy had to answer
+    /// it). With failover, that upstream is ejected, added to `tried`, and `true` is returned
+    /// when another upstream of the route is left to try.
+    pub(crate) fn fail_over(&self, spec: &UpstreamSpec, tried: &mut Vec<usize>) -> bool {
+        let set = &self.route.set;
+        if !self.route.failover || set.members().len() < 2 {
+            return false;
+        }
+        let Some(i) = set.members().iter().position(|m| m.spec() == spec) else {
+            return false;
+        };
+        tracing::warn!(
+            upstream = set.members()[i].name(),
+            "upstream failed the initialize of a new session; ejecting it and trying the next"
+        );
+        set.eject(i);
+        tried.push(i);
+        tried.len() < set.members().len()
+    }
+
     fn foreign(&self, id: &str) -> ProxyError {
         tracing::warn!(
             session = id,
@@ -96,14 +116,22 @@ impl GatewayTarget {
     /// Create the upstream of a new session: the route's set chooses, and an upstream that
     /// cannot be reached is ejected and the next one tried (with `failover`). The session
     /// record is written before anything is spawned (and updated if the session moves).
+    /// `tried`: members that already failed this session's `initialize` (not tried again).
     pub(crate) async fn connect(
         &self,
         front: &HttpFront,
         id: &Arc<str>,
         init: &Frame,
+        tried: &[usize],
     ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>), ProxyError> {
         let set = &self.route.set;
-        let plan = set.plan(id, self.route.failover);
+        let mut plan = set.plan(id, self.route.failover);
+        plan.retain(|i| !tried.contains(i));
+        if plan.is_empty() {
+            return Err(ProxyError::UpstreamConnect(
+                "no upstream of the route is left to try".into(),
+            ));
+        }
         // Every breaker open: refuse now rather than start a session bound to fail.
         let waits: Option<Vec<_>> = plan
             .iter()

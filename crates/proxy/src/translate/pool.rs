@@ -132,7 +132,7 @@ async fn create(
         // Gateway: the route's upstream set places it and binds it to the principal, so the
         // route's authorization rules apply to every translated request.
         Some(g) => {
-            let c = g.connect(front, &id, &init).await?;
+            let c = g.connect(front, &id, &init, &[]).await?;
             records
                 .rerouted(&id, &format!("modern:{}", target.key))
                 .await;

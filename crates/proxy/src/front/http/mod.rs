@@ -120,6 +120,7 @@ pub struct HttpFront {
 }
 
 /// What a request's path (or absolute URI) selects.
+#[derive(Clone)]
 pub(crate) struct Target {
     /// Route key sessions are bound to.
     pub key: Arc<str>,

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use shadowcat_proto::era::ProtocolVersion;
-use shadowcat_proto::error::{INVALID_REQUEST, UPSTREAM_ERROR, error_frame};
+use shadowcat_proto::error::{INVALID_REQUEST, REQUEST_TIMEOUT, UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::{Frame, FrameError, FrameKind, Message, RequestId};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,21 +42,17 @@ pub async fn handle(
     let raw = read_body(body, front.config.max_body).await?;
     let msg = Message::parse(raw)?;
 
-    let (session, created) = match sid {
+    let session = match sid {
         None => {
             let init = match &msg {
-                Message::Single(f) if f.is_initialize() => f.id().cloned(),
+                Message::Single(f) if f.is_initialize() => f.clone(),
                 _ => {
                     return Err(bad(
                         "missing Mcp-Session-Id header: only an `initialize` request may be sent without one",
                     ));
                 }
             };
-            let init_frame = msg.frames()[0].clone();
-            match create_session(front, target, &init_frame).await {
-                Ok(s) => (s, true),
-                Err(e) => return Ok(reply::error(&e, init.as_ref())),
-            }
+            return initialize(front, target, init, &parts.headers).await;
         }
         Some(id) => {
             let s = front
@@ -68,7 +64,7 @@ pub async fn handle(
                     "`initialize` must be sent without an Mcp-Session-Id header",
                 ));
             }
-            (s, false)
+            s
         }
     };
     if msg.is_batch() {
@@ -82,23 +78,59 @@ pub async fn handle(
         }
     }
     let batch = msg.is_batch();
-    let response = relay(
-        &session,
-        msg.into_frames(),
-        batch,
-        front.config.sse_retry,
-        &parts.headers,
-    )
-    .await;
-    if created && let Some(v) = session.core().protocol_version() {
-        let upstream_sid = session.core().upstream().upstream_session_id();
-        let records = front.registry.records();
-        records
-            .negotiated(session.core().id(), v, upstream_sid)
-            .await;
+    let retry = front.config.sse_retry;
+    match relay(&session, msg.into_frames(), batch, retry, &parts.headers).await? {
+        Relayed::Answer(r) => Ok(r),
+        Relayed::InitFailed(replies) => Ok(json_replies(replies, batch)),
     }
-    let sid = created.then(|| session.core().id().to_string());
-    Ok(reply::with_session(response?, sid.as_deref()))
+}
+
+/// A new session: create it and relay its `initialize`. In gateway mode, an upstream that
+/// fails the `initialize` itself (the proxy had to answer it: unreachable, HTTP error, child
+/// exited, timed out) before anything reached the client is ejected, and the session is placed
+/// on the route's next upstream (failover); the client sees only the upstream that took it.
+async fn initialize(
+    front: &HttpFront,
+    target: Target,
+    init: Frame,
+    headers: &HeaderMap,
+) -> Result<Response, ProxyError> {
+    let mut tried = Vec::new();
+    loop {
+        let session = match create_session(front, target.clone(), &init, &tried).await {
+            Ok(s) => s,
+            Err(e) => return Ok(reply::error(&e, init.id())),
+        };
+        let core = session.core();
+        let retry = front.config.sse_retry;
+        let response = match relay(&session, vec![init.clone()], false, retry, headers).await? {
+            Relayed::Answer(r) => r,
+            Relayed::InitFailed(replies) => {
+                let by_upstream = replies.iter().all(upstream_failed);
+                if by_upstream
+                    && let Some(g) = &target.gateway
+                    && g.fail_over(core.spec(), &mut tried)
+                {
+                    front.registry.end(core.id()).await;
+                    continue;
+                }
+                tracing::info!("initialize failed upstream; ending the session");
+                core.shutdown().await;
+                json_replies(replies, false)
+            }
+        };
+        if let Some(v) = core.protocol_version() {
+            let upstream_sid = core.upstream().upstream_session_id();
+            let records = front.registry.records();
+            records.negotiated(core.id(), v, upstream_sid).await;
+        }
+        return Ok(reply::with_session(response, Some(core.id())));
+    }
+}
+
+/// An answer the proxy made because the upstream failed (not the server's own error).
+fn upstream_failed(f: &Frame) -> bool {
+    matches!(f.proxy_error(), Some(UPSTREAM_ERROR | REQUEST_TIMEOUT))
 }
 
 fn bad(msg: &str) -> ProxyError {
@@ -127,10 +159,12 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     Ok(out.freeze())
 }
 
+/// `tried`: members of the gateway route's set that already failed this `initialize`.
 async fn create_session(
     front: &HttpFront,
     target: Target,
     init: &Frame,
+    tried: &[usize],
 ) -> Result<Arc<HttpSession>, ProxyError> {
     if front.cancel.is_cancelled() {
         return Err(ProxyError::ShuttingDown);
@@ -142,7 +176,7 @@ async fn create_session(
     tracing::Span::current().record("session", &*id);
     if let Some(g) = &target.gateway {
         // Gateway: the route's upstream set places the session (failing over if need be).
-        let (core, events) = g.connect(front, &id, init).await?;
+        let (core, events) = g.connect(front, &id, init, tried).await?;
         if let Some(p) = g.principal() {
             core.set_principal(p);
         }
@@ -166,6 +200,15 @@ async fn create_session(
     Ok(front.registry.insert(core, target.key, events))
 }
 
+/// What [`relay`] made of the client's frames.
+enum Relayed {
+    /// The HTTP answer.
+    Answer(Response),
+    /// `initialize` was answered with an error (these replies, as JSON): the session is over
+    /// unless it can be placed elsewhere.
+    InitFailed(Vec<Frame>),
+}
+
 /// Send the frames upstream and build the HTTP answer. `headers` are the POST's, for hooks.
 async fn relay(
     session: &Arc<HttpSession>,
@@ -173,7 +216,7 @@ async fn relay(
     batch: bool,
     retry: std::time::Duration,
     headers: &HeaderMap,
-) -> Result<Response, ProxyError> {
+) -> Result<Relayed, ProxyError> {
     let core = session.core();
     let transport = Transport::Http(HttpMeta {
         method: "POST",
@@ -196,7 +239,7 @@ async fn relay(
                 core.listen_in_background();
             }
         }
-        return Ok(reply::accepted());
+        return Ok(Relayed::Answer(reply::accepted()));
     }
     let init = frames.iter().any(Frame::is_initialize);
     let (tx, mut rx) = mpsc::channel(STREAM_CAPACITY);
@@ -230,10 +273,9 @@ async fn relay(
     match rx.recv().await {
         Some(Out::Json(replies)) => {
             if init && replies.iter().any(|f| f.kind() == FrameKind::Error) {
-                tracing::info!("initialize failed upstream; ending the session");
-                core.shutdown().await;
+                return Ok(Relayed::InitFailed(replies));
             }
-            Ok(json_replies(replies, batch))
+            Ok(Relayed::Answer(json_replies(replies, batch)))
         }
         Some(first @ Out::Event { .. }) => {
             let Out::Event { frame, id } = first else {
@@ -241,7 +283,12 @@ async fn relay(
             };
             let data = frame.as_ref().map(|f| &f.raw()[..]).unwrap_or(b"");
             let head = VecDeque::from([encode(id.as_deref(), data, retry)]);
-            Ok(reply::sse(body(head, Some(rx), retry, busy)))
+            Ok(Relayed::Answer(reply::sse(body(
+                head,
+                Some(rx),
+                retry,
+                busy,
+            ))))
         }
         None => {
             // The session ended under us: answer every request.
@@ -250,7 +297,7 @@ async fn relay(
                 .iter()
                 .map(|id| error_frame(Some(id), UPSTREAM_ERROR, reason))
                 .collect();
-            Ok(json_replies(errors, batch))
+            Ok(Relayed::Answer(json_replies(errors, batch)))
         }
     }
 }

@@ -250,7 +250,7 @@ impl Shared {
         let connected = match place {
             Place::Gateway(g) => {
                 // The route's set places it and binds it to the principal.
-                let c = g.connect(front, &id, &placeholder_init()).await?;
+                let c = g.connect(front, &id, &placeholder_init(), &[]).await?;
                 records.rerouted(&id, &record_route(&route)).await;
                 Ok(c)
             }
