@@ -30,7 +30,7 @@ use crate::forward::CONNECT_TIMEOUT;
 use crate::front::http::{HttpFront, HttpFrontConfig, OriginPolicy, Target};
 use crate::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
 use crate::runtime::drain;
-use crate::upstream::{HttpClient, UpstreamOptions};
+use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
 use auth::Authenticator;
 use authz::{FORBIDDEN, Kind, Rules};
 use axum::extract::Request;
@@ -525,6 +525,14 @@ pub async fn gateway(
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
     let http_checks = http.client().clone();
+    let check_ctx = UpstreamCtx {
+        session: Arc::from("health-check"),
+        cancel: shutdown.child_token(),
+        tracker: tracker.clone(),
+        http: http.clone(),
+        options: config.upstream.clone(),
+        guard: None,
+    };
     if let Some(a) = &gw.auth {
         a.prefetch().await;
     }
@@ -540,7 +548,13 @@ pub async fn gateway(
     let _ = gw.front.set(Arc::downgrade(&front));
     for r in gw.routes.values() {
         if let Some(h) = &r.health {
-            let checker = health::watch(r.clone(), h.clone(), http_checks.clone(), stop.clone());
+            let checker = health::watch(
+                r.clone(),
+                h.clone(),
+                http_checks.clone(),
+                check_ctx.clone(),
+                stop.clone(),
+            );
             tracker.spawn(checker);
         }
     }

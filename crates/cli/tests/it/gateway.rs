@@ -605,3 +605,72 @@ url = "{}"
     }
     assert_eq!(seen.len(), 2, "both take sessions again: {seen:?}");
 }
+
+#[tokio::test]
+async fn ping_health_checks_keep_a_session_and_catch_a_wedged_server() {
+    let u0 = FakeUpstream::start("u0").await;
+    let demo = super::harness::bin();
+    let (_d, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+path = "/mcp"
+[routes.health]
+check = "ping"
+interval = "100ms"
+timeout = "500ms"
+unhealthy_threshold = 2
+healthy_threshold = 2
+[[routes.upstreams]]
+url = "{}"
+[[routes.upstreams]]
+command = "{demo}"
+args = ["demo-server"]
+[[routes.upstreams]]
+command = "sh"
+args = ["-c", "exit 3"]
+"#,
+        u0.url
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let healthy =
+        |name: &str| format!("shadowcat_upstream_healthy{{route=\"/mcp\",upstream=\"{name}\"}}");
+    // A stdio server that cannot hold a session fails its checks; the demo server passes.
+    wait_metric(&gw.base, &healthy("sh -c exit 3"), 0.0).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while u0.count("ping") < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no pings reached the HTTP upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(u0.sessions(), 1, "one kept session for every ping");
+    let (_, _, m) = get(&gw.base, "/metrics").await;
+    assert_eq!(
+        sample(&m, &healthy(&format!("{demo} demo-server"))),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, &healthy(&u0.url)), Some(1.0), "{m}");
+
+    // Its port still open, but MCP stuck: unhealthy, no new sessions there.
+    u0.set_ping_hangs(true);
+    wait_metric(&gw.base, &healthy(&u0.url), 0.0).await;
+    for _ in 0..3 {
+        let mut c = Raw::new(gw.url());
+        let r = c.initialize().await;
+        let name = &r.messages()[0]["result"]["serverInfo"]["name"];
+        assert_ne!(name, "u0", "{}", r.body);
+    }
+    assert_eq!(
+        get(&gw.base, "/ready").await.0,
+        200,
+        "the demo server takes sessions"
+    );
+    // Answering again: healthy, through a new session (the stuck one was closed).
+    u0.set_ping_hangs(false);
+    wait_metric(&gw.base, &healthy(&u0.url), 1.0).await;
+    assert!(u0.sessions() >= 2, "a new check session: {}", u0.sessions());
+}

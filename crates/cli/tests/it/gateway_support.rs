@@ -35,6 +35,8 @@ struct FakeState {
     unavailable: AtomicUsize,
     /// Answer `initialize` with HTTP 503.
     refuse_initialize: std::sync::atomic::AtomicBool,
+    /// Never answer `ping` (a wedged server whose port is still open).
+    ping_hangs: std::sync::atomic::AtomicBool,
 }
 
 /// How the fake misbehaves on `tools/call`.
@@ -110,6 +112,11 @@ impl FakeUpstream {
         self.state.refuse_initialize.store(refuse, Ordering::SeqCst);
     }
 
+    /// Leave every `ping` unanswered (or answer again).
+    pub fn set_ping_hangs(&self, hang: bool) {
+        self.state.ping_hangs.store(hang, Ordering::SeqCst);
+    }
+
     /// How many messages with this method arrived.
     pub fn count(&self, method: &str) -> usize {
         self.state
@@ -145,6 +152,9 @@ async fn fake_post(State(s): State<Arc<FakeState>>, headers: HeaderMap, body: By
             .is_ok()
     {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if method == "ping" && s.ping_hangs.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
     if method == "initialize" && s.refuse_initialize.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();

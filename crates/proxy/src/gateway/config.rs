@@ -572,6 +572,32 @@ pub struct HealthConfig {
     /// `GET` this path on the upstream's origin (2xx = healthy). Without it, a TCP connect.
     #[serde(default)]
     pub http_path: Option<String>,
+    /// What a check does (default: `http` with `http_path`, else `tcp`).
+    #[serde(default)]
+    pub check: Option<HealthCheck>,
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// A TCP connect to the upstream's host and port (HTTP upstreams).
+    Tcp,
+    /// `GET http_path` on the upstream's origin, 2xx = healthy (HTTP upstreams).
+    Http,
+    /// MCP `ping` over a session kept open with the upstream (every kind, stdio included).
+    Ping,
+}
+
+impl HealthConfig {
+    /// The check configured, with its default.
+    pub fn kind(&self) -> HealthCheck {
+        self.check.unwrap_or(if self.http_path.is_some() {
+            HealthCheck::Http
+        } else {
+            HealthCheck::Tcp
+        })
+    }
 }
 
 /// One `[[routes]]`.
@@ -1144,6 +1170,37 @@ mod tests {
             .unwrap();
         assert_eq!(client.client_secret, "s3cret");
         assert_eq!(client.auth_method, AuthMethod::ClientSecretPost);
+    }
+
+    #[test]
+    fn health_check_kinds() {
+        let base = "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n";
+        let with = |h: &str| errors(&format!("{base}[routes.health]\n{h}"));
+        let kind = |h: &str| {
+            let c = GatewayConfig::parse("g.toml", &format!("{base}[routes.health]\n{h}")).unwrap();
+            c.routes[0].health.as_ref().unwrap().kind()
+        };
+        assert_eq!(kind(""), HealthCheck::Tcp);
+        assert_eq!(kind("http_path = \"/h\"\n"), HealthCheck::Http);
+        assert_eq!(kind("check = \"ping\"\n"), HealthCheck::Ping);
+        assert_eq!(with("check = \"ping\"\n"), "");
+        let e = with("check = \"http\"\n");
+        assert!(
+            e.contains(
+                "g.toml: routes[0].health.http_path: check = \"http\" needs the path to GET"
+            ),
+            "{e}"
+        );
+        let e = with("check = \"ping\"\nhttp_path = \"/h\"\n");
+        assert!(
+            e.contains("routes[0].health.http_path: is only used by check = \"http\", not by check = \"ping\""),
+            "{e}"
+        );
+        let e = with("check = \"icmp\"\n");
+        assert!(
+            e.contains("routes[0].health.check") && e.contains("icmp"),
+            "{e}"
+        );
     }
 
     #[test]

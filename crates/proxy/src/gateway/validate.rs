@@ -3,8 +3,8 @@
 //! the field and what is wrong.
 
 use super::config::{
-    AdminConfig, AuthConfig, Cidr, ConfigError, GatewayConfig, JWT_ALGORITHMS, LimitsBackend,
-    OAuthConfig, Problem, RateConfig, UpstreamConfig, is_redis_url, route_key,
+    AdminConfig, AuthConfig, Cidr, ConfigError, GatewayConfig, HealthCheck, JWT_ALGORITHMS,
+    LimitsBackend, OAuthConfig, Problem, RateConfig, UpstreamConfig, is_redis_url, route_key,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -190,6 +190,20 @@ impl GatewayConfig {
                         format!("{at}.health.http_path"),
                         format!("`{p}` must start with `/`"),
                     );
+                }
+                match (h.check, &h.http_path) {
+                    (Some(HealthCheck::Http), None) => bad(
+                        format!("{at}.health.http_path"),
+                        "check = \"http\" needs the path to GET".into(),
+                    ),
+                    (Some(c @ (HealthCheck::Tcp | HealthCheck::Ping)), Some(_)) => bad(
+                        format!("{at}.health.http_path"),
+                        format!(
+                            "is only used by check = \"http\", not by check = \"{}\"",
+                            if c == HealthCheck::Tcp { "tcp" } else { "ping" }
+                        ),
+                    ),
+                    _ => {}
                 }
             }
             for (j, rule) in r.rules.iter().enumerate() {

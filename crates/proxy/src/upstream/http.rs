@@ -156,6 +156,10 @@ impl HttpUpstream {
         }
     }
 
+    pub(super) fn is_stateless(&self) -> bool {
+        self.inner.stateless.get().is_some()
+    }
+
     pub(super) fn set_protocol_version(&self, version: &str) {
         if let Ok(v) = HeaderValue::try_from(version) {
             *lock(&self.inner.protocol_version) = Some(v);

@@ -284,6 +284,12 @@ impl Upstream {
         }
     }
 
+    /// Whether the server serves only the stateless 2026-07-28 era (an HTTP upstream whose
+    /// session the proxy plays).
+    pub fn is_stateless(&self) -> bool {
+        matches!(self, Upstream::Http(h) if h.is_stateless())
+    }
+
     /// The upstream's own session id (HTTP upstreams that issued one).
     pub fn upstream_session_id(&self) -> Option<String> {
         match self {

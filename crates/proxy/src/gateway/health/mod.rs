@@ -1,25 +1,61 @@
-//! Active health checks of a route's HTTP upstreams: every `interval`, a TCP connect (or a
-//! `GET http_path` on the upstream's origin, 2xx = healthy) within `timeout`. An upstream turns
-//! unhealthy after `unhealthy_threshold` consecutive failures and healthy again after
-//! `healthy_threshold` consecutive successes; unhealthy upstreams get no new sessions (sessions
-//! already there stay: affinity). Stdio upstreams are not checked (each session spawns its own
-//! child; a spawn failure ejects the upstream).
+//! Active health checks of a route's upstreams, every `interval` within `timeout`:
+//!
+//! * `tcp` (the default without `http_path`): a TCP connect to an HTTP upstream;
+//! * `http` (the default with `http_path`): `GET http_path` on its origin, 2xx = healthy;
+//! * `ping`: MCP `ping` over a session kept open with the upstream ([`ping`]) — every kind of
+//!   upstream, stdio included (a child of the checker's own).
+//!
+//! An upstream turns unhealthy after `unhealthy_threshold` consecutive failures and healthy
+//! again after `healthy_threshold` consecutive successes; unhealthy upstreams get no new
+//! sessions (sessions already there stay: affinity). Without `ping`, stdio upstreams are not
+//! checked (each session spawns its own child; a spawn failure ejects the upstream).
+
+mod ping;
 
 use super::Route;
-use super::config::HealthConfig;
+use super::config::{HealthCheck, HealthConfig};
 use super::target::probe;
-use crate::upstream::UpstreamSpec;
 use crate::upstream::credentials::{self, SendError};
+use crate::upstream::{UpstreamCtx, UpstreamSpec};
+use ping::Pinger;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Check the route's upstreams until `cancel` fires.
+/// How one member is checked.
+enum Checker {
+    /// TCP connect or HTTP GET: no state.
+    Probe,
+    /// MCP ping over a kept session.
+    Ping(Box<Pinger>),
+    /// Not checked (stays healthy).
+    None,
+}
+
+/// Check the route's upstreams until `cancel` fires. `ctx` is the template of the contexts of
+/// the `ping` checker's sessions.
 pub(super) async fn watch(
     route: Arc<Route>,
     cfg: HealthConfig,
     http: reqwest::Client,
+    ctx: UpstreamCtx,
     cancel: CancellationToken,
 ) {
+    let kind = cfg.kind();
+    let mut checkers: Vec<Checker> = route
+        .set
+        .members()
+        .iter()
+        .map(|m| match (kind, m.spec()) {
+            (_, UpstreamSpec::Tape(_)) => Checker::None,
+            (HealthCheck::Ping, spec) => {
+                let mut ctx = ctx.clone();
+                ctx.session = Arc::from(format!("health-check {}", m.name()));
+                Checker::Ping(Box::new(Pinger::new(spec.clone(), ctx)))
+            }
+            (_, UpstreamSpec::Http { .. }) => Checker::Probe,
+            _ => Checker::None,
+        })
+        .collect();
     let mut tick = tokio::time::interval(cfg.interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -31,17 +67,25 @@ pub(super) async fn watch(
             .set
             .members()
             .iter()
+            .zip(checkers.iter_mut())
             .enumerate()
-            .filter(|(_, m)| matches!(m.spec(), UpstreamSpec::Http { .. }))
-            .map(|(i, m)| {
+            .map(|(i, (m, checker))| {
                 let (cfg, http) = (&cfg, &http);
-                async move { (i, check(m.spec(), cfg, http).await) }
+                async move {
+                    let r = match checker {
+                        Checker::Probe => Some(check(m.spec(), cfg, http).await),
+                        Checker::Ping(p) => Some(p.check(cfg.timeout.0).await),
+                        Checker::None => None,
+                    };
+                    (i, r)
+                }
             });
         let results = tokio::select! {
             r = futures_util::future::join_all(checks) => r,
             _ = cancel.cancelled() => return,
         };
         for (i, result) in results {
+            let Some(result) = result else { continue };
             let m = &route.set.members()[i];
             let change = m.checked(
                 result.is_ok(),
