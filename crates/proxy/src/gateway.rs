@@ -17,6 +17,7 @@ mod health;
 pub mod limits;
 pub mod metrics;
 pub mod resilience;
+pub mod spares;
 mod target;
 mod validate;
 
@@ -136,11 +137,22 @@ impl Gateway {
             .unwrap_or_default();
         for r in &cfg.routes {
             let key: Arc<str> = Arc::from(route_key(&r.path).unwrap_or_default());
-            let members = r
+            let (members, spares): (Vec<_>, Vec<_>) = r
                 .upstreams
                 .iter()
-                .filter_map(|u| u.spec().ok().map(|s| (s, u.weight)))
-                .collect();
+                .filter_map(|u| u.spec().ok().map(|s| ((s, u.weight), u.spares)))
+                .unzip();
+            let set = UpstreamSet::new(
+                members,
+                r.balance,
+                r.eject_for.0,
+                &resilience::guard_config(r),
+            );
+            for (m, n) in set.members().iter().zip(spares) {
+                if n > 0 {
+                    m.keep_spares(n as usize);
+                }
+            }
             let mut scopes = global_scopes.clone();
             scopes.extend(
                 r.scopes
@@ -153,12 +165,7 @@ impl Gateway {
                 Arc::new(Route {
                     path: r.path.clone(),
                     key,
-                    set: UpstreamSet::new(
-                        members,
-                        r.balance,
-                        r.eject_for.0,
-                        &resilience::guard_config(r),
-                    ),
+                    set,
                     scopes,
                     failover: r.failover,
                     connect_timeout: r.connect_timeout.0,
@@ -547,6 +554,13 @@ pub async fn gateway(
     );
     let _ = gw.front.set(Arc::downgrade(&front));
     for r in gw.routes.values() {
+        for m in r.set.members() {
+            if let Some(spares) = m.spares() {
+                let mut ctx = check_ctx.clone();
+                ctx.session = Arc::from("spare");
+                tracker.spawn(spares.clone().keep(m.spec().clone(), ctx));
+            }
+        }
         if let Some(h) = &r.health {
             let checker = health::watch(
                 r.clone(),

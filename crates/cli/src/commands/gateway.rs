@@ -57,6 +57,10 @@ pub struct GatewayArgs {
     /// Use the built-in demo server (one child per session) as the /mcp upstream.
     #[arg(long)]
     pub demo: bool,
+    /// Keep this many children of the stdio upstream given by `-- CMD` or --demo running ahead
+    /// of need, so new sessions do not wait for a spawn (0..=64).
+    #[arg(long, env = "SHADOWCAT_SPARES", value_name = "N")]
+    pub spares: Option<u32>,
     #[command(flatten)]
     pub hooks: HookArgs,
     /// A stdio MCP server for /mcp (after `--`): one child per session.
@@ -107,11 +111,13 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
             ..UpstreamConfig::default()
         })
         .collect();
+    let spares = a.spares.unwrap_or(0);
     if let Some((cmd, args)) = a.command.split_first() {
         upstreams.push(UpstreamConfig {
             command: Some(cmd.clone()),
             args: args.to_vec(),
             weight: 1,
+            spares,
             ..UpstreamConfig::default()
         });
     }
@@ -121,8 +127,12 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
             command: Some(exe.to_string_lossy().into_owned()),
             args: vec!["demo-server".into()],
             weight: 1,
+            spares,
             ..UpstreamConfig::default()
         });
+    }
+    if a.spares.is_some() && a.command.is_empty() && !a.demo {
+        bail!("--spares applies to the stdio upstream given by -- CMD or --demo");
     }
     if !upstreams.is_empty() {
         match cfg.routes.iter_mut().find(|r| r.path == "/mcp") {

@@ -674,3 +674,103 @@ args = ["-c", "exit 3"]
     wait_metric(&gw.base, &healthy(&u0.url), 1.0).await;
     assert!(u0.sessions() >= 2, "a new check session: {}", u0.sessions());
 }
+
+/// Direct children of a process.
+fn children(pid: u32) -> std::collections::BTreeSet<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+async fn wait_children(pid: u32, n: usize) -> std::collections::BTreeSet<u32> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = children(pid);
+        if c.len() == n {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} children, not {n}: {c:?}",
+            c.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn warm_spares_start_sessions_on_running_children() {
+    let demo = super::harness::bin();
+    let (_d, cfg) = config_file(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/mcp\"\n\
+         [[routes.upstreams]]\ncommand = \"{demo}\"\nargs = [\"demo-server\"]\nspares = 2\n"
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let pid = gw.child.id().unwrap();
+    let spares =
+        format!("shadowcat_upstream_spares{{route=\"/mcp\",upstream=\"{demo} demo-server\"}}");
+    wait_metric(&gw.base, &spares, 2.0).await;
+    let before = wait_children(pid, 2).await;
+
+    let mut c = Raw::new(gw.url());
+    c.initialize().await;
+    assert_eq!(
+        c.call_tool(1, "echo", json!({"message": "warm"})).await,
+        "warm"
+    );
+    // The pool is refilled: two spares again, three children in all.
+    wait_metric(&gw.base, &spares, 2.0).await;
+    let during = wait_children(pid, 3).await;
+    assert!(before.is_subset(&during), "{before:?} ⊄ {during:?}");
+    // The session runs on one of the first spares: ending it ends one of them.
+    assert_eq!(c.delete().await.status, 204);
+    let after = wait_children(pid, 2).await;
+    assert_eq!(
+        before.intersection(&after).count(),
+        1,
+        "{before:?} / {after:?}"
+    );
+
+    // A spare that dies while waiting is replaced, and sessions never get a dead one.
+    let victim = *after.iter().next().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = children(pid);
+        let (_, _, m) = get(&gw.base, "/metrics").await;
+        if !now.contains(&victim) && now.len() == 2 && sample(&m, &spares) == Some(2.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead spare was not replaced: {now:?}\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..3 {
+        let mut c = Raw::new(gw.url());
+        c.initialize().await;
+        assert_eq!(c.call_tool(i, "echo", json!({"message": "ok"})).await, "ok");
+    }
+    let (status, _, body) = get(&gw.base, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &body,
+            &format!(
+                "shadowcat_upstream_sessions_total{{route=\"/mcp\",upstream=\"{demo} demo-server\"}}"
+            )
+        ),
+        Some(4.0),
+        "{body}"
+    );
+}

@@ -182,6 +182,7 @@ async fn upstreams(axum::extract::State(a): Shared) -> Answer {
                         "breaker": m.guard().breaker().map(|b| b.state().name()),
                         "retries": m.guard().stats().retries.load(std::sync::atomic::Ordering::Relaxed),
                         "timeouts": m.guard().stats().timeouts.load(std::sync::atomic::Ordering::Relaxed),
+                        "spares": m.spares().map(|s| json!({"want": s.want(), "ready": s.ready(), "taken": s.taken()})),
                     })
                 })
                 .collect();

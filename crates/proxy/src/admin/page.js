@@ -152,7 +152,8 @@ function renderUpstreams(routes) {
       const avail = el("span", u.available ? "yes" : "no (ejected)", u.available ? "ok" : "bad");
       if ("breaker" in u) avail.textContent += " · breaker " + u.breaker;
       const tr = row([r.path, u.name, r.strategy + (u.weight !== 1 ? " ×" + u.weight : ""), health, avail,
-        u.sessions, u.inflight, u.sessions_total, u.connect_failures]);
+        u.spares ? u.sessions + " · spares " + u.spares.ready + "/" + u.spares.want : u.sessions,
+        u.inflight, u.sessions_total, u.connect_failures]);
       tr.dataset.upstream = u.name;
       body.appendChild(tr);
     }

@@ -7,13 +7,14 @@
 //! get no new sessions unless every member is ejected.
 
 use super::config::Strategy;
+use super::spares::Spares;
 use crate::guard::{Guard, GuardConfig};
 use crate::session::Session;
 use crate::upstream::UpstreamSpec;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Points on the hash ring per unit of weight (fewer when the weights are large).
@@ -36,6 +37,8 @@ pub struct Member {
     streak: AtomicI64,
     /// Breaker, retries and timeouts, shared by the sessions placed here.
     guard: Arc<Guard>,
+    /// Warm spares (stdio upstreams with `spares`).
+    spares: OnceLock<Arc<Spares>>,
 }
 
 impl Member {
@@ -65,6 +68,16 @@ impl Member {
         };
         self.healthy.store(now, Ordering::Release);
         (now != was).then_some(now)
+    }
+
+    /// Its warm spares, if it keeps any.
+    pub fn spares(&self) -> Option<&Arc<Spares>> {
+        self.spares.get()
+    }
+
+    /// Keep `n` warm spares (before the gateway starts; a second call is ignored).
+    pub fn keep_spares(&self, n: usize) {
+        let _ = self.spares.set(Spares::new(n));
     }
 
     /// Its breaker, retry budget and timeouts.
@@ -149,6 +162,7 @@ impl UpstreamSet {
                 connect_failures: AtomicU64::new(0),
                 healthy: AtomicBool::new(true),
                 streak: AtomicI64::new(0),
+                spares: OnceLock::new(),
             })
             .collect();
         let wrr = smooth_wrr(&members.iter().map(|m| m.weight).collect::<Vec<_>>());

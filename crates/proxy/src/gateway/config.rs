@@ -667,6 +667,10 @@ pub struct UpstreamConfig {
     /// Share of new sessions.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Stdio upstreams: children kept running ahead of need, so a new session does not wait for
+    /// a spawn (each still serves one session).
+    #[serde(default)]
+    pub spares: u32,
     /// Headers sent with every upstream request (upstream credentials).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -1199,6 +1203,23 @@ mod tests {
         let e = with("check = \"icmp\"\n");
         assert!(
             e.contains("routes[0].health.check") && e.contains("icmp"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn spares_are_for_stdio_upstreams() {
+        let up = |u: &str| {
+            errors(&format!(
+                "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\n{u}"
+            ))
+        };
+        assert_eq!(up("command = \"srv\"\nspares = 4\n"), "");
+        let e = up("url = \"http://a/mcp\"\nspares = 1\n");
+        assert!(e.contains("g.toml: routes[0].upstreams[0].spares: spares are children kept ahead of need: only for stdio upstreams (`command`)"), "{e}");
+        let e = up("command = \"srv\"\nspares = 65\n");
+        assert!(
+            e.contains("routes[0].upstreams[0].spares: 65 is too many (at most 64)"),
             "{e}"
         );
     }

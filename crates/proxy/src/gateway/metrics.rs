@@ -75,6 +75,8 @@ pub struct UpstreamGauge {
     pub retry_budget_exhausted: u64,
     /// Requests that timed out.
     pub timeouts: u64,
+    /// Warm spares ready (stdio upstreams that keep spares only).
+    pub spares: Option<usize>,
 }
 
 impl UpstreamGauge {
@@ -99,6 +101,7 @@ impl UpstreamGauge {
             retries: s.retries.load(Relaxed),
             retry_budget_exhausted: s.budget_exhausted.load(Relaxed),
             timeouts: s.timeouts.load(Relaxed),
+            spares: m.spares().map(|s| s.ready()),
         }
     }
 }
@@ -404,6 +407,26 @@ impl Metrics {
                 );
             }
         }
+        let spares: Vec<_> = snap
+            .upstreams
+            .iter()
+            .filter_map(|u| u.spares.map(|n| (u, n)))
+            .collect();
+        if !spares.is_empty() {
+            let _ = writeln!(
+                o,
+                "# HELP shadowcat_upstream_spares Warm spare children ready (stdio upstreams with spares)."
+            );
+            let _ = writeln!(o, "# TYPE shadowcat_upstream_spares gauge");
+            for (u, n) in spares {
+                let _ = writeln!(
+                    o,
+                    "shadowcat_upstream_spares{{route=\"{}\",upstream=\"{}\"}} {n}",
+                    esc(&u.route),
+                    esc(&u.upstream),
+                );
+            }
+        }
         o
     }
 }
@@ -436,6 +459,7 @@ mod tests {
                 retries: 3,
                 retry_budget_exhausted: 0,
                 timeouts: 1,
+                spares: Some(2),
             }],
         });
         assert!(text.contains(
@@ -457,6 +481,9 @@ mod tests {
         ));
         assert!(text.contains(
             "shadowcat_upstream_retries_total{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 3"
+        ));
+        assert!(text.contains(
+            "shadowcat_upstream_spares{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 2"
         ));
         let t = m.totals();
         assert_eq!((t.requests, t.by_class[1], t.rate_limited), (2, 2, 1));

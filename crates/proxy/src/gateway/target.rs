@@ -169,8 +169,21 @@ impl GatewayTarget {
             }
             let mut ctx = front.upstream_ctx(id);
             ctx.guard = Some(m.guard().clone());
-            let connected =
-                Session::connect(id.clone(), m.spec().clone(), front.pipeline().clone(), ctx).await;
+            let (spec, pipeline) = (m.spec().clone(), front.pipeline().clone());
+            let connected = match m.spares().and_then(|s| s.take()) {
+                Some(spare) => {
+                    tracing::debug!(upstream = m.name(), "the session takes a warm spare");
+                    ctx.cancel = spare.cancel;
+                    Ok(Session::with_upstream(
+                        id.clone(),
+                        spec,
+                        pipeline,
+                        spare.opened,
+                        ctx,
+                    ))
+                }
+                None => Session::connect(id.clone(), spec, pipeline, ctx).await,
+            };
             if connected.is_err() {
                 m.guard().record(false);
             }

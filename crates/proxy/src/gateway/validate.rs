@@ -379,6 +379,9 @@ fn validate_rate(at: &str, r: &RateConfig, bad: &mut impl FnMut(String, String))
     }
 }
 
+/// Most warm spares per upstream.
+const MAX_SPARES: u32 = 64;
+
 fn validate_upstream(
     at: &str,
     u: &UpstreamConfig,
@@ -389,6 +392,18 @@ fn validate_upstream(
         bad(
             format!("{at}.weight"),
             format!("{} is not in 1..=1000", u.weight),
+        );
+    }
+    if u.spares > MAX_SPARES {
+        bad(
+            format!("{at}.spares"),
+            format!("{} is too many (at most {MAX_SPARES})", u.spares),
+        );
+    }
+    if u.spares > 0 && u.command.is_none() {
+        bad(
+            format!("{at}.spares"),
+            "spares are children kept ahead of need: only for stdio upstreams (`command`)".into(),
         );
     }
     if let Some(url) = &u.url

@@ -62,10 +62,25 @@ impl Session {
         pipeline: Pipeline,
         ctx: UpstreamCtx,
     ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>), ProxyError> {
-        let cancel = ctx.cancel.clone();
-        let tracker = ctx.tracker.clone();
-        let guard = ctx.guard.clone();
-        let opened = upstream::open(&spec, ctx).await?;
+        let opened = upstream::open(&spec, ctx.clone()).await?;
+        Ok(Session::with_upstream(id, spec, pipeline, opened, ctx))
+    }
+
+    /// Create a session on an upstream opened beforehand (a warm spare) with `ctx`, whose
+    /// cancel token ends it.
+    pub fn with_upstream(
+        id: Arc<str>,
+        spec: UpstreamSpec,
+        pipeline: Pipeline,
+        opened: upstream::Opened,
+        ctx: UpstreamCtx,
+    ) -> (Arc<Session>, mpsc::Receiver<UpstreamEvent>) {
+        let UpstreamCtx {
+            cancel,
+            tracker,
+            guard,
+            ..
+        } = ctx;
         let s = Arc::new(Session {
             id,
             spec,
@@ -90,7 +105,7 @@ impl Session {
             );
             s.tracker.spawn(sweeper);
         }
-        Ok((s, opened.events))
+        (s, opened.events)
     }
 
     /// The proxy's session id.

@@ -284,6 +284,11 @@ impl Upstream {
         }
     }
 
+    /// Whether the upstream is known to be gone (a stdio child that exited).
+    pub fn has_exited(&self) -> bool {
+        matches!(self, Upstream::Stdio(s) if s.has_exited())
+    }
+
     /// Whether the server serves only the stateless 2026-07-28 era (an HTTP upstream whose
     /// session the proxy plays).
     pub fn is_stateless(&self) -> bool {

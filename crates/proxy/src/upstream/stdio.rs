@@ -106,6 +106,11 @@ impl StdioUpstream {
         let _ = rx.wait_for(|v| v.is_some()).await;
     }
 
+    /// Whether the child has exited (and its output was delivered).
+    pub(super) fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
     /// The child's process id (also its process group id).
     pub fn pid(&self) -> Option<u32> {
         self.pid
