@@ -9,8 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SHADOWCAT_PYTHON=$(scripts/python-env.sh)
 export SHADOWCAT_PYTHON
 
+# With the optional OpenTelemetry export (feature `otel`) so its test runs too.
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
+    cargo nextest run --workspace --features shadowcat/otel --no-fail-fast
 else
-    cargo test --workspace --no-fail-fast
+    cargo test --workspace --features shadowcat/otel --no-fail-fast
 fi

@@ -27,6 +27,16 @@ pub struct LogArgs {
     /// Log every relayed message (direction, kind, id, method, name, size).
     #[arg(long, global = true)]
     pub log_traffic: bool,
+    /// Export trace spans over OTLP/HTTP to this collector (base URL, e.g.
+    /// http://127.0.0.1:4318; spans go to BASE/v1/traces).
+    #[cfg(feature = "otel")]
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otel_endpoint: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

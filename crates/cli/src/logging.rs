@@ -1,9 +1,19 @@
-//! Logging setup: always to stderr (stdout belongs to MCP in stdio modes), text or JSON.
+//! Logging setup: always to stderr (stdout belongs to MCP in stdio modes), text or JSON; with
+//! the `otel` feature, spans also go to an OpenTelemetry collector ([`crate::otel`]), filtered
+//! on their own (`SHADOWCAT_OTEL_FILTER`, default `info`) so `--log-level warn` keeps traces.
 
 use crate::args::{LogArgs, LogFormat};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-pub fn init(args: &LogArgs) -> Result<(), String> {
+/// Kept by `main` until the end: flushes what must be flushed (exported spans).
+pub struct Guard {
+    #[cfg(feature = "otel")]
+    _otel: Option<crate::otel::Guard>,
+}
+
+pub fn init(args: &LogArgs) -> Result<Guard, String> {
     let default = if args.log_traffic {
         format!("{},shadowcat::traffic=info", args.log_level)
     } else {
@@ -12,12 +22,45 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
     let filter = EnvFilter::try_from_env("SHADOWCAT_LOG")
         .or_else(|_| EnvFilter::try_new(&default))
         .map_err(|e| format!("invalid log filter: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match args.log_format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match args.log_format {
+        LogFormat::Text => fmt.with_ansi(false).with_filter(filter).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed(),
     };
-    result.map_err(|e| e.to_string())
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![fmt];
+    #[cfg(feature = "otel")]
+    let otel = match args
+        .otel_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+    {
+        Some(endpoint) => {
+            let filter = EnvFilter::try_from_env("SHADOWCAT_OTEL_FILTER")
+                .or_else(|_| EnvFilter::try_new("info"))
+                .map_err(|e| format!("invalid SHADOWCAT_OTEL_FILTER: {e}"))?;
+            let (layer, guard) = crate::otel::layer::<Registry>(endpoint)?;
+            layers.push(layer.with_filter(filter).boxed());
+            Some(guard)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    #[cfg(not(feature = "otel"))]
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        tracing::warn!(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but this build has no OpenTelemetry export (build with `--features otel`)"
+        );
+    }
+    Ok(Guard {
+        #[cfg(feature = "otel")]
+        _otel: otel,
+    })
 }

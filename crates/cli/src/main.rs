@@ -3,15 +3,20 @@
 mod args;
 mod commands;
 mod logging;
+#[cfg(feature = "otel")]
+mod otel;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
-    if let Err(e) = logging::init(&cli.log) {
-        eprintln!("shadowcat: cannot set up logging: {e}");
-        return std::process::ExitCode::from(2);
-    }
+    let _logging = match logging::init(&cli.log) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("shadowcat: cannot set up logging: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -23,8 +23,14 @@ pub struct Server {
 impl Server {
     /// Start `shadowcat ARGS` and wait for its "listening on" line.
     pub async fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[]).await
+    }
+
+    /// [`Server::start`] with extra environment variables for the process.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -13,6 +13,8 @@ mod http_front;
 mod intercept;
 mod legacy_sse;
 mod lifecycle;
+#[cfg(feature = "otel")]
+mod otel;
 mod peers;
 mod python;
 mod replicas;

@@ -28,6 +28,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use events::EventLog;
 use http::{Method, StatusCode, header};
+use shadowcat_proto::Message;
 use shadowcat_proto::era::SESSION_ID_HEADER;
 use shadowcat_proto::error::INVALID_REQUEST;
 use shadowcat_store::{Retention, SessionStore};
@@ -416,7 +417,15 @@ pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
         .headers()
         .get(SESSION_ID_HEADER)
         .and_then(|v| v.to_str().ok());
-    let span = tracing::info_span!("request", method = %req.method(), session = sid);
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = req.uri().path(),
+        session = sid,
+        rpc = tracing::field::Empty,
+        name = tracing::field::Empty,
+        status = tracing::field::Empty
+    );
     let result = tracing::Instrument::instrument(
         async {
             front.config.origins.check(req.headers())?;
@@ -451,10 +460,30 @@ pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
                 _ => Ok(method_not_allowed()),
             }
         },
-        span,
+        span.clone(),
     )
     .await;
-    result.unwrap_or_else(|e| reply::error(&e, None))
+    let response = result.unwrap_or_else(|e| reply::error(&e, None));
+    span.record("status", response.status().as_u16());
+    response
+}
+
+/// Name the JSON-RPC request on the current `request` span (seen in traces).
+pub(crate) fn note_message(msg: &Message) {
+    let span = tracing::Span::current();
+    match msg {
+        Message::Single(f) => {
+            if let Some(m) = f.method() {
+                span.record("rpc", m);
+            }
+            if let Some(n) = f.target() {
+                span.record("name", n);
+            }
+        }
+        Message::Batch(_) => {
+            span.record("rpc", "(batch)");
+        }
+    }
 }
 
 fn method_not_allowed_modern() -> Response {

@@ -134,7 +134,9 @@ pub async fn handle(
     raw: Bytes,
     version: ProtocolVersion,
 ) -> Result<Response, ProxyError> {
-    let frame = match Message::parse(raw)? {
+    let msg = Message::parse(raw)?;
+    super::note_message(&msg);
+    let frame = match msg {
         Message::Single(f) => f,
         Message::Batch(_) => {
             return Err(ProxyError::bad(

@@ -41,6 +41,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let raw = read_body(body, front.config.max_body).await?;
     let msg = Message::parse(raw)?;
+    super::note_message(&msg);
 
     let session = match sid {
         None => {
