@@ -31,6 +31,7 @@ pub mod coalesce;
 pub mod contract;
 mod failover;
 mod memory;
+mod metered;
 mod open;
 #[cfg(feature = "redis")]
 mod redis;
@@ -43,6 +44,7 @@ pub use self::redis::{RedisStore, redis_connection};
 pub use coalesce::ActivityCoalescer;
 pub use failover::{FailoverStore, OnOutage};
 pub use memory::MemoryStore;
+pub use metered::{BUCKETS as OP_BUCKETS, MeteredStore, OpSample};
 pub use open::{OpenOptions, open};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
@@ -233,5 +235,10 @@ pub trait SessionStore: Send + Sync + 'static {
             outages: 0,
             degraded: false,
         }
+    }
+
+    /// Per-operation counts and latencies, for metrics; only [`MeteredStore`] keeps them.
+    fn op_samples(&self) -> Vec<OpSample> {
+        Vec::new()
     }
 }

@@ -13,7 +13,7 @@ use clap::Args;
 use shadowcat_proxy::gateway::config::{AdminConfig, RouteConfig, Strategy, UpstreamConfig};
 use shadowcat_proxy::gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
 use shadowcat_proxy::pipeline::{Hook, TrafficLog};
-use shadowcat_store::{FailoverStore, OnOutage};
+use shadowcat_store::{FailoverStore, MeteredStore, OnOutage, SessionStore};
 use shadowcat_tape::Redactor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -239,6 +239,8 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
         failover.spawn_probe(Duration::from_secs(1), &tracker, shutdown.clone());
         store = failover;
     }
+    // Operation counts and latencies for /metrics.
+    let store: Arc<dyn SessionStore> = MeteredStore::new(store);
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("cannot listen on {}", s.listen))?;

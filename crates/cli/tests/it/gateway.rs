@@ -167,6 +167,19 @@ async fn sessions_are_balanced_and_stay_on_their_upstream() {
     );
     assert_eq!(ok, Some(30.0), "{metrics}");
     assert!(metrics.contains("# TYPE shadowcat_http_request_duration_seconds histogram"));
+    // Every session was recorded in the (memory) store, each create timed.
+    let creates = sample(
+        &metrics,
+        "shadowcat_store_operations_total{backend=\"memory\",op=\"create\",result=\"ok\"}",
+    );
+    assert!(creates.is_some_and(|n| n >= 6.0), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "shadowcat_store_operation_duration_seconds_count{backend=\"memory\",op=\"create\"}"
+        ),
+        creates
+    );
     let (status, _, ready) = get(&gw.base, "/ready").await;
     assert_eq!(status, 200, "{ready}");
 

@@ -243,7 +243,8 @@ impl Gateway {
     }
 
     fn snapshot(&self, front: &HttpFront) -> Snapshot {
-        let h = front.registry().records().store().health();
+        let store = front.registry().records().store();
+        let h = store.health();
         let mut upstreams = Vec::new();
         let mut routes: Vec<&Arc<Route>> = self.routes.values().collect();
         routes.sort_by(|a, b| a.path.cmp(&b.path));
@@ -255,6 +256,8 @@ impl Gateway {
         Snapshot {
             active_sessions: front.registry().len(),
             store_healthy: h.healthy || h.degraded,
+            store_backend: store.backend(),
+            store_ops: store.op_samples(),
             upstreams,
         }
     }

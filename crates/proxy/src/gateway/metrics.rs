@@ -1,6 +1,7 @@
 //! Prometheus metrics of the gateway, in the text exposition format (written by hand: a few
 //! counters and one histogram do not need a metrics library).
 
+use shadowcat_store::{OP_BUCKETS, OpSample};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -40,6 +41,10 @@ pub struct Snapshot {
     pub active_sessions: usize,
     /// Whether the session store is reachable.
     pub store_healthy: bool,
+    /// The store backend (`memory`, `sqlite`, `redis`).
+    pub store_backend: &'static str,
+    /// Per store operation: counts and latency.
+    pub store_ops: Vec<OpSample>,
     /// Per upstream: route, upstream name, up (not ejected), live sessions, in-flight requests,
     /// sessions placed there, failed connection attempts.
     pub upstreams: Vec<UpstreamGauge>,
@@ -319,6 +324,7 @@ impl Metrics {
         );
         let _ = writeln!(o, "# TYPE shadowcat_store_up gauge");
         let _ = writeln!(o, "shadowcat_store_up {}", u8::from(snap.store_healthy));
+        render_store_ops(&mut o, snap);
         type Field = fn(&UpstreamGauge) -> String;
         let families: [(&str, &str, &str, Field); 12] = [
             (
@@ -431,6 +437,53 @@ impl Metrics {
     }
 }
 
+/// `shadowcat_store_operations_total` and `shadowcat_store_operation_duration_seconds`.
+fn render_store_ops(o: &mut String, snap: &Snapshot) {
+    let b = snap.store_backend;
+    let _ = writeln!(
+        o,
+        "# HELP shadowcat_store_operations_total Session store operations, by backend, operation and result."
+    );
+    let _ = writeln!(o, "# TYPE shadowcat_store_operations_total counter");
+    for s in &snap.store_ops {
+        for (result, n) in [("ok", s.ok), ("error", s.errors)] {
+            let _ = writeln!(
+                o,
+                "shadowcat_store_operations_total{{backend=\"{b}\",op=\"{}\",result=\"{result}\"}} {n}",
+                s.op
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP shadowcat_store_operation_duration_seconds Session store operation latency."
+    );
+    let _ = writeln!(
+        o,
+        "# TYPE shadowcat_store_operation_duration_seconds histogram"
+    );
+    for s in &snap.store_ops {
+        let labels = format!("backend=\"{b}\",op=\"{}\"", s.op);
+        let les = OP_BUCKETS.iter().map(|b| b.to_string());
+        for (le, c) in les.chain(["+Inf".to_string()]).zip(&s.cumulative) {
+            let _ = writeln!(
+                o,
+                "shadowcat_store_operation_duration_seconds_bucket{{{labels},le=\"{le}\"}} {c}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "shadowcat_store_operation_duration_seconds_sum{{{labels}}} {}",
+            s.sum_seconds
+        );
+        let _ = writeln!(
+            o,
+            "shadowcat_store_operation_duration_seconds_count{{{labels}}} {}",
+            s.ok + s.errors
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +497,14 @@ mod tests {
         let text = m.render(&Snapshot {
             active_sessions: 2,
             store_healthy: true,
+            store_backend: "sqlite",
+            store_ops: vec![OpSample {
+                op: "get",
+                ok: 3,
+                errors: 1,
+                cumulative: vec![1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4],
+                sum_seconds: 0.5,
+            }],
             upstreams: vec![UpstreamGauge {
                 route: "/mcp".into(),
                 upstream: "http://a/\"x\"".into(),
@@ -476,6 +537,18 @@ mod tests {
             "shadowcat_upstream_sessions{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 2"
         ));
         assert!(text.contains("shadowcat_active_sessions 2"));
+        assert!(text.contains(
+            "shadowcat_store_operations_total{backend=\"sqlite\",op=\"get\",result=\"error\"} 1"
+        ));
+        assert!(text.contains(
+            "shadowcat_store_operation_duration_seconds_bucket{backend=\"sqlite\",op=\"get\",le=\"0.00025\"} 2"
+        ));
+        assert!(text.contains(
+            "shadowcat_store_operation_duration_seconds_bucket{backend=\"sqlite\",op=\"get\",le=\"+Inf\"} 4"
+        ));
+        assert!(text.contains(
+            "shadowcat_store_operation_duration_seconds_count{backend=\"sqlite\",op=\"get\"} 4"
+        ));
         assert!(text.contains(
             "shadowcat_upstream_breaker_state{route=\"/mcp\",upstream=\"http://a/\\\"x\\\"\"} 2"
         ));
