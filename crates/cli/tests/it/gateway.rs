@@ -190,6 +190,29 @@ async fn sessions_are_balanced_and_stay_on_their_upstream() {
 }
 
 #[tokio::test]
+async fn the_upstream_get_stream_opens_only_when_the_client_opens_its_own() {
+    let up = FakeUpstream::start("lazy").await;
+    let gw = start_gateway(&["--listen", "127.0.0.1:0", "--upstream", &up.url], &[]).await;
+    let mut c = Raw::new(gw.url());
+    c.initialize().await;
+    assert_eq!(whoami(&c, 1).await, "lazy");
+    // An idle session holds no upstream connection (memory per idle session).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.gets(), 0);
+    let r = Raw::send(
+        c.http
+            .get(gw.url())
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", c.session.clone().unwrap())
+            .header("mcp-protocol-version", c.version),
+    )
+    .await;
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert!(r.body.contains("no server-to-client stream"), "{}", r.body);
+    assert_eq!(up.gets(), 1);
+}
+
+#[tokio::test]
 async fn weighted_and_hashed_sets_from_a_config_file() {
     let a = FakeUpstream::start("a").await;
     let b = FakeUpstream::start("b").await;

@@ -37,6 +37,8 @@ struct FakeState {
     refuse_initialize: std::sync::atomic::AtomicBool,
     /// Never answer `ping` (a wedged server whose port is still open).
     ping_hangs: std::sync::atomic::AtomicBool,
+    /// GET requests received (each answered 405: no server-to-client stream).
+    gets: AtomicUsize,
 }
 
 /// How the fake misbehaves on `tools/call`.
@@ -69,7 +71,10 @@ impl FakeUpstream {
             .route(
                 "/mcp",
                 axum::routing::post(fake_post)
-                    .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
+                    .get(|State(s): State<Arc<FakeState>>| async move {
+                        s.gets.fetch_add(1, Ordering::SeqCst);
+                        StatusCode::METHOD_NOT_ALLOWED
+                    })
                     .delete(|| async { StatusCode::OK }),
             )
             .route(
@@ -85,6 +90,11 @@ impl FakeUpstream {
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeUpstream { url, state }
+    }
+
+    /// GET requests received.
+    pub fn gets(&self) -> usize {
+        self.state.gets.load(Ordering::SeqCst)
     }
 
     /// Every `Authorization` header received (None: absent).

@@ -49,7 +49,7 @@ where
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(UpstreamEvent::Frame { frame, .. }) => {
-                    if let Some(f) = session.from_server(frame).await
+                    if let Some(f) = session.from_server(*frame).await
                         && out_tx.send(f.into_raw()).await.is_err()
                     {
                         tracing::info!("client output closed");

@@ -309,7 +309,12 @@ impl Session {
         let frame = error_frame(Some(&id), REQUEST_TIMEOUT, &msg);
         if let Some(tx) = self.loopback.upgrade() {
             let via = Via::Request(id.clone());
-            let _ = tx.send(UpstreamEvent::Frame { frame, via }).await;
+            let _ = tx
+                .send(UpstreamEvent::Frame {
+                    frame: Box::new(frame),
+                    via,
+                })
+                .await;
         }
         let cancel = serde_json::json!({
             "jsonrpc": "2.0",

@@ -324,7 +324,10 @@ impl Inner {
 
     async fn send_event(&self, frame: Frame, via: Via) -> bool {
         self.events
-            .send(UpstreamEvent::Frame { frame, via })
+            .send(UpstreamEvent::Frame {
+                frame: Box::new(frame),
+                via,
+            })
             .await
             .is_ok()
     }
@@ -369,7 +372,11 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
         && status.is_success()
         && let Some(sid) = resp.headers().get(SESSION_ID_HEADER)
     {
-        *lock(&inner.session_id) = Some(sid.clone());
+        // A copy: a clone would share (and keep alive for the whole session) the connection's
+        // read buffer the header was parsed from.
+        if let Ok(owned) = HeaderValue::from_bytes(sid.as_bytes()) {
+            *lock(&inner.session_id) = Some(owned);
+        }
     }
     if status == StatusCode::NOT_FOUND && lock(&inner.session_id).is_some() {
         inner

@@ -142,8 +142,9 @@ pub enum Via {
 pub enum UpstreamEvent {
     /// A frame from the server.
     Frame {
-        /// The frame.
-        frame: Frame,
+        /// The frame (boxed: the event stays small, and so does every channel's first block,
+        /// allocated per session whether or not anything is ever sent).
+        frame: Box<Frame>,
         /// Where it came from.
         via: Via,
     },

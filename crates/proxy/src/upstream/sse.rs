@@ -307,7 +307,7 @@ async fn read_events(inner: &Arc<Inner>, mut stream: EventStream) {
             Ok(msg) => {
                 for frame in msg.into_frames() {
                     let ev = UpstreamEvent::Frame {
-                        frame,
+                        frame: Box::new(frame),
                         via: Via::Unrelated,
                     };
                     if inner.events.send(ev).await.is_err() {
@@ -407,7 +407,7 @@ async fn fail(inner: &Inner, id: Option<&RequestId>, message: String) -> bool {
     inner
         .events
         .send(UpstreamEvent::Frame {
-            frame,
+            frame: Box::new(frame),
             via: Via::Unrelated,
         })
         .await

@@ -15,6 +15,11 @@ use tracing::Instrument;
 
 /// Longest stderr line kept in the log; longer lines are cut.
 const MAX_STDERR_LINE: usize = 64 * 1024;
+/// First sizes of the per-child buffers (they grow with the messages): an idle session keeps
+/// them all, so they start small rather than at the 8 KiB defaults.
+const STDOUT_BUFFER: usize = 2048;
+const STDIN_BUFFER: usize = 2048;
+const STDERR_BUFFER: usize = 256;
 
 /// The stdio upstream of one session.
 pub struct StdioUpstream {
@@ -118,7 +123,7 @@ impl StdioUpstream {
 }
 
 async fn write_stdin(stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>, stop: CancellationToken) {
-    let mut w = BufWriter::new(stdin);
+    let mut w = BufWriter::with_capacity(STDIN_BUFFER, stdin);
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
@@ -156,7 +161,7 @@ async fn write_line(w: &mut BufWriter<ChildStdin>, raw: &Bytes) -> std::io::Resu
 }
 
 async fn read_stdout(stdout: ChildStdout, events: mpsc::Sender<UpstreamEvent>, max: usize) {
-    let mut lines = FramedRead::new(stdout, LineCodec::new(max));
+    let mut lines = FramedRead::with_capacity(stdout, LineCodec::new(max), STDOUT_BUFFER);
     while let Some(item) = lines.next().await {
         let line = match item {
             Ok(Line::Line(l)) => l,
@@ -177,7 +182,7 @@ async fn read_stdout(stdout: ChildStdout, events: mpsc::Sender<UpstreamEvent>, m
             Ok(msg) => {
                 for frame in msg.into_frames() {
                     let ev = UpstreamEvent::Frame {
-                        frame,
+                        frame: Box::new(frame),
                         via: Via::Unrelated,
                     };
                     if events.send(ev).await.is_err() {
@@ -193,7 +198,8 @@ async fn read_stdout(stdout: ChildStdout, events: mpsc::Sender<UpstreamEvent>, m
 }
 
 async fn read_stderr(stderr: ChildStderr) {
-    let mut lines = FramedRead::new(stderr, LineCodec::new(MAX_STDERR_LINE));
+    let mut lines =
+        FramedRead::with_capacity(stderr, LineCodec::new(MAX_STDERR_LINE), STDERR_BUFFER);
     while let Some(Ok(item)) = lines.next().await {
         match item {
             Line::Line(l) => {

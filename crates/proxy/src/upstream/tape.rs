@@ -193,7 +193,7 @@ impl TapeUpstream {
                     let _ = self
                         .tx
                         .send(UpstreamEvent::Frame {
-                            frame: f,
+                            frame: Box::new(f),
                             via: Via::Request(id),
                         })
                         .await;
@@ -296,7 +296,7 @@ impl TapeUpstream {
                         };
                         if tx
                             .send(UpstreamEvent::Frame {
-                                frame,
+                                frame: Box::new(frame),
                                 via: via.clone(),
                             })
                             .await

@@ -233,12 +233,10 @@ async fn relay(
         .collect();
     let busy = session.busy();
     if requests.is_empty() {
+        // The upstream's GET stream is opened when the client opens its own (stream.rs), as
+        // talking to the server directly would: an idle session holds no upstream connection.
         for f in frames {
-            let initialized = f.method() == Some("notifications/initialized");
             core.from_client_via(f, transport).await?;
-            if initialized {
-                core.listen_in_background();
-            }
         }
         return Ok(Relayed::Answer(reply::accepted()));
     }

@@ -304,6 +304,9 @@ impl Registry {
         self.lock().values().map(|s| s.core.inflight().len()).sum()
     }
 
+    /// Route a session's server frames until its upstream closes or the session ends. Idle,
+    /// this future waits on the channel only: everything else it awaits is boxed, so that the
+    /// task a session keeps (its size is the largest state it can be in) stays small.
     async fn pump(&self, s: Arc<HttpSession>, mut events: mpsc::Receiver<UpstreamEvent>) {
         let cancel = s.core.cancel_token().clone();
         loop {
@@ -313,40 +316,49 @@ impl Registry {
             };
             match ev {
                 Some(UpstreamEvent::Frame { frame, via }) => {
-                    let owner = match (frame.kind(), frame.progress_token()) {
-                        (FrameKind::Notification, Some(t)) => {
-                            s.core.inflight().by_progress_token(t)
-                        }
-                        _ => None,
-                    };
-                    // With hooks, they hear how the frame reached the client once it has.
-                    let report = s.core.reports_delivery();
-                    let transport = if report {
-                        Transport::Later
-                    } else {
-                        Transport::None
-                    };
-                    if let Some(frame) = s.core.from_server_via(frame, transport).await {
-                        s.deliver_out(Outgoing { frame, report }, &via, owner).await;
-                    }
+                    Box::pin(route_server_frame(&s, *frame, via)).await;
                 }
                 Some(UpstreamEvent::Closed { reason, .. }) => {
                     tracing::info!(%reason, "upstream closed; ending the session");
-                    for err in s.core.fail_pending(&reason) {
-                        s.deliver(err, &Via::Unrelated, None).await;
-                    }
+                    Box::pin(async {
+                        for err in s.core.fail_pending(&reason) {
+                            s.deliver(err, &Via::Unrelated, None).await;
+                        }
+                    })
+                    .await;
                     break;
                 }
                 None => break,
             }
         }
         // The session is over: forget it, release its upstream, finish its streams.
-        let id = s.core.id().clone();
-        let removed = self.lock().remove(&id).is_some();
-        s.core.shutdown().await;
-        s.outbox().close();
-        if removed {
-            self.forget(&id).await;
-        }
+        Box::pin(async {
+            let id = s.core.id().clone();
+            let removed = self.lock().remove(&id).is_some();
+            s.core.shutdown().await;
+            s.outbox().close();
+            if removed {
+                self.forget(&id).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// One server frame: the pipeline, then the client stream it belongs on.
+async fn route_server_frame(s: &Arc<HttpSession>, frame: Frame, via: Via) {
+    let owner = match (frame.kind(), frame.progress_token()) {
+        (FrameKind::Notification, Some(t)) => s.core.inflight().by_progress_token(t),
+        _ => None,
+    };
+    // With hooks, they hear how the frame reached the client once it has.
+    let report = s.core.reports_delivery();
+    let transport = if report {
+        Transport::Later
+    } else {
+        Transport::None
+    };
+    if let Some(frame) = s.core.from_server_via(frame, transport).await {
+        s.deliver_out(Outgoing { frame, report }, &via, owner).await;
     }
 }

@@ -79,7 +79,7 @@ impl LegacySession {
             };
             match ev {
                 Some(UpstreamEvent::Frame { frame, .. }) => {
-                    if let Some(frame) = self.core.from_server(frame).await
+                    if let Some(frame) = self.core.from_server(*frame).await
                         && !self.send(frame).await
                     {
                         return;

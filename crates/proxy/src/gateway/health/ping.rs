@@ -148,7 +148,7 @@ impl Live {
             .map_err(|e| format!("MCP health check: {method}: {e}"))?;
         loop {
             let frame = match self.events.recv().await {
-                Some(UpstreamEvent::Frame { frame, .. }) => frame,
+                Some(UpstreamEvent::Frame { frame, .. }) => *frame,
                 Some(UpstreamEvent::Closed { reason, .. }) => {
                     return Err(format!("MCP health check: {method}: {reason}"));
                 }

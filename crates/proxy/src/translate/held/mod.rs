@@ -339,7 +339,7 @@ impl Held {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(UpstreamEvent::Frame { frame, via }) => {
-                        if let Some(f) = self.core.from_server(frame).await {
+                        if let Some(f) = self.core.from_server(*frame).await {
                             self.on_frame(f, &via).await;
                         }
                     }
