@@ -31,6 +31,9 @@ def dig(d, *path):
     return d
 
 
+STORE_OPS = ("create", "get", "touch", "append_event", "events_after_10", "delete")
+
+
 def metrics(run):
     """The numbers of one raw run, flat."""
     mode = run.get("mode")
@@ -87,6 +90,19 @@ def metrics(run):
             "writer_ns_per_frame": rec.get("ns_per_frame_incl_writer"),
             "tape_b_per_frame": rec["tape_bytes"] / frames if frames else None,
         }
+    if mode == "store":
+        stores = run.get("stores") or {}
+        st = next(iter(stores.values()), {})
+        out = {"appends_per_s": st.get("appends_per_s")}
+        worst = None
+        for op in STORE_OPS:
+            for q in ("p50_us", "p99_us"):
+                out[f"{op}_{q}"] = dig(st, op, q)
+            p99 = dig(st, op, "p99_us")
+            if p99 is not None:
+                worst = p99 if worst is None else max(worst, p99)
+        out["worst_p99_us"] = worst
+        return out
     if mode == "cold-start":
         return {
             "listening_p50_ms": ms(dig(run, "listening", "p50_us")),
@@ -251,6 +267,12 @@ def targets(agg):
                          f'{fmt(plain.get("rps"))} req/s, {fmt(plain.get("proxy_cpu_us"))} CPU µs/req',
                          f"{fmt(r, 2)}× throughput, {fmt(c, 2)}× proxy CPU", "– (reported)", None))
     for (s, g, v, p), row in sorted(agg.items()):
+        if s == "e" and g == "store":
+            worst = row.get("worst_p99_us")
+            rows.append((f"e. session store ops p99, {v} ({p})", f"worst op p99 {fmt(worst)} µs",
+                         f'get p50 {fmt(row.get("get_p50_us"))} µs, {fmt(row.get("appends_per_s"))} appends/s',
+                         f"{fmt(worst)} µs", "≤ 1 ms (1,000 µs)", worst is not None and worst <= 1000))
+    for (s, g, v, p), row in sorted(agg.items()):
         if s == "h" and v == "shadowcat":
             t = row.get("init_p50_ms")
             what = "--target URL" if g == "http" else "-- CMD (child spawned by the first initialize)"
@@ -277,6 +299,8 @@ COLUMNS = {
           ("first_event_p50_us", "first event p50 µs"), ("first_event_p99_us", "first event p99 µs"),
           ("errors", "errors"), ("proxy_cpu_us_per_event", "proxy CPU µs/event"),
           ("upstream_cpu_us_per_event", "upstream CPU µs/event")],
+    "e": [("appends_per_s", "appends/s")] + [(f"{op}_{q}", f"{op} {q[:3]} µs")
+                                             for op in STORE_OPS for q in ("p50_us", "p99_us")],
     "g": {
         "pipeline": [("ns_per_frame", "ns/frame (median)"), ("ns_per_frame_min", "ns/frame (min)"),
                      ("writer_ns_per_frame", "ns/frame incl. writer thread"),
@@ -295,6 +319,7 @@ TITLES = {
     "b": "b. HTTP→stdio: each proxy fronts the same stdio server (`direct-stdio` = the generator speaks stdio to the server itself)",
     "c": "c. Idle sessions: memory per session (RSS of the watched process; children = its descendants)",
     "d": "d. SSE pass-through: `log` tool, `count` notifications/message per call (gap = time between consecutive events at the client; first event = request → first notification of a count=1 call)",
+    "e": "e. Session store operations per backend, one at a time from one task (`shadowcat-bench store`; SQLite on a file in the run's temp dir, Redis a private `redis-server` on a unix socket)",
     "g": {
         "pipeline": "g. Pipeline cost per frame, in process (a `tools/call` and its reply as the HTTP front runs them; `relay` = no pipeline call at all, `no-hooks` = what a session does without --record/--rules (one emptiness check), `no-hooks-entered` = the empty pipeline's future built and polled anyway; the recorder (`block`) is paced by its writer thread, which runs beside the relay)",
         "e2e": "g. Recording and 100 interceptor rules end to end: `forward http` to a stdio demo child per session, plain vs `--record FILE --record-on-full block` vs `--rules` (100 non-matching + 3 matching `continue` rules)",
@@ -344,7 +369,7 @@ def markdown(meta, peers, failures, pending, agg, target_rows):
     for what, x, ref, val, tgt, ok in target_rows:
         w(f"| {what} | {x} | {ref} | {val} | {tgt} | {'yes' if ok else ('–' if ok is None else '**no**')} |")
     w("")
-    for s in ("a", "b", "c", "d", "g", "h"):
+    for s in ("a", "b", "c", "d", "e", "g", "h"):
         keys = sorted(k for k in agg if k[0] == s)
         if not keys:
             continue

@@ -25,6 +25,7 @@
 #   SSE_STREAMS="1 4"  concurrent streams               SSE_PROBES=200    count=1 probes (first-event latency)
 #   COLD_RUNS=20       cold starts per variant per round   PEER_COLD_RUNS=3
 #   PIPE_EXCHANGES=20000 PIPE_BATCHES=15   in-process pipeline batches (scenario g)
+#   STORE_OPS=2000     operations of each kind per store backend (scenario e)
 #   BENCH_THREADS=1    generator threads (it shares the 2 cores with what it measures)
 #   BENCH_QUICKACK=1   generator ACKs at once (see crates/bench: --quickack); 0 = delayed ACKs
 #   KEEP_WORK=1        keep the scratch directory (logs of every process)
@@ -44,6 +45,7 @@ if [[ $QUICK == 1 ]]; then
   SSE_COUNT=${SSE_COUNT:-2000} SSE_CALLS=${SSE_CALLS:-1} SSE_STREAMS=${SSE_STREAMS:-1} SSE_PROBES=${SSE_PROBES:-20}
   COLD_RUNS=${COLD_RUNS:-3} PEER_COLD_RUNS=${PEER_COLD_RUNS:-1}
   PIPE_EXCHANGES=${PIPE_EXCHANGES:-5000} PIPE_BATCHES=${PIPE_BATCHES:-5}
+  STORE_OPS=${STORE_OPS:-300}
 fi
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} PAYLOAD=${PAYLOAD:-64}
 CONCURRENCY=${CONCURRENCY:-1 32}
@@ -51,6 +53,7 @@ IDLE_HTTP=${IDLE_HTTP:-10000} IDLE_STDIO=${IDLE_STDIO:-1000} IDLE_ROUNDS=${IDLE_
 SSE_COUNT=${SSE_COUNT:-10000} SSE_CALLS=${SSE_CALLS:-3} SSE_STREAMS=${SSE_STREAMS:-1 4} SSE_PROBES=${SSE_PROBES:-200}
 COLD_RUNS=${COLD_RUNS:-20} PEER_COLD_RUNS=${PEER_COLD_RUNS:-3}
 PIPE_EXCHANGES=${PIPE_EXCHANGES:-20000} PIPE_BATCHES=${PIPE_BATCHES:-15}
+STORE_OPS=${STORE_OPS:-2000}
 export BENCH_THREADS=${BENCH_THREADS:-1}
 # The generator ACKs at once (TCP_QUICKACK) so it takes no part in Nagle/delayed-ACK stalls of
 # servers that write responses in pieces without TCP_NODELAY; BENCH_QUICKACK=0 behaves like a
@@ -479,8 +482,30 @@ scenario_d() {
 # scenario here when it lands, following the same pattern: start the variants,
 # alternate them for $ROUNDS rounds with `bench "LETTER|group|variant|param|rN" MODE …`, stop them;
 # bench/report.py then needs a row in TARGETS/headline for it.
-scenario_e() { log "== e. session store (SQLite/Redis): not built yet"; echo '{"scenario": "e", "status": "pending: session store not built yet"}' >"$RAW/pending-e.json"; }
-scenario_f() { log "== f. resumption (Last-Event-ID): not built yet"; echo '{"scenario": "f", "status": "pending: resumption not built yet"}' >"$RAW/pending-f.json"; }
+scenario_e() {
+  log "== e. session store operations per backend: memory, sqlite, redis"
+  local r v redis_pid="" sock=$WORK/e-redis.sock
+  if command -v redis-server >/dev/null; then
+    start e-redis redis-server --port 0 --unixsocket "$sock" --save "" --appendonly no --dir "$WORK"
+    redis_pid=$LAST_PID
+    for _ in $(seq 1 100); do [[ -S $sock ]] && break; sleep 0.1; done
+  else
+    failure "e|store|redis" "redis-server is not installed"
+  fi
+  for r in $(seq 1 "$ROUNDS"); do
+    for v in $(rotate "$r" memory sqlite redis); do
+      local spec
+      case $v in
+        memory) spec=memory ;;
+        sqlite) rm -f "$WORK/e.db"*; spec=sqlite:$WORK/e.db ;;
+        redis) [[ -S $sock ]] || continue; spec=redis+unix://$sock ;;
+      esac
+      bench "e|store|$v|ops=$STORE_OPS|r$r" store --store "$spec" --ops "$STORE_OPS" --payload 256
+    done
+  done
+  [[ -n $redis_pid ]] && stop "$redis_pid"
+}
+scenario_f() { log "== f. resumption (Last-Event-ID): no benchmark yet"; echo '{"scenario": "f", "status": "pending: no resumption benchmark in shadowcat-bench yet (resumption itself is built and tested)"}' >"$RAW/pending-f.json"; }
 # bench_rules FILE: 100 interceptor rules that never match the benchmark's traffic (other tools,
 # method globs and regexes, and echo calls/replies whose conditions fail, which makes the
 # interceptor parse each message), then 3 matching `continue` rules (request, reply,

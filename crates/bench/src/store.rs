@@ -21,6 +21,9 @@ pub struct StoreArgs {
     /// Write a JSON report here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// A name for this run, copied into the report.
+    #[arg(long, default_value = "")]
+    label: String,
 }
 
 fn rec(id: &str) -> SessionRecord {
@@ -123,12 +126,19 @@ pub async fn run(a: StoreArgs) -> anyhow::Result<()> {
         idle_ttl: Duration::from_secs(600),
         ..OpenOptions::default()
     };
-    let mut report = serde_json::Map::new();
+    let mut stores = serde_json::Map::new();
     for spec in &a.stores {
         let store = shadowcat_store::open(spec, &opts).await?;
         println!("store {} ({spec}), {} ops each:", store.backend(), a.ops);
         let v = measure(store.clone(), a.ops, a.payload).await?;
-        report.insert(store.backend().to_string(), v);
+        stores.insert(store.backend().to_string(), v);
     }
-    write_json(a.json.as_deref(), &Value::Object(report))
+    let report = json!({
+        "mode": "store",
+        "label": a.label,
+        "ops": a.ops,
+        "payload": a.payload,
+        "stores": stores,
+    });
+    write_json(a.json.as_deref(), &report)
 }
