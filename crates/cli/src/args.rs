@@ -239,6 +239,10 @@ pub struct HttpArgs {
     /// `retry:` hint in milliseconds sent to 2025-11-25 clients on priming events.
     #[arg(long, default_value_t = 1000)]
     pub sse_retry_ms: u64,
+    /// Threads serving client connections (default: one per CPU). Each connection, and the
+    /// sessions it creates, stays on one thread.
+    #[arg(long, env = "SHADOWCAT_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     #[command(flatten)]
     pub common: Common,
     #[command(flatten)]

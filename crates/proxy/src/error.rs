@@ -64,6 +64,9 @@ pub enum ProxyError {
     /// The session store is unreachable and the proxy is configured to fail closed.
     #[error("the session store is unavailable ({0}); retry later")]
     StoreUnavailable(String),
+    /// The proxy could not start a part of itself (threads, runtimes).
+    #[error("the proxy could not start: {0}")]
+    Startup(String),
     /// Every upstream that could take the request has its circuit breaker open.
     #[error("{message}")]
     CircuitOpen {
@@ -97,7 +100,8 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. } => Side::Upstream,
             ProxyError::SessionLimit(_)
             | ProxyError::ShuttingDown
-            | ProxyError::StoreUnavailable(_) => Side::Internal,
+            | ProxyError::StoreUnavailable(_)
+            | ProxyError::Startup(_) => Side::Internal,
         }
     }
 
@@ -128,6 +132,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Startup(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -154,7 +159,8 @@ impl ProxyError {
             ProxyError::SessionNotFound => rpc::INVALID_REQUEST,
             ProxyError::SessionLimit(_)
             | ProxyError::ShuttingDown
-            | ProxyError::StoreUnavailable(_) => rpc::INTERNAL_ERROR,
+            | ProxyError::StoreUnavailable(_)
+            | ProxyError::Startup(_) => rpc::INTERNAL_ERROR,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_)

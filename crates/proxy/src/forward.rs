@@ -21,6 +21,9 @@ use tokio_util::task::TaskTracker;
 /// Connect timeout for HTTP upstreams.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long stopping the worker threads may take once every task is drained.
+pub(crate) const STOP_WORKERS: Duration = Duration::from_secs(2);
+
 /// Settings of `forward stdio`.
 #[derive(Clone)]
 pub struct StdioForward {
@@ -81,8 +84,9 @@ pub async fn forward_http(
     let tracker = TaskTracker::new();
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
-    let front = HttpFront::new(config, pipeline, http, store, shutdown, tracker.clone());
-    let result = front.serve(listener, ready).await;
+    let front = HttpFront::new(config, pipeline, http, store, shutdown, tracker.clone())?;
+    let result = front.clone().serve(listener, ready).await;
     drain(&tracker, deadline).await;
+    front.workers().stop(STOP_WORKERS).await;
     result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
 }

@@ -503,6 +503,7 @@ pub async fn gateway(
     ready: impl FnOnce(),
 ) -> Result<(), ProxyError> {
     let config = HttpFrontConfig {
+        workers: s.workers.unwrap_or_else(crate::runtime::default_workers),
         origins: OriginPolicy::new(&s.allow_origins),
         max_body: s.max_message,
         max_sessions: s.max_sessions,
@@ -551,7 +552,7 @@ pub async fn gateway(
         store,
         shutdown,
         tracker.clone(),
-    );
+    )?;
     let _ = gw.front.set(Arc::downgrade(&front));
     for r in gw.routes.values() {
         for m in r.set.members() {
@@ -585,7 +586,8 @@ pub async fn gateway(
             }
         }
     });
-    let result = front.serve(listener, ready).await;
+    let result = front.clone().serve(listener, ready).await;
     drain(&tracker, deadline).await;
+    front.workers().stop(crate::forward::STOP_WORKERS).await;
     result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
 }

@@ -1,35 +1,47 @@
 //! Activity coalescing: the proxy reports activity per frame with [`ActivityCoalescer::touch`]
-//! (never awaits, never writes); one background task merges the touches per session and writes
-//! them with one [`SessionStore::touch_many`] per interval, plus a final flush on cancel.
+//! (never awaits, never writes, wakes nobody); touches are merged per session in a shared map,
+//! and one background task writes them with one [`SessionStore::touch_many`] per interval, plus a
+//! final flush on cancel.
 
 use crate::SessionStore;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Cheap handle for reporting session activity. Clones share the queue and the counters.
+/// Cheap handle for reporting session activity. Clones share the pending touches and counters.
 #[derive(Debug, Clone)]
 pub struct ActivityCoalescer {
-    tx: mpsc::Sender<(String, u64)>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
+#[derive(Debug)]
+struct Shared {
+    /// Latest activity per session since the last flush. A touch of a session already here
+    /// allocates nothing.
+    pending: Mutex<HashMap<Arc<str>, u64>>,
+    /// Most sessions kept between flushes; touches of further sessions are dropped.
+    capacity: usize,
+    /// The flusher has stopped: touches are dropped.
+    stopped: AtomicBool,
     dropped: AtomicU64,
     flushes: AtomicU64,
     failed_flushes: AtomicU64,
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, u64>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl ActivityCoalescer {
-    /// Starts the flusher task on `tracker`. `capacity` bounds the queue of unmerged touches
-    /// (touches beyond it are dropped and counted); `interval` is the flush period. On `cancel`
-    /// the task drains the queue, flushes once more and ends.
+    /// Starts the flusher task on `tracker`. `capacity` bounds the sessions with touches waiting
+    /// for the next flush (touches of further sessions are dropped and counted); `interval` is
+    /// the flush period. On `cancel` the task flushes once more and ends.
     pub fn spawn(
         store: Arc<dyn SessionStore>,
         interval: Duration,
@@ -37,53 +49,74 @@ impl ActivityCoalescer {
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> ActivityCoalescer {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let counters = Arc::new(Counters::default());
-        tracker.spawn(run(store, interval, rx, cancel, Arc::clone(&counters)));
-        ActivityCoalescer { tx, counters }
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            stopped: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            failed_flushes: AtomicU64::new(0),
+        });
+        tracker.spawn(run(store, interval, cancel, Arc::clone(&shared)));
+        ActivityCoalescer { shared }
     }
 
-    /// Records activity of session `id` at `now_ms`. Never blocks or awaits; if the queue is full
-    /// (or the flusher has stopped) the touch is dropped and counted in [`dropped`](Self::dropped).
+    /// Records activity of session `id` at `now_ms`. Never blocks on I/O or awaits; if too many
+    /// sessions wait for the next flush (or the flusher has stopped) the touch is dropped and
+    /// counted in [`dropped`](Self::dropped).
     pub fn touch(&self, id: &str, now_ms: u64) {
-        if self.tx.try_send((id.to_owned(), now_ms)).is_err() {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let s = &self.shared;
+        if s.stopped.load(Ordering::Acquire) {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut pending = s.lock();
+        if let Some(at) = pending.get_mut(id) {
+            // Latest activity wins (and activity never moves backwards).
+            *at = (*at).max(now_ms);
+        } else if pending.len() < s.capacity {
+            pending.insert(Arc::from(id), now_ms);
+        } else {
+            drop(pending);
+            s.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Touches dropped because the queue was full or the flusher had stopped.
+    /// Touches dropped because too many sessions were pending or the flusher had stopped.
     pub fn dropped(&self) -> u64 {
-        self.counters.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 
     /// `touch_many` calls made so far (successful or not).
     pub fn flushes(&self) -> u64 {
-        self.counters.flushes.load(Ordering::Relaxed)
+        self.shared.flushes.load(Ordering::Relaxed)
     }
 
     /// `touch_many` calls that failed (their touches are retried with the next flush).
     pub fn failed_flushes(&self) -> u64 {
-        self.counters.failed_flushes.load(Ordering::Relaxed)
+        self.shared.failed_flushes.load(Ordering::Relaxed)
     }
 }
 
-fn merge(pending: &mut HashMap<String, u64>, id: String, at: u64) {
-    let slot = pending.entry(id).or_insert(at);
-    // Latest activity wins (and activity never moves backwards).
-    *slot = (*slot).max(at);
-}
-
-async fn flush(store: &dyn SessionStore, pending: &mut HashMap<String, u64>, counters: &Counters) {
-    if pending.is_empty() {
-        return;
-    }
-    let batch: Vec<(String, u64)> = pending.drain().collect();
-    counters.flushes.fetch_add(1, Ordering::Relaxed);
+async fn flush(store: &dyn SessionStore, shared: &Shared) {
+    let batch: Vec<(String, u64)> = {
+        let mut pending = shared.lock();
+        if pending.is_empty() {
+            return;
+        }
+        pending
+            .drain()
+            .map(|(id, at)| (id.to_string(), at))
+            .collect()
+    };
+    shared.flushes.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = store.touch_many(&batch).await {
-        counters.failed_flushes.fetch_add(1, Ordering::Relaxed);
+        shared.failed_flushes.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, sessions = batch.len(), "activity flush failed; retrying next interval");
+        let mut pending = shared.lock();
         for (id, at) in batch {
-            merge(pending, id, at);
+            let slot = pending.entry(Arc::from(id)).or_insert(at);
+            *slot = (*slot).max(at);
         }
     }
 }
@@ -91,30 +124,20 @@ async fn flush(store: &dyn SessionStore, pending: &mut HashMap<String, u64>, cou
 async fn run(
     store: Arc<dyn SessionStore>,
     interval: Duration,
-    mut rx: mpsc::Receiver<(String, u64)>,
     cancel: CancellationToken,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 ) {
-    let mut pending: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            _ = tick.tick() => flush(store.as_ref(), &mut pending, &counters).await,
-            msg = rx.recv() => match msg {
-                Some((id, at)) => merge(&mut pending, id, at),
-                // Every handle is gone: nothing more can arrive.
-                None => break,
-            },
+            _ = tick.tick() => flush(store.as_ref(), &shared).await,
         }
     }
-    rx.close();
-    while let Ok((id, at)) = rx.try_recv() {
-        merge(&mut pending, id, at);
-    }
-    flush(store.as_ref(), &mut pending, &counters).await;
+    shared.stopped.store(true, Ordering::Release);
+    flush(store.as_ref(), &shared).await;
 }
 
 #[cfg(test)]
@@ -204,17 +227,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn full_queue_drops_and_counts() {
+    async fn too_many_pending_sessions_drop_and_count() {
         let store = Arc::new(MemoryStore::new());
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let c =
             ActivityCoalescer::spawn(store, Duration::from_secs(1), 4, &tracker, cancel.clone());
-        // The task has not run yet (no await), so the queue holds exactly 4.
+        // Touches of a pending session merge; only 4 distinct sessions wait for a flush.
         for i in 0..10 {
             c.touch("x", i);
         }
-        assert_eq!(c.dropped(), 6);
+        assert_eq!(c.dropped(), 0);
+        for i in 0..10 {
+            c.touch(&format!("s{i}"), i);
+        }
+        assert_eq!(c.dropped(), 7, "x plus 3 more sessions fit");
         cancel.cancel();
         tracker.close();
         tracker.wait().await;

@@ -182,6 +182,10 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
             max_age: None,
         },
         sse_retry: Duration::from_millis(a.sse_retry_ms),
+        workers: a
+            .workers
+            .map(usize::from)
+            .unwrap_or_else(shadowcat_proxy::runtime::default_workers),
         replica_id: a
             .advertise
             .clone()

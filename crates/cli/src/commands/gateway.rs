@@ -57,6 +57,9 @@ pub struct GatewayArgs {
     /// Use the built-in demo server (one child per session) as the /mcp upstream.
     #[arg(long)]
     pub demo: bool,
+    /// Threads serving client connections (overrides `server.workers`; default: one per CPU).
+    #[arg(long, env = "SHADOWCAT_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
     /// Keep this many children of the stdio upstream given by `-- CMD` or --demo running ahead
     /// of need, so new sessions do not wait for a spawn (0..=64).
     #[arg(long, env = "SHADOWCAT_SPARES", value_name = "N")]
@@ -89,6 +92,9 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
         }
         None => (GatewayConfig::default(), "command line".to_string()),
     };
+    if let Some(w) = a.workers {
+        cfg.server.workers = Some(w);
+    }
     if let Some(l) = a.listen {
         cfg.server.listen = l;
     }

@@ -242,6 +242,9 @@ pub struct ServerConfig {
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Threads serving client connections (default: one per CPU).
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -261,6 +264,7 @@ impl Default for ServerConfig {
             max_events: default_max_events(),
             allow_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            workers: None,
         }
     }
 }

@@ -72,6 +72,14 @@ impl GatewayConfig {
         if s.max_sessions == 0 {
             bad("server.max_sessions".into(), "must be at least 1".into());
         }
+        if let Some(w) = s.workers
+            && !(1..=1024).contains(&w)
+        {
+            bad(
+                "server.workers".into(),
+                format!("{w} is not between 1 and 1024"),
+            );
+        }
         if s.max_message < 1024 {
             bad(
                 "server.max_message".into(),

@@ -252,42 +252,70 @@ impl TokenSource {
     }
 }
 
-/// Why [`send`] failed.
+/// Why a request sent with credentials failed.
 #[derive(Debug)]
-pub enum SendError {
+pub enum SendError<E = reqwest::Error> {
     /// No token could be had.
     Credentials(CredentialError),
     /// The HTTP request failed.
-    Http(reqwest::Error),
+    Http(E),
 }
 
-/// Send the request `build` makes, with `Authorization: Bearer …` when there are credentials.
-/// If the upstream answers `401`, the token is dropped and the request built and sent once more
-/// with a new one (safe: the upstream refused it, nothing was done). `build` is called once per
-/// attempt.
-pub async fn send(
+/// An HTTP answer's status (whatever client made the request).
+pub trait HasStatus {
+    /// The status.
+    fn status(&self) -> StatusCode;
+}
+
+impl HasStatus for reqwest::Response {
+    fn status(&self) -> StatusCode {
+        reqwest::Response::status(self)
+    }
+}
+
+impl<B> HasStatus for http::Response<B> {
+    fn status(&self) -> StatusCode {
+        http::Response::status(self)
+    }
+}
+
+/// Make a request with `send`, given `Authorization: Bearer …` when there are credentials.
+/// If the upstream answers `401`, the token is dropped and `send` called once more with a new
+/// one (safe: the upstream refused the request, so nothing was done).
+pub async fn authorized<R, E, Fut>(
     credentials: Option<&Credentials>,
-    build: impl Fn() -> reqwest::RequestBuilder,
-) -> Result<reqwest::Response, SendError> {
+    send: impl Fn(Option<HeaderValue>) -> Fut,
+) -> Result<R, SendError<E>>
+where
+    R: HasStatus,
+    Fut: Future<Output = Result<R, E>>,
+{
     let Some(c) = credentials else {
-        return build().send().await.map_err(SendError::Http);
+        return send(None).await.map_err(SendError::Http);
     };
     let token = c.bearer().await.map_err(SendError::Credentials)?;
-    let resp = build()
-        .header(header::AUTHORIZATION, token.clone())
-        .send()
-        .await
-        .map_err(SendError::Http)?;
+    let resp = send(Some(token.clone())).await.map_err(SendError::Http)?;
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
     }
     c.invalidate(&token);
     let token = c.bearer().await.map_err(SendError::Credentials)?;
-    build()
-        .header(header::AUTHORIZATION, token)
-        .send()
-        .await
-        .map_err(SendError::Http)
+    send(Some(token)).await.map_err(SendError::Http)
+}
+
+/// [`authorized`] for a `reqwest` request: `build` is called once per attempt.
+pub async fn send(
+    credentials: Option<&Credentials>,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, SendError> {
+    authorized(credentials, |token| {
+        let mut req = build();
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, t);
+        }
+        req.send()
+    })
+    .await
 }
 
 #[cfg(test)]

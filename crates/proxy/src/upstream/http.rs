@@ -2,15 +2,16 @@
 //! SSE answers streamed event by event, an optional GET stream, DELETE at the end. The upstream's
 //! `Mcp-Session-Id` stays here; the client never sees it.
 
+use super::client::{self, ClientError, Response};
 use super::credentials::{self, Credentials, SendError};
 use super::detect::{self, Transport};
 use super::stateless::{self, Stateless};
 use super::{UpstreamCtx, UpstreamEvent, Via};
 use crate::error::ProxyError;
 use crate::guard::backoff;
-use bytes::BytesMut;
-use futures_util::StreamExt;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
 use shadowcat_proto::era::{PROTOCOL_VERSION_HEADER, SESSION_ID_HEADER};
 use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::sse::SseDecoder;
@@ -23,29 +24,6 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
-/// The shared HTTP client (one connection pool per proxy process).
-#[derive(Clone, Debug)]
-pub struct HttpClient(reqwest::Client);
-
-impl HttpClient {
-    /// The pooled client.
-    pub fn client(&self) -> &reqwest::Client {
-        &self.0
-    }
-
-    /// A pooled client with TCP_NODELAY and a connect timeout.
-    pub fn new(connect_timeout: Duration) -> Result<Self, ProxyError> {
-        reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .no_proxy()
-            .build()
-            .map(HttpClient)
-            .map_err(|e| ProxyError::UpstreamConnect(format!("cannot build HTTP client: {e}")))
-    }
-}
-
 const LISTEN_IDLE: u8 = 0;
 const LISTEN_RUNNING: u8 = 1;
 const LISTEN_UNSUPPORTED: u8 = 2;
@@ -57,6 +35,8 @@ pub struct HttpUpstream {
 
 pub(super) struct Inner {
     url: reqwest::Url,
+    /// `url`, parsed once for every request.
+    uri: Uri,
     headers: HeaderMap,
     /// `Authorization: Bearer …` from a token source (OAuth client credentials).
     credentials: Option<Credentials>,
@@ -96,6 +76,9 @@ impl HttpUpstream {
                 "upstream URL `{url}` must be http:// or https://"
             )));
         }
+        let uri: Uri = url.as_str().parse().map_err(|e| {
+            ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}"))
+        })?;
         let mut headers = HeaderMap::new();
         for (k, v) in extra {
             let name = HeaderName::try_from(k.as_str()).map_err(|e| {
@@ -113,6 +96,7 @@ impl HttpUpstream {
         Ok(HttpUpstream {
             inner: Arc::new(Inner {
                 url,
+                uri,
                 headers,
                 credentials,
                 session_id: Mutex::new(None),
@@ -183,11 +167,7 @@ impl HttpUpstream {
             Err(LISTEN_UNSUPPORTED) => return Ok(false),
             Err(_) => return Ok(true),
         }
-        let build = || {
-            inner
-                .request(reqwest::Method::GET)
-                .header(header::ACCEPT, "text/event-stream")
-        };
+        let build = || inner.request(Method::GET, Bytes::new(), sse_accept);
         let resp = match inner.send(build).await {
             Ok(r) => r,
             Err(e) => {
@@ -225,14 +205,12 @@ impl HttpUpstream {
         let inner = &self.inner;
         let has_session = lock(&inner.session_id).is_some();
         if has_session {
-            let build = || {
-                inner
-                    .request(reqwest::Method::DELETE)
-                    .timeout(Duration::from_secs(5))
-            };
-            match inner.send(build).await {
-                Ok(r) => tracing::debug!(status = %r.status(), "upstream session deleted"),
-                Err(e) => tracing::debug!(error = %e, "upstream DELETE failed"),
+            let build = || inner.request(Method::DELETE, Bytes::new(), |_| {});
+            let deleted = tokio::time::timeout(Duration::from_secs(5), inner.send(build)).await;
+            match deleted {
+                Ok(Ok(r)) => tracing::debug!(status = %r.status(), "upstream session deleted"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "upstream DELETE failed"),
+                Err(_) => tracing::debug!("upstream DELETE timed out"),
             }
         }
         inner.ctx.cancel.cancel();
@@ -251,6 +229,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `Accept: text/event-stream` (GET streams).
+fn sse_accept(h: &mut HeaderMap) {
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+}
+
 fn is_sse(h: &HeaderMap) -> bool {
     content_type(h).starts_with("text/event-stream")
 }
@@ -262,47 +248,60 @@ fn content_type(h: &HeaderMap) -> &str {
 }
 
 impl Inner {
-    pub(super) fn url(&self) -> &reqwest::Url {
-        &self.url
-    }
-
     pub(super) fn ctx(&self) -> &UpstreamCtx {
         &self.ctx
     }
 
-    pub(super) fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
-        let mut req = self
-            .ctx
-            .http
-            .0
-            .request(method, self.url.clone())
-            .headers(self.headers.clone());
+    /// A request to the upstream URL with the session's headers; `more` adds the request's own.
+    pub(super) fn request(
+        &self,
+        method: Method,
+        body: Bytes,
+        more: impl FnOnce(&mut HeaderMap),
+    ) -> Request<Full<Bytes>> {
+        let mut req = client::request(method, &self.uri, &self.headers, body);
+        let h = req.headers_mut();
         if let Some(id) = lock(&self.session_id).clone() {
-            req = req.header(SESSION_ID_HEADER, id);
+            h.insert(SESSION_ID_HEADER, id);
         }
         // Stateless requests carry their own (2026-07-28) version header.
         if self.stateless.get().is_none()
             && let Some(v) = lock(&self.protocol_version).clone()
         {
-            req = req.header(PROTOCOL_VERSION_HEADER, v);
+            h.insert(PROTOCOL_VERSION_HEADER, v);
         }
+        more(h);
         req
     }
 
     /// Send what `build` makes, with the upstream's credentials (after a `401`, a new token and
     /// one more attempt). The error says what failed.
-    async fn send(
+    pub(super) async fn send(
         &self,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, String> {
-        self.describe(credentials::send(self.credentials.as_ref(), build).await)
+        build: impl Fn() -> Request<Full<Bytes>>,
+    ) -> Result<Response, String> {
+        self.describe(self.send_raw(&build).await)
+    }
+
+    async fn send_raw(
+        &self,
+        build: &impl Fn() -> Request<Full<Bytes>>,
+    ) -> Result<Response, SendError<ClientError>> {
+        let http = &self.ctx.http;
+        credentials::authorized(self.credentials.as_ref(), |token| {
+            http.send(move || {
+                let mut req = build();
+                if let Some(t) = &token {
+                    req.headers_mut().insert(header::AUTHORIZATION, t.clone());
+                }
+                req
+            })
+        })
+        .await
     }
 
     /// What went wrong sending, in words.
-    fn describe(
-        &self,
-        sent: Result<reqwest::Response, SendError>,
-    ) -> Result<reqwest::Response, String> {
+    fn describe(&self, sent: Result<Response, SendError<ClientError>>) -> Result<Response, String> {
         sent.map_err(|e| match e {
             SendError::Credentials(e) => format!("no access token for {}: {e}", self.url),
             SendError::Http(e) => format!("cannot reach upstream {}: {e}", self.url),
@@ -424,7 +423,7 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
 impl Inner {
     /// Relay the answer to a POST: an event stream event by event, a JSON body as its frames,
     /// anything else as a JSON-RPC error for the request.
-    pub(super) async fn answer(self: &Arc<Self>, resp: reqwest::Response, id: Option<RequestId>) {
+    pub(super) async fn answer(self: &Arc<Self>, resp: Response, id: Option<RequestId>) {
         let status = resp.status();
         let via = id.clone().map(Via::Request).unwrap_or(Via::Unrelated);
         if is_sse(resp.headers()) && status.is_success() {
@@ -497,25 +496,15 @@ async fn answer_body(
 
 /// POST a client message. With a guard, retried where safe (see [`crate::guard`]): after a
 /// connection failure (nothing was delivered), and for idempotent methods after 502/503/504.
-async fn send_post(
-    inner: &Arc<Inner>,
-    body: bytes::Bytes,
-    idempotent: bool,
-) -> Result<reqwest::Response, String> {
-    let build = || {
-        inner
-            .request(reqwest::Method::POST)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .body(body.clone())
-    };
+async fn send_post(inner: &Arc<Inner>, body: Bytes, idempotent: bool) -> Result<Response, String> {
+    let build = || inner.request(Method::POST, body.clone(), client::json_post_headers);
     let Some(g) = inner.ctx.guard.as_deref() else {
         return inner.send(build).await;
     };
     g.attempt();
     let mut attempt = 0;
     loop {
-        let sent = credentials::send(inner.credentials.as_ref(), build).await;
+        let sent = inner.send_raw(&build).await;
         let why = match &sent {
             Err(SendError::Http(e)) if e.is_connect() => format!("cannot connect: {e}"),
             Ok(r) if idempotent && matches!(r.status().as_u16(), 502..=504) => {
@@ -532,11 +521,14 @@ async fn send_post(
     }
 }
 
-async fn read_limited(resp: reqwest::Response, max: usize) -> Result<bytes::Bytes, String> {
+async fn read_limited(resp: Response, max: usize) -> Result<bytes::Bytes, String> {
     let mut body = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("reading the upstream response failed: {e}"))?;
+    let mut stream = resp.into_body();
+    while let Some(frame) = stream.frame().await {
+        let frame = frame.map_err(|e| format!("reading the upstream response failed: {e}"))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
         if body.len() + chunk.len() > max {
             return Err(format!(
                 "upstream response exceeds the limit of {max} bytes"
@@ -552,7 +544,7 @@ async fn read_limited(resp: reqwest::Response, max: usize) -> Result<bytes::Byte
 /// `GET` + the upstream's own `Last-Event-ID` (jittered exponential backoff, or the server's
 /// `retry:` hint), skipping events it already relayed; if the upstream cannot resume, the client
 /// gets a JSON-RPC error — never silence.
-async fn pump_sse(inner: &Arc<Inner>, resp: reqwest::Response, id: Option<&RequestId>, via: Via) {
+async fn pump_sse(inner: &Arc<Inner>, resp: Response, id: Option<&RequestId>, via: Via) {
     let mut st = SseProgress {
         answered: id.is_none(),
         last_id: None,
@@ -601,14 +593,14 @@ enum Stop {
 
 async fn relay_events(
     inner: &Arc<Inner>,
-    resp: reqwest::Response,
+    resp: Response,
     id: Option<&RequestId>,
     via: &Via,
     st: &mut SseProgress,
 ) -> Result<(), Stop> {
     let mut decoder = SseDecoder::new(inner.ctx.options.max_message);
     let mut buf = BytesMut::new();
-    let mut stream = resp.bytes_stream();
+    let mut stream = resp.into_body();
     // Only response streams (a request waits on them) have an idle limit.
     let idle = match via {
         Via::Request(_) => inner.ctx.guard.as_ref().and_then(|g| g.sse_idle_timeout()),
@@ -618,8 +610,10 @@ async fn relay_events(
         let event = match decoder.decode(&mut buf) {
             Ok(Some(ev)) => ev,
             Ok(None) => match next_chunk(&mut stream, idle).await {
-                Ok(Some(Ok(chunk))) => {
-                    buf.extend_from_slice(&chunk);
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(chunk) = frame.into_data() {
+                        buf.extend_from_slice(&chunk);
+                    }
                     continue;
                 }
                 Ok(Some(Err(e))) => {
@@ -673,14 +667,14 @@ async fn relay_events(
     }
 }
 
-/// The next chunk of a body, or `Err(limit)` when none came within `limit`.
-async fn next_chunk<S: futures_util::Stream + Unpin>(
-    stream: &mut S,
+/// The next frame of a body, or `Err(limit)` when none came within `limit`.
+async fn next_chunk<B: http_body::Body + Unpin>(
+    body: &mut B,
     limit: Option<Duration>,
-) -> Result<Option<S::Item>, Duration> {
+) -> Result<Option<Result<http_body::Frame<B::Data>, B::Error>>, Duration> {
     match limit {
-        None => Ok(stream.next().await),
-        Some(l) => tokio::time::timeout(l, stream.next()).await.map_err(|_| l),
+        None => Ok(body.frame().await),
+        Some(l) => tokio::time::timeout(l, body.frame()).await.map_err(|_| l),
     }
 }
 
@@ -689,7 +683,7 @@ async fn reconnect(
     inner: &Arc<Inner>,
     last: &str,
     hint: Option<Duration>,
-) -> Result<reqwest::Response, String> {
+) -> Result<Response, String> {
     let o = &inner.ctx.options;
     for attempt in 0..o.reconnect_attempts {
         let delay = match hint {
@@ -697,11 +691,14 @@ async fn reconnect(
             _ => backoff(o.reconnect_base, o.reconnect_cap, attempt),
         };
         tokio::time::sleep(delay).await;
+        let last_id = HeaderValue::from_str(last).ok();
         let build = || {
-            inner
-                .request(reqwest::Method::GET)
-                .header(header::ACCEPT, "text/event-stream")
-                .header("last-event-id", last)
+            inner.request(Method::GET, Bytes::new(), |h| {
+                sse_accept(h);
+                if let Some(v) = &last_id {
+                    h.insert("last-event-id", v.clone());
+                }
+            })
         };
         match inner.send(build).await {
             Ok(r) if r.status().is_success() && is_sse(r.headers()) => return Ok(r),

@@ -4,6 +4,7 @@
 //! An upstream takes the client's frames with [`Upstream::send`] and delivers the server's frames,
 //! tagged with where they came from, on the [`UpstreamEvent`] channel returned by [`connect`].
 
+pub(crate) mod client;
 pub mod credentials;
 pub mod detect;
 mod http;
@@ -13,8 +14,9 @@ mod stateless;
 mod stdio;
 mod tape;
 
+pub use client::HttpClient;
 pub use credentials::Credentials;
-pub use http::{HttpClient, HttpUpstream};
+pub use http::HttpUpstream;
 pub use sse::SseUpstream;
 pub use stdio::StdioUpstream;
 pub use tape::{TapeSource, TapeSpec, TapeUpstream};

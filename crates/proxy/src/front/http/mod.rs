@@ -6,6 +6,7 @@
 
 pub(crate) mod checks;
 mod events;
+mod listen;
 mod modern;
 mod outbox;
 mod post;
@@ -22,9 +23,10 @@ pub use registry::Registry;
 
 use crate::error::ProxyError;
 use crate::pipeline::Pipeline;
+use crate::runtime::Workers;
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 use events::EventLog;
 use http::{Method, StatusCode, header};
@@ -80,6 +82,8 @@ pub struct HttpFrontConfig {
     /// Gateway mode: routes with upstream sets, authentication, rate limits, metrics. When set,
     /// it replaces `targets` and `allow_absolute_uri`.
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// Threads client connections are served on (see [`Workers`]).
+    pub workers: usize,
 }
 
 impl Default for HttpFrontConfig {
@@ -102,6 +106,7 @@ impl Default for HttpFrontConfig {
             replica_id: default_replica_id(),
             record_ttl: Duration::from_secs(3600),
             gateway: None,
+            workers: crate::runtime::default_workers(),
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct HttpFront {
     legacy: crate::front::sse::LegacyFront,
     /// Sessions held with session-based servers for 2026-07-28 clients (era translation).
     translations: Arc<crate::translate::Pool>,
+    /// The threads client connections are served on.
+    workers: Workers,
 }
 
 /// What a request's path (or absolute URI) selects.
@@ -140,13 +147,21 @@ impl HttpFront {
         store: Arc<dyn SessionStore>,
         cancel: CancellationToken,
         tracker: TaskTracker,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, ProxyError> {
+        let workers = Workers::start(config.workers).map_err(|e| {
+            ProxyError::Startup(format!(
+                "cannot start {} worker threads: {e}",
+                config.workers
+            ))
+        })?;
         let log = Arc::new(EventLog::new(store.clone(), config.retention));
         let owner: Arc<str> = Arc::from(config.replica_id.as_str());
         let records = Records::new(
             store,
             owner,
             Duration::from_secs(1),
+            // Held 2026-07-28 sessions count against the limit too; headroom for those ending.
+            config.max_sessions.saturating_mul(2).max(1024),
             &tracker,
             cancel.clone(),
         );
@@ -159,7 +174,7 @@ impl HttpFront {
             cancel.clone(),
             tracker.clone(),
         );
-        Arc::new(HttpFront {
+        Ok(Arc::new(HttpFront {
             config,
             registry,
             pipeline,
@@ -168,7 +183,13 @@ impl HttpFront {
             tracker,
             legacy,
             translations: Arc::default(),
-        })
+            workers,
+        }))
+    }
+
+    /// The threads client connections are served on.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
     }
 
     /// The front's settings.
@@ -237,20 +258,11 @@ impl HttpFront {
             );
         }
         ready();
-        let front = self.clone();
-        let app = axum::Router::new().fallback(dispatch).with_state(front);
         let reaper = self.tracker.spawn(self.clone().reap());
-        let cancel = self.cancel.clone();
-        // The peer address is needed for per-IP rate limits (gateway).
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        // Small writes (SSE events, short JSON answers) must not wait for the client's delayed
-        // ACK: without TCP_NODELAY, Nagle holds them up to 40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await });
-        let server = self.tracker.spawn(async move { server.await });
+        let conns = TaskTracker::new();
+        let accept = self
+            .tracker
+            .spawn(listen::accept(self.clone(), listener, conns.clone()));
         self.cancel.cancelled().await;
         tracing::info!(
             sessions = self.registry.len(),
@@ -266,14 +278,15 @@ impl HttpFront {
         });
         futures_util::future::join_all(ends).await;
         let _ = reaper.await;
-        match tokio::time::timeout(self.config.shutdown_deadline, server).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(std::io::Error::other(e)),
-            Err(_) => {
-                tracing::warn!("connections still open after the shutdown deadline; closing them");
-                Ok(())
-            }
+        let _ = accept.await;
+        conns.close();
+        if tokio::time::timeout(self.config.shutdown_deadline, conns.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the shutdown deadline; closing them");
         }
+        Ok(())
     }
 
     async fn reap(self: Arc<Self>) {
@@ -400,7 +413,7 @@ fn health(front: &HttpFront) -> Response {
     reply::json_response(status, bytes::Bytes::from(body.to_string()))
 }
 
-async fn dispatch(State(front): State<Arc<HttpFront>>, req: Request) -> Response {
+async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
     if req.uri().path() == "/health" && req.method() == Method::GET && req.uri().scheme().is_none()
     {
         return health(&front);

@@ -22,9 +22,9 @@
 use super::{HttpFront, Target, reply};
 use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, Outcome};
-use crate::upstream::UpstreamSpec;
 use crate::upstream::credentials::{self, Credentials, SendError};
 use crate::upstream::detect::{self, Transport};
+use crate::upstream::{UpstreamSpec, client};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -316,15 +316,11 @@ async fn relay(
     client: &HeaderMap,
     frame: Frame,
 ) -> Result<Response, ProxyError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}")))?;
     let mut head = HeaderMap::new();
-    head.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    head.insert(
-        header::ACCEPT,
-        HeaderValue::from_static("application/json, text/event-stream"),
-    );
+    client::json_post_headers(&mut head);
     for (k, v) in extra {
         if let (Ok(k), Ok(v)) = (
             http::HeaderName::try_from(k.as_str()),
@@ -344,24 +340,26 @@ async fn relay(
         }
     }
     let body = frame.into_raw();
-    let build = || {
-        front
-            .http
-            .client()
-            .post(url)
-            .headers(head.clone())
-            .body(body.clone())
-    };
-    let resp = credentials::send(credentials, build)
-        .await
-        .map_err(|e| match e {
-            SendError::Credentials(e) => {
-                ProxyError::UpstreamConnect(format!("no access token for {url}: {e}"))
+    let http = front.http();
+    let resp = credentials::authorized(credentials, |token| {
+        let (uri, head, body) = (&uri, &head, &body);
+        http.send(move || {
+            let mut req = client::request(http::Method::POST, uri, head, body.clone());
+            if let Some(t) = &token {
+                req.headers_mut().insert(header::AUTHORIZATION, t.clone());
             }
-            SendError::Http(e) => {
-                ProxyError::UpstreamConnect(format!("cannot reach upstream {url}: {e}"))
-            }
-        })?;
+            req
+        })
+    })
+    .await
+    .map_err(|e| match e {
+        SendError::Credentials(e) => {
+            ProxyError::UpstreamConnect(format!("no access token for {url}: {e}"))
+        }
+        SendError::Http(e) => {
+            ProxyError::UpstreamConnect(format!("cannot reach upstream {url}: {e}"))
+        }
+    })?;
     let status = resp.status();
     if matches!(status.as_u16(), 400 | 405) {
         // Refused: if not in 2026-era terms, the URL's era is probed again next time.
@@ -392,17 +390,21 @@ async fn relay(
         r.headers_mut()
             .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
     }
-    *r.body_mut() = Body::from_stream(resp.bytes_stream());
+    *r.body_mut() = Body::new(resp.into_body());
     Ok(r)
 }
 
 /// Most bytes of a refused relay's body read (the rest is dropped).
 const REFUSAL_LIMIT: usize = 64 * 1024;
 
-async fn read_refusal(mut resp: reqwest::Response) -> Bytes {
+async fn read_refusal(resp: client::Response) -> Bytes {
+    use http_body_util::BodyExt;
     let mut body = bytes::BytesMut::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        body.extend_from_slice(&chunk);
+    let mut incoming = resp.into_body();
+    while let Some(Ok(frame)) = incoming.frame().await {
+        if let Ok(chunk) = frame.into_data() {
+            body.extend_from_slice(&chunk);
+        }
         if body.len() >= REFUSAL_LIMIT {
             break;
         }

@@ -28,15 +28,17 @@ pub struct Records {
 }
 
 impl Records {
-    /// Records owned by replica `owner`; activity is flushed every `interval`.
+    /// Records owned by replica `owner`; activity is flushed every `interval`, for up to
+    /// `sessions` sessions touched within one interval.
     pub fn new(
         store: Arc<dyn SessionStore>,
         owner: Arc<str>,
         interval: Duration,
+        sessions: usize,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
-        let activity = ActivityCoalescer::spawn(store.clone(), interval, 4096, tracker, cancel);
+        let activity = ActivityCoalescer::spawn(store.clone(), interval, sessions, tracker, cancel);
         Records {
             store,
             owner,

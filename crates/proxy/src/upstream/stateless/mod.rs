@@ -25,7 +25,6 @@ mod input;
 use super::http::Inner;
 use crate::translate::{envelope, handshake};
 use bytes::Bytes;
-use http::header;
 use serde_json::{Value, json};
 use shadowcat_proto::era::{
     METHOD_HEADER, NAME_HEADER, PARAM_HEADER_PREFIX, PROTOCOL_VERSION_HEADER, ProtocolVersion,
@@ -457,19 +456,29 @@ pub(super) async fn post(inner: &Arc<Inner>, st: &Arc<Stateless>, frame: Frame) 
 }
 
 async fn send(inner: &Arc<Inner>, out: Outgoing) {
-    let mut req = inner
-        .request(reqwest::Method::POST)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream");
+    let mut headers = http::HeaderMap::new();
     for (k, v) in &out.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let resp = match req.body(out.body).send().await {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = format!("cannot reach upstream {}: {e}", inner.url());
-            return inner.fail(out.id.as_ref(), msg).await;
+        match (
+            http::HeaderName::try_from(k.as_str()),
+            http::HeaderValue::try_from(v.as_str()),
+        ) {
+            (Ok(k), Ok(v)) => {
+                headers.append(k, v);
+            }
+            _ => tracing::warn!(header = %k, "dropped a header that is not valid HTTP"),
         }
+    }
+    let build = || {
+        inner.request(http::Method::POST, out.body.clone(), |h| {
+            super::client::json_post_headers(h);
+            for (k, v) in &headers {
+                h.append(k, v.clone());
+            }
+        })
+    };
+    let resp = match inner.send(build).await {
+        Ok(r) => r,
+        Err(msg) => return inner.fail(out.id.as_ref(), msg).await,
     };
     inner.answer(resp, out.id).await;
 }

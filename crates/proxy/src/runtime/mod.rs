@@ -1,5 +1,9 @@
-//! Process-level runtime pieces: turning SIGINT/SIGTERM into a cancellation, and waiting for
-//! tracked tasks within a deadline.
+//! Process-level runtime pieces: turning SIGINT/SIGTERM into a cancellation, waiting for
+//! tracked tasks within a deadline, and the worker threads client connections run on.
+
+mod workers;
+
+pub use workers::{Workers, default_workers};
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

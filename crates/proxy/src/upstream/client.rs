@@ -1,0 +1,238 @@
+//! The HTTP client the upstreams relay through: hyper's pooled HTTP/1.1 client (http and https,
+//! TLS by rustls with the platform's roots), one pool per thread.
+//!
+//! A request made on a worker thread (see [`crate::runtime::Workers`]) uses that thread's pool,
+//! whose connections are driven by that thread too: relaying a request never hands it to another
+//! thread. Requests are built once per upstream (the URL is parsed when the upstream is created),
+//! and redirects are followed the way MCP clients follow them: `307`/`308` for any method (same
+//! method and body), `301`/`302`/`303` for `GET`; credentials are not carried to another origin.
+
+use crate::error::ProxyError;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::cell::RefCell;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// An upstream's answer; its body streams.
+pub type Response = http::Response<Incoming>;
+
+/// How many redirects one request may follow.
+const MAX_REDIRECTS: usize = 10;
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+thread_local! {
+    /// This thread's pools, by client id.
+    static POOLS: RefCell<Vec<(u64, Pool)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub struct ClientError {
+    connect: bool,
+    message: String,
+}
+
+impl ClientError {
+    /// Nothing reached the upstream: the connection could not be made.
+    pub fn is_connect(&self) -> bool {
+        self.connect
+    }
+
+    fn new(connect: bool, message: String) -> Self {
+        ClientError { connect, message }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for ClientError {}
+
+/// The HTTP client of the upstreams (cheap to clone; clones share their pools).
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    /// For requests off the relay path (health checks, token endpoints, replicas).
+    shared: reqwest::Client,
+    /// Tells this client's per-thread pools apart from those of other clients.
+    id: u64,
+    connect_timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client with TCP_NODELAY and a connect timeout.
+    pub fn new(connect_timeout: Duration) -> Result<Self, ProxyError> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let shared = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(POOL_IDLE)
+            .no_proxy()
+            .build()
+            .map_err(|e| ProxyError::UpstreamConnect(format!("cannot build HTTP client: {e}")))?;
+        // Fail at start-up, not on the first request, if TLS cannot be set up.
+        pool(connect_timeout)
+            .map_err(|e| ProxyError::UpstreamConnect(format!("cannot set up TLS: {e}")))?;
+        Ok(HttpClient {
+            shared,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            connect_timeout,
+        })
+    }
+
+    /// The process-wide `reqwest` client, for requests off the relay path.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.shared
+    }
+
+    /// The calling thread's pool (built on first use).
+    fn local(&self) -> Result<Pool, ClientError> {
+        POOLS.with(|p| {
+            let mut pools = p.borrow_mut();
+            if let Some((_, c)) = pools.iter().find(|(id, _)| *id == self.id) {
+                return Ok(c.clone());
+            }
+            let c = pool(self.connect_timeout)
+                .map_err(|e| ClientError::new(true, format!("cannot set up TLS: {e}")))?;
+            pools.push((self.id, c.clone()));
+            Ok(c)
+        })
+    }
+
+    /// Send the request `build` makes on this thread's pool, following redirects (`build` is
+    /// called again for each redirect, so nothing is copied in case one comes).
+    pub async fn send(
+        &self,
+        build: impl Fn() -> Request<Full<Bytes>>,
+    ) -> Result<Response, ClientError> {
+        let pool = self.local()?;
+        let mut req = build();
+        for _ in 0..=MAX_REDIRECTS {
+            let (method, uri) = (req.method().clone(), req.uri().clone());
+            let resp = pool.request(req).await.map_err(|e| {
+                let connect = e.is_connect();
+                ClientError::new(connect, chain(&e))
+            })?;
+            let Some(to) = location(&resp, &uri) else {
+                return Ok(resp);
+            };
+            let status = resp.status();
+            let keeps_method = matches!(
+                status,
+                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+            );
+            if !keeps_method && method != Method::GET {
+                // A POST redirected with 301/302/303 would become a GET: not an MCP message.
+                return Ok(resp);
+            }
+            req = build();
+            if to.authority() != uri.authority() || to.scheme() != uri.scheme() {
+                // Credentials are for the origin they were given for.
+                for h in [
+                    header::AUTHORIZATION,
+                    header::COOKIE,
+                    header::PROXY_AUTHORIZATION,
+                ] {
+                    req.headers_mut().remove(h);
+                }
+            }
+            tracing::debug!(%status, location = %to, "following the upstream's redirect");
+            *req.uri_mut() = to;
+        }
+        Err(ClientError::new(
+            false,
+            format!("more than {MAX_REDIRECTS} redirects"),
+        ))
+    }
+}
+
+fn pool(connect_timeout: Duration) -> std::io::Result<Pool> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .try_with_platform_verifier()
+        .map_err(std::io::Error::other)?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .build(https))
+}
+
+/// Where a redirect points, resolved against the URL that answered; `None` if it is not a
+/// redirect or has no usable `Location`.
+fn location(resp: &Response, base: &Uri) -> Option<Uri> {
+    if !matches!(
+        resp.status(),
+        StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT
+    ) {
+        return None;
+    }
+    let loc = resp.headers().get(header::LOCATION)?.to_str().ok()?;
+    let base = reqwest::Url::parse(&base.to_string()).ok()?;
+    let to = base.join(loc).ok()?;
+    if !matches!(to.scheme(), "http" | "https") {
+        return None;
+    }
+    to.as_str().parse().ok()
+}
+
+/// An error and its causes, `: `-separated (hyper's own message is terse).
+fn chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Build a request to `uri` with these headers and body.
+pub fn request(
+    method: Method,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = headers.clone();
+    req
+}
+
+/// `Content-Type`/`Accept` of a POST carrying a JSON-RPC message.
+pub fn json_post_headers(h: &mut http::HeaderMap) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+}
