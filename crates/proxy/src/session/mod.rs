@@ -11,7 +11,7 @@ pub use inflight::Inflight;
 use crate::error::ProxyError;
 use crate::guard::Guard;
 use crate::pipeline::{Direction, FrameCtx, Outcome, Pipeline, Transport};
-use crate::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
+use crate::upstream::{self, Exchange, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
 use shadowcat_proto::era::ProtocolVersion;
 use shadowcat_proto::error::{REQUEST_TIMEOUT, UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
@@ -193,6 +193,20 @@ impl Session {
         frame: Frame,
         transport: Transport<'_>,
     ) -> Result<Sent, ProxyError> {
+        let (sent, exchange) = self.from_client_start(frame, transport).await?;
+        if let Some(x) = exchange {
+            x.detach();
+        }
+        Ok(sent)
+    }
+
+    /// [`Session::from_client_via`] that hands back the HTTP upstream's request as an
+    /// [`Exchange`] for the caller to drive on its own task (see [`Upstream::start`]).
+    pub async fn from_client_start(
+        &self,
+        frame: Frame,
+        transport: Transport<'_>,
+    ) -> Result<(Sent, Option<Exchange>), ProxyError> {
         // No hooks: not even the pipeline's future is made (no cost when unused).
         let frame = if self.pipeline.is_empty() {
             frame
@@ -200,15 +214,16 @@ impl Session {
             let ctx = self.ctx(Direction::ClientToServer, transport);
             match self.pipeline.process(&ctx, frame).await {
                 Outcome::Forward(f) => f,
-                Outcome::Reply(f) => return Ok(Sent::Replied(f)),
-                Outcome::Drop => return Ok(Sent::Dropped),
+                Outcome::Reply(f) => return Ok((Sent::Replied(f), None)),
+                Outcome::Drop => return Ok((Sent::Dropped, None)),
             }
         };
         let tracked = match frame.kind() {
             FrameKind::Request => {
                 if let Some(g) = &self.guard {
                     if let Err(why) = g.admit() {
-                        return Ok(Sent::Replied(error_frame(frame.id(), UPSTREAM_ERROR, &why)));
+                        let answer = error_frame(frame.id(), UPSTREAM_ERROR, &why);
+                        return Ok((Sent::Replied(answer), None));
                     }
                     self.inflight.insert(&frame);
                     self.sent.notify_one();
@@ -219,13 +234,15 @@ impl Session {
             }
             _ => None,
         };
-        if let Err(e) = self.upstream.send(frame).await {
-            if let Some(id) = tracked {
-                self.inflight.remove(&id);
+        match self.upstream.start(frame).await {
+            Ok(exchange) => Ok((Sent::Forwarded, exchange)),
+            Err(e) => {
+                if let Some(id) = tracked {
+                    self.inflight.remove(&id);
+                }
+                Err(e)
             }
-            return Err(e);
         }
-        Ok(Sent::Forwarded)
     }
 
     /// Account for a server frame (completes in-flight requests, learns the protocol version)

@@ -6,7 +6,7 @@ use super::client::{self, ClientError, Response};
 use super::credentials::{self, Credentials, SendError};
 use super::detect::{self, Transport};
 use super::stateless::{self, Stateless};
-use super::{UpstreamCtx, UpstreamEvent, Via};
+use super::{Exchange, UpstreamCtx, UpstreamEvent, Via};
 use crate::error::ProxyError;
 use crate::guard::backoff;
 use bytes::{Bytes, BytesMut};
@@ -109,22 +109,19 @@ impl HttpUpstream {
         })
     }
 
-    /// Start the POST for one client frame; its answer arrives as events.
-    pub(super) fn send(&self, frame: Frame) -> Result<(), ProxyError> {
+    /// The POST for one client frame; its answer arrives as events.
+    pub(super) fn exchange(&self, frame: Frame) -> Exchange {
         let inner = self.inner.clone();
         let span = tracing::debug_span!("upstream_post", session = %inner.ctx.session);
         let cancel = inner.ctx.cancel.clone();
         let tracker = inner.ctx.tracker.clone();
-        tracker.spawn(
-            async move {
-                tokio::select! {
-                    _ = post(&inner, frame) => {}
-                    _ = cancel.cancelled() => {}
-                }
+        let work = async move {
+            tokio::select! {
+                _ = post(&inner, frame) => {}
+                _ = cancel.cancelled() => {}
             }
-            .instrument(span),
-        );
-        Ok(())
+        };
+        Exchange::new(work.instrument(span), tracker)
     }
 
     pub(super) fn session_id(&self) -> Option<String> {

@@ -7,6 +7,7 @@
 pub(crate) mod client;
 pub mod credentials;
 pub mod detect;
+mod exchange;
 mod http;
 mod process;
 mod sse;
@@ -16,6 +17,7 @@ mod tape;
 
 pub use client::HttpClient;
 pub use credentials::Credentials;
+pub use exchange::Exchange;
 pub use http::HttpUpstream;
 pub use sse::SseUpstream;
 pub use stdio::StdioUpstream;
@@ -252,11 +254,20 @@ impl Upstream {
     /// Send one client frame to the server. Returns once the frame is handed over (stdio: queued
     /// for the child's stdin; HTTP: the POST is under way). Replies arrive as events.
     pub async fn send(&self, frame: Frame) -> Result<(), ProxyError> {
+        if let Some(x) = self.start(frame).await? {
+            x.detach();
+        }
+        Ok(())
+    }
+
+    /// Like [`Upstream::send`], but an HTTP upstream hands back its request as an [`Exchange`]
+    /// for the caller to drive (or detach); the others queue the frame and return `None`.
+    pub async fn start(&self, frame: Frame) -> Result<Option<Exchange>, ProxyError> {
         match self {
-            Upstream::Stdio(s) => s.send(frame).await,
-            Upstream::Http(h) => h.send(frame),
-            Upstream::Sse(s) => s.send(frame).await,
-            Upstream::Tape(t) => t.send(frame).await,
+            Upstream::Stdio(s) => s.send(frame).await.map(|()| None),
+            Upstream::Http(h) => Ok(Some(h.exchange(frame))),
+            Upstream::Sse(s) => s.send(frame).await.map(|()| None),
+            Upstream::Tape(t) => t.send(frame).await.map(|()| None),
         }
     }
 

@@ -249,12 +249,20 @@ async fn relay(
         }
         o.open_post(&requests, tx);
     }
+    // The upstream's request for a lone message is driven right here, on this task, until the
+    // answer's first message is routed; anything else runs as tasks of the session.
+    let lone = frames.len() == 1;
+    let mut inline = None;
     for f in frames {
         let id = f.id().cloned().filter(|_| f.kind() == FrameKind::Request);
-        match core.from_client_via(f, transport).await {
-            Ok(Sent::Forwarded) => {}
-            Ok(Sent::Replied(answer)) => session.deliver(answer, &Via::Unrelated, None).await,
-            Ok(Sent::Dropped) => {
+        match core.from_client_start(f, transport).await {
+            Ok((Sent::Forwarded, exchange)) => match exchange {
+                Some(x) if lone => inline = Some(x),
+                Some(x) => x.detach(),
+                None => {}
+            },
+            Ok((Sent::Replied(answer), _)) => session.deliver(answer, &Via::Unrelated, None).await,
+            Ok((Sent::Dropped, _)) => {
                 if let Some(id) = id {
                     let plan = session.outbox().forget_request(&id);
                     session.execute(plan).await;
@@ -269,14 +277,30 @@ async fn relay(
             },
         }
     }
-    match rx.recv().await {
+    let first = match inline.as_mut() {
+        None => rx.recv().await,
+        Some(x) => {
+            tokio::select! {
+                biased;
+                out = rx.recv() => out,
+                () = x => rx.recv().await,
+            }
+        }
+    };
+    match first {
         Some(Out::Json(replies)) => {
+            if let Some(x) = inline {
+                // Usually just the end of the upstream's body is left.
+                x.finish_or_detach();
+            }
             if init && replies.iter().any(|f| f.kind() == FrameKind::Error) {
                 return Ok(Relayed::InitFailed(replies));
             }
             Ok(Relayed::Answer(json_replies(replies, batch)))
         }
         Some(first @ Out::Event { .. }) => {
+            // The answer is a stream: the upstream's request carries on as a task.
+            drop(inline);
             let Out::Event { frame, id } = first else {
                 unreachable!()
             };
