@@ -14,6 +14,19 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The runtime a command runs on. One thread for everything but the HTTP demo server: the
+/// HTTP fronts serve connections on worker threads of their own (`--workers`), and what stays
+/// here (accepting, signals, housekeeping, a stdio session) is light; a stdio demo server serves
+/// one client. The HTTP demo server stands in for a real multi-threaded upstream.
+fn runtime_for(command: &args::Command) -> tokio::runtime::Builder {
+    match command {
+        args::Command::DemoServer(a) if a.http.is_some() => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
     let _logging = match logging::init(&cli.log) {
@@ -23,10 +36,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_for(&cli.command).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shadowcat: cannot start the async runtime: {e}");

@@ -23,7 +23,7 @@ impl Gateway {
     pub(crate) async fn handle(self: &Arc<Self>, front: &Arc<HttpFront>, req: Request) -> Response {
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        let path = req.uri().path();
         if method == Method::GET && req.uri().scheme().is_none() {
             if path == "/metrics" {
                 return self.metrics_page(front);
@@ -36,7 +36,7 @@ impl Gateway {
             }
         }
         // Legacy HTTP+SSE endpoints are admitted as their route (its scopes, its label).
-        let route = super::route_key_of(&path)
+        let route = super::route_key_of(path)
             .and_then(|k| self.routes.get(k))
             .cloned();
         let label = route

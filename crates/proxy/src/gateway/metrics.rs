@@ -19,9 +19,21 @@ struct Histogram {
     count: u64,
 }
 
+/// Requests by route, then method, then status (looked up without allocating: this is counted
+/// on every request).
+type Requests = BTreeMap<String, BTreeMap<String, BTreeMap<u16, u64>>>;
+
+/// The entry for `key`, made on first use (a key is copied only then).
+fn slot<'a, V: Default>(m: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+    if !m.contains_key(key) {
+        m.insert(key.to_string(), V::default());
+    }
+    m.get_mut(key).expect("present")
+}
+
 #[derive(Default)]
 struct State {
-    requests: BTreeMap<(String, String, u16), u64>,
+    requests: Requests,
     latency: BTreeMap<String, Histogram>,
     rate_limited: BTreeMap<(String, String), u64>,
     auth_failures: BTreeMap<(String, String), u64>,
@@ -140,10 +152,9 @@ impl Metrics {
     /// One HTTP request finished (its response head was produced).
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
         let mut s = self.lock();
-        *s.requests
-            .entry((route.to_string(), method.to_string(), status))
-            .or_default() += 1;
-        let h = s.latency.entry(route.to_string()).or_default();
+        let by_method = slot(&mut s.requests, route);
+        *slot(by_method, method).entry(status).or_default() += 1;
+        let h = slot(&mut s.latency, route);
         if h.counts.is_empty() {
             h.counts = vec![0; BUCKETS.len()];
         }
@@ -197,7 +208,7 @@ impl Metrics {
     pub fn totals(&self) -> Totals {
         let s = self.lock();
         let mut t = Totals::default();
-        for ((_, _, status), n) in &s.requests {
+        for (status, n) in s.requests.values().flat_map(|m| m.values()).flatten() {
             t.requests += n;
             if let Some(c) = t
                 .by_class
@@ -221,7 +232,12 @@ impl Metrics {
             "# HELP shadowcat_http_requests_total HTTP requests by route, method and status."
         );
         let _ = writeln!(o, "# TYPE shadowcat_http_requests_total counter");
-        for ((route, method, status), n) in &s.requests {
+        let requests = s.requests.iter().flat_map(|(route, m)| {
+            m.iter().flat_map(move |(method, st)| {
+                st.iter().map(move |(status, n)| (route, method, status, n))
+            })
+        });
+        for (route, method, status, n) in requests {
             let _ = writeln!(
                 o,
                 "shadowcat_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",

@@ -70,18 +70,16 @@ fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
     let (ty, _) = wanted.split_once('/').unwrap_or((wanted, ""));
     headers.get_all(header::ACCEPT).iter().any(|v| {
         v.to_str().unwrap_or("").split(',').any(|part| {
-            let media = part
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            media == wanted || media == "*/*" || media == format!("{ty}/*")
+            let media = part.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case(wanted)
+                || media == "*/*"
+                || media
+                    .split_once('/')
+                    .is_some_and(|(t, sub)| sub == "*" && t.eq_ignore_ascii_case(ty))
         })
     })
 }
 
-/// POST: the client must accept both JSON and SSE answers (406 otherwise).
 pub fn post_accept(headers: &HeaderMap) -> Result<(), ProxyError> {
     if accepts(headers, "application/json") && accepts(headers, "text/event-stream") {
         return Ok(());
