@@ -8,12 +8,6 @@ mod otel;
 
 use clap::Parser;
 
-/// mimalloc instead of glibc malloc: the relay path allocates per message (frames, headers,
-/// channel slots) on several threads, where glibc's arenas spent ~11% of the proxy's CPU
-/// (perf, HTTP→stdio at c=32).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The runtime a command runs on. One thread for everything but the HTTP demo server: the
 /// HTTP fronts serve connections on worker threads of their own (`--workers`), and what stays
 /// here (accepting, signals, housekeeping, a stdio session) is light; a stdio demo server serves
