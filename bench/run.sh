@@ -319,46 +319,54 @@ start_demo_http() { # sets DEMO_PID, DEMO_URL
 calls_args() { echo --duration "$DURATION" --warmup "$WARMUP" --payload "$PAYLOAD"; }
 
 scenario_a() {
-  log "== a. HTTP→HTTP tools/call echo: direct vs through shadowcat forward http --target"
+  log "== a. HTTP→HTTP tools/call echo: direct vs through shadowcat forward http --target and gateway"
   # Two upstreams: `http` = the demo server's own Streamable HTTP endpoint (rmcp; answers with an
   # SSE body written in pieces, no TCP_NODELAY), and `json-upstream` = a shadowcat HTTP→stdio front
   # of the demo server (answers with one JSON body): it tells the proxy's own cost apart from
-  # Nagle/delayed-ACK stalls on the proxy→upstream connection.
+  # Nagle/delayed-ACK stalls on the proxy→upstream connection. Each is reached directly, through
+  # `forward http --target URL` (`shadowcat`) and through `gateway --upstream URL` (`gateway`:
+  # its admission, metrics and authorization stage on every request; no auth configured).
   start_demo_http a-demo || { failure "a" "demo server did not start"; return; }
   start "a-json" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --max-sessions 100000 \
     --shutdown-deadline 2 -- "$SC" demo-server
   local json_pid=$LAST_PID json_url
   json_url=$(wait_listen a-json "$json_pid")/mcp || { failure "a" "json upstream did not start"; return; }
-  start "a-proxy" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$DEMO_URL" \
-    --max-sessions 100000 --shutdown-deadline 2
-  local proxy_pid=$LAST_PID proxy_url
-  proxy_url=$(wait_listen a-proxy "$proxy_pid")/mcp || { failure "a" "proxy did not start"; return; }
-  start "a-proxy-json" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$json_url" \
-    --max-sessions 100000 --shutdown-deadline 2
-  local pj_pid=$LAST_PID pj_url
-  pj_url=$(wait_listen a-proxy-json "$pj_pid")/mcp || { failure "a" "proxy did not start"; return; }
-  local r c v g url up pp
+  declare -A purl=() ppid=()
+  local g up_url kind name
+  for g in http json-upstream; do
+    [[ $g == http ]] && up_url=$DEMO_URL || up_url=$json_url
+    for kind in shadowcat gateway; do
+      name="a-$kind-$g"
+      if [[ $kind == shadowcat ]]; then
+        start "$name" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$up_url" \
+          --max-sessions 100000 --shutdown-deadline 2
+      else
+        start "$name" "$SC" --log-level warn gateway --listen 127.0.0.1:0 --upstream "$up_url"
+      fi
+      ppid[$g-$kind]=$LAST_PID
+      purl[$g-$kind]=$(wait_listen "$name" "$LAST_PID")/mcp || { failure "a" "$name did not start"; return; }
+    done
+  done
+  local r c v url up
   for r in $(seq 1 "$ROUNDS"); do
     for g in http json-upstream; do
       for c in $CONCURRENCY; do
-        for v in $(rotate "$r" direct shadowcat); do
-          if [[ $g == http ]]; then
-            up=$DEMO_PID pp=$proxy_pid
-            [[ $v == direct ]] && url=$DEMO_URL || url=$proxy_url
-          else
-            up=$json_pid pp=$pj_pid
-            [[ $v == direct ]] && url=$json_url || url=$pj_url
-          fi
+        for v in $(rotate "$r" direct shadowcat gateway); do
+          [[ $g == http ]] && up=$DEMO_PID || up=$json_pid
           local watch=(--pid "upstream=$up")
-          [[ $v == direct ]] || watch+=(--pid "proxy=$pp")
+          if [[ $v == direct ]]; then
+            [[ $g == http ]] && url=$DEMO_URL || url=$json_url
+          else
+            url=${purl[$g-$v]}
+            watch+=(--pid "proxy=${ppid[$g-$v]}")
+          fi
           # shellcheck disable=SC2046
           bench "a|$g|$v|c=$c|r$r" calls --url "$url" -c "$c" $(calls_args) "${watch[@]}"
         done
       done
     done
   done
-  stop "$pj_pid"
-  stop "$proxy_pid"
+  for v in "${ppid[@]}"; do stop "$v"; done
   stop "$json_pid"
   stop "$DEMO_PID"
 }
