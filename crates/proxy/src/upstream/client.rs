@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub struct HttpClient {
     /// Tells this client's per-thread pools apart from those of other clients.
     id: u64,
     connect_timeout: Duration,
+    /// Built once (loading the platform's roots takes milliseconds), shared by every pool.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl HttpClient {
@@ -84,13 +87,17 @@ impl HttpClient {
             .no_proxy()
             .build()
             .map_err(|e| ProxyError::UpstreamConnect(format!("cannot build HTTP client: {e}")))?;
+        use hyper_rustls::ConfigBuilderExt;
         // Fail at start-up, not on the first request, if TLS cannot be set up.
-        pool(connect_timeout)
-            .map_err(|e| ProxyError::UpstreamConnect(format!("cannot set up TLS: {e}")))?;
+        let tls = rustls::ClientConfig::builder()
+            .try_with_platform_verifier()
+            .map_err(|e| ProxyError::UpstreamConnect(format!("cannot set up TLS: {e}")))?
+            .with_no_client_auth();
         Ok(HttpClient {
             shared,
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             connect_timeout,
+            tls: Arc::new(tls),
         })
     }
 
@@ -100,16 +107,15 @@ impl HttpClient {
     }
 
     /// The calling thread's pool (built on first use).
-    fn local(&self) -> Result<Pool, ClientError> {
+    fn local(&self) -> Pool {
         POOLS.with(|p| {
             let mut pools = p.borrow_mut();
             if let Some((_, c)) = pools.iter().find(|(id, _)| *id == self.id) {
-                return Ok(c.clone());
+                return c.clone();
             }
-            let c = pool(self.connect_timeout)
-                .map_err(|e| ClientError::new(true, format!("cannot set up TLS: {e}")))?;
+            let c = pool(self.connect_timeout, &self.tls);
             pools.push((self.id, c.clone()));
-            Ok(c)
+            c
         })
     }
 
@@ -119,7 +125,7 @@ impl HttpClient {
         &self,
         build: impl Fn() -> Request<Full<Bytes>>,
     ) -> Result<Response, ClientError> {
-        let pool = self.local()?;
+        let pool = self.local();
         let mut req = build();
         for _ in 0..=MAX_REDIRECTS {
             let (method, uri) = (req.method().clone(), req.uri().clone());
@@ -160,21 +166,20 @@ impl HttpClient {
     }
 }
 
-fn pool(connect_timeout: Duration) -> std::io::Result<Pool> {
+fn pool(connect_timeout: Duration, tls: &rustls::ClientConfig) -> Pool {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .try_with_platform_verifier()
-        .map_err(std::io::Error::other)?
+        .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_timer(TokioTimer::new())
-        .build(https))
+        .build(https)
 }
 
 /// Where a redirect points, resolved against the URL that answered; `None` if it is not a
