@@ -241,3 +241,132 @@ pub fn json_post_headers(h: &mut http::HeaderMap) {
         HeaderValue::from_static("application/json, text/event-stream"),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::Request as AxumRequest;
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+
+    /// A server whose `/to/PATH` answers `STATUS` with `Location: PATH` (`STATUS` from the
+    /// `x-status` header, 307 by default) and whose other paths echo method, path, body and
+    /// `authorization`.
+    async fn server() -> String {
+        let app = axum::Router::new().fallback(|req: AxumRequest| async move {
+            let path = req.uri().path().to_string();
+            if let Some(to) = path.strip_prefix("/to") {
+                let status = req
+                    .headers()
+                    .get("x-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(307);
+                let to = req
+                    .headers()
+                    .get("x-location")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| to.to_string());
+                let status = StatusCode::from_u16(status).expect("status");
+                return (status, [(header::LOCATION, to)]).into_response();
+            }
+            let method = req.method().to_string();
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            let body = req.into_body().collect().await.expect("body").to_bytes();
+            format!("{method} {path} {auth} {}", String::from_utf8_lossy(&body)).into_response()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    async fn call(
+        c: &HttpClient,
+        method: Method,
+        url: &str,
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let uri: Uri = url.parse().expect("uri");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        for (k, v) in extra {
+            headers.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        let resp = c
+            .send(|| request(method.clone(), &uri, &headers, Bytes::from_static(b"{}")))
+            .await
+            .expect("sent");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_like_mcp_clients_do() {
+        let c = HttpClient::new(Duration::from_secs(5)).expect("client");
+        let a = server().await;
+        // 307/308 keep the method and the body, and the credentials on the same origin.
+        let (s, b) = call(&c, Method::POST, &format!("{a}/to/mcp/"), &[]).await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "POST /mcp/ Bearer t {}"));
+        // A POST is not turned into a GET: the 303 is the answer.
+        let (s, _) = call(
+            &c,
+            Method::POST,
+            &format!("{a}/to/x"),
+            &[("x-status", "303")],
+        )
+        .await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+        // A GET follows 302.
+        let (s, b) = call(
+            &c,
+            Method::GET,
+            &format!("{a}/to/sse"),
+            &[("x-status", "302")],
+        )
+        .await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "GET /sse Bearer t {}"));
+        // Another origin does not get the credentials.
+        let other = server().await;
+        let (s, b) = call(
+            &c,
+            Method::POST,
+            &format!("{a}/to"),
+            &[("x-location", &format!("{other}/mcp"))],
+        )
+        .await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "POST /mcp - {}"));
+        // A redirect loop ends with an error, not a hang.
+        let err = c
+            .send(|| {
+                let uri: Uri = format!("{a}/to/to/x").parse().expect("uri");
+                let mut h = http::HeaderMap::new();
+                h.insert("x-location", HeaderValue::from_static("/to/again"));
+                request(Method::GET, &uri, &h, Bytes::new())
+            })
+            .await
+            .expect_err("loop");
+        assert!(err.to_string().contains("redirects"), "{err}");
+        // Nothing listening: a connect error.
+        let err = c
+            .send(|| {
+                let uri: Uri = "http://127.0.0.1:9/mcp".parse().expect("uri");
+                request(Method::POST, &uri, &http::HeaderMap::new(), Bytes::new())
+            })
+            .await
+            .expect_err("refused");
+        assert!(err.is_connect(), "{err}");
+    }
+}

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use shadowcat_proto::lines::{Line, LineCodec, single_line};
 use shadowcat_proto::{Frame, Message};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
@@ -18,7 +18,6 @@ const MAX_STDERR_LINE: usize = 64 * 1024;
 /// First sizes of the per-child buffers (they grow with the messages): an idle session keeps
 /// them all, so they start small rather than at the 8 KiB defaults.
 const STDOUT_BUFFER: usize = 2048;
-const STDIN_BUFFER: usize = 2048;
 const STDERR_BUFFER: usize = 256;
 
 /// The stdio upstream of one session.
@@ -123,41 +122,38 @@ impl StdioUpstream {
 }
 
 async fn write_stdin(stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>, stop: CancellationToken) {
-    let mut w = BufWriter::with_capacity(STDIN_BUFFER, stdin);
+    let mut w = stdin;
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
             _ = stop.cancelled() => {
                 // Deliver what the client already sent, then close stdin.
+                let mut rest = Vec::new();
                 while let Ok(m) = rx.try_recv() {
-                    if write_line(&mut w, &m).await.is_err() { break; }
+                    push_line(&mut rest, &m);
                 }
-                let _ = w.flush().await;
+                let _ = w.write_all(&rest).await;
                 break;
             }
         };
         let Some(m) = msg else { break };
-        if write_line(&mut w, &m).await.is_err() {
-            break;
-        }
-        // Batch what is already queued into one flush.
-        let mut failed = false;
+        // What is already queued goes out in the same write. The buffer lives for one write
+        // only: an idle session keeps none.
+        let mut batch = Vec::with_capacity(m.len() + 1);
+        push_line(&mut batch, &m);
         while let Ok(m) = rx.try_recv() {
-            if write_line(&mut w, &m).await.is_err() {
-                failed = true;
-                break;
-            }
+            push_line(&mut batch, &m);
         }
-        if failed || w.flush().await.is_err() {
+        if w.write_all(&batch).await.is_err() {
             break;
         }
     }
-    // Dropping the writer closes the child's stdin.
+    // Dropping the pipe closes the child's stdin.
 }
 
-async fn write_line(w: &mut BufWriter<ChildStdin>, raw: &Bytes) -> std::io::Result<()> {
-    w.write_all(&single_line(raw)).await?;
-    w.write_all(b"\n").await
+fn push_line(out: &mut Vec<u8>, raw: &Bytes) {
+    out.extend_from_slice(&single_line(raw));
+    out.push(b'\n');
 }
 
 async fn read_stdout(stdout: ChildStdout, events: mpsc::Sender<UpstreamEvent>, max: usize) {
