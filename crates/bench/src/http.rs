@@ -162,7 +162,8 @@ impl Conn {
         &self.target
     }
 
-    async fn connect(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
+    /// Open a new connection (replacing the current one, if any).
+    pub async fn connect(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
         let stream = TcpStream::connect(self.target.addr)
             .await
             .with_context(|| format!("connect {}", self.target.addr))?;
@@ -206,6 +207,26 @@ impl Conn {
             h.insert("mcp-protocol-version", s.version.clone());
         }
         req
+    }
+
+    /// A `GET` of the session's server→client stream; with `last_event_id`, a resumption of the
+    /// stream that id belongs to.
+    pub fn get_request(
+        &self,
+        session: &HttpSession,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Request<Full<Bytes>>> {
+        let mut req = self.request(http::Method::GET, Some(session), Bytes::new());
+        let h = req.headers_mut();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.remove(header::CONTENT_TYPE);
+        if let Some(id) = last_event_id {
+            h.insert("last-event-id", HeaderValue::from_str(id)?);
+        }
+        Ok(req)
     }
 
     /// Send a request (connecting first if the connection is closed) and return the response
@@ -257,7 +278,12 @@ impl Conn {
 
     /// `initialize` + `notifications/initialized`: a new MCP session.
     pub async fn handshake(&mut self) -> anyhow::Result<HttpSession> {
-        let reply = self.post(None, mcp::initialize()).await?;
+        self.handshake_as(mcp::PROTOCOL_VERSION).await
+    }
+
+    /// A new MCP session, asking for protocol `version`.
+    pub async fn handshake_as(&mut self, version: &str) -> anyhow::Result<HttpSession> {
+        let reply = self.post(None, mcp::initialize_as(version)).await?;
         if reply.status != StatusCode::OK {
             bail!(
                 "initialize: HTTP {}: {}",

@@ -19,8 +19,14 @@ pub fn next_id() -> u64 {
 
 /// The `initialize` request (id 0).
 pub fn initialize() -> Bytes {
+    initialize_as(PROTOCOL_VERSION)
+}
+
+/// The `initialize` request (id 0) asking for protocol `version`.
+pub fn initialize_as(version: &str) -> Bytes {
     Bytes::from(format!(
-        r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{PROTOCOL_VERSION}","capabilities":{{}},"clientInfo":{{"name":"shadowcat-bench","version":"{}"}}}}}}"#,
+        r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":{},"capabilities":{{}},"clientInfo":{{"name":"shadowcat-bench","version":"{}"}}}}}}"#,
+        serde_json::Value::String(version.to_owned()),
         env!("CARGO_PKG_VERSION")
     ))
 }
