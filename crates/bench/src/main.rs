@@ -90,6 +90,17 @@ pub struct ReportArgs {
     pub pids: Vec<(String, u32)>,
 }
 
+impl ReportArgs {
+    /// The run's name in what it prints: the label, or the mode's name.
+    pub fn name<'a>(&'a self, mode: &'a str) -> &'a str {
+        if self.label.is_empty() {
+            mode
+        } else {
+            &self.label
+        }
+    }
+}
+
 pub enum Target {
     Http(Arc<http::HttpTarget>),
     Stdio(Vec<String>),

@@ -500,11 +500,7 @@ pub async fn run(a: SseArgs) -> anyhow::Result<()> {
     let rate = events as f64 / window.max(1e-9);
     println!(
         "{}: {} kind={:?} streams={} count={} rounds={}: {events} events in {window:.2}s = {rate:.0} events/s (median per call {median_rate:.0}/s), {} errors, {get_streams} GET streams",
-        if a.report.label.is_empty() {
-            "sse"
-        } else {
-            &a.report.label
-        },
+        a.report.name("sse"),
         Target::describe(&a.target),
         a.kind,
         a.streams,
