@@ -1,7 +1,7 @@
 //! A minimal Streamable HTTP MCP client on hyper's HTTP/1.1 connection API: one TCP connection per
 //! worker (keep-alive, no pool, no proxy), requests written by hand.
 
-use crate::mcp;
+use crate::mcp::{self, SseDecoder, SseEvent};
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -9,12 +9,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -137,6 +138,43 @@ pub struct Reply {
 impl Reply {
     pub fn payloads(&self) -> Vec<Vec<u8>> {
         mcp::payloads(self.is_sse, &self.body)
+    }
+}
+
+/// An SSE response body, read event by event (each with the time its bytes arrived).
+pub struct SseBody {
+    body: Incoming,
+    dec: SseDecoder,
+    decoded: Vec<SseEvent>,
+    ready: VecDeque<(Instant, SseEvent)>,
+}
+
+impl SseBody {
+    pub fn new(body: Incoming) -> SseBody {
+        SseBody {
+            body,
+            dec: SseDecoder::default(),
+            decoded: Vec::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// The next event that has an id or data; `None` at the end of the body.
+    pub async fn next(&mut self) -> anyhow::Result<Option<(Instant, SseEvent)>> {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Ok(Some(ev));
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            let frame = frame.context("reading the stream")?;
+            let at = Instant::now();
+            if let Ok(data) = frame.into_data() {
+                self.dec.feed_events(&data, &mut self.decoded);
+                self.ready.extend(self.decoded.drain(..).map(|ev| (at, ev)));
+            }
+        }
     }
 }
 
