@@ -81,6 +81,22 @@ def metrics(run):
             "proxy_cpu_us_per_event": dig(cpu, "proxy", "cpu_us_per_request"),
             "upstream_cpu_us_per_event": dig(cpu, "upstream", "cpu_us_per_request"),
         }
+    if mode == "resume":
+        cpu = run.get("cpu", {})
+        per_cycle = dig(cpu, "proxy", "cpu_us_per_request")
+        return {
+            "resumed": run.get("resumed"),
+            "resumptions": run.get("resumptions"),
+            "first_p50_us": dig(run, "resume_first_event", "p50_us"),
+            "first_p99_us": dig(run, "resume_first_event", "p99_us"),
+            "first_max_us": dig(run, "resume_first_event", "max_us"),
+            "events_per_resumption": run.get("events_per_resumption") if run.get("resumed") else None,
+            "events_per_s": run.get("events_per_s") if run.get("resumed") else None,
+            "reply_p50_ms": ms(dig(run, "resume_to_reply", "p50_us")),
+            "errors": dig(run, "errors", "total"),
+            "warmup_errors": dig(run, "warmup_errors", "total"),
+            "proxy_cpu_ms_per_cycle": ms(per_cycle),
+        }
     if mode == "pipeline":
         rec = run.get("recorded") or {}
         frames = rec.get("frames")
@@ -274,6 +290,15 @@ def targets(agg):
                          f'get p50 {fmt(row.get("get_p50_us"))} µs, {fmt(row.get("appends_per_s"))} appends/s',
                          f"{fmt(worst)} µs", "≤ 1 ms (1,000 µs)", worst is not None and worst <= 1000))
     for (s, g, v, p), row in sorted(agg.items()):
+        if s == "f":
+            rows.append((f"f. resuming a dropped stream ({g} notifications, {v} store, {p}): GET → first event",
+                         f'p50 {fmt(row.get("first_p50_us"))} µs, p99 {fmt(row.get("first_p99_us"))} µs',
+                         f'{fmt(row.get("resumed"))}/{fmt(row.get("resumptions"))} resumed, '
+                         f'{fmt(row.get("errors"))} errors (kinds under the f. table)',
+                         f'{fmt(row.get("events_per_s"))} events/s replayed, '
+                         f'{fmt(row.get("events_per_resumption"))} per resumption',
+                         "– (reported)", None))
+    for (s, g, v, p), row in sorted(agg.items()):
         if s == "h" and v == "shadowcat":
             t = row.get("init_p50_ms")
             what = "--target URL" if g == "http" else "-- CMD (child spawned by the first initialize)"
@@ -302,6 +327,11 @@ COLUMNS = {
           ("upstream_cpu_us_per_event", "upstream CPU µs/event")],
     "e": [("appends_per_s", "appends/s")] + [(f"{op}_{q}", f"{op} {q[:3]} µs")
                                              for op in STORE_OPS for q in ("p50_us", "p99_us")],
+    "f": [("resumed", "resumed"), ("resumptions", "of"), ("first_p50_us", "GET → first event p50 µs"),
+          ("first_p99_us", "p99 µs"), ("first_max_us", "max µs"),
+          ("events_per_resumption", "events per resumption"), ("events_per_s", "events/s replayed"),
+          ("reply_p50_ms", "GET → reply p50 ms"), ("errors", "errors"), ("warmup_errors", "warm-up errors"),
+          ("proxy_cpu_ms_per_cycle", "proxy CPU ms/cycle")],
     "g": {
         "pipeline": [("ns_per_frame", "ns/frame (median)"), ("ns_per_frame_min", "ns/frame (min)"),
                      ("writer_ns_per_frame", "ns/frame incl. writer thread"),
@@ -321,6 +351,7 @@ TITLES = {
     "c": "c. Idle sessions: memory per session (RSS of the watched process; children = its descendants)",
     "d": "d. SSE pass-through: `log` tool, `count` notifications/message per call (gap = time between consecutive events at the client; first event = request → first notification of a count=1 call)",
     "e": "e. Session store operations per backend, one at a time from one task (`shadowcat-bench store`; SQLite on a file in the run's temp dir, Redis a private `redis-server` on a unix socket)",
+    "f": "f. Resumption through `forward http -- shadowcat demo-server`, per session store: each cycle opens a session (2025-11-25), calls a tool that sends `count` notifications as an SSE stream, reads some (RESUME_READ), drops the connection, waits (`pause`), then `GET` + `Last-Event-ID` reads to the reply (events = notifications + reply on the resumed stream; events/s = median per resumption; a gap, repeat, out-of-order id or missing reply is an error; CPU per cycle includes the session and the whole call). Groups: `log` = the `log` tool (notifications/message, not tied to the request on stdio); `progress` = the `slow` tool with a progress token (paced ~1 ms a step by the server; the pause lets it finish, so everything is replayed from the log)",
     "g": {
         "pipeline": "g. Pipeline cost per frame, in process (a `tools/call` and its reply as the HTTP front runs them; `relay` = no pipeline call at all, `no-hooks` = what a session does without --record/--rules (one emptiness check), `no-hooks-entered` = the empty pipeline's future built and polled anyway; the recorder (`block`) is paced by its writer thread, which runs beside the relay)",
         "e2e": "g. Recording and 100 interceptor rules end to end: `forward http` to a stdio demo child per session, plain vs `--record FILE --record-on-full block` vs `--rules` (100 non-matching + 3 matching `continue` rules)",
@@ -328,9 +359,10 @@ TITLES = {
     "h": "h. Cold start: spawn → stderr `listening` line → first `initialize` answered → first `tools/call` answered",
 }
 
-BASELINE = {"a": "direct", "b": "rust-mcp-proxy", "c": "direct", "d": "direct", "h": "demo-server",
+BASELINE = {"a": "direct", "b": "rust-mcp-proxy", "c": "direct", "d": "direct", "f": "memory",
+            "h": "demo-server",
             "g": {"pipeline": "relay", "e2e": "plain"}}
-RATIO_METRIC = {"a": "rps", "b": "rps", "d": "events_per_s",
+RATIO_METRIC = {"a": "rps", "b": "rps", "d": "events_per_s", "f": "first_p50_us",
                 "g": {"pipeline": "ns_per_frame", "e2e": "proxy_cpu_us"}}
 
 
@@ -340,7 +372,22 @@ def by_group(table, s, g):
     return v.get(g) if isinstance(v, dict) else v
 
 
-def markdown(meta, peers, failures, pending, agg, target_rows):
+def error_notes(runs, scenario):
+    """Error kinds of a scenario's runs, with the first message of each: {(group, variant): {kind: [n, msg]}}."""
+    notes = defaultdict(dict)
+    for r in runs:
+        parts = r.get("label", "").split("|")
+        if len(parts) != 5 or parts[0] != scenario:
+            continue
+        for field in ("errors", "warmup_errors"):
+            for kind, e in (dig(r, field, "kinds") or {}).items():
+                k = kind if field == "errors" else f"{kind} (warm-up)"
+                n = notes[(parts[1], parts[2])].setdefault(k, [0, e.get("first", "")])
+                n[0] += e.get("count", 0)
+    return notes
+
+
+def markdown(meta, peers, failures, pending, agg, target_rows, runs=()):
     out = []
     w = out.append
     w(f"# Shadowcat benchmarks — {meta.get('date', '')}" + (" (QUICK smoke run)" if meta.get("quick") == "1" else ""))
@@ -370,7 +417,7 @@ def markdown(meta, peers, failures, pending, agg, target_rows):
     for what, x, ref, val, tgt, ok in target_rows:
         w(f"| {what} | {x} | {ref} | {val} | {tgt} | {'yes' if ok else ('–' if ok is None else '**no**')} |")
     w("")
-    for s in ("a", "b", "c", "d", "e", "g", "h"):
+    for s in ("a", "b", "c", "d", "e", "f", "g", "h"):
         keys = sorted(k for k in agg if k[0] == s)
         if not keys:
             continue
@@ -399,6 +446,12 @@ def markdown(meta, peers, failures, pending, agg, target_rows):
                     r = ratio(row.get(rm), base)
                     cells.append("–" if r is None else f"{r:.2f}×")
                 w("| " + " | ".join(cells) + " |")
+            w("")
+        notes = error_notes(runs, s) if s == "f" else {}
+        for (g, v), kinds in sorted(notes.items()):
+            for kind, (n, msg) in sorted(kinds.items()):
+                w(f"- errors `{kind}` ×{n} ({g}, {v}): {msg[:300]}")
+        if notes:
             w("")
     if pending:
         w("## Not measured yet")
@@ -455,7 +508,7 @@ def main():
     with open(args.out + ".json", "w") as fh:
         json.dump(doc, fh, indent=1, ensure_ascii=False)
     with open(args.out + ".md", "w") as fh:
-        fh.write(markdown(meta, peers, failures, pending, agg, target_rows))
+        fh.write(markdown(meta, peers, failures, pending, agg, target_rows, runs))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@
 #   COLD_RUNS=20       cold starts per variant per round   PEER_COLD_RUNS=3
 #   PIPE_EXCHANGES=20000 PIPE_BATCHES=15   in-process pipeline batches (scenario g)
 #   STORE_OPS=2000     operations of each kind per store backend (scenario e)
+#   RESUME_ROUNDS=10   resumptions per run and worker (scenario f)   RESUME_CONC=1   workers
+#   RESUME_COUNT=10000 log notifications per call          RESUME_STEPS=500  progress steps per call
+#   RESUME_READ=100    notifications read before the connection is dropped
+#   RESUME_PAUSE_MS=300  wait before resuming a log call (the progress call waits 1.5 ms per step)
 #   BENCH_THREADS=1    generator threads (it shares the 2 cores with what it measures)
 #   BENCH_QUICKACK=1   generator ACKs at once (see crates/bench: --quickack); 0 = delayed ACKs
 #   KEEP_WORK=1        keep the scratch directory (logs of every process)
@@ -46,6 +50,7 @@ if [[ $QUICK == 1 ]]; then
   COLD_RUNS=${COLD_RUNS:-3} PEER_COLD_RUNS=${PEER_COLD_RUNS:-1}
   PIPE_EXCHANGES=${PIPE_EXCHANGES:-5000} PIPE_BATCHES=${PIPE_BATCHES:-5}
   STORE_OPS=${STORE_OPS:-300}
+  RESUME_ROUNDS=${RESUME_ROUNDS:-2} RESUME_COUNT=${RESUME_COUNT:-2000} RESUME_STEPS=${RESUME_STEPS:-200}
 fi
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} PAYLOAD=${PAYLOAD:-64}
 CONCURRENCY=${CONCURRENCY:-1 32}
@@ -54,6 +59,8 @@ SSE_COUNT=${SSE_COUNT:-10000} SSE_CALLS=${SSE_CALLS:-3} SSE_STREAMS=${SSE_STREAM
 COLD_RUNS=${COLD_RUNS:-20} PEER_COLD_RUNS=${PEER_COLD_RUNS:-3}
 PIPE_EXCHANGES=${PIPE_EXCHANGES:-20000} PIPE_BATCHES=${PIPE_BATCHES:-15}
 STORE_OPS=${STORE_OPS:-2000}
+RESUME_ROUNDS=${RESUME_ROUNDS:-10} RESUME_CONC=${RESUME_CONC:-1} RESUME_COUNT=${RESUME_COUNT:-10000}
+RESUME_STEPS=${RESUME_STEPS:-500} RESUME_READ=${RESUME_READ:-100} RESUME_PAUSE_MS=${RESUME_PAUSE_MS:-300}
 export BENCH_THREADS=${BENCH_THREADS:-1}
 # The generator ACKs at once (TCP_QUICKACK) so it takes no part in Nagle/delayed-ACK stalls of
 # servers that write responses in pieces without TCP_NODELAY; BENCH_QUICKACK=0 behaves like a
@@ -486,34 +493,80 @@ scenario_d() {
   stop "$DEMO_PID"
 }
 
-# e, f: the session store and resumption (Last-Event-ID) are not built yet. Each gets its
-# scenario here when it lands, following the same pattern: start the variants,
-# alternate them for $ROUNDS rounds with `bench "LETTER|group|variant|param|rN" MODE …`, stop them;
-# bench/report.py then needs a row in TARGETS/headline for it.
+# start_redis NAME: a private redis-server on a unix socket in $WORK; sets REDIS_PID and
+# REDIS_SOCK (empty, after recording why, when redis-server is not installed).
+start_redis() {
+  REDIS_PID="" REDIS_SOCK=$WORK/$1.sock
+  if ! command -v redis-server >/dev/null; then
+    failure "${1%%-*}|store|redis" "redis-server is not installed"
+    REDIS_SOCK=""
+    return
+  fi
+  start "$1" redis-server --port 0 --unixsocket "$REDIS_SOCK" --save "" --appendonly no --dir "$WORK"
+  REDIS_PID=$LAST_PID
+  for _ in $(seq 1 100); do [[ -S $REDIS_SOCK ]] && break; sleep 0.1; done
+}
+
 scenario_e() {
   log "== e. session store operations per backend: memory, sqlite, redis"
-  local r v redis_pid="" sock=$WORK/e-redis.sock
-  if command -v redis-server >/dev/null; then
-    start e-redis redis-server --port 0 --unixsocket "$sock" --save "" --appendonly no --dir "$WORK"
-    redis_pid=$LAST_PID
-    for _ in $(seq 1 100); do [[ -S $sock ]] && break; sleep 0.1; done
-  else
-    failure "e|store|redis" "redis-server is not installed"
-  fi
+  local r v
+  start_redis e-redis
+  local redis_pid=$REDIS_PID sock=$REDIS_SOCK
   for r in $(seq 1 "$ROUNDS"); do
     for v in $(rotate "$r" memory sqlite redis); do
       local spec
       case $v in
         memory) spec=memory ;;
         sqlite) rm -f "$WORK/e.db"*; spec=sqlite:$WORK/e.db ;;
-        redis) [[ -S $sock ]] || continue; spec=redis+unix://$sock ;;
+        redis) [[ -n $sock && -S $sock ]] || continue; spec=redis+unix://$sock ;;
       esac
       bench "e|store|$v|ops=$STORE_OPS|r$r" store --store "$spec" --ops "$STORE_OPS" --payload 256
     done
   done
   [[ -n $redis_pid ]] && stop "$redis_pid"
 }
-scenario_f() { log "== f. resumption (Last-Event-ID): no benchmark yet"; echo '{"scenario": "f", "status": "pending: no resumption benchmark in shadowcat-bench yet (resumption itself is built and tested)"}' >"$RAW/pending-f.json"; }
+scenario_f() {
+  log "== f. resumption: GET + Last-Event-ID after a dropped SSE stream, per session store"
+  # One proxy per store, each with a stdio demo child per session; every event is logged for
+  # resumption, so the log keeps a whole call (--max-events). Groups: `log` = the demo server's
+  # log tool (notifications/message, unrelated to the request on stdio); `progress` = the slow
+  # tool with a progress token (notifications/progress of the request). The progress call is
+  # paced by the server (~1 ms a step); its pause lets it finish, so the resumed stream is all
+  # replayed from the log.
+  start_redis f-redis
+  local redis_pid=$REDIS_PID sock=$REDIS_SOCK
+  declare -A url=() pid=()
+  local v spec keep=$((RESUME_COUNT > RESUME_STEPS ? RESUME_COUNT : RESUME_STEPS))
+  for v in memory sqlite redis; do
+    case $v in
+      memory) spec=memory ;;
+      sqlite) rm -f "$WORK/f.db"*; spec=sqlite:$WORK/f.db ;;
+      redis) [[ -n $sock && -S $sock ]] || continue; spec=redis+unix://$sock ;;
+    esac
+    start "f-$v" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --store "$spec" \
+      --max-events $((keep + 1000)) --max-sessions 100000 --shutdown-deadline 2 -- "$SC" demo-server
+    pid[$v]=$LAST_PID
+    url[$v]=$(wait_listen "f-$v" "${pid[$v]}")/mcp || { failure "f|$v" "proxy did not start: $(tail -c 1500 "$WORK/f-$v.log")"; unset 'url[$v]'; }
+  done
+  local r g args=(--read "$RESUME_READ" --rounds "$RESUME_ROUNDS" -c "$RESUME_CONC")
+  for r in $(seq 1 "$ROUNDS"); do
+    for g in log progress; do
+      for v in $(rotate "$r" "${!url[@]}"); do
+        if [[ $g == log ]]; then
+          bench "f|log|$v|count=$RESUME_COUNT,pause=${RESUME_PAUSE_MS}ms|r$r" resume --url "${url[$v]}" \
+            --kind log --count "$RESUME_COUNT" --pause-ms "$RESUME_PAUSE_MS" "${args[@]}" --pid "proxy=${pid[$v]}"
+        else
+          local pause=$((RESUME_STEPS * 3 / 2))
+          bench "f|progress|$v|steps=$RESUME_STEPS,pause=${pause}ms|r$r" resume --url "${url[$v]}" \
+            --kind slow --count "$RESUME_STEPS" --pause-ms "$pause" "${args[@]}" --pid "proxy=${pid[$v]}"
+        fi
+      done
+    done
+  done
+  for v in "${!pid[@]}"; do stop "${pid[$v]}"; done
+  [[ -n $redis_pid ]] && stop "$redis_pid"
+  unset url pid
+}
 # bench_rules FILE: 100 interceptor rules that never match the benchmark's traffic (other tools,
 # method globs and regexes, and echo calls/replies whose conditions fail, which makes the
 # interceptor parse each message), then 3 matching `continue` rules (request, reply,
@@ -647,7 +700,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "load_before=$LOAD_BEFORE"
   echo "load_after=$LOAD_AFTER"
   echo "elapsed_s=$(($(date +%s) - START_TS))"
-  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS PIPE_EXCHANGES=$PIPE_EXCHANGES PIPE_BATCHES=$PIPE_BATCHES BENCH_THREADS=$BENCH_THREADS"
+  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS PIPE_EXCHANGES=$PIPE_EXCHANGES PIPE_BATCHES=$PIPE_BATCHES STORE_OPS=$STORE_OPS RESUME_ROUNDS=$RESUME_ROUNDS RESUME_CONC=$RESUME_CONC RESUME_COUNT=$RESUME_COUNT RESUME_STEPS=$RESUME_STEPS RESUME_READ=$RESUME_READ RESUME_PAUSE_MS=$RESUME_PAUSE_MS BENCH_THREADS=$BENCH_THREADS"
   for s in "${!TOOK[@]}"; do echo "took_$s=${TOOK[$s]}"; done
 } >"$WORK/meta.txt"
 

@@ -374,11 +374,7 @@ pub async fn run(a: CallsArgs) -> anyhow::Result<()> {
     };
     println!(
         "{}: {} c={} sessions={} payload={}B: {ok} ok, {} errors in {window:.2}s = {rps:.0} req/s",
-        if a.report.label.is_empty() {
-            "calls"
-        } else {
-            &a.report.label
-        },
+        a.report.name("calls"),
         Target::describe(&a.target),
         a.concurrency,
         n_sessions,

@@ -150,11 +150,7 @@ pub async fn run(a: ColdArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}: {} runs of `{}`, {} errors",
-        if a.report.label.is_empty() {
-            "cold-start"
-        } else {
-            &a.report.label
-        },
+        a.report.name("cold-start"),
         a.runs,
         a.command.join(" "),
         errors.total()

@@ -1,7 +1,7 @@
 //! A minimal Streamable HTTP MCP client on hyper's HTTP/1.1 connection API: one TCP connection per
 //! worker (keep-alive, no pool, no proxy), requests written by hand.
 
-use crate::mcp;
+use crate::mcp::{self, SseDecoder, SseEvent};
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -9,12 +9,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -140,6 +141,43 @@ impl Reply {
     }
 }
 
+/// An SSE response body, read event by event (each with the time its bytes arrived).
+pub struct SseBody {
+    body: Incoming,
+    dec: SseDecoder,
+    decoded: Vec<SseEvent>,
+    ready: VecDeque<(Instant, SseEvent)>,
+}
+
+impl SseBody {
+    pub fn new(body: Incoming) -> SseBody {
+        SseBody {
+            body,
+            dec: SseDecoder::default(),
+            decoded: Vec::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// The next event that has an id or data; `None` at the end of the body.
+    pub async fn next(&mut self) -> anyhow::Result<Option<(Instant, SseEvent)>> {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Ok(Some(ev));
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            let frame = frame.context("reading the stream")?;
+            let at = Instant::now();
+            if let Ok(data) = frame.into_data() {
+                self.dec.feed_events(&data, &mut self.decoded);
+                self.ready.extend(self.decoded.drain(..).map(|ev| (at, ev)));
+            }
+        }
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection.
 pub struct Conn {
     target: Arc<HttpTarget>,
@@ -162,7 +200,8 @@ impl Conn {
         &self.target
     }
 
-    async fn connect(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
+    /// Open a new connection (replacing the current one, if any).
+    pub async fn connect(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
         let stream = TcpStream::connect(self.target.addr)
             .await
             .with_context(|| format!("connect {}", self.target.addr))?;
@@ -206,6 +245,26 @@ impl Conn {
             h.insert("mcp-protocol-version", s.version.clone());
         }
         req
+    }
+
+    /// A `GET` of the session's server→client stream; with `last_event_id`, a resumption of the
+    /// stream that id belongs to.
+    pub fn get_request(
+        &self,
+        session: &HttpSession,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Request<Full<Bytes>>> {
+        let mut req = self.request(http::Method::GET, Some(session), Bytes::new());
+        let h = req.headers_mut();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.remove(header::CONTENT_TYPE);
+        if let Some(id) = last_event_id {
+            h.insert("last-event-id", HeaderValue::from_str(id)?);
+        }
+        Ok(req)
     }
 
     /// Send a request (connecting first if the connection is closed) and return the response
@@ -257,7 +316,12 @@ impl Conn {
 
     /// `initialize` + `notifications/initialized`: a new MCP session.
     pub async fn handshake(&mut self) -> anyhow::Result<HttpSession> {
-        let reply = self.post(None, mcp::initialize()).await?;
+        self.handshake_as(mcp::PROTOCOL_VERSION).await
+    }
+
+    /// A new MCP session, asking for protocol `version`.
+    pub async fn handshake_as(&mut self, version: &str) -> anyhow::Result<HttpSession> {
+        let reply = self.post(None, mcp::initialize_as(version)).await?;
         if reply.status != StatusCode::OK {
             bail!(
                 "initialize: HTTP {}: {}",

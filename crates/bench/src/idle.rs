@@ -87,11 +87,7 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<()> {
     let mut procs = serde_json::Map::new();
     println!(
         "{}: {} sessions opened in {open_s:.2}s ({:.0}/s); verified {verified}/{k}",
-        if a.report.label.is_empty() {
-            "idle-sessions"
-        } else {
-            &a.report.label
-        },
+        a.report.name("idle-sessions"),
         n,
         n as f64 / open_s.max(1e-9),
     );

@@ -9,6 +9,7 @@ mod http;
 mod idle;
 mod mcp;
 mod pipeline;
+mod resume;
 mod sse;
 mod stats;
 mod stdio;
@@ -42,6 +43,9 @@ enum Mode {
     IdleSessions(idle::IdleArgs),
     /// Server-sent notifications: events/s and per-event timing (`log` tool with a large count).
     Sse(sse::SseArgs),
+    /// Resuming a dropped SSE stream (GET + Last-Event-ID): time to resume, replayed events/s,
+    /// every event after the resume point exactly once.
+    Resume(resume::ResumeArgs),
     /// Time from spawning a server/proxy to its first served request.
     ColdStart(cold::ColdArgs),
     /// Session store operations per backend (memory, sqlite, redis): latency, appends/s.
@@ -88,6 +92,17 @@ pub struct ReportArgs {
     /// Process to watch (CPU, RSS; with its descendants), as NAME=PID or PID. Repeatable.
     #[arg(long = "pid", value_parser = stats::parse_pid)]
     pub pids: Vec<(String, u32)>,
+}
+
+impl ReportArgs {
+    /// The run's name in what it prints: the label, or the mode's name.
+    pub fn name<'a>(&'a self, mode: &'a str) -> &'a str {
+        if self.label.is_empty() {
+            mode
+        } else {
+            &self.label
+        }
+    }
 }
 
 pub enum Target {
@@ -141,6 +156,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Calls(a) => calls::run(a).await,
             Mode::IdleSessions(a) => idle::run(a).await,
             Mode::Sse(a) => sse::run(a).await,
+            Mode::Resume(a) => resume::run(a).await,
             Mode::ColdStart(a) => cold::run(a).await,
             Mode::Store(a) => store::run(a).await,
             Mode::Pipeline(a) => pipeline::run(a).await,

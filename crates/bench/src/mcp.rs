@@ -19,8 +19,14 @@ pub fn next_id() -> u64 {
 
 /// The `initialize` request (id 0).
 pub fn initialize() -> Bytes {
+    initialize_as(PROTOCOL_VERSION)
+}
+
+/// The `initialize` request (id 0) asking for protocol `version`.
+pub fn initialize_as(version: &str) -> Bytes {
     Bytes::from(format!(
-        r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{PROTOCOL_VERSION}","capabilities":{{}},"clientInfo":{{"name":"shadowcat-bench","version":"{}"}}}}}}"#,
+        r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":{},"capabilities":{{}},"clientInfo":{{"name":"shadowcat-bench","version":"{}"}}}}}}"#,
+        serde_json::Value::String(version.to_owned()),
         env!("CARGO_PKG_VERSION")
     ))
 }
@@ -194,19 +200,39 @@ pub fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// One SSE event: its `id` field, if it had one, and its `data` (`None` for an event without
+/// data, such as a priming event).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub data: Option<Vec<u8>>,
+}
+
 /// An incremental SSE decoder: feed bytes, get the `data` of each complete event (events without
-/// data, such as priming events and comments, are skipped). Handles LF, CRLF and CR line ends.
+/// data, such as priming events and comments, are skipped) or, with [`SseDecoder::feed_events`],
+/// the events with their ids. Handles LF, CRLF and CR line ends.
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buf: Vec<u8>,
     data: Vec<u8>,
     has_data: bool,
+    id: Option<String>,
     /// The previous chunk ended with CR: a LF starting the next one belongs to it.
     pending_cr: bool,
 }
 
 impl SseDecoder {
-    pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<Vec<u8>>) {
+    /// The data of each complete event.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) {
+        self.feed_with(chunk, &mut |ev| out.extend(ev.data));
+    }
+
+    /// Each complete event that has an id or data.
+    pub fn feed_events(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) {
+        self.feed_with(chunk, &mut |ev| out.push(ev));
+    }
+
+    fn feed_with(&mut self, mut chunk: &[u8], emit: &mut dyn FnMut(SseEvent)) {
         if self.pending_cr && chunk.first() == Some(&b'\n') {
             chunk = &chunk[1..];
         }
@@ -228,7 +254,7 @@ impl SseDecoder {
                     }
                 }
                 let line = self.buf[start..line_end].to_vec();
-                self.line(&line, out);
+                self.line(&line, emit);
                 start = i + 1;
             }
             i += 1;
@@ -236,26 +262,38 @@ impl SseDecoder {
         self.buf.drain(..start);
     }
 
-    fn line(&mut self, line: &[u8], out: &mut Vec<Vec<u8>>) {
+    fn line(&mut self, line: &[u8], emit: &mut dyn FnMut(SseEvent)) {
         if line.is_empty() {
-            if self.has_data {
-                out.push(std::mem::take(&mut self.data));
+            if self.has_data || self.id.is_some() {
+                emit(SseEvent {
+                    id: self.id.take(),
+                    data: self.has_data.then(|| std::mem::take(&mut self.data)),
+                });
             }
             self.has_data = false;
             self.data.clear();
             return;
         }
-        if let Some(rest) = line.strip_prefix(b"data") {
-            let value = match rest.first() {
-                None => &[][..],
-                Some(b':') => rest[1..].strip_prefix(b" ").unwrap_or(&rest[1..]),
-                Some(_) => return, // a field named e.g. "database"
-            };
-            if self.has_data {
-                self.data.push(b'\n');
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(0) => return, // a comment
+            Some(c) => (
+                &line[..c],
+                line[c + 1..].strip_prefix(b" ").unwrap_or(&line[c + 1..]),
+            ),
+            None => (line, &[][..]),
+        };
+        match name {
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
             }
-            self.data.extend_from_slice(value);
-            self.has_data = true;
+            b"id" if !value.contains(&0) => {
+                self.id = Some(String::from_utf8_lossy(value).into_owned());
+            }
+            _ => {}
         }
     }
 }
@@ -294,6 +332,30 @@ mod tests {
         d.feed(b":1}\r", &mut out);
         d.feed(b"\n\r\n: comment\n\ndata:x\ndata: y\r\r", &mut out);
         assert_eq!(out, vec![b"{\"a\":1}".to_vec(), b"x\ny".to_vec()]);
+    }
+
+    #[test]
+    fn sse_decoder_reports_ids_and_priming_events() {
+        let mut d = SseDecoder::default();
+        let mut out = Vec::new();
+        d.feed_events(b"id: p1.1\nretry: 1000\ndata:\n\n: c\n\nid:p1.", &mut out);
+        d.feed_events(
+            b"2\nevent: message\ndata: {}\n\ndata: x\n\nid\n\n",
+            &mut out,
+        );
+        let ev = |id: Option<&str>, data: Option<&[u8]>| SseEvent {
+            id: id.map(str::to_owned),
+            data: data.map(<[u8]>::to_vec),
+        };
+        assert_eq!(
+            out,
+            vec![
+                ev(Some("p1.1"), Some(b"")),
+                ev(Some("p1.2"), Some(b"{}")),
+                ev(None, Some(b"x")),
+                ev(Some(""), None),
+            ]
+        );
     }
 
     #[test]

@@ -34,6 +34,67 @@ pub enum Kind {
     Slow,
 }
 
+impl Kind {
+    /// The notifications the tool sends.
+    pub fn method(self) -> &'static str {
+        match self {
+            Kind::Log => "notifications/message",
+            Kind::Slow => "notifications/progress",
+        }
+    }
+
+    /// The demo server's tool.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Kind::Log => "log",
+            Kind::Slow => "slow",
+        }
+    }
+
+    /// The `tools/call` (request id `id`) that sends `count` notifications.
+    pub fn call(self, id: u64, tool: &str, count: u32) -> bytes::Bytes {
+        match self {
+            Kind::Log => mcp::log_call(id, tool, MESSAGE, count),
+            Kind::Slow => mcp::slow_call(id, tool, count),
+        }
+    }
+
+    /// The text of the tool's reply.
+    pub fn reply(self, count: u32) -> String {
+        match self {
+            Kind::Log => format!("logged {count}"),
+            Kind::Slow => format!("completed {count} steps"),
+        }
+    }
+
+    /// The index (1..=count) of one notification of call `id`, from its params; `None` when it
+    /// belongs to another request.
+    pub fn index(self, params: &str, id: u64, count: u32) -> anyhow::Result<Option<u32>> {
+        Ok(match self {
+            Kind::Log => {
+                let p: LogParams<'_> = serde_json::from_str(params).context("log params")?;
+                if count == 1 {
+                    (p.data == MESSAGE).then_some(1)
+                } else {
+                    p.data
+                        .strip_prefix(MESSAGE)
+                        .and_then(|r| r.strip_prefix(" #"))
+                        .and_then(|i| i.parse().ok())
+                }
+                .ok_or_else(|| anyhow!("unexpected log data {:?}", p.data))
+                .map(Some)?
+            }
+            Kind::Slow => {
+                let p: ProgressParams = serde_json::from_str(params).context("progress params")?;
+                if p.token.as_u64() != Some(id) {
+                    return Ok(None); // another request's progress
+                }
+                Some(p.progress as u32)
+            }
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SseArgs {
     #[command(flatten)]
@@ -126,45 +187,17 @@ impl Checker {
         self.replied && self.n_seen == self.count
     }
 
-    fn index(&self, params: &str) -> anyhow::Result<Option<u32>> {
-        Ok(match self.kind {
-            Kind::Log => {
-                let p: LogParams<'_> = serde_json::from_str(params).context("log params")?;
-                if self.count == 1 {
-                    (p.data == MESSAGE).then_some(1)
-                } else {
-                    p.data
-                        .strip_prefix(MESSAGE)
-                        .and_then(|r| r.strip_prefix(" #"))
-                        .and_then(|i| i.parse().ok())
-                }
-                .ok_or_else(|| anyhow!("unexpected log data {:?}", p.data))
-                .map(Some)?
-            }
-            Kind::Slow => {
-                let p: ProgressParams = serde_json::from_str(params).context("progress params")?;
-                if p.token.as_u64() != Some(self.id) {
-                    return Ok(None); // another request's progress
-                }
-                Some(p.progress as u32)
-            }
-        })
-    }
-
     fn event(&mut self, data: &[u8], at: Instant) -> anyhow::Result<()> {
         if data.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
         let msg = mcp::parse(data)?;
-        let method = match self.kind {
-            Kind::Log => "notifications/message",
-            Kind::Slow => "notifications/progress",
-        };
+        let method = self.kind.method();
         if msg.method.as_deref() == Some(method) {
             let params = msg
                 .params
                 .ok_or_else(|| anyhow!("{method} without params"))?;
-            let Some(i) = self.index(params.get())? else {
+            let Some(i) = self.kind.index(params.get(), self.id, self.count)? else {
                 return Ok(());
             };
             if i == 0 || i > self.count || self.seen[i as usize] {
@@ -181,10 +214,7 @@ impl Checker {
                 bail!("JSON-RPC error: {}", e.get());
             }
             let text = mcp::tool_text(msg.result.ok_or_else(|| anyhow!("no result"))?)?;
-            let want = match self.kind {
-                Kind::Log => format!("logged {}", self.count),
-                Kind::Slow => format!("completed {} steps", self.count),
-            };
+            let want = self.kind.reply(self.count);
             if text != want {
                 bail!("reply {text:?}, expected {want:?}");
             }
@@ -198,12 +228,7 @@ impl Checker {
 /// does not offer one.
 async fn open_get(conn: &Conn, session: &HttpSession) -> anyhow::Result<Option<Events>> {
     let mut c = Conn::new(conn.target().clone());
-    let mut req = c.request(::http::Method::GET, Some(session), bytes::Bytes::new());
-    req.headers_mut().insert(
-        ::http::header::ACCEPT,
-        ::http::HeaderValue::from_static("text/event-stream"),
-    );
-    req.headers_mut().remove(::http::header::CONTENT_TYPE);
+    let req = c.get_request(session, None)?;
     let resp = c.send(req).await?;
     if resp.status() != ::http::StatusCode::OK || !http::is_sse(&resp) {
         return Ok(None);
@@ -239,10 +264,7 @@ async fn one_call(
     deadline: Instant,
 ) -> anyhow::Result<CallOut> {
     let id = mcp::next_id();
-    let body = match kind {
-        Kind::Log => mcp::log_call(id, tool, MESSAGE, count),
-        Kind::Slow => mcp::slow_call(id, tool, count),
-    };
+    let body = kind.call(id, tool, count);
     let mut ck = Checker::new(kind, id, count);
     let t0 = Instant::now();
     match stream {
@@ -338,10 +360,7 @@ struct StreamOut {
 pub async fn run(a: SseArgs) -> anyhow::Result<()> {
     let target = Target::from_args(&a.target).await?;
     let timeout = Duration::from_secs_f64(a.timeout);
-    let tool = a.tool.clone().unwrap_or_else(|| match a.kind {
-        Kind::Log => "log".into(),
-        Kind::Slow => "slow".into(),
-    });
+    let tool = a.tool.clone().unwrap_or_else(|| a.kind.tool().into());
     let mut streams = Vec::new();
     let mut get_streams = 0;
     for _ in 0..a.streams.max(1) {
@@ -481,11 +500,7 @@ pub async fn run(a: SseArgs) -> anyhow::Result<()> {
     let rate = events as f64 / window.max(1e-9);
     println!(
         "{}: {} kind={:?} streams={} count={} rounds={}: {events} events in {window:.2}s = {rate:.0} events/s (median per call {median_rate:.0}/s), {} errors, {get_streams} GET streams",
-        if a.report.label.is_empty() {
-            "sse"
-        } else {
-            &a.report.label
-        },
+        a.report.name("sse"),
         Target::describe(&a.target),
         a.kind,
         a.streams,
