@@ -11,7 +11,8 @@
 //!   it into an SSE stream (held replies first).
 //! * A server request/notification related to a client request goes on that request's stream
 //!   (HTTP upstreams tell us the relation; for stdio upstreams progress notifications are matched
-//!   by progress token, and anything else goes to the only connected request stream, else the GET
+//!   by progress token, and anything else goes to the only request stream the client can still
+//!   read — connected, or dropped after it got an event id to resume from — else the GET
 //!   stream, else the newest connected request stream).
 //! * Otherwise it goes on the GET stream, logged even while no GET is connected; the next GET
 //!   replays what it missed.
@@ -335,10 +336,14 @@ impl Outbox {
         if !matches!(via, Via::Unrelated) {
             return get;
         }
+        // No relation known (stdio): a request stream the client can still read — connected,
+        // or dropped after it got an event id to resume from (disconnecting is not cancelling:
+        // 2025-11-25 clients reconnect with Last-Event-ID).
+        let live = |s: &Stream| s.connected() || s.delivered.is_some();
         let mut posts = self
             .streams
             .iter()
-            .filter(|(id, s)| &***id != GET_STREAM && s.connected());
+            .filter(|(id, s)| &***id != GET_STREAM && live(s));
         if let Some((first_id, _)) = posts.next()
             && posts.next().is_none()
         {
@@ -472,6 +477,33 @@ mod tests {
             Plan::Dropped(_)
         ));
         assert!(!o.has_open_streams());
+    }
+
+    #[test]
+    fn unrelated_messages_stay_on_a_dropped_stream_the_client_can_resume() {
+        let mut o = Outbox::new();
+        let (tx, rx) = mpsc::channel(4);
+        let sid = o.open_post(&[RequestId::Number(1)], tx);
+        let (tg, _rg) = mpsc::channel(4);
+        o.attach(GET_STREAM, tg);
+        // The only request stream, connected: related by default.
+        assert_eq!(stream_of(&o.route(f(NOTE), &Via::Unrelated, None)), &*sid);
+        o.logged(&sid, Some(Arc::from("p1.1")));
+        // Its client drops the connection after event p1.1: later messages still go to p1
+        // (logged, replayed when it resumes), not to the GET stream.
+        drop(rx);
+        assert_eq!(stream_of(&o.route(f(NOTE), &Via::Unrelated, None)), &*sid);
+        // A dropped request stream that never got an event id cannot be resumed: GET stream.
+        let mut o = Outbox::new();
+        let (tx, rx) = mpsc::channel(4);
+        o.open_post(&[RequestId::Number(1)], tx);
+        let (tg, _rg) = mpsc::channel(4);
+        o.attach(GET_STREAM, tg);
+        drop(rx);
+        assert_eq!(
+            stream_of(&o.route(f(NOTE), &Via::Unrelated, None)),
+            GET_STREAM
+        );
     }
 
     #[test]
