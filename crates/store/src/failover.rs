@@ -154,6 +154,14 @@ impl SessionStore for FailoverStore {
     async fn append_event(&self, session: &str, stream: &str, data: &[u8]) -> StoreResult<String> {
         route!(self, s => s.append_event(session, stream, data))
     }
+    async fn append_events(
+        &self,
+        session: &str,
+        stream: &str,
+        data: &[&[u8]],
+    ) -> StoreResult<Vec<String>> {
+        route!(self, s => s.append_events(session, stream, data))
+    }
     async fn events_after(
         &self,
         session: &str,

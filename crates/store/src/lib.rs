@@ -208,6 +208,21 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Append an event to `stream` of `session`; returns its id.
     async fn append_event(&self, session: &str, stream: &str, data: &[u8]) -> StoreResult<String>;
+    /// Append several events to `stream` of `session`, in order; returns their ids. Shared
+    /// backends do it in one round trip (a burst of SSE events costs one write, not one each).
+    /// On an error none or only a prefix may have been appended.
+    async fn append_events(
+        &self,
+        session: &str,
+        stream: &str,
+        data: &[&[u8]],
+    ) -> StoreResult<Vec<String>> {
+        let mut ids = Vec::with_capacity(data.len());
+        for d in data {
+            ids.push(self.append_event(session, stream, d).await?);
+        }
+        Ok(ids)
+    }
     /// The events of `stream` after the event `after` (exclusive), oldest first, at most `limit`.
     /// `after: None` reads from the start. `EventGone` if `after` is not in the log.
     async fn events_after(

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The store operations, as named in metrics.
-pub const OPS: [&str; 15] = [
+pub const OPS: [&str; 16] = [
     "create",
     "get",
     "get_many",
@@ -27,6 +27,7 @@ pub const OPS: [&str; 15] = [
     "events_after",
     "trim_events",
     "ping",
+    "append_events",
 ];
 
 /// Upper bounds (seconds) of the latency histogram's buckets; the last bucket is `+Inf`.
@@ -180,6 +181,14 @@ impl SessionStore for MeteredStore {
     }
     async fn append_event(&self, session: &str, stream: &str, data: &[u8]) -> StoreResult<String> {
         timed!(self, 11, self.inner.append_event(session, stream, data))
+    }
+    async fn append_events(
+        &self,
+        session: &str,
+        stream: &str,
+        data: &[&[u8]],
+    ) -> StoreResult<Vec<String>> {
+        timed!(self, 15, self.inner.append_events(session, stream, data))
     }
     async fn events_after(
         &self,

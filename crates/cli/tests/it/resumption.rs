@@ -4,6 +4,7 @@
 use super::harness::{Raw, Server, WAIT};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// One parsed SSE event.
 #[derive(Debug)]
@@ -140,6 +141,54 @@ async fn a_stream_cut_100_times_loses_and_duplicates_nothing() {
     let ids: Vec<&String> = events.iter().filter_map(|e| e.id.as_ref()).collect();
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no event id twice");
+}
+
+/// A client that drops a stdio server's tool-call stream early and comes back after the tool
+/// finished gets every missed log notification (more than a replay page) on that stream, in
+/// order, once, then the reply.
+#[tokio::test]
+async fn a_long_missed_stretch_is_replayed_in_pages_on_its_own_stream() {
+    const COUNT: usize = 1500;
+    let p = Server::forward_http(&["--demo", "--max-events", "5000"]).await;
+    let mut c = Raw::new(p.url());
+    c.version = "2025-11-25";
+    c.initialize().await;
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name":"log","arguments":{"message":"m","count":COUNT}}});
+    let resp = c.post_builder(call.to_string()).send().await.unwrap();
+    // The priming event and a few notifications, then the connection is dropped.
+    let (mut events, ended) = read_events(resp, Some(4)).await;
+    assert!(!ended);
+    let last = events
+        .iter()
+        .rev()
+        .find_map(|e| e.id.clone())
+        .expect("events carry ids");
+    // The tool runs to its end meanwhile; everything it sends is logged on this stream.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let resp = get_resume(&c, &last).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "resume after {last}");
+    let (more, done) = read_events(resp, None).await;
+    assert!(done, "the resumed stream ends after the reply");
+    events.extend(more);
+    let msgs: Vec<Value> = events
+        .iter()
+        .filter(|e| !e.data.is_empty())
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let logged: Vec<String> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/message")
+        .map(|m| m["params"]["data"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let expected: Vec<String> = (1..=COUNT).map(|i| format!("m #{i}")).collect();
+    assert_eq!(logged, expected, "every log notification once, in order");
+    assert_eq!(msgs.last().unwrap()["id"], json!(1), "then the reply");
+    let ids: Vec<&String> = events.iter().filter_map(|e| e.id.as_ref()).collect();
+    assert!(
+        ids.iter()
+            .all(|i| i.starts_with(last.split('.').next().unwrap()))
+    );
 }
 
 #[tokio::test]

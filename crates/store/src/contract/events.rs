@@ -88,6 +88,42 @@ pub(super) async fn append_ids_increase(store: &dyn SessionStore) {
     }
 }
 
+pub(super) async fn batches_append_in_order(store: &dyn SessionStore) {
+    let first = append_n(store, "ba-s", "main", 2).await;
+    let data: Vec<Vec<u8>> = (0..50).map(|i| format!("b{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+    let batch = store
+        .append_events("ba-s", "main", &refs)
+        .await
+        .expect("append batch");
+    assert_eq!(batch.len(), 50, "one id per event");
+    let last = append_n(store, "ba-s", "main", 1).await;
+    let all: Vec<String> = first.iter().chain(&batch).chain(&last).cloned().collect();
+    for pair in all.windows(2) {
+        assert!(
+            order_key(&pair[0]) < order_key(&pair[1]),
+            "ids must increase across single and batched appends: {} then {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let read = store
+        .events_after("ba-s", "main", Some(&first[1]), 100)
+        .await
+        .expect("events");
+    assert_eq!(ids(&read), all[2..].to_vec());
+    for (i, e) in read.iter().take(50).enumerate() {
+        assert_eq!(e.data, format!("b{i}").as_bytes());
+    }
+    assert!(
+        store
+            .append_events("ba-s", "main", &[])
+            .await
+            .expect("empty batch")
+            .is_empty()
+    );
+}
+
 pub(super) async fn streams_are_independent(store: &dyn SessionStore) {
     let mut a_ids = Vec::new();
     let mut b_ids = Vec::new();

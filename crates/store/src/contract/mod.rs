@@ -57,6 +57,7 @@ cases!(
     sessions::expire_idle_only,
     sessions::upstream_mapping_follows_updates,
     events::append_ids_increase,
+    events::batches_append_in_order,
     events::streams_are_independent,
     events::events_after_reads,
     events::unknown_event_is_gone,

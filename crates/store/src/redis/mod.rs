@@ -466,6 +466,45 @@ impl SessionStore for RedisStore {
         Ok(id)
     }
 
+    async fn append_events(
+        &self,
+        session: &str,
+        stream: &str,
+        data: &[&[u8]],
+    ) -> StoreResult<Vec<String>> {
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.events_key(session, stream);
+        let streams = self.streams_key(session);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        for d in data {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.max_events)
+                .arg("*")
+                .arg("data")
+                .arg(*d);
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.ttl_ms)
+            .ignore()
+            .cmd("SADD")
+            .arg(&streams)
+            .arg(stream)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&streams)
+            .arg(self.ttl_ms)
+            .ignore();
+        let mut conn = self.conn.clone();
+        bounded(pipe.query_async(&mut conn)).await
+    }
+
     async fn events_after(
         &self,
         session: &str,

@@ -340,6 +340,38 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn append_events(
+        &self,
+        session: &str,
+        stream: &str,
+        data: &[&[u8]],
+    ) -> StoreResult<Vec<String>> {
+        let (session, stream) = (session.to_owned(), stream.to_owned());
+        let data: Vec<Vec<u8>> = data.iter().map(|d| d.to_vec()).collect();
+        let at = to_i64(now_ms())?;
+        self.writer
+            .run(move |conn| {
+                // One transaction for the batch: one commit instead of one per event.
+                let tx = conn.transaction().map_err(sql_err)?;
+                let mut ids = Vec::with_capacity(data.len());
+                {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "INSERT INTO events (session, stream, at_ms, data) VALUES (?1, ?2, ?3, ?4)",
+                        )
+                        .map_err(sql_err)?;
+                    for d in &data {
+                        stmt.execute(params![session, stream, at, d])
+                            .map_err(sql_err)?;
+                        ids.push(tx.last_insert_rowid().to_string());
+                    }
+                }
+                tx.commit().map_err(sql_err)?;
+                Ok(ids)
+            })
+            .await
+    }
+
     async fn events_after(
         &self,
         session: &str,

@@ -74,36 +74,103 @@ impl EventLog {
         }
     }
 
-    /// Events of `stream` after the store id `after` (or from the start), up to and including
-    /// the SSE id `until` when given (or to the end of the log).
-    pub async fn replay(
+    /// Append several events of one stream in one store write; their SSE ids, in order (all
+    /// `None` when the store failed: they are then sent without ids).
+    pub async fn append_many(
+        &self,
+        session: &str,
+        stream: &str,
+        data: &[&[u8]],
+        counter: &AtomicU32,
+    ) -> Vec<Option<Arc<str>>> {
+        if let [one] = data {
+            return vec![self.append(session, stream, one, counter).await];
+        }
+        match self.store.append_events(session, stream, data).await {
+            Ok(ids) => {
+                let n = ids.len() as u32;
+                let before = counter.fetch_add(n, Ordering::Relaxed);
+                if (before % TRIM_EVERY) + n >= TRIM_EVERY
+                    && let Err(e) = self
+                        .store
+                        .trim_events(session, stream, self.retention)
+                        .await
+                {
+                    tracing::warn!(error = %e, "trimming the event log failed");
+                }
+                ids.into_iter()
+                    .map(|id| Some(Arc::from(format!("{stream}.{id}"))))
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, stream, events = data.len(), "could not log SSE events; sending them without ids");
+                vec![None; data.len()]
+            }
+        }
+    }
+
+    /// A replay of `stream` after the store id `after` (or from the start), up to and including
+    /// the SSE id `until` when given (or to the end of the log), read a page at a time.
+    pub fn replay(
         &self,
         session: &str,
         stream: &str,
         after: Option<&str>,
         until: Option<&str>,
-    ) -> Result<Vec<Replayed>, StoreError> {
-        let mut out = Vec::new();
-        let mut cursor = after.map(str::to_owned);
-        loop {
-            let page: Vec<LoggedEvent> = self
-                .store
-                .events_after(session, stream, cursor.as_deref(), REPLAY_PAGE)
-                .await?;
-            let n = page.len();
-            for ev in page {
-                let sse_id: Arc<str> = Arc::from(format!("{stream}.{}", ev.id));
-                let last = until.is_some_and(|u| u == &*sse_id);
-                cursor = Some(ev.id);
-                out.push((sse_id, ev.data));
-                if last {
-                    return Ok(out);
-                }
-            }
-            if n < REPLAY_PAGE {
-                return Ok(out);
+    ) -> Replay {
+        Replay {
+            store: self.store.clone(),
+            session: Arc::from(session),
+            stream: Arc::from(stream),
+            cursor: after.map(str::to_owned),
+            until: until.map(Arc::from),
+            done: false,
+        }
+    }
+}
+
+/// Logged events read page by page (a client that missed many is sent the first page while
+/// the next is read; none is held whole in memory).
+pub struct Replay {
+    store: Arc<dyn SessionStore>,
+    session: Arc<str>,
+    stream: Arc<str>,
+    cursor: Option<String>,
+    until: Option<Arc<str>>,
+    done: bool,
+}
+
+impl Replay {
+    /// The next events; empty when the replay is complete. `EventGone` (on the first page) when
+    /// the log no longer holds the id it starts after.
+    pub async fn next_page(&mut self) -> Result<Vec<Replayed>, StoreError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let page: Vec<LoggedEvent> = self
+            .store
+            .events_after(
+                &self.session,
+                &self.stream,
+                self.cursor.as_deref(),
+                REPLAY_PAGE,
+            )
+            .await?;
+        if page.len() < REPLAY_PAGE {
+            self.done = true;
+        }
+        let mut out = Vec::with_capacity(page.len());
+        for ev in page {
+            let sse_id: Arc<str> = Arc::from(format!("{}.{}", self.stream, ev.id));
+            let last = self.until.as_deref().is_some_and(|u| u == &*sse_id);
+            self.cursor = Some(ev.id);
+            out.push((sse_id, ev.data));
+            if last {
+                self.done = true;
+                break;
             }
         }
+        Ok(out)
     }
 }
 

@@ -72,11 +72,7 @@ impl HttpSession {
 
     /// Route a frame made by the proxy or a hook to the client and deliver it.
     pub async fn deliver(&self, frame: Frame, via: &Via, owner: Option<RequestId>) {
-        self.deliver_out(Outgoing::quiet(frame), via, owner).await;
-    }
-
-    async fn deliver_out(&self, out: Outgoing, via: &Via, owner: Option<RequestId>) {
-        let plan = self.outbox().route(out, via, owner);
+        let plan = self.outbox().route(Outgoing::quiet(frame), via, owner);
         self.execute(plan).await;
     }
 
@@ -112,9 +108,17 @@ impl HttpSession {
                 frames,
                 finish,
             } => {
-                for out in frames {
-                    let data = out.as_ref().map(|o| &o.frame.raw()[..]).unwrap_or(b"");
-                    let id = self.append_event(&stream, data).await;
+                // Logged before sent, all of them in one store write.
+                let ids = {
+                    let data: Vec<&[u8]> = frames
+                        .iter()
+                        .map(|o| o.as_ref().map(|o| &o.frame.raw()[..]).unwrap_or(b""))
+                        .collect();
+                    self.log
+                        .append_many(self.core.id(), &stream, &data, &self.appends)
+                        .await
+                };
+                for (out, id) in frames.into_iter().zip(ids) {
                     let sink = self.outbox().logged(&stream, id.clone());
                     if let Some(out) = &out {
                         self.report(out, sse_event(&stream, id.as_deref())).await;
@@ -314,22 +318,36 @@ impl Registry {
                 ev = events.recv() => ev,
                 _ = cancel.cancelled() => None,
             };
-            match ev {
-                Some(UpstreamEvent::Frame { frame, via }) => {
-                    Box::pin(route_server_frame(&s, *frame, via)).await;
-                }
-                Some(UpstreamEvent::Closed { reason, .. }) => {
-                    tracing::info!(%reason, "upstream closed; ending the session");
-                    Box::pin(async {
-                        for err in s.core.fail_pending(&reason) {
-                            s.deliver(err, &Via::Unrelated, None).await;
+            let closed = match ev {
+                Some(UpstreamEvent::Frame { frame, via }) => match events.try_recv() {
+                    Err(_) => {
+                        Box::pin(route_server_frame(&s, *frame, via)).await;
+                        continue;
+                    }
+                    Ok(next) => {
+                        // A burst waiting behind it is routed with it: events of one stream
+                        // are then logged with one store write.
+                        let (batch, closed) = burst(*frame, via, next, &mut events);
+                        Box::pin(route_server_frames(&s, batch)).await;
+                        match closed {
+                            Some(c) => c,
+                            None => continue,
                         }
-                    })
-                    .await;
-                    break;
-                }
+                    }
+                },
+                Some(closed @ UpstreamEvent::Closed { .. }) => closed,
                 None => break,
+            };
+            if let UpstreamEvent::Closed { reason, .. } = closed {
+                tracing::info!(%reason, "upstream closed; ending the session");
+                Box::pin(async {
+                    for err in s.core.fail_pending(&reason) {
+                        s.deliver(err, &Via::Unrelated, None).await;
+                    }
+                })
+                .await;
             }
+            break;
         }
         // The session is over: forget it, release its upstream, finish its streams.
         Box::pin(async {
@@ -345,8 +363,80 @@ impl Registry {
     }
 }
 
-/// One server frame: the pipeline, then the client stream it belongs on.
-async fn route_server_frame(s: &Arc<HttpSession>, frame: Frame, via: Via) {
+/// Most server frames the pump routes at once.
+const BURST: usize = 64;
+
+/// `first` and `next`, and what else is waiting on `events` (up to [`BURST`] frames); a close
+/// met on the way is returned to be handled after them.
+fn burst(
+    first: Frame,
+    via: Via,
+    next: UpstreamEvent,
+    events: &mut mpsc::Receiver<UpstreamEvent>,
+) -> (Vec<(Frame, Via)>, Option<UpstreamEvent>) {
+    let mut batch = vec![(first, via)];
+    let mut next = Some(next);
+    while let Some(ev) = next.take() {
+        match ev {
+            UpstreamEvent::Frame { frame, via } => batch.push((*frame, via)),
+            closed @ UpstreamEvent::Closed { .. } => return (batch, Some(closed)),
+        }
+        if batch.len() < BURST {
+            next = events.try_recv().ok();
+        }
+    }
+    (batch, None)
+}
+
+/// Several server frames, in order: each through the pipeline and routed; consecutive SSE
+/// events of one stream are delivered together (logged with one store write).
+async fn route_server_frames(s: &Arc<HttpSession>, batch: Vec<(Frame, Via)>) {
+    let mut pending: Option<Plan> = None;
+    for (frame, via) in batch {
+        let Some(plan) = plan_server_frame(s, frame, via).await else {
+            continue;
+        };
+        pending = match (pending.take(), plan) {
+            (
+                Some(Plan::Deliver {
+                    stream,
+                    mut frames,
+                    finish: false,
+                }),
+                Plan::Deliver {
+                    stream: next,
+                    frames: more,
+                    finish,
+                },
+            ) if stream == next => {
+                frames.extend(more);
+                Some(Plan::Deliver {
+                    stream,
+                    frames,
+                    finish,
+                })
+            }
+            (earlier, plan) => {
+                if let Some(p) = earlier {
+                    s.execute(p).await;
+                }
+                match plan {
+                    p @ Plan::Deliver { .. } => Some(p),
+                    p => {
+                        s.execute(p).await;
+                        None
+                    }
+                }
+            }
+        };
+    }
+    if let Some(p) = pending {
+        s.execute(p).await;
+    }
+}
+
+/// One server frame through the pipeline, and where it goes (nothing if a hook dropped it).
+async fn plan_server_frame(s: &Arc<HttpSession>, frame: Frame, via: Via) -> Option<Plan> {
     let owner = match (frame.kind(), frame.progress_token()) {
         (FrameKind::Notification, Some(t)) => s.core.inflight().by_progress_token(t),
         _ => None,
@@ -358,7 +448,13 @@ async fn route_server_frame(s: &Arc<HttpSession>, frame: Frame, via: Via) {
     } else {
         Transport::None
     };
-    if let Some(frame) = s.core.from_server_via(frame, transport).await {
-        s.deliver_out(Outgoing { frame, report }, &via, owner).await;
+    let frame = s.core.from_server_via(frame, transport).await?;
+    Some(s.outbox().route(Outgoing { frame, report }, &via, owner))
+}
+
+/// One server frame: the pipeline, then the client stream it belongs on.
+async fn route_server_frame(s: &Arc<HttpSession>, frame: Frame, via: Via) {
+    if let Some(plan) = plan_server_frame(s, frame, via).await {
+        s.execute(plan).await;
     }
 }

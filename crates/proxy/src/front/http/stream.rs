@@ -9,7 +9,7 @@
 //! holds (trimmed, or the session's log was lost), is answered `400` with a JSON-RPC error that
 //! says events may have been lost — never a silent gap.
 
-use super::events::{Replayed, parse_event_id};
+use super::events::{Replay, Replayed, parse_event_id};
 use super::outbox::{GET_STREAM, Out};
 use super::registry::{BusyGuard, HttpSession};
 use super::{HttpFront, Target, checks, reply, session_header};
@@ -44,6 +44,7 @@ pub fn encode(id: Option<&str>, data: &[u8], retry: Duration) -> Bytes {
 
 struct BodyState {
     first: VecDeque<Bytes>,
+    replay: Option<Replay>,
     rx: Option<mpsc::Receiver<Out>>,
     retry: Duration,
     _busy: BusyGuard,
@@ -57,8 +58,20 @@ pub fn body(
     retry: Duration,
     busy: BusyGuard,
 ) -> Body {
+    replaying_body(first, None, rx, retry, busy)
+}
+
+/// [`body`] that sends the rest of `replay` (page by page) after `first`, before `rx`.
+fn replaying_body(
+    first: VecDeque<Bytes>,
+    replay: Option<Replay>,
+    rx: Option<mpsc::Receiver<Out>>,
+    retry: Duration,
+    busy: BusyGuard,
+) -> Body {
     let state = BodyState {
         first,
+        replay,
         rx,
         retry,
         _busy: busy,
@@ -66,6 +79,22 @@ pub fn body(
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         if let Some(b) = st.first.pop_front() {
             return Some((Ok::<Bytes, std::convert::Infallible>(b), st));
+        }
+        while let Some(r) = st.replay.as_mut() {
+            match r.next_page().await {
+                Ok(page) if !page.is_empty() => {
+                    st.first = encode_replay(page, st.retry);
+                    if let Some(b) = st.first.pop_front() {
+                        return Some((Ok(b), st));
+                    }
+                }
+                Ok(_) => st.replay = None,
+                Err(e) => {
+                    // The live events that follow must not pretend nothing was missed.
+                    tracing::warn!(error = %e, "replaying the event log failed; ending the stream");
+                    return None;
+                }
+            }
         }
         loop {
             match st.rx.as_mut()?.recv().await? {
@@ -156,6 +185,7 @@ async fn open_listen(
     };
     let attached = attached.expect("the GET stream always exists");
     let mut first = VecDeque::new();
+    let mut rest = None;
     if let Some(until) = attached
         .watermark
         .as_deref()
@@ -166,22 +196,30 @@ async fn open_listen(
             .as_deref()
             .and_then(parse_event_id)
             .map(|(_, e)| e);
-        let missed = session
+        let mut missed = session
             .log()
-            .replay(session.core().id(), GET_STREAM, after, Some(until))
-            .await;
-        match missed {
-            Ok(events) => first = encode_replay(events, retry),
+            .replay(session.core().id(), GET_STREAM, after, Some(until));
+        match missed.next_page().await {
+            Ok(events) => {
+                first = encode_replay(events, retry);
+                rest = Some(missed);
+            }
             Err(e) => tracing::warn!(error = %e, "could not replay queued GET-stream events"),
         }
     }
-    if priming {
+    if priming && rest.is_none() {
         // Give the client an id to resume from even before the first event.
         let id = session.append_event(GET_STREAM, b"").await;
         first.push_back(encode(id.as_deref(), b"", retry));
         session.outbox().logged(GET_STREAM, id);
     }
-    Ok(reply::sse(body(first, Some(rx), retry, busy)))
+    Ok(reply::sse(replaying_body(
+        first,
+        rest,
+        Some(rx),
+        retry,
+        busy,
+    )))
 }
 
 /// `Last-Event-ID`: replay the stream it names after it, then continue live if still open.
@@ -203,35 +241,41 @@ async fn resume(
     let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
     let attached = session.outbox().attach(stream, tx);
     let until = attached.as_ref().map(|a| a.watermark.clone());
-    let replayed = match until {
+    let gone_or = |e| match e {
+        shadowcat_store::StoreError::EventGone(_) => gone(last, "the event log does not hold it"),
+        other => ProxyError::UpstreamConnect(format!("session store: {other}")),
+    };
+    let (replayed, rest) = match until {
         // The stream is open but nothing was ever logged on it: the id cannot be ours.
         Some(None) => return Err(gone(last, "the event log does not hold it")),
         // The client already has everything logged before this connection.
-        Some(Some(w)) if &*w == last => Vec::new(),
+        Some(Some(w)) if &*w == last => (Vec::new(), None),
         // Replay up to the watermark (later events arrive live), or to the end of the log
-        // when the stream is already finished.
-        until => session
-            .log()
-            .replay(
+        // when the stream is already finished: the first page now (an id the log no longer
+        // holds is refused before anything is sent), the rest as the client reads.
+        until => {
+            let mut replay = session.log().replay(
                 session.core().id(),
                 stream,
                 Some(event),
                 until.flatten().as_deref(),
-            )
-            .await
-            .map_err(|e| match e {
-                shadowcat_store::StoreError::EventGone(_) => {
-                    gone(last, "the event log does not hold it")
-                }
-                other => ProxyError::UpstreamConnect(format!("session store: {other}")),
-            })?,
+            );
+            let first = replay.next_page().await.map_err(gone_or)?;
+            (first, Some(replay))
+        }
     };
     tracing::info!(
         stream,
-        replayed = replayed.len(),
+        first_page = replayed.len(),
         live = attached.is_some(),
         "stream resumed"
     );
     let first = encode_replay(replayed, retry);
-    Ok(reply::sse(body(first, attached.map(|_| rx), retry, busy)))
+    Ok(reply::sse(replaying_body(
+        first,
+        rest,
+        attached.map(|_| rx),
+        retry,
+        busy,
+    )))
 }
