@@ -461,20 +461,33 @@ scenario_c() {
 }
 
 scenario_d() {
-  log "== d. SSE pass-through: notifications/message events, proxy vs direct"
+  log "== d. SSE pass-through: notifications/message events, proxy vs direct (and per session store)"
   start_demo_http d-demo || { failure "d" "demo server did not start"; return; }
   start d-proxy-http "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$DEMO_URL" \
     --max-sessions 100000 --shutdown-deadline 2
   local hp=$LAST_PID hu
   hu=$(wait_listen d-proxy-http "$hp")/mcp || { failure "d" "proxy did not start"; return; }
-  start d-proxy-stdio "$SC" --log-level warn forward http --listen 127.0.0.1:0 --max-sessions 100000 \
-    --shutdown-deadline 2 -- "$SC" demo-server
-  local sp=$LAST_PID su
-  su=$(wait_listen d-proxy-stdio "$sp")/mcp || { failure "d" "stdio proxy did not start"; return; }
+  # The stdio proxy once per session store: every SSE event is logged before it is sent.
+  declare -A sp=() su=()
+  start_redis d-redis
+  local redis_pid=$REDIS_PID sock=$REDIS_SOCK st spec
+  for st in memory sqlite redis; do
+    case $st in
+      memory) spec=memory ;;
+      sqlite) spec=sqlite:$WORK/d.db ;;
+      redis) [[ -n $sock && -S $sock ]] || continue; spec=redis+unix://$sock ;;
+    esac
+    start "d-proxy-stdio-$st" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --max-sessions 100000 \
+      --max-events 100000 --store "$spec" --shutdown-deadline 2 -- "$SC" demo-server
+    sp[$st]=$LAST_PID
+    su[$st]=$(wait_listen "d-proxy-stdio-$st" "$LAST_PID")/mcp || { failure "d" "stdio proxy ($st) did not start"; unset "sp[$st]"; }
+  done
   local r s v sse_args=(--count "$SSE_COUNT" --rounds "$SSE_CALLS" --probes "$SSE_PROBES")
+  local variants=(direct-http shadowcat-http direct-stdio)
+  for st in "${!su[@]}"; do variants+=("stdio-$st"); done
   for r in $(seq 1 "$ROUNDS"); do
     for s in $SSE_STREAMS; do
-      for v in $(rotate "$r" direct-http shadowcat-http direct-stdio shadowcat-stdio); do
+      for v in $(rotate "$r" "${variants[@]}"); do
         case $v in
           direct-http) bench "d|http|direct|streams=$s|r$r" sse --url "$DEMO_URL" --streams "$s" "${sse_args[@]}" \
             --pid "upstream=$DEMO_PID" ;;
@@ -482,13 +495,19 @@ scenario_d() {
             --pid "proxy=$hp" --pid "upstream=$DEMO_PID" ;;
           direct-stdio) bench "d|stdio|direct|streams=$s|r$r" sse --streams "$s" "${sse_args[@]}" \
             --stdio -- "$SC" demo-server ;;
-          shadowcat-stdio) bench "d|stdio|shadowcat|streams=$s|r$r" sse --url "$su" --streams "$s" "${sse_args[@]}" \
-            --pid "proxy=$sp" ;;
+          stdio-*)
+            st=${v#stdio-}
+            # The memory store is the plain `shadowcat` variant (the target row reads it).
+            local name=shadowcat
+            [[ $st == memory ]] || name=shadowcat-$st
+            bench "d|stdio|$name|streams=$s|r$r" sse --url "${su[$st]}" --streams "$s" "${sse_args[@]}" \
+              --pid "proxy=${sp[$st]}" ;;
         esac
       done
     done
   done
-  stop "$sp"
+  for v in "${sp[@]}"; do stop "$v"; done
+  [[ -n $redis_pid ]] && stop "$redis_pid"
   stop "$hp"
   stop "$DEMO_PID"
 }
