@@ -56,21 +56,27 @@ impl EventLog {
     ) -> Option<Arc<str>> {
         match self.store.append_event(session, stream, data).await {
             Ok(id) => {
-                let due = counter.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1;
-                if due
-                    && let Err(e) = self
-                        .store
-                        .trim_events(session, stream, self.retention)
-                        .await
-                {
-                    tracing::warn!(error = %e, "trimming the event log failed");
-                }
+                self.appended(session, stream, 1, counter).await;
                 Some(Arc::from(format!("{stream}.{id}")))
             }
             Err(e) => {
                 tracing::warn!(error = %e, stream, "could not log an SSE event; sending it without an id");
                 None
             }
+        }
+    }
+
+    /// `n` events were appended to `stream`: apply retention every [`TRIM_EVERY`] appends of the
+    /// session (`counter`).
+    async fn appended(&self, session: &str, stream: &str, n: u32, counter: &AtomicU32) {
+        let before = counter.fetch_add(n, Ordering::Relaxed);
+        if (before % TRIM_EVERY) + n >= TRIM_EVERY
+            && let Err(e) = self
+                .store
+                .trim_events(session, stream, self.retention)
+                .await
+        {
+            tracing::warn!(error = %e, "trimming the event log failed");
         }
     }
 
@@ -88,16 +94,8 @@ impl EventLog {
         }
         match self.store.append_events(session, stream, data).await {
             Ok(ids) => {
-                let n = ids.len() as u32;
-                let before = counter.fetch_add(n, Ordering::Relaxed);
-                if (before % TRIM_EVERY) + n >= TRIM_EVERY
-                    && let Err(e) = self
-                        .store
-                        .trim_events(session, stream, self.retention)
-                        .await
-                {
-                    tracing::warn!(error = %e, "trimming the event log failed");
-                }
+                self.appended(session, stream, ids.len() as u32, counter)
+                    .await;
                 ids.into_iter()
                     .map(|id| Some(Arc::from(format!("{stream}.{id}"))))
                     .collect()
