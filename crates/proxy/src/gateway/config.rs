@@ -1111,6 +1111,13 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("g.toml: routes[0].upstreams[0].bearer_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (bearer_env) is not set"), "{e}");
+        let e = errors(
+            "[server]\nworkers = 0\n[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n",
+        );
+        assert!(
+            e.contains("g.toml: server.workers: 0 is not between 1 and 1024"),
+            "{e}"
+        );
     }
 
     #[test]
