@@ -437,33 +437,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn append_event(&self, session: &str, stream: &str, data: &[u8]) -> StoreResult<String> {
-        let key = self.events_key(session, stream);
-        let streams = self.streams_key(session);
-        let mut pipe = ::redis::pipe();
-        pipe.atomic()
-            .cmd("XADD")
-            .arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.max_events)
-            .arg("*")
-            .arg("data")
-            .arg(data)
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(self.ttl_ms)
-            .ignore()
-            .cmd("SADD")
-            .arg(&streams)
-            .arg(stream)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&streams)
-            .arg(self.ttl_ms)
-            .ignore();
-        let mut conn = self.conn.clone();
-        let (id,): (String,) = bounded(pipe.query_async(&mut conn)).await?;
-        Ok(id)
+        let mut ids = self.append_events(session, stream, &[data]).await?;
+        ids.pop()
+            .ok_or_else(|| StoreError::Backend("XADD returned no id".into()))
     }
 
     async fn append_events(
