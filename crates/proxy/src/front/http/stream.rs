@@ -207,8 +207,9 @@ async fn open_listen(
             Err(e) => tracing::warn!(error = %e, "could not replay queued GET-stream events"),
         }
     }
-    if priming && rest.is_none() {
-        // Give the client an id to resume from even before the first event.
+    // Replayed events carry ids (and later pages of the replay must not come after a newer
+    // priming id); otherwise give the client an id to resume from before the first event.
+    if priming && first.is_empty() {
         let id = session.append_event(GET_STREAM, b"").await;
         first.push_back(encode(id.as_deref(), b"", retry));
         session.outbox().logged(GET_STREAM, id);
