@@ -49,6 +49,11 @@ pub enum ProxyError {
     /// Too many sessions.
     #[error("the proxy is at its session limit ({0}); retry later")]
     SessionLimit(usize),
+    /// The request's principal already holds as many sessions as one principal may.
+    #[error(
+        "this principal is at its session limit ({0}); end one of its sessions (DELETE) or retry later"
+    )]
+    PrincipalSessionLimit(usize),
     /// Could not start or reach the upstream.
     #[error("upstream unavailable: {0}")]
     UpstreamConnect(String),
@@ -98,6 +103,7 @@ impl ProxyError {
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_)
             | ProxyError::CircuitOpen { .. } => Side::Upstream,
+            ProxyError::PrincipalSessionLimit(_) => Side::Client,
             ProxyError::SessionLimit(_)
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_)
@@ -112,6 +118,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
                 | ProxyError::CircuitOpen { .. }
                 | ProxyError::SessionLimit(_)
+                | ProxyError::PrincipalSessionLimit(_)
                 | ProxyError::ShuttingDown
                 | ProxyError::StoreUnavailable(_)
         )
@@ -126,6 +133,7 @@ impl ProxyError {
             ProxyError::UnsupportedVersion { .. } => StatusCode::BAD_REQUEST,
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
             ProxyError::SessionLimit(_)
+            | ProxyError::PrincipalSessionLimit(_)
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_)
             | ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -158,6 +166,7 @@ impl ProxyError {
             ProxyError::UnsupportedVersion { .. } => rpc::UNSUPPORTED_VERSION,
             ProxyError::SessionNotFound => rpc::INVALID_REQUEST,
             ProxyError::SessionLimit(_)
+            | ProxyError::PrincipalSessionLimit(_)
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_)
             | ProxyError::Startup(_) => rpc::INTERNAL_ERROR,

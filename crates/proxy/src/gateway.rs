@@ -106,12 +106,8 @@ pub struct Gateway {
 
 /// What the gateway knows about one live session (for the admin API).
 pub(crate) struct SessionBinding {
-    /// Route key (registry lookups).
-    pub key: Arc<str>,
     /// Route path.
     pub route: String,
-    /// The principal of its latest request.
-    pub principal: Option<String>,
     /// The upstream it was placed on (`None`: continued for another replica).
     pub upstream: Option<String>,
 }
@@ -248,9 +244,7 @@ impl Gateway {
         let bound = self.bound();
         let b = bound.get(session)?;
         Some(SessionBinding {
-            key: b.route.key.clone(),
             route: b.route.path.clone(),
-            principal: b.principal.as_ref().map(|p| p.id.to_string()),
             upstream: b
                 .member
                 .map(|m| b.route.set.members()[m].name().to_string()),
@@ -507,6 +501,7 @@ pub async fn gateway(
         origins: OriginPolicy::new(&s.allow_origins),
         max_body: s.max_message,
         max_sessions: s.max_sessions,
+        max_sessions_per_principal: s.max_sessions_per_principal,
         idle_timeout: s.idle_timeout.0,
         shutdown_deadline: s.shutdown_deadline.0,
         upstream: UpstreamOptions {

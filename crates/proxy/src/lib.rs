@@ -27,6 +27,7 @@ pub mod record;
 pub mod runtime;
 pub mod session;
 pub mod shadow;
+pub mod sync;
 pub mod translate;
 pub mod upstream;
 

@@ -64,6 +64,10 @@ pub struct GatewayArgs {
     /// of need, so new sessions do not wait for a spawn (0..=64).
     #[arg(long, env = "SHADOWCAT_SPARES", value_name = "N")]
     pub spares: Option<u32>,
+    /// Most live sessions of one authenticated principal, every kind of session together
+    /// (overrides `server.max_sessions_per_principal`); more get 503 with Retry-After.
+    #[arg(long, env = "SHADOWCAT_MAX_SESSIONS_PER_PRINCIPAL", value_name = "N")]
+    pub max_sessions_per_principal: Option<usize>,
     #[command(flatten)]
     pub hooks: HookArgs,
     /// A stdio MCP server for /mcp (after `--`): one child per session.
@@ -94,6 +98,9 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
     };
     if let Some(w) = a.workers {
         cfg.server.workers = Some(w);
+    }
+    if let Some(n) = a.max_sessions_per_principal {
+        cfg.server.max_sessions_per_principal = Some(n);
     }
     if let Some(l) = a.listen {
         cfg.server.listen = l;

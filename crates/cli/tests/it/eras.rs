@@ -68,7 +68,7 @@ async fn modern_with(
 
 /// A 2026-07-28 request with id `id`: the `_meta` envelope (merged with `params._meta`) and
 /// the metadata headers, then `extra` headers.
-fn modern_request(
+pub(super) fn modern_request(
     url: &str,
     id: Value,
     method: &str,

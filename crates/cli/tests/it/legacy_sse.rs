@@ -33,22 +33,22 @@ async fn python_sse() -> Peer {
 }
 
 /// A raw HTTP+SSE client: GET the SSE URL, POST to the endpoint it names, read `message` events.
-struct Legacy {
+pub(super) struct Legacy {
     http: reqwest::Client,
     base: String,
     events: SseReader,
     /// The `endpoint` event's data.
-    endpoint: String,
+    pub endpoint: String,
 }
 
 impl Legacy {
-    async fn connect(base: &str, path: &str) -> Legacy {
+    pub(super) async fn connect(base: &str, path: &str) -> Legacy {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         Legacy::connect_with(http, base, path).await
     }
 
     /// [`Legacy::connect`] with a client of the caller's (default headers: credentials).
-    async fn connect_with(http: reqwest::Client, base: &str, path: &str) -> Legacy {
+    pub(super) async fn connect_with(http: reqwest::Client, base: &str, path: &str) -> Legacy {
         let resp = tokio::time::timeout(
             WAIT,
             http.get(format!("{base}{path}"))
@@ -74,12 +74,12 @@ impl Legacy {
     }
 
     /// The next event; `None` when the stream ended.
-    async fn next_event(&mut self) -> Option<SseEvent> {
+    pub(super) async fn next_event(&mut self) -> Option<SseEvent> {
         self.events.next_event().await
     }
 
     /// The next `message` event's JSON.
-    async fn next_message(&mut self) -> Value {
+    pub(super) async fn next_message(&mut self) -> Value {
         loop {
             let ev = self.next_event().await.expect("stream ended");
             if ev.event.as_deref() == Some("message") {
@@ -88,7 +88,7 @@ impl Legacy {
         }
     }
 
-    async fn post_raw(&self, endpoint: &str, content_type: &str, body: String) -> Reply {
+    pub(super) async fn post_raw(&self, endpoint: &str, content_type: &str, body: String) -> Reply {
         Raw::send(
             self.http
                 .post(format!("{}{endpoint}", self.base))
@@ -98,13 +98,13 @@ impl Legacy {
         .await
     }
 
-    async fn post(&self, body: Value) -> Reply {
+    pub(super) async fn post(&self, body: Value) -> Reply {
         self.post_raw(&self.endpoint, "application/json", body.to_string())
             .await
     }
 
     /// POST a request (202 Accepted) and read its reply from the stream.
-    async fn request(&mut self, body: Value) -> Value {
+    pub(super) async fn request(&mut self, body: Value) -> Value {
         let r = self.post(body.clone()).await;
         assert_eq!((r.status, r.body.as_str()), (202, "Accepted"), "{body}");
         loop {
@@ -115,7 +115,7 @@ impl Legacy {
         }
     }
 
-    async fn initialize(&mut self) -> Value {
+    pub(super) async fn initialize(&mut self) -> Value {
         let mut init = init_body(0, "2024-11-05");
         init["params"]["clientInfo"]["name"] = json!("raw-legacy");
         let r = self.request(init).await;
@@ -127,7 +127,7 @@ impl Legacy {
         r
     }
 
-    async fn call(&mut self, id: i64, tool: &str, args: Value) -> String {
+    pub(super) async fn call(&mut self, id: i64, tool: &str, args: Value) -> String {
         let r = self
             .request(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
                 "params":{"name":tool,"arguments":args}}))

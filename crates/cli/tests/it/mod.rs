@@ -2,6 +2,7 @@ pub mod harness;
 
 mod admin;
 mod admin_page;
+mod admission;
 mod cdp;
 mod era_matrix;
 mod eras;

@@ -1,7 +1,9 @@
 //! The gateway's state as JSON.
 //!
-//! * `GET /api/sessions` → `{"sessions":[…]}`: the live sessions of this replica (route,
-//!   principal, client, upstream, protocol version, requests in flight, times).
+//! * `GET /api/sessions` → `{"sessions":[…]}`: the live sessions of this replica, of every
+//!   kind (`streamable-http`, `legacy-sse`, `held` for 2026-07-28 clients, `adopted` from
+//!   another replica), with route, principal, client, upstream, protocol version, requests in
+//!   flight, times.
 //! * `GET /api/sessions/{id}` → one of them, with its client capabilities and upstream
 //!   session id; `404` when it is not live here.
 //! * `DELETE /api/sessions/{id}` → end it: its upstream is shut down (a stdio child is
@@ -70,18 +72,23 @@ fn session_json(
     rec: Option<&SessionRecord>,
     detail: bool,
 ) -> Option<Value> {
-    let b = gw.binding(id)?;
-    let s = front.registry().get(id, &b.key)?;
-    let core = s.core();
+    let entry = front.host().get(id)?;
+    let core = entry.session()?;
+    let b = gw.binding(id);
     let client = rec.and_then(|r| r.client_info.as_ref());
     let upstream = b
-        .upstream
+        .as_ref()
+        .and_then(|b| b.upstream.clone())
         .or_else(|| rec.map(|r| r.upstream.clone()))
         .unwrap_or_else(|| core.spec().describe());
+    let route = b
+        .map(|b| b.route)
+        .unwrap_or_else(|| entry.route.to_string());
     let mut v = json!({
         "id": id,
-        "route": b.route,
-        "principal": b.principal,
+        "kind": entry.kind.as_str(),
+        "route": route,
+        "principal": core.principal(),
         "upstream": shown(&upstream),
         "protocol_version": core.protocol_version(),
         "client": client.map(|c| json!({"name": c.get("name"), "version": c.get("version")})),
@@ -103,10 +110,10 @@ fn session_json(
 async fn list(axum::extract::State(a): Shared) -> Answer {
     let (gw, front) = running(&a)?;
     let ids: Vec<String> = front
-        .registry()
-        .ids()
+        .host()
+        .entries()
         .iter()
-        .map(|i| i.to_string())
+        .map(|(id, _)| id.to_string())
         .collect();
     // The store adds what the front does not keep (client info, times); it may be down.
     let records = match front.registry().records().store().get_many(&ids).await {
@@ -149,9 +156,14 @@ fn not_live(id: &str) -> Refused {
 }
 
 async fn kill(axum::extract::State(a): Shared, Path(id): Path<String>) -> Answer {
-    let (gw, front) = running(&a)?;
-    if gw.binding(&id).is_none() || !front.registry().end(&id).await {
+    let (_, front) = running(&a)?;
+    let Some(session) = front.host().get(&id).and_then(|e| e.session()) else {
         return Err(not_live(&id));
+    };
+    // A Streamable HTTP session's front closes its streams too; the others end with their
+    // upstream (their pump sees it and closes the client's stream).
+    if !front.registry().end(&id).await {
+        session.shutdown().await;
     }
     tracing::info!(session = %id, "session ended through the admin API");
     Ok(json(StatusCode::OK, json!({ "ended": id })))
@@ -218,8 +230,9 @@ async fn metrics(axum::extract::State(a): Shared) -> Answer {
             "rate_limited_total": t.rate_limited,
             "auth_failures_total": t.auth_failures,
             "authz_denied_total": t.authz_denied,
-            "active_sessions": front.registry().len(),
-            "max_sessions": front.registry().max(),
+            "active_sessions": front.host().len(),
+            "max_sessions": front.host().limits().max_sessions,
+            "max_sessions_per_principal": front.host().limits().max_per_principal,
             "inflight": front.registry().inflight(),
             "store": {"backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages},
         }),

@@ -218,9 +218,13 @@ pub struct ServerConfig {
     /// This replica's id in the store (default: the host name).
     #[serde(default)]
     pub replica_id: Option<String>,
-    /// Most live sessions.
+    /// Most live sessions of every kind together (Streamable HTTP, legacy HTTP+SSE, sessions
+    /// held for 2026-07-28 clients, sessions adopted from another replica).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Most live sessions of one authenticated principal (default: no per-principal limit).
+    #[serde(default)]
+    pub max_sessions_per_principal: Option<usize>,
     /// Idle sessions are reaped after this long.
     #[serde(default = "default_idle")]
     pub idle_timeout: Dur,
@@ -257,6 +261,7 @@ impl Default for ServerConfig {
             on_store_outage: default_outage(),
             replica_id: None,
             max_sessions: default_max_sessions(),
+            max_sessions_per_principal: None,
             idle_timeout: default_idle(),
             shutdown_deadline: default_deadline(),
             shutdown_grace: default_grace(),

@@ -254,7 +254,7 @@ impl Gateway {
             }
         }
         Snapshot {
-            active_sessions: front.registry().len(),
+            active_sessions: front.host().len(),
             store_healthy: h.healthy || h.degraded,
             store_backend: store.backend(),
             store_ops: store.op_samples(),

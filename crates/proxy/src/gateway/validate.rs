@@ -72,6 +72,12 @@ impl GatewayConfig {
         if s.max_sessions == 0 {
             bad("server.max_sessions".into(), "must be at least 1".into());
         }
+        if s.max_sessions_per_principal == Some(0) {
+            bad(
+                "server.max_sessions_per_principal".into(),
+                "must be at least 1 (leave it out for no per-principal limit)".into(),
+            );
+        }
         if let Some(w) = s.workers
             && !(1..=1024).contains(&w)
         {

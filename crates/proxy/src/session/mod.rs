@@ -2,9 +2,11 @@
 //! negotiated protocol version, tracks the client's in-flight requests (so that a dying upstream
 //! turns each into a JSON-RPC error, never silence) and runs the pipeline on every frame.
 
+pub mod host;
 mod id;
 mod inflight;
 
+pub use host::{Host, Kind, Slot};
 pub use id::mint_session_id;
 pub use inflight::Inflight;
 
@@ -51,6 +53,8 @@ pub struct Session {
     loopback: mpsc::WeakSender<UpstreamEvent>,
     /// Wakes the request-timeout sweeper when a request goes upstream.
     sent: Arc<Notify>,
+    /// Its place in the session host (given back when the session shuts down).
+    slot: std::sync::Mutex<Option<Slot>>,
 }
 
 impl Session {
@@ -95,6 +99,7 @@ impl Session {
             guard,
             loopback: opened.loopback,
             sent: Arc::new(Notify::new()),
+            slot: std::sync::Mutex::new(None),
         });
         if let Some(timeout) = s.guard.as_ref().and_then(|g| g.request_timeout()) {
             let sweeper = sweep(
@@ -136,6 +141,17 @@ impl Session {
     /// Tracks the tasks of this session (and of its upstream).
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
+    }
+
+    /// Take the place reserved for this session in the host ([`Host::reserve`]): the session
+    /// is bound to the slot's principal and listed in the host's table as a `kind` session of
+    /// `route` until it shuts down.
+    pub fn admit(self: &Arc<Self>, mut slot: Slot, kind: Kind, route: Arc<str>) {
+        if let Some(p) = slot.principal() {
+            self.set_principal(p);
+        }
+        slot.list(self, kind, route);
+        *crate::sync::lock(&self.slot) = Some(slot);
     }
 
     /// Bind the session to the authenticated principal that created it (the gateway does, before
@@ -389,6 +405,8 @@ impl Session {
         self.upstream.shutdown().await;
         self.pipeline.session_ended(&self.id);
         self.cancel.cancel();
+        // The upstream is released: its place in the host is free again.
+        crate::sync::lock(&self.slot).take();
     }
 }
 

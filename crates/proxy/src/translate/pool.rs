@@ -10,7 +10,7 @@ use super::handshake;
 use super::held::Held;
 use crate::error::ProxyError;
 use crate::front::http::{HttpFront, Target};
-use crate::session::{Session, mint_session_id};
+use crate::session::{Kind, Session, mint_session_id};
 use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -116,13 +116,8 @@ async fn create(
     env: &Envelope,
     key: Arc<str>,
 ) -> Result<Arc<Held>, ProxyError> {
-    if front.is_shutting_down() {
-        return Err(ProxyError::ShuttingDown);
-    }
-    let max = front.config().max_sessions;
-    if front.registry().len() + pool.len() >= max {
-        return Err(ProxyError::SessionLimit(max));
-    }
+    // Held sessions count against the front's limits like any other session.
+    let slot = front.reserve(target)?;
     let id = mint_session_id();
     let params = handshake::initialize_params(env);
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":params});
@@ -160,6 +155,7 @@ async fn create(
             }
         }
     };
+    core.admit(slot, Kind::Held, target.key.clone());
     let held = Held::new(core, key);
     let upstream = held.core().spec().describe();
     tracing::info!(session = %id, %upstream, "holding a session-based session for 2026-07-28 clients");

@@ -24,6 +24,8 @@ pub use registry::Registry;
 use crate::error::ProxyError;
 use crate::pipeline::Pipeline;
 use crate::runtime::Workers;
+use crate::session::host::Limits;
+use crate::session::{Host, Slot};
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use axum::body::Body;
 use axum::extract::Request;
@@ -63,8 +65,10 @@ pub struct HttpFrontConfig {
     pub origins: OriginPolicy,
     /// Largest request body accepted (413 above).
     pub max_body: usize,
-    /// Most live sessions (503 + Retry-After above).
+    /// Most live sessions of every kind together (503 + Retry-After above).
     pub max_sessions: usize,
+    /// Most live sessions of one authenticated principal (gateway; `None`: no such limit).
+    pub max_sessions_per_principal: Option<usize>,
     /// Sessions idle this long are reaped and their upstream released.
     pub idle_timeout: Duration,
     /// SSE events kept per stream for resumption (and for a GET stream that is not connected).
@@ -95,6 +99,7 @@ impl Default for HttpFrontConfig {
             origins: OriginPolicy::default(),
             max_body: 10 * 1024 * 1024,
             max_sessions: 1000,
+            max_sessions_per_principal: None,
             idle_timeout: Duration::from_secs(600),
             retention: Retention {
                 max_events: Some(1000),
@@ -114,10 +119,15 @@ impl Default for HttpFrontConfig {
 /// Shared state of a running HTTP front.
 pub struct HttpFront {
     config: HttpFrontConfig,
+    /// Every live session of every kind, and admission.
+    host: Arc<Host>,
     registry: Arc<Registry>,
     pipeline: Pipeline,
     http: HttpClient,
+    /// Fires when shutdown begins (stop accepting, drain).
     cancel: CancellationToken,
+    /// Fires once the drain is over: the parent of every session's token.
+    sessions_cancel: CancellationToken,
     tracker: TaskTracker,
     /// The legacy HTTP+SSE endpoints (`/sse`, `/message`) on the same listener.
     legacy: crate::front::sse::LegacyFront,
@@ -165,21 +175,28 @@ impl HttpFront {
             &tracker,
             cancel.clone(),
         );
-        let registry = Arc::new(Registry::new(config.max_sessions, log, Arc::new(records)));
+        let registry = Arc::new(Registry::new(log, Arc::new(records)));
+        let host = Host::new(Limits {
+            max_sessions: config.max_sessions,
+            max_per_principal: config.max_sessions_per_principal,
+        });
+        let sessions_cancel = CancellationToken::new();
         let legacy = crate::front::sse::LegacyFront::new(
             &config,
             registry.clone(),
             pipeline.clone(),
             http.clone(),
-            cancel.clone(),
+            sessions_cancel.clone(),
             tracker.clone(),
         );
         Ok(Arc::new(HttpFront {
             config,
+            host,
             registry,
             pipeline,
             http,
             cancel,
+            sessions_cancel,
             tracker,
             legacy,
             translations: Arc::default(),
@@ -207,9 +224,20 @@ impl HttpFront {
         &self.translations
     }
 
-    /// The live sessions.
+    /// The live Streamable HTTP sessions (the front's own view: outboxes, event logs).
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Every live session of every kind, and admission.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Reserve a place for a new session of `target`'s principal (see [`Host::reserve`]).
+    pub(crate) fn reserve(&self, target: &Target) -> Result<Slot, ProxyError> {
+        self.host
+            .reserve(target.gateway.as_ref().and_then(|g| g.principal()))
     }
 
     /// True once shutdown has begun.
@@ -226,7 +254,7 @@ impl HttpFront {
     pub(crate) fn upstream_ctx(&self, session: &Arc<str>) -> UpstreamCtx {
         UpstreamCtx {
             session: session.clone(),
-            cancel: self.cancel.child_token(),
+            cancel: self.sessions_cancel.child_token(),
             tracker: self.tracker.clone(),
             http: self.http.clone(),
             options: self.config.upstream.clone(),
@@ -264,19 +292,25 @@ impl HttpFront {
             .tracker
             .spawn(listen::accept(self.clone(), listener, conns.clone()));
         self.cancel.cancelled().await;
-        tracing::info!(
-            sessions = self.registry.len(),
-            "shutting down the HTTP front"
-        );
+        // No new session from here on; the live ones (of every kind) finish what is in flight.
+        self.host.close();
+        tracing::info!(sessions = self.host.len(), "shutting down the HTTP front");
         let deadline = tokio::time::Instant::now() + self.config.shutdown_deadline;
-        while self.registry.inflight() > 0 && tokio::time::Instant::now() < deadline {
+        while self.host.inflight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let ends = self.registry.ids().into_iter().map(|id| {
+        let ends = self.host.entries().into_iter().map(|(id, entry)| {
             let reg = self.registry.clone();
-            async move { reg.end(&id).await }
+            async move {
+                if !reg.end(&id).await
+                    && let Some(s) = entry.session()
+                {
+                    s.shutdown().await;
+                }
+            }
         });
         futures_util::future::join_all(ends).await;
+        self.sessions_cancel.cancel();
         let _ = reaper.await;
         let _ = accept.await;
         conns.close();
@@ -402,7 +436,7 @@ fn health(front: &HttpFront) -> Response {
     let ok = h.healthy || h.degraded;
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
-        "sessions": front.registry.len(),
+        "sessions": front.host.len(),
         "store": { "backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages },
     });
     let status = if ok {

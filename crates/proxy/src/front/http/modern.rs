@@ -203,7 +203,11 @@ async fn serve(
         },
         None => None,
     };
-    let ctx = FrameCtx::new("-", Direction::ClientToServer);
+    // No session: the request's own principal is what `principal =` rules match.
+    let ctx = FrameCtx {
+        principal: target.gateway.as_ref().and_then(|g| g.principal()),
+        ..FrameCtx::new("-", Direction::ClientToServer)
+    };
     let frame = match front.pipeline.process(&ctx, frame).await {
         Outcome::Forward(f) => f,
         Outcome::Reply(answer) => {

@@ -9,7 +9,7 @@ use super::stream::{STREAM_CAPACITY, body, encode};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
 use crate::pipeline::{HttpMeta, Transport};
-use crate::session::{Sent, Session, mint_session_id};
+use crate::session::{Kind, Sent, Session, mint_session_id};
 use crate::upstream::Via;
 use axum::body::Body;
 use axum::extract::Request;
@@ -167,20 +167,14 @@ async fn create_session(
     init: &Frame,
     tried: &[usize],
 ) -> Result<Arc<HttpSession>, ProxyError> {
-    if front.cancel.is_cancelled() {
-        return Err(ProxyError::ShuttingDown);
-    }
-    if !front.registry.has_room() {
-        return Err(ProxyError::SessionLimit(front.registry.max()));
-    }
+    // Admission first: nothing is recorded or spawned for a session over a limit.
+    let slot = front.reserve(&target)?;
     let id = mint_session_id();
     tracing::Span::current().record("session", &*id);
     if let Some(g) = &target.gateway {
         // Gateway: the route's upstream set places the session (failing over if need be).
         let (core, events) = g.connect(front, &id, init, tried).await?;
-        if let Some(p) = g.principal() {
-            core.set_principal(p);
-        }
+        core.admit(slot, Kind::Streamable, target.key.clone());
         tracing::info!(upstream = %core.spec().describe(), "session created");
         return Ok(front.registry.insert(core, target.key, events));
     }
@@ -197,6 +191,7 @@ async fn create_session(
             return Err(e);
         }
     };
+    core.admit(slot, Kind::Streamable, target.key.clone());
     tracing::info!(%upstream, "session created");
     Ok(front.registry.insert(core, target.key, events))
 }

@@ -179,17 +179,15 @@ impl Drop for BusyGuard {
 /// All live sessions of one HTTP front.
 pub struct Registry {
     map: Mutex<HashMap<Arc<str>, Arc<HttpSession>>>,
-    max: usize,
     log: Arc<EventLog>,
     records: Arc<Records>,
 }
 
 impl Registry {
-    /// A registry holding at most `max` sessions, logging SSE events to `log`.
-    pub fn new(max: usize, log: Arc<EventLog>, records: Arc<Records>) -> Self {
+    /// A registry logging SSE events to `log` (the session limit is the host's).
+    pub fn new(log: Arc<EventLog>, records: Arc<Records>) -> Self {
         Registry {
             map: Mutex::new(HashMap::new()),
-            max,
             log,
             records,
         }
@@ -212,16 +210,6 @@ impl Registry {
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Whether another session may be created.
-    pub fn has_room(&self) -> bool {
-        self.len() < self.max
-    }
-
-    /// The configured session limit.
-    pub fn max(&self) -> usize {
-        self.max
     }
 
     /// Find a session; it must belong to `route` (another route's id is unknown here).

@@ -10,7 +10,7 @@
 
 use super::{HttpFront, Target};
 use crate::error::ProxyError;
-use crate::session::Session;
+use crate::session::{Kind, Session};
 use crate::upstream::UpstreamSpec;
 use axum::body::Body;
 use axum::extract::Request;
@@ -121,15 +121,15 @@ async fn adopt(
     version: Option<String>,
     upstream_sid: Option<String>,
 ) -> Result<Located, ProxyError> {
+    // An adopted session counts like any other (the gateway checked that it belongs to this
+    // request's principal, whom the slot binds it to).
+    let slot = front.reserve(target)?;
     let sid: Arc<str> = Arc::from(id);
     let ctx = front.upstream_ctx(&sid);
     let (core, events) =
         Session::connect(sid, target.spec.clone(), front.pipeline.clone(), ctx).await?;
     core.restore(version.as_deref(), upstream_sid.as_deref());
-    // The gateway checked that the session belongs to this request's principal.
-    if let Some(p) = target.gateway.as_ref().and_then(|g| g.principal()) {
-        core.set_principal(p);
-    }
+    core.admit(slot, Kind::Adopted, target.key.clone());
     match front
         .registry
         .insert_new(core.clone(), target.key.clone(), events)

@@ -22,6 +22,7 @@ pub fn error(e: &ProxyError, id: Option<&RequestId>) -> Response {
     let mut r = json_response(status, body);
     match e {
         ProxyError::SessionLimit(_)
+        | ProxyError::PrincipalSessionLimit(_)
         | ProxyError::ShuttingDown
         | ProxyError::StoreUnavailable(_) => {
             r.headers_mut()

@@ -38,7 +38,7 @@ use crate::error::ProxyError;
 use crate::front::http::{HttpFront, HttpFrontConfig, Registry, Targets};
 use crate::gateway::Gateway;
 use crate::pipeline::Pipeline;
-use crate::session::{Sent, Session, mint_session_id};
+use crate::session::{Kind, Sent, Session, mint_session_id};
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use axum::body::Body;
 use axum::extract::Request;
@@ -124,7 +124,6 @@ struct Shared {
     /// Gateway mode: routes, placement and principals come from the gateway.
     gateway: Option<Arc<Gateway>>,
     max_body: usize,
-    max_sessions: usize,
     upstream: UpstreamOptions,
     registry: Arc<Registry>,
     pipeline: Pipeline,
@@ -151,7 +150,6 @@ impl LegacyFront {
                 allow_absolute_uri: config.allow_absolute_uri,
                 gateway: config.gateway.clone(),
                 max_body: config.max_body,
-                max_sessions: config.max_sessions,
                 upstream: config.upstream.clone(),
                 registry,
                 pipeline,
@@ -238,12 +236,12 @@ impl Shared {
             Some(g) => Place::Gateway(g),
             None => Place::Spec(self.spec(&route)?),
         };
-        if self.cancel.is_cancelled() {
-            return Err(ProxyError::ShuttingDown);
-        }
-        if self.registry.len() + self.lock().len() >= self.max_sessions {
-            return Err(ProxyError::SessionLimit(self.max_sessions));
-        }
+        // Admission first: nothing is recorded or spawned for a session over a limit.
+        let principal = match &place {
+            Place::Gateway(g) => g.principal(),
+            Place::Spec(_) => None,
+        };
+        let slot = front.host().reserve(principal)?;
         let id = mint_session_id();
         tracing::Span::current().record("session", &*id);
         let records = self.registry.records();
@@ -282,6 +280,7 @@ impl Shared {
                 return Err(e);
             }
         };
+        core.admit(slot, Kind::Legacy, route.clone());
         let upstream = core.spec().describe();
         let (session, rx) = LegacySession::new(core, route.clone(), STREAM_CAPACITY);
         self.lock().insert(id.clone(), session.clone());
