@@ -642,3 +642,70 @@ tools = ["add", "count"]
         assert_eq!(text_of(&r, &json!(1)), "ok", "{route}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_modern_answers_pass_through_rules_and_into_the_tape() {
+    let py = Peer::python(PyEra::Dual).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+direction = "server"
+kind = "response"
+when = [{ pointer = "/result/content/0/text", contains = "hello" }]
+action = "modify"
+set = { "/result/content/0/text" = "seen by a rule" }
+"#,
+    )
+    .unwrap();
+    let tape = dir.path().join("modern.jsonl");
+    let (rules, t) = (rules.display().to_string(), tape.display().to_string());
+    let p = Server::forward_http(&["--target", &py.url, "--rules", &rules, "--record", &t]).await;
+    let url = p.url();
+    // Relayed as they are (the server serves 2026-07-28): the rule sees the answers.
+    let call = |msg: &'static str| {
+        modern(
+            &url,
+            "tools/call",
+            Some("echo"),
+            json!({"arguments": {"message": msg}}),
+        )
+    };
+    let r = call("hello").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(text_of(&r, &json!(1)), "seen by a rule");
+    let r = call("other").await;
+    assert_eq!(text_of(&r, &json!(1)), "other");
+    assert_eq!(p.terminate().await, Some(0));
+
+    // The tape holds the requests and their answers.
+    let text = std::fs::read_to_string(&tape).unwrap();
+    let frames: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "frame")
+        .collect();
+    let calls = frames
+        .iter()
+        .filter(|f| f["dir"] == "c2s" && f["message"]["method"] == "tools/call")
+        .count();
+    let answers: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["dir"] == "s2c" && f["message"]["id"] == json!(1))
+        .collect();
+    assert_eq!((calls, answers.len()), (2, 2), "{text}");
+    assert_eq!(
+        answers[0]["message"]["result"]["content"][0]["text"], "seen by a rule",
+        "{text}"
+    );
+    assert_eq!(
+        frames
+            .iter()
+            .find(|f| f["dir"] == "c2s")
+            .map(|f| f["transport"]["headers"]["mcp-method"].clone()),
+        Some(json!("tools/call")),
+        "{text}"
+    );
+}

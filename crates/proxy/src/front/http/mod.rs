@@ -4,6 +4,7 @@
 //! `allow_absolute_uri`, absolute-form request URIs (`POST http://host/mcp HTTP/1.1`) select an
 //! HTTP upstream per request, as a forward proxy does. Each session gets its own upstream.
 
+mod answers;
 pub(crate) mod checks;
 mod events;
 mod listen;

@@ -19,9 +19,10 @@
 //! * Tape replays (recorded sessions) answer 400 + -32022 listing the session-based versions,
 //!   which makes dual-era clients fall back to `initialize`.
 
+use super::answers;
 use super::{HttpFront, Target, reply};
 use crate::error::ProxyError;
-use crate::pipeline::{Direction, FrameCtx, Outcome};
+use crate::pipeline::{Direction, FrameCtx, HttpMeta, Outcome, Transport as PipeTransport};
 use crate::upstream::credentials::{self, Credentials, SendError};
 use crate::upstream::detect::{self, Transport};
 use crate::upstream::{UpstreamSpec, client};
@@ -36,6 +37,7 @@ use shadowcat_proto::era::{
 use shadowcat_proto::error::{HEADER_MISMATCH, INVALID_REQUEST};
 use shadowcat_proto::sse::{SseDecoder, encode_event};
 use shadowcat_proto::{Frame, FrameKind, Message, header_value};
+use std::sync::Arc;
 use tokio_util::codec::Decoder;
 
 fn mismatch(frame: &Frame, msg: String) -> ProxyError {
@@ -203,9 +205,24 @@ async fn serve(
         },
         None => None,
     };
-    // No session: the request's own principal is what `principal =` rules match.
+    // No session: the request's own principal is what `principal =` rules match, and its
+    // answers pass through the hooks here (answers.rs).
+    let principal = target.gateway.as_ref().and_then(|g| g.principal());
+    let asker = answers::Asker {
+        pipeline: front.pipeline.clone(),
+        principal: principal.map(Arc::from),
+        id: frame.id().cloned(),
+        limit: front.config.upstream.max_message,
+    };
     let ctx = FrameCtx {
-        principal: target.gateway.as_ref().and_then(|g| g.principal()),
+        principal,
+        transport: PipeTransport::Http(HttpMeta {
+            method: "POST",
+            status: None,
+            content_type: None,
+            headers: Some(&headers),
+            sse_id: None,
+        }),
         ..FrameCtx::new("-", Direction::ClientToServer)
     };
     let frame = match front.pipeline.process(&ctx, frame).await {
@@ -216,6 +233,7 @@ async fn serve(
         Outcome::Drop => return Ok(reply::accepted()),
     };
     let answer = relay(front, &url, &extra, credentials.as_ref(), &headers, frame).await?;
+    let answer = answers::through_pipeline(answer, asker).await;
     match list {
         Some((g, list)) => {
             let limit = front.config.upstream.max_message;

@@ -1,0 +1,159 @@
+//! The answers of relayed 2026-07-28 requests through the pipeline (server → client), as they
+//! stream: SSE event by event, a JSON body whole. A relayed request has no session, so this is
+//! where hooks (interceptor rules, the recorder, the live traffic view) see its answers. With
+//! no hooks the answer is not touched.
+
+use crate::pipeline::{Direction, FrameCtx, HttpMeta, Outcome, Pipeline, Transport};
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::header;
+use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
+use shadowcat_proto::sse::{SseDecoder, encode_event};
+use shadowcat_proto::{Frame, RequestId};
+use std::sync::Arc;
+use tokio_util::codec::Decoder;
+
+/// Who asked, for the hooks' context.
+#[derive(Clone)]
+pub(super) struct Asker {
+    pub pipeline: Pipeline,
+    pub principal: Option<Arc<str>>,
+    /// The request's id (a withheld JSON answer becomes an error for it).
+    pub id: Option<RequestId>,
+    /// Largest message read.
+    pub limit: usize,
+}
+
+impl Asker {
+    /// Run the hooks on one server message; `None` when a hook withheld it.
+    async fn process(&self, frame: Frame, transport: Transport<'_>) -> Option<Frame> {
+        let ctx = FrameCtx {
+            principal: self.principal.as_deref(),
+            transport,
+            ..FrameCtx::new("-", Direction::ServerToClient)
+        };
+        match self.pipeline.process(&ctx, frame).await {
+            Outcome::Forward(f) => Some(f),
+            // "Answer the sender" has no sender to answer here: the message is withheld.
+            Outcome::Reply(_) | Outcome::Drop => None,
+        }
+    }
+}
+
+fn http_meta<'a>(content_type: &'static str, sse_id: Option<&'a str>) -> Transport<'a> {
+    Transport::Http(HttpMeta {
+        method: "POST",
+        status: Some(200),
+        content_type: Some(content_type),
+        headers: None,
+        sse_id,
+    })
+}
+
+/// `answer` with every message passed through the hooks.
+pub(super) async fn through_pipeline(answer: Response, asker: Asker) -> Response {
+    if asker.pipeline.is_empty() || !answer.status().is_success() {
+        return answer;
+    }
+    let sse = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let (mut parts, body) = answer.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = if sse {
+        sse_body(body, asker)
+    } else {
+        Body::from(json_body(body, asker).await)
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A JSON answer, read whole (up to the limit), through the hooks.
+async fn json_body(body: Body, asker: Asker) -> Bytes {
+    let failed = |why: &str| error_frame(asker.id.as_ref(), UPSTREAM_ERROR, why).into_raw();
+    let bytes = match axum::body::to_bytes(body, asker.limit).await {
+        Ok(b) => b,
+        Err(e) => return failed(&format!("the upstream's answer could not be read: {e}")),
+    };
+    // Fail closed: what the hooks cannot examine does not reach the client.
+    let frame = match Frame::parse_single(bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            return failed(&format!(
+                "the upstream's answer is not a JSON-RPC message: {e}"
+            ));
+        }
+    };
+    match asker
+        .process(frame, http_meta("application/json", None))
+        .await
+    {
+        Some(f) => f.into_raw(),
+        None => failed("the upstream's answer was withheld by a proxy rule"),
+    }
+}
+
+struct SseState {
+    data: axum::body::BodyDataStream,
+    buf: BytesMut,
+    decoder: SseDecoder,
+    asker: Asker,
+    done: bool,
+}
+
+/// An SSE answer, event by event as they arrive, each event's message through the hooks.
+fn sse_body(body: Body, asker: Asker) -> Body {
+    let state = SseState {
+        data: body.into_data_stream(),
+        buf: BytesMut::new(),
+        decoder: SseDecoder::new(asker.limit),
+        asker,
+        done: false,
+    };
+    let events = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            match s.decoder.decode(&mut s.buf) {
+                Ok(Some(ev)) => {
+                    let Some(data) = ev.data.as_deref().filter(|d| !d.trim().is_empty()) else {
+                        // Comments, priming events: nothing for the hooks.
+                        return Some((Ok::<_, std::io::Error>(ev.raw), s));
+                    };
+                    let frame = match Frame::parse_single(Bytes::copy_from_slice(data.as_bytes())) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            // Fail closed: an event the hooks cannot examine is not relayed.
+                            tracing::warn!(error = %e, "a relayed 2026-07-28 answer event is not JSON-RPC; not relayed");
+                            continue;
+                        }
+                    };
+                    let transport = http_meta("text/event-stream", ev.id.as_deref());
+                    let Some(f) = s.asker.process(frame, transport).await else {
+                        continue;
+                    };
+                    let text = String::from_utf8_lossy(f.raw());
+                    let out = encode_event(ev.id.as_deref(), ev.event.as_deref(), &text, ev.retry);
+                    return Some((Ok(out), s));
+                }
+                Ok(None) => match s.data.next().await {
+                    Some(Ok(chunk)) => s.buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        s.done = true;
+                        return Some((Err(std::io::Error::other(e)), s));
+                    }
+                    None => return None,
+                },
+                Err(e) => {
+                    s.done = true;
+                    return Some((Err(std::io::Error::other(e)), s));
+                }
+            }
+        }
+    });
+    Body::from_stream(events)
+}
