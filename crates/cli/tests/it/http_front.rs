@@ -385,3 +385,52 @@ async fn a_refused_body_closes_the_connection_and_says_so() {
     c.initialize().await;
     assert_eq!(c.call_tool(2, "echo", json!({"message": "after"})).await, "after");
 }
+
+/// A repeated `Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` or
+/// `Mcp-Param-*` header is refused with 400 and a JSON-RPC error naming it, on POST, GET and
+/// DELETE alike: the proxy would check one value and forward them all.
+#[tokio::test]
+async fn repeated_mcp_headers_are_refused_on_every_method() {
+    let p = proxy().await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    let sid = c.session.clone().unwrap();
+    let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"}).to_string();
+    let refused = |r: &super::harness::Reply, name: &str| {
+        assert_eq!((r.status, r.rpc_code()), (400, -32600), "{name}: {}", r.body);
+        assert!(r.body.contains(&format!("`{name}` header is sent more than once")), "{}", r.body);
+    };
+    // POST: post_builder already sends the session id and version once.
+    for (name, value) in [
+        ("mcp-session-id", "0123456789abcdef0123456789abcdef"),
+        ("mcp-protocol-version", "2025-03-26"),
+    ] {
+        let r = Raw::send(c.post_builder(ping.clone()).header(name, value)).await;
+        refused(&r, name);
+    }
+    for name in ["mcp-method", "mcp-name", "mcp-param-region"] {
+        let r = Raw::send(c.post_builder(ping.clone()).header(name, "a").header(name, "b")).await;
+        refused(&r, name);
+    }
+    // GET and DELETE.
+    let r = Raw::send(
+        c.http
+            .get(&c.url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &sid)
+            .header("mcp-session-id", &sid),
+    )
+    .await;
+    refused(&r, "mcp-session-id");
+    let r = Raw::send(
+        c.http
+            .delete(&c.url)
+            .header("mcp-session-id", &sid)
+            .header("mcp-session-id", "0123456789abcdef0123456789abcdef"),
+    )
+    .await;
+    refused(&r, "mcp-session-id");
+    // The refused DELETE ended nothing: the session still works, and one of each is fine.
+    assert_eq!(c.call_tool(2, "echo", json!({"message": "alive"})).await, "alive");
+    assert_eq!(c.delete().await.status, 204);
+}

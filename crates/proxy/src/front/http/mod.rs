@@ -469,6 +469,7 @@ pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
     let result = tracing::Instrument::instrument(
         async {
             front.config.origins.check(req.headers())?;
+            checks::single_headers(req.headers())?;
             if let Some(endpoint) = front.legacy.endpoint(&req) {
                 return front.legacy.handle(&front, endpoint, req).await;
             }
