@@ -249,9 +249,12 @@ impl<'de> serde::de::Visitor<'de> for TargetSeed {
                             "\"{field}\" is given more than once"
                         )));
                     }
-                    let v: Cow<'de, str> = map.next_value::<BorrowedStr<'de>>().map_err(|_| {
-                        A::Error::custom(format_args!("\"{field}\" must be a string"))
-                    })?.0;
+                    let v: Cow<'de, str> = map
+                        .next_value::<BorrowedStr<'de>>()
+                        .map_err(|_| {
+                            A::Error::custom(format_args!("\"{field}\" must be a string"))
+                        })?
+                        .0;
                     found = Some(v);
                 }
                 TargetKey::CaseVariant => {
@@ -279,7 +282,11 @@ impl<'de> Deserialize<'de> for BorrowedStr<'de> {
 
 /// The target of a message whose method names one (see [`target_field`]), or why it cannot be
 /// read.
-fn strict_target(method: &str, field: &'static str, params: Option<&RawValue>) -> Result<Arc<str>, String> {
+fn strict_target(
+    method: &str,
+    field: &'static str,
+    params: Option<&RawValue>,
+) -> Result<Arc<str>, String> {
     use serde::de::DeserializeSeed;
     let Some(params) = params.filter(|p| p.get().trim_start().starts_with('{')) else {
         return Err(format!(
@@ -607,25 +614,38 @@ mod tests {
         let f = p(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"name":{},"uri":"file:///x"}}"#).unwrap();
         assert_eq!(f.target(), Some("file:///x"));
         // ... an escaped name is read as the server reads it ...
-        let f = p(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"n\u0061me":"r\u006d"}}"#).unwrap();
+        let f = p(
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"n\u0061me":"r\u006d"}}"#,
+        )
+        .unwrap();
         assert_eq!(f.target(), Some("rm"));
         // ... and a name that cannot be read is refused, with the request's id and a reason.
         let e = invalid(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":5}}"#);
         assert_eq!(e.id(), Some(&RequestId::Number(7)));
         assert!(e.to_string().contains("\"name\" must be a string"), "{e}");
-        let e = invalid(r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"arguments":{}}}"#);
+        let e = invalid(
+            r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"arguments":{}}}"#,
+        );
         assert_eq!(e.id(), Some(&RequestId::String("a".into())));
         assert!(e.to_string().contains("missing"), "{e}");
-        let e = invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ok","name":"rm"}}"#);
+        let e = invalid(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ok","name":"rm"}}"#,
+        );
         assert!(e.to_string().contains("more than once"), "{e}");
-        let e = invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ok","Name":"rm"}}"#);
+        let e = invalid(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ok","Name":"rm"}}"#,
+        );
         assert!(e.to_string().contains("letter case"), "{e}");
         invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#);
         invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}"#);
         invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["rm"]}"#);
         invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":null}}"#);
         invalid(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":["x"]}}"#);
-        for m in ["resources/read", "resources/subscribe", "resources/unsubscribe"] {
+        for m in [
+            "resources/read",
+            "resources/subscribe",
+            "resources/unsubscribe",
+        ] {
             let e = invalid(&format!(
                 r#"{{"jsonrpc":"2.0","id":1,"method":"{m}","params":{{"uri":1}}}}"#
             ));

@@ -189,7 +189,12 @@ async fn modern_headers_are_validated_against_the_body() {
     )
     .await;
     assert_eq!((r.status, r.rpc_code()), (400, -32020), "{}", r.body);
-    assert!(r.body.contains("`mcp-method` header is sent more than once"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("`mcp-method` header is sent more than once"),
+        "{}",
+        r.body
+    );
     // Mcp-Name missing on tools/call
     let r = modern(
         &url,

@@ -475,7 +475,12 @@ resources = ["file:///secret"]
         let r = c
             .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params}))
             .await;
-        assert_eq!((r.status, r.rpc_code()), (200, -32003), "{params}: {}", r.body);
+        assert_eq!(
+            (r.status, r.rpc_code()),
+            (200, -32003),
+            "{params}: {}",
+            r.body
+        );
         assert_eq!(r.json()["id"], json!(id), "{}", r.body);
     }
     // A name that cannot be read is refused before any rule, with the request's id.
@@ -490,7 +495,12 @@ resources = ["file:///secret"]
         let r = c
             .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params}))
             .await;
-        assert_eq!((r.status, r.rpc_code()), (400, -32602), "{params}: {}", r.body);
+        assert_eq!(
+            (r.status, r.rpc_code()),
+            (400, -32602),
+            "{params}: {}",
+            r.body
+        );
         assert_eq!(r.json()["id"], json!(id), "{}", r.body);
         assert!(r.body.contains("tools/call"), "{}", r.body);
     }
@@ -500,7 +510,12 @@ resources = ["file:///secret"]
         r#"{"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"echo","Name":"rm"}}"#,
     ] {
         let r = super::harness::Raw::send(c.post_builder(body)).await;
-        assert_eq!((r.status, r.rpc_code()), (400, -32602), "{body}: {}", r.body);
+        assert_eq!(
+            (r.status, r.rpc_code()),
+            (400, -32602),
+            "{body}: {}",
+            r.body
+        );
     }
     let r = c
         .post(json!({"jsonrpc":"2.0","id":22,"method":"resources/read","params":{"uri":1}}))

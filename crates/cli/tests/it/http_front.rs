@@ -375,7 +375,8 @@ async fn a_refused_body_closes_the_connection_and_says_so() {
     assert!(r.headers.get("connection").is_none(), "{:?}", r.headers);
     // A keep-alive client: the oversized request is refused, the next one works.
     let mut c = Raw::new(p.url());
-    let big = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"pad":"x".repeat(50_000)}});
+    let big =
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"pad":"x".repeat(50_000)}});
     let r = c.post(big).await;
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(
@@ -383,7 +384,10 @@ async fn a_refused_body_closes_the_connection_and_says_so() {
         Some("close")
     );
     c.initialize().await;
-    assert_eq!(c.call_tool(2, "echo", json!({"message": "after"})).await, "after");
+    assert_eq!(
+        c.call_tool(2, "echo", json!({"message": "after"})).await,
+        "after"
+    );
 }
 
 /// A repeated `Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` or
@@ -397,8 +401,18 @@ async fn repeated_mcp_headers_are_refused_on_every_method() {
     let sid = c.session.clone().unwrap();
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"}).to_string();
     let refused = |r: &super::harness::Reply, name: &str| {
-        assert_eq!((r.status, r.rpc_code()), (400, -32600), "{name}: {}", r.body);
-        assert!(r.body.contains(&format!("`{name}` header is sent more than once")), "{}", r.body);
+        assert_eq!(
+            (r.status, r.rpc_code()),
+            (400, -32600),
+            "{name}: {}",
+            r.body
+        );
+        assert!(
+            r.body
+                .contains(&format!("`{name}` header is sent more than once")),
+            "{}",
+            r.body
+        );
     };
     // POST: post_builder already sends the session id and version once.
     for (name, value) in [
@@ -409,7 +423,12 @@ async fn repeated_mcp_headers_are_refused_on_every_method() {
         refused(&r, name);
     }
     for name in ["mcp-method", "mcp-name", "mcp-param-region"] {
-        let r = Raw::send(c.post_builder(ping.clone()).header(name, "a").header(name, "b")).await;
+        let r = Raw::send(
+            c.post_builder(ping.clone())
+                .header(name, "a")
+                .header(name, "b"),
+        )
+        .await;
         refused(&r, name);
     }
     // GET and DELETE.
@@ -431,6 +450,9 @@ async fn repeated_mcp_headers_are_refused_on_every_method() {
     .await;
     refused(&r, "mcp-session-id");
     // The refused DELETE ended nothing: the session still works, and one of each is fine.
-    assert_eq!(c.call_tool(2, "echo", json!({"message": "alive"})).await, "alive");
+    assert_eq!(
+        c.call_tool(2, "echo", json!({"message": "alive"})).await,
+        "alive"
+    );
     assert_eq!(c.delete().await.status, 204);
 }

@@ -205,11 +205,9 @@ pub(super) fn apply(
                         match on_timeout {
                             OnTimeout::Continue => Verdict::Forward,
                             OnTimeout::Drop => dropped(&frame, &format!("{why}; it was dropped")),
-                            OnTimeout::Block => block(
-                                &frame,
-                                BLOCKED,
-                                &format!("{why}; it was not forwarded"),
-                            ),
+                            OnTimeout::Block => {
+                                block(&frame, BLOCKED, &format!("{why}; it was not forwarded"))
+                            }
                         }
                     }
                 }

@@ -11,9 +11,8 @@ mod rules;
 pub use pattern::{Pattern, Pointer};
 pub use pause::{DecideError, Decision, PauseBoard, PauseFull, PausedInfo};
 pub use rules::{
-    Action, BLOCKED, Cond, Format, KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE,
-    DEFAULT_MAX_PAUSED, DEFAULT_MAX_PAUSED_PER_SESSION, OnTimeout, PauseLimits, Rule, RuleSet,
-    Test,
+    Action, BLOCKED, Cond, DEFAULT_MAX_PAUSED, DEFAULT_MAX_PAUSED_PER_SESSION, Format, KIND_ERROR,
+    KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, OnTimeout, PauseLimits, Rule, RuleSet, Test,
 };
 
 use crate::pipeline::{Direction, FrameCtx, Hook, Verdict};

@@ -575,13 +575,19 @@ mod tests {
             }
         ));
         let rs = RuleSet::parse("[pause]\nmax_paused = 7\nmax_paused_per_session = 7").unwrap();
-        assert_eq!((rs.pause.max_paused, rs.pause.max_paused_per_session), (7, 7));
+        assert_eq!(
+            (rs.pause.max_paused, rs.pause.max_paused_per_session),
+            (7, 7)
+        );
         let rs = RuleSet::parse_as(
             "pause:\n  max_paused_per_session: 1\nrule:\n  - action: pause\n",
             Format::Yaml,
         )
         .unwrap();
-        assert_eq!((rs.pause.max_paused, rs.pause.max_paused_per_session), (100, 1));
+        assert_eq!(
+            (rs.pause.max_paused, rs.pause.max_paused_per_session),
+            (100, 1)
+        );
         let e = RuleSet::parse("[pause]\nmax_paused = 0").unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
         let e = RuleSet::parse("[pause]\nmax_paused_per_session = 0").unwrap_err();

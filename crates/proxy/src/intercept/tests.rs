@@ -270,7 +270,10 @@ async fn pause_resume_edit_drop_and_timeout() {
     match p.process(&C2S, call(6, "echo")).await {
         Outcome::Reply(f) => {
             let text = json_of(&f)["error"]["message"].to_string();
-            assert!(text.contains("not decided") && text.contains("dropped"), "{text}");
+            assert!(
+                text.contains("not decided") && text.contains("dropped"),
+                "{text}"
+            );
         }
         o => panic!("{o:?}"),
     }
@@ -291,7 +294,10 @@ async fn an_undecided_pause_blocks_by_default() {
     match p.process(&C2S, call(7, "echo")).await {
         Outcome::Reply(f) => {
             let v = json_of(&f);
-            assert_eq!((v["id"].clone(), v["error"]["code"].clone()), (json!(7), json!(BLOCKED)));
+            assert_eq!(
+                (v["id"].clone(), v["error"]["code"].clone()),
+                (json!(7), json!(BLOCKED))
+            );
             let text = v["error"]["message"].as_str().unwrap();
             assert!(
                 text.contains("held by interceptor rule `hold`")
@@ -345,7 +351,10 @@ async fn paused_messages_are_capped_per_session_and_per_proxy() {
     match refused(&p, &C2S, call(3, "echo")).await {
         Outcome::Reply(f) => {
             let v = json_of(&f);
-            assert_eq!((v["id"].clone(), v["error"]["code"].clone()), (json!(3), json!(BLOCKED)));
+            assert_eq!(
+                (v["id"].clone(), v["error"]["code"].clone()),
+                (json!(3), json!(BLOCKED))
+            );
             let text = v["error"]["message"].as_str().unwrap();
             assert!(
                 text.contains("rule `hold`") && text.contains("max_paused_per_session"),
@@ -370,7 +379,12 @@ async fn paused_messages_are_capped_per_session_and_per_proxy() {
     assert!(matches!(refused(&p, &S3, n).await, Outcome::Drop));
     assert_eq!(board.len(), 3);
     // Deciding frees a place.
-    let first = board.list().into_iter().find(|p| p.message["id"] == 1).unwrap().id;
+    let first = board
+        .list()
+        .into_iter()
+        .find(|p| p.message["id"] == 1)
+        .unwrap()
+        .id;
     board.resume(first).unwrap();
     assert!(matches!(a.await.unwrap(), Outcome::Forward(_)));
     let d = hold(&S3, call(6, "echo"));

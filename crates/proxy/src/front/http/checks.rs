@@ -161,7 +161,11 @@ pub fn single_headers(headers: &HeaderMap) -> Result<(), ProxyError> {
         .is_some_and(|v| v.is_modern());
     Err(ProxyError::bad(
         StatusCode::BAD_REQUEST,
-        if modern { HEADER_MISMATCH } else { INVALID_REQUEST },
+        if modern {
+            HEADER_MISMATCH
+        } else {
+            INVALID_REQUEST
+        },
         format!("the `{name}` header is sent more than once; send it once"),
     ))
 }

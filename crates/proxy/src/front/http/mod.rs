@@ -444,10 +444,9 @@ fn has_body(headers: &http::HeaderMap) -> bool {
 fn close_if_refused_with_body(has_body: bool, response: &mut Response) {
     let s = response.status();
     if has_body && (s.is_client_error() || s.is_server_error()) {
-        response.headers_mut().insert(
-            header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
 }
 
