@@ -89,6 +89,18 @@ pub enum FrameError {
     /// JSON, but not a JSON-RPC 2.0 message (JSON-RPC -32600).
     #[error("invalid JSON-RPC message: {0}")]
     Invalid(String),
+    /// A request or notification that acts on a named tool, prompt or resource (`tools/call`,
+    /// `prompts/get`, `resources/read`, `resources/subscribe`, `resources/unsubscribe`) whose
+    /// name or URI cannot be read unambiguously (JSON-RPC -32602). Such a message is refused
+    /// rather than relayed: a rule that cannot see the name must not be skipped while the server,
+    /// reading the same bytes its own way, runs the call.
+    #[error("invalid params: {message}")]
+    InvalidParams {
+        /// The id of the refused request (`None` for a notification).
+        id: Option<RequestId>,
+        /// What was wrong.
+        message: String,
+    },
     /// Larger than the configured limit.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -105,7 +117,29 @@ impl FrameError {
         match self {
             FrameError::Parse(_) => crate::error::PARSE_ERROR,
             FrameError::Invalid(_) | FrameError::TooLarge { .. } => crate::error::INVALID_REQUEST,
+            FrameError::InvalidParams { .. } => crate::error::INVALID_PARAMS,
         }
+    }
+
+    /// The id of the request this error answers, where it is known (only for
+    /// [`FrameError::InvalidParams`]: every other failure means the id could not be trusted).
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            FrameError::InvalidParams { id, .. } => id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The `params` field that names what a method acts on: `name` for `tools/call` and
+/// `prompts/get`, `uri` for `resources/read`, `resources/subscribe` and `resources/unsubscribe`.
+/// Every rule that matches a tool, prompt or resource relies on it; a message with one of these
+/// methods is only accepted when this field is read unambiguously.
+pub fn target_field(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
+        _ => None,
     }
 }
 
@@ -117,10 +151,6 @@ struct Meta<'a> {
 
 #[derive(Deserialize)]
 struct ParamsLite<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    uri: Option<Cow<'a, str>>,
     #[serde(rename = "_meta", borrow, default)]
     meta: Option<Meta<'a>>,
     #[serde(rename = "progressToken", borrow, default)]
@@ -152,6 +182,130 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// How a key of `params` relates to the field that names the target.
+enum TargetKey {
+    /// Exactly the field.
+    Exact,
+    /// The field in other letter case (`Name`, `URI`): some servers' JSON decoders match
+    /// field names case-insensitively, so such a key could name the target for them.
+    CaseVariant,
+    /// Anything else (ignored, whatever its value).
+    Other,
+}
+
+struct TargetKeySeed(&'static str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TargetKeySeed {
+    type Value = TargetKey;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<TargetKey, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for TargetKeySeed {
+    type Value = TargetKey;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<TargetKey, E> {
+        Ok(if k == self.0 {
+            TargetKey::Exact
+        } else if k.eq_ignore_ascii_case(self.0) {
+            TargetKey::CaseVariant
+        } else {
+            TargetKey::Other
+        })
+    }
+}
+
+/// Reads the target field (`name` or `uri`) out of `params`, strictly: `params` must be an
+/// object holding the field exactly once, as a string, with no case variant of it beside;
+/// every other field is skipped whatever its type. The error says what was wrong.
+struct TargetSeed(&'static str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TargetSeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TargetSeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let field = self.0;
+        let mut found: Option<Cow<'de, str>> = None;
+        while let Some(key) = map.next_key_seed(TargetKeySeed(field))? {
+            match key {
+                TargetKey::Exact => {
+                    if found.is_some() {
+                        return Err(A::Error::custom(format_args!(
+                            "\"{field}\" is given more than once"
+                        )));
+                    }
+                    let v: Cow<'de, str> = map
+                        .next_value::<BorrowedStr<'de>>()
+                        .map_err(|_| {
+                            A::Error::custom(format_args!("\"{field}\" must be a string"))
+                        })?
+                        .0;
+                    found = Some(v);
+                }
+                TargetKey::CaseVariant => {
+                    return Err(A::Error::custom(format_args!(
+                        "a field spelled like \"{field}\" in other letter case is ambiguous"
+                    )));
+                }
+                TargetKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        found.ok_or_else(|| A::Error::custom(format_args!("\"{field}\" (a string) is missing")))
+    }
+}
+
+/// A string, borrowed from the input where it has no escapes.
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Cow::<'de, str>::deserialize(d).map(BorrowedStr)
+    }
+}
+
+/// The target of a message whose method names one (see [`target_field`]), or why it cannot be
+/// read.
+fn strict_target(
+    method: &str,
+    field: &'static str,
+    params: Option<&RawValue>,
+) -> Result<Arc<str>, String> {
+    use serde::de::DeserializeSeed;
+    let Some(params) = params.filter(|p| p.get().trim_start().starts_with('{')) else {
+        return Err(format!(
+            "`{method}` needs \"params\" to be an object with \"{field}\" (a string)"
+        ));
+    };
+    let mut de = serde_json::Deserializer::from_str(params.get());
+    match TargetSeed(field).deserialize(&mut de) {
+        Ok(v) => Ok(Arc::from(v.as_ref())),
+        Err(e) => {
+            // serde_json appends " at line L column C"; the message without it reads better.
+            let text = e.to_string();
+            let text = match text.rfind(" at line ") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            Err(format!("`{method}` params: {text}"))
+        }
+    }
 }
 
 /// Routing hints pulled out of `params` during the single parse.
@@ -302,20 +456,24 @@ impl Frame {
         };
         let method = env.method.as_deref().map(Arc::from);
         let mut hints = Hints::default();
-        // Hints are best effort: params of an unexpected shape carry none, they are not an error.
+        // The name a rule matches on is not best effort: a message that acts on a tool, prompt
+        // or resource and does not name it unambiguously is refused here, for every front.
+        if let Some(m) = method.as_deref()
+            && let Some(field) = target_field(m)
+        {
+            match strict_target(m, field, env.params) {
+                Ok(t) => hints.target = Some(t),
+                Err(message) => return Err(FrameError::InvalidParams { id, message }),
+            }
+        }
+        // The other hints are best effort: params of an unexpected shape carry none, they are
+        // not an error (they only route progress and cancellation).
         let lite = env
             .params
             .filter(|p| p.get().starts_with('{'))
             .and_then(|p| serde_json::from_str::<ParamsLite<'_>>(p.get()).ok());
         if let Some(p) = lite {
             let m = method.as_deref().unwrap_or("");
-            hints.target = match m {
-                "tools/call" | "prompts/get" => p.name.as_deref().map(Arc::from),
-                "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                    p.uri.as_deref().map(Arc::from)
-                }
-                _ => None,
-            };
             let token = match kind {
                 FrameKind::Request => p.meta.and_then(|m| m.progress_token),
                 _ if m == "notifications/progress" => p.progress_token,
@@ -439,6 +597,71 @@ mod tests {
         // params that are an array are allowed by JSON-RPC and simply carry no hints
         let f = p(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1,2]}"#).unwrap();
         assert_eq!(f.target(), None);
+    }
+
+    #[test]
+    fn a_named_call_must_name_its_target_unambiguously() {
+        let invalid = |s: &str| match p(s) {
+            Err(e @ FrameError::InvalidParams { .. }) => {
+                assert_eq!(e.code(), -32602, "{s}");
+                e
+            }
+            other => panic!("{s}: expected invalid params, got {other:?}"),
+        };
+        // A sibling field of an unexpected type no longer hides the name...
+        let f = p(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"rm","uri":1,"_meta":5,"progressToken":[]}}"#).unwrap();
+        assert_eq!(f.target(), Some("rm"));
+        let f = p(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"name":{},"uri":"file:///x"}}"#).unwrap();
+        assert_eq!(f.target(), Some("file:///x"));
+        // ... an escaped name is read as the server reads it ...
+        let f = p(
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"n\u0061me":"r\u006d"}}"#,
+        )
+        .unwrap();
+        assert_eq!(f.target(), Some("rm"));
+        // ... and a name that cannot be read is refused, with the request's id and a reason.
+        let e = invalid(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":5}}"#);
+        assert_eq!(e.id(), Some(&RequestId::Number(7)));
+        assert!(e.to_string().contains("\"name\" must be a string"), "{e}");
+        let e = invalid(
+            r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"arguments":{}}}"#,
+        );
+        assert_eq!(e.id(), Some(&RequestId::String("a".into())));
+        assert!(e.to_string().contains("missing"), "{e}");
+        let e = invalid(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ok","name":"rm"}}"#,
+        );
+        assert!(e.to_string().contains("more than once"), "{e}");
+        let e = invalid(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ok","Name":"rm"}}"#,
+        );
+        assert!(e.to_string().contains("letter case"), "{e}");
+        invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#);
+        invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}"#);
+        invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["rm"]}"#);
+        invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":null}}"#);
+        invalid(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":["x"]}}"#);
+        for m in [
+            "resources/read",
+            "resources/subscribe",
+            "resources/unsubscribe",
+        ] {
+            let e = invalid(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{m}","params":{{"uri":1}}}}"#
+            ));
+            assert!(e.to_string().contains(m), "{e}");
+        }
+        // A notification with such a method is refused too (no id to answer).
+        let e = invalid(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":1}}"#);
+        assert_eq!(e.id(), None);
+        // In a batch, the whole batch is refused.
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":1}}]"#;
+        let e = Message::parse(Bytes::copy_from_slice(batch.as_bytes())).unwrap_err();
+        assert_eq!((e.code(), e.id()), (-32602, Some(&RequestId::Number(2))));
+        // Other methods keep their params unchecked.
+        let f = p(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":1}}"#).unwrap();
+        assert_eq!(f.target(), None);
+        assert_eq!(FrameError::Parse(String::new()).id(), None);
     }
 
     #[test]

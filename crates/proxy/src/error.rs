@@ -144,6 +144,15 @@ impl ProxyError {
         }
     }
 
+    /// The id of the client request this error answers, where the error knows it (a request
+    /// refused for its params); otherwise the caller's id, or `null`.
+    pub fn request_id(&self) -> Option<&shadowcat_proto::RequestId> {
+        match self {
+            ProxyError::Frame(e) => e.id(),
+            _ => None,
+        }
+    }
+
     /// The JSON-RPC error `data`, where the error defines one.
     pub fn data(&self) -> Option<serde_json::Value> {
         match self {

@@ -157,6 +157,29 @@ async fn modern_headers_are_validated_against_the_body() {
     assert_eq!((r.status, r.rpc_code()), (400, -32020), "{}", r.body);
     assert!(r.body.contains("does not match"), "{}", r.body);
     // Mcp-Method mismatch and missing
+    let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+    let with_method = |m: Option<&str>| {
+        let mut req = c
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .body(list.to_string());
+        if let Some(m) = m {
+            req = req.header("mcp-method", m);
+        }
+        req
+    };
+    let r = Raw::send(with_method(Some("tools/call"))).await;
+    assert_eq!((r.status, r.rpc_code()), (400, -32020), "{}", r.body);
+    assert!(r.body.contains("does not match"), "{}", r.body);
+    let r = Raw::send(with_method(None)).await;
+    assert_eq!((r.status, r.rpc_code()), (400, -32020), "{}", r.body);
+    assert!(r.body.contains("missing"), "{}", r.body);
+    // Mcp-Method sent twice (one matching the body): refused, naming the header, before the
+    // first value could be checked against the body and both forwarded.
     let r = modern_with(
         &url,
         "tools/list",
@@ -165,7 +188,13 @@ async fn modern_headers_are_validated_against_the_body() {
         &[("mcp-method", "tools/call")],
     )
     .await;
-    assert_eq!(r.rpc_code(), -32020, "{}", r.body);
+    assert_eq!((r.status, r.rpc_code()), (400, -32020), "{}", r.body);
+    assert!(
+        r.body
+            .contains("`mcp-method` header is sent more than once"),
+        "{}",
+        r.body
+    );
     // Mcp-Name missing on tools/call
     let r = modern(
         &url,

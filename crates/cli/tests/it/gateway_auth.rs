@@ -442,6 +442,119 @@ resources = ["demo://counter"]
     );
 }
 
+/// A deny rule cannot be sidestepped with params the proxy used to read as "no name": a sibling
+/// field of an unexpected type no longer hides the name (the rule applies), and a name that is
+/// not a string, no name, the name twice or in other letter case is refused with -32602 and the
+/// request's id. The upstream never sees the call, in the session-based era and in 2026-07-28.
+#[tokio::test]
+async fn a_deny_rule_is_not_bypassed_by_params_the_proxy_cannot_read() {
+    let up = FakeUpstream::start("up").await;
+    let (_d, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+path = "/mcp"
+[[routes.upstreams]]
+url = "{url}"
+[[routes.rules]]
+effect = "deny"
+tools = ["rm"]
+resources = ["file:///secret"]
+"#,
+        url = up.url,
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let mut c = client(gw.url(), None);
+    c.initialize().await;
+    // A sibling field of an unexpected type no longer hides the name: the rule sees it.
+    for (id, params) in [
+        (10, json!({"name": "rm", "uri": 1, "arguments": {}})),
+        (11, json!({"name": "rm", "_meta": 5, "progressToken": []})),
+    ] {
+        let r = c
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params}))
+            .await;
+        assert_eq!(
+            (r.status, r.rpc_code()),
+            (200, -32003),
+            "{params}: {}",
+            r.body
+        );
+        assert_eq!(r.json()["id"], json!(id), "{}", r.body);
+    }
+    // A name that cannot be read is refused before any rule, with the request's id.
+    let unreadable = [
+        json!({"name": 1, "arguments": {}}),
+        json!({"name": ["rm"]}),
+        json!({"arguments": {}}),
+        json!(["rm"]),
+    ];
+    for (i, params) in unreadable.iter().enumerate() {
+        let id = 12 + i as i64;
+        let r = c
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params}))
+            .await;
+        assert_eq!(
+            (r.status, r.rpc_code()),
+            (400, -32602),
+            "{params}: {}",
+            r.body
+        );
+        assert_eq!(r.json()["id"], json!(id), "{}", r.body);
+        assert!(r.body.contains("tools/call"), "{}", r.body);
+    }
+    // Raw bodies: the name twice, or in other letter case (read by some servers).
+    for body in [
+        r#"{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"echo","name":"rm"}}"#,
+        r#"{"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"echo","Name":"rm"}}"#,
+    ] {
+        let r = super::harness::Raw::send(c.post_builder(body)).await;
+        assert_eq!(
+            (r.status, r.rpc_code()),
+            (400, -32602),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":22,"method":"resources/read","params":{"uri":1}}))
+        .await;
+    assert_eq!((r.status, r.rpc_code()), (400, -32602), "{}", r.body);
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":23,"method":"resources/read","params":{"uri":"file:///secret","name":1}}))
+        .await;
+    assert_eq!(r.rpc_code(), -32003, "{}", r.body);
+    // 2026-07-28: an unreadable name with headers that name the tool is refused the same way.
+    let modern = json!({"jsonrpc":"2.0","id":30,"method":"tools/call","params":{
+        "name": {"rm": true}, "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "raw-modern", "version": "1"}}}});
+    let r = super::harness::Raw::send(
+        c.http
+            .post(gw.url())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "rm")
+            .body(modern.to_string()),
+    )
+    .await;
+    assert_eq!((r.status, r.rpc_code()), (400, -32602), "{}", r.body);
+    assert_eq!(r.json()["id"], json!(30), "{}", r.body);
+    // The rule itself still refuses a readable call, and an allowed call still goes through:
+    // the only call the upstream ever saw.
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":40,"method":"tools/call","params":{"name":"rm","arguments":{}}}))
+        .await;
+    assert_eq!(r.rpc_code(), -32003, "{}", r.body);
+    assert_eq!(c.call_tool(41, "echo", json!({})).await, "up");
+    assert_eq!(up.count("tools/call"), 1);
+    assert_eq!(up.count("resources/read"), 0);
+}
+
 /// The names (or URIs) a list method answers with.
 async fn list(
     c: &super::harness::Raw,

@@ -318,3 +318,141 @@ async fn unreachable_upstream_gives_502_with_the_request_id() {
     assert_eq!(r.rpc_code(), -32000);
     assert!(r.body.contains("127.0.0.1:9"), "{}", r.body);
 }
+
+/// Send `head` + `body` on a new connection and read until the server closes it.
+async fn raw_exchange(base: &str, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(head.as_bytes()).await.expect("write head");
+    tcp.write_all(body).await.expect("write body");
+    let mut out = Vec::new();
+    tokio::time::timeout(super::harness::WAIT, tcp.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection after a refused body")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The head of the response (status line and headers), lower-cased.
+fn head_of(response: &str) -> String {
+    response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// A body the server stops reading (413 at the limit; 415 before reading it) leaves the
+/// connection unusable: the response says `Connection: close` and the connection is closed,
+/// and a client's next request on a new connection works.
+#[tokio::test]
+async fn a_refused_body_closes_the_connection_and_says_so() {
+    let p = proxy().await; // --max-message 4096
+    let host = p.base.trim_start_matches("http://").to_string();
+    // 413: announces 1 MB, sends 8 KiB (over the limit) and waits for the answer.
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    let r = raw_exchange(&p.base, &head, &[b'x'; 8192]).await;
+    let h = head_of(&r);
+    assert!(h.starts_with("http/1.1 413"), "{r}");
+    assert!(h.contains("\r\nconnection: close"), "{r}");
+    // 415: refused before the body is read at all.
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    let r = raw_exchange(&p.base, &head, &[b'x'; 8192]).await;
+    let h = head_of(&r);
+    assert!(h.starts_with("http/1.1 415"), "{r}");
+    assert!(h.contains("\r\nconnection: close"), "{r}");
+    // A request without a body keeps its connection (nothing left unread).
+    let c = Raw::new(p.url());
+    let r = Raw::send(c.http.get(&c.url).header("accept", "text/event-stream")).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.headers.get("connection").is_none(), "{:?}", r.headers);
+    // A keep-alive client: the oversized request is refused, the next one works.
+    let mut c = Raw::new(p.url());
+    let big =
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"pad":"x".repeat(50_000)}});
+    let r = c.post(big).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(
+        r.headers.get("connection").map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+    c.initialize().await;
+    assert_eq!(
+        c.call_tool(2, "echo", json!({"message": "after"})).await,
+        "after"
+    );
+}
+
+/// A repeated `Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` or
+/// `Mcp-Param-*` header is refused with 400 and a JSON-RPC error naming it, on POST, GET and
+/// DELETE alike: the proxy would check one value and forward them all.
+#[tokio::test]
+async fn repeated_mcp_headers_are_refused_on_every_method() {
+    let p = proxy().await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    let sid = c.session.clone().unwrap();
+    let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"}).to_string();
+    let refused = |r: &super::harness::Reply, name: &str| {
+        assert_eq!(
+            (r.status, r.rpc_code()),
+            (400, -32600),
+            "{name}: {}",
+            r.body
+        );
+        assert!(
+            r.body
+                .contains(&format!("`{name}` header is sent more than once")),
+            "{}",
+            r.body
+        );
+    };
+    // POST: post_builder already sends the session id and version once.
+    for (name, value) in [
+        ("mcp-session-id", "0123456789abcdef0123456789abcdef"),
+        ("mcp-protocol-version", "2025-03-26"),
+    ] {
+        let r = Raw::send(c.post_builder(ping.clone()).header(name, value)).await;
+        refused(&r, name);
+    }
+    for name in ["mcp-method", "mcp-name", "mcp-param-region"] {
+        let r = Raw::send(
+            c.post_builder(ping.clone())
+                .header(name, "a")
+                .header(name, "b"),
+        )
+        .await;
+        refused(&r, name);
+    }
+    // GET and DELETE.
+    let r = Raw::send(
+        c.http
+            .get(&c.url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &sid)
+            .header("mcp-session-id", &sid),
+    )
+    .await;
+    refused(&r, "mcp-session-id");
+    let r = Raw::send(
+        c.http
+            .delete(&c.url)
+            .header("mcp-session-id", &sid)
+            .header("mcp-session-id", "0123456789abcdef0123456789abcdef"),
+    )
+    .await;
+    refused(&r, "mcp-session-id");
+    // The refused DELETE ended nothing: the session still works, and one of each is fine.
+    assert_eq!(
+        c.call_tool(2, "echo", json!({"message": "alive"})).await,
+        "alive"
+    );
+    assert_eq!(c.delete().await.status, 204);
+}

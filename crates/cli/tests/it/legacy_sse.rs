@@ -216,6 +216,16 @@ async fn legacy_front_endpoints_statuses_and_session_end() {
     check(&r, 400, -32600, "batch");
     let r = a.post_raw(&a.endpoint, "text/plain", ping.clone()).await;
     check(&r, 415, -32600, "content type");
+    let twice = a
+        .http
+        .post(format!("{base}{}", a.endpoint))
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2024-11-05")
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(ping.clone());
+    let r = Raw::send(twice).await;
+    check(&r, 400, -32600, "a repeated MCP header on /message");
+    assert!(r.body.contains("`mcp-protocol-version`"), "{}", r.body);
     let evil = a
         .http
         .post(format!("{base}{}", a.endpoint))

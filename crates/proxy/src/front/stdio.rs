@@ -124,7 +124,7 @@ async fn read_input<R: AsyncRead + Unpin>(
                     limit: max_line,
                 };
                 let _ = out
-                    .send(error_frame(None, e.code(), &e.to_string()).into_raw())
+                    .send(error_frame(e.id(), e.code(), &e.to_string()).into_raw())
                     .await;
                 continue;
             }
@@ -175,7 +175,7 @@ async fn parse_client_line(
         },
         Err(e) => {
             let _ = out
-                .send(error_frame(None, e.code(), &e.to_string()).into_raw())
+                .send(error_frame(e.id(), e.code(), &e.to_string()).into_raw())
                 .await;
             vec![]
         }

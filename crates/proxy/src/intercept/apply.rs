@@ -2,7 +2,7 @@
 
 use super::pattern;
 use super::pause::{Decision, PauseBoard, PausedInfo};
-use super::rules::{Action, BLOCKED, OnTimeout, Rule, kind_bit};
+use super::rules::{Action, BLOCKED, OnTimeout, PauseLimits, Rule, kind_bit};
 use crate::pipeline::{Direction, FrameCtx, Verdict};
 use serde_json::{Value, json};
 use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
@@ -127,13 +127,11 @@ impl Drop for Unhold {
     }
 }
 
-fn dropped(frame: &Frame) -> Verdict {
+fn dropped(frame: &Frame, message: &str) -> Verdict {
     match (frame.kind(), frame.id()) {
-        (FrameKind::Request, Some(id)) => Verdict::Reply(error_frame(
-            Some(id),
-            UPSTREAM_ERROR,
-            "the message was dropped by an operator (shadowcat intercept drop)",
-        )),
+        (FrameKind::Request, Some(id)) => {
+            Verdict::Reply(error_frame(Some(id), UPSTREAM_ERROR, message))
+        }
         _ => Verdict::Drop,
     }
 }
@@ -144,6 +142,7 @@ pub(super) fn apply(
     ctx: &FrameCtx<'_>,
     frame: &Frame,
     board: &Arc<PauseBoard>,
+    limits: PauseLimits,
 ) -> Verdict {
     match &rule.action {
         Action::Continue => Verdict::Forward,
@@ -170,26 +169,45 @@ pub(super) fn apply(
                 timeout_s: timeout.as_secs_f64(),
                 message: serde_json::from_slice(frame.raw()).unwrap_or(Value::Null),
             };
-            let (id, rx) = board.hold(info, frame.clone());
+            let (id, rx) = match board.hold(info, frame.clone(), limits) {
+                Ok(held) => held,
+                Err(full) => {
+                    // Fail closed: a message that cannot be held for a decision is not forwarded.
+                    tracing::warn!(rule = %rule.name, session = ctx.session, method = frame.method(), reason = %full, "a pause rule matched but no more messages can be held; message refused");
+                    let message = format!(
+                        "the message was refused: interceptor rule `{}` holds messages for a \
+                         decision, but {full}; retry later",
+                        rule.name
+                    );
+                    return block(frame, BLOCKED, &message);
+                }
+            };
             tracing::info!(paused = id, rule = %rule.name, session = ctx.session, method = frame.method(), "message paused; use `shadowcat intercept` to resume, edit or drop it");
             let guard = Unhold(board.clone(), id);
             let (timeout, on_timeout, frame) = (*timeout, *on_timeout, frame.clone());
+            let name = rule.name.clone();
             Verdict::Defer(Box::pin(async move {
                 let _guard = guard;
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(Decision::Resume)) => Verdict::Forward,
                     Ok(Ok(Decision::Edit(f))) => Verdict::Replace(f),
-                    Ok(Ok(Decision::Drop)) => dropped(&frame),
+                    Ok(Ok(Decision::Drop)) => dropped(
+                        &frame,
+                        "the message was dropped by an operator (shadowcat intercept drop)",
+                    ),
                     Ok(Err(_)) | Err(_) => {
                         tracing::info!(paused = id, ?on_timeout, "paused message timed out");
+                        let why = format!(
+                            "the message was held by interceptor rule `{name}` and not decided \
+                             within {} s",
+                            timeout.as_secs_f64()
+                        );
                         match on_timeout {
                             OnTimeout::Continue => Verdict::Forward,
-                            OnTimeout::Drop => dropped(&frame),
-                            OnTimeout::Block => block(
-                                &frame,
-                                BLOCKED,
-                                "the message was paused by an interceptor rule and timed out",
-                            ),
+                            OnTimeout::Drop => dropped(&frame, &format!("{why}; it was dropped")),
+                            OnTimeout::Block => {
+                                block(&frame, BLOCKED, &format!("{why}; it was not forwarded"))
+                            }
                         }
                     }
                 }

@@ -9,10 +9,10 @@ mod pause;
 mod rules;
 
 pub use pattern::{Pattern, Pointer};
-pub use pause::{DecideError, Decision, PauseBoard, PausedInfo};
+pub use pause::{DecideError, Decision, PauseBoard, PauseFull, PausedInfo};
 pub use rules::{
-    Action, BLOCKED, Cond, Format, KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE,
-    OnTimeout, Rule, RuleSet, Test,
+    Action, BLOCKED, Cond, DEFAULT_MAX_PAUSED, DEFAULT_MAX_PAUSED_PER_SESSION, Format, KIND_ERROR,
+    KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, OnTimeout, PauseLimits, Rule, RuleSet, Test,
 };
 
 use crate::pipeline::{Direction, FrameCtx, Hook, Verdict};
@@ -198,7 +198,7 @@ impl Hook for Interceptor {
         let verdict = match rule {
             Some(rule) => {
                 tracing::debug!(rule = %rule.name, session = ctx.session, method, "interceptor rule matched");
-                apply::apply(rule, ctx, frame, &self.board)
+                apply::apply(rule, ctx, frame, &self.board, rules.pause)
             }
             None => Verdict::Forward,
         };

@@ -1,5 +1,6 @@
 //! Messages held by `pause` rules, waiting for a person (through the admin API).
 
+use super::rules::PauseLimits;
 use serde::Serialize;
 use serde_json::Value;
 use shadowcat_proto::Frame;
@@ -55,6 +56,19 @@ pub enum DecideError {
     Invalid(String),
 }
 
+/// Why a message could not be held: a cap of `[pause]` is reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PauseFull {
+    /// `max_paused_per_session` messages of this session are held already.
+    #[error(
+        "{0} messages of this session are already held for a decision (max_paused_per_session)"
+    )]
+    Session(usize),
+    /// `max_paused` messages are held already.
+    #[error("{0} messages are already held for a decision (max_paused)")]
+    Proxy(usize),
+}
+
 /// Every paused message of a proxy.
 #[derive(Default)]
 pub struct PauseBoard {
@@ -67,17 +81,31 @@ impl PauseBoard {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hold a message; the receiver yields the decision.
+    /// Hold a message unless `limits` are reached (checked and taken under one lock); the
+    /// receiver yields the decision.
     pub(crate) fn hold(
         &self,
         mut info: PausedInfo,
         original: Frame,
-    ) -> (u64, oneshot::Receiver<Decision>) {
+        limits: PauseLimits,
+    ) -> Result<(u64, oneshot::Receiver<Decision>), PauseFull> {
+        let mut held = self.lock();
+        if held.len() >= limits.max_paused {
+            return Err(PauseFull::Proxy(held.len()));
+        }
+        // At most `max_paused` entries: counting them is cheaper than keeping a second index.
+        let of_session = held
+            .values()
+            .filter(|h| h.info.session == info.session)
+            .count();
+        if of_session >= limits.max_paused_per_session {
+            return Err(PauseFull::Session(of_session));
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         info.id = id;
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(id, Held { info, original, tx });
-        (id, rx)
+        held.insert(id, Held { info, original, tx });
+        Ok((id, rx))
     }
 
     /// Forget a message whose wait ended (timeout, session gone).

@@ -56,6 +56,68 @@ impl Format {
 struct FileRules {
     #[serde(default, rename = "rule", alias = "rules")]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    pause: Option<RawPause>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPause {
+    max_paused: Option<usize>,
+    max_paused_per_session: Option<usize>,
+}
+
+/// Default of `[pause] max_paused`: messages held by `pause` rules at once, whole proxy.
+pub const DEFAULT_MAX_PAUSED: usize = 100;
+/// Default of `[pause] max_paused_per_session`.
+pub const DEFAULT_MAX_PAUSED_PER_SESSION: usize = 10;
+
+/// How many messages `pause` rules may hold at once; a message over either cap is refused
+/// (fail closed) instead of held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseLimits {
+    /// Across the whole proxy.
+    pub max_paused: usize,
+    /// In one session.
+    pub max_paused_per_session: usize,
+}
+
+impl Default for PauseLimits {
+    fn default() -> Self {
+        PauseLimits {
+            max_paused: DEFAULT_MAX_PAUSED,
+            max_paused_per_session: DEFAULT_MAX_PAUSED_PER_SESSION,
+        }
+    }
+}
+
+impl PauseLimits {
+    fn compile(raw: Option<RawPause>) -> Result<PauseLimits, String> {
+        let Some(raw) = raw else {
+            return Ok(PauseLimits::default());
+        };
+        let l = PauseLimits {
+            max_paused: raw.max_paused.unwrap_or(DEFAULT_MAX_PAUSED),
+            max_paused_per_session: raw
+                .max_paused_per_session
+                .unwrap_or(DEFAULT_MAX_PAUSED_PER_SESSION),
+        };
+        if l.max_paused == 0 || l.max_paused_per_session == 0 {
+            return Err(
+                "[pause]: max_paused and max_paused_per_session must be at least 1 (a pause \
+                 rule that can hold nothing would refuse every message it matches; use \
+                 action = \"block\" for that)"
+                    .into(),
+            );
+        }
+        if l.max_paused_per_session > l.max_paused {
+            return Err(format!(
+                "[pause]: max_paused_per_session ({}) cannot exceed max_paused ({})",
+                l.max_paused_per_session, l.max_paused
+            ));
+        }
+        Ok(l)
+    }
 }
 
 #[derive(Deserialize)]
@@ -246,6 +308,8 @@ pub struct Rule {
 pub struct RuleSet {
     /// Sorted by priority (highest first), then file order.
     pub rules: Vec<Rule>,
+    /// Caps on the messages `pause` rules hold (`[pause]`).
+    pub pause: PauseLimits,
 }
 
 /// A value from the file as JSON. TOML date-times arrive as a one-member object naming toml's
@@ -369,9 +433,10 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
         "pause" => Action::Pause {
             timeout: Duration::from_millis(r.timeout_ms.unwrap_or(300_000)),
             on_timeout: match r.on_timeout.as_deref() {
-                None | Some("continue") => OnTimeout::Continue,
+                // Fail closed: a message nobody decided on is not forwarded unless asked.
+                None | Some("block") => OnTimeout::Block,
+                Some("continue") => OnTimeout::Continue,
                 Some("drop") => OnTimeout::Drop,
-                Some("block") => OnTimeout::Block,
                 Some(o) => {
                     return Err(at(format!("on_timeout `{o}`: use continue, drop or block")));
                 }
@@ -410,7 +475,10 @@ impl RuleSet {
     pub fn parse_as(text: &str, format: Format) -> Result<RuleSet, String> {
         let file: FileRules = match format {
             Format::Toml => toml::from_str(text).map_err(|e| e.to_string())?,
-            Format::Yaml if yaml_is_empty(text) => FileRules { rules: Vec::new() },
+            Format::Yaml if yaml_is_empty(text) => FileRules {
+                rules: Vec::new(),
+                pause: None,
+            },
             Format::Yaml => serde_norway::from_str(text).map_err(|e| e.to_string())?,
         };
         let mut rules = Vec::new();
@@ -421,7 +489,8 @@ impl RuleSet {
         }
         // Stable: equal priorities keep file order.
         rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
-        Ok(RuleSet { rules })
+        let pause = PauseLimits::compile(file.pause)?;
+        Ok(RuleSet { rules, pause })
     }
 
     /// True when there are no rules.
@@ -488,6 +557,47 @@ mod tests {
             rs.rules[0].action,
             Action::Block { code: BLOCKED, .. }
         ));
+    }
+
+    #[test]
+    fn pause_caps_have_safe_defaults_and_are_validated() {
+        let rs = RuleSet::parse("[[rule]]\naction='pause'").unwrap();
+        assert_eq!(rs.pause, PauseLimits::default());
+        assert_eq!(
+            (rs.pause.max_paused, rs.pause.max_paused_per_session),
+            (DEFAULT_MAX_PAUSED, DEFAULT_MAX_PAUSED_PER_SESSION)
+        );
+        assert!(matches!(
+            rs.rules[0].action,
+            Action::Pause {
+                on_timeout: OnTimeout::Block,
+                ..
+            }
+        ));
+        let rs = RuleSet::parse("[pause]\nmax_paused = 7\nmax_paused_per_session = 7").unwrap();
+        assert_eq!(
+            (rs.pause.max_paused, rs.pause.max_paused_per_session),
+            (7, 7)
+        );
+        let rs = RuleSet::parse_as(
+            "pause:\n  max_paused_per_session: 1\nrule:\n  - action: pause\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        assert_eq!(
+            (rs.pause.max_paused, rs.pause.max_paused_per_session),
+            (100, 1)
+        );
+        let e = RuleSet::parse("[pause]\nmax_paused = 0").unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = RuleSet::parse("[pause]\nmax_paused_per_session = 0").unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = RuleSet::parse("[pause]\nmax_paused = 5\nmax_paused_per_session = 6").unwrap_err();
+        assert!(e.contains("cannot exceed"), "{e}");
+        let e = RuleSet::parse("[pause]\nmax = 5").unwrap_err();
+        assert!(e.contains("max"), "{e}");
+        let e = RuleSet::parse("[pause]\nmax_paused = -1").unwrap_err();
+        assert!(e.contains("max_paused"), "{e}");
     }
 
     #[test]

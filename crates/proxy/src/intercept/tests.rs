@@ -261,11 +261,139 @@ async fn pause_resume_edit_drop_and_timeout() {
         matches!(p.process(&C2S, call(4, "echo")).await, Outcome::Reply(f) if json_of(&f)["error"]["code"] == BLOCKED)
     );
     assert!(icpt.board().is_empty());
-    let (p, _) = setup("[[rule]]\naction = 'pause'\ntimeout_ms = 50");
+    let (p, _) = setup("[[rule]]\naction = 'pause'\ntimeout_ms = 50\non_timeout = 'continue'");
     assert!(matches!(
         p.process(&C2S, call(5, "echo")).await,
         Outcome::Forward(_)
     ));
+    let (p, _) = setup("[[rule]]\naction = 'pause'\ntimeout_ms = 50\non_timeout = 'drop'");
+    match p.process(&C2S, call(6, "echo")).await {
+        Outcome::Reply(f) => {
+            let text = json_of(&f)["error"]["message"].to_string();
+            assert!(
+                text.contains("not decided") && text.contains("dropped"),
+                "{text}"
+            );
+        }
+        o => panic!("{o:?}"),
+    }
+}
+
+/// Fail closed: a paused message nobody decides on is not forwarded unless the rule says
+/// `on_timeout = "continue"`; its sender learns which rule held it and why it was refused.
+#[tokio::test]
+async fn an_undecided_pause_blocks_by_default() {
+    let (p, icpt) = setup("[[rule]]\nname = 'hold'\naction = 'pause'\ntimeout_ms = 50");
+    assert!(matches!(
+        icpt.rules().rules[0].action,
+        Action::Pause {
+            on_timeout: OnTimeout::Block,
+            ..
+        }
+    ));
+    match p.process(&C2S, call(7, "echo")).await {
+        Outcome::Reply(f) => {
+            let v = json_of(&f);
+            assert_eq!(
+                (v["id"].clone(), v["error"]["code"].clone()),
+                (json!(7), json!(BLOCKED))
+            );
+            let text = v["error"]["message"].as_str().unwrap();
+            assert!(
+                text.contains("held by interceptor rule `hold`")
+                    && text.contains("not decided within 0.05 s")
+                    && text.contains("not forwarded"),
+                "{text}"
+            );
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(icpt.board().is_empty());
+    // A notification that times out is discarded, not forwarded.
+    let n = frame(json!({"jsonrpc":"2.0","method":"notifications/message","params":{}}));
+    assert!(matches!(p.process(&C2S, n).await, Outcome::Drop));
+}
+
+/// Waits for a refusal that must come without holding (a held message would never finish).
+async fn refused(p: &Pipeline, ctx: &FrameCtx<'static>, f: Frame) -> Outcome {
+    tokio::time::timeout(Duration::from_secs(30), p.process(ctx, f))
+        .await
+        .expect("a message over the cap is refused, not held")
+}
+
+async fn wait_held(board: &PauseBoard, n: usize) {
+    for _ in 0..2000 {
+        if board.len() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("expected {n} paused messages, found {}", board.len());
+}
+
+#[tokio::test]
+async fn paused_messages_are_capped_per_session_and_per_proxy() {
+    let (p, icpt) = setup(
+        "[pause]\nmax_paused = 3\nmax_paused_per_session = 2\n\
+         [[rule]]\nname = 'hold'\naction = 'pause'\ntimeout_ms = 600000",
+    );
+    let board = icpt.board().clone();
+    const S2: FrameCtx<'static> = FrameCtx::new("s2", Direction::ClientToServer);
+    const S3: FrameCtx<'static> = FrameCtx::new("s3", Direction::ClientToServer);
+    let hold = |ctx: &'static FrameCtx<'static>, f: Frame| {
+        let p = p.clone();
+        tokio::spawn(async move { p.process(ctx, f).await })
+    };
+    let a = hold(&C2S, call(1, "echo"));
+    let b = hold(&C2S, call(2, "echo"));
+    wait_held(&board, 2).await;
+    // The session's third is refused at once with a clear error; nothing more is held.
+    match refused(&p, &C2S, call(3, "echo")).await {
+        Outcome::Reply(f) => {
+            let v = json_of(&f);
+            assert_eq!(
+                (v["id"].clone(), v["error"]["code"].clone()),
+                (json!(3), json!(BLOCKED))
+            );
+            let text = v["error"]["message"].as_str().unwrap();
+            assert!(
+                text.contains("rule `hold`") && text.contains("max_paused_per_session"),
+                "{text}"
+            );
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(board.len(), 2);
+    // Another session still has room, until the proxy-wide cap.
+    let c = hold(&S2, call(4, "echo"));
+    wait_held(&board, 3).await;
+    match refused(&p, &S3, call(5, "echo")).await {
+        Outcome::Reply(f) => {
+            let text = json_of(&f)["error"]["message"].to_string();
+            assert!(text.contains("max_paused)"), "{text}");
+        }
+        o => panic!("{o:?}"),
+    }
+    // Over the cap a notification is discarded and a reply replaced by an error.
+    let n = frame(json!({"jsonrpc":"2.0","method":"notifications/message","params":{}}));
+    assert!(matches!(refused(&p, &S3, n).await, Outcome::Drop));
+    assert_eq!(board.len(), 3);
+    // Deciding frees a place.
+    let first = board
+        .list()
+        .into_iter()
+        .find(|p| p.message["id"] == 1)
+        .unwrap()
+        .id;
+    board.resume(first).unwrap();
+    assert!(matches!(a.await.unwrap(), Outcome::Forward(_)));
+    let d = hold(&S3, call(6, "echo"));
+    wait_held(&board, 3).await;
+    for h in [b, c, d] {
+        h.abort();
+        let _ = h.await;
+    }
+    assert!(board.is_empty());
 }
 
 #[tokio::test]

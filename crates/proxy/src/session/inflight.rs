@@ -136,7 +136,7 @@ mod tests {
     fn tracks_and_fails_pending_requests() {
         let i = Inflight::default();
         let f = Frame::parse_single(Bytes::from_static(
-            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"_meta":{"progressToken":9}}}"#,
+            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t","_meta":{"progressToken":9}}}"#,
         ))
         .unwrap();
         i.insert(&f);
@@ -160,7 +160,7 @@ mod tests {
         let i = Inflight::default();
         let f = |id: &str| {
             Frame::parse_single(Bytes::from(format!(
-                r#"{{"jsonrpc":"2.0","id":"{id}","method":"tools/call"}}"#
+                r#"{{"jsonrpc":"2.0","id":"{id}","method":"tools/call","params":{{"name":"t"}}}}"#
             )))
             .unwrap()
         };

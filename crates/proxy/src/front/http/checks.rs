@@ -1,11 +1,14 @@
-//! Request checks of the Streamable HTTP front: Origin, Accept, Content-Type and the
-//! `MCP-Protocol-Version` header. Each failure carries its exact HTTP status and a message that
-//! says what was wrong.
+//! Request checks of the Streamable HTTP front: Origin, Accept, Content-Type, the
+//! `MCP-Protocol-Version` header, and MCP headers sent more than once. Each failure carries its
+//! exact HTTP status and a message that says what was wrong.
 
 use crate::error::ProxyError;
 use http::{HeaderMap, StatusCode, header};
-use shadowcat_proto::era::{PROTOCOL_VERSION_HEADER, ProtocolVersion};
-use shadowcat_proto::error::INVALID_REQUEST;
+use shadowcat_proto::era::{
+    METHOD_HEADER, NAME_HEADER, PARAM_HEADER_PREFIX, PROTOCOL_VERSION_HEADER, ProtocolVersion,
+    SESSION_ID_HEADER,
+};
+use shadowcat_proto::error::{HEADER_MISMATCH, INVALID_REQUEST};
 
 /// Which browser origins may talk to the front. Loopback origins are always allowed.
 #[derive(Debug, Clone, Default)]
@@ -121,6 +124,52 @@ pub fn content_type(headers: &HeaderMap) -> Result<(), ProxyError> {
     ))
 }
 
+/// The MCP headers that must appear at most once: the proxy checks one value (against the body,
+/// against its sessions) while every value would be forwarded, so a repeated header could show
+/// the proxy one thing and the upstream another.
+const SINGLE_HEADERS: [&str; 4] = [
+    METHOD_HEADER,
+    NAME_HEADER,
+    PROTOCOL_VERSION_HEADER,
+    SESSION_ID_HEADER,
+];
+
+/// `400` when `Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`, `Mcp-Session-Id` or any
+/// `Mcp-Param-*` header is sent more than once (as separate fields; a comma in one value is that
+/// value). Applied to every request of every route and method before anything else reads them.
+/// The JSON-RPC code is the 2026-07-28 `HeaderMismatch` (`-32020`) for a request of that era,
+/// otherwise `-32600`.
+pub fn single_headers(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let repeated = |name: &str| headers.get_all(name).iter().nth(1).is_some();
+    let found = SINGLE_HEADERS
+        .iter()
+        .copied()
+        .find(|n| repeated(n))
+        .or_else(|| {
+            headers
+                .keys()
+                .map(|k| k.as_str())
+                .find(|k| k.starts_with(PARAM_HEADER_PREFIX) && repeated(k))
+        });
+    let Some(name) = found else {
+        return Ok(());
+    };
+    let modern = headers
+        .get(PROTOCOL_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| ProtocolVersion::parse(v.trim()))
+        .is_some_and(|v| v.is_modern());
+    Err(ProxyError::bad(
+        StatusCode::BAD_REQUEST,
+        if modern {
+            HEADER_MISMATCH
+        } else {
+            INVALID_REQUEST
+        },
+        format!("the `{name}` header is sent more than once; send it once"),
+    ))
+}
+
 /// The `MCP-Protocol-Version` header, if sent, must name a version we serve (400 otherwise).
 pub fn protocol_version(headers: &HeaderMap) -> Result<Option<ProtocolVersion>, ProxyError> {
     let Some(v) = headers.get(PROTOCOL_VERSION_HEADER) else {
@@ -179,6 +228,50 @@ mod tests {
                 .check(&h(&[("origin", "http://evil.com")]))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn mcp_headers_must_not_repeat() {
+        assert!(single_headers(&h(&[])).is_ok());
+        // One of each, and repeatable headers repeated, are fine.
+        assert!(
+            single_headers(&h(&[
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-session-id", "abc"),
+                ("mcp-param-a", "1"),
+                ("mcp-param-b", "2"),
+                ("accept", "application/json"),
+                ("accept", "text/event-stream"),
+            ]))
+            .is_ok()
+        );
+        for name in [
+            "mcp-method",
+            "mcp-name",
+            "mcp-protocol-version",
+            "mcp-session-id",
+            "mcp-param-region",
+        ] {
+            let e = single_headers(&h(&[(name, "2025-06-18"), (name, "2025-06-18")])).unwrap_err();
+            assert_eq!(e.http_status(), StatusCode::BAD_REQUEST, "{name}");
+            assert_eq!(e.jsonrpc_code(), INVALID_REQUEST, "{name}");
+            assert!(e.to_string().contains(&format!("`{name}`")), "{e}");
+        }
+        // Header names are case-insensitive: `Mcp-Name` and `mcp-name` are the same header.
+        let mut m = HeaderMap::new();
+        m.append("Mcp-Name", HeaderValue::from_static("echo"));
+        m.append("mcp-name", HeaderValue::from_static("rm"));
+        assert!(single_headers(&m).is_err());
+        // In a 2026-07-28 request it is that era's HeaderMismatch.
+        let e = single_headers(&h(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-name", "echo"),
+            ("mcp-name", "rm"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.jsonrpc_code(), HEADER_MISMATCH);
     }
 
     #[test]

@@ -453,10 +453,36 @@ async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
     {
         return health(&front);
     }
-    if let Some(gw) = front.config.gateway.clone() {
-        return gw.handle(&front, req).await;
+    let has_body = has_body(req.headers());
+    let mut response = match front.config.gateway.clone() {
+        Some(gw) => gw.handle(&front, req).await,
+        None => serve_mcp(front, req).await,
+    };
+    close_if_refused_with_body(has_body, &mut response);
+    response
+}
+
+/// Whether a request carries a body (`Content-Length` > 0, or any `Transfer-Encoding`).
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// A request refused (4xx/5xx) may have left part of its body unread (a `413` stops reading at
+/// the limit; most refusals never read it). The server cannot then tell where the next request
+/// starts and closes the connection after the response, so the response says `Connection:
+/// close`: a keep-alive client opens a new connection instead of failing its next request on
+/// this one. Refused requests are rare, so closing even when the body was read costs nothing
+/// that matters.
+fn close_if_refused_with_body(has_body: bool, response: &mut Response) {
+    let s = response.status();
+    if has_body && (s.is_client_error() || s.is_server_error()) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
-    serve_mcp(front, req).await
 }
 
 /// Serve one MCP request (in gateway mode: once the gateway has admitted it).
@@ -477,6 +503,7 @@ pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
     let result = tracing::Instrument::instrument(
         async {
             front.config.origins.check(req.headers())?;
+            checks::single_headers(req.headers())?;
             if let Some(endpoint) = front.legacy.endpoint(&req) {
                 return front.legacy.handle(&front, endpoint, req).await;
             }

@@ -169,8 +169,12 @@ impl Outbox {
         self.priming = on;
     }
 
-    /// Register a POST carrying these request ids; returns its stream id.
-    pub fn open_post(&mut self, ids: &[RequestId], tx: mpsc::Sender<Out>) -> StreamId {
+    /// Register a POST carrying these request ids; returns its stream id. `None` once the
+    /// session has ended ([`Outbox::close`]): nothing would ever answer on the stream.
+    pub fn open_post(&mut self, ids: &[RequestId], tx: mpsc::Sender<Out>) -> Option<StreamId> {
+        if self.closed {
+            return None;
+        }
         self.next_post += 1;
         let id: StreamId = Arc::from(format!("p{}", self.next_post));
         let s = self.new_stream(Some(tx), Some(ids.iter().cloned().collect()));
@@ -178,7 +182,7 @@ impl Outbox {
         for r in ids {
             self.requests.insert(r.clone(), id.clone());
         }
-        id
+        Some(id)
     }
 
     /// A request of a POST will get no reply (a hook dropped it).
@@ -245,6 +249,11 @@ impl Outbox {
         self.streams.get(GET_STREAM).is_some_and(Stream::connected)
     }
 
+    /// Whether the session has ended ([`Outbox::close`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// The session ended: drop every connection so the responses finish.
     pub fn close(&mut self) {
         self.closed = true;
@@ -302,10 +311,11 @@ impl Outbox {
         }
         let sid = self.pick_stream(via, progress_owner);
         let priming = self.priming;
-        let s = self
-            .streams
-            .get_mut(&sid)
-            .expect("picked an existing stream");
+        let Some(s) = self.streams.get_mut(&sid) else {
+            // pick_stream only names streams that exist; should that ever not hold, the frame
+            // is reported undelivered rather than the session's pump panicking.
+            return Plan::Dropped(Some(out));
+        };
         let mut frames = Vec::new();
         if !s.sse {
             // The first non-reply message decides: this POST becomes an SSE stream.
@@ -411,7 +421,9 @@ mod tests {
         let mut o = Outbox::new();
         o.set_priming(true);
         let (tx, _rx) = mpsc::channel(4);
-        let sid = o.open_post(&[RequestId::Number(1), RequestId::Number(2)], tx);
+        let sid = o
+            .open_post(&[RequestId::Number(1), RequestId::Number(2)], tx)
+            .unwrap();
         assert!(matches!(o.route(f(R1), &Via::Unrelated, None), Plan::Held));
         match o.route(f(NOTE), &Via::Unrelated, None) {
             Plan::Deliver {
@@ -445,8 +457,8 @@ mod tests {
         let (tx1, rx1) = mpsc::channel(4);
         let (tx2, _rx2) = mpsc::channel(4);
         let (tg, _rg) = mpsc::channel(4);
-        let s1 = o.open_post(&[RequestId::Number(1)], tx1);
-        let s2 = o.open_post(&[RequestId::Number(2)], tx2);
+        let s1 = o.open_post(&[RequestId::Number(1)], tx1).unwrap();
+        let s2 = o.open_post(&[RequestId::Number(2)], tx2).unwrap();
         assert_eq!(o.attach(GET_STREAM, tg).unwrap().watermark, None);
         assert_eq!(
             stream_of(&o.route(f(NOTE), &Via::Request(RequestId::Number(1)), None)),
@@ -483,7 +495,7 @@ mod tests {
     fn unrelated_messages_stay_on_a_dropped_stream_the_client_can_resume() {
         let mut o = Outbox::new();
         let (tx, rx) = mpsc::channel(4);
-        let sid = o.open_post(&[RequestId::Number(1)], tx);
+        let sid = o.open_post(&[RequestId::Number(1)], tx).unwrap();
         let (tg, _rg) = mpsc::channel(4);
         o.attach(GET_STREAM, tg);
         // The only request stream, connected: related by default.

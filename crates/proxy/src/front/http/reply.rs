@@ -18,6 +18,7 @@ pub fn error(e: &ProxyError, id: Option<&RequestId>) -> Response {
     } else {
         tracing::debug!(error = %e, %status, "request rejected");
     }
+    let id = id.or(e.request_id());
     let body = error_bytes(id, e.jsonrpc_code(), &e.to_string(), e.data().as_ref());
     let mut r = json_response(status, body);
     match e {

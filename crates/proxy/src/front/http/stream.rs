@@ -10,7 +10,7 @@
 //! says events may have been lost — never a silent gap.
 
 use super::events::{Replay, Replayed, parse_event_id};
-use super::outbox::{GET_STREAM, Out};
+use super::outbox::{Attached, GET_STREAM, Out, Outbox};
 use super::registry::{BusyGuard, HttpSession};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
@@ -129,6 +129,26 @@ fn gone(id: &str, why: &str) -> ProxyError {
     )
 }
 
+/// Attach a new GET connection to the session's GET stream. That stream exists for the whole
+/// life of the session, so only a session that ended since it was looked up has none: `404`,
+/// as if the lookup had come a moment later.
+fn attach_listen(o: &mut Outbox, tx: mpsc::Sender<Out>) -> Result<Attached, ProxyError> {
+    o.attach(GET_STREAM, tx).ok_or(ProxyError::SessionNotFound)
+}
+
+/// Attach a resuming connection to `stream`: `None` when that stream is finished (its events
+/// are replayed from the log), `404` when the whole session ended since it was looked up.
+fn attach_resumed(
+    o: &mut Outbox,
+    stream: &str,
+    tx: mpsc::Sender<Out>,
+) -> Result<Option<Attached>, ProxyError> {
+    if o.is_closed() {
+        return Err(ProxyError::SessionNotFound);
+    }
+    Ok(o.attach(stream, tx))
+}
+
 /// GET: open (or resume) a server→client stream.
 pub async fn handle_get(
     front: &HttpFront,
@@ -181,9 +201,8 @@ async fn open_listen(
     let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
     let (attached, priming) = {
         let mut o = session.outbox();
-        (o.attach(GET_STREAM, tx.clone()), o.priming())
+        (attach_listen(&mut o, tx.clone())?, o.priming())
     };
-    let attached = attached.expect("the GET stream always exists");
     let mut first = VecDeque::new();
     let mut rest = None;
     if let Some(until) = attached
@@ -240,7 +259,7 @@ async fn resume(
         ));
     }
     let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
-    let attached = session.outbox().attach(stream, tx);
+    let attached = attach_resumed(&mut session.outbox(), stream, tx)?;
     let until = attached.as_ref().map(|a| a.watermark.clone());
     let gone_or = |e| match e {
         shadowcat_store::StoreError::EventGone(_) => gone(last, "the event log does not hold it"),
@@ -279,4 +298,32 @@ async fn resume(
         retry,
         busy,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GET that found its session just before the session ended (the race window between
+    /// the registry lookup and the attach) gets 404, not a panic; so does a resumption.
+    #[test]
+    fn attaching_to_a_session_that_just_ended_is_404() {
+        let mut o = Outbox::new();
+        assert!(attach_listen(&mut o, mpsc::channel(1).0).is_ok());
+        assert!(matches!(
+            attach_resumed(&mut o, "p9", mpsc::channel(1).0),
+            Ok(None)
+        ));
+        o.close(); // the session ends here
+        let e = attach_listen(&mut o, mpsc::channel(1).0).unwrap_err();
+        assert!(matches!(e, ProxyError::SessionNotFound));
+        assert_eq!(e.http_status(), StatusCode::NOT_FOUND);
+        let e = attach_resumed(&mut o, GET_STREAM, mpsc::channel(1).0).unwrap_err();
+        assert_eq!(e.http_status(), StatusCode::NOT_FOUND);
+        // A POST arriving in the same window is not registered (it would wait forever).
+        assert_eq!(
+            o.open_post(&[shadowcat_proto::RequestId::Number(1)], mpsc::channel(1).0),
+            None
+        );
+    }
 }
