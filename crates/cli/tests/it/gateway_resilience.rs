@@ -273,3 +273,39 @@ async fn resilience_settings_are_validated() {
         assert!(err.contains(want), "missing `{want}` in\n{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_session_is_guarded_and_counted_like_one_placed_here() {
+    let redis = super::harness::Redis::start();
+    let up = FakeUpstream::start("slow").await;
+    let (_d, file) = config_file(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nstore = \"{}\"\n{}",
+        redis.url(),
+        route(
+            &up.url,
+            "request_timeout = \"1s\"\nbalance = \"least-in-flight\"\n"
+        )
+    ));
+    let a = start_gateway(&["--config", &file, "--replica-id", "a"], &[]).await;
+    let b = start_gateway(&["--config", &file, "--replica-id", "b"], &[]).await;
+    let mut on_a = Raw::new(a.url());
+    on_a.initialize().await;
+    // Replica b continues the session (adopts it): it counts on b's upstream...
+    let mut on_b = Raw::new(b.url());
+    on_b.session = on_a.session.clone();
+    assert_eq!(call(&on_b, 1).await["result"]["content"][0]["text"], "slow");
+    let sessions = format!(
+        "shadowcat_upstream_sessions{{route=\"/mcp\",upstream=\"{}\"}}",
+        up.url
+    );
+    assert_eq!(metric(&b.base, &sessions).await, 1.0);
+    // ...and gets the route's request timeout.
+    up.set_fault(Some(Fault::Hang));
+    let r = call(&on_b, 2).await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    let timeouts = format!(
+        "shadowcat_upstream_request_timeouts_total{{route=\"/mcp\",upstream=\"{}\"}}",
+        up.url
+    );
+    assert_eq!(metric(&b.base, &timeouts).await, 1.0);
+}

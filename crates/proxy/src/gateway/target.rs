@@ -40,6 +40,33 @@ impl GatewayTarget {
         self.route.set.find(upstream).map(|m| m.spec().clone())
     }
 
+    /// The guard (breaker, retry budget, request timeout) of the member named `upstream`, for
+    /// a session of another replica continued here on it.
+    pub(crate) fn member_guard(&self, upstream: &str) -> Option<Arc<crate::guard::Guard>> {
+        self.route.set.find(upstream).map(|m| m.guard().clone())
+    }
+
+    /// A session of another replica continued here on the member named `upstream`: the member
+    /// counts it (balancing, least-in-flight, `/api/upstreams`) until it ends, as if placed here.
+    pub(crate) fn adopted(&self, upstream: &str, core: &Arc<Session>) {
+        let set = &self.route.set;
+        let Some(i) = set.members().iter().position(|m| m.name() == upstream) else {
+            return;
+        };
+        set.bind(i, core);
+        self.gateway
+            .bound()
+            .entry(core.id().clone())
+            .or_insert_with(|| Bound {
+                principal: self.principal.clone(),
+                route: self.route.clone(),
+                member: None,
+                lists: HashMap::new(),
+                since: Instant::now(),
+            })
+            .member = Some(i);
+    }
+
     /// A request names session `id`: it must belong to this request's principal. Another
     /// principal's session is "not found" (never "forbidden": ids are not to be probed).
     pub(crate) async fn check_session(

@@ -73,6 +73,7 @@ pub async fn locate(
                 front,
                 id,
                 target,
+                Some(&rec.upstream),
                 rec.protocol_version,
                 rec.upstream_session_id,
             )
@@ -83,12 +84,13 @@ pub async fn locate(
             let http = Target {
                 key: target.key.clone(),
                 spec: UpstreamSpec::http(url.clone(), headers.clone()),
-                gateway: None,
+                gateway: target.gateway.clone(),
             };
             adopt(
                 front,
                 id,
                 &http,
+                Some(&rec.upstream),
                 rec.protocol_version,
                 rec.upstream_session_id,
             )
@@ -118,6 +120,7 @@ async fn adopt(
     front: &HttpFront,
     id: &str,
     target: &Target,
+    member: Option<&str>,
     version: Option<String>,
     upstream_sid: Option<String>,
 ) -> Result<Located, ProxyError> {
@@ -125,7 +128,12 @@ async fn adopt(
     // request's principal, whom the slot binds it to).
     let slot = front.reserve(target)?;
     let sid: Arc<str> = Arc::from(id);
-    let ctx = front.upstream_ctx(&sid);
+    let mut ctx = front.upstream_ctx(&sid);
+    // Gateway: guarded like a session placed here (breaker, retry budget, request timeout).
+    let placed = target.gateway.as_ref().zip(member);
+    if let Some((g, m)) = placed {
+        ctx.guard = g.member_guard(m);
+    }
     let (core, events) =
         Session::connect(sid, target.spec.clone(), front.pipeline.clone(), ctx).await?;
     core.restore(version.as_deref(), upstream_sid.as_deref());
@@ -135,6 +143,9 @@ async fn adopt(
         .insert_new(core.clone(), target.key.clone(), events)
     {
         Ok(s) => {
+            if let Some((g, m)) = placed {
+                g.adopted(m, &core);
+            }
             tracing::info!(
                 session = id,
                 "continuing a session created by another replica"
