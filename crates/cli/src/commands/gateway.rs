@@ -47,7 +47,8 @@ pub struct GatewayArgs {
     /// Session store: `memory`, `sqlite:PATH`, `redis://…` (overrides `server.store`).
     #[arg(long, env = "SHADOWCAT_STORE")]
     pub store: Option<String>,
-    /// Public base URL of the gateway, used in OAuth metadata (overrides `server.public_url`).
+    /// Public base URL of the gateway, used in OAuth metadata (overrides `server.public_url`;
+    /// required with `[auth]`).
     #[arg(long, env = "SHADOWCAT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
     /// This replica's id in the session store (overrides `server.replica_id`; default: the

@@ -69,6 +69,9 @@ command = "server"
         format!(
             "{bad2}: auth.api_keys[0].sha256: must be 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`), never the key itself"
         ),
+        format!(
+            "{bad2}: server.public_url: is required with [auth]: the RFC 9728 metadata and the `WWW-Authenticate` challenges name this gateway by it (e.g. https://mcp.example.com); it is never guessed from the request's `Host`"
+        ),
         format!("{bad2}: limits.per_ip.requests: must be at least 1"),
         format!(
             "{bad2}: routes[0].path: `/api` must be `/mcp` or `/servers/NAME/mcp` (NAME: letters, digits, `-`, `_`)"
@@ -86,7 +89,7 @@ command = "server"
     // The gateway refuses to start with the same messages; a missing file is named too.
     let (code, _, err) = run(&["gateway", "--config", &bad2], &[]).await;
     assert_eq!(code, 1);
-    assert!(err.contains(&expect[3]), "{err}");
+    assert!(err.contains(&expect[4]), "{err}");
     let (code, _, err) = run(&["gateway", "--config", "/nonexistent/gw.toml"], &[]).await;
     assert_eq!(code, 1);
     assert!(
@@ -495,6 +498,7 @@ async fn affinity_and_principal_binding_hold_across_replicas_sharing_a_store() {
     let (_d, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 store = "{store}"
 [auth]

@@ -203,7 +203,7 @@ pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// The public base URL clients use (`https://mcp.example.com`): the resource identifiers of
-    /// the OAuth metadata are built from it. Default: `http://` + the request's `Host`.
+    /// the OAuth metadata are built from it. Required with `[auth]`.
     #[serde(default)]
     pub public_url: Option<String>,
     /// Session store: `memory`, `sqlite:PATH`, `redis://…`.
@@ -311,7 +311,7 @@ pub struct JwtConfig {
     pub issuer: String,
     /// Accepted `aud` values (the token must name at least one).
     pub audience: Vec<String>,
-    /// Where the issuer publishes its signing keys.
+    /// Where the issuer publishes its signing keys (https://, or http:// on loopback).
     pub jwks_url: String,
     /// Accepted signature algorithms.
     #[serde(default = "default_algorithms")]
@@ -1185,6 +1185,43 @@ mod tests {
             .unwrap();
         assert_eq!(client.client_secret, "s3cret");
         assert_eq!(client.auth_method, AuthMethod::ClientSecretPost);
+    }
+
+    #[test]
+    fn auth_needs_a_public_url_and_a_jwks_over_tls() {
+        let cfg = |server: &str, jwks: &str| {
+            errors(&format!(
+                "[server]\n{server}\n[auth]\n[auth.jwt]\nissuer = \"https://as\"\naudience = [\"a\"]\n\
+                 jwks_url = \"{jwks}\"\n[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n"
+            ))
+        };
+        let public = "public_url = \"https://mcp.example.com\"";
+        let e = cfg("", "https://as/jwks");
+        assert_eq!(
+            e,
+            "g.toml: server.public_url: is required with [auth]: the RFC 9728 metadata and the \
+             `WWW-Authenticate` challenges name this gateway by it (e.g. https://mcp.example.com); \
+             it is never guessed from the request's `Host`"
+        );
+        let e = cfg(public, "http://as.example.com/jwks");
+        assert_eq!(
+            e,
+            "g.toml: auth.jwt.jwks_url: `http://as.example.com/jwks` must be https:// (plain \
+             http:// only on loopback): the keys that sign tokens come from it"
+        );
+        for ok in [
+            "https://as.example.com/jwks",
+            "http://127.0.0.1:9/jwks",
+            "http://localhost:9/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            assert_eq!(cfg(public, ok), "", "{ok}");
+        }
+        // Without [auth] nothing names the gateway: no public_url needed.
+        assert_eq!(
+            errors("[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n"),
+            ""
+        );
     }
 
     #[test]

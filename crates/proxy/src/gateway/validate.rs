@@ -102,6 +102,15 @@ impl GatewayConfig {
         }
         if let Some(a) = &self.auth {
             validate_auth(a, &mut bad);
+            if s.public_url.is_none() {
+                bad(
+                    "server.public_url".into(),
+                    "is required with [auth]: the RFC 9728 metadata and the `WWW-Authenticate` \
+                     challenges name this gateway by it (e.g. https://mcp.example.com); it is \
+                     never guessed from the request's `Host`"
+                        .into(),
+                );
+            }
         }
         if let Some(a) = &self.admin {
             validate_admin(a, s.listen, &mut bad);
@@ -275,7 +284,7 @@ fn validate_auth(a: &AuthConfig, bad: &mut impl FnMut(String, String)) {
                     .into(),
             );
         }
-        if let Err(e) = check_url(&j.jwks_url) {
+        if let Err(e) = check_tls_url(&j.jwks_url, "the keys that sign tokens come from it") {
             bad("auth.jwt.jwks_url".into(), e);
         }
         if j.algorithms.is_empty() {
@@ -517,8 +526,9 @@ fn validate_upstream(
     }
 }
 
-/// A token endpoint must use TLS, except on loopback (OAuth 2.1 §1.5).
-fn check_token_url(u: &str) -> Result<(), String> {
+/// A URL the gateway trusts what it gets from, or sends secrets to (a token endpoint, a JWKS):
+/// https://, plain http:// only on loopback (OAuth 2.1 §1.5); `why` says what is at stake.
+fn check_tls_url(u: &str, why: &str) -> Result<(), String> {
     check_url(u)?;
     let url = reqwest::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
     let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
@@ -528,7 +538,7 @@ fn check_token_url(u: &str) -> Result<(), String> {
             .is_ok_and(|ip| ip.is_loopback());
     if url.scheme() == "http" && !loopback {
         return Err(format!(
-            "`{u}` must be https:// (plain http:// only on loopback): the client secret is sent to it"
+            "`{u}` must be https:// (plain http:// only on loopback): {why}"
         ));
     }
     if url.fragment().is_some() {
@@ -538,7 +548,7 @@ fn check_token_url(u: &str) -> Result<(), String> {
 }
 
 fn validate_oauth(at: &str, o: &OAuthConfig, bad: &mut impl FnMut(String, String)) {
-    if let Err(e) = check_token_url(&o.token_url) {
+    if let Err(e) = check_tls_url(&o.token_url, "the client secret is sent to it") {
         bad(format!("{at}.token_url"), e);
     }
     if o.client_id.trim().is_empty() {
