@@ -4,8 +4,9 @@
 //! * header values of `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie` and any
 //!   header whose name contains `token`, `secret`, `api-key`, `apikey`, `password` or `auth`;
 //! * the password of a URL's user info, and URL query parameters with such names;
-//! * JSON object members whose key is one of [`SECRET_KEYS`] (case-insensitive), anywhere in a
-//!   message.
+//! * JSON object members whose key is one of [`SECRET_KEYS`] anywhere in a message, compared
+//!   case-insensitively and ignoring `_` and `-` (`accessToken`, `ACCESS-TOKEN` and
+//!   `access_token` are one name), after JSON unescaping (`"\u0074oken"` is `token`).
 //!
 //! Configurable: JSON pointers (into the whole message, e.g. `/params/arguments/password`) and
 //! regular expressions applied to every JSON string value (each match is replaced).
@@ -18,7 +19,8 @@ use std::borrow::Cow;
 /// What replaces a secret.
 pub const REDACTED: &str = "[REDACTED]";
 
-/// JSON member names whose values are always redacted (compared case-insensitively).
+/// JSON member names whose values are always redacted (compared case-insensitively, ignoring
+/// `_` and `-`: `accessToken` is `access_token`).
 pub const SECRET_KEYS: &[&str] = &[
     "authorization",
     "password",
@@ -62,8 +64,54 @@ pub fn is_secret_header(name: &str) -> bool {
         .any(|w| n.contains(w))
 }
 
+/// The letters of a name that count: lowercase, without the `_` and `-` of snake and kebab case.
+fn name_letters(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    name.iter()
+        .filter(|b| !matches!(b, b'_' | b'-'))
+        .map(u8::to_ascii_lowercase)
+}
+
+fn is_secret_key_bytes(key: &[u8]) -> bool {
+    SECRET_KEYS
+        .iter()
+        .any(|k| name_letters(key).eq(name_letters(k.as_bytes())))
+}
+
 fn is_secret_key(key: &str) -> bool {
-    SECRET_KEYS.iter().any(|k| key.eq_ignore_ascii_case(k))
+    is_secret_key_bytes(key.as_bytes())
+}
+
+/// Whether raw JSON may hold a member with a secret name: a scan over its strings that looks
+/// at every object key (a string followed by `:`). A key with an escape cannot be judged
+/// without unescaping, so it counts (the message is then parsed and walked).
+fn may_have_secret_key(raw: &[u8]) -> bool {
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let mut j = start;
+        let mut escaped = false;
+        while j < raw.len() && raw[j] != b'"' {
+            if raw[j] == b'\\' {
+                escaped = true;
+                j += 1;
+            }
+            j += 1;
+        }
+        let body = &raw[start..j.min(raw.len())];
+        let mut k = j + 1;
+        while k < raw.len() && raw[k].is_ascii_whitespace() {
+            k += 1;
+        }
+        if raw.get(k) == Some(&b':') && (escaped || is_secret_key_bytes(body)) {
+            return true;
+        }
+        i = j + 1;
+    }
+    false
 }
 
 impl Redactor {
@@ -187,16 +235,7 @@ impl Redactor {
         if self.patterns.iter().any(|re| re.is_match(&text)) {
             return true;
         }
-        // Any quoted secret key, case-insensitively, without allocating per key.
-        let bytes = text.as_bytes();
-        bytes.iter().enumerate().any(|(i, &b)| {
-            b == b'"'
-                && SECRET_KEYS.iter().any(|k| {
-                    let end = i + 1 + k.len();
-                    bytes.get(end) == Some(&b'"')
-                        && bytes[i + 1..end].eq_ignore_ascii_case(k.as_bytes())
-                })
-        })
+        may_have_secret_key(raw)
     }
 
     fn walk(&self, v: &mut Value) -> bool {
@@ -267,6 +306,29 @@ mod tests {
         let out = String::from_utf8(d.message(raw).into_owned()).unwrap();
         assert!(!out.contains("hunter2"), "{out}");
         assert!(out.contains(REDACTED));
+    }
+
+    #[test]
+    fn secret_names_in_any_case_style_and_escaped() {
+        let d = Redactor::default();
+        let raw = br#"{"jsonrpc":"2.0","id":1,"result":{"accessToken":"camel1","Refresh-Token":"kebab2","CLIENT_SECRET":"snake3","x":{"\u0074oken":"escaped4","ApiKey" : "spaced5"},"_meta":{"progressToken":7},"tokens":8,"note":"token: not a key"}}"#;
+        let out = String::from_utf8(d.message(raw).into_owned()).unwrap();
+        for secret in ["camel1", "kebab2", "snake3", "escaped4", "spaced5"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["result"]["x"]["token"], REDACTED);
+        assert_eq!(v["result"]["_meta"]["progressToken"], 7);
+        assert_eq!(v["result"]["tokens"], 8);
+        assert_eq!(v["result"]["note"], "token: not a key");
+        // Nothing secret: the bytes are kept as they were, even with escapes in values.
+        let raw = br#"{"jsonrpc":"2.0","id":1,"result":{"text":"a \"token\": b","progressToken":1}}"#;
+        assert!(matches!(d.message(raw), Cow::Borrowed(_)));
+        // Query parameters: the same names.
+        assert_eq!(
+            d.url("https://h/mcp?accessToken=s&x=1"),
+            "https://h/mcp?accessToken=[REDACTED]&x=1"
+        );
     }
 
     #[test]
