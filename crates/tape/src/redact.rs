@@ -53,6 +53,42 @@ pub struct Redactor {
     patterns: Vec<Regex>,
 }
 
+/// A URL as logs, metrics labels and error messages show it: scheme, host, port and path; no
+/// user info (a user name can be a token too), query parameters by name only (`?api_key&x`), no
+/// fragment. Anything else comes back as it is.
+pub fn url_label(url: &str) -> String {
+    let url = url.split_once('#').map_or(url, |(u, _)| u);
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => head.to_string(),
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        out.push('?');
+        let names: Vec<&str> = q
+            .split('&')
+            .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+            .collect();
+        out.push_str(&names.join("&"));
+    }
+    out
+}
+
+/// A command as logs, metrics labels and error messages show it: the program's file name only
+/// (its arguments may carry secrets).
+pub fn command_label(command: &str) -> String {
+    std::path::Path::new(command)
+        .file_name()
+        .map_or_else(|| command.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// True for header names whose values are secrets.
 pub fn is_secret_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
@@ -298,6 +334,20 @@ mod tests {
     }
 
     #[test]
+    fn labels_name_an_upstream_without_its_secrets() {
+        assert_eq!(
+            url_label("https://user:pw@host:1/mcp?api_key=s3&x=1#frag"),
+            "https://host:1/mcp?api_key&x"
+        );
+        assert_eq!(url_label("http://tok@h/a@b"), "http://h/a@b");
+        assert_eq!(url_label("http://h/mcp"), "http://h/mcp");
+        assert_eq!(url_label("http://h/mcp?"), "http://h/mcp");
+        assert_eq!(url_label("sse+http://u:p@h"), "sse+http://h");
+        assert_eq!(command_label("/usr/bin/python3"), "python3");
+        assert_eq!(command_label("npx"), "npx");
+    }
+
+    #[test]
     fn messages_untouched_unless_needed() {
         let d = Redactor::default();
         let raw = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":1}}}"#;
@@ -322,7 +372,8 @@ mod tests {
         assert_eq!(v["result"]["tokens"], 8);
         assert_eq!(v["result"]["note"], "token: not a key");
         // Nothing secret: the bytes are kept as they were, even with escapes in values.
-        let raw = br#"{"jsonrpc":"2.0","id":1,"result":{"text":"a \"token\": b","progressToken":1}}"#;
+        let raw =
+            br#"{"jsonrpc":"2.0","id":1,"result":{"text":"a \"token\": b","progressToken":1}}"#;
         assert!(matches!(d.message(raw), Cow::Borrowed(_)));
         // Query parameters: the same names.
         assert_eq!(

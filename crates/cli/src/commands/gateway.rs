@@ -65,6 +65,10 @@ pub struct GatewayArgs {
     /// of need, so new sessions do not wait for a spawn (0..=64).
     #[arg(long, env = "SHADOWCAT_SPARES", value_name = "N")]
     pub spares: Option<u32>,
+    /// `/metrics` requires `Authorization: Bearer TOKEN`, the token read from this environment
+    /// variable at start (overrides `metrics.token_env`; default: `/metrics` is open).
+    #[arg(long, env = "SHADOWCAT_METRICS_TOKEN_ENV", value_name = "VAR")]
+    pub metrics_token_env: Option<String>,
     #[command(flatten)]
     pub hooks: HookArgs,
     /// A stdio MCP server for /mcp (after `--`): one child per session.
@@ -107,6 +111,9 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
     }
     if let Some(id) = &a.replica_id {
         cfg.server.replica_id = Some(id.clone());
+    }
+    if let Some(var) = &a.metrics_token_env {
+        cfg.metrics.token_env = Some(var.clone());
     }
     let mut upstreams: Vec<UpstreamConfig> = a
         .upstreams

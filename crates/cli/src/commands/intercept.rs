@@ -141,7 +141,7 @@ fn edited_in_editor(current: &Value) -> anyhow::Result<String> {
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
         .arg("sh")
-        .arg(&path)
+        .arg(path)
         .status()
         .with_context(|| format!("cannot run the editor `{editor}`"))?;
     let text = std::fs::read_to_string(path)?;

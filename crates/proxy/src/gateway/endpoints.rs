@@ -26,6 +26,11 @@ impl Gateway {
         let path = req.uri().path();
         if method == Method::GET && req.uri().scheme().is_none() {
             if path == "/metrics" {
+                if let Some(token) = &self.metrics_token
+                    && !crate::admin::bearer_matches(req.headers(), token)
+                {
+                    return metrics_refused();
+                }
                 return self.metrics_page(front);
             }
             if path == "/ready" {
@@ -126,10 +131,7 @@ impl Gateway {
 
     fn challenge(&self, route: Option<&Arc<Route>>, e: &AuthError) -> Response {
         let clean = |s: &str| s.replace(['"', '\\'], "'");
-        let mut v = format!(
-            "Bearer resource_metadata=\"{}\"",
-            self.metadata_url(route)
-        );
+        let mut v = format!("Bearer resource_metadata=\"{}\"", self.metadata_url(route));
         let scopes = route
             .map(|r| r.scopes.as_slice())
             .unwrap_or(&self.auth_scopes);
@@ -285,6 +287,24 @@ fn json(status: StatusCode, body: Bytes) -> Response {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `/metrics` without its token: `401` with a challenge.
+fn metrics_refused() -> Response {
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        error_bytes(
+            None,
+            INVALID_REQUEST,
+            "missing or wrong metrics token (Authorization: Bearer TOKEN)",
+            None,
+        ),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"shadowcat-metrics\""),
     );
     r
 }

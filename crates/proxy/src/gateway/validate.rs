@@ -115,6 +115,9 @@ impl GatewayConfig {
         if let Some(a) = &self.admin {
             validate_admin(a, s.listen, &mut bad);
         }
+        if let Err(e) = self.metrics.resolve_token() {
+            bad("metrics.token_env".into(), e);
+        }
         let l = &self.limits;
         for (name, r) in [
             ("global", &l.global),
@@ -437,6 +440,28 @@ fn validate_upstream(
             "applies to HTTP upstreams (`url`), not to a stdio `command`".into(),
         );
     }
+    if u.url.is_some() && (!u.env.is_empty() || !u.env_passthrough.is_empty()) {
+        bad(
+            at.to_string(),
+            "`env` and `env_passthrough` apply to stdio upstreams (`command`): they set the child's environment"
+                .into(),
+        );
+    }
+    for (k, v) in &u.env {
+        if let Err(e) = check_env_name(k) {
+            bad(format!("{at}.env.{k}"), e);
+        } else if v.contains('\0') {
+            bad(
+                format!("{at}.env.{k}"),
+                "the value must not contain a NUL byte".into(),
+            );
+        }
+    }
+    for (i, k) in u.env_passthrough.iter().enumerate() {
+        if let Err(e) = check_env_name(k) {
+            bad(format!("{at}.env_passthrough[{i}]"), e);
+        }
+    }
     let http_only = !u.headers.is_empty()
         || !u.headers_env.is_empty()
         || u.bearer_env.is_some()
@@ -508,7 +533,18 @@ fn validate_upstream(
     }
     match u.spec() {
         Ok(spec) => {
-            if !seen.insert(spec.describe()) {
+            // The whole identity (describe() leaves secrets out, so it may repeat).
+            let identity = match &spec {
+                crate::upstream::UpstreamSpec::Stdio { command, args, .. } => {
+                    format!("{command}\0{}", args.join("\0"))
+                }
+                _ => format!(
+                    "{:?}\0{}",
+                    u.transport,
+                    u.url.as_deref().unwrap_or_default()
+                ),
+            };
+            if !seen.insert(identity) {
                 bad(
                     at.to_string(),
                     format!("`{}` is listed twice in this route", spec.describe()),
@@ -524,6 +560,16 @@ fn validate_upstream(
             bad(field, e.message);
         }
     }
+}
+
+/// An environment variable name: not empty, no `=` or NUL.
+fn check_env_name(k: &str) -> Result<(), String> {
+    if k.is_empty() || k.contains(['=', '\0']) {
+        return Err(format!(
+            "`{k}` is not an environment variable name (not empty, no `=`)"
+        ));
+    }
+    Ok(())
 }
 
 /// A URL the gateway trusts what it gets from, or sends secrets to (a token endpoint, a JWKS):

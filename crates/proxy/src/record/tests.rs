@@ -94,7 +94,11 @@ async fn a_directory_gets_one_tape_per_session() {
     files.sort();
     assert_eq!(files.len(), 2, "{files:?}");
     assert_eq!(mode(&path), 0o700, "the tape directory is its owner's only");
-    assert_eq!(mode(&dir.path().join("new")), 0o700, "so are the parents it made");
+    assert_eq!(
+        mode(&dir.path().join("new")),
+        0o700,
+        "so are the parents it made"
+    );
     for f in &files {
         assert_eq!(mode(f), 0o600, "{}", f.display());
         let t = Tape::open(f).unwrap();
