@@ -95,6 +95,8 @@ pub struct Gateway {
     auth_scopes: Vec<String>,
     authorization_servers: Vec<String>,
     public_url: Option<String>,
+    /// The bearer token `/metrics` requires (`None`: open).
+    metrics_token: Option<String>,
     limits: Limits,
     metrics: Metrics,
     sessions: Mutex<HashMap<Arc<str>, Bound>>,
@@ -212,6 +214,7 @@ impl Gateway {
                 .public_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
+            metrics_token: cfg.metrics.resolve_token().ok().flatten(),
             limits: Limits::new(
                 &cfg.limits,
                 trusted,

@@ -4,8 +4,9 @@
 //! * header values of `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie` and any
 //!   header whose name contains `token`, `secret`, `api-key`, `apikey`, `password` or `auth`;
 //! * the password of a URL's user info, and URL query parameters with such names;
-//! * JSON object members whose key is one of [`SECRET_KEYS`] (case-insensitive), anywhere in a
-//!   message.
+//! * JSON object members whose key is one of [`SECRET_KEYS`] anywhere in a message, compared
+//!   case-insensitively and ignoring `_` and `-` (`accessToken`, `ACCESS-TOKEN` and
+//!   `access_token` are one name), after JSON unescaping (`"\u0074oken"` is `token`).
 //!
 //! Configurable: JSON pointers (into the whole message, e.g. `/params/arguments/password`) and
 //! regular expressions applied to every JSON string value (each match is replaced).
@@ -18,7 +19,8 @@ use std::borrow::Cow;
 /// What replaces a secret.
 pub const REDACTED: &str = "[REDACTED]";
 
-/// JSON member names whose values are always redacted (compared case-insensitively).
+/// JSON member names whose values are always redacted (compared case-insensitively, ignoring
+/// `_` and `-`: `accessToken` is `access_token`).
 pub const SECRET_KEYS: &[&str] = &[
     "authorization",
     "password",
@@ -51,6 +53,42 @@ pub struct Redactor {
     patterns: Vec<Regex>,
 }
 
+/// A URL as logs, metrics labels and error messages show it: scheme, host, port and path; no
+/// user info (a user name can be a token too), query parameters by name only (`?api_key&x`), no
+/// fragment. Anything else comes back as it is.
+pub fn url_label(url: &str) -> String {
+    let url = url.split_once('#').map_or(url, |(u, _)| u);
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => head.to_string(),
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        out.push('?');
+        let names: Vec<&str> = q
+            .split('&')
+            .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+            .collect();
+        out.push_str(&names.join("&"));
+    }
+    out
+}
+
+/// A command as logs, metrics labels and error messages show it: the program's file name only
+/// (its arguments may carry secrets).
+pub fn command_label(command: &str) -> String {
+    std::path::Path::new(command)
+        .file_name()
+        .map_or_else(|| command.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// True for header names whose values are secrets.
 pub fn is_secret_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
@@ -62,8 +100,54 @@ pub fn is_secret_header(name: &str) -> bool {
         .any(|w| n.contains(w))
 }
 
+/// The letters of a name that count: lowercase, without the `_` and `-` of snake and kebab case.
+fn name_letters(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    name.iter()
+        .filter(|b| !matches!(b, b'_' | b'-'))
+        .map(u8::to_ascii_lowercase)
+}
+
+fn is_secret_key_bytes(key: &[u8]) -> bool {
+    SECRET_KEYS
+        .iter()
+        .any(|k| name_letters(key).eq(name_letters(k.as_bytes())))
+}
+
 fn is_secret_key(key: &str) -> bool {
-    SECRET_KEYS.iter().any(|k| key.eq_ignore_ascii_case(k))
+    is_secret_key_bytes(key.as_bytes())
+}
+
+/// Whether raw JSON may hold a member with a secret name: a scan over its strings that looks
+/// at every object key (a string followed by `:`). A key with an escape cannot be judged
+/// without unescaping, so it counts (the message is then parsed and walked).
+fn may_have_secret_key(raw: &[u8]) -> bool {
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let mut j = start;
+        let mut escaped = false;
+        while j < raw.len() && raw[j] != b'"' {
+            if raw[j] == b'\\' {
+                escaped = true;
+                j += 1;
+            }
+            j += 1;
+        }
+        let body = &raw[start..j.min(raw.len())];
+        let mut k = j + 1;
+        while k < raw.len() && raw[k].is_ascii_whitespace() {
+            k += 1;
+        }
+        if raw.get(k) == Some(&b':') && (escaped || is_secret_key_bytes(body)) {
+            return true;
+        }
+        i = j + 1;
+    }
+    false
 }
 
 impl Redactor {
@@ -187,16 +271,7 @@ impl Redactor {
         if self.patterns.iter().any(|re| re.is_match(&text)) {
             return true;
         }
-        // Any quoted secret key, case-insensitively, without allocating per key.
-        let bytes = text.as_bytes();
-        bytes.iter().enumerate().any(|(i, &b)| {
-            b == b'"'
-                && SECRET_KEYS.iter().any(|k| {
-                    let end = i + 1 + k.len();
-                    bytes.get(end) == Some(&b'"')
-                        && bytes[i + 1..end].eq_ignore_ascii_case(k.as_bytes())
-                })
-        })
+        may_have_secret_key(raw)
     }
 
     fn walk(&self, v: &mut Value) -> bool {
@@ -259,6 +334,20 @@ mod tests {
     }
 
     #[test]
+    fn labels_name_an_upstream_without_its_secrets() {
+        assert_eq!(
+            url_label("https://user:pw@host:1/mcp?api_key=s3&x=1#frag"),
+            "https://host:1/mcp?api_key&x"
+        );
+        assert_eq!(url_label("http://tok@h/a@b"), "http://h/a@b");
+        assert_eq!(url_label("http://h/mcp"), "http://h/mcp");
+        assert_eq!(url_label("http://h/mcp?"), "http://h/mcp");
+        assert_eq!(url_label("sse+http://u:p@h"), "sse+http://h");
+        assert_eq!(command_label("/usr/bin/python3"), "python3");
+        assert_eq!(command_label("npx"), "npx");
+    }
+
+    #[test]
     fn messages_untouched_unless_needed() {
         let d = Redactor::default();
         let raw = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":1}}}"#;
@@ -267,6 +356,30 @@ mod tests {
         let out = String::from_utf8(d.message(raw).into_owned()).unwrap();
         assert!(!out.contains("hunter2"), "{out}");
         assert!(out.contains(REDACTED));
+    }
+
+    #[test]
+    fn secret_names_in_any_case_style_and_escaped() {
+        let d = Redactor::default();
+        let raw = br#"{"jsonrpc":"2.0","id":1,"result":{"accessToken":"camel1","Refresh-Token":"kebab2","CLIENT_SECRET":"snake3","x":{"\u0074oken":"escaped4","ApiKey" : "spaced5"},"_meta":{"progressToken":7},"tokens":8,"note":"token: not a key"}}"#;
+        let out = String::from_utf8(d.message(raw).into_owned()).unwrap();
+        for secret in ["camel1", "kebab2", "snake3", "escaped4", "spaced5"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["result"]["x"]["token"], REDACTED);
+        assert_eq!(v["result"]["_meta"]["progressToken"], 7);
+        assert_eq!(v["result"]["tokens"], 8);
+        assert_eq!(v["result"]["note"], "token: not a key");
+        // Nothing secret: the bytes are kept as they were, even with escapes in values.
+        let raw =
+            br#"{"jsonrpc":"2.0","id":1,"result":{"text":"a \"token\": b","progressToken":1}}"#;
+        assert!(matches!(d.message(raw), Cow::Borrowed(_)));
+        // Query parameters: the same names.
+        assert_eq!(
+            d.url("https://h/mcp?accessToken=s&x=1"),
+            "https://h/mcp?accessToken=[REDACTED]&x=1"
+        );
     }
 
     #[test]

@@ -39,18 +39,15 @@ fn headers(c: &Common) -> anyhow::Result<Vec<(String, String)>> {
 
 fn demo_spec() -> anyhow::Result<UpstreamSpec> {
     let exe = std::env::current_exe().context("cannot find this executable for --demo")?;
-    Ok(UpstreamSpec::Stdio {
-        command: exe.to_string_lossy().into_owned(),
-        args: vec!["demo-server".into()],
-    })
+    Ok(UpstreamSpec::stdio(
+        exe.to_string_lossy(),
+        vec!["demo-server".into()],
+    ))
 }
 
 fn command_spec(cmd: &[String]) -> Option<UpstreamSpec> {
     let (first, rest) = cmd.split_first()?;
-    Some(UpstreamSpec::Stdio {
-        command: first.clone(),
-        args: rest.to_vec(),
-    })
+    Some(UpstreamSpec::stdio(first.clone(), rest.to_vec()))
 }
 
 /// The upstream for a URL: its transport prefix (`sse+`, `auto+`, `streamable+`) or else

@@ -47,7 +47,8 @@ pub struct GatewayArgs {
     /// Session store: `memory`, `sqlite:PATH`, `redis://…` (overrides `server.store`).
     #[arg(long, env = "SHADOWCAT_STORE")]
     pub store: Option<String>,
-    /// Public base URL of the gateway, used in OAuth metadata (overrides `server.public_url`).
+    /// Public base URL of the gateway, used in OAuth metadata (overrides `server.public_url`;
+    /// required with `[auth]`).
     #[arg(long, env = "SHADOWCAT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
     /// This replica's id in the session store (overrides `server.replica_id`; default: the
@@ -68,6 +69,10 @@ pub struct GatewayArgs {
     /// (overrides `server.max_sessions_per_principal`); more get 503 with Retry-After.
     #[arg(long, env = "SHADOWCAT_MAX_SESSIONS_PER_PRINCIPAL", value_name = "N")]
     pub max_sessions_per_principal: Option<usize>,
+    /// `/metrics` requires `Authorization: Bearer TOKEN`, the token read from this environment
+    /// variable at start (overrides `metrics.token_env`; default: `/metrics` is open).
+    #[arg(long, env = "SHADOWCAT_METRICS_TOKEN_ENV", value_name = "VAR")]
+    pub metrics_token_env: Option<String>,
     #[command(flatten)]
     pub hooks: HookArgs,
     /// A stdio MCP server for /mcp (after `--`): one child per session.
@@ -113,6 +118,9 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
     }
     if let Some(id) = &a.replica_id {
         cfg.server.replica_id = Some(id.clone());
+    }
+    if let Some(var) = &a.metrics_token_env {
+        cfg.metrics.token_env = Some(var.clone());
     }
     let mut upstreams: Vec<UpstreamConfig> = a
         .upstreams

@@ -315,8 +315,5 @@ fn shadow_spec(target: &str, headers: &[(String, String)]) -> anyhow::Result<Ups
     }
     let mut words = target.split_whitespace().map(str::to_string);
     let command = words.next().context("--shadow needs a URL or a command")?;
-    Ok(UpstreamSpec::Stdio {
-        command,
-        args: words.collect(),
-    })
+    Ok(UpstreamSpec::stdio(command, words.collect()))
 }

@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
@@ -114,6 +114,18 @@ impl Client {
     }
 }
 
+/// The paused message in a new private temp file, for the editor.
+fn paused_message_file(current: &Value) -> anyhow::Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new()
+        .prefix("shadowcat-paused-")
+        .suffix(".json")
+        .tempfile()
+        .context("cannot create a temporary file for the editor")?;
+    file.write_all((serde_json::to_string_pretty(current)? + "\n").as_bytes())?;
+    file.flush()?;
+    Ok(file)
+}
+
 fn edited_in_editor(current: &Value) -> anyhow::Result<String> {
     if !std::io::stdin().is_terminal() {
         bail!("give the new message with --message or --file (no terminal for an editor)");
@@ -121,17 +133,19 @@ fn edited_in_editor(current: &Value) -> anyhow::Result<String> {
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
-    let path = std::env::temp_dir().join(format!("shadowcat-paused-{}.json", std::process::id()));
-    std::fs::write(&path, serde_json::to_string_pretty(current)? + "\n")?;
+    // A private file (0600, unpredictable name, removed when dropped): the message may hold
+    // secrets, and a predictable name in a shared temp dir can be pre-created by another user.
+    let file = paused_message_file(current)?;
+    let path = file.path();
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
         .arg("sh")
-        .arg(&path)
+        .arg(path)
         .status()
         .with_context(|| format!("cannot run the editor `{editor}`"))?;
-    let text = std::fs::read_to_string(&path)?;
-    let _ = std::fs::remove_file(&path);
+    let text = std::fs::read_to_string(path)?;
+    drop(file);
     if !status.success() {
         bail!("the editor exited with {status}; nothing was changed");
     }
@@ -214,5 +228,28 @@ pub async fn run(cmd: InterceptCmd) -> anyhow::Result<i32> {
             println!("edited and resumed {id}");
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_editors_file_is_private_and_unpredictable() {
+        let msg = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "x"});
+        let (a, b) = (
+            paused_message_file(&msg).unwrap(),
+            paused_message_file(&msg).unwrap(),
+        );
+        assert_ne!(a.path(), b.path(), "a fresh name each time");
+        let mode = std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = std::fs::read_to_string(a.path()).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), msg);
+        let path = a.path().to_path_buf();
+        drop(a);
+        assert!(!path.exists(), "removed when done");
     }
 }

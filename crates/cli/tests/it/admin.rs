@@ -65,6 +65,7 @@ async fn admin_api_lists_shows_and_ends_sessions_and_redacts_the_config() {
     let (_cfg_dir, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 store = "sqlite:{db}"
 [auth]

@@ -137,6 +137,7 @@ async fn the_per_principal_limit_holds_across_kinds() {
         r#"
 [server]
 listen = "127.0.0.1:0"
+public_url = "https://mcp.example.test"
 max_sessions_per_principal = 2
 [auth]
 [[auth.api_keys]]
@@ -300,6 +301,7 @@ result = { content = [{ type = "text", text = "rule-for-alice" }] }
         r#"
 [server]
 listen = "127.0.0.1:0"
+public_url = "https://mcp.example.test"
 [auth]
 [[auth.api_keys]]
 name = "alice"

@@ -69,6 +69,9 @@ command = "server"
         format!(
             "{bad2}: auth.api_keys[0].sha256: must be 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`), never the key itself"
         ),
+        format!(
+            "{bad2}: server.public_url: is required with [auth]: the RFC 9728 metadata and the `WWW-Authenticate` challenges name this gateway by it (e.g. https://mcp.example.com); it is never guessed from the request's `Host`"
+        ),
         format!("{bad2}: limits.per_ip.requests: must be at least 1"),
         format!(
             "{bad2}: routes[0].path: `/api` must be `/mcp` or `/servers/NAME/mcp` (NAME: letters, digits, `-`, `_`)"
@@ -86,7 +89,7 @@ command = "server"
     // The gateway refuses to start with the same messages; a missing file is named too.
     let (code, _, err) = run(&["gateway", "--config", &bad2], &[]).await;
     assert_eq!(code, 1);
-    assert!(err.contains(&expect[3]), "{err}");
+    assert!(err.contains(&expect[4]), "{err}");
     let (code, _, err) = run(&["gateway", "--config", "/nonexistent/gw.toml"], &[]).await;
     assert_eq!(code, 1);
     assert!(
@@ -495,6 +498,7 @@ async fn affinity_and_principal_binding_hold_across_replicas_sharing_a_store() {
     let (_d, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 store = "{store}"
 [auth]
@@ -673,7 +677,7 @@ args = ["-c", "exit 3"]
     let healthy =
         |name: &str| format!("shadowcat_upstream_healthy{{route=\"/mcp\",upstream=\"{name}\"}}");
     // A stdio server that cannot hold a session fails its checks; the demo server passes.
-    wait_metric(&gw.base, &healthy("sh -c exit 3"), 0.0).await;
+    wait_metric(&gw.base, &healthy("sh"), 0.0).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while u0.count("ping") < 3 {
         assert!(
@@ -684,11 +688,7 @@ args = ["-c", "exit 3"]
     }
     assert_eq!(u0.sessions(), 1, "one kept session for every ping");
     let (_, _, m) = get(&gw.base, "/metrics").await;
-    assert_eq!(
-        sample(&m, &healthy(&format!("{demo} demo-server"))),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, &healthy("shadowcat")), Some(1.0), "{m}");
     assert_eq!(sample(&m, &healthy(&u0.url)), Some(1.0), "{m}");
 
     // Its port still open, but MCP stuck: unhealthy, no new sessions there.
@@ -748,9 +748,9 @@ async fn warm_spares_start_sessions_on_running_children() {
     ));
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     let pid = gw.child.id().unwrap();
-    let spares =
-        format!("shadowcat_upstream_spares{{route=\"/mcp\",upstream=\"{demo} demo-server\"}}");
-    wait_metric(&gw.base, &spares, 2.0).await;
+    // Named by the program only (its arguments could carry secrets).
+    let spares = "shadowcat_upstream_spares{route=\"/mcp\",upstream=\"shadowcat\"}";
+    wait_metric(&gw.base, spares, 2.0).await;
     let before = wait_children(pid, 2).await;
 
     let mut c = Raw::new(gw.url());
@@ -760,7 +760,7 @@ async fn warm_spares_start_sessions_on_running_children() {
         "warm"
     );
     // The pool is refilled: two spares again, three children in all.
-    wait_metric(&gw.base, &spares, 2.0).await;
+    wait_metric(&gw.base, spares, 2.0).await;
     let during = wait_children(pid, 3).await;
     assert!(before.is_subset(&during), "{before:?} ⊄ {during:?}");
     // The session runs on one of the first spares: ending it ends one of them.
@@ -783,7 +783,7 @@ async fn warm_spares_start_sessions_on_running_children() {
     loop {
         let now = children(pid);
         let (_, _, m) = get(&gw.base, "/metrics").await;
-        if !now.contains(&victim) && now.len() == 2 && sample(&m, &spares) == Some(2.0) {
+        if !now.contains(&victim) && now.len() == 2 && sample(&m, spares) == Some(2.0) {
             break;
         }
         assert!(
@@ -802,9 +802,7 @@ async fn warm_spares_start_sessions_on_running_children() {
     assert_eq!(
         sample(
             &body,
-            &format!(
-                "shadowcat_upstream_sessions_total{{route=\"/mcp\",upstream=\"{demo} demo-server\"}}"
-            )
+            "shadowcat_upstream_sessions_total{route=\"/mcp\",upstream=\"shadowcat\"}"
         ),
         Some(4.0),
         "{body}"

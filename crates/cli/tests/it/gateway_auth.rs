@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 /// SHA-256 of "sk-test-key".
 const API_KEY: &str = "sk-test-key";
+/// `server.public_url`: what the metadata and the challenges name the gateway by (never the
+/// request's `Host`).
+const PUBLIC: &str = "https://mcp.example.test";
 
 struct Setup {
     gw: Server,
@@ -40,6 +43,7 @@ async fn setup_with(extra_route: &str, min_refetch: &str) -> Setup {
     let (dir, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 [auth]
 scopes = ["mcp"]
@@ -98,7 +102,7 @@ fn www_authenticate(r: &super::harness::Reply) -> String {
 #[tokio::test]
 async fn jwts_are_validated_against_the_jwks() {
     let s = setup("").await;
-    let metadata = format!("{}/.well-known/oauth-protected-resource/mcp", s.gw.base);
+    let metadata = format!("{PUBLIC}/.well-known/oauth-protected-resource/mcp");
 
     // No token: 401 pointing at the metadata, with the scope needed.
     let r = init_status(&s, None).await;
@@ -246,14 +250,14 @@ async fn api_keys_metadata_and_the_upstream_never_sees_the_clients_token() {
     let (status, _, body) = get(&s.gw.base, "/.well-known/oauth-protected-resource/mcp").await;
     assert_eq!(status, 200, "{body}");
     let doc: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(doc["resource"], json!(format!("{}/mcp", s.gw.base)));
+    assert_eq!(doc["resource"], json!(format!("{PUBLIC}/mcp")));
     assert_eq!(doc["authorization_servers"], json!([ISSUER]));
     assert_eq!(doc["scopes_supported"], json!(["mcp"]));
     assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
     let (status, _, body) = get(&s.gw.base, "/.well-known/oauth-protected-resource").await;
     assert_eq!(status, 200);
     let doc: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(doc["resource"], json!(s.gw.base));
+    assert_eq!(doc["resource"], json!(PUBLIC));
     let (status, _, _) = get(
         &s.gw.base,
         "/.well-known/oauth-protected-resource/servers/x/mcp",
@@ -268,8 +272,7 @@ async fn api_keys_metadata_and_the_upstream_never_sees_the_clients_token() {
     assert_eq!(
         www_authenticate(&r),
         format!(
-            "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource\", scope=\"mcp\"",
-            s.gw.base
+            "Bearer resource_metadata=\"{PUBLIC}/.well-known/oauth-protected-resource\", scope=\"mcp\""
         )
     );
 }
@@ -358,6 +361,7 @@ async fn authorization_rules_refuse_calls_and_filter_lists() {
     let (_d, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 [auth]
 [[auth.api_keys]]
@@ -585,6 +589,7 @@ async fn the_official_rust_sdk_connects_with_a_bearer_token() {
     let (_d, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 [auth]
 [[auth.api_keys]]

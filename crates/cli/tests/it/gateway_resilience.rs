@@ -253,7 +253,7 @@ async fn a_stdio_upstream_that_exits_before_initialize_fails_over() {
         );
         assert_eq!(c.call_tool(i, "echo", json!({"message": "hi"})).await, "hi");
     }
-    let up = "shadowcat_upstream_up{route=\"/mcp\",upstream=\"sh -c exit 3\"}";
+    let up = "shadowcat_upstream_up{route=\"/mcp\",upstream=\"sh\"}";
     assert_eq!(metric(&gw.base, up).await, 0.0);
 }
 

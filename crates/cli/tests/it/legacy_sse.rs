@@ -462,6 +462,7 @@ async fn gateway_serves_http_sse_per_route_bound_to_the_principal() {
     let (_dir, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 [auth]
 [[auth.api_keys]]

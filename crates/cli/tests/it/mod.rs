@@ -21,6 +21,7 @@ mod python;
 mod replicas;
 mod resumption;
 mod rmcp_clients;
+mod secrets;
 mod sessions;
 mod shadow;
 mod shared_limits;

@@ -20,6 +20,7 @@ async fn replicas_enforce_one_per_principal_limit() {
     let (_d, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 store = "{store}"
 [auth]

@@ -230,6 +230,7 @@ async fn gateway(
     let (dir, cfg) = config_file(&format!(
         r#"
 [server]
+public_url = "https://mcp.example.test"
 listen = "127.0.0.1:0"
 [auth]
 [[auth.api_keys]]

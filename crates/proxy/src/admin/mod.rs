@@ -174,23 +174,22 @@ async fn index(State(a): Shared) -> Response {
     )
 }
 
+/// Whether the request carries `Authorization: Bearer TOKEN`, compared in constant time (the
+/// timing does not reveal how much of a guess was right).
+pub(crate) fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
+}
+
 impl Admin {
     /// `None` when allowed; the 401 answer otherwise.
     fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
         let token = self.token.as_ref()?;
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        // Compare without an early exit so timing does not reveal the token's prefix.
-        let ok = given.is_some_and(|g| {
-            g.len() == token.len()
-                && g.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        });
-        (!ok).then(|| {
+        (!bearer_matches(headers, token)).then(|| {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong admin token (Authorization: Bearer TOKEN)",

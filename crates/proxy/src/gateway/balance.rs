@@ -88,7 +88,8 @@ impl Member {
     pub fn spec(&self) -> &UpstreamSpec {
         &self.spec
     }
-    /// Its name (the URL, or the command line): what session records say.
+    /// Its name (the URL or the program, without secrets; `#N` after a name shared in the
+    /// set): what session records, metrics and logs say.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -149,11 +150,22 @@ impl UpstreamSet {
         eject_for: Duration,
         guard: &GuardConfig,
     ) -> Self {
+        // Names without secrets can collide (`python3` twice with other arguments): those
+        // get their position in the set, so a session record still names one member.
+        let labels: Vec<String> = members.iter().map(|(s, _)| s.describe()).collect();
+        let names = labels.iter().enumerate().map(|(i, l)| {
+            if labels.iter().filter(|o| *o == l).count() > 1 {
+                format!("{l} #{}", i + 1)
+            } else {
+                l.clone()
+            }
+        });
         let members: Vec<Member> = members
             .into_iter()
-            .map(|(spec, weight)| Member {
-                guard: Arc::new(Guard::new(&spec.describe(), guard)),
-                name: spec.describe(),
+            .zip(names)
+            .map(|((spec, weight), name)| Member {
+                guard: Arc::new(Guard::new(&name, guard)),
+                name,
                 spec,
                 weight: weight.max(1),
                 ejected_until_ms: AtomicU64::new(0),
@@ -356,6 +368,33 @@ mod tests {
             c[s.plan(&format!("session-{k}"), false)[0]] += 1;
         }
         c
+    }
+
+    #[test]
+    fn members_are_named_without_secrets_and_still_apart() {
+        let members = vec![
+            (
+                UpstreamSpec::stdio(
+                    "/usr/bin/python3",
+                    vec!["a.py".into(), "--token".into(), "t1".into()],
+                ),
+                1,
+            ),
+            (
+                UpstreamSpec::stdio("/usr/bin/python3", vec!["b.py".into()]),
+                1,
+            ),
+            (UpstreamSpec::http("http://u:pw@h/mcp?key=k1", vec![]), 1),
+        ];
+        let s = UpstreamSet::new(
+            members,
+            Strategy::ConsistentHash,
+            Duration::from_secs(60),
+            &GuardConfig::default(),
+        );
+        let names: Vec<&str> = s.members().iter().map(|m| m.name()).collect();
+        assert_eq!(names, ["python3 #1", "python3 #2", "http://h/mcp?key"]);
+        assert!(std::ptr::eq(s.find("python3 #2").unwrap(), &s.members()[1]));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! such as `routes[0].upstreams[1].url`) and what is wrong. See `examples/gateway.toml`.
 
 use super::resilience::{BreakerSection, RetrySection};
-use crate::upstream::UpstreamSpec;
 use crate::upstream::credentials::{AuthMethod, Credentials, OAuthClient};
+use crate::upstream::{ChildEnv, UpstreamSpec};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -162,6 +162,35 @@ pub struct GatewayConfig {
     /// The admin listener (absent: none).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// The `/metrics` endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: who may read `/metrics` (it names routes and upstreams).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Read the bearer token `/metrics` requires from this environment variable at start
+    /// (absent: `/metrics` is open to whoever reaches the listener).
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The token from the variable `token_env` names; `None` without `token_env`.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        let Some(var) = &self.token_env else {
+            return Ok(None);
+        };
+        match std::env::var(var) {
+            Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+            Ok(_) => Err(format!("environment variable `{var}` (token_env) is empty")),
+            Err(_) => Err(format!(
+                "environment variable `{var}` (token_env) is not set"
+            )),
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -203,7 +232,7 @@ pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// The public base URL clients use (`https://mcp.example.com`): the resource identifiers of
-    /// the OAuth metadata are built from it. Default: `http://` + the request's `Host`.
+    /// the OAuth metadata are built from it. Required with `[auth]`.
     #[serde(default)]
     pub public_url: Option<String>,
     /// Session store: `memory`, `sqlite:PATH`, `redis://…`.
@@ -316,7 +345,7 @@ pub struct JwtConfig {
     pub issuer: String,
     /// Accepted `aud` values (the token must name at least one).
     pub audience: Vec<String>,
-    /// Where the issuer publishes its signing keys.
+    /// Where the issuer publishes its signing keys (https://, or http:// on loopback).
     pub jwks_url: String,
     /// Accepted signature algorithms.
     #[serde(default = "default_algorithms")]
@@ -695,6 +724,13 @@ pub struct UpstreamConfig {
     /// How `url` is spoken (era translation and transport detection).
     #[serde(default)]
     pub transport: UrlTransport,
+    /// Stdio upstreams: variables set in the child's environment. A child starts from a
+    /// minimal environment ([`crate::upstream::MINIMAL_ENV`] and `LC_*`), never the gateway's.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Stdio upstreams: variables passed on from the gateway's environment (when set there).
+    #[serde(default)]
+    pub env_passthrough: Vec<String>,
 }
 
 fn default_refresh_before() -> Dur {
@@ -899,6 +935,14 @@ impl UpstreamConfig {
             (None, Some(command)) => Ok(UpstreamSpec::Stdio {
                 command: command.clone(),
                 args: self.args.clone(),
+                env: ChildEnv::Minimal {
+                    passthrough: self.env_passthrough.clone(),
+                    set: self
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                },
             }),
             (Some(_), Some(_)) => Err(upstream_error(
                 "",
@@ -1190,6 +1234,70 @@ mod tests {
             .unwrap();
         assert_eq!(client.client_secret, "s3cret");
         assert_eq!(client.auth_method, AuthMethod::ClientSecretPost);
+    }
+
+    #[test]
+    fn auth_needs_a_public_url_and_a_jwks_over_tls() {
+        let cfg = |server: &str, jwks: &str| {
+            errors(&format!(
+                "[server]\n{server}\n[auth]\n[auth.jwt]\nissuer = \"https://as\"\naudience = [\"a\"]\n\
+                 jwks_url = \"{jwks}\"\n[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n"
+            ))
+        };
+        let public = "public_url = \"https://mcp.example.com\"";
+        let e = cfg("", "https://as/jwks");
+        assert_eq!(
+            e,
+            "g.toml: server.public_url: is required with [auth]: the RFC 9728 metadata and the \
+             `WWW-Authenticate` challenges name this gateway by it (e.g. https://mcp.example.com); \
+             it is never guessed from the request's `Host`"
+        );
+        let e = cfg(public, "http://as.example.com/jwks");
+        assert_eq!(
+            e,
+            "g.toml: auth.jwt.jwks_url: `http://as.example.com/jwks` must be https:// (plain \
+             http:// only on loopback): the keys that sign tokens come from it"
+        );
+        for ok in [
+            "https://as.example.com/jwks",
+            "http://127.0.0.1:9/jwks",
+            "http://localhost:9/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            assert_eq!(cfg(public, ok), "", "{ok}");
+        }
+        // Without [auth] nothing names the gateway: no public_url needed.
+        assert_eq!(
+            errors("[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n"),
+            ""
+        );
+    }
+
+    #[test]
+    fn child_environment_and_metrics_token_settings() {
+        let route = |u: &str| format!("[[routes]]\npath = \"/mcp\"\n{u}");
+        let ok = route(
+            "[[routes.upstreams]]\ncommand = \"sh\"\nargs = [\"a\"]\nenv = { MODE = \"x\" }\nenv_passthrough = [\"HOME\"]\n\
+             [[routes.upstreams]]\ncommand = \"sh\"\nargs = [\"b\"]\n",
+        );
+        assert_eq!(errors(&ok), "");
+        let e = errors(&route(
+            "[[routes.upstreams]]\nurl = \"http://a/mcp\"\nenv_passthrough = [\"HOME\"]\n\
+             [[routes.upstreams]]\ncommand = \"sh\"\nenv = { \"A=B\" = \"x\" }\nenv_passthrough = [\"\"]\n\
+             [[routes.upstreams]]\ncommand = \"sh\"\n\
+             [metrics]\ntoken_env = \"SHADOWCAT_TEST_SURELY_UNSET\"\n",
+        ));
+        let lines: Vec<&str> = e.lines().collect();
+        for want in [
+            "g.toml: routes[0].upstreams[0]: `env` and `env_passthrough` apply to stdio upstreams (`command`): they set the child's environment",
+            "g.toml: routes[0].upstreams[1].env.A=B: `A=B` is not an environment variable name (not empty, no `=`)",
+            "g.toml: routes[0].upstreams[1].env_passthrough[0]: `` is not an environment variable name (not empty, no `=`)",
+            "g.toml: routes[0].upstreams[2]: `sh` is listed twice in this route",
+            "g.toml: metrics.token_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET` (token_env) is not set",
+        ] {
+            assert!(lines.contains(&want), "missing `{want}` in:\n{e}");
+        }
+        assert_eq!(lines.len(), 5, "{e}");
     }
 
     #[test]

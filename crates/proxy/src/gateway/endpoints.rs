@@ -26,13 +26,18 @@ impl Gateway {
         let path = req.uri().path();
         if method == Method::GET && req.uri().scheme().is_none() {
             if path == "/metrics" {
+                if let Some(token) = &self.metrics_token
+                    && !crate::admin::bearer_matches(req.headers(), token)
+                {
+                    return metrics_refused();
+                }
                 return self.metrics_page(front);
             }
             if path == "/ready" {
                 return self.ready(front);
             }
             if let Some(rest) = path.strip_prefix(WELL_KNOWN) {
-                return self.resource_metadata(req.uri(), req.headers(), rest);
+                return self.resource_metadata(rest);
             }
         }
         // Legacy HTTP+SSE endpoints are admitted as their route (its scopes, its label).
@@ -89,7 +94,7 @@ impl Gateway {
             Err(e) => {
                 self.metrics.auth_failure(label, e.reason());
                 tracing::info!(%ip, reason = %e, "request refused by authentication");
-                return Err(self.challenge(req, route, &e));
+                return Err(self.challenge(route, &e));
             }
         };
         let needed = route
@@ -99,7 +104,7 @@ impl Gateway {
             let e = AuthError::InsufficientScope(needed.to_vec());
             self.metrics.auth_failure(label, e.reason());
             tracing::info!(principal = %principal.id, reason = %e, "request refused");
-            return Err(self.challenge(req, route, &e));
+            return Err(self.challenge(route, &e));
         }
         if let Err(l) = self.limits.check_principal(&principal.id).await {
             self.metrics.rate_limited(label, l.scope);
@@ -108,49 +113,25 @@ impl Gateway {
         Ok(Some(principal))
     }
 
-    /// The base URL of this gateway as clients see it.
-    fn base_url(&self, uri: &http::Uri, headers: &http::HeaderMap) -> String {
-        if let Some(u) = &self.public_url {
-            return u.clone();
-        }
-        let host = uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .filter(|h| {
-                !h.is_empty()
-                    && h.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c))
-            })
-            .unwrap_or_else(|| "localhost".to_string());
-        format!("http://{host}")
+    /// The base URL of this gateway as clients see it: `server.public_url`, which validation
+    /// requires with `[auth]` (the only case that names it). Never built from the request's
+    /// `Host`: a client could make the challenge point anywhere, and the scheme is unknown.
+    fn base_url(&self) -> &str {
+        self.public_url.as_deref().unwrap_or_default()
     }
 
     /// The metadata of the route, or of the whole origin for other paths.
-    fn metadata_url(&self, req: &http::request::Parts, route: Option<&Arc<Route>>) -> String {
+    fn metadata_url(&self, route: Option<&Arc<Route>>) -> String {
         format!(
             "{}{WELL_KNOWN}{}",
-            self.base_url(&req.uri, &req.headers),
+            self.base_url(),
             route.map(|r| r.path.as_str()).unwrap_or("")
         )
     }
 
-    fn challenge(
-        &self,
-        req: &http::request::Parts,
-        route: Option<&Arc<Route>>,
-        e: &AuthError,
-    ) -> Response {
+    fn challenge(&self, route: Option<&Arc<Route>>, e: &AuthError) -> Response {
         let clean = |s: &str| s.replace(['"', '\\'], "'");
-        let mut v = format!(
-            "Bearer resource_metadata=\"{}\"",
-            self.metadata_url(req, route)
-        );
+        let mut v = format!("Bearer resource_metadata=\"{}\"", self.metadata_url(route));
         let scopes = route
             .map(|r| r.scopes.as_slice())
             .unwrap_or(&self.auth_scopes);
@@ -182,12 +163,7 @@ impl Gateway {
     }
 
     /// RFC 9728 protected-resource metadata: `rest` is empty (the whole origin) or a route path.
-    fn resource_metadata(
-        &self,
-        uri: &http::Uri,
-        headers: &http::HeaderMap,
-        rest: &str,
-    ) -> Response {
+    fn resource_metadata(&self, rest: &str) -> Response {
         if self.auth.is_none() {
             return json(
                 StatusCode::NOT_FOUND,
@@ -199,7 +175,7 @@ impl Gateway {
                 ),
             );
         }
-        let base = self.base_url(uri, headers);
+        let base = self.base_url().to_string();
         let (resource, scopes) = if rest.is_empty() || rest == "/" {
             let mut all = self.auth_scopes.clone();
             for r in self.routes.values() {
@@ -311,6 +287,24 @@ fn json(status: StatusCode, body: Bytes) -> Response {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `/metrics` without its token: `401` with a challenge.
+fn metrics_refused() -> Response {
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        error_bytes(
+            None,
+            INVALID_REQUEST,
+            "missing or wrong metrics token (Authorization: Bearer TOKEN)",
+            None,
+        ),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"shadowcat-metrics\""),
     );
     r
 }

@@ -254,8 +254,9 @@ pub(super) async fn probe(spec: &UpstreamSpec, timeout: Duration) -> Result<(), 
     let UpstreamSpec::Http { url, .. } = spec else {
         return Ok(());
     };
+    let label = shadowcat_tape::redact::url_label(url);
     let u = reqwest::Url::parse(url)
-        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}")))?;
+        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{label}`: {e}")))?;
     let host = u
         .host_str()
         .unwrap_or("")
@@ -270,10 +271,10 @@ pub(super) async fn probe(spec: &UpstreamSpec, timeout: Duration) -> Result<(), 
     {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(ProxyError::UpstreamConnect(format!(
-            "cannot connect to {url}: {e}"
+            "cannot connect to {label}: {e}"
         ))),
         Err(_) => Err(ProxyError::UpstreamConnect(format!(
-            "cannot connect to {url}: no answer within {} ms",
+            "cannot connect to {label}: no answer within {} ms",
             timeout.as_millis()
         ))),
     }

@@ -108,9 +108,21 @@ impl GatewayConfig {
         }
         if let Some(a) = &self.auth {
             validate_auth(a, &mut bad);
+            if s.public_url.is_none() {
+                bad(
+                    "server.public_url".into(),
+                    "is required with [auth]: the RFC 9728 metadata and the `WWW-Authenticate` \
+                     challenges name this gateway by it (e.g. https://mcp.example.com); it is \
+                     never guessed from the request's `Host`"
+                        .into(),
+                );
+            }
         }
         if let Some(a) = &self.admin {
             validate_admin(a, s.listen, &mut bad);
+        }
+        if let Err(e) = self.metrics.resolve_token() {
+            bad("metrics.token_env".into(), e);
         }
         let l = &self.limits;
         for (name, r) in [
@@ -281,7 +293,7 @@ fn validate_auth(a: &AuthConfig, bad: &mut impl FnMut(String, String)) {
                     .into(),
             );
         }
-        if let Err(e) = check_url(&j.jwks_url) {
+        if let Err(e) = check_tls_url(&j.jwks_url, "the keys that sign tokens come from it") {
             bad("auth.jwt.jwks_url".into(), e);
         }
         if j.algorithms.is_empty() {
@@ -434,6 +446,28 @@ fn validate_upstream(
             "applies to HTTP upstreams (`url`), not to a stdio `command`".into(),
         );
     }
+    if u.url.is_some() && (!u.env.is_empty() || !u.env_passthrough.is_empty()) {
+        bad(
+            at.to_string(),
+            "`env` and `env_passthrough` apply to stdio upstreams (`command`): they set the child's environment"
+                .into(),
+        );
+    }
+    for (k, v) in &u.env {
+        if let Err(e) = check_env_name(k) {
+            bad(format!("{at}.env.{k}"), e);
+        } else if v.contains('\0') {
+            bad(
+                format!("{at}.env.{k}"),
+                "the value must not contain a NUL byte".into(),
+            );
+        }
+    }
+    for (i, k) in u.env_passthrough.iter().enumerate() {
+        if let Err(e) = check_env_name(k) {
+            bad(format!("{at}.env_passthrough[{i}]"), e);
+        }
+    }
     let http_only = !u.headers.is_empty()
         || !u.headers_env.is_empty()
         || u.bearer_env.is_some()
@@ -505,7 +539,18 @@ fn validate_upstream(
     }
     match u.spec() {
         Ok(spec) => {
-            if !seen.insert(spec.describe()) {
+            // The whole identity (describe() leaves secrets out, so it may repeat).
+            let identity = match &spec {
+                crate::upstream::UpstreamSpec::Stdio { command, args, .. } => {
+                    format!("{command}\0{}", args.join("\0"))
+                }
+                _ => format!(
+                    "{:?}\0{}",
+                    u.transport,
+                    u.url.as_deref().unwrap_or_default()
+                ),
+            };
+            if !seen.insert(identity) {
                 bad(
                     at.to_string(),
                     format!("`{}` is listed twice in this route", spec.describe()),
@@ -523,8 +568,19 @@ fn validate_upstream(
     }
 }
 
-/// A token endpoint must use TLS, except on loopback (OAuth 2.1 §1.5).
-fn check_token_url(u: &str) -> Result<(), String> {
+/// An environment variable name: not empty, no `=` or NUL.
+fn check_env_name(k: &str) -> Result<(), String> {
+    if k.is_empty() || k.contains(['=', '\0']) {
+        return Err(format!(
+            "`{k}` is not an environment variable name (not empty, no `=`)"
+        ));
+    }
+    Ok(())
+}
+
+/// A URL the gateway trusts what it gets from, or sends secrets to (a token endpoint, a JWKS):
+/// https://, plain http:// only on loopback (OAuth 2.1 §1.5); `why` says what is at stake.
+fn check_tls_url(u: &str, why: &str) -> Result<(), String> {
     check_url(u)?;
     let url = reqwest::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
     let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
@@ -534,7 +590,7 @@ fn check_token_url(u: &str) -> Result<(), String> {
             .is_ok_and(|ip| ip.is_loopback());
     if url.scheme() == "http" && !loopback {
         return Err(format!(
-            "`{u}` must be https:// (plain http:// only on loopback): the client secret is sent to it"
+            "`{u}` must be https:// (plain http:// only on loopback): {why}"
         ));
     }
     if url.fragment().is_some() {
@@ -544,7 +600,7 @@ fn check_token_url(u: &str) -> Result<(), String> {
 }
 
 fn validate_oauth(at: &str, o: &OAuthConfig, bad: &mut impl FnMut(String, String)) {
-    if let Err(e) = check_token_url(&o.token_url) {
+    if let Err(e) = check_tls_url(&o.token_url, "the client secret is sent to it") {
         bad(format!("{at}.token_url"), e);
     }
     if o.client_id.trim().is_empty() {

@@ -81,6 +81,8 @@ impl Client {
 async fn gateway_sessions_carry_their_principal_to_the_rules() {
     let cfg: GatewayConfig = toml::from_str(&format!(
         r#"
+[server]
+public_url = "https://mcp.example.com"
 [auth]
 [[auth.api_keys]]
 name = "alice"

@@ -36,6 +36,29 @@ pub(crate) struct Sink {
     wall_ms: i64,
 }
 
+/// A tape file readable by its owner only (`0600`); an existing file is truncated and made
+/// private too. Tapes hold whatever the traffic held (redaction covers known secrets, not all).
+fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// A tape directory (and any missing parents) created `0700`; an existing one is left as it is.
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
 fn io(path: &Path, source: std::io::Error) -> RecordError {
     RecordError::Io {
         path: path.to_path_buf(),
@@ -63,14 +86,14 @@ impl Sink {
             .collect();
         let as_dir = cfg.path.is_dir() || cfg.path.to_string_lossy().ends_with('/');
         let target = if as_dir {
-            std::fs::create_dir_all(&cfg.path).map_err(|e| io(&cfg.path, e))?;
+            create_private_dir(&cfg.path).map_err(|e| io(&cfg.path, e))?;
             Target::Dir {
                 dir: cfg.path.clone(),
                 open: HashMap::new(),
                 ended: HashSet::new(),
             }
         } else {
-            let file = File::create(&cfg.path).map_err(|e| io(&cfg.path, e))?;
+            let file = create_private(&cfg.path).map_err(|e| io(&cfg.path, e))?;
             let writer = TapeWriter::new(BufWriter::new(file), &header, redactor.clone())
                 .map_err(|e| io(&cfg.path, e))?;
             Target::File(Some(Open {
@@ -106,7 +129,7 @@ impl Sink {
                     let mut header = self.header.clone();
                     header.created = format_ms(started);
                     header.session = Some(session.to_string());
-                    let made = File::create(&path).and_then(|f| {
+                    let made = create_private(&path).and_then(|f| {
                         TapeWriter::new(BufWriter::new(f), &header, self.redactor.clone())
                     });
                     match made {

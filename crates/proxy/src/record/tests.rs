@@ -29,6 +29,23 @@ fn ctx(session: &str, direction: Direction) -> FrameCtx<'_> {
     FrameCtx::new(session, direction)
 }
 
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn an_existing_tape_file_is_made_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.jsonl");
+    std::fs::write(&path, "old").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_hook, handle) = start(config(path.clone())).unwrap();
+    handle.finish(Duration::from_secs(5)).await;
+    assert_eq!(mode(&path), 0o600);
+}
+
 #[tokio::test]
 async fn one_file_for_all_sessions_with_redacted_header() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,6 +66,7 @@ async fn one_file_for_all_sessions_with_redacted_header() {
     for secret in ["s3cret", "pw@", "token=abc"] {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
+    assert_eq!(mode(&path), 0o600, "the tape is its owner's only");
     let t = Tape::open(&path).unwrap();
     assert_eq!(t.sessions(), vec!["a", "b"]);
     assert_eq!(t.frames.len(), 4);
@@ -59,7 +77,7 @@ async fn one_file_for_all_sessions_with_redacted_header() {
 #[tokio::test]
 async fn a_directory_gets_one_tape_per_session() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tapes/");
+    let path = dir.path().join("new/tapes/");
     let (hook, handle) = start(config(path.clone())).unwrap();
     let p = Pipeline::new(vec![hook]);
     for s in ["s1", "s2"] {
@@ -75,7 +93,14 @@ async fn a_directory_gets_one_tape_per_session() {
         .collect();
     files.sort();
     assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(mode(&path), 0o700, "the tape directory is its owner's only");
+    assert_eq!(
+        mode(&dir.path().join("new")),
+        0o700,
+        "so are the parents it made"
+    );
     for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
         let t = Tape::open(f).unwrap();
         let s = t.header.session.clone().unwrap();
         assert!(f.to_string_lossy().ends_with(&format!("-{s}.jsonl")));

@@ -110,7 +110,11 @@ impl Credentials {
     /// For logs: `oauth client ID at TOKEN_URL`.
     pub fn describe(&self) -> String {
         let c = &self.0.client;
-        format!("oauth client `{}` at {}", c.client_id, c.token_url)
+        format!(
+            "oauth client `{}` at {}",
+            c.client_id,
+            shadowcat_tape::redact::url_label(&c.token_url)
+        )
     }
 
     /// The token endpoint.

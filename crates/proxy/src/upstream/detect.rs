@@ -47,6 +47,7 @@ use shadowcat_proto::error::{
     HEADER_MISMATCH, MISSING_CAPABILITY, UNSUPPORTED_VERSION, error_code,
 };
 use shadowcat_proto::sse::SseDecoder;
+use shadowcat_tape::redact::url_label;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -109,7 +110,7 @@ pub fn forget(url: &str) {
     let k = key(url);
     let mut c = cache();
     if c.remove(&k).is_some() {
-        tracing::info!(url = %k, "forgot the detected era and transport of an upstream");
+        tracing::info!(url = %url_label(&k), "forgot the detected era and transport of an upstream");
     }
 }
 
@@ -159,7 +160,7 @@ pub async fn serves_modern(
                 "probed the upstream's era with server/discover"
             );
         }
-        None => tracing::debug!(url, "inconclusive server/discover probe"),
+        None => tracing::debug!(url = %url_label(url), "inconclusive server/discover probe"),
     }
     answer
 }
@@ -182,7 +183,7 @@ pub(super) async fn connect(
             match SseUpstream::connect(url, headers, ctx.clone(), events.clone()).await {
                 Ok(up) => return Ok(Upstream::Sse(up)),
                 Err(e) => {
-                    tracing::info!(error = %e, url, "cached HTTP+SSE upstream failed; probing again");
+                    tracing::info!(error = %e, url = %url_label(url), "cached HTTP+SSE upstream failed; probing again");
                     forget(url);
                 }
             }
@@ -192,7 +193,7 @@ pub(super) async fn connect(
     if serves_modern(url, headers, &ctx.http).await == Some(true) {
         // Dual-era servers take the client's own `initialize`; a modern-only one refuses it,
         // and the HTTP upstream switches to the stateless translation then.
-        tracing::info!(url, "upstream serves 2026-07-28; using Streamable HTTP");
+        tracing::info!(url = %url_label(url), "upstream serves 2026-07-28; using Streamable HTTP");
         return Ok(Upstream::Http(HttpUpstream::new(
             url, headers, ctx, events,
         )?));
@@ -202,7 +203,7 @@ pub(super) async fn connect(
             if cache {
                 remember(url, Transport::Streamable);
             }
-            tracing::info!(url, cached = cache, "upstream speaks Streamable HTTP");
+            tracing::info!(url = %url_label(url), cached = cache, "upstream speaks Streamable HTTP");
             Ok(Upstream::Http(HttpUpstream::new(
                 url, headers, ctx, events,
             )?))
@@ -221,12 +222,12 @@ pub(super) async fn connect(
             match SseUpstream::connect(url, headers, ctx.clone(), events.clone()).await {
                 Ok(up) => {
                     remember(url, Transport::Sse);
-                    tracing::info!(url, "upstream speaks HTTP+SSE (2024-11-05)");
+                    tracing::info!(url = %url_label(url), "upstream speaks HTTP+SSE (2024-11-05)");
                     Ok(Upstream::Sse(up))
                 }
                 Err(e) => {
                     tracing::info!(
-                        url, %status, error = %e,
+                        url = %url_label(url), %status, error = %e,
                         "upstream refused initialize and is not HTTP+SSE either; using Streamable HTTP"
                     );
                     Ok(Upstream::Http(HttpUpstream::new(
@@ -393,7 +394,13 @@ async fn probe_streamable(
         .body(probe_body())
         .send()
         .await
-        .map_err(|e| ProxyError::UpstreamConnect(format!("cannot reach upstream {url}: {e}")))?;
+        .map_err(|e| {
+            ProxyError::UpstreamConnect(format!(
+                "cannot reach upstream {}: {}",
+                url_label(url),
+                e.without_url()
+            ))
+        })?;
     let status = resp.status();
     if status.is_success() {
         // The probe opened an upstream session: end it (the body is not needed).
@@ -407,13 +414,13 @@ async fn probe_streamable(
                 .send()
                 .await;
             if let Err(e) = deleted {
-                tracing::debug!(error = %e, "could not delete the probe's upstream session");
+                tracing::debug!(error = %e.without_url(), "could not delete the probe's upstream session");
             }
         }
         return Ok(Probe::Streamable { cache: true });
     }
     if !matches!(status.as_u16(), 400 | 404 | 405) {
-        tracing::debug!(url, %status, "inconclusive transport probe");
+        tracing::debug!(url = %url_label(url), %status, "inconclusive transport probe");
         return Ok(Probe::Streamable { cache: false });
     }
     let body = super::sse::read_some(resp).await;

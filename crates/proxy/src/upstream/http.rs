@@ -16,6 +16,7 @@ use shadowcat_proto::era::{PROTOCOL_VERSION_HEADER, SESSION_ID_HEADER};
 use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::sse::SseDecoder;
 use shadowcat_proto::{Frame, FrameKind, Message, RequestId};
+use shadowcat_tape::redact::url_label;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,6 +36,8 @@ pub struct HttpUpstream {
 
 pub(super) struct Inner {
     url: reqwest::Url,
+    /// `url` as logs and errors name it (no user info, no query values).
+    label: String,
     /// `url`, parsed once for every request.
     uri: Uri,
     headers: HeaderMap,
@@ -68,16 +71,17 @@ impl HttpUpstream {
         ctx: UpstreamCtx,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<Self, ProxyError> {
+        let label = url_label(url);
         let url = reqwest::Url::parse(url).map_err(|e| {
-            ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}"))
+            ProxyError::UpstreamConnect(format!("invalid upstream URL `{label}`: {e}"))
         })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ProxyError::UpstreamConnect(format!(
-                "upstream URL `{url}` must be http:// or https://"
+                "upstream URL `{label}` must be http:// or https://"
             )));
         }
         let uri: Uri = url.as_str().parse().map_err(|e| {
-            ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}"))
+            ProxyError::UpstreamConnect(format!("invalid upstream URL `{label}`: {e}"))
         })?;
         let mut headers = HeaderMap::new();
         for (k, v) in extra {
@@ -96,6 +100,7 @@ impl HttpUpstream {
         Ok(HttpUpstream {
             inner: Arc::new(Inner {
                 url,
+                label,
                 uri,
                 headers,
                 credentials,
@@ -300,8 +305,8 @@ impl Inner {
     /// What went wrong sending, in words.
     fn describe(&self, sent: Result<Response, SendError<ClientError>>) -> Result<Response, String> {
         sent.map_err(|e| match e {
-            SendError::Credentials(e) => format!("no access token for {}: {e}", self.url),
-            SendError::Http(e) => format!("cannot reach upstream {}: {e}", self.url),
+            SendError::Credentials(e) => format!("no access token for {}: {e}", self.label),
+            SendError::Http(e) => format!("cannot reach upstream {}: {e}", self.label),
         })
     }
 
@@ -359,8 +364,8 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
     {
         let msg = format!(
             "upstream {} refused a fresh access token from {} (HTTP 401): check the client's scope and resource/audience",
-            inner.url,
-            c.token_url()
+            inner.label,
+            url_label(c.token_url())
         );
         return inner.fail(id.as_ref(), msg).await;
     }
@@ -402,7 +407,7 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
         if detect::is_modern_error(&body) {
             // Era translation: the server serves only 2026-07-28. From now on this upstream
             // plays the session for the client (and the URL is remembered as modern-only).
-            tracing::info!(url = %inner.url, "upstream refused initialize with a 2026-07-28 error; translating this session");
+            tracing::info!(url = %inner.label, "upstream refused initialize with a 2026-07-28 error; translating this session");
             detect::remember(inner.url.as_str(), Transport::ModernOnly);
             let st = inner.stateless.get_or_init(Arc::default);
             return stateless::post(inner, st, init).await;
@@ -512,7 +517,7 @@ async fn send_post(inner: &Arc<Inner>, body: Bytes, idempotent: bool) -> Result<
         let Some(delay) = g.retry_after(attempt) else {
             return inner.describe(sent);
         };
-        tracing::info!(upstream = %inner.url, attempt = attempt + 1, %why, "retrying the upstream request");
+        tracing::info!(upstream = %inner.label, attempt = attempt + 1, %why, "retrying the upstream request");
         tokio::time::sleep(delay).await;
         attempt += 1;
     }

@@ -19,6 +19,7 @@ pub use client::HttpClient;
 pub use credentials::Credentials;
 pub use exchange::Exchange;
 pub use http::HttpUpstream;
+pub use process::{ChildEnv, MINIMAL_ENV};
 pub use sse::SseUpstream;
 pub use stdio::StdioUpstream;
 pub use tape::{TapeSource, TapeSpec, TapeUpstream};
@@ -41,6 +42,8 @@ pub enum UpstreamSpec {
         command: String,
         /// Its arguments.
         args: Vec<String>,
+        /// The environment it starts with.
+        env: ChildEnv,
     },
     /// A Streamable HTTP MCP endpoint.
     Http {
@@ -72,6 +75,16 @@ pub enum UpstreamSpec {
 }
 
 impl UpstreamSpec {
+    /// A child process that inherits the proxy's environment without Shadowcat's own
+    /// variables (the forward modes).
+    pub fn stdio(command: impl Into<String>, args: Vec<String>) -> UpstreamSpec {
+        UpstreamSpec::Stdio {
+            command: command.into(),
+            args,
+            env: ChildEnv::Inherit,
+        }
+    }
+
     /// A Streamable HTTP endpoint with static headers only.
     pub fn http(url: impl Into<String>, headers: Vec<(String, String)>) -> UpstreamSpec {
         UpstreamSpec::Http {
@@ -81,20 +94,17 @@ impl UpstreamSpec {
         }
     }
 
-    /// Human-readable description for logs.
+    /// How logs, metrics labels, session records, tapes and error messages name it, with no
+    /// secret in it: a URL without user info and query values, a command as its program's
+    /// name only (see [`shadowcat_tape::redact::url_label`]). Not unique: two upstreams may
+    /// differ only in what is left out.
     pub fn describe(&self) -> String {
+        use shadowcat_tape::redact::{command_label, url_label};
         match self {
-            UpstreamSpec::Stdio { command, args } => {
-                let mut s = command.clone();
-                for a in args {
-                    s.push(' ');
-                    s.push_str(a);
-                }
-                s
-            }
-            UpstreamSpec::Http { url, .. } => url.clone(),
-            UpstreamSpec::Sse { url, .. } => format!("sse+{url}"),
-            UpstreamSpec::Auto { url, .. } => format!("auto+{url}"),
+            UpstreamSpec::Stdio { command, .. } => command_label(command),
+            UpstreamSpec::Http { url, .. } => url_label(url),
+            UpstreamSpec::Sse { url, .. } => format!("sse+{}", url_label(url)),
+            UpstreamSpec::Auto { url, .. } => format!("auto+{}", url_label(url)),
             UpstreamSpec::Tape(t) => format!("tape:{}", t.0.path.display()),
         }
     }
@@ -214,8 +224,8 @@ pub async fn open(spec: &UpstreamSpec, ctx: UpstreamCtx) -> Result<Opened, Proxy
     let (tx, rx) = mpsc::channel(ctx.options.channel_capacity);
     let loopback = tx.downgrade();
     let up = match spec {
-        UpstreamSpec::Stdio { command, args } => {
-            Upstream::Stdio(StdioUpstream::spawn(command, args, ctx, tx)?)
+        UpstreamSpec::Stdio { command, args, env } => {
+            Upstream::Stdio(StdioUpstream::spawn(command, args, env, ctx, tx)?)
         }
         UpstreamSpec::Http {
             url,
@@ -226,7 +236,10 @@ pub async fn open(spec: &UpstreamSpec, ctx: UpstreamCtx) -> Result<Opened, Proxy
                 // A session starts with a token: a token endpoint that fails refuses the session
                 // (HTTP 502 to its `initialize`) instead of failing each later request.
                 c.bearer().await.map_err(|e| {
-                    ProxyError::UpstreamConnect(format!("no access token for {url}: {e}"))
+                    ProxyError::UpstreamConnect(format!(
+                        "no access token for {}: {e}",
+                        shadowcat_tape::redact::url_label(url)
+                    ))
                 })?;
             }
             Upstream::Http(HttpUpstream::with_credentials(

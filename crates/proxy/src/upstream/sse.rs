@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::sse::{SseDecoder, SseError, SseEvent};
 use shadowcat_proto::{Frame, FrameKind, Message, RequestId};
+use shadowcat_tape::redact::url_label;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -59,6 +60,7 @@ impl SseUpstream {
         events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<Self, ProxyError> {
         let sse_url = parse_url(url)?;
+        let label = url_label(url);
         let headers = header_map(extra)?;
         let resp = ctx
             .http
@@ -69,17 +71,18 @@ impl SseUpstream {
             .send()
             .await
             .map_err(|e| {
-                ProxyError::UpstreamConnect(format!("cannot reach upstream {sse_url}: {e}"))
+                let e = e.without_url();
+                ProxyError::UpstreamConnect(format!("cannot reach upstream {label}: {e}"))
             })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(ProxyError::UpstreamConnect(format!(
-                "upstream {sse_url} answered the HTTP+SSE GET with HTTP {status}"
+                "upstream {label} answered the HTTP+SSE GET with HTTP {status}"
             )));
         }
         if !is_sse(resp.headers()) {
             return Err(ProxyError::UpstreamProtocol(format!(
-                "upstream {sse_url} answered the HTTP+SSE GET with `{}`, not an event stream",
+                "upstream {label} answered the HTTP+SSE GET with `{}`, not an event stream",
                 content_type(resp.headers())
             )));
         }
@@ -88,7 +91,7 @@ impl SseUpstream {
             .await
             .map_err(|_| {
                 ProxyError::UpstreamProtocol(format!(
-                    "upstream {sse_url} sent no `endpoint` event within {}s",
+                    "upstream {label} sent no `endpoint` event within {}s",
                     ENDPOINT_TIMEOUT.as_secs()
                 ))
             })?;
@@ -99,20 +102,20 @@ impl SseUpstream {
             }
             Ok(Some(ev)) => {
                 return Err(ProxyError::UpstreamProtocol(format!(
-                    "upstream {sse_url} did not start its event stream with `event: endpoint` \
+                    "upstream {label} did not start its event stream with `event: endpoint` \
                      (got `{}`): not an HTTP+SSE server",
                     ev.event.as_deref().unwrap_or("message")
                 )));
             }
             Ok(None) => {
                 return Err(ProxyError::UpstreamProtocol(format!(
-                    "upstream {sse_url} closed its event stream before sending `endpoint`"
+                    "upstream {label} closed its event stream before sending `endpoint`"
                 )));
             }
-            Err(why) => return Err(ProxyError::UpstreamProtocol(format!("{sse_url}: {why}"))),
+            Err(why) => return Err(ProxyError::UpstreamProtocol(format!("{label}: {why}"))),
         };
         let span = tracing::info_span!("upstream", session = %ctx.session);
-        tracing::info!(parent: &span, %sse_url, %endpoint, "connected to an HTTP+SSE upstream");
+        tracing::info!(parent: &span, sse_url = %label, endpoint = %url_label(endpoint.as_str()), "connected to an HTTP+SSE upstream");
         let (queue, rx) = mpsc::channel(ctx.options.channel_capacity);
         let inner = Arc::new(Inner {
             sse_url,
@@ -157,7 +160,7 @@ impl SseUpstream {
     pub(super) async fn shutdown(&self) {
         let inner = &self.inner;
         inner.ctx.cancel.cancel();
-        tracing::debug!(url = %inner.sse_url, "closed the upstream HTTP+SSE stream");
+        tracing::debug!(url = %url_label(inner.sse_url.as_str()), "closed the upstream HTTP+SSE stream");
         let closed = UpstreamEvent::Closed {
             reason: "the session ended".into(),
             exit_code: None,
@@ -179,11 +182,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub(super) fn parse_url(url: &str) -> Result<reqwest::Url, ProxyError> {
+    let label = url_label(url);
     let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}")))?;
+        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{label}`: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ProxyError::UpstreamConnect(format!(
-            "upstream URL `{url}` must be http:// or https://"
+            "upstream URL `{label}` must be http:// or https://"
         )));
     }
     Ok(parsed)
@@ -217,18 +221,23 @@ fn is_sse(h: &HeaderMap) -> bool {
 /// are never sent anywhere else.
 fn resolve_endpoint(sse_url: &reqwest::Url, data: &str) -> Result<reqwest::Url, String> {
     let data = data.trim();
+    let label = url_label(sse_url.as_str());
     if data.is_empty() {
-        return Err(format!("upstream {sse_url} sent an empty `endpoint` event"));
+        return Err(format!("upstream {label} sent an empty `endpoint` event"));
     }
-    let endpoint = sse_url
-        .join(data)
-        .map_err(|e| format!("upstream {sse_url} sent an invalid endpoint `{data}`: {e}"))?;
+    let endpoint = sse_url.join(data).map_err(|e| {
+        format!(
+            "upstream {label} sent an invalid endpoint `{}`: {e}",
+            url_label(data)
+        )
+    })?;
     let same_origin = endpoint.scheme() == sse_url.scheme()
         && endpoint.host_str() == sse_url.host_str()
         && endpoint.port_or_known_default() == sse_url.port_or_known_default();
     if !same_origin {
         return Err(format!(
-            "upstream {sse_url} sent an endpoint on another origin ({endpoint}); refused"
+            "upstream {label} sent an endpoint on another origin ({}); refused",
+            url_label(endpoint.as_str())
         ));
     }
     Ok(endpoint)
@@ -285,7 +294,7 @@ async fn read_events(inner: &Arc<Inner>, mut stream: EventStream) {
             Some("endpoint") => {
                 match resolve_endpoint(&inner.sse_url, ev.data.as_deref().unwrap_or("")) {
                     Ok(url) => {
-                        tracing::info!(endpoint = %url, "upstream moved its POST endpoint");
+                        tracing::info!(endpoint = %url_label(url.as_str()), "upstream moved its POST endpoint");
                         *lock(&inner.endpoint) = url;
                     }
                     Err(why) => tracing::warn!(%why, "ignored a new `endpoint` event"),
@@ -356,7 +365,11 @@ async fn post(inner: &Arc<Inner>, frame: Frame) -> bool {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            let msg = format!("cannot POST to upstream {endpoint}: {e}");
+            let msg = format!(
+                "cannot POST to upstream {}: {}",
+                url_label(endpoint.as_str()),
+                e.without_url()
+            );
             return fail(inner, id.as_ref(), msg).await;
         }
     };

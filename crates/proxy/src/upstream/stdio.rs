@@ -33,14 +33,19 @@ impl StdioUpstream {
     pub(super) fn spawn(
         command: &str,
         args: &[String],
+        env: &process::ChildEnv,
         ctx: UpstreamCtx,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<Self, ProxyError> {
-        let mut child = process::spawn(command, args)
-            .map_err(|e| ProxyError::UpstreamConnect(format!("cannot start `{command}`: {e}")))?;
+        let mut child = process::spawn(command, args, env).map_err(|e| {
+            let program = shadowcat_tape::redact::command_label(command);
+            ProxyError::UpstreamConnect(format!("cannot start `{program}`: {e}"))
+        })?;
         let pid = child.id();
         let span = tracing::info_span!("upstream", session = %ctx.session, pid = ?pid);
-        tracing::info!(parent: &span, command, ?args, "spawned stdio upstream");
+        // The program only: arguments may carry secrets (`--token X`).
+        let program = shadowcat_tape::redact::command_label(command);
+        tracing::info!(parent: &span, %program, args = args.len(), "spawned stdio upstream");
         let (stdin_tx, stdin_rx) = mpsc::channel(ctx.options.channel_capacity);
         let stop = ctx.cancel.child_token();
         let (exit_tx, exit_rx) = watch::channel(None);

@@ -37,6 +37,7 @@ use shadowcat_proto::era::{
 use shadowcat_proto::error::{HEADER_MISMATCH, INVALID_REQUEST};
 use shadowcat_proto::sse::{SseDecoder, encode_event};
 use shadowcat_proto::{Frame, FrameKind, Message, header_value};
+use shadowcat_tape::redact::url_label;
 use std::sync::Arc;
 use tokio_util::codec::Decoder;
 
@@ -338,9 +339,10 @@ async fn relay(
     client: &HeaderMap,
     frame: Frame,
 ) -> Result<Response, ProxyError> {
+    let label = url_label(url);
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{url}`: {e}")))?;
+        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{label}`: {e}")))?;
     let mut head = HeaderMap::new();
     client::json_post_headers(&mut head);
     for (k, v) in extra {
@@ -376,10 +378,10 @@ async fn relay(
     .await
     .map_err(|e| match e {
         SendError::Credentials(e) => {
-            ProxyError::UpstreamConnect(format!("no access token for {url}: {e}"))
+            ProxyError::UpstreamConnect(format!("no access token for {label}: {e}"))
         }
         SendError::Http(e) => {
-            ProxyError::UpstreamConnect(format!("cannot reach upstream {url}: {e}"))
+            ProxyError::UpstreamConnect(format!("cannot reach upstream {label}: {e}"))
         }
     })?;
     let status = resp.status();
@@ -388,7 +390,7 @@ async fn relay(
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
         let body = read_refusal(resp).await;
         if !refused_in_modern_terms(&body) {
-            tracing::info!(url, %status, "a relayed 2026-07-28 request was refused; probing the upstream's era again next time");
+            tracing::info!(url = %label, %status, "a relayed 2026-07-28 request was refused; probing the upstream's era again next time");
             detect::forget(url);
         }
         let mut r = Response::new(Body::from(body));

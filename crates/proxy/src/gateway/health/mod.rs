@@ -124,9 +124,11 @@ async fn check(
     let Some(path) = &cfg.http_path else {
         return probe(spec, cfg.timeout.0).await.map_err(|e| e.to_string());
     };
-    let mut u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+    let label = shadowcat_tape::redact::url_label(url);
+    let mut u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL `{label}`: {e}"))?;
     u.set_path(path);
     u.set_query(None);
+    let u_label = shadowcat_tape::redact::url_label(u.as_str());
     let build = || {
         let mut req = http.get(u.clone()).timeout(cfg.timeout.0);
         for (k, v) in headers {
@@ -137,14 +139,16 @@ async fn check(
     let resp = credentials::send(credentials.as_ref(), build)
         .await
         .map_err(|e| match e {
-            SendError::Credentials(e) => format!("health check GET {u}: no access token: {e}"),
-            SendError::Http(e) => format!("health check GET {u} failed: {e}"),
+            SendError::Credentials(e) => {
+                format!("health check GET {u_label}: no access token: {e}")
+            }
+            SendError::Http(e) => format!("health check GET {u_label} failed: {}", e.without_url()),
         })?;
     if resp.status().is_success() {
         Ok(())
     } else {
         Err(format!(
-            "health check GET {u} answered HTTP {}",
+            "health check GET {u_label} answered HTTP {}",
             resp.status()
         ))
     }

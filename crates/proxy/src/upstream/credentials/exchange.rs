@@ -85,7 +85,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Ask the token endpoint for a token.
 pub(super) async fn request(c: &OAuthClient) -> Result<Grant, CredentialError> {
     let url = &c.token_url;
-    let fail = |what: String| CredentialError(format!("token endpoint {url}: {what}"));
+    let label = shadowcat_tape::redact::url_label(url);
+    let fail = |what: String| CredentialError(format!("token endpoint {label}: {what}"));
     let mut body = vec![("grant_type", "client_credentials")];
     if let Some(s) = &c.scope {
         body.push(("scope", s));
@@ -117,6 +118,7 @@ pub(super) async fn request(c: &OAuthClient) -> Result<Grant, CredentialError> {
         }
     }
     let resp = req.body(form(&body)).send().await.map_err(|e| {
+        let e = e.without_url();
         if e.is_timeout() {
             fail(format!("no answer within {:?}", c.timeout))
         } else {
@@ -127,7 +129,12 @@ pub(super) async fn request(c: &OAuthClient) -> Result<Grant, CredentialError> {
     let mut bytes = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| fail(format!("reading the answer failed: {}", chain(&e))))?;
+        let chunk = chunk.map_err(|e| {
+            fail(format!(
+                "reading the answer failed: {}",
+                chain(&e.without_url())
+            ))
+        })?;
         if bytes.len() + chunk.len() > MAX_BODY {
             return Err(fail(format!("the answer exceeds {MAX_BODY} bytes")));
         }
