@@ -244,12 +244,34 @@ pub struct HttpArgs {
     #[arg(long, env = "SHADOWCAT_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
     #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
     pub common: Common,
     #[command(flatten)]
     pub hooks: crate::commands::hooks::HookArgs,
     /// Default target command and arguments (after `--`): one child per session.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// Connection timeouts and limit of a listener (the admin listener, if any, applies the same
+/// settings with its own count).
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Seconds a client may take to send a request head (from connecting, or from its first
+    /// byte after an idle spell); the connection is closed then.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub header_timeout: f64,
+    /// Seconds a client may take to send a request body once its head arrived; `408` and the
+    /// connection is closed then.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub body_timeout: f64,
+    /// Seconds a keep-alive connection with nothing in flight is kept open.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub keep_alive_timeout: f64,
+    /// Most client connections served at once; further ones are accepted and closed at once.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_connections: usize,
 }
 
 #[derive(Args, Debug)]

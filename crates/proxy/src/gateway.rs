@@ -523,6 +523,7 @@ pub async fn gateway(
             .clone()
             .unwrap_or_else(crate::front::http::default_replica_id),
         gateway: Some(gw.clone()),
+        conn: s.conn_limits(),
         ..HttpFrontConfig::default()
     };
     let GatewayHooks { before, after } = hooks;

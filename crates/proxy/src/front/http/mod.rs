@@ -84,6 +84,8 @@ pub struct HttpFrontConfig {
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     /// Threads client connections are served on (see [`Workers`]).
     pub workers: usize,
+    /// Connection timeouts and the connection limit of the listener.
+    pub conn: crate::front::conn::ConnLimits,
 }
 
 impl Default for HttpFrontConfig {
@@ -107,6 +109,7 @@ impl Default for HttpFrontConfig {
             record_ttl: Duration::from_secs(3600),
             gateway: None,
             workers: crate::runtime::default_workers(),
+            conn: crate::front::conn::ConnLimits::default(),
         }
     }
 }

@@ -143,13 +143,7 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     let mut out = BytesMut::new();
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ProxyError::bad(
-                StatusCode::BAD_REQUEST,
-                INVALID_REQUEST,
-                format!("reading the body failed: {e}"),
-            )
-        })?;
+        let frame = frame.map_err(crate::front::conn::body_error)?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > max {
                 return Err(too_large(out.len() + data.len()));
