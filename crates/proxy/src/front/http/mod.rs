@@ -130,6 +130,11 @@ pub struct HttpFront {
     workers: Workers,
 }
 
+/// The client's address as the gateway determined it (the peer, or from a trusted proxy's
+/// `X-Forwarded-For`), in a request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
 /// What a request's path (or absolute URI) selects.
 #[derive(Clone)]
 pub(crate) struct Target {
