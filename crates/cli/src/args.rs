@@ -208,6 +208,11 @@ pub struct HttpArgs {
     /// Browser origin allowed besides localhost ones (repeatable; `*` allows any).
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,
+    /// Host name (or address) clients may use in `Host` besides loopback ones (repeatable; any
+    /// port). On a loopback --listen other names get 403 (DNS-rebinding protection); on another
+    /// address every name is served unless this is given. The --advertise URL's host is allowed.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
     /// Most concurrent sessions; more get 503 with Retry-After.
     #[arg(long, default_value_t = 1000)]
     pub max_sessions: usize,

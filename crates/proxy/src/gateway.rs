@@ -28,7 +28,7 @@ pub use target::GatewayTarget;
 
 use crate::error::ProxyError;
 use crate::forward::CONNECT_TIMEOUT;
-use crate::front::http::{HttpFront, HttpFrontConfig, OriginPolicy, Target};
+use crate::front::http::{HostPolicy, HttpFront, HttpFrontConfig, OriginPolicy, Target};
 use crate::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
 use crate::runtime::drain;
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
@@ -505,6 +505,8 @@ pub async fn gateway(
     let config = HttpFrontConfig {
         workers: s.workers.unwrap_or_else(crate::runtime::default_workers),
         origins: OriginPolicy::new(&s.allow_origins),
+        hosts: HostPolicy::new(&s.allowed_hosts, s.public_url.as_deref())
+            .map_err(|e| ProxyError::Startup(format!("server.allowed_hosts: {e}")))?,
         max_body: s.max_message,
         max_sessions: s.max_sessions,
         idle_timeout: s.idle_timeout.0,

@@ -4,9 +4,11 @@ use super::hooks::{Describe, Hooks};
 use crate::args::StoreOutage;
 use crate::args::{Common, ConnArgs, HttpArgs, StdioArgs, UpstreamTransport};
 use anyhow::{Context, bail};
-use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::forward::{StdioForward, forward_http, forward_stdio};
-use shadowcat_proxy::front::http::{HttpFrontConfig, OriginPolicy, Targets, default_replica_id};
+use shadowcat_proxy::front::conn::ConnLimits;
+use shadowcat_proxy::front::http::{
+    HostPolicy, HttpFrontConfig, OriginPolicy, Targets, default_replica_id,
+};
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{FailoverStore, OnOutage, Retention};
 use std::time::Duration;
@@ -192,6 +194,8 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         allow_absolute_uri: a.allow_absolute_uri,
         absolute_headers: headers(&a.common)?,
         origins: OriginPolicy::new(&a.allow_origins),
+        hosts: HostPolicy::new(&a.allow_hosts, a.advertise.as_deref())
+            .map_err(|e| anyhow::anyhow!("--allow-host / --advertise: {e}"))?,
         max_body: a.common.max_message,
         max_sessions: a.max_sessions,
         idle_timeout: seconds("idle-timeout", a.idle_timeout)?,

@@ -4,8 +4,8 @@
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shadowcat_proxy::admin::{AdminServer, Traffic};
-use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::forward::CONNECT_TIMEOUT;
+use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::gateway::{Gateway, GatewayConfig};
 use shadowcat_proxy::intercept::{Interceptor, PauseBoard};
 use shadowcat_proxy::pipeline::{Hook, Pipeline, TrafficLog};

@@ -451,12 +451,7 @@ pub(crate) async fn serve<H, F>(
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            let resp = resp.map(|inner| {
-                Body::new(TrackedBody {
-                    inner,
-                    _busy: busy,
-                })
-            });
+            let resp = resp.map(|inner| Body::new(TrackedBody { inner, _busy: busy }));
             Ok::<_, Infallible>(resp)
         }
     });

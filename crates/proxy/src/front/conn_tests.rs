@@ -3,7 +3,7 @@
 //! generous guard turns a connection that is never closed into a failure instead of a hang.
 
 use super::conn::ConnLimits;
-use super::http::{HttpFront, HttpFrontConfig, Targets};
+use super::http::{HostPolicy, HttpFront, HttpFrontConfig, Targets};
 use crate::admin::AdminServer;
 use crate::pipeline::Pipeline;
 use crate::upstream::{HttpClient, UpstreamSpec};
@@ -42,7 +42,12 @@ impl Drop for Front {
 }
 
 async fn front(conn: ConnLimits) -> Front {
+    front_with(conn, HostPolicy::default(), "127.0.0.1:0").await
+}
+
+async fn front_with(conn: ConnLimits, hosts: HostPolicy, bind: &str) -> Front {
     let config = HttpFrontConfig {
+        hosts,
         targets: Targets {
             default: Some(UpstreamSpec::Stdio {
                 command: "true".into(),
@@ -64,8 +69,9 @@ async fn front(conn: ConnLimits) -> Front {
         TaskTracker::new(),
     )
     .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     tokio::spawn(front.serve(listener, || {}));
     Front { addr, cancel }
 }
@@ -129,7 +135,11 @@ async fn response(c: &mut TcpStream) -> Option<String> {
 }
 
 async fn get(c: &mut TcpStream, path: &str) -> Option<String> {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    get_as(c, path, "127.0.0.1").await
+}
+
+async fn get_as(c: &mut TcpStream, path: &str, host: &str) -> Option<String> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
     if c.write_all(req.as_bytes()).await.is_err() {
         return None;
     }
@@ -178,8 +188,14 @@ async fn a_trickled_body_gets_408_and_the_connection_is_closed() {
     .unwrap();
     let got = until_closed(&mut c).await;
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
-    assert!(got.to_ascii_lowercase().contains("connection: close"), "{got}");
-    assert!(got.contains("-32600") && got.contains("did not arrive"), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    assert!(
+        got.contains("-32600") && got.contains("did not arrive"),
+        "{got}"
+    );
 }
 
 #[tokio::test]
@@ -259,4 +275,47 @@ async fn the_admin_listener_has_the_same_timeouts_and_limit() {
     let mut slow = slow.expect("served again once the first closed");
     slow.write_all(HALF_HEAD).await.unwrap();
     assert_eq!(until_closed(&mut slow).await, "");
+}
+
+/// DNS rebinding without `Origin`: on a loopback listener only loopback and configured names
+/// are served; elsewhere any name, unless names are configured.
+#[tokio::test]
+async fn host_names_are_checked_on_a_loopback_listener() {
+    async fn status(f: &Front, path: &str, host: &str) -> String {
+        let mut c = TcpStream::connect(f.addr).await.unwrap();
+        let r = get_as(&mut c, path, host).await.expect("answered");
+        r.lines().next().unwrap().to_string()
+    }
+    let named = HostPolicy::new(&["mcp.example.com".into()], None).unwrap();
+    let f = front_with(limits(), named.clone(), "127.0.0.1:0").await;
+    for ok in [
+        "localhost:8080",
+        "127.0.0.1",
+        "[::1]:1",
+        "mcp.example.com:8080",
+    ] {
+        assert_eq!(status(&f, "/health", ok).await, "HTTP/1.1 200 OK", "{ok}");
+    }
+    for path in ["/health", "/sse", "/mcp"] {
+        let mut c = TcpStream::connect(f.addr).await.unwrap();
+        let r = get_as(&mut c, path, "evil.example:8080").await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 403"), "{path}: {r}");
+        assert!(r.contains("-32600") && r.contains("evil.example"), "{r}");
+    }
+    // Without names, a listener beyond loopback serves any name; with names, only those.
+    let open = front_with(limits(), HostPolicy::default(), "0.0.0.0:0").await;
+    assert_eq!(
+        status(&open, "/health", "evil.example").await,
+        "HTTP/1.1 200 OK"
+    );
+    let strict = front_with(limits(), named, "0.0.0.0:0").await;
+    assert_eq!(
+        status(&strict, "/health", "mcp.example.com").await,
+        "HTTP/1.1 200 OK"
+    );
+    assert!(
+        status(&strict, "/health", "evil.example")
+            .await
+            .contains("403")
+    );
 }

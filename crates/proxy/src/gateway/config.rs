@@ -251,6 +251,11 @@ pub struct ServerConfig {
     /// Browser origins allowed besides loopback ones (`*` for any).
     #[serde(default)]
     pub allow_origins: Vec<String>,
+    /// `Host` names served besides loopback ones and `public_url`'s host (any port). On a
+    /// loopback listener other names get 403 (DNS rebinding); elsewhere every name is served
+    /// unless this is set.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -300,6 +305,7 @@ impl Default for ServerConfig {
             max_message: default_max_message(),
             max_events: default_max_events(),
             allow_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             trusted_proxies: Vec::new(),
             workers: None,
             header_timeout: default_header_timeout(),
@@ -1175,7 +1181,12 @@ mod tests {
         cfg.validate("g.toml").unwrap();
         let l = cfg.server.conn_limits();
         assert_eq!(
-            (l.header_timeout, l.body_timeout, l.idle_timeout, l.max_connections),
+            (
+                l.header_timeout,
+                l.body_timeout,
+                l.idle_timeout,
+                l.max_connections
+            ),
             (
                 Duration::from_secs(2),
                 Duration::from_secs(3),
@@ -1195,8 +1206,23 @@ mod tests {
             "keep_alive_timeout",
             "max_connections",
         ] {
-            assert!(e.contains(&format!("g.toml: server.{field}: must be")), "{e}");
+            assert!(
+                e.contains(&format!("g.toml: server.{field}: must be")),
+                "{e}"
+            );
         }
+        let e = errors(&format!(
+            "[server]\nallowed_hosts = [\"mcp.example.com\", \"a.example:80\", \"*.example\"]\n{route}"
+        ));
+        assert!(
+            e.contains("g.toml: server.allowed_hosts[1]: `a.example:80` has a port"),
+            "{e}"
+        );
+        assert!(
+            e.contains("g.toml: server.allowed_hosts[2]: `*.example` is not a host name"),
+            "{e}"
+        );
+        assert!(!e.contains("allowed_hosts[0]"), "{e}");
     }
 
     #[test]

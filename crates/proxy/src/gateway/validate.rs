@@ -107,6 +107,11 @@ impl GatewayConfig {
         if s.max_connections == 0 {
             bad("server.max_connections".into(), "must be at least 1".into());
         }
+        for (i, h) in s.allowed_hosts.iter().enumerate() {
+            if let Err(e) = crate::front::http::HostPolicy::parse_name(h) {
+                bad(format!("server.allowed_hosts[{i}]"), e);
+            }
+        }
         for (i, t) in s.trusted_proxies.iter().enumerate() {
             if let Err(e) = Cidr::parse(t) {
                 bad(format!("server.trusted_proxies[{i}]"), e);

@@ -16,7 +16,7 @@ mod replicas;
 pub(crate) mod reply;
 mod stream;
 
-pub use checks::OriginPolicy;
+pub use checks::{HostPolicy, OriginPolicy};
 /// Session records (the era translation's held sessions write them too).
 pub(crate) use records::Records;
 pub use registry::Registry;
@@ -61,6 +61,9 @@ pub struct HttpFrontConfig {
     pub absolute_headers: Vec<(String, String)>,
     /// Browser origins allowed besides loopback ones.
     pub origins: OriginPolicy,
+    /// `Host` names served besides loopback ones (checked on a loopback listener, or on any
+    /// listener once names are configured).
+    pub hosts: HostPolicy,
     /// Largest request body accepted (413 above).
     pub max_body: usize,
     /// Most live sessions (503 + Retry-After above).
@@ -95,6 +98,7 @@ impl Default for HttpFrontConfig {
             allow_absolute_uri: false,
             absolute_headers: Vec::new(),
             origins: OriginPolicy::default(),
+            hosts: HostPolicy::default(),
             max_body: 10 * 1024 * 1024,
             max_sessions: 1000,
             idle_timeout: Duration::from_secs(600),
@@ -128,6 +132,8 @@ pub struct HttpFront {
     translations: Arc<crate::translate::Pool>,
     /// The threads client connections are served on.
     workers: Workers,
+    /// Whether `Host` is checked (decided by `serve` from the listener's address).
+    check_hosts: std::sync::atomic::AtomicBool,
 }
 
 /// The client's address as the gateway determined it (the peer, or from a trusted proxy's
@@ -192,6 +198,7 @@ impl HttpFront {
             legacy,
             translations: Arc::default(),
             workers,
+            check_hosts: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -265,6 +272,13 @@ impl HttpFront {
                 "marked sessions of this replica's previous run as ended"
             );
         }
+        // DNS rebinding: a loopback listener is reachable from this machine's browsers under any
+        // name an attacker points at 127.0.0.1; elsewhere the operator names the host.
+        let loopback = listener.local_addr()?.ip().is_loopback();
+        self.check_hosts.store(
+            loopback || self.config.hosts.has_names(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         ready();
         let reaper = self.tracker.spawn(self.clone().reap());
         let conns = TaskTracker::new();
@@ -422,6 +436,11 @@ fn health(front: &HttpFront) -> Response {
 }
 
 async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
+    if front.check_hosts.load(std::sync::atomic::Ordering::Relaxed)
+        && let Err(e) = front.config.hosts.check(req.uri(), req.headers())
+    {
+        return reply::error(&e, None);
+    }
     if req.uri().path() == "/health" && req.method() == Method::GET && req.uri().scheme().is_none()
     {
         return health(&front);

@@ -13,13 +13,13 @@ use crate::error::ProxyError;
 use crate::session::Session;
 use crate::upstream::UpstreamSpec;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::extract::Request;
 use axum::response::Response;
 use futures_util::TryStreamExt;
-use axum::extract::ConnectInfo;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use std::net::{IpAddr, SocketAddr};
 use shadowcat_store::{SessionStatus, StoreError};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Marks a request forwarded by a peer replica.
@@ -249,15 +249,14 @@ mod tests {
         h.insert(FORWARDED_HEADER, HeaderValue::from_static("spoofed"));
         h.insert("mcp-session-id", HeaderValue::from_static("abc"));
         h.append(header::ACCEPT, HeaderValue::from_static("application/json"));
-        h.append(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
         let client: IpAddr = "203.0.113.9".parse().unwrap();
         let out = forwarded_headers(&h, Some(client), "http://10.0.0.5:8080");
-        let all = |n: &str| -> Vec<&str> {
-            out.get_all(n)
-                .iter()
-                .map(|v| v.to_str().unwrap())
-                .collect()
-        };
+        let all =
+            |n: &str| -> Vec<&str> { out.get_all(n).iter().map(|v| v.to_str().unwrap()).collect() };
         assert_eq!(all("x-forwarded-for"), ["203.0.113.9"]);
         assert_eq!(all(FORWARDED_HEADER), ["http://10.0.0.5:8080"]);
         for gone in ["host", "content-length", "forwarded", "x-real-ip"] {
