@@ -222,6 +222,11 @@ pub struct HttpArgs {
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 10.0)]
     pub shutdown_deadline: f64,
+    /// Seconds the upstream may take to answer a request; then the client gets a JSON-RPC
+    /// error (-32001), the upstream `notifications/cancelled`, and a late answer is dropped.
+    /// 0: no limit.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub request_timeout: f64,
     #[command(flatten)]
     pub store: StoreArgs,
     /// This replica's id in the session store (default: the host name). Replicas sharing a

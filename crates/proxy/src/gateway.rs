@@ -526,6 +526,8 @@ pub async fn gateway(
             .unwrap_or_else(crate::front::http::default_replica_id),
         gateway: Some(gw.clone()),
         conn: s.conn_limits(),
+        // Each route's members carry their own (`routes.request_timeout`).
+        request_timeout: None,
         ..HttpFrontConfig::default()
     };
     let GatewayHooks { before, after } = hooks;

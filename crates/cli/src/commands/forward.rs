@@ -200,6 +200,8 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         max_sessions: a.max_sessions,
         idle_timeout: seconds("idle-timeout", a.idle_timeout)?,
         shutdown_deadline: seconds("shutdown-deadline", a.shutdown_deadline)?,
+        request_timeout: Some(seconds("request-timeout", a.request_timeout)?)
+            .filter(|d| !d.is_zero()),
         upstream: options(&a.common)?,
         retention: Retention {
             max_events: Some(a.max_events),

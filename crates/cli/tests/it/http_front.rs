@@ -318,3 +318,47 @@ async fn unreachable_upstream_gives_502_with_the_request_id() {
     assert_eq!(r.rpc_code(), -32000);
     assert!(r.body.contains("127.0.0.1:9"), "{}", r.body);
 }
+
+/// forward http: a request the upstream never answers gets a JSON-RPC error after
+/// `--request-timeout`, and its session, with nothing in flight any more, is reaped when idle.
+#[tokio::test]
+async fn forward_request_timeout_answers_the_client_and_frees_the_session() {
+    let p =
+        Server::forward_http(&["--demo", "--request-timeout", "0.5", "--idle-timeout", "1"]).await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+            "params":{"name":"slow","arguments":{"steps":1,"duration":600}}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let msgs = r.messages();
+    let reply = msgs.iter().find(|m| m["id"] == 5).expect("an answer");
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    let msg = reply["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("tools/call timed out"), "{msg}");
+    // Nothing in flight: the idle reaper ends the session.
+    let health = format!("{}/health", p.base);
+    let mut sessions = -1;
+    for _ in 0..600 {
+        let h: serde_json::Value = c
+            .http
+            .get(&health)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sessions = h["sessions"].as_i64().unwrap();
+        if sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(sessions, 0, "the timed-out session was never reaped");
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":6,"method":"ping"}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}

@@ -89,6 +89,10 @@ pub struct HttpFrontConfig {
     pub workers: usize,
     /// Connection timeouts and the connection limit of the listener.
     pub conn: crate::front::conn::ConnLimits,
+    /// Longest wait for the upstream's answer to a client request: then the client gets a
+    /// JSON-RPC error (`-32001`), the upstream `notifications/cancelled`, and the session can
+    /// become idle again. `None`: no limit. Gateway mode sets it per route instead.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for HttpFrontConfig {
@@ -114,8 +118,28 @@ impl Default for HttpFrontConfig {
             gateway: None,
             workers: crate::runtime::default_workers(),
             conn: crate::front::conn::ConnLimits::default(),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
+}
+
+/// The forward modes' default request timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The guard of the sessions the front places itself (not the gateway's, whose members have
+/// their own): only a request timeout — no breaker, no retries.
+fn front_guard(config: &HttpFrontConfig) -> Option<Arc<crate::guard::Guard>> {
+    let timeout = config.request_timeout?;
+    let cfg = crate::guard::GuardConfig {
+        breaker: None,
+        retry: crate::guard::RetryConfig {
+            attempts: 0,
+            ..crate::guard::RetryConfig::default()
+        },
+        request_timeout: Some(timeout),
+        sse_idle_timeout: None,
+    };
+    Some(Arc::new(crate::guard::Guard::new("upstream", &cfg)))
 }
 
 /// Shared state of a running HTTP front.
@@ -134,6 +158,8 @@ pub struct HttpFront {
     workers: Workers,
     /// Whether `Host` is checked (decided by `serve` from the listener's address).
     check_hosts: std::sync::atomic::AtomicBool,
+    /// The request timeout of sessions placed by the front (see [`front_guard`]).
+    guard: Option<Arc<crate::guard::Guard>>,
 }
 
 /// The client's address as the gateway determined it (the peer, or from a trusted proxy's
@@ -180,8 +206,10 @@ impl HttpFront {
             cancel.clone(),
         );
         let registry = Arc::new(Registry::new(config.max_sessions, log, Arc::new(records)));
+        let guard = front_guard(&config);
         let legacy = crate::front::sse::LegacyFront::new(
             &config,
+            guard.clone(),
             registry.clone(),
             pipeline.clone(),
             http.clone(),
@@ -199,6 +227,7 @@ impl HttpFront {
             translations: Arc::default(),
             workers,
             check_hosts: std::sync::atomic::AtomicBool::new(true),
+            guard,
         }))
     }
 
@@ -245,7 +274,7 @@ impl HttpFront {
             tracker: self.tracker.clone(),
             http: self.http.clone(),
             options: self.config.upstream.clone(),
-            guard: None,
+            guard: self.guard.clone(),
         }
     }
 

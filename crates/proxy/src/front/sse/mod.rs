@@ -126,6 +126,8 @@ struct Shared {
     max_body: usize,
     max_sessions: usize,
     upstream: UpstreamOptions,
+    /// The request timeout of sessions placed here (not by the gateway).
+    guard: Option<Arc<crate::guard::Guard>>,
     registry: Arc<Registry>,
     pipeline: Pipeline,
     http: HttpClient,
@@ -138,6 +140,7 @@ impl LegacyFront {
     /// limit and records (`registry`), hooks, HTTP client, cancellation and task tracker.
     pub fn new(
         config: &HttpFrontConfig,
+        guard: Option<Arc<crate::guard::Guard>>,
         registry: Arc<Registry>,
         pipeline: Pipeline,
         http: HttpClient,
@@ -153,6 +156,7 @@ impl LegacyFront {
                 max_body: config.max_body,
                 max_sessions: config.max_sessions,
                 upstream: config.upstream.clone(),
+                guard,
                 registry,
                 pipeline,
                 http,
@@ -270,7 +274,7 @@ impl Shared {
                     tracker: self.tracker.clone(),
                     http: self.http.clone(),
                     options: self.upstream.clone(),
-                    guard: None,
+                    guard: self.guard.clone(),
                 };
                 Session::connect(id.clone(), spec, self.pipeline.clone(), ctx).await
             }
