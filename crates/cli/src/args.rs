@@ -202,9 +202,20 @@ pub struct HttpArgs {
     /// prefix (`sse+http://…`, `auto+http://…`); see --upstream-transport.
     #[arg(long = "target", value_name = "[NAME=]URL|CMD")]
     pub targets: Vec<String>,
-    /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL.
+    /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL. Only
+    /// public addresses are reached (see --allow-destination); --header values are sent only
+    /// to the origins of the --target URLs.
     #[arg(long)]
     pub allow_absolute_uri: bool,
+    /// With --allow-absolute-uri: a destination allowed although it is loopback, link-local or
+    /// private — an address, a CIDR (`10.0.0.0/8`) or a host name (repeatable). Names are
+    /// judged by every address they resolve to, when asked and when connecting.
+    #[arg(
+        long = "allow-destination",
+        value_name = "HOST|CIDR",
+        requires = "allow_absolute_uri"
+    )]
+    pub allow_destinations: Vec<String>,
     /// Browser origin allowed besides localhost ones (repeatable; `*` allows any).
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,

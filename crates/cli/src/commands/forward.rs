@@ -9,6 +9,7 @@ use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::front::http::{
     HostPolicy, HttpFrontConfig, OriginPolicy, Targets, default_replica_id,
 };
+use shadowcat_proxy::upstream::destinations::Destinations;
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{FailoverStore, OnOutage, Retention};
 use std::time::Duration;
@@ -192,6 +193,8 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
     let config = HttpFrontConfig {
         targets: targets(&a)?,
         allow_absolute_uri: a.allow_absolute_uri,
+        destinations: Destinations::parse(&a.allow_destinations)
+            .map_err(|e| anyhow::anyhow!("--allow-destination: {e}"))?,
         absolute_headers: headers(&a.common)?,
         origins: OriginPolicy::new(&a.allow_origins),
         hosts: HostPolicy::new(&a.allow_hosts, a.advertise.as_deref())

@@ -8,6 +8,7 @@
 //! method and body), `301`/`302`/`303` for `GET`. A request carrying credentials (any header
 //! beyond the protocol's own) is not redirected to another origin at all.
 
+use super::destinations::{Destinations, GuardedResolver};
 use crate::error::ProxyError;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
@@ -32,7 +33,7 @@ const MAX_REDIRECTS: usize = 10;
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Pool = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
 
 thread_local! {
     /// This thread's pools, by client id.
@@ -75,18 +76,38 @@ pub struct HttpClient {
     connect_timeout: Duration,
     /// Built once (loading the platform's roots takes milliseconds), shared by every pool.
     tls: Arc<rustls::ClientConfig>,
+    /// Where this client may connect (`None`: anywhere), enforced when names are resolved.
+    destinations: Option<Arc<Destinations>>,
 }
 
 impl HttpClient {
     /// A client with TCP_NODELAY and a connect timeout.
     pub fn new(connect_timeout: Duration) -> Result<Self, ProxyError> {
+        Self::build(connect_timeout, None)
+    }
+
+    /// A client (with its own pools) that connects only where `destinations` allows: a name
+    /// resolving to a refused address fails to connect. Address literals are not resolved:
+    /// check them with [`Destinations::check`] before sending.
+    pub fn restricted(&self, destinations: Destinations) -> Result<Self, ProxyError> {
+        Self::build(self.connect_timeout, Some(Arc::new(destinations)))
+    }
+
+    fn build(
+        connect_timeout: Duration,
+        destinations: Option<Arc<Destinations>>,
+    ) -> Result<Self, ProxyError> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let shared = reqwest::Client::builder()
+        let mut shared = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(POOL_IDLE)
             .redirect(reqwest_redirects())
-            .no_proxy()
+            .no_proxy();
+        if let Some(d) = &destinations {
+            shared = shared.dns_resolver(ReqwestResolver(GuardedResolver::new(Some(d.clone()))));
+        }
+        let shared = shared
             .build()
             .map_err(|e| ProxyError::UpstreamConnect(format!("cannot build HTTP client: {e}")))?;
         use hyper_rustls::ConfigBuilderExt;
@@ -100,6 +121,7 @@ impl HttpClient {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             connect_timeout,
             tls: Arc::new(tls),
+            destinations,
         })
     }
 
@@ -115,7 +137,8 @@ impl HttpClient {
             if let Some((_, c)) = pools.iter().find(|(id, _)| *id == self.id) {
                 return c.clone();
             }
-            let c = pool(self.connect_timeout, &self.tls);
+            let resolver = GuardedResolver::new(self.destinations.clone());
+            let c = pool(self.connect_timeout, &self.tls, resolver);
             pools.push((self.id, c.clone()));
             c
         })
@@ -231,8 +254,25 @@ fn reqwest_redirects() -> reqwest::redirect::Policy {
     })
 }
 
-fn pool(connect_timeout: Duration, tls: &rustls::ClientConfig) -> Pool {
-    let mut http = HttpConnector::new();
+/// [`GuardedResolver`] as `reqwest` wants a resolver.
+struct ReqwestResolver(GuardedResolver);
+
+impl reqwest::dns::Resolve for ReqwestResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let mut r = self.0.clone();
+        let name = name
+            .as_str()
+            .parse::<hyper_util::client::legacy::connect::dns::Name>();
+        Box::pin(async move {
+            let name = name.map_err(|e| Box::new(e) as Box<dyn StdError + Send + Sync>)?;
+            let addrs = tower_service::Service::call(&mut r, name).await?;
+            Ok(Box::new(addrs) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn pool(connect_timeout: Duration, tls: &rustls::ClientConfig, resolver: GuardedResolver) -> Pool {
+    let mut http = HttpConnector::new_with_resolver(resolver);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);

@@ -57,8 +57,12 @@ pub struct HttpFrontConfig {
     pub targets: Targets,
     /// Accept absolute-form request URIs and proxy to the URI they name.
     pub allow_absolute_uri: bool,
-    /// Headers added to requests sent to absolute-URI upstreams.
+    /// Headers added to requests sent to absolute-URI upstreams — only to the origins of the
+    /// configured HTTP targets (never to an origin a client picks).
     pub absolute_headers: Vec<(String, String)>,
+    /// Where absolute-URI upstreams may be (loopback, link-local and private addresses are
+    /// refused unless listed).
+    pub destinations: crate::upstream::destinations::Destinations,
     /// Browser origins allowed besides loopback ones.
     pub origins: OriginPolicy,
     /// `Host` names served besides loopback ones (checked on a loopback listener, or on any
@@ -101,6 +105,7 @@ impl Default for HttpFrontConfig {
             targets: Targets::default(),
             allow_absolute_uri: false,
             absolute_headers: Vec::new(),
+            destinations: Default::default(),
             origins: OriginPolicy::default(),
             hosts: HostPolicy::default(),
             max_body: 10 * 1024 * 1024,
@@ -160,6 +165,10 @@ pub struct HttpFront {
     check_hosts: std::sync::atomic::AtomicBool,
     /// The request timeout of sessions placed by the front (see [`front_guard`]).
     guard: Option<Arc<crate::guard::Guard>>,
+    /// The client of absolute-URI upstreams: it connects only where `destinations` allows.
+    absolute_http: Option<HttpClient>,
+    /// Origins (`scheme://host:port`) of the configured HTTP targets.
+    target_origins: Vec<String>,
 }
 
 /// The client's address as the gateway determined it (the peer, or from a trusted proxy's
@@ -207,6 +216,23 @@ impl HttpFront {
         );
         let registry = Arc::new(Registry::new(config.max_sessions, log, Arc::new(records)));
         let guard = front_guard(&config);
+        let absolute_http = if config.allow_absolute_uri && config.gateway.is_none() {
+            Some(http.restricted(config.destinations.clone())?)
+        } else {
+            None
+        };
+        let target_origins = config
+            .targets
+            .default
+            .iter()
+            .chain(config.targets.named.values())
+            .filter_map(|s| match s {
+                UpstreamSpec::Http { url, .. }
+                | UpstreamSpec::Sse { url, .. }
+                | UpstreamSpec::Auto { url, .. } => origin_of(url),
+                _ => None,
+            })
+            .collect();
         let legacy = crate::front::sse::LegacyFront::new(
             &config,
             guard.clone(),
@@ -228,6 +254,8 @@ impl HttpFront {
             workers,
             check_hosts: std::sync::atomic::AtomicBool::new(true),
             guard,
+            absolute_http,
+            target_origins,
         }))
     }
 
@@ -239,11 +267,6 @@ impl HttpFront {
     /// The front's settings.
     pub(crate) fn config(&self) -> &HttpFrontConfig {
         &self.config
-    }
-
-    /// The shared upstream HTTP client.
-    pub(crate) fn http(&self) -> &HttpClient {
-        &self.http
     }
 
     /// The sessions held for 2026-07-28 clients of session-based servers.
@@ -264,6 +287,24 @@ impl HttpFront {
     /// The hooks every session runs.
     pub(crate) fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    /// The HTTP client for `target`'s upstream: absolute-URI targets get the one restricted to
+    /// the allowed destinations.
+    pub(crate) fn http_for(&self, target: &Target) -> &HttpClient {
+        match &self.absolute_http {
+            Some(h) if target.is_absolute() => h,
+            _ => &self.http,
+        }
+    }
+
+    /// [`HttpFront::upstream_ctx`] for a session of `target`.
+    pub(crate) fn upstream_ctx_for(&self, session: &Arc<str>, target: &Target) -> UpstreamCtx {
+        let mut ctx = self.upstream_ctx(session);
+        if target.is_absolute() {
+            ctx.http = self.http_for(target).clone();
+        }
+        ctx
     }
 
     /// The context for a new session's upstream (cancelled with the front, tracked by it).
@@ -379,9 +420,14 @@ impl HttpFront {
         let uri = req.uri();
         if self.config.allow_absolute_uri && uri.scheme().is_some() && uri.authority().is_some() {
             let url = uri.to_string();
+            // The operator's headers (credentials) go to the operator's targets only.
+            let headers = match origin_of(&url) {
+                Some(o) if self.target_origins.contains(&o) => self.config.absolute_headers.clone(),
+                _ => Vec::new(),
+            };
             return Ok(Target {
-                key: Arc::from(format!("abs:{url}")),
-                spec: UpstreamSpec::http(url, self.config.absolute_headers.clone()),
+                key: Arc::from(format!("{ABSOLUTE_KEY}{url}")),
+                spec: UpstreamSpec::http(url, headers),
                 gateway: None,
             });
         }
@@ -415,6 +461,30 @@ impl HttpFront {
             "no MCP endpoint at `{path}`; use /mcp or /servers/NAME/mcp"
         )))
     }
+}
+
+/// Route keys of absolute-URI targets start with this.
+const ABSOLUTE_KEY: &str = "abs:";
+
+impl Target {
+    /// Whether the client chose this upstream with an absolute-form URI.
+    pub(crate) fn is_absolute(&self) -> bool {
+        self.key.starts_with(ABSOLUTE_KEY)
+    }
+}
+
+/// `scheme://host:port` (port explicit) of an http(s) URL; `None` if it is not one.
+fn origin_of(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return None;
+    }
+    Some(format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str()?.to_ascii_lowercase(),
+        u.port_or_known_default()?
+    ))
 }
 
 /// The host name: stable across restarts, so a restarted proxy recognises its own sessions.
@@ -502,6 +572,10 @@ pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
                 return front.legacy.handle(&front, endpoint, req).await;
             }
             let target = front.target(&req)?;
+            if target.is_absolute() {
+                // The client picked the destination: it must be one we may reach.
+                front.config.destinations.check(req.uri()).await?;
+            }
             let modern = checks::protocol_version(req.headers())?.is_some_and(|v| v.is_modern());
             if modern {
                 // 2026-07-28 has no sessions and no GET/DELETE; Mcp-Session-Id is ignored.
@@ -605,4 +679,69 @@ async fn handle_delete(
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::destinations::Destinations;
+
+    fn front(config: HttpFrontConfig) -> Arc<HttpFront> {
+        HttpFront::new(
+            config,
+            Pipeline::new(Vec::new()),
+            HttpClient::new(Duration::from_secs(1)).unwrap(),
+            Arc::new(shadowcat_store::MemoryStore::new()),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+        .unwrap()
+    }
+
+    fn headers_for(f: &HttpFront, url: &str) -> Vec<(String, String)> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .body(Body::empty())
+            .unwrap();
+        let t = f.target(&req).unwrap();
+        assert!(t.is_absolute());
+        match t.spec {
+            UpstreamSpec::Http { headers, .. } => headers,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn absolute_uris_get_the_configured_headers_only_on_the_targets_origins() {
+        let mut named = HashMap::new();
+        named.insert(
+            "a".to_string(),
+            UpstreamSpec::http("https://Up.Example/mcp", Vec::new()),
+        );
+        let f = front(HttpFrontConfig {
+            targets: Targets {
+                default: Some(UpstreamSpec::http("http://10.0.0.5:3000/mcp", Vec::new())),
+                named,
+            },
+            allow_absolute_uri: true,
+            absolute_headers: vec![("X-Api-Key".into(), "secret".into())],
+            destinations: Destinations::parse(&["10.0.0.0/8".into()]).unwrap(),
+            workers: 1,
+            ..HttpFrontConfig::default()
+        });
+        let key = vec![("X-Api-Key".to_string(), "secret".to_string())];
+        assert_eq!(headers_for(&f, "https://up.example/other"), key);
+        assert_eq!(headers_for(&f, "https://up.example:443/mcp"), key);
+        assert_eq!(headers_for(&f, "http://10.0.0.5:3000/x"), key);
+        for elsewhere in [
+            "http://up.example/mcp",
+            "https://up.example:8443/mcp",
+            "https://evil.example/mcp",
+            "http://10.0.0.5:3001/mcp",
+            "http://169.254.169.254/latest/meta-data",
+        ] {
+            assert!(headers_for(&f, elsewhere).is_empty(), "{elsewhere}");
+        }
+    }
 }

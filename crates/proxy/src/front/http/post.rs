@@ -182,7 +182,7 @@ async fn create_session(
     // Record first: with a store that fails closed, nothing is spawned for a refused session.
     let records = front.registry.records();
     records.created(&id, &target.key, &upstream, init).await?;
-    let ctx = front.upstream_ctx(&id);
+    let ctx = front.upstream_ctx_for(&id, &target);
     let connected = Session::connect(id.clone(), target.spec, front.pipeline.clone(), ctx).await;
     let (core, events) = match connected {
         Ok(c) => c,

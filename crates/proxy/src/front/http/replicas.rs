@@ -124,7 +124,7 @@ async fn adopt(
     upstream_sid: Option<String>,
 ) -> Result<Located, ProxyError> {
     let sid: Arc<str> = Arc::from(id);
-    let ctx = front.upstream_ctx(&sid);
+    let ctx = front.upstream_ctx_for(&sid, target);
     let (core, events) =
         Session::connect(sid, target.spec.clone(), front.pipeline.clone(), ctx).await?;
     core.restore(version.as_deref(), upstream_sid.as_deref());
