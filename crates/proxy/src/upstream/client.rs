@@ -171,6 +171,18 @@ impl HttpClient {
                 return Ok(resp);
             }
             req = build();
+            // Names are checked by the resolver; an address literal is not resolved.
+            if let Some(d) = &self.destinations
+                && let Some(ip) = to
+                    .host()
+                    .and_then(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+                && !d.allows_ip(ip)
+            {
+                return Err(ClientError::new(
+                    false,
+                    format!("the upstream redirected to {ip}, a destination that is not allowed"),
+                ));
+            }
             if !same_origin(&to, &uri) {
                 // Credentials are for the origin they were given for: a request that carries
                 // any header beyond the protocol's own (configured headers, a bearer token,
@@ -536,6 +548,28 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(err.is_connect(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_restricted_client_is_not_redirected_to_a_refused_address() {
+        let c = HttpClient::new(Duration::from_secs(5))
+            .expect("client")
+            .restricted(Destinations::default())
+            .expect("restricted");
+        let a = server().await;
+        let other = server().await;
+        let port = other.rsplit(':').next().unwrap();
+        let err = call_with(&c, Method::POST, &format!("{a}/away/{port}/mcp"), &[])
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("not allowed"), "{err}");
+        // Allowed there: followed.
+        let allowed = Destinations::parse(&["127.0.0.1".into()]).unwrap();
+        let c = c.restricted(allowed).expect("restricted");
+        let (s, _) = call_with(&c, Method::POST, &format!("{a}/away/{port}/mcp"), &[])
+            .await
+            .expect("followed");
+        assert_eq!(s, StatusCode::OK);
     }
 
     #[tokio::test]
