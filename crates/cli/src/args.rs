@@ -202,12 +202,28 @@ pub struct HttpArgs {
     /// prefix (`sse+http://…`, `auto+http://…`); see --upstream-transport.
     #[arg(long = "target", value_name = "[NAME=]URL|CMD")]
     pub targets: Vec<String>,
-    /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL.
+    /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL. Only
+    /// public addresses are reached (see --allow-destination); --header values are sent only
+    /// to the origins of the --target URLs.
     #[arg(long)]
     pub allow_absolute_uri: bool,
+    /// With --allow-absolute-uri: a destination allowed although it is loopback, link-local or
+    /// private — an address, a CIDR (`10.0.0.0/8`) or a host name (repeatable). Names are
+    /// judged by every address they resolve to, when asked and when connecting.
+    #[arg(
+        long = "allow-destination",
+        value_name = "HOST|CIDR",
+        requires = "allow_absolute_uri"
+    )]
+    pub allow_destinations: Vec<String>,
     /// Browser origin allowed besides localhost ones (repeatable; `*` allows any).
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,
+    /// Host name (or address) clients may use in `Host` besides loopback ones (repeatable; any
+    /// port). On a loopback --listen other names get 403 (DNS-rebinding protection); on another
+    /// address every name is served unless this is given. The --advertise URL's host is allowed.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
     /// Most concurrent sessions; more get 503 with Retry-After.
     #[arg(long, default_value_t = 1000)]
     pub max_sessions: usize,
@@ -217,6 +233,11 @@ pub struct HttpArgs {
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 10.0)]
     pub shutdown_deadline: f64,
+    /// Seconds the upstream may take to answer a request; then the client gets a JSON-RPC
+    /// error (-32001), the upstream `notifications/cancelled`, and a late answer is dropped.
+    /// 0: no limit.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub request_timeout: f64,
     #[command(flatten)]
     pub store: StoreArgs,
     /// This replica's id in the session store (default: the host name). Replicas sharing a
@@ -244,12 +265,34 @@ pub struct HttpArgs {
     #[arg(long, env = "SHADOWCAT_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
     #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
     pub common: Common,
     #[command(flatten)]
     pub hooks: crate::commands::hooks::HookArgs,
     /// Default target command and arguments (after `--`): one child per session.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// Connection timeouts and limit of a listener (the admin listener, if any, applies the same
+/// settings with its own count).
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Seconds a client may take to send a request head (from connecting, or from its first
+    /// byte after an idle spell); the connection is closed then.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub header_timeout: f64,
+    /// Seconds a client may take to send a request body once its head arrived; `408` and the
+    /// connection is closed then.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub body_timeout: f64,
+    /// Seconds a keep-alive connection with nothing in flight is kept open.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub keep_alive_timeout: f64,
+    /// Most client connections served at once; further ones are accepted and closed at once.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_connections: usize,
 }
 
 #[derive(Args, Debug)]

@@ -28,7 +28,7 @@ pub use target::GatewayTarget;
 
 use crate::error::ProxyError;
 use crate::forward::CONNECT_TIMEOUT;
-use crate::front::http::{HttpFront, HttpFrontConfig, OriginPolicy, Target};
+use crate::front::http::{HostPolicy, HttpFront, HttpFrontConfig, OriginPolicy, Target};
 use crate::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
 use crate::runtime::drain;
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
@@ -502,6 +502,8 @@ pub async fn gateway(
     let config = HttpFrontConfig {
         workers: s.workers.unwrap_or_else(crate::runtime::default_workers),
         origins: OriginPolicy::new(&s.allow_origins),
+        hosts: HostPolicy::new(&s.allowed_hosts, s.public_url.as_deref())
+            .map_err(|e| ProxyError::Startup(format!("server.allowed_hosts: {e}")))?,
         max_body: s.max_message,
         max_sessions: s.max_sessions,
         max_sessions_per_principal: s.max_sessions_per_principal,
@@ -521,6 +523,9 @@ pub async fn gateway(
             .clone()
             .unwrap_or_else(crate::front::http::default_replica_id),
         gateway: Some(gw.clone()),
+        conn: s.conn_limits(),
+        // Each route's members carry their own (`routes.request_timeout`).
+        request_timeout: None,
         ..HttpFrontConfig::default()
     };
     let GatewayHooks { before, after } = hooks;

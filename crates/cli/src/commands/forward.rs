@@ -2,10 +2,14 @@
 
 use super::hooks::{Describe, Hooks};
 use crate::args::StoreOutage;
-use crate::args::{Common, HttpArgs, StdioArgs, UpstreamTransport};
+use crate::args::{Common, ConnArgs, HttpArgs, StdioArgs, UpstreamTransport};
 use anyhow::{Context, bail};
 use shadowcat_proxy::forward::{StdioForward, forward_http, forward_stdio};
-use shadowcat_proxy::front::http::{HttpFrontConfig, OriginPolicy, Targets, default_replica_id};
+use shadowcat_proxy::front::conn::ConnLimits;
+use shadowcat_proxy::front::http::{
+    HostPolicy, HttpFrontConfig, OriginPolicy, Targets, default_replica_id,
+};
+use shadowcat_proxy::upstream::destinations::Destinations;
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{FailoverStore, OnOutage, Retention};
 use std::time::Duration;
@@ -15,6 +19,25 @@ use tokio_util::task::TaskTracker;
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v)
         .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+}
+
+/// The listener's connection limits from the flags, validated.
+pub fn conn_limits(c: &ConnArgs) -> anyhow::Result<ConnLimits> {
+    let limits = ConnLimits {
+        header_timeout: seconds("header-timeout", c.header_timeout)?,
+        body_timeout: seconds("body-timeout", c.body_timeout)?,
+        idle_timeout: seconds("keep-alive-timeout", c.keep_alive_timeout)?,
+        max_connections: c.max_connections,
+    };
+    limits
+        .validate([
+            "--header-timeout",
+            "--body-timeout",
+            "--keep-alive-timeout",
+            "--max-connections",
+        ])
+        .map_err(anyhow::Error::msg)?;
+    Ok(limits)
 }
 
 fn options(c: &Common) -> anyhow::Result<UpstreamOptions> {
@@ -167,12 +190,18 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
     let config = HttpFrontConfig {
         targets: targets(&a)?,
         allow_absolute_uri: a.allow_absolute_uri,
+        destinations: Destinations::parse(&a.allow_destinations)
+            .map_err(|e| anyhow::anyhow!("--allow-destination: {e}"))?,
         absolute_headers: headers(&a.common)?,
         origins: OriginPolicy::new(&a.allow_origins),
+        hosts: HostPolicy::new(&a.allow_hosts, a.advertise.as_deref())
+            .map_err(|e| anyhow::anyhow!("--allow-host / --advertise: {e}"))?,
         max_body: a.common.max_message,
         max_sessions: a.max_sessions,
         idle_timeout: seconds("idle-timeout", a.idle_timeout)?,
         shutdown_deadline: seconds("shutdown-deadline", a.shutdown_deadline)?,
+        request_timeout: Some(seconds("request-timeout", a.request_timeout)?)
+            .filter(|d| !d.is_zero()),
         upstream: options(&a.common)?,
         retention: Retention {
             max_events: Some(a.max_events),
@@ -183,6 +212,7 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
             .workers
             .map(usize::from)
             .unwrap_or_else(shadowcat_proxy::runtime::default_workers),
+        conn: conn_limits(&a.conn)?,
         replica_id: a
             .advertise
             .clone()
@@ -218,7 +248,7 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         upstream: describe_targets(&config.targets, config.allow_absolute_uri),
         headers: headers(&a.common)?,
     };
-    let hooks = Hooks::build(&a.hooks, log_traffic, describe).await?;
+    let hooks = Hooks::build_limited(&a.hooks, log_traffic, describe, config.conn).await?;
     let served = forward_http(
         listener,
         config,

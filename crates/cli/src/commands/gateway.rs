@@ -289,6 +289,7 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
                 .resolve_token()
                 .map_err(|e| anyhow::anyhow!("{source}: admin: {e}"))?,
             gateway: Some((gw.clone(), cfg.clone())),
+            conn: cfg.server.conn_limits(),
         }),
         _ => None,
     };

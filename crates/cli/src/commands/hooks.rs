@@ -5,6 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shadowcat_proxy::admin::{AdminServer, Traffic};
 use shadowcat_proxy::forward::CONNECT_TIMEOUT;
+use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::gateway::{Gateway, GatewayConfig};
 use shadowcat_proxy::intercept::{Interceptor, PauseBoard};
 use shadowcat_proxy::pipeline::{Hook, Pipeline, TrafficLog};
@@ -101,6 +102,8 @@ pub struct AdminPlan {
     pub token: Option<String>,
     /// A gateway's sessions, upstreams, metrics and (redacted) configuration.
     pub gateway: Option<(Arc<Gateway>, GatewayConfig)>,
+    /// Connection timeouts and limit (those of the proxy's own listener).
+    pub conn: ConnLimits,
 }
 
 /// The hooks of a running proxy and what must be stopped with it.
@@ -119,10 +122,21 @@ impl Hooks {
     /// The pipeline of the forward and replay modes (the admin listener, if asked for, serves
     /// paused messages and live traffic).
     pub async fn build(a: &HookArgs, log_traffic: bool, d: Describe<'_>) -> anyhow::Result<Hooks> {
+        Hooks::build_limited(a, log_traffic, d, ConnLimits::default()).await
+    }
+
+    /// [`Hooks::build`] with the admin listener's connection limits.
+    pub async fn build_limited(
+        a: &HookArgs,
+        log_traffic: bool,
+        d: Describe<'_>,
+        conn: ConnLimits,
+    ) -> anyhow::Result<Hooks> {
         let admin = a.admin.map(|addr| AdminPlan {
             addr: addr.unwrap_or(DEFAULT_ADMIN),
             token: a.admin_token.clone(),
             gateway: None,
+            conn,
         });
         Hooks::assemble(a, log_traffic, d, admin).await
     }
@@ -295,7 +309,9 @@ async fn start_admin(
         .await
         .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
     let local = listener.local_addr()?;
-    let mut server = AdminServer::new(plan.token).traffic(traffic);
+    let mut server = AdminServer::new(plan.token)
+        .traffic(traffic)
+        .limits(plan.conn);
     if let Some(b) = board {
         server = server.intercept(b);
     }

@@ -265,14 +265,32 @@ async fn named_targets_and_session_binding_to_routes() {
 #[tokio::test]
 async fn absolute_form_uris_select_the_upstream() {
     let demo = Server::demo_http().await;
-    let p = Server::forward_http(&["--allow-absolute-uri"]).await;
-    // reqwest sends absolute-form request targets when talking to an HTTP proxy.
-    let http = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::http(&p.base).unwrap())
-        .build()
-        .unwrap();
+    let via = |p: &Server| {
+        // reqwest sends absolute-form request targets when talking to an HTTP proxy.
+        reqwest::Client::builder()
+            .proxy(reqwest::Proxy::http(&p.base).unwrap())
+            .build()
+            .unwrap()
+    };
+    // The demo listens on loopback: refused unless allowed, by address or by name.
+    let closed = Server::forward_http(&["--allow-absolute-uri"]).await;
     let mut c = Raw::new(demo.url());
-    c.http = http;
+    c.http = via(&closed);
+    let r = c.post(init_body(1, "2025-06-18")).await;
+    assert_eq!((r.status, r.rpc_code()), (403, -32600), "{}", r.body);
+    assert!(
+        r.body.contains("loopback") && r.body.contains("--allow-destination"),
+        "{}",
+        r.body
+    );
+    let mut by_name = Raw::new(demo.url().replace("127.0.0.1", "localhost"));
+    by_name.http = via(&closed);
+    let r = by_name.post(init_body(1, "2025-06-18")).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let p =
+        Server::forward_http(&["--allow-absolute-uri", "--allow-destination", "127.0.0.0/8"]).await;
+    let mut c = Raw::new(demo.url());
+    c.http = via(&p);
     c.initialize().await;
     assert_eq!(
         c.call_tool(1, "echo", json!({"message":"absolute"})).await,
@@ -455,4 +473,68 @@ async fn repeated_mcp_headers_are_refused_on_every_method() {
         "alive"
     );
     assert_eq!(c.delete().await.status, 204);
+}
+
+/// forward http: a request the upstream never answers gets a JSON-RPC error after
+/// `--request-timeout`, and its session, with nothing in flight any more, is reaped when idle.
+#[tokio::test]
+async fn forward_request_timeout_answers_the_client_and_frees_the_session() {
+    let p =
+        Server::forward_http(&["--demo", "--request-timeout", "0.5", "--idle-timeout", "1"]).await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+            "params":{"name":"slow","arguments":{"steps":1,"duration":600}}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let msgs = r.messages();
+    let reply = msgs.iter().find(|m| m["id"] == 5).expect("an answer");
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    let msg = reply["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("tools/call timed out"), "{msg}");
+    // Nothing in flight: the idle reaper ends the session.
+    let health = format!("{}/health", p.base);
+    let mut sessions = -1;
+    for _ in 0..600 {
+        let h: serde_json::Value = c
+            .http
+            .get(&health)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sessions = h["sessions"].as_i64().unwrap();
+        if sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(sessions, 0, "the timed-out session was never reaped");
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":6,"method":"ping"}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+/// An upstream's answer that is not JSON-RPC is never shown to the client (with
+/// --allow-absolute-uri the client picks the upstream: its body could be anything's secret).
+#[tokio::test]
+async fn a_non_json_rpc_upstream_body_is_not_echoed_to_the_client() {
+    let app = axum::Router::new().fallback(|| async { "SECRET-INSTANCE-CREDENTIALS" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let p =
+        Server::forward_http(&["--allow-absolute-uri", "--allow-destination", "127.0.0.1"]).await;
+    let mut c = Raw::new(format!("http://{addr}/mcp"));
+    c.http = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(&p.base).unwrap())
+        .build()
+        .unwrap();
+    let r = c.post(init_body(1, "2025-06-18")).await;
+    assert!(r.body.contains("not JSON-RPC"), "{}", r.body);
+    assert!(!r.body.contains("SECRET"), "{}", r.body);
 }

@@ -20,6 +20,7 @@ pub mod traffic;
 
 pub use traffic::Traffic;
 
+use crate::front::conn::{self, ConnLimits, Slots};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::intercept::PauseBoard;
 use axum::body::Body;
@@ -39,6 +40,7 @@ pub struct AdminServer {
     board: Option<Arc<PauseBoard>>,
     gateway: Option<(Arc<Gateway>, Arc<serde_json::Value>)>,
     traffic: Option<Arc<Traffic>>,
+    limits: ConnLimits,
 }
 
 /// Shared by the handlers.
@@ -63,7 +65,14 @@ impl AdminServer {
             board: None,
             gateway: None,
             traffic: None,
+            limits: ConnLimits::default(),
         }
+    }
+
+    /// Connection timeouts and the connection limit (default: [`ConnLimits::default`]).
+    pub fn limits(mut self, limits: ConnLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Serve the messages held by `pause` rules.
@@ -118,9 +127,49 @@ impl AdminServer {
                 host_check,
             ))
             .with_state(admin);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
+        // Our own accept loop (not `axum::serve`): the same timeouts and connection limit as
+        // the proxy's listener.
+        let limits = self.limits;
+        let slots = Slots::new(limits.max_connections);
+        let conns = tokio_util::task::TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = cancel.cancelled() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin listener: accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = slots.take("admin") else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let app = app.clone();
+            conns.spawn(conn::serve(
+                tcp,
+                peer,
+                limits,
+                cancel.clone(),
+                slot,
+                move |req| {
+                    let mut app = app.clone();
+                    async move {
+                        match tower_service::Service::call(&mut app, req).await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        }
+                    }
+                },
+            ));
+        }
+        conns.close();
+        conns.wait().await;
+        Ok(())
     }
 }
 

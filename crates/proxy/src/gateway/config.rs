@@ -220,6 +220,18 @@ fn default_max_message() -> usize {
 fn default_max_events() -> usize {
     1000
 }
+fn default_header_timeout() -> Dur {
+    Dur(crate::front::conn::ConnLimits::default().header_timeout)
+}
+fn default_body_timeout() -> Dur {
+    Dur(crate::front::conn::ConnLimits::default().body_timeout)
+}
+fn default_keep_alive_timeout() -> Dur {
+    Dur(crate::front::conn::ConnLimits::default().idle_timeout)
+}
+fn default_max_connections() -> usize {
+    crate::front::conn::ConnLimits::default().max_connections
+}
 fn default_outage() -> String {
     "closed".into()
 }
@@ -272,12 +284,42 @@ pub struct ServerConfig {
     /// Browser origins allowed besides loopback ones (`*` for any).
     #[serde(default)]
     pub allow_origins: Vec<String>,
+    /// `Host` names served besides loopback ones and `public_url`'s host (any port). On a
+    /// loopback listener other names get 403 (DNS rebinding); elsewhere every name is served
+    /// unless this is set.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// Threads serving client connections (default: one per CPU).
     #[serde(default)]
     pub workers: Option<usize>,
+    /// A request head must arrive within this (from the connection's start, or from its first
+    /// byte after an idle spell); the connection is closed otherwise.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Dur,
+    /// A request body must arrive within this of its head (`408`, connection closed).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Dur,
+    /// A keep-alive connection with nothing in flight is closed after this.
+    #[serde(default = "default_keep_alive_timeout")]
+    pub keep_alive_timeout: Dur,
+    /// Most client connections served at once; more are accepted and closed immediately.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// The listener's connection timeouts and limit (the admin listener's too).
+    pub fn conn_limits(&self) -> crate::front::conn::ConnLimits {
+        crate::front::conn::ConnLimits {
+            header_timeout: self.header_timeout.0,
+            body_timeout: self.body_timeout.0,
+            idle_timeout: self.keep_alive_timeout.0,
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -297,8 +339,13 @@ impl Default for ServerConfig {
             max_message: default_max_message(),
             max_events: default_max_events(),
             allow_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             trusted_proxies: Vec::new(),
             workers: None,
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            keep_alive_timeout: default_keep_alive_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -1167,6 +1214,64 @@ mod tests {
             e.contains("g.toml: server.workers: 0 is not between 1 and 1024"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn connection_limits_are_read_and_validated() {
+        let route = "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n";
+        let cfg = GatewayConfig::parse(
+            "g.toml",
+            &format!(
+                "[server]\nheader_timeout = \"2s\"\nbody_timeout = \"3s\"\n\
+                 keep_alive_timeout = \"4s\"\nmax_connections = 5\n{route}"
+            ),
+        )
+        .unwrap();
+        cfg.validate("g.toml").unwrap();
+        let l = cfg.server.conn_limits();
+        assert_eq!(
+            (
+                l.header_timeout,
+                l.body_timeout,
+                l.idle_timeout,
+                l.max_connections
+            ),
+            (
+                Duration::from_secs(2),
+                Duration::from_secs(3),
+                Duration::from_secs(4),
+                5
+            )
+        );
+        let d = GatewayConfig::default().server.conn_limits();
+        assert_eq!(d, crate::front::conn::ConnLimits::default());
+        let e = errors(&format!(
+            "[server]\nheader_timeout = \"0s\"\nbody_timeout = \"0s\"\n\
+             keep_alive_timeout = \"0s\"\nmax_connections = 0\n{route}"
+        ));
+        for field in [
+            "header_timeout",
+            "body_timeout",
+            "keep_alive_timeout",
+            "max_connections",
+        ] {
+            assert!(
+                e.contains(&format!("g.toml: server.{field}: must be")),
+                "{e}"
+            );
+        }
+        let e = errors(&format!(
+            "[server]\nallowed_hosts = [\"mcp.example.com\", \"a.example:80\", \"*.example\"]\n{route}"
+        ));
+        assert!(
+            e.contains("g.toml: server.allowed_hosts[1]: `a.example:80` has a port"),
+            "{e}"
+        );
+        assert!(
+            e.contains("g.toml: server.allowed_hosts[2]: `*.example` is not a host name"),
+            "{e}"
+        );
+        assert!(!e.contains("allowed_hosts[0]"), "{e}");
     }
 
     #[test]

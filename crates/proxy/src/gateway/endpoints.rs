@@ -7,7 +7,7 @@ use super::config::route_key;
 use super::limits::{Limited, RATE_LIMITED};
 use super::metrics::{Snapshot, UpstreamGauge};
 use super::{Gateway, Route, WELL_KNOWN};
-use crate::front::http::{HttpFront, serve_mcp};
+use crate::front::http::{ClientIp, HttpFront, serve_mcp};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
@@ -51,10 +51,12 @@ impl Gateway {
         // The body is not `Sync`: only the head is borrowed across the awaits of admission.
         let (mut parts, body) = req.into_parts();
         let resp = match self.admit(&parts, route.as_ref(), label).await {
-            Ok(principal) => {
+            Ok((principal, ip)) => {
                 if let Some(p) = principal {
                     parts.extensions.insert(p);
                 }
+                // What a request forwarded to another replica says in X-Forwarded-For.
+                parts.extensions.insert(ClientIp(ip));
                 serve_mcp(front.clone(), Request::from_parts(parts, body)).await
             }
             Err(r) => r,
@@ -73,7 +75,7 @@ impl Gateway {
         req: &http::request::Parts,
         route: Option<&Arc<Route>>,
         label: &str,
-    ) -> Result<Option<Principal>, Response> {
+    ) -> Result<(Option<Principal>, IpAddr), Response> {
         let peer = req
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -87,7 +89,7 @@ impl Gateway {
         // With [auth], every path but the gateway's own endpoints needs credentials: unknown
         // paths too (no route enumeration, nothing served unauthenticated by accident).
         let Some(auth) = &self.auth else {
-            return Ok(None);
+            return Ok((None, ip));
         };
         let principal = match auth.authenticate(&req.headers).await {
             Ok(p) => p,
@@ -110,7 +112,7 @@ impl Gateway {
             self.metrics.rate_limited(label, l.scope);
             return Err(too_many(&l));
         }
-        Ok(Some(principal))
+        Ok((Some(principal), ip))
     }
 
     /// The base URL of this gateway as clients see it: `server.public_url`, which validation

@@ -302,21 +302,39 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     if !is_trusted(peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
+    // Every hop in order; `None` for one that is not an address (a value that is not text
+    // counts as one such hop).
+    let hops: Vec<Option<IpAddr>> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .flat_map(|v| match v.to_str() {
+            Ok(text) => text.split(',').map(parse_hop).collect::<Vec<_>>(),
+            Err(_) => vec![None],
+        })
         .collect();
     let mut client = peer;
-    for ip in hops.into_iter().rev() {
+    for hop in hops.into_iter().rev() {
+        // A hop a trusted proxy wrote that is not an address ends the walk there: what lies to
+        // its left is not vouched for by anyone we trust (skipping it would let the client's
+        // own entries through). The client is then the last trusted hop.
+        let Some(ip) = hop else {
+            break;
+        };
         client = ip;
         if !is_trusted(ip) {
             break;
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry: an address, with or without a port (`1.2.3.4:5678`,
+/// `[::1]:80`).
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[cfg(test)]
@@ -342,6 +360,38 @@ mod tests {
             client_ip(peer, &h, &trusted),
             "5.6.7.8".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn an_unparsable_forwarded_for_hop_ends_the_walk() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let walk = |xff: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            client_ip(peer, &h, &trusted)
+        };
+        // The client's own entry left of a hop the proxy could not name is not believed: the
+        // client is the last trusted hop.
+        assert_eq!(walk(&["6.6.6.6, unknown, 10.0.0.7"]), ip("10.0.0.7"));
+        assert_eq!(walk(&["6.6.6.6, unknown"]), peer);
+        assert_eq!(walk(&["6.6.6.6,,10.0.0.7"]), ip("10.0.0.7"));
+        assert_eq!(walk(&["6.6.6.6", "garbage"]), peer);
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        assert_eq!(client_ip(peer, &h, &trusted), peer);
+        // Addresses with ports are addresses.
+        assert_eq!(walk(&["6.6.6.6, 5.6.7.8:4321"]), ip("5.6.7.8"));
+        assert_eq!(walk(&["[2001:db8::1]:443"]), ip("2001:db8::1"));
+        // Without bad hops nothing changes.
+        assert_eq!(walk(&["6.6.6.6", "5.6.7.8, 10.0.0.9"]), ip("5.6.7.8"));
     }
 
     #[tokio::test]

@@ -101,6 +101,23 @@ impl GatewayConfig {
         if s.idle_timeout.0.is_zero() {
             bad("server.idle_timeout".into(), "must be more than 0".into());
         }
+        for (field, d) in [
+            ("server.header_timeout", s.header_timeout),
+            ("server.body_timeout", s.body_timeout),
+            ("server.keep_alive_timeout", s.keep_alive_timeout),
+        ] {
+            if d.0.is_zero() {
+                bad(field.into(), "must be more than 0".into());
+            }
+        }
+        if s.max_connections == 0 {
+            bad("server.max_connections".into(), "must be at least 1".into());
+        }
+        for (i, h) in s.allowed_hosts.iter().enumerate() {
+            if let Err(e) = crate::front::http::HostPolicy::parse_name(h) {
+                bad(format!("server.allowed_hosts[{i}]"), e);
+            }
+        }
         for (i, t) in s.trusted_proxies.iter().enumerate() {
             if let Err(e) = Cidr::parse(t) {
                 bad(format!("server.trusted_proxies[{i}]"), e);

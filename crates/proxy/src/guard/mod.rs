@@ -1,7 +1,8 @@
 //! Protection of one upstream, shared by every session placed on it (gateway mode): a circuit
 //! breaker, safe retries under a budget, and the request / SSE-idle timeouts. Sessions carry an
-//! `Arc<Guard>` through their [`UpstreamCtx`](crate::upstream::UpstreamCtx); without one (the
-//! forward modes) none of this runs.
+//! `Arc<Guard>` through their [`UpstreamCtx`](crate::upstream::UpstreamCtx); without one
+//! (`forward stdio`) none of this runs. The HTTP front's own sessions (forward http) share a
+//! guard with only a request timeout.
 //!
 //! Outcomes: a client request answered by the server (result or the server's own JSON-RPC
 //! error) is a success; one the proxy had to answer because the upstream failed (unreachable,

@@ -138,7 +138,7 @@ async fn create(
             records
                 .created(&id, &route, &target.spec.describe(), &init)
                 .await?;
-            let ctx = front.upstream_ctx(&id);
+            let ctx = front.upstream_ctx_for(&id, target);
             match Session::connect(
                 id.clone(),
                 target.spec.clone(),

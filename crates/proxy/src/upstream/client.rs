@@ -5,8 +5,10 @@
 //! whose connections are driven by that thread too: relaying a request never hands it to another
 //! thread. Requests are built once per upstream (the URL is parsed when the upstream is created),
 //! and redirects are followed the way MCP clients follow them: `307`/`308` for any method (same
-//! method and body), `301`/`302`/`303` for `GET`; credentials are not carried to another origin.
+//! method and body), `301`/`302`/`303` for `GET`. A request carrying credentials (any header
+//! beyond the protocol's own) is not redirected to another origin at all.
 
+use super::destinations::{Destinations, GuardedResolver};
 use crate::error::ProxyError;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
@@ -31,7 +33,7 @@ const MAX_REDIRECTS: usize = 10;
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Pool = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
 
 thread_local! {
     /// This thread's pools, by client id.
@@ -74,17 +76,38 @@ pub struct HttpClient {
     connect_timeout: Duration,
     /// Built once (loading the platform's roots takes milliseconds), shared by every pool.
     tls: Arc<rustls::ClientConfig>,
+    /// Where this client may connect (`None`: anywhere), enforced when names are resolved.
+    destinations: Option<Arc<Destinations>>,
 }
 
 impl HttpClient {
     /// A client with TCP_NODELAY and a connect timeout.
     pub fn new(connect_timeout: Duration) -> Result<Self, ProxyError> {
+        Self::build(connect_timeout, None)
+    }
+
+    /// A client (with its own pools) that connects only where `destinations` allows: a name
+    /// resolving to a refused address fails to connect. Address literals are not resolved:
+    /// check them with [`Destinations::check`] before sending.
+    pub fn restricted(&self, destinations: Destinations) -> Result<Self, ProxyError> {
+        Self::build(self.connect_timeout, Some(Arc::new(destinations)))
+    }
+
+    fn build(
+        connect_timeout: Duration,
+        destinations: Option<Arc<Destinations>>,
+    ) -> Result<Self, ProxyError> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let shared = reqwest::Client::builder()
+        let mut shared = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(POOL_IDLE)
-            .no_proxy()
+            .redirect(reqwest_redirects())
+            .no_proxy();
+        if let Some(d) = &destinations {
+            shared = shared.dns_resolver(ReqwestResolver(GuardedResolver::new(Some(d.clone()))));
+        }
+        let shared = shared
             .build()
             .map_err(|e| ProxyError::UpstreamConnect(format!("cannot build HTTP client: {e}")))?;
         use hyper_rustls::ConfigBuilderExt;
@@ -98,6 +121,7 @@ impl HttpClient {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             connect_timeout,
             tls: Arc::new(tls),
+            destinations,
         })
     }
 
@@ -113,7 +137,8 @@ impl HttpClient {
             if let Some((_, c)) = pools.iter().find(|(id, _)| *id == self.id) {
                 return c.clone();
             }
-            let c = pool(self.connect_timeout, &self.tls);
+            let resolver = GuardedResolver::new(self.destinations.clone());
+            let c = pool(self.connect_timeout, &self.tls, resolver);
             pools.push((self.id, c.clone()));
             c
         })
@@ -146,14 +171,32 @@ impl HttpClient {
                 return Ok(resp);
             }
             req = build();
-            if to.authority() != uri.authority() || to.scheme() != uri.scheme() {
-                // Credentials are for the origin they were given for.
-                for h in [
-                    header::AUTHORIZATION,
-                    header::COOKIE,
-                    header::PROXY_AUTHORIZATION,
-                ] {
-                    req.headers_mut().remove(h);
+            // Names are checked by the resolver; an address literal is not resolved.
+            if let Some(d) = &self.destinations
+                && let Some(ip) = to
+                    .host()
+                    .and_then(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+                && !d.allows_ip(ip)
+            {
+                return Err(ClientError::new(
+                    false,
+                    format!("the upstream redirected to {ip}, a destination that is not allowed"),
+                ));
+            }
+            if !same_origin(&to, &uri) {
+                // Credentials are for the origin they were given for: a request that carries
+                // any header beyond the protocol's own (configured headers, a bearer token,
+                // cookies) is not sent elsewhere at all — neither its headers nor its body.
+                if let Some(name) = req.headers().keys().find(|h| !is_protocol_header(h)) {
+                    return Err(ClientError::new(
+                        false,
+                        format!(
+                            "the upstream redirected to another origin ({}) and the request \
+                             carries credentials (`{name}`), so it was not followed; configure \
+                             the upstream's final URL",
+                            origin(&to)
+                        ),
+                    ));
                 }
             }
             tracing::debug!(%status, location = %to, "following the upstream's redirect");
@@ -166,8 +209,82 @@ impl HttpClient {
     }
 }
 
-fn pool(connect_timeout: Duration, tls: &rustls::ClientConfig) -> Pool {
-    let mut http = HttpConnector::new();
+/// Same scheme, host and port.
+fn same_origin(a: &Uri, b: &Uri) -> bool {
+    a.scheme() == b.scheme() && a.authority() == b.authority()
+}
+
+/// `scheme://host[:port]` of a URI (no user info, path or query: those may carry secrets).
+fn origin(u: &Uri) -> String {
+    let scheme = u.scheme_str().unwrap_or("http");
+    match u.authority() {
+        Some(a) => match a.port_u16() {
+            Some(p) => format!("{scheme}://{}:{p}", a.host()),
+            None => format!("{scheme}://{}", a.host()),
+        },
+        None => format!("{scheme}://"),
+    }
+}
+
+/// Headers the MCP transport itself sets, which carry no credentials. Anything else on an
+/// upstream request is a configured header or a token.
+fn is_protocol_header(name: &header::HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        "accept"
+            | "content-type"
+            | "user-agent"
+            | "last-event-id"
+            | "mcp-session-id"
+            | "mcp-protocol-version"
+            | "mcp-method"
+            | "mcp-name"
+    ) || n.starts_with("mcp-param-")
+}
+
+/// The redirect policy of the `reqwest` client (requests off the relay path, the legacy SSE
+/// upstream): redirects within the origin are followed; one to another origin is not (its
+/// answer is the redirect), since the request may carry configured headers `reqwest` would not
+/// strip.
+fn reqwest_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(prev) = attempt.previous().last() else {
+            return attempt.follow();
+        };
+        let next = attempt.url();
+        let same = next.scheme() == prev.scheme()
+            && next.host_str() == prev.host_str()
+            && next.port_or_known_default() == prev.port_or_known_default();
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else if same {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// [`GuardedResolver`] as `reqwest` wants a resolver.
+struct ReqwestResolver(GuardedResolver);
+
+impl reqwest::dns::Resolve for ReqwestResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let mut r = self.0.clone();
+        let name = name
+            .as_str()
+            .parse::<hyper_util::client::legacy::connect::dns::Name>();
+        Box::pin(async move {
+            let name = name.map_err(|e| Box::new(e) as Box<dyn StdError + Send + Sync>)?;
+            let addrs = tower_service::Service::call(&mut r, name).await?;
+            Ok(Box::new(addrs) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn pool(connect_timeout: Duration, tls: &rustls::ClientConfig, resolver: GuardedResolver) -> Pool {
+    let mut http = HttpConnector::new_with_resolver(resolver);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
@@ -255,6 +372,12 @@ mod tests {
     async fn server() -> String {
         let app = axum::Router::new().fallback(|req: AxumRequest| async move {
             let path = req.uri().path().to_string();
+            // `/away/PORT/PATH`: 307 to PATH on 127.0.0.1:PORT (another origin).
+            if let Some((port, rest)) = path.strip_prefix("/away/").and_then(|r| r.split_once('/'))
+            {
+                let to = format!("http://127.0.0.1:{port}/{rest}");
+                return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response();
+            }
             if let Some(to) = path.strip_prefix("/to") {
                 let status = req
                     .headers()
@@ -272,14 +395,23 @@ mod tests {
                 return (status, [(header::LOCATION, to)]).into_response();
             }
             let method = req.method().to_string();
-            let auth = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string();
+            let (auth, key) = {
+                let h = |name| {
+                    req.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_string()
+                };
+                (h(header::AUTHORIZATION.as_str()), h("x-api-key"))
+            };
             let body = req.into_body().collect().await.expect("body").to_bytes();
-            format!("{method} {path} {auth} {}", String::from_utf8_lossy(&body)).into_response()
+            let body = String::from_utf8_lossy(&body);
+            if key == "-" {
+                format!("{method} {path} {auth} {body}").into_response()
+            } else {
+                format!("{method} {path} {auth} {key} {body}").into_response()
+            }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -295,9 +427,19 @@ mod tests {
         url: &str,
         extra: &[(&str, &str)],
     ) -> (StatusCode, String) {
+        let mut headers = vec![("authorization", "Bearer t")];
+        headers.extend_from_slice(extra);
+        call_with(c, method, url, &headers).await.expect("sent")
+    }
+
+    async fn call_with(
+        c: &HttpClient,
+        method: Method,
+        url: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<(StatusCode, String), ClientError> {
         let uri: Uri = url.parse().expect("uri");
         let mut headers = http::HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         for (k, v) in extra {
             headers.insert(
                 http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
@@ -306,11 +448,10 @@ mod tests {
         }
         let resp = c
             .send(|| request(method.clone(), &uri, &headers, Bytes::from_static(b"{}")))
-            .await
-            .expect("sent");
+            .await?;
         let status = resp.status();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     #[tokio::test]
@@ -338,15 +479,54 @@ mod tests {
         )
         .await;
         assert_eq!((s, b.as_str()), (StatusCode::OK, "GET /sse Bearer t {}"));
-        // Another origin does not get the credentials.
-        let other = server().await;
-        let (s, b) = call(
+        // Configured headers stay with their origin too.
+        let (s, b) = call_with(
             &c,
             Method::POST,
-            &format!("{a}/to"),
-            &[("x-location", &format!("{other}/mcp"))],
+            &format!("{a}/to/mcp"),
+            &[("x-api-key", "k1")],
         )
-        .await;
+        .await
+        .expect("same origin");
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "POST /mcp - k1 {}"));
+        // Another origin gets neither the credentials (bearer token or any configured header)
+        // nor the body: a credentialed request is not redirected there at all.
+        let other = server().await;
+        let port = other.rsplit(':').next().unwrap();
+        for creds in [
+            ("authorization", "Bearer t"),
+            ("x-api-key", "k1"),
+            ("cookie", "c=1"),
+        ] {
+            let err = call_with(
+                &c,
+                Method::POST,
+                &format!("{a}/away/{port}/mcp"),
+                &[creds, ("content-type", "application/json")],
+            )
+            .await
+            .expect_err("not followed");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("another origin (http://127.0.0.1:{port})"))
+                    && msg.contains(creds.0),
+                "{msg}"
+            );
+            assert!(!err.is_connect());
+        }
+        // A request with only the protocol's headers is followed there, as MCP clients do.
+        let (s, b) = call_with(
+            &c,
+            Method::POST,
+            &format!("{a}/away/{port}/mcp"),
+            &[
+                ("content-type", "application/json"),
+                ("mcp-session-id", "s1"),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+        )
+        .await
+        .expect("followed");
         assert_eq!((s, b.as_str()), (StatusCode::OK, "POST /mcp - {}"));
         // A redirect loop ends with an error, not a hang.
         let err = c
@@ -368,5 +548,53 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(err.is_connect(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_restricted_client_is_not_redirected_to_a_refused_address() {
+        let c = HttpClient::new(Duration::from_secs(5))
+            .expect("client")
+            .restricted(Destinations::default())
+            .expect("restricted");
+        let a = server().await;
+        let other = server().await;
+        let port = other.rsplit(':').next().unwrap();
+        let err = call_with(&c, Method::POST, &format!("{a}/away/{port}/mcp"), &[])
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("not allowed"), "{err}");
+        // Allowed there: followed.
+        let allowed = Destinations::parse(&["127.0.0.1".into()]).unwrap();
+        let c = c.restricted(allowed).expect("restricted");
+        let (s, _) = call_with(&c, Method::POST, &format!("{a}/away/{port}/mcp"), &[])
+            .await
+            .expect("followed");
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_reqwest_client_follows_redirects_within_the_origin_only() {
+        let c = HttpClient::new(Duration::from_secs(5)).expect("client");
+        let a = server().await;
+        let other = server().await;
+        let r = c
+            .client()
+            .get(format!("{a}/to/sse"))
+            .header("x-api-key", "k1")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.unwrap(), "GET /sse - k1 ");
+        // Another origin: the redirect is the answer; the configured header never goes there.
+        let r = c
+            .client()
+            .get(format!("{a}/to"))
+            .header("x-api-key", "k1")
+            .header("x-location", format!("{other}/sse"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
     }
 }

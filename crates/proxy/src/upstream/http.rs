@@ -488,9 +488,14 @@ async fn answer_body(
             }
         }
         Err(e) => {
+            // The body goes to the log only: never to the client (an upstream the client
+            // picked could be a service whose answer is a secret).
             let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-            let msg =
-                format!("upstream answered HTTP {status} with an invalid body ({e}): {snippet}");
+            tracing::debug!(upstream = %inner.url, %status, error = %e, body = %snippet, "upstream answer is not JSON-RPC");
+            let msg = format!(
+                "upstream answered HTTP {status} with a body that is not JSON-RPC ({} bytes)",
+                body.len()
+            );
             inner.fail(id, msg).await;
         }
     }

@@ -6,6 +6,7 @@
 
 pub(crate) mod client;
 pub mod credentials;
+pub mod destinations;
 pub mod detect;
 mod exchange;
 mod http;

@@ -378,12 +378,14 @@ async fn post(inner: &Arc<Inner>, frame: Frame) -> bool {
     if status.is_success() {
         return true;
     }
+    // The body goes to the log only, never to the client.
     let snippet: String = String::from_utf8_lossy(&body)
         .trim()
         .chars()
         .take(200)
         .collect();
-    let msg = format!("upstream answered the message POST with HTTP {status}: {snippet}");
+    tracing::debug!(%status, body = %snippet, "upstream refused a message POST");
+    let msg = format!("upstream answered the message POST with HTTP {status}");
     if status == StatusCode::NOT_FOUND {
         fail(inner, id.as_ref(), msg).await;
         let reason = "the upstream ended its HTTP+SSE session (HTTP 404)".to_string();

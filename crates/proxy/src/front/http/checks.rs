@@ -45,6 +45,93 @@ impl OriginPolicy {
     }
 }
 
+/// Which `Host` names the front serves (DNS-rebinding protection for requests without
+/// `Origin`, e.g. a page's `GET /sse`): on a loopback listener, or whenever names are
+/// configured, only loopback names (`localhost`, `*.localhost`, `127.x.y.z`, `[::1]`, any port)
+/// and the configured ones (`public_url`'s host, `--allow-host` / `server.allowed_hosts`). A
+/// listener on another address with no names configured serves whatever names point at it.
+#[derive(Debug, Clone, Default)]
+pub struct HostPolicy {
+    /// Configured names, lower case, without ports.
+    allowed: Vec<String>,
+}
+
+impl HostPolicy {
+    /// The policy for `allowed` names (each checked with [`HostPolicy::parse_name`]) and a
+    /// public base URL (its host is allowed too).
+    pub fn new(allowed: &[String], public_url: Option<&str>) -> Result<HostPolicy, String> {
+        let mut names = Vec::new();
+        for a in allowed {
+            names.push(Self::parse_name(a)?);
+        }
+        if let Some(u) = public_url {
+            let host = reqwest::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .ok_or_else(|| format!("`{u}` is not a URL with a host"))?;
+            names.push(host.trim_matches(['[', ']']).to_ascii_lowercase());
+        }
+        Ok(HostPolicy { allowed: names })
+    }
+
+    /// Whether names were configured (then the check applies on any listener).
+    pub fn has_names(&self) -> bool {
+        !self.allowed.is_empty()
+    }
+
+    /// One configured name: a host name or an address, without a port (any port is served).
+    pub fn parse_name(s: &str) -> Result<String, String> {
+        let t = s.trim();
+        let bad = || format!("`{s}` is not a host name (give a name or an address, no port)");
+        if t.is_empty() || t.contains(['/', '@', '*']) {
+            return Err(bad());
+        }
+        let a: http::uri::Authority = t.parse().map_err(|_| bad())?;
+        if a.port().is_some() {
+            return Err(format!(
+                "`{s}` has a port: give the host name alone (any port is served)"
+            ));
+        }
+        Ok(a.host().trim_matches(['[', ']']).to_ascii_lowercase())
+    }
+
+    /// 403 unless the request's `Host` is a loopback name or a configured one. Absolute-form
+    /// requests (`--allow-absolute-uri`) are not checked: their `Host` names the destination,
+    /// and a browser only sends them to a proxy it was configured to use.
+    pub fn check(&self, uri: &http::Uri, headers: &HeaderMap) -> Result<(), ProxyError> {
+        if uri.scheme().is_some() {
+            return Ok(());
+        }
+        let refuse =
+            |msg: String| Err(ProxyError::bad(StatusCode::FORBIDDEN, INVALID_REQUEST, msg));
+        let Some(raw) = headers.get(header::HOST) else {
+            return refuse("a Host header is required".into());
+        };
+        let text = raw.to_str().unwrap_or("").trim();
+        let Ok(a) = text.parse::<http::uri::Authority>() else {
+            return refuse("the Host header is not a host name".into());
+        };
+        let host = a.host().trim_matches(['[', ']']).to_ascii_lowercase();
+        if is_loopback_name(&host) || self.allowed.contains(&host) {
+            return Ok(());
+        }
+        let shown: String = host.chars().take(100).collect();
+        refuse(format!(
+            "host `{shown}` is not served here (DNS-rebinding protection); reach the proxy as \
+             localhost, or allow the name with --allow-host (gateway: server.allowed_hosts)"
+        ))
+    }
+}
+
+/// `localhost`, `*.localhost`, `127.x.y.z` or `::1` (no brackets, no port).
+fn is_loopback_name(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn is_loopback_origin(origin: &str) -> bool {
     let Some(rest) = origin
         .strip_prefix("http://")
@@ -272,6 +359,78 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.jsonrpc_code(), HEADER_MISMATCH);
+    }
+
+    #[test]
+    fn host_names() {
+        let p = HostPolicy::new(
+            &[
+                "MCP.example.com".into(),
+                "10.0.0.5".into(),
+                "[2001:db8::5]".into(),
+            ],
+            Some("https://public.example.org:8443/base"),
+        )
+        .unwrap();
+        assert!(p.has_names());
+        let uri: http::Uri = "/mcp".parse().unwrap();
+        let host = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST:1",
+            "app.localhost:3000",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8080",
+            "mcp.example.com",
+            "mcp.example.com:443",
+            "10.0.0.5:8080",
+            "[2001:db8::5]:80",
+            "public.example.org",
+        ] {
+            assert!(p.check(&uri, &host(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.6",
+            "0.0.0.0:8080",
+            "",
+        ] {
+            let e = p.check(&uri, &host(bad)).unwrap_err();
+            assert_eq!(e.http_status(), StatusCode::FORBIDDEN, "{bad}");
+            assert_eq!(e.jsonrpc_code(), INVALID_REQUEST, "{bad}");
+        }
+        assert_eq!(
+            p.check(&uri, &HeaderMap::new()).unwrap_err().http_status(),
+            StatusCode::FORBIDDEN
+        );
+        // Absolute-form: the Host is the destination's.
+        let abs: http::Uri = "http://upstream.example/mcp".parse().unwrap();
+        assert!(p.check(&abs, &host("upstream.example")).is_ok());
+        // Only loopback names without configuration.
+        let none = HostPolicy::new(&[], None).unwrap();
+        assert!(!none.has_names());
+        assert!(none.check(&uri, &host("localhost:9")).is_ok());
+        assert!(none.check(&uri, &host("mcp.example.com")).is_err());
+        for bad in [
+            "",
+            "a.example:80",
+            "*.example",
+            "http://a.example",
+            "u@a.example",
+        ] {
+            assert!(HostPolicy::parse_name(bad).is_err(), "{bad}");
+        }
+        assert!(HostPolicy::new(&[], Some("not a url")).is_err());
     }
 
     #[test]

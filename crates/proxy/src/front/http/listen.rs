@@ -1,23 +1,22 @@
 //! Accepting client connections and serving HTTP/1.1 on them. Each connection is handed to a
 //! worker thread (see [`crate::runtime::Workers`]) and served there until it closes; on shutdown
-//! every connection finishes its in-flight requests and closes.
+//! every connection finishes its in-flight requests and closes. Timeouts and the connection
+//! limit are [`crate::front::conn`]'s.
 
 use super::HttpFront;
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
+use crate::front::conn::{self, Slots};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
 /// Accept connections until the front is cancelled. Connection tasks are tracked by `conns`.
 pub(super) async fn accept(front: Arc<HttpFront>, listener: TcpListener, conns: TaskTracker) {
     let cancel = front.cancel.clone();
+    let slots = Slots::new(front.config.conn.max_connections);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -33,6 +32,10 @@ pub(super) async fn accept(front: Arc<HttpFront>, listener: TcpListener, conns: 
                 continue;
             }
         };
+        // Over the limit: close it now (dropping the socket) rather than hold it.
+        let Some(slot) = slots.take("http") else {
+            continue;
+        };
         // Small writes (SSE events, short JSON answers) must not wait for the client's delayed
         // ACK: without TCP_NODELAY, Nagle holds them up to 40 ms.
         let _ = tcp.set_nodelay(true);
@@ -46,7 +49,7 @@ pub(super) async fn accept(front: Arc<HttpFront>, listener: TcpListener, conns: 
             }
         };
         let f = front.clone();
-        front.workers.spawn(&conns, serve(f, std, peer));
+        front.workers.spawn(&conns, serve(f, std, peer, slot));
     }
 }
 
@@ -58,7 +61,12 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// Serve one connection on the current (worker) thread.
-async fn serve(front: Arc<HttpFront>, std: std::net::TcpStream, peer: SocketAddr) {
+async fn serve(
+    front: Arc<HttpFront>,
+    std: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+) {
     let tcp = match TcpStream::from_std(std) {
         Ok(t) => t,
         Err(e) => {
@@ -66,32 +74,10 @@ async fn serve(front: Arc<HttpFront>, std: std::net::TcpStream, peer: SocketAddr
             return;
         }
     };
-    let f = front.clone();
-    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let front = f.clone();
-        async move {
-            let mut req = req.map(axum::body::Body::new);
-            // The peer address is needed for per-IP rate limits (gateway).
-            req.extensions_mut().insert(ConnectInfo(peer));
-            Ok::<_, Infallible>(super::dispatch(front, req).await)
-        }
-    });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
-    let mut conn = std::pin::pin!(conn);
+    let limits = front.config.conn;
     let cancel = front.cancel.clone();
-    let done = tokio::select! {
-        r = conn.as_mut() => Some(r),
-        _ = cancel.cancelled() => None,
-    };
-    let result = match done {
-        Some(r) => r,
-        None => {
-            // Shutting down: finish the requests under way, take no new ones.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
-    }
+    conn::serve(tcp, peer, limits, cancel, slot, move |req| {
+        super::dispatch(front.clone(), req)
+    })
+    .await;
 }

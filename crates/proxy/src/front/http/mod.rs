@@ -17,7 +17,7 @@ mod replicas;
 pub(crate) mod reply;
 mod stream;
 
-pub use checks::OriginPolicy;
+pub use checks::{HostPolicy, OriginPolicy};
 /// Session records (the era translation's held sessions write them too).
 pub(crate) use records::Records;
 pub use registry::Registry;
@@ -60,10 +60,17 @@ pub struct HttpFrontConfig {
     pub targets: Targets,
     /// Accept absolute-form request URIs and proxy to the URI they name.
     pub allow_absolute_uri: bool,
-    /// Headers added to requests sent to absolute-URI upstreams.
+    /// Headers added to requests sent to absolute-URI upstreams — only to the origins of the
+    /// configured HTTP targets (never to an origin a client picks).
     pub absolute_headers: Vec<(String, String)>,
+    /// Where absolute-URI upstreams may be (loopback, link-local and private addresses are
+    /// refused unless listed).
+    pub destinations: crate::upstream::destinations::Destinations,
     /// Browser origins allowed besides loopback ones.
     pub origins: OriginPolicy,
+    /// `Host` names served besides loopback ones (checked on a loopback listener, or on any
+    /// listener once names are configured).
+    pub hosts: HostPolicy,
     /// Largest request body accepted (413 above).
     pub max_body: usize,
     /// Most live sessions of every kind together (503 + Retry-After above).
@@ -89,6 +96,12 @@ pub struct HttpFrontConfig {
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     /// Threads client connections are served on (see [`Workers`]).
     pub workers: usize,
+    /// Connection timeouts and the connection limit of the listener.
+    pub conn: crate::front::conn::ConnLimits,
+    /// Longest wait for the upstream's answer to a client request: then the client gets a
+    /// JSON-RPC error (`-32001`), the upstream `notifications/cancelled`, and the session can
+    /// become idle again. `None`: no limit. Gateway mode sets it per route instead.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for HttpFrontConfig {
@@ -97,7 +110,9 @@ impl Default for HttpFrontConfig {
             targets: Targets::default(),
             allow_absolute_uri: false,
             absolute_headers: Vec::new(),
+            destinations: Default::default(),
             origins: OriginPolicy::default(),
+            hosts: HostPolicy::default(),
             max_body: 10 * 1024 * 1024,
             max_sessions: 1000,
             max_sessions_per_principal: None,
@@ -113,8 +128,29 @@ impl Default for HttpFrontConfig {
             record_ttl: Duration::from_secs(3600),
             gateway: None,
             workers: crate::runtime::default_workers(),
+            conn: crate::front::conn::ConnLimits::default(),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
+}
+
+/// The forward modes' default request timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The guard of the sessions the front places itself (not the gateway's, whose members have
+/// their own): only a request timeout — no breaker, no retries.
+fn front_guard(config: &HttpFrontConfig) -> Option<Arc<crate::guard::Guard>> {
+    let timeout = config.request_timeout?;
+    let cfg = crate::guard::GuardConfig {
+        breaker: None,
+        retry: crate::guard::RetryConfig {
+            attempts: 0,
+            ..crate::guard::RetryConfig::default()
+        },
+        request_timeout: Some(timeout),
+        sse_idle_timeout: None,
+    };
+    Some(Arc::new(crate::guard::Guard::new("upstream", &cfg)))
 }
 
 /// Shared state of a running HTTP front.
@@ -136,7 +172,20 @@ pub struct HttpFront {
     translations: Arc<crate::translate::Pool>,
     /// The threads client connections are served on.
     workers: Workers,
+    /// Whether `Host` is checked (decided by `serve` from the listener's address).
+    check_hosts: std::sync::atomic::AtomicBool,
+    /// The request timeout of sessions placed by the front (see [`front_guard`]).
+    guard: Option<Arc<crate::guard::Guard>>,
+    /// The client of absolute-URI upstreams: it connects only where `destinations` allows.
+    absolute_http: Option<HttpClient>,
+    /// Origins (`scheme://host:port`) of the configured HTTP targets.
+    target_origins: Vec<String>,
 }
+
+/// The client's address as the gateway determined it (the peer, or from a trusted proxy's
+/// `X-Forwarded-For`), in a request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
 
 /// What a request's path (or absolute URI) selects.
 #[derive(Clone)]
@@ -182,8 +231,27 @@ impl HttpFront {
             max_per_principal: config.max_sessions_per_principal,
         });
         let sessions_cancel = CancellationToken::new();
+        let guard = front_guard(&config);
+        let absolute_http = if config.allow_absolute_uri && config.gateway.is_none() {
+            Some(http.restricted(config.destinations.clone())?)
+        } else {
+            None
+        };
+        let target_origins = config
+            .targets
+            .default
+            .iter()
+            .chain(config.targets.named.values())
+            .filter_map(|s| match s {
+                UpstreamSpec::Http { url, .. }
+                | UpstreamSpec::Sse { url, .. }
+                | UpstreamSpec::Auto { url, .. } => origin_of(url),
+                _ => None,
+            })
+            .collect();
         let legacy = crate::front::sse::LegacyFront::new(
             &config,
+            guard.clone(),
             registry.clone(),
             pipeline.clone(),
             http.clone(),
@@ -202,6 +270,10 @@ impl HttpFront {
             legacy,
             translations: Arc::default(),
             workers,
+            check_hosts: std::sync::atomic::AtomicBool::new(true),
+            guard,
+            absolute_http,
+            target_origins,
         }))
     }
 
@@ -213,11 +285,6 @@ impl HttpFront {
     /// The front's settings.
     pub(crate) fn config(&self) -> &HttpFrontConfig {
         &self.config
-    }
-
-    /// The shared upstream HTTP client.
-    pub(crate) fn http(&self) -> &HttpClient {
-        &self.http
     }
 
     /// The sessions held for 2026-07-28 clients of session-based servers.
@@ -251,6 +318,24 @@ impl HttpFront {
         &self.pipeline
     }
 
+    /// The HTTP client for `target`'s upstream: absolute-URI targets get the one restricted to
+    /// the allowed destinations.
+    pub(crate) fn http_for(&self, target: &Target) -> &HttpClient {
+        match &self.absolute_http {
+            Some(h) if target.is_absolute() => h,
+            _ => &self.http,
+        }
+    }
+
+    /// [`HttpFront::upstream_ctx`] for a session of `target`.
+    pub(crate) fn upstream_ctx_for(&self, session: &Arc<str>, target: &Target) -> UpstreamCtx {
+        let mut ctx = self.upstream_ctx(session);
+        if target.is_absolute() {
+            ctx.http = self.http_for(target).clone();
+        }
+        ctx
+    }
+
     /// The context for a new session's upstream (cancelled with the front, tracked by it).
     pub(crate) fn upstream_ctx(&self, session: &Arc<str>) -> UpstreamCtx {
         UpstreamCtx {
@@ -259,7 +344,7 @@ impl HttpFront {
             tracker: self.tracker.clone(),
             http: self.http.clone(),
             options: self.config.upstream.clone(),
-            guard: None,
+            guard: self.guard.clone(),
         }
     }
 
@@ -286,6 +371,13 @@ impl HttpFront {
                 "marked sessions of this replica's previous run as ended"
             );
         }
+        // DNS rebinding: a loopback listener is reachable from this machine's browsers under any
+        // name an attacker points at 127.0.0.1; elsewhere the operator names the host.
+        let loopback = listener.local_addr()?.ip().is_loopback();
+        self.check_hosts.store(
+            loopback || self.config.hosts.has_names(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         ready();
         let reaper = self.tracker.spawn(self.clone().reap());
         let conns = TaskTracker::new();
@@ -363,9 +455,14 @@ impl HttpFront {
         let uri = req.uri();
         if self.config.allow_absolute_uri && uri.scheme().is_some() && uri.authority().is_some() {
             let url = uri.to_string();
+            // The operator's headers (credentials) go to the operator's targets only.
+            let headers = match origin_of(&url) {
+                Some(o) if self.target_origins.contains(&o) => self.config.absolute_headers.clone(),
+                _ => Vec::new(),
+            };
             return Ok(Target {
-                key: Arc::from(format!("abs:{url}")),
-                spec: UpstreamSpec::http(url, self.config.absolute_headers.clone()),
+                key: Arc::from(format!("{ABSOLUTE_KEY}{url}")),
+                spec: UpstreamSpec::http(url, headers),
                 gateway: None,
             });
         }
@@ -399,6 +496,30 @@ impl HttpFront {
             "no MCP endpoint at `{path}`; use /mcp or /servers/NAME/mcp"
         )))
     }
+}
+
+/// Route keys of absolute-URI targets start with this.
+const ABSOLUTE_KEY: &str = "abs:";
+
+impl Target {
+    /// Whether the client chose this upstream with an absolute-form URI.
+    pub(crate) fn is_absolute(&self) -> bool {
+        self.key.starts_with(ABSOLUTE_KEY)
+    }
+}
+
+/// `scheme://host:port` (port explicit) of an http(s) URL; `None` if it is not one.
+fn origin_of(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return None;
+    }
+    Some(format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str()?.to_ascii_lowercase(),
+        u.port_or_known_default()?
+    ))
 }
 
 /// The host name: stable across restarts, so a restarted proxy recognises its own sessions.
@@ -449,6 +570,11 @@ fn health(front: &HttpFront) -> Response {
 }
 
 async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
+    if front.check_hosts.load(std::sync::atomic::Ordering::Relaxed)
+        && let Err(e) = front.config.hosts.check(req.uri(), req.headers())
+    {
+        return reply::error(&e, None);
+    }
     if req.uri().path() == "/health" && req.method() == Method::GET && req.uri().scheme().is_none()
     {
         return health(&front);
@@ -508,6 +634,10 @@ pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
                 return front.legacy.handle(&front, endpoint, req).await;
             }
             let target = front.target(&req)?;
+            if target.is_absolute() {
+                // The client picked the destination: it must be one we may reach.
+                front.config.destinations.check(req.uri()).await?;
+            }
             let modern = checks::protocol_version(req.headers())?.is_some_and(|v| v.is_modern());
             if modern {
                 // 2026-07-28 has no sessions and no GET/DELETE; Mcp-Session-Id is ignored.
@@ -611,4 +741,69 @@ async fn handle_delete(
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::destinations::Destinations;
+
+    fn front(config: HttpFrontConfig) -> Arc<HttpFront> {
+        HttpFront::new(
+            config,
+            Pipeline::new(Vec::new()),
+            HttpClient::new(Duration::from_secs(1)).unwrap(),
+            Arc::new(shadowcat_store::MemoryStore::new()),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+        .unwrap()
+    }
+
+    fn headers_for(f: &HttpFront, url: &str) -> Vec<(String, String)> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .body(Body::empty())
+            .unwrap();
+        let t = f.target(&req).unwrap();
+        assert!(t.is_absolute());
+        match t.spec {
+            UpstreamSpec::Http { headers, .. } => headers,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn absolute_uris_get_the_configured_headers_only_on_the_targets_origins() {
+        let mut named = HashMap::new();
+        named.insert(
+            "a".to_string(),
+            UpstreamSpec::http("https://Up.Example/mcp", Vec::new()),
+        );
+        let f = front(HttpFrontConfig {
+            targets: Targets {
+                default: Some(UpstreamSpec::http("http://10.0.0.5:3000/mcp", Vec::new())),
+                named,
+            },
+            allow_absolute_uri: true,
+            absolute_headers: vec![("X-Api-Key".into(), "secret".into())],
+            destinations: Destinations::parse(&["10.0.0.0/8".into()]).unwrap(),
+            workers: 1,
+            ..HttpFrontConfig::default()
+        });
+        let key = vec![("X-Api-Key".to_string(), "secret".to_string())];
+        assert_eq!(headers_for(&f, "https://up.example/other"), key);
+        assert_eq!(headers_for(&f, "https://up.example:443/mcp"), key);
+        assert_eq!(headers_for(&f, "http://10.0.0.5:3000/x"), key);
+        for elsewhere in [
+            "http://up.example/mcp",
+            "https://up.example:8443/mcp",
+            "https://evil.example/mcp",
+            "http://10.0.0.5:3001/mcp",
+            "http://169.254.169.254/latest/meta-data",
+        ] {
+            assert!(headers_for(&f, elsewhere).is_empty(), "{elsewhere}");
+        }
+    }
 }

@@ -25,7 +25,7 @@ use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, HttpMeta, Outcome, Transport as PipeTransport};
 use crate::upstream::credentials::{self, Credentials, SendError};
 use crate::upstream::detect::{self, Transport};
-use crate::upstream::{UpstreamSpec, client};
+use crate::upstream::{HttpClient, UpstreamSpec, client};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -179,7 +179,8 @@ async fn serve(
     version: ProtocolVersion,
 ) -> Result<Response, ProxyError> {
     validate(&headers, &frame, version)?;
-    let (url, extra, credentials) = match era(front, &target.spec).await {
+    let http = front.http_for(&target);
+    let (url, extra, credentials) = match era(http, &target.spec).await {
         Era::Relay {
             url,
             headers,
@@ -233,7 +234,7 @@ async fn serve(
         }
         Outcome::Drop => return Ok(reply::accepted()),
     };
-    let answer = relay(front, &url, &extra, credentials.as_ref(), &headers, frame).await?;
+    let answer = relay(http, &url, &extra, credentials.as_ref(), &headers, frame).await?;
     let answer = answers::through_pipeline(answer, asker).await;
     match list {
         Some((g, list)) => {
@@ -305,7 +306,7 @@ enum Era {
     Refuse,
 }
 
-async fn era(front: &HttpFront, spec: &UpstreamSpec) -> Era {
+async fn era(http: &HttpClient, spec: &UpstreamSpec) -> Era {
     match spec {
         UpstreamSpec::Http { url, headers, .. } | UpstreamSpec::Auto { url, headers } => {
             let credentials = match spec {
@@ -320,7 +321,7 @@ async fn era(front: &HttpFront, spec: &UpstreamSpec) -> Era {
             if detect::cached(url) == Some(Transport::ModernOnly) {
                 return relay;
             }
-            match detect::serves_modern(url, headers, front.http()).await {
+            match detect::serves_modern(url, headers, http).await {
                 Some(false) => Era::Translate,
                 Some(true) | None => relay,
             }
@@ -332,7 +333,7 @@ async fn era(front: &HttpFront, spec: &UpstreamSpec) -> Era {
 
 /// Relay one stateless request to an HTTP upstream and stream its answer back unchanged.
 async fn relay(
-    front: &HttpFront,
+    http: &HttpClient,
     url: &str,
     extra: &[(String, String)],
     credentials: Option<&Credentials>,
@@ -364,7 +365,6 @@ async fn relay(
         }
     }
     let body = frame.into_raw();
-    let http = front.http();
     let resp = credentials::authorized(credentials, |token| {
         let (uri, head, body) = (&uri, &head, &body);
         http.send(move || {

@@ -143,13 +143,7 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     let mut out = BytesMut::new();
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ProxyError::bad(
-                StatusCode::BAD_REQUEST,
-                INVALID_REQUEST,
-                format!("reading the body failed: {e}"),
-            )
-        })?;
+        let frame = frame.map_err(crate::front::conn::body_error)?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > max {
                 return Err(too_large(out.len() + data.len()));
@@ -182,7 +176,7 @@ async fn create_session(
     // Record first: with a store that fails closed, nothing is spawned for a refused session.
     let records = front.registry.records();
     records.created(&id, &target.key, &upstream, init).await?;
-    let ctx = front.upstream_ctx(&id);
+    let ctx = front.upstream_ctx_for(&id, &target);
     let connected = Session::connect(id.clone(), target.spec, front.pipeline.clone(), ctx).await;
     let (core, events) = match connected {
         Ok(c) => c,

@@ -13,11 +13,13 @@ use crate::error::ProxyError;
 use crate::session::{Kind, Session};
 use crate::upstream::UpstreamSpec;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::extract::Request;
 use axum::response::Response;
 use futures_util::TryStreamExt;
-use http::{StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use shadowcat_store::{SessionStatus, StoreError};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Marks a request forwarded by a peer replica.
@@ -128,7 +130,7 @@ async fn adopt(
     // request's principal, whom the slot binds it to).
     let slot = front.reserve(target)?;
     let sid: Arc<str> = Arc::from(id);
-    let mut ctx = front.upstream_ctx(&sid);
+    let mut ctx = front.upstream_ctx_for(&sid, target);
     // Gateway: guarded like a session placed here (breaker, retry budget, request timeout).
     let placed = target.gateway.as_ref().zip(member);
     if let Some((g, m)) = placed {
@@ -171,15 +173,24 @@ pub async fn forward(front: &HttpFront, owner: &str, req: Request) -> Result<Res
         .map(|p| p.as_str())
         .unwrap_or("/mcp");
     let url = format!("{}{}", owner.trim_end_matches('/'), path);
-    let mut out = front.http.client().request(parts.method.clone(), &url);
-    for (name, value) in &parts.headers {
-        if name != header::HOST && name != header::CONTENT_LENGTH {
-            out = out.header(name, value);
-        }
-    }
-    out = out.header(FORWARDED_HEADER, front.registry.records().owner());
+    let client = parts
+        .extensions
+        .get::<super::ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        });
+    let headers = forwarded_headers(&parts.headers, client, front.registry.records().owner());
+    let out = front
+        .http
+        .client()
+        .request(parts.method.clone(), &url)
+        .headers(headers);
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    out = out.body(reqwest::Body::wrap_stream(stream));
+    let out = out.body(reqwest::Body::wrap_stream(stream));
     let resp = out.send().await.map_err(|e| {
         ProxyError::UpstreamConnect(format!(
             "the replica {owner} that owns this session is unreachable: {e}"
@@ -201,4 +212,71 @@ pub async fn forward(front: &HttpFront, owner: &str, req: Request) -> Result<Res
     }
     *r.body_mut() = Body::from_stream(resp.bytes_stream());
     Ok(r)
+}
+
+/// The headers of a request forwarded to the owning replica: the client's, except the
+/// connection's own (`Host`, `Content-Length`) and what says where it came from —
+/// `X-Forwarded-For` is overwritten with the client's address as this replica determined it
+/// (a client's own `X-Forwarded-For` must not reach a replica that trusts this one's), and
+/// [`FORWARDED_HEADER`] names this replica.
+fn forwarded_headers(headers: &HeaderMap, client: Option<IpAddr>, me: &str) -> HeaderMap {
+    const XFF: &str = "x-forwarded-for";
+    let mut out = HeaderMap::with_capacity(headers.len() + 2);
+    for (name, value) in headers {
+        let skip = name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::FORWARDED
+            || name == XFF
+            || name == "x-real-ip"
+            || name == FORWARDED_HEADER;
+        if !skip {
+            out.append(name, value.clone());
+        }
+    }
+    if let Some(ip) = client
+        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    {
+        out.insert(XFF, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(me) {
+        out.insert(FORWARDED_HEADER, v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_overwrites_where_the_request_came_from() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", HeaderValue::from_static("7.7.7.7"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert(FORWARDED_HEADER, HeaderValue::from_static("spoofed"));
+        h.insert("mcp-session-id", HeaderValue::from_static("abc"));
+        h.append(header::ACCEPT, HeaderValue::from_static("application/json"));
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let client: IpAddr = "203.0.113.9".parse().unwrap();
+        let out = forwarded_headers(&h, Some(client), "http://10.0.0.5:8080");
+        let all =
+            |n: &str| -> Vec<&str> { out.get_all(n).iter().map(|v| v.to_str().unwrap()).collect() };
+        assert_eq!(all("x-forwarded-for"), ["203.0.113.9"]);
+        assert_eq!(all(FORWARDED_HEADER), ["http://10.0.0.5:8080"]);
+        for gone in ["host", "content-length", "forwarded", "x-real-ip"] {
+            assert!(all(gone).is_empty(), "{gone}");
+        }
+        assert_eq!(all("mcp-session-id"), ["abc"]);
+        assert_eq!(all("accept"), ["application/json", "text/event-stream"]);
+        // Without a known client address, the client's header still does not go through.
+        let out = forwarded_headers(&h, None, "r1");
+        assert!(out.get("x-forwarded-for").is_none());
+    }
 }

@@ -125,6 +125,8 @@ struct Shared {
     gateway: Option<Arc<Gateway>>,
     max_body: usize,
     upstream: UpstreamOptions,
+    /// The request timeout of sessions placed here (not by the gateway).
+    guard: Option<Arc<crate::guard::Guard>>,
     registry: Arc<Registry>,
     pipeline: Pipeline,
     http: HttpClient,
@@ -137,6 +139,7 @@ impl LegacyFront {
     /// limit and records (`registry`), hooks, HTTP client, cancellation and task tracker.
     pub fn new(
         config: &HttpFrontConfig,
+        guard: Option<Arc<crate::guard::Guard>>,
         registry: Arc<Registry>,
         pipeline: Pipeline,
         http: HttpClient,
@@ -151,6 +154,7 @@ impl LegacyFront {
                 gateway: config.gateway.clone(),
                 max_body: config.max_body,
                 upstream: config.upstream.clone(),
+                guard,
                 registry,
                 pipeline,
                 http,
@@ -268,7 +272,7 @@ impl Shared {
                     tracker: self.tracker.clone(),
                     http: self.http.clone(),
                     options: self.upstream.clone(),
-                    guard: None,
+                    guard: self.guard.clone(),
                 };
                 Session::connect(id.clone(), spec, self.pipeline.clone(), ctx).await
             }
@@ -451,7 +455,7 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     let mut out = BytesMut::new();
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| bad(&format!("reading the body failed: {e}")))?;
+        let frame = frame.map_err(crate::front::conn::body_error)?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > max {
                 return Err(ProxyError::Frame(FrameError::TooLarge {
