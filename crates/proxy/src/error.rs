@@ -60,6 +60,9 @@ pub enum ProxyError {
     /// The upstream closed (child exited, connection lost) before answering.
     #[error("upstream closed: {0}")]
     UpstreamClosed(String),
+    /// The upstream did not answer a request within its route's request timeout.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The upstream answered with something the proxy cannot relay.
     #[error("upstream protocol error: {0}")]
     UpstreamProtocol(String),
@@ -102,6 +105,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_)
+            | ProxyError::RequestTimeout(_)
             | ProxyError::CircuitOpen { .. } => Side::Upstream,
             ProxyError::PrincipalSessionLimit(_) => Side::Client,
             ProxyError::SessionLimit(_)
@@ -140,6 +144,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Startup(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -183,6 +188,7 @@ impl ProxyError {
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_)
             | ProxyError::CircuitOpen { .. } => rpc::UPSTREAM_ERROR,
+            ProxyError::RequestTimeout(_) => rpc::REQUEST_TIMEOUT,
         }
     }
 }

@@ -383,6 +383,7 @@ impl Gateway {
                 gateway: self.clone(),
                 route: route.clone(),
                 principal,
+                member: stateless.then_some(member),
             }),
         })
     }

@@ -309,3 +309,59 @@ async fn an_adopted_session_is_guarded_and_counted_like_one_placed_here() {
     );
     assert_eq!(metric(&b.base, &timeouts).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_requests_get_the_members_timeout_and_breaker() {
+    let up = FakeUpstream::start("modern").await;
+    up.set_modern(true);
+    let (_d, file) = config_file(&route(
+        &up.url,
+        "request_timeout = \"1s\"\n[routes.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"\n[routes.retry]\nattempts = 0\n",
+    ));
+    let gw = start_gateway(&["--config", &file, "--listen", "127.0.0.1:0"], &[]).await;
+    let url = gw.url();
+    let call = || async {
+        Raw::send(super::eras::modern_request(
+            &url,
+            json!(1),
+            "tools/call",
+            Some("echo"),
+            json!({"arguments": {}}),
+            &[],
+        ))
+        .await
+    };
+    // Relayed as it is (the upstream serves 2026-07-28).
+    let r = call().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "modern",
+        "{}",
+        r.body
+    );
+    // An SSE answer that never brings the response: an error event answers the request when
+    // the route's request timeout is up, and the stream ends.
+    up.set_fault(Some(Fault::SilentStream));
+    let r = call().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let msgs = r.messages();
+    assert_eq!(msgs.len(), 1, "{}", r.body);
+    assert_eq!(msgs[0]["id"], json!(1), "{}", r.body);
+    assert_eq!(msgs[0]["error"]["code"], -32001, "{}", r.body);
+    // A hung upstream: the timeout answers with 504. Two failures: the breaker opens.
+    up.set_fault(Some(Fault::Hang));
+    let r = call().await;
+    assert_eq!((r.status, r.rpc_code()), (504, -32001), "{}", r.body);
+    assert!(r.body.contains("tools/call timed out"), "{}", r.body);
+    let sent = up.count("tools/call");
+    let r = call().await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("circuit breaker open"), "{}", r.body);
+    assert!(r.headers.get("retry-after").is_some(), "{:?}", r.headers);
+    assert_eq!(
+        up.count("tools/call"),
+        sent,
+        "refused without reaching the upstream"
+    );
+}

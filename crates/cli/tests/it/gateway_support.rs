@@ -39,6 +39,8 @@ struct FakeState {
     ping_hangs: std::sync::atomic::AtomicBool,
     /// GET requests received (each answered 405: no server-to-client stream).
     gets: AtomicUsize,
+    /// Answer `server/discover` as a 2026-07-28 server (stateless requests are then relayed).
+    modern: std::sync::atomic::AtomicBool,
 }
 
 /// How the fake misbehaves on `tools/call`.
@@ -123,6 +125,10 @@ impl FakeUpstream {
     }
 
     /// Leave every `ping` unanswered (or answer again).
+    pub fn set_modern(&self, modern: bool) {
+        self.state.modern.store(modern, Ordering::SeqCst);
+    }
+
     pub fn set_ping_hangs(&self, hang: bool) {
         self.state.ping_hangs.store(hang, Ordering::SeqCst);
     }
@@ -207,6 +213,11 @@ async fn fake_post(State(s): State<Arc<FakeState>>, headers: HeaderMap, body: By
                 .into_response();
         }
         "tools/call" => json!({"content":[{"type":"text","text":s.name}]}),
+        "server/discover" if s.modern.load(Ordering::SeqCst) => json!({
+            "supportedVersions": ["2026-07-28"],
+            "capabilities": {"tools": {}},
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": s.name, "version": "1"}},
+        }),
         _ => json!({}),
     };
     let body = json!({"jsonrpc":"2.0","id":id,"result":result}).to_string();

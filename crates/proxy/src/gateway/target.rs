@@ -18,6 +18,8 @@ pub struct GatewayTarget {
     pub(super) gateway: Arc<Gateway>,
     pub(super) route: Arc<Route>,
     pub(super) principal: Option<Principal>,
+    /// The member a stateless (2026-07-28) request was placed on.
+    pub(super) member: Option<usize>,
 }
 
 impl std::fmt::Debug for GatewayTarget {
@@ -38,6 +40,13 @@ impl GatewayTarget {
     /// The upstream a session record names (affinity across replicas).
     pub fn spec_for(&self, upstream: &str) -> Option<UpstreamSpec> {
         self.route.set.find(upstream).map(|m| m.spec().clone())
+    }
+
+    /// The guard (breaker, retry budget, request timeout) of the member a stateless
+    /// (2026-07-28) request was placed on.
+    pub(crate) fn stateless_guard(&self) -> Option<Arc<crate::guard::Guard>> {
+        let m = self.member?;
+        Some(self.route.set.members()[m].guard().clone())
     }
 
     /// The guard (breaker, retry budget, request timeout) of the member named `upstream`, for

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod destinations;
 pub mod detect;
 mod exchange;
+pub mod guarded;
 mod http;
 mod process;
 mod sse;

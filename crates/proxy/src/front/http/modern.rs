@@ -25,6 +25,7 @@ use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, HttpMeta, Outcome, Transport as PipeTransport};
 use crate::upstream::credentials::{self, Credentials, SendError};
 use crate::upstream::detect::{self, Transport};
+use crate::upstream::guarded;
 use crate::upstream::{HttpClient, UpstreamSpec, client};
 use axum::body::Body;
 use axum::response::Response;
@@ -234,7 +235,29 @@ async fn serve(
         }
         Outcome::Drop => return Ok(reply::accepted()),
     };
-    let answer = relay(http, &url, &extra, credentials.as_ref(), &headers, frame).await?;
+    // Guarded like a session's requests: the gateway member's breaker, retry budget and
+    // request timeout, or the front's request timeout.
+    let guard = match &target.gateway {
+        Some(g) => g.stateless_guard(),
+        None => front.guard.clone(),
+    };
+    let method = frame.method().unwrap_or("").to_string();
+    let ask = guarded::Ask {
+        method: &method,
+        id: frame.id().cloned(),
+        limit: front.config.upstream.max_message,
+    };
+    let send = || {
+        relay(
+            http,
+            &url,
+            &extra,
+            credentials.as_ref(),
+            &headers,
+            frame.clone(),
+        )
+    };
+    let answer = guarded::exchange(guard, ask, send).await?;
     let answer = answers::through_pipeline(answer, asker).await;
     match list {
         Some((g, list)) => {

@@ -1,0 +1,224 @@
+//! One stateless (2026-07-28) request relayed to an upstream, guarded like a session's
+//! requests (see [`crate::guard`]): the breaker admits it or refuses it fast; a connection
+//! failure (nothing was delivered), or 502/503/504 for an idempotent method, is retried within
+//! the retry budget; the request timeout covers the whole answer — an SSE answer whose response
+//! has not come by then gets a JSON-RPC error event and is closed (closing is the era's
+//! cancellation); the outcome feeds the breaker.
+
+use crate::error::ProxyError;
+use crate::guard::{Guard, is_idempotent};
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::header;
+use shadowcat_proto::error::{REQUEST_TIMEOUT, error_frame};
+use shadowcat_proto::sse::{SseDecoder, encode_event};
+use shadowcat_proto::{Frame, RequestId};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+
+/// What is being asked, for retries and the timeout's answer.
+pub struct Ask<'a> {
+    /// The JSON-RPC method (retries only for idempotent ones after an HTTP error).
+    pub method: &'a str,
+    /// The request's id (the timeout's error answers it).
+    pub id: Option<RequestId>,
+    /// Largest answer read.
+    pub limit: usize,
+}
+
+/// Send with `send` (called again for each retry) under `guard`; no guard: sent once, as is.
+pub async fn exchange<F, Fut>(
+    guard: Option<Arc<Guard>>,
+    ask: Ask<'_>,
+    send: F,
+) -> Result<Response, ProxyError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Response, ProxyError>>,
+{
+    let Some(g) = guard else {
+        return send().await;
+    };
+    if let Err(message) = g.admit() {
+        let retry_after = g.open_for().map_or(1, |d| d.as_secs().max(1));
+        return Err(ProxyError::CircuitOpen {
+            message,
+            retry_after,
+        });
+    }
+    let timeout = g.request_timeout();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let timed_out = |g: &Guard| {
+        g.timed_out();
+        ProxyError::RequestTimeout(timeout_message(ask.method, timeout))
+    };
+    let idempotent = is_idempotent(ask.method);
+    g.attempt();
+    let mut attempt = 0;
+    let sent = loop {
+        let sent = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, send()).await {
+                Ok(r) => r,
+                Err(_) => return Err(timed_out(&g)),
+            },
+            None => send().await,
+        };
+        let retry_on = match &sent {
+            Err(ProxyError::UpstreamConnect(_)) => true,
+            Ok(r) => idempotent && matches!(r.status().as_u16(), 502..=504),
+            Err(_) => false,
+        };
+        if retry_on && let Some(delay) = g.retry_after(attempt) {
+            tracing::info!(
+                attempt = attempt + 1,
+                method = ask.method,
+                "retrying the stateless request"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+            continue;
+        }
+        break sent;
+    };
+    let answer = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            g.record(false);
+            return Err(e);
+        }
+    };
+    if answer.status().is_server_error() {
+        g.record(false);
+        return Ok(answer);
+    }
+    let Some(deadline) = deadline else {
+        g.record(true);
+        return Ok(answer);
+    };
+    let sse = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let (mut parts, body) = answer.into_parts();
+    if !sse {
+        // A JSON answer comes whole: read it within the deadline.
+        return match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, ask.limit)).await
+        {
+            Ok(Ok(bytes)) => {
+                g.record(true);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Ok(Response::from_parts(parts, Body::from(bytes)))
+            }
+            Ok(Err(e)) => {
+                g.record(false);
+                Err(ProxyError::UpstreamProtocol(format!(
+                    "the upstream's answer could not be read: {e}"
+                )))
+            }
+            Err(_) => Err(timed_out(&g)),
+        };
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let message = timeout_message(ask.method, timeout);
+    Ok(Response::from_parts(
+        parts,
+        sse_within(body, deadline, g, ask.id, ask.limit, message),
+    ))
+}
+
+fn timeout_message(method: &str, timeout: Option<Duration>) -> String {
+    format!(
+        "{method} timed out: the upstream did not answer within {} s",
+        timeout.unwrap_or_default().as_secs_f64()
+    )
+}
+
+struct Within {
+    data: axum::body::BodyDataStream,
+    buf: BytesMut,
+    decoder: SseDecoder,
+    deadline: Instant,
+    guard: Arc<Guard>,
+    id: Option<RequestId>,
+    message: String,
+    answered: bool,
+    done: bool,
+}
+
+/// The SSE answer event by event; if its response has not come by `deadline`, an error event
+/// answers the request and the stream ends (the upstream request is closed with it).
+fn sse_within(
+    body: Body,
+    deadline: Instant,
+    guard: Arc<Guard>,
+    id: Option<RequestId>,
+    limit: usize,
+    message: String,
+) -> Body {
+    let state = Within {
+        data: body.into_data_stream(),
+        buf: BytesMut::new(),
+        decoder: SseDecoder::new(limit),
+        deadline,
+        guard,
+        id,
+        message,
+        answered: false,
+        done: false,
+    };
+    let events = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            match s.decoder.decode(&mut s.buf) {
+                Ok(Some(ev)) => {
+                    if !s.answered
+                        && let Some(d) = ev.data.as_deref().filter(|d| !d.trim().is_empty())
+                        && Frame::parse_single(Bytes::copy_from_slice(d.as_bytes()))
+                            .is_ok_and(|f| f.kind().is_reply() && f.id() == s.id.as_ref())
+                    {
+                        s.answered = true;
+                        s.guard.record(true);
+                    }
+                    return Some((Ok::<_, std::io::Error>(ev.raw), s));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    s.done = true;
+                    return Some((Err(std::io::Error::other(e)), s));
+                }
+            }
+            let next = if s.answered {
+                s.data.next().await
+            } else {
+                match tokio::time::timeout_at(s.deadline, s.data.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        s.guard.timed_out();
+                        tracing::warn!("a stateless request timed out; closing its answer");
+                        s.done = true;
+                        let frame = error_frame(s.id.as_ref(), REQUEST_TIMEOUT, &s.message);
+                        let text = String::from_utf8_lossy(frame.raw()).into_owned();
+                        let event = encode_event(None, Some("message"), &text, None);
+                        return Some((Ok(event), s));
+                    }
+                }
+            };
+            match next {
+                Some(Ok(chunk)) => s.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    s.done = true;
+                    return Some((Err(std::io::Error::other(e)), s));
+                }
+                None => return None,
+            }
+        }
+    });
+    Body::from_stream(events)
+}
