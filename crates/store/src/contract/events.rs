@@ -482,10 +482,7 @@ pub(super) async fn trim_session_by_bytes(store: &dyn SessionStore) {
     // One stream of ten 100-byte events.
     let all = append_sized(store, "tb-s", "main", 10, 100).await;
     assert_eq!(
-        store
-            .trim_session_bytes("tb-s", 1000)
-            .await
-            .expect("trim"),
+        store.trim_session_bytes("tb-s", 1000).await.expect("trim"),
         0,
         "exactly at the budget: nothing goes"
     );
@@ -566,8 +563,16 @@ pub(super) async fn trim_session_by_bytes(store: &dyn SessionStore) {
     assert_eq!(la.len() + lb.len(), 6);
     assert_eq!(la, a[a.len() - la.len()..].to_vec(), "A keeps its newest");
     assert_eq!(lb, b[b.len() - lb.len()..].to_vec(), "B keeps its newest");
-    assert_eq!(lb.last(), b.last(), "the newest event of the session is kept");
-    assert_eq!(left(store, "tb-o", "A").await.len(), 5, "other sessions untouched");
+    assert_eq!(
+        lb.last(),
+        b.last(),
+        "the newest event of the session is kept"
+    );
+    assert_eq!(
+        left(store, "tb-o", "A").await.len(),
+        5,
+        "other sessions untouched"
+    );
 }
 
 pub(super) async fn ping_ok(store: &dyn SessionStore) {
