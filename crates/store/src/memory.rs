@@ -315,7 +315,7 @@ impl SessionStore for MemoryStore {
             .values()
             .flat_map(|s| s.events.iter().map(|e| (e.seq, e.data.len() as u64)))
             .collect();
-        order.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
         let mut kept = 0;
         let mut cut = None;
         for (seq, len) in order {
