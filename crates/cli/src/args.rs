@@ -255,8 +255,18 @@ pub struct HttpArgs {
     #[arg(long, value_enum, default_value_t = StoreOutage::Closed)]
     pub on_store_outage: StoreOutage,
     /// SSE events kept per stream for resumption.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
     pub max_events: usize,
+    /// Most bytes of SSE event payloads kept for resumption per session, all its streams
+    /// together (the oldest go first; default 8 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_event_bytes: u64,
+    /// Seconds after which a logged SSE event is dropped (no longer resumable).
+    #[arg(long, value_name = "SECS", default_value_t = 600.0)]
+    pub event_max_age: f64,
+    /// Seconds a finished response stream stays resumable before its events are dropped.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub finished_stream_grace: f64,
     /// `retry:` hint in milliseconds sent to 2025-11-25 clients on priming events.
     #[arg(long, default_value_t = 1000)]
     pub sse_retry_ms: u64,

@@ -414,12 +414,12 @@ async fn slow_reports_progress_for_its_token() {
             (3.0, Some(3.0), Some("step 3/3")),
         ]
     );
-    // Defaults: 3 steps over 1 second.
+    // Defaults: 3 steps over 1 second (a lower bound only: a loaded machine may take longer).
     let started = Instant::now();
     assert_eq!(h.call_text("slow", json!({})).await, "completed 3 steps");
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        elapsed >= Duration::from_millis(900),
         "default slow took {elapsed:?}"
     );
     h.shutdown().await;
@@ -446,21 +446,46 @@ async fn slow_stops_promptly_when_cancelled() {
             r.progress.iter().any(|p| p.progress_token == token)
         })
         .await;
-    let started = Instant::now();
+    let at_cancel = h.client.progress_for(&token).len();
     handle
         .cancel(Some("test cancels".to_owned()))
         .await
         .expect("send notifications/cancelled");
-    assert!(started.elapsed() < Duration::from_secs(1));
 
-    // Give an in-flight notification time to land, then check that no more
-    // progress arrives: a server that ignored the cancellation would send one
-    // every 200 ms until step 50.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let after_cancel = h.client.progress_for(&token).len();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // A second `slow` at the same pace (one step every 200 ms), run to its end: a server that
+    // ignored the cancellation would have sent several more progress notifications for the
+    // first meanwhile. One may have been on its way when the cancellation arrived, and one more
+    // may race it (a step that had just checked for cancellation).
+    let second = h
+        .service
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(Request::new(
+                CallToolRequestParams::new("slow")
+                    .with_arguments(object(json!({"steps": 5, "duration": 1.0}))),
+            )),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("send the second tools/call slow");
+    let second_token = second.progress_token.clone();
+    second
+        .await_response()
+        .await
+        .expect("the second slow completes");
+    h.client
+        .wait_for("the second call's 5 progress notifications", |r| {
+            r.progress
+                .iter()
+                .filter(|p| p.progress_token == second_token)
+                .count()
+                >= 5
+        })
+        .await;
     let later = h.client.progress_for(&token).len();
-    assert_eq!(after_cancel, later, "progress continued after cancellation");
+    assert!(
+        later <= at_cancel + 2,
+        "progress continued after cancellation: {at_cancel} then {later}"
+    );
     assert!(later < 10, "slow ran {later} steps before stopping");
 
     // The server is still responsive.

@@ -489,18 +489,12 @@ pub struct GatewayHooks {
     pub after: Vec<Arc<dyn Hook>>,
 }
 
-/// Serve the gateway `gw` (built by [`Gateway::new`] from the file whose `[server]` section is
-/// `s`) on `listener` until `shutdown` fires, then shut down gracefully.
-pub async fn gateway(
-    listener: TcpListener,
-    gw: Arc<Gateway>,
+/// The HTTP front's settings for the gateway `gw` with `[server]` section `s`.
+fn front_config(
+    gw: &Arc<Gateway>,
     s: &config::ServerConfig,
-    hooks: GatewayHooks,
-    store: Arc<dyn SessionStore>,
-    shutdown: CancellationToken,
-    ready: impl FnOnce(),
-) -> Result<(), ProxyError> {
-    let config = HttpFrontConfig {
+) -> Result<HttpFrontConfig, ProxyError> {
+    Ok(HttpFrontConfig {
         workers: s.workers.unwrap_or_else(crate::runtime::default_workers),
         origins: OriginPolicy::new(&s.allow_origins),
         hosts: HostPolicy::new(&s.allowed_hosts, s.public_url.as_deref())
@@ -517,8 +511,10 @@ pub async fn gateway(
         },
         retention: Retention {
             max_events: Some(s.max_events),
-            max_age: None,
+            max_age: Some(s.event_max_age.0),
         },
+        max_event_bytes: s.max_event_bytes,
+        finished_stream_grace: s.finished_stream_grace.0,
         replica_id: s
             .replica_id
             .clone()
@@ -528,7 +524,21 @@ pub async fn gateway(
         // Each route's members carry their own (`routes.request_timeout`).
         request_timeout: None,
         ..HttpFrontConfig::default()
-    };
+    })
+}
+
+/// Serve the gateway `gw` (built by [`Gateway::new`] from the file whose `[server]` section is
+/// `s`) on `listener` until `shutdown` fires, then shut down gracefully.
+pub async fn gateway(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    s: &config::ServerConfig,
+    hooks: GatewayHooks,
+    store: Arc<dyn SessionStore>,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(),
+) -> Result<(), ProxyError> {
+    let config = front_config(&gw, s)?;
     let GatewayHooks { before, after } = hooks;
     let mut hooks = before;
     hooks.push(gw.hook());
@@ -594,4 +604,31 @@ pub async fn gateway(
     drain(&tracker, deadline).await;
     front.workers().stop(crate::forward::STOP_WORKERS).await;
     result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_keeps_the_event_log_within_the_server_limits() {
+        let cfg = GatewayConfig::parse(
+            "g.toml",
+            "[server]\nmax_events = 7\nmax_event_bytes = 4096\nfinished_stream_grace = \"5s\"\n\
+             [[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n",
+        )
+        .expect("parse");
+        let gw = Gateway::new(&cfg, "g.toml").expect("gateway");
+        let front = front_config(&gw, &cfg.server).unwrap();
+        assert_eq!(
+            front.retention,
+            Retention {
+                max_events: Some(7),
+                max_age: Some(Duration::from_secs(600)),
+            },
+            "events expire by age by default"
+        );
+        assert_eq!(front.max_event_bytes, 4096);
+        assert_eq!(front.finished_stream_grace, Duration::from_secs(5));
+    }
 }

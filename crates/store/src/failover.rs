@@ -179,6 +179,9 @@ impl SessionStore for FailoverStore {
     ) -> StoreResult<usize> {
         route!(self, s => s.trim_events(session, stream, retention))
     }
+    async fn trim_session_bytes(&self, session: &str, max_bytes: u64) -> StoreResult<usize> {
+        route!(self, s => s.trim_session_bytes(session, max_bytes))
+    }
     async fn ping(&self) -> StoreResult<()> {
         self.primary.ping().await
     }
@@ -261,6 +264,9 @@ mod tests {
         }
         async fn trim_events(&self, s: &str, st: &str, r: Retention) -> StoreResult<usize> {
             self.inner.trim_events(s, st, r).await
+        }
+        async fn trim_session_bytes(&self, s: &str, max: u64) -> StoreResult<usize> {
+            self.inner.trim_session_bytes(s, max).await
         }
         async fn ping(&self) -> StoreResult<()> {
             self.check()

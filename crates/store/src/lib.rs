@@ -21,6 +21,12 @@
 //!   increasing order (memory: `1`, `2`, …; sqlite: global rowids; redis: `ms-seq`), never
 //!   reused after a trim. `events_after` with an id that is not (or no longer) in that stream,
 //!   including a non-canonical spelling of one, is `EventGone`.
+//! - `trim_session_bytes(session, max)` keeps the newest events of the session (all its streams
+//!   together) whose payloads fit in `max` bytes and drops every older one: walking from the
+//!   newest event back, the first that does not fit is dropped with everything older. Within a
+//!   stream that is append order; across streams memory and sqlite use append order and redis
+//!   entry ids (server time: events of different streams appended within one millisecond are in
+//!   no defined order).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -239,6 +245,10 @@ pub trait SessionStore: Send + Sync + 'static {
         stream: &str,
         retention: Retention,
     ) -> StoreResult<usize>;
+    /// Apply a byte budget to a whole session's log: drop its oldest events (all streams
+    /// together) until the payloads left total at most `max_bytes`. Returns how many were
+    /// dropped. Ids are never reused afterwards; `events_after` a dropped id is `EventGone`.
+    async fn trim_session_bytes(&self, session: &str, max_bytes: u64) -> StoreResult<usize>;
     /// Whether the store is reachable (for readiness checks).
     async fn ping(&self) -> StoreResult<()>;
 

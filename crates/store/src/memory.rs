@@ -12,11 +12,13 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// One event of a stream: id, append time (ms since epoch), payload.
+/// One event of a stream: id, append time (ms since epoch), its place in the session's append
+/// order (across streams), payload.
 #[derive(Debug)]
 struct Event {
     id: u64,
     at_ms: u64,
+    seq: u64,
     data: Vec<u8>,
 }
 
@@ -27,13 +29,31 @@ struct Stream {
     events: VecDeque<Event>,
 }
 
+impl Stream {
+    /// Drops the oldest event; returns its payload size.
+    fn pop_oldest(&mut self) -> Option<u64> {
+        self.events.pop_front().map(|e| e.data.len() as u64)
+    }
+}
+
+/// The event log of one session.
+#[derive(Debug, Default)]
+struct SessionLog {
+    /// Last append sequence number handed out (orders events across streams).
+    seq: u64,
+    /// Payload bytes held by all streams together.
+    bytes: u64,
+    /// stream name → log.
+    streams: HashMap<String, Stream>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     sessions: BTreeMap<String, SessionRecord>,
     /// upstream session id → proxy session id.
     upstream: HashMap<String, String>,
-    /// session id → stream name → log.
-    events: HashMap<String, HashMap<String, Stream>>,
+    /// session id → its event log.
+    events: HashMap<String, SessionLog>,
 }
 
 impl State {
@@ -200,17 +220,17 @@ impl SessionStore for MemoryStore {
     async fn append_event(&self, session: &str, stream: &str, data: &[u8]) -> StoreResult<String> {
         let at_ms = now_ms();
         let mut st = self.lock();
-        let log = st
-            .events
-            .entry(session.to_owned())
-            .or_default()
-            .entry(stream.to_owned())
-            .or_default();
+        let session = st.events.entry(session.to_owned()).or_default();
+        session.seq += 1;
+        session.bytes += data.len() as u64;
+        let seq = session.seq;
+        let log = session.streams.entry(stream.to_owned()).or_default();
         log.last_id += 1;
         let id = log.last_id;
         log.events.push_back(Event {
             id,
             at_ms,
+            seq,
             data: data.to_vec(),
         });
         Ok(id.to_string())
@@ -227,7 +247,7 @@ impl SessionStore for MemoryStore {
             .map(|a| crate::util::parse_event_id::<u64>(a).map(|n| (a, n)))
             .transpose()?;
         let st = self.lock();
-        let log = st.events.get(session).and_then(|s| s.get(stream));
+        let log = st.events.get(session).and_then(|s| s.streams.get(stream));
         let events = log.map(|l| &l.events);
         let start = match after {
             None => 0,
@@ -256,22 +276,67 @@ impl SessionStore for MemoryStore {
     ) -> StoreResult<usize> {
         let now = now_ms();
         let mut st = self.lock();
-        let Some(log) = st.events.get_mut(session).and_then(|s| s.get_mut(stream)) else {
+        let Some(session) = st.events.get_mut(session) else {
+            return Ok(0);
+        };
+        let Some(log) = session.streams.get_mut(stream) else {
             return Ok(0);
         };
         let before = log.events.len();
+        let mut freed = 0;
         if let Some(max_age) = retention.max_age {
             let min_at = now.saturating_sub(crate::util::duration_ms(max_age));
             while log.events.front().is_some_and(|e| e.at_ms < min_at) {
-                log.events.pop_front();
+                freed += log.pop_oldest().unwrap_or(0);
             }
         }
         if let Some(max) = retention.max_events {
             while log.events.len() > max {
-                log.events.pop_front();
+                freed += log.pop_oldest().unwrap_or(0);
             }
         }
-        Ok(before - log.events.len())
+        let dropped = before - log.events.len();
+        session.bytes -= freed;
+        Ok(dropped)
+    }
+
+    async fn trim_session_bytes(&self, session: &str, max_bytes: u64) -> StoreResult<usize> {
+        let mut st = self.lock();
+        let Some(log) = st.events.get_mut(session) else {
+            return Ok(0);
+        };
+        if log.bytes <= max_bytes {
+            return Ok(0);
+        }
+        // Walk from the newest event back (merging the streams by append order) until the
+        // budget is spent; that event and everything older go.
+        let mut order: Vec<(u64, u64)> = log
+            .streams
+            .values()
+            .flat_map(|s| s.events.iter().map(|e| (e.seq, e.data.len() as u64)))
+            .collect();
+        order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        let mut kept = 0;
+        let mut cut = None;
+        for (seq, len) in order {
+            if kept + len > max_bytes {
+                cut = Some(seq);
+                break;
+            }
+            kept += len;
+        }
+        let Some(cut) = cut else {
+            return Ok(0);
+        };
+        let mut dropped = 0;
+        for s in log.streams.values_mut() {
+            while s.events.front().is_some_and(|e| e.seq <= cut) {
+                s.pop_oldest();
+                dropped += 1;
+            }
+        }
+        log.bytes = kept;
+        Ok(dropped)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The store operations, as named in metrics.
-pub const OPS: [&str; 16] = [
+pub const OPS: [&str; 17] = [
     "create",
     "get",
     "get_many",
@@ -28,6 +28,7 @@ pub const OPS: [&str; 16] = [
     "trim_events",
     "ping",
     "append_events",
+    "trim_session_bytes",
 ];
 
 /// Upper bounds (seconds) of the latency histogram's buckets; the last bucket is `+Inf`.
@@ -210,6 +211,9 @@ impl SessionStore for MeteredStore {
         retention: Retention,
     ) -> StoreResult<usize> {
         timed!(self, 13, self.inner.trim_events(session, stream, retention))
+    }
+    async fn trim_session_bytes(&self, session: &str, max_bytes: u64) -> StoreResult<usize> {
+        timed!(self, 16, self.inner.trim_session_bytes(session, max_bytes))
     }
     async fn ping(&self) -> StoreResult<()> {
         timed!(self, 14, self.inner.ping())

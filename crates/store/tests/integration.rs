@@ -284,6 +284,7 @@ async fn redis_every_key_has_ttl() {
     assert_eq!(
         names,
         vec![
+            "bytes:k-a",
             "events:k-a:get",
             "events:k-a:main",
             "session:k-a",

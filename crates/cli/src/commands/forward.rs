@@ -40,6 +40,13 @@ pub fn conn_limits(c: &ConnArgs) -> anyhow::Result<ConnLimits> {
     Ok(limits)
 }
 
+fn positive_seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    match seconds(name, v)? {
+        d if d.is_zero() => anyhow::bail!("--{name} must be more than 0 seconds"),
+        d => Ok(d),
+    }
+}
+
 fn options(c: &Common) -> anyhow::Result<UpstreamOptions> {
     Ok(UpstreamOptions {
         max_message: c.max_message,
@@ -205,8 +212,10 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         upstream: options(&a.common)?,
         retention: Retention {
             max_events: Some(a.max_events),
-            max_age: None,
+            max_age: Some(positive_seconds("event-max-age", a.event_max_age)?),
         },
+        max_event_bytes: a.max_event_bytes,
+        finished_stream_grace: seconds("finished-stream-grace", a.finished_stream_grace)?,
         sse_retry: Duration::from_millis(a.sse_retry_ms),
         workers: a
             .workers

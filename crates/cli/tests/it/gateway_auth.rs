@@ -4,11 +4,11 @@
 //! reaching the upstream.
 
 use super::gateway_support::{
-    AUDIENCE, FakeUpstream, ISSUER, JwksServer, TestKey, client, config_file, get, key_hash, now,
-    sample, start_gateway,
+    AUDIENCE, FakeUpstream, ISSUER, JwksServer, TestKey, base64url, client, config_file, fixture,
+    get, hmac_token, key_hash, now, sample, start_gateway, unsigned_token,
 };
 use super::harness::{Server, init_body};
-use jsonwebtoken::Algorithm;
+use jsonwebtoken::{Algorithm, Header};
 use serde_json::{Value, json};
 
 /// SHA-256 of "sk-test-key".
@@ -182,6 +182,111 @@ async fn jwts_are_validated_against_the_jwks() {
         ),
         Some(1.0)
     );
+}
+
+/// A token refused as invalid: 401 `invalid_token`, and no session.
+fn assert_invalid_token(r: &super::harness::Reply, what: &str) {
+    assert_eq!(r.status, 401, "{what}: {}", r.body);
+    let h = www_authenticate(r);
+    assert!(h.contains("error=\"invalid_token\""), "{what}: {h}");
+    assert!(
+        r.headers.get("mcp-session-id").is_none(),
+        "{what}: no session"
+    );
+}
+
+/// Tokens that must never pass, whatever the JWKS says about its keys.
+fn forged_tokens(s: &Setup) -> Vec<(&'static str, String)> {
+    let header = |alg: Algorithm, kid: &str| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.to_string());
+        h
+    };
+    let mut out = vec![
+        (
+            "alg none naming a known kid",
+            unsigned_token(Some("rsa-1"), json!({})),
+        ),
+        ("alg none without a kid", unsigned_token(None, json!({}))),
+        (
+            "EdDSA-signed, naming the RSA key's kid",
+            s.ed1
+                .token_with(header(Algorithm::EdDSA, "rsa-1"), json!({})),
+        ),
+        (
+            "RS256-signed, naming the Ed25519 key's kid",
+            s.rsa
+                .token_with(header(Algorithm::RS256, "ed-1"), json!({})),
+        ),
+        (
+            "ES256-signed, naming the RSA key's kid",
+            s.ec.token_with(header(Algorithm::ES256, "rsa-1"), json!({})),
+        ),
+    ];
+    // Algorithm confusion: HMAC keyed with the RSA public key as the JWKS publishes it, in the
+    // forms a verifier might take as an HMAC secret.
+    for (form, secret) in [
+        ("SPKI PEM", fixture("rsa.pub.pem")),
+        ("PKCS#1 PEM", fixture("rsa.pkcs1.pub.pem")),
+    ] {
+        for alg in [Algorithm::HS256, Algorithm::HS512] {
+            out.push((
+                if form == "SPKI PEM" {
+                    "HMAC keyed with the RSA public key (SPKI PEM)"
+                } else {
+                    "HMAC keyed with the RSA public key (PKCS#1 PEM)"
+                },
+                hmac_token(alg, "rsa-1", &secret, json!({})),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn unsigned_algorithm_confused_and_kid_mismatched_tokens_are_refused() {
+    assert_eq!(
+        [
+            b"".as_slice(),
+            b"f",
+            b"fo",
+            b"foo",
+            b"foobar",
+            &[0xfb, 0xff]
+        ]
+        .map(base64url),
+        ["", "Zg", "Zm8", "Zm9v", "Zm9vYmFy", "-_8"],
+        "the test's encoder is base64url"
+    );
+    let s = setup_with("", "0s").await;
+    for (what, token) in forged_tokens(&s) {
+        assert_invalid_token(&init_status(&s, Some(&token)).await, what);
+    }
+    // The same against a JWKS whose keys do not name their algorithm (`alg` is optional in a
+    // JWK): the key's type must still decide which algorithm it verifies.
+    s.jwks.set_without_alg(&[&s.rsa, &s.ec, &s.ed1]);
+    let before = s.jwks.fetches();
+    // A token with an unknown kid makes the gateway refetch (jwks_min_refetch = 0s).
+    let r = init_status(&s, Some(&s.ed2.token(json!({})))).await;
+    assert_invalid_token(&r, "unknown kid");
+    assert!(s.jwks.fetches() > before, "the JWKS was refetched");
+    for (what, token) in forged_tokens(&s) {
+        let r = init_status(&s, Some(&token)).await;
+        assert_invalid_token(&r, &format!("{what} (JWKS without alg)"));
+        if what.contains("naming the") {
+            assert!(
+                r.body
+                    .contains("the token's algorithm (alg) does not fit the key its kid names"),
+                "{what}: {}",
+                r.body
+            );
+        }
+    }
+    // Genuine tokens pass against those keys.
+    for key in [&s.rsa, &s.ec, &s.ed1] {
+        let r = init_status(&s, Some(&key.token(json!({})))).await;
+        assert_eq!(r.status, 200, "{:?}: {}", key.alg, r.body);
+    }
 }
 
 #[tokio::test]

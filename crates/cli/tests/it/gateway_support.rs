@@ -224,7 +224,8 @@ async fn fake_post(State(s): State<Arc<FakeState>>, headers: HeaderMap, body: By
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn fixture(name: &str) -> Vec<u8> {
+/// A file of `tests/fixtures/jwt/`.
+pub fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -261,25 +262,78 @@ impl TestKey {
 
     /// Sign `claims` (merged over valid defaults: iss, aud, sub, exp in 5 min, scope `mcp`).
     pub fn token(&self, claims: Value) -> String {
-        let mut all = json!({
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": "alice",
-            "exp": now() + 300,
-            "iat": now(),
-            "scope": "mcp",
-        });
-        for (k, v) in claims.as_object().expect("claims object") {
-            if v.is_null() {
-                all.as_object_mut().unwrap().remove(k);
-            } else {
-                all[k] = v.clone();
-            }
-        }
         let mut h = Header::new(self.alg);
         h.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&h, &all, &self.encoding).expect("sign")
+        self.token_with(h, claims)
     }
+
+    /// [`TestKey::token`] with the header given (its `alg` must be this key's to sign).
+    pub fn token_with(&self, header: Header, claims: Value) -> String {
+        jsonwebtoken::encode(&header, &claims_over_defaults(claims), &self.encoding).expect("sign")
+    }
+}
+
+/// Valid claims (iss, aud, sub, exp in 5 min, scope `mcp`) with `claims` merged over them (a
+/// `null` removes one).
+pub fn claims_over_defaults(claims: Value) -> Value {
+    let mut all = json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "exp": now() + 300,
+        "iat": now(),
+        "scope": "mcp",
+    });
+    for (k, v) in claims.as_object().expect("claims object") {
+        if v.is_null() {
+            all.as_object_mut().unwrap().remove(k);
+        } else {
+            all[k] = v.clone();
+        }
+    }
+    all
+}
+
+/// A token signed with HMAC (`alg` HS256/HS384/HS512) using `secret`, e.g. a public key's bytes
+/// (the algorithm confusion attack), with header `kid`.
+pub fn hmac_token(alg: Algorithm, kid: &str, secret: &[u8], claims: Value) -> String {
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.to_string());
+    jsonwebtoken::encode(
+        &h,
+        &claims_over_defaults(claims),
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("sign")
+}
+
+/// An unsigned token (`alg: none`, empty signature), with header `kid` when given.
+pub fn unsigned_token(kid: Option<&str>, claims: Value) -> String {
+    let mut header = json!({"alg": "none", "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    format!(
+        "{}.{}.",
+        base64url(header.to_string().as_bytes()),
+        base64url(claims_over_defaults(claims).to_string().as_bytes())
+    )
+}
+
+/// Unpadded base64url (RFC 4648 §5).
+pub fn base64url(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 pub fn now() -> i64 {
@@ -329,6 +383,18 @@ impl JwksServer {
 
     pub fn set(&self, keys: &[&TestKey]) {
         *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk()).collect();
+    }
+
+    /// Serve these keys without their (optional) `alg` member.
+    pub fn set_without_alg(&self, keys: &[&TestKey]) {
+        *self.state.keys.lock().unwrap() = keys
+            .iter()
+            .map(|k| {
+                let mut jwk = k.jwk();
+                jwk.common.key_algorithm = None;
+                jwk
+            })
+            .collect();
     }
 
     pub fn fetches(&self) -> usize {

@@ -238,3 +238,42 @@ async fn redis_outage_can_continue_on_memory() {
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["store"]["degraded"], json!(true));
 }
+
+/// A replica that is SIGKILLed leaves nothing behind that stops another replica from serving:
+/// a new client's `initialize` on B succeeds and its session works, and the dead replica's
+/// session continues on B too.
+#[tokio::test]
+async fn a_new_session_is_served_on_another_replica_after_one_is_sigkilled() {
+    let redis = Redis::start();
+    let demo = Server::demo_http().await;
+    let mut a = replica(&redis, "a", &["--target", &demo.url()]).await;
+    let b = replica(&redis, "b", &["--target", &demo.url()]).await;
+    let mut on_a = Raw::new(a.url());
+    on_a.initialize().await;
+    assert_eq!(
+        on_a.call_tool(1, "echo", json!({"message": "from a"}))
+            .await,
+        "from a"
+    );
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+
+    let mut fresh = Raw::new(b.url());
+    fresh.initialize().await;
+    assert_ne!(fresh.session, on_a.session, "a new session");
+    assert_eq!(
+        fresh
+            .call_tool(2, "echo", json!({"message": "new on b"}))
+            .await,
+        "new on b"
+    );
+    let mut moved = Raw::new(b.url());
+    moved.session = on_a.session.clone();
+    assert_eq!(
+        moved
+            .call_tool(3, "echo", json!({"message": "a's on b"}))
+            .await,
+        "a's on b"
+    );
+    assert_eq!(fresh.delete().await.status, 204);
+}

@@ -235,3 +235,87 @@ async fn get_stream_events_wait_for_the_next_get() {
         assert!(e.id.as_deref().unwrap().starts_with("g."), "{e:?}");
     }
 }
+
+/// Calls the demo's `log` tool (`count` notifications of ~100 bytes, then the reply) and reads
+/// its SSE stream to the end; returns the ids of its events, in order.
+async fn logged_call(c: &Raw, count: usize) -> Vec<String> {
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name":"log","arguments":{"message":"a log line of some length to fill the event log","count":count}}});
+    let resp = c.post_builder(call.to_string()).send().await.unwrap();
+    let (events, ended) = read_events(resp, None).await;
+    assert!(ended, "the call's stream ends after its reply");
+    let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["id"], json!(1), "the reply comes last");
+    events
+        .into_iter()
+        .map(|e| e.id.expect("every event has an id"))
+        .collect()
+}
+
+/// `--max-event-bytes` bounds a session's event log: the oldest events of a long stream are
+/// dropped (resuming from them is refused: events may have been lost), the newest stay
+/// resumable (also after the stream finished, within its grace period).
+#[tokio::test]
+async fn a_session_event_log_keeps_within_its_byte_budget() {
+    let p = Server::forward_http(&[
+        "--demo",
+        "--max-event-bytes",
+        "4096",
+        "--finished-stream-grace",
+        "3600",
+    ])
+    .await;
+    let mut c = Raw::new(p.url());
+    c.version = "2025-11-25";
+    c.initialize().await;
+    let ids = logged_call(&c, 300).await;
+    for early in &ids[..3] {
+        let r = Raw::send(get_resume(&c, early)).await;
+        assert_eq!(r.status, 400, "{early}: {}", r.body);
+        assert!(r.body.contains("events may have been lost"), "{}", r.body);
+    }
+    let before_last = &ids[ids.len() - 2];
+    let resp = get_resume(&c, before_last).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "resume after {before_last}");
+    let (replayed, ended) = read_events(resp, None).await;
+    assert!(ended, "a finished stream's replay ends");
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|e| e.id.clone().unwrap())
+            .collect::<Vec<_>>(),
+        vec![ids[ids.len() - 1].clone()],
+        "exactly the reply is replayed"
+    );
+}
+
+/// A finished POST stream's events are dropped once `--finished-stream-grace` is over: a
+/// resumption then gets the "events may have been lost" answer instead of a replay.
+#[tokio::test]
+async fn a_finished_stream_is_dropped_after_its_grace_period() {
+    let p = Server::forward_http(&["--demo", "--finished-stream-grace", "0.2"]).await;
+    let mut c = Raw::new(p.url());
+    c.version = "2025-11-25";
+    c.initialize().await;
+    let ids = logged_call(&c, 3).await;
+    let first = &ids[0];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = Raw::send(get_resume(&c, first)).await;
+        if r.status == 400 {
+            assert!(r.body.contains("events may have been lost"), "{}", r.body);
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the finished stream's events were never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The session itself lives on.
+    let text = c
+        .call_tool(2, "echo", json!({"message": "still here"}))
+        .await;
+    assert!(text.contains("still here"), "{text}");
+}

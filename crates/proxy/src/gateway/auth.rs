@@ -355,6 +355,11 @@ impl JwtVerifier {
                             AuthError::Invalid("the token is not valid yet (nbf)".into())
                         }
                         K::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                        // The header's alg is not one the key (chosen by kid) verifies: a JWK
+                        // need not say its algorithm, so its type decides.
+                        K::InvalidAlgorithm | K::InvalidKeyFormat => AuthError::Invalid(
+                            "the token's algorithm (alg) does not fit the key its kid names".into(),
+                        ),
                         K::MissingRequiredClaim(c) => {
                             AuthError::Invalid(format!("the token has no `{c}` claim"))
                         }

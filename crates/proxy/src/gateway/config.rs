@@ -218,7 +218,16 @@ fn default_max_message() -> usize {
     10 * 1024 * 1024
 }
 fn default_max_events() -> usize {
-    1000
+    crate::front::http::DEFAULT_MAX_EVENTS
+}
+fn default_max_event_bytes() -> u64 {
+    crate::front::http::DEFAULT_MAX_EVENT_BYTES
+}
+fn default_event_max_age() -> Dur {
+    Dur(crate::front::http::DEFAULT_EVENT_MAX_AGE)
+}
+fn default_finished_stream_grace() -> Dur {
+    Dur(crate::front::http::DEFAULT_FINISHED_STREAM_GRACE)
 }
 fn default_header_timeout() -> Dur {
     Dur(crate::front::conn::ConnLimits::default().header_timeout)
@@ -281,6 +290,16 @@ pub struct ServerConfig {
     /// SSE events kept per stream for resumption.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
+    /// Most payload bytes one session's SSE event log holds, all its streams together (the
+    /// oldest events go first).
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: u64,
+    /// SSE events older than this are dropped from the log.
+    #[serde(default = "default_event_max_age")]
+    pub event_max_age: Dur,
+    /// How long a finished POST stream's events stay resumable.
+    #[serde(default = "default_finished_stream_grace")]
+    pub finished_stream_grace: Dur,
     /// Browser origins allowed besides loopback ones (`*` for any).
     #[serde(default)]
     pub allow_origins: Vec<String>,
@@ -338,6 +357,9 @@ impl Default for ServerConfig {
             shutdown_grace: default_grace(),
             max_message: default_max_message(),
             max_events: default_max_events(),
+            max_event_bytes: default_max_event_bytes(),
+            event_max_age: default_event_max_age(),
+            finished_stream_grace: default_finished_stream_grace(),
             allow_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             trusted_proxies: Vec::new(),
@@ -1133,6 +1155,37 @@ mod tests {
         match GatewayConfig::parse("g.toml", text).and_then(|c| c.validate("g.toml").map(|_| c)) {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn event_log_limits_have_defaults_and_are_validated() {
+        let route = "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n";
+        let c = GatewayConfig::parse("g.toml", route).expect("parse");
+        assert_eq!(c.server.max_event_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.server.event_max_age.0, Duration::from_secs(600));
+        assert_eq!(c.server.finished_stream_grace.0, Duration::from_secs(60));
+        let c = GatewayConfig::parse(
+            "g.toml",
+            &format!(
+                "[server]\nmax_event_bytes = 65536\nevent_max_age = \"2m\"\n\
+                 finished_stream_grace = \"0s\"\n{route}"
+            ),
+        )
+        .expect("parse");
+        c.validate("g.toml").expect("valid");
+        assert_eq!(c.server.max_event_bytes, 65536);
+        assert_eq!(c.server.event_max_age.0, Duration::from_secs(120));
+        assert!(c.server.finished_stream_grace.0.is_zero());
+        let e = errors(&format!(
+            "[server]\nmax_event_bytes = 100\nevent_max_age = \"0s\"\nmax_events = 0\n{route}"
+        ));
+        for want in [
+            "g.toml: server.max_event_bytes: must be at least 1024 bytes",
+            "g.toml: server.event_max_age: must be more than 0",
+            "g.toml: server.max_events: must be at least 1",
+        ] {
+            assert!(e.lines().any(|l| l == want), "{want} in {e}");
         }
     }
 

@@ -92,6 +92,18 @@ impl GatewayConfig {
                 "must be at least 1024 bytes".into(),
             );
         }
+        if s.max_events == 0 {
+            bad("server.max_events".into(), "must be at least 1".into());
+        }
+        if s.max_event_bytes < 1024 {
+            bad(
+                "server.max_event_bytes".into(),
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        if s.event_max_age.0.is_zero() {
+            bad("server.event_max_age".into(), "must be more than 0".into());
+        }
         if !matches!(s.on_store_outage.as_str(), "closed" | "memory") {
             bad(
                 "server.on_store_outage".into(),

@@ -86,20 +86,45 @@ struct Inner {
     probes: u32,
 }
 
+/// Where a breaker reads the time (tests move it by hand).
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant.
+    fn now(&self) -> Instant;
+}
+
+/// The real monotonic clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
 /// One upstream's breaker.
 #[derive(Debug)]
-pub struct Breaker {
+pub struct Breaker<C: Clock = SystemClock> {
     cfg: BreakerConfig,
     inner: Mutex<Inner>,
     epoch: Instant,
     opened: AtomicU64,
+    clock: C,
 }
 
 impl Breaker {
     /// A closed breaker.
     pub fn new(cfg: BreakerConfig) -> Breaker {
-        let now = Instant::now();
+        Breaker::with_clock(cfg, SystemClock)
+    }
+}
+
+impl<C: Clock> Breaker<C> {
+    /// A closed breaker reading the time from `clock`.
+    pub fn with_clock(cfg: BreakerConfig, clock: C) -> Breaker<C> {
+        let now = clock.now();
         Breaker {
+            clock,
             cfg,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
@@ -142,7 +167,7 @@ impl Breaker {
     /// The current state.
     pub fn state(&self) -> BreakerState {
         let mut i = self.lock();
-        self.refresh(&mut i, Instant::now());
+        self.refresh(&mut i, self.clock.now());
         i.state
     }
 
@@ -154,7 +179,7 @@ impl Breaker {
     /// May a request go through now? `Err(wait)`: no, the breaker is open (or every probe slot
     /// is taken) for about `wait` more.
     pub fn admit(&self) -> Result<(), Duration> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut i = self.lock();
         self.refresh(&mut i, now);
         match i.state {
@@ -171,7 +196,7 @@ impl Breaker {
 
     /// While open: how long until it lets a probe through.
     pub fn retry_in(&self) -> Option<Duration> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut i = self.lock();
         self.refresh(&mut i, now);
         (i.state == BreakerState::Open).then(|| self.cfg.open_for.saturating_sub(now - i.since))
@@ -184,7 +209,7 @@ impl Breaker {
 
     /// Count one outcome. Returns the new state when it changed.
     pub fn record(&self, ok: bool) -> Option<BreakerState> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let period = self.period(now);
         let mut i = self.lock();
         self.refresh(&mut i, now);
@@ -245,21 +270,53 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
-    fn quick(open_for: Duration) -> Breaker {
-        Breaker::new(BreakerConfig {
-            consecutive_failures: 3,
-            failure_rate: 0.5,
-            window: Duration::from_secs(10),
-            min_requests: 10,
-            open_for,
-            half_open_probes: 1,
-        })
+    /// A clock that only moves when told to.
+    #[derive(Clone)]
+    struct ManualClock {
+        start: Instant,
+        offset: Arc<Mutex<Duration>>,
+    }
+
+    impl ManualClock {
+        fn new() -> Self {
+            ManualClock {
+                start: Instant::now(),
+                offset: Arc::default(),
+            }
+        }
+
+        fn advance(&self, by: Duration) {
+            *self.offset.lock().unwrap() += by;
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            self.start + *self.offset.lock().unwrap()
+        }
+    }
+
+    fn quick(open_for: Duration) -> (Breaker<ManualClock>, ManualClock) {
+        let clock = ManualClock::new();
+        let b = Breaker::with_clock(
+            BreakerConfig {
+                consecutive_failures: 3,
+                failure_rate: 0.5,
+                window: Duration::from_secs(10),
+                min_requests: 10,
+                open_for,
+                half_open_probes: 1,
+            },
+            clock.clone(),
+        );
+        (b, clock)
     }
 
     #[test]
     fn opens_after_consecutive_failures_and_closes_after_a_good_probe() {
-        let b = quick(Duration::from_millis(50));
+        let (b, clock) = quick(Duration::from_millis(50));
         assert_eq!(b.record(false), None);
         assert_eq!(b.record(true), None, "a success resets the streak");
         assert_eq!(b.record(false), None);
@@ -268,7 +325,10 @@ mod tests {
         assert!(b.admit().is_err());
         assert!(!b.accepts_sessions());
         assert_eq!(b.opened_total(), 1);
-        std::thread::sleep(Duration::from_millis(60));
+        clock.advance(Duration::from_millis(49));
+        assert_eq!(b.retry_in(), Some(Duration::from_millis(1)));
+        assert!(b.admit().is_err(), "still open 1 ms before open_for");
+        clock.advance(Duration::from_millis(1));
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert!(b.accepts_sessions());
         assert!(b.admit().is_ok(), "one probe goes through");
@@ -279,15 +339,30 @@ mod tests {
 
     #[test]
     fn a_failed_probe_opens_it_again() {
-        let b = quick(Duration::from_millis(30));
+        let (b, clock) = quick(Duration::from_millis(30));
         for _ in 0..3 {
             b.record(false);
         }
-        std::thread::sleep(Duration::from_millis(40));
+        clock.advance(Duration::from_millis(30));
         assert!(b.admit().is_ok());
         assert_eq!(b.record(false), Some(BreakerState::Open));
         assert!(b.admit().is_err());
         assert_eq!(b.opened_total(), 2);
+        assert_eq!(b.retry_in(), Some(Duration::from_millis(30)), "open anew");
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_frees_its_slot_after_open_for() {
+        let (b, clock) = quick(Duration::from_millis(30));
+        for _ in 0..3 {
+            b.record(false);
+        }
+        clock.advance(Duration::from_millis(30));
+        assert!(b.admit().is_ok(), "the probe");
+        clock.advance(Duration::from_millis(29));
+        assert!(b.admit().is_err(), "its slot is taken");
+        clock.advance(Duration::from_millis(1));
+        assert!(b.admit().is_ok(), "a lost probe's slot is free again");
     }
 
     #[test]

@@ -450,6 +450,131 @@ pub(super) async fn trim_by_max_age(store: &dyn SessionStore) {
     );
 }
 
+/// The ids left in `stream` of `session`, oldest first.
+async fn left(store: &dyn SessionStore, session: &str, stream: &str) -> Vec<String> {
+    ids(&store
+        .events_after(session, stream, None, 1000)
+        .await
+        .expect("events"))
+}
+
+async fn append_sized(
+    store: &dyn SessionStore,
+    session: &str,
+    stream: &str,
+    n: usize,
+    size: usize,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let data = vec![b'a' + (i % 26) as u8; size];
+        ids.push(
+            store
+                .append_event(session, stream, &data)
+                .await
+                .expect("append"),
+        );
+    }
+    ids
+}
+
+pub(super) async fn trim_session_by_bytes(store: &dyn SessionStore) {
+    // One stream of ten 100-byte events.
+    let all = append_sized(store, "tb-s", "main", 10, 100).await;
+    assert_eq!(
+        store.trim_session_bytes("tb-s", 1000).await.expect("trim"),
+        0,
+        "exactly at the budget: nothing goes"
+    );
+    assert_eq!(
+        store.trim_session_bytes("tb-s", 450).await.expect("trim"),
+        6,
+        "450 bytes hold the newest four"
+    );
+    assert_eq!(left(store, "tb-s", "main").await, all[6..].to_vec());
+    assert_gone(
+        store.events_after("tb-s", "main", Some(&all[5]), 10).await,
+        &all[5],
+    );
+    let after6 = store
+        .events_after("tb-s", "main", Some(&all[6]), 10)
+        .await
+        .expect("after a kept event");
+    assert_eq!(ids(&after6), all[7..].to_vec());
+    assert_eq!(
+        store.trim_session_bytes("tb-s", 400).await.expect("trim"),
+        0
+    );
+    assert_eq!(
+        store.trim_session_bytes("tb-s", 399).await.expect("trim"),
+        1
+    );
+    assert_eq!(left(store, "tb-s", "main").await, all[7..].to_vec());
+    // A newest event larger than the budget goes too, with everything older; ids are not reused.
+    let big = append_sized(store, "tb-s", "main", 1, 1000).await;
+    assert_eq!(
+        store.trim_session_bytes("tb-s", 500).await.expect("trim"),
+        4
+    );
+    assert!(left(store, "tb-s", "main").await.is_empty());
+    let next = append_sized(store, "tb-s", "main", 1, 10).await;
+    assert!(order_key(&big[0]) < order_key(&next[0]));
+    assert_eq!(
+        store
+            .trim_session_bytes("tb-unknown", 0)
+            .await
+            .expect("trim unknown"),
+        0
+    );
+
+    // Events dropped by count retention no longer count against the budget.
+    append_sized(store, "tb-c", "main", 10, 100).await;
+    store
+        .trim_events(
+            "tb-c",
+            "main",
+            Retention {
+                max_events: Some(2),
+                max_age: None,
+            },
+        )
+        .await
+        .expect("trim by count");
+    assert_eq!(
+        store.trim_session_bytes("tb-c", 500).await.expect("trim"),
+        0,
+        "200 bytes are left, within 500"
+    );
+    assert_eq!(left(store, "tb-c", "main").await.len(), 2);
+
+    // The budget covers all of a session's streams together, and only that session.
+    let a = append_sized(store, "tb-m", "A", 5, 100).await;
+    let b = append_sized(store, "tb-m", "B", 5, 100).await;
+    append_sized(store, "tb-o", "A", 5, 100).await;
+    assert_eq!(
+        store.trim_session_bytes("tb-m", 650).await.expect("trim"),
+        4,
+        "650 bytes hold six of the session's ten 100-byte events"
+    );
+    let (la, lb) = (
+        left(store, "tb-m", "A").await,
+        left(store, "tb-m", "B").await,
+    );
+    assert_eq!(la.len() + lb.len(), 6);
+    assert_eq!(la, a[a.len() - la.len()..].to_vec(), "A keeps its newest");
+    assert_eq!(lb, b[b.len() - lb.len()..].to_vec(), "B keeps its newest");
+    assert_eq!(
+        lb.last(),
+        b.last(),
+        "the newest event of the session is kept"
+    );
+    assert_eq!(
+        left(store, "tb-o", "A").await.len(),
+        5,
+        "other sessions untouched"
+    );
+}
+
 pub(super) async fn ping_ok(store: &dyn SessionStore) {
     store.ping().await.expect("ping");
 }

@@ -63,6 +63,7 @@ cases!(
     events::unknown_event_is_gone,
     events::trim_by_max_events,
     events::trim_by_max_age,
+    events::trim_session_by_bytes,
     events::ping_ok,
 );
 

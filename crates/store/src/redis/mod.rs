@@ -15,7 +15,9 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::streams::StreamRangeReply;
 use ::redis::{Client, RedisError, Value};
 use async_trait::async_trait;
-use scripts::{ABSENT, CREATE_SCRIPT, DELETE_SCRIPT, DELETED, TOUCH_SCRIPT, UPDATE_SCRIPT};
+use scripts::{
+    ABSENT, CREATE_SCRIPT, DELETE_SCRIPT, DELETED, TOUCH_SCRIPT, TRIM_BYTES_SCRIPT, UPDATE_SCRIPT,
+};
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,6 +26,9 @@ pub const DEFAULT_MAX_EVENTS: usize = 10_000;
 
 /// Ids fetched per round trip when scanning the index.
 const SCAN_BATCH: usize = 200;
+
+/// Entries read per stream and step by the byte budget's walk (inside its script).
+const TRIM_PAGE: usize = 64;
 
 /// Connect / response timeouts of the underlying connection, and the bound on a whole operation
 /// (including waiting for a reconnect).
@@ -185,6 +190,10 @@ impl RedisStore {
 
     fn streams_key(&self, session: &str) -> String {
         format!("{}streams:{session}", self.prefix)
+    }
+
+    fn bytes_key(&self, session: &str) -> String {
+        format!("{}bytes:{session}", self.prefix)
     }
 
     fn events_key(&self, session: &str, stream: &str) -> String {
@@ -465,8 +474,18 @@ impl SessionStore for RedisStore {
                 .arg("data")
                 .arg(*d);
         }
+        let bytes: u64 = data.iter().map(|d| d.len() as u64).sum();
+        let bytes_key = self.bytes_key(session);
         pipe.cmd("PEXPIRE")
             .arg(&key)
+            .arg(self.ttl_ms)
+            .ignore()
+            .cmd("INCRBY")
+            .arg(&bytes_key)
+            .arg(bytes)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&bytes_key)
             .arg(self.ttl_ms)
             .ignore()
             .cmd("SADD")
@@ -564,6 +583,16 @@ impl SessionStore for RedisStore {
             n += bounded(cmd.query_async::<usize>(&mut conn)).await?;
         }
         Ok(n)
+    }
+
+    async fn trim_session_bytes(&self, session: &str, max_bytes: u64) -> StoreResult<usize> {
+        let mut inv = TRIM_BYTES_SCRIPT.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(session)
+            .arg(max_bytes)
+            .arg(TRIM_PAGE);
+        let mut conn = self.conn.clone();
+        bounded(inv.invoke_async(&mut conn)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -4,7 +4,9 @@
 //! Key layout (`P` = the store's prefix): `P session:ID` hash {rec: JSON record, last:
 //! last_active_ms, up: upstream session id}; `P sessions` sorted set of ids (score 0, ordered by
 //! id); `P upstream:UP` → id; `P streams:ID` set of stream names; `P events:ID:STREAM` Redis
-//! Stream. Every key has a TTL (the idle TTL), refreshed together on create/update/touch.
+//! Stream; `P bytes:ID` payload bytes appended to the session's streams since its log was last
+//! measured (never less than what they hold: it only gates the byte budget's walk). Every key
+//! has a TTL (the idle TTL), refreshed together on create/update/touch.
 //! Scripts build the companion key names from the prefix, so the store targets a standalone
 //! Redis (not Cluster).
 
@@ -19,6 +21,7 @@ local function unmap(prefix, id, up)
 end
 local function refresh(prefix, id, ttl)
   local skey = prefix .. 'streams:' .. id
+  redis.call('PEXPIRE', prefix .. 'bytes:' .. id, ttl)
   if redis.call('PEXPIRE', skey, ttl) == 1 then
     for _, s in ipairs(redis.call('SMEMBERS', skey)) do
       redis.call('PEXPIRE', prefix .. 'events:' .. id .. ':' .. s, ttl)
@@ -102,10 +105,83 @@ local skey = ARGV[1] .. 'streams:' .. ARGV[2]
 for _, s in ipairs(redis.call('SMEMBERS', skey)) do
   redis.call('DEL', ARGV[1] .. 'events:' .. ARGV[2] .. ':' .. s)
 end
-redis.call('DEL', skey, KEYS[1])
+redis.call('DEL', skey, KEYS[1], ARGV[1] .. 'bytes:' .. ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
 if exists == 1 then return 1 end
 return 2
+"#;
+
+/// KEYS: none. ARGV: prefix, id, max_bytes, page size. The session's byte budget: unless the
+/// `bytes:` counter says the session may hold more than `max_bytes`, nothing is read. Otherwise
+/// its streams are walked from the newest entry back (merged by entry id, a page at a time),
+/// the kept payloads summed; the first entry that does not fit is dropped with everything older
+/// (`XTRIM MINID` to the oldest kept entry of each stream, `MAXLEN 0` when none is kept, which
+/// keeps the stream's last id so ids are never reused). The counter is then set to what is kept.
+/// Returns how many entries were dropped.
+const TRIM_BYTES: &str = r#"
+local prefix, id = ARGV[1], ARGV[2]
+local max, page = tonumber(ARGV[3]), tonumber(ARGV[4])
+local bkey = prefix .. 'bytes:' .. id
+if tonumber(redis.call('GET', bkey) or '0') <= max then return 0 end
+local function key_of(e)
+  local dash = string.find(e, '-', 1, true)
+  return tonumber(string.sub(e, 1, dash - 1)), tonumber(string.sub(e, dash + 1))
+end
+local function size_of(entry)
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'data' then return #f[i + 1] end
+  end
+  return 0
+end
+local cursors = {}
+for _, s in ipairs(redis.call('SMEMBERS', prefix .. 'streams:' .. id)) do
+  table.insert(cursors, {key = prefix .. 'events:' .. id .. ':' .. s, buf = {}, pos = 1,
+    upper = '+', done = false, kept = nil})
+end
+local function head(c)
+  if c.pos > #c.buf then
+    if c.done then return nil end
+    c.buf = redis.call('XREVRANGE', c.key, c.upper, '-', 'COUNT', page)
+    c.pos = 1
+    if #c.buf < page then c.done = true end
+    if #c.buf == 0 then return nil end
+    c.upper = '(' .. c.buf[#c.buf][1]
+  end
+  return c.buf[c.pos]
+end
+local total = 0
+while true do
+  local best, bms, bseq = nil, 0, 0
+  for _, c in ipairs(cursors) do
+    local e = head(c)
+    if e then
+      local ms, seq = key_of(e[1])
+      if best == nil or ms > bms or (ms == bms and seq > bseq) then
+        best, bms, bseq = c, ms, seq
+      end
+    end
+  end
+  if best == nil then break end
+  local e = head(best)
+  local size = size_of(e)
+  if total + size > max then break end
+  total = total + size
+  best.kept = e[1]
+  best.pos = best.pos + 1
+end
+local dropped = 0
+for _, c in ipairs(cursors) do
+  if head(c) then
+    if c.kept then
+      dropped = dropped + redis.call('XTRIM', c.key, 'MINID', '=', c.kept)
+    else
+      dropped = dropped + redis.call('XTRIM', c.key, 'MAXLEN', '=', 0)
+    end
+  end
+end
+redis.call('SET', bkey, total, 'KEEPTTL')
+return dropped
 "#;
 
 fn script(body: &str) -> Script {
@@ -116,6 +192,7 @@ pub(super) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CREA
 pub(super) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(UPDATE));
 pub(super) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(TOUCH));
 pub(super) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DELETE));
+pub(super) static TRIM_BYTES_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(TRIM_BYTES));
 
 /// Result codes of [`DELETE_SCRIPT`].
 pub(super) const DELETED: i64 = 1;

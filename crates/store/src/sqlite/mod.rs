@@ -466,6 +466,27 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn trim_session_bytes(&self, session: &str, max_bytes: u64) -> StoreResult<usize> {
+        let session = session.to_owned();
+        let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        self.writer
+            .run(move |conn| {
+                // Running totals from the newest event back: the newest event whose total is
+                // over the budget, and everything older, goes.
+                conn.prepare_cached(
+                    "DELETE FROM events WHERE session = ?1 AND id <= (\
+                       SELECT id FROM (\
+                         SELECT id, SUM(length(data)) OVER (ORDER BY id DESC \
+                           ROWS UNBOUNDED PRECEDING) AS total \
+                         FROM events WHERE session = ?1) \
+                       WHERE total > ?2 ORDER BY id DESC LIMIT 1)",
+                )
+                .and_then(|mut stmt| stmt.execute(params![session, max]))
+                .map_err(sql_err)
+            })
+            .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.writer
             .run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_err))

@@ -1,10 +1,16 @@
 //! The proxy-owned SSE event log: every SSE event the front sends is appended to the session
 //! store first, under an id `<stream>.<store id>` that names its stream; a `GET` with
 //! `Last-Event-ID` replays the missed events of that stream only.
+//!
+//! Retention: per stream, the count and age limits ([`Retention`]) every [`TRIM_EVERY`] appends
+//! of a session; per session, a byte budget checked whenever an eighth of it has been appended
+//! since the last check (so a session's log exceeds it by at most that much and one burst);
+//! finished POST streams are dropped whole after a grace period (the front's reaper calls
+//! [`EventLog::drop_stream`]).
 
 use shadowcat_store::{LoggedEvent, Retention, SessionStore, StoreError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Events read per store round trip during a replay.
 const REPLAY_PAGE: usize = 512;
@@ -15,6 +21,14 @@ const TRIM_EVERY: u32 = 64;
 pub struct EventLog {
     store: Arc<dyn SessionStore>,
     retention: Retention,
+    max_bytes: u64,
+}
+
+/// One session's appends since retention last ran (count and payload bytes).
+#[derive(Debug, Default)]
+pub struct LogCounters {
+    appends: AtomicU32,
+    bytes: AtomicU64,
 }
 
 /// A replayed event: its SSE id and payload (empty for priming events).
@@ -35,9 +49,14 @@ pub fn parse_event_id(id: &str) -> Option<(&str, &str)> {
 }
 
 impl EventLog {
-    /// A log on `store` keeping `retention` per stream.
-    pub fn new(store: Arc<dyn SessionStore>, retention: Retention) -> Self {
-        EventLog { store, retention }
+    /// A log on `store` keeping `retention` per stream and at most `max_bytes` of payload per
+    /// session.
+    pub fn new(store: Arc<dyn SessionStore>, retention: Retention, max_bytes: u64) -> Self {
+        EventLog {
+            store,
+            retention,
+            max_bytes,
+        }
     }
 
     /// The store behind the log.
@@ -52,11 +71,12 @@ impl EventLog {
         session: &str,
         stream: &str,
         data: &[u8],
-        counter: &AtomicU32,
+        counters: &LogCounters,
     ) -> Option<Arc<str>> {
         match self.store.append_event(session, stream, data).await {
             Ok(id) => {
-                self.appended(session, stream, 1, counter).await;
+                self.appended(session, stream, 1, data.len() as u64, counters)
+                    .await;
                 Some(Arc::from(format!("{stream}.{id}")))
             }
             Err(e) => {
@@ -66,10 +86,18 @@ impl EventLog {
         }
     }
 
-    /// `n` events were appended to `stream`: apply retention every [`TRIM_EVERY`] appends of the
-    /// session (`counter`).
-    async fn appended(&self, session: &str, stream: &str, n: u32, counter: &AtomicU32) {
-        let before = counter.fetch_add(n, Ordering::Relaxed);
+    /// `n` events of `bytes` payload were appended to `stream`: apply the stream's retention
+    /// every [`TRIM_EVERY`] appends of the session, and the session's byte budget whenever an
+    /// eighth of it was appended since the last check.
+    async fn appended(
+        &self,
+        session: &str,
+        stream: &str,
+        n: u32,
+        bytes: u64,
+        counters: &LogCounters,
+    ) {
+        let before = counters.appends.fetch_add(n, Ordering::Relaxed);
         if (before % TRIM_EVERY) + n >= TRIM_EVERY
             && let Err(e) = self
                 .store
@@ -77,6 +105,31 @@ impl EventLog {
                 .await
         {
             tracing::warn!(error = %e, "trimming the event log failed");
+        }
+        let since = counters.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if since >= (self.max_bytes / 8).max(1) {
+            counters.bytes.store(0, Ordering::Relaxed);
+            match self.store.trim_session_bytes(session, self.max_bytes).await {
+                Ok(0) => {}
+                Ok(dropped) => tracing::debug!(
+                    dropped,
+                    max_bytes = self.max_bytes,
+                    "the session's event log is over its byte budget; dropped its oldest events"
+                ),
+                Err(e) => tracing::warn!(error = %e, "trimming the event log failed"),
+            }
+        }
+    }
+
+    /// Drop every event of `stream` (a finished stream whose grace period is over): a later
+    /// `Last-Event-ID` on it gets the "events may have been lost" answer.
+    pub async fn drop_stream(&self, session: &str, stream: &str) {
+        let all = Retention {
+            max_events: Some(0),
+            max_age: None,
+        };
+        if let Err(e) = self.store.trim_events(session, stream, all).await {
+            tracing::warn!(error = %e, stream, "could not drop a finished stream's events");
         }
     }
 
@@ -87,14 +140,15 @@ impl EventLog {
         session: &str,
         stream: &str,
         data: &[&[u8]],
-        counter: &AtomicU32,
+        counters: &LogCounters,
     ) -> Vec<Option<Arc<str>>> {
         if let [one] = data {
-            return vec![self.append(session, stream, one, counter).await];
+            return vec![self.append(session, stream, one, counters).await];
         }
         match self.store.append_events(session, stream, data).await {
             Ok(ids) => {
-                self.appended(session, stream, ids.len() as u32, counter)
+                let bytes = data.iter().map(|d| d.len() as u64).sum();
+                self.appended(session, stream, ids.len() as u32, bytes, counters)
                     .await;
                 ids.into_iter()
                     .map(|id| Some(Arc::from(format!("{stream}.{id}"))))

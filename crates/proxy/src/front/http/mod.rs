@@ -81,6 +81,11 @@ pub struct HttpFrontConfig {
     pub idle_timeout: Duration,
     /// SSE events kept per stream for resumption (and for a GET stream that is not connected).
     pub retention: Retention,
+    /// Most payload bytes one session's event log holds, all its streams together (its oldest
+    /// events go first).
+    pub max_event_bytes: u64,
+    /// How long a finished POST stream's events stay resumable before they are dropped.
+    pub finished_stream_grace: Duration,
     /// The `retry:` hint sent to 2025-11-25 clients on priming events.
     pub sse_retry: Duration,
     /// How long shutdown waits for in-flight requests before ending sessions.
@@ -104,6 +109,15 @@ pub struct HttpFrontConfig {
     pub request_timeout: Option<Duration>,
 }
 
+/// Default SSE events kept per stream.
+pub const DEFAULT_MAX_EVENTS: usize = 1000;
+/// Default age after which logged SSE events are dropped.
+pub const DEFAULT_EVENT_MAX_AGE: Duration = Duration::from_secs(600);
+/// Default byte budget of one session's event log (8 MiB).
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 8 * 1024 * 1024;
+/// Default grace period of a finished POST stream's events.
+pub const DEFAULT_FINISHED_STREAM_GRACE: Duration = Duration::from_secs(60);
+
 impl Default for HttpFrontConfig {
     fn default() -> Self {
         HttpFrontConfig {
@@ -118,9 +132,11 @@ impl Default for HttpFrontConfig {
             max_sessions_per_principal: None,
             idle_timeout: Duration::from_secs(600),
             retention: Retention {
-                max_events: Some(1000),
-                max_age: Some(Duration::from_secs(600)),
+                max_events: Some(DEFAULT_MAX_EVENTS),
+                max_age: Some(DEFAULT_EVENT_MAX_AGE),
             },
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            finished_stream_grace: DEFAULT_FINISHED_STREAM_GRACE,
             sse_retry: Duration::from_millis(1000),
             shutdown_deadline: Duration::from_secs(10),
             upstream: UpstreamOptions::default(),
@@ -214,7 +230,11 @@ impl HttpFront {
                 config.workers
             ))
         })?;
-        let log = Arc::new(EventLog::new(store.clone(), config.retention));
+        let log = Arc::new(EventLog::new(
+            store.clone(),
+            config.retention,
+            config.max_event_bytes,
+        ));
         let owner: Arc<str> = Arc::from(config.replica_id.as_str());
         let records = Records::new(
             store,
@@ -418,6 +438,7 @@ impl HttpFront {
 
     async fn reap(self: Arc<Self>) {
         let period = (self.config.idle_timeout / 4)
+            .min(self.config.finished_stream_grace / 2)
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut tick = tokio::time::interval(period);
         let mut last_expire = tokio::time::Instant::now();
@@ -430,6 +451,9 @@ impl HttpFront {
                 tracing::info!(session = %id, "session idle too long; reaping it");
                 self.registry.end(&id).await;
             }
+            self.registry
+                .drop_finished_streams(self.config.finished_stream_grace)
+                .await;
             if last_expire.elapsed() >= Duration::from_secs(60) {
                 last_expire = tokio::time::Instant::now();
                 let store = self.registry.records().store();

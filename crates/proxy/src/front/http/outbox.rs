@@ -19,8 +19,9 @@
 
 use crate::upstream::Via;
 use shadowcat_proto::{Frame, RequestId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Name of a stream within its session (`g` or `p<n>`).
@@ -128,6 +129,9 @@ pub struct Outbox {
     next_seq: u64,
     priming: bool,
     closed: bool,
+    /// POST streams that delivered their last reply, oldest first, with when: their logged
+    /// events stay resumable for a grace period, then the front drops them.
+    finished: VecDeque<(Instant, StreamId)>,
 }
 
 impl Outbox {
@@ -140,6 +144,7 @@ impl Outbox {
             next_seq: 0,
             priming: false,
             closed: false,
+            finished: VecDeque::new(),
         };
         let get = o.new_stream(None, None);
         o.streams.insert(Arc::from(GET_STREAM), get);
@@ -232,11 +237,27 @@ impl Outbox {
         s.sink.clone().filter(|_| connected)
     }
 
-    /// A POST stream delivered its last reply: forget it (its connection ends).
+    /// A POST stream delivered its last reply: forget it (its connection ends). Its logged
+    /// events stay until [`Outbox::finished_before`] hands it out.
     pub fn finish(&mut self, stream: &str) {
-        if stream != GET_STREAM {
-            self.streams.remove(stream);
+        if stream != GET_STREAM
+            && let Some((id, _)) = self.streams.remove_entry(stream)
+        {
+            self.finished.push_back((Instant::now(), id));
         }
+    }
+
+    /// Finished POST streams whose grace period is over at `now`: their events can go.
+    pub fn finished_before(&mut self, now: Instant, grace: Duration) -> Vec<StreamId> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.finished.front()
+            && now.saturating_duration_since(*at) >= grace
+        {
+            if let Some((_, id)) = self.finished.pop_front() {
+                out.push(id);
+            }
+        }
+        out
     }
 
     /// Whether any client connection of this session is open.
@@ -259,6 +280,7 @@ impl Outbox {
         self.closed = true;
         self.streams.clear();
         self.requests.clear();
+        self.finished.clear();
     }
 
     fn complete_if_done(&mut self, sid: StreamId) -> Plan {
@@ -394,6 +416,30 @@ mod tests {
             Plan::Deliver { stream, .. } => stream,
             other => panic!("not delivered: {other:?}"),
         }
+    }
+
+    #[test]
+    fn finished_streams_are_handed_out_once_their_grace_is_over() {
+        let mut o = Outbox::new();
+        let (tx, _rx) = mpsc::channel(4);
+        let sid = o.open_post(&[RequestId::Number(1)], tx).unwrap();
+        assert!(matches!(
+            o.route(f(NOTE), &Via::Request(RequestId::Number(1)), None),
+            Plan::Deliver { .. }
+        ));
+        match o.route(f(R1), &Via::Unrelated, None) {
+            Plan::Deliver { finish: true, .. } => o.finish(&sid),
+            other => panic!("{other:?}"),
+        }
+        o.finish(GET_STREAM);
+        let grace = Duration::from_secs(60);
+        let now = Instant::now();
+        assert!(o.finished_before(now, grace).is_empty(), "still in grace");
+        assert_eq!(o.finished_before(now + grace, grace), vec![sid]);
+        assert!(
+            o.finished_before(now + grace * 2, grace).is_empty(),
+            "handed out once; the GET stream never finishes"
+        );
     }
 
     #[test]

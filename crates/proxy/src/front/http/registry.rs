@@ -1,15 +1,15 @@
 //! The HTTP front's live sessions: lookup by proxy id (bound to the route that created it),
 //! the session limit, idle reaping, and the pump that routes each session's server frames.
 
-use super::events::EventLog;
-use super::outbox::{GET_STREAM, Out, Outbox, Outgoing, Plan};
+use super::events::{EventLog, LogCounters};
+use super::outbox::{GET_STREAM, Out, Outbox, Outgoing, Plan, StreamId};
 use super::records::Records;
 use crate::pipeline::{HttpMeta, Transport};
 use crate::session::Session;
 use crate::upstream::{UpstreamEvent, Via};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -21,7 +21,7 @@ pub struct HttpSession {
     outbox: Mutex<Outbox>,
     log: Arc<EventLog>,
     records: Arc<Records>,
-    appends: AtomicU32,
+    log_counters: LogCounters,
     busy: AtomicUsize,
     last_active_ms: AtomicU64,
     epoch: Instant,
@@ -86,7 +86,7 @@ impl HttpSession {
     /// Append one event to this session's log; its SSE id, or `None` if the store failed.
     pub async fn append_event(&self, stream: &str, data: &[u8]) -> Option<Arc<str>> {
         self.log
-            .append(self.core.id(), stream, data, &self.appends)
+            .append(self.core.id(), stream, data, &self.log_counters)
             .await
     }
 
@@ -115,7 +115,7 @@ impl HttpSession {
                         .map(|o| o.as_ref().map(|o| &o.frame.raw()[..]).unwrap_or(b""))
                         .collect();
                     self.log
-                        .append_many(self.core.id(), &stream, &data, &self.appends)
+                        .append_many(self.core.id(), &stream, &data, &self.log_counters)
                         .await
                 };
                 for (out, id) in frames.into_iter().zip(ids) {
@@ -230,7 +230,7 @@ impl Registry {
             outbox: Mutex::new(Outbox::new()),
             log: self.log.clone(),
             records: self.records.clone(),
-            appends: AtomicU32::new(0),
+            log_counters: LogCounters::default(),
             busy: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -289,6 +289,19 @@ impl Registry {
             .filter(|(_, s)| s.idle_for().is_some_and(|d| d >= timeout))
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// Drop the logged events of every finished POST stream whose grace period is over (a
+    /// resumption after them then gets "events may have been lost").
+    pub async fn drop_finished_streams(&self, grace: Duration) {
+        let sessions: Vec<Arc<HttpSession>> = self.lock().values().cloned().collect();
+        let now = Instant::now();
+        for s in sessions {
+            let done: Vec<StreamId> = s.outbox().finished_before(now, grace);
+            for stream in done {
+                self.log.drop_stream(s.core.id(), &stream).await;
+            }
+        }
     }
 
     /// Requests still in flight across all sessions.
