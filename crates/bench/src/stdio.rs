@@ -81,7 +81,7 @@ impl StdioSession {
                 let Ok(msg) = mcp::parse(data) else { continue };
                 if msg.is_response() {
                     if let Some(id) = msg.num_id()
-                        && let Some(waiter) = p.lock().unwrap().remove(&id)
+                        && let Some(waiter) = shadowcat_proxy::sync::lock(&p).remove(&id)
                     {
                         let _ = waiter.send(data.to_vec());
                     }
@@ -97,13 +97,13 @@ impl StdioSession {
                             )
                         };
                         let _ = reply_tx.send(Bytes::from(reply)).await;
-                    } else if let Some(sink) = n.lock().unwrap().as_ref() {
+                    } else if let Some(sink) = shadowcat_proxy::sync::lock(&n).as_ref() {
                         let _ = sink.send((now, data.to_vec()));
                     }
                 }
             }
             // EOF: fail everyone still waiting.
-            p.lock().unwrap().clear();
+            shadowcat_proxy::sync::lock(&p).clear();
         });
 
         let session = Arc::new(StdioSession {
@@ -126,9 +126,9 @@ impl StdioSession {
     /// Send a request and wait for its reply (the raw JSON-RPC response).
     pub async fn request(&self, id: u64, body: Bytes) -> anyhow::Result<Vec<u8>> {
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        shadowcat_proxy::sync::lock(&self.pending).insert(id, tx);
         if self.tx.send(body).await.is_err() {
-            self.pending.lock().unwrap().remove(&id);
+            shadowcat_proxy::sync::lock(&self.pending).remove(&id);
             bail!("the child's stdin is closed");
         }
         rx.await
@@ -137,7 +137,7 @@ impl StdioSession {
 
     /// Forget a request that timed out.
     pub fn forget(&self, id: u64) {
-        self.pending.lock().unwrap().remove(&id);
+        shadowcat_proxy::sync::lock(&self.pending).remove(&id);
     }
 
     pub async fn notify(&self, body: Bytes) -> anyhow::Result<()> {
@@ -150,17 +150,17 @@ impl StdioSession {
     /// Receive notifications from now on (replaces any earlier listener).
     pub fn listen(&self) -> mpsc::UnboundedReceiver<(Instant, Vec<u8>)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *self.notify.lock().unwrap() = Some(tx);
+        *shadowcat_proxy::sync::lock(&self.notify) = Some(tx);
         rx
     }
 
     pub fn unlisten(&self) {
-        *self.notify.lock().unwrap() = None;
+        *shadowcat_proxy::sync::lock(&self.notify) = None;
     }
 
     /// Kill the child and reap it.
     pub async fn close(&self) {
-        let child = self.child.lock().unwrap().take();
+        let child = shadowcat_proxy::sync::lock(&self.child).take();
         if let Some(mut child) = child {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;

@@ -2,6 +2,8 @@
 //! over `tokio::io::duplex` (the stdio wire format), plus one Streamable HTTP
 //! test against `serve_http`.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
 // Sampling, logging and resources/subscribe are deprecated in rmcp (SEP-2577),
 // but they are what the demo server exists to exercise.
 #![allow(deprecated)]

@@ -255,7 +255,7 @@ impl Gateway {
     }
 
     fn bound(&self) -> MutexGuard<'_, HashMap<Arc<str>, Bound>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.sessions)
     }
 
     fn route_of(&self, session: &str) -> String {

@@ -10,6 +10,7 @@
 
 use crate::pipeline::{Direction, FrameCtx, Hook, Verdict};
 use crate::record::RecordHook;
+use crate::sync::lock;
 use crate::upstream::{
     self, HttpClient, UpstreamCtx, UpstreamEvent, UpstreamOptions, UpstreamSpec,
 };
@@ -66,10 +67,6 @@ struct Inner {
 /// The shadow hook.
 pub struct Shadow {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The parts of a reply that are compared.

@@ -34,7 +34,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, u64>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.pending)
     }
 }
 

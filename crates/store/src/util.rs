@@ -62,6 +62,13 @@ pub(crate) fn page_limit(limit: usize) -> usize {
     limit.max(1)
 }
 
+/// Lock `m`, carrying on through poisoning: the guarded data (maps, counters, idle
+/// connections) is consistent between statements, so another thread's panic leaves nothing
+/// half-written to refuse.
+pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

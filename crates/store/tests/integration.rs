@@ -2,6 +2,9 @@
 //! `redis-server` per test), plus backend-specific behaviour: SQLite restart and
 //! `mark_owned_ended`, Redis TTLs, pruning and outage, and `open`.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 #[path = "support/redis_server.rs"]
 mod redis_server;
 

@@ -123,11 +123,7 @@ impl Slots {
             return Some(p);
         }
         let n = self.inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut last = self
-            .inner
-            .last_warning
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = crate::sync::lock(&self.inner.last_warning);
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             *last = Some(Instant::now());
             self.inner.refused.store(0, Ordering::Relaxed);
@@ -180,7 +176,7 @@ impl Watch {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Bytes arrived: an idle connection starts a head.

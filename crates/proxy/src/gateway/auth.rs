@@ -192,7 +192,7 @@ impl JwtVerifier {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Jwks> {
-        self.jwks.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::read(&self.jwks)
     }
 
     fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<Key>> {
@@ -240,7 +240,7 @@ impl JwtVerifier {
                     url = %self.cfg.jwks_url,
                     "fetched the JWKS"
                 );
-                *self.jwks.write().unwrap_or_else(|p| p.into_inner()) = j;
+                *crate::sync::write(&self.jwks) = j;
                 Ok(())
             }
             Err(e) => Err(e),

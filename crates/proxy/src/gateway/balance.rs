@@ -98,7 +98,7 @@ impl Member {
         self.weight
     }
     fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Weak<Session>>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.live)
     }
     /// Live sessions on it.
     pub fn sessions(&self) -> usize {

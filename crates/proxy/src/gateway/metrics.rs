@@ -146,7 +146,7 @@ fn esc(s: &str) -> String {
 
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// One HTTP request finished (its response head was produced).

@@ -46,7 +46,7 @@ impl Spares {
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Spare>> {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.ready)
     }
 
     /// Spares kept.

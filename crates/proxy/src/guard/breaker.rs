@@ -139,7 +139,7 @@ impl<C: Clock> Breaker<C> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     fn period(&self, now: Instant) -> u64 {

@@ -89,7 +89,7 @@ impl RetryBudget {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
-        self.bucket.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.bucket)
     }
 
     fn refill(&self, b: &mut Bucket, add: f64) {

@@ -104,13 +104,13 @@ impl Interceptor {
     }
 
     fn active(&self) -> (Arc<RuleSet>, bool) {
-        let a = self.rules.read().unwrap_or_else(|p| p.into_inner());
+        let a = crate::sync::read(&self.rules);
         (a.rules.clone(), a.replies)
     }
 
     /// Replace the rules.
     pub fn set_rules(&self, rules: RuleSet) {
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Active::new(rules);
+        *crate::sync::write(&self.rules) = Active::new(rules);
     }
 
     /// Reload from `path`: on success the new rules apply to the next message; on failure the
@@ -154,7 +154,7 @@ impl Interceptor {
     }
 
     fn asked(&self) -> std::sync::MutexGuard<'_, Asked> {
-        self.asked.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.asked)
     }
 }
 

@@ -78,7 +78,7 @@ pub struct PauseBoard {
 
 impl PauseBoard {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Held>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.held)
     }
 
     /// Hold a message unless `limits` are reached (checked and taken under one lock); the

@@ -125,11 +125,7 @@ impl RecordHook {
     fn dropped(&self, session: &str) {
         let total = self.shared.dropped_total.fetch_add(1, Ordering::Relaxed) + 1;
         {
-            let mut m = self
-                .shared
-                .dropped
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut m = crate::sync::lock(&self.shared.dropped);
             *m.entry(session.into()).or_default() += 1;
         }
         let now_ms = self.epoch.elapsed().as_millis() as u64;

@@ -98,7 +98,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn take_dropped(&self, session: Option<&str>) -> u64 {
-        let mut m = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = crate::sync::lock(&self.dropped);
         match session {
             Some(s) => m.remove(s).unwrap_or(0),
             None => m.drain().map(|(_, n)| n).sum(),

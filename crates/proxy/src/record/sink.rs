@@ -183,7 +183,7 @@ impl Sink {
                 tracing::error!(error = %e, "writing the tape failed; frames are being lost");
                 tape.failed = true;
             }
-            let mut m = shared.dropped.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = crate::sync::lock(&shared.dropped);
             *m.entry(session).or_default() += 1;
         }
     }

@@ -159,8 +159,7 @@ impl Workers {
     /// them to finish.
     pub async fn stop(&self, timeout: Duration) {
         self.inner.stop.cancel();
-        let threads =
-            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads = std::mem::take(&mut *crate::sync::lock(&self.inner.threads));
         if threads.is_empty() {
             return;
         }

@@ -29,11 +29,11 @@ pub struct Inflight {
 
 impl Inflight {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Pending>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.map)
     }
 
     fn expired(&self) -> std::sync::MutexGuard<'_, VecDeque<RequestId>> {
-        self.expired.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.expired)
     }
 
     /// Record a request (frames without an id are ignored).

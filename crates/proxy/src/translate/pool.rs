@@ -33,7 +33,7 @@ pub struct Pool {
 
 impl Pool {
     fn slots(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.slots)
     }
 
     /// Live held sessions.

@@ -17,6 +17,7 @@ mod exchange;
 
 pub use exchange::AuthMethod;
 
+use crate::sync::lock;
 use http::{HeaderValue, StatusCode, header};
 use std::collections::HashMap;
 use std::fmt;
@@ -84,10 +85,6 @@ impl fmt::Debug for Credentials {
 /// Live caches by client: a second upstream with the same client gets the same cache.
 static SHARED: LazyLock<Mutex<HashMap<OAuthClient, Weak<TokenSource>>>> =
     LazyLock::new(Default::default);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Credentials {
     /// Credentials from the client-credentials grant (the cache is shared with every other

@@ -85,7 +85,7 @@ static CACHE: LazyLock<Mutex<HashMap<String, Known>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn cache() -> std::sync::MutexGuard<'static, HashMap<String, Known>> {
-    CACHE.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::lock(&CACHE)
 }
 
 /// The cache key of a URL: its normalised form.

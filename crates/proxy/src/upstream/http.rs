@@ -9,6 +9,7 @@ use super::stateless::{self, Stateless};
 use super::{Exchange, UpstreamCtx, UpstreamEvent, Via};
 use crate::error::ProxyError;
 use crate::guard::backoff;
+use crate::sync::lock;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
@@ -225,10 +226,6 @@ impl HttpUpstream {
             .send_timeout(closed, Duration::from_secs(1))
             .await;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `Accept: text/event-stream` (GET streams).

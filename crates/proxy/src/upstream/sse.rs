@@ -16,6 +16,7 @@
 
 use super::{UpstreamCtx, UpstreamEvent, Via};
 use crate::error::ProxyError;
+use crate::sync::lock;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
@@ -175,10 +176,6 @@ impl SseUpstream {
     pub fn endpoint(&self) -> String {
         lock(&self.inner.endpoint).to_string()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(super) fn parse_url(url: &str) -> Result<reqwest::Url, ProxyError> {

@@ -122,7 +122,7 @@ impl TapeUpstream {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Take a client frame.
@@ -280,7 +280,7 @@ impl TapeUpstream {
                             Role::ServerRequest(recorded) => {
                                 let (ack, rx) = oneshot::channel();
                                 let id = {
-                                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                                    let mut st = crate::sync::lock(&state);
                                     let n = st.next_id;
                                     st.next_id += 1;
                                     st.waiting.insert(RequestId::Number(n), ack);
@@ -308,9 +308,7 @@ impl TapeUpstream {
                 }
             }
             if let Some((id, _)) = &request {
-                state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                crate::sync::lock(&state)
                     .running
                     .remove(id);
             }

@@ -27,7 +27,7 @@ impl Readers {
     }
 
     fn take(&self) -> StoreResult<Connection> {
-        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = crate::util::lock(&self.idle).pop();
         match pooled {
             Some(conn) => Ok(conn),
             None => open_reader(&self.path),
@@ -35,7 +35,7 @@ impl Readers {
     }
 
     fn put(&self, conn: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = crate::util::lock(&self.idle);
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

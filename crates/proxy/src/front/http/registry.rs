@@ -45,7 +45,7 @@ impl HttpSession {
 
     /// The routing table (lock is never held across an await).
     pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.outbox)
     }
 
     /// Mark the session in use until the guard drops (an HTTP request or stream is open).
@@ -199,7 +199,7 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<HttpSession>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.map)
     }
 
     /// Number of live sessions.

@@ -204,7 +204,7 @@ impl LegacyFront {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<LegacySession>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.sessions)
     }
 
     fn spec(&self, route: &str) -> Result<UpstreamSpec, ProxyError> {

@@ -102,7 +102,7 @@ impl Shared {
     }
 
     fn in_outage(&self) -> bool {
-        let mut r = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = crate::sync::lock(&self.retry_at);
         match *r {
             Some(at) if Instant::now() < at => true,
             Some(_) => {
@@ -114,8 +114,7 @@ impl Shared {
     }
 
     fn outage(&self, why: &str) {
-        *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + RETRY_EVERY);
+        *crate::sync::lock(&self.retry_at) = Some(Instant::now() + RETRY_EVERY);
         if !self.down.swap(true, Ordering::AcqRel) {
             let then = if self.deny {
                 "refusing requests (on_redis_outage = \"deny\")"

@@ -137,7 +137,7 @@ impl Held {
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.table)
     }
 
     fn next_id(&self) -> RequestId {

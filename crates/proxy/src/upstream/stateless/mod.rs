@@ -101,7 +101,7 @@ fn params_of(frame: &Frame) -> Value {
 
 impl Stateless {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Decide what a client frame becomes.
