@@ -4,6 +4,7 @@
 //! not exactly what was asked for counts as an error. Numbers are reported, never judged.
 
 mod calls;
+mod chaos;
 mod cold;
 mod http;
 mod idle;
@@ -52,6 +53,11 @@ enum Mode {
     Store(store::StoreArgs),
     /// Cost per frame of the hook pipeline (none, interceptor rules, recorder), in process.
     Pipeline(pipeline::PipelineArgs),
+    /// Malformed and hostile requests: every one must get a 4xx (bench/chaos.sh).
+    ChaosHostile(chaos::HostileArgs),
+    /// Calls under injected faults (`--fault SECS=CMD`): every call answered, none hangs;
+    /// optionally the RSS of a process over time (bench/chaos.sh).
+    ChaosLoad(chaos::LoadArgs),
     /// Wait until an MCP endpoint answers `initialize` (for scripts).
     Wait(WaitArgs),
 }
@@ -160,6 +166,8 @@ fn main() -> anyhow::Result<()> {
             Mode::ColdStart(a) => cold::run(a).await,
             Mode::Store(a) => store::run(a).await,
             Mode::Pipeline(a) => pipeline::run(a).await,
+            Mode::ChaosHostile(a) => chaos::hostile(a).await,
+            Mode::ChaosLoad(a) => chaos::load(a).await,
             Mode::Wait(a) => {
                 http::wait_ready(&a.url, std::time::Duration::from_secs_f64(a.timeout)).await
             }

@@ -169,8 +169,9 @@ struct Envelope<'a> {
     method: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     params: Option<&'a RawValue>,
-    #[serde(default)]
-    result: Option<IgnoredAny>,
+    /// Present (even as `null`: JSON-RPC lets a method's result be any value) or not.
+    #[serde(default, deserialize_with = "present")]
+    result: Option<Option<IgnoredAny>>,
     #[serde(default)]
     error: Option<IgnoredAny>,
 }
@@ -712,6 +713,24 @@ mod tests {
         assert_eq!(FrameError::Invalid(String::new()).code(), -32600);
     }
 
+    /// Found by `props::valid_message_round_trips`: a `null` result was taken for a missing
+    /// one, so a server's reply with it was refused as "needs method or result/error".
+    #[test]
+    fn a_null_result_is_a_response() {
+        let r = p(r#"{"jsonrpc":"2.0","id":0,"result":null}"#).unwrap();
+        assert_eq!(r.kind(), FrameKind::Response);
+        assert_eq!(r.id(), Some(&RequestId::Number(0)));
+        assert!(matches!(
+            p(r#"{"jsonrpc":"2.0","id":0,"result":null,"error":{"code":1,"message":"x"}}"#),
+            Err(FrameError::Invalid(_))
+        ));
+        // An error must still be an error object, not null.
+        assert!(matches!(
+            p(r#"{"jsonrpc":"2.0","id":0,"error":null}"#),
+            Err(FrameError::Invalid(_))
+        ));
+    }
+
     #[test]
     fn batches_split_into_zero_copy_frames() {
         let text = r#"[{"jsonrpc":"2.0","id":1,"method":"a"}, {"jsonrpc":"2.0","method":"b"} ]"#;
@@ -741,5 +760,205 @@ mod tests {
         ))
         .unwrap();
         assert!(!single.is_batch());
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::{Map, Value, json};
+
+        /// Any JSON value, nested a few levels.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                any::<String>().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(any::<String>(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+                ]
+            })
+        }
+
+        fn id_strategy() -> impl Strategy<Value = RequestId> {
+            prop_oneof![
+                any::<i64>().prop_map(RequestId::Number),
+                any::<String>().prop_map(|s| RequestId::String(s.into())),
+                // Digits as a string: must stay a string.
+                any::<i64>().prop_map(|n| RequestId::String(n.to_string().into())),
+            ]
+        }
+
+        fn id_json(id: &RequestId) -> Value {
+            serde_json::to_value(id).unwrap()
+        }
+
+        /// A valid message of each kind: (its JSON, expected kind, expected id).
+        fn message() -> impl Strategy<Value = (Value, FrameKind, Option<RequestId>)> {
+            // Methods that name no target (those that do are generated with their name).
+            let method = "[a-z]{1,8}(/[a-zA-Z_]{1,8}){0,2}"
+                .prop_filter("no target field", |m| target_field(m).is_none());
+            prop_oneof![
+                (
+                    id_strategy(),
+                    method.clone(),
+                    prop::option::of(json_value())
+                )
+                    .prop_map(|(id, m, params)| {
+                        let mut v = json!({"jsonrpc": "2.0", "id": id_json(&id), "method": m});
+                        if let Some(params) = params {
+                            v["params"] = params;
+                        }
+                        (v, FrameKind::Request, Some(id))
+                    }),
+                (id_strategy(), any::<String>(), json_value()).prop_map(|(id, name, args)| {
+                    let v = json!({"jsonrpc": "2.0", "id": id_json(&id), "method": "tools/call",
+                        "params": {"name": name, "arguments": args}});
+                    (v, FrameKind::Request, Some(id))
+                }),
+                (method, json_value()).prop_map(|(m, params)| {
+                    let v = json!({"jsonrpc": "2.0", "method": m, "params": params});
+                    (v, FrameKind::Notification, None)
+                }),
+                (id_strategy(), json_value()).prop_map(|(id, result)| {
+                    let v = json!({"jsonrpc": "2.0", "id": id_json(&id), "result": result});
+                    (v, FrameKind::Response, Some(id))
+                }),
+                (
+                    prop::option::of(id_strategy()),
+                    any::<i64>(),
+                    any::<String>()
+                )
+                    .prop_map(|(id, code, message)| {
+                        let id_v = id.as_ref().map(id_json).unwrap_or(Value::Null);
+                        let v = json!({"jsonrpc": "2.0", "id": id_v,
+                            "error": {"code": code, "message": message}});
+                        (v, FrameKind::Error, id)
+                    }),
+            ]
+        }
+
+        /// Bytes that look like JSON-RPC often enough to reach the deeper parsing paths.
+        fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+            const PARTS: &[&str] = &[
+                "{",
+                "}",
+                "[",
+                "]",
+                ",",
+                ":",
+                "\"",
+                "\\",
+                " ",
+                "\n",
+                "null",
+                "true",
+                "1",
+                "-0",
+                "1e999",
+                "18446744073709551616",
+                "\"jsonrpc\"",
+                "\"2.0\"",
+                "\"id\"",
+                "\"method\"",
+                "\"params\"",
+                "\"result\"",
+                "\"error\"",
+                "\"name\"",
+                "\"Name\"",
+                "\"uri\"",
+                "\"tools/call\"",
+                "\"resources/read\"",
+                "\"_meta\"",
+                "\"progressToken\"",
+                "\"requestId\"",
+                "\"notifications/cancelled\"",
+                "\"\\u0000\"",
+                "\"\\ud800\"",
+                "é",
+                "\u{feff}",
+            ];
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                prop::collection::vec(prop::sample::select(PARTS), 0..40)
+                    .prop_map(|p| p.concat().into_bytes()),
+            ]
+        }
+
+        // proptest's default: 256 cases (PROPTEST_CASES=N for a deeper run).
+        proptest! {
+            /// Arbitrary bytes give a frame or an error, never a panic; a batch's frames are
+            /// slices of the input.
+            #[test]
+            fn never_panics_on_arbitrary_bytes(bytes in jsonish()) {
+                let raw = Bytes::from(bytes);
+                let _ = Frame::parse_single(raw.clone());
+                if let Ok(m) = Message::parse(raw.clone()) {
+                    for f in m.frames() {
+                        let range = f.raw().as_ptr() as usize - raw.as_ptr() as usize;
+                        prop_assert!(range + f.raw().len() <= raw.len());
+                    }
+                }
+            }
+
+            /// A valid message parses to its kind and id (with its JSON type) and keeps its
+            /// raw bytes exactly, whatever the whitespace around and inside it.
+            #[test]
+            fn valid_message_round_trips(
+                (msg, kind, id) in message(),
+                pretty in any::<bool>(),
+                pad in "[ \t\r\n]{0,3}",
+            ) {
+                let text = if pretty {
+                    serde_json::to_string_pretty(&msg).unwrap()
+                } else {
+                    serde_json::to_string(&msg).unwrap()
+                };
+                let text = format!("{pad}{text}{pad}");
+                let raw = Bytes::from(text.clone());
+                let f = Frame::parse_single(raw.clone()).unwrap();
+                prop_assert_eq!(&f.raw()[..], text.as_bytes());
+                prop_assert_eq!(f.kind(), kind);
+                prop_assert_eq!(f.id(), id.as_ref());
+                if let Some(id) = f.id() {
+                    // The id serialises back to the same JSON (number stays number).
+                    prop_assert_eq!(&id_json(id), &msg["id"]);
+                }
+                prop_assert_eq!(f.method(), msg["method"].as_str());
+                if msg["method"] == "tools/call" {
+                    prop_assert_eq!(f.target(), msg["params"]["name"].as_str());
+                }
+                match Message::parse(raw).unwrap() {
+                    Message::Single(g) => prop_assert_eq!(g.raw(), f.raw()),
+                    Message::Batch(_) => prop_assert!(false, "a single message parsed as a batch"),
+                }
+            }
+
+            /// A batch splits into frames whose raw bytes are exactly each element's.
+            #[test]
+            fn batch_elements_keep_their_bytes(
+                msgs in prop::collection::vec(message(), 1..5),
+                sep in "[ \n]{0,2}",
+            ) {
+                let items: Vec<String> =
+                    msgs.iter().map(|(m, _, _)| serde_json::to_string(m).unwrap()).collect();
+                let text = format!("[{sep}{}{sep}]", items.join(&format!(",{sep}")));
+                let m = Message::parse(Bytes::from(text)).unwrap();
+                prop_assert!(m.is_batch());
+                prop_assert_eq!(m.frames().len(), items.len());
+                for (f, ((_, kind, id), item)) in m.frames().iter().zip(msgs.iter().zip(&items)) {
+                    prop_assert_eq!(&f.raw()[..], item.as_bytes());
+                    prop_assert_eq!(f.kind(), *kind);
+                    prop_assert_eq!(f.id(), id.as_ref());
+                }
+            }
+        }
     }
 }

@@ -1119,6 +1119,9 @@ mod tests {
         b"\xEF\xBB\xBF",
     ];
 
+    /// Starts of the arbitrary inputs of `prop_arbitrary_bytes`: a BOM, half a BOM, a field.
+    const ARBITRARY_PREFIXES: &[&[u8]] = &[b"", b"\xEF\xBB\xBF", b"\xEF\xBB", b"data: x\n"];
+
     proptest! {
         #[test]
         fn prop_round_trip(spec in event_strategy()) {
@@ -1173,6 +1176,34 @@ mod tests {
             prop_assert_eq!(&decode_chunks(&chunks, max), &whole);
             let bytes: Vec<&[u8]> = input.chunks(1).collect();
             prop_assert_eq!(&decode_chunks(&bytes, max), &whole);
+            for o in &whole {
+                if let Out::Event(e) = o {
+                    prop_assert!(e.raw.len() <= max);
+                }
+            }
+        }
+
+        /// Arbitrary bytes (invalid UTF-8, NULs, stray CRs, a BOM anywhere), in arbitrary
+        /// chunks: never a panic or a hang, the buffer never holds more than the limit
+        /// (`decode_chunks` checks it after every call), no event is larger than the limit,
+        /// and the outcome does not depend on the chunking.
+        #[test]
+        fn prop_arbitrary_bytes(
+            input in prop::collection::vec(
+                prop_oneof![
+                    4 => any::<u8>(),
+                    1 => prop::sample::select(b"\n\r:".as_slice()),
+                ],
+                0..400,
+            ),
+            prefix in prop::sample::select(ARBITRARY_PREFIXES),
+            max in 1..200usize,
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..16),
+        ) {
+            let input = [prefix, &input[..]].concat();
+            let whole = decode_chunks(&[&input], max);
+            let chunks = split_at_indices(&input, &cuts);
+            prop_assert_eq!(&decode_chunks(&chunks, max), &whole);
             for o in &whole {
                 if let Out::Event(e) = o {
                     prop_assert!(e.raw.len() <= max);

@@ -535,3 +535,245 @@ fn tapes_without_transport_details_still_read() {
     assert_eq!(har["log"]["entries"][0]["request"]["method"], "POST");
     assert!(!crate::show::render(&t, &Default::default()).contains('['));
 }
+
+/// Property tests of the reader: arbitrary lines never panic it, a written tape reads back.
+/// proptest's default of 256 cases each (PROPTEST_CASES=N for a deeper run).
+mod props {
+    use super::*;
+    use crate::record::{FORMAT, VERSION};
+    use crate::redact::SECRET_KEYS;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    /// Member names that redaction leaves alone (a secret key would be redacted on write).
+    fn key() -> impl Strategy<Value = String> {
+        any::<String>().prop_filter("not a secret key", |k| {
+            !SECRET_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s))
+        })
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    /// A JSON-RPC message (request, notification, response or error) as the writer gets it.
+    fn message() -> impl Strategy<Value = Value> {
+        let id = prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String)
+        ];
+        let method = "[a-z]{1,8}(/[a-z]{1,8})?".prop_filter("names no target", |m| {
+            shadowcat_proto::frame::target_field(m).is_none()
+        });
+        prop_oneof![
+            (id.clone(), method.clone(), json_value()).prop_map(|(id, m, p)| {
+                serde_json::json!({"jsonrpc": "2.0", "id": id, "method": m, "params": p})
+            }),
+            (method, json_value())
+                .prop_map(|(m, p)| serde_json::json!({"jsonrpc": "2.0", "method": m, "params": p})),
+            (id.clone(), json_value())
+                .prop_map(|(id, r)| serde_json::json!({"jsonrpc": "2.0", "id": id, "result": r})),
+            (id, any::<i64>(), any::<String>()).prop_map(|(id, c, m)| {
+                serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": c, "message": m}})
+            }),
+        ]
+    }
+
+    fn transport() -> impl Strategy<Value = Transport> {
+        let header_name = "[a-z][a-z0-9-]{0,12}".prop_filter("not a secret header", |n| {
+            !crate::redact::is_secret_header(n)
+        });
+        (
+            prop::option::of("[A-Z]{3,6}"),
+            prop::option::of(any::<u16>()),
+            prop::collection::btree_map(header_name, any::<String>(), 0..3),
+            prop::option::of(any::<String>()),
+        )
+            .prop_map(|(method, status, headers, sse_id)| Transport {
+                method,
+                status,
+                headers,
+                sse_id,
+            })
+    }
+
+    type Rec = (u64, bool, String, Transport, Option<String>, Value, bool);
+
+    fn record() -> impl Strategy<Value = Rec> {
+        (
+            any::<u64>(),
+            any::<bool>(),
+            any::<String>(),
+            transport(),
+            prop::option::of(any::<String>()),
+            message(),
+            any::<bool>(),
+        )
+    }
+
+    /// Lines a tape could plausibly hold, broken in every way, and plain garbage.
+    fn tapeish_line() -> impl Strategy<Value = String> {
+        const HEADER: &str = r#"{"type":"header","format":"shadowcat-tape","version":1,"created":"c","shadowcat":"0","mode":"m","upstream":"u"}"#;
+        const PARTS: &[&str] = &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"",
+            "\"type\"",
+            "\"header\"",
+            "\"frame\"",
+            "\"end\"",
+            "\"format\"",
+            "\"shadowcat-tape\"",
+            "\"version\"",
+            "1",
+            "2",
+            "-1",
+            "18446744073709551616",
+            "\"t_us\"",
+            "\"dir\"",
+            "\"c2s\"",
+            "\"s2c\"",
+            "\"session\"",
+            "\"message\"",
+            "\"jsonrpc\"",
+            "\"2.0\"",
+            "\"id\"",
+            "\"method\"",
+            "\"result\"",
+            "\"transport\"",
+            "\"status\"",
+            "\"headers\"",
+            "null",
+            "é",
+        ];
+        prop_oneof![
+            Just(HEADER.to_string()),
+            Just(r#"{"type":"end","t_us":1,"frames":0}"#.to_string()),
+            any::<String>().prop_map(|s| s.replace('\n', " ")),
+            prop::collection::vec(prop::sample::select(PARTS), 0..30).prop_map(|p| p.concat()),
+            (message(), any::<u64>(), any::<bool>()).prop_map(|(m, t, c2s)| {
+                let dir = if c2s { "c2s" } else { "s2c" };
+                format!(
+                    r#"{{"type":"frame","t_us":{t},"dir":"{dir}","session":"a","message":{m}}}"#
+                )
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the lines (or bytes), reading and validating give a tape or errors with
+        /// line numbers, never a panic; what reads also renders and exports.
+        #[test]
+        fn reader_never_panics_on_arbitrary_lines(
+            lines in prop::collection::vec(tapeish_line(), 0..12),
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+            with_bytes in any::<bool>(),
+        ) {
+            let mut text = lines.join("\n").into_bytes();
+            if with_bytes {
+                text.extend_from_slice(&bytes);
+            }
+            let v = validate(&text[..]);
+            match Tape::read(&text[..]) {
+                Ok(t) => {
+                    prop_assert!(v.is_valid(), "read but not valid: {:?}", v.problems);
+                    let _ = crate::show::render(&t, &Default::default());
+                    let _ = crate::export::to_har(&t);
+                    let _ = crate::export::to_json(&t);
+                    let _ = t.protocol();
+                    let _ = t.duration_us();
+                }
+                Err(e) => {
+                    prop_assert!(!v.is_valid(), "{e} but validate found no error");
+                }
+            }
+        }
+
+        /// A tape written by `TapeWriter` reads back as written: header, every frame (time,
+        /// direction, session, transport, note, message bytes, parsed id) and the end line,
+        /// and validates without errors.
+        #[test]
+        fn written_tape_reads_back(
+            mode in any::<String>(),
+            upstream in any::<String>(),
+            created in any::<String>(),
+            front in prop::option::of(any::<String>()),
+            upstream_headers in prop::collection::btree_map(any::<String>(), any::<String>(), 0..3),
+            protocol in prop::option::of(any::<String>()),
+            session in prop::option::of(any::<String>()),
+            recs in prop::collection::vec(record(), 0..8),
+            end_t in any::<u64>(),
+            dropped in any::<u64>(),
+        ) {
+            let header = Header {
+                front,
+                upstream_headers,
+                protocol,
+                session,
+                ..Header::new(&mode, &upstream, created)
+            };
+            let mut w = TapeWriter::new(Vec::new(), &header, Redactor::default()).unwrap();
+            let mut texts = Vec::new();
+            for (t, c2s, session, transport, note, msg, pretty) in &recs {
+                let dir = if *c2s { C } else { S };
+                let text = if *pretty {
+                    serde_json::to_string_pretty(msg).unwrap()
+                } else {
+                    serde_json::to_string(msg).unwrap()
+                };
+                w.frame(*t, dir, session, transport.clone(), note.as_deref(), text.as_bytes())
+                    .unwrap();
+                // Line breaks (only whitespace between JSON tokens) become spaces.
+                texts.push(text.replace(['\n', '\r'], " "));
+            }
+            let out = w.finish(end_t, dropped).unwrap();
+            let tape = Tape::read(&out[..]).unwrap();
+            prop_assert_eq!(&tape.header, &header);
+            prop_assert_eq!(tape.header.format.as_str(), FORMAT);
+            prop_assert_eq!(tape.header.version, VERSION);
+            prop_assert_eq!(tape.frames.len(), recs.len());
+            for (i, (f, rec)) in tape.frames.iter().zip(&recs).enumerate() {
+                let (t, c2s, session, transport, note, msg, _) = rec;
+                prop_assert_eq!(f.line, i + 2);
+                prop_assert_eq!(f.record.t_us, *t);
+                prop_assert_eq!(f.record.dir, if *c2s { C } else { S });
+                prop_assert_eq!(&f.record.session, session);
+                prop_assert_eq!(&f.record.transport, transport);
+                prop_assert_eq!(&f.record.note, note);
+                prop_assert_eq!(f.record.message.get(), texts[i].as_str());
+                // (Compared after one parse each: serde_json's float parsing is not exact.)
+                prop_assert_eq!(f.json(), serde_json::from_str::<Value>(&texts[i]).unwrap());
+                let id = f.frame.id().map(|id| serde_json::to_value(id).unwrap());
+                let want = msg.get("id").filter(|v| !v.is_null()).cloned();
+                prop_assert_eq!(id, want);
+            }
+            let end = tape.end.as_ref().unwrap();
+            prop_assert_eq!(end.frames, recs.len() as u64);
+            prop_assert_eq!(end.dropped, dropped);
+            let last = recs.iter().map(|r| r.0).max().unwrap_or(0);
+            prop_assert_eq!(end.t_us, end_t.max(last));
+            let v = validate(&out[..]);
+            prop_assert!(v.is_valid(), "{:?}", v.problems);
+            prop_assert_eq!(v.frames, recs.len());
+        }
+    }
+}

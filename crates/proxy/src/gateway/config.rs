@@ -1544,4 +1544,218 @@ mod tests {
             "{e}"
         );
     }
+
+    /// Property tests: no text makes loading panic. proptest's default of 256 cases each
+    /// (PROPTEST_CASES=N for a deeper run).
+    mod props {
+        use super::GatewayConfig;
+        use proptest::prelude::*;
+
+        const EXAMPLE: &str = include_str!("../../../../examples/gateway.toml");
+
+        /// Values that probe the edges of every field type.
+        const VALUES: &[&str] = &[
+            "0",
+            "-1",
+            "1",
+            "65536",
+            "9223372036854775807",
+            "18446744073709551616",
+            "1e999",
+            "-0.0",
+            "nan",
+            "inf",
+            "true",
+            "[]",
+            "{}",
+            "[1, \"a\"]",
+            "{ a = 1 }",
+            "\"\"",
+            "\" \"",
+            "\"é\"",
+            "\"\\u0000\"",
+            "\"0\"",
+            "\"1.5\"",
+            "\"999999999999999h\"",
+            "\"-1s\"",
+            "\"1x\"",
+            "\"ms\"",
+            "\".\"",
+            "\"::/200\"",
+            "\"10.0.0.0/33\"",
+            "\"/\"",
+            "\"/mcp\"",
+            "\"/servers//mcp\"",
+            "\"http://\"",
+            "\"http://[::1\"",
+            "\"redis://\"",
+            "\"sqlite:\"",
+            "\"127.0.0.1:0\"",
+            "\"0.0.0.0:1\"",
+            "\"[::]:1\"",
+            "\"=\"",
+            "\"A=B\"",
+            "\"RS256\"",
+            "\"none\"",
+            "\"*\"",
+            "1979-05-27T07:32:00Z",
+            "'''x\n'''",
+            "\"\"\"\n\"\"\"",
+        ];
+
+        /// TOML-ish tokens for text that is not based on the example.
+        const TOKENS: &[&str] = &[
+            "[server]\n",
+            "[admin]\n",
+            "[auth]\n",
+            "[auth.jwt]\n",
+            "[[auth.api_keys]]\n",
+            "[limits]\n",
+            "[limits.per_tool]\n",
+            "[[routes]]\n",
+            "[routes.health]\n",
+            "[[routes.upstreams]]\n",
+            "[routes.upstreams.oauth]\n",
+            "[[routes.rules]]\n",
+            "path",
+            "url",
+            "command",
+            "listen",
+            "store",
+            "token",
+            "token_env",
+            "max_sessions",
+            "idle_timeout",
+            "trusted_proxies",
+            "weight",
+            "balance",
+            "rate",
+            "burst",
+            "scopes",
+            " = ",
+            "=",
+            "\n",
+            "[",
+            "]",
+            "[[",
+            "]]",
+            "{",
+            "}",
+            ",",
+            ".",
+            "\"",
+            "'",
+            "#",
+            "é",
+            "\u{feff}",
+            "\r",
+            "\t",
+            "\\",
+        ];
+
+        #[derive(Debug, Clone)]
+        enum Edit {
+            /// Drop the line.
+            Delete(prop::sample::Index),
+            /// Repeat the line.
+            Duplicate(prop::sample::Index),
+            /// Replace what follows the line's `=` with a value.
+            Value(prop::sample::Index, &'static str),
+            /// Insert a token at a character of the line.
+            Insert(prop::sample::Index, prop::sample::Index, &'static str),
+        }
+
+        fn edit() -> impl Strategy<Value = Edit> {
+            let i = any::<prop::sample::Index>;
+            prop_oneof![
+                i().prop_map(Edit::Delete),
+                i().prop_map(Edit::Duplicate),
+                (i(), prop::sample::select(VALUES)).prop_map(|(l, v)| Edit::Value(l, v)),
+                (i(), i(), prop::sample::select(TOKENS))
+                    .prop_map(|(l, c, t)| Edit::Insert(l, c, t)),
+            ]
+        }
+
+        /// The example configuration with a few edits, cut short sometimes.
+        fn mutated_example() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec(edit(), 1..8),
+                prop::option::of(any::<prop::sample::Index>()),
+            )
+                .prop_map(|(edits, cut)| {
+                    let mut lines: Vec<String> = EXAMPLE.lines().map(str::to_string).collect();
+                    for e in edits {
+                        if lines.is_empty() {
+                            break;
+                        }
+                        match e {
+                            Edit::Delete(l) => {
+                                lines.remove(l.index(lines.len()));
+                            }
+                            Edit::Duplicate(l) => {
+                                let n = l.index(lines.len());
+                                lines.insert(n, lines[n].clone());
+                            }
+                            Edit::Value(l, v) => {
+                                let n = l.index(lines.len());
+                                if let Some(eq) = lines[n].find('=') {
+                                    lines[n] = format!("{}= {v}", &lines[n][..eq]);
+                                }
+                            }
+                            Edit::Insert(l, c, t) => {
+                                let n = l.index(lines.len());
+                                let chars: Vec<char> = lines[n].chars().collect();
+                                let at = c.index(chars.len() + 1);
+                                let mut s: String = chars[..at].iter().collect();
+                                s.push_str(t);
+                                s.extend(&chars[at..]);
+                                lines[n] = s;
+                            }
+                        }
+                    }
+                    let text = lines.join("\n");
+                    match cut {
+                        Some(c) => text
+                            .chars()
+                            .take(c.index(text.chars().count() + 1))
+                            .collect(),
+                        None => text,
+                    }
+                })
+        }
+
+        fn tomlish() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => mutated_example(),
+                2 => prop::collection::vec(
+                    prop_oneof![prop::sample::select(TOKENS), prop::sample::select(VALUES)],
+                    0..40
+                )
+                .prop_map(|t| t.concat()),
+                1 => any::<String>(),
+            ]
+        }
+
+        proptest! {
+            /// Parsing then validating any text gives a configuration or errors (each naming
+            /// the file), never a panic.
+            #[test]
+            fn loading_never_panics(text in tomlish()) {
+                match GatewayConfig::parse("g.toml", &text) {
+                    Ok(cfg) => {
+                        if let Err(e) = cfg.validate("g.toml") {
+                            prop_assert!(e.to_string().starts_with("g.toml"));
+                        }
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("g.toml")),
+                }
+            }
+        }
+
+        #[test]
+        fn the_example_is_valid() {
+            let cfg = GatewayConfig::parse("g.toml", EXAMPLE).unwrap();
+            cfg.validate("g.toml").unwrap();
+        }
+    }
 }
