@@ -450,7 +450,7 @@ pub async fn hostile(a: HostileArgs) -> anyhow::Result<()> {
                     let h = build(i, &mut rng, &fx, max);
                     let category = h.category;
                     let answer = send_hostile(target.addr, h, trickle, timeout).await;
-                    let mut t = tally.lock().unwrap();
+                    let mut t = shadowcat_proxy::sync::lock(&tally);
                     let c = t.entry(category).or_default();
                     c.sent += 1;
                     match answer {
@@ -472,7 +472,7 @@ pub async fn hostile(a: HostileArgs) -> anyhow::Result<()> {
     }
     let window = start.elapsed().as_secs_f64();
     let alive = still_serves(&target).await;
-    let t = tally.lock().unwrap();
+    let t = shadowcat_proxy::sync::lock(&tally);
     let (mut sent, mut right, mut no_answer, mut hang) = (0, 0, 0, 0);
     let mut by_category = serde_json::Map::new();
     for (name, c) in t.iter() {
@@ -619,7 +619,7 @@ struct Shared {
 impl Shared {
     fn session_op(&self, name: &'static str, outcome: Outcome, began: Instant) {
         let took = began.elapsed().as_secs_f64();
-        self.session_ops.lock().unwrap().push((name, outcome, took));
+        shadowcat_proxy::sync::lock(&self.session_ops).push((name, outcome, took));
     }
 }
 
@@ -726,9 +726,9 @@ async fn worker(targets: Vec<Arc<HttpTarget>>, w: usize, a: Arc<LoadArgs>, sh: A
         let outcome = one_call(&mut conn, &s, &a, &echo).await;
         let t = sh.start.elapsed().as_secs_f64();
         let took = began.elapsed().as_secs_f64();
-        sh.calls.lock().unwrap().push((t, outcome, took));
+        shadowcat_proxy::sync::lock(&sh.calls).push((t, outcome, took));
         if outcome == Outcome::Ok {
-            let mut first = sh.first_ok.lock().unwrap();
+            let mut first = shadowcat_proxy::sync::lock(&sh.first_ok);
             if first.is_none() {
                 *first = Some(Instant::now());
                 sh.first_ok_notify.notify_waiters();
@@ -736,7 +736,7 @@ async fn worker(targets: Vec<Arc<HttpTarget>>, w: usize, a: Arc<LoadArgs>, sh: A
         }
         if moved {
             moved = false;
-            let mut m = sh.moved.lock().unwrap();
+            let mut m = shadowcat_proxy::sync::lock(&sh.moved);
             if outcome == Outcome::Ok {
                 m.1 += 1;
             }
@@ -761,7 +761,7 @@ async fn worker(targets: Vec<Arc<HttpTarget>>, w: usize, a: Arc<LoadArgs>, sh: A
                 // The replica is gone: the same session on the next one (a load balancer).
                 at = (at + 1) % targets.len();
                 conn = Conn::new(targets[at].clone());
-                sh.moved.lock().unwrap().0 += 1;
+                shadowcat_proxy::sync::lock(&sh.moved).0 += 1;
                 moved = true;
             }
             Outcome::Transport | Outcome::Hang => {
@@ -821,12 +821,12 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut ran = Vec::new();
             let notified = sh.first_ok_notify.notified();
-            let first = *sh.first_ok.lock().unwrap();
+            let first = *shadowcat_proxy::sync::lock(&sh.first_ok);
             let base = match first {
                 Some(t) => t,
                 None => {
                     notified.await;
-                    sh.first_ok.lock().unwrap().unwrap_or_else(Instant::now)
+                    shadowcat_proxy::sync::lock(&sh.first_ok).unwrap_or_else(Instant::now)
                 }
             };
             for (secs, cmd) in faults {
@@ -866,7 +866,7 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
     for w in workers {
         w.await?;
     }
-    let faults_ran = if sh.first_ok.lock().unwrap().is_some() {
+    let faults_ran = if shadowcat_proxy::sync::lock(&sh.first_ok).is_some() {
         fault_task.await?
     } else {
         fault_task.abort();
@@ -877,13 +877,13 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let calls = sh.calls.lock().unwrap().clone();
+    let calls = shadowcat_proxy::sync::lock(&sh.calls).clone();
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     for (_, o, _) in &calls {
         *totals.entry(o.name()).or_default() += 1;
     }
     let longest_call = calls.iter().map(|c| c.2).fold(0.0, f64::max);
-    let ops = sh.session_ops.lock().unwrap().clone();
+    let ops = shadowcat_proxy::sync::lock(&sh.session_ops).clone();
     let mut op_totals: BTreeMap<String, u64> = BTreeMap::new();
     let mut op_longest: BTreeMap<&str, f64> = BTreeMap::new();
     for (name, o, took) in &ops {
@@ -912,7 +912,7 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
             .entry(o.name())
             .or_default() += 1;
     }
-    let (moved, continued) = *sh.moved.lock().unwrap();
+    let (moved, continued) = *shadowcat_proxy::sync::lock(&sh.moved);
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
     let (rss_start, rss_end) = match &rss {
         Some(s) if !s.is_empty() => {
