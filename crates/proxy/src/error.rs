@@ -17,17 +17,68 @@ pub enum Side {
     Internal,
 }
 
+/// Why a client's request is refused: each kind has one HTTP status, here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is malformed or breaks the protocol (400).
+    Malformed,
+    /// The request may not be made from where it comes (`Origin`, `Host`, destination) (403).
+    Forbidden,
+    /// Nothing is served at that path, or the named thing is unknown (404).
+    NotFound,
+    /// The endpoint does not take this HTTP method (405).
+    MethodNotAllowed,
+    /// The client does not accept what the endpoint answers with (406).
+    NotAcceptable,
+    /// The client did not send its request in time (408).
+    TooSlow,
+    /// The body is not of a type the endpoint reads (415).
+    UnsupportedMediaType,
+}
+
+impl Refusal {
+    /// The HTTP status of this refusal.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Malformed => StatusCode::BAD_REQUEST,
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            Refusal::TooSlow => StatusCode::REQUEST_TIMEOUT,
+            Refusal::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        }
+    }
+}
+
+/// The HTTP status of a JSON-RPC answer in the 2026-07-28 era, which maps some error codes
+/// onto HTTP (a result, or any other error, is `200`).
+pub fn stateless_answer_status(error_code: Option<i64>) -> StatusCode {
+    match error_code {
+        Some(rpc::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+        Some(
+            rpc::PARSE_ERROR
+            | rpc::INVALID_REQUEST
+            | rpc::INVALID_PARAMS
+            | rpc::HEADER_MISMATCH
+            | rpc::MISSING_CAPABILITY
+            | rpc::UNSUPPORTED_VERSION,
+        ) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    }
+}
+
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The client's message is not valid JSON-RPC.
     #[error(transparent)]
     Frame(#[from] FrameError),
-    /// The client's HTTP request is wrong in a way that has its own status.
+    /// The client's request is refused for what it is (see [`Refusal`]).
     #[error("{message}")]
     BadRequest {
-        /// HTTP status to answer with.
-        status: StatusCode,
+        /// What kind of refusal (it decides the HTTP status).
+        why: Refusal,
         /// JSON-RPC code for the body.
         code: i64,
         /// What was wrong and what to do.
@@ -86,10 +137,10 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Shorthand for a client error with its own HTTP status.
-    pub fn bad(status: StatusCode, code: i64, message: impl Into<String>) -> Self {
+    /// A refused client request: its kind, JSON-RPC code and what was wrong.
+    pub fn bad(why: Refusal, code: i64, message: impl Into<String>) -> Self {
         ProxyError::BadRequest {
-            status,
+            why,
             code,
             message: message.into(),
         }
@@ -133,7 +184,7 @@ impl ProxyError {
         match self {
             ProxyError::Frame(FrameError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Frame(_) => StatusCode::BAD_REQUEST,
-            ProxyError::BadRequest { status, .. } => *status,
+            ProxyError::BadRequest { why, .. } => why.status(),
             ProxyError::UnsupportedVersion { .. } => StatusCode::BAD_REQUEST,
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
             ProxyError::SessionLimit(_)

@@ -37,7 +37,6 @@ use authz::{FORBIDDEN, Kind, Rules};
 use axum::extract::Request;
 use config::{Cidr, route_key};
 use futures_util::FutureExt;
-use http::StatusCode;
 use limits::{Limits, RATE_LIMITED};
 use metrics::Metrics;
 use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
@@ -351,7 +350,7 @@ impl Gateway {
                 let mut known: Vec<&str> = self.routes.values().map(|r| r.path.as_str()).collect();
                 known.sort_unstable();
                 ProxyError::bad(
-                    StatusCode::NOT_FOUND,
+                    crate::error::Refusal::NotFound,
                     INVALID_REQUEST,
                     format!(
                         "no MCP endpoint at `{path}`; this gateway serves {}",

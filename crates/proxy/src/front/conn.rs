@@ -21,7 +21,7 @@ use crate::error::ProxyError;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -395,12 +395,16 @@ pub(crate) fn body_error(e: axum::Error) -> ProxyError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
     while let Some(c) = cause {
         if let Some(t) = c.downcast_ref::<BodyTimeout>() {
-            return ProxyError::bad(StatusCode::REQUEST_TIMEOUT, INVALID_REQUEST, t.to_string());
+            return ProxyError::bad(
+                crate::error::Refusal::TooSlow,
+                INVALID_REQUEST,
+                t.to_string(),
+            );
         }
         cause = c.source();
     }
     ProxyError::bad(
-        StatusCode::BAD_REQUEST,
+        crate::error::Refusal::Malformed,
         INVALID_REQUEST,
         format!("reading the body failed: {inner}"),
     )

@@ -11,10 +11,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
-use shadowcat_proto::error::{
-    HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, MISSING_CAPABILITY,
-    PARSE_ERROR, UNSUPPORTED_VERSION, UPSTREAM_ERROR, error_code, error_frame,
-};
+use shadowcat_proto::error::{INVALID_REQUEST, UPSTREAM_ERROR, error_code, error_frame};
 use shadowcat_proto::sse::encode_event;
 use shadowcat_proto::{Frame, FrameKind};
 
@@ -33,7 +30,7 @@ pub(crate) async fn handle(
     }
     if method == "initialize" {
         return Err(ProxyError::bad(
-            StatusCode::BAD_REQUEST,
+            crate::error::Refusal::Malformed,
             INVALID_REQUEST,
             "`initialize` is not part of 2026-07-28: send requests directly (server/discover \
              describes the server), or omit the 2026-07-28 MCP-Protocol-Version header",
@@ -78,7 +75,7 @@ pub(crate) async fn handle(
 }
 
 fn bad(msg: &str) -> ProxyError {
-    ProxyError::bad(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg)
+    ProxyError::bad(crate::error::Refusal::Malformed, INVALID_REQUEST, msg)
 }
 
 /// JSON when the answer comes first, else an event stream of the notifications and the answer
@@ -113,19 +110,12 @@ async fn respond(
     )))
 }
 
-/// The HTTP status of a JSON answer: 2026-07-28 maps some JSON-RPC errors onto HTTP.
+/// The HTTP status of a JSON answer (the one table: [`crate::error::stateless_answer_status`]).
 fn status_of(frame: &Frame) -> StatusCode {
     if frame.kind() != FrameKind::Error {
         return StatusCode::OK;
     }
-    match error_code(frame.raw()) {
-        Some(METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
-        Some(
-            PARSE_ERROR | INVALID_REQUEST | INVALID_PARAMS | HEADER_MISMATCH | MISSING_CAPABILITY
-            | UNSUPPORTED_VERSION,
-        ) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::OK,
-    }
+    crate::error::stateless_answer_status(error_code(frame.raw()))
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 //! still cannot connect to a refused address.
 
 use crate::error::ProxyError;
-use http::StatusCode;
 use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
 use shadowcat_proto::error::INVALID_REQUEST;
@@ -79,7 +78,7 @@ impl Destinations {
         }
         let refuse = |why: String| {
             Err(ProxyError::bad(
-                StatusCode::FORBIDDEN,
+                crate::error::Refusal::Forbidden,
                 INVALID_REQUEST,
                 format!(
                     "destination `{host}` is not allowed: {why}; allow it with --allow-destination"
@@ -223,6 +222,7 @@ impl tower_service::Service<Name> for GuardedResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     fn d(entries: &[&str]) -> Destinations {
         Destinations::parse(&entries.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()

@@ -3,7 +3,7 @@
 //! exact HTTP status and a message that says what was wrong.
 
 use crate::error::ProxyError;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, header};
 use shadowcat_proto::era::{
     METHOD_HEADER, NAME_HEADER, PARAM_HEADER_PREFIX, PROTOCOL_VERSION_HEADER, ProtocolVersion,
     SESSION_ID_HEADER,
@@ -38,7 +38,7 @@ impl OriginPolicy {
             return Ok(());
         }
         Err(ProxyError::bad(
-            StatusCode::FORBIDDEN,
+            crate::error::Refusal::Forbidden,
             INVALID_REQUEST,
             format!("origin `{origin}` is not allowed; allow it with --allow-origin"),
         ))
@@ -102,8 +102,13 @@ impl HostPolicy {
         if uri.scheme().is_some() {
             return Ok(());
         }
-        let refuse =
-            |msg: String| Err(ProxyError::bad(StatusCode::FORBIDDEN, INVALID_REQUEST, msg));
+        let refuse = |msg: String| {
+            Err(ProxyError::bad(
+                crate::error::Refusal::Forbidden,
+                INVALID_REQUEST,
+                msg,
+            ))
+        };
         let Some(raw) = headers.get(header::HOST) else {
             return refuse("a Host header is required".into());
         };
@@ -175,7 +180,7 @@ pub fn post_accept(headers: &HeaderMap) -> Result<(), ProxyError> {
         return Ok(());
     }
     Err(ProxyError::bad(
-        StatusCode::NOT_ACCEPTABLE,
+        crate::error::Refusal::NotAcceptable,
         INVALID_REQUEST,
         "POST must send `Accept: application/json, text/event-stream`",
     ))
@@ -187,7 +192,7 @@ pub fn get_accept(headers: &HeaderMap) -> Result<(), ProxyError> {
         return Ok(());
     }
     Err(ProxyError::bad(
-        StatusCode::NOT_ACCEPTABLE,
+        crate::error::Refusal::NotAcceptable,
         INVALID_REQUEST,
         "GET must send `Accept: text/event-stream`",
     ))
@@ -205,7 +210,7 @@ pub fn content_type(headers: &HeaderMap) -> Result<(), ProxyError> {
     }
     let shown = if ct.is_empty() { "none" } else { ct };
     Err(ProxyError::bad(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        crate::error::Refusal::UnsupportedMediaType,
         INVALID_REQUEST,
         format!("Content-Type must be application/json (got {shown})"),
     ))
@@ -247,7 +252,7 @@ pub fn single_headers(headers: &HeaderMap) -> Result<(), ProxyError> {
         .and_then(|v| ProtocolVersion::parse(v.trim()))
         .is_some_and(|v| v.is_modern());
     Err(ProxyError::bad(
-        StatusCode::BAD_REQUEST,
+        crate::error::Refusal::Malformed,
         if modern {
             HEADER_MISMATCH
         } else {
@@ -276,6 +281,7 @@ pub fn protocol_version(headers: &HeaderMap) -> Result<Option<ProtocolVersion>, 
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use http::StatusCode;
 
     fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

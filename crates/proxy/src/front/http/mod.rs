@@ -557,7 +557,7 @@ pub fn default_replica_id() -> String {
 }
 
 fn not_found(msg: &str) -> ProxyError {
-    ProxyError::bad(StatusCode::NOT_FOUND, INVALID_REQUEST, msg)
+    ProxyError::bad(crate::error::Refusal::NotFound, INVALID_REQUEST, msg)
 }
 
 /// The session id header of a request, if any.
@@ -566,7 +566,7 @@ pub(crate) fn session_header(req: &Request) -> Result<Option<&str>, ProxyError> 
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| {
             ProxyError::bad(
-                StatusCode::BAD_REQUEST,
+                crate::error::Refusal::Malformed,
                 INVALID_REQUEST,
                 "Mcp-Session-Id must be visible ASCII",
             )
@@ -718,7 +718,7 @@ pub(crate) fn note_message(msg: &Message) {
 fn method_not_allowed_modern() -> Response {
     let mut r = reply::error(
         &ProxyError::bad(
-            StatusCode::METHOD_NOT_ALLOWED,
+            crate::error::Refusal::MethodNotAllowed,
             INVALID_REQUEST,
             "2026-07-28 has no GET stream and no sessions: use POST (subscriptions/listen for change notifications)",
         ),
@@ -732,7 +732,7 @@ fn method_not_allowed_modern() -> Response {
 fn method_not_allowed() -> Response {
     let mut r = reply::error(
         &ProxyError::bad(
-            StatusCode::METHOD_NOT_ALLOWED,
+            crate::error::Refusal::MethodNotAllowed,
             INVALID_REQUEST,
             "use POST, GET or DELETE",
         ),
@@ -752,7 +752,7 @@ async fn handle_delete(
 ) -> Result<Response, ProxyError> {
     let id = session_header(&req)?.ok_or_else(|| {
         ProxyError::bad(
-            StatusCode::BAD_REQUEST,
+            crate::error::Refusal::Malformed,
             INVALID_REQUEST,
             "DELETE needs an Mcp-Session-Id header",
         )

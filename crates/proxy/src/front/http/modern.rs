@@ -45,7 +45,7 @@ use tokio_util::codec::Decoder;
 fn mismatch(frame: &Frame, msg: String) -> ProxyError {
     let _ = frame;
     ProxyError::bad(
-        StatusCode::BAD_REQUEST,
+        crate::error::Refusal::Malformed,
         HEADER_MISMATCH,
         format!("Header mismatch: {msg}"),
     )
@@ -144,7 +144,7 @@ pub async fn handle(
         Message::Single(f) => f,
         Message::Batch(_) => {
             return Err(ProxyError::bad(
-                StatusCode::BAD_REQUEST,
+                crate::error::Refusal::Malformed,
                 INVALID_REQUEST,
                 "JSON-RPC batches are not allowed in 2026-07-28",
             ));
@@ -152,7 +152,7 @@ pub async fn handle(
     };
     if frame.kind().is_reply() {
         return Err(ProxyError::bad(
-            StatusCode::BAD_REQUEST,
+            crate::error::Refusal::Malformed,
             INVALID_REQUEST,
             "clients must not send JSON-RPC responses in 2026-07-28",
         ));

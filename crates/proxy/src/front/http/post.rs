@@ -135,7 +135,7 @@ fn upstream_failed(f: &Frame) -> bool {
 }
 
 fn bad(msg: &str) -> ProxyError {
-    ProxyError::bad(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg)
+    ProxyError::bad(crate::error::Refusal::Malformed, INVALID_REQUEST, msg)
 }
 
 async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {

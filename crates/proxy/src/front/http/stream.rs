@@ -18,7 +18,6 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http::StatusCode;
 use shadowcat_proto::era::LAST_EVENT_ID_HEADER;
 use shadowcat_proto::error::INVALID_REQUEST;
 use shadowcat_proto::sse::encode_event_into;
@@ -120,7 +119,7 @@ pub fn encode_replay(events: Vec<Replayed>, retry: Duration) -> VecDeque<Bytes> 
 
 fn gone(id: &str, why: &str) -> ProxyError {
     ProxyError::bad(
-        StatusCode::BAD_REQUEST,
+        crate::error::Refusal::Malformed,
         INVALID_REQUEST,
         format!(
             "cannot resume after Last-Event-ID `{id}`: {why}; events may have been lost — \
@@ -159,7 +158,7 @@ pub async fn handle_get(
     checks::protocol_version(req.headers())?;
     let id = session_header(&req)?.ok_or_else(|| {
         ProxyError::bad(
-            StatusCode::BAD_REQUEST,
+            crate::error::Refusal::Malformed,
             INVALID_REQUEST,
             "GET needs an Mcp-Session-Id header",
         )
@@ -193,7 +192,7 @@ async fn open_listen(
 ) -> Result<Response, ProxyError> {
     if !session.core().upstream().open_listen().await? {
         return Err(ProxyError::bad(
-            StatusCode::METHOD_NOT_ALLOWED,
+            crate::error::Refusal::MethodNotAllowed,
             INVALID_REQUEST,
             "the upstream server offers no server-to-client stream",
         ));
@@ -253,7 +252,7 @@ async fn resume(
         parse_event_id(last).ok_or_else(|| gone(last, "it is not an id this proxy issued"))?;
     if stream == GET_STREAM && !session.core().upstream().open_listen().await? {
         return Err(ProxyError::bad(
-            StatusCode::METHOD_NOT_ALLOWED,
+            crate::error::Refusal::MethodNotAllowed,
             INVALID_REQUEST,
             "the upstream server offers no server-to-client stream",
         ));
@@ -303,6 +302,7 @@ async fn resume(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     /// A GET that found its session just before the session ended (the race window between
     /// the registry lookup and the attach) gets 404, not a panic; so does a resumption.

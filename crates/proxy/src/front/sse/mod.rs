@@ -219,7 +219,7 @@ impl Shared {
             } else {
                 format!("no target named `{route}`")
             };
-            ProxyError::bad(StatusCode::NOT_FOUND, INVALID_REQUEST, msg)
+            ProxyError::bad(crate::error::Refusal::NotFound, INVALID_REQUEST, msg)
         })
     }
 
@@ -424,7 +424,7 @@ fn session_param(query: &str) -> Option<String> {
 }
 
 fn bad(msg: &str) -> ProxyError {
-    ProxyError::bad(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg)
+    ProxyError::bad(crate::error::Refusal::Malformed, INVALID_REQUEST, msg)
 }
 
 /// The client must accept an event stream if it says what it accepts (406 otherwise).
@@ -445,7 +445,7 @@ fn accepts_sse(headers: &HeaderMap) -> Result<(), ProxyError> {
         return Ok(());
     }
     Err(ProxyError::bad(
-        StatusCode::NOT_ACCEPTABLE,
+        crate::error::Refusal::NotAcceptable,
         INVALID_REQUEST,
         "the SSE endpoint answers with `text/event-stream`; send `Accept: text/event-stream`",
     ))

@@ -25,7 +25,7 @@ impl Held {
     ) -> Result<Call, ProxyError> {
         let invalid = |msg: &str| {
             ProxyError::bad(
-                http::StatusCode::BAD_REQUEST,
+                crate::error::Refusal::Malformed,
                 shadowcat_proto::error::INVALID_PARAMS,
                 msg,
             )

@@ -255,7 +255,7 @@ impl Held {
         let id = self.next_id();
         let unwrapped = envelope::unwrap_request(frame, &id, &id_value(&id)).map_err(|e| {
             ProxyError::bad(
-                http::StatusCode::BAD_REQUEST,
+                crate::error::Refusal::Malformed,
                 shadowcat_proto::error::INVALID_REQUEST,
                 e.to_string(),
             )
