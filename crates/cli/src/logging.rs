@@ -1,5 +1,5 @@
 //! Logging setup: always to stderr (stdout belongs to MCP in stdio modes), text or JSON; with
-//! the `otel` feature, spans also go to an OpenTelemetry collector ([`crate::otel`]), filtered
+//! the `otel` feature, spans also go to an OpenTelemetry collector (the `otel` module), filtered
 //! on their own (`SHADOWCAT_OTEL_FILTER`, default `info`) so `--log-level warn` keeps traces.
 
 use crate::args::{LogArgs, LogFormat};

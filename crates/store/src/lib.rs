@@ -3,7 +3,7 @@
 //! suite (module `contract`, feature `contract-tests`) that every backend must pass.
 //!
 //! Backends: `memory` ([`MemoryStore`]), `sqlite` ([`SqliteStore`], feature `sqlite`), `redis`
-//! ([`RedisStore`], feature `redis`; `rediss://` needs feature `redis-tls`). [`open`] picks one
+//! ([`RedisStore`], feature `redis`; `rediss://` needs feature `redis-tls`). [`open()`] picks one
 //! from a spec string. [`ActivityCoalescer`] turns per-frame activity into one `touch_many` per
 //! interval.
 //!

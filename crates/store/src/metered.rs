@@ -40,7 +40,7 @@ pub const BUCKETS: [f64; 12] = [
 struct OpCounters {
     ok: AtomicU64,
     errors: AtomicU64,
-    /// Non-cumulative: `buckets[i]` counts calls in (BUCKETS[i-1], BUCKETS[i]]; the last one
+    /// Non-cumulative: `buckets[i]` counts calls in `(BUCKETS[i-1], BUCKETS[i]]`; the last one
     /// counts the rest.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     sum_ns: AtomicU64,

@@ -1,4 +1,4 @@
-//! What the gateway adds to a request's front [`Target`]: the route's upstream set and the
+//! What the gateway adds to a request's front [`Target`](crate::front::http::Target): the route's upstream set and the
 //! request's principal. It binds sessions to principals and places new sessions on the set.
 
 use super::{Bound, Gateway, Principal, Route};
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// What the gateway adds to a request's [`Target`].
+/// What the gateway adds to a request's [`Target`](crate::front::http::Target).
 #[derive(Clone)]
 pub struct GatewayTarget {
     pub(super) gateway: Arc<Gateway>,
