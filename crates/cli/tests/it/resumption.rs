@@ -319,3 +319,40 @@ async fn a_finished_stream_is_dropped_after_its_grace_period() {
         .await;
     assert!(text.contains("still here"), "{text}");
 }
+
+/// A fresh GET (no `Last-Event-ID`) after the event log dropped the last event the previous
+/// GET delivered (byte budget): what the log still holds is delivered, not silently skipped.
+#[tokio::test]
+async fn a_fresh_get_after_retention_dropped_its_last_event_still_gets_what_is_kept() {
+    let demo = Server::demo_http().await;
+    let p = Server::forward_http(&["--target", &demo.url(), "--max-event-bytes", "1024"]).await;
+    let mut a = Raw::new(p.url());
+    a.initialize().await;
+    let r = a.post(json!({"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"demo://counter"}})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let get = || {
+        a.http
+            .get(&a.url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", a.session.clone().unwrap())
+            .send()
+    };
+    let mut b = Raw::new(p.url());
+    b.initialize().await;
+    // The first GET delivers one update, then goes away.
+    let first = get().await.unwrap();
+    b.call_tool(10, "increment", json!({})).await;
+    let (events, _) = read_events(first, Some(1)).await;
+    let delivered = events[0].id.clone().unwrap();
+    // Thirty more updates while no GET is open: far more than 1024 bytes of log.
+    for i in 0..30 {
+        b.call_tool(20 + i, "increment", json!({})).await;
+    }
+    let again = get().await.unwrap();
+    assert_eq!(again.status(), 200);
+    let (events, _) = read_events(again, Some(1)).await;
+    let e = &events[0];
+    let m: Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(m["method"], "notifications/resources/updated", "{m}");
+    assert_ne!(e.id.as_deref(), Some(delivered.as_str()), "{e:?}");
+}

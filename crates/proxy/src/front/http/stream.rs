@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use shadowcat_proto::era::LAST_EVENT_ID_HEADER;
 use shadowcat_proto::error::INVALID_REQUEST;
 use shadowcat_proto::sse::encode_event_into;
+use shadowcat_store::StoreError;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,10 +215,20 @@ async fn open_listen(
             .as_deref()
             .and_then(parse_event_id)
             .map(|(_, e)| e);
-        let mut missed = session
-            .log()
-            .replay(session.core().id(), GET_STREAM, after, Some(until));
-        match missed.next_page().await {
+        let log = session.log();
+        let id = session.core().id();
+        let mut missed = log.replay(id, GET_STREAM, after, Some(until));
+        let mut page = missed.next_page().await;
+        if let Err(StoreError::EventGone(_)) = page {
+            // The last event this stream delivered was trimmed (byte budget, age): so was
+            // everything before it. What the log still holds all came after it: deliver that.
+            tracing::warn!(
+                "the event log dropped GET-stream events this client never received (retention); replaying what it still holds"
+            );
+            missed = log.replay(id, GET_STREAM, None, Some(until));
+            page = missed.next_page().await;
+        }
+        match page {
             Ok(events) => {
                 first = encode_replay(events, retry);
                 rest = Some(missed);
