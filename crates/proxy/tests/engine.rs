@@ -1,0 +1,349 @@
+//! The engine in-process: gateways served on 127.0.0.1 ephemeral ports from this test process,
+//! against fake upstreams (axum) — placement and failover, adoption over a shared store,
+//! limits, and teardown. Fast: nothing is spawned, no binary is built.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use shadowcat_proxy::gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
+use shadowcat_store::{MemoryStore, SessionStore};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A Streamable HTTP upstream that names itself in every tool result, issues its own session
+/// ids and remembers which ones it was asked to end.
+#[derive(Default)]
+struct Fake {
+    name: String,
+    sessions: AtomicUsize,
+    /// Session ids presented on requests after `initialize`.
+    seen: Mutex<Vec<String>>,
+    deleted: Mutex<Vec<String>>,
+}
+
+impl Fake {
+    async fn start(name: &str) -> (Arc<Fake>, String) {
+        let fake = Arc::new(Fake {
+            name: name.to_string(),
+            ..Fake::default()
+        });
+        let app = axum::Router::new()
+            .route(
+                "/mcp",
+                axum::routing::post(fake_post)
+                    .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
+                    .delete(fake_delete),
+            )
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (fake, url)
+    }
+
+    fn deleted(&self) -> Vec<String> {
+        self.deleted.lock().unwrap().clone()
+    }
+}
+
+async fn fake_post(State(f): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(id) = v.get("id").cloned().filter(|_| v.get("method").is_some()) else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    if let Some(s) = headers.get("mcp-session-id") {
+        let s = s.to_str().unwrap().to_string();
+        if f.deleted().contains(&s) {
+            // As a real server: an ended session is not found.
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        f.seen.lock().unwrap().push(s);
+    }
+    let (result, session) = match v["method"].as_str().unwrap_or("") {
+        "initialize" => {
+            let n = f.sessions.fetch_add(1, Ordering::SeqCst);
+            let r = json!({"protocolVersion": v["params"]["protocolVersion"],
+                "capabilities": {"tools": {}}, "serverInfo": {"name": f.name, "version": "1"}});
+            (r, Some(format!("{}-{n}", f.name)))
+        }
+        "tools/call" => (json!({"content": [{"type": "text", "text": f.name}]}), None),
+        _ => (json!({}), None),
+    };
+    let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
+    let mut r = ([("content-type", "application/json")], body).into_response();
+    if let Some(s) = session {
+        r.headers_mut().insert("mcp-session-id", s.parse().unwrap());
+    }
+    r
+}
+
+async fn fake_delete(State(f): State<Arc<Fake>>, headers: HeaderMap) -> StatusCode {
+    if let Some(s) = headers.get("mcp-session-id") {
+        f.deleted
+            .lock()
+            .unwrap()
+            .push(s.to_str().unwrap().to_string());
+    }
+    StatusCode::OK
+}
+
+/// A gateway from `config` served in this process; cancel `stop` to shut it down.
+struct Running {
+    url: String,
+    stop: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+async fn serve(config: &str, store: Arc<dyn SessionStore>, replica: &str) -> Running {
+    let mut cfg = GatewayConfig::parse("engine.toml", config).unwrap();
+    cfg.validate("engine.toml").unwrap();
+    cfg.server.replica_id = Some(replica.to_string());
+    let gw = Gateway::new(&cfg, "engine.toml").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let server = cfg.server.clone();
+    let token = stop.clone();
+    let done = tokio::spawn(async move {
+        let hooks = GatewayHooks::default();
+        gateway(listener, gw, &server, hooks, store, token, || {})
+            .await
+            .unwrap();
+    });
+    Running { url, stop, done }
+}
+
+impl Running {
+    async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.done)
+            .await
+            .expect("the gateway stops")
+            .unwrap();
+    }
+}
+
+fn route(upstreams: &[&str], extra: &str) -> String {
+    let mut s =
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[[routes]]\npath = \"/mcp\"\n");
+    for u in upstreams {
+        s.push_str(&format!("[[routes.upstreams]]\nurl = \"{u}\"\n"));
+    }
+    s
+}
+
+/// A raw Streamable HTTP client.
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    session: Option<String>,
+}
+
+impl Client {
+    fn new(url: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            url: url.to_string(),
+            session: None,
+        }
+    }
+
+    async fn post(&mut self, body: Value) -> (u16, HeaderMap, Value) {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if let Some(s) = &self.session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        let resp = tokio::time::timeout(WAIT, req.send())
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        if let Some(s) = headers.get("mcp-session-id") {
+            self.session = Some(s.to_str().unwrap().to_string());
+        }
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    }
+
+    /// `initialize`; the status and the server's name.
+    async fn initialize(&mut self) -> (u16, HeaderMap, Value) {
+        self.post(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"engine","version":"1"}}}))
+            .await
+    }
+
+    /// Which upstream answers a tool call.
+    async fn who(&mut self, id: i64) -> String {
+        let (status, _, body) = self
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"x","arguments":{}}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn delete(&self) -> u16 {
+        let mut req = self.http.delete(&self.url);
+        if let Some(s) = &self.session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+}
+
+/// Wait until `f` holds (upstream effects are asynchronous).
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_session_fails_over_from_an_unreachable_upstream() {
+    // Port 1 on loopback: nothing listens there.
+    let (fake, url) = Fake::start("b").await;
+    let gw = serve(
+        &route(&["http://127.0.0.1:1/mcp", &url], "").replace(
+            "path = \"/mcp\"\n",
+            "path = \"/mcp\"\nbalance = \"round-robin\"\n",
+        ),
+        Arc::new(MemoryStore::new()),
+        "one",
+    )
+    .await;
+    for i in 0..4 {
+        let mut c = Client::new(&gw.url);
+        let (status, _, body) = c.initialize().await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["serverInfo"]["name"], "b", "{body}");
+        assert_eq!(c.who(i).await, "b");
+    }
+    assert_eq!(fake.sessions.load(Ordering::SeqCst), 4);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_is_adopted_by_another_gateway_over_a_shared_store() {
+    let (fake, url) = Fake::start("up").await;
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let config = route(&[&url], "");
+    let one = serve(&config, store.clone(), "one").await;
+    let two = serve(&config, store, "two").await;
+    let mut c = Client::new(&one.url);
+    let (status, _, _) = c.initialize().await;
+    assert_eq!(status, 200);
+    let sid = c.session.clone().unwrap();
+    // The other gateway continues it, on the same upstream session.
+    let mut on_two = Client::new(&two.url);
+    on_two.session = Some(sid.clone());
+    assert_eq!(on_two.who(1).await, "up");
+    assert_eq!(fake.seen.lock().unwrap().last().unwrap(), "up-0");
+    assert_eq!(
+        fake.sessions.load(Ordering::SeqCst),
+        1,
+        "no second upstream session"
+    );
+    // Ended there: gone everywhere, and the upstream session is ended.
+    assert_eq!(on_two.delete().await, 204);
+    eventually("the upstream session is deleted", || {
+        fake.deleted().contains(&"up-0".to_string())
+    })
+    .await;
+    // The first gateway still holds its copy: its upstream says the session is gone, so the
+    // request fails with an error (never a result) and the session ends there too.
+    let mut again = Client::new(&one.url);
+    again.session = Some(sid);
+    let (status, _, body) = again
+        .post(json!({"jsonrpc":"2.0","id":2,"method":"ping"}))
+        .await;
+    assert!(
+        status == 404 || body.get("error").is_some(),
+        "{status} {body}"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for id in 3.. {
+        let (status, _, body) = again
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"ping"}))
+            .await;
+        if status == 404 {
+            break;
+        }
+        assert!(body.get("error").is_some(), "never a result: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session never ended"
+        );
+    }
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_session_limit_holds_and_a_deleted_session_frees_its_place() {
+    let (fake, url) = Fake::start("up").await;
+    let gw = serve(
+        &route(&[&url], "max_sessions = 2"),
+        Arc::new(MemoryStore::new()),
+        "one",
+    )
+    .await;
+    let mut a = Client::new(&gw.url);
+    assert_eq!(a.initialize().await.0, 200);
+    let mut b = Client::new(&gw.url);
+    assert_eq!(b.initialize().await.0, 200);
+    let (status, headers, body) = Client::new(&gw.url).initialize().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        fake.sessions.load(Ordering::SeqCst),
+        2,
+        "no upstream session for it"
+    );
+    assert_eq!(a.delete().await, 204);
+    eventually("the upstream session is deleted", || {
+        fake.deleted().len() == 1
+    })
+    .await;
+    let mut c = Client::new(&gw.url);
+    assert_eq!(c.initialize().await.0, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_upstream_session() {
+    let (fake, url) = Fake::start("up").await;
+    let gw = serve(&route(&[&url], ""), Arc::new(MemoryStore::new()), "one").await;
+    for _ in 0..3 {
+        assert_eq!(Client::new(&gw.url).initialize().await.0, 200);
+    }
+    gw.shutdown().await;
+    let mut deleted = fake.deleted();
+    deleted.sort();
+    assert_eq!(deleted, ["up-0", "up-1", "up-2"]);
+}
