@@ -198,3 +198,76 @@ async fn forward_stdio_answers_garbage_and_oversized_lines_with_errors() {
     assert_eq!(status.code(), Some(0));
     assert!(descendants(std::process::id()).len() < 50);
 }
+
+#[tokio::test]
+async fn forward_stdio_refuses_a_request_id_still_in_flight() {
+    let mut child = Command::new(bin())
+        .args(["forward", "stdio", "--demo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let l = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("a line");
+        serde_json::from_str(&l).unwrap()
+    };
+    let mut init = super::harness::init_body(0, "2025-06-18");
+    init["params"]["capabilities"] = json!({"elicitation": {}});
+    // Request 5 stays in flight until the client answers the server's elicitation.
+    let call = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+        "params":{"name":"elicit","arguments":{"message":"who?"}}});
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    for v in [&init, &initialized, &call] {
+        stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+    }
+    stdin.flush().await.unwrap();
+    assert_eq!(next().await["id"], json!(0));
+    let ask = next().await;
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
+    // A second request with id 5 is answered by the proxy and never reaches the server.
+    let dup = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"message":"again"}}});
+    stdin
+        .write_all(format!("{dup}\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let refused = next().await;
+    assert_eq!(refused["id"], json!(5), "{refused}");
+    assert_eq!(refused["error"]["code"], json!(-32600), "{refused}");
+    let msg = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("request id 5 is already in flight in this session"),
+        "{msg}"
+    );
+    // The first request is answered once the client answers, and is the only other answer.
+    let answer = json!({"jsonrpc":"2.0","id":ask["id"],
+        "result":{"action":"accept","content":{"name":"Ann"}}});
+    let after = json!({"jsonrpc":"2.0","id":6,"method":"ping"});
+    for v in [&answer, &after] {
+        stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+    }
+    stdin.flush().await.unwrap();
+    let (a, b) = (next().await, next().await);
+    let (reply, pong) = if a["id"] == json!(5) { (a, b) } else { (b, a) };
+    assert_eq!(reply["id"], json!(5), "{reply}");
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "elicited: accept name=Ann",
+        "{reply}"
+    );
+    assert_eq!(pong["id"], json!(6), "nothing else came: {pong}");
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
