@@ -1,6 +1,7 @@
 //! Process lifecycle: children dying, client EOF, signals, exit codes. No orphan, ever.
 
 use super::harness::{Raw, Server, WAIT, bin, descendants, process_alive, wait_descendants};
+use super::peers::SseReader;
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,22 +14,26 @@ async fn child_killed_mid_call_gives_an_error_and_ends_the_session() {
     let mut c = Raw::new(p.url());
     c.initialize().await;
     let child = wait_descendants(p.pid(), 1).await[0];
-    let call = c.post(json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow","arguments":{"steps":1,"duration":30}}}));
-    let killer = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+    // The call is killed mid-way: once its first progress notification has come, the child is
+    // working on it.
+    let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow",
+        "arguments":{"steps":300,"duration":30},"_meta":{"progressToken":"p7"}}});
+    let resp = c.post_builder(call.to_string()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut events = SseReader::new(resp);
+    let first = events.next_json().await.expect("a progress notification");
+    assert_eq!(first["method"], "notifications/progress", "{first}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let reply = loop {
+        let m = events.next_json().await.expect("a reply for id 7");
+        if m["id"] == json!(7) {
+            break m;
+        }
     };
-    let (r, ()) = tokio::join!(call, killer);
-    assert_eq!(r.status, 200, "{}", r.body);
-    let reply = r
-        .messages()
-        .into_iter()
-        .find(|m| m["id"] == json!(7))
-        .expect("a reply for id 7");
     assert_eq!(reply["error"]["code"], json!(-32000), "{reply}");
     let msg = reply["error"]["message"].as_str().unwrap();
     assert!(msg.contains("tools/call") && msg.contains("exit"), "{msg}");
@@ -134,20 +139,35 @@ async fn forward_stdio_child_death_fails_in_flight_requests() {
 #[tokio::test]
 async fn forward_stdio_escalates_to_sigkill_and_leaves_no_grandchild() {
     let marker = format!("shadowcat-it-{}", std::process::id());
-    // The shell ignores SIGTERM and stdin EOF; its `sleep` grandchild must not survive either.
-    let script = format!("trap '' TERM; sleep 30 # {marker}\n");
+    // The shell ignores SIGTERM and stdin EOF; its `sleep` grandchild must not survive either
+    // (it would outlive the wait below: 600 s).
+    let script = format!("trap '' TERM; sleep 600 # {marker}\n");
     let (code, _) = stdio_run(&["--", "sh", "-c", &script], &[], true).await;
     assert_eq!(code, Some(137), "killed by SIGKILL");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let leftovers = std::process::Command::new("pgrep")
-        .args(["-f", &marker])
-        .output()
-        .unwrap();
-    assert!(
-        leftovers.stdout.is_empty(),
-        "orphans: {}",
-        String::from_utf8_lossy(&leftovers.stdout)
-    );
+    // The group was killed with the child: wait until no process carries the marker (a killed
+    // one may take a moment to be reaped).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let leftovers = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        let pids = String::from_utf8_lossy(&leftovers.stdout).to_string();
+        if pids.trim().is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            panic!("orphans: {pids}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
