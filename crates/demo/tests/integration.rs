@@ -32,7 +32,7 @@ use rmcp::{
 use serde_json::{Value, json};
 use shadowcat_demo::{DemoError, SharedState, serve_http, serve_io, serve_io_with_state};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -637,10 +637,13 @@ async fn log_emits_notifications_and_respects_set_level() {
             .await,
         "logged 1"
     );
+    // "loud" was sent after the "quiet" call was answered, on the same ordered stream: once it
+    // is here, any "quiet" notification would have come before it.
     h.client
-        .wait_for("5 log notifications", |r| r.logs.len() >= 5)
+        .wait_for("the \"loud\" log notification", |r| {
+            r.logs.iter().any(|l| l.data == json!("loud"))
+        })
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     {
         let recorded = h.client.recorded();
         assert_eq!(recorded.logs.len(), 5, "{:?}", recorded.logs);
@@ -716,7 +719,18 @@ async fn subscribe_increment_sends_resource_updated() {
         .await
         .expect("resources/unsubscribe");
     assert_eq!(h.call_text("increment", json!({})).await, "3");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A log notification sent after that increment was answered, on the same ordered stream: once
+    // it is here, an update for the increment would have come before it.
+    assert_eq!(
+        h.call_text("log", json!({"message": "after increment 3"}))
+            .await,
+        "logged 1"
+    );
+    h.client
+        .wait_for("the marker log notification", |r| {
+            r.logs.iter().any(|l| l.data == json!("after increment 3"))
+        })
+        .await;
     assert_eq!(h.client.recorded().resource_updates.len(), 1);
 
     let error = mcp_error(
@@ -844,12 +858,28 @@ fn prompt_text(content: &ContentBlock) -> String {
 
 #[tokio::test]
 async fn serve_io_ends_when_cancelled() {
-    let (server_io, _client_io) = tokio::io::duplex(1024);
+    let (server_io, client_io) = tokio::io::duplex(4096);
     let (read, write) = tokio::io::split(server_io);
     let cancel = CancellationToken::new();
     let server = tokio::spawn(serve_io(read, write, cancel.clone()));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!server.is_finished(), "server waits for a client");
+    // It serves a client (an answer to `initialize`) until it is cancelled.
+    let (client_read, mut client_write) = tokio::io::split(client_io);
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"t","version":"1"}}});
+    client_write
+        .write_all(format!("{init}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(client_read).lines();
+    let answer = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("an answer in time")
+        .unwrap()
+        .expect("an answer line");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["id"], json!(1), "{answer}");
+    assert!(!server.is_finished(), "server waits for more");
     cancel.cancel();
     let result = tokio::time::timeout(WAIT, server)
         .await

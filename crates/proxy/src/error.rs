@@ -97,6 +97,10 @@ pub enum ProxyError {
         "session not found: it is unknown, expired or was deleted; re-initialize without a session id"
     )]
     SessionNotFound,
+    /// The client sent a request whose id is already used by one of its requests still in
+    /// flight in the same session (the answers could not be told apart).
+    #[error("request id {0} is already in flight in this session; use a new id")]
+    DuplicateRequestId(shadowcat_proto::RequestId),
     /// Too many sessions.
     #[error("the proxy is at its session limit ({0}); retry later")]
     SessionLimit(usize),
@@ -152,6 +156,7 @@ impl ProxyError {
             ProxyError::Frame(_)
             | ProxyError::BadRequest { .. }
             | ProxyError::SessionNotFound
+            | ProxyError::DuplicateRequestId(_)
             | ProxyError::UnsupportedVersion { .. } => Side::Client,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
@@ -187,6 +192,7 @@ impl ProxyError {
             ProxyError::BadRequest { why, .. } => why.status(),
             ProxyError::UnsupportedVersion { .. } => StatusCode::BAD_REQUEST,
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
+            ProxyError::DuplicateRequestId(_) => StatusCode::BAD_REQUEST,
             ProxyError::SessionLimit(_)
             | ProxyError::PrincipalSessionLimit(_)
             | ProxyError::ShuttingDown
@@ -205,6 +211,7 @@ impl ProxyError {
     pub fn request_id(&self) -> Option<&shadowcat_proto::RequestId> {
         match self {
             ProxyError::Frame(e) => e.id(),
+            ProxyError::DuplicateRequestId(id) => Some(id),
             _ => None,
         }
     }
@@ -229,7 +236,7 @@ impl ProxyError {
             ProxyError::Frame(e) => e.code(),
             ProxyError::BadRequest { code, .. } => *code,
             ProxyError::UnsupportedVersion { .. } => rpc::UNSUPPORTED_VERSION,
-            ProxyError::SessionNotFound => rpc::INVALID_REQUEST,
+            ProxyError::SessionNotFound | ProxyError::DuplicateRequestId(_) => rpc::INVALID_REQUEST,
             ProxyError::SessionLimit(_)
             | ProxyError::PrincipalSessionLimit(_)
             | ProxyError::ShuttingDown
@@ -254,6 +261,15 @@ mod tests {
         assert_eq!(
             (e.side(), e.http_status(), e.jsonrpc_code()),
             (Side::Client, StatusCode::NOT_FOUND, -32600)
+        );
+        let e = ProxyError::DuplicateRequestId(shadowcat_proto::RequestId::Number(4));
+        assert_eq!(
+            (e.side(), e.http_status(), e.jsonrpc_code()),
+            (Side::Client, StatusCode::BAD_REQUEST, -32600)
+        );
+        assert!(
+            e.to_string()
+                .contains("request id 4 is already in flight in this session")
         );
         let e = ProxyError::UpstreamConnect("x".into());
         assert_eq!(e.http_status(), StatusCode::BAD_GATEWAY);

@@ -33,7 +33,7 @@ use crate::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
 use crate::runtime::drain;
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
 use auth::Authenticator;
-use authz::{FORBIDDEN, Kind, Rules};
+use authz::{Kind, Rules};
 use axum::extract::Request;
 use config::{Cidr, route_key};
 use futures_util::FutureExt;
@@ -278,9 +278,10 @@ impl Gateway {
         if let Err(denied) = b.route.rules.check_frame(b.principal.as_ref(), frame) {
             let route = b.route.path.clone();
             drop(bound);
-            tracing::info!(session, reason = %denied.0, "request refused by an authorization rule");
+            tracing::info!(session, reason = %denied.message, "request refused by an authorization rule");
             self.metrics.authz_denied(&route);
-            return Some(Verdict::Reply(error_frame(Some(id), FORBIDDEN, &denied.0)));
+            let answer = error_frame(Some(id), denied.code, &denied.message);
+            return Some(Verdict::Reply(answer));
         }
         if let Some(list) = Kind::of_list(method) {
             b.lists.insert(id.clone(), list);
@@ -393,17 +394,19 @@ pub(crate) type ListFilter = (Kind, &'static str);
 
 impl GatewayTarget {
     /// The route's authorization rules for a stateless (2026-07-28) request relayed to a modern
-    /// upstream, which has no session to carry its principal: `Err(answer)` when a rule refuses
-    /// it, `Ok(Some(list))` when its answer (a list) must be filtered.
+    /// upstream, which has no session to carry its principal (and for `subscriptions/listen`
+    /// served on a held session, outside its hooks): `Err(answer)` when a rule refuses it — for
+    /// `subscriptions/listen`, when one of its `resourceSubscriptions` URIs is denied —,
+    /// `Ok(Some(list))` when its answer (a list) must be filtered.
     pub(crate) fn authorize_stateless(&self, frame: &Frame) -> Result<Option<ListFilter>, Frame> {
         let rules = &self.route.rules;
         if rules.is_open() {
             return Ok(None);
         }
         if let Err(denied) = rules.check_frame(self.principal.as_ref(), frame) {
-            tracing::info!(reason = %denied.0, "stateless request refused by an authorization rule");
+            tracing::info!(reason = %denied.message, "stateless request refused by an authorization rule");
             self.gateway.metrics.authz_denied(&self.route.path);
-            return Err(error_frame(frame.id(), FORBIDDEN, &denied.0));
+            return Err(error_frame(frame.id(), denied.code, &denied.message));
         }
         Ok(frame.method().and_then(Kind::of_list))
     }

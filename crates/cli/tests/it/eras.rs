@@ -738,3 +738,95 @@ set = { "/result/content/0/text" = "seen by a rule" }
         "{text}"
     );
 }
+
+/// The status and first message of a `subscriptions/listen` answer (JSON, or the first event of
+/// its stream, which stays open).
+async fn listen_first(url: &str, subscriptions: Value) -> (u16, Value) {
+    let resp = modern_request(
+        url,
+        json!("listen-1"),
+        "subscriptions/listen",
+        None,
+        json!({"notifications": {"resourceSubscriptions": subscriptions}}),
+        &[],
+    )
+    .send()
+    .await
+    .unwrap();
+    let status = resp.status().as_u16();
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let first = if sse {
+        SseReader::new(resp)
+            .next_json()
+            .await
+            .expect("a first event")
+    } else {
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap()
+    };
+    (status, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_rules_apply_to_every_uri_of_a_listen_request_relayed_or_translated() {
+    // A 2026-era upstream: another proxy serving the demo server (it answers server/discover).
+    let inner = Server::forward_http(&["--demo"]).await;
+    let (_dir, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+path = "/servers/relayed/mcp"
+[[routes.upstreams]]
+url = "{url}"
+[[routes.rules]]
+effect = "deny"
+resources = ["demo://counter"]
+[[routes]]
+path = "/servers/held/mcp"
+[[routes.upstreams]]
+command = "{bin}"
+args = ["demo-server"]
+[[routes.rules]]
+effect = "deny"
+resources = ["demo://counter"]
+"#,
+        url = inner.url(),
+        bin = super::harness::bin(),
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    for route in ["relayed", "held"] {
+        let url = format!("{}/servers/{route}/mcp", gw.base);
+        // One denied URI among allowed ones refuses the whole request, naming it.
+        let (status, r) = listen_first(&url, json!(["demo://readme", "demo://counter"])).await;
+        assert_eq!(
+            (status, &r["error"]["code"]),
+            (200, &json!(-32003)),
+            "{route}: {r}"
+        );
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("resource `demo://counter`"), "{route}: {msg}");
+        assert_eq!(r["id"], "listen-1", "{route}: {r}");
+        // A list the rules cannot read is refused too.
+        let (status, r) = listen_first(&url, json!("demo://counter")).await;
+        assert_eq!(
+            (status, &r["error"]["code"]),
+            (400, &json!(-32602)),
+            "{route}: {r}"
+        );
+        // Allowed URIs only: acknowledged as before.
+        let (status, ack) = listen_first(&url, json!(["demo://readme"])).await;
+        assert_eq!(status, 200, "{route}: {ack}");
+        assert_eq!(
+            ack["method"], "notifications/subscriptions/acknowledged",
+            "{route}: {ack}"
+        );
+        assert_eq!(
+            ack["params"]["notifications"],
+            json!({"resourceSubscriptions": ["demo://readme"]}),
+            "{route}: {ack}"
+        );
+    }
+}

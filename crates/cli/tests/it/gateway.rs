@@ -198,9 +198,11 @@ async fn the_upstream_get_stream_opens_only_when_the_client_opens_its_own() {
     let gw = start_gateway(&["--listen", "127.0.0.1:0", "--upstream", &up.url], &[]).await;
     let mut c = Raw::new(gw.url());
     c.initialize().await;
-    assert_eq!(whoami(&c, 1).await, "lazy");
-    // An idle session holds no upstream connection (memory per idle session).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An idle session holds no upstream connection (memory per idle session): by the time the
+    // upstream has answered initialize, initialized and these calls, it has seen no GET.
+    for i in 1..4 {
+        assert_eq!(whoami(&c, i).await, "lazy");
+    }
     assert_eq!(up.gets(), 0);
     let r = Raw::send(
         c.http
@@ -361,14 +363,17 @@ async fn environment_variables_configure_the_simple_case() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_ip_rate_limit_is_accurate_over_1000_requests() {
+async fn per_ip_rate_limit_refuses_concurrent_clients_with_retry_after() {
+    // The limiter's accuracy over time is tested in-process on a clock the test moves
+    // (gateway::limits tests). Here: one refill an hour, so what passes does not depend on how
+    // fast this machine is — a burst of 5, two of them taken by initialize + initialized.
     let up = FakeUpstream::start("up").await;
     let (_d, cfg) = config_file(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 [limits]
-per_ip = {{ requests = 20, per = "1s", burst = 5 }}
+per_ip = {{ requests = 1, per = "1h", burst = 5 }}
 [[routes]]
 path = "/mcp"
 [[routes.upstreams]]
@@ -379,15 +384,13 @@ url = "{}"
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     let mut c = Raw::new(gw.url());
     c.initialize().await;
-    tokio::time::sleep(Duration::from_millis(400)).await; // the burst refills
     let c = std::sync::Arc::new(c);
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..4 {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
-            let (mut ok, mut limited, mut retry_after_ok) = (0usize, 0usize, true);
-            for i in 0..250 {
+            let (mut ok, mut limited, mut headers_ok) = (0usize, 0usize, true);
+            for i in 0..50 {
                 let id = w * 1000 + i;
                 let r = c
                     .post(json!({"jsonrpc":"2.0","id":id,"method":"ping"}))
@@ -402,7 +405,8 @@ url = "{}"
                                 .and_then(|v| v.to_str().ok())
                                 .map(str::to_string)
                         };
-                        retry_after_ok &= h("retry-after").as_deref() == Some("1")
+                        let retry = h("retry-after").and_then(|v| v.parse::<u64>().ok());
+                        headers_ok &= retry.is_some_and(|s| (1..=3600).contains(&s))
                             && h("ratelimit-limit").as_deref() == Some("5")
                             && h("ratelimit-remaining").as_deref() == Some("0")
                             && r.rpc_code() == -32029;
@@ -410,7 +414,7 @@ url = "{}"
                     s => panic!("unexpected status {s}: {}", r.body),
                 }
             }
-            (ok, limited, retry_after_ok)
+            (ok, limited, headers_ok)
         }));
     }
     let (mut ok, mut limited) = (0, 0);
@@ -423,17 +427,11 @@ url = "{}"
         ok += o;
         limited += l;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    assert_eq!(ok + limited, 1000);
-    // GCRA: a full burst, then one request per 50 ms. (The rate is low enough that 4 clients
-    // exceed it even on a loaded machine: a limiter that is not saturated proves nothing.)
-    let expected = 5.0 + 20.0 * elapsed;
-    let tolerance = 3.0 + 0.05 * expected;
-    assert!(
-        (ok as f64 - expected).abs() <= tolerance,
-        "allowed {ok} of 1000 in {elapsed:.3}s; expected {expected:.1} ± {tolerance:.1}"
+    assert_eq!(
+        (ok, limited),
+        (3, 197),
+        "the rest of the burst, then refusals"
     );
-    assert!(limited > 0, "the test must actually exceed the limit");
     let (_, _, metrics) = get(&gw.base, "/metrics").await;
     assert_eq!(
         sample(

@@ -1,6 +1,7 @@
 //! The Streamable HTTP front: statuses, headers and JSON-RPC error codes for good and bad input.
 
 use super::harness::{Raw, Server, init_body};
+use super::peers::SseReader;
 use serde_json::json;
 
 async fn proxy() -> Server {
@@ -537,4 +538,65 @@ async fn a_non_json_rpc_upstream_body_is_not_echoed_to_the_client() {
     let r = c.post(init_body(1, "2025-06-18")).await;
     assert!(r.body.contains("not JSON-RPC"), "{}", r.body);
     assert!(!r.body.contains("SECRET"), "{}", r.body);
+}
+
+/// `initialize` (declaring form elicitation) + `notifications/initialized` on a raw client.
+async fn initialize_eliciting(c: &mut Raw) {
+    let mut init = init_body(0, c.version);
+    init["params"]["capabilities"] = json!({"elicitation": {}});
+    let r = c.post(init).await;
+    assert_eq!(r.status, 200, "initialize: {}", r.body);
+    c.session = Some(r.headers["mcp-session-id"].to_str().unwrap().to_string());
+    let n = c
+        .post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+        .await;
+    assert_eq!(n.status, 202, "{}", n.body);
+}
+
+#[tokio::test]
+async fn a_request_id_still_in_flight_is_refused_and_the_first_request_completes() {
+    let p = proxy().await;
+    let mut c = Raw::new(p.url());
+    initialize_eliciting(&mut c).await;
+    // Request 5 stays in flight until the client answers the server's elicitation.
+    let call = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+        "params":{"name":"elicit","arguments":{"message":"who?"}}});
+    let resp = c.post_builder(call.to_string()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut first = SseReader::new(resp);
+    let ask = first.next_json().await.expect("the elicitation request");
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
+
+    // Another POST reusing id 5 (alone, or in a batch) is refused; nothing of it is sent.
+    for body in [
+        json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"message":"again"}}}),
+        json!({"jsonrpc":"2.0","id":5,"method":"ping"}),
+    ] {
+        let r = c.post(body).await;
+        assert_eq!((r.status, r.rpc_code()), (400, -32600), "{}", r.body);
+        assert_eq!(r.json()["id"], json!(5), "{}", r.body);
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains("request id 5 is already in flight in this session"),
+            "{msg}"
+        );
+    }
+
+    // The first request is still answered on its own stream, once the client answers.
+    let answer = json!({"jsonrpc":"2.0","id":ask["id"],
+        "result":{"action":"accept","content":{"name":"Ann"}}});
+    assert_eq!(c.post(answer).await.status, 202);
+    let reply = loop {
+        let m = first.next_json().await.expect("the reply to request 5");
+        if m["id"] == json!(5) {
+            break m;
+        }
+    };
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "elicited: accept name=Ann",
+        "{reply}"
+    );
+    // Answered: id 5 is free again.
+    assert_eq!(c.call_tool(5, "echo", json!({"message":"ok"})).await, "ok");
 }

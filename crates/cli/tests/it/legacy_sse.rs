@@ -556,3 +556,46 @@ args = ["demo-server"]
         "still"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_front_refuses_a_request_id_still_in_flight() {
+    let p = Server::forward_http(&["--demo"]).await;
+    let mut a = Legacy::connect(&p.base, "/sse").await;
+    let mut init = init_body(0, "2024-11-05");
+    init["params"]["capabilities"] = json!({"elicitation": {}});
+    assert!(a.request(init).await["result"].is_object());
+    let n = a
+        .post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+        .await;
+    assert_eq!(n.status, 202, "{}", n.body);
+    // Request 5 stays in flight until the client answers the server's elicitation.
+    let call = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+        "params":{"name":"elicit","arguments":{"message":"who?"}}});
+    assert_eq!(a.post(call).await.status, 202);
+    let ask = a.next_message().await;
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
+    // A second request with id 5 is refused on its POST (nothing goes on the stream).
+    let r = a
+        .post(json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"message":"again"}}}))
+        .await;
+    assert_eq!((r.status, r.rpc_code()), (400, -32600), "{}", r.body);
+    assert!(
+        r.body
+            .contains("request id 5 is already in flight in this session"),
+        "{}",
+        r.body
+    );
+    // The first request is answered once the client answers, and it is the only answer to 5.
+    let answer = json!({"jsonrpc":"2.0","id":ask["id"],
+        "result":{"action":"accept","content":{"name":"Ann"}}});
+    assert_eq!(a.post(answer).await.status, 202);
+    let reply = a.next_message().await;
+    assert_eq!(reply["id"], json!(5), "{reply}");
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "elicited: accept name=Ann",
+        "{reply}"
+    );
+    // Answered: id 5 is free again.
+    assert_eq!(a.call(5, "echo", json!({"message":"ok"})).await, "ok");
+}

@@ -1,6 +1,7 @@
 //! Process lifecycle: children dying, client EOF, signals, exit codes. No orphan, ever.
 
 use super::harness::{Raw, Server, WAIT, bin, descendants, process_alive, wait_descendants};
+use super::peers::SseReader;
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,22 +14,26 @@ async fn child_killed_mid_call_gives_an_error_and_ends_the_session() {
     let mut c = Raw::new(p.url());
     c.initialize().await;
     let child = wait_descendants(p.pid(), 1).await[0];
-    let call = c.post(json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow","arguments":{"steps":1,"duration":30}}}));
-    let killer = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+    // The call is killed mid-way: once its first progress notification has come, the child is
+    // working on it.
+    let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow",
+        "arguments":{"steps":300,"duration":30},"_meta":{"progressToken":"p7"}}});
+    let resp = c.post_builder(call.to_string()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut events = SseReader::new(resp);
+    let first = events.next_json().await.expect("a progress notification");
+    assert_eq!(first["method"], "notifications/progress", "{first}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let reply = loop {
+        let m = events.next_json().await.expect("a reply for id 7");
+        if m["id"] == json!(7) {
+            break m;
+        }
     };
-    let (r, ()) = tokio::join!(call, killer);
-    assert_eq!(r.status, 200, "{}", r.body);
-    let reply = r
-        .messages()
-        .into_iter()
-        .find(|m| m["id"] == json!(7))
-        .expect("a reply for id 7");
     assert_eq!(reply["error"]["code"], json!(-32000), "{reply}");
     let msg = reply["error"]["message"].as_str().unwrap();
     assert!(msg.contains("tools/call") && msg.contains("exit"), "{msg}");
@@ -134,20 +139,35 @@ async fn forward_stdio_child_death_fails_in_flight_requests() {
 #[tokio::test]
 async fn forward_stdio_escalates_to_sigkill_and_leaves_no_grandchild() {
     let marker = format!("shadowcat-it-{}", std::process::id());
-    // The shell ignores SIGTERM and stdin EOF; its `sleep` grandchild must not survive either.
-    let script = format!("trap '' TERM; sleep 30 # {marker}\n");
+    // The shell ignores SIGTERM and stdin EOF; its `sleep` grandchild must not survive either
+    // (it would outlive the wait below: 600 s).
+    let script = format!("trap '' TERM; sleep 600 # {marker}\n");
     let (code, _) = stdio_run(&["--", "sh", "-c", &script], &[], true).await;
     assert_eq!(code, Some(137), "killed by SIGKILL");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let leftovers = std::process::Command::new("pgrep")
-        .args(["-f", &marker])
-        .output()
-        .unwrap();
-    assert!(
-        leftovers.stdout.is_empty(),
-        "orphans: {}",
-        String::from_utf8_lossy(&leftovers.stdout)
-    );
+    // The group was killed with the child: wait until no process carries the marker (a killed
+    // one may take a moment to be reaped).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let leftovers = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        let pids = String::from_utf8_lossy(&leftovers.stdout).to_string();
+        if pids.trim().is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            panic!("orphans: {pids}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -197,4 +217,77 @@ async fn forward_stdio_answers_garbage_and_oversized_lines_with_errors() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(descendants(std::process::id()).len() < 50);
+}
+
+#[tokio::test]
+async fn forward_stdio_refuses_a_request_id_still_in_flight() {
+    let mut child = Command::new(bin())
+        .args(["forward", "stdio", "--demo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let l = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("a line");
+        serde_json::from_str(&l).unwrap()
+    };
+    let mut init = super::harness::init_body(0, "2025-06-18");
+    init["params"]["capabilities"] = json!({"elicitation": {}});
+    // Request 5 stays in flight until the client answers the server's elicitation.
+    let call = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+        "params":{"name":"elicit","arguments":{"message":"who?"}}});
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    for v in [&init, &initialized, &call] {
+        stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+    }
+    stdin.flush().await.unwrap();
+    assert_eq!(next().await["id"], json!(0));
+    let ask = next().await;
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
+    // A second request with id 5 is answered by the proxy and never reaches the server.
+    let dup = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"message":"again"}}});
+    stdin
+        .write_all(format!("{dup}\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let refused = next().await;
+    assert_eq!(refused["id"], json!(5), "{refused}");
+    assert_eq!(refused["error"]["code"], json!(-32600), "{refused}");
+    let msg = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("request id 5 is already in flight in this session"),
+        "{msg}"
+    );
+    // The first request is answered once the client answers, and is the only other answer.
+    let answer = json!({"jsonrpc":"2.0","id":ask["id"],
+        "result":{"action":"accept","content":{"name":"Ann"}}});
+    let after = json!({"jsonrpc":"2.0","id":6,"method":"ping"});
+    for v in [&answer, &after] {
+        stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+    }
+    stdin.flush().await.unwrap();
+    let (a, b) = (next().await, next().await);
+    let (reply, pong) = if a["id"] == json!(5) { (a, b) } else { (b, a) };
+    assert_eq!(reply["id"], json!(5), "{reply}");
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "elicited: accept name=Ann",
+        "{reply}"
+    );
+    assert_eq!(pong["id"], json!(6), "nothing else came: {pong}");
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }

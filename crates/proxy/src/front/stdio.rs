@@ -2,7 +2,8 @@
 //!
 //! Client EOF → the upstream is shut down (child: close stdin → wait → SIGTERM → SIGKILL) and the
 //! exit code of the child becomes ours. Upstream gone → every in-flight request gets a JSON-RPC
-//! error, then we exit.
+//! error, then we exit. A request that could not be sent (its id is still in flight, `-32600`;
+//! the upstream refused it) is answered with a JSON-RPC error carrying its id.
 
 use crate::session::{Sent, Session};
 use crate::upstream::UpstreamEvent;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
 use shadowcat_proto::lines::{Line, LineCodec, single_line};
-use shadowcat_proto::{Frame, FrameError, Message};
+use shadowcat_proto::{Frame, FrameError, FrameKind, Message};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
@@ -136,6 +137,10 @@ async fn read_input<R: AsyncRead + Unpin>(
         };
         for frame in parse_client_line(&session, line, &out).await {
             let initialized = frame.method() == Some("notifications/initialized");
+            let request = frame
+                .id()
+                .cloned()
+                .filter(|_| frame.kind() == FrameKind::Request);
             match session.from_client(frame).await {
                 Ok(Sent::Forwarded) => {
                     if initialized {
@@ -146,9 +151,16 @@ async fn read_input<R: AsyncRead + Unpin>(
                     let _ = out.send(f.into_raw()).await;
                 }
                 Ok(Sent::Dropped) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not forward a client message");
-                }
+                // A request that was not sent (its id is still in flight, the upstream could
+                // not take it) is answered here: the client never waits for nothing.
+                Err(e) => match request {
+                    Some(id) => {
+                        tracing::debug!(error = %e, "client request refused");
+                        let err = error_frame(Some(&id), e.jsonrpc_code(), &e.to_string());
+                        let _ = out.send(err.into_raw()).await;
+                    }
+                    None => tracing::warn!(error = %e, "could not forward a client message"),
+                },
             }
         }
     }

@@ -98,9 +98,19 @@ pub struct Rules {
     default_allow: bool,
 }
 
-/// A refusal, with the reason given to the client.
+/// A refusal: the JSON-RPC error code ([`FORBIDDEN`], or `-32602` for a request whose items
+/// cannot be read) and the reason given to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied(pub String);
+pub struct Denied {
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// What was refused, for whom and why.
+    pub message: String,
+}
+
+/// The 2026-07-28 request that asks for resource update notifications
+/// (`params.notifications.resourceSubscriptions`).
+pub const LISTEN: &str = "subscriptions/listen";
 
 impl Rules {
     /// Rules in order, and the decision when none matches.
@@ -197,9 +207,10 @@ impl Rules {
             Some(i) => format!("rule {} of this route denies it", i + 1),
             None => "no rule of this route allows it".to_string(),
         };
-        Denied(format!(
-            "forbidden by the gateway: {what} is not allowed for {who} ({why})"
-        ))
+        Denied {
+            code: FORBIDDEN,
+            message: format!("forbidden by the gateway: {what} is not allowed for {who} ({why})"),
+        }
     }
 
     /// Decide a client frame (requests only; everything else passes).
@@ -211,7 +222,19 @@ impl Rules {
             return Ok(()); // notifications are not authorised one by one
         }
         let target = Kind::of_call(method).and_then(|k| frame.target().map(|t| (k, t)));
-        self.check(who, method, target)
+        self.check(who, method, target)?;
+        if method == LISTEN {
+            // Each URI it subscribes to is checked as the `resources/subscribe` it stands for
+            // (the translated path sends exactly that): one denied URI refuses the request.
+            let uris = listen_uris(frame).map_err(|message| Denied {
+                code: shadowcat_proto::error::INVALID_PARAMS,
+                message,
+            })?;
+            for uri in &uris {
+                self.check(who, "resources/subscribe", Some((Kind::Resource, uri)))?;
+            }
+        }
+        Ok(())
     }
 
     /// Filter a list answer: remove the items the principal may not use. `None` when nothing
@@ -239,6 +262,80 @@ impl Rules {
         }
         let bytes = bytes::Bytes::from(serde_json::to_vec(&v).ok()?);
         Frame::parse_single(bytes).ok()
+    }
+}
+
+/// The URIs of a `subscriptions/listen` request's `params.notifications.resourceSubscriptions`,
+/// read strictly (a rule must see what the server will see): every level an object, each field
+/// at most once and with no case variant beside it, the list an array of strings. The error
+/// says what was wrong.
+pub fn listen_uris(frame: &Frame) -> Result<Vec<String>, String> {
+    use serde::de::DeserializeSeed;
+    let seed = Field {
+        name: "params",
+        seed: Field {
+            name: "notifications",
+            seed: Field {
+                name: "resourceSubscriptions",
+                seed: std::marker::PhantomData::<Vec<String>>,
+            },
+        },
+    };
+    let mut de = serde_json::Deserializer::from_slice(frame.raw());
+    match seed.deserialize(&mut de) {
+        Ok(uris) => Ok(uris.flatten().flatten().unwrap_or_default()),
+        Err(e) => {
+            let text = e.to_string();
+            let text = text.rfind(" at line ").map_or(&*text, |i| &text[..i]);
+            Err(format!(
+                "`{LISTEN}` params: {text} (`notifications.resourceSubscriptions` must be an \
+                 array of URI strings)"
+            ))
+        }
+    }
+}
+
+/// One field of a JSON object, read with `seed`: `None` when absent; an error when it is given
+/// twice or beside a case variant of its name. Other fields are skipped whatever their type.
+struct Field<S> {
+    name: &'static str,
+    seed: S,
+}
+
+impl<'de, S: serde::de::DeserializeSeed<'de>> serde::de::DeserializeSeed<'de> for Field<S> {
+    type Value = Option<S::Value>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: serde::de::DeserializeSeed<'de>> serde::de::Visitor<'de> for Field<S> {
+    type Value = Option<S::Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an object holding \"{}\"", self.name)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let name = self.name;
+        let mut seed = Some(self.seed);
+        let mut found = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == name {
+                let Some(s) = seed.take() else {
+                    return Err(A::Error::custom(format_args!(
+                        "\"{name}\" is given more than once"
+                    )));
+                };
+                found = Some(map.next_value_seed(s)?);
+            } else if key.eq_ignore_ascii_case(name) {
+                return Err(A::Error::custom(format_args!(
+                    "a field spelled like \"{name}\" in other letter case is ambiguous"
+                )));
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -294,7 +391,7 @@ mod tests {
             .check(Some(&bob), "tools/call", t("delete_repo"))
             .unwrap_err();
         assert_eq!(
-            e.0,
+            e.message,
             "forbidden by the gateway: tool `delete_repo` is not allowed for jwt:bob (rule 2 of this route denies it)"
         );
         assert!(rules.check(Some(&bob), "tools/call", t("echo")).is_ok());
@@ -315,6 +412,72 @@ mod tests {
                 .is_ok()
         );
         assert!(closed.check(None, "ping", None).is_err());
+    }
+
+    fn listen(params: &str) -> Frame {
+        let raw = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{params}}}"#
+        );
+        Frame::parse_single(bytes::Bytes::from(raw)).unwrap()
+    }
+
+    #[test]
+    fn every_uri_a_listen_request_subscribes_to_is_checked() {
+        let rules = Rules::new(
+            vec![rule("effect = \"deny\"\nresources = [\"secret://*\"]")],
+            Effect::Allow,
+        );
+        let ok = listen(r#"{"notifications":{"resourceSubscriptions":["demo://a","demo://b"]}}"#);
+        assert!(rules.check_frame(None, &ok).is_ok());
+        let e = rules
+            .check_frame(
+                None,
+                &listen(
+                    r#"{"notifications":{"toolsListChanged":true,"resourceSubscriptions":["demo://a","secret://x"]}}"#,
+                ),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, FORBIDDEN);
+        assert!(e.message.contains("resource `secret://x`"), "{}", e.message);
+        // Checked as `resources/subscribe` of the URI.
+        let by_method = Rules::new(
+            vec![rule(
+                "effect = \"deny\"\nmethods = [\"resources/subscribe\"]",
+            )],
+            Effect::Allow,
+        );
+        assert!(by_method.check_frame(None, &ok).is_err());
+        assert!(
+            by_method
+                .check_frame(
+                    None,
+                    &listen(r#"{"notifications":{"toolsListChanged":true}}"#)
+                )
+                .is_ok(),
+            "no URI, nothing subscribed"
+        );
+        // What cannot be read unambiguously is refused (-32602), whatever the rules say.
+        for bad in [
+            r#"{"notifications":{"resourceSubscriptions":"secret://x"}}"#,
+            r#"{"notifications":{"resourceSubscriptions":[1]}}"#,
+            r#"{"notifications":{"resourceSubscriptions":["demo://a"],"resourceSubscriptions":["secret://x"]}}"#,
+            r#"{"notifications":{"resourceSubscriptions":["demo://a"],"ResourceSubscriptions":["secret://x"]}}"#,
+            r#"{"notifications":{"resourceSubscriptions":[]},"notifications":{"resourceSubscriptions":["secret://x"]}}"#,
+            r#"{"notifications":null}"#,
+            r#"[]"#,
+        ] {
+            let e = rules.check_frame(None, &listen(bad)).unwrap_err();
+            assert_eq!(e.code, shadowcat_proto::error::INVALID_PARAMS, "{bad}");
+            assert!(
+                e.message.contains("resourceSubscriptions"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        assert_eq!(
+            listen_uris(&listen(r#"{"_meta":{},"notifications":{}}"#)).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

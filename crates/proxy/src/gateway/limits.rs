@@ -15,6 +15,7 @@ mod shared;
 
 use super::config::{Cidr, LimitsBackend, LimitsConfig, RateConfig, RedisOutage};
 use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
@@ -29,8 +30,8 @@ use std::time::Duration;
 /// JSON-RPC error code of a call refused by a rate limit.
 pub const RATE_LIMITED: i64 = -32029;
 
-type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
-type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, DefaultClock>;
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// A request over a limit (or refused because the shared limiter is unreachable).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,13 +104,14 @@ impl<L> Limit<L> {
     }
 }
 
-/// The configured limiters.
-pub struct Limits {
-    clock: DefaultClock,
-    global: Option<Limit<Direct>>,
-    principal: Option<Limit<Keyed<Arc<str>>>>,
-    ip: Option<Limit<Keyed<IpAddr>>>,
-    tools: HashMap<String, Limit<Direct>>,
+/// The configured limiters. `C` is their clock: the real one, or in tests one they move
+/// (`governor::clock::FakeRelativeClock`).
+pub struct Limits<C: Clock = DefaultClock> {
+    clock: C,
+    global: Option<Limit<Direct<C>>>,
+    principal: Option<Limit<Keyed<Arc<str>, C>>>,
+    ip: Option<Limit<Keyed<IpAddr, C>>>,
+    tools: HashMap<String, Limit<Direct<C>>>,
     trusted: Vec<Cidr>,
     /// `backend = "redis"`: the shared state.
     shared: Option<Shared>,
@@ -120,8 +122,21 @@ impl Limits {
     /// is believed; `redis` is the Redis of `backend = "redis"` (nothing is connected until
     /// the first check) and `prefix` starts its keys.
     pub fn new(cfg: &LimitsConfig, trusted: Vec<Cidr>, redis: Option<&str>, prefix: &str) -> Self {
+        Limits::with_clock(cfg, trusted, redis, prefix, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Limits<C> {
+    /// [`Limits::new`] with the clock the in-process limiters read.
+    pub fn with_clock(
+        cfg: &LimitsConfig,
+        trusted: Vec<Cidr>,
+        redis: Option<&str>,
+        prefix: &str,
+        clock: C,
+    ) -> Self {
         let direct = |r: &RateConfig| Limit {
-            local: RateLimiter::direct(quota(r)),
+            local: RateLimiter::direct_with_clock(quota(r), clock.clone()),
             rate: *r,
         };
         let shared = match (cfg.backend, redis) {
@@ -134,14 +149,13 @@ impl Limits {
             _ => None,
         };
         Limits {
-            clock: DefaultClock::default(),
             global: cfg.global.as_ref().map(direct),
             principal: cfg.per_principal.as_ref().map(|r| Limit {
-                local: RateLimiter::dashmap(quota(r)),
+                local: RateLimiter::dashmap_with_clock(quota(r), clock.clone()),
                 rate: *r,
             }),
             ip: cfg.per_ip.as_ref().map(|r| Limit {
-                local: RateLimiter::dashmap(quota(r)),
+                local: RateLimiter::dashmap_with_clock(quota(r), clock.clone()),
                 rate: *r,
             }),
             tools: cfg
@@ -151,6 +165,7 @@ impl Limits {
                 .collect(),
             trusted,
             shared,
+            clock,
         }
     }
 
@@ -173,7 +188,7 @@ impl Limits {
         &self,
         scope: &'static str,
         rate: &RateConfig,
-        at: governor::NotUntil<<DefaultClock as Clock>::Instant>,
+        at: governor::NotUntil<C::Instant>,
     ) -> Limited {
         Limited {
             scope,
@@ -404,7 +419,8 @@ mod tests {
             }),
             ..LimitsConfig::default()
         };
-        let l = Limits::new(&cfg, vec![], None, "t:");
+        let clock = governor::clock::FakeRelativeClock::default();
+        let l = Limits::with_clock(&cfg, vec![], None, "t:", clock);
         assert!(!l.is_shared());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         for _ in 0..3 {
@@ -413,11 +429,65 @@ mod tests {
         let r = l.check_client(ip).await.unwrap_err();
         assert_eq!((r.scope, r.limit, r.unavailable), ("ip", 3, false));
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert!(
-            r.retry_after > Duration::from_secs(9) && r.retry_secs() == 10,
-            "{r:?}"
-        );
+        assert_eq!(r.retry_after, Duration::from_secs(10), "{r:?}");
+        assert_eq!(r.retry_secs(), 10);
         assert!(l.check_client("127.0.0.2".parse().unwrap()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn per_ip_limit_is_exact_over_1000_requests_on_a_moving_clock() {
+        // 20 per second (one every 50 ms), burst 5; four clients together sending one request
+        // every 2.5 ms for 2.5 s, on a clock only this test moves.
+        let cfg = LimitsConfig {
+            per_ip: Some(RateConfig {
+                requests: 20,
+                per: Dur(Duration::from_secs(1)),
+                burst: Some(5),
+            }),
+            ..LimitsConfig::default()
+        };
+        let clock = governor::clock::FakeRelativeClock::default();
+        let l = Limits::with_clock(&cfg, vec![], None, "t:", clock.clone());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let step = Duration::from_micros(2500);
+        let period = Duration::from_millis(50);
+        let mut allowed = Vec::new();
+        for k in 0..1000u32 {
+            let now = step * k;
+            match l.check_client(ip).await {
+                Ok(()) => allowed.push(k),
+                Err(r) => {
+                    assert_eq!((r.scope, r.limit, r.unavailable), ("ip", 5, false));
+                    // Retry-After names the next moment a request passes: the next 50 ms mark.
+                    let next = now + r.retry_after;
+                    assert!(r.retry_after > Duration::ZERO && r.retry_after <= period);
+                    assert_eq!(
+                        next.as_micros() % period.as_micros(),
+                        0,
+                        "at {now:?}: {r:?}"
+                    );
+                    assert_eq!(r.retry_secs(), 1);
+                }
+            }
+            clock.advance(step);
+        }
+        // A full burst, then exactly one request per 50 ms: at 50, 100, …, 2450 ms.
+        let expected: Vec<u32> = (0..5).chain((1..50).map(|i| 20 * i)).collect();
+        assert_eq!(allowed, expected);
+        // At 2500 ms one more passes; then Retry-After is exact to the nanosecond.
+        assert!(l.check_client(ip).await.is_ok());
+        let r = l.check_client(ip).await.unwrap_err();
+        assert_eq!(r.retry_after, period);
+        clock.advance(r.retry_after - Duration::from_nanos(1));
+        assert!(l.check_client(ip).await.is_err(), "a nanosecond early");
+        clock.advance(Duration::from_nanos(1));
+        assert!(l.check_client(ip).await.is_ok(), "on time");
+        // Another address has its own full burst.
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..5 {
+            assert!(l.check_client(other).await.is_ok());
+        }
+        assert!(l.check_client(other).await.is_err());
     }
 
     #[tokio::test]

@@ -36,16 +36,29 @@ impl Inflight {
         crate::sync::lock(&self.expired)
     }
 
-    /// Record a request (frames without an id are ignored).
-    pub fn insert(&self, frame: &Frame) {
-        if let Some(id) = frame.id() {
-            let p = Pending {
-                method: Arc::from(frame.method().unwrap_or("")),
-                progress_token: frame.progress_token().cloned(),
-                since: Instant::now(),
-            };
-            self.lock().insert(id.clone(), p);
+    /// Record a request (frames without an id are ignored). `false`, and nothing recorded, when
+    /// a request with the same id is already pending: its answer could not be told apart.
+    #[must_use]
+    pub fn insert(&self, frame: &Frame) -> bool {
+        let Some(id) = frame.id() else {
+            return true;
+        };
+        let mut map = self.lock();
+        if map.contains_key(id) {
+            return false;
         }
+        let p = Pending {
+            method: Arc::from(frame.method().unwrap_or("")),
+            progress_token: frame.progress_token().cloned(),
+            since: Instant::now(),
+        };
+        map.insert(id.clone(), p);
+        true
+    }
+
+    /// Whether a request with this id is pending.
+    pub fn contains(&self, id: &RequestId) -> bool {
+        self.lock().contains_key(id)
     }
 
     /// Complete a request.
@@ -139,7 +152,12 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t","_meta":{"progressToken":9}}}"#,
         ))
         .unwrap();
-        i.insert(&f);
+        assert!(i.insert(&f));
+        assert!(
+            !i.insert(&f),
+            "a second request with a pending id is refused"
+        );
+        assert!(i.contains(&RequestId::String("a".into())));
         assert_eq!(
             i.by_progress_token(&RequestId::Number(9)),
             Some(RequestId::String("a".into()))
@@ -164,10 +182,10 @@ mod tests {
             )))
             .unwrap()
         };
-        i.insert(&f("old"));
+        assert!(i.insert(&f("old")));
         let cutoff = Instant::now();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        i.insert(&f("new"));
+        assert!(i.insert(&f("new")));
         assert!(i.oldest().is_some_and(|t| t <= cutoff));
         let gone = i.expire(cutoff);
         assert_eq!(gone.len(), 1);

@@ -223,6 +223,15 @@ impl Session {
         frame: Frame,
         transport: Transport<'_>,
     ) -> Result<(Sent, Option<Exchange>), ProxyError> {
+        // A request reusing the id of one still in flight is refused before any hook sees it
+        // (its answer could not be told from the first one's); `insert` below checks again
+        // under the table's lock, for two such requests racing through the hooks.
+        if frame.kind() == FrameKind::Request
+            && let Some(id) = frame.id()
+            && self.inflight.contains(id)
+        {
+            return Err(ProxyError::DuplicateRequestId(id.clone()));
+        }
         // No hooks: not even the pipeline's future is made (no cost when unused).
         let frame = if self.pipeline.is_empty() {
             frame
@@ -236,15 +245,20 @@ impl Session {
         };
         let tracked = match frame.kind() {
             FrameKind::Request => {
+                if let Some(id) = frame.id()
+                    && !self.inflight.insert(&frame)
+                {
+                    return Err(ProxyError::DuplicateRequestId(id.clone()));
+                }
                 if let Some(g) = &self.guard {
                     if let Err(why) = g.admit() {
+                        if let Some(id) = frame.id() {
+                            self.inflight.remove(id);
+                        }
                         let answer = error_frame(frame.id(), UPSTREAM_ERROR, &why);
                         return Ok((Sent::Replied(answer), None));
                     }
-                    self.inflight.insert(&frame);
                     self.sent.notify_one();
-                } else {
-                    self.inflight.insert(&frame);
                 }
                 frame.id().cloned()
             }

@@ -53,6 +53,14 @@ pub(crate) async fn handle(
             let Some(id) = id else {
                 return Err(bad("subscriptions/listen must be a request"));
             };
+            // Gateway: served here, not through the held session's hooks, so the route's rules
+            // are applied here — to the request and to every URI it would subscribe to.
+            if let Some(g) = &target.gateway
+                && let Err(answer) = g.authorize_stateless(&frame)
+            {
+                let status = status_of(&answer);
+                return Ok(reply::json_response(status, answer.into_raw()));
+            }
             let params: Value = serde_json::from_slice::<Value>(frame.raw())
                 .map(|v| v["params"].clone())
                 .unwrap_or(Value::Null);
@@ -111,7 +119,7 @@ async fn respond(
 }
 
 /// The HTTP status of a JSON answer (the one table: [`crate::error::stateless_answer_status`]).
-fn status_of(frame: &Frame) -> StatusCode {
+pub(crate) fn status_of(frame: &Frame) -> StatusCode {
     if frame.kind() != FrameKind::Error {
         return StatusCode::OK;
     }

@@ -203,7 +203,10 @@ async fn serve(
     // Gateway: no session carries the principal, so the route's rules are applied here.
     let list = match &target.gateway {
         Some(g) => match g.authorize_stateless(&frame) {
-            Err(answer) => return Ok(reply::json_response(StatusCode::OK, answer.into_raw())),
+            Err(answer) => {
+                let status = crate::translate::serve::status_of(&answer);
+                return Ok(reply::json_response(status, answer.into_raw()));
+            }
             Ok(list) => list.map(|l| (g, l)),
         },
         None => None,

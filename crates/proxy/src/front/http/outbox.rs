@@ -17,6 +17,7 @@
 //! * Otherwise it goes on the GET stream, logged even while no GET is connected; the next GET
 //!   replays what it missed.
 
+use crate::error::ProxyError;
 use crate::upstream::Via;
 use shadowcat_proto::{Frame, RequestId};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -174,11 +175,25 @@ impl Outbox {
         self.priming = on;
     }
 
-    /// Register a POST carrying these request ids; returns its stream id. `None` once the
-    /// session has ended ([`Outbox::close`]): nothing would ever answer on the stream.
-    pub fn open_post(&mut self, ids: &[RequestId], tx: mpsc::Sender<Out>) -> Option<StreamId> {
+    /// Register a POST carrying these request ids; returns its stream id. Refused with
+    /// [`ProxyError::SessionNotFound`] once the session has ended ([`Outbox::close`]: nothing
+    /// would ever answer on the stream), and with [`ProxyError::DuplicateRequestId`] when one of
+    /// the ids is still awaiting its reply in this session (or repeats within the POST): the
+    /// second registration would take the first one's reply, and the first POST would wait
+    /// forever.
+    pub fn open_post(
+        &mut self,
+        ids: &[RequestId],
+        tx: mpsc::Sender<Out>,
+    ) -> Result<StreamId, ProxyError> {
         if self.closed {
-            return None;
+            return Err(ProxyError::SessionNotFound);
+        }
+        let mut seen = HashSet::with_capacity(ids.len());
+        for r in ids {
+            if self.requests.contains_key(r) || !seen.insert(r) {
+                return Err(ProxyError::DuplicateRequestId(r.clone()));
+            }
         }
         self.next_post += 1;
         let id: StreamId = Arc::from(format!("p{}", self.next_post));
@@ -187,7 +202,7 @@ impl Outbox {
         for r in ids {
             self.requests.insert(r.clone(), id.clone());
         }
-        Some(id)
+        Ok(id)
     }
 
     /// A request of a POST will get no reply (a hook dropped it).
@@ -443,10 +458,42 @@ mod tests {
     }
 
     #[test]
+    fn a_request_id_still_awaiting_its_reply_cannot_be_registered_again() {
+        let mut o = Outbox::new();
+        let (tx1, _rx1) = mpsc::channel(4);
+        let (tx2, _rx2) = mpsc::channel(4);
+        o.open_post(&[RequestId::Number(1)], tx1.clone()).unwrap();
+        let dup = o.open_post(&[RequestId::Number(2), RequestId::Number(1)], tx2.clone());
+        match dup {
+            Err(ProxyError::DuplicateRequestId(id)) => assert_eq!(id, RequestId::Number(1)),
+            other => panic!("{other:?}"),
+        }
+        // Nothing of the refused POST was registered: id 2 is free, and id 1's reply still
+        // goes to the first POST.
+        let within = o.open_post(&[RequestId::Number(3), RequestId::Number(3)], tx2.clone());
+        assert!(matches!(within, Err(ProxyError::DuplicateRequestId(_))));
+        assert!(!o.requests.contains_key(&RequestId::Number(2)));
+        assert!(!o.requests.contains_key(&RequestId::Number(3)));
+        match o.route(f(R1), &Via::Unrelated, None) {
+            Plan::Json { frames, sink } => {
+                assert_eq!(frames.len(), 1);
+                assert!(
+                    sink.is_some_and(|s| s.same_channel(&tx1)),
+                    "the first POST's"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Answered: the id may be used again.
+        o.open_post(&[RequestId::Number(1)], tx2).unwrap();
+    }
+
+    #[test]
     fn replies_first_means_json() {
         let mut o = Outbox::new();
         let (tx, _rx) = mpsc::channel(4);
-        o.open_post(&[RequestId::Number(1), RequestId::Number(2)], tx);
+        o.open_post(&[RequestId::Number(1), RequestId::Number(2)], tx)
+            .unwrap();
         assert!(matches!(o.route(f(R1), &Via::Unrelated, None), Plan::Held));
         match o.route(f(R2), &Via::Unrelated, None) {
             Plan::Json { frames, sink } => {
@@ -554,7 +601,7 @@ mod tests {
         // A dropped request stream that never got an event id cannot be resumed: GET stream.
         let mut o = Outbox::new();
         let (tx, rx) = mpsc::channel(4);
-        o.open_post(&[RequestId::Number(1)], tx);
+        o.open_post(&[RequestId::Number(1)], tx).unwrap();
         let (tg, _rg) = mpsc::channel(4);
         o.attach(GET_STREAM, tg);
         drop(rx);
@@ -587,7 +634,7 @@ mod tests {
         assert!(o.attach("p9", mpsc::channel(1).0).is_none());
         // a dropped request completes its POST with no replies
         let (tx, _rx) = mpsc::channel(4);
-        o.open_post(&[RequestId::Number(5)], tx);
+        o.open_post(&[RequestId::Number(5)], tx).unwrap();
         match o.forget_request(&RequestId::Number(5)) {
             Plan::Json { frames, .. } => assert!(frames.is_empty()),
             other => panic!("{other:?}"),

@@ -236,10 +236,9 @@ async fn relay(
         if let Some(v) = core.known_version() {
             o.set_priming(v >= ProtocolVersion::V2025_11_25);
         }
-        // The session may have ended since it was looked up: then nothing would answer.
-        if o.open_post(&requests, tx).is_none() {
-            return Err(ProxyError::SessionNotFound);
-        }
+        // Refused when the session ended since it was looked up (nothing would answer), or
+        // when a request id is still in flight in the session (400, before anything is sent).
+        o.open_post(&requests, tx)?;
     }
     // The upstream's request for a lone message is driven right here, on this task, until the
     // answer's first message is routed; anything else runs as tasks of the session.

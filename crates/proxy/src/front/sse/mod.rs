@@ -9,7 +9,8 @@
 //! * `POST /message?sessionId=<id>` (JSON body, one message) answers `202 Accepted` (body
 //!   `Accepted`); the reply travels on the event stream. Errors, each with a JSON-RPC body:
 //!   `400` no `sessionId`, malformed JSON (-32700) or not one JSON-RPC message (-32600, batches
-//!   included: they came with 2025-03-26); `404` unknown or ended session (or one of another
+//!   included: they came with 2025-03-26), a request whose id is still in flight in the session
+//!   (-32600); `404` unknown or ended session (or one of another
 //!   route); `413` body over the limit; `415` not JSON. `Origin` is checked by the HTTP front
 //!   for every request (403).
 //! * Closing the event stream ends the session: its upstream is shut down (the child killed,
@@ -352,6 +353,9 @@ impl Shared {
             Ok(Sent::Replied(answer)) => {
                 session.send(answer).await;
             }
+            // Its id is taken by a request still in flight: refused on this POST (an error on
+            // the stream would read as the answer to the first one).
+            Err(e @ ProxyError::DuplicateRequestId(_)) => return Err(e),
             Err(e) => match request {
                 Some(rid) => {
                     let err = error_frame(Some(&rid), e.jsonrpc_code(), &e.to_string());
