@@ -122,8 +122,24 @@ pub fn run(cmd: TapeCmd) -> anyhow::Result<i32> {
             };
             let text = serde_json::to_string_pretty(&doc)? + "\n";
             match output {
-                Some(p) => std::fs::write(&p, text)
-                    .with_context(|| format!("cannot write {}", p.display()))?,
+                // An export holds what the tape holds: its owner's only, like the tape.
+                Some(p) => {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&p)
+                        .and_then(|mut f| {
+                            // An existing file keeps its mode on open: made private too.
+                            use std::os::unix::fs::PermissionsExt;
+                            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                            f.write_all(text.as_bytes())
+                        })
+                        .with_context(|| format!("cannot write {}", p.display()))?
+                }
                 None => print(&text)?,
             }
             Ok(0)

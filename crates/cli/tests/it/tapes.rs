@@ -336,8 +336,12 @@ async fn tape_show_list_export_and_validate() {
             .contains("hello tape")
     );
     let out = dir.path().join("t.json");
+    std::fs::write(&out, "an older export, world-readable").unwrap();
     let e = shadowcat(&["tape", "export", &t, "-o", &out.to_string_lossy()]);
     assert!(e.status.success());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "an export is its owner's only, like the tape");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(doc["header"]["mode"], "forward-stdio");
 

@@ -248,21 +248,23 @@ impl JwtVerifier {
     }
 
     async fn fetch(&self) -> Result<Jwks, String> {
-        let url = &self.cfg.jwks_url;
+        // Named without userinfo or query values in errors and logs.
+        let shown = shadowcat_tape::redact::url_label(&self.cfg.jwks_url);
+        let url = &shown;
         let resp = self
             .http
-            .get(url)
+            .get(&self.cfg.jwks_url)
             .timeout(Duration::from_secs(5))
             .send()
             .await
-            .map_err(|e| format!("cannot fetch the JWKS from {url}: {e}"))?;
+            .map_err(|e| format!("cannot fetch the JWKS from {url}: {}", e.without_url()))?;
         if !resp.status().is_success() {
             return Err(format!("the JWKS at {url} answered HTTP {}", resp.status()));
         }
         let body = resp
             .bytes()
             .await
-            .map_err(|e| format!("cannot read the JWKS from {url}: {e}"))?;
+            .map_err(|e| format!("cannot read the JWKS from {url}: {}", e.without_url()))?;
         let doc: JwksDoc = serde_json::from_slice(&body)
             .map_err(|e| format!("the JWKS at {url} is not a JWK set: {e}"))?;
         let mut out = Jwks {
