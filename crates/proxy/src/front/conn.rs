@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -156,10 +156,13 @@ struct State {
     phase: Phase,
 }
 
-/// One connection's state and the timer that watches it.
+/// One connection's state and the timer that watches it. Transitions never wake the timer
+/// (that cost three task wake-ups and two timer registrations per request on the relay path):
+/// it wakes when the current phase would expire, or sooner — never later than the earliest
+/// deadline of a phase that could start meanwhile — and reads the phase then. Every deadline
+/// is still kept on time.
 struct Watch {
     state: Mutex<State>,
-    changed: Notify,
     limits: ConnLimits,
 }
 
@@ -170,7 +173,6 @@ impl Watch {
                 active: 0,
                 phase: Phase::Head(Instant::now()),
             }),
-            changed: Notify::new(),
             limits,
         })
     }
@@ -184,8 +186,6 @@ impl Watch {
         let mut s = self.lock();
         if let Phase::Idle(_) = s.phase {
             s.phase = Phase::Head(Instant::now());
-            drop(s);
-            self.changed.notify_one();
         }
     }
 
@@ -193,12 +193,8 @@ impl Watch {
     fn start(self: &Arc<Self>) -> BusyGuard {
         let mut s = self.lock();
         s.active += 1;
-        let was_busy = matches!(s.phase, Phase::Busy);
         s.phase = Phase::Busy;
         drop(s);
-        if !was_busy {
-            self.changed.notify_one();
-        }
         BusyGuard(self.clone())
     }
 
@@ -207,32 +203,25 @@ impl Watch {
         s.active = s.active.saturating_sub(1);
         if s.active == 0 {
             s.phase = Phase::Idle(Instant::now());
-            drop(s);
-            self.changed.notify_one();
         }
     }
 
     /// Resolves when the connection has overstayed its current phase; says which.
     async fn expired(&self) -> &'static str {
+        let (head, idle) = (self.limits.header_timeout, self.limits.idle_timeout);
         loop {
-            let notified = self.changed.notified();
-            let deadline = match self.lock().phase {
-                Phase::Head(t) => Some((t + self.limits.header_timeout, "request head")),
-                Phase::Idle(t) => Some((t + self.limits.idle_timeout, "keep-alive idle")),
-                Phase::Busy => None,
+            let now = Instant::now();
+            let phase = self.lock().phase;
+            // Never sleep past the earliest deadline a phase starting now could have: a new
+            // head (`head`) or a new idle spell (`idle`).
+            let wake = match phase {
+                Phase::Head(t) if now >= t + head => return "request head",
+                Phase::Head(t) => (t + head).min(now + idle),
+                Phase::Idle(t) if now >= t + idle => return "keep-alive idle",
+                Phase::Idle(t) => (t + idle).min(now + head),
+                Phase::Busy => now + head.min(idle),
             };
-            match deadline {
-                None => notified.await,
-                Some((at, why)) => {
-                    if Instant::now() >= at {
-                        return why;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = notified => {}
-                    }
-                }
-            }
+            tokio::time::sleep_until(wake).await;
         }
     }
 }
