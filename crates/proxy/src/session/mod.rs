@@ -20,7 +20,7 @@ use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,8 +51,6 @@ pub struct Session {
     guard: Option<Arc<Guard>>,
     /// Puts the proxy's own answers (timeouts) on the upstream's event channel.
     loopback: mpsc::WeakSender<UpstreamEvent>,
-    /// Wakes the request-timeout sweeper when a request goes upstream.
-    sent: Arc<Notify>,
     /// Its place in the session host (given back when the session shuts down).
     slot: std::sync::Mutex<Option<Slot>>,
 }
@@ -98,16 +96,10 @@ impl Session {
             ending: AtomicBool::new(false),
             guard,
             loopback: opened.loopback,
-            sent: Arc::new(Notify::new()),
             slot: std::sync::Mutex::new(None),
         });
         if let Some(timeout) = s.guard.as_ref().and_then(|g| g.request_timeout()) {
-            let sweeper = sweep(
-                Arc::downgrade(&s),
-                s.sent.clone(),
-                timeout,
-                s.cancel.clone(),
-            );
+            let sweeper = sweep(Arc::downgrade(&s), timeout, s.cancel.clone());
             s.tracker.spawn(sweeper);
         }
         (s, opened.events)
@@ -250,15 +242,14 @@ impl Session {
                 {
                     return Err(ProxyError::DuplicateRequestId(id.clone()));
                 }
-                if let Some(g) = &self.guard {
-                    if let Err(why) = g.admit() {
-                        if let Some(id) = frame.id() {
-                            self.inflight.remove(id);
-                        }
-                        let answer = error_frame(frame.id(), UPSTREAM_ERROR, &why);
-                        return Ok((Sent::Replied(answer), None));
+                if let Some(g) = &self.guard
+                    && let Err(why) = g.admit()
+                {
+                    if let Some(id) = frame.id() {
+                        self.inflight.remove(id);
                     }
-                    self.sent.notify_one();
+                    let answer = error_frame(frame.id(), UPSTREAM_ERROR, &why);
+                    return Ok((Sent::Replied(answer), None));
                 }
                 frame.id().cloned()
             }
@@ -429,31 +420,28 @@ fn upstream_failed(frame: &Frame) -> bool {
     matches!(frame.proxy_error(), Some(UPSTREAM_ERROR | REQUEST_TIMEOUT))
 }
 
-/// Fail the session's requests that wait longer than `timeout` (one task per session, asleep
-/// until the oldest pending request's deadline, or until a request is sent).
-async fn sweep(
-    session: Weak<Session>,
-    sent: Arc<Notify>,
-    timeout: Duration,
-    cancel: CancellationToken,
-) {
+/// Fail the session's requests that wait longer than `timeout` (one task per session). It
+/// sleeps until the oldest pending request's deadline, or for `timeout` when none is pending:
+/// a request sent meanwhile cannot be due before that, so sending never has to wake it (no
+/// wake-up per request on the relay path).
+async fn sweep(session: Weak<Session>, timeout: Duration, cancel: CancellationToken) {
     loop {
-        let oldest = match session.upgrade() {
-            Some(s) => s.inflight.oldest(),
+        let wake = match session.upgrade() {
+            Some(s) => s
+                .inflight
+                .oldest()
+                .map_or_else(|| Instant::now() + timeout, |oldest| oldest + timeout),
             None => return,
         };
-        let Some(oldest) = oldest else {
-            tokio::select! {
-                _ = sent.notified() => continue,
-                _ = cancel.cancelled() => return,
-            }
-        };
         tokio::select! {
-            _ = tokio::time::sleep_until((oldest + timeout).into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             _ = cancel.cancelled() => return,
         }
         let Some(s) = session.upgrade() else { return };
-        let cutoff = Instant::now().checked_sub(timeout).unwrap_or(oldest);
+        // Nothing can be older than `timeout` if the clock has not run that long.
+        let Some(cutoff) = Instant::now().checked_sub(timeout) else {
+            continue;
+        };
         for (id, p) in s.inflight.expire(cutoff) {
             s.timed_out(id, &p.method, timeout).await;
         }
