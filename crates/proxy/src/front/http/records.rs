@@ -159,8 +159,18 @@ impl Records {
         self.activity.touch(id, now_ms());
     }
 
-    /// The session ended: drop its event log and mapping, keep its record as `ended`.
+    /// The session ended: drop its event log and mapping, keep its record as `ended` (in a
+    /// shared or persistent store; an in-memory record goes with the session).
     pub async fn ended(&self, id: &str) {
+        if self.store.backend() == "memory" {
+            // Nothing outside this process reads an in-memory store, and an ended record
+            // answers like none at all: kept, it would only hold memory until it expires
+            // (`record_ttl`, an hour of session churn). The record and its log go now.
+            if let Err(e) = self.store.delete(id).await {
+                tracing::warn!(error = %e, "could not delete the session record");
+            }
+            return;
+        }
         let rec = match self.store.get(id).await {
             Ok(r) => r,
             Err(e) => {
