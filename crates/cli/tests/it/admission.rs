@@ -3,8 +3,8 @@
 //! before anything is spawned, so the excess gets 503 + Retry-After and no child.
 
 use super::eras::modern_request;
-use super::gateway_support::{config_file, key_hash, start_gateway};
-use super::harness::{Raw, Reply, Server, bin, descendants, init_body, wait_descendants};
+use super::gateway_support::{alice_and_bob, config_file, start_gateway};
+use super::harness::{Raw, Reply, Server, descendants, init_body, wait_descendants};
 use serde_json::json;
 
 /// Open a legacy HTTP+SSE session: the GET's response is kept open (the session lives as long
@@ -133,29 +133,7 @@ async fn racing_creations_never_overshoot_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_principal_limit_holds_across_kinds() {
-    let (_dir, cfg) = config_file(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-public_url = "https://mcp.example.test"
-max_sessions_per_principal = 2
-[auth]
-[[auth.api_keys]]
-name = "alice"
-sha256 = "{alice}"
-[[auth.api_keys]]
-name = "bob"
-sha256 = "{bob}"
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-"#,
-        alice = key_hash("alice-key"),
-        bob = key_hash("bob-key"),
-        bin = bin(),
-    ));
+    let (_dir, cfg) = config_file(&alice_and_bob("max_sessions_per_principal = 2", ""));
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     let (url, base) = (gw.url(), gw.base.clone());
     let alice = super::gateway_support::client(url.clone(), Some("alice-key"));
@@ -297,32 +275,12 @@ result = { content = [{ type = "text", text = "rule-for-alice" }] }
     .unwrap();
     // /mcp: a stdio server (2026-07-28 requests translated onto a held session);
     // /servers/py/mcp: a dual-era HTTP server (2026-07-28 requests relayed as they are).
-    let (_cfg_dir, cfg) = config_file(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-public_url = "https://mcp.example.test"
-[auth]
-[[auth.api_keys]]
-name = "alice"
-sha256 = "{alice}"
-[[auth.api_keys]]
-name = "bob"
-sha256 = "{bob}"
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-[[routes]]
-path = "/servers/py/mcp"
-[[routes.upstreams]]
-url = "{py}"
-"#,
-        alice = key_hash("alice-key"),
-        bob = key_hash("bob-key"),
-        bin = bin(),
-        py = py.url,
+    let (_cfg_dir, cfg) = config_file(&alice_and_bob(
+        "",
+        &format!(
+            "[[routes]]\npath = \"/servers/py/mcp\"\n[[routes.upstreams]]\nurl = \"{}\"\n",
+            py.url
+        ),
     ));
     let rules = rules.display().to_string();
     let gw = start_gateway(&["--config", &cfg, "--rules", &rules], &[]).await;

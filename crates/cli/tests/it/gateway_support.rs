@@ -532,3 +532,32 @@ pub fn key_hash(key: &str) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// A gateway config with API keys for two principals, `key:alice` (`alice-key`) and `key:bob`
+/// (`bob-key`), `server_extra` lines in `[server]`, a `/mcp` route on the demo server (stdio),
+/// then `more` (further routes).
+pub fn alice_and_bob(server_extra: &str, more: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "https://mcp.example.test"
+{server_extra}
+[auth]
+[[auth.api_keys]]
+name = "alice"
+sha256 = "{alice}"
+[[auth.api_keys]]
+name = "bob"
+sha256 = "{bob}"
+[[routes]]
+path = "/mcp"
+[[routes.upstreams]]
+command = "{bin}"
+args = ["demo-server"]
+{more}"#,
+        alice = key_hash("alice-key"),
+        bob = key_hash("bob-key"),
+        bin = super::harness::bin(),
+    )
+}
