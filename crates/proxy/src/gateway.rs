@@ -17,7 +17,6 @@ mod health;
 pub mod limits;
 pub mod metrics;
 pub mod resilience;
-pub mod spares;
 mod target;
 mod validate;
 
@@ -28,15 +27,17 @@ pub use target::GatewayTarget;
 
 use crate::error::ProxyError;
 use crate::forward::CONNECT_TIMEOUT;
-use crate::front::http::{HostPolicy, HttpFront, HttpFrontConfig, OriginPolicy, Target};
+use crate::front::http::{HostPolicy, HttpFront, HttpFrontConfig, OriginPolicy, Policy, Target};
 use crate::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
 use crate::runtime::drain;
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
 use auth::Authenticator;
 use authz::{Kind, Rules};
 use axum::extract::Request;
+use axum::response::Response;
 use config::{Cidr, route_key};
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use limits::{Limits, RATE_LIMITED};
 use metrics::Metrics;
 use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
@@ -379,7 +380,7 @@ impl Gateway {
         Ok(Target {
             key: route.key.clone(),
             spec: route.set.members()[member].spec().clone(),
-            gateway: Some(GatewayTarget {
+            placer: Arc::new(GatewayTarget {
                 gateway: self.clone(),
                 route: route.clone(),
                 principal,
@@ -389,42 +390,25 @@ impl Gateway {
     }
 }
 
-/// Which list answer of a stateless request the route's rules filter.
-pub(crate) type ListFilter = (Kind, &'static str);
-
-impl GatewayTarget {
-    /// The route's authorization rules for a stateless (2026-07-28) request relayed to a modern
-    /// upstream, which has no session to carry its principal (and for `subscriptions/listen`
-    /// served on a held session, outside its hooks): `Err(answer)` when a rule refuses it — for
-    /// `subscriptions/listen`, when one of its `resourceSubscriptions` URIs is denied —,
-    /// `Ok(Some(list))` when its answer (a list) must be filtered.
-    pub(crate) fn authorize_stateless(&self, frame: &Frame) -> Result<Option<ListFilter>, Frame> {
-        let rules = &self.route.rules;
-        if rules.is_open() {
-            return Ok(None);
-        }
-        if let Err(denied) = rules.check_frame(self.principal.as_ref(), frame) {
-            tracing::info!(reason = %denied.message, "stateless request refused by an authorization rule");
-            self.gateway.metrics.authz_denied(&self.route.path);
-            return Err(error_frame(frame.id(), denied.code, &denied.message));
-        }
-        Ok(frame.method().and_then(Kind::of_list))
-    }
-
-    /// A stateless list answer without the items the principal may not use (`None`: unchanged).
-    pub(crate) fn filter_stateless(&self, list: ListFilter, frame: &Frame) -> Option<Frame> {
-        let (kind, key) = list;
-        self.route
-            .rules
-            .filter_list(self.principal.as_ref(), kind, key, frame)
-    }
-}
-
 /// The route key a request path addresses: a route's MCP endpoint, or one of its legacy
 /// HTTP+SSE endpoints (`/sse` and `/message` belong to `/mcp`; `/servers/NAME/sse` and
 /// `/servers/NAME/message` to `/servers/NAME/mcp`).
 pub(crate) fn route_key_of(path: &str) -> Option<&str> {
     route_key(path).or_else(|| crate::front::sse::Endpoint::route_of(path))
+}
+
+/// The gateway as the front's [`Policy`]: its endpoints, admission and routes.
+#[derive(Debug)]
+struct GatewayPolicy(Arc<Gateway>);
+
+impl Policy for GatewayPolicy {
+    fn handle<'a>(&'a self, front: &'a Arc<HttpFront>, req: Request) -> BoxFuture<'a, Response> {
+        Box::pin(self.0.handle(front, req))
+    }
+
+    fn target(&self, req: &Request) -> Result<Target, ProxyError> {
+        self.0.target(req)
+    }
 }
 
 /// The gateway's pipeline stage: per-tool rate limits and session accounting.
@@ -521,7 +505,7 @@ fn front_config(
             .replica_id
             .clone()
             .unwrap_or_else(crate::front::http::default_replica_id),
-        gateway: Some(gw.clone()),
+        policy: Some(Arc::new(GatewayPolicy(gw.clone()))),
         conn: s.conn_limits(),
         // Each route's members carry their own (`routes.request_timeout`).
         request_timeout: None,

@@ -129,7 +129,7 @@ impl Traffic {
         };
         Summary {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            time_ms: crate::front::http::records::now_ms(),
+            time_ms: crate::session::records::now_ms(),
             session: session.to_string(),
             direction: match d {
                 Direction::ClientToServer => "c2s",

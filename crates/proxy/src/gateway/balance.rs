@@ -7,10 +7,10 @@
 //! get no new sessions unless every member is ejected.
 
 use super::config::Strategy;
-use super::spares::Spares;
 use crate::guard::{Guard, GuardConfig};
 use crate::session::Session;
 use crate::upstream::UpstreamSpec;
+use crate::upstream::spares::Spares;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};

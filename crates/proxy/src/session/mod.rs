@@ -5,6 +5,8 @@
 pub mod host;
 mod id;
 mod inflight;
+pub mod place;
+pub mod records;
 
 pub use host::{Host, Kind, Slot};
 pub use id::mint_session_id;

@@ -10,7 +10,7 @@ use super::handshake;
 use super::held::Held;
 use crate::error::ProxyError;
 use crate::front::http::{HttpFront, Target};
-use crate::session::{Kind, Session, mint_session_id};
+use crate::session::Kind;
 use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -101,11 +101,7 @@ fn key(target: &Target, env: &Envelope) -> Arc<str> {
     ]);
     let digest = Sha256::digest(identity.to_string().as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let principal = target
-        .gateway
-        .as_ref()
-        .and_then(|g| g.principal())
-        .unwrap_or("");
+    let principal = target.placer.principal().unwrap_or("");
     Arc::from(format!("{}\u{0}{principal}\u{0}{hex}", target.key))
 }
 
@@ -116,46 +112,17 @@ async fn create(
     env: &Envelope,
     key: Arc<str>,
 ) -> Result<Arc<Held>, ProxyError> {
-    // Held sessions count against the front's limits like any other session.
-    let slot = front.reserve(target)?;
-    let id = mint_session_id();
     let params = handshake::initialize_params(env);
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":params});
     let init = Frame::parse_single(Bytes::from(init.to_string())).map_err(ProxyError::Frame)?;
     let records = front.registry().records().clone();
-    let (core, events) = match &target.gateway {
-        // Gateway: the route's upstream set places it and binds it to the principal, so the
-        // route's authorization rules apply to every translated request.
-        Some(g) => {
-            let c = g.connect(front, &id, &init, &[]).await?;
-            records
-                .rerouted(&id, &format!("modern:{}", target.key))
-                .await;
-            c
-        }
-        None => {
-            let route = format!("modern:{}", target.key);
-            records
-                .created(&id, &route, &target.spec.describe(), &init)
-                .await?;
-            let ctx = front.upstream_ctx_for(&id, target);
-            match Session::connect(
-                id.clone(),
-                target.spec.clone(),
-                front.pipeline().clone(),
-                ctx,
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    records.ended(&id).await;
-                    return Err(e);
-                }
-            }
-        }
-    };
-    core.admit(slot, Kind::Held, target.key.clone());
+    // Held sessions count against the front's limits like any other session; with the
+    // gateway, the route's upstream set places it and binds it to the principal, so the
+    // route's authorization rules apply to every translated request.
+    let route = format!("modern:{}", target.key);
+    let created = front.create(target, Kind::Held, &route, &init, &[]).await?;
+    let (core, events) = (created.session, created.events);
+    let id = core.id().clone();
     let held = Held::new(core, key);
     let upstream = held.core().spec().describe();
     tracing::info!(session = %id, %upstream, "holding a session-based session for 2026-07-28 clients");

@@ -55,9 +55,7 @@ pub(crate) async fn handle(
             };
             // Gateway: served here, not through the held session's hooks, so the route's rules
             // are applied here — to the request and to every URI it would subscribe to.
-            if let Some(g) = &target.gateway
-                && let Err(answer) = g.authorize_stateless(&frame)
-            {
+            if let Err(answer) = target.placer.authorize_stateless(&frame) {
                 let status = status_of(&answer);
                 return Ok(reply::json_response(status, answer.into_raw()));
             }

@@ -12,6 +12,7 @@ mod exchange;
 pub mod guarded;
 mod http;
 mod process;
+pub mod spares;
 mod sse;
 mod stateless;
 mod stdio;

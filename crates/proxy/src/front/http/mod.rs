@@ -11,36 +11,39 @@ mod listen;
 mod modern;
 mod outbox;
 mod post;
-pub(crate) mod records;
 mod registry;
 mod replicas;
 pub(crate) mod reply;
 mod stream;
 
-pub use checks::{HostPolicy, OriginPolicy};
 /// Session records (the era translation's held sessions write them too).
-pub(crate) use records::Records;
+use crate::session::records::{self, Records};
+pub use checks::{HostPolicy, OriginPolicy};
 pub use registry::Registry;
 
 use crate::error::ProxyError;
 use crate::pipeline::Pipeline;
 use crate::runtime::Workers;
 use crate::session::host::Limits;
-use crate::session::{Host, Slot};
-use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
+pub use crate::session::place::Target;
+use crate::session::place::{self, Created, Creator, NewSession};
+use crate::session::{Host, Kind, Session};
+use crate::upstream::{HttpClient, UpstreamCtx, UpstreamEvent, UpstreamOptions, UpstreamSpec};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use events::EventLog;
+use futures_util::future::BoxFuture;
 use http::{Method, StatusCode, header};
-use shadowcat_proto::Message;
 use shadowcat_proto::era::SESSION_ID_HEADER;
 use shadowcat_proto::error::INVALID_REQUEST;
+use shadowcat_proto::{Frame, Message};
 use shadowcat_store::{Retention, SessionStore};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -96,9 +99,9 @@ pub struct HttpFrontConfig {
     pub replica_id: String,
     /// Ended and abandoned session records are deleted from the store after this long.
     pub record_ttl: Duration,
-    /// Gateway mode: routes with upstream sets, authentication, rate limits, metrics. When set,
-    /// it replaces `targets` and `allow_absolute_uri`.
-    pub gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// Admission and routing by a policy (the gateway's routes, authentication, limits). When
+    /// set, it replaces `targets` and `allow_absolute_uri`.
+    pub policy: Option<Arc<dyn Policy>>,
     /// Threads client connections are served on (see [`Workers`]).
     pub workers: usize,
     /// Connection timeouts and the connection limit of the listener.
@@ -142,7 +145,7 @@ impl Default for HttpFrontConfig {
             upstream: UpstreamOptions::default(),
             replica_id: default_replica_id(),
             record_ttl: Duration::from_secs(3600),
-            gateway: None,
+            policy: None,
             workers: crate::runtime::default_workers(),
             conn: crate::front::conn::ConnLimits::default(),
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
@@ -196,6 +199,38 @@ pub struct HttpFront {
     absolute_http: Option<HttpClient>,
     /// Origins (`scheme://host:port`) of the configured HTTP targets.
     target_origins: Vec<String>,
+    /// The configured targets, each with its placer (built once).
+    fixed: FixedTargets,
+}
+
+/// The configured targets of forward mode, as [`Target`]s.
+#[derive(Default)]
+struct FixedTargets {
+    /// `/mcp`.
+    default: Option<Target>,
+    /// `/servers/NAME/mcp`.
+    named: HashMap<String, Target>,
+}
+
+impl FixedTargets {
+    fn new(targets: &Targets) -> FixedTargets {
+        FixedTargets {
+            default: targets
+                .default
+                .as_ref()
+                .map(|s| Target::fixed(Arc::from(""), s.clone())),
+            named: targets
+                .named
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        Target::fixed(Arc::from(name.as_str()), s.clone()),
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The client's address as the gateway determined it (the peer, or from a trusted proxy's
@@ -203,15 +238,15 @@ pub struct HttpFront {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub std::net::IpAddr);
 
-/// What a request's path (or absolute URI) selects.
-#[derive(Clone)]
-pub(crate) struct Target {
-    /// Route key sessions are bound to.
-    pub key: Arc<str>,
-    /// The upstream for new sessions on this route.
-    pub spec: UpstreamSpec,
-    /// Gateway mode: the route's upstream set and the request's principal.
-    pub gateway: Option<crate::gateway::GatewayTarget>,
+/// The seam through which a mode admits and routes the front's requests (the gateway: its own
+/// endpoints, rate limits, authentication, routes with upstream sets). The front never knows
+/// which mode it serves.
+pub trait Policy: Send + Sync + std::fmt::Debug + 'static {
+    /// Serve one request: answer it (the policy's own endpoints, refusals), or admit it and
+    /// pass it on to [`serve_mcp`].
+    fn handle<'a>(&'a self, front: &'a Arc<HttpFront>, req: Request) -> BoxFuture<'a, Response>;
+    /// Which route an admitted request addresses, and where its new sessions go.
+    fn target(&self, req: &Request) -> Result<Target, ProxyError>;
 }
 
 impl HttpFront {
@@ -252,7 +287,7 @@ impl HttpFront {
         });
         let sessions_cancel = CancellationToken::new();
         let guard = front_guard(&config);
-        let absolute_http = if config.allow_absolute_uri && config.gateway.is_none() {
+        let absolute_http = if config.allow_absolute_uri && config.policy.is_none() {
             Some(http.restricted(config.destinations.clone())?)
         } else {
             None
@@ -269,15 +304,8 @@ impl HttpFront {
                 _ => None,
             })
             .collect();
-        let legacy = crate::front::sse::LegacyFront::new(
-            &config,
-            guard.clone(),
-            registry.clone(),
-            pipeline.clone(),
-            http.clone(),
-            sessions_cancel.clone(),
-            tracker.clone(),
-        );
+        let fixed = FixedTargets::new(&config.targets);
+        let legacy = crate::front::sse::LegacyFront::new(&config, registry.clone());
         Ok(Arc::new(HttpFront {
             config,
             host,
@@ -294,6 +322,7 @@ impl HttpFront {
             guard,
             absolute_http,
             target_origins,
+            fixed,
         }))
     }
 
@@ -322,20 +351,52 @@ impl HttpFront {
         &self.host
     }
 
-    /// Reserve a place for a new session of `target`'s principal (see [`Host::reserve`]).
-    pub(crate) fn reserve(&self, target: &Target) -> Result<Slot, ProxyError> {
-        self.host
-            .reserve(target.gateway.as_ref().and_then(|g| g.principal()))
+    /// Create a session of `kind` for `target` (see [`place::create`]).
+    pub(crate) async fn create(
+        &self,
+        target: &Target,
+        kind: Kind,
+        route: &str,
+        init: &Frame,
+        tried: &[usize],
+    ) -> Result<Created, ProxyError> {
+        let ctx = |id: &Arc<str>| self.upstream_ctx_for(id, target);
+        let env = Creator {
+            host: &self.host,
+            records: self.registry.records(),
+            pipeline: &self.pipeline,
+            ctx: &ctx,
+        };
+        let new = NewSession {
+            target,
+            kind,
+            route,
+            init,
+            tried,
+        };
+        place::create(&env, new).await
+    }
+
+    /// Continue a session of another replica on `candidate` (see [`place::resume`]).
+    pub(crate) async fn resume(
+        &self,
+        target: &Target,
+        candidate: place::Candidate,
+        resumed: &place::Resumed,
+    ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>, place::Unlisted), ProxyError> {
+        let ctx = |id: &Arc<str>| self.upstream_ctx_for(id, target);
+        let env = Creator {
+            host: &self.host,
+            records: self.registry.records(),
+            pipeline: &self.pipeline,
+            ctx: &ctx,
+        };
+        place::resume(&env, target, candidate, resumed).await
     }
 
     /// True once shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.cancel.is_cancelled()
-    }
-
-    /// The hooks every session runs.
-    pub(crate) fn pipeline(&self) -> &Pipeline {
-        &self.pipeline
     }
 
     /// The HTTP client for `target`'s upstream: absolute-URI targets get the one restricted to
@@ -473,8 +534,8 @@ impl HttpFront {
 
     /// Which upstream a request addresses.
     fn target(&self, req: &Request) -> Result<Target, ProxyError> {
-        if let Some(gw) = &self.config.gateway {
-            return gw.target(req);
+        if let Some(policy) = &self.config.policy {
+            return policy.target(req);
         }
         let uri = req.uri();
         if self.config.allow_absolute_uri && uri.scheme().is_some() && uri.authority().is_some() {
@@ -484,20 +545,15 @@ impl HttpFront {
                 Some(o) if self.target_origins.contains(&o) => self.config.absolute_headers.clone(),
                 _ => Vec::new(),
             };
-            return Ok(Target {
-                key: Arc::from(format!("{ABSOLUTE_KEY}{url}")),
-                spec: UpstreamSpec::http(url, headers),
-                gateway: None,
-            });
+            return Ok(Target::fixed(
+                Arc::from(format!("{ABSOLUTE_KEY}{url}")),
+                UpstreamSpec::http(url, headers),
+            ));
         }
         let path = uri.path();
         if path == "/mcp" {
-            return match &self.config.targets.default {
-                Some(spec) => Ok(Target {
-                    key: Arc::from(""),
-                    spec: spec.clone(),
-                    gateway: None,
-                }),
+            return match &self.fixed.default {
+                Some(t) => Ok(t.clone()),
                 None => Err(not_found(
                     "no default target is configured; use /servers/NAME/mcp",
                 )),
@@ -507,12 +563,8 @@ impl HttpFront {
             .strip_prefix("/servers/")
             .and_then(|r| r.strip_suffix("/mcp"))
         {
-            return match self.config.targets.named.get(name) {
-                Some(spec) => Ok(Target {
-                    key: Arc::from(name),
-                    spec: spec.clone(),
-                    gateway: None,
-                }),
+            return match self.fixed.named.get(name) {
+                Some(t) => Ok(t.clone()),
                 None => Err(not_found(&format!("no target named `{name}`"))),
             };
         }
@@ -604,8 +656,8 @@ async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
         return health(&front);
     }
     let has_body = has_body(req.headers());
-    let mut response = match front.config.gateway.clone() {
-        Some(gw) => gw.handle(&front, req).await,
+    let mut response = match front.config.policy.clone() {
+        Some(policy) => policy.handle(&front, req).await,
         None => serve_mcp(front, req).await,
     };
     close_if_refused_with_body(has_body, &mut response);
@@ -635,8 +687,8 @@ fn close_if_refused_with_body(has_body: bool, response: &mut Response) {
     }
 }
 
-/// Serve one MCP request (in gateway mode: once the gateway has admitted it).
-pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
+/// Serve one MCP request (with a [`Policy`]: once it has admitted it).
+pub async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
     let sid = req
         .headers()
         .get(SESSION_ID_HEADER)
@@ -671,10 +723,9 @@ pub(crate) async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
                 };
             }
             if let Some(id) = session_header(&req)? {
-                if let Some(g) = &target.gateway {
-                    // A session answers only to the principal that created it.
-                    g.check_session(&front, id).await?;
-                }
+                // A session answers only to the principal that created it.
+                let store = front.registry.records().store();
+                target.placer.check_session(id, &**store).await?;
                 let forwarded = req.headers().contains_key(replicas::FORWARDED_HEADER);
                 if let replicas::Located::Owner(owner) =
                     replicas::locate(&front, id, &target, forwarded).await?

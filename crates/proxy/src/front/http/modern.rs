@@ -200,20 +200,17 @@ async fn serve(
             });
         }
     };
-    // Gateway: no session carries the principal, so the route's rules are applied here.
-    let list = match &target.gateway {
-        Some(g) => match g.authorize_stateless(&frame) {
-            Err(answer) => {
-                let status = crate::translate::serve::status_of(&answer);
-                return Ok(reply::json_response(status, answer.into_raw()));
-            }
-            Ok(list) => list.map(|l| (g, l)),
-        },
-        None => None,
+    // No session carries the principal, so the route's rules are applied here.
+    let list = match target.placer.authorize_stateless(&frame) {
+        Err(answer) => {
+            let status = crate::translate::serve::status_of(&answer);
+            return Ok(reply::json_response(status, answer.into_raw()));
+        }
+        Ok(list) => list,
     };
     // No session: the request's own principal is what `principal =` rules match, and its
     // answers pass through the hooks here (answers.rs).
-    let principal = target.gateway.as_ref().and_then(|g| g.principal());
+    let principal = target.placer.principal();
     let asker = answers::Asker {
         pipeline: front.pipeline.clone(),
         principal: principal.map(Arc::from),
@@ -238,12 +235,12 @@ async fn serve(
         }
         Outcome::Drop => return Ok(reply::accepted()),
     };
-    // Guarded like a session's requests: the gateway member's breaker, retry budget and
+    // Guarded like a session's requests: the placed upstream's breaker, retry budget and
     // request timeout, or the front's request timeout.
-    let guard = match &target.gateway {
-        Some(g) => g.stateless_guard(),
-        None => front.guard.clone(),
-    };
+    let guard = target
+        .placer
+        .stateless_guard()
+        .or_else(|| front.guard.clone());
     let method = frame.method().unwrap_or("").to_string();
     let ask = guarded::Ask {
         method: &method,
@@ -263,9 +260,9 @@ async fn serve(
     let answer = guarded::exchange(guard, ask, send).await?;
     let answer = answers::through_pipeline(answer, asker).await;
     match list {
-        Some((g, list)) => {
+        Some(filter) => {
             let limit = front.config.upstream.max_message;
-            filtered(answer, limit, |f| g.filter_stateless(list, f)).await
+            filtered(answer, limit, filter).await
         }
         None => Ok(answer),
     }

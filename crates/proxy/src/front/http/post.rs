@@ -9,7 +9,7 @@ use super::stream::{STREAM_CAPACITY, body, encode};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
 use crate::pipeline::{HttpMeta, Transport};
-use crate::session::{Kind, Sent, Session, mint_session_id};
+use crate::session::{Kind, Sent, place};
 use crate::upstream::Via;
 use axum::body::Body;
 use axum::extract::Request;
@@ -86,10 +86,11 @@ pub async fn handle(
     }
 }
 
-/// A new session: create it and relay its `initialize`. In gateway mode, an upstream that
-/// fails the `initialize` itself (the proxy had to answer it: unreachable, HTTP error, child
-/// exited, timed out) before anything reached the client is ejected, and the session is placed
-/// on the route's next upstream (failover); the client sees only the upstream that took it.
+/// A new session: create it and relay its `initialize`. When the route fails over (the
+/// gateway's), an upstream that fails the `initialize` itself (the proxy had to answer it:
+/// unreachable, HTTP error, child exited, timed out) before anything reached the client is
+/// ejected, and the session is placed on the route's next upstream; the client sees only the
+/// upstream that took it.
 async fn initialize(
     front: &HttpFront,
     target: Target,
@@ -98,7 +99,7 @@ async fn initialize(
 ) -> Result<Response, ProxyError> {
     let mut tried = Vec::new();
     loop {
-        let session = match create_session(front, target.clone(), &init, &tried).await {
+        let (session, placed) = match create_session(front, &target, &init, &tried).await {
             Ok(s) => s,
             Err(e) => return Ok(reply::error(&e, init.id())),
         };
@@ -108,10 +109,7 @@ async fn initialize(
             Relayed::Answer(r) => r,
             Relayed::InitFailed(replies) => {
                 let by_upstream = replies.iter().all(upstream_failed);
-                if by_upstream
-                    && let Some(g) = &target.gateway
-                    && g.fail_over(core.spec(), &mut tried)
-                {
+                if by_upstream && place::fail_over(&*target.placer, placed, &mut tried) {
                     front.registry.end(core.id()).await;
                     continue;
                 }
@@ -154,40 +152,21 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     Ok(out.freeze())
 }
 
-/// `tried`: members of the gateway route's set that already failed this `initialize`.
+/// `tried`: candidates of the route that already failed this `initialize`. Returns the session
+/// and the candidate it was placed on.
 async fn create_session(
     front: &HttpFront,
-    target: Target,
+    target: &Target,
     init: &Frame,
     tried: &[usize],
-) -> Result<Arc<HttpSession>, ProxyError> {
-    // Admission first: nothing is recorded or spawned for a session over a limit.
-    let slot = front.reserve(&target)?;
-    let id = mint_session_id();
-    tracing::Span::current().record("session", &*id);
-    if let Some(g) = &target.gateway {
-        // Gateway: the route's upstream set places the session (failing over if need be).
-        let (core, events) = g.connect(front, &id, init, tried).await?;
-        core.admit(slot, Kind::Streamable, target.key.clone());
-        tracing::info!(upstream = %core.spec().describe(), "session created");
-        return Ok(front.registry.insert(core, target.key, events));
-    }
-    let upstream = target.spec.describe();
-    // Record first: with a store that fails closed, nothing is spawned for a refused session.
-    let records = front.registry.records();
-    records.created(&id, &target.key, &upstream, init).await?;
-    let ctx = front.upstream_ctx_for(&id, &target);
-    let connected = Session::connect(id.clone(), target.spec, front.pipeline.clone(), ctx).await;
-    let (core, events) = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            records.ended(&id).await;
-            return Err(e);
-        }
-    };
-    core.admit(slot, Kind::Streamable, target.key.clone());
-    tracing::info!(%upstream, "session created");
-    Ok(front.registry.insert(core, target.key, events))
+) -> Result<(Arc<HttpSession>, usize), ProxyError> {
+    let created = front
+        .create(target, Kind::Streamable, &target.key, init, tried)
+        .await?;
+    let session = front
+        .registry
+        .insert(created.session, target.key.clone(), created.events);
+    Ok((session, created.candidate))
 }
 
 /// What [`relay`] made of the client's frames.

@@ -3,9 +3,9 @@
 
 use super::events::{EventLog, LogCounters};
 use super::outbox::{GET_STREAM, Out, Outbox, Outgoing, Plan, StreamId};
-use super::records::Records;
 use crate::pipeline::{HttpMeta, Transport};
 use crate::session::Session;
+use crate::session::records::Records;
 use crate::upstream::{UpstreamEvent, Via};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::collections::HashMap;

@@ -10,7 +10,7 @@
 
 use super::{HttpFront, Target};
 use crate::error::ProxyError;
-use crate::session::{Kind, Session};
+use crate::session::place::Resumed;
 use crate::upstream::UpstreamSpec;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -55,48 +55,15 @@ pub async fn locate(
     if rec.status != SessionStatus::Active || rec.route != *target.key {
         return Err(ProxyError::SessionNotFound);
     }
-    // Gateway: the session stays on the upstream its record names (affinity across replicas).
-    let pinned;
-    let target = match target.gateway.as_ref().map(|g| g.spec_for(&rec.upstream)) {
-        Some(Some(spec)) => {
-            pinned = Target {
-                key: target.key.clone(),
-                spec,
-                gateway: target.gateway.clone(),
-            };
-            &pinned
-        }
-        Some(None) => return Err(ProxyError::SessionNotFound),
-        None => target,
+    // The session stays on the upstream its record names (affinity across replicas).
+    let Some(mut pinned) = target.placer.pinned(&rec.upstream) else {
+        return Err(ProxyError::SessionNotFound);
     };
-    match &target.spec {
-        UpstreamSpec::Http { .. } => {
-            adopt(
-                front,
-                id,
-                target,
-                Some(&rec.upstream),
-                rec.protocol_version,
-                rec.upstream_session_id,
-            )
-            .await
-        }
+    match &pinned.spec {
+        UpstreamSpec::Http { .. } => {}
         // Detected as Streamable HTTP and given an upstream session id: any replica continues it.
         UpstreamSpec::Auto { url, headers } if rec.upstream_session_id.is_some() => {
-            let http = Target {
-                key: target.key.clone(),
-                spec: UpstreamSpec::http(url.clone(), headers.clone()),
-                gateway: target.gateway.clone(),
-            };
-            adopt(
-                front,
-                id,
-                &http,
-                Some(&rec.upstream),
-                rec.protocol_version,
-                rec.upstream_session_id,
-            )
-            .await
+            pinned.spec = UpstreamSpec::http(url.clone(), headers.clone());
         }
         // The child process, or the HTTP+SSE stream, lives on the replica that owns the session.
         UpstreamSpec::Stdio { .. }
@@ -104,64 +71,46 @@ pub async fn locate(
         | UpstreamSpec::Auto { .. }
         | UpstreamSpec::Tape(_) => {
             let me = front.registry.records().owner();
-            match rec.owner {
+            return match rec.owner {
                 Some(owner) if !forwarded && owner != me && is_url(&owner) => {
                     Ok(Located::Owner(owner))
                 }
                 _ => Err(ProxyError::SessionNotFound),
-            }
+            };
+        }
+    }
+    let resumed = Resumed {
+        id: Arc::from(id),
+        version: rec.protocol_version,
+        upstream_session_id: rec.upstream_session_id,
+    };
+    let (session, events, unlisted) = front.resume(target, pinned, &resumed).await?;
+    match front
+        .registry
+        .insert_new(session.clone(), target.key.clone(), events)
+    {
+        Ok(s) => {
+            // An adopted session counts like any other (the placer checked that it belongs to
+            // this request's principal, whom the slot binds it to).
+            unlisted.admit(&session);
+            tracing::info!(
+                session = id,
+                "continuing a session created by another replica"
+            );
+            session.listen_in_background();
+            drop(s);
+            Ok(Located::Here)
+        }
+        // Another request adopted it first; ours never did I/O, so just drop it.
+        Err(_existing) => {
+            session.cancel_token().cancel();
+            Ok(Located::Here)
         }
     }
 }
 
 fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
-}
-
-async fn adopt(
-    front: &HttpFront,
-    id: &str,
-    target: &Target,
-    member: Option<&str>,
-    version: Option<String>,
-    upstream_sid: Option<String>,
-) -> Result<Located, ProxyError> {
-    // An adopted session counts like any other (the gateway checked that it belongs to this
-    // request's principal, whom the slot binds it to).
-    let slot = front.reserve(target)?;
-    let sid: Arc<str> = Arc::from(id);
-    let mut ctx = front.upstream_ctx_for(&sid, target);
-    // Gateway: guarded like a session placed here (breaker, retry budget, request timeout).
-    let placed = target.gateway.as_ref().zip(member);
-    if let Some((g, m)) = placed {
-        ctx.guard = g.member_guard(m);
-    }
-    let (core, events) =
-        Session::connect(sid, target.spec.clone(), front.pipeline.clone(), ctx).await?;
-    core.restore(version.as_deref(), upstream_sid.as_deref());
-    core.admit(slot, Kind::Adopted, target.key.clone());
-    match front
-        .registry
-        .insert_new(core.clone(), target.key.clone(), events)
-    {
-        Ok(s) => {
-            if let Some((g, m)) = placed {
-                g.adopted(m, &core);
-            }
-            tracing::info!(
-                session = id,
-                "continuing a session created by another replica"
-            );
-            core.listen_in_background();
-            drop(s);
-            Ok(Located::Here)
-        }
-        // Another request adopted it first; ours never did I/O, so just drop it.
-        Err(_existing) => {
-            core.cancel_token().cancel();
-            Ok(Located::Here)
-        }
-    }
 }
 
 /// Relay the request to the owning replica and stream its answer back.

@@ -36,11 +36,9 @@ mod session;
 pub(crate) use session::frames_body;
 
 use crate::error::ProxyError;
-use crate::front::http::{HttpFront, HttpFrontConfig, Registry, Targets};
-use crate::gateway::Gateway;
-use crate::pipeline::Pipeline;
-use crate::session::{Kind, Sent, Session, mint_session_id};
-use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
+use crate::front::http::{HttpFront, HttpFrontConfig, Policy, Registry, Target, Targets};
+use crate::session::{Kind, Sent};
+use crate::upstream::UpstreamSpec;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -53,8 +51,6 @@ use shadowcat_proto::{Frame, FrameError, FrameKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Capacity of a session's event stream channel.
 const STREAM_CAPACITY: usize = 32;
@@ -122,45 +118,24 @@ struct Shared {
     sessions: Mutex<HashMap<Arc<str>, Arc<LegacySession>>>,
     targets: Targets,
     allow_absolute_uri: bool,
-    /// Gateway mode: routes, placement and principals come from the gateway.
-    gateway: Option<Arc<Gateway>>,
+    /// With a policy (the gateway): routes, placement and principals come from it.
+    policy: Option<Arc<dyn Policy>>,
     max_body: usize,
-    upstream: UpstreamOptions,
-    /// The request timeout of sessions placed here (not by the gateway).
-    guard: Option<Arc<crate::guard::Guard>>,
     registry: Arc<Registry>,
-    pipeline: Pipeline,
-    http: HttpClient,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
 }
 
 impl LegacyFront {
-    /// The legacy front of an HTTP front with this configuration; it shares the front's session
-    /// limit and records (`registry`), hooks, HTTP client, cancellation and task tracker.
-    pub fn new(
-        config: &HttpFrontConfig,
-        guard: Option<Arc<crate::guard::Guard>>,
-        registry: Arc<Registry>,
-        pipeline: Pipeline,
-        http: HttpClient,
-        cancel: CancellationToken,
-        tracker: TaskTracker,
-    ) -> Self {
+    /// The legacy front of an HTTP front with this configuration; it creates sessions through
+    /// the front (its host, hooks, upstream context) and shares its records (`registry`).
+    pub fn new(config: &HttpFrontConfig, registry: Arc<Registry>) -> Self {
         LegacyFront {
             shared: Arc::new(Shared {
                 sessions: Mutex::new(HashMap::new()),
                 targets: config.targets.clone(),
                 allow_absolute_uri: config.allow_absolute_uri,
-                gateway: config.gateway.clone(),
+                policy: config.policy.clone(),
                 max_body: config.max_body,
-                upstream: config.upstream.clone(),
-                guard,
                 registry,
-                pipeline,
-                http,
-                cancel,
-                tracker,
             }),
         }
     }
@@ -194,9 +169,7 @@ impl LegacyFront {
     ) -> Result<Response, ProxyError> {
         match (endpoint, req.method()) {
             (Endpoint::Sse(route), &Method::GET) => self.shared.open(front, route, req).await,
-            (Endpoint::Message(route), &Method::POST) => {
-                self.shared.message(front, route, req).await
-            }
+            (Endpoint::Message(route), &Method::POST) => self.shared.message(route, req).await,
             (Endpoint::Sse(_), _) => Ok(method_not_allowed("GET")),
             (Endpoint::Message(_), _) => Ok(method_not_allowed("POST")),
         }
@@ -232,60 +205,19 @@ impl Shared {
         req: Request,
     ) -> Result<Response, ProxyError> {
         accepts_sse(req.headers())?;
-        // Gateway: the route (and principal) of this request; else the configured target.
-        let placed = match &self.gateway {
-            Some(gw) => gw.target(&req)?.gateway,
-            None => None,
+        // With a policy (the gateway): the route (and principal) of this request; else the
+        // configured target. The record exists from the stream's opening; `initialize` fills in
+        // the client.
+        let target = match &self.policy {
+            Some(policy) => policy.target(&req)?,
+            None => Target::fixed(route.clone(), self.spec(&route)?),
         };
-        let place = match placed {
-            Some(g) => Place::Gateway(g),
-            None => Place::Spec(self.spec(&route)?),
-        };
-        // Admission first: nothing is recorded or spawned for a session over a limit.
-        let principal = match &place {
-            Place::Gateway(g) => g.principal(),
-            Place::Spec(_) => None,
-        };
-        let slot = front.host().reserve(principal)?;
-        let id = mint_session_id();
-        tracing::Span::current().record("session", &*id);
-        let records = self.registry.records();
-        let connected = match place {
-            Place::Gateway(g) => {
-                // The route's set places it and binds it to the principal.
-                let c = g.connect(front, &id, &placeholder_init(), &[]).await?;
-                records.rerouted(&id, &record_route(&route)).await;
-                Ok(c)
-            }
-            Place::Spec(spec) => {
-                // The record exists from the stream's opening; `initialize` fills in the client.
-                records
-                    .created(
-                        &id,
-                        &record_route(&route),
-                        &spec.describe(),
-                        &placeholder_init(),
-                    )
-                    .await?;
-                let ctx = UpstreamCtx {
-                    session: id.clone(),
-                    cancel: self.cancel.child_token(),
-                    tracker: self.tracker.clone(),
-                    http: self.http.clone(),
-                    options: self.upstream.clone(),
-                    guard: self.guard.clone(),
-                };
-                Session::connect(id.clone(), spec, self.pipeline.clone(), ctx).await
-            }
-        };
-        let (core, events) = match connected {
-            Ok(c) => c,
-            Err(e) => {
-                records.ended(&id).await;
-                return Err(e);
-            }
-        };
-        core.admit(slot, Kind::Legacy, route.clone());
+        let init = placeholder_init();
+        let created = front
+            .create(&target, Kind::Legacy, &record_route(&route), &init, &[])
+            .await?;
+        let (core, events) = (created.session, created.events);
+        let id = core.id().clone();
         let upstream = core.spec().describe();
         let (session, rx) = LegacySession::new(core, route.clone(), STREAM_CAPACITY);
         self.lock().insert(id.clone(), session.clone());
@@ -315,22 +247,20 @@ impl Shared {
     }
 
     /// `POST …/message?sessionId=…`: hand the message to the session; 202.
-    async fn message(
-        &self,
-        front: &HttpFront,
-        route: Arc<str>,
-        req: Request,
-    ) -> Result<Response, ProxyError> {
+    async fn message(&self, route: Arc<str>, req: Request) -> Result<Response, ProxyError> {
         crate::front::http::checks::content_type(req.headers())?;
         let id = session_param(req.uri().query().unwrap_or("")).ok_or_else(|| {
             bad("the message endpoint needs `?sessionId=` (from the `endpoint` event)")
         })?;
         tracing::Span::current().record("session", id.as_str());
-        if let Some(gw) = &self.gateway
-            && let Some(g) = gw.target(&req)?.gateway
-        {
+        if let Some(policy) = &self.policy {
             // A session answers only to the principal that opened it.
-            g.check_session(front, &id).await?;
+            let store = self.registry.records().store();
+            policy
+                .target(&req)?
+                .placer
+                .check_session(&id, &**store)
+                .await?;
         }
         let session = self
             .lock()
@@ -369,14 +299,6 @@ impl Shared {
         }
         Ok(accepted())
     }
-}
-
-/// Where a new legacy session's upstream comes from.
-enum Place {
-    /// The gateway route's upstream set (with the request's principal).
-    Gateway(crate::gateway::GatewayTarget),
-    /// The configured target.
-    Spec(UpstreamSpec),
 }
 
 /// A stand-in `initialize` for the record created when the stream opens (no client info yet).

@@ -14,7 +14,7 @@ mod ping;
 
 use super::Route;
 use super::config::{HealthCheck, HealthConfig};
-use super::target::probe;
+use crate::session::place::probe;
 use crate::upstream::credentials::{self, SendError};
 use crate::upstream::{UpstreamCtx, UpstreamSpec};
 use ping::Pinger;

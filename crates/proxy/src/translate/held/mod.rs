@@ -31,7 +31,7 @@ pub use listen::{Filter, ListenGuard, Listening, SUBSCRIPTION_ID};
 use super::envelope::{self, id_value};
 use super::mrtr::{self, Suspended};
 use crate::error::ProxyError;
-use crate::front::http::Records;
+use crate::session::records::Records;
 use crate::session::{Sent, Session};
 use crate::upstream::UpstreamEvent;
 use bytes::Bytes;

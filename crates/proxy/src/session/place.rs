@@ -1,0 +1,405 @@
+//! Placement, and the one path that creates a session.
+//!
+//! A request's [`Target`] names its route and carries a [`Placer`]: the seam through which a
+//! mode decides where new sessions go. Forward mode places every session of a route on its one
+//! configured upstream ([`StaticPlacer`]); the gateway's placer chooses among a route's upstream
+//! set, binds sessions to principals and applies the route's rules. The engine never knows which.
+//!
+//! [`create`] is how every front (Streamable HTTP, legacy HTTP+SSE, held 2026-07-28 sessions)
+//! creates a session: admission (a reserved slot in the [`Host`]) → the session record →
+//! connect, failing over from one candidate to the next → bind → list in the host. Nothing is
+//! recorded or spawned for a session refused at admission, and a session whose upstream cannot
+//! be started leaves an ended record behind, never an active one.
+
+use crate::error::ProxyError;
+use crate::guard::Guard;
+use crate::pipeline::Pipeline;
+use crate::session::records::Records;
+use crate::session::{Host, Kind, Session, Slot, mint_session_id};
+use crate::upstream::spares::Spares;
+use crate::upstream::{UpstreamCtx, UpstreamEvent, UpstreamSpec};
+use futures_util::future::BoxFuture;
+use shadowcat_proto::Frame;
+use shadowcat_store::SessionStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What a request's path (or absolute URI) selects.
+#[derive(Clone)]
+pub struct Target {
+    /// Route key sessions are bound to.
+    pub key: Arc<str>,
+    /// The upstream a stateless (2026-07-28) request goes to, and the default of new sessions.
+    pub spec: UpstreamSpec,
+    /// Where new sessions of this route go, and who may use them.
+    pub placer: Arc<dyn Placer>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("key", &self.key)
+            .field("principal", &self.placer.principal())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// A route whose sessions all go to `spec` (forward mode).
+    pub fn fixed(key: Arc<str>, spec: UpstreamSpec) -> Target {
+        let placer = Arc::new(StaticPlacer::new(spec.clone()));
+        Target { key, spec, placer }
+    }
+}
+
+/// One upstream a new session may be placed on.
+#[derive(Clone)]
+pub struct Candidate {
+    /// The placer's index for it (what [`Placer::eject`] and [`Placer::placed`] are given).
+    pub index: usize,
+    /// Its name in session records (affinity across replicas) and logs.
+    pub name: Arc<str>,
+    /// Where it is.
+    pub spec: UpstreamSpec,
+    /// Its breaker, retry budget and request timeout (`None`: the front's).
+    pub guard: Option<Arc<Guard>>,
+    /// Warm spare children a new session takes instead of spawning one.
+    pub spares: Option<Arc<Spares>>,
+}
+
+/// Filters the answer to a stateless list request (see [`Placer::authorize_stateless`]):
+/// `None` keeps a frame as it is.
+pub type AnswerFilter = Box<dyn Fn(&Frame) -> Option<Frame> + Send + Sync>;
+
+/// Where the sessions of one route (for one request's principal) go. Implemented by the modes:
+/// [`StaticPlacer`] in forward mode, the gateway's route placer in gateway mode.
+pub trait Placer: Send + Sync + 'static {
+    /// The authenticated principal of the request (new sessions are bound to it).
+    fn principal(&self) -> Option<&str> {
+        None
+    }
+
+    /// The candidates for new session `session`, best first, without the indexes in `tried`
+    /// (they failed this session already). An error refuses the session (e.g. every breaker is
+    /// open).
+    fn plan(&self, session: &str, tried: &[usize]) -> Result<Vec<Candidate>, ProxyError>;
+
+    /// With failover, a session that cannot start on one candidate moves on to the next, and
+    /// each candidate is first probed (a TCP connect) within the returned time. `None`: no
+    /// failover.
+    fn failover(&self) -> Option<Duration> {
+        None
+    }
+
+    /// How many candidates the route has in all.
+    fn size(&self) -> usize {
+        1
+    }
+
+    /// Candidate `index` failed to take a session: stop placing sessions on it for a while.
+    fn eject(&self, _index: usize) {}
+
+    /// `session` now lives on candidate `index` (placed here, or continued for another replica).
+    fn placed(&self, _index: usize, _session: &Arc<Session>) {}
+
+    /// The candidate a session of another replica, whose record names `upstream`, continues on
+    /// (`None`: the route has no such upstream; the session is not found).
+    fn pinned(&self, upstream: &str) -> Option<Candidate>;
+
+    /// A request names session `id` (its record is in `store`): `Err` when the request may not
+    /// use it. A session answers only to the principal that created it, and another principal's
+    /// session is "not found", never "forbidden" (ids are not to be probed).
+    fn check_session<'a>(
+        &'a self,
+        _id: &'a str,
+        _store: &'a dyn SessionStore,
+    ) -> BoxFuture<'a, Result<(), ProxyError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The guard (breaker, retry budget, request timeout) of a stateless (2026-07-28) request
+    /// (`None`: the front's).
+    fn stateless_guard(&self) -> Option<Arc<Guard>> {
+        None
+    }
+
+    /// The route's rules for a stateless (2026-07-28) request, which has no session to carry
+    /// them: `Err(answer)` refuses it, `Ok(Some(filter))` filters its answer (a list).
+    fn authorize_stateless(&self, _frame: &Frame) -> Result<Option<AnswerFilter>, Frame> {
+        Ok(None)
+    }
+}
+
+/// Forward mode's placer: every session of the route goes to one upstream.
+pub struct StaticPlacer {
+    candidate: Candidate,
+}
+
+impl StaticPlacer {
+    /// Place every session on `spec`.
+    pub fn new(spec: UpstreamSpec) -> StaticPlacer {
+        StaticPlacer {
+            candidate: Candidate {
+                index: 0,
+                name: Arc::from(spec.describe()),
+                spec,
+                guard: None,
+                spares: None,
+            },
+        }
+    }
+}
+
+impl Placer for StaticPlacer {
+    fn plan(&self, _session: &str, tried: &[usize]) -> Result<Vec<Candidate>, ProxyError> {
+        Ok(if tried.is_empty() {
+            vec![self.candidate.clone()]
+        } else {
+            Vec::new()
+        })
+    }
+
+    fn pinned(&self, _upstream: &str) -> Option<Candidate> {
+        Some(self.candidate.clone())
+    }
+}
+
+/// What [`create`] uses of the front that creates a session.
+pub struct Creator<'a> {
+    /// Admission and the table the session is listed in.
+    pub host: &'a Arc<Host>,
+    /// Session records.
+    pub records: &'a Records,
+    /// The hooks the session runs.
+    pub pipeline: &'a Pipeline,
+    /// The upstream context of a new session (its cancel token, tracker, HTTP client, options
+    /// and the front's guard).
+    pub ctx: &'a (dyn Fn(&Arc<str>) -> UpstreamCtx + Sync),
+}
+
+/// A session to create.
+pub struct NewSession<'a> {
+    /// Its route (and placement).
+    pub target: &'a Target,
+    /// Its kind in the host's table.
+    pub kind: Kind,
+    /// The route its record names.
+    pub route: &'a str,
+    /// The `initialize` its record is made from.
+    pub init: &'a Frame,
+    /// Candidates that already failed this client's `initialize`.
+    pub tried: &'a [usize],
+}
+
+/// A created session.
+pub struct Created {
+    /// The session, listed in the host.
+    pub session: Arc<Session>,
+    /// Its upstream's events (for the front's pump).
+    pub events: mpsc::Receiver<UpstreamEvent>,
+    /// The candidate it was placed on.
+    pub candidate: usize,
+}
+
+/// Create a session: reserve its place, record it, start its upstream on the placer's first
+/// candidate that works, bind it, list it. This is the only place sessions are created.
+pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, ProxyError> {
+    let placer = &*new.target.placer;
+    // Admission first: nothing is recorded or spawned for a session over a limit.
+    let slot = env.host.reserve(placer.principal())?;
+    let id = mint_session_id();
+    tracing::Span::current().record("session", &*id);
+    let plan = placer.plan(&id, new.tried)?;
+    let Some(first) = plan.first() else {
+        return Err(ProxyError::UpstreamConnect(
+            "no upstream of the route is left to try".into(),
+        ));
+    };
+    // Record first: with a store that fails closed, nothing is spawned for a refused session.
+    env.records
+        .created_by(&id, new.route, &first.name, new.init, placer.principal())
+        .await?;
+    let probe_within = placer.failover().filter(|_| plan.len() > 1);
+    let count = plan.len();
+    let mut last = None;
+    for (n, c) in plan.into_iter().enumerate() {
+        if n > 0 {
+            env.records.moved(&id, &c.name).await;
+        }
+        if let Some(timeout) = probe_within
+            && let Err(e) = probe(&c.spec, timeout).await
+        {
+            tracing::warn!(upstream = %c.name, error = %e, "upstream unreachable; ejecting it and trying the next");
+            if let Some(g) = &c.guard {
+                g.record(false);
+            }
+            placer.eject(c.index);
+            last = Some(e);
+            continue;
+        }
+        let mut ctx = (env.ctx)(&id);
+        if let Some(g) = &c.guard {
+            ctx.guard = Some(g.clone());
+        }
+        let connected = match c.spares.as_ref().and_then(|s| s.take()) {
+            Some(spare) => {
+                tracing::debug!(upstream = %c.name, "the session takes a warm spare");
+                ctx.cancel = spare.cancel;
+                Ok(Session::with_upstream(
+                    id.clone(),
+                    c.spec,
+                    env.pipeline.clone(),
+                    spare.opened,
+                    ctx,
+                ))
+            }
+            None => Session::connect(id.clone(), c.spec, env.pipeline.clone(), ctx).await,
+        };
+        match connected {
+            Ok((session, events)) => {
+                placer.placed(c.index, &session);
+                session.admit(slot, new.kind, new.target.key.clone());
+                tracing::info!(upstream = %c.name, kind = new.kind.as_str(), "session created");
+                return Ok(Created {
+                    session,
+                    events,
+                    candidate: c.index,
+                });
+            }
+            Err(e) => {
+                if let Some(g) = &c.guard {
+                    g.record(false);
+                }
+                if e.retryable() {
+                    placer.eject(c.index);
+                }
+                if e.retryable() && n + 1 < count {
+                    tracing::warn!(upstream = %c.name, error = %e, "upstream failed to start; trying the next");
+                    last = Some(e);
+                    continue;
+                }
+                env.records.ended(&id).await;
+                return Err(e);
+            }
+        }
+    }
+    env.records.ended(&id).await;
+    Err(last.unwrap_or_else(|| ProxyError::UpstreamConnect("no upstream to try".into())))
+}
+
+/// A session of another replica to continue here (from its record).
+pub struct Resumed {
+    /// Its id.
+    pub id: Arc<str>,
+    /// The protocol version it negotiated.
+    pub version: Option<String>,
+    /// The upstream's session id.
+    pub upstream_session_id: Option<String>,
+}
+
+/// A session connected but not yet admitted: [`Unlisted::admit`] binds it to its candidate and
+/// lists it in the host; dropping it instead gives its place back.
+pub struct Unlisted {
+    slot: Slot,
+    placer: Arc<dyn Placer>,
+    candidate: usize,
+    kind: Kind,
+    key: Arc<str>,
+}
+
+impl Unlisted {
+    /// Bind `session` to its candidate and list it in the host.
+    pub fn admit(self, session: &Arc<Session>) {
+        self.placer.placed(self.candidate, session);
+        session.admit(self.slot, self.kind, self.key);
+    }
+}
+
+/// Continue a session of another replica on `candidate` (the one its record names): its place
+/// is reserved (it counts like any other), its upstream connected and its negotiated state
+/// restored. It is admitted only once the caller knows it is the one that continues it (two
+/// requests may race to), with [`Unlisted::admit`].
+pub async fn resume(
+    env: &Creator<'_>,
+    target: &Target,
+    candidate: Candidate,
+    resumed: &Resumed,
+) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>, Unlisted), ProxyError> {
+    let slot = env.host.reserve(target.placer.principal())?;
+    let mut ctx = (env.ctx)(&resumed.id);
+    // Guarded like a session placed here (breaker, retry budget, request timeout).
+    if let Some(g) = &candidate.guard {
+        ctx.guard = Some(g.clone());
+    }
+    let (session, events) = Session::connect(
+        resumed.id.clone(),
+        candidate.spec,
+        env.pipeline.clone(),
+        ctx,
+    )
+    .await?;
+    session.restore(
+        resumed.version.as_deref(),
+        resumed.upstream_session_id.as_deref(),
+    );
+    // Bound to its principal before any request can find it.
+    if let Some(p) = slot.principal() {
+        session.set_principal(p);
+    }
+    let unlisted = Unlisted {
+        slot,
+        placer: target.placer.clone(),
+        candidate: candidate.index,
+        kind: Kind::Adopted,
+        key: target.key.clone(),
+    };
+    Ok((session, events, unlisted))
+}
+
+/// A new session failed its `initialize` on candidate `index` (the proxy had to answer it).
+/// With failover, the candidate is ejected and added to `tried`; `true` when the route has
+/// another candidate left to try.
+pub fn fail_over(placer: &dyn Placer, index: usize, tried: &mut Vec<usize>) -> bool {
+    if placer.failover().is_none() || placer.size() < 2 {
+        return false;
+    }
+    tracing::warn!(
+        "upstream failed the initialize of a new session; ejecting it and trying the next"
+    );
+    placer.eject(index);
+    tried.push(index);
+    tried.len() < placer.size()
+}
+
+/// Can a TCP connection to an HTTP upstream be opened? (Stdio upstreams are checked by
+/// spawning them.)
+pub async fn probe(spec: &UpstreamSpec, timeout: Duration) -> Result<(), ProxyError> {
+    let UpstreamSpec::Http { url, .. } = spec else {
+        return Ok(());
+    };
+    let label = shadowcat_tape::redact::url_label(url);
+    let u = reqwest::Url::parse(url)
+        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{label}`: {e}")))?;
+    let host = u
+        .host_str()
+        .unwrap_or("")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = u.port_or_known_default().unwrap_or(80);
+    match tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ProxyError::UpstreamConnect(format!(
+            "cannot connect to {label}: {e}"
+        ))),
+        Err(_) => Err(ProxyError::UpstreamConnect(format!(
+            "cannot connect to {label}: no answer within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
