@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long stopping the worker threads may take once every task is drained.
-pub(crate) const STOP_WORKERS: Duration = Duration::from_secs(2);
+pub const STOP_WORKERS: Duration = Duration::from_secs(2);
 
 /// Settings of `forward stdio`.
 #[derive(Clone)]

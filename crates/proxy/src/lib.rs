@@ -7,10 +7,13 @@
 //!   transport detection).
 //! * [`forward`]: the `forward stdio` and `forward http` modes, compositions of the parts above.
 //! * [`runtime`]: process-level shutdown signals.
-//! * [`gateway`]: the gateway (reverse proxy) mode: routes with upstream sets, balancing,
-//!   authentication, rate limits and metrics on the HTTP front.
+//! * The gateway (reverse proxy) mode lives in its own crate, `shadowcat-gateway`: policy that
+//!   plugs into the seams here ([`front::http::Policy`] for admission and routing,
+//!   [`session::place::Placer`] for placement, pipeline hooks, admin API extensions). The
+//!   engine never imports it.
 //! * [`intercept`]: interceptor rules (`--rules`) and paused messages; [`admin`]: the admin
-//!   listener (paused messages, live traffic, the gateway's sessions and upstreams, web page).
+//!   listener (paused messages, live traffic, extensions such as the gateway's sessions and
+//!   upstreams, web page).
 //! * [`record`]: the recorder hook (`--record`), writing tapes in the background.
 //! * [`translate`]: era translation (2026-07-28 clients ↔ session-based servers and back).
 //! * [`shadow`]: shadow traffic (`--shadow`): requests mirrored to a second upstream, replies compared.
@@ -19,7 +22,6 @@ pub mod admin;
 pub mod error;
 pub mod forward;
 pub mod front;
-pub mod gateway;
 pub mod guard;
 pub mod intercept;
 pub mod pipeline;

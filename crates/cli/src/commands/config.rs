@@ -1,8 +1,8 @@
 //! `shadowcat config check FILE` and `shadowcat config hash-key`.
 
 use clap::Subcommand;
-use shadowcat_proxy::gateway::GatewayConfig;
-use shadowcat_proxy::gateway::auth::sha256_hex;
+use shadowcat_gateway::GatewayConfig;
+use shadowcat_gateway::auth::sha256_hex;
 use std::io::Read;
 use std::path::PathBuf;
 

@@ -10,8 +10,8 @@ use super::hooks::{AdminPlan, Describe, HookArgs, Hooks};
 use crate::args::StoreArgs;
 use anyhow::{Context, bail};
 use clap::Args;
-use shadowcat_proxy::gateway::config::{AdminConfig, RouteConfig, Strategy, UpstreamConfig};
-use shadowcat_proxy::gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
+use shadowcat_gateway::config::{AdminConfig, RouteConfig, Strategy, UpstreamConfig};
+use shadowcat_gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
 use shadowcat_proxy::pipeline::{Hook, TrafficLog};
 use shadowcat_store::{FailoverStore, MeteredStore, OnOutage, SessionStore};
 use shadowcat_tape::Redactor;
@@ -163,16 +163,16 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
                 balance: Strategy::default(),
                 scopes: Vec::new(),
                 failover: true,
-                eject_for: shadowcat_proxy::gateway::config::Dur(Duration::from_secs(10)),
-                connect_timeout: shadowcat_proxy::gateway::config::Dur(Duration::from_secs(2)),
+                eject_for: shadowcat_gateway::config::Dur(Duration::from_secs(10)),
+                connect_timeout: shadowcat_gateway::config::Dur(Duration::from_secs(2)),
                 upstreams,
                 rules: Vec::new(),
                 default_effect: Default::default(),
                 health: None,
                 breaker: Default::default(),
                 retry: Default::default(),
-                request_timeout: shadowcat_proxy::gateway::resilience::default_request_timeout(),
-                sse_idle_timeout: shadowcat_proxy::gateway::resilience::default_sse_idle_timeout(),
+                request_timeout: shadowcat_gateway::resilience::default_request_timeout(),
+                sse_idle_timeout: shadowcat_gateway::resilience::default_sse_idle_timeout(),
             }),
         }
         if let Some(b) = a.balance

@@ -3,10 +3,10 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use shadowcat_gateway::{Gateway, GatewayConfig};
 use shadowcat_proxy::admin::{AdminServer, Traffic};
 use shadowcat_proxy::forward::CONNECT_TIMEOUT;
 use shadowcat_proxy::front::conn::ConnLimits;
-use shadowcat_proxy::gateway::{Gateway, GatewayConfig};
 use shadowcat_proxy::intercept::{Interceptor, PauseBoard};
 use shadowcat_proxy::pipeline::{Hook, Pipeline, TrafficLog};
 use shadowcat_proxy::record::{self, OnFull, RecordConfig, RecordHandle};
@@ -316,7 +316,7 @@ async fn start_admin(
         server = server.intercept(b);
     }
     if let Some((gw, cfg)) = &plan.gateway {
-        server = server.gateway(gw.clone(), cfg);
+        server = server.extension("gateway", shadowcat_gateway::admin::routes(gw.clone(), cfg));
     }
     tracing::info!("admin API and page on http://{local}/");
     // Machine-readable line for scripts and tests that listen on port 0.

@@ -5,23 +5,22 @@
 //!   and `GET /api` (which parts this proxy has);
 //! * interceptor rules (a [`PauseBoard`]): `/intercept/paused…` (see [`intercept`]);
 //! * live traffic ([`Traffic`]): `GET /api/traffic` (SSE, see [`traffic`]);
-//! * a gateway: `/api/sessions[/{id}]`, `/api/upstreams`, `/api/config`, `/api/metrics`
-//!   (see `gateway.rs`).
+//! * extensions ([`AdminServer::extension`]): API routes a mode adds, served behind the same
+//!   token and host checks — the gateway's `/api/sessions[/{id}]`, `/api/upstreams`,
+//!   `/api/config`, `/api/metrics` (in `shadowcat-gateway`); without it those answer `404`
+//!   saying this proxy is not a gateway.
 //!
 //! With a token, every API request needs `Authorization: Bearer TOKEN` (compared in constant
 //! time); `401` otherwise. Without one, only loopback `Host` names are served (a DNS-rebinding
 //! page cannot reach it) and state-changing requests from a non-loopback `Origin` get `403`.
 
-mod gateway;
 pub mod intercept;
 mod page;
-mod redact;
 pub mod traffic;
 
 pub use traffic::Traffic;
 
 use crate::front::conn::{self, ConnLimits, Slots};
-use crate::gateway::{Gateway, GatewayConfig};
 use crate::intercept::PauseBoard;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -38,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 pub struct AdminServer {
     token: Option<Arc<str>>,
     board: Option<Arc<PauseBoard>>,
-    gateway: Option<(Arc<Gateway>, Arc<serde_json::Value>)>,
+    extensions: Vec<(&'static str, axum::Router)>,
     traffic: Option<Arc<Traffic>>,
     limits: ConnLimits,
 }
@@ -47,9 +46,8 @@ pub struct AdminServer {
 pub(crate) struct Admin {
     token: Option<Arc<str>>,
     board: Option<Arc<PauseBoard>>,
-    gateway: Option<Arc<Gateway>>,
-    /// The gateway's effective configuration, secrets redacted.
-    config: Option<Arc<serde_json::Value>>,
+    /// The names of the extensions served (`GET /api` lists them).
+    extensions: Vec<&'static str>,
     traffic: Option<Arc<Traffic>>,
     started: Instant,
     cancel: CancellationToken,
@@ -63,7 +61,7 @@ impl AdminServer {
         AdminServer {
             token: token.map(Arc::from),
             board: None,
-            gateway: None,
+            extensions: Vec::new(),
             traffic: None,
             limits: ConnLimits::default(),
         }
@@ -81,10 +79,10 @@ impl AdminServer {
         self
     }
 
-    /// Serve a gateway's sessions, upstreams, metrics and configuration (`cfg`, shown with
-    /// every secret redacted).
-    pub fn gateway(mut self, gw: Arc<Gateway>, cfg: &GatewayConfig) -> Self {
-        self.gateway = Some((gw, Arc::new(redact::config(cfg))));
+    /// Serve an extension's API `routes` (a mode's own state, e.g. the gateway's sessions and
+    /// upstreams) behind the listener's token and host checks; `GET /api` says `name: true`.
+    pub fn extension(mut self, name: &'static str, routes: axum::Router) -> Self {
+        self.extensions.push((name, routes));
         self
     }
 
@@ -100,33 +98,34 @@ impl AdminServer {
         listener: TcpListener,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
-        let (gateway, config) = match self.gateway {
-            Some((g, c)) => (Some(g), Some(c)),
-            None => (None, None),
-        };
+        let names = self.extensions.iter().map(|(n, _)| *n).collect();
         let admin = Arc::new(Admin {
             token: self.token,
             board: self.board,
-            gateway,
-            config,
+            extensions: names,
             traffic: self.traffic,
             started: Instant::now(),
             cancel: cancel.clone(),
         });
-        let api = axum::Router::new()
+        let has_gateway = self.extensions.iter().any(|(n, _)| *n == "gateway");
+        let mut api = axum::Router::new()
             .route("/api", get(index))
             .merge(intercept::routes())
-            .merge(gateway::routes())
             .route("/api/traffic", get(traffic::stream))
+            .with_state(admin.clone());
+        if !has_gateway {
+            api = api.merge(not_a_gateway());
+        }
+        for (_, routes) in self.extensions {
+            api = api.merge(routes);
+        }
+        let api = api
             .fallback(|| async { error(StatusCode::NOT_FOUND, "unknown admin endpoint") })
             .layer(axum::middleware::from_fn_with_state(admin.clone(), guard));
         let app = page::routes()
+            .with_state(admin.clone())
             .merge(api)
-            .layer(axum::middleware::from_fn_with_state(
-                admin.clone(),
-                host_check,
-            ))
-            .with_state(admin);
+            .layer(axum::middleware::from_fn_with_state(admin, host_check));
         // Our own accept loop (not `axum::serve`): the same timeouts and connection limit as
         // the proxy's listener.
         let limits = self.limits;
@@ -173,7 +172,7 @@ impl AdminServer {
     }
 }
 
-pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response {
+pub fn json(status: StatusCode, v: serde_json::Value) -> Response {
     let mut r = Response::new(Body::from(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -187,15 +186,15 @@ pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response {
     r
 }
 
-pub(crate) fn error(status: StatusCode, message: &str) -> Response {
+pub fn error(status: StatusCode, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }))
 }
 
 /// An API request that cannot be served: its status and what to say.
-pub(crate) struct Refused(StatusCode, String);
+pub struct Refused(StatusCode, String);
 
 impl Refused {
-    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Refused {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Refused {
         Refused(status, message.into())
     }
 }
@@ -207,7 +206,23 @@ impl axum::response::IntoResponse for Refused {
 }
 
 /// What the handlers return.
-pub(crate) type Answer = Result<Response, Refused>;
+pub type Answer = Result<Response, Refused>;
+
+/// Without the gateway extension, its endpoints say why they are not served.
+fn not_a_gateway() -> axum::Router {
+    async fn refuse() -> Response {
+        error(
+            StatusCode::NOT_FOUND,
+            "this proxy is not a gateway: sessions, upstreams, configuration and metrics are served by `shadowcat gateway`",
+        )
+    }
+    axum::Router::new()
+        .route("/api/sessions", get(refuse))
+        .route("/api/sessions/{id}", get(refuse).delete(refuse))
+        .route("/api/upstreams", get(refuse))
+        .route("/api/config", get(refuse))
+        .route("/api/metrics", get(refuse))
+}
 
 /// `GET /api`: what this admin listener serves.
 async fn index(State(a): Shared) -> Response {
@@ -216,7 +231,7 @@ async fn index(State(a): Shared) -> Response {
         serde_json::json!({
             "shadowcat": env!("CARGO_PKG_VERSION"),
             "intercept": a.board.is_some(),
-            "gateway": a.gateway.is_some(),
+            "gateway": a.extensions.contains(&"gateway"),
             "traffic": a.traffic.is_some(),
             "uptime_s": a.started.elapsed().as_secs(),
         }),
@@ -225,7 +240,7 @@ async fn index(State(a): Shared) -> Response {
 
 /// Whether the request carries `Authorization: Bearer TOKEN`, compared in constant time (the
 /// timing does not reveal how much of a guess was right).
-pub(crate) fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     use subtle::ConstantTimeEq;
     headers
         .get(header::AUTHORIZATION)

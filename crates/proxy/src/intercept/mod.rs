@@ -231,6 +231,4 @@ impl Hook for Interceptor {
 }
 
 #[cfg(test)]
-mod principal_tests;
-#[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@
 //! HTTP upstream per request, as a forward proxy does. Each session gets its own upstream.
 
 mod answers;
-pub(crate) mod checks;
+pub mod checks;
 mod events;
 mod listen;
 mod modern;

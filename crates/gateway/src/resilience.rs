@@ -1,9 +1,9 @@
 //! The route settings that protect upstreams: `[routes.breaker]`, `[routes.retry]` and the
-//! request / SSE-idle timeouts, turned into a [`GuardConfig`] (see [`crate::guard`]).
+//! request / SSE-idle timeouts, turned into a [`GuardConfig`] (see [`shadowcat_proxy::guard`]).
 
 use super::config::{Dur, RouteConfig};
-use crate::guard::{BreakerConfig, GuardConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
+use shadowcat_proxy::guard::{BreakerConfig, GuardConfig, RetryConfig};
 use std::time::Duration;
 
 /// `[routes.breaker]`: on by default.
@@ -48,7 +48,7 @@ impl Default for BreakerSection {
     }
 }
 
-/// `[routes.retry]`: where retries are safe (see `crate::guard`), under a budget.
+/// `[routes.retry]`: where retries are safe (see `shadowcat_proxy::guard`), under a budget.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {

@@ -10,13 +10,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use shadowcat_proxy::gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
+use shadowcat_gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
 use shadowcat_store::{MemoryStore, SessionStore};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod principal;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,12 +1,15 @@
 //! Rules on the principal through a real gateway: API keys authenticate two principals over
 //! HTTP, the gateway binds each session to its principal, and rules see it.
 
-use super::*;
-use crate::gateway::auth::sha256_hex;
-use crate::gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
-use crate::pipeline::Hook;
 use serde_json::{Value, json};
+use shadowcat_gateway::auth::sha256_hex;
+use shadowcat_gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
+use shadowcat_proxy::intercept::{Interceptor, PauseBoard, RuleSet};
+use shadowcat_proxy::pipeline::Hook;
 use shadowcat_store::MemoryStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The upstream never answers: every request in this test is answered by a rule, so a reply
 /// proves which rule matched.

@@ -8,6 +8,7 @@
 //! any other principal presenting the session's id. New sessions are placed by the route's
 //! [`UpstreamSet`] (with failover when an upstream cannot be reached) and stay there for life.
 
+pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod balance;
@@ -16,6 +17,7 @@ mod endpoints;
 mod health;
 pub mod limits;
 pub mod metrics;
+mod redact;
 pub mod resilience;
 mod target;
 mod validate;
@@ -25,12 +27,6 @@ pub use balance::UpstreamSet;
 pub use config::{ConfigError, GatewayConfig};
 pub use target::GatewayTarget;
 
-use crate::error::ProxyError;
-use crate::forward::CONNECT_TIMEOUT;
-use crate::front::http::{HostPolicy, HttpFront, HttpFrontConfig, OriginPolicy, Policy, Target};
-use crate::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
-use crate::runtime::drain;
-use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
 use auth::Authenticator;
 use authz::{Kind, Rules};
 use axum::extract::Request;
@@ -42,6 +38,14 @@ use limits::{Limits, RATE_LIMITED};
 use metrics::Metrics;
 use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
 use shadowcat_proto::{Frame, RequestId};
+use shadowcat_proxy::error::ProxyError;
+use shadowcat_proxy::forward::CONNECT_TIMEOUT;
+use shadowcat_proxy::front::http::{
+    HostPolicy, HttpFront, HttpFrontConfig, OriginPolicy, Policy, Target,
+};
+use shadowcat_proxy::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
+use shadowcat_proxy::runtime::drain;
+use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
 use shadowcat_store::{Retention, SessionStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -255,7 +259,7 @@ impl Gateway {
     }
 
     fn bound(&self) -> MutexGuard<'_, HashMap<Arc<str>, Bound>> {
-        crate::sync::lock(&self.sessions)
+        shadowcat_proxy::sync::lock(&self.sessions)
     }
 
     fn route_of(&self, session: &str) -> String {
@@ -352,7 +356,7 @@ impl Gateway {
                 let mut known: Vec<&str> = self.routes.values().map(|r| r.path.as_str()).collect();
                 known.sort_unstable();
                 ProxyError::bad(
-                    crate::error::Refusal::NotFound,
+                    shadowcat_proxy::error::Refusal::NotFound,
                     INVALID_REQUEST,
                     format!(
                         "no MCP endpoint at `{path}`; this gateway serves {}",
@@ -364,7 +368,7 @@ impl Gateway {
         // A stateless (2026-07-28) request has no session placed on a member: the route's
         // balancing picks one per request (consistent hashing keys on the principal). New
         // sessions are placed by `GatewayTarget::connect`, so member 0 is only a default.
-        let stateless = crate::front::http::checks::protocol_version(req.headers())
+        let stateless = shadowcat_proxy::front::http::checks::protocol_version(req.headers())
             .ok()
             .flatten()
             .is_some_and(|v| v.is_modern());
@@ -394,7 +398,7 @@ impl Gateway {
 /// HTTP+SSE endpoints (`/sse` and `/message` belong to `/mcp`; `/servers/NAME/sse` and
 /// `/servers/NAME/message` to `/servers/NAME/mcp`).
 pub(crate) fn route_key_of(path: &str) -> Option<&str> {
-    route_key(path).or_else(|| crate::front::sse::Endpoint::route_of(path))
+    route_key(path).or_else(|| shadowcat_proxy::front::sse::Endpoint::route_of(path))
 }
 
 /// The gateway as the front's [`Policy`]: its endpoints, admission and routes.
@@ -481,7 +485,9 @@ fn front_config(
     s: &config::ServerConfig,
 ) -> Result<HttpFrontConfig, ProxyError> {
     Ok(HttpFrontConfig {
-        workers: s.workers.unwrap_or_else(crate::runtime::default_workers),
+        workers: s
+            .workers
+            .unwrap_or_else(shadowcat_proxy::runtime::default_workers),
         origins: OriginPolicy::new(&s.allow_origins),
         hosts: HostPolicy::new(&s.allowed_hosts, s.public_url.as_deref())
             .map_err(|e| ProxyError::Startup(format!("server.allowed_hosts: {e}")))?,
@@ -504,7 +510,7 @@ fn front_config(
         replica_id: s
             .replica_id
             .clone()
-            .unwrap_or_else(crate::front::http::default_replica_id),
+            .unwrap_or_else(shadowcat_proxy::front::http::default_replica_id),
         policy: Some(Arc::new(GatewayPolicy(gw.clone()))),
         conn: s.conn_limits(),
         // Each route's members carry their own (`routes.request_timeout`).
@@ -588,7 +594,10 @@ pub async fn gateway(
     });
     let result = front.clone().serve(listener, ready).await;
     drain(&tracker, deadline).await;
-    front.workers().stop(crate::forward::STOP_WORKERS).await;
+    front
+        .workers()
+        .stop(shadowcat_proxy::forward::STOP_WORKERS)
+        .await;
     result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
 }
 

@@ -1,16 +1,16 @@
 //! The gateway's [`Placer`]: a request's route (its upstream set and rules) and principal. It
 //! binds sessions to principals, places new sessions on the set and applies the route's rules
-//! to stateless requests. The engine's one creation path ([`crate::session::place::create`])
+//! to stateless requests. The engine's one creation path ([`shadowcat_proxy::session::place::create`])
 //! runs the failover loop over the candidates it gives.
 
 use super::authz::Kind;
 use super::{Bound, Gateway, Principal, Route};
-use crate::error::ProxyError;
-use crate::session::Session;
-use crate::session::place::{AnswerFilter, Candidate, Placer};
 use futures_util::future::BoxFuture;
 use shadowcat_proto::Frame;
 use shadowcat_proto::error::error_frame;
+use shadowcat_proxy::error::ProxyError;
+use shadowcat_proxy::session::Session;
+use shadowcat_proxy::session::place::{AnswerFilter, Candidate, Placer};
 use shadowcat_store::SessionStore;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -162,7 +162,7 @@ impl Placer for GatewayTarget {
         })
     }
 
-    fn stateless_guard(&self) -> Option<Arc<crate::guard::Guard>> {
+    fn stateless_guard(&self) -> Option<Arc<shadowcat_proxy::guard::Guard>> {
         let m = self.member?;
         Some(self.route.set.members()[m].guard().clone())
     }

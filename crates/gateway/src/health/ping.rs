@@ -5,10 +5,10 @@
 //! answers MCP fails it. A 2026-07-28-only server has no `ping`; it is asked `server/discover`.
 //! Stdio upstreams get a child of their own for the checks.
 
-use crate::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec};
 use serde_json::{Value, json};
 use shadowcat_proto::error::{METHOD_NOT_FOUND, error_frame};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
+use shadowcat_proxy::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec};
 use std::time::Duration;
 use tokio::sync::mpsc;
 

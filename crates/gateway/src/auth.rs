@@ -192,7 +192,7 @@ impl JwtVerifier {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Jwks> {
-        crate::sync::read(&self.jwks)
+        shadowcat_proxy::sync::read(&self.jwks)
     }
 
     fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<Key>> {
@@ -240,7 +240,7 @@ impl JwtVerifier {
                     url = %self.cfg.jwks_url,
                     "fetched the JWKS"
                 );
-                *crate::sync::write(&self.jwks) = j;
+                *shadowcat_proxy::sync::write(&self.jwks) = j;
                 Ok(())
             }
             Err(e) => Err(e),

@@ -55,7 +55,7 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA));
 
 /// One limit to check: which, for whom, at what rate.
 #[derive(Debug, Clone)]
-pub(in crate::gateway) struct SharedKey {
+pub(crate) struct SharedKey {
     /// `global`, `ip`, `principal`, `tool`.
     pub scope: &'static str,
     /// The IP, principal id or tool name (empty for `global`).
@@ -67,7 +67,7 @@ pub(in crate::gateway) struct SharedKey {
 }
 
 /// The shared limiter of one gateway.
-pub(in crate::gateway) struct Shared {
+pub(crate) struct Shared {
     url: String,
     prefix: String,
     timeout: Duration,
@@ -82,7 +82,7 @@ pub(in crate::gateway) struct Shared {
 }
 
 impl Shared {
-    pub(in crate::gateway) fn new(url: &str, prefix: &str, timeout: Duration, deny: bool) -> Self {
+    pub(crate) fn new(url: &str, prefix: &str, timeout: Duration, deny: bool) -> Self {
         Shared {
             url: url.to_string(),
             prefix: format!("{prefix}ratelimit:"),
@@ -97,12 +97,12 @@ impl Shared {
     }
 
     /// Whether an outage refuses requests (else this process's limits decide).
-    pub(in crate::gateway) fn deny_on_outage(&self) -> bool {
+    pub(crate) fn deny_on_outage(&self) -> bool {
         self.deny
     }
 
     fn in_outage(&self) -> bool {
-        let mut r = crate::sync::lock(&self.retry_at);
+        let mut r = shadowcat_proxy::sync::lock(&self.retry_at);
         match *r {
             Some(at) if Instant::now() < at => true,
             Some(_) => {
@@ -114,7 +114,7 @@ impl Shared {
     }
 
     fn outage(&self, why: &str) {
-        *crate::sync::lock(&self.retry_at) = Some(Instant::now() + RETRY_EVERY);
+        *shadowcat_proxy::sync::lock(&self.retry_at) = Some(Instant::now() + RETRY_EVERY);
         if !self.down.swap(true, Ordering::AcqRel) {
             let then = if self.deny {
                 "refusing requests (on_redis_outage = \"deny\")"
@@ -127,10 +127,7 @@ impl Shared {
 
     /// Check `keys` (all or nothing). `Ok(None)`: allowed; `Ok(Some((i, wait)))`: `keys[i]`
     /// refuses for `wait`; `Err(())`: Redis is unreachable (counted as an outage decision).
-    pub(in crate::gateway) async fn check(
-        &self,
-        keys: &[SharedKey],
-    ) -> Result<Option<(usize, Duration)>, ()> {
+    pub(crate) async fn check(&self, keys: &[SharedKey]) -> Result<Option<(usize, Duration)>, ()> {
         let result = if self.in_outage() {
             Err(None)
         } else {
@@ -202,7 +199,7 @@ impl Shared {
     }
 
     /// Prometheus lines: Redis reachable, and decisions taken without it.
-    pub(in crate::gateway) fn render_metrics(&self, out: &mut String) {
+    pub(crate) fn render_metrics(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "# HELP shadowcat_ratelimit_redis_up Whether the shared rate limiter's Redis answered its last check."

@@ -14,38 +14,52 @@
 //! * `GET /api/config` → the effective configuration, secrets redacted.
 //! * `GET /api/metrics` → request totals (by status class), refusals, live sessions, store.
 //!
-//! Without a gateway (forward modes) these answer `404`.
+//! Mounted on the admin listener with `AdminServer::extension("gateway", admin::routes(…))`:
+//! behind its token and host checks. Without a gateway (forward modes) these answer `404`.
 
-use super::{Admin, Answer, Refused, Shared, json};
-use crate::front::http::HttpFront;
-use crate::gateway::Gateway;
+use crate::{Gateway, GatewayConfig};
 use axum::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
+use shadowcat_proxy::admin::{Answer, Refused, json};
+use shadowcat_proxy::front::http::HttpFront;
 use shadowcat_store::SessionRecord;
 use shadowcat_tape::redact::Redactor;
 use std::sync::Arc;
+use std::time::Instant;
 
-pub(super) fn routes() -> axum::Router<Arc<Admin>> {
+/// What the gateway's admin routes serve from.
+struct Admin {
+    gateway: Arc<Gateway>,
+    /// The effective configuration, secrets redacted.
+    config: Arc<Value>,
+    started: Instant,
+}
+
+type Shared = State<Arc<Admin>>;
+
+/// The admin API of gateway `gw`, whose configuration `cfg` is shown with every secret
+/// redacted.
+pub fn routes(gw: Arc<Gateway>, cfg: &GatewayConfig) -> axum::Router {
+    let admin = Arc::new(Admin {
+        gateway: gw,
+        config: Arc::new(crate::redact::config(cfg)),
+        started: Instant::now(),
+    });
     axum::Router::new()
         .route("/api/sessions", get(list))
         .route("/api/sessions/{id}", get(show).delete(kill))
         .route("/api/upstreams", get(upstreams))
         .route("/api/config", get(config))
         .route("/api/metrics", get(metrics))
-}
-
-fn not_gateway() -> Refused {
-    Refused::new(
-        StatusCode::NOT_FOUND,
-        "this proxy is not a gateway: sessions, upstreams, configuration and metrics are served by `shadowcat gateway`",
-    )
+        .with_state(admin)
 }
 
 /// The gateway and its running front, or the answer saying why there is none.
 fn running(a: &Admin) -> Result<(&Arc<Gateway>, Arc<HttpFront>), Refused> {
-    let gw = a.gateway.as_ref().ok_or_else(not_gateway)?;
+    let gw = &a.gateway;
     let front = gw.front().ok_or_else(|| {
         Refused::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -107,7 +121,7 @@ fn session_json(
     Some(v)
 }
 
-async fn list(axum::extract::State(a): Shared) -> Answer {
+async fn list(State(a): Shared) -> Answer {
     let (gw, front) = running(&a)?;
     let ids: Vec<String> = front
         .host()
@@ -132,7 +146,7 @@ async fn list(axum::extract::State(a): Shared) -> Answer {
     Ok(json(StatusCode::OK, json!({ "sessions": sessions })))
 }
 
-async fn show(axum::extract::State(a): Shared, Path(id): Path<String>) -> Answer {
+async fn show(State(a): Shared, Path(id): Path<String>) -> Answer {
     let (gw, front) = running(&a)?;
     let rec = front
         .registry()
@@ -155,7 +169,7 @@ fn not_live(id: &str) -> Refused {
     )
 }
 
-async fn kill(axum::extract::State(a): Shared, Path(id): Path<String>) -> Answer {
+async fn kill(State(a): Shared, Path(id): Path<String>) -> Answer {
     let (_, front) = running(&a)?;
     let Some(session) = front.host().get(&id).and_then(|e| e.session()) else {
         return Err(not_live(&id));
@@ -169,7 +183,7 @@ async fn kill(axum::extract::State(a): Shared, Path(id): Path<String>) -> Answer
     Ok(json(StatusCode::OK, json!({ "ended": id })))
 }
 
-async fn upstreams(axum::extract::State(a): Shared) -> Answer {
+async fn upstreams(State(a): Shared) -> Answer {
     let (gw, _) = running(&a)?;
     let mut routes: Vec<_> = gw.routes().collect();
     routes.sort_by(|x, y| x.path().cmp(y.path()));
@@ -208,12 +222,11 @@ async fn upstreams(axum::extract::State(a): Shared) -> Answer {
     Ok(json(StatusCode::OK, json!({ "routes": routes })))
 }
 
-async fn config(axum::extract::State(a): Shared) -> Answer {
-    let c = a.config.as_ref().ok_or_else(not_gateway)?;
-    Ok(json(StatusCode::OK, (**c).clone()))
+async fn config(State(a): Shared) -> Answer {
+    Ok(json(StatusCode::OK, (*a.config).clone()))
 }
 
-async fn metrics(axum::extract::State(a): Shared) -> Answer {
+async fn metrics(State(a): Shared) -> Answer {
     let (gw, front) = running(&a)?;
     let t = gw.metrics().totals();
     let store = front.registry().records().store();

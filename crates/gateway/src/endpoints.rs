@@ -7,13 +7,13 @@ use super::config::route_key;
 use super::limits::{Limited, RATE_LIMITED};
 use super::metrics::{Snapshot, UpstreamGauge};
 use super::{Gateway, Route, WELL_KNOWN};
-use crate::front::http::{ClientIp, HttpFront, serve_mcp};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use shadowcat_proto::error::{INVALID_REQUEST, error_bytes};
+use shadowcat_proxy::front::http::{ClientIp, HttpFront, serve_mcp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +27,7 @@ impl Gateway {
         if method == Method::GET && req.uri().scheme().is_none() {
             if path == "/metrics" {
                 if let Some(token) = &self.metrics_token
-                    && !crate::admin::bearer_matches(req.headers(), token)
+                    && !shadowcat_proxy::admin::bearer_matches(req.headers(), token)
                 {
                     return metrics_refused();
                 }

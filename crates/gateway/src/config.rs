@@ -6,10 +6,10 @@
 //! such as `routes[0].upstreams[1].url`) and what is wrong. See `examples/gateway.toml`.
 
 use super::resilience::{BreakerSection, RetrySection};
-use crate::upstream::credentials::{AuthMethod, Credentials, OAuthClient};
-use crate::upstream::{ChildEnv, UpstreamSpec};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+use shadowcat_proxy::upstream::credentials::{AuthMethod, Credentials, OAuthClient};
+use shadowcat_proxy::upstream::{ChildEnv, UpstreamSpec};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -218,28 +218,28 @@ fn default_max_message() -> usize {
     10 * 1024 * 1024
 }
 fn default_max_events() -> usize {
-    crate::front::http::DEFAULT_MAX_EVENTS
+    shadowcat_proxy::front::http::DEFAULT_MAX_EVENTS
 }
 fn default_max_event_bytes() -> u64 {
-    crate::front::http::DEFAULT_MAX_EVENT_BYTES
+    shadowcat_proxy::front::http::DEFAULT_MAX_EVENT_BYTES
 }
 fn default_event_max_age() -> Dur {
-    Dur(crate::front::http::DEFAULT_EVENT_MAX_AGE)
+    Dur(shadowcat_proxy::front::http::DEFAULT_EVENT_MAX_AGE)
 }
 fn default_finished_stream_grace() -> Dur {
-    Dur(crate::front::http::DEFAULT_FINISHED_STREAM_GRACE)
+    Dur(shadowcat_proxy::front::http::DEFAULT_FINISHED_STREAM_GRACE)
 }
 fn default_header_timeout() -> Dur {
-    Dur(crate::front::conn::ConnLimits::default().header_timeout)
+    Dur(shadowcat_proxy::front::conn::ConnLimits::default().header_timeout)
 }
 fn default_body_timeout() -> Dur {
-    Dur(crate::front::conn::ConnLimits::default().body_timeout)
+    Dur(shadowcat_proxy::front::conn::ConnLimits::default().body_timeout)
 }
 fn default_keep_alive_timeout() -> Dur {
-    Dur(crate::front::conn::ConnLimits::default().idle_timeout)
+    Dur(shadowcat_proxy::front::conn::ConnLimits::default().idle_timeout)
 }
 fn default_max_connections() -> usize {
-    crate::front::conn::ConnLimits::default().max_connections
+    shadowcat_proxy::front::conn::ConnLimits::default().max_connections
 }
 fn default_outage() -> String {
     "closed".into()
@@ -331,8 +331,8 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// The listener's connection timeouts and limit (the admin listener's too).
-    pub fn conn_limits(&self) -> crate::front::conn::ConnLimits {
-        crate::front::conn::ConnLimits {
+    pub fn conn_limits(&self) -> shadowcat_proxy::front::conn::ConnLimits {
+        shadowcat_proxy::front::conn::ConnLimits {
             header_timeout: self.header_timeout.0,
             body_timeout: self.body_timeout.0,
             idle_timeout: self.keep_alive_timeout.0,
@@ -794,7 +794,7 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub transport: UrlTransport,
     /// Stdio upstreams: variables set in the child's environment. A child starts from a
-    /// minimal environment ([`crate::upstream::MINIMAL_ENV`] and `LC_*`), never the gateway's.
+    /// minimal environment ([`shadowcat_proxy::upstream::MINIMAL_ENV`] and `LC_*`), never the gateway's.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Stdio upstreams: variables passed on from the gateway's environment (when set there).
@@ -1297,7 +1297,7 @@ mod tests {
             )
         );
         let d = GatewayConfig::default().server.conn_limits();
-        assert_eq!(d, crate::front::conn::ConnLimits::default());
+        assert_eq!(d, shadowcat_proxy::front::conn::ConnLimits::default());
         let e = errors(&format!(
             "[server]\nheader_timeout = \"0s\"\nbody_timeout = \"0s\"\n\
              keep_alive_timeout = \"0s\"\nmax_connections = 0\n{route}"
@@ -1551,7 +1551,7 @@ mod tests {
         use super::GatewayConfig;
         use proptest::prelude::*;
 
-        const EXAMPLE: &str = include_str!("../../../../examples/gateway.toml");
+        const EXAMPLE: &str = include_str!("../../../examples/gateway.toml");
 
         /// Values that probe the edges of every field type.
         const VALUES: &[&str] = &[

@@ -8,7 +8,7 @@
 //! carry, `--token=…`) a secret-looking flag. Redacting by name rather than by field means a
 //! secret field added later is hidden without touching this file.
 
-use crate::gateway::GatewayConfig;
+use crate::GatewayConfig;
 use serde_json::Value;
 use shadowcat_tape::redact::{REDACTED, Redactor, is_secret_header};
 
@@ -32,7 +32,7 @@ fn is_secret_name(name: &str) -> bool {
 }
 
 /// The configuration as JSON, secrets redacted.
-pub(super) fn config(cfg: &GatewayConfig) -> Value {
+pub(crate) fn config(cfg: &GatewayConfig) -> Value {
     let mut v = serde_json::to_value(cfg).unwrap_or(Value::Null);
     walk(&mut v, &Redactor::default());
     v

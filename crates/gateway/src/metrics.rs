@@ -146,7 +146,7 @@ fn esc(s: &str) -> String {
 
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        crate::sync::lock(&self.state)
+        shadowcat_proxy::sync::lock(&self.state)
     }
 
     /// One HTTP request finished (its response head was produced).

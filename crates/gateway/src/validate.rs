@@ -126,7 +126,7 @@ impl GatewayConfig {
             bad("server.max_connections".into(), "must be at least 1".into());
         }
         for (i, h) in s.allowed_hosts.iter().enumerate() {
-            if let Err(e) = crate::front::http::HostPolicy::parse_name(h) {
+            if let Err(e) = shadowcat_proxy::front::http::HostPolicy::parse_name(h) {
                 bad(format!("server.allowed_hosts[{i}]"), e);
             }
         }
@@ -570,7 +570,7 @@ fn validate_upstream(
         Ok(spec) => {
             // The whole identity (describe() leaves secrets out, so it may repeat).
             let identity = match &spec {
-                crate::upstream::UpstreamSpec::Stdio { command, args, .. } => {
+                shadowcat_proxy::upstream::UpstreamSpec::Stdio { command, args, .. } => {
                     format!("{command}\0{}", args.join("\0"))
                 }
                 _ => format!(

@@ -14,10 +14,10 @@ mod ping;
 
 use super::Route;
 use super::config::{HealthCheck, HealthConfig};
-use crate::session::place::probe;
-use crate::upstream::credentials::{self, SendError};
-use crate::upstream::{UpstreamCtx, UpstreamSpec};
 use ping::Pinger;
+use shadowcat_proxy::session::place::probe;
+use shadowcat_proxy::upstream::credentials::{self, SendError};
+use shadowcat_proxy::upstream::{UpstreamCtx, UpstreamSpec};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 

@@ -7,11 +7,11 @@
 //! get no new sessions unless every member is ejected.
 
 use super::config::Strategy;
-use crate::guard::{Guard, GuardConfig};
-use crate::session::Session;
-use crate::upstream::UpstreamSpec;
-use crate::upstream::spares::Spares;
 use sha2::{Digest, Sha256};
+use shadowcat_proxy::guard::{Guard, GuardConfig};
+use shadowcat_proxy::session::Session;
+use shadowcat_proxy::upstream::UpstreamSpec;
+use shadowcat_proxy::upstream::spares::Spares;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -98,7 +98,7 @@ impl Member {
         self.weight
     }
     fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Weak<Session>>> {
-        crate::sync::lock(&self.live)
+        shadowcat_proxy::sync::lock(&self.live)
     }
     /// Live sessions on it.
     pub fn sessions(&self) -> usize {
