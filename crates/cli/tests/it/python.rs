@@ -1,9 +1,8 @@
 //! Interop with the official Python SDK (`mcp` on PyPI) as the client: tests/interop/python_client.py.
 //! The Python environment comes from scripts/python-env.sh (run by the test script and CI).
 
-use super::harness::{Server, bin};
+use super::harness::{Launch, Server, bin, lossy};
 use std::path::PathBuf;
-use std::process::Command;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -22,17 +21,12 @@ pub fn python() -> PathBuf {
 }
 
 fn run_script(args: &[&str]) {
-    let script = workspace().join("tests/interop/python_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = Launch::interop("python_client.py").args(args).run();
+    let stdout = lossy(&out.stdout);
     assert!(
         out.status.success(),
         "python client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        lossy(&out.stderr)
     );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
