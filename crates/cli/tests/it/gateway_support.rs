@@ -483,31 +483,46 @@ pub fn key_hash(key: &str) -> String {
     lossy(&out.stdout).trim().to_string()
 }
 
-/// A gateway config with API keys for two principals, `key:alice` (`alice-key`) and `key:bob`
-/// (`bob-key`), `server_extra` lines in `[server]`, a `/mcp` route on the demo server (stdio),
-/// then `more` (further routes).
-pub fn alice_and_bob(server_extra: &str, more: &str) -> String {
+/// A route `path` on the demo server (over stdio), with `extra` lines after its path.
+pub fn demo_route(path: &str, extra: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-public_url = "https://mcp.example.test"
-{server_extra}
-[auth]
-[[auth.api_keys]]
-name = "alice"
-sha256 = "{alice}"
-[[auth.api_keys]]
-name = "bob"
-sha256 = "{bob}"
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-{more}"#,
-        alice = key_hash("alice-key"),
-        bob = key_hash("bob-key"),
+        "[[routes]]\npath = \"{path}\"\n{extra}\n[[routes.upstreams]]\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n",
         bin = bin(),
+    )
+}
+
+/// A gateway config: `[server]` on an ephemeral port with a public URL and `server_extra`
+/// lines, `[auth]` with one API key per `(name, key, extra lines)` (principal `key:NAME`), then
+/// `routes`.
+pub fn with_api_keys(server_extra: &str, keys: &[(&str, &str, &str)], routes: &str) -> String {
+    let mut text = format!(
+        "\n[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://mcp.example.test\"\n{server_extra}\n[auth]\n"
+    );
+    for (name, key, extra) in keys {
+        text.push_str(&format!(
+            "[[auth.api_keys]]\nname = \"{name}\"\nsha256 = \"{hash}\"\n{extra}\n",
+            hash = key_hash(key),
+        ));
+    }
+    text.push_str(routes);
+    text
+}
+
+/// A gateway config with API keys for two principals, `key:alice` (`alice-key`) and `key:bob`
+/// (`bob-key`, with `bob_extra` lines), `server_extra` lines in `[server]`, then `routes`.
+pub fn alice_and_bob_with(server_extra: &str, bob_extra: &str, routes: &str) -> String {
+    with_api_keys(
+        server_extra,
+        &[("alice", "alice-key", ""), ("bob", "bob-key", bob_extra)],
+        routes,
+    )
+}
+
+/// [`alice_and_bob_with`] whose routes are `/mcp` on the demo server (stdio), then `more`.
+pub fn alice_and_bob(server_extra: &str, more: &str) -> String {
+    alice_and_bob_with(
+        server_extra,
+        "",
+        &format!("{}{more}", demo_route("/mcp", "")),
     )
 }

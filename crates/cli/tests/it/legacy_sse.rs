@@ -3,6 +3,7 @@
 //! tests/interop/), `@modelcontextprotocol/server-everything` in `sse` mode (installed by
 //! scripts/node-peers.sh when missing), and a raw HTTP+SSE client written here.
 
+use super::gateway_support::{alice_and_bob_with, demo_route};
 use super::harness::{
     Launch, Raw, Reply, Server, SseEvent, SseStream, WAIT, bin, free_port, init_body, lossy, run,
     wait_descendants,
@@ -431,36 +432,13 @@ async fn auto_detection_picks_sse_for_a_legacy_server_and_streamable_for_the_dem
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_serves_http_sse_per_route_bound_to_the_principal() {
-    use super::gateway_support::{client, config_file, key_hash, start_gateway};
-    let (_dir, cfg) = config_file(&format!(
-        r#"
-[server]
-public_url = "https://mcp.example.test"
-listen = "127.0.0.1:0"
-[auth]
-[[auth.api_keys]]
-name = "alice"
-sha256 = "{alice}"
-[[auth.api_keys]]
-name = "bob"
-sha256 = "{bob}"
-scopes = ["docs"]
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-[[routes]]
-path = "/servers/docs/mcp"
-scopes = ["docs"]
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-"#,
-        alice = key_hash("alice-key"),
-        bob = key_hash("bob-key"),
-        bin = bin(),
-    ));
+    use super::gateway_support::{client, config_file, start_gateway};
+    let routes = format!(
+        "{}{}",
+        demo_route("/mcp", ""),
+        demo_route("/servers/docs/mcp", "scopes = [\"docs\"]")
+    );
+    let (_dir, cfg) = config_file(&alice_and_bob_with("", "scopes = [\"docs\"]", &routes));
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     let base = gw.base.clone();
     let alice = client(String::new(), Some("alice-key")).http;
