@@ -7,6 +7,7 @@
 use super::gateway_support::{config_file, start_gateway};
 use super::harness::{Launch, Raw, Reply, Server, SseStream, WAIT, init_body, lossy};
 use super::peers::{Peer, PyEra, python_stdio, python_stdio_toml};
+use super::python::interop_client_passes;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -412,14 +413,9 @@ async fn modern_requests_are_translated_onto_a_held_session() {
 /// tests/interop/python_client.py (every feature of the demo server) in `mode`; panics with its
 /// output unless every check passed.
 fn python_client_script(url: &str, mode: &str) {
-    let out = Launch::interop("python_client.py")
-        .args(["--url", url, "--mode", mode, "--concurrency", "4"])
-        .run();
-    let stdout = lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains(" passed, 0 failed"),
-        "mode {mode}:\n{stdout}\n{}",
-        lossy(&out.stderr)
+    interop_client_passes(
+        "python_client.py",
+        &["--url", url, "--mode", mode, "--concurrency", "4"],
     );
 }
 

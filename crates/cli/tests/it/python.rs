@@ -20,15 +20,20 @@ pub fn python() -> PathBuf {
     venv
 }
 
-fn run_script(args: &[&str]) {
-    let out = Launch::interop("python_client.py").args(args).run();
+/// Run the interop client tests/interop/SCRIPT with `args` (blocking); panics with its output
+/// unless it exits 0 and reports ` passed, 0 failed`.
+pub fn interop_client_passes(script: &str, args: &[&str]) {
+    let out = Launch::interop(script).args(args).run();
     let stdout = lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "python client failed:\n{stdout}\n{}",
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "{script} {args:?} failed:\n{stdout}\n{}",
         lossy(&out.stderr)
     );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+fn run_script(args: &[&str]) {
+    interop_client_passes("python_client.py", args);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
