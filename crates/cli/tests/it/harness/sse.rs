@@ -141,3 +141,18 @@ impl SseStream {
         self.cut.as_deref()
     }
 }
+
+#[test]
+fn whole_bodies_parse_with_crlf_multi_line_data_and_a_last_cr() {
+    let body = "id: p1.1\r\nretry: 500\r\ndata:\r\n\r\n: comment\nevent: message\ndata: {\"a\":\ndata: 1}\n\nid: p1.2\rdata: {\"b\":2}\r\r";
+    let events = parse_events(body);
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0].id.as_deref(), Some("p1.1"));
+    assert_eq!(events[0].retry, Some(500));
+    assert_eq!(events[0].json(), None, "a priming event has no JSON");
+    assert_eq!(events[1].event.as_deref(), Some("message"));
+    assert_eq!(events[1].text(), "{\"a\":\n1}");
+    assert_eq!(events[1].json(), Some(serde_json::json!({"a": 1})));
+    assert_eq!(events[2].id.as_deref(), Some("p1.2"));
+    assert_eq!(events[2].json(), Some(serde_json::json!({"b": 2})));
+}
