@@ -1,8 +1,8 @@
 //! The gateway's admin listener: the JSON API (sessions list/show/end, upstreams, redacted
 //! configuration, metrics, the token), live traffic over SSE, and `gateway --record/--rules`.
 
-use super::gateway_support::{client, config_file, key_hash, run, start_gateway_seen};
-use super::harness::{Raw, Server, WAIT};
+use super::gateway_support::{client, config_file, gateway, key_hash, run};
+use super::harness::{Raw, Server, SseStream, WAIT};
 use serde_json::{Value, json};
 
 /// A gateway with its admin URL.
@@ -13,13 +13,8 @@ pub struct AdminGateway {
 
 /// `shadowcat gateway ARGS` (with `env`, and an admin listener); waits until both listen.
 pub async fn start(args: &[&str], env: &[(&str, &str)]) -> AdminGateway {
-    let (server, seen) = start_gateway_seen(args, env).await;
-    let admin = seen
-        .iter()
-        .find_map(|l| l.strip_prefix("shadowcat: admin listening on "))
-        .unwrap_or_else(|| panic!("no admin listener:\n{}", seen.join("\n")))
-        .trim()
-        .to_string();
+    let server = gateway(args, env).with_admin().serve().await;
+    let admin = server.admin.clone().expect("an admin listener");
     AdminGateway { server, admin }
 }
 
@@ -193,36 +188,6 @@ headers = {{ Authorization = "Bearer {UPSTREAM_SECRET}" }}
     gw.server.terminate().await;
 }
 
-/// Read SSE `data:` events from a streaming response until `want` accepts one.
-async fn next_event(
-    resp: &mut reqwest::Response,
-    buf: &mut String,
-    want: impl Fn(&Value) -> bool,
-) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            while let Some(cut) = buf.find("\n\n") {
-                let block: String = buf.drain(..cut + 2).collect();
-                let data: Vec<&str> = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data: "))
-                    .collect();
-                if data.is_empty() {
-                    continue;
-                }
-                let v: Value = serde_json::from_str(&data.join("\n")).unwrap();
-                if want(&v) {
-                    return v;
-                }
-            }
-            let chunk = resp.chunk().await.unwrap().expect("stream open");
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    })
-    .await
-    .expect("the event arrives")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_traffic_shows_a_tools_call_as_it_happens() {
     let gw = demo_with_admin(&[]).await;
@@ -245,14 +210,14 @@ async fn live_traffic_shows_a_tools_call_as_it_happens() {
         .unwrap();
     assert_eq!(cross.status(), 403);
 
-    let mut live = http
+    let live = http
         .get(format!("{admin}/api/traffic"))
         .send()
         .await
         .unwrap();
     assert_eq!(live.status(), 200);
     assert_eq!(live.headers()["content-type"], "text/event-stream");
-    let mut buf = String::new();
+    let mut live = SseStream::new(live);
 
     let mut c = Raw::new(gw.server.url());
     c.initialize().await;
@@ -260,17 +225,18 @@ async fn live_traffic_shows_a_tools_call_as_it_happens() {
     let mut other = Raw::new(gw.server.url());
     other.initialize().await;
     let other_id = other.session.clone().unwrap();
-    let mut only_other = http
-        .get(format!("{admin}/api/traffic?session={other_id}"))
-        .send()
-        .await
-        .unwrap();
+    let mut only_other = SseStream::new(
+        http.get(format!("{admin}/api/traffic?session={other_id}"))
+            .send()
+            .await
+            .unwrap(),
+    );
     let text = c
         .call_tool(7, "echo", json!({"message": "hi", "password": "pw-0c4d"}))
         .await;
     assert!(text.contains("hi"), "{text}");
 
-    let call = next_event(&mut live, &mut buf, |e| e["method"] == "tools/call").await;
+    let call = live.next_matching(|e| e["method"] == "tools/call").await;
     assert_eq!(call["session"], id.as_str());
     assert_eq!(call["direction"], "c2s");
     assert_eq!(call["kind"], "request");
@@ -282,10 +248,9 @@ async fn live_traffic_shows_a_tools_call_as_it_happens() {
         !preview.contains("pw-0c4d"),
         "secret in the preview: {preview}"
     );
-    let reply = next_event(&mut live, &mut buf, |e| {
-        e["id"] == 7 && e["direction"] == "s2c"
-    })
-    .await;
+    let reply = live
+        .next_matching(|e| e["id"] == 7 && e["direction"] == "s2c")
+        .await;
     assert_eq!(reply["kind"], "response");
     assert_eq!(reply["session"], id.as_str());
 
@@ -295,8 +260,7 @@ async fn live_traffic_shows_a_tools_call_as_it_happens() {
         .post(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
         .await;
     assert_eq!(listed.status, 200);
-    let mut other_buf = String::new();
-    let first = next_event(&mut only_other, &mut other_buf, |_| true).await;
+    let first = only_other.next_matching(|_| true).await;
     assert_eq!(first["session"], other_id.as_str(), "{first}");
     assert_eq!(first["method"], "tools/list", "{first}");
     drop(live);

@@ -5,27 +5,20 @@
 //! server, server-everything (TS SDK).
 
 use super::gateway_support::{config_file, start_gateway};
-use super::harness::{Raw, Reply, Server, WAIT, init_body};
-use super::peers::{Peer, PyEra, SseReader, python_stdio, python_stdio_toml};
-use super::python::{python, workspace};
+use super::harness::{Launch, Raw, Reply, Server, SseStream, WAIT, init_body, lossy};
+use super::peers::{Peer, PyEra, python_stdio, python_stdio_toml};
+use super::python::interop_client_passes;
 use serde_json::{Value, json};
-use std::process::Command;
 use std::time::Duration;
 
 fn py_client(url: &str, mode: &str, expect_era: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new(python());
-    cmd.arg(workspace().join("tests/interop/modern_peer.py"))
-        .args(["client", "--url", url, "--mode", mode]);
+    let mut cmd = Launch::interop("modern_peer.py").args(["client", "--url", url, "--mode", mode]);
     if let Some(e) = expect_era {
-        cmd.args(["--expect-era", e]);
+        cmd = cmd.args(["--expect-era", e]);
     }
-    let out = cmd.output().expect("run the python client");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let out = cmd.run();
+    let all = format!("{}{}", lossy(&out.stdout), lossy(&out.stderr));
+    (out.status.success(), all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +378,7 @@ async fn modern_requests_are_translated_onto_a_held_session() {
     .await
     .unwrap();
     assert_eq!(listen.status(), 200);
-    let mut events = SseReader::new(listen);
+    let mut events = SseStream::new(listen);
     let ack = events.next_json().await.expect("an acknowledgement");
     assert_eq!(
         ack["method"], "notifications/subscriptions/acknowledged",
@@ -420,16 +413,9 @@ async fn modern_requests_are_translated_onto_a_held_session() {
 /// tests/interop/python_client.py (every feature of the demo server) in `mode`; panics with its
 /// output unless every check passed.
 fn python_client_script(url: &str, mode: &str) {
-    let out = Command::new(python())
-        .arg(workspace().join("tests/interop/python_client.py"))
-        .args(["--url", url, "--mode", mode, "--concurrency", "4"])
-        .output()
-        .expect("run python_client.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains(" passed, 0 failed"),
-        "mode {mode}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    interop_client_passes(
+        "python_client.py",
+        &["--url", url, "--mode", mode, "--concurrency", "4"],
     );
 }
 
@@ -547,8 +533,7 @@ async fn server_everything_streamable_behind_modern_clients() {
     // The python SDK's 2026-07-28 client lists and calls the TS server's tools.
     let u = url.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(workspace().join("tests/interop/modern_peer.py"))
+        Launch::interop("modern_peer.py")
             .args([
                 "client",
                 "--url",
@@ -557,16 +542,15 @@ async fn server_everything_streamable_behind_modern_clients() {
                 "2026-07-28",
                 "--any-server",
             ])
-            .output()
-            .unwrap()
+            .run()
     })
     .await
     .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let stdout = lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("echo"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() && stdout.contains("echo"),
+        "{stdout}{}",
+        lossy(&out.stderr)
     );
 }
 
@@ -759,7 +743,7 @@ async fn listen_first(url: &str, subscriptions: Value) -> (u16, Value) {
         .get("content-type")
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let first = if sse {
-        SseReader::new(resp)
+        SseStream::new(resp)
             .next_json()
             .await
             .expect("a first event")

@@ -3,7 +3,7 @@
 //! `/metrics` and `/ready`.
 
 use super::gateway_support::{
-    FakeUpstream, client, config_file, get, key_hash, run, sample, start_gateway,
+    FakeUpstream, alice_and_bob_with, client, config_file, get, run, sample, start_gateway,
 };
 use super::harness::{Raw, free_port};
 use serde_json::json;
@@ -493,31 +493,13 @@ async fn affinity_and_principal_binding_hold_across_replicas_sharing_a_store() {
     let redis = super::harness::Redis::start();
     let a = FakeUpstream::start("a").await;
     let b = FakeUpstream::start("b").await;
-    let (_d, cfg) = config_file(&format!(
-        r#"
-[server]
-public_url = "https://mcp.example.test"
-listen = "127.0.0.1:0"
-store = "{store}"
-[auth]
-[[auth.api_keys]]
-name = "alice"
-sha256 = "{alice}"
-[[auth.api_keys]]
-name = "bob"
-sha256 = "{bob}"
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-url = "{a}"
-[[routes.upstreams]]
-url = "{b}"
-"#,
-        store = redis.url(),
-        alice = key_hash("alice-key"),
-        bob = key_hash("bob-key"),
-        a = a.url,
-        b = b.url,
+    let (_d, cfg) = config_file(&alice_and_bob_with(
+        &format!("store = \"{}\"", redis.url()),
+        "",
+        &format!(
+            "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"{}\"\n[[routes.upstreams]]\nurl = \"{}\"\n",
+            a.url, b.url
+        ),
     ));
     // Distinct replica ids: sessions owned by one are continued (adopted) by the other.
     let one = start_gateway(&["--config", &cfg, "--replica-id", "one"], &[]).await;

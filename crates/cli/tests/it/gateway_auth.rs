@@ -4,8 +4,9 @@
 //! reaching the upstream.
 
 use super::gateway_support::{
-    AUDIENCE, FakeUpstream, ISSUER, JwksServer, TestKey, base64url, client, config_file, fixture,
-    get, hmac_token, key_hash, now, sample, start_gateway, unsigned_token,
+    AUDIENCE, FakeUpstream, ISSUER, JwksServer, TestKey, base64url, client, config_file,
+    demo_route, fixture, get, hmac_token, key_hash, now, sample, start_gateway, unsigned_token,
+    with_api_keys,
 };
 use super::harness::{Server, init_body};
 use jsonwebtoken::{Algorithm, Header};
@@ -463,24 +464,7 @@ async fn route_scopes_and_per_principal_limits() {
 
 #[tokio::test]
 async fn authorization_rules_refuse_calls_and_filter_lists() {
-    let (_d, cfg) = config_file(&format!(
-        r#"
-[server]
-public_url = "https://mcp.example.test"
-listen = "127.0.0.1:0"
-[auth]
-[[auth.api_keys]]
-name = "admin"
-sha256 = "{admin}"
-scopes = ["admin"]
-[[auth.api_keys]]
-name = "user"
-sha256 = "{user}"
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
+    let rules = r#"
 [[routes.rules]]
 effect = "allow"
 scopes = ["admin"]
@@ -489,10 +473,14 @@ effect = "deny"
 tools = ["increment", "sl*"]
 prompts = ["code_review"]
 resources = ["demo://counter"]
-"#,
-        admin = key_hash("admin-key"),
-        user = key_hash("user-key"),
-        bin = super::harness::bin(),
+"#;
+    let (_d, cfg) = config_file(&with_api_keys(
+        "",
+        &[
+            ("admin", "admin-key", "scopes = [\"admin\"]"),
+            ("user", "user-key", ""),
+        ],
+        &format!("{}{rules}", demo_route("/mcp", "")),
     ));
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     let mut user = client(gw.url(), Some("user-key"));
@@ -691,23 +679,10 @@ async fn the_official_rust_sdk_connects_with_a_bearer_token() {
     use rmcp::model::CallToolRequestParams;
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-    let (_d, cfg) = config_file(&format!(
-        r#"
-[server]
-public_url = "https://mcp.example.test"
-listen = "127.0.0.1:0"
-[auth]
-[[auth.api_keys]]
-name = "sdk"
-sha256 = "{key}"
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-"#,
-        key = key_hash("sdk-key"),
-        bin = super::harness::bin(),
+    let (_d, cfg) = config_file(&with_api_keys(
+        "",
+        &[("sdk", "sdk-key", "")],
+        &demo_route("/mcp", ""),
     ));
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     let transport = StreamableHttpClientTransport::from_config(

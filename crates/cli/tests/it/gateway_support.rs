@@ -3,7 +3,7 @@
 //! with the test keys in `tests/fixtures/jwt/`, and starting `shadowcat gateway` with a config
 //! file and environment.
 
-use super::harness::{Raw, Server, WAIT, bin};
+use super::harness::{Launch, Raw, Server, bin, lossy};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -11,12 +11,9 @@ use bytes::Bytes;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "https://gateway.test/mcp";
@@ -411,63 +408,27 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
     (dir, p)
 }
 
-/// `shadowcat gateway ARGS` with extra environment variables; waits for "listening on".
-pub async fn start_gateway(args: &[&str], env: &[(&str, &str)]) -> Server {
-    start_gateway_seen(args, env).await.0
+/// `shadowcat gateway ARGS` with extra environment variables, ready once it listens.
+pub fn gateway(args: &[&str], env: &[(&str, &str)]) -> Launch {
+    Launch::shadowcat(&["gateway"])
+        .args(args)
+        .envs(env)
+        .label("gateway")
+        .listening()
 }
 
-/// [`start_gateway`], also returning the stderr lines printed before "listening on".
-pub async fn start_gateway_seen(args: &[&str], env: &[(&str, &str)]) -> (Server, Vec<String>) {
-    let mut cmd = Command::new(bin());
-    cmd.arg("gateway")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start shadowcat gateway");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let (base, seen) = tokio::time::timeout(WAIT, async {
-        let mut seen = Vec::new();
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(rest) = line.strip_prefix("shadowcat: listening on ") {
-                return (rest.trim().to_string(), seen);
-            }
-            seen.push(line);
-        }
-        panic!("gateway exited before listening:\n{}", seen.join("\n"));
-    })
-    .await
-    .expect("gateway did not start listening in time");
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if std::env::var_os("SHADOWCAT_TEST_LOGS").is_some() {
-                eprintln!("[gateway] {line}");
-            }
-        }
-    });
-    (Server { child, base }, seen)
+/// `shadowcat gateway ARGS` with extra environment variables; waits for "listening on".
+pub async fn start_gateway(args: &[&str], env: &[(&str, &str)]) -> Server {
+    gateway(args, env).serve().await
 }
 
 /// Run `shadowcat ARGS` to completion: (exit code, stdout, stderr).
 pub async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(WAIT, cmd.output())
-        .await
-        .expect("shadowcat finished in time")
-        .expect("run shadowcat");
+    let out = Launch::shadowcat(args).envs(env).output().await;
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        lossy(&out.stdout),
+        lossy(&out.stderr),
     )
 }
 
@@ -515,49 +476,53 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
 
 /// `shadowcat config hash-key` of `key` (what `auth.api_keys[].sha256` holds).
 pub fn key_hash(key: &str) -> String {
-    let out = std::process::Command::new(super::harness::bin())
-        .args(["config", "hash-key"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{key}\n").as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("config hash-key");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let out = Launch::shadowcat(&["config", "hash-key"])
+        .stdin_bytes(format!("{key}\n"))
+        .run();
+    assert!(out.status.success(), "{}", lossy(&out.stderr));
+    lossy(&out.stdout).trim().to_string()
+}
+
+/// A route `path` on the demo server (over stdio), with `extra` lines after its path.
+pub fn demo_route(path: &str, extra: &str) -> String {
+    format!(
+        "[[routes]]\npath = \"{path}\"\n{extra}\n[[routes.upstreams]]\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n",
+        bin = bin(),
+    )
+}
+
+/// A gateway config: `[server]` on an ephemeral port with a public URL and `server_extra`
+/// lines, `[auth]` with one API key per `(name, key, extra lines)` (principal `key:NAME`), then
+/// `routes`.
+pub fn with_api_keys(server_extra: &str, keys: &[(&str, &str, &str)], routes: &str) -> String {
+    let mut text = format!(
+        "\n[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://mcp.example.test\"\n{server_extra}\n[auth]\n"
+    );
+    for (name, key, extra) in keys {
+        text.push_str(&format!(
+            "[[auth.api_keys]]\nname = \"{name}\"\nsha256 = \"{hash}\"\n{extra}\n",
+            hash = key_hash(key),
+        ));
+    }
+    text.push_str(routes);
+    text
 }
 
 /// A gateway config with API keys for two principals, `key:alice` (`alice-key`) and `key:bob`
-/// (`bob-key`), `server_extra` lines in `[server]`, a `/mcp` route on the demo server (stdio),
-/// then `more` (further routes).
+/// (`bob-key`, with `bob_extra` lines), `server_extra` lines in `[server]`, then `routes`.
+pub fn alice_and_bob_with(server_extra: &str, bob_extra: &str, routes: &str) -> String {
+    with_api_keys(
+        server_extra,
+        &[("alice", "alice-key", ""), ("bob", "bob-key", bob_extra)],
+        routes,
+    )
+}
+
+/// [`alice_and_bob_with`] whose routes are `/mcp` on the demo server (stdio), then `more`.
 pub fn alice_and_bob(server_extra: &str, more: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-public_url = "https://mcp.example.test"
-{server_extra}
-[auth]
-[[auth.api_keys]]
-name = "alice"
-sha256 = "{alice}"
-[[auth.api_keys]]
-name = "bob"
-sha256 = "{bob}"
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-{more}"#,
-        alice = key_hash("alice-key"),
-        bob = key_hash("bob-key"),
-        bin = super::harness::bin(),
+    alice_and_bob_with(
+        server_extra,
+        "",
+        &format!("{}{more}", demo_route("/mcp", "")),
     )
 }

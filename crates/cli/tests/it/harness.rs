@@ -1,96 +1,19 @@
-//! Test harness: start proxies and demo servers as real processes, talk raw HTTP to them, and
-//! count their child processes.
+//! Test harness: start proxies, demo servers and peers as real processes (one launcher:
+//! [`Launch`]), talk raw HTTP to them, read their SSE (one reader: [`SseStream`]), and count
+//! their child processes.
+
+mod launch;
+mod sse;
+
+pub use launch::{Launch, Process, Server, bin, lossy, run};
+pub use sse::{EventExt, SseEvent, SseStream, parse_events};
 
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Generous: these machines are noisy (a loaded 2-core box spawning 200 children is slow).
 pub const WAIT: Duration = Duration::from_secs(60);
-
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_shadowcat")
-}
-
-/// A running `shadowcat` process that serves HTTP (forward http or demo-server --http).
-pub struct Server {
-    pub child: Child,
-    pub base: String,
-}
-
-impl Server {
-    /// Start `shadowcat ARGS` and wait for its "listening on" line.
-    pub async fn start(args: &[&str]) -> Server {
-        Server::start_with_env(args, &[]).await
-    }
-
-    /// [`Server::start`] with extra environment variables for the process.
-    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(bin())
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start shadowcat");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let base = tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.expect("read stderr") {
-                if let Some(rest) = line.strip_prefix("shadowcat: listening on ") {
-                    return rest.trim().to_string();
-                }
-            }
-            panic!("shadowcat exited before listening");
-        })
-        .await
-        .expect("shadowcat did not start listening in time");
-        // Keep draining stderr so the process never blocks on a full pipe.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if std::env::var_os("SHADOWCAT_TEST_LOGS").is_some() {
-                    eprintln!("[proxy] {line}");
-                }
-            }
-        });
-        Server { child, base }
-    }
-
-    /// `shadowcat forward http --listen 127.0.0.1:0 EXTRA…`
-    pub async fn forward_http(extra: &[&str]) -> Server {
-        let mut args = vec!["forward", "http", "--listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        Server::start(&args).await
-    }
-
-    /// `shadowcat demo-server --http 127.0.0.1:0`
-    pub async fn demo_http() -> Server {
-        Server::start(&["demo-server", "--http", "127.0.0.1:0"]).await
-    }
-
-    pub fn url(&self) -> String {
-        format!("{}/mcp", self.base)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("server still running")
-    }
-
-    /// SIGTERM and wait for exit; returns the exit code.
-    pub async fn terminate(mut self) -> Option<i32> {
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("proxy exits after SIGTERM")
-            .expect("wait");
-        status.code()
-    }
-}
 
 /// Direct and indirect children of `pid` (read from /proc).
 pub fn descendants(pid: u32) -> Vec<u32> {
@@ -180,20 +103,13 @@ impl Reply {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
-    /// JSON-RPC messages of the body (one JSON value, or every SSE `data:`).
+    /// JSON-RPC messages of the body (one JSON value, or the data of every SSE event that has
+    /// some).
     pub fn messages(&self) -> Vec<Value> {
         if self.content_type().starts_with("text/event-stream") {
-            self.body
-                .split("\n\n")
-                .filter_map(|ev| {
-                    let data: Vec<&str> = ev
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("data:"))
-                        .map(str::trim_start)
-                        .collect();
-                    (!data.is_empty() && !data.concat().trim().is_empty())
-                        .then(|| serde_json::from_str(&data.join("\n")).expect("SSE data is JSON"))
-                })
+            parse_events(&self.body)
+                .iter()
+                .filter_map(EventExt::json)
                 .collect()
         } else if self.body.is_empty() {
             vec![]

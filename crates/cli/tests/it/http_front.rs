@@ -1,7 +1,7 @@
 //! The Streamable HTTP front: statuses, headers and JSON-RPC error codes for good and bad input.
 
+use super::harness::SseStream;
 use super::harness::{Raw, Server, init_body};
-use super::peers::SseReader;
 use serde_json::json;
 
 async fn proxy() -> Server {
@@ -563,7 +563,7 @@ async fn a_request_id_still_in_flight_is_refused_and_the_first_request_completes
         "params":{"name":"elicit","arguments":{"message":"who?"}}});
     let resp = c.post_builder(call.to_string()).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut first = SseReader::new(resp);
+    let mut first = SseStream::new(resp);
     let ask = first.next_json().await.expect("the elicitation request");
     assert_eq!(ask["method"], "elicitation/create", "{ask}");
 

@@ -1,67 +1,35 @@
 //! Interceptor rules end to end through `forward http`: each action, hot reload (good and bad
 //! file), and pause → list → edit/drop/resume through `shadowcat intercept` and the admin API.
 
-use super::harness::{Raw, WAIT, bin};
-use super::tapes::shadowcat;
+use super::harness::{Launch, Raw, Server, WAIT};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-/// A proxy whose stderr is kept, with its MCP and admin URLs.
+/// A proxy (`forward http --demo`) whose stderr is kept, with its MCP and admin URLs.
 pub struct Proxy {
-    child: Child,
+    server: Server,
     pub url: String,
     admin: Option<String>,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
-    /// `shadowcat forward http --listen 127.0.0.1:0 --demo ARGS…`
+    /// `shadowcat forward http --listen 127.0.0.1:0 --demo ARGS…`; with `--admin` among them,
+    /// also waits for the admin listener.
     pub async fn start(args: &[&str]) -> Proxy {
-        let mut child = Command::new(bin())
-            .args(["forward", "http", "--listen", "127.0.0.1:0", "--demo"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let want_admin = args.contains(&"--admin");
-        let (mut url, mut admin) = (None, None);
-        tokio::time::timeout(WAIT, async {
-            while let Some(l) = lines.next_line().await.unwrap() {
-                if let Some(u) = l.strip_prefix("shadowcat: listening on ") {
-                    url = Some(format!("{}/mcp", u.trim()));
-                }
-                if let Some(u) = l.strip_prefix("shadowcat: admin listening on ") {
-                    admin = Some(u.trim().to_string());
-                }
-                if url.is_some() && (admin.is_some() || !want_admin) {
-                    return;
-                }
-            }
-            panic!("the proxy exited before listening");
-        })
-        .await
-        .expect("the proxy listens");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let keep = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                keep.lock().unwrap().push(l);
-            }
-        });
+        let mut launch =
+            Launch::shadowcat(&["forward", "http", "--listen", "127.0.0.1:0", "--demo"])
+                .args(args)
+                .label("proxy");
+        if args.contains(&"--admin") {
+            launch = launch.with_admin();
+        }
+        let server = launch.serve().await;
         Proxy {
-            child,
-            url: url.unwrap(),
-            admin,
-            log,
+            url: server.url(),
+            admin: server.admin.clone(),
+            server,
         }
     }
 
@@ -72,37 +40,17 @@ impl Proxy {
     }
 
     pub fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.server.logged(needle)
     }
 
     /// Wait until a log line contains every needle; that line.
     pub async fn wait_log(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .cloned();
-            if let Some(l) = found {
-                return l;
-            }
-            assert!(Instant::now() < deadline, "no log line with {needles:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.server.wait_log(needles).await
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub async fn terminate(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(status.code(), Some(0));
+    pub async fn terminate(self) {
+        assert_eq!(self.server.terminate().await, Some(0));
     }
 }
 
@@ -280,20 +228,16 @@ async fn rules_reload_when_the_file_changes_and_a_bad_file_keeps_the_old_ones() 
 async fn wait_paused(admin: &str, token: &str, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let (admin, token) = (admin.to_string(), token.to_string());
-        let out = tokio::task::spawn_blocking(move || {
-            shadowcat(&[
-                "intercept",
-                "list",
-                "--json",
-                "--admin",
-                &admin,
-                "--token",
-                &token,
-            ])
-        })
-        .await
-        .unwrap();
+        let out = intercept(&[
+            "intercept",
+            "list",
+            "--json",
+            "--admin",
+            admin,
+            "--token",
+            token,
+        ])
+        .await;
         assert!(
             out.status.success(),
             "{}",
@@ -312,13 +256,7 @@ async fn wait_paused(admin: &str, token: &str, n: usize) -> Vec<Value> {
 }
 
 async fn intercept(args: &[&str]) -> std::process::Output {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        shadowcat(&a)
-    })
-    .await
-    .unwrap()
+    Launch::shadowcat(args).output().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,20 +377,17 @@ async fn pause_then_edit_drop_and_resume_through_the_cli() {
 
 /// Start a proxy with these rules: it must refuse; its stderr.
 async fn refused(rules: &Path) -> String {
-    let out = Command::new(bin())
-        .args([
-            "forward",
-            "http",
-            "--listen",
-            "127.0.0.1:0",
-            "--demo",
-            "--rules",
-        ])
-        .arg(rules)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
+    let out = Launch::shadowcat(&[
+        "forward",
+        "http",
+        "--listen",
+        "127.0.0.1:0",
+        "--demo",
+        "--rules",
+    ])
+    .arg(rules)
+    .output()
+    .await;
     assert!(
         !out.status.success(),
         "the proxy started with a bad rules file"

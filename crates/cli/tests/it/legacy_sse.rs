@@ -3,31 +3,28 @@
 //! tests/interop/), `@modelcontextprotocol/server-everything` in `sse` mode (installed by
 //! scripts/node-peers.sh when missing), and a raw HTTP+SSE client written here.
 
-use super::harness::{Raw, Reply, Server, WAIT, bin, free_port, init_body, wait_descendants};
-use super::peers::{Peer, SseReader, wait_port};
-use super::python::{python, workspace};
+use super::gateway_support::{alice_and_bob_with, demo_route};
+use super::harness::{
+    Launch, Raw, Reply, Server, SseEvent, SseStream, WAIT, bin, free_port, init_body, run,
+    wait_descendants,
+};
+use super::peers::{PEER_START, Peer};
+use super::python::interop_client_passes;
 use serde_json::{Value, json};
-use shadowcat_proto::sse::SseEvent;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
 /// tests/interop/python_sse_server.py: an HTTP+SSE-only server (tools echo, add, slow).
 async fn python_sse() -> Peer {
     let port = free_port();
-    let mut child = Command::new(python())
-        .arg(workspace().join("tests/interop/python_sse_server.py"))
+    let process = Launch::interop("python_sse_server.py")
         .args(["--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the python HTTP+SSE server");
-    wait_port(port, &mut child, "the python HTTP+SSE server").await;
+        .label("the python HTTP+SSE server")
+        .port(port)
+        .within(PEER_START)
+        .start()
+        .await;
     Peer {
-        child,
+        process,
         url: format!("http://127.0.0.1:{port}/sse"),
     }
 }
@@ -36,7 +33,7 @@ async fn python_sse() -> Peer {
 pub(super) struct Legacy {
     http: reqwest::Client,
     base: String,
-    events: SseReader,
+    events: SseStream,
     /// The `endpoint` event's data.
     pub endpoint: String,
 }
@@ -64,7 +61,7 @@ impl Legacy {
         let mut c = Legacy {
             http,
             base: base.to_string(),
-            events: SseReader::new(resp),
+            events: SseStream::new(resp),
             endpoint: String::new(),
         };
         let first = c.next_event().await.expect("an endpoint event");
@@ -143,22 +140,14 @@ impl Legacy {
 async fn python_sse_client_through_forward_http() {
     let p = Server::forward_http(&["--demo"]).await;
     let url = format!("{}/sse", p.base);
-    let script = workspace().join("tests/interop/python_sse_client.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python())
-            .arg(script)
-            .args(["--url", &url, "--concurrency", "4"])
-            .output()
-            .expect("run python")
+    tokio::task::spawn_blocking(move || {
+        interop_client_passes(
+            "python_sse_client.py",
+            &["--url", &url, "--concurrency", "4"],
+        )
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains(" passed, 0 failed"),
-        "python SSE client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,10 +263,7 @@ async fn legacy_sessions_are_recorded_in_the_store() {
     c.initialize().await;
     let id = c.endpoint.split_once('=').unwrap().1.to_string();
     let list = || {
-        let out = std::process::Command::new(bin())
-            .args(["session", "list", "--store", &store, "--json"])
-            .output()
-            .unwrap();
+        let out = run(&["session", "list", "--store", &store, "--json"]);
         assert!(out.status.success());
         serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
     };
@@ -348,21 +334,22 @@ async fn streamable_client_to_a_python_sse_upstream() {
         "both legacy"
     );
 
-    // The upstream dies while a request is in flight: the client gets a JSON-RPC error.
-    let slow = c.post_builder(
-        json!({"jsonrpc":"2.0","id":4,"method":"tools/call",
-            "params":{"name":"slow","arguments":{"seconds":60}}})
-        .to_string(),
-    );
-    let pending = tokio::spawn(Raw::send(slow));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    py.child.start_kill().unwrap();
-    let r = pending.await.unwrap();
-    let msgs = r.messages();
-    let reply = msgs
-        .iter()
-        .find(|m| m["id"] == json!(4))
-        .unwrap_or_else(|| panic!("no reply to the slow call: {}", r.body));
+    // The upstream dies while a request is in flight (the tool is running: its log message
+    // came): the client gets a JSON-RPC error.
+    let slow = c
+        .post_builder(
+            json!({"jsonrpc":"2.0","id":4,"method":"tools/call",
+                "params":{"name":"slow","arguments":{"seconds":60}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseStream::new(slow);
+    let log = events.next_json().await.expect("the tool's log message");
+    assert_eq!(log["method"], "notifications/message", "{log}");
+    py.process.kill().await;
+    let reply = events.next_matching(|m| m["id"] == json!(4)).await;
     assert_eq!(reply["error"]["code"], -32000, "{reply}");
     // The legacy client's stream ends with its session.
     while l.next_event().await.is_some() {}
@@ -423,71 +410,31 @@ async fn auto_detection_picks_sse_for_a_legacy_server_and_streamable_for_the_dem
     }
 
     // The stdio front detects too (`--url auto+…`).
-    let mut child = Command::new(bin())
-        .args(["forward", "stdio", "--url", &format!("auto+{}", py.url)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let init = init_body(1, "2024-11-05").to_string();
-    stdin
-        .write_all(format!("{init}\n").as_bytes())
-        .await
-        .unwrap();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("stdio answer")
-        .unwrap()
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
+    let mut stdio = Launch::shadowcat(&["forward", "stdio", "--url", &format!("auto+{}", py.url)])
+        .stdin_piped()
+        .stdout_piped()
+        .start()
+        .await;
+    stdio.send(&init_body(1, "2024-11-05")).await;
+    let v = stdio.next_json().await;
     assert_eq!(
         v["result"]["serverInfo"]["name"], "python-sse-interop",
         "{v}"
     );
-    drop(stdin);
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    stdio.close_stdin();
+    let status = stdio.wait().await;
     assert!(status.success(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_serves_http_sse_per_route_bound_to_the_principal() {
-    use super::gateway_support::{client, config_file, key_hash, start_gateway};
-    let (_dir, cfg) = config_file(&format!(
-        r#"
-[server]
-public_url = "https://mcp.example.test"
-listen = "127.0.0.1:0"
-[auth]
-[[auth.api_keys]]
-name = "alice"
-sha256 = "{alice}"
-[[auth.api_keys]]
-name = "bob"
-sha256 = "{bob}"
-scopes = ["docs"]
-[[routes]]
-path = "/mcp"
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-[[routes]]
-path = "/servers/docs/mcp"
-scopes = ["docs"]
-[[routes.upstreams]]
-command = "{bin}"
-args = ["demo-server"]
-"#,
-        alice = key_hash("alice-key"),
-        bob = key_hash("bob-key"),
-        bin = bin(),
-    ));
+    use super::gateway_support::{client, config_file, start_gateway};
+    let routes = format!(
+        "{}{}",
+        demo_route("/mcp", ""),
+        demo_route("/servers/docs/mcp", "scopes = [\"docs\"]")
+    );
+    let (_dir, cfg) = config_file(&alice_and_bob_with("", "scopes = [\"docs\"]", &routes));
     let gw = start_gateway(&["--config", &cfg], &[]).await;
     let base = gw.base.clone();
     let alice = client(String::new(), Some("alice-key")).http;

@@ -1,12 +1,10 @@
 //! Process lifecycle: children dying, client EOF, signals, exit codes. No orphan, ever.
 
-use super::harness::{Raw, Server, WAIT, bin, descendants, process_alive, wait_descendants};
-use super::peers::SseReader;
+use super::harness::{
+    Launch, Raw, Server, SseStream, WAIT, descendants, process_alive, wait_descendants,
+};
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
 #[tokio::test]
 async fn child_killed_mid_call_gives_an_error_and_ends_the_session() {
@@ -20,7 +18,7 @@ async fn child_killed_mid_call_gives_an_error_and_ends_the_session() {
         "arguments":{"steps":300,"duration":30},"_meta":{"progressToken":"p7"}}});
     let resp = c.post_builder(call.to_string()).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut events = SseReader::new(resp);
+    let mut events = SseStream::new(resp);
     let first = events.next_json().await.expect("a progress notification");
     assert_eq!(first["method"], "notifications/progress", "{first}");
     nix::sys::signal::kill(
@@ -78,39 +76,25 @@ async fn sigterm_with_live_sessions_leaves_no_child() {
 
 /// Run `shadowcat forward stdio ARGS`, write `input` lines, close stdin, and collect output.
 async fn stdio_run(args: &[&str], input: &[Value], close_stdin: bool) -> (Option<i32>, Vec<Value>) {
-    let mut child = Command::new(bin())
-        .args(["forward", "stdio", "--shutdown-grace", "0.3"])
+    let mut p = Launch::shadowcat(&["forward", "stdio", "--shutdown-grace", "0.3"])
         .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+        .stdin_piped()
+        .stdout_piped()
+        .start()
+        .await;
     for v in input {
-        stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+        p.send(v).await;
     }
-    stdin.flush().await.unwrap();
     if close_stdin {
-        drop(stdin);
-    } else {
-        std::mem::forget(stdin); // keep it open: the child must end things
-    }
+        p.close_stdin();
+    } // otherwise it stays open: the child must end things
     let mut out = Vec::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let status = tokio::time::timeout(WAIT, async {
-        while let Some(l) = lines.next_line().await.unwrap() {
-            out.push(
-                serde_json::from_str(&l)
-                    .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {l}")),
-            );
-        }
-        child.wait().await.unwrap()
-    })
-    .await
-    .expect("forward stdio exits");
-    (status.code(), out)
+    while let Some(l) = p.next_line().await {
+        out.push(
+            serde_json::from_str(&l).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {l}")),
+        );
+    }
+    (p.wait().await.code(), out)
 }
 
 #[tokio::test]
@@ -173,32 +157,19 @@ async fn forward_stdio_escalates_to_sigkill_and_leaves_no_grandchild() {
 #[tokio::test]
 async fn forward_stdio_answers_garbage_and_oversized_lines_with_errors() {
     let init = super::harness::init_body(1, "2025-06-18");
-    let mut child = Command::new(bin())
-        .args(["forward", "stdio", "--max-message", "1000", "--demo"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut p = Launch::shadowcat(&["forward", "stdio", "--max-message", "1000", "--demo"])
+        .stdin_piped()
+        .stdout_piped()
+        .start()
+        .await;
     let big = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"x\",\"params\":{{\"p\":\"{}\"}}}}",
         "y".repeat(1500)
     );
-    stdin
-        .write_all(format!("not json\n{big}\n{init}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    p.send_raw(&format!("not json\n{big}\n{init}\n")).await;
     let mut got = Vec::new();
     while got.len() < 3 {
-        let l = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("line");
-        got.push(serde_json::from_str::<Value>(&l).unwrap());
+        got.push(p.next_json().await);
     }
     assert_eq!(got[0]["error"]["code"], json!(-32700));
     assert_eq!(got[1]["error"]["code"], json!(-32600));
@@ -210,35 +181,18 @@ async fn forward_stdio_answers_garbage_and_oversized_lines_with_errors() {
     );
     assert_eq!(got[2]["id"], json!(1));
     assert_eq!(got[2]["result"]["serverInfo"]["name"], "shadowcat-demo");
-    drop(stdin);
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    p.close_stdin();
+    assert_eq!(p.wait().await.code(), Some(0));
     assert!(descendants(std::process::id()).len() < 50);
 }
 
 #[tokio::test]
 async fn forward_stdio_refuses_a_request_id_still_in_flight() {
-    let mut child = Command::new(bin())
-        .args(["forward", "stdio", "--demo"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || -> Value {
-        let l = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("a line in time")
-            .unwrap()
-            .expect("a line");
-        serde_json::from_str(&l).unwrap()
-    };
+    let mut p = Launch::shadowcat(&["forward", "stdio", "--demo"])
+        .stdin_piped()
+        .stdout_piped()
+        .start()
+        .await;
     let mut init = super::harness::init_body(0, "2025-06-18");
     init["params"]["capabilities"] = json!({"elicitation": {}});
     // Request 5 stays in flight until the client answers the server's elicitation.
@@ -246,21 +200,16 @@ async fn forward_stdio_refuses_a_request_id_still_in_flight() {
         "params":{"name":"elicit","arguments":{"message":"who?"}}});
     let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
     for v in [&init, &initialized, &call] {
-        stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+        p.send(v).await;
     }
-    stdin.flush().await.unwrap();
-    assert_eq!(next().await["id"], json!(0));
-    let ask = next().await;
+    assert_eq!(p.next_json().await["id"], json!(0));
+    let ask = p.next_json().await;
     assert_eq!(ask["method"], "elicitation/create", "{ask}");
     // A second request with id 5 is answered by the proxy and never reaches the server.
     let dup = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
         "params":{"name":"echo","arguments":{"message":"again"}}});
-    stdin
-        .write_all(format!("{dup}\n").as_bytes())
-        .await
-        .unwrap();
-    stdin.flush().await.unwrap();
-    let refused = next().await;
+    p.send(&dup).await;
+    let refused = p.next_json().await;
     assert_eq!(refused["id"], json!(5), "{refused}");
     assert_eq!(refused["error"]["code"], json!(-32600), "{refused}");
     let msg = refused["error"]["message"].as_str().unwrap();
@@ -273,10 +222,9 @@ async fn forward_stdio_refuses_a_request_id_still_in_flight() {
         "result":{"action":"accept","content":{"name":"Ann"}}});
     let after = json!({"jsonrpc":"2.0","id":6,"method":"ping"});
     for v in [&answer, &after] {
-        stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+        p.send(v).await;
     }
-    stdin.flush().await.unwrap();
-    let (a, b) = (next().await, next().await);
+    let (a, b) = (p.next_json().await, p.next_json().await);
     let (reply, pong) = if a["id"] == json!(5) { (a, b) } else { (b, a) };
     assert_eq!(reply["id"], json!(5), "{reply}");
     assert_eq!(
@@ -284,10 +232,6 @@ async fn forward_stdio_refuses_a_request_id_still_in_flight() {
         "{reply}"
     );
     assert_eq!(pong["id"], json!(6), "nothing else came: {pong}");
-    drop(stdin);
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    p.close_stdin();
+    assert_eq!(p.wait().await.code(), Some(0));
 }

@@ -1,7 +1,7 @@
 //! OpenTelemetry export (feature `otel`): the proxy sends its spans over OTLP/HTTP to a
 //! collector — here a fake one on a real socket that keeps every OTLP/JSON body it receives.
 
-use super::harness::{Raw, Server, WAIT, bin};
+use super::harness::{Launch, Raw, Server, WAIT, lossy};
 use axum::extract::State;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -134,14 +134,12 @@ async fn request_spans_reach_an_otlp_collector() {
 
 #[test]
 fn an_unsupported_otlp_protocol_is_refused_at_start() {
-    let out = std::process::Command::new(bin())
-        .args(["forward", "http", "--listen", "127.0.0.1:0", "--demo"])
+    let out = Launch::shadowcat(&["forward", "http", "--listen", "127.0.0.1:0", "--demo"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .output()
-        .expect("run shadowcat");
+        .run();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = lossy(&out.stderr);
     assert!(
         err.contains("OTEL_EXPORTER_OTLP_PROTOCOL `grpc` is not supported"),
         "stderr: {err}"

@@ -2,39 +2,16 @@
 //! (tests/interop/modern_peer.py), server-everything (Node, installed by
 //! scripts/node-peers.sh), and the Python SDK's client in each mode.
 
-use super::harness::{WAIT, free_port};
-use super::python::{python, workspace};
-use bytes::BytesMut;
-use shadowcat_proto::sse::{SseDecoder, SseEvent};
-use std::process::Stdio;
+use super::harness::{Launch, Process, free_port, lossy};
+use super::python::workspace;
 use std::time::Duration;
-use tokio::process::{Child, Command};
-use tokio_util::codec::Decoder;
 
 /// Python and Node peers start slowly on a busy machine.
 pub const PEER_START: Duration = Duration::from_secs(120);
 
-/// Wait until something listens on `port` (the child must not exit first).
-pub async fn wait_port(port: u16, child: &mut Child, what: &str) {
-    let deadline = tokio::time::Instant::now() + PEER_START;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening ({status})");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not listen on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A server process (killed on drop) and the URL clients use.
 pub struct Peer {
-    pub child: Child,
+    pub process: Process,
     pub url: String,
 }
 
@@ -71,20 +48,17 @@ impl Peer {
     /// [`Peer::python`] whose `whoami` tool (and `serverInfo`) answers `name`.
     pub async fn python_named(era: PyEra, name: &str) -> Peer {
         let port = free_port();
-        let mut child = Command::new(python())
-            .arg(workspace().join("tests/interop/modern_peer.py"))
+        let process = Launch::interop("modern_peer.py")
             .args(["server", "--port", &port.to_string(), "--era", era.arg()])
             .args(["--name", name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the python server");
-        wait_port(port, &mut child, "the python server").await;
+            .label("the python server")
+            .port(port)
+            .within(PEER_START)
+            .start()
+            .await;
         let path = if era == PyEra::Sse { "sse" } else { "mcp" };
         Peer {
-            child,
+            process,
             url: format!("http://127.0.0.1:{port}/{path}"),
         }
     }
@@ -93,20 +67,18 @@ impl Peer {
     pub async fn everything(mode: &str) -> Peer {
         let (node, js) = tokio::task::spawn_blocking(node_peers).await.unwrap();
         let port = free_port();
-        let mut child = Command::new(node)
+        let process = Launch::new(node)
             .arg(js)
             .arg(mode)
             .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start server-everything");
-        wait_port(port, &mut child, "server-everything").await;
+            .label("server-everything")
+            .port(port)
+            .within(PEER_START)
+            .start()
+            .await;
         let path = if mode == "sse" { "sse" } else { "mcp" };
         Peer {
-            child,
+            process,
             url: format!("http://127.0.0.1:{port}/{path}"),
         }
     }
@@ -115,7 +87,7 @@ impl Peer {
 /// The command line of the Python SDK's server on stdio.
 pub fn python_stdio() -> Vec<String> {
     vec![
-        python().to_string_lossy().into_owned(),
+        super::python::python().to_string_lossy().into_owned(),
         workspace()
             .join("tests/interop/modern_peer.py")
             .to_string_lossy()
@@ -134,15 +106,14 @@ pub fn python_stdio_toml() -> String {
 
 /// Node 22 and server-everything's entry point, installed by scripts/node-peers.sh if needed.
 pub fn node_peers() -> (String, String) {
-    let out = std::process::Command::new("bash")
+    let out = Launch::new("bash")
         .arg(workspace().join("scripts/node-peers.sh"))
-        .output()
-        .expect("run scripts/node-peers.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .run();
+    let stdout = lossy(&out.stdout);
     assert!(
         out.status.success(),
         "scripts/node-peers.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        lossy(&out.stderr)
     );
     let get = |key: &str| {
         stdout
@@ -199,67 +170,18 @@ pub fn python_client(base: &str, route: &str, era: ClientEra, ask: bool) -> (boo
         ClientEra::Modern => "2026-07-28",
         ClientEra::Auto => "auto",
     };
-    let mut cmd = std::process::Command::new(python());
-    cmd.arg(workspace().join("tests/interop/modern_peer.py"))
+    let mut cmd = Launch::interop("modern_peer.py")
         .args(["client", "--url", &url, "--mode", mode, "--progress"])
         .args(["--expect-era", era.expect()]);
     if era == ClientEra::Sse {
-        cmd.arg("--sse");
+        cmd = cmd.arg("--sse");
     }
     if ask {
-        cmd.arg("--ask");
+        cmd = cmd.arg("--ask");
     }
-    let out = cmd.output().expect("run the python client");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.run();
+    let text = format!("{}{}", lossy(&out.stdout), lossy(&out.stderr));
     let checks = if ask { 8 } else { 6 };
     let ok = out.status.success() && text.contains(&format!("{checks} passed, 0 failed"));
     (ok, text)
-}
-
-/// Reads an SSE response event by event.
-pub struct SseReader {
-    resp: reqwest::Response,
-    buf: BytesMut,
-    decoder: SseDecoder,
-}
-
-impl SseReader {
-    pub fn new(resp: reqwest::Response) -> SseReader {
-        SseReader {
-            resp,
-            buf: BytesMut::new(),
-            decoder: SseDecoder::new(1 << 20),
-        }
-    }
-
-    /// The next event; `None` when the stream ended.
-    pub async fn next_event(&mut self) -> Option<SseEvent> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(ev) = self.decoder.decode(&mut self.buf).expect("valid SSE") {
-                    return Some(ev);
-                }
-                match self.resp.chunk().await {
-                    Ok(Some(c)) => self.buf.extend_from_slice(&c),
-                    Ok(None) | Err(_) => return None,
-                }
-            }
-        })
-        .await
-        .expect("no event within the timeout")
-    }
-
-    /// The JSON of the next event that has data; `None` when the stream ended.
-    pub async fn next_json(&mut self) -> Option<serde_json::Value> {
-        loop {
-            let ev = self.next_event().await?;
-            if let Some(d) = ev.data.filter(|d| !d.trim().is_empty()) {
-                return Some(serde_json::from_str(&d).expect("JSON data"));
-            }
-        }
-    }
 }

@@ -1,9 +1,8 @@
 //! Interop with the official Python SDK (`mcp` on PyPI) as the client: tests/interop/python_client.py.
 //! The Python environment comes from scripts/python-env.sh (run by the test script and CI).
 
-use super::harness::{Server, bin};
+use super::harness::{Launch, Server, bin, lossy};
 use std::path::PathBuf;
-use std::process::Command;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -21,20 +20,20 @@ pub fn python() -> PathBuf {
     venv
 }
 
-fn run_script(args: &[&str]) {
-    let script = workspace().join("tests/interop/python_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// Run the interop client tests/interop/SCRIPT with `args` (blocking); panics with its output
+/// unless it exits 0 and reports ` passed, 0 failed`.
+pub fn interop_client_passes(script: &str, args: &[&str]) {
+    let out = Launch::interop(script).args(args).run();
+    let stdout = lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "python client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "{script} {args:?} failed:\n{stdout}\n{}",
+        lossy(&out.stderr)
     );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+fn run_script(args: &[&str]) {
+    interop_client_passes("python_client.py", args);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

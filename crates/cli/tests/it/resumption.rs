@@ -1,62 +1,20 @@
 //! Proxy-owned resumption: SSE events carry ids naming their stream, are logged before they are
 //! sent, and a GET with Last-Event-ID replays exactly what the client missed.
 
-use super::harness::{Raw, Server, WAIT};
-use futures_util::StreamExt;
+use super::harness::{EventExt, Launch, Raw, Server, SseEvent, SseStream, WAIT};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// One parsed SSE event.
-#[derive(Debug)]
-struct Ev {
-    id: Option<String>,
-    data: String,
-    retry: Option<u64>,
-}
-
 /// Read SSE events from a response until `stop_after` events were read (then drop the
-/// connection) or the stream ends.
-async fn read_events(resp: reqwest::Response, stop_after: Option<usize>) -> (Vec<Ev>, bool) {
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    let mut body = resp.bytes_stream();
-    loop {
-        while let Some(pos) = buf.find("\n\n") {
-            let block: String = buf.drain(..pos + 2).collect();
-            let mut ev = Ev {
-                id: None,
-                data: String::new(),
-                retry: None,
-            };
-            let mut has = false;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    ev.id = Some(v.trim().to_string());
-                    has = true;
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    has = true;
-                } else if let Some(v) = line.strip_prefix("retry:") {
-                    ev.retry = v.trim().parse().ok();
-                    has = true;
-                }
-            }
-            if has {
-                out.push(ev);
-            }
-            if stop_after.is_some_and(|n| out.len() >= n) {
-                return (out, false);
-            }
-        }
-        match tokio::time::timeout(WAIT, body.next())
-            .await
-            .expect("SSE stalled")
-        {
-            Some(Ok(chunk)) => buf.push_str(std::str::from_utf8(&chunk).expect("utf-8")),
-            Some(Err(e)) => panic!("SSE read failed: {e}"),
-            None => return (out, true),
-        }
+/// connection) or the stream ends; (events, whether it ended). A stream cut by a transport
+/// error fails the test.
+async fn read_events(resp: reqwest::Response, stop_after: Option<usize>) -> (Vec<SseEvent>, bool) {
+    let mut stream = SseStream::new(resp);
+    let events = stream.take(stop_after).await;
+    if let Some(e) = stream.cut() {
+        panic!("SSE read failed: {e}");
     }
+    (events, stream.finished())
 }
 
 fn get_resume(c: &Raw, last: &str) -> reqwest::RequestBuilder {
@@ -94,7 +52,7 @@ async fn a_stream_cut_100_times_loses_and_duplicates_nothing() {
     let (mut events, mut ended) = read_events(resp, Some(next_cut())).await;
     let first = &events[0];
     assert!(
-        first.data.is_empty() && first.retry.is_some(),
+        first.text().is_empty() && first.retry.is_some(),
         "2025-11-25 streams start with a priming event: {first:?}"
     );
     let mut cuts = 0;
@@ -117,11 +75,7 @@ async fn a_stream_cut_100_times_loses_and_duplicates_nothing() {
         cuts += 1;
     }
     assert!(cuts >= 100, "only {cuts} cuts: the stream ended too early");
-    let msgs: Vec<Value> = events
-        .iter()
-        .filter(|e| !e.data.is_empty())
-        .map(|e| serde_json::from_str(&e.data).unwrap())
-        .collect();
+    let msgs: Vec<Value> = events.iter().filter_map(EventExt::json).collect();
     let progress: Vec<u64> = msgs
         .iter()
         .filter(|m| m["method"] == "notifications/progress")
@@ -149,10 +103,23 @@ async fn a_stream_cut_100_times_loses_and_duplicates_nothing() {
 #[tokio::test]
 async fn a_long_missed_stretch_is_replayed_in_pages_on_its_own_stream() {
     const COUNT: usize = 1500;
-    let p = Server::forward_http(&["--demo", "--max-events", "5000"]).await;
+    // The admin listener's live traffic shows when the tool is done.
+    let p = Launch::shadowcat(&["forward", "http", "--listen", "127.0.0.1:0", "--demo"])
+        .args(["--max-events", "5000", "--admin", "127.0.0.1:0"])
+        .with_admin()
+        .serve()
+        .await;
     let mut c = Raw::new(p.url());
     c.version = "2025-11-25";
     c.initialize().await;
+    let traffic = c
+        .http
+        .get(format!("{}/api/traffic", p.admin.as_deref().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traffic.status(), 200);
+    let mut traffic = SseStream::new(traffic);
     let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
         "name":"log","arguments":{"message":"m","count":COUNT}}});
     let resp = c.post_builder(call.to_string()).send().await.unwrap();
@@ -164,18 +131,17 @@ async fn a_long_missed_stretch_is_replayed_in_pages_on_its_own_stream() {
         .rev()
         .find_map(|e| e.id.clone())
         .expect("events carry ids");
-    // The tool runs to its end meanwhile; everything it sends is logged on this stream.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The tool runs to its end meanwhile (its reply passes the proxy); everything it sends is
+    // logged on this stream.
+    traffic
+        .next_matching(|e| e["id"] == 1 && e["direction"] == "s2c")
+        .await;
     let resp = get_resume(&c, &last).send().await.unwrap();
     assert_eq!(resp.status(), 200, "resume after {last}");
     let (more, done) = read_events(resp, None).await;
     assert!(done, "the resumed stream ends after the reply");
     events.extend(more);
-    let msgs: Vec<Value> = events
-        .iter()
-        .filter(|e| !e.data.is_empty())
-        .map(|e| serde_json::from_str(&e.data).unwrap())
-        .collect();
+    let msgs: Vec<Value> = events.iter().filter_map(EventExt::json).collect();
     let logged: Vec<String> = msgs
         .iter()
         .filter(|m| m["method"] == "notifications/message")
@@ -230,7 +196,7 @@ async fn get_stream_events_wait_for_the_next_get() {
     assert_eq!(get.status(), 200);
     let (events, _) = read_events(get, Some(3)).await;
     for e in &events {
-        let m: Value = serde_json::from_str(&e.data).unwrap();
+        let m = e.json().expect("data");
         assert_eq!(m["method"], "notifications/resources/updated", "{m}");
         assert!(e.id.as_deref().unwrap().starts_with("g."), "{e:?}");
     }
@@ -244,7 +210,7 @@ async fn logged_call(c: &Raw, count: usize) -> Vec<String> {
     let resp = c.post_builder(call.to_string()).send().await.unwrap();
     let (events, ended) = read_events(resp, None).await;
     assert!(ended, "the call's stream ends after its reply");
-    let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    let last = events.last().unwrap().json().expect("data");
     assert_eq!(last["id"], json!(1), "the reply comes last");
     events
         .into_iter()
@@ -352,7 +318,7 @@ async fn a_fresh_get_after_retention_dropped_its_last_event_still_gets_what_is_k
     assert_eq!(again.status(), 200);
     let (events, _) = read_events(again, Some(1)).await;
     let e = &events[0];
-    let m: Value = serde_json::from_str(&e.data).unwrap();
+    let m = e.json().expect("data");
     assert_eq!(m["method"], "notifications/resources/updated", "{m}");
     assert_ne!(e.id.as_deref(), Some(delivered.as_str()), "{e:?}");
 }

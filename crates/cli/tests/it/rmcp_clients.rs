@@ -2,7 +2,7 @@
 
 #![allow(deprecated)] // sampling and logging are deprecated in rmcp, but they are what we relay.
 
-use super::harness::{Server, WAIT, bin};
+use super::harness::{Launch, Server, WAIT};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult,
@@ -167,9 +167,7 @@ async fn exercise(s: RunningService<RoleClient, Client>, client: Client) {
 }
 
 fn child(args: &[&str]) -> TokioChildProcess {
-    let mut cmd = tokio::process::Command::new(bin());
-    cmd.args(args);
-    TokioChildProcess::new(cmd).expect("spawn shadowcat")
+    TokioChildProcess::new(Launch::shadowcat(args).command()).expect("spawn shadowcat")
 }
 
 #[tokio::test]

@@ -3,50 +3,10 @@
 //! proxy's secrets.
 
 use super::gateway_support::{config_file, get, sample, start_gateway};
-use super::harness::{Raw, Server, WAIT, bin, free_port, init_body};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use super::harness::{Launch, Raw, Server, bin, free_port, init_body};
 
 /// In every secret below: none of the proxy's output may contain it.
 const MARK: &str = "s3cr3t";
-
-/// `shadowcat gateway --config CFG` with `env`, its stderr (the log) kept.
-async fn gateway_with_log(cfg: &str, env: &[(&str, &str)]) -> (Server, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(bin())
-        .args(["--log-level", "debug", "gateway", "--config", cfg])
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start shadowcat gateway");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let base = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            log.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.strip_prefix("shadowcat: listening on ") {
-                return rest.trim().to_string();
-            }
-        }
-        panic!(
-            "gateway exited before listening:\n{}",
-            log.lock().unwrap().join("\n")
-        );
-    })
-    .await
-    .expect("gateway listening in time");
-    let keep = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            keep.lock().unwrap().push(line);
-        }
-    });
-    (Server { child, base }, log)
-}
 
 #[tokio::test]
 async fn upstream_secrets_reach_neither_metrics_nor_client_errors_nor_the_log() {
@@ -78,7 +38,11 @@ args = ["-c", "exit 3", "sh", "--token", "ARG-{MARK}"]
         b = dead(two),
         c = dead(three),
     ));
-    let (mut gw, log) = gateway_with_log(&cfg, &[("METRICS_TOKEN", "metrics-tok")]).await;
+    // Its stderr (the log) is kept; at debug level.
+    let mut gw = Launch::shadowcat(&["--log-level", "debug", "gateway", "--config", &cfg])
+        .env("METRICS_TOKEN", "metrics-tok")
+        .serve()
+        .await;
 
     // Clients get errors that name the upstream without its credentials.
     for (path, label) in [
@@ -132,13 +96,8 @@ args = ["-c", "exit 3", "sh", "--token", "ARG-{MARK}"]
     assert!(up("/servers/cmd/mcp", "sh").is_some(), "{metrics}");
 
     // The log of all this (debug level), once the gateway has exited.
-    let pid = nix::unistd::Pid::from_raw(gw.child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    tokio::time::timeout(WAIT, gw.child.wait())
-        .await
-        .expect("gateway exits")
-        .unwrap();
-    let text = log.lock().unwrap().join("\n");
+    gw.process.terminate().await;
+    let text = gw.full_log().await.join("\n");
     assert!(
         text.contains(&format!("http://127.0.0.1:{three}/mcp?api_key&v")),
         "the log names the upstream: {text}"

@@ -2,8 +2,8 @@
 //! client sees only the primary's answers, the difference is logged, and `tape diff` on the two
 //! recordings finds it.
 
+use super::harness::{lossy, run};
 use super::intercept::{Proxy, call, text, write_rules};
-use super::tapes::shadowcat;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,13 +57,13 @@ async fn shadow_reports_a_seeded_difference() {
     raw.delete().await;
     primary.terminate().await;
 
-    let d = shadowcat(&[
+    let d = run(&[
         "tape",
         "diff",
         &p_tape.to_string_lossy(),
         &s_tape.to_string_lossy(),
     ]);
-    let report = String::from_utf8_lossy(&d.stdout);
+    let report = lossy(&d.stdout);
     assert_eq!(d.status.code(), Some(1), "{report}");
     assert!(report.contains("s2c response tools/call echo"), "{report}");
     assert!(report.contains("\"SEEDED DIFFERENCE\""), "{report}");

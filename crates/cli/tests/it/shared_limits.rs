@@ -3,7 +3,7 @@
 //! 503), then shares again once Redis is back.
 
 use super::gateway_support::{
-    FakeUpstream, client, config_file, get, key_hash, sample, start_gateway,
+    FakeUpstream, alice_and_bob_with, client, config_file, get, sample, start_gateway,
 };
 use super::harness::{Redis, Reply, Server, WAIT, init_body};
 use serde_json::json;
@@ -17,19 +17,11 @@ async fn init(gw: &Server, key: Option<&str>) -> Reply {
 async fn replicas_enforce_one_per_principal_limit() {
     let redis = Redis::start();
     let up = FakeUpstream::start("up").await;
-    let (_d, cfg) = config_file(&format!(
-        r#"
-[server]
-public_url = "https://mcp.example.test"
-listen = "127.0.0.1:0"
-store = "{store}"
-[auth]
-[[auth.api_keys]]
-name = "alice"
-sha256 = "{alice}"
-[[auth.api_keys]]
-name = "bob"
-sha256 = "{bob}"
+    let (_d, cfg) = config_file(&alice_and_bob_with(
+        &format!("store = \"{}\"", redis.url()),
+        "",
+        &format!(
+            r#"
 [limits]
 backend = "redis"
 per_principal = {{ requests = 10, per = "1h", burst = 10 }}
@@ -40,10 +32,8 @@ path = "/mcp"
 [[routes.upstreams]]
 url = "{up}"
 "#,
-        store = redis.url(),
-        alice = key_hash("alice-key"),
-        bob = key_hash("bob-key"),
-        up = up.url,
+            up = up.url,
+        ),
     ));
     let one = start_gateway(&["--config", &cfg, "--replica-id", "one"], &[]).await;
     let two = start_gateway(&["--config", &cfg, "--replica-id", "two"], &[]).await;

@@ -1,20 +1,12 @@
 //! Session records in a real SQLite file: listed by `shadowcat session`, kept across a restart,
 //! and a crashed proxy's sessions are marked ended when it comes back.
 
-use super::harness::{Raw, Server, bin};
+use super::harness::{Launch, Raw, Server, lossy};
 use serde_json::Value;
-use std::process::Command;
 
 fn session_cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin())
-        .arg("session")
-        .args(args)
-        .output()
-        .expect("run shadowcat session");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let out = Launch::shadowcat(&["session"]).args(args).run();
+    (out.status.code().unwrap_or(-1), lossy(&out.stdout))
 }
 
 fn list(store: &str) -> Vec<Value> {
@@ -47,8 +39,7 @@ async fn sqlite_sessions_survive_a_crash_and_are_marked_ended() {
     assert!(text.contains(&ids[0]) && text.contains("active"), "{text}");
 
     // crash: SIGKILL, no cleanup. The children get EOF on stdin and exit on their own.
-    p.child.start_kill().unwrap();
-    p.child.wait().await.unwrap();
+    p.kill().await;
     let _p2 = Server::forward_http(&["--demo", "--store", &store]).await;
     let rows = list(&store);
     assert_eq!(rows.len(), 2, "still listed after the restart: {rows:?}");

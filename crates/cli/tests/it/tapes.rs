@@ -2,43 +2,26 @@
 //! client and get identical results; tape tools (validate, diff, show, list, export);
 //! redaction at capture.
 
-use super::harness::{Raw, Server, WAIT, bin, init_body};
-use super::python::{python, workspace};
+use super::harness::{Launch, Raw, Server, bin, init_body, lossy, run as shadowcat};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Run tests/interop/tape_client.py with these arguments; its JSON result.
 fn tape_client(args: &[&str]) -> Value {
-    let script = workspace().join("tests/interop/tape_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
+    let out = Launch::interop("tape_client.py").args(args).run();
     assert!(
         out.status.success(),
         "tape client failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        lossy(&out.stdout),
+        lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("tape client prints JSON")
 }
 
-/// `shadowcat ARGS` to completion.
-pub fn shadowcat(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run shadowcat")
-}
-
 fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    lossy(&o.stdout)
 }
 
 fn only_tape(dir: &Path) -> PathBuf {
@@ -368,31 +351,26 @@ async fn secrets_never_reach_the_tape() {
     let demo = Server::demo_http().await;
     let dir = tempfile::tempdir().unwrap();
     let tape = dir.path().join("secret.jsonl");
-    let mut child = tokio::process::Command::new(bin())
-        .args([
-            "forward",
-            "stdio",
-            "--url",
-            &demo.url().replace("127.0.0.1", "user:pa55word@127.0.0.1"),
-            "--header",
-            "Authorization: Bearer SEKRET-TOKEN-123",
-            "--header",
-            "X-Api-Key: KEY-456",
-            "--record",
-            &tape.to_string_lossy(),
-            "--redact-regex",
-            "card-[0-9]{4}",
-            "--redact-pointer",
-            "/params/arguments/pin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut p = Launch::shadowcat(&[
+        "forward",
+        "stdio",
+        "--url",
+        &demo.url().replace("127.0.0.1", "user:pa55word@127.0.0.1"),
+        "--header",
+        "Authorization: Bearer SEKRET-TOKEN-123",
+        "--header",
+        "X-Api-Key: KEY-456",
+        "--record",
+        &tape.to_string_lossy(),
+        "--redact-regex",
+        "card-[0-9]{4}",
+        "--redact-pointer",
+        "/params/arguments/pin",
+    ])
+    .stdin_piped()
+    .stdout_piped()
+    .start()
+    .await;
     let lines = [
         json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
         json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
@@ -400,17 +378,12 @@ async fn secrets_never_reach_the_tape() {
     ];
     let mut replies = Vec::new();
     for (i, l) in lines.iter().enumerate() {
-        stdin.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+        p.send(l).await;
         if l["id"].is_null() {
             continue;
         }
         // Like a real client: wait for each answer (initialize first of all).
-        let line = tokio::time::timeout(WAIT, out.next_line())
-            .await
-            .expect("answered")
-            .unwrap()
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap();
+        let v = p.next_json().await;
         assert_eq!(v["id"], l["id"], "reply to line {i}: {v}");
         replies.push(v);
     }
@@ -420,11 +393,8 @@ async fn secrets_never_reach_the_tape() {
         echoed.unwrap()["result"]["content"][0]["text"],
         "pay with card-1234"
     );
-    drop(stdin);
-    tokio::time::timeout(WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    p.close_stdin();
+    p.wait().await;
     let text = std::fs::read_to_string(&tape).unwrap();
     for secret in [
         "SEKRET-TOKEN-123",

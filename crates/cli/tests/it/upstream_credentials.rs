@@ -4,7 +4,7 @@
 //! never reach the upstream; one token serves many requests; it is refreshed before it expires
 //! and refetched once when the upstream refuses it; a dead token endpoint gives a clear error.
 
-use super::gateway_support::{FakeUpstream, client, config_file, key_hash, start_gateway};
+use super::gateway_support::{FakeUpstream, client, config_file, start_gateway, with_api_keys};
 use super::harness::{Server, init_body};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -227,15 +227,11 @@ async fn gateway(
     client_id: &str,
     oauth_extra: &str,
 ) -> (Server, tempfile::TempDir) {
-    let (dir, cfg) = config_file(&format!(
-        r#"
-[server]
-public_url = "https://mcp.example.test"
-listen = "127.0.0.1:0"
-[auth]
-[[auth.api_keys]]
-name = "ci"
-sha256 = "{key}"
+    let (dir, cfg) = config_file(&with_api_keys(
+        "",
+        &[("ci", API_KEY, "")],
+        &format!(
+            r#"
 [[routes]]
 path = "/mcp"
 [[routes.upstreams]]
@@ -247,8 +243,8 @@ client_secret_env = "UPSTREAM_CLIENT_SECRET"
 scope = "mcp:tools"
 resource = "{up}"
 {oauth_extra}
-"#,
-        key = key_hash(API_KEY),
+"#
+        ),
     ));
     let gw = start_gateway(&["--config", &cfg], &[("UPSTREAM_CLIENT_SECRET", SECRET)]).await;
     (gw, dir)
