@@ -5,8 +5,9 @@
 //! error, then we exit. A request that could not be sent (its id is still in flight, `-32600`;
 //! the upstream refused it) is answered with a JSON-RPC error carrying its id.
 
+use crate::session::pump::{self, Deliver, End};
 use crate::session::{Sent, Session};
-use crate::upstream::UpstreamEvent;
+use crate::upstream::{UpstreamEvent, Via};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
@@ -45,45 +46,77 @@ where
         reader_done.clone(),
     ));
 
-    let mut stopping = false;
-    let code = loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Some(UpstreamEvent::Frame { frame, .. }) => {
-                    if let Some(f) = session.from_server(*frame).await
-                        && out_tx.send(f.into_raw()).await.is_err()
-                    {
-                        tracing::info!("client output closed");
-                    }
-                }
-                Some(UpstreamEvent::Closed { reason, exit_code }) => {
-                    tracing::info!(%reason, "upstream closed");
-                    for err in session.fail_pending(&reason) {
-                        let _ = out_tx.send(err.into_raw()).await;
-                    }
-                    break exit_code.unwrap_or(0);
-                }
-                None => break 0,
-            },
-            _ = reader_done.cancelled(), if !stopping => {
-                tracing::info!("client closed stdin; shutting the upstream down");
-                stopping = true;
-                let s = session.clone();
-                tracker.spawn(async move { s.shutdown().await });
-            }
-            _ = shutdown.cancelled(), if !stopping => {
-                tracing::info!("shutdown requested; stopping the upstream");
-                stopping = true;
-                let s = session.clone();
-                tracker.spawn(async move { s.shutdown().await });
-            }
-        }
+    let mut out = ToOutput {
+        session: &session,
+        out: out_tx.clone(),
+        reader_done,
+        shutdown,
+        stopping: false,
+        tracker: &tracker,
     };
+    let code = match pump::pump(&session, &mut events, &mut out).await {
+        End::Closed { exit_code, .. } => exit_code.unwrap_or(0),
+        End::Client(_) | End::Cancelled => 0,
+    };
+    drop(out);
     session.cancel_token().cancel();
     drop(out_tx);
     tracker.close();
     let _ = writer.await;
     code
+}
+
+/// The stdio front's side of the pump: frames through the pipeline onto stdout. Once the client
+/// closes stdin (or shutdown is asked for), the upstream is shut down and the pump goes on until
+/// it closes, so that what it still says reaches the client.
+struct ToOutput<'a> {
+    session: &'a Arc<Session>,
+    out: mpsc::Sender<Bytes>,
+    reader_done: CancellationToken,
+    shutdown: CancellationToken,
+    stopping: bool,
+    tracker: &'a TaskTracker,
+}
+
+impl Deliver for ToOutput<'_> {
+    async fn frames(&mut self, burst: Vec<(Frame, Via)>) -> bool {
+        for (frame, _) in burst {
+            if let Some(f) = self.session.from_server(frame).await
+                && self.out.send(f.into_raw()).await.is_err()
+            {
+                tracing::info!("client output closed");
+            }
+        }
+        true
+    }
+
+    async fn closed(&mut self, errors: Vec<Frame>) {
+        for err in errors {
+            let _ = self.out.send(err.into_raw()).await;
+        }
+    }
+
+    async fn wait(&mut self) {
+        if self.stopping {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            _ = self.reader_done.cancelled() => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    async fn woke(&mut self) -> Option<String> {
+        if self.reader_done.is_cancelled() {
+            tracing::info!("client closed stdin; shutting the upstream down");
+        } else {
+            tracing::info!("shutdown requested; stopping the upstream");
+        }
+        self.stopping = true;
+        let s = self.session.clone();
+        self.tracker.spawn(async move { s.shutdown().await });
+        None
+    }
 }
 
 async fn write_output<W: AsyncWrite + Unpin>(output: W, mut rx: mpsc::Receiver<Bytes>) {

@@ -6,6 +6,7 @@ pub mod host;
 mod id;
 mod inflight;
 pub mod place;
+pub mod pump;
 pub mod records;
 
 pub use host::{Host, Kind, Slot};

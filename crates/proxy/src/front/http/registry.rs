@@ -5,10 +5,12 @@ use super::events::{EventLog, LogCounters};
 use super::outbox::{GET_STREAM, Out, Outbox, Outgoing, Plan, StreamId};
 use crate::pipeline::{HttpMeta, Transport};
 use crate::session::Session;
+use crate::session::pump::{self, Deliver};
 use crate::session::records::Records;
 use crate::upstream::{UpstreamEvent, Via};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -313,43 +315,7 @@ impl Registry {
     /// this future waits on the channel only: everything else it awaits is boxed, so that the
     /// task a session keeps (its size is the largest state it can be in) stays small.
     async fn pump(&self, s: Arc<HttpSession>, mut events: mpsc::Receiver<UpstreamEvent>) {
-        let cancel = s.core.cancel_token().clone();
-        loop {
-            let ev = tokio::select! {
-                ev = events.recv() => ev,
-                _ = cancel.cancelled() => None,
-            };
-            let closed = match ev {
-                Some(UpstreamEvent::Frame { frame, via }) => match events.try_recv() {
-                    Err(_) => {
-                        Box::pin(route_server_frame(&s, *frame, via)).await;
-                        continue;
-                    }
-                    Ok(next) => {
-                        // A burst waiting behind it is routed with it: events of one stream
-                        // are then logged with one store write.
-                        let (batch, closed) = burst(*frame, via, next, &mut events);
-                        Box::pin(route_server_frames(&s, batch)).await;
-                        match closed {
-                            Some(c) => c,
-                            None => continue,
-                        }
-                    }
-                },
-                Some(closed @ UpstreamEvent::Closed { .. }) => closed,
-                None => break,
-            };
-            if let UpstreamEvent::Closed { reason, .. } = closed {
-                tracing::info!(%reason, "upstream closed; ending the session");
-                Box::pin(async {
-                    for err in s.core.fail_pending(&reason) {
-                        s.deliver(err, &Via::Unrelated, None).await;
-                    }
-                })
-                .await;
-            }
-            break;
-        }
+        pump::pump(&s.core, &mut events, &mut ToOutbox(&s)).await;
         // The session is over: forget it, release its upstream, finish its streams.
         Box::pin(async {
             let id = s.core.id().clone();
@@ -364,29 +330,35 @@ impl Registry {
     }
 }
 
-/// Most server frames the pump routes at once.
-const BURST: usize = 64;
+/// The Streamable HTTP front's side of the pump: server frames go through the pipeline into the
+/// outbox, which routes them to the client's streams. Its futures are boxed (see
+/// [`Registry::pump`]).
+struct ToOutbox<'a>(&'a Arc<HttpSession>);
 
-/// `first` and `next`, and what else is waiting on `events` (up to [`BURST`] frames); a close
-/// met on the way is returned to be handled after them.
-fn burst(
-    first: Frame,
-    via: Via,
-    next: UpstreamEvent,
-    events: &mut mpsc::Receiver<UpstreamEvent>,
-) -> (Vec<(Frame, Via)>, Option<UpstreamEvent>) {
-    let mut batch = vec![(first, via)];
-    let mut next = Some(next);
-    while let Some(ev) = next.take() {
-        match ev {
-            UpstreamEvent::Frame { frame, via } => batch.push((*frame, via)),
-            closed @ UpstreamEvent::Closed { .. } => return (batch, Some(closed)),
-        }
-        if batch.len() < BURST {
-            next = events.try_recv().ok();
-        }
+impl Deliver for ToOutbox<'_> {
+    fn frames(&mut self, mut burst: Vec<(Frame, Via)>) -> impl Future<Output = bool> + Send {
+        let s = self.0;
+        Box::pin(async move {
+            if burst.len() == 1
+                && let Some((frame, via)) = burst.pop()
+            {
+                route_server_frame(s, frame, via).await;
+            } else {
+                // Consecutive events of one stream are then logged with one store write.
+                route_server_frames(s, burst).await;
+            }
+            true
+        })
     }
-    (batch, None)
+
+    fn closed(&mut self, errors: Vec<Frame>) -> impl Future<Output = ()> + Send {
+        let s = self.0;
+        Box::pin(async move {
+            for err in errors {
+                s.deliver(err, &Via::Unrelated, None).await;
+            }
+        })
+    }
 }
 
 /// Several server frames, in order: each through the pipeline and routed; consecutive SSE

@@ -3,7 +3,8 @@
 
 use crate::front::http::Registry;
 use crate::session::Session;
-use crate::upstream::UpstreamEvent;
+use crate::session::pump::{self, Deliver, End};
+use crate::upstream::{UpstreamEvent, Via};
 use axum::body::Body;
 use bytes::Bytes;
 use shadowcat_proto::Frame;
@@ -66,42 +67,59 @@ impl LegacySession {
     /// Relay the upstream's frames to the event stream until the client leaves, the upstream
     /// closes (every request in flight then gets an error first) or the session is cancelled.
     pub async fn pump(&self, mut events: mpsc::Receiver<UpstreamEvent>, registry: &Registry) {
-        let cancel = self.core.cancel_token().clone();
-        let mut recorded = false;
-        loop {
-            let ev = tokio::select! {
-                ev = events.recv() => ev,
-                _ = self.closed.cancelled() => {
-                    tracing::info!("the client closed its HTTP+SSE stream; ending the session");
-                    return;
-                }
-                _ = cancel.cancelled() => return,
-            };
-            match ev {
-                Some(UpstreamEvent::Frame { frame, .. }) => {
-                    if let Some(frame) = self.core.from_server(*frame).await
-                        && !self.send(frame).await
-                    {
-                        return;
-                    }
-                    if !recorded && let Some(v) = self.core.protocol_version() {
-                        recorded = true;
-                        let up = self.core.upstream().upstream_session_id();
-                        registry.records().negotiated(self.core.id(), v, up).await;
-                    }
-                }
-                Some(UpstreamEvent::Closed { reason, .. }) => {
-                    tracing::info!(%reason, "upstream closed; ending the session");
-                    for err in self.core.fail_pending(&reason) {
-                        if !self.send(err).await {
-                            break;
-                        }
-                    }
-                    return;
-                }
-                None => return,
+        let mut stream = ToStream {
+            session: self,
+            registry,
+            recorded: false,
+        };
+        if let End::Client(reason) = pump::pump(&self.core, &mut events, &mut stream).await {
+            tracing::info!(%reason, "ending the legacy HTTP+SSE session");
+        }
+    }
+}
+
+/// The legacy front's side of the pump: frames through the pipeline onto the event stream.
+struct ToStream<'a> {
+    session: &'a LegacySession,
+    registry: &'a Registry,
+    /// Whether the negotiated version is in the session record yet.
+    recorded: bool,
+}
+
+impl Deliver for ToStream<'_> {
+    async fn frames(&mut self, burst: Vec<(Frame, Via)>) -> bool {
+        let core = &self.session.core;
+        for (frame, _) in burst {
+            if let Some(frame) = core.from_server(frame).await
+                && !self.session.send(frame).await
+            {
+                return false;
             }
         }
+        if !self.recorded
+            && let Some(v) = core.protocol_version()
+        {
+            self.recorded = true;
+            let up = core.upstream().upstream_session_id();
+            self.registry.records().negotiated(core.id(), v, up).await;
+        }
+        true
+    }
+
+    async fn closed(&mut self, errors: Vec<Frame>) {
+        for err in errors {
+            if !self.session.send(err).await {
+                break;
+            }
+        }
+    }
+
+    async fn wait(&mut self) {
+        self.session.closed.cancelled().await;
+    }
+
+    async fn woke(&mut self) -> Option<String> {
+        Some("the client closed its HTTP+SSE stream".into())
     }
 }
 

@@ -31,9 +31,10 @@ pub use listen::{Filter, ListenGuard, Listening, SUBSCRIPTION_ID};
 use super::envelope::{self, id_value};
 use super::mrtr::{self, Suspended};
 use crate::error::ProxyError;
+use crate::session::pump::{self, Deliver, End};
 use crate::session::records::Records;
 use crate::session::{Sent, Session};
-use crate::upstream::UpstreamEvent;
+use crate::upstream::{UpstreamEvent, Via};
 use bytes::Bytes;
 use listen::Listener;
 use route::severity;
@@ -333,27 +334,14 @@ impl Held {
         idle: Duration,
     ) -> String {
         let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let mut tick = tokio::time::interval(period);
-        let cancel = self.core.cancel_token().clone();
-        loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(UpstreamEvent::Frame { frame, via }) => {
-                        if let Some(f) = self.core.from_server(*frame).await {
-                            self.on_frame(f, &via).await;
-                        }
-                    }
-                    Some(UpstreamEvent::Closed { reason, .. }) => return reason,
-                    None => return "the upstream is gone".into(),
-                },
-                _ = tick.tick() => {
-                    self.expire(idle).await;
-                    if self.idle_for().is_some_and(|d| d >= idle) {
-                        return "idle".into();
-                    }
-                }
-                _ = cancel.cancelled() => return "the proxy is shutting down".into(),
-            }
+        let mut clients = ToClients {
+            held: &self,
+            tick: tokio::time::interval(period),
+            idle,
+        };
+        match pump::pump(&self.core, &mut events, &mut clients).await {
+            End::Cancelled => "the proxy is shutting down".into(),
+            end => end.reason().to_string(),
         }
     }
 
@@ -382,6 +370,45 @@ impl Held {
         }
         self.core.shutdown().await;
         records.ended(self.core.id()).await;
+    }
+}
+
+/// The held session's side of the pump: server frames through the pipeline, translated for the
+/// 2026-07-28 requests and listeners waiting on them.
+struct ToClients<'a> {
+    held: &'a Held,
+    tick: tokio::time::Interval,
+    idle: Duration,
+}
+
+impl Deliver for ToClients<'_> {
+    async fn frames(&mut self, burst: Vec<(Frame, Via)>) -> bool {
+        for (frame, via) in burst {
+            if let Some(f) = self.held.core.from_server(frame).await {
+                self.held.on_frame(f, &via).await;
+            }
+        }
+        true
+    }
+
+    /// The upstream closed: its errors for the held session's own requests in flight reach
+    /// the clients waiting on them like any answer.
+    async fn closed(&mut self, errors: Vec<Frame>) {
+        for err in errors {
+            self.held.on_frame(err, &Via::Unrelated).await;
+        }
+    }
+
+    async fn wait(&mut self) {
+        self.tick.tick().await;
+    }
+
+    async fn woke(&mut self) -> Option<String> {
+        self.held.expire(self.idle).await;
+        self.held
+            .idle_for()
+            .is_some_and(|d| d >= self.idle)
+            .then(|| "idle".to_string())
     }
 }
 
