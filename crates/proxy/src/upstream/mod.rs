@@ -13,6 +13,7 @@ pub mod guarded;
 mod http;
 mod process;
 mod sse;
+pub(crate) mod sse_map;
 mod stateless;
 mod stdio;
 mod tape;
