@@ -78,7 +78,7 @@ pub(super) fn register(session: Weak<Session>, timeout: Duration) -> Registratio
         st.next_key += 1;
         st.sessions.insert(key, Entry { session, timeout });
         let start = !std::mem::replace(&mut st.running, true);
-        let wake = !start && st.horizon.is_some_and(|h| now + timeout < h);
+        let wake = !start && st.horizon.is_some_and(|h| later(now, timeout) < h);
         (key, start, wake)
     };
     if start {
@@ -139,7 +139,7 @@ async fn sweep(shared: Arc<Shared>) {
             }
             let mut st = crate::sync::lock(&shared.state);
             let shortest = st.sessions.values().map(|e| e.timeout).min();
-            horizon = now + shortest.unwrap_or_default();
+            horizon = later(now, shortest.unwrap_or_default());
             st.horizon = Some(horizon);
         } else {
             while let Some(&Reverse((at, key))) = due.peek() {
@@ -183,7 +183,14 @@ fn look(s: &Arc<Session>, timeout: Duration, now: Instant) -> Option<Instant> {
             answer(s.clone(), expired, timeout);
         }
     }
-    s.inflight.oldest().map(|oldest| oldest + timeout)
+    s.inflight.oldest().map(|oldest| later(oldest, timeout))
+}
+
+/// `at + d`, or a year from `at` for a `d` beyond what the clock can count (an unbounded
+/// timeout, in effect).
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// Tell the client and the server about each expired request, on a task of the session (a
