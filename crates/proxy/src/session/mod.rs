@@ -8,6 +8,7 @@ mod inflight;
 pub mod place;
 pub mod pump;
 pub mod records;
+mod sweeper;
 
 pub use host::{Host, Kind, Slot};
 pub use id::mint_session_id;
@@ -21,8 +22,8 @@ use shadowcat_proto::era::ProtocolVersion;
 use shadowcat_proto::error::{REQUEST_TIMEOUT, UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,6 +57,8 @@ pub struct Session {
     loopback: mpsc::WeakSender<UpstreamEvent>,
     /// Its place in the session host (given back when the session shuts down).
     slot: std::sync::Mutex<Option<Slot>>,
+    /// With a request timeout: its place in the thread's sweeper, which times its requests out.
+    _timeouts: Option<sweeper::Registration>,
 }
 
 impl Session {
@@ -86,7 +89,8 @@ impl Session {
             guard,
             ..
         } = ctx;
-        let s = Arc::new(Session {
+        let timeout = guard.as_ref().and_then(|g| g.request_timeout());
+        let s = Arc::new_cyclic(|me| Session {
             id,
             spec,
             upstream: opened.upstream,
@@ -100,11 +104,8 @@ impl Session {
             guard,
             loopback: opened.loopback,
             slot: std::sync::Mutex::new(None),
+            _timeouts: timeout.map(|t| sweeper::register(me.clone(), t)),
         });
-        if let Some(timeout) = s.guard.as_ref().and_then(|g| g.request_timeout()) {
-            let sweeper = sweep(Arc::downgrade(&s), timeout, s.cancel.clone());
-            s.tracker.spawn(sweeper);
-        }
         (s, opened.events)
     }
 
@@ -421,32 +422,4 @@ impl Session {
 /// A reply the proxy made because the upstream failed (not the server's own answer).
 fn upstream_failed(frame: &Frame) -> bool {
     matches!(frame.proxy_error(), Some(UPSTREAM_ERROR | REQUEST_TIMEOUT))
-}
-
-/// Fail the session's requests that wait longer than `timeout` (one task per session). It
-/// sleeps until the oldest pending request's deadline, or for `timeout` when none is pending:
-/// a request sent meanwhile cannot be due before that, so sending never has to wake it (no
-/// wake-up per request on the relay path).
-async fn sweep(session: Weak<Session>, timeout: Duration, cancel: CancellationToken) {
-    loop {
-        let wake = match session.upgrade() {
-            Some(s) => s
-                .inflight
-                .oldest()
-                .map_or_else(|| Instant::now() + timeout, |oldest| oldest + timeout),
-            None => return,
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = cancel.cancelled() => return,
-        }
-        let Some(s) = session.upgrade() else { return };
-        // Nothing can be older than `timeout` if the clock has not run that long.
-        let Some(cutoff) = Instant::now().checked_sub(timeout) else {
-            continue;
-        };
-        for (id, p) in s.inflight.expire(cutoff) {
-            s.timed_out(id, &p.method, timeout).await;
-        }
-    }
 }

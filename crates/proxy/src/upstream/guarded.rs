@@ -7,19 +7,18 @@
 
 use crate::error::ProxyError;
 use crate::guard::{Guard, is_idempotent};
+use crate::upstream::sse_map::{EventMap, Mapped, map_sse};
 use axum::body::Body;
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use http::header;
 use shadowcat_proto::error::{REQUEST_TIMEOUT, error_frame};
-use shadowcat_proto::sse::{SseDecoder, encode_event};
+use shadowcat_proto::sse::{SseEvent, encode_event};
 use shadowcat_proto::{Frame, RequestId};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::codec::Decoder;
 
 /// What is being asked, for retries and the timeout's answer.
 pub struct Ask<'a> {
@@ -138,16 +137,40 @@ fn timeout_message(method: &str, timeout: Option<Duration>) -> String {
     )
 }
 
+/// The request timeout over an SSE answer: until the request's response has come, waiting for
+/// the body is limited to the deadline.
 struct Within {
-    data: axum::body::BodyDataStream,
-    buf: BytesMut,
-    decoder: SseDecoder,
     deadline: Instant,
     guard: Arc<Guard>,
     id: Option<RequestId>,
     message: String,
     answered: bool,
-    done: bool,
+}
+
+impl EventMap for Within {
+    async fn map(&mut self, ev: &SseEvent) -> Mapped {
+        if !self.answered
+            && let Some(d) = ev.data.as_deref().filter(|d| !d.trim().is_empty())
+            && Frame::parse_single(Bytes::copy_from_slice(d.as_bytes()))
+                .is_ok_and(|f| f.kind().is_reply() && f.id() == self.id.as_ref())
+        {
+            self.answered = true;
+            self.guard.record(true);
+        }
+        Mapped::Keep
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        (!self.answered).then_some(self.deadline)
+    }
+
+    fn expired(&mut self) -> Bytes {
+        self.guard.timed_out();
+        tracing::warn!("a stateless request timed out; closing its answer");
+        let frame = error_frame(self.id.as_ref(), REQUEST_TIMEOUT, &self.message);
+        let text = String::from_utf8_lossy(frame.raw()).into_owned();
+        encode_event(None, Some("message"), &text, None)
+    }
 }
 
 /// The SSE answer event by event; if its response has not come by `deadline`, an error event
@@ -160,65 +183,12 @@ fn sse_within(
     limit: usize,
     message: String,
 ) -> Body {
-    let state = Within {
-        data: body.into_data_stream(),
-        buf: BytesMut::new(),
-        decoder: SseDecoder::new(limit),
+    let within = Within {
         deadline,
         guard,
         id,
         message,
         answered: false,
-        done: false,
     };
-    let events = futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if s.done {
-                return None;
-            }
-            match s.decoder.decode(&mut s.buf) {
-                Ok(Some(ev)) => {
-                    if !s.answered
-                        && let Some(d) = ev.data.as_deref().filter(|d| !d.trim().is_empty())
-                        && Frame::parse_single(Bytes::copy_from_slice(d.as_bytes()))
-                            .is_ok_and(|f| f.kind().is_reply() && f.id() == s.id.as_ref())
-                    {
-                        s.answered = true;
-                        s.guard.record(true);
-                    }
-                    return Some((Ok::<_, std::io::Error>(ev.raw), s));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    s.done = true;
-                    return Some((Err(std::io::Error::other(e)), s));
-                }
-            }
-            let next = if s.answered {
-                s.data.next().await
-            } else {
-                match tokio::time::timeout_at(s.deadline, s.data.next()).await {
-                    Ok(n) => n,
-                    Err(_) => {
-                        s.guard.timed_out();
-                        tracing::warn!("a stateless request timed out; closing its answer");
-                        s.done = true;
-                        let frame = error_frame(s.id.as_ref(), REQUEST_TIMEOUT, &s.message);
-                        let text = String::from_utf8_lossy(frame.raw()).into_owned();
-                        let event = encode_event(None, Some("message"), &text, None);
-                        return Some((Ok(event), s));
-                    }
-                }
-            };
-            match next {
-                Some(Ok(chunk)) => s.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    s.done = true;
-                    return Some((Err(std::io::Error::other(e)), s));
-                }
-                None => return None,
-            }
-        }
-    });
-    Body::from_stream(events)
+    map_sse(body, limit, within)
 }

@@ -14,6 +14,7 @@ mod http;
 mod process;
 pub mod spares;
 mod sse;
+pub(crate) mod sse_map;
 mod stateless;
 mod stdio;
 mod tape;

@@ -4,16 +4,15 @@
 //! no hooks the answer is not touched.
 
 use crate::pipeline::{Direction, FrameCtx, HttpMeta, Outcome, Pipeline, Transport};
+use crate::upstream::sse_map::{EventMap, Mapped, map_sse};
 use axum::body::Body;
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use http::header;
 use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
-use shadowcat_proto::sse::{SseDecoder, encode_event};
+use shadowcat_proto::sse::SseEvent;
 use shadowcat_proto::{Frame, RequestId};
 use std::sync::Arc;
-use tokio_util::codec::Decoder;
 
 /// Who asked, for the hooks' context.
 #[derive(Clone)]
@@ -96,64 +95,31 @@ async fn json_body(body: Body, asker: Asker) -> Bytes {
     }
 }
 
-struct SseState {
-    data: axum::body::BodyDataStream,
-    buf: BytesMut,
-    decoder: SseDecoder,
-    asker: Asker,
-    done: bool,
+impl EventMap for Asker {
+    /// One event of an SSE answer: its message through the hooks.
+    async fn map(&mut self, ev: &SseEvent) -> Mapped {
+        let Some(data) = ev.data.as_deref().filter(|d| !d.trim().is_empty()) else {
+            // Comments, priming events: nothing for the hooks.
+            return Mapped::Keep;
+        };
+        let frame = match Frame::parse_single(Bytes::copy_from_slice(data.as_bytes())) {
+            Ok(f) => f,
+            Err(e) => {
+                // Fail closed: an event the hooks cannot examine is not relayed.
+                tracing::warn!(error = %e, "a relayed 2026-07-28 answer event is not JSON-RPC; not relayed");
+                return Mapped::Drop;
+            }
+        };
+        let transport = http_meta("text/event-stream", ev.id.as_deref());
+        match self.process(frame, transport).await {
+            Some(f) => Mapped::Data(f.into_raw()),
+            None => Mapped::Drop,
+        }
+    }
 }
 
 /// An SSE answer, event by event as they arrive, each event's message through the hooks.
 fn sse_body(body: Body, asker: Asker) -> Body {
-    let state = SseState {
-        data: body.into_data_stream(),
-        buf: BytesMut::new(),
-        decoder: SseDecoder::new(asker.limit),
-        asker,
-        done: false,
-    };
-    let events = futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if s.done {
-                return None;
-            }
-            match s.decoder.decode(&mut s.buf) {
-                Ok(Some(ev)) => {
-                    let Some(data) = ev.data.as_deref().filter(|d| !d.trim().is_empty()) else {
-                        // Comments, priming events: nothing for the hooks.
-                        return Some((Ok::<_, std::io::Error>(ev.raw), s));
-                    };
-                    let frame = match Frame::parse_single(Bytes::copy_from_slice(data.as_bytes())) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            // Fail closed: an event the hooks cannot examine is not relayed.
-                            tracing::warn!(error = %e, "a relayed 2026-07-28 answer event is not JSON-RPC; not relayed");
-                            continue;
-                        }
-                    };
-                    let transport = http_meta("text/event-stream", ev.id.as_deref());
-                    let Some(f) = s.asker.process(frame, transport).await else {
-                        continue;
-                    };
-                    let text = String::from_utf8_lossy(f.raw());
-                    let out = encode_event(ev.id.as_deref(), ev.event.as_deref(), &text, ev.retry);
-                    return Some((Ok(out), s));
-                }
-                Ok(None) => match s.data.next().await {
-                    Some(Ok(chunk)) => s.buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => {
-                        s.done = true;
-                        return Some((Err(std::io::Error::other(e)), s));
-                    }
-                    None => return None,
-                },
-                Err(e) => {
-                    s.done = true;
-                    return Some((Err(std::io::Error::other(e)), s));
-                }
-            }
-        }
-    });
-    Body::from_stream(events)
+    let limit = asker.limit;
+    map_sse(body, limit, asker)
 }
