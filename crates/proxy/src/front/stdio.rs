@@ -96,6 +96,11 @@ impl Deliver for ToOutput<'_> {
         }
     }
 
+    /// The child's exit code is the proxy's: wait for it even once the session is shut down.
+    fn until_closed(&self) -> bool {
+        true
+    }
+
     async fn wait(&mut self) {
         if self.stopping {
             return std::future::pending().await;

@@ -36,6 +36,14 @@ pub trait Deliver: Send {
         std::future::pending()
     }
 
+    /// Whether the pump goes on after the session is cancelled, until the upstream itself
+    /// closes (the stdio front: the child's exit code is the proxy's, and what the child still
+    /// writes reaches the client). Only for an upstream that is sure to close once its session
+    /// is shut down.
+    fn until_closed(&self) -> bool {
+        false
+    }
+
     /// [`Deliver::wait`] is over: `Some(reason)` ends the session (its client closed the stream,
     /// it was idle too long); `None` goes on.
     fn woke(&mut self) -> impl Future<Output = Option<String>> + Send {
@@ -76,6 +84,7 @@ pub async fn pump<D: Deliver>(
     front: &mut D,
 ) -> End {
     let cancel = session.cancel_token().clone();
+    let until_closed = front.until_closed();
     loop {
         let ev = tokio::select! {
             ev = events.recv() => ev,
@@ -83,7 +92,7 @@ pub async fn pump<D: Deliver>(
                 Some(reason) => return End::Client(reason),
                 None => continue,
             },
-            _ = cancel.cancelled() => return End::Cancelled,
+            _ = cancel.cancelled(), if !until_closed => return End::Cancelled,
         };
         let (burst, closed) = match ev {
             Some(UpstreamEvent::Frame { frame, via }) => gather(*frame, via, events),
