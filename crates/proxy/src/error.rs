@@ -121,6 +121,10 @@ pub enum ProxyError {
     /// The upstream answered with something the proxy cannot relay.
     #[error("upstream protocol error: {0}")]
     UpstreamProtocol(String),
+    /// The client cancelled the request (`notifications/cancelled`) while it was being sent.
+    /// MCP answers nothing to a cancelled request: this only releases what waited for it.
+    #[error("the request was cancelled by the client (notifications/cancelled)")]
+    Cancelled,
     /// The proxy is shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
@@ -150,6 +154,16 @@ impl ProxyError {
         }
     }
 
+    /// The same error with `what` said first (errors of the upstream, which carry a message).
+    pub fn context(self, what: &str) -> ProxyError {
+        match self {
+            ProxyError::UpstreamConnect(m) => ProxyError::UpstreamConnect(format!("{what}: {m}")),
+            ProxyError::UpstreamClosed(m) => ProxyError::UpstreamClosed(format!("{what}: {m}")),
+            ProxyError::UpstreamProtocol(m) => ProxyError::UpstreamProtocol(format!("{what}: {m}")),
+            other => other,
+        }
+    }
+
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self {
@@ -157,7 +171,8 @@ impl ProxyError {
             | ProxyError::BadRequest { .. }
             | ProxyError::SessionNotFound
             | ProxyError::DuplicateRequestId(_)
-            | ProxyError::UnsupportedVersion { .. } => Side::Client,
+            | ProxyError::UnsupportedVersion { .. }
+            | ProxyError::Cancelled => Side::Client,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_)
@@ -192,7 +207,7 @@ impl ProxyError {
             ProxyError::BadRequest { why, .. } => why.status(),
             ProxyError::UnsupportedVersion { .. } => StatusCode::BAD_REQUEST,
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
-            ProxyError::DuplicateRequestId(_) => StatusCode::BAD_REQUEST,
+            ProxyError::DuplicateRequestId(_) | ProxyError::Cancelled => StatusCode::BAD_REQUEST,
             ProxyError::SessionLimit(_)
             | ProxyError::PrincipalSessionLimit(_)
             | ProxyError::ShuttingDown
@@ -236,7 +251,9 @@ impl ProxyError {
             ProxyError::Frame(e) => e.code(),
             ProxyError::BadRequest { code, .. } => *code,
             ProxyError::UnsupportedVersion { .. } => rpc::UNSUPPORTED_VERSION,
-            ProxyError::SessionNotFound | ProxyError::DuplicateRequestId(_) => rpc::INVALID_REQUEST,
+            ProxyError::SessionNotFound
+            | ProxyError::DuplicateRequestId(_)
+            | ProxyError::Cancelled => rpc::INVALID_REQUEST,
             ProxyError::SessionLimit(_)
             | ProxyError::PrincipalSessionLimit(_)
             | ProxyError::ShuttingDown
@@ -275,6 +292,9 @@ mod tests {
         assert_eq!(e.http_status(), StatusCode::BAD_GATEWAY);
         assert!(e.retryable());
         assert!(!ProxyError::UpstreamClosed("x".into()).retryable());
+        let e = ProxyError::UpstreamClosed("the stream broke".into()).context("resuming");
+        assert_eq!(e.to_string(), "upstream closed: resuming: the stream broke");
+        assert_eq!(e.side(), Side::Upstream);
         let e = ProxyError::Frame(FrameError::TooLarge { size: 2, limit: 1 });
         assert_eq!(e.http_status(), StatusCode::PAYLOAD_TOO_LARGE);
         let e = ProxyError::Frame(FrameError::Parse("x".into()));

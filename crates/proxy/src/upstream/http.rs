@@ -175,9 +175,7 @@ impl HttpUpstream {
             Ok(r) => r,
             Err(e) => {
                 inner.listen.store(LISTEN_IDLE, Ordering::Release);
-                return Err(ProxyError::UpstreamConnect(format!(
-                    "cannot open the upstream GET stream: {e}"
-                )));
+                return Err(e.context("cannot open the upstream GET stream"));
             }
         };
         if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
@@ -278,7 +276,7 @@ impl Inner {
     pub(super) async fn send(
         &self,
         build: impl Fn() -> Request<Full<Bytes>>,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, ProxyError> {
         self.describe(self.send_raw(&build).await)
     }
 
@@ -299,11 +297,18 @@ impl Inner {
         .await
     }
 
-    /// What went wrong sending, in words.
-    fn describe(&self, sent: Result<Response, SendError<ClientError>>) -> Result<Response, String> {
+    /// What went wrong sending: nothing reached the upstream (safe to retry).
+    fn describe(
+        &self,
+        sent: Result<Response, SendError<ClientError>>,
+    ) -> Result<Response, ProxyError> {
         sent.map_err(|e| match e {
-            SendError::Credentials(e) => format!("no access token for {}: {e}", self.label),
-            SendError::Http(e) => format!("cannot reach upstream {}: {e}", self.label),
+            SendError::Credentials(e) => {
+                ProxyError::UpstreamConnect(format!("no access token for {}: {e}", self.label))
+            }
+            SendError::Http(e) => {
+                ProxyError::UpstreamConnect(format!("cannot reach upstream {}: {e}", self.label))
+            }
         })
     }
 
@@ -331,10 +336,10 @@ impl Inner {
     }
 
     /// Tell the client its request failed (never leave it waiting in silence).
-    pub(super) async fn fail(&self, id: Option<&RequestId>, message: String) {
-        tracing::warn!(%message, "upstream request failed");
+    pub(super) async fn fail(&self, id: Option<&RequestId>, error: ProxyError) {
+        tracing::warn!(%error, "upstream request failed");
         if let Some(id) = id {
-            let frame = error_frame(Some(id), UPSTREAM_ERROR, &message);
+            let frame = error_frame(Some(id), UPSTREAM_ERROR, &error.to_string());
             self.deliver(frame, Via::Request(id.clone())).await;
         }
     }
@@ -364,7 +369,9 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
             inner.label,
             url_label(c.token_url())
         );
-        return inner.fail(id.as_ref(), msg).await;
+        return inner
+            .fail(id.as_ref(), ProxyError::UpstreamConnect(msg))
+            .await;
     }
     if is_init
         && status.is_success()
@@ -380,7 +387,7 @@ async fn post(inner: &Arc<Inner>, frame: Frame) {
         inner
             .fail(
                 id.as_ref(),
-                "the upstream session has expired (HTTP 404)".into(),
+                ProxyError::UpstreamClosed("the upstream session has expired (HTTP 404)".into()),
             )
             .await;
         let reason = "the upstream ended its session (HTTP 404)".to_string();
@@ -448,11 +455,14 @@ async fn answer_body(
             if id.is_some() {
                 let msg =
                     format!("upstream answered the request with HTTP {status} and no response");
-                inner.fail(id, msg).await;
+                inner.fail(id, ProxyError::UpstreamProtocol(msg)).await;
             }
         } else {
             inner
-                .fail(id, format!("upstream answered HTTP {status}"))
+                .fail(
+                    id,
+                    ProxyError::UpstreamProtocol(format!("upstream answered HTTP {status}")),
+                )
                 .await;
         }
         return;
@@ -481,7 +491,7 @@ async fn answer_body(
             if !answered {
                 let msg =
                     format!("upstream answered HTTP {status} without a response to the request");
-                inner.fail(id, msg).await;
+                inner.fail(id, ProxyError::UpstreamProtocol(msg)).await;
             }
         }
         Err(e) => {
@@ -493,14 +503,18 @@ async fn answer_body(
                 "upstream answered HTTP {status} with a body that is not JSON-RPC ({} bytes)",
                 body.len()
             );
-            inner.fail(id, msg).await;
+            inner.fail(id, ProxyError::UpstreamProtocol(msg)).await;
         }
     }
 }
 
 /// POST a client message. With a guard, retried where safe (see [`crate::guard`]): after a
 /// connection failure (nothing was delivered), and for idempotent methods after 502/503/504.
-async fn send_post(inner: &Arc<Inner>, body: Bytes, idempotent: bool) -> Result<Response, String> {
+async fn send_post(
+    inner: &Arc<Inner>,
+    body: Bytes,
+    idempotent: bool,
+) -> Result<Response, ProxyError> {
     let build = || inner.request(Method::POST, body.clone(), client::json_post_headers);
     let Some(g) = inner.ctx.guard.as_deref() else {
         return inner.send(build).await;
@@ -525,18 +539,20 @@ async fn send_post(inner: &Arc<Inner>, body: Bytes, idempotent: bool) -> Result<
     }
 }
 
-async fn read_limited(resp: Response, max: usize) -> Result<bytes::Bytes, String> {
+async fn read_limited(resp: Response, max: usize) -> Result<bytes::Bytes, ProxyError> {
     let mut body = BytesMut::new();
     let mut stream = resp.into_body();
     while let Some(frame) = stream.frame().await {
-        let frame = frame.map_err(|e| format!("reading the upstream response failed: {e}"))?;
+        let frame = frame.map_err(|e| {
+            ProxyError::UpstreamClosed(format!("reading the upstream response failed: {e}"))
+        })?;
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers
         };
         if body.len() + chunk.len() > max {
-            return Err(format!(
+            return Err(ProxyError::UpstreamProtocol(format!(
                 "upstream response exceeds the limit of {max} bytes"
-            ));
+            )));
         }
         body.extend_from_slice(&chunk);
     }
@@ -569,7 +585,7 @@ async fn pump_sse(inner: &Arc<Inner>, resp: Response, id: Option<&RequestId>, vi
             Err(Stop::Broken(why)) => why,
         };
         let Some(last) = st.last_id.clone() else {
-            return inner.fail(id, reason).await;
+            return inner.fail(id, ProxyError::UpstreamClosed(reason)).await;
         };
         match reconnect(inner, &last, st.retry).await {
             Ok(r) => {
@@ -577,7 +593,7 @@ async fn pump_sse(inner: &Arc<Inner>, resp: Response, id: Option<&RequestId>, vi
                 st.resumed = true;
                 resp = r;
             }
-            Err(why) => return inner.fail(id, format!("{reason}; {why}")).await,
+            Err(why) => return inner.fail(id, why.context(&reason)).await,
         }
     }
 }
@@ -687,7 +703,7 @@ async fn reconnect(
     inner: &Arc<Inner>,
     last: &str,
     hint: Option<Duration>,
-) -> Result<Response, String> {
+) -> Result<Response, ProxyError> {
     let o = &inner.ctx.options;
     for attempt in 0..o.reconnect_attempts {
         let delay = match hint {
@@ -707,10 +723,10 @@ async fn reconnect(
         match inner.send(build).await {
             Ok(r) if r.status().is_success() && is_sse(r.headers()) => return Ok(r),
             Ok(r) if r.status().is_client_error() => {
-                return Err(format!(
+                return Err(ProxyError::UpstreamClosed(format!(
                     "the upstream cannot resume it (HTTP {} to GET with Last-Event-ID)",
                     r.status()
-                ));
+                )));
             }
             Ok(r) => {
                 tracing::debug!(status = %r.status(), attempt, "upstream resume attempt failed")
@@ -718,8 +734,8 @@ async fn reconnect(
             Err(e) => tracing::debug!(error = %e, attempt, "upstream resume attempt failed"),
         }
     }
-    Err(format!(
+    Err(ProxyError::UpstreamClosed(format!(
         "resuming it failed after {} attempts",
         o.reconnect_attempts
-    ))
+    )))
 }

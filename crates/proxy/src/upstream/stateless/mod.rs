@@ -23,6 +23,7 @@
 mod input;
 
 use super::http::Inner;
+use crate::error::ProxyError;
 use crate::translate::{envelope, handshake};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -447,8 +448,7 @@ pub(super) async fn post(inner: &Arc<Inner>, st: &Arc<Stateless>, frame: Frame) 
                 _ = cancel.cancelled() => {
                     // Closing the POST is the cancellation; the client's own HTTP request for
                     // it is released with an error it will ignore (it cancelled).
-                    let msg = "the request was cancelled by the client (notifications/cancelled)";
-                    inner.fail(id.as_ref(), msg.into()).await;
+                    inner.fail(id.as_ref(), ProxyError::Cancelled).await;
                 }
             }
         }
