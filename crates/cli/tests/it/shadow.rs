@@ -54,6 +54,16 @@ async fn shadow_reports_a_seeded_difference() {
         shadow.logged("session created"),
         "the shadow really got the traffic"
     );
+    // The shadow answers on its own time: its answer to `add` (id 2) must be in its tape before
+    // the session and the proxy end (shutdown does not wait for a mirror).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !answered_in(&s_tape, 2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shadow's answer to add never reached its tape"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     raw.delete().await;
     primary.terminate().await;
 
@@ -71,4 +81,12 @@ async fn shadow_reports_a_seeded_difference() {
         report.contains("1 difference(s)"),
         "only echo differs: {report}"
     );
+}
+
+/// Whether the tape at `path` holds a server → client answer to request `id`.
+fn answered_in(path: &std::path::Path, id: i64) -> bool {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|v| v["dir"] == "s2c" && v["message"]["id"] == json!(id))
 }
