@@ -3,7 +3,8 @@
 //! **Modern client → session-based server** (2026-07-28 requests for a route whose server is a
 //! stdio child, an HTTP+SSE server, or a Streamable HTTP server that does not answer
 //! `server/discover`): the proxy holds a session-based session with the server ([`held`]) and
-//! maps each stateless request onto it ([`serve`]); see [`pool`] for who shares one.
+//! maps each stateless request onto it (the HTTP front's `translated` module, which also keeps
+//! the pool of held sessions: who shares one). Nothing here imports a front.
 //! `server/discover` is answered from the held session's `InitializeResult`;
 //! `subscriptions/listen` is served from its notifications (resource subscriptions become
 //! `resources/subscribe` while someone listens); results gain `resultType`, the `serverInfo`
@@ -31,7 +32,3 @@ pub mod envelope;
 pub mod handshake;
 pub mod held;
 pub mod mrtr;
-pub mod pool;
-pub(crate) mod serve;
-
-pub use pool::Pool;

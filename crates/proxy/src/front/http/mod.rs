@@ -15,6 +15,7 @@ mod registry;
 mod replicas;
 pub(crate) mod reply;
 mod stream;
+mod translated;
 
 /// Session records (the era translation's held sessions write them too).
 use crate::session::records::{self, Records};
@@ -188,7 +189,7 @@ pub struct HttpFront {
     /// The legacy HTTP+SSE endpoints (`/sse`, `/message`) on the same listener.
     legacy: crate::front::sse::LegacyFront,
     /// Sessions held with session-based servers for 2026-07-28 clients (era translation).
-    translations: Arc<crate::translate::Pool>,
+    translations: Arc<translated::Pool>,
     /// The threads client connections are served on.
     workers: Workers,
     /// Whether `Host` is checked (decided by `serve` from the listener's address).
@@ -337,7 +338,7 @@ impl HttpFront {
     }
 
     /// The sessions held for 2026-07-28 clients of session-based servers.
-    pub(crate) fn translations(&self) -> &Arc<crate::translate::Pool> {
+    pub(crate) fn translations(&self) -> &Arc<translated::Pool> {
         &self.translations
     }
 

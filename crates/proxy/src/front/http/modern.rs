@@ -188,7 +188,7 @@ async fn serve(
             credentials,
         } => (url, headers, credentials),
         // The held session's pipeline runs on the translated frames.
-        Era::Translate => return crate::translate::serve::handle(front, &target, frame).await,
+        Era::Translate => return super::translated::handle(front, &target, frame).await,
         Era::Refuse => {
             return Err(ProxyError::UnsupportedVersion {
                 requested: version.as_str().to_string(),
@@ -203,7 +203,7 @@ async fn serve(
     // No session carries the principal, so the route's rules are applied here.
     let list = match target.placer.authorize_stateless(&frame) {
         Err(answer) => {
-            let status = crate::translate::serve::status_of(&answer);
+            let status = super::translated::status_of(&answer);
             return Ok(reply::json_response(status, answer.into_raw()));
         }
         Ok(list) => list,

@@ -5,12 +5,12 @@
 //! wait for the same one), re-created on the next request after it ended (idle, upstream gone).
 //! Held sessions count against the front's session limit.
 
-use super::envelope::Envelope;
-use super::handshake;
-use super::held::Held;
 use crate::error::ProxyError;
 use crate::front::http::{HttpFront, Target};
 use crate::session::Kind;
+use crate::translate::envelope::Envelope;
+use crate::translate::handshake;
+use crate::translate::held::Held;
 use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -34,16 +34,6 @@ pub struct Pool {
 impl Pool {
     fn slots(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
         crate::sync::lock(&self.slots)
-    }
-
-    /// Live held sessions.
-    pub fn len(&self) -> usize {
-        self.slots().values().filter(|c| c.initialized()).count()
-    }
-
-    /// True when none is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The held session for a request of `target` whose envelope is `env`, created if needed.

@@ -1,12 +1,18 @@
 //! A 2026-07-28 request for a route whose server speaks only the session-based eras (stdio,
 //! HTTP+SSE, Streamable HTTP without 2026-07-28): answered on the held session of its client.
+//! The HTTP side of era translation; the translation itself is [`crate::translate`] (which
+//! imports nothing from the fronts). [`pool`] holds the held sessions.
 
-use super::envelope::{self, id_value};
-use super::handshake;
-use super::held::{Call, Filter};
+mod pool;
+
+pub use pool::Pool;
+
 use crate::error::ProxyError;
 use crate::front::http::{HttpFront, Target, reply};
 use crate::front::sse::{KEEPALIVE, frames_body};
+use crate::translate::envelope::{self, id_value};
+use crate::translate::handshake;
+use crate::translate::held::{Call, Filter};
 use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
