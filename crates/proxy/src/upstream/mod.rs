@@ -11,6 +11,7 @@ pub mod detect;
 mod exchange;
 pub mod guarded;
 mod http;
+pub(crate) mod modern;
 mod process;
 pub mod spares;
 mod sse;

@@ -23,22 +23,18 @@ use super::answers;
 use super::{HttpFront, Target, reply};
 use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, HttpMeta, Outcome, Transport as PipeTransport};
-use crate::upstream::credentials::{self, Credentials, SendError};
-use crate::upstream::detect::{self, Transport};
 use crate::upstream::guarded;
-use crate::upstream::{HttpClient, UpstreamSpec, client};
+use crate::upstream::modern::{Era, era, relay};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use shadowcat_proto::era::{
-    META_PROTOCOL_VERSION, METHOD_HEADER, NAME_HEADER, PARAM_HEADER_PREFIX,
-    PROTOCOL_VERSION_HEADER, ProtocolVersion,
+    META_PROTOCOL_VERSION, METHOD_HEADER, NAME_HEADER, PARAM_HEADER_PREFIX, ProtocolVersion,
 };
 use shadowcat_proto::error::{HEADER_MISMATCH, INVALID_REQUEST};
 use shadowcat_proto::sse::{SseDecoder, encode_event};
 use shadowcat_proto::{Frame, FrameKind, Message, header_value};
-use shadowcat_tape::redact::url_label;
 use std::sync::Arc;
 use tokio_util::codec::Decoder;
 
@@ -313,161 +309,6 @@ async fn filtered(
     let mut r = Response::from_parts(parts, Body::from(out));
     r.headers_mut().remove(header::CONTENT_LENGTH);
     Ok(r)
-}
-
-/// How a route's upstream takes 2026-07-28 requests.
-enum Era {
-    /// As they are: it serves 2026-07-28 (or nobody knows yet, and its own answer will tell).
-    Relay {
-        url: String,
-        headers: Vec<(String, String)>,
-        credentials: Option<Credentials>,
-    },
-    /// On a session held with it: it speaks only the session-based eras.
-    Translate,
-    /// Not at all (a tape replays a recorded session).
-    Refuse,
-}
-
-async fn era(http: &HttpClient, spec: &UpstreamSpec) -> Era {
-    match spec {
-        UpstreamSpec::Http { url, headers, .. } | UpstreamSpec::Auto { url, headers } => {
-            let credentials = match spec {
-                UpstreamSpec::Http { credentials, .. } => credentials.clone(),
-                _ => None,
-            };
-            let relay = Era::Relay {
-                url: url.clone(),
-                headers: headers.clone(),
-                credentials,
-            };
-            if detect::cached(url) == Some(Transport::ModernOnly) {
-                return relay;
-            }
-            match detect::serves_modern(url, headers, http).await {
-                Some(false) => Era::Translate,
-                Some(true) | None => relay,
-            }
-        }
-        UpstreamSpec::Stdio { .. } | UpstreamSpec::Sse { .. } => Era::Translate,
-        UpstreamSpec::Tape(_) => Era::Refuse,
-    }
-}
-
-/// Relay one stateless request to an HTTP upstream and stream its answer back unchanged.
-async fn relay(
-    http: &HttpClient,
-    url: &str,
-    extra: &[(String, String)],
-    credentials: Option<&Credentials>,
-    client: &HeaderMap,
-    frame: Frame,
-) -> Result<Response, ProxyError> {
-    let label = url_label(url);
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{label}`: {e}")))?;
-    let mut head = HeaderMap::new();
-    client::json_post_headers(&mut head);
-    for (k, v) in extra {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            head.append(k, v);
-        }
-    }
-    for (k, v) in client {
-        let name = k.as_str();
-        let mirrored = name == PROTOCOL_VERSION_HEADER
-            || name == METHOD_HEADER
-            || name == NAME_HEADER
-            || name.starts_with(PARAM_HEADER_PREFIX);
-        if mirrored {
-            head.append(k, v.clone());
-        }
-    }
-    let body = frame.into_raw();
-    let resp = credentials::authorized(credentials, |token| {
-        let (uri, head, body) = (&uri, &head, &body);
-        http.send(move || {
-            let mut req = client::request(http::Method::POST, uri, head, body.clone());
-            if let Some(t) = &token {
-                req.headers_mut().insert(header::AUTHORIZATION, t.clone());
-            }
-            req
-        })
-    })
-    .await
-    .map_err(|e| match e {
-        SendError::Credentials(e) => {
-            ProxyError::UpstreamConnect(format!("no access token for {label}: {e}"))
-        }
-        SendError::Http(e) => {
-            ProxyError::UpstreamConnect(format!("cannot reach upstream {label}: {e}"))
-        }
-    })?;
-    let status = resp.status();
-    if matches!(status.as_u16(), 400 | 405) {
-        // Refused: if not in 2026-era terms, the URL's era is probed again next time.
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        let body = read_refusal(resp).await;
-        if !refused_in_modern_terms(&body) {
-            tracing::info!(url = %label, %status, "a relayed 2026-07-28 request was refused; probing the upstream's era again next time");
-            detect::forget(url);
-        }
-        let mut r = Response::new(Body::from(body));
-        *r.status_mut() = status;
-        if let Some(ct) = content_type {
-            r.headers_mut().insert(header::CONTENT_TYPE, ct);
-        }
-        return Ok(r);
-    }
-    let mut r = Response::new(Body::empty());
-    *r.status_mut() = status;
-    for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
-        if let Some(v) = resp.headers().get(&name) {
-            r.headers_mut().insert(name, v.clone());
-        }
-    }
-    if r.headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-    {
-        r.headers_mut()
-            .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
-    }
-    *r.body_mut() = Body::new(resp.into_body());
-    Ok(r)
-}
-
-/// Most bytes of a refused relay's body read (the rest is dropped).
-const REFUSAL_LIMIT: usize = 64 * 1024;
-
-async fn read_refusal(resp: client::Response) -> Bytes {
-    use http_body_util::BodyExt;
-    let mut body = bytes::BytesMut::new();
-    let mut incoming = resp.into_body();
-    while let Some(Ok(frame)) = incoming.frame().await {
-        if let Ok(chunk) = frame.into_data() {
-            body.extend_from_slice(&chunk);
-        }
-        if body.len() >= REFUSAL_LIMIT {
-            break;
-        }
-    }
-    body.freeze()
-}
-
-/// A JSON-RPC error a 2026-07-28 server answers with (header, version, capability, params or
-/// parse errors): the URL still serves the era.
-fn refused_in_modern_terms(body: &[u8]) -> bool {
-    use shadowcat_proto::error::{INVALID_PARAMS, PARSE_ERROR};
-    detect::is_modern_error(body)
-        || matches!(
-            shadowcat_proto::error::error_code(body),
-            Some(INVALID_PARAMS | PARSE_ERROR)
-        )
 }
 
 #[cfg(test)]
