@@ -10,6 +10,7 @@
 //! creation that fails half-way gives its slot back by dropping it.
 
 use super::Session;
+use super::records::Records;
 use crate::error::ProxyError;
 use std::collections::HashMap;
 use std::fmt;
@@ -130,6 +131,7 @@ impl Host {
             host: self.clone(),
             principal,
             listed: None,
+            records: None,
         })
     }
 
@@ -199,12 +201,24 @@ pub struct Slot {
     host: Arc<Host>,
     principal: Option<Arc<str>>,
     listed: Option<Arc<str>>,
+    /// Where the session's record is ended at teardown (set by the creation path).
+    records: Option<Arc<Records>>,
 }
 
 impl Slot {
     /// The principal the slot was reserved for.
     pub fn principal(&self) -> Option<&str> {
         self.principal.as_deref()
+    }
+
+    /// End the session's record in `records` when the session is torn down.
+    pub(crate) fn records(&mut self, records: Arc<Records>) {
+        self.records = Some(records);
+    }
+
+    /// Where the session's record is ended at teardown.
+    pub(crate) fn records_of(&self) -> Option<&Arc<Records>> {
+        self.records.as_ref()
     }
 
     /// List `session` in the host's table.

@@ -176,6 +176,22 @@ impl Session {
         self.protocol.get().map(String::as_str)
     }
 
+    /// Write the negotiated version (and the upstream's session id) into the session's record,
+    /// once it is known: other replicas continue the session from it. `false`: not known yet.
+    pub async fn record_negotiated(&self) -> bool {
+        let Some(version) = self.protocol_version() else {
+            return false;
+        };
+        let records = crate::sync::lock(&self.slot)
+            .as_ref()
+            .and_then(|s| s.records_of().cloned());
+        if let Some(r) = records {
+            let upstream = self.upstream.upstream_session_id();
+            r.negotiated(&self.id, version, upstream).await;
+        }
+        true
+    }
+
     /// The negotiated version if it is one this proxy knows.
     pub fn known_version(&self) -> Option<ProtocolVersion> {
         self.protocol_version().and_then(ProtocolVersion::parse)
@@ -414,8 +430,12 @@ impl Session {
         self.upstream.shutdown().await;
         self.pipeline.session_ended(&self.id);
         self.cancel.cancel();
-        // The upstream is released: its place in the host is free again.
-        crate::sync::lock(&self.slot).take();
+        // The upstream is released: its record ends, and its place in the host is free again.
+        let slot = crate::sync::lock(&self.slot).take();
+        if let Some(records) = slot.as_ref().and_then(Slot::records_of) {
+            records.ended(&self.id).await;
+        }
+        drop(slot);
     }
 }
 

@@ -169,8 +169,8 @@ impl Placer for StaticPlacer {
 pub struct Creator<'a> {
     /// Admission and the table the session is listed in.
     pub host: &'a Arc<Host>,
-    /// Session records.
-    pub records: &'a Records,
+    /// Session records (the session's is ended at teardown).
+    pub records: &'a Arc<Records>,
     /// The hooks the session runs.
     pub pipeline: &'a Pipeline,
     /// The upstream context of a new session (its cancel token, tracker, HTTP client, options
@@ -207,7 +207,8 @@ pub struct Created {
 pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, ProxyError> {
     let placer = &*new.target.placer;
     // Admission first: nothing is recorded or spawned for a session over a limit.
-    let slot = env.host.reserve(placer.principal())?;
+    let mut slot = env.host.reserve(placer.principal())?;
+    slot.records(env.records.clone());
     let id = mint_session_id();
     tracing::Span::current().record("session", &*id);
     let plan = placer.plan(&id, new.tried)?;
@@ -326,7 +327,8 @@ pub async fn resume(
     candidate: Candidate,
     resumed: &Resumed,
 ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>, Unlisted), ProxyError> {
-    let slot = env.host.reserve(target.placer.principal())?;
+    let mut slot = env.host.reserve(target.placer.principal())?;
+    slot.records(env.records.clone());
     let mut ctx = (env.ctx)(&resumed.id);
     // Guarded like a session placed here (breaker, retry budget, request timeout).
     if let Some(g) = &candidate.guard {

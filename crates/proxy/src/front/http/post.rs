@@ -118,11 +118,8 @@ async fn initialize(
                 json_replies(replies, false)
             }
         };
-        if let Some(v) = core.protocol_version() {
-            let upstream_sid = core.upstream().upstream_session_id();
-            let records = front.registry.records();
-            records.negotiated(core.id(), v, upstream_sid).await;
-        }
+        // Before the client can send its next request (maybe to another replica).
+        core.record_negotiated().await;
         return Ok(reply::with_session(response, Some(core.id())));
     }
 }

@@ -266,17 +266,13 @@ impl Registry {
         let s = self.lock().remove(id);
         match s {
             Some(s) => {
+                // Ends its record too (the session host's teardown).
                 s.core.shutdown().await;
                 s.outbox().close();
-                self.forget(id).await;
                 true
             }
             None => false,
         }
-    }
-
-    async fn forget(&self, id: &str) {
-        self.records.ended(id).await;
     }
 
     /// Every session id.
@@ -316,15 +312,12 @@ impl Registry {
     /// task a session keeps (its size is the largest state it can be in) stays small.
     async fn pump(&self, s: Arc<HttpSession>, mut events: mpsc::Receiver<UpstreamEvent>) {
         pump::pump(&s.core, &mut events, &mut ToOutbox(&s)).await;
-        // The session is over: forget it, release its upstream, finish its streams.
+        // The session is over: forget it, release its upstream (and end its record), finish its
+        // streams.
         Box::pin(async {
-            let id = s.core.id().clone();
-            let removed = self.lock().remove(&id).is_some();
+            self.lock().remove(s.core.id());
             s.core.shutdown().await;
             s.outbox().close();
-            if removed {
-                self.forget(&id).await;
-            }
         })
         .await;
     }

@@ -229,7 +229,7 @@ impl Shared {
         let tracker = session.core().tracker().clone();
         tracker.spawn(tracing::Instrument::instrument(
             async move {
-                session.pump(events, &shared.registry).await;
+                session.pump(events).await;
                 shared.ended(&session).await;
             },
             span,
@@ -237,12 +237,12 @@ impl Shared {
         Ok(sse_response(body))
     }
 
-    /// The session is over (its pump returned): forget it, stop its upstream, end its record.
+    /// The session is over (its pump returned): forget it, stop its upstream (which ends its
+    /// record).
     async fn ended(&self, s: &Arc<LegacySession>) {
         let id = s.core().id().clone();
         self.lock().remove(&id);
         s.core().shutdown().await;
-        self.registry.records().ended(&id).await;
         tracing::info!(session = %id, "legacy HTTP+SSE session ended");
     }
 

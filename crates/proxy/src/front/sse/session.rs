@@ -1,7 +1,6 @@
 //! One legacy HTTP+SSE session: its event stream (a bounded channel of frames read by the
 //! response body) and the pump that relays its upstream's frames onto it.
 
-use crate::front::http::Registry;
 use crate::session::Session;
 use crate::session::pump::{self, Deliver, End};
 use crate::upstream::{UpstreamEvent, Via};
@@ -66,10 +65,9 @@ impl LegacySession {
 
     /// Relay the upstream's frames to the event stream until the client leaves, the upstream
     /// closes (every request in flight then gets an error first) or the session is cancelled.
-    pub async fn pump(&self, mut events: mpsc::Receiver<UpstreamEvent>, registry: &Registry) {
+    pub async fn pump(&self, mut events: mpsc::Receiver<UpstreamEvent>) {
         let mut stream = ToStream {
             session: self,
-            registry,
             recorded: false,
         };
         if let End::Client(reason) = pump::pump(&self.core, &mut events, &mut stream).await {
@@ -81,7 +79,6 @@ impl LegacySession {
 /// The legacy front's side of the pump: frames through the pipeline onto the event stream.
 struct ToStream<'a> {
     session: &'a LegacySession,
-    registry: &'a Registry,
     /// Whether the negotiated version is in the session record yet.
     recorded: bool,
 }
@@ -96,12 +93,8 @@ impl Deliver for ToStream<'_> {
                 return false;
             }
         }
-        if !self.recorded
-            && let Some(v) = core.protocol_version()
-        {
-            self.recorded = true;
-            let up = core.upstream().upstream_session_id();
-            self.registry.records().negotiated(core.id(), v, up).await;
+        if !self.recorded {
+            self.recorded = core.record_negotiated().await;
         }
         true
     }

@@ -32,7 +32,6 @@ use super::envelope::{self, id_value};
 use super::mrtr::{self, Suspended};
 use crate::error::ProxyError;
 use crate::session::pump::{self, Deliver, End};
-use crate::session::records::Records;
 use crate::session::{Sent, Session};
 use crate::upstream::{UpstreamEvent, Via};
 use bytes::Bytes;
@@ -345,8 +344,8 @@ impl Held {
         }
     }
 
-    /// After the pump: tell everyone still waiting, stop the upstream, end the record.
-    pub async fn finish(&self, reason: &str, records: &Records) {
+    /// After the pump: tell everyone still waiting, stop the upstream (which ends the record).
+    pub async fn finish(&self, reason: &str) {
         let (waiting, listeners) = {
             let mut t = self.table();
             t.subscribed.clear();
@@ -369,7 +368,6 @@ impl Held {
             }
         }
         self.core.shutdown().await;
-        records.ended(self.core.id()).await;
     }
 }
 

@@ -105,7 +105,6 @@ async fn create(
     let params = handshake::initialize_params(env);
     let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":params});
     let init = Frame::parse_single(Bytes::from(init.to_string())).map_err(ProxyError::Frame)?;
-    let records = front.registry().records().clone();
     // Held sessions count against the front's limits like any other session; with the
     // gateway, the route's upstream set places it and binds it to the principal, so the
     // route's authorization rules apply to every translated request.
@@ -117,13 +116,13 @@ async fn create(
     let upstream = held.core().spec().describe();
     tracing::info!(session = %id, %upstream, "holding a session-based session for 2026-07-28 clients");
     let idle = front.config().idle_timeout;
-    let (h, p, r) = (held.clone(), pool.clone(), records.clone());
+    let (h, p) = (held.clone(), pool.clone());
     let span = tracing::info_span!("held_session", id = %id);
     held.core().tracker().spawn(tracing::Instrument::instrument(
         async move {
             let reason = h.clone().pump(events, idle).await;
             p.remove(&h);
-            h.finish(&reason, &r).await;
+            h.finish(&reason).await;
             tracing::info!(%reason, "held session ended");
         },
         span,
@@ -133,9 +132,6 @@ async fn create(
         held.core().shutdown().await;
         return Err(e);
     }
-    if let Some(v) = held.core().protocol_version() {
-        let up = held.core().upstream().upstream_session_id();
-        records.negotiated(&id, v, up).await;
-    }
+    held.core().record_negotiated().await;
     Ok(held)
 }
