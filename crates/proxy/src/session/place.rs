@@ -165,6 +165,9 @@ impl Placer for StaticPlacer {
     }
 }
 
+/// Makes the upstream context of a new session, given its id.
+pub type CtxFor<'a> = Box<dyn Fn(&Arc<str>) -> UpstreamCtx + Send + Sync + 'a>;
+
 /// What [`create`] uses of the front that creates a session.
 pub struct Creator<'a> {
     /// Admission and the table the session is listed in.
@@ -175,7 +178,7 @@ pub struct Creator<'a> {
     pub pipeline: &'a Pipeline,
     /// The upstream context of a new session (its cancel token, tracker, HTTP client, options
     /// and the front's guard).
-    pub ctx: &'a (dyn Fn(&Arc<str>) -> UpstreamCtx + Sync),
+    pub ctx: CtxFor<'a>,
 }
 
 /// A session to create.

@@ -361,13 +361,6 @@ impl HttpFront {
         init: &Frame,
         tried: &[usize],
     ) -> Result<Created, ProxyError> {
-        let ctx = |id: &Arc<str>| self.upstream_ctx_for(id, target);
-        let env = Creator {
-            host: &self.host,
-            records: self.registry.records(),
-            pipeline: &self.pipeline,
-            ctx: &ctx,
-        };
         let new = NewSession {
             target,
             kind,
@@ -375,7 +368,7 @@ impl HttpFront {
             init,
             tried,
         };
-        place::create(&env, new).await
+        place::create(&self.creator(target), new).await
     }
 
     /// Continue a session of another replica on `candidate` (see [`place::resume`]).
@@ -385,14 +378,17 @@ impl HttpFront {
         candidate: place::Candidate,
         resumed: &place::Resumed,
     ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>, place::Unlisted), ProxyError> {
-        let ctx = |id: &Arc<str>| self.upstream_ctx_for(id, target);
-        let env = Creator {
+        place::resume(&self.creator(target), target, candidate, resumed).await
+    }
+
+    /// What the one creation path uses of this front, for sessions of `target`.
+    fn creator<'a>(&'a self, target: &'a Target) -> Creator<'a> {
+        Creator {
             host: &self.host,
             records: self.registry.records(),
             pipeline: &self.pipeline,
-            ctx: &ctx,
-        };
-        place::resume(&env, target, candidate, resumed).await
+            ctx: Box::new(move |id: &Arc<str>| self.upstream_ctx_for(id, target)),
+        }
     }
 
     /// True once shutdown has begun.
