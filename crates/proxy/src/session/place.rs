@@ -222,7 +222,7 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
     };
     // Record first: with a store that fails closed, nothing is spawned for a refused session.
     env.records
-        .created_by(&id, new.route, &first.name, new.init, placer.principal())
+        .created(&id, new.route, &first.name, new.init, placer.principal())
         .await?;
     let probe_within = placer.failover().filter(|_| plan.len() > 1);
     let count = plan.len();

@@ -56,20 +56,10 @@ impl Records {
         &self.owner
     }
 
-    /// A session is being created by this `initialize`. Fails only when the store is
-    /// unavailable (and fails closed); other store errors are logged.
+    /// A session of `route` on `upstream` is being created by this `initialize`, bound to the
+    /// authenticated `principal` if any (gateway). Fails only when the store is unavailable
+    /// (and fails closed); other store errors are logged.
     pub async fn created(
-        &self,
-        id: &str,
-        route: &str,
-        upstream: &str,
-        init: &Frame,
-    ) -> Result<(), ProxyError> {
-        self.created_by(id, route, upstream, init, None).await
-    }
-
-    /// [`Records::created`] for a session bound to an authenticated `principal` (gateway).
-    pub async fn created_by(
         &self,
         id: &str,
         route: &str,
@@ -135,13 +125,6 @@ impl Records {
     pub async fn moved(&self, id: &str, upstream: &str) {
         self.modify(id, |rec| rec.upstream = upstream.to_string())
             .await;
-    }
-
-    /// The session belongs to another route than the one it was created under: the legacy
-    /// HTTP+SSE front's and the era translation's sessions, which the gateway creates like
-    /// Streamable ones (their ids must stay unknown to the Streamable endpoint).
-    pub async fn rerouted(&self, id: &str, route: &str) {
-        self.modify(id, |rec| rec.route = route.to_string()).await;
     }
 
     /// The server agreed on a protocol version (and an HTTP upstream issued its session id).
