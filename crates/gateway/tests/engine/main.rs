@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use shadowcat_gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
+use shadowcat_gateway::{Gateway, GatewayConfig, GatewayHooks, admin, gateway};
+use shadowcat_proxy::admin::AdminServer;
 use shadowcat_store::{MemoryStore, SessionStore};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,6 +103,8 @@ async fn fake_delete(State(f): State<Arc<Fake>>, headers: HeaderMap) -> StatusCo
 /// A gateway from `config` served in this process; cancel `stop` to shut it down.
 struct Running {
     url: String,
+    /// Its admin API (sessions of every kind, from the session host's table).
+    admin: String,
     stop: CancellationToken,
     done: JoinHandle<()>,
 }
@@ -114,6 +117,10 @@ async fn serve(config: &str, store: Arc<dyn SessionStore>, replica: &str) -> Run
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", admin_listener.local_addr().unwrap());
+    let api = AdminServer::new(None).extension("gateway", admin::routes(gw.clone(), &cfg));
+    tokio::spawn(api.serve(admin_listener, stop.clone()));
     let server = cfg.server.clone();
     let token = stop.clone();
     let done = tokio::spawn(async move {
@@ -122,10 +129,38 @@ async fn serve(config: &str, store: Arc<dyn SessionStore>, replica: &str) -> Run
             .await
             .unwrap();
     });
-    Running { url, stop, done }
+    Running {
+        url,
+        admin,
+        stop,
+        done,
+    }
 }
 
 impl Running {
+    /// The live sessions its admin API lists (id, kind).
+    async fn sessions(&self) -> Vec<(String, String)> {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let text = http
+            .get(format!("{}/api/sessions", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let field = |k: &str| s[k].as_str().unwrap_or_default().to_string();
+                (field("id"), field("kind"))
+            })
+            .collect()
+    }
+
     async fn shutdown(self) {
         self.stop.cancel();
         tokio::time::timeout(WAIT, self.done)
@@ -304,6 +339,38 @@ async fn a_session_is_adopted_by_another_gateway_over_a_shared_store() {
     }
     one.shutdown().await;
     two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_adopt_a_session_once() {
+    let (fake, url) = Fake::start("up").await;
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let config = route(&[&url], "");
+    let one = serve(&config, store.clone(), "one").await;
+    let two = serve(&config, store, "two").await;
+    let mut c = Client::new(&one.url);
+    assert_eq!(c.initialize().await.0, 200);
+    let sid = c.session.clone().unwrap();
+    // Eight requests reach the other gateway at once: each may start adopting the session, one
+    // wins, the others use it.
+    let racers = (0..8).map(|i| {
+        let mut on_two = Client::new(&two.url);
+        on_two.session = Some(sid.clone());
+        tokio::spawn(async move { on_two.who(i).await })
+    });
+    for who in futures_util::future::join_all(racers).await {
+        assert_eq!(who.unwrap(), "up");
+    }
+    // One adopted session, listed once in the second gateway's session table, on one upstream
+    // session. (Whether two adoptions overlap here depends on timing: the window is short.)
+    assert_eq!(two.sessions().await, [(sid.clone(), "adopted".to_string())]);
+    assert_eq!(
+        fake.sessions.load(Ordering::SeqCst),
+        1,
+        "no second upstream session"
+    );
+    two.shutdown().await;
+    one.shutdown().await;
 }
 
 #[tokio::test]
