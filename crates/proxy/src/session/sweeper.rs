@@ -14,7 +14,8 @@
 //!
 //! A session registered with a timeout shorter than the rest could be due before the horizon:
 //! only then is the sweeper woken early (once per such session, never per request). The task
-//! ends when no session is registered, and the next registration starts another; it holds no
+//! ends when no session is registered (the last one to leave wakes it), and the next
+//! registration starts another; it holds no
 //! session alive (weak references), and a task dropped with its runtime is replaced the same
 //! way.
 
@@ -61,9 +62,16 @@ pub(super) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        crate::sync::lock(&self.shared.state)
-            .sessions
-            .remove(&self.key);
+        let last = {
+            let mut st = crate::sync::lock(&self.shared.state);
+            st.sessions.remove(&self.key);
+            st.sessions.is_empty()
+        };
+        // The last session of the thread left: wake the sweeper so that it ends now, not at a
+        // horizon that may be a whole (long) timeout away.
+        if last {
+            self.shared.wake.notify_one();
+        }
     }
 }
 
@@ -310,11 +318,16 @@ mod tests {
         // The patient session's request is still waiting for its own, longer timeout.
         assert!(patient.inflight().contains(&RequestId::Number(1)));
 
-        // Sessions leave when dropped; with none left the sweeper ends.
-        for s in [hasty, patient] {
-            s.shutdown().await;
-            drop(s);
-        }
+        // Sessions leave when dropped; with none left the sweeper ends. The hasty one leaves
+        // first, and the sweeper looks again (its horizon was the hasty timeout away): with only
+        // the patient session left, its next horizon is ten minutes away, so the last session
+        // to leave must wake it.
+        hasty.shutdown().await;
+        drop(hasty);
+        assert_eq!(registered().0, 1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        patient.shutdown().await;
+        drop(patient);
         assert_eq!(registered().0, 0);
         for _ in 0..600 {
             if !registered().1 {
