@@ -176,16 +176,28 @@ impl Session {
         self.protocol.get().map(String::as_str)
     }
 
+    /// Put the client's `clientInfo` and `capabilities` from its `initialize` into the session's
+    /// record (for a front whose record was made before the client's `initialize` arrived).
+    pub async fn record_client(&self, init: &Frame) {
+        if let Some(r) = self.records() {
+            r.client(&self.id, init).await;
+        }
+    }
+
+    /// The records the session's record is in (set by the creation path).
+    fn records(&self) -> Option<Arc<records::Records>> {
+        crate::sync::lock(&self.slot)
+            .as_ref()
+            .and_then(|s| s.records_of().cloned())
+    }
+
     /// Write the negotiated version (and the upstream's session id) into the session's record,
     /// once it is known: other replicas continue the session from it. `false`: not known yet.
     pub async fn record_negotiated(&self) -> bool {
         let Some(version) = self.protocol_version() else {
             return false;
         };
-        let records = crate::sync::lock(&self.slot)
-            .as_ref()
-            .and_then(|s| s.records_of().cloned());
-        if let Some(r) = records {
+        if let Some(r) = self.records() {
             let upstream = self.upstream.upstream_session_id();
             r.negotiated(&self.id, version, upstream).await;
         }

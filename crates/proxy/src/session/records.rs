@@ -20,6 +20,28 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a client's `initialize` says about it.
+#[derive(serde::Deserialize, Default)]
+struct ClientParams {
+    #[serde(rename = "clientInfo")]
+    client_info: Option<serde_json::Value>,
+    capabilities: Option<serde_json::Value>,
+}
+
+impl ClientParams {
+    /// The params of `init`, if it has any.
+    fn of(init: &Frame) -> Option<ClientParams> {
+        #[derive(serde::Deserialize)]
+        struct Init {
+            #[serde(default)]
+            params: Option<ClientParams>,
+        }
+        serde_json::from_slice::<Init>(init.raw())
+            .ok()
+            .and_then(|i| i.params)
+    }
+}
+
 /// Writes session records for one front.
 pub struct Records {
     store: Arc<dyn SessionStore>,
@@ -67,21 +89,7 @@ impl Records {
         init: &Frame,
         principal: Option<&str>,
     ) -> Result<(), ProxyError> {
-        #[derive(serde::Deserialize, Default)]
-        struct Params {
-            #[serde(rename = "clientInfo")]
-            client_info: Option<serde_json::Value>,
-            capabilities: Option<serde_json::Value>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Init {
-            #[serde(default)]
-            params: Option<Params>,
-        }
-        let params = serde_json::from_slice::<Init>(init.raw())
-            .ok()
-            .and_then(|i| i.params)
-            .unwrap_or_default();
+        let params = ClientParams::of(init).unwrap_or_default();
         let now = now_ms();
         let rec = SessionRecord {
             id: id.to_string(),
@@ -119,6 +127,19 @@ impl Records {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "could not read the session record"),
         }
+    }
+
+    /// The client's `initialize` arrived after the record was made (the legacy HTTP+SSE front
+    /// records the session when its stream opens): its `clientInfo` and `capabilities` go in.
+    pub async fn client(&self, id: &str, init: &Frame) {
+        let Some(params) = ClientParams::of(init) else {
+            return;
+        };
+        self.modify(id, |rec| {
+            rec.client_info = params.client_info;
+            rec.client_capabilities = params.capabilities;
+        })
+        .await;
     }
 
     /// The session was placed on another upstream than first recorded (gateway failover).

@@ -271,7 +271,7 @@ impl Shared {
         let raw = read_body(req.into_body(), self.max_body).await?;
         let frame = Frame::parse_single(raw)?;
         if frame.is_initialize() {
-            record_client(&self.registry, session.core().id(), &frame).await;
+            session.core().record_client(&frame).await;
         }
         let initialized = frame.method() == Some("notifications/initialized");
         let request = frame
@@ -307,38 +307,6 @@ fn placeholder_init() -> Frame {
         br#"{"jsonrpc":"2.0","id":0,"method":"initialize"}"#,
     ))
     .expect("a valid JSON-RPC request")
-}
-
-/// Put the client's `clientInfo` and `capabilities` from `initialize` into the session record.
-async fn record_client(registry: &Registry, id: &str, init: &Frame) {
-    #[derive(serde::Deserialize)]
-    struct Init {
-        params: Option<Params>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Params {
-        #[serde(rename = "clientInfo")]
-        client_info: Option<serde_json::Value>,
-        capabilities: Option<serde_json::Value>,
-    }
-    let Some(params) = serde_json::from_slice::<Init>(init.raw())
-        .ok()
-        .and_then(|i| i.params)
-    else {
-        return;
-    };
-    let store = registry.records().store();
-    match store.get(id).await {
-        Ok(Some(mut rec)) => {
-            rec.client_info = params.client_info;
-            rec.client_capabilities = params.capabilities;
-            if let Err(e) = store.update(&rec).await {
-                tracing::warn!(error = %e, "could not record the client in the session record");
-            }
-        }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "could not read the session record"),
-    }
 }
 
 /// The session id of a message URI: `sessionId` (what we issue) or `session_id`.
