@@ -352,6 +352,15 @@ impl HttpFront {
         &self.host
     }
 
+    /// The configured target of forward mode named `route` (`""`: the default one).
+    pub(crate) fn fixed_target(&self, route: &str) -> Option<&Target> {
+        if route.is_empty() {
+            self.fixed.default.as_ref()
+        } else {
+            self.fixed.named.get(route)
+        }
+    }
+
     /// Create a session of `kind` for `target` (see [`place::create`]).
     pub(crate) async fn create(
         &self,

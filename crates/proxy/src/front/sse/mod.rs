@@ -36,9 +36,8 @@ mod session;
 pub(crate) use session::frames_body;
 
 use crate::error::ProxyError;
-use crate::front::http::{HttpFront, HttpFrontConfig, Policy, Registry, Target, Targets};
+use crate::front::http::{HttpFront, HttpFrontConfig, Policy, Registry, Target};
 use crate::session::{Kind, Sent};
-use crate::upstream::UpstreamSpec;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -116,7 +115,6 @@ pub struct LegacyFront {
 
 struct Shared {
     sessions: Mutex<HashMap<Arc<str>, Arc<LegacySession>>>,
-    targets: Targets,
     allow_absolute_uri: bool,
     /// With a policy (the gateway): routes, placement and principals come from it.
     policy: Option<Arc<dyn Policy>>,
@@ -131,7 +129,6 @@ impl LegacyFront {
         LegacyFront {
             shared: Arc::new(Shared {
                 sessions: Mutex::new(HashMap::new()),
-                targets: config.targets.clone(),
                 allow_absolute_uri: config.allow_absolute_uri,
                 policy: config.policy.clone(),
                 max_body: config.max_body,
@@ -181,13 +178,9 @@ impl Shared {
         crate::sync::lock(&self.sessions)
     }
 
-    fn spec(&self, route: &str) -> Result<UpstreamSpec, ProxyError> {
-        let spec = if route.is_empty() {
-            self.targets.default.as_ref()
-        } else {
-            self.targets.named.get(route)
-        };
-        spec.cloned().ok_or_else(|| {
+    /// The front's configured target for `route` (`""`: the default one).
+    fn target(front: &HttpFront, route: &str) -> Result<Target, ProxyError> {
+        front.fixed_target(route).cloned().ok_or_else(|| {
             let msg = if route.is_empty() {
                 "no default target is configured; use /servers/NAME/sse".to_string()
             } else {
@@ -210,7 +203,7 @@ impl Shared {
         // the client.
         let target = match &self.policy {
             Some(policy) => policy.target(&req)?,
-            None => Target::fixed(route.clone(), self.spec(&route)?),
+            None => Self::target(front, &route)?,
         };
         let init = placeholder_init();
         let created = front
