@@ -285,8 +285,9 @@ async fn a_new_session_fails_over_from_an_unreachable_upstream() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_session_is_adopted_by_another_gateway_over_a_shared_store() {
+/// Two gateways (replicas `one` and `two`) on one upstream and a shared store, and the id of a
+/// session created on `one`.
+async fn a_session_on_one_of_two() -> (Arc<Fake>, Running, Running, String) {
     let (fake, url) = Fake::start("up").await;
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     let config = route(&[&url], "");
@@ -296,6 +297,12 @@ async fn a_session_is_adopted_by_another_gateway_over_a_shared_store() {
     let (status, _, _) = c.initialize().await;
     assert_eq!(status, 200);
     let sid = c.session.clone().unwrap();
+    (fake, one, two, sid)
+}
+
+#[tokio::test]
+async fn a_session_is_adopted_by_another_gateway_over_a_shared_store() {
+    let (fake, one, two, sid) = a_session_on_one_of_two().await;
     // The other gateway continues it, on the same upstream session.
     let mut on_two = Client::new(&two.url);
     on_two.session = Some(sid.clone());
@@ -343,14 +350,7 @@ async fn a_session_is_adopted_by_another_gateway_over_a_shared_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_adopt_a_session_once() {
-    let (fake, url) = Fake::start("up").await;
-    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
-    let config = route(&[&url], "");
-    let one = serve(&config, store.clone(), "one").await;
-    let two = serve(&config, store, "two").await;
-    let mut c = Client::new(&one.url);
-    assert_eq!(c.initialize().await.0, 200);
-    let sid = c.session.clone().unwrap();
+    let (fake, one, two, sid) = a_session_on_one_of_two().await;
     // Eight requests reach the other gateway at once: each may start adopting the session, one
     // wins, the others use it.
     let racers = (0..8).map(|i| {
