@@ -130,7 +130,7 @@ async fn list(State(a): Shared) -> Answer {
         .map(|(id, _)| id.to_string())
         .collect();
     // The store adds what the front does not keep (client info, times); it may be down.
-    let records = match front.registry().records().store().get_many(&ids).await {
+    let records = match front.host().records().store().get_many(&ids).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "admin: cannot read session records");
@@ -148,14 +148,7 @@ async fn list(State(a): Shared) -> Answer {
 
 async fn show(State(a): Shared, Path(id): Path<String>) -> Answer {
     let (gw, front) = running(&a)?;
-    let rec = front
-        .registry()
-        .records()
-        .store()
-        .get(&id)
-        .await
-        .ok()
-        .flatten();
+    let rec = front.host().records().store().get(&id).await.ok().flatten();
     match session_json(gw, &front, &id, rec.as_ref(), true) {
         Some(v) => Ok(json(StatusCode::OK, v)),
         None => Err(not_live(&id)),
@@ -229,7 +222,7 @@ async fn config(State(a): Shared) -> Answer {
 async fn metrics(State(a): Shared) -> Answer {
     let (gw, front) = running(&a)?;
     let t = gw.metrics().totals();
-    let store = front.registry().records().store();
+    let store = front.host().records().store();
     let h = store.health();
     Ok(json(
         StatusCode::OK,

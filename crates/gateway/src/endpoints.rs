@@ -221,7 +221,7 @@ impl Gateway {
     }
 
     fn snapshot(&self, front: &HttpFront) -> Snapshot {
-        let store = front.registry().records().store();
+        let store = front.host().records().store();
         let h = store.health();
         let mut upstreams = Vec::new();
         let mut routes: Vec<&Arc<Route>> = self.routes.values().collect();

@@ -9,9 +9,12 @@ use crate::front::http::{HttpFront, HttpFrontConfig};
 use crate::front::stdio;
 use crate::pipeline::Pipeline;
 use crate::runtime::drain;
-use crate::session::{Session, mint_session_id};
+use crate::session::host::Limits;
+use crate::session::place::{self, Creator, NewSession, Target};
+use crate::session::records::Records;
+use crate::session::{Host, Kind};
 use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
-use shadowcat_store::SessionStore;
+use shadowcat_store::{MemoryStore, SessionStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -44,31 +47,88 @@ pub async fn forward_stdio(
     shutdown: CancellationToken,
 ) -> Result<i32, ProxyError> {
     let tracker = TaskTracker::new();
-    let ctx = UpstreamCtx {
-        session: mint_session_id(),
-        cancel: shutdown.child_token(),
-        tracker: tracker.clone(),
-        http: HttpClient::new(CONNECT_TIMEOUT)?,
-        options: cfg.options.clone(),
-        guard: None,
-    };
     let grace = cfg.options.shutdown_grace;
-    let (session, events) =
-        Session::connect(ctx.session.clone(), cfg.upstream, cfg.pipeline, ctx).await?;
-    let span = tracing::info_span!("session", id = %session.id());
+    let host = stdio_host(&tracker, shutdown.child_token());
+    let code = relay_stdio(
+        cfg,
+        &host,
+        &tracker,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        shutdown.clone(),
+    )
+    .await;
+    drain(&tracker, grace * 3).await;
+    code
+}
+
+/// The session host of `forward stdio`: one session, its record in a private in-memory store
+/// (stopped by `cancel`).
+fn stdio_host(tracker: &TaskTracker, cancel: CancellationToken) -> Arc<Host> {
+    let records = Records::new(
+        Arc::new(MemoryStore::new()),
+        Arc::from("stdio"),
+        Duration::from_secs(1),
+        1,
+        tracker,
+        cancel,
+    );
+    let limits = Limits {
+        max_sessions: 1,
+        max_per_principal: None,
+    };
+    Host::new(limits, Arc::new(records), None)
+}
+
+/// The stdio front's one session, created in `host` like every session (see
+/// [`place::create`]), relaying `input`/`output` until either side ends.
+async fn relay_stdio<R, W>(
+    cfg: StdioForward,
+    host: &Arc<Host>,
+    tracker: &TaskTracker,
+    input: R,
+    output: W,
+    shutdown: CancellationToken,
+) -> Result<i32, ProxyError>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let http = HttpClient::new(CONNECT_TIMEOUT)?;
+    let target = Target::fixed(Arc::from("stdio"), cfg.upstream);
+    let creator = Creator {
+        host,
+        pipeline: &cfg.pipeline,
+        ctx: Box::new(|id: &Arc<str>| UpstreamCtx {
+            session: id.clone(),
+            cancel: shutdown.child_token(),
+            tracker: tracker.clone(),
+            http: http.clone(),
+            options: cfg.options.clone(),
+            guard: None,
+        }),
+    };
+    let new = NewSession {
+        target: &target,
+        kind: Kind::Stdio,
+        route: "stdio",
+        init: None,
+        tried: &[],
+    };
+    let created = place::create(&creator, new).await?;
+    let span = tracing::info_span!("session", id = %created.session.id());
     let code = tracing::Instrument::instrument(
         stdio::run(
-            session,
-            events,
-            tokio::io::stdin(),
-            tokio::io::stdout(),
+            created.session,
+            created.events,
+            input,
+            output,
             cfg.max_line,
-            shutdown,
+            shutdown.clone(),
         ),
         span,
     )
     .await;
-    drain(&tracker, grace * 3).await;
     Ok(code)
 }
 
@@ -89,4 +149,54 @@ pub async fn forward_http(
     drain(&tracker, deadline).await;
     front.workers().stop(STOP_WORKERS).await;
     result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamSpec;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// `forward stdio`'s session is created in its host like any other: listed there (kind
+    /// `stdio`) while it runs, its place given back when the client closes stdin; the child's
+    /// exit code is the relay's.
+    #[tokio::test]
+    async fn the_stdio_session_lives_in_the_host() {
+        let tracker = TaskTracker::new();
+        let host = stdio_host(&tracker, CancellationToken::new());
+        // A server that answers every line with a result for id 1, then exits with 7.
+        let script =
+            r#"while read -r l; do echo '{"jsonrpc":"2.0","id":1,"result":{}}'; done; exit 7"#;
+        let cfg = StdioForward {
+            upstream: UpstreamSpec::stdio("sh", vec!["-c".into(), script.into()]),
+            max_line: 1 << 20,
+            options: UpstreamOptions::default(),
+            pipeline: Pipeline::default(),
+        };
+        let (mut client, front_in) = tokio::io::duplex(4096);
+        let (front_out, client_out) = tokio::io::duplex(4096);
+        let relay = {
+            let (host, tracker) = (host.clone(), tracker.clone());
+            tokio::spawn(async move {
+                let shutdown = CancellationToken::new();
+                relay_stdio(cfg, &host, &tracker, front_in, front_out, shutdown).await
+            })
+        };
+        client
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n")
+            .await
+            .unwrap();
+        let mut lines = BufReader::new(client_out).lines();
+        let answer = lines.next_line().await.unwrap().unwrap();
+        assert!(answer.contains("\"result\""), "{answer}");
+        let entries = host.entries();
+        assert_eq!(entries.len(), 1, "the session is listed in the host");
+        assert_eq!(entries[0].1.kind, Kind::Stdio);
+        assert_eq!(host.reserved(), 1);
+        drop(client);
+        let code = relay.await.unwrap().unwrap();
+        assert_eq!(code, 7);
+        assert!(host.is_empty(), "the session left the host's table");
+        assert_eq!(host.reserved(), 0, "its place was given back");
+    }
 }

@@ -59,7 +59,9 @@ where
         End::Client(_) | End::Cancelled => 0,
     };
     drop(out);
-    session.cancel_token().cancel();
+    // Teardown: the upstream is stopped (a no-op once it has closed), the record ended and the
+    // session's place in its host given back.
+    session.shutdown().await;
     drop(out_tx);
     tracker.close();
     let _ = writer.await;

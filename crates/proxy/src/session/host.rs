@@ -10,6 +10,7 @@
 //! creation that fails half-way gives its slot back by dropping it.
 
 use super::Session;
+use super::events::EventLog;
 use super::records::Records;
 use crate::error::ProxyError;
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ pub enum Kind {
     Held,
     /// A session created by another replica, continued here.
     Adopted,
+    /// The one session of `forward stdio` (the proxy's own stdin/stdout).
+    Stdio,
 }
 
 impl Kind {
@@ -37,6 +40,7 @@ impl Kind {
             Kind::Legacy => "legacy-sse",
             Kind::Held => "held",
             Kind::Adopted => "adopted",
+            Kind::Stdio => "stdio",
         }
     }
 }
@@ -82,19 +86,35 @@ struct Inner {
     live: HashMap<Arc<str>, Entry>,
 }
 
-/// Every live session of a front, and admission.
+/// Every live session of a front, admission, and where its sessions' state is kept (records
+/// and, for fronts that resume streams, the SSE event log).
 pub struct Host {
     limits: Limits,
     inner: Mutex<Inner>,
+    records: Arc<Records>,
+    events: Option<Arc<EventLog>>,
 }
 
 impl Host {
-    /// A host enforcing `limits`.
-    pub fn new(limits: Limits) -> Arc<Self> {
+    /// A host enforcing `limits`, keeping its sessions' records in `records` and, when given,
+    /// the SSE events they send in `events`.
+    pub fn new(limits: Limits, records: Arc<Records>, events: Option<Arc<EventLog>>) -> Arc<Self> {
         Arc::new(Host {
             limits,
             inner: Mutex::new(Inner::default()),
+            records,
+            events,
         })
+    }
+
+    /// The session records.
+    pub fn records(&self) -> &Arc<Records> {
+        &self.records
+    }
+
+    /// The SSE event log, if the front keeps one.
+    pub fn events(&self) -> Option<&Arc<EventLog>> {
+        self.events.as_ref()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -131,7 +151,6 @@ impl Host {
             host: self.clone(),
             principal,
             listed: None,
-            records: None,
         })
     }
 
@@ -201,24 +220,12 @@ pub struct Slot {
     host: Arc<Host>,
     principal: Option<Arc<str>>,
     listed: Option<Arc<str>>,
-    /// Where the session's record is ended at teardown (set by the creation path).
-    records: Option<Arc<Records>>,
 }
 
 impl Slot {
     /// The principal the slot was reserved for.
     pub fn principal(&self) -> Option<&str> {
         self.principal.as_deref()
-    }
-
-    /// End the session's record in `records` when the session is torn down.
-    pub(crate) fn records(&mut self, records: Arc<Records>) {
-        self.records = Some(records);
-    }
-
-    /// Where the session's record is ended at teardown.
-    pub(crate) fn records_of(&self) -> Option<&Arc<Records>> {
-        self.records.as_ref()
     }
 
     /// List `session` in the host's table.
@@ -255,14 +262,23 @@ mod tests {
     use super::*;
 
     fn host(max: usize, per: Option<usize>) -> Arc<Host> {
-        Host::new(Limits {
+        let records = Records::new(
+            Arc::new(shadowcat_store::MemoryStore::new()),
+            Arc::from("test"),
+            std::time::Duration::from_secs(1),
+            16,
+            &tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let limits = Limits {
             max_sessions: max,
             max_per_principal: per,
-        })
+        };
+        Host::new(limits, Arc::new(records), None)
     }
 
-    #[test]
-    fn the_global_limit_counts_reservations_and_frees_on_drop() {
+    #[tokio::test]
+    async fn the_global_limit_counts_reservations_and_frees_on_drop() {
         let h = host(2, None);
         let a = h.reserve(None).unwrap();
         let _b = h.reserve(Some("alice")).unwrap();
@@ -272,8 +288,8 @@ mod tests {
         assert!(h.reserve(None).is_ok());
     }
 
-    #[test]
-    fn the_per_principal_limit_holds_per_principal() {
+    #[tokio::test]
+    async fn the_per_principal_limit_holds_per_principal() {
         let h = host(10, Some(1));
         let a = h.reserve(Some("alice")).unwrap();
         assert!(matches!(
@@ -288,15 +304,15 @@ mod tests {
         assert!(h.reserve(Some("alice")).is_ok());
     }
 
-    #[test]
-    fn a_closed_host_admits_nothing() {
+    #[tokio::test]
+    async fn a_closed_host_admits_nothing() {
         let h = host(10, None);
         h.close();
         assert!(matches!(h.reserve(None), Err(ProxyError::ShuttingDown)));
     }
 
-    #[test]
-    fn racing_reservations_never_overshoot() {
+    #[tokio::test]
+    async fn racing_reservations_never_overshoot() {
         let h = host(3, None);
         let slots = std::sync::Mutex::new(Vec::new());
         let refused = std::sync::atomic::AtomicUsize::new(0);

@@ -2,6 +2,7 @@
 //! negotiated protocol version, tracks the client's in-flight requests (so that a dying upstream
 //! turns each into a JSON-RPC error, never silence) and runs the pipeline on every frame.
 
+pub mod events;
 pub mod host;
 mod id;
 mod inflight;
@@ -57,6 +58,10 @@ pub struct Session {
     loopback: mpsc::WeakSender<UpstreamEvent>,
     /// Its place in the session host (given back when the session shuts down).
     slot: std::sync::Mutex<Option<Slot>>,
+    /// The host it was created in: its records and event log are there.
+    host: OnceLock<Arc<Host>>,
+    /// Appends to its event log since retention last ran.
+    log_counters: events::LogCounters,
     /// With a request timeout: its place in the thread's sweeper, which times its requests out.
     _timeouts: Option<sweeper::Registration>,
 }
@@ -104,6 +109,8 @@ impl Session {
             guard,
             loopback: opened.loopback,
             slot: std::sync::Mutex::new(None),
+            host: OnceLock::new(),
+            log_counters: events::LogCounters::default(),
             _timeouts: timeout.map(|t| sweeper::register(me.clone(), t)),
         });
         (s, opened.events)
@@ -137,6 +144,12 @@ impl Session {
     /// Tracks the tasks of this session (and of its upstream).
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
+    }
+
+    /// The session belongs to `host` (set by the creation path as soon as the session exists,
+    /// before it is admitted): its record is written, and its SSE events logged, there.
+    pub(crate) fn attach(&self, host: &Arc<Host>) {
+        let _ = self.host.set(host.clone());
     }
 
     /// Take the place reserved for this session in the host ([`Host::reserve`]): the session
@@ -184,11 +197,53 @@ impl Session {
         }
     }
 
-    /// The records the session's record is in (set by the creation path).
-    fn records(&self) -> Option<Arc<records::Records>> {
-        crate::sync::lock(&self.slot)
-            .as_ref()
-            .and_then(|s| s.records_of().cloned())
+    /// The records the session's record is in (its host's).
+    fn records(&self) -> Option<&Arc<records::Records>> {
+        self.host.get().map(|h| h.records())
+    }
+
+    /// Activity on the session (coalesced into its record; never waits).
+    pub fn touch(&self) {
+        if let Some(r) = self.records() {
+            r.touch(&self.id);
+        }
+    }
+
+    /// Log an SSE event of `stream` in the host's event log before it is sent: its SSE id, or
+    /// `None` when there is no log or the store failed (it is then sent without an id).
+    pub async fn log_event(&self, stream: &str, data: &[u8]) -> Option<Arc<str>> {
+        let log = self.host.get()?.events()?;
+        log.append(&self.id, stream, data, &self.log_counters).await
+    }
+
+    /// [`Session::log_event`] for several events of one stream, in one store write.
+    pub async fn log_events(&self, stream: &str, data: &[&[u8]]) -> Vec<Option<Arc<str>>> {
+        match self.host.get().and_then(|h| h.events()) {
+            Some(log) => {
+                log.append_many(&self.id, stream, data, &self.log_counters)
+                    .await
+            }
+            None => vec![None; data.len()],
+        }
+    }
+
+    /// The logged events of `stream` after the store id `after` (or from the start), up to the
+    /// SSE id `until` (see [`events::EventLog::replay`]); `None` when the host keeps no log.
+    pub fn replay(
+        &self,
+        stream: &str,
+        after: Option<&str>,
+        until: Option<&str>,
+    ) -> Option<events::Replay> {
+        let log = self.host.get()?.events()?;
+        Some(log.replay(&self.id, stream, after, until))
+    }
+
+    /// Drop every logged event of a finished `stream`.
+    pub async fn drop_stream(&self, stream: &str) {
+        if let Some(log) = self.host.get().and_then(|h| h.events()) {
+            log.drop_stream(&self.id, stream).await;
+        }
     }
 
     /// Write the negotiated version (and the upstream's session id) into the session's record,
@@ -444,7 +499,7 @@ impl Session {
         self.cancel.cancel();
         // The upstream is released: its record ends, and its place in the host is free again.
         let slot = crate::sync::lock(&self.slot).take();
-        if let Some(records) = slot.as_ref().and_then(Slot::records_of) {
+        if let Some(records) = self.records() {
             records.ended(&self.id).await;
         }
         drop(slot);

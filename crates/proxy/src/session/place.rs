@@ -14,7 +14,6 @@
 use crate::error::ProxyError;
 use crate::guard::Guard;
 use crate::pipeline::Pipeline;
-use crate::session::records::Records;
 use crate::session::{Host, Kind, Session, Slot, mint_session_id};
 use crate::upstream::spares::Spares;
 use crate::upstream::{UpstreamCtx, UpstreamEvent, UpstreamSpec};
@@ -172,8 +171,6 @@ pub type CtxFor<'a> = Box<dyn Fn(&Arc<str>) -> UpstreamCtx + Send + Sync + 'a>;
 pub struct Creator<'a> {
     /// Admission and the table the session is listed in.
     pub host: &'a Arc<Host>,
-    /// Session records (the session's is ended at teardown).
-    pub records: &'a Arc<Records>,
     /// The hooks the session runs.
     pub pipeline: &'a Pipeline,
     /// The upstream context of a new session (its cancel token, tracker, HTTP client, options
@@ -189,8 +186,9 @@ pub struct NewSession<'a> {
     pub kind: Kind,
     /// The route its record names.
     pub route: &'a str,
-    /// The `initialize` its record is made from.
-    pub init: &'a Frame,
+    /// The `initialize` its record is made from (`None`: it comes later, on a front that opens
+    /// the session first; see [`Session::record_client`]).
+    pub init: Option<&'a Frame>,
     /// Candidates that already failed this client's `initialize`.
     pub tried: &'a [usize],
 }
@@ -210,8 +208,8 @@ pub struct Created {
 pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, ProxyError> {
     let placer = &*new.target.placer;
     // Admission first: nothing is recorded or spawned for a session over a limit.
-    let mut slot = env.host.reserve(placer.principal())?;
-    slot.records(env.records.clone());
+    let slot = env.host.reserve(placer.principal())?;
+    let records = env.host.records();
     let id = mint_session_id();
     tracing::Span::current().record("session", &*id);
     let plan = placer.plan(&id, new.tried)?;
@@ -221,7 +219,7 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
         ));
     };
     // Record first: with a store that fails closed, nothing is spawned for a refused session.
-    env.records
+    records
         .created(&id, new.route, &first.name, new.init, placer.principal())
         .await?;
     let probe_within = placer.failover().filter(|_| plan.len() > 1);
@@ -229,7 +227,7 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
     let mut last = None;
     for (n, c) in plan.into_iter().enumerate() {
         if n > 0 {
-            env.records.moved(&id, &c.name).await;
+            records.moved(&id, &c.name).await;
         }
         if let Some(timeout) = probe_within
             && let Err(e) = probe(&c.spec, timeout).await
@@ -262,6 +260,7 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
         };
         match connected {
             Ok((session, events)) => {
+                session.attach(env.host);
                 placer.placed(c.index, &session);
                 session.admit(slot, new.kind, new.target.key.clone());
                 tracing::info!(upstream = %c.name, kind = new.kind.as_str(), "session created");
@@ -283,12 +282,12 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
                     last = Some(e);
                     continue;
                 }
-                env.records.ended(&id).await;
+                records.ended(&id).await;
                 return Err(e);
             }
         }
     }
-    env.records.ended(&id).await;
+    records.ended(&id).await;
     Err(last.unwrap_or_else(|| ProxyError::UpstreamConnect("no upstream to try".into())))
 }
 
@@ -330,8 +329,7 @@ pub async fn resume(
     candidate: Candidate,
     resumed: &Resumed,
 ) -> Result<(Arc<Session>, mpsc::Receiver<UpstreamEvent>, Unlisted), ProxyError> {
-    let mut slot = env.host.reserve(target.placer.principal())?;
-    slot.records(env.records.clone());
+    let slot = env.host.reserve(target.placer.principal())?;
     let mut ctx = (env.ctx)(&resumed.id);
     // Guarded like a session placed here (breaker, retry budget, request timeout).
     if let Some(g) = &candidate.guard {
@@ -344,6 +342,7 @@ pub async fn resume(
         ctx,
     )
     .await?;
+    session.attach(env.host);
     session.restore(
         resumed.version.as_deref(),
         resumed.upstream_session_id.as_deref(),

@@ -86,10 +86,10 @@ impl Records {
         id: &str,
         route: &str,
         upstream: &str,
-        init: &Frame,
+        init: Option<&Frame>,
         principal: Option<&str>,
     ) -> Result<(), ProxyError> {
-        let params = ClientParams::of(init).unwrap_or_default();
+        let params = init.and_then(ClientParams::of).unwrap_or_default();
         let now = now_ms();
         let rec = SessionRecord {
             id: id.to_string(),

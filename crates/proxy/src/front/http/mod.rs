@@ -6,7 +6,6 @@
 
 mod answers;
 pub mod checks;
-mod events;
 mod listen;
 mod modern;
 mod outbox;
@@ -25,6 +24,7 @@ pub use registry::Registry;
 use crate::error::ProxyError;
 use crate::pipeline::Pipeline;
 use crate::runtime::Workers;
+use crate::session::events::EventLog;
 use crate::session::host::Limits;
 pub use crate::session::place::Target;
 use crate::session::place::{self, Created, Creator, NewSession};
@@ -33,7 +33,6 @@ use crate::upstream::{HttpClient, UpstreamCtx, UpstreamEvent, UpstreamOptions, U
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use events::EventLog;
 use futures_util::future::BoxFuture;
 use http::{Method, StatusCode, header};
 use shadowcat_proto::era::SESSION_ID_HEADER;
@@ -281,11 +280,12 @@ impl HttpFront {
             &tracker,
             cancel.clone(),
         );
-        let registry = Arc::new(Registry::new(log, Arc::new(records)));
-        let host = Host::new(Limits {
+        let registry = Arc::new(Registry::default());
+        let limits = Limits {
             max_sessions: config.max_sessions,
             max_per_principal: config.max_sessions_per_principal,
-        });
+        };
+        let host = Host::new(limits, Arc::new(records), Some(log));
         let sessions_cancel = CancellationToken::new();
         let guard = front_guard(&config);
         let absolute_http = if config.allow_absolute_uri && config.policy.is_none() {
@@ -306,7 +306,7 @@ impl HttpFront {
             })
             .collect();
         let fixed = FixedTargets::new(&config.targets);
-        let legacy = crate::front::sse::LegacyFront::new(&config, registry.clone());
+        let legacy = crate::front::sse::LegacyFront::new(&config, host.clone());
         Ok(Arc::new(HttpFront {
             config,
             host,
@@ -367,7 +367,7 @@ impl HttpFront {
         target: &Target,
         kind: Kind,
         route: &str,
-        init: &Frame,
+        init: Option<&Frame>,
         tried: &[usize],
     ) -> Result<Created, ProxyError> {
         let new = NewSession {
@@ -394,7 +394,6 @@ impl HttpFront {
     fn creator<'a>(&'a self, target: &'a Target) -> Creator<'a> {
         Creator {
             host: &self.host,
-            records: self.registry.records(),
             pipeline: &self.pipeline,
             ctx: Box::new(move |id: &Arc<str>| self.upstream_ctx_for(id, target)),
         }
@@ -446,9 +445,9 @@ impl HttpFront {
     ) -> std::io::Result<()> {
         // A single-process store (SQLite) outlives us; sessions our previous run left active lost
         // their children with it. Shared stores (Redis) are left alone: other replicas own theirs.
-        let single_process = self.registry.records().store().backend() == "sqlite";
+        let single_process = self.host.records().store().backend() == "sqlite";
         let orphans = if single_process {
-            self.registry.records().end_orphans().await
+            self.host.records().end_orphans().await
         } else {
             0
         };
@@ -523,7 +522,7 @@ impl HttpFront {
                 .await;
             if last_expire.elapsed() >= Duration::from_secs(60) {
                 last_expire = tokio::time::Instant::now();
-                let store = self.registry.records().store();
+                let store = self.host.records().store();
                 match store
                     .expire(records::now_ms(), self.config.record_ttl)
                     .await
@@ -635,7 +634,7 @@ pub(crate) fn session_header(req: &Request) -> Result<Option<&str>, ProxyError> 
 /// `GET /health`: liveness plus the session count and the store's reachability. 200 while the
 /// store is reachable (or degraded onto memory), 503 while it is down and failing closed.
 fn health(front: &HttpFront) -> Response {
-    let store = front.registry.records().store();
+    let store = front.host.records().store();
     let h = store.health();
     let ok = h.healthy || h.degraded;
     let body = serde_json::json!({
@@ -730,7 +729,7 @@ pub async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
             }
             if let Some(id) = session_header(&req)? {
                 // A session answers only to the principal that created it.
-                let store = front.registry.records().store();
+                let store = front.host.records().store();
                 target.placer.check_session(id, &**store).await?;
                 let forwarded = req.headers().contains_key(replicas::FORWARDED_HEADER);
                 if let replicas::Located::Owner(owner) =

@@ -158,7 +158,7 @@ async fn create_session(
     tried: &[usize],
 ) -> Result<(Arc<HttpSession>, usize), ProxyError> {
     let created = front
-        .create(target, Kind::Streamable, &target.key, init, tried)
+        .create(target, Kind::Streamable, &target.key, Some(init), tried)
         .await?;
     let session = front
         .registry

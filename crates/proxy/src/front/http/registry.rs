@@ -1,12 +1,10 @@
 //! The HTTP front's live sessions: lookup by proxy id (bound to the route that created it),
 //! the session limit, idle reaping, and the pump that routes each session's server frames.
 
-use super::events::{EventLog, LogCounters};
 use super::outbox::{GET_STREAM, Out, Outbox, Outgoing, Plan, StreamId};
 use crate::pipeline::{HttpMeta, Transport};
 use crate::session::Session;
 use crate::session::pump::{self, Deliver};
-use crate::session::records::Records;
 use crate::upstream::{UpstreamEvent, Via};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::collections::HashMap;
@@ -21,9 +19,6 @@ pub struct HttpSession {
     core: Arc<Session>,
     route: Arc<str>,
     outbox: Mutex<Outbox>,
-    log: Arc<EventLog>,
-    records: Arc<Records>,
-    log_counters: LogCounters,
     busy: AtomicUsize,
     last_active_ms: AtomicU64,
     epoch: Instant,
@@ -40,11 +35,6 @@ impl HttpSession {
         &self.route
     }
 
-    /// The event log.
-    pub fn log(&self) -> &EventLog {
-        &self.log
-    }
-
     /// The routing table (lock is never held across an await).
     pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
         crate::sync::lock(&self.outbox)
@@ -54,7 +44,7 @@ impl HttpSession {
     pub fn busy(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::AcqRel);
         self.touch();
-        self.records.touch(self.core.id());
+        self.core.touch();
         BusyGuard(self.clone())
     }
 
@@ -85,13 +75,6 @@ impl HttpSession {
         }
     }
 
-    /// Append one event to this session's log; its SSE id, or `None` if the store failed.
-    pub async fn append_event(&self, stream: &str, data: &[u8]) -> Option<Arc<str>> {
-        self.log
-            .append(self.core.id(), stream, data, &self.log_counters)
-            .await
-    }
-
     /// Carry out a routing decision: log SSE events before sending them.
     pub async fn execute(&self, plan: Plan) {
         match plan {
@@ -116,9 +99,7 @@ impl HttpSession {
                         .iter()
                         .map(|o| o.as_ref().map(|o| &o.frame.raw()[..]).unwrap_or(b""))
                         .collect();
-                    self.log
-                        .append_many(self.core.id(), &stream, &data, &self.log_counters)
-                        .await
+                    self.core.log_events(&stream, &data).await
                 };
                 for (out, id) in frames.into_iter().zip(ids) {
                     let sink = self.outbox().logged(&stream, id.clone());
@@ -178,28 +159,14 @@ impl Drop for BusyGuard {
     }
 }
 
-/// All live sessions of one HTTP front.
+/// All live sessions of one HTTP front (the session limit, records and event log are the
+/// host's).
+#[derive(Default)]
 pub struct Registry {
     map: Mutex<HashMap<Arc<str>, Arc<HttpSession>>>,
-    log: Arc<EventLog>,
-    records: Arc<Records>,
 }
 
 impl Registry {
-    /// A registry logging SSE events to `log` (the session limit is the host's).
-    pub fn new(log: Arc<EventLog>, records: Arc<Records>) -> Self {
-        Registry {
-            map: Mutex::new(HashMap::new()),
-            log,
-            records,
-        }
-    }
-
-    /// Session records in the store.
-    pub fn records(&self) -> &Arc<Records> {
-        &self.records
-    }
-
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<HttpSession>>> {
         crate::sync::lock(&self.map)
     }
@@ -230,9 +197,6 @@ impl Registry {
             core: core.clone(),
             route,
             outbox: Mutex::new(Outbox::new()),
-            log: self.log.clone(),
-            records: self.records.clone(),
-            log_counters: LogCounters::default(),
             busy: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -297,7 +261,7 @@ impl Registry {
         for s in sessions {
             let done: Vec<StreamId> = s.outbox().finished_before(now, grace);
             for stream in done {
-                self.log.drop_stream(s.core.id(), &stream).await;
+                s.core.drop_stream(&stream).await;
             }
         }
     }

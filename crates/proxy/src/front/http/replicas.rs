@@ -45,7 +45,7 @@ pub async fn locate(
         drop(s);
         return Ok(Located::Here);
     }
-    let store = front.registry.records().store();
+    let store = front.host.records().store();
     let rec = match store.get(id).await {
         Ok(Some(rec)) => rec,
         Ok(None) => return Err(ProxyError::SessionNotFound),
@@ -70,7 +70,7 @@ pub async fn locate(
         | UpstreamSpec::Sse { .. }
         | UpstreamSpec::Auto { .. }
         | UpstreamSpec::Tape(_) => {
-            let me = front.registry.records().owner();
+            let me = front.host.records().owner();
             return match rec.owner {
                 Some(owner) if !forwarded && owner != me && is_url(&owner) => {
                     Ok(Located::Owner(owner))
@@ -132,7 +132,7 @@ pub async fn forward(front: &HttpFront, owner: &str, req: Request) -> Result<Res
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip())
         });
-    let headers = forwarded_headers(&parts.headers, client, front.registry.records().owner());
+    let headers = forwarded_headers(&parts.headers, client, front.host.records().owner());
     let out = front
         .http
         .client()

@@ -9,11 +9,11 @@
 //! holds (trimmed, or the session's log was lost), is answered `400` with a JSON-RPC error that
 //! says events may have been lost — never a silent gap.
 
-use super::events::{Replay, Replayed, parse_event_id};
 use super::outbox::{Attached, GET_STREAM, Out, Outbox};
 use super::registry::{BusyGuard, HttpSession};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
+use crate::session::events::{Replay, Replayed, parse_event_id};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -215,31 +215,36 @@ async fn open_listen(
             .as_deref()
             .and_then(parse_event_id)
             .map(|(_, e)| e);
-        let log = session.log();
-        let id = session.core().id();
-        let mut missed = log.replay(id, GET_STREAM, after, Some(until));
-        let mut page = missed.next_page().await;
-        if let Err(StoreError::EventGone(_)) = page {
-            // The last event this stream delivered was trimmed (byte budget, age): so was
-            // everything before it. What the log still holds all came after it: deliver that.
-            tracing::warn!(
-                "the event log dropped GET-stream events this client never received (retention); replaying what it still holds"
-            );
-            missed = log.replay(id, GET_STREAM, None, Some(until));
-            page = missed.next_page().await;
-        }
-        match page {
-            Ok(events) => {
-                first = encode_replay(events, retry);
-                rest = Some(missed);
+        let core = session.core();
+        if let Some(mut missed) = core.replay(GET_STREAM, after, Some(until)) {
+            let mut page = missed.next_page().await;
+            if let Err(StoreError::EventGone(_)) = page
+                && let Some(again) = core.replay(GET_STREAM, None, Some(until))
+            {
+                // The last event this stream delivered was trimmed (byte budget, age): so was
+                // everything before it. What the log still holds all came after it: deliver
+                // that.
+                tracing::warn!(
+                    "the event log dropped GET-stream events this client never received (retention); replaying what it still holds"
+                );
+                missed = again;
+                page = missed.next_page().await;
             }
-            Err(e) => tracing::warn!(error = %e, "could not replay queued GET-stream events"),
+            match page {
+                Ok(events) => {
+                    first = encode_replay(events, retry);
+                    rest = Some(missed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not replay queued GET-stream events")
+                }
+            }
         }
     }
     // Replayed events carry ids (and later pages of the replay must not come after a newer
     // priming id); otherwise give the client an id to resume from before the first event.
     if priming && first.is_empty() {
-        let id = session.append_event(GET_STREAM, b"").await;
+        let id = session.core().log_event(GET_STREAM, b"").await;
         first.push_back(encode(id.as_deref(), b"", retry));
         session.outbox().logged(GET_STREAM, id);
     }
@@ -284,12 +289,10 @@ async fn resume(
         // when the stream is already finished: the first page now (an id the log no longer
         // holds is refused before anything is sent), the rest as the client reads.
         until => {
-            let mut replay = session.log().replay(
-                session.core().id(),
-                stream,
-                Some(event),
-                until.flatten().as_deref(),
-            );
+            let mut replay = session
+                .core()
+                .replay(stream, Some(event), until.flatten().as_deref())
+                .ok_or_else(|| gone(last, "the event log does not hold it"))?;
             let first = replay.next_page().await.map_err(gone_or)?;
             (first, Some(replay))
         }

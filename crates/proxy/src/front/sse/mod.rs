@@ -36,8 +36,8 @@ mod session;
 pub(crate) use session::frames_body;
 
 use crate::error::ProxyError;
-use crate::front::http::{HttpFront, HttpFrontConfig, Policy, Registry, Target};
-use crate::session::{Kind, Sent};
+use crate::front::http::{HttpFront, HttpFrontConfig, Policy, Target};
+use crate::session::{Host, Kind, Sent};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
@@ -119,20 +119,20 @@ struct Shared {
     /// With a policy (the gateway): routes, placement and principals come from it.
     policy: Option<Arc<dyn Policy>>,
     max_body: usize,
-    registry: Arc<Registry>,
+    host: Arc<Host>,
 }
 
 impl LegacyFront {
     /// The legacy front of an HTTP front with this configuration; it creates sessions through
-    /// the front (its host, hooks, upstream context) and shares its records (`registry`).
-    pub fn new(config: &HttpFrontConfig, registry: Arc<Registry>) -> Self {
+    /// the front (its host, hooks, upstream context) and shares its host's records.
+    pub fn new(config: &HttpFrontConfig, host: Arc<Host>) -> Self {
         LegacyFront {
             shared: Arc::new(Shared {
                 sessions: Mutex::new(HashMap::new()),
                 allow_absolute_uri: config.allow_absolute_uri,
                 policy: config.policy.clone(),
                 max_body: config.max_body,
-                registry,
+                host,
             }),
         }
     }
@@ -205,9 +205,8 @@ impl Shared {
             Some(policy) => policy.target(&req)?,
             None => Self::target(front, &route)?,
         };
-        let init = placeholder_init();
         let created = front
-            .create(&target, Kind::Legacy, &record_route(&route), &init, &[])
+            .create(&target, Kind::Legacy, &record_route(&route), None, &[])
             .await?;
         let (core, events) = (created.session, created.events);
         let id = core.id().clone();
@@ -248,7 +247,7 @@ impl Shared {
         tracing::Span::current().record("session", id.as_str());
         if let Some(policy) = &self.policy {
             // A session answers only to the principal that opened it.
-            let store = self.registry.records().store();
+            let store = self.host.records().store();
             policy
                 .target(&req)?
                 .placer
@@ -292,14 +291,6 @@ impl Shared {
         }
         Ok(accepted())
     }
-}
-
-/// A stand-in `initialize` for the record created when the stream opens (no client info yet).
-fn placeholder_init() -> Frame {
-    Frame::parse_single(Bytes::from_static(
-        br#"{"jsonrpc":"2.0","id":0,"method":"initialize"}"#,
-    ))
-    .expect("a valid JSON-RPC request")
 }
 
 /// The session id of a message URI: `sessionId` (what we issue) or `session_id`.
@@ -425,7 +416,6 @@ mod tests {
         assert_eq!(route_prefix("docs"), "/servers/docs");
         assert_eq!(record_route(""), "sse:");
         assert_eq!(record_route("docs"), "sse:docs");
-        assert!(placeholder_init().is_initialize());
     }
 
     #[test]

@@ -109,7 +109,9 @@ async fn create(
     // gateway, the route's upstream set places it and binds it to the principal, so the
     // route's authorization rules apply to every translated request.
     let route = format!("modern:{}", target.key);
-    let created = front.create(target, Kind::Held, &route, &init, &[]).await?;
+    let created = front
+        .create(target, Kind::Held, &route, Some(&init), &[])
+        .await?;
     let (core, events) = (created.session, created.events);
     let id = core.id().clone();
     let held = Held::new(core, key);
