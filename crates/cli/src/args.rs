@@ -202,6 +202,11 @@ pub struct HttpArgs {
     /// prefix (`sse+http://…`, `auto+http://…`); see --upstream-transport.
     #[arg(long = "target", value_name = "[NAME=]URL|CMD")]
     pub targets: Vec<String>,
+    /// A member server of a composite /mcp: `NAME=URL` or `NAME=CMD ARGS` (repeatable). The
+    /// servers' tools and prompts are served together as `NAME__tool`, their resources as
+    /// `NAME+uri`. NAME: lowercase letters, digits and `-`.
+    #[arg(long = "server", value_name = "NAME=URL|CMD")]
+    pub servers: Vec<String>,
     /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL. Only
     /// public addresses are reached (see --allow-destination); --header values are sent only
     /// to the origins of the --target URLs.

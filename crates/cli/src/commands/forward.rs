@@ -9,9 +9,11 @@ use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::front::http::{
     HostPolicy, HttpFrontConfig, OriginPolicy, Targets, default_replica_id,
 };
+use shadowcat_proxy::upstream::composite::{CompositeSpec, Member, names};
 use shadowcat_proxy::upstream::destinations::Destinations;
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{FailoverStore, OnOutage, Retention};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,6 +144,30 @@ pub async fn stdio(a: StdioArgs, log_traffic: bool) -> anyhow::Result<i32> {
     Ok(code?)
 }
 
+/// A `--server NAME=URL|CMD ARGS` member of a composite route.
+pub fn member(
+    raw: &str,
+    transport: UpstreamTransport,
+    hdrs: &[(String, String)],
+) -> anyhow::Result<Member> {
+    let Some((name, value)) = raw.split_once('=') else {
+        bail!("--server `{raw}` must be NAME=URL or NAME=CMD");
+    };
+    names::valid_server_name(name).map_err(|e| anyhow::anyhow!("--server `{raw}`: {e}"))?;
+    let spec = match url_spec(value, transport, hdrs) {
+        Some(spec) => spec,
+        None => {
+            let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+            command_spec(&words)
+                .with_context(|| format!("--server `{raw}` has an empty command"))?
+        }
+    };
+    Ok(Member {
+        name: name.to_string(),
+        spec,
+    })
+}
+
 fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
     let hdrs = headers(&a.common)?;
     let mut t = Targets::default();
@@ -159,6 +185,19 @@ fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
         set_default(demo_spec()?, "--demo")?;
     }
     let transport = a.common.upstream_transport;
+    if !a.servers.is_empty() {
+        let members = a
+            .servers
+            .iter()
+            .map(|raw| member(raw, transport, &hdrs))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let spec = CompositeSpec::new(members);
+        let problems = spec.problems();
+        if !problems.is_empty() {
+            bail!("--server: {}", problems.join("; "));
+        }
+        set_default(UpstreamSpec::Composite(Arc::new(spec)), "--server")?;
+    }
     for raw in &a.targets {
         if let Some(spec) = url_spec(raw, transport, &hdrs) {
             set_default(spec, raw)?;

@@ -5,6 +5,7 @@
 //! tagged with where they came from, on the [`UpstreamEvent`] channel returned by [`connect`].
 
 pub(crate) mod client;
+pub mod composite;
 pub mod credentials;
 pub mod destinations;
 pub mod detect;
@@ -77,6 +78,8 @@ pub enum UpstreamSpec {
     },
     /// A recorded server: answers from a tape (`shadowcat replay`).
     Tape(TapeSpec),
+    /// Several servers behind one session (a composite route).
+    Composite(Arc<composite::CompositeSpec>),
 }
 
 impl UpstreamSpec {
@@ -111,6 +114,7 @@ impl UpstreamSpec {
             UpstreamSpec::Sse { url, .. } => format!("sse+{}", url_label(url)),
             UpstreamSpec::Auto { url, .. } => format!("auto+{}", url_label(url)),
             UpstreamSpec::Tape(t) => format!("tape:{}", t.0.path.display()),
+            UpstreamSpec::Composite(c) => c.describe(),
         }
     }
 }
@@ -203,6 +207,8 @@ pub enum Upstream {
     Sse(SseUpstream),
     /// A tape being replayed.
     Tape(TapeUpstream),
+    /// The members of a composite route.
+    Composite(composite::CompositeUpstream),
 }
 
 /// Create the upstream for a session. Server frames arrive on the returned receiver.
@@ -260,6 +266,9 @@ pub async fn open(spec: &UpstreamSpec, ctx: UpstreamCtx) -> Result<Opened, Proxy
         }
         UpstreamSpec::Auto { url, headers } => detect::connect(url, headers, ctx, tx).await?,
         UpstreamSpec::Tape(t) => Upstream::Tape(TapeUpstream::new(t, ctx, tx)),
+        UpstreamSpec::Composite(c) => Box::pin(composite::CompositeUpstream::start(c, ctx, tx))
+            .await?
+            .into(),
     };
     Ok(Opened {
         upstream: up,
@@ -286,6 +295,7 @@ impl Upstream {
             Upstream::Http(h) => Ok(Some(h.exchange(frame))),
             Upstream::Sse(s) => s.send(frame).await.map(|()| None),
             Upstream::Tape(t) => t.send(frame).await.map(|()| None),
+            Upstream::Composite(c) => c.send(frame).await.map(|()| None),
         }
     }
 
@@ -293,7 +303,10 @@ impl Upstream {
     /// `false` when the upstream has no such stream (HTTP 405).
     pub async fn open_listen(&self) -> Result<bool, ProxyError> {
         match self {
-            Upstream::Stdio(_) | Upstream::Sse(_) | Upstream::Tape(_) => Ok(true),
+            // A composite opens its members' streams itself, once they joined.
+            Upstream::Stdio(_) | Upstream::Sse(_) | Upstream::Tape(_) | Upstream::Composite(_) => {
+                Ok(true)
+            }
             Upstream::Http(h) => h.open_listen().await,
         }
     }
@@ -306,6 +319,7 @@ impl Upstream {
             Upstream::Http(h) => h.shutdown().await,
             Upstream::Sse(s) => s.shutdown().await,
             Upstream::Tape(t) => t.shutdown().await,
+            Upstream::Composite(c) => c.shutdown().await,
         }
     }
 
@@ -331,7 +345,9 @@ impl Upstream {
     pub fn upstream_session_id(&self) -> Option<String> {
         match self {
             Upstream::Http(h) => h.session_id(),
-            Upstream::Stdio(_) | Upstream::Sse(_) | Upstream::Tape(_) => None,
+            Upstream::Stdio(_) | Upstream::Sse(_) | Upstream::Tape(_) | Upstream::Composite(_) => {
+                None
+            }
         }
     }
 

@@ -54,7 +54,9 @@ pub(crate) async fn era(http: &HttpClient, spec: &UpstreamSpec) -> Era {
                 Some(true) | None => relay,
             }
         }
-        UpstreamSpec::Stdio { .. } | UpstreamSpec::Sse { .. } => Era::Translate,
+        UpstreamSpec::Stdio { .. } | UpstreamSpec::Sse { .. } | UpstreamSpec::Composite(_) => {
+            Era::Translate
+        }
         UpstreamSpec::Tape(_) => Era::Refuse,
     }
 }

@@ -65,11 +65,13 @@ pub async fn locate(
         UpstreamSpec::Auto { url, headers } if rec.upstream_session_id.is_some() => {
             pinned.spec = UpstreamSpec::http(url.clone(), headers.clone());
         }
-        // The child process, or the HTTP+SSE stream, lives on the replica that owns the session.
+        // The child process, the HTTP+SSE stream, or a composite's member sessions, live on the
+        // replica that owns the session.
         UpstreamSpec::Stdio { .. }
         | UpstreamSpec::Sse { .. }
         | UpstreamSpec::Auto { .. }
-        | UpstreamSpec::Tape(_) => {
+        | UpstreamSpec::Tape(_)
+        | UpstreamSpec::Composite(_) => {
             let me = front.host.records().owner();
             return match rec.owner {
                 Some(owner) if !forwarded && owner != me && is_url(&owner) => {

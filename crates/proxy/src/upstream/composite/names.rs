@@ -336,7 +336,15 @@ impl NameMap {
             .map(|(member, original)| (*member, original.as_str()))
     }
 
-    /// The exposed name of a member's own name.
+    /// Every exposed name of `member`.
+    pub fn names_of(&self, member: usize) -> impl Iterator<Item = &str> {
+        self.by_member
+            .get(member)
+            .into_iter()
+            .flat_map(|m| m.values().map(String::as_str))
+    }
+
+    /// The exposed name of `member`'s `original`.
     pub fn exposed(&self, member: usize, original: &str) -> Option<&str> {
         self.by_member
             .get(member)?
