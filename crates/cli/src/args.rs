@@ -207,6 +207,10 @@ pub struct HttpArgs {
     /// `NAME+uri`. NAME: lowercase letters, digits and `-`.
     #[arg(long = "server", value_name = "NAME=URL|CMD")]
     pub servers: Vec<String>,
+    /// Items per page of a composite /mcp's merged lists (`0`: the whole list in one answer).
+    /// Pages past the first are asked for with the opaque cursor of the one before.
+    #[arg(long, default_value_t = 0, requires = "servers")]
+    pub page_size: usize,
     /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL. Only
     /// public addresses are reached (see --allow-destination); --header values are sent only
     /// to the origins of the --target URLs.

@@ -191,7 +191,10 @@ fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
             .iter()
             .map(|raw| member(raw, transport, &hdrs))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let spec = CompositeSpec::new(members);
+        let spec = CompositeSpec {
+            page_size: a.page_size,
+            ..CompositeSpec::new(members)
+        };
         let problems = spec.problems();
         if !problems.is_empty() {
             bail!("--server: {}", problems.join("; "));

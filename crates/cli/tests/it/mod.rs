@@ -4,6 +4,7 @@ mod admin;
 mod admin_page;
 mod admission;
 mod cdp;
+mod composite;
 mod era_matrix;
 mod eras;
 mod gateway;
