@@ -214,3 +214,65 @@ async fn rmcp_through_forward_http_to_an_http_server() {
         .expect("initialize");
     exercise(s, client).await;
 }
+
+/// The Rust SDK through a composite route of two demo servers, its merged lists paged by the
+/// route (pages of 3): every tool listed once under its prefix, calls routed to their member,
+/// sampling from a member answered, progress of a member's call reaching the client.
+#[tokio::test]
+async fn rmcp_through_a_composite_route() {
+    let demo = format!("a={} demo-server", super::harness::bin());
+    let http = Server::demo_http().await;
+    let twin = format!("b={}", http.url());
+    let p = Server::forward_http(&["--server", &demo, "--server", &twin, "--page-size", "3"]).await;
+    let client = Client::default();
+    let s = client
+        .clone()
+        .serve(StreamableHttpClientTransport::from_uri(p.url()))
+        .await
+        .expect("initialize");
+    let info = s.peer_info().expect("initialized");
+    assert_eq!(
+        info.server_info.as_ref().unwrap().name,
+        "shadowcat-composite"
+    );
+    let tools = s.list_all_tools().await.expect("tools/list");
+    let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    let mut expected: Vec<String> = ["a", "b"]
+        .iter()
+        .flat_map(|m| {
+            [
+                "add",
+                "echo",
+                "elicit",
+                "increment",
+                "log",
+                "sample",
+                "slow",
+            ]
+            .iter()
+            .map(move |t| format!("{m}__{t}"))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_eq!(call(&s, "b__add", json!({"a": 2, "b": 40})).await, "42");
+    assert_eq!(
+        call(&s, "b__sample", json!({"prompt": "ping"})).await,
+        "sampled: rust says ping"
+    );
+    assert_eq!(
+        call(&s, "a__slow", json!({"steps": 3, "duration": 0.1})).await,
+        "completed 3 steps"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client.seen.lock().unwrap().progress != [1.0, 2.0, 3.0] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "progress {:?}",
+            client.seen.lock().unwrap().progress
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    s.cancel().await.expect("close client");
+}
