@@ -40,6 +40,8 @@ const MAX_PAGES: usize = 1000;
 const MAX_ITEMS: usize = 100_000;
 /// Calls waiting for a list to resolve their names.
 const MAX_WAITING: usize = 1024;
+/// Members' requests waiting for the client's answer.
+const MAX_ASKED: usize = 1024;
 
 /// The four lists a composite merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +245,7 @@ struct Mux {
     ctx: UpstreamCtx,
     legs: Arc<Legs>,
     state: Vec<Leg>,
-    streams: StreamMap<usize, ReceiverStream<UpstreamEvent>>,
+    streams: StreamMap<usize, MemberEvents>,
     out: mpsc::Sender<UpstreamEvent>,
     reopened: mpsc::Sender<(usize, Result<super::super::Opened, ProxyError>)>,
     pending: HashMap<(usize, RequestId), Pending>,
@@ -290,7 +292,7 @@ pub(super) async fn start(
         let status = match o {
             Ok(o) => {
                 legs.set(i, Some(Arc::new(o.upstream)));
-                streams.insert(i, ReceiverStream::new(o.events));
+                streams.insert(i, member_events(o.events));
                 Status::Joining
             }
             Err(e) => {
@@ -346,6 +348,19 @@ pub(super) async fn start(
         span,
     ));
     Ok(legs)
+}
+
+/// A member's events, ending with `Closed` even when its channel closes without one (so a
+/// member that vanishes is noticed, never silently dropped from the map).
+type MemberEvents =
+    tokio_stream::adapters::Chain<ReceiverStream<UpstreamEvent>, tokio_stream::Once<UpstreamEvent>>;
+
+fn member_events(rx: mpsc::Receiver<UpstreamEvent>) -> MemberEvents {
+    let end = tokio_stream::once(UpstreamEvent::Closed {
+        reason: "the server's connection ended".into(),
+        exit_code: None,
+    });
+    tokio_stream::StreamExt::chain(ReceiverStream::new(rx), end)
 }
 
 /// A member's context: the session's, with a cancel token of its own under the mux's.
@@ -1112,6 +1127,12 @@ impl Mux {
                 let Some(original) = frame.id().cloned() else {
                     return;
                 };
+                if self.asked.len() >= MAX_ASKED {
+                    let msg = "too many requests wait for the client's answer";
+                    self.to_member(i, error_frame(Some(&original), INTERNAL_ERROR, msg))
+                        .await;
+                    return;
+                }
                 let Some(mut v) = value_of(&frame) else {
                     return;
                 };
@@ -1288,7 +1309,7 @@ impl Mux {
         match o {
             Ok(o) => {
                 self.legs.set(i, Some(Arc::new(o.upstream)));
-                self.streams.insert(i, ReceiverStream::new(o.events));
+                self.streams.insert(i, member_events(o.events));
                 self.state[i].status = Status::Joining;
                 // Before the client's `initialize` it joins with the others.
                 if let Some(params) = self.init.clone()
