@@ -3,7 +3,8 @@
 
 It has many tools, listed a page at a time, and a few that act on the server itself:
 
-* `t0000` … `tNNNN` (`--tools N`, default 1000): answer their own name; listed in pages of
+* `t0000` … `tNNNN` (`--tools N`, default 1000): answer their own name (and the arguments
+  they were given, as JSON, if any); listed in pages of
   `--page` (default 50) with an opaque cursor.
 * `grow`: add a tool `extra`, then send `notifications/tools/list_changed`.
 * `die`: exit at once (no answer), so a proxy sees the server fail mid-call.
@@ -72,7 +73,9 @@ def main() -> None:
             if name not in tools:
                 send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32602, "message": f"no tool {name}"}})
                 continue
-            result = {"content": [{"type": "text", "text": name}]}
+            arguments = params.get("arguments") or {}
+            text = name + (" " + json.dumps(arguments, sort_keys=True) if arguments else "")
+            result = {"content": [{"type": "text", "text": text}]}
         else:
             send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32601, "message": f"no method {method}"}})
             continue

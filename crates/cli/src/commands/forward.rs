@@ -162,10 +162,7 @@ pub fn member(
                 .with_context(|| format!("--server `{raw}` has an empty command"))?
         }
     };
-    Ok(Member {
-        name: name.to_string(),
-        spec,
-    })
+    Ok(Member::new(name, spec))
 }
 
 fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {

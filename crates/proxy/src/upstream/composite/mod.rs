@@ -33,13 +33,68 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// One member server of a composite route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Member {
     /// Its name: the prefix of its tools and prompts, the scheme prefix of its resources
     /// (see [`names::valid_server_name`]).
     pub name: String,
     /// Where it is.
     pub spec: UpstreamSpec,
+    /// How its tools are shaped for the client (`None`: as the member lists them).
+    pub shaper: Option<Arc<dyn Shaper>>,
+}
+
+impl Member {
+    /// A member whose tools are served as it lists them.
+    pub fn new(name: impl Into<String>, spec: UpstreamSpec) -> Member {
+        Member {
+            name: name.into(),
+            spec,
+            shaper: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("name", &self.name)
+            .field("spec", &self.spec)
+            .field("shaped", &self.shaper.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Member) -> bool {
+        let same_shaper = match (&self.shaper, &other.shaper) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        self.name == other.name && self.spec == other.spec && same_shaper
+    }
+}
+
+impl Eq for Member {}
+
+/// Tool shaping of one member: the seam through which a policy (the gateway's `[…shape]`
+/// settings) decides what the client sees of a member's tools and what the member gets. The
+/// mux applies it to every listed tool and every call; a tool the shaper hides is not in the
+/// merged list, so it cannot be called by any name.
+pub trait Shaper: Send + Sync + 'static {
+    /// A tool as the member lists it → as the client sees it: `None` hides it; otherwise the
+    /// definition to list (its `name`, `title`, `description`, `inputSchema` may differ).
+    fn list(&self, tool: &serde_json::Value) -> Option<serde_json::Value>;
+
+    /// A call to the member's tool `original` (its own name), with the client's `arguments`:
+    /// fill in what the client does not see (fixed values of hidden parameters, defaults).
+    /// `Err(why)` refuses the call (answered with a JSON-RPC error saying why).
+    fn call(
+        &self,
+        original: &str,
+        arguments: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String>;
 }
 
 /// What a composite session does when a member fails.
@@ -155,5 +210,172 @@ impl CompositeUpstream {
 impl From<CompositeUpstream> for Upstream {
     fn from(c: CompositeUpstream) -> Upstream {
         Upstream::Composite(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{HttpClient, UpstreamOptions};
+    use serde_json::{Map, Value, json};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    /// Hides `t0001`, lists `t0002` as `renamed` without its `secret` parameter, and gives
+    /// every call of `t0002` `secret = 42`.
+    struct TestShaper;
+
+    impl Shaper for TestShaper {
+        fn list(&self, tool: &Value) -> Option<Value> {
+            match tool["name"].as_str()? {
+                "t0001" => None,
+                "t0002" => {
+                    let mut t = tool.clone();
+                    t["name"] = json!("renamed");
+                    t["description"] = json!("shaped");
+                    Some(t)
+                }
+                _ => Some(tool.clone()),
+            }
+        }
+
+        fn call(&self, original: &str, args: &mut Map<String, Value>) -> Result<(), String> {
+            if original == "t0002" {
+                if args.contains_key("secret") {
+                    return Err("`secret` is set by the gateway".into());
+                }
+                args.insert("secret".into(), json!(42));
+            }
+            Ok(())
+        }
+    }
+
+    fn paged(tools: usize) -> UpstreamSpec {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/interop/paged_server.py"
+        );
+        let args = vec![script.into(), "--tools".into(), tools.to_string()];
+        UpstreamSpec::stdio(
+            "python3",
+            [args, vec!["--page".into(), "2".into()]].concat(),
+        )
+    }
+
+    async fn rpc(
+        up: &Upstream,
+        events: &mut mpsc::Receiver<UpstreamEvent>,
+        id: i64,
+        method: &str,
+        params: Value,
+    ) -> Value {
+        let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let frame = Frame::parse_single(req.to_string().into()).unwrap();
+        up.send(frame).await.unwrap();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(20), events.recv())
+                .await
+                .expect("an answer in time")
+                .expect("the composite is still open");
+            if let UpstreamEvent::Frame { frame, .. } = ev {
+                let v: Value = serde_json::from_slice(frame.raw()).unwrap();
+                if v["id"] == json!(id) {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// A shaped member: a hidden tool is not listed and cannot be called by any name, a renamed
+    /// one is listed and called under its new name only, and the member gets the argument the
+    /// shaper fills in (one the client sets itself is refused). Two members' lists are merged
+    /// across pages (the server lists 2 tools a page).
+    #[tokio::test]
+    async fn shaped_tools_are_hidden_renamed_and_filled_in() {
+        let spec = CompositeSpec::new(vec![
+            Member {
+                shaper: Some(Arc::new(TestShaper)),
+                ..Member::new("p", paged(4))
+            },
+            Member::new("q", paged(3)),
+        ]);
+        let ctx = UpstreamCtx {
+            session: Arc::from("s"),
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            http: HttpClient::new(Duration::from_secs(5)).unwrap(),
+            options: UpstreamOptions::default(),
+            guard: None,
+        };
+        let opened = crate::upstream::open(&UpstreamSpec::Composite(Arc::new(spec)), ctx)
+            .await
+            .unwrap();
+        let (up, mut events) = (opened.upstream, opened.events);
+        let init = rpc(&up, &mut events, 1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})).await;
+        assert_eq!(init["result"]["serverInfo"]["name"], "shadowcat-composite");
+        let list = rpc(&up, &mut events, 2, "tools/list", json!({})).await;
+        let names: Vec<&str> = list["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "p__t0000",
+                "p__renamed",
+                "p__t0003",
+                "p__grow",
+                "p__die",
+                "q__t0000",
+                "q__t0001",
+                "q__t0002",
+                "q__grow",
+                "q__die"
+            ]
+        );
+        let called = rpc(
+            &up,
+            &mut events,
+            3,
+            "tools/call",
+            json!({"name": "p__renamed"}),
+        )
+        .await;
+        assert_eq!(
+            called["result"]["content"][0]["text"],
+            r#"t0002 {"secret": 42}"#
+        );
+        for (id, hidden) in [(4, "p__t0001"), (5, "p__t0002")] {
+            let refused = rpc(&up, &mut events, id, "tools/call", json!({"name": hidden})).await;
+            assert_eq!(refused["error"]["code"], -32602, "{hidden}: {refused}");
+        }
+        let smuggled = rpc(
+            &up,
+            &mut events,
+            6,
+            "tools/call",
+            json!({"name": "p__renamed", "arguments": {"secret": 1}}),
+        )
+        .await;
+        assert!(
+            smuggled["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("set by the gateway"),
+            "{smuggled}"
+        );
+        let other = rpc(
+            &up,
+            &mut events,
+            7,
+            "tools/call",
+            json!({"name": "q__t0002"}),
+        )
+        .await;
+        assert_eq!(other["result"]["content"][0]["text"], "t0002");
+        up.shutdown().await;
     }
 }

@@ -210,6 +210,8 @@ struct Merged {
     generation: u64,
     items: Vec<Value>,
     names: Option<NameMap>,
+    /// Tools a member's shaper renamed: (member, name as shaped) → the member's own name.
+    renamed: HashMap<(usize, String), String>,
 }
 
 /// A list being read from the members.
@@ -850,7 +852,11 @@ impl Mux {
         let Some(walk) = st.walk.take() else { return };
         let readers = std::mem::take(&mut st.readers);
         let calls = std::mem::take(&mut st.calls);
-        match merge(&self.spec, list, &self.state, walk.items) {
+        let (shaped, renamed) = match list {
+            List::Tools => shape(&self.spec, walk.items),
+            _ => (walk.items, HashMap::new()),
+        };
+        match merge(&self.spec, list, &self.state, shaped) {
             Ok((items, names)) => {
                 self.generation += 1;
                 let st = &mut self.lists[list.index()];
@@ -858,6 +864,7 @@ impl Mux {
                     generation: self.generation,
                     items,
                     names,
+                    renamed,
                 });
                 for (id, offset) in readers {
                     self.page(&id, list, offset).await;
@@ -1018,9 +1025,31 @@ impl Mux {
             .names
             .as_ref()
             .and_then(|m| m.resolve(&name))
-            .map(|(i, original)| (i, original.to_string()));
+            .map(|(i, shaped)| {
+                let own = merged.renamed.get(&(i, shaped.to_string()));
+                (i, own.map_or(shaped, String::as_str).to_string())
+            });
         match resolved {
             Some((i, original)) => {
+                if list == List::Tools
+                    && let Some(shaper) = &self.spec.members[i].shaper
+                {
+                    let args = v
+                        .pointer_mut("/params")
+                        .and_then(Value::as_object_mut)
+                        .map(|p| p.entry("arguments").or_insert_with(|| json!({})));
+                    match args.and_then(Value::as_object_mut) {
+                        Some(args) => shaper.call(&original, args).map_err(|why| {
+                            (INVALID_PARAMS, format!("tool `{}`: {why}", shown(&name)))
+                        })?,
+                        None => {
+                            return Err((
+                                INVALID_PARAMS,
+                                "tool arguments must be an object".into(),
+                            ));
+                        }
+                    }
+                }
                 if let Some(slot) = v.pointer_mut(pointer) {
                     *slot = json!(original);
                 }
@@ -1433,6 +1462,36 @@ fn merge_capabilities(into: &mut Map<String, Value>, member: &Value) {
             into.insert(c.into(), json!({}));
         }
     }
+}
+
+/// Apply each member's shaper to its tools: hidden ones go, the rest are listed as shaped; the
+/// names a shaper changed are returned as (member, shaped name) → the member's own name.
+type Renamed = HashMap<(usize, String), String>;
+
+fn shape(spec: &CompositeSpec, items: Vec<Vec<Value>>) -> (Vec<Vec<Value>>, Renamed) {
+    let mut renamed = HashMap::new();
+    let shaped = items
+        .into_iter()
+        .enumerate()
+        .map(
+            |(i, tools)| match spec.members.get(i).and_then(|m| m.shaper.as_ref()) {
+                None => tools,
+                Some(shaper) => tools
+                    .iter()
+                    .filter_map(|t| {
+                        let own = t.get("name").and_then(Value::as_str)?;
+                        let out = shaper.list(t)?;
+                        let name = out.get("name").and_then(Value::as_str)?;
+                        if name != own {
+                            renamed.insert((i, name.to_string()), own.to_string());
+                        }
+                        Some(out)
+                    })
+                    .collect(),
+            },
+        )
+        .collect();
+    (shaped, renamed)
 }
 
 /// Merge the members' items of `list` in member order, exposing their names or URIs.
