@@ -330,6 +330,14 @@ impl Upstream {
         }
     }
 
+    /// The composite behind a composite route's session, if this is one.
+    pub fn composite(&self) -> Option<&composite::CompositeUpstream> {
+        match self {
+            Upstream::Composite(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Whether the upstream is known to be gone (a stdio child that exited).
     pub fn has_exited(&self) -> bool {
         matches!(self, Upstream::Stdio(s) if s.has_exited())

@@ -166,6 +166,37 @@ impl CompositeSpec {
     }
 }
 
+/// Where a member of a composite session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MemberState {
+    /// Being started (or restarted), its handshake not done.
+    Starting = 0,
+    /// Serving.
+    Up = 1,
+    /// Failed; restarted after a backoff (the session goes on without it).
+    Down = 2,
+}
+
+impl MemberState {
+    fn from_u8(v: u8) -> MemberState {
+        match v {
+            1 => MemberState::Up,
+            2 => MemberState::Down,
+            _ => MemberState::Starting,
+        }
+    }
+
+    /// The name the admin API and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Starting => "starting",
+            MemberState::Up => "up",
+            MemberState::Down => "down",
+        }
+    }
+}
+
 /// The upstream side of a composite session: a handle on its mux task.
 pub struct CompositeUpstream {
     inbox: mpsc::Sender<Frame>,
@@ -199,6 +230,11 @@ impl CompositeUpstream {
             .send(frame)
             .await
             .map_err(|_| ProxyError::UpstreamClosed("the composite session has ended".into()))
+    }
+
+    /// Each member's name and state, in member order.
+    pub fn members(&self) -> Vec<(Arc<str>, MemberState)> {
+        self.legs.members()
     }
 
     /// Stop every member.

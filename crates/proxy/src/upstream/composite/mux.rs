@@ -9,7 +9,7 @@
 
 use super::cursor::{CursorKey, Position};
 use super::names::{self, NameMap};
-use super::{CompositeSpec, Failure};
+use super::{CompositeSpec, Failure, MemberState};
 use crate::error::ProxyError;
 use crate::upstream::{Upstream, UpstreamCtx, UpstreamEvent, Via};
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use shadowcat_proto::error::error_frame;
 use shadowcat_proto::error::{INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, UPSTREAM_ERROR};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -136,10 +137,28 @@ impl List {
 /// The members' upstreams, shared between the mux and the session's shutdown.
 pub(super) struct Legs {
     ups: Vec<Mutex<Option<Arc<Upstream>>>>,
+    /// Each member's name and [`MemberState`] (as a `u8`), for whoever watches the session.
+    names: Vec<Arc<str>>,
+    states: Vec<AtomicU8>,
     cancel: CancellationToken,
 }
 
 impl Legs {
+    fn mark(&self, i: usize, state: MemberState) {
+        if let Some(s) = self.states.get(i) {
+            s.store(state as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Each member's name and state.
+    pub(super) fn members(&self) -> Vec<(Arc<str>, MemberState)> {
+        self.names
+            .iter()
+            .zip(&self.states)
+            .map(|(n, s)| (n.clone(), MemberState::from_u8(s.load(Ordering::Relaxed))))
+            .collect()
+    }
+
     fn get(&self, i: usize) -> Option<Arc<Upstream>> {
         self.ups.get(i).and_then(|u| crate::sync::lock(u).clone())
     }
@@ -278,6 +297,14 @@ pub(super) async fn start(
     let n = spec.members.len();
     let legs = Arc::new(Legs {
         ups: (0..n).map(|_| Mutex::new(None)).collect(),
+        names: spec
+            .members
+            .iter()
+            .map(|m| Arc::from(m.name.as_str()))
+            .collect(),
+        states: (0..n)
+            .map(|_| AtomicU8::new(MemberState::Starting as u8))
+            .collect(),
         cancel: ctx.cancel.child_token(),
     });
     let opened = futures_util::future::join_all(
@@ -299,6 +326,7 @@ pub(super) async fn start(
             }
             Err(e) => {
                 let reason = e.to_string();
+                legs.mark(i, MemberState::Down);
                 tracing::warn!(server = %m.name, error = %reason, "composite member failed to start");
                 failed.push(format!("server `{}`: {reason}", m.name));
                 Status::Down {
@@ -623,6 +651,7 @@ impl Mux {
                     up.set_protocol_version(v);
                 }
                 leg.status = Status::Up;
+                self.legs.mark(i, MemberState::Up);
                 leg.attempts = 0;
                 Ok(())
             }
@@ -1316,6 +1345,7 @@ impl Mux {
             .saturating_mul(1u32 << leg.attempts.min(10))
             .min(RESTART_CAP);
         leg.attempts = leg.attempts.saturating_add(1);
+        self.legs.mark(i, MemberState::Down);
         leg.status = Status::Down {
             reason,
             retry: Instant::now() + delay,
@@ -1325,6 +1355,7 @@ impl Mux {
     /// Reopen member `i` in the background (opening may take a while: an SSE member connects).
     fn reopen(&mut self, i: usize) {
         self.state[i].status = Status::Opening;
+        self.legs.mark(i, MemberState::Starting);
         let spec = self.spec.members[i].spec.clone();
         let ctx = member_ctx(&self.ctx, &self.legs.cancel);
         let tx = self.reopened.clone();
