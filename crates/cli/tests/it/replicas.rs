@@ -102,37 +102,35 @@ async fn a_stream_cut_by_sigkill_resumes_on_another_replica() {
     );
 }
 
-#[tokio::test]
-async fn stdio_sessions_are_forwarded_to_the_replica_that_owns_the_child() {
-    let redis = Redis::start();
+/// Two replicas on one Redis, each serving `upstream`; A advertises itself, B an address that
+/// cannot be reached (so nothing is ever forwarded to B).
+async fn owner_and_other(redis: &Redis, upstream: &[&str]) -> (Server, Server) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let advertise = format!("http://{listen}");
     let store = redis.url();
-    let a = Server::start(&[
-        "forward",
-        "http",
-        "--listen",
-        &listen,
-        "--demo",
-        "--store",
-        &store,
-        "--advertise",
-        &advertise,
-    ])
-    .await;
-    let b = Server::start(&[
+    let mut args_a = vec!["forward", "http", "--listen", &listen, "--store", &store];
+    args_a.extend(["--advertise", &advertise]);
+    args_a.extend_from_slice(upstream);
+    let a = Server::start(&args_a).await;
+    let mut args_b = vec![
         "forward",
         "http",
         "--listen",
         "127.0.0.1:0",
-        "--demo",
         "--store",
         &store,
-        "--advertise",
-        "http://b.invalid:1",
-    ])
-    .await;
+    ];
+    args_b.extend(["--advertise", "http://b.invalid:1"]);
+    args_b.extend_from_slice(upstream);
+    let b = Server::start(&args_b).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn stdio_sessions_are_forwarded_to_the_replica_that_owns_the_child() {
+    let redis = Redis::start();
+    let (a, b) = owner_and_other(&redis, &["--demo"]).await;
     let mut on_a = Raw::new(a.url());
     on_a.initialize().await;
     wait_descendants(a.pid(), 1).await;
@@ -155,6 +153,34 @@ async fn stdio_sessions_are_forwarded_to_the_replica_that_owns_the_child() {
         1,
         "still exactly one child, on A"
     );
+    assert_eq!(on_b.delete().await.status, 204, "DELETE is forwarded too");
+    wait_descendants(a.pid(), 0).await;
+}
+
+/// A composite session (its member sessions live on A) continues through B: B forwards it to
+/// A, which owns the members, and starts none of its own.
+#[tokio::test]
+async fn a_composite_session_continues_through_another_replica() {
+    let redis = Redis::start();
+    let demo = format!("a={} demo-server", super::harness::bin());
+    let twin = format!("b={} demo-server", super::harness::bin());
+    let (a, b) = owner_and_other(&redis, &["--server", &demo, "--server", &twin]).await;
+    let mut on_a = Raw::new(a.url());
+    on_a.initialize().await;
+    wait_descendants(a.pid(), 2).await;
+    let mut on_b = Raw::new(b.url());
+    on_b.session = on_a.session.clone();
+    assert_eq!(
+        on_b.call_tool(1, "a__echo", json!({"message": "via b"}))
+            .await,
+        "via b"
+    );
+    assert_eq!(
+        on_b.call_tool(2, "b__add", json!({"a": 40, "b": 2})).await,
+        "42"
+    );
+    assert_eq!(descendants(b.pid()).len(), 0, "B started no member");
+    assert_eq!(descendants(a.pid()).len(), 2, "the two members, on A");
     assert_eq!(on_b.delete().await.status, 204, "DELETE is forwarded too");
     wait_descendants(a.pid(), 0).await;
 }
