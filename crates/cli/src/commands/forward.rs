@@ -232,9 +232,49 @@ fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
     Ok(t)
 }
 
+/// Warn at start about a stdio upstream whose program cannot be found (each session would fail
+/// to start it): the mistake shows at once, not at the first client.
+fn warn_missing_programs(t: &Targets) {
+    let mut specs: Vec<&UpstreamSpec> = t.default.iter().chain(t.named.values()).collect();
+    let members: Vec<&UpstreamSpec> = specs
+        .iter()
+        .filter_map(|s| match s {
+            UpstreamSpec::Composite(c) => Some(c.members.iter().map(|m| &m.spec)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    specs.extend(members);
+    for spec in specs {
+        if let UpstreamSpec::Stdio { command, .. } = spec
+            && !program_exists(command)
+        {
+            tracing::warn!(
+                program = %shadowcat_tape::redact::command_label(command),
+                "the upstream's program is not found (not on PATH, or not executable): sessions will fail to start it"
+            );
+        }
+    }
+}
+
+/// Whether `program` names an executable file: a path as given, a bare name on `PATH`.
+fn program_exists(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(std::path::Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
 pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
+    let targets = targets(&a)?;
+    warn_missing_programs(&targets);
     let config = HttpFrontConfig {
-        targets: targets(&a)?,
+        targets,
         allow_absolute_uri: a.allow_absolute_uri,
         destinations: Destinations::parse(&a.allow_destinations)
             .map_err(|e| anyhow::anyhow!("--allow-destination: {e}"))?,

@@ -324,18 +324,34 @@ async fn session_limit_answers_503_with_retry_after() {
     c.initialize().await;
 }
 
+/// A dead upstream gets the same answer whatever its kind — an unreachable URL, or a command
+/// that cannot start: `502` with a JSON-RPC error carrying the request id, and no session id
+/// (no session outlives a failed `initialize`). The missing program is reported at start.
 #[tokio::test]
 async fn unreachable_upstream_gives_502_with_the_request_id() {
-    let p = Server::forward_http(&["--target", "http://127.0.0.1:9/mcp"]).await;
-    let r = Raw::new(p.url()).post(init_body(42, "2025-06-18")).await;
-    assert_eq!(
-        r.status, 200,
-        "the JSON-RPC error travels in a 200 reply: {}",
-        r.body
+    let p = Server::forward_http(&[
+        "--target",
+        "http://127.0.0.1:9/mcp",
+        "--target",
+        "gone=/nonexistent/shadowcat-test-server",
+    ])
+    .await;
+    assert!(
+        p.process.logged("program is not found"),
+        "a missing program is reported at start"
     );
-    assert_eq!(r.json()["id"], json!(42));
-    assert_eq!(r.rpc_code(), -32000);
-    assert!(r.body.contains("127.0.0.1:9"), "{}", r.body);
+    let gone = format!("{}/servers/gone/mcp", p.base);
+    for (url, named) in [(p.url(), "127.0.0.1:9"), (gone, "shadowcat-test-server")] {
+        let r = Raw::new(url).post(init_body(42, "2025-06-18")).await;
+        assert_eq!(r.status, 502, "{}", r.body);
+        assert!(
+            r.headers.get("mcp-session-id").is_none(),
+            "a failed initialize hands out no session id"
+        );
+        assert_eq!(r.json()["id"], json!(42));
+        assert_eq!(r.rpc_code(), -32000);
+        assert!(r.body.contains(named), "{}", r.body);
+    }
 }
 
 /// Send `head` + `body` on a new connection and read until the server closes it.

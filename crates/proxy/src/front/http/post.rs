@@ -109,13 +109,26 @@ async fn initialize(
             Relayed::Answer(r) => r,
             Relayed::InitFailed(replies) => {
                 let by_upstream = replies.iter().all(upstream_failed);
+                front.registry.end(core.id()).await;
                 if by_upstream && place::fail_over(&*target.placer, placed, &mut tried) {
-                    front.registry.end(core.id()).await;
                     continue;
                 }
-                tracing::info!("initialize failed upstream; ending the session");
-                core.shutdown().await;
-                json_replies(replies, false)
+                // No session id for a session that never started. An upstream that could not
+                // answer is a 502 whatever its kind (a command that cannot start is refused
+                // the same way before the session exists); the server's own error to the
+                // `initialize` (e.g. a version it does not speak) is its answer, 200.
+                tracing::info!("initialize failed upstream; the session is ended");
+                let status = if by_upstream {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::OK
+                };
+                let body = replies
+                    .into_iter()
+                    .next()
+                    .map(Frame::into_raw)
+                    .unwrap_or_default();
+                return Ok(reply::json_response(status, body));
             }
         };
         // Before the client can send its next request (maybe to another replica).
