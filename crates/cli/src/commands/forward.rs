@@ -325,8 +325,22 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let local = listener.local_addr()?;
+    let mut endpoints: Vec<String> = Vec::new();
+    if config.targets.default.is_some() {
+        endpoints.push(format!(
+            "http://{local}/mcp (legacy HTTP+SSE: http://{local}/sse)"
+        ));
+    }
+    for name in config.targets.named.keys() {
+        endpoints.push(format!("http://{local}/servers/{name}/mcp"));
+    }
+    if config.allow_absolute_uri {
+        endpoints.push(format!("absolute-form requests to http://{local}"));
+    }
     let ready = move || {
-        tracing::info!("forward proxy listening on http://{local}/mcp");
+        for e in &endpoints {
+            tracing::info!("serving MCP at {e}");
+        }
         // Machine-readable line for scripts and tests that listen on port 0.
         eprintln!("shadowcat: listening on http://{local}");
     };

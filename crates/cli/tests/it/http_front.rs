@@ -341,6 +341,12 @@ async fn unreachable_upstream_gives_502_with_the_request_id() {
         "a missing program is reported at start"
     );
     let gone = format!("{}/servers/gone/mcp", p.base);
+    for endpoint in [p.url(), gone.clone()] {
+        assert!(
+            p.process.logged(&format!("serving MCP at {endpoint}")),
+            "the full URL of every endpoint is printed at start: {endpoint}"
+        );
+    }
     for (url, named) in [(p.url(), "127.0.0.1:9"), (gone, "shadowcat-test-server")] {
         let r = Raw::new(url).post(init_body(42, "2025-06-18")).await;
         assert_eq!(r.status, 502, "{}", r.body);
