@@ -18,8 +18,10 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct LogArgs {
-    /// Log filter (e.g. `info`, `debug`, `shadowcat_proxy=trace`); SHADOWCAT_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log filter: a level (`trace`, `debug`, `info`, `warn`, `error`, `off`) and/or
+    /// `TARGET=LEVEL` directives (e.g. `info,shadowcat_proxy=debug`). SHADOWCAT_LOG, else
+    /// RUST_LOG, overrides it.
+    #[arg(long, global = true, default_value = "info", value_parser = log_filter)]
     pub log_level: String,
     /// Log format. Logs always go to stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -194,8 +196,9 @@ pub struct StdioArgs {
 
 #[derive(Args, Debug)]
 pub struct HttpArgs {
-    /// Address to listen on. Loopback unless you say otherwise.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Address to listen on: `HOST:PORT`, `localhost:8080`, `:8080` or `8080` (the last two on
+    /// loopback; `0.0.0.0:8080` listens on every interface).
+    #[arg(long, env = "SHADOWCAT_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
     pub listen: SocketAddr,
     /// Upstream: `URL` (default target), `NAME=URL` or `NAME=CMD ARGS` (served at
     /// /servers/NAME/mcp and /servers/NAME/sse). Repeatable. A URL may carry a transport
@@ -234,7 +237,7 @@ pub struct HttpArgs {
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
     /// Most concurrent sessions; more get 503 with Retry-After.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "SHADOWCAT_MAX_SESSIONS", default_value_t = 1000)]
     pub max_sessions: usize,
     /// Seconds a session may stay idle before it is reaped (its child killed).
     #[arg(long, default_value_t = 600.0)]
@@ -319,4 +322,101 @@ pub struct DemoArgs {
     /// Serve Streamable HTTP on this address (endpoint /mcp) instead of stdio.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+}
+
+/// A listen address: `HOST:PORT` (a name is resolved: `localhost:8080`), `:PORT` or `PORT`
+/// (loopback). Every interface only when asked for (`0.0.0.0:PORT`, `[::]:PORT`).
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, ToSocketAddrs};
+    let s = s.trim();
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected HOST:PORT, :PORT or PORT (e.g. 127.0.0.1:8080, localhost:8080, 8080)";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("`{s}` is not a listen address: {expected}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("`{s}` is not a listen address: {expected}"));
+    }
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?;
+    // `localhost` may resolve to ::1 first; prefer the IPv4 address clients try first.
+    let all: Vec<SocketAddr> = addrs.by_ref().collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::listen_addr;
+
+    #[test]
+    fn listen_addresses_in_every_usual_spelling() {
+        for (given, want) in [
+            ("8080", "127.0.0.1:8080"),
+            (":8080", "127.0.0.1:8080"),
+            ("localhost:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:9", "0.0.0.0:9"),
+            ("[::1]:7", "[::1]:7"),
+        ] {
+            assert_eq!(listen_addr(given).unwrap().to_string(), want, "{given}");
+        }
+        for bad in ["", "http://x:1", "host:", ":99999", "a:b:c"] {
+            let e = listen_addr(bad).unwrap_err();
+            assert!(
+                e.contains("listen address") || e.contains("resolve"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
+
+/// A `--log-level` value: every bare word must be a level (a misspelt level such as `verbose`
+/// would otherwise be read as a target name and quietly log nothing).
+pub fn log_filter(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let level = match part.rsplit_once('=') {
+            Some((_, level)) => level,
+            None => part,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "unknown log level `{level}`: use trace, debug, info, warn, error or off, or TARGET=LEVEL directives (e.g. `info,shadowcat_proxy=debug`)"
+            ));
+        }
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use super::log_filter;
+
+    #[test]
+    fn log_levels_are_checked() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "info,shadowcat_proxy=debug",
+            "warn,hyper=off",
+        ] {
+            assert!(log_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "info,foo", "shadowcat_proxy=loud"] {
+            assert!(
+                log_filter(bad).unwrap_err().contains("unknown log level"),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -13,15 +13,26 @@ pub struct Guard {
     _otel: Option<crate::otel::Guard>,
 }
 
+/// The log filter: SHADOWCAT_LOG, else RUST_LOG, else `default` (from --log-level). A variable
+/// that is set but invalid is an error, not silently ignored.
+fn filter(default: &str) -> Result<EnvFilter, String> {
+    for var in ["SHADOWCAT_LOG", "RUST_LOG"] {
+        if let Ok(v) = std::env::var(var)
+            && !v.trim().is_empty()
+        {
+            return EnvFilter::try_new(&v).map_err(|e| format!("invalid {var} `{v}`: {e}"));
+        }
+    }
+    EnvFilter::try_new(default).map_err(|e| format!("invalid log filter: {e}"))
+}
+
 pub fn init(args: &LogArgs) -> Result<Guard, String> {
     let default = if args.log_traffic {
         format!("{},shadowcat::traffic=info", args.log_level)
     } else {
         args.log_level.clone()
     };
-    let filter = EnvFilter::try_from_env("SHADOWCAT_LOG")
-        .or_else(|_| EnvFilter::try_new(&default))
-        .map_err(|e| format!("invalid log filter: {e}"))?;
+    let filter = filter(&default)?;
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match args.log_format {
         LogFormat::Text => fmt.with_ansi(false).with_filter(filter).boxed(),
