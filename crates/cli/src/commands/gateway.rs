@@ -1,7 +1,8 @@
 //! `shadowcat gateway` (alias `reverse`): the production front door for MCP servers.
 //!
 //! Settings come from a TOML file (`--config`, see `examples/gateway.toml`); for the simple case
-//! the flags alone are enough (`--upstream URL`…, or `-- CMD`). Flags override the file, and
+//! the flags alone are enough (`--upstream URL`…, `--server NAME=URL|CMD`… for a composite
+//! route, or `-- CMD`). Flags override the file, and
 //! every flag can also be given as a `SHADOWCAT_*` environment variable. `--record`, `--rules`
 //! and `--admin` work as in the forward modes; the admin listener also serves the gateway's
 //! sessions, upstreams and configuration (`[admin]`).
