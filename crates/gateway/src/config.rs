@@ -8,6 +8,10 @@
 use super::resilience::{BreakerSection, RetrySection};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+use shadowcat_proxy::upstream::composite::names::{
+    DEFAULT_SEPARATOR, MAX_NAME_LEN, NameRules, PrefixMode,
+};
+use shadowcat_proxy::upstream::composite::{CompositeSpec, Failure, Member};
 use shadowcat_proxy::upstream::credentials::{AuthMethod, Credentials, OAuthClient};
 use shadowcat_proxy::upstream::{ChildEnv, UpstreamSpec};
 use std::collections::BTreeMap;
@@ -731,6 +735,21 @@ pub struct RouteConfig {
     /// The upstream set.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    /// A composite route's member servers, instead of `upstreams`: each session is one session
+    /// over all of them (tools and prompts named `<server><separator><name>`, resources
+    /// `<server>+<uri>`).
+    #[serde(default)]
+    pub servers: Vec<MemberConfig>,
+    /// Composite routes: how the members' tool and prompt names are exposed.
+    #[serde(default)]
+    pub names: Option<NamesConfig>,
+    /// Composite routes: what a member failure does (`open`: the others carry on, the failed
+    /// one is restarted; `closed`: the session fails). Default `open`.
+    #[serde(default)]
+    pub failure: Option<Failure>,
+    /// Composite routes: items per page of a merged list (default 0: the whole list at once).
+    #[serde(default)]
+    pub page_size: Option<usize>,
     /// Authorization rules, first match wins.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
@@ -800,6 +819,105 @@ pub struct UpstreamConfig {
     /// Stdio upstreams: variables passed on from the gateway's environment (when set there).
     #[serde(default)]
     pub env_passthrough: Vec<String>,
+}
+
+/// One `[[routes.servers]]`: a member server of a composite route, its `name` and, as in
+/// `[[routes.upstreams]]`, where it is (`url` or `command`, credentials, environment).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The prefix of its tools and prompts: lowercase letters, digits and `-` (at most 32).
+    pub name: String,
+    /// Not supported on a composite route's servers (each session uses all of them): read only
+    /// to be refused with its field path.
+    #[serde(default, skip_serializing)]
+    pub weight: Option<u32>,
+    /// Not supported on a composite route's servers yet: read only to be refused.
+    #[serde(default, skip_serializing)]
+    pub spares: Option<u32>,
+    /// Where it is: the fields of an upstream.
+    #[serde(flatten)]
+    pub upstream: UpstreamConfig,
+}
+
+fn default_separator() -> String {
+    DEFAULT_SEPARATOR.to_string()
+}
+fn default_max_len() -> usize {
+    MAX_NAME_LEN
+}
+
+/// `[routes.names]`: a composite route's exposed names.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamesConfig {
+    /// Between the server's name and its tool's: 1 to 4 characters, each `_` or `-`.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// The longest exposed name (1..=64; longer names are shortened with a hash suffix).
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// `always` (default), `on_conflict` (bare names unless two servers share one) or `never`.
+    #[serde(default)]
+    pub prefix: PrefixMode,
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        NamesConfig {
+            separator: default_separator(),
+            max_len: default_max_len(),
+            prefix: PrefixMode::default(),
+        }
+    }
+}
+
+impl NamesConfig {
+    /// The engine's rules.
+    pub fn rules(&self) -> NameRules {
+        NameRules {
+            separator: self.separator.clone(),
+            max_len: self.max_len,
+            mode: self.prefix,
+        }
+    }
+}
+
+impl RouteConfig {
+    /// A composite route (`servers`) rather than an upstream set (`upstreams`).
+    pub fn is_composite(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    /// A composite route's spec, its servers' credentials resolved (`None` for an upstream
+    /// set). An error's field is relative to the route (`servers[1].bearer_env`).
+    pub fn composite(&self) -> Option<Result<CompositeSpec, UpstreamError>> {
+        if !self.is_composite() {
+            return None;
+        }
+        let members = self
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let spec = m.upstream.spec().map_err(|e| UpstreamError {
+                    field: if e.field.is_empty() {
+                        format!("servers[{j}]")
+                    } else {
+                        format!("servers[{j}].{}", e.field)
+                    },
+                    message: e.message,
+                })?;
+                Ok(Member::new(m.name.clone(), spec))
+            })
+            .collect::<Result<Vec<_>, UpstreamError>>();
+        Some(members.map(|members| CompositeSpec {
+            members,
+            names: self.names.clone().unwrap_or_default().rules(),
+            failure: self.failure.unwrap_or_default(),
+            page_size: self.page_size.unwrap_or(0),
+        }))
+    }
 }
 
 fn default_refresh_before() -> Dur {
@@ -1543,6 +1661,219 @@ mod tests {
             e.contains("g.toml: admin.listen: `127.0.0.1:9090` is also server.listen"),
             "{e}"
         );
+    }
+
+    const COMPOSITE: &str = r#"
+[[routes]]
+path = "/mcp"
+failure = "closed"
+page_size = 50
+[routes.names]
+separator = "--"
+max_len = 40
+prefix = "on_conflict"
+[[routes.servers]]
+name = "github"
+url = "https://api.example.com/mcp"
+headers = { "x-team" = "core" }
+[[routes.servers]]
+name = "files"
+command = "mcp-files"
+args = ["--root", "/srv"]
+env = { LOG = "info" }
+"#;
+
+    #[test]
+    fn a_composite_route_parses_into_one_composite_spec() {
+        let cfg = GatewayConfig::parse("g.toml", COMPOSITE).expect("parse");
+        cfg.validate("g.toml").expect("valid");
+        let r = &cfg.routes[0];
+        assert!(r.is_composite());
+        let spec = r.composite().expect("composite").expect("spec");
+        assert_eq!(spec.failure, Failure::Closed);
+        assert_eq!(spec.page_size, 50);
+        assert_eq!(
+            spec.names,
+            NameRules {
+                separator: "--".into(),
+                max_len: 40,
+                mode: PrefixMode::OnConflict
+            }
+        );
+        let names: Vec<&str> = spec.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["github", "files"]);
+        match &spec.members[0].spec {
+            UpstreamSpec::Http { url, headers, .. } => {
+                assert_eq!(url, "https://api.example.com/mcp");
+                assert_eq!(headers, &[("x-team".to_string(), "core".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &spec.members[1].spec {
+            UpstreamSpec::Stdio { command, args, env } => {
+                assert_eq!(command, "mcp-files");
+                assert_eq!(args, &["--root", "/srv"]);
+                // The gateway's children start from a minimal environment, members too.
+                assert!(
+                    matches!(env, ChildEnv::Minimal { set, .. } if set == &[("LOG".to_string(), "info".to_string())])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The defaults.
+        let cfg = GatewayConfig::parse(
+            "g.toml",
+            "[[routes]]\npath = \"/mcp\"\n[[routes.servers]]\nname = \"a\"\ncommand = \"x\"\n",
+        )
+        .expect("parse");
+        let spec = cfg.routes[0].composite().expect("composite").expect("spec");
+        assert_eq!(spec.names, NameRules::default());
+        assert_eq!((spec.failure, spec.page_size), (Failure::Open, 0));
+        // An upstream set is not composite.
+        let cfg = GatewayConfig::parse(
+            "g.toml",
+            "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\ncommand = \"x\"\n",
+        )
+        .expect("parse");
+        assert!(cfg.routes[0].composite().is_none());
+    }
+
+    #[test]
+    fn a_composite_route_with_upstreams_too_is_refused() {
+        let e = errors(&format!(
+            "{COMPOSITE}[[routes.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\n"
+        ));
+        assert!(
+            e.contains("g.toml: routes[0]: give either `upstreams` (an upstream set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_and_duplicate_server_names_are_refused_with_their_path() {
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n\
+             [[routes.servers]]\nname = \"ok\"\ncommand = \"a\"\n\
+             [[routes.servers]]\nname = \"bad_name\"\ncommand = \"b\"\n\
+             [[routes.servers]]\nname = \"ok\"\ncommand = \"c\"\n\
+             [[routes.servers]]\nname = \"\"\ncommand = \"d\"\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(
+            lines.contains(
+                &"g.toml: routes[0].servers[1].name: server name `bad_name` may only contain lowercase letters, digits and `-`"
+            ),
+            "{e}"
+        );
+        assert!(
+            lines.contains(
+                &"g.toml: routes[0].servers[2].name: `ok` is used by another server of this route"
+            ),
+            "{e}"
+        );
+        assert!(
+            lines.contains(&"g.toml: routes[0].servers[3].name: server name is empty"),
+            "{e}"
+        );
+        assert_eq!(lines.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn servers_are_checked_as_upstreams_and_refuse_weight_spares_and_unknown_fields() {
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n\
+             [[routes.servers]]\nname = \"a\"\nurl = \"ftp://x/mcp\"\nweight = 2\n\
+             [[routes.servers]]\nname = \"b\"\ncommand = \"x\"\nspares = 1\n",
+        );
+        assert!(
+            e.contains(
+                "g.toml: routes[0].servers[0].url: `ftp://x/mcp` must be an http:// or https:// URL"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("g.toml: routes[0].servers[0].weight: is not supported on a composite route's servers"),
+            "{e}"
+        );
+        assert!(
+            e.contains("g.toml: routes[0].servers[1].spares: is not supported on a composite route's servers"),
+            "{e}"
+        );
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[[routes.servers]]\nname = \"a\"\ncommand = \"x\"\ncomand = \"y\"\n",
+        );
+        assert!(e.contains("unknown field `comand`"), "{e}");
+        assert!(e.contains("routes[0].servers[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_separator_and_max_len_are_refused() {
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[routes.names]\nseparator = \"::\"\nmax_len = 65\n\
+             [[routes.servers]]\nname = \"a\"\ncommand = \"x\"\n",
+        );
+        assert!(
+            e.contains("g.toml: routes[0].names.separator: name separator `::` is invalid"),
+            "{e}"
+        );
+        assert!(
+            e.contains("g.toml: routes[0].names.max_len: 65 is not between 1 and 64"),
+            "{e}"
+        );
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[routes.names]\nseparator = \"\"\nmax_len = 0\n\
+             [[routes.servers]]\nname = \"a\"\ncommand = \"x\"\n",
+        );
+        assert!(
+            e.contains("routes[0].names.separator: name separator is empty"),
+            "{e}"
+        );
+        assert!(
+            e.contains("routes[0].names.max_len: 0 is not between"),
+            "{e}"
+        );
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[routes.names]\nprefix = \"sometimes\"\n\
+             [[routes.servers]]\nname = \"a\"\ncommand = \"x\"\n",
+        );
+        assert!(e.contains("routes[0].names.prefix"), "{e}");
+    }
+
+    #[test]
+    fn health_and_balance_on_a_composite_route_and_composite_options_on_a_set_are_refused() {
+        let e = errors(&format!("{COMPOSITE}[routes.health]\ninterval = \"5s\"\n"));
+        assert!(
+            e.contains("g.toml: routes[0].health: active health checks are not supported on composite routes"),
+            "{e}"
+        );
+        let e = errors(&COMPOSITE.replace(
+            "failure = \"closed\"",
+            "failure = \"closed\"\nbalance = \"random\"",
+        ));
+        assert!(
+            e.contains("g.toml: routes[0].balance: does not apply to a composite route"),
+            "{e}"
+        );
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\nfailure = \"open\"\npage_size = 10\n[routes.names]\n\
+             [[routes.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\n",
+        );
+        for field in ["names", "failure", "page_size"] {
+            assert!(
+                e.contains(&format!(
+                    "g.toml: routes[0].{field}: applies to composite routes ([[routes.servers]])"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_composite_example_is_valid() {
+        let text = include_str!("../../../examples/composite.toml");
+        let cfg = GatewayConfig::parse("composite.toml", text).expect("parse");
+        cfg.validate("composite.toml").expect("valid");
+        assert!(cfg.routes.iter().any(RouteConfig::is_composite));
     }
 
     /// Property tests: no text makes loading panic. proptest's default of 256 cases each

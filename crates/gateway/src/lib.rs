@@ -45,7 +45,7 @@ use shadowcat_proxy::front::http::{
 };
 use shadowcat_proxy::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
 use shadowcat_proxy::runtime::drain;
-use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
+use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{Retention, SessionStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -137,13 +137,28 @@ impl Gateway {
             .as_ref()
             .map(|a| a.scopes.clone())
             .unwrap_or_default();
-        for r in &cfg.routes {
+        for (i, r) in cfg.routes.iter().enumerate() {
             let key: Arc<str> = Arc::from(route_key(&r.path).unwrap_or_default());
-            let (members, spares): (Vec<_>, Vec<_>) = r
-                .upstreams
-                .iter()
-                .filter_map(|u| u.spec().ok().map(|s| ((s, u.weight), u.spares)))
-                .unzip();
+            let (members, spares): (Vec<_>, Vec<_>) = match r.composite() {
+                // A composite route: one candidate, every server of it in each session.
+                Some(spec) => {
+                    let spec = spec.map_err(|e| {
+                        let at = format!("routes[{i}].{}", e.field);
+                        ConfigError::one(source, &at, e.message)
+                    })?;
+                    let problems = spec.problems();
+                    if !problems.is_empty() {
+                        let at = format!("routes[{i}].servers");
+                        return Err(ConfigError::one(source, &at, problems.join("; ")));
+                    }
+                    (vec![(UpstreamSpec::Composite(Arc::new(spec)), 1)], vec![0])
+                }
+                None => r
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| u.spec().ok().map(|s| ((s, u.weight), u.spares)))
+                    .unzip(),
+            };
             let set = UpstreamSet::new(
                 members,
                 r.balance,

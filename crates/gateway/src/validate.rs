@@ -4,7 +4,11 @@
 
 use super::config::{
     AdminConfig, AuthConfig, Cidr, ConfigError, GatewayConfig, HealthCheck, JWT_ALGORITHMS,
-    LimitsBackend, OAuthConfig, Problem, RateConfig, UpstreamConfig, is_redis_url, route_key,
+    LimitsBackend, OAuthConfig, Problem, RateConfig, RouteConfig, Strategy, UpstreamConfig,
+    is_redis_url, route_key,
+};
+use shadowcat_proxy::upstream::composite::names::{
+    MAX_NAME_LEN, valid_separator, valid_server_name,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -197,11 +201,18 @@ impl GatewayConfig {
                     format!("`{}` is used by another route", r.path),
                 );
             }
-            if r.upstreams.is_empty() {
+            if r.upstreams.is_empty() && r.servers.is_empty() {
                 bad(
                     format!("{at}.upstreams"),
-                    "no upstreams: add [[routes.upstreams]] with `url` or `command`".into(),
+                    "no upstreams: add [[routes.upstreams]] with `url` or `command` (or \
+                     [[routes.servers]] for a composite route)"
+                        .into(),
                 );
+            } else if !r.upstreams.is_empty() && r.servers.is_empty() {
+                validate_set_only(&at, r, &mut bad);
+            }
+            if !r.servers.is_empty() {
+                validate_composite(&at, r, &mut bad);
             }
             if r.connect_timeout.0.is_zero() {
                 bad(
@@ -593,6 +604,89 @@ fn validate_upstream(
                 format!("{at}.{}", e.field)
             };
             bad(field, e.message);
+        }
+    }
+}
+
+/// What only a composite route may say, on a route that is not one.
+fn validate_set_only(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, String)) {
+    let composite_only = [
+        ("names", r.names.is_some()),
+        ("failure", r.failure.is_some()),
+        ("page_size", r.page_size.is_some()),
+    ];
+    for (field, set) in composite_only {
+        if set {
+            bad(
+                format!("{at}.{field}"),
+                "applies to composite routes ([[routes.servers]]), not to an upstream set".into(),
+            );
+        }
+    }
+}
+
+/// A composite route: its servers (names, each as an upstream), its name rules, and what it
+/// does not support.
+fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, String)) {
+    if !r.upstreams.is_empty() {
+        bad(
+            at.to_string(),
+            "give either `upstreams` (an upstream set: each session on one of them) or \
+             `servers` (a composite route: each session over all of them), not both"
+                .into(),
+        );
+    }
+    if r.health.is_some() {
+        bad(
+            format!("{at}.health"),
+            "active health checks are not supported on composite routes yet: remove \
+             [routes.health] (a composite session restarts a failed server itself, with backoff)"
+                .into(),
+        );
+    }
+    if r.balance != Strategy::default() {
+        bad(
+            format!("{at}.balance"),
+            "does not apply to a composite route: each session uses all of its servers".into(),
+        );
+    }
+    let mut names = HashSet::new();
+    for (j, m) in r.servers.iter().enumerate() {
+        let at = format!("{at}.servers[{j}]");
+        if let Err(e) = valid_server_name(&m.name) {
+            bad(format!("{at}.name"), e);
+        } else if !names.insert(m.name.as_str()) {
+            bad(
+                format!("{at}.name"),
+                format!("`{}` is used by another server of this route", m.name),
+            );
+        }
+        for (field, set) in [
+            ("weight", m.weight.is_some()),
+            ("spares", m.spares.is_some()),
+        ] {
+            if set {
+                bad(
+                    format!("{at}.{field}"),
+                    "is not supported on a composite route's servers (each session uses all \
+                     of them, and keeps no spares)"
+                        .into(),
+                );
+            }
+        }
+        // The same server twice under two names is allowed (e.g. one command with two
+        // environments), so each is checked on its own.
+        validate_upstream(&at, &m.upstream, &mut HashSet::new(), bad);
+    }
+    if let Some(n) = &r.names {
+        if let Err(e) = valid_separator(&n.separator) {
+            bad(format!("{at}.names.separator"), e);
+        }
+        if !(1..=MAX_NAME_LEN).contains(&n.max_len) {
+            bad(
+                format!("{at}.names.max_len"),
+                format!("{} is not between 1 and {MAX_NAME_LEN}", n.max_len),
+            );
         }
     }
 }

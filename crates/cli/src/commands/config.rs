@@ -3,6 +3,7 @@
 use clap::Subcommand;
 use shadowcat_gateway::GatewayConfig;
 use shadowcat_gateway::auth::sha256_hex;
+use shadowcat_proxy::upstream::composite::Failure;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -50,6 +51,22 @@ pub fn run(cmd: ConfigCmd) -> anyhow::Result<i32> {
                     let _ = writeln!(out, "  admin: http://{}/ ({token})", a.listen);
                 }
                 for r in &cfg.routes {
+                    if r.is_composite() {
+                        let names: Vec<&str> = r.servers.iter().map(|m| m.name.as_str()).collect();
+                        let _ = writeln!(
+                            out,
+                            "  route {}: composite of {} server(s) ({}), failure {}, {} rule(s)",
+                            r.path,
+                            names.len(),
+                            names.join(", "),
+                            match r.failure.unwrap_or_default() {
+                                Failure::Open => "open",
+                                Failure::Closed => "closed",
+                            },
+                            r.rules.len()
+                        );
+                        continue;
+                    }
                     let _ = writeln!(
                         out,
                         "  route {}: {} upstream(s), {}, {} rule(s)",

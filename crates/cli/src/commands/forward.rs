@@ -1,6 +1,7 @@
 //! `shadowcat forward stdio` and `shadowcat forward http`.
 
 use super::hooks::{Describe, Hooks};
+use super::servers;
 use crate::args::StoreOutage;
 use crate::args::{Common, ConnArgs, HttpArgs, StdioArgs, UpstreamTransport};
 use anyhow::{Context, bail};
@@ -9,7 +10,7 @@ use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::front::http::{
     HostPolicy, HttpFrontConfig, OriginPolicy, Targets, default_replica_id,
 };
-use shadowcat_proxy::upstream::composite::{CompositeSpec, Member, names};
+use shadowcat_proxy::upstream::composite::{CompositeSpec, Member};
 use shadowcat_proxy::upstream::destinations::Destinations;
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{FailoverStore, OnOutage, Retention};
@@ -89,24 +90,20 @@ fn url_spec(
     default: UpstreamTransport,
     headers: &[(String, String)],
 ) -> Option<UpstreamSpec> {
-    let prefixes = [
-        ("sse+", UpstreamTransport::Sse),
-        ("auto+", UpstreamTransport::Auto),
-        ("streamable+", UpstreamTransport::Streamable),
-    ];
-    let (transport, url) = prefixes
-        .iter()
-        .find_map(|(p, t)| raw.strip_prefix(p).map(|u| (*t, u)))
-        .unwrap_or((default, raw));
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return None;
-    }
-    let (url, headers) = (url.to_string(), headers.to_vec());
-    Some(match transport {
+    let (transport, url) = servers::url_transport(raw, default)?;
+    Some(transport_spec(url.to_string(), transport, headers.to_vec()))
+}
+
+fn transport_spec(
+    url: String,
+    transport: UpstreamTransport,
+    headers: Vec<(String, String)>,
+) -> UpstreamSpec {
+    match transport {
         UpstreamTransport::Streamable => UpstreamSpec::http(url, headers),
         UpstreamTransport::Sse => UpstreamSpec::Sse { url, headers },
         UpstreamTransport::Auto => UpstreamSpec::Auto { url, headers },
-    })
+    }
 }
 
 pub async fn stdio(a: StdioArgs, log_traffic: bool) -> anyhow::Result<i32> {
@@ -144,25 +141,18 @@ pub async fn stdio(a: StdioArgs, log_traffic: bool) -> anyhow::Result<i32> {
     Ok(code?)
 }
 
-/// A `--server NAME=URL|CMD ARGS` member of a composite route.
+/// A `--server NAME=URL|CMD ARGS` member of a composite route (`--header`s go to HTTP ones).
 pub fn member(
     raw: &str,
     transport: UpstreamTransport,
     hdrs: &[(String, String)],
 ) -> anyhow::Result<Member> {
-    let Some((name, value)) = raw.split_once('=') else {
-        bail!("--server `{raw}` must be NAME=URL or NAME=CMD");
+    let flag = servers::parse(raw, transport)?;
+    let spec = match flag.place {
+        servers::Place::Url { url, transport } => transport_spec(url, transport, hdrs.to_vec()),
+        servers::Place::Command { program, args } => UpstreamSpec::stdio(program, args),
     };
-    names::valid_server_name(name).map_err(|e| anyhow::anyhow!("--server `{raw}`: {e}"))?;
-    let spec = match url_spec(value, transport, hdrs) {
-        Some(spec) => spec,
-        None => {
-            let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
-            command_spec(&words)
-                .with_context(|| format!("--server `{raw}` has an empty command"))?
-        }
-    };
-    Ok(Member::new(name, spec))
+    Ok(Member::new(flag.name, spec))
 }
 
 fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {

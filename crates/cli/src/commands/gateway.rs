@@ -1,18 +1,24 @@
 //! `shadowcat gateway` (alias `reverse`): the production front door for MCP servers.
 //!
 //! Settings come from a TOML file (`--config`, see `examples/gateway.toml`); for the simple case
-//! the flags alone are enough (`--upstream URL`…, or `-- CMD`). Flags override the file, and
+//! the flags alone are enough (`--upstream URL`…, `--server NAME=URL|CMD`… for a composite
+//! route, or `-- CMD`). Flags override the file, and
 //! every flag can also be given as a `SHADOWCAT_*` environment variable. `--record`, `--rules`
 //! and `--admin` work as in the forward modes; the admin listener also serves the gateway's
 //! sessions, upstreams and configuration (`[admin]`).
 
 use super::hooks::{AdminPlan, Describe, HookArgs, Hooks};
+use super::servers::Place;
 use crate::args::StoreArgs;
+use crate::args::UpstreamTransport;
 use anyhow::{Context, bail};
 use clap::Args;
-use shadowcat_gateway::config::{AdminConfig, RouteConfig, Strategy, UpstreamConfig};
+use shadowcat_gateway::config::{
+    AdminConfig, MemberConfig, RouteConfig, Strategy, UpstreamConfig, UrlTransport,
+};
 use shadowcat_gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
 use shadowcat_proxy::pipeline::{Hook, TrafficLog};
+use shadowcat_proxy::upstream::UpstreamSpec;
 use shadowcat_store::{FailoverStore, MeteredStore, OnOutage, SessionStore};
 use shadowcat_tape::Redactor;
 use std::net::SocketAddr;
@@ -40,6 +46,12 @@ pub struct GatewayArgs {
         value_name = "URL"
     )]
     pub upstreams: Vec<String>,
+    /// A member server of a composite /mcp route: `NAME=URL` or `NAME=CMD ARGS` (repeatable;
+    /// `sse+`/`auto+` before a URL picks its transport). Each session is one session over all
+    /// of them: tools and prompts as `NAME__tool`, resources as `NAME+uri`. Replaces the file's
+    /// /mcp route's upstreams or servers.
+    #[arg(long = "server", value_name = "NAME=URL|CMD")]
+    pub servers: Vec<String>,
     /// Balancing of the /mcp route given by --upstream / -- CMD / --demo: round-robin,
     /// weighted-round-robin, least-in-flight, random, consistent-hash.
     #[arg(long, env = "SHADOWCAT_BALANCE", value_name = "STRATEGY", value_parser = parse_strategy)]
@@ -155,9 +167,26 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
     if a.spares.is_some() && a.command.is_empty() && !a.demo {
         bail!("--spares applies to the stdio upstream given by -- CMD or --demo");
     }
-    if !upstreams.is_empty() {
+    let servers = a
+        .servers
+        .iter()
+        .map(|raw| member(raw))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !servers.is_empty() && !upstreams.is_empty() {
+        bail!(
+            "--server makes /mcp a composite route; --upstream, --demo and -- CMD make it an \
+             upstream set: give one or the other"
+        );
+    }
+    if !servers.is_empty() && a.balance.is_some() {
+        bail!("--balance does not apply to the composite /mcp route given by --server");
+    }
+    if !upstreams.is_empty() || !servers.is_empty() {
         match cfg.routes.iter_mut().find(|r| r.path == "/mcp") {
-            Some(r) => r.upstreams = upstreams,
+            Some(r) => {
+                r.upstreams = upstreams;
+                r.servers = servers;
+            }
             None => cfg.routes.push(RouteConfig {
                 path: "/mcp".into(),
                 balance: Strategy::default(),
@@ -166,6 +195,10 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
                 eject_for: shadowcat_gateway::config::Dur(Duration::from_secs(10)),
                 connect_timeout: shadowcat_gateway::config::Dur(Duration::from_secs(2)),
                 upstreams,
+                servers,
+                names: None,
+                failure: None,
+                page_size: None,
                 rules: Vec::new(),
                 default_effect: Default::default(),
                 health: None,
@@ -204,11 +237,41 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
     }
     if a.config.is_none() && cfg.routes.is_empty() {
         bail!(
-            "no upstream: give --config FILE, --upstream URL (repeatable), --demo or -- CMD [ARGS…]"
+            "no upstream: give --config FILE, --upstream URL (repeatable), --server NAME=URL|CMD \
+             (repeatable), --demo or -- CMD [ARGS…]"
         );
     }
     cfg.validate(&source)?;
     Ok((cfg, source))
+}
+
+/// A `--server NAME=URL|CMD ARGS` flag as a `[[routes.servers]]` entry.
+fn member(raw: &str) -> anyhow::Result<MemberConfig> {
+    let flag = super::servers::parse(raw, UpstreamTransport::Streamable)?;
+    let upstream = match flag.place {
+        Place::Url { url, transport } => UpstreamConfig {
+            url: Some(url),
+            transport: match transport {
+                UpstreamTransport::Streamable => UrlTransport::Streamable,
+                UpstreamTransport::Sse => UrlTransport::Sse,
+                UpstreamTransport::Auto => UrlTransport::Auto,
+            },
+            weight: 1,
+            ..UpstreamConfig::default()
+        },
+        Place::Command { program, args } => UpstreamConfig {
+            command: Some(program),
+            args,
+            weight: 1,
+            ..UpstreamConfig::default()
+        },
+    };
+    Ok(MemberConfig {
+        name: flag.name,
+        weight: None,
+        spares: None,
+        upstream,
+    })
 }
 
 /// What tape headers say about the gateway's upstreams: each route with its members
@@ -268,13 +331,16 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
     let local = listener.local_addr()?;
     let routes: Vec<String> = gw
         .routes()
-        .map(|r| {
-            format!(
+        .map(|r| match r.set().members() {
+            [only] if matches!(only.spec(), UpstreamSpec::Composite(_)) => {
+                format!("{} ({})", r.path(), only.name())
+            }
+            members => format!(
                 "{} ({} upstream(s), {})",
                 r.path(),
-                r.set().members().len(),
+                members.len(),
                 r.set().strategy().name()
-            )
+            ),
         })
         .collect();
     let ready = move || {

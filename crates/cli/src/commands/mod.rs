@@ -7,6 +7,7 @@ pub(crate) mod gateway;
 pub(crate) mod hooks;
 pub(crate) mod intercept;
 pub(crate) mod replay;
+mod servers;
 mod session;
 pub(crate) mod tape;
 

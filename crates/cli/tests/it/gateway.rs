@@ -1,9 +1,10 @@
 //! `shadowcat gateway`: configuration (files, flags, environment, exact errors), balancing with
 //! session affinity, failover, rate limits (accuracy over 1,000 requests), per-tool limits,
-//! `/metrics` and `/ready`.
+//! `/metrics` and `/ready`, composite routes.
 
 use super::gateway_support::{
     FakeUpstream, alice_and_bob_with, client, config_file, get, run, sample, start_gateway,
+    with_api_keys,
 };
 use super::harness::{Raw, free_port};
 use serde_json::json;
@@ -786,5 +787,80 @@ async fn warm_spares_start_sessions_on_running_children() {
         ),
         Some(4.0),
         "{body}"
+    );
+}
+
+/// A composite /mcp from `--server` flags (two demo servers over stdio) and a composite route
+/// from the file, behind an API key: one session lists both servers' tools under their
+/// prefixes and a call reaches its server; no key, no entry.
+#[tokio::test]
+async fn composite_routes_from_flags_and_file_serve_every_servers_tools_behind_auth() {
+    let bin = super::harness::bin();
+    let (_d, cfg) = config_file(&with_api_keys(
+        "",
+        &[("ci", "ci-key", "")],
+        &format!(
+            "[[routes]]\npath = \"/servers/both/mcp\"\n[routes.names]\nseparator = \"-\"\n\
+             [[routes.servers]]\nname = \"x\"\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n\
+             [[routes.servers]]\nname = \"y\"\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n"
+        ),
+    ));
+    let a = format!("a={bin} demo-server");
+    let b = format!("b={bin} demo-server");
+    let gw = start_gateway(&["--config", &cfg, "--server", &a, "--server", &b], &[]).await;
+    let tools = |r: &super::harness::Reply| -> Vec<String> {
+        let msgs = r.messages();
+        let reply = msgs.iter().find(|m| m["id"] == json!(1)).expect("reply");
+        reply["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tools: {reply}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}});
+
+    let mut c = client(gw.url(), Some("ci-key"));
+    c.initialize().await;
+    let names = tools(&c.post(list.clone()).await);
+    for want in ["a__echo", "b__echo"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("a__") || n.starts_with("b__")),
+        "{names:?}"
+    );
+    assert_eq!(
+        c.call_tool(2, "b__echo", json!({"message": "hi"})).await,
+        "hi"
+    );
+
+    let mut f = client(format!("{}/servers/both/mcp", gw.base), Some("ci-key"));
+    f.initialize().await;
+    let names = tools(&f.post(list).await);
+    assert!(
+        names.iter().any(|n| n == "x-echo") && names.iter().any(|n| n == "y-echo"),
+        "{names:?}"
+    );
+
+    let anonymous = Raw::new(gw.url())
+        .post(super::harness::init_body(0, "2025-06-18"))
+        .await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+
+    // `config check` names each composite problem's field.
+    let (_d2, bad) = config_file(
+        "[[routes]]\npath = \"/mcp\"\n[[routes.servers]]\nname = \"ok\"\ncommand = \"x\"\n\
+         [[routes.servers]]\nname = \"Not OK\"\ncommand = \"y\"\n",
+    );
+    let (code, _, err) = run(&["config", "check", &bad], &[]).await;
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "{bad}: routes[0].servers[1].name: server name `Not OK` must start with a lowercase letter or a digit"
+        )
     );
 }

@@ -98,7 +98,7 @@ pub trait Shaper: Send + Sync + 'static {
 }
 
 /// What a composite session does when a member fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Failure {
     /// The other members carry on; the failed one's tools disappear until it is back.

@@ -13,7 +13,7 @@
 //! member. Resource URIs are the exception: [`expose_uri`] and [`parse_uri`] are a reversible scheme
 //! made to be split.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -32,7 +32,7 @@ const HASH_HEX: usize = 8;
 const MAX_ATTEMPTS: u32 = 4096;
 
 /// When a member's tool or prompt name gets its server prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PrefixMode {
     /// Every name is `<server><sep><name>`: names never change when members come and go.
