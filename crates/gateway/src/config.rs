@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize, Serializer};
 use shadowcat_proxy::upstream::composite::names::{
     DEFAULT_SEPARATOR, MAX_NAME_LEN, NameRules, PrefixMode,
 };
-use shadowcat_proxy::upstream::composite::{CompositeSpec, Failure, Member};
+use shadowcat_proxy::upstream::composite::{CompositeSpec, Failure, Member, Shaper};
 use shadowcat_proxy::upstream::credentials::{AuthMethod, Credentials, OAuthClient};
 use shadowcat_proxy::upstream::{ChildEnv, UpstreamSpec};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One problem in a configuration file.
@@ -750,6 +751,10 @@ pub struct RouteConfig {
     /// Composite routes: items per page of a merged list (default 0: the whole list at once).
     #[serde(default)]
     pub page_size: Option<usize>,
+    /// Composite routes: a *virtual server* — only these tools, as `server:glob` (`*` = any
+    /// run of characters), e.g. `["github:create_issue", "jira:*"]`. Default: every tool.
+    #[serde(default)]
+    pub tools: Vec<String>,
     /// Authorization rules, first match wins.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
@@ -835,6 +840,10 @@ pub struct MemberConfig {
     /// Not supported on a composite route's servers yet: read only to be refused.
     #[serde(default, skip_serializing)]
     pub spares: Option<u32>,
+    /// How its tools are shown and called (`[routes.servers.tools]`: allow/deny, rename,
+    /// describe, fixed parameters, defaults).
+    #[serde(default)]
+    pub tools: Option<crate::shape::ToolsConfig>,
     /// Where it is: the fields of an upstream.
     #[serde(flatten)]
     pub upstream: UpstreamConfig,
@@ -908,7 +917,12 @@ impl RouteConfig {
                     },
                     message: e.message,
                 })?;
-                Ok(Member::new(m.name.clone(), spec))
+                let shaper = crate::shape::ToolShape::new(&m.name, m.tools.as_ref(), &self.tools)
+                    .map(|s| Arc::new(s) as Arc<dyn Shaper>);
+                Ok(Member {
+                    shaper,
+                    ..Member::new(m.name.clone(), spec)
+                })
             })
             .collect::<Result<Vec<_>, UpstreamError>>();
         Some(members.map(|members| CompositeSpec {

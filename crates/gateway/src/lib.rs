@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 mod redact;
 pub mod resilience;
+pub mod shape;
 mod target;
 mod validate;
 

@@ -614,6 +614,7 @@ fn validate_set_only(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, Str
         ("names", r.names.is_some()),
         ("failure", r.failure.is_some()),
         ("page_size", r.page_size.is_some()),
+        ("tools", !r.tools.is_empty()),
     ];
     for (field, set) in composite_only {
         if set {
@@ -674,9 +675,27 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
                 );
             }
         }
+        if let Some(t) = &m.tools {
+            for (field, message) in t.problems() {
+                bad(format!("{at}.tools.{field}"), message);
+            }
+        }
         // The same server twice under two names is allowed (e.g. one command with two
         // environments), so each is checked on its own.
         validate_upstream(&at, &m.upstream, &mut HashSet::new(), bad);
+    }
+    for (k, entry) in r.tools.iter().enumerate() {
+        match entry.split_once(':') {
+            Some((server, glob)) if names.contains(server) && !glob.is_empty() => {}
+            Some((server, _)) if !names.contains(server) => bad(
+                format!("{at}.tools[{k}]"),
+                format!("`{server}` is not a server of this route"),
+            ),
+            _ => bad(
+                format!("{at}.tools[{k}]"),
+                format!("`{entry}` must be `server:tool` (the tool may use `*`)"),
+            ),
+        }
     }
     if let Some(n) = &r.names {
         if let Err(e) = valid_separator(&n.separator) {

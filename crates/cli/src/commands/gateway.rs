@@ -197,6 +197,7 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
                 upstreams,
                 servers,
                 names: None,
+                tools: Vec::new(),
                 failure: None,
                 page_size: None,
                 rules: Vec::new(),
@@ -270,6 +271,7 @@ fn member(raw: &str) -> anyhow::Result<MemberConfig> {
         name: flag.name,
         weight: None,
         spares: None,
+        tools: None,
         upstream,
     })
 }

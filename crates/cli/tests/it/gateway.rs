@@ -864,3 +864,82 @@ async fn composite_routes_from_flags_and_file_serve_every_servers_tools_behind_a
         )
     );
 }
+
+/// Tool shaping on a composite route, and a virtual server: what the client sees of each
+/// server's tools (allowed, renamed, re-described, a parameter fixed) and what the server gets.
+#[tokio::test]
+async fn composite_routes_shape_tools_and_make_virtual_servers() {
+    let bin = super::harness::bin();
+    let (_d, cfg) = config_file(&format!(
+        "[[routes]]\npath = \"/mcp\"\ntools = [\"a:echo\", \"a:add\", \"b:ad*\"]\n\
+         [[routes.servers]]\nname = \"a\"\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n\
+         [routes.servers.tools]\ndeny = [\"add\"]\n\
+         [routes.servers.tools.rename]\necho = \"say\"\n\
+         [routes.servers.tools.describe.echo]\ndescription = \"Says what the gateway says.\"\n\
+         [routes.servers.tools.fixed.echo]\nmessage = \"fixed by the gateway\"\n\
+         [[routes.servers]]\nname = \"b\"\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n"
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let mut c = client(gw.url(), None);
+    c.initialize().await;
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}))
+        .await;
+    let msgs = r.messages();
+    let tools = msgs[0]["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .clone();
+    let mut names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    names.sort();
+    // a:add is on the route's list but denied by the server's section; b offers only add.
+    assert_eq!(names, ["a__say", "b__add"]);
+    let say = tools.iter().find(|t| t["name"] == "a__say").unwrap();
+    assert_eq!(say["description"], "Says what the gateway says.");
+    assert!(
+        say["inputSchema"]["properties"].get("message").is_none(),
+        "a fixed parameter is not shown: {say}"
+    );
+    assert_eq!(
+        c.call_tool(2, "a__say", json!({})).await,
+        "fixed by the gateway"
+    );
+    assert_eq!(c.call_tool(3, "b__add", json!({"a": 1, "b": 2})).await, "3");
+    for (id, hidden) in [(4, "a__echo"), (5, "a__add"), (6, "b__echo")] {
+        let r = c
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+                "params":{"name":hidden,"arguments":{"message":"x"}}}))
+            .await;
+        assert_eq!(
+            r.messages()[0]["error"]["code"],
+            -32602,
+            "{hidden}: {}",
+            r.body
+        );
+    }
+    let smuggled = c
+        .post(json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+            "params":{"name":"a__say","arguments":{"message":"mine"}}}))
+        .await;
+    assert!(
+        smuggled.body.contains("`message` is set by the gateway"),
+        "{}",
+        smuggled.body
+    );
+
+    // `config check` names shaping problems by field.
+    let (_d2, bad) = config_file(
+        "[[routes]]\npath = \"/mcp\"\ntools = [\"zz:x\"]\n[[routes.servers]]\nname = \"a\"\n\
+         command = \"x\"\n[routes.servers.tools.rename]\nx = \"has space\"\n",
+    );
+    let (code, _, err) = run(&["config", "check", &bad], &[]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("routes[0].servers[0].tools.rename.x:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].tools[0]: `zz` is not a server of this route"),
+        "{err}"
+    );
+}
