@@ -110,6 +110,13 @@ fn session_json(
         "created_ms": rec.map(|r| r.created_ms),
         "last_active_ms": rec.map(|r| r.last_active_ms),
     });
+    if let Some(c) = core.upstream().composite() {
+        v["servers"] = c
+            .members()
+            .into_iter()
+            .map(|(name, state)| json!({"name": &*name, "state": state.as_str()}))
+            .collect();
+    }
     if detail {
         v["client_info"] = client.cloned().unwrap_or(Value::Null);
         v["client_capabilities"] = rec

@@ -237,6 +237,7 @@ impl Gateway {
             store_backend: store.backend(),
             store_ops: store.op_samples(),
             upstreams,
+            servers: server_gauges(front, |key| self.routes.get(key).map(|r| r.path.clone())),
         }
     }
 
@@ -325,4 +326,39 @@ fn too_many(l: &Limited) -> Response {
         h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
     }
     r
+}
+
+/// Each composite route's servers, over its live sessions: in how many each is up, starting,
+/// down.
+fn server_gauges(
+    front: &HttpFront,
+    path_of: impl Fn(&str) -> Option<String>,
+) -> Vec<crate::metrics::ServerGauge> {
+    use shadowcat_proxy::upstream::composite::MemberState;
+    let mut by: std::collections::BTreeMap<(String, String), crate::metrics::ServerGauge> =
+        std::collections::BTreeMap::new();
+    for (_, entry) in front.host().entries() {
+        let Some(session) = entry.session() else {
+            continue;
+        };
+        let Some(c) = session.upstream().composite() else {
+            continue;
+        };
+        let route = path_of(&entry.route).unwrap_or_else(|| entry.route.to_string());
+        for (server, state) in c.members() {
+            let g = by
+                .entry((route.clone(), server.to_string()))
+                .or_insert_with(|| crate::metrics::ServerGauge {
+                    route: route.clone(),
+                    server: server.to_string(),
+                    ..Default::default()
+                });
+            match state {
+                MemberState::Up => g.up += 1,
+                MemberState::Starting => g.starting += 1,
+                MemberState::Down => g.down += 1,
+            }
+        }
+    }
+    by.into_values().collect()
 }

@@ -60,6 +60,23 @@ pub struct Snapshot {
     /// Per upstream: route, upstream name, up (not ejected), live sessions, in-flight requests,
     /// sessions placed there, failed connection attempts.
     pub upstreams: Vec<UpstreamGauge>,
+    /// Per server of a composite route: its live sessions by the server's state in each.
+    pub servers: Vec<ServerGauge>,
+}
+
+/// One server of a composite route, over the route's live sessions on this replica.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServerGauge {
+    /// Route path.
+    pub route: String,
+    /// The server's name.
+    pub server: String,
+    /// Sessions in which it serves.
+    pub up: usize,
+    /// Sessions in which it is starting (or restarting).
+    pub starting: usize,
+    /// Sessions in which it failed and waits to be restarted (those sessions are degraded).
+    pub down: usize,
 }
 
 /// One upstream's state.
@@ -429,6 +446,24 @@ impl Metrics {
                 );
             }
         }
+        if !snap.servers.is_empty() {
+            let name = "shadowcat_composite_server_sessions";
+            let _ = writeln!(
+                o,
+                "# HELP {name} Live sessions of a composite route by the state of one of its servers in them (state=\"down\": the session is degraded)."
+            );
+            let _ = writeln!(o, "# TYPE {name} gauge");
+            for g in &snap.servers {
+                for (state, n) in [("up", g.up), ("starting", g.starting), ("down", g.down)] {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{route=\"{}\",server=\"{}\",state=\"{state}\"}} {n}",
+                        esc(&g.route),
+                        esc(&g.server),
+                    );
+                }
+            }
+        }
         let spares: Vec<_> = snap
             .upstreams
             .iter()
@@ -538,7 +573,17 @@ mod tests {
                 timeouts: 1,
                 spares: Some(2),
             }],
+            servers: vec![ServerGauge {
+                route: "/mcp".into(),
+                server: "github".into(),
+                up: 3,
+                starting: 0,
+                down: 1,
+            }],
         });
+        assert!(text.contains(
+            "shadowcat_composite_server_sessions{route=\"/mcp\",server=\"github\",state=\"down\"} 1"
+        ));
         assert!(text.contains(
             "shadowcat_http_requests_total{route=\"/mcp\",method=\"POST\",status=\"200\"} 2"
         ));

@@ -879,7 +879,8 @@ async fn composite_routes_shape_tools_and_make_virtual_servers() {
          [routes.servers.tools.fixed.echo]\nmessage = \"fixed by the gateway\"\n\
          [[routes.servers]]\nname = \"b\"\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n"
     ));
-    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let admin = super::admin::start(&["--config", &cfg, "--admin", "127.0.0.1:0"], &[]).await;
+    let gw = &admin.server;
     let mut c = client(gw.url(), None);
     c.initialize().await;
     let r = c
@@ -925,6 +926,23 @@ async fn composite_routes_shape_tools_and_make_virtual_servers() {
         smuggled.body.contains("`message` is set by the gateway"),
         "{}",
         smuggled.body
+    );
+    // Each server's state over the route's sessions is a gauge.
+    let (_, _, metrics) = get(&gw.base, "/metrics").await;
+    for server in ["a", "b"] {
+        let line = format!(
+            "shadowcat_composite_server_sessions{{route=\"/mcp\",server=\"{server}\",state=\"up\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    // The admin API shows each server's state in the session.
+    let (status, list) =
+        super::admin::call("GET", &format!("{}/api/sessions", admin.admin), None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        list["sessions"][0]["servers"],
+        json!([{"name": "a", "state": "up"}, {"name": "b", "state": "up"}]),
+        "{list}"
     );
 
     // `config check` names shaping problems by field.

@@ -125,13 +125,20 @@ function sessionLink(id) {
   return a;
 }
 
+// A composite session's upstream: each of its servers with its state (e.g. `github up, files
+// down`), so a degraded session shows which server it is missing.
+function upstreamOf(s) {
+  if (!Array.isArray(s.servers)) return s.upstream;
+  return s.servers.map((m) => m.name + " " + m.state).join(", ");
+}
+
 function renderSessions(list) {
   const body = $("sessions").tBodies[0];
   body.replaceChildren();
   for (const s of list) {
     const client = s.client && s.client.name ? s.client.name + (s.client.version ? " " + s.client.version : "") : "";
     const tr = row([
-      sessionLink(s.id), s.route, s.principal || "–", client, s.upstream,
+      sessionLink(s.id), s.route, s.principal || "–", client, upstreamOf(s),
       s.protocol_version || "", s.inflight, ago(s.last_active_ms), killButton(s.id),
     ]);
     tr.dataset.session = s.id;
