@@ -5,6 +5,7 @@
 # proxied run inherits no state from the direct one), and compare the two runs check by check.
 #
 #   scripts/conformance.sh [SHADOWCAT] [--scenario NAME]... [--suite all|active|pending] [--strict]
+#                          [--composite]
 #
 #   SHADOWCAT        the binary to test (default: target/release/shadowcat if it exists, else
 #                    target/debug/shadowcat). This script never builds it.
@@ -13,6 +14,9 @@
 #   --strict         ignore the allow-list (scripts/conformance-allow.txt): every check that
 #                    passes directly must pass through the proxy
 #   --list           print the server scenarios and exit
+#   --composite      the proxied run goes through a composite route of one server
+#                    (`--server everything=URL --prefix never`): tools and prompts keep their
+#                    names, resource URIs become `everything+<uri>`
 #
 # Exit 0 when every check that passes directly also passes through the proxy (a check that fails
 # directly may fail through the proxy too), every scenario of the direct run also ran through the
@@ -61,6 +65,7 @@ scenarios=()
 suite=all
 strict=()
 list_only=0
+composite=0
 while (($#)); do
     case $1 in
         --scenario) (($# >= 2)) || die "--scenario needs a name"; scenarios+=("$2"); shift 2 ;;
@@ -69,6 +74,7 @@ while (($#)); do
         --suite=*) suite=${1#*=}; shift ;;
         --strict) strict=(--strict); shift ;;
         --list) list_only=1; shift ;;
+        --composite) composite=1; shift ;;
         -h | --help) usage; exit 0 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) [[ -z $bin ]] || die "unexpected argument $1 (see --help)"; bin=$1; shift ;;
@@ -202,7 +208,9 @@ start_server proxied
 # ---------------------------------------------------------------- shadowcat in front of it
 t=$EPOCHREALTIME
 : >"$out/proxy.log"
-timeout -k 5 "$max_lifetime" "$bin" forward http --listen 127.0.0.1:0 --target "$server_url" \
+upstream=(--target "$server_url")
+((composite)) && upstream=(--server "everything=$server_url" --prefix never)
+timeout -k 5 "$max_lifetime" "$bin" forward http --listen 127.0.0.1:0 "${upstream[@]}" \
     --log-level "$log_level" --log-traffic --shutdown-deadline 2 2>"$out/proxy.log" >/dev/null &
 proxy_pid=$!
 proxy_base=""

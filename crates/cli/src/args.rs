@@ -41,6 +41,14 @@ pub struct LogArgs {
     pub otel_endpoint: Option<String>,
 }
 
+/// `--prefix` of a composite route.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefix {
+    Always,
+    OnConflict,
+    Never,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum StoreOutage {
     Closed,
@@ -214,6 +222,10 @@ pub struct HttpArgs {
     /// Pages past the first are asked for with the opaque cursor of the one before.
     #[arg(long, default_value_t = 0, requires = "servers")]
     pub page_size: usize,
+    /// When a composite /mcp prefixes tool and prompt names with their server: `always`,
+    /// `on-conflict` (only names two servers share) or `never` (a shared name is an error).
+    #[arg(long, value_enum, default_value_t = Prefix::Always, requires = "servers")]
+    pub prefix: Prefix,
     /// Accept absolute-form request URIs (`POST http://host/mcp`) and proxy to that URL. Only
     /// public addresses are reached (see --allow-destination); --header values are sent only
     /// to the origins of the --target URLs.

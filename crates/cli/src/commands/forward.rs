@@ -3,14 +3,14 @@
 use super::hooks::{Describe, Hooks};
 use super::servers;
 use crate::args::StoreOutage;
-use crate::args::{Common, ConnArgs, HttpArgs, StdioArgs, UpstreamTransport};
+use crate::args::{Common, ConnArgs, HttpArgs, Prefix, StdioArgs, UpstreamTransport};
 use anyhow::{Context, bail};
 use shadowcat_proxy::forward::{StdioForward, forward_http, forward_stdio};
 use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::front::http::{
     HostPolicy, HttpFrontConfig, OriginPolicy, Targets, default_replica_id,
 };
-use shadowcat_proxy::upstream::composite::{CompositeSpec, Member};
+use shadowcat_proxy::upstream::composite::{CompositeSpec, Member, names};
 use shadowcat_proxy::upstream::destinations::Destinations;
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{FailoverStore, OnOutage, Retention};
@@ -178,10 +178,16 @@ fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
             .iter()
             .map(|raw| member(raw, transport, &hdrs))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let spec = CompositeSpec {
+        let mode = match a.prefix {
+            Prefix::Always => names::PrefixMode::Always,
+            Prefix::OnConflict => names::PrefixMode::OnConflict,
+            Prefix::Never => names::PrefixMode::Never,
+        };
+        let mut spec = CompositeSpec {
             page_size: a.page_size,
             ..CompositeSpec::new(members)
         };
+        spec.names.mode = mode;
         let problems = spec.problems();
         if !problems.is_empty() {
             bail!("--server: {}", problems.join("; "));

@@ -159,6 +159,15 @@ impl CompositeSpec {
         out
     }
 
+    /// A composite of one server, with `prefix = never` and no shaping: names and URIs are the
+    /// server's own, and a name or URI the lists do not show still goes to the server (it
+    /// decides). Such a route adds the composite's failure handling and nothing else.
+    pub fn transparent(&self) -> bool {
+        self.members.len() == 1
+            && self.names.mode == names::PrefixMode::Never
+            && self.members[0].shaper.is_none()
+    }
+
     /// How logs and records name it: `composite(a,b,c)`.
     pub fn describe(&self) -> String {
         let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();

@@ -1086,6 +1086,8 @@ impl Mux {
             }
             None => match st.gone.get(&name) {
                 Some(&i) => Ok(Some(i)),
+                // The one server's own name, listed or not: it decides.
+                None if self.spec.transparent() => Ok(Some(0)),
                 None => Err((INVALID_PARAMS, format!("unknown {kind} `{}`", shown(&name)))),
             },
         }
@@ -1093,6 +1095,9 @@ impl Mux {
 
     /// The member a `<server>+<uri>` URI at `pointer` belongs to (rewritten to its own URI).
     fn by_uri(&self, v: &mut Value, pointer: &str) -> Result<Option<usize>, (i64, String)> {
+        if self.spec.transparent() {
+            return Ok(Some(0));
+        }
         let uri = v.pointer(pointer).and_then(Value::as_str).unwrap_or("");
         let found = names::parse_uri(uri).and_then(|(server, original)| {
             let i = self.state.iter().position(|l| &*l.name == server)?;
@@ -1137,7 +1142,7 @@ impl Mux {
                 match self.pending.remove(&(i, id.clone())) {
                     Some(Pending::Routed { expose_uris }) => {
                         self.routed.remove(&id);
-                        let frame = if expose_uris {
+                        let frame = if expose_uris && !self.spec.transparent() {
                             self.expose_contents(i, frame)
                         } else {
                             frame
@@ -1215,7 +1220,7 @@ impl Mux {
                 self.invalidate(List::Resources);
                 self.invalidate(List::Templates);
             }
-            Some("notifications/resources/updated") => {
+            Some("notifications/resources/updated") if !self.spec.transparent() => {
                 let Some(mut v) = value_of(&frame) else {
                     return;
                 };
@@ -1564,6 +1569,7 @@ fn merge(
                     Some(e) => e.to_string(),
                     None => continue,
                 },
+                None if spec.transparent() => original,
                 None => names::expose_uri(&legs[i].name, &original),
             };
             it[field] = json!(exposed);
