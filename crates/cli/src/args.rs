@@ -98,6 +98,14 @@ pub enum Command {
     /// Gateway configuration files: `check FILE`, `hash-key`.
     #[command(subcommand)]
     Config(crate::commands::config::ConfigCmd),
+    /// Print a shell completion script: `shadowcat completions bash > /etc/bash_completion.d/shadowcat`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `shadowcat man > /usr/local/share/man/man1/shadowcat.1`.
+    Man,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -43,7 +43,7 @@ fn main() -> std::process::ExitCode {
     match code {
         Ok(c) => std::process::ExitCode::from(u8::try_from(c).unwrap_or(1)),
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line, once (not also as an ERROR log line).
             eprintln!("shadowcat: {e:#}");
             std::process::ExitCode::from(1)
         }

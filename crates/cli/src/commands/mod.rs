@@ -25,5 +25,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Intercept(cmd) => intercept::run(cmd).await,
         Command::Gateway(a) => gateway::run(*a, cli.log.log_traffic).await,
         Command::Config(cmd) => config::run(cmd),
+        Command::Completions { shell } => {
+            let mut cmd = <crate::args::Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "shadowcat", &mut out);
+            print(&out)
+        }
+        Command::Man => {
+            let cmd = <crate::args::Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            print(&out)
+        }
+    }
+}
+
+/// Write generated text to stdout; a reader that stops early (`| head`) is not an error.
+fn print(bytes: &[u8]) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }

@@ -235,3 +235,36 @@ async fn forward_stdio_refuses_a_request_id_still_in_flight() {
     p.close_stdin();
     assert_eq!(p.wait().await.code(), Some(0));
 }
+
+/// Shell completions for every shell clap knows, and the man page, printed to stdout; an
+/// error is one line on stderr, printed once.
+#[test]
+fn completions_man_page_and_one_line_errors() {
+    use super::harness::{lossy, run};
+    for (shell, marker) in [
+        ("bash", "_shadowcat()"),
+        ("zsh", "#compdef shadowcat"),
+        ("fish", "complete -c shadowcat"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let out = run(&["completions", shell]);
+        let text = lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {}", lossy(&out.stderr));
+        assert!(text.contains(marker), "{shell}: no `{marker}`");
+        assert!(
+            text.contains("forward"),
+            "{shell}: subcommands are completed"
+        );
+    }
+    let man = run(&["man"]);
+    let page = lossy(&man.stdout);
+    assert!(
+        man.status.success() && page.contains(".TH shadowcat 1"),
+        "{page}"
+    );
+    let bad = run(&["config", "check", "/nonexistent/shadowcat.toml"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = lossy(&bad.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("/nonexistent/shadowcat.toml"), "{err}");
+}
