@@ -295,7 +295,7 @@ impl Upstream {
             Upstream::Http(h) => Ok(Some(h.exchange(frame))),
             Upstream::Sse(s) => s.send(frame).await.map(|()| None),
             Upstream::Tape(t) => t.send(frame).await.map(|()| None),
-            Upstream::Composite(c) => c.send(frame).await.map(|()| None),
+            Upstream::Composite(c) => Box::pin(c.send(frame)).await,
         }
     }
 

@@ -208,8 +208,10 @@ impl MemberState {
 
 /// The upstream side of a composite session: a handle on its mux task.
 pub struct CompositeUpstream {
+    spec: Arc<CompositeSpec>,
     inbox: mpsc::Sender<Frame>,
     legs: Arc<mux::Legs>,
+    shared: Arc<mux::Shared>,
 }
 
 impl CompositeUpstream {
@@ -229,16 +231,39 @@ impl CompositeUpstream {
             )));
         }
         let (inbox, rx) = mpsc::channel(ctx.options.channel_capacity);
-        let legs = mux::start(spec.clone(), ctx, rx, events).await?;
-        Ok(CompositeUpstream { inbox, legs })
+        let (legs, shared) = mux::start(spec.clone(), ctx, rx, events).await?;
+        Ok(CompositeUpstream {
+            spec: spec.clone(),
+            inbox,
+            legs,
+            shared,
+        })
     }
 
-    /// Hand a client frame to the mux.
-    pub async fn send(&self, frame: Frame) -> Result<(), ProxyError> {
+    /// Send a client frame: a `tools/call` whose name is known goes straight to its member
+    /// (an HTTP member's exchange is handed back for the caller to drive, as a plain
+    /// session's is); anything else is handed to the mux.
+    pub async fn send(&self, frame: Frame) -> Result<Option<super::Exchange>, ProxyError> {
+        if let Some((i, routed)) = mux::fast_call(&self.spec, &self.legs, &self.shared, &frame) {
+            let sent = match self.legs.get(i) {
+                Some(up) => up.start(routed).await,
+                None => Err(ProxyError::UpstreamClosed(format!(
+                    "server `{}` of the composite route is unavailable",
+                    self.spec.members[i].name
+                ))),
+            };
+            if sent.is_err()
+                && let Some(id) = frame.id()
+            {
+                self.shared.unroute(id);
+            }
+            return sent;
+        }
         self.inbox
             .send(frame)
             .await
-            .map_err(|_| ProxyError::UpstreamClosed("the composite session has ended".into()))
+            .map_err(|_| ProxyError::UpstreamClosed("the composite session has ended".into()))?;
+        Ok(None)
     }
 
     /// Each member's name and state, in member order.

@@ -159,7 +159,7 @@ impl Legs {
             .collect()
     }
 
-    fn get(&self, i: usize) -> Option<Arc<Upstream>> {
+    pub(super) fn get(&self, i: usize) -> Option<Arc<Upstream>> {
         self.ups.get(i).and_then(|u| crate::sync::lock(u).clone())
     }
 
@@ -176,6 +176,117 @@ impl Legs {
         let ups: Vec<Arc<Upstream>> = (0..self.ups.len()).filter_map(|i| self.get(i)).collect();
         futures_util::future::join_all(ups.iter().map(|u| u.shutdown())).await;
     }
+}
+
+/// What the mux shares with the session's task, so that a `tools/call` whose name is known is
+/// routed right there (no hop through the mux, and an HTTP member's exchange driven by the
+/// caller, as for a plain session): the merged tool names, and every client request in flight
+/// at a member. Its locks are never held across an await.
+#[derive(Default)]
+pub(super) struct Shared {
+    /// The merged tool names while they are current.
+    tools: Mutex<Option<Arc<ToolNames>>>,
+    /// Client requests routed to a member, by id: (member, whether its answer's URIs are
+    /// exposed).
+    routed: Mutex<HashMap<RequestId, (usize, bool)>>,
+}
+
+/// The merged tool names: exposed → (member, shaped), and the names a shaper changed.
+pub(super) struct ToolNames {
+    names: NameMap,
+    renamed: HashMap<(usize, String), String>,
+}
+
+/// Internal request ids start with this (a client request using one goes the slow way, where
+/// a collision is refused).
+const OWN_ID: &str = "shadowcat-mux-";
+
+impl Shared {
+    fn route(&self, id: RequestId, member: usize, expose_uris: bool) -> bool {
+        let mut r = crate::sync::lock(&self.routed);
+        if r.contains_key(&id) {
+            return false;
+        }
+        r.insert(id, (member, expose_uris));
+        true
+    }
+
+    pub(super) fn unroute(&self, id: &RequestId) -> Option<(usize, bool)> {
+        crate::sync::lock(&self.routed).remove(id)
+    }
+
+    fn member_of(&self, id: &RequestId) -> Option<usize> {
+        crate::sync::lock(&self.routed).get(id).map(|r| r.0)
+    }
+
+    /// Remove and return every request in flight at `member`.
+    fn drain(&self, member: usize) -> Vec<RequestId> {
+        let mut r = crate::sync::lock(&self.routed);
+        let ids: Vec<RequestId> = r
+            .iter()
+            .filter(|(_, (m, _))| *m == member)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            r.remove(id);
+        }
+        ids
+    }
+}
+
+/// The fast path of a `tools/call` (see [`Shared`]): the member and the frame to send it, or
+/// `None` when the call must go through the mux (names not known yet, the member not up, a
+/// shaped member, an id that looks like the mux's own).
+pub(super) fn fast_call(
+    spec: &CompositeSpec,
+    legs: &Legs,
+    shared: &Shared,
+    frame: &Frame,
+) -> Option<(usize, Frame)> {
+    if frame.kind() != FrameKind::Request || frame.method() != Some("tools/call") {
+        return None;
+    }
+    let id = frame.id()?;
+    if matches!(id, RequestId::String(s) if s.starts_with(OWN_ID)) {
+        return None;
+    }
+    let tools = crate::sync::lock(&shared.tools).clone()?;
+    let name = frame.target()?;
+    let (i, shaped) = tools.names.resolve(name)?;
+    if spec.members.get(i)?.shaper.is_some()
+        || legs.states.get(i)?.load(Ordering::Relaxed) != MemberState::Up as u8
+    {
+        return None;
+    }
+    let original = tools
+        .renamed
+        .get(&(i, shaped.to_string()))
+        .map_or(shaped, String::as_str);
+    let frame = if original == name {
+        frame.clone()
+    } else {
+        renamed_call(frame, original)?
+    };
+    shared.route(id.clone(), i, false).then_some((i, frame))
+}
+
+/// `frame` (a `tools/call`) naming `name` instead; everything else as it was (arguments are
+/// not parsed, only carried).
+fn renamed_call(frame: &Frame, name: &str) -> Option<Frame> {
+    use serde_json::value::RawValue;
+    let mut top: Map<String, Value> = Map::new();
+    let raw: HashMap<String, Box<RawValue>> = serde_json::from_slice(frame.raw()).ok()?;
+    for (k, v) in raw {
+        if k == "params" {
+            let mut params: HashMap<String, Box<RawValue>> = serde_json::from_str(v.get()).ok()?;
+            params.insert("name".into(), serde_json::value::to_raw_value(name).ok()?);
+            top.insert(k, serde_json::to_value(params).ok()?);
+        } else {
+            top.insert(k, serde_json::to_value(v).ok()?);
+        }
+    }
+    let bytes = serde_json::to_vec(&top).ok()?;
+    Frame::parse_single(Bytes::from(bytes)).ok()
 }
 
 /// A member's state.
@@ -212,8 +323,6 @@ impl Leg {
 
 /// What a member's answer is for.
 enum Pending {
-    /// A client request routed to the member: the answer goes to the client.
-    Routed { expose_uris: bool },
     /// The member's handshake for the client's `initialize`.
     Init,
     /// The handshake of a member that restarted.
@@ -270,8 +379,8 @@ struct Mux {
     out: mpsc::Sender<UpstreamEvent>,
     reopened: mpsc::Sender<(usize, Result<super::super::Opened, ProxyError>)>,
     pending: HashMap<(usize, RequestId), Pending>,
-    /// Client requests in flight at a member (for `notifications/cancelled`).
-    routed: HashMap<RequestId, usize>,
+    /// What the session's task routes itself (tool names, requests in flight at a member).
+    shared: Arc<Shared>,
     /// Requests from members to the client: our id → (member, its id).
     asked: HashMap<RequestId, (usize, RequestId)>,
     next: u64,
@@ -293,7 +402,7 @@ pub(super) async fn start(
     ctx: UpstreamCtx,
     inbox: mpsc::Receiver<Frame>,
     out: mpsc::Sender<UpstreamEvent>,
-) -> Result<Arc<Legs>, ProxyError> {
+) -> Result<(Arc<Legs>, Arc<Shared>), ProxyError> {
     let n = spec.members.len();
     let legs = Arc::new(Legs {
         ups: (0..n).map(|_| Mutex::new(None)).collect(),
@@ -351,6 +460,7 @@ pub(super) async fn start(
         )));
     }
     let (reopened, reopened_rx) = mpsc::channel(n.max(1));
+    let shared = Arc::new(Shared::default());
     let mux = Mux {
         spec,
         ctx: ctx.clone(),
@@ -360,7 +470,7 @@ pub(super) async fn start(
         out,
         reopened,
         pending: HashMap::new(),
-        routed: HashMap::new(),
+        shared: shared.clone(),
         asked: HashMap::new(),
         next: 0,
         init: None,
@@ -377,7 +487,7 @@ pub(super) async fn start(
         mux.run(inbox, reopened_rx),
         span,
     ));
-    Ok(legs)
+    Ok((legs, shared))
 }
 
 /// A member's events, ending with `Closed` even when its channel closes without one (so a
@@ -577,7 +687,7 @@ impl Mux {
             }
             Some("notifications/cancelled") => {
                 if let Some(id) = frame.cancelled_id()
-                    && let Some(&i) = self.routed.get(id)
+                    && let Some(i) = self.shared.member_of(id)
                 {
                     self.to_member(i, frame).await;
                 }
@@ -889,6 +999,14 @@ impl Mux {
             Ok((items, names)) => {
                 self.generation += 1;
                 let st = &mut self.lists[list.index()];
+                if list == List::Tools {
+                    *crate::sync::lock(&self.shared.tools) = names.clone().map(|names| {
+                        Arc::new(ToolNames {
+                            names,
+                            renamed: renamed.clone(),
+                        })
+                    });
+                }
                 st.merged = Some(Merged {
                     generation: self.generation,
                     items,
@@ -921,6 +1039,9 @@ impl Mux {
     /// The merged `list` is out of date (a member changed, failed or came back).
     fn invalidate(&mut self, list: List) {
         self.lists[list.index()].merged = None;
+        if list == List::Tools {
+            *crate::sync::lock(&self.shared.tools) = None;
+        }
         self.changed[list.index()] = true;
         self.debounce
             .get_or_insert_with(|| Instant::now() + DEBOUNCE);
@@ -993,16 +1114,17 @@ impl Mux {
                 .await;
             return;
         };
-        self.pending.insert(
-            (i, id.clone()),
-            Pending::Routed {
-                expose_uris: method == "resources/read",
-            },
-        );
-        self.routed.insert(id.clone(), i);
+        if !self.shared.route(id.clone(), i, method == "resources/read") {
+            self.fail(
+                &id,
+                shadowcat_proto::error::INVALID_REQUEST,
+                "a request with this id is already in flight",
+            )
+            .await;
+            return;
+        }
         if !self.to_member(i, f).await {
-            self.pending.remove(&(i, id.clone()));
-            self.routed.remove(&id);
+            self.shared.unroute(&id);
             let msg = self.unavailable(i);
             self.fail(&id, UPSTREAM_ERROR, &msg).await;
         }
@@ -1139,16 +1261,19 @@ impl Mux {
                 let Some(id) = frame.id().cloned() else {
                     return;
                 };
-                match self.pending.remove(&(i, id.clone())) {
-                    Some(Pending::Routed { expose_uris }) => {
-                        self.routed.remove(&id);
-                        let frame = if expose_uris && !self.spec.transparent() {
-                            self.expose_contents(i, frame)
-                        } else {
-                            frame
-                        };
-                        self.emit(frame, via).await;
-                    }
+                let pending = self.pending.remove(&(i, id.clone()));
+                if pending.is_none()
+                    && let Some((_, expose_uris)) = self.shared.unroute(&id)
+                {
+                    let frame = if expose_uris && !self.spec.transparent() {
+                        self.expose_contents(i, frame)
+                    } else {
+                        frame
+                    };
+                    self.emit(frame, via).await;
+                    return;
+                }
+                match pending {
                     Some(Pending::Init) => {
                         let answer = value_of(&frame).unwrap_or(Value::Null);
                         let learned = self.learn(i, &answer);
@@ -1297,12 +1422,11 @@ impl Mux {
             .into_iter()
             .filter_map(|k| self.pending.remove(&k).map(|p| (k.1, p)))
             .collect();
-        for (id, p) in mine {
+        for id in self.shared.drain(i) {
+            self.fail(&id, UPSTREAM_ERROR, &msg).await;
+        }
+        for (_, p) in mine {
             match p {
-                Pending::Routed { .. } => {
-                    self.routed.remove(&id);
-                    self.fail(&id, UPSTREAM_ERROR, &msg).await;
-                }
                 Pending::Init => {
                     if let Some(h) = self.handshake.as_mut() {
                         h.waiting.remove(&i);
