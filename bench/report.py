@@ -119,6 +119,21 @@ def metrics(run):
                 worst = p99 if worst is None else max(worst, p99)
         out["worst_p99_us"] = worst
         return out
+    if mode == "list-latency":
+        cpu = run.get("cpu", {})
+        return {
+            "list_p50_ms": ms(dig(run, "list", "p50_us")),
+            "list_p90_ms": ms(dig(run, "list", "p90_us")),
+            "list_max_ms": ms(dig(run, "list", "max_us")),
+            "init_p50_ms": ms(dig(run, "initialize", "p50_us")),
+            "tools": run.get("tools"),
+            "pages": run.get("pages"),
+            "runs_ok": run.get("runs_ok"),
+            "errors": dig(run, "errors", "total"),
+            # Only the proxy's own CPU: each run's children are spawned and gone between the
+            # samples, so /proc cannot count theirs.
+            "proxy_cpu_ms_per_run": ms(dig(cpu, "proxy", "cpu_us_per_request")),
+        }
     if mode == "cold-start":
         return {
             "listening_p50_ms": ms(dig(run, "listening", "p50_us")),
@@ -305,7 +320,38 @@ def targets(agg):
             rows.append((f"h. cold start, spawn → first initialize answered ({what})", f"{fmt(t)} ms",
                          f'first tools/call: {fmt(row.get("first_call_p50_ms"))} ms', f"{fmt(t)} ms",
                          "≤ 50 ms", t is not None and t <= 50))
+    x, alone = agg_find(agg, "i", "list", "composite"), agg_find(agg, "i", "list", "slowest-alone")
+    if x or alone:
+        p = (x or alone)[0]
+        cx, ca = (x or (None, {}))[1].get("list_p50_ms"), (alone or (None, {}))[1].get("list_p50_ms")
+        diff = None if cx is None or ca is None else cx - ca
+        rows.append((f"i. composite route, first tools/list of a session (one member slow, {p}): "
+                     "composite − slowest member alone",
+                     f"{fmt(cx)} ms p50 composite", f"{fmt(ca)} ms p50 slowest member alone",
+                     "–" if diff is None else f"{diff:+.1f} ms", "≤ 5 ms (parallel fan-out)",
+                     None if diff is None else diff <= 5))
+    def by_variant_then_c(kv):
+        (_s, _g, v, p), _row = kv
+        return v, int(p[2:]) if p[2:].isdigit() else 0
+
+    for (s, g, v, p), row in sorted(agg.items(), key=by_variant_then_c):
+        if s == "i" and g == "calls" and v.startswith("composite"):
+            plain = agg.get(("i", "calls", "plain", p), {})
+            r = ratio(row.get("rps"), plain.get("rps"))
+            n = v.split("-", 1)[-1]
+            rows.append((f"i. tools/call through a composite route of {n} member(s) vs plain forward http, {p}",
+                         f'{fmt(row.get("rps"))} req/s, p50 {fmt(row.get("p50_us"))} µs',
+                         f'{fmt(plain.get("rps"))} req/s, p50 {fmt(plain.get("p50_us"))} µs plain',
+                         f"{fmt(r, 2)}×", "≥ 0.95×", None if r is None else r >= 0.95))
     return rows
+
+
+def agg_find(agg, s, g, v):
+    """The first (param, row) of a scenario's group and variant, or None."""
+    for (ss, gg, vv, p), row in sorted(agg.items()):
+        if (ss, gg, vv) == (s, g, v):
+            return p, row
+    return None
 
 
 COLUMNS = {
@@ -343,6 +389,15 @@ COLUMNS = {
     "h": [("listening_p50_ms", "→ listening p50 ms"), ("init_p50_ms", "→ initialize p50 ms"),
           ("init_max_ms", "→ initialize max ms"), ("first_call_p50_ms", "→ first call p50 ms"),
           ("runs", "runs/round"), ("errors", "errors")],
+    "i": {
+        "list": [("list_p50_ms", "first tools/list p50 ms"), ("list_p90_ms", "p90 ms"),
+                 ("list_max_ms", "max ms"), ("tools", "tools"), ("pages", "pages"),
+                 ("runs_ok", "runs ok"), ("errors", "errors"), ("init_p50_ms", "initialize p50 ms"),
+                 ("proxy_cpu_ms_per_run", "proxy CPU ms/run")],
+        "calls": [("rps", "req/s"), ("p50_us", "p50 µs"), ("p90_us", "p90 µs"), ("p99_us", "p99 µs"),
+                  ("max_us", "max µs"), ("errors", "errors"), ("proxy_cpu_us", "proxy CPU µs/req"),
+                  ("upstream_cpu_us", "upstream CPU µs/req"), ("generator_cpu_us", "generator CPU µs/req")],
+    },
 }
 
 TITLES = {
@@ -357,13 +412,19 @@ TITLES = {
         "e2e": "g. Recording and 100 interceptor rules end to end: `forward http` to a stdio demo child per session, plain vs `--record FILE --record-on-full block` vs `--rules` (100 non-matching + 3 matching `continue` rules)",
     },
     "h": "h. Cold start: spawn → stderr `listening` line → first `initialize` answered → first `tools/call` answered",
+    "i": {
+        "list": "i1. Composite route, merged `tools/list`: each run opens a new session (initialize spawns the members) and times its first `tools/list`, all pages; `composite` = `forward http` with LIST_MEMBERS stdio members (`tests/interop/paged_server.py --tools LIST_TOOLS`), one of which (`slow`) sleeps `--list-delay` before answering; `slowest-alone` = that slow server alone behind a plain `forward http -- CMD`. The members are asked in parallel, so composite − slowest-alone is the cost of the fan-out and merge (target ≤ 5 ms)",
+        "calls": "i2. `tools/call` echo through a composite route vs a plain one, same JSON-answering upstream (`forward http -- shadowcat demo-server`, as in scenario a): `plain` = `forward http --target URL`, `composite-1` = `--server a=URL` (tool `a__echo`), `composite-2` = `--server a=URL --server b=URL` (target ≥ 0.95× plain)",
+    },
 }
 
 BASELINE = {"a": "direct", "b": "rust-mcp-proxy", "c": "direct", "d": "direct", "f": "memory",
             "h": "demo-server",
-            "g": {"pipeline": "relay", "e2e": "plain"}}
+            "g": {"pipeline": "relay", "e2e": "plain"},
+            "i": {"list": "slowest-alone", "calls": "plain"}}
 RATIO_METRIC = {"a": "rps", "b": "rps", "d": "events_per_s", "f": "first_p50_us",
-                "g": {"pipeline": "ns_per_frame", "e2e": "proxy_cpu_us"}}
+                "g": {"pipeline": "ns_per_frame", "e2e": "proxy_cpu_us"},
+                "i": {"list": "list_p50_ms", "calls": "rps"}}
 
 
 def by_group(table, s, g):
@@ -417,7 +478,7 @@ def markdown(meta, peers, failures, pending, agg, target_rows, runs=()):
     for what, x, ref, val, tgt, ok in target_rows:
         w(f"| {what} | {x} | {ref} | {val} | {tgt} | {'yes' if ok else ('–' if ok is None else '**no**')} |")
     w("")
-    for s in ("a", "b", "c", "d", "e", "f", "g", "h"):
+    for s in ("a", "b", "c", "d", "e", "f", "g", "h", "i"):
         keys = sorted(k for k in agg if k[0] == s)
         if not keys:
             continue
@@ -447,7 +508,16 @@ def markdown(meta, peers, failures, pending, agg, target_rows, runs=()):
                     cells.append("–" if r is None else f"{r:.2f}×")
                 w("| " + " | ".join(cells) + " |")
             w("")
-        notes = error_notes(runs, s) if s == "f" else {}
+            if (s, tg) == ("i", "list"):
+                for p in sorted({k[3] for k in tkeys}):
+                    cx = agg.get(("i", "list", "composite", p), {}).get("list_p50_ms")
+                    ca = agg.get(("i", "list", "slowest-alone", p), {}).get("list_p50_ms")
+                    if cx is not None and ca is not None:
+                        w(f"Medians ({p}): composite {cx:.1f} ms, slowest-alone {ca:.1f} ms, "
+                          f"difference {cx - ca:+.1f} ms (target ≤ 5 ms: "
+                          f"{'met' if cx - ca <= 5 else '**not met**'}).")
+                        w("")
+        notes = error_notes(runs, s) if s in ("f", "i") else {}
         for (g, v), kinds in sorted(notes.items()):
             for kind, (n, msg) in sorted(kinds.items()):
                 w(f"- errors `{kind}` ×{n} ({g}, {v}): {msg[:300]}")

@@ -30,6 +30,10 @@
 #   RESUME_COUNT=10000 log notifications per call          RESUME_STEPS=500  progress steps per call
 #   RESUME_READ=100    notifications read before the connection is dropped
 #   RESUME_PAUSE_MS=300  wait before resuming a log call (the progress call waits 1.5 ms per step)
+#   LIST_RUNS=20       new sessions (first tools/list each) per run (scenario i)
+#   LIST_MEMBERS=10    composite members (one of them slow)   LIST_TOOLS=20   tools per member
+#   LIST_DELAY=0.2     seconds the slow member sleeps before answering tools/list
+#   SHADOWCAT_PYTHON   python for tests/interop/paged_server.py (default: python3)
 #   BENCH_THREADS=1    generator threads (it shares the 2 cores with what it measures)
 #   BENCH_QUICKACK=1   generator ACKs at once (see crates/bench: --quickack); 0 = delayed ACKs
 #   KEEP_WORK=1        keep the scratch directory (logs of every process)
@@ -41,7 +45,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PEERS=${PEERS_DIR:-$ROOT/target/bench-peers}
 RESULTS=${RESULTS_DIR:-$ROOT/bench/results}
 DATE=${DATE:-$(date -u +%Y-%m-%d-%H%M)}
-SCENARIOS=${SCENARIOS:-a,b,c,d,e,f,g,h}
+SCENARIOS=${SCENARIOS:-a,b,c,d,e,f,g,h,i}
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
   ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-1} WARMUP=${WARMUP:-0.3}
@@ -51,6 +55,7 @@ if [[ $QUICK == 1 ]]; then
   PIPE_EXCHANGES=${PIPE_EXCHANGES:-5000} PIPE_BATCHES=${PIPE_BATCHES:-5}
   STORE_OPS=${STORE_OPS:-300}
   RESUME_ROUNDS=${RESUME_ROUNDS:-2} RESUME_COUNT=${RESUME_COUNT:-2000} RESUME_STEPS=${RESUME_STEPS:-200}
+  LIST_RUNS=${LIST_RUNS:-5}
 fi
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} PAYLOAD=${PAYLOAD:-64}
 CONCURRENCY=${CONCURRENCY:-1 32}
@@ -61,6 +66,7 @@ PIPE_EXCHANGES=${PIPE_EXCHANGES:-20000} PIPE_BATCHES=${PIPE_BATCHES:-15}
 STORE_OPS=${STORE_OPS:-2000}
 RESUME_ROUNDS=${RESUME_ROUNDS:-10} RESUME_CONC=${RESUME_CONC:-1} RESUME_COUNT=${RESUME_COUNT:-10000}
 RESUME_STEPS=${RESUME_STEPS:-500} RESUME_READ=${RESUME_READ:-100} RESUME_PAUSE_MS=${RESUME_PAUSE_MS:-300}
+LIST_RUNS=${LIST_RUNS:-20} LIST_MEMBERS=${LIST_MEMBERS:-10} LIST_TOOLS=${LIST_TOOLS:-20} LIST_DELAY=${LIST_DELAY:-0.2}
 export BENCH_THREADS=${BENCH_THREADS:-1}
 # The generator ACKs at once (TCP_QUICKACK) so it takes no part in Nagle/delayed-ACK stalls of
 # servers that write responses in pieces without TCP_NODELAY; BENCH_QUICKACK=0 behaves like a
@@ -693,11 +699,81 @@ scenario_h() {
   stop "$DEMO_PID"
 }
 
+scenario_i() {
+  log "== i. composite routes: merged tools/list with one slow member; tools/call composite vs plain"
+  # i1. The first tools/list of a session over LIST_MEMBERS stdio members (paged_server.py, one
+  #     page each), one of which sleeps LIST_DELAY before answering: the members are asked in
+  #     parallel, so the merged list should take about as long as the slow member through the
+  #     proxy by itself (`slowest-alone`: a plain forward http of that one server).
+  local py paged=$ROOT/tests/interop/paged_server.py
+  # The interpreter itself, not a shim (pyenv's shims are shell scripts): members spawn per session.
+  py=$("${SHADOWCAT_PYTHON:-python3}" -c 'import sys; print(sys.executable)') || { failure "i" "no python (SHADOWCAT_PYTHON)"; return; }
+  local common=(--log-level warn forward http --listen 127.0.0.1:0 --max-sessions 100000 --shutdown-deadline 2)
+  local servers=() k slow="$py $paged --tools $LIST_TOOLS --list-delay $LIST_DELAY"
+  for ((k = 1; k < LIST_MEMBERS; k++)); do servers+=(--server "m$k=$py $paged --tools $LIST_TOOLS"); done
+  servers+=(--server "slow=$slow")
+  declare -A url=() pid=() expect=()
+  start i-composite "$SC" "${common[@]}" "${servers[@]}"
+  pid[composite]=$LAST_PID
+  # paged_server.py lists `grow` and `die` besides its LIST_TOOLS tools.
+  expect[composite]=$((LIST_MEMBERS * (LIST_TOOLS + 2)))
+  # shellcheck disable=SC2086 # $slow is the command and its arguments
+  start i-slowest-alone "$SC" "${common[@]}" -- $slow
+  pid[slowest-alone]=$LAST_PID
+  expect[slowest-alone]=$((LIST_TOOLS + 2))
+  local v
+  for v in composite slowest-alone; do
+    url[$v]=$(wait_listen "i-$v" "${pid[$v]}")/mcp || { failure "i|list|$v" "proxy did not start: $(tail -c 1500 "$WORK/i-$v.log")"; unset 'url[$v]'; }
+  done
+  local r param="delay=$(awk -v d="$LIST_DELAY" 'BEGIN { printf "%dms", d * 1000 }')"
+  for r in $(seq 1 "$ROUNDS"); do
+    for v in $(rotate "$r" "${!url[@]}"); do
+      bench "i|list|$v|$param|r$r" list-latency --url "${url[$v]}" --runs "$LIST_RUNS" \
+        --expect-tools "${expect[$v]}" --pid "proxy=${pid[$v]}"
+    done
+  done
+  for v in "${!pid[@]}"; do stop "${pid[$v]}"; done
+  unset url pid expect
+
+  # i2. tools/call throughput through a composite route vs a plain one, same JSON-answering
+  #     upstream (a shadowcat HTTP→stdio front of the demo server, as in scenario a): `plain` =
+  #     forward http --target URL, `composite-1` = --server a=URL (the tool is a__echo),
+  #     `composite-2` = --server a=URL --server b=URL.
+  start i-json "$SC" "${common[@]}" -- "$SC" demo-server
+  local json_pid=$LAST_PID json_url
+  json_url=$(wait_listen i-json "$json_pid")/mcp || { failure "i" "json upstream did not start"; return; }
+  declare -A url=() pid=() tool=()
+  for v in plain composite-1 composite-2; do
+    local up=()
+    case $v in
+      plain) up=(--target "$json_url") tool[$v]=echo ;;
+      composite-1) up=(--server "a=$json_url") tool[$v]=a__echo ;;
+      composite-2) up=(--server "a=$json_url" --server "b=$json_url") tool[$v]=a__echo ;;
+    esac
+    start "i-$v" "$SC" "${common[@]}" "${up[@]}"
+    pid[$v]=$LAST_PID
+    url[$v]=$(wait_listen "i-$v" "${pid[$v]}")/mcp || { failure "i|calls|$v" "proxy did not start: $(tail -c 1500 "$WORK/i-$v.log")"; unset 'url[$v]'; }
+  done
+  local c
+  for r in $(seq 1 "$ROUNDS"); do
+    for c in $CONCURRENCY; do
+      for v in $(rotate "$r" "${!url[@]}"); do
+        # shellcheck disable=SC2046
+        bench "i|calls|$v|c=$c|r$r" calls --url "${url[$v]}" --tool "${tool[$v]}" -c "$c" $(calls_args) \
+          --pid "proxy=${pid[$v]}" --pid "upstream=$json_pid"
+      done
+    done
+  done
+  for v in "${!pid[@]}"; do stop "${pid[$v]}"; done
+  stop "$json_pid"
+  unset url pid tool
+}
+
 # --- run ------------------------------------------------------------------------------------------
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A TOOK=()
-for s in a b c d e f g h; do
+for s in a b c d e f g h i; do
   if has "$s"; then
     t0=$(date +%s)
     "scenario_$s" || failure "$s" "scenario aborted (exit $?)"
@@ -719,7 +795,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "load_before=$LOAD_BEFORE"
   echo "load_after=$LOAD_AFTER"
   echo "elapsed_s=$(($(date +%s) - START_TS))"
-  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS PIPE_EXCHANGES=$PIPE_EXCHANGES PIPE_BATCHES=$PIPE_BATCHES STORE_OPS=$STORE_OPS RESUME_ROUNDS=$RESUME_ROUNDS RESUME_CONC=$RESUME_CONC RESUME_COUNT=$RESUME_COUNT RESUME_STEPS=$RESUME_STEPS RESUME_READ=$RESUME_READ RESUME_PAUSE_MS=$RESUME_PAUSE_MS BENCH_THREADS=$BENCH_THREADS"
+  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS PIPE_EXCHANGES=$PIPE_EXCHANGES PIPE_BATCHES=$PIPE_BATCHES STORE_OPS=$STORE_OPS RESUME_ROUNDS=$RESUME_ROUNDS RESUME_CONC=$RESUME_CONC RESUME_COUNT=$RESUME_COUNT RESUME_STEPS=$RESUME_STEPS RESUME_READ=$RESUME_READ RESUME_PAUSE_MS=$RESUME_PAUSE_MS LIST_RUNS=$LIST_RUNS LIST_MEMBERS=$LIST_MEMBERS LIST_TOOLS=$LIST_TOOLS LIST_DELAY=$LIST_DELAY BENCH_THREADS=$BENCH_THREADS"
   for s in "${!TOOK[@]}"; do echo "took_$s=${TOOK[$s]}"; done
 } >"$WORK/meta.txt"
 

@@ -5,7 +5,8 @@ It has many tools, listed a page at a time, and a few that act on the server its
 
 * `t0000` … `tNNNN` (`--tools N`, default 1000): answer their own name (and the arguments
   they were given, as JSON, if any); listed in pages of
-  `--page` (default 50) with an opaque cursor.
+  `--page` (default 50) with an opaque cursor. With `--list-delay SECONDS` (default 0) it
+  sleeps that long before answering each `tools/list` page (a slow member, for benchmarks).
 * `grow`: add a tool `extra`, then send `notifications/tools/list_changed`.
 * `die`: exit at once (no answer), so a proxy sees the server fail mid-call.
 
@@ -17,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tools", type=int, default=1000)
     ap.add_argument("--page", type=int, default=50)
+    ap.add_argument("--list-delay", type=float, default=0.0)
     args = ap.parse_args()
     tools = [f"t{i:04d}" for i in range(args.tools)] + ["grow", "die"]
 
@@ -57,6 +60,8 @@ def main() -> None:
         elif method == "ping":
             result = {}
         elif method == "tools/list":
+            if args.list_delay > 0:
+                time.sleep(args.list_delay)
             start = int(params.get("cursor") or 0)
             end = start + args.page
             result = {"tools": [tool(n) for n in tools[start:end]]}

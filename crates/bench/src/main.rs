@@ -8,6 +8,7 @@ mod chaos;
 mod cold;
 mod http;
 mod idle;
+mod list;
 mod mcp;
 mod pipeline;
 mod resume;
@@ -49,6 +50,8 @@ enum Mode {
     Resume(resume::ResumeArgs),
     /// Time from spawning a server/proxy to its first served request.
     ColdStart(cold::ColdArgs),
+    /// A new session's first `tools/list` (all pages), timed; one new session per run.
+    ListLatency(list::ListArgs),
     /// Session store operations per backend (memory, sqlite, redis): latency, appends/s.
     Store(store::StoreArgs),
     /// Cost per frame of the hook pipeline (none, interceptor rules, recorder), in process.
@@ -164,6 +167,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Sse(a) => sse::run(a).await,
             Mode::Resume(a) => resume::run(a).await,
             Mode::ColdStart(a) => cold::run(a).await,
+            Mode::ListLatency(a) => list::run(a).await,
             Mode::Store(a) => store::run(a).await,
             Mode::Pipeline(a) => pipeline::run(a).await,
             Mode::ChaosHostile(a) => chaos::hostile(a).await,
