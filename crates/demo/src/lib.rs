@@ -158,7 +158,10 @@ pub async fn serve_http(
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let app = axum::Router::new().route_service(HTTP_PATH, service);
+    // `/health` answers 200 while the server runs (what a gateway's `check = "http"` asks).
+    let app = axum::Router::new()
+        .route_service(HTTP_PATH, service)
+        .route("/health", axum::routing::get(|| async { "ok\n" }));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, path = HTTP_PATH, "demo MCP server listening (Streamable HTTP)");
     }

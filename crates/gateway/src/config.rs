@@ -1890,6 +1890,25 @@ env = { LOG = "info" }
         assert!(cfg.routes.iter().any(RouteConfig::is_composite));
     }
 
+    /// Every example file is a valid configuration as shipped.
+    #[test]
+    fn every_example_is_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("examples/") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let name = path.display().to_string();
+            let cfg = GatewayConfig::parse(&name, &text).unwrap_or_else(|e| panic!("{e}"));
+            cfg.validate(&name).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+        assert!(seen >= 3, "examples/*.toml: {seen}");
+    }
+
     /// Property tests: no text makes loading panic. proptest's default of 256 cases each
     /// (PROPTEST_CASES=N for a deeper run).
     mod props {

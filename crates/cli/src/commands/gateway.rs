@@ -346,7 +346,9 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
         })
         .collect();
     let ready = move || {
-        tracing::info!(routes = %routes.join(", "), "gateway listening on http://{local}");
+        for r in &routes {
+            tracing::info!("serving MCP at http://{local}{r}");
+        }
         // Machine-readable line for scripts and tests that listen on port 0.
         eprintln!("shadowcat: listening on http://{local}");
     };

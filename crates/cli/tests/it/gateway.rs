@@ -961,3 +961,48 @@ async fn composite_routes_shape_tools_and_make_virtual_servers() {
         "{err}"
     );
 }
+
+/// examples/local-gateway.toml runs as shipped (only the ports are moved, so tests do not
+/// collide): the demo server answers through it, its health check passes, and the start prints
+/// the full endpoint URL. The demo server's own `/health` answers 200.
+#[tokio::test]
+async fn the_local_gateway_example_runs_as_shipped() {
+    let example = super::python::workspace().join("examples/local-gateway.toml");
+    let bin_dir = std::path::Path::new(super::harness::bin())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let admin = super::admin::start(
+        &[
+            "--config",
+            example.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &[("PATH", &path)],
+    )
+    .await;
+    let gw = &admin.server;
+    assert!(
+        gw.process.logged(&format!("serving MCP at {}", gw.url())),
+        "the full endpoint URL is printed"
+    );
+    let mut c = client(gw.url(), None);
+    c.initialize().await;
+    assert_eq!(c.call_tool(1, "add", json!({"a": 1, "b": 1})).await, "2");
+    let (status, ups) =
+        super::admin::call("GET", &format!("{}/api/upstreams", admin.admin), None).await;
+    assert_eq!(status, 200, "{ups}");
+    assert_eq!(ups["routes"][0]["upstreams"][0]["healthy"], true, "{ups}");
+
+    let demo = super::harness::Server::demo_http().await;
+    let (status, _, body) = get(&demo.base, "/health").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+}
