@@ -29,6 +29,16 @@ async fn open_for_cli(a: &StoreArgs) -> anyhow::Result<Arc<dyn SessionStore>> {
             "the memory store lives inside a running proxy; give --store sqlite:PATH or --store redis://…"
         );
     }
+    // Inspecting a store never creates one: a mistyped path is an error, not a new file.
+    if let Some(path) = a.store.trim().strip_prefix("sqlite:") {
+        let path = std::path::Path::new(path);
+        if !path.is_file() {
+            bail!(
+                "no session store at `{}` (no such file); give the --store of a proxy that ran",
+                path.display()
+            );
+        }
+    }
     open_store(a, 10_000, Duration::from_secs(1800)).await
 }
 

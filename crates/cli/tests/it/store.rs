@@ -53,3 +53,31 @@ async fn sqlite_sessions_survive_a_crash_and_are_marked_ended() {
     let (code, _) = session_cli(&["list", "--store", "memory"]);
     assert_ne!(code, 0, "the memory store cannot be listed from outside");
 }
+
+/// Inspecting sessions never creates a store: a mistyped SQLite path is an error naming it, and
+/// no file appears; the memory store (the default) is refused with a hint.
+#[test]
+fn session_commands_never_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("sesions.db");
+    let store = format!("sqlite:{}", typo.display());
+    let run = |args: &[&str]| {
+        let out = Launch::shadowcat(args).run();
+        (out.status.code().unwrap_or(-1), lossy(&out.stderr))
+    };
+    for cmd in [&["list"][..], &["show", "abc"], &["kill", "abc"]] {
+        let mut args = vec!["session"];
+        args.extend_from_slice(cmd);
+        args.extend(["--store", &store]);
+        let (code, err) = run(&args);
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        assert!(
+            err.contains("no session store at") && err.contains("sesions.db"),
+            "{err}"
+        );
+    }
+    assert!(!typo.exists(), "no file was created");
+    let (code, err) = run(&["session", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--store"), "{err}");
+}
