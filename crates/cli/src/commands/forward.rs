@@ -321,6 +321,11 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let local = listener.local_addr()?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {local}: forward http has no authentication, so anyone who can reach it can use its upstreams (put it behind `shadowcat gateway` with [auth], or listen on 127.0.0.1)"
+        );
+    }
     let mut endpoints: Vec<String> = Vec::new();
     if config.targets.default.is_some() {
         endpoints.push(format!(

@@ -331,6 +331,11 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}", s.listen))?;
     let local = listener.local_addr()?;
+    if cfg.auth.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {local} without authentication: anyone who can reach it can use every route (configure [auth], or listen on 127.0.0.1)"
+        );
+    }
     let routes: Vec<String> = gw
         .routes()
         .map(|r| match r.set().members() {

@@ -622,3 +622,24 @@ async fn a_request_id_still_in_flight_is_refused_and_the_first_request_completes
     // Answered: id 5 is free again.
     assert_eq!(c.call_tool(5, "echo", json!({"message":"ok"})).await, "ok");
 }
+
+/// Listening off loopback without authentication is allowed, and said at start: forward http
+/// always (it has none), the gateway without `[auth]`.
+#[tokio::test]
+async fn listening_off_loopback_without_auth_is_warned_about() {
+    let forward = Server::start(&["forward", "http", "--listen", "0.0.0.0:0", "--demo"]).await;
+    assert!(
+        forward.process.logged("forward http has no authentication"),
+        "forward http warns"
+    );
+    let gateway = Server::start(&["gateway", "--listen", "0.0.0.0:0", "--demo"]).await;
+    assert!(
+        gateway.process.logged("without authentication"),
+        "the gateway without [auth] warns"
+    );
+    let quiet = Server::forward_http(&["--demo"]).await;
+    assert!(
+        !quiet.process.logged("no authentication"),
+        "loopback: no warning"
+    );
+}
