@@ -29,24 +29,9 @@ import anyio
 import mcp.types as types
 from mcp import Client
 
+from python_client import ELICIT_NAME, SAMPLING_REPLY, CheckFailed, Recorder, Runner, expect, text_of
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SAMPLING_REPLY = "pong from the composite client"
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def expect(cond: bool, why: str) -> None:
-    if not cond:
-        raise CheckFailed(why)
-
-
-def text_of(result: types.CallToolResult) -> str:
-    texts = [b.text for b in result.content if isinstance(b, types.TextContent)]
-    if result.is_error:
-        raise CheckFailed(f"tool returned isError=true: {''.join(texts)!r}")
-    return "".join(texts)
 
 
 def method_of(message: Any) -> str | None:
@@ -57,53 +42,24 @@ def method_of(message: Any) -> str | None:
     return None
 
 
-class Composite:
+class Composite(Runner):
+    """The interop client's runner (one line per check, each with its timeout) and recorder
+    (sampling and elicitation answered as python_client.py answers them), plus what composite
+    checks need: list_changed notifications counted."""
+
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.passed = 0
-        self.failed = 0
+        super().__init__(args)
+        self.rec = Recorder()
         self.changed = 0
         self.changed_event = anyio.Event()
-        self.sampled: list[Any] = []
-
-    def report(self, name: str, error: str | None) -> None:
-        if error is None:
-            self.passed += 1
-            print(f"ok {name}", flush=True)
-        else:
-            self.failed += 1
-            print(f"FAIL {name}: {' '.join(error.split())}", flush=True)
 
     async def check(self, name: str, fn: Any) -> None:
-        error = None
-        try:
-            with anyio.fail_after(self.args.timeout):
-                await fn()
-        except CheckFailed as e:
-            error = str(e)
-        except TimeoutError:
-            error = f"timed out after {self.args.timeout:g} s"
-        except Exception as e:  # noqa: BLE001
-            error = f"{type(e).__name__}: {e}"
-            traceback.print_exc()
-        self.report(name, error)
+        await self.run_check(name, fn)
 
     async def on_message(self, message: Any) -> None:
         if method_of(message) == "notifications/tools/list_changed":
             self.changed += 1
             self.changed_event.set()
-
-    async def sampling(self, context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-        self.sampled.append(params)
-        return types.CreateMessageResult(
-            role="assistant",
-            content=types.TextContent(type="text", text=SAMPLING_REPLY),
-            model="composite",
-            stop_reason="endTurn",
-        )
-
-    async def elicitation(self, context: Any, params: Any) -> types.ElicitResult:
-        return types.ElicitResult(action="accept", content={"name": "Ada"})
 
     async def wait_changed(self, seen: int) -> None:
         while self.changed <= seen:
@@ -114,8 +70,8 @@ class Composite:
         client = Client(
             self.args.url,
             read_timeout_seconds=self.args.timeout,
-            sampling_callback=self.sampling,
-            elicitation_callback=self.elicitation,
+            sampling_callback=self.rec.sampling,
+            elicitation_callback=self.rec.elicitation,
             message_handler=self.on_message,
             cache=None,
             mode=self.args.mode,
@@ -181,14 +137,14 @@ class Composite:
             raise CheckFailed("a call to an unknown tool succeeded")
 
         async def sampling() -> None:
-            before = len(self.sampled)
+            before = len(self.rec.sampling_requests)
             got = text_of(await c.call_tool("twin__sample", {"prompt": "ping", "max_tokens": 7}))
             expect(got == f"sampled: {SAMPLING_REPLY}", f"twin__sample returned {got!r}")
-            expect(len(self.sampled) == before + 1, "the sampling callback did not run once")
+            expect(len(self.rec.sampling_requests) == before + 1, "the sampling callback did not run once")
 
         async def elicitation() -> None:
             got = text_of(await c.call_tool("demo__elicit", {"message": "name?"}))
-            expect(got == "elicited: accept name=Ada", f"demo__elicit returned {got!r}")
+            expect(got == f"elicited: accept name={ELICIT_NAME}", f"demo__elicit returned {got!r}")
 
         async def resources() -> None:
             listed = await c.list_resources()
@@ -269,6 +225,7 @@ def main() -> None:
         help="skip the checks that wait for list_changed (a member that changes or dies)",
     )
     ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--verbose", action="store_true", help="print tracebacks of failed checks")
     args = ap.parse_args()
     run = Composite(args)
 

@@ -95,6 +95,26 @@ async fn call(s: &RunningService<RoleClient, Client>, name: &'static str, a: Val
     text(&r)
 }
 
+/// Wait (within [`WAIT`]) until the client has seen the progress of a 3-step `slow` call and
+/// `logs` log messages.
+async fn wait_seen(client: &Client, logs: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (p, l) = {
+            let seen = client.seen.lock().unwrap();
+            (seen.progress.clone(), seen.logs.len())
+        };
+        if p == [1.0, 2.0, 3.0] && l == logs {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "progress {p:?}, logs {l}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The same conversation through any transport: tools, server→client requests, progress, logs.
 async fn exercise(s: RunningService<RoleClient, Client>, client: Client) {
     let info = s.peer_info().expect("initialized");
@@ -148,21 +168,7 @@ async fn exercise(s: RunningService<RoleClient, Client>, client: Client) {
         panic!("not a tool result")
     };
     assert_eq!(text(&r), "completed 3 steps");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (p, l) = {
-            let seen = client.seen.lock().unwrap();
-            (seen.progress.clone(), seen.logs.len())
-        };
-        if p == [1.0, 2.0, 3.0] && l == 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "progress {p:?}, logs {l}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_seen(&client, 2).await;
     s.cancel().await.expect("close client");
 }
 
@@ -265,14 +271,6 @@ async fn rmcp_through_a_composite_route() {
         call(&s, "a__slow", json!({"steps": 3, "duration": 0.1})).await,
         "completed 3 steps"
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client.seen.lock().unwrap().progress != [1.0, 2.0, 3.0] {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "progress {:?}",
-            client.seen.lock().unwrap().progress
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_seen(&client, 0).await;
     s.cancel().await.expect("close client");
 }
