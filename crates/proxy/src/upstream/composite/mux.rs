@@ -185,16 +185,26 @@ impl Legs {
 #[derive(Default)]
 pub(super) struct Shared {
     /// The merged tool names while they are current.
-    tools: Mutex<Option<Arc<ToolNames>>>,
+    tools: Mutex<Option<Arc<Names>>>,
     /// Client requests routed to a member, by id: (member, whether its answer's URIs are
     /// exposed).
     routed: Mutex<HashMap<RequestId, (usize, bool)>>,
 }
 
-/// The merged tool names: exposed → (member, shaped), and the names a shaper changed.
-pub(super) struct ToolNames {
-    names: NameMap,
+/// The exposed names of a merged list (tools or prompts), and the tool names a member's shaper
+/// changed: (member, name as shaped) → the member's own name.
+pub(super) struct Names {
+    map: NameMap,
     renamed: HashMap<(usize, String), String>,
+}
+
+impl Names {
+    /// The member behind an exposed name, and the member's own name for it.
+    fn resolve(&self, exposed: &str) -> Option<(usize, &str)> {
+        let (i, shaped) = self.map.resolve(exposed)?;
+        let own = self.renamed.get(&(i, shaped.to_string()));
+        Some((i, own.map_or(shaped, String::as_str)))
+    }
 }
 
 /// Internal request ids start with this (a client request using one goes the slow way, where
@@ -252,16 +262,12 @@ pub(super) fn fast_call(
     }
     let tools = crate::sync::lock(&shared.tools).clone()?;
     let name = frame.target()?;
-    let (i, shaped) = tools.names.resolve(name)?;
+    let (i, original) = tools.resolve(name)?;
     if spec.members.get(i)?.shaper.is_some()
         || legs.states.get(i)?.load(Ordering::Relaxed) != MemberState::Up as u8
     {
         return None;
     }
-    let original = tools
-        .renamed
-        .get(&(i, shaped.to_string()))
-        .map_or(shaped, String::as_str);
     let frame = if original == name {
         frame.clone()
     } else {
@@ -337,9 +343,8 @@ enum Pending {
 struct Merged {
     generation: u64,
     items: Vec<Value>,
-    names: Option<NameMap>,
-    /// Tools a member's shaper renamed: (member, name as shaped) → the member's own name.
-    renamed: HashMap<(usize, String), String>,
+    /// Its exposed names (tools and prompts); shared with the session's task for tools.
+    names: Option<Arc<Names>>,
 }
 
 /// A list being read from the members.
@@ -996,22 +1001,16 @@ impl Mux {
             _ => (walk.items, HashMap::new()),
         };
         match merge(&self.spec, list, &self.state, shaped) {
-            Ok((items, names)) => {
+            Ok((items, map)) => {
                 self.generation += 1;
-                let st = &mut self.lists[list.index()];
+                let names = map.map(|map| Arc::new(Names { map, renamed }));
                 if list == List::Tools {
-                    *crate::sync::lock(&self.shared.tools) = names.clone().map(|names| {
-                        Arc::new(ToolNames {
-                            names,
-                            renamed: renamed.clone(),
-                        })
-                    });
+                    *crate::sync::lock(&self.shared.tools) = names.clone();
                 }
-                st.merged = Some(Merged {
+                self.lists[list.index()].merged = Some(Merged {
                     generation: self.generation,
                     items,
                     names,
-                    renamed,
                 });
                 for (id, offset) in readers {
                     self.page(&id, list, offset).await;
@@ -1176,10 +1175,7 @@ impl Mux {
             .names
             .as_ref()
             .and_then(|m| m.resolve(&name))
-            .map(|(i, shaped)| {
-                let own = merged.renamed.get(&(i, shaped.to_string()));
-                (i, own.map_or(shaped, String::as_str).to_string())
-            });
+            .map(|(i, own)| (i, own.to_string()));
         match resolved {
             Some((i, original)) => {
                 if list == List::Tools
@@ -1456,7 +1452,7 @@ impl Mux {
                     names: Some(map), ..
                 }) = &self.lists[list.index()].merged
                 {
-                    let gone: Vec<String> = map.names_of(i).map(str::to_string).collect();
+                    let gone: Vec<String> = map.map.names_of(i).map(str::to_string).collect();
                     let st = &mut self.lists[list.index()];
                     for g in gone {
                         st.gone.insert(g, i);
