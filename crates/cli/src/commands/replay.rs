@@ -42,6 +42,11 @@ pub struct ReplayArgs {
     /// method, whatever the client says about itself).
     #[arg(long = "match", value_enum, value_name = "HOW", default_value_t = MatchArg::Exact)]
     pub strictness: MatchArg,
+    /// Answer only from the tape. By default the replay answers `ping` and
+    /// `logging/setLevel` itself when the tape has no such request (and `initialize` when it
+    /// has none at all), so a tape recorded with one client replays to any other.
+    #[arg(long)]
+    pub strict: bool,
     /// No progress line (it is shown on stderr when stderr is a terminal).
     #[arg(long)]
     pub quiet: bool,
@@ -93,7 +98,8 @@ pub async fn run(a: ReplayArgs, log_traffic: bool) -> anyhow::Result<i32> {
     };
     let src = Arc::new(
         TapeSource::load(&a.tape, a.speed, strictness)
-            .with_context(|| format!("cannot replay {}", a.tape.display()))?,
+            .with_context(|| format!("cannot replay {}", a.tape.display()))?
+            .own_answers(!a.strict),
     );
     tracing::info!(
         tape = %a.tape.display(),

@@ -160,6 +160,25 @@ async fn replay_answers_unmatched_requests_with_the_closest_recorded_one() {
         .post(json!({"jsonrpc":"2.0","id":3,"method":"completion/complete","params":{}}))
         .await;
     assert_eq!(r.messages()[0]["error"]["code"], -32601);
+    // What any client sends but this tape never recorded is answered by the replay itself.
+    let set_level =
+        json!({"jsonrpc":"2.0","id":4,"method":"logging/setLevel","params":{"level":"debug"}});
+    for (req, id) in [
+        (set_level.clone(), 4),
+        (json!({"jsonrpc":"2.0","id":5,"method":"ping"}), 5),
+    ] {
+        let r = raw.post(req).await;
+        assert_eq!(r.messages()[0]["id"], id);
+        assert_eq!(r.messages()[0]["result"], json!({}), "{}", r.body);
+    }
+    replay.terminate().await;
+
+    // --strict: only the tape answers.
+    let replay = Server::start(&["replay", &t, "--listen", "127.0.0.1:0", "--strict"]).await;
+    let mut raw = Raw::new(replay.url());
+    raw.initialize().await;
+    let r = raw.post(set_level).await;
+    assert_eq!(r.messages()[0]["error"]["code"], -32601, "{}", r.body);
     replay.terminate().await;
 
     // --match name: the closest recorded echo answers.

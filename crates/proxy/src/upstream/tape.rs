@@ -40,9 +40,58 @@ pub struct TapeSource {
     pub answered: AtomicUsize,
     /// Requests nothing on the tape matched.
     pub unmatched: AtomicUsize,
+    /// Answer what any client sends but a tape may not hold — `ping`, `logging/setLevel`, and
+    /// `initialize` on a tape without one — when nothing recorded matches (`--strict` off).
+    pub own_answers: bool,
 }
 
 impl TapeSource {
+    /// Whether the replay answers `ping`, `logging/setLevel` and a missing `initialize` itself
+    /// (see [`TapeSource::own_answers`]).
+    pub fn own_answers(mut self, on: bool) -> TapeSource {
+        self.own_answers = on;
+        self
+    }
+
+    /// What the replay answers itself to `method` when the tape has nothing for it.
+    fn own_answer(&self, method: &str, params: Option<&Value>) -> Option<Value> {
+        if !self.own_answers {
+            return None;
+        }
+        match method {
+            "ping" | "logging/setLevel" => Some(serde_json::json!({})),
+            "initialize" => {
+                // Capabilities from what the tape holds; the client's version is agreed to.
+                let seen = |prefix: &str| {
+                    self.book
+                        .entries
+                        .iter()
+                        .any(|e| e.method.starts_with(prefix))
+                };
+                let mut caps = serde_json::json!({"logging": {}});
+                for (prefix, cap) in [
+                    ("tools/", "tools"),
+                    ("prompts/", "prompts"),
+                    ("resources/", "resources"),
+                ] {
+                    if seen(prefix) {
+                        caps[cap] = serde_json::json!({});
+                    }
+                }
+                let version = params
+                    .and_then(|p| p.get("protocolVersion"))
+                    .cloned()
+                    .unwrap_or_else(|| Value::from("2025-06-18"));
+                Some(serde_json::json!({
+                    "protocolVersion": version,
+                    "capabilities": caps,
+                    "serverInfo": {"name": "shadowcat-replay", "version": env!("CARGO_PKG_VERSION")},
+                }))
+            }
+            _ => None,
+        }
+    }
+
     /// Load a tape for replay.
     pub fn load(path: &Path, speed: f64, strictness: Strictness) -> Result<TapeSource, TapeError> {
         if !(speed >= 0.0 && speed.is_finite()) {
@@ -58,6 +107,7 @@ impl TapeSource {
             strictness,
             answered: AtomicUsize::new(0),
             unmatched: AtomicUsize::new(0),
+            own_answers: true,
         })
     }
 }
@@ -182,6 +232,23 @@ impl TapeUpstream {
                 let stop = self.cancel.child_token();
                 self.lock().running.insert(id.clone(), stop.clone());
                 self.play(steps, Some((id, token)), stop);
+                Ok(())
+            }
+            Err(_)
+                if let Some(result) = self
+                    .src
+                    .own_answer(frame.method().unwrap_or(""), v.get("params")) =>
+            {
+                let answer = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
+                if let Some(f) = frame_of(&answer) {
+                    let _ = self
+                        .tx
+                        .send(UpstreamEvent::Frame {
+                            frame: Box::new(f),
+                            via: Via::Request(id),
+                        })
+                        .await;
+                }
                 Ok(())
             }
             Err(miss) => {
@@ -329,5 +396,41 @@ impl TapeUpstream {
             }),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod own_answer_tests {
+    use super::*;
+
+    fn source(own: bool) -> TapeSource {
+        TapeSource {
+            path: PathBuf::from("t.jsonl"),
+            book: Book::default(),
+            speed: 0.0,
+            strictness: Strictness::Exact,
+            answered: AtomicUsize::new(0),
+            unmatched: AtomicUsize::new(0),
+            own_answers: true,
+        }
+        .own_answers(own)
+    }
+
+    #[test]
+    fn a_tape_without_them_still_answers_ping_set_level_and_initialize() {
+        let s = source(true);
+        assert_eq!(s.own_answer("ping", None), Some(serde_json::json!({})));
+        assert_eq!(
+            s.own_answer("logging/setLevel", None),
+            Some(serde_json::json!({}))
+        );
+        let params = serde_json::json!({"protocolVersion": "2025-11-25"});
+        let init = s.own_answer("initialize", Some(&params)).unwrap();
+        assert_eq!(init["protocolVersion"], "2025-11-25");
+        assert_eq!(init["capabilities"]["logging"], serde_json::json!({}));
+        assert_eq!(init["serverInfo"]["name"], "shadowcat-replay");
+        assert_eq!(s.own_answer("tools/call", None), None);
+        let strict = source(false);
+        assert_eq!(strict.own_answer("ping", None), None);
     }
 }
