@@ -48,16 +48,12 @@ pub async fn forward_stdio(
 ) -> Result<i32, ProxyError> {
     let tracker = TaskTracker::new();
     let grace = cfg.options.shutdown_grace;
-    let host = stdio_host(&tracker, shutdown.child_token());
-    let code = relay_stdio(
-        cfg,
-        &host,
-        &tracker,
-        tokio::io::stdin(),
-        tokio::io::stdout(),
-        shutdown.clone(),
-    )
-    .await;
+    // The host's records outlive the session only until it is torn down: stopped then, so the
+    // drain below waits for the upstream's tasks alone.
+    let records_stop = CancellationToken::new();
+    let host = stdio_host(&tracker, records_stop.clone());
+    let io = (tokio::io::stdin(), tokio::io::stdout());
+    let code = relay_stdio(cfg, &host, &records_stop, &tracker, io, shutdown.clone()).await;
     drain(&tracker, grace * 3).await;
     code
 }
@@ -81,13 +77,14 @@ fn stdio_host(tracker: &TaskTracker, cancel: CancellationToken) -> Arc<Host> {
 }
 
 /// The stdio front's one session, created in `host` like every session (see
-/// [`place::create`]), relaying `input`/`output` until either side ends.
+/// [`place::create`]), relaying `input`/`output` until either side ends; then the host's
+/// records are stopped (`records_stop`), so nothing of the relay is left on `tracker`.
 async fn relay_stdio<R, W>(
     cfg: StdioForward,
     host: &Arc<Host>,
+    records_stop: &CancellationToken,
     tracker: &TaskTracker,
-    input: R,
-    output: W,
+    (input, output): (R, W),
     shutdown: CancellationToken,
 ) -> Result<i32, ProxyError>
 where
@@ -115,7 +112,14 @@ where
         init: None,
         tried: &[],
     };
-    let created = place::create(&creator, new).await?;
+    let created = place::create(&creator, new).await;
+    let created = match created {
+        Ok(c) => c,
+        Err(e) => {
+            records_stop.cancel();
+            return Err(e);
+        }
+    };
     let span = tracing::info_span!("session", id = %created.session.id());
     let code = tracing::Instrument::instrument(
         stdio::run(
@@ -129,6 +133,7 @@ where
         span,
     )
     .await;
+    records_stop.cancel();
     Ok(code)
 }
 
@@ -163,7 +168,8 @@ mod tests {
     #[tokio::test]
     async fn the_stdio_session_lives_in_the_host() {
         let tracker = TaskTracker::new();
-        let host = stdio_host(&tracker, CancellationToken::new());
+        let records_stop = CancellationToken::new();
+        let host = stdio_host(&tracker, records_stop.clone());
         // A server that answers every line with a result for id 1, then exits with 7.
         let script =
             r#"while read -r l; do echo '{"jsonrpc":"2.0","id":1,"result":{}}'; done; exit 7"#;
@@ -177,9 +183,11 @@ mod tests {
         let (front_out, client_out) = tokio::io::duplex(4096);
         let relay = {
             let (host, tracker) = (host.clone(), tracker.clone());
+            let records_stop = records_stop.clone();
             tokio::spawn(async move {
                 let shutdown = CancellationToken::new();
-                relay_stdio(cfg, &host, &tracker, front_in, front_out, shutdown).await
+                let io = (front_in, front_out);
+                relay_stdio(cfg, &host, &records_stop, &tracker, io, shutdown).await
             })
         };
         client
@@ -198,5 +206,11 @@ mod tests {
         assert_eq!(code, 7);
         assert!(host.is_empty(), "the session left the host's table");
         assert_eq!(host.reserved(), 0, "its place was given back");
+        // Nothing of the relay is left running (forward stdio drains its tracker before it
+        // exits: a task left over, such as the records' writer, would hold the exit up).
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("every task of the relay ends");
     }
 }
