@@ -53,3 +53,30 @@ async fn python_client_through_forward_stdio() {
     .await
     .unwrap();
 }
+
+/// The README's five-line Python client runs as written against `forward http --demo` (only
+/// the address is changed to the test's port) and prints the echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_python_client_runs() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let block = readme
+        .split("**A five-line Python client**")
+        .nth(1)
+        .and_then(|rest| rest.split("```python\n").nth(1))
+        .and_then(|code| code.split("```").next())
+        .expect("the README's Python client block");
+    assert_eq!(block.lines().count(), 5, "five lines: {block}");
+    let p = Server::forward_http(&["--demo"]).await;
+    let code = block.replace("http://127.0.0.1:8080/mcp", &p.url());
+    assert_ne!(code, block, "the README's client uses the default address");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .args(["-c", &code])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", lossy(&out.stderr));
+    assert_eq!(lossy(&out.stdout).trim(), "hello");
+}

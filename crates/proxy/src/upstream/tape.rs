@@ -234,24 +234,21 @@ impl TapeUpstream {
                 self.play(steps, Some((id, token)), stop);
                 Ok(())
             }
-            Err(_)
-                if let Some(result) = self
-                    .src
-                    .own_answer(frame.method().unwrap_or(""), v.get("params")) =>
-            {
-                let answer = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
-                if let Some(f) = frame_of(&answer) {
-                    let _ = self
-                        .tx
-                        .send(UpstreamEvent::Frame {
-                            frame: Box::new(f),
-                            via: Via::Request(id),
-                        })
-                        .await;
-                }
-                Ok(())
-            }
             Err(miss) => {
+                let method = frame.method().unwrap_or("");
+                if let Some(result) = self.src.own_answer(method, v.get("params")) {
+                    let answer = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
+                    if let Some(f) = frame_of(&answer) {
+                        let _ = self
+                            .tx
+                            .send(UpstreamEvent::Frame {
+                                frame: Box::new(f),
+                                via: Via::Request(id),
+                            })
+                            .await;
+                    }
+                    return Ok(());
+                }
                 self.src.unmatched.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(method = frame.method(), "{}", miss.message);
                 let data = miss.closest.map(|c| serde_json::json!({ "closest": c }));
