@@ -1890,6 +1890,37 @@ env = { LOG = "info" }
         assert!(cfg.routes.iter().any(RouteConfig::is_composite));
     }
 
+    /// A file with several mistakes gets all of them in one run, in file order, each with its
+    /// line and field, misspellings with the name they are closest to.
+    #[test]
+    fn every_problem_of_a_file_is_reported_with_did_you_mean() {
+        let text = "[server]\nmax_sesions = 10\n\n[[routes]]\npath = \"/mcp\"\n\
+                    balance = \"least-inflight\"\n[[routes.upstreams]]\n\
+                    url = \"http://127.0.0.1:9/mcp\"\nwieght = 2\n";
+        let e = GatewayConfig::parse("g.toml", text)
+            .unwrap_err()
+            .to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(
+            lines[0].starts_with("g.toml:2:1: server.max_sesions: unknown field"),
+            "{e}"
+        );
+        assert!(lines[0].ends_with("did you mean `max_sessions`?"), "{e}");
+        assert!(
+            lines[1].starts_with("g.toml:6:11: routes[0].balance"),
+            "{e}"
+        );
+        assert!(lines[1].ends_with("did you mean `least-in-flight`?"), "{e}");
+        assert!(lines[2].contains("routes[0].upstreams[0].wieght"), "{e}");
+        assert!(lines[2].ends_with("did you mean `weight`?"), "{e}");
+        // Far from every name: no suggestion.
+        let e = GatewayConfig::parse("g.toml", "[server]\nzzzzzzzz = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
     /// Every example file is a valid configuration as shipped.
     #[test]
     fn every_example_is_valid() {

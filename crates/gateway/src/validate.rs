@@ -14,6 +14,71 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
+/// Most problems `parse` reports before it gives up on a file.
+const MAX_PARSE_PROBLEMS: usize = 32;
+
+/// One reading of the text: the config, or (field, span, message) of the first problem.
+type Parsed = Result<GatewayConfig, (String, Option<std::ops::Range<usize>>, String)>;
+
+fn parse_once(text: &str) -> Parsed {
+    let de = toml::de::Deserializer::parse(text)
+        .map_err(|e| (String::new(), e.span(), e.message().to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let inner = e.into_inner();
+        (path, inner.span(), inner.message().to_string())
+    })
+}
+
+/// Blank out (with spaces, newlines kept) the lines `span` touches, so the text reads without
+/// them. `false` when that cannot help: a table header (its keys would move to another table)
+/// or nothing to blank.
+fn blank_lines(text: &mut String, span: std::ops::Range<usize>) -> bool {
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let end = text[span.end.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |i| span.end.min(text.len()) + i);
+    let lines = &text[start..end];
+    if lines.trim().is_empty() || lines.trim_start().starts_with('[') {
+        return false;
+    }
+    let blank: String = lines
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(start..end, &blank);
+    true
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or variant), with the closest
+/// expected name when one is close enough to be a typo.
+fn did_you_mean(message: &str) -> String {
+    let Some(rest) = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))
+    else {
+        return message.to_string();
+    };
+    let Some((given, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|c| (strsim::levenshtein(given, c), c))
+        .min();
+    match best {
+        Some((d, c)) if d > 0 && d <= (given.chars().count() / 3).max(2) => {
+            format!("{message}; did you mean `{c}`?")
+        }
+        _ => message.to_string(),
+    }
+}
+
 fn position(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -38,22 +103,52 @@ impl GatewayConfig {
     }
 
     /// Parse TOML text (no validation). `file` names it in errors.
+    ///
+    /// Every problem is reported, not only the first: a value that does not fit (or a key that
+    /// is unknown) is reported, its line is blanked out (line numbers stay as they were) and the
+    /// text is read again, up to [`MAX_PARSE_PROBLEMS`] times; then the rest of the file is
+    /// validated too. A misspelt key or value gets a "did you mean" when one is close.
     pub fn parse(file: &str, text: &str) -> Result<GatewayConfig, ConfigError> {
-        let fail = |field: String, span: Option<std::ops::Range<usize>>, msg: &str| ConfigError {
+        let mut problems: Vec<Problem> = Vec::new();
+        let mut text = text.to_string();
+        loop {
+            let (field, span, message) = match parse_once(&text) {
+                Ok(cfg) if problems.is_empty() => return Ok(cfg),
+                Ok(cfg) => {
+                    // What the rest of the file says is wrong too.
+                    if let Err(more) = cfg.validate(file) {
+                        problems.extend(more.problems);
+                    }
+                    break;
+                }
+                Err(e) => e,
+            };
+            let position = span.as_ref().map(|s| position(&text, s.start));
+            let again = problems
+                .iter()
+                .any(|p| p.field == field && p.message == message);
+            if !again {
+                problems.push(Problem {
+                    field,
+                    position,
+                    message: did_you_mean(&message),
+                });
+            }
+            // Go on only where the rest of the file still reads as written.
+            match span {
+                Some(span) if !again && problems.len() < MAX_PARSE_PROBLEMS => {
+                    if !blank_lines(&mut text, span) {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        // In the order of the file (problems found by validation, without a line, after).
+        problems.sort_by_key(|p| p.position.unwrap_or((usize::MAX, 0)));
+        Err(ConfigError {
             file: file.to_string(),
-            problems: vec![Problem {
-                field,
-                position: span.map(|s| position(text, s.start)),
-                message: msg.to_string(),
-            }],
-        };
-        let de = toml::de::Deserializer::parse(text)
-            .map_err(|e| fail(String::new(), e.span(), e.message()))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            let inner = e.into_inner();
-            fail(path, inner.span(), inner.message())
+            problems,
         })
     }
 
