@@ -272,14 +272,23 @@ fn list(paths: Vec<PathBuf>, json: bool) -> anyhow::Result<i32> {
         print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
         return Ok(0);
     }
+    // The tape column is as wide as its longest path, so every row lines up.
+    let w = rows
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .map(|p| p.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("TAPE".len());
     let mut out = format!(
-        "{:<48} {:>9} {:>9} {:>8} {:>7}  {:<24} {}\n",
+        "{:<w$}  {:>9}  {:>9}  {:>8}  {:>7}  {:<24}  {}\n",
         "TAPE", "SIZE", "DURATION", "SESSIONS", "FRAMES", "CREATED", "MODE"
     );
     for r in &rows {
         let path = r["path"].as_str().unwrap_or("");
+        let bytes = human_size(r["bytes"].as_u64().unwrap_or(0));
         if let Some(e) = r["error"].as_str() {
-            out.push_str(&format!("{path:<48} {:>9} invalid: {e}\n", r["bytes"]));
+            out.push_str(&format!("{path:<w$}  {bytes:>9}  invalid: {e}\n"));
             continue;
         }
         let mut mode = r["mode"].as_str().unwrap_or("").to_string();
@@ -287,8 +296,7 @@ fn list(paths: Vec<PathBuf>, json: bool) -> anyhow::Result<i32> {
             mode.push_str(" (not closed)");
         }
         out.push_str(&format!(
-            "{path:<48} {:>9} {:>9} {:>8} {:>7}  {:<24} {mode}\n",
-            r["bytes"],
+            "{path:<w$}  {bytes:>9}  {:>9}  {:>8}  {:>7}  {:<24}  {mode}\n",
             seconds(r["duration_us"].as_u64().unwrap_or(0)),
             r["sessions"],
             r["frames"],
@@ -297,4 +305,30 @@ fn list(paths: Vec<PathBuf>, json: bool) -> anyhow::Result<i32> {
     }
     print(&out)?;
     Ok(0)
+}
+
+/// A size for people: `512 B`, `1.5 KiB`, `12.0 MiB`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(super::human_size(0), "0 B");
+        assert_eq!(super::human_size(1023), "1023 B");
+        assert_eq!(super::human_size(1536), "1.5 KiB");
+        assert_eq!(super::human_size(12 * 1024 * 1024), "12.0 MiB");
+    }
 }

@@ -317,6 +317,22 @@ async fn tape_show_list_export_and_validate() {
         table.contains("t.jsonl") && table.contains("forward-stdio"),
         "{table}"
     );
+    // Aligned columns: every row's size ends where the header's SIZE does, and reads as a size
+    // for people.
+    let lines: Vec<&str> = table.lines().collect();
+    let path_end = lines[0].find("  ").unwrap();
+    let end = lines[0].find("SIZE").unwrap() + "SIZE".len();
+    for l in &lines[1..] {
+        assert!(
+            l.as_bytes()[end - 1] != b' ' && l.as_bytes()[end] == b' ',
+            "{table}"
+        );
+        let size = l[path_end..end].trim();
+        assert!(
+            size.ends_with(" KiB") || size.ends_with(" B"),
+            "{size}: {table}"
+        );
+    }
 
     let har = shadowcat(&["tape", "export", "--format", "har", &t]);
     let har: Value = serde_json::from_slice(&har.stdout).unwrap();
