@@ -54,6 +54,9 @@ pub fn routes(gw: Arc<Gateway>, cfg: &GatewayConfig) -> axum::Router {
         .route("/api/upstreams", get(upstreams))
         .route("/api/config", get(config))
         .route("/api/metrics", get(metrics))
+        // The Prometheus page too, behind the admin listener's token and host checks (for a
+        // scraper that reaches the admin address rather than the MCP one).
+        .route("/metrics", get(prometheus))
         .with_state(admin)
 }
 
@@ -224,6 +227,13 @@ async fn upstreams(State(a): Shared) -> Answer {
 
 async fn config(State(a): Shared) -> Answer {
     Ok(json(StatusCode::OK, (*a.config).clone()))
+}
+
+async fn prometheus(State(a): Shared) -> axum::response::Response {
+    match running(&a) {
+        Ok((gw, front)) => gw.metrics_page(&front),
+        Err(refused) => axum::response::IntoResponse::into_response(refused),
+    }
 }
 
 async fn metrics(State(a): Shared) -> Answer {

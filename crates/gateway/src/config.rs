@@ -1155,7 +1155,7 @@ impl UpstreamConfig {
 }
 
 fn default_admin_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9090))
+    SocketAddr::from(([127, 0, 0, 1], 7474))
 }
 
 /// `[admin]`: the admin listener (JSON API, live traffic, web page) on its own address.
@@ -1646,7 +1646,7 @@ mod tests {
         let cfg = GatewayConfig::parse("g.toml", &format!("{base}[admin]\n")).unwrap();
         let admin = cfg.admin.unwrap();
         assert!(admin.enabled);
-        assert_eq!(admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(admin.listen, "127.0.0.1:7474".parse().unwrap());
         let e = with("listen = \"0.0.0.0:9090\"\n");
         assert!(
             e.contains("g.toml: admin.listen: `0.0.0.0:9090` is not a loopback address"),
@@ -1669,10 +1669,10 @@ mod tests {
         let e = with("port = 1\n");
         assert!(e.contains("admin.port: unknown field `port`"), "{e}");
         let e = errors(&format!(
-            "[server]\nlisten = \"127.0.0.1:9090\"\n{base}[admin]\n"
+            "[server]\nlisten = \"127.0.0.1:7474\"\n{base}[admin]\n"
         ));
         assert!(
-            e.contains("g.toml: admin.listen: `127.0.0.1:9090` is also server.listen"),
+            e.contains("g.toml: admin.listen: `127.0.0.1:7474` is also server.listen"),
             "{e}"
         );
     }

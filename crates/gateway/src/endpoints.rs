@@ -241,7 +241,8 @@ impl Gateway {
         }
     }
 
-    fn metrics_page(&self, front: &HttpFront) -> Response {
+    /// The Prometheus text of `/metrics` (also served on the admin listener).
+    pub(crate) fn metrics_page(&self, front: &HttpFront) -> Response {
         let mut text = self.metrics.render(&self.snapshot(front));
         self.limits.render_metrics(&mut text);
         let mut r = Response::new(Body::from(text));

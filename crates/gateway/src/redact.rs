@@ -155,7 +155,7 @@ args = ["--token", "argsecret", "--api-key=eqsecret", "--port", "8"]
             "http://user:[REDACTED]@a/mcp?api_key=[REDACTED]&x=1"
         );
         assert_eq!(v["auth"]["api_keys"][0]["name"], "ci");
-        assert_eq!(v["admin"]["listen"], "127.0.0.1:9090");
+        assert_eq!(v["admin"]["listen"], "127.0.0.1:7474");
         assert_eq!(
             v["routes"][0]["upstreams"][1]["args"],
             serde_json::json!(["--token", REDACTED, "--api-key=[REDACTED]", "--port", "8"])

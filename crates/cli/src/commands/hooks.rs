@@ -62,7 +62,7 @@ pub struct HookArgs {
     pub rules: Option<PathBuf>,
     /// Serve the admin API and web page (paused messages for `shadowcat intercept`, live
     /// traffic; a gateway's sessions and upstreams) on this address. `--admin` alone:
-    /// 127.0.0.1:7474, or for `gateway` its `[admin].listen` (default 127.0.0.1:9090).
+    /// 127.0.0.1:7474, or for `gateway` its `[admin].listen` (default 127.0.0.1:7474 too).
     /// Anything but loopback needs --admin-token.
     #[arg(long, value_name = "ADDR", num_args = 0..=1)]
     pub admin: Option<Option<SocketAddr>>,

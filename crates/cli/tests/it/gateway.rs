@@ -1001,6 +1001,10 @@ async fn the_local_gateway_example_runs_as_shipped() {
         super::admin::call("GET", &format!("{}/api/upstreams", admin.admin), None).await;
     assert_eq!(status, 200, "{ups}");
     assert_eq!(ups["routes"][0]["upstreams"][0]["healthy"], true, "{ups}");
+    // /metrics is served on the admin listener too.
+    let (status, _, metrics) = get(&admin.admin, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("shadowcat_active_sessions 1"), "{metrics}");
 
     let demo = super::harness::Server::demo_http().await;
     let (status, _, body) = get(&demo.base, "/health").await;
