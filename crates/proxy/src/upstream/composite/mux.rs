@@ -279,18 +279,13 @@ pub(super) fn fast_call(
 /// `frame` (a `tools/call`) naming `name` instead; everything else as it was (arguments are
 /// not parsed, only carried).
 fn renamed_call(frame: &Frame, name: &str) -> Option<Frame> {
-    use serde_json::value::RawValue;
-    let mut top: Map<String, Value> = Map::new();
-    let raw: HashMap<String, Box<RawValue>> = serde_json::from_slice(frame.raw()).ok()?;
-    for (k, v) in raw {
-        if k == "params" {
-            let mut params: HashMap<String, Box<RawValue>> = serde_json::from_str(v.get()).ok()?;
-            params.insert("name".into(), serde_json::value::to_raw_value(name).ok()?);
-            top.insert(k, serde_json::to_value(params).ok()?);
-        } else {
-            top.insert(k, serde_json::to_value(v).ok()?);
-        }
-    }
+    use serde_json::value::{RawValue, to_raw_value};
+    let mut top: HashMap<String, Box<RawValue>> = serde_json::from_slice(frame.raw()).ok()?;
+    let mut params: HashMap<String, Box<RawValue>> =
+        serde_json::from_str(top.get("params")?.get()).ok()?;
+    params.insert("name".into(), to_raw_value(name).ok()?);
+    top.insert("params".into(), to_raw_value(&params).ok()?);
+    // Raw values are written out as they came: the arguments are never parsed.
     let bytes = serde_json::to_vec(&top).ok()?;
     Frame::parse_single(Bytes::from(bytes)).ok()
 }
