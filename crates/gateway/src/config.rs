@@ -105,6 +105,41 @@ impl Dur {
     }
 }
 
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: \"500ms\", \"10s\", \"5m\", \"1h\", or a number of seconds.",
+            "anyOf": [
+                {"type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*(ms|s|m|h)?\\s*$"},
+                {"type": "number", "minimum": 0}
+            ]
+        })
+    }
+}
+
+/// The schema of the engine's `Failure` (`open` or `closed`), for the configuration's schema.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // read by the schema only
+enum FailureSchema {
+    Open,
+    Closed,
+}
+
+/// The schema of the engine's `PrefixMode`, for the configuration's schema.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // read by the schema only
+enum PrefixModeSchema {
+    Always,
+    OnConflict,
+    Never,
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -149,7 +184,7 @@ impl Serialize for Dur {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Listener, store and front settings.
@@ -173,7 +208,7 @@ pub struct GatewayConfig {
 }
 
 /// `[metrics]`: who may read `/metrics` (it names routes and upstreams).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Read the bearer token `/metrics` requires from this environment variable at start
@@ -251,7 +286,7 @@ fn default_outage() -> String {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -378,7 +413,7 @@ impl Default for ServerConfig {
 }
 
 /// `[auth]`: the gateway as an OAuth 2.1 resource server, and static API keys.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Scopes every route requires.
@@ -412,7 +447,7 @@ fn default_principal_claim() -> String {
 }
 
 /// `[auth.jwt]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// Required `iss`.
@@ -439,7 +474,7 @@ pub struct JwtConfig {
 }
 
 /// One `[[auth.api_keys]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// Who holds it (the principal is `key:NAME`).
@@ -452,7 +487,9 @@ pub struct ApiKeyConfig {
 }
 
 /// Where rate-limit state lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitsBackend {
     /// In this process (each replica enforces its own limits).
@@ -463,7 +500,9 @@ pub enum LimitsBackend {
 }
 
 /// What the Redis-backed limiter does while Redis is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RedisOutage {
     /// Fall back to this replica's in-process limits (logged and counted).
@@ -478,7 +517,7 @@ fn default_redis_timeout() -> Dur {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// `local` (default) or `redis` (one limit shared by every replica).
@@ -540,7 +579,7 @@ pub fn is_redis_url(s: &str) -> bool {
 }
 
 /// A GCRA rate: `requests` per `per`, bursts of up to `burst` (default: `requests`).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
     /// Requests allowed per period.
@@ -564,7 +603,9 @@ impl RateConfig {
 }
 
 /// How a route picks the upstream of a new session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Each in turn.
@@ -612,7 +653,9 @@ fn default_weight() -> u32 {
 }
 
 /// What an authorization rule decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// Let it through.
@@ -624,7 +667,7 @@ pub enum Effect {
 
 /// One `[[routes.rules]]`: who × method × tool/prompt/resource. Every list given must match
 /// (an empty list matches anything); names and URIs may use `*`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// `allow` or `deny`.
@@ -666,7 +709,7 @@ fn default_unhealthy_threshold() -> u32 {
 }
 
 /// `[routes.health]`: active checks of the route's HTTP upstreams.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// Time between checks.
@@ -690,7 +733,7 @@ pub struct HealthConfig {
 }
 
 /// What an active health check does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheck {
     /// A TCP connect to the upstream's host and port (HTTP upstreams).
@@ -713,7 +756,7 @@ impl HealthConfig {
 }
 
 /// One `[[routes]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `/mcp` or `/servers/NAME/mcp`.
@@ -747,6 +790,7 @@ pub struct RouteConfig {
     /// Composite routes: what a member failure does (`open`: the others carry on, the failed
     /// one is restarted; `closed`: the session fails). Default `open`.
     #[serde(default)]
+    #[schemars(with = "Option<FailureSchema>")]
     pub failure: Option<Failure>,
     /// Composite routes: items per page of a merged list (default 0: the whole list at once).
     #[serde(default)]
@@ -783,7 +827,7 @@ pub struct RouteConfig {
 /// Upstream credentials (HTTP upstreams; the client's own `Authorization` is never forwarded):
 /// static `headers`, header values from the environment (`headers_env`), `bearer_env`, or an
 /// OAuth client-credentials token (`[routes.upstreams.oauth]`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// A Streamable HTTP server.
@@ -828,7 +872,7 @@ pub struct UpstreamConfig {
 
 /// One `[[routes.servers]]`: a member server of a composite route, its `name` and, as in
 /// `[[routes.upstreams]]`, where it is (`url` or `command`, credentials, environment).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// The prefix of its tools and prompts: lowercase letters, digits and `-` (at most 32).
@@ -857,7 +901,7 @@ fn default_max_len() -> usize {
 }
 
 /// `[routes.names]`: a composite route's exposed names.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamesConfig {
     /// Between the server's name and its tool's: 1 to 4 characters, each `_` or `-`.
@@ -868,6 +912,7 @@ pub struct NamesConfig {
     pub max_len: usize,
     /// `always` (default), `on_conflict` (bare names unless two servers share one) or `never`.
     #[serde(default)]
+    #[schemars(with = "PrefixModeSchema")]
     pub prefix: PrefixMode,
 }
 
@@ -942,7 +987,9 @@ fn default_token_timeout() -> Dur {
 }
 
 /// How the gateway authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OAuthAuthMethod {
     /// HTTP Basic with the client id and secret.
@@ -955,7 +1002,7 @@ pub enum OAuthAuthMethod {
 /// `[routes.upstreams.oauth]`: the OAuth 2.1 client-credentials grant. The token is fetched on
 /// first use, shared by every upstream with the same client, refreshed before it expires and
 /// refetched when the upstream answers `401`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthConfig {
     /// The authorization server's token endpoint (https://, or http:// on loopback).
@@ -1078,7 +1125,9 @@ impl OAuthConfig {
 }
 
 /// The HTTP transport of a `url` upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum UrlTransport {
     /// Streamable HTTP (every era from 2025-03-26 on, including 2026-07-28).
@@ -1159,7 +1208,7 @@ fn default_admin_listen() -> SocketAddr {
 }
 
 /// `[admin]`: the admin listener (JSON API, live traffic, web page) on its own address.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Serve it (`false` keeps the section but binds nothing).

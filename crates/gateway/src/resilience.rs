@@ -7,7 +7,7 @@ use shadowcat_proxy::guard::{BreakerConfig, GuardConfig, RetryConfig};
 use std::time::Duration;
 
 /// `[routes.breaker]`: on by default.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerSection {
     /// `false` turns the breaker off.
@@ -49,7 +49,7 @@ impl Default for BreakerSection {
 }
 
 /// `[routes.retry]`: where retries are safe (see `shadowcat_proxy::guard`), under a budget.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
     /// Extra attempts per request (0: never retry).

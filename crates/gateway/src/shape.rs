@@ -18,7 +18,7 @@ use shadowcat_proxy::upstream::composite::Shaper;
 use std::collections::{BTreeMap, HashSet};
 
 /// `[routes.servers.tools]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolsConfig {
     /// Only tools whose name matches one of these globs (`*` = any run); default: all.
@@ -45,7 +45,7 @@ pub struct ToolsConfig {
 }
 
 /// `[routes.servers.tools.describe.NAME]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Describe {
     /// The title shown instead.

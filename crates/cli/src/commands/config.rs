@@ -19,6 +19,9 @@ pub enum ConfigCmd {
     /// Print the SHA-256 (hex) of an API key read from stdin, for `auth.api_keys[].sha256`.
     /// A trailing newline is not part of the key.
     HashKey,
+    /// Print the JSON Schema of the gateway configuration (for editor completion and
+    /// checks: e.g. taplo's `#:schema` directive, or VS Code's Even Better TOML).
+    Schema,
 }
 
 pub fn run(cmd: ConfigCmd) -> anyhow::Result<i32> {
@@ -85,6 +88,11 @@ pub fn run(cmd: ConfigCmd) -> anyhow::Result<i32> {
                 Ok(1)
             }
         },
+        ConfigCmd::Schema => {
+            let mut schema = serde_json::to_value(schemars::schema_for!(GatewayConfig))?;
+            schema["title"] = serde_json::json!("Shadowcat gateway configuration");
+            super::print(format!("{}\n", serde_json::to_string_pretty(&schema)?).as_bytes())
+        }
         ConfigCmd::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_to_string(&mut key)?;

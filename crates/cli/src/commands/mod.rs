@@ -41,7 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// Write generated text to stdout; a reader that stops early (`| head`) is not an error.
-fn print(bytes: &[u8]) -> anyhow::Result<i32> {
+pub(crate) fn print(bytes: &[u8]) -> anyhow::Result<i32> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {

@@ -6,7 +6,7 @@ use super::gateway_support::{
     FakeUpstream, alice_and_bob_with, client, config_file, get, run, sample, start_gateway,
     with_api_keys,
 };
-use super::harness::{Raw, free_port};
+use super::harness::{Raw, free_port, lossy};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -1009,4 +1009,40 @@ async fn the_local_gateway_example_runs_as_shipped() {
     let demo = super::harness::Server::demo_http().await;
     let (status, _, body) = get(&demo.base, "/health").await;
     assert_eq!((status, body.trim()), (200, "ok"));
+}
+
+/// `config schema` prints a JSON Schema that every shipped example satisfies and that catches a
+/// misspelt key (checked with Python's `jsonschema`, as an editor would use it).
+#[tokio::test]
+async fn the_config_schema_accepts_the_examples_and_refuses_a_typo() {
+    let (code, schema, err) = run(&["config", "schema"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schema.json");
+    std::fs::write(&path, &schema).unwrap();
+    let check = r#"
+import glob, json, sys, tomllib, jsonschema
+v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))
+files = sorted(glob.glob(sys.argv[2] + "/*.toml"))
+assert len(files) >= 3, files
+for f in files:
+    errors = [e.message for e in v.iter_errors(tomllib.load(open(f, "rb")))]
+    assert not errors, (f, errors)
+typo = list(v.iter_errors({"server": {"max_sesions": 3}}))
+assert typo and "max_sesions" in typo[0].message, typo
+print("schema ok", len(files))
+"#;
+    let examples = super::python::workspace().join("examples");
+    let out = std::process::Command::new(super::python::python())
+        .args(["-c", check])
+        .arg(&path)
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        lossy(&out.stdout),
+        lossy(&out.stderr)
+    );
 }
