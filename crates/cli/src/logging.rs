@@ -27,10 +27,13 @@ fn filter(default: &str) -> Result<EnvFilter, String> {
 }
 
 pub fn init(args: &LogArgs) -> Result<Guard, String> {
+    // The demo server's MCP library (rmcp) logs every handshake at INFO with `Debug` dumps of
+    // the peer: quiet unless asked for (`--log-level rmcp=info`).
+    let quiet = "rmcp=warn";
     let default = if args.log_traffic {
-        format!("{},shadowcat::traffic=info", args.log_level)
+        format!("{quiet},{},shadowcat::traffic=info", args.log_level)
     } else {
-        args.log_level.clone()
+        format!("{quiet},{}", args.log_level)
     };
     let filter = filter(&default)?;
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

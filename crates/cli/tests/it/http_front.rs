@@ -643,3 +643,32 @@ async fn listening_off_loopback_without_auth_is_warned_about() {
         "loopback: no warning"
     );
 }
+
+/// Default INFO logging of a session's life reads as sentences: no Rust `Debug` dumps
+/// (`Some(…)`), and a child's stderr without its own timestamp in front of ours.
+#[tokio::test]
+async fn default_logs_carry_no_debug_dumps_or_double_timestamps() {
+    let mut p = Server::forward_http(&["--demo"]).await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    assert_eq!(c.call_tool(1, "echo", json!({"message": "x"})).await, "x");
+    c.delete().await;
+    p.process.terminate().await;
+    let log = p.process.log();
+    assert!(log.len() > 3, "{log:?}");
+    for line in &log {
+        assert!(!line.contains("Some("), "a Debug dump: {line}");
+        let timestamps = line
+            .char_indices()
+            .filter(|(i, _)| {
+                let b = &line.as_bytes()[*i..];
+                b.len() > 19
+                    && b[..4].iter().all(u8::is_ascii_digit)
+                    && b[4] == b'-'
+                    && b[10] == b'T'
+                    && b[13] == b':'
+            })
+            .count();
+        assert!(timestamps <= 1, "two timestamps: {line}");
+    }
+}

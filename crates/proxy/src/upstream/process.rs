@@ -89,13 +89,17 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus>
         signal_group(pgid, Signal::SIGKILL);
         return Some(status);
     }
-    tracing::debug!(pid = ?pgid, "child did not exit after stdin closed; sending SIGTERM");
+    let pid = pgid.unwrap_or_default();
+    tracing::debug!(
+        pid,
+        "child did not exit after stdin closed; sending SIGTERM"
+    );
     signal_group(pgid, Signal::SIGTERM);
     if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
         signal_group(pgid, Signal::SIGKILL);
         return Some(status);
     }
-    tracing::warn!(pid = ?pgid, "child ignored SIGTERM; sending SIGKILL");
+    tracing::warn!(pid, "child ignored SIGTERM; sending SIGKILL");
     signal_group(pgid, Signal::SIGKILL);
     child.wait().await.ok()
 }

@@ -42,7 +42,13 @@ impl StdioUpstream {
             ProxyError::UpstreamConnect(format!("cannot start `{program}`: {e}"))
         })?;
         let pid = child.id();
-        let span = tracing::info_span!("upstream", session = %ctx.session, pid = ?pid);
+        // The pid as a plain number (no `Some(…)` in log lines); a child that is already gone
+        // has none.
+        let span =
+            tracing::info_span!("upstream", session = %ctx.session, pid = tracing::field::Empty);
+        if let Some(pid) = pid {
+            span.record("pid", pid);
+        }
         // The program only: arguments may carry secrets (`--token X`).
         let program = shadowcat_tape::redact::command_label(command);
         tracing::info!(parent: &span, %program, args = args.len(), "spawned stdio upstream");
@@ -77,7 +83,10 @@ impl StdioUpstream {
                 if tokio::time::timeout(grace, reader).await.is_err() {
                     tracing::warn!("child stdout still open after exit (a grandchild holds it?)");
                 }
-                tracing::info!(exit_code = ?code, "stdio upstream ended");
+                match code {
+                    Some(c) => tracing::info!(exit_code = c, "stdio upstream ended"),
+                    None => tracing::info!("stdio upstream ended (no exit status)"),
+                }
                 let reason = match code {
                     Some(c) => format!("{reason} (exit code {c})"),
                     None => reason.to_string(),
@@ -198,17 +207,55 @@ async fn read_stdout(stdout: ChildStdout, events: mpsc::Sender<UpstreamEvent>, m
     }
 }
 
+/// A child's stderr line without the timestamp its own logger put first (ours is on every
+/// line already): `2026-12-06T00:05:21.479Z  INFO …` → `INFO …`. Other lines are unchanged.
+fn without_timestamp(line: &str) -> &str {
+    let Some((first, rest)) = line.split_once(char::is_whitespace) else {
+        return line;
+    };
+    let b = first.as_bytes();
+    let looks_like_time = b.len() >= 19
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && (b[10] == b'T' || b[10] == b' ')
+        && b[13] == b':'
+        && b[16] == b':';
+    if looks_like_time {
+        rest.trim_start()
+    } else {
+        line
+    }
+}
+
 async fn read_stderr(stderr: ChildStderr) {
     let mut lines =
         FramedRead::with_capacity(stderr, LineCodec::new(MAX_STDERR_LINE), STDERR_BUFFER);
     while let Some(Ok(item)) = lines.next().await {
         match item {
             Line::Line(l) => {
-                tracing::info!(target: "shadowcat::upstream::stderr", "{}", String::from_utf8_lossy(&l))
+                let line = String::from_utf8_lossy(&l);
+                tracing::info!(target: "shadowcat::upstream::stderr", "{}", without_timestamp(&line))
             }
             Line::TooLong { seen } => {
                 tracing::info!(target: "shadowcat::upstream::stderr", "<{seen} bytes of stderr without a newline>")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod stderr_tests {
+    use super::without_timestamp;
+
+    #[test]
+    fn a_childs_own_timestamp_is_dropped() {
+        assert_eq!(
+            without_timestamp("2026-12-06T00:05:21.479168Z  INFO rmcp::service: up"),
+            "INFO rmcp::service: up"
+        );
+        assert_eq!(without_timestamp("plain line"), "plain line");
+        assert_eq!(without_timestamp("2026 is a year"), "2026 is a year");
+        assert_eq!(without_timestamp(""), "");
     }
 }
