@@ -249,42 +249,57 @@ pub struct HttpArgs {
     )]
     pub allow_destinations: Vec<String>,
     /// Browser origin allowed besides localhost ones (repeatable; `*` allows any).
-    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    #[arg(
+        long = "allow-origin",
+        env = "SHADOWCAT_ALLOW_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
     pub allow_origins: Vec<String>,
     /// Host name (or address) clients may use in `Host` besides loopback ones (repeatable; any
     /// port). On a loopback --listen other names get 403 (DNS-rebinding protection); on another
     /// address every name is served unless this is given. The --advertise URL's host is allowed.
-    #[arg(long = "allow-host", value_name = "HOST")]
+    #[arg(
+        long = "allow-host",
+        env = "SHADOWCAT_ALLOW_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
     pub allow_hosts: Vec<String>,
     /// Most concurrent sessions; more get 503 with Retry-After.
     #[arg(long, env = "SHADOWCAT_MAX_SESSIONS", default_value_t = 1000)]
     pub max_sessions: usize,
     /// Seconds a session may stay idle before it is reaped (its child killed).
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, env = "SHADOWCAT_IDLE_TIMEOUT", default_value_t = 600.0)]
     pub idle_timeout: f64,
     /// Seconds shutdown waits for in-flight requests.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, env = "SHADOWCAT_SHUTDOWN_DEADLINE", default_value_t = 10.0)]
     pub shutdown_deadline: f64,
     /// Seconds the upstream may take to answer a request; then the client gets a JSON-RPC
     /// error (-32001), the upstream `notifications/cancelled`, and a late answer is dropped.
     /// 0: no limit.
-    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "SHADOWCAT_REQUEST_TIMEOUT",
+        default_value_t = 300.0,
+        value_name = "SECONDS"
+    )]
     pub request_timeout: f64,
     #[command(flatten)]
     pub store: StoreArgs,
     /// This replica's id in the session store (default: the host name). Replicas sharing a
     /// store on one host need distinct ids.
-    #[arg(long, conflicts_with = "advertise")]
+    #[arg(long, env = "SHADOWCAT_REPLICA_ID", conflicts_with = "advertise")]
     pub replica_id: Option<String>,
     /// Base URL other replicas use to reach this one (e.g. `http://10.0.0.5:8080`); it is also
     /// this replica's id. With a shared store, requests for sessions whose stdio child lives
     /// here are forwarded to it by the other replicas.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "SHADOWCAT_ADVERTISE", value_name = "URL")]
     pub advertise: Option<String>,
     /// While a shared store (Redis) is unreachable: `closed` answers new sessions with 503 +
     /// Retry-After; `memory` continues on local memory (sessions created meanwhile live on this
     /// replica only). Either way it is logged, counted (`/health`) and recovers by itself.
-    #[arg(long, value_enum, default_value_t = StoreOutage::Closed)]
+    #[arg(long, env = "SHADOWCAT_ON_STORE_OUTAGE", value_enum, default_value_t = StoreOutage::Closed)]
     pub on_store_outage: StoreOutage,
     /// SSE events kept per stream for resumption.
     #[arg(long, default_value_t = 1000, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]

@@ -672,3 +672,29 @@ async fn default_logs_carry_no_debug_dumps_or_double_timestamps() {
         assert!(timestamps <= 1, "two timestamps: {line}");
     }
 }
+
+/// forward http's settings can come from `SHADOWCAT_*` variables, as the gateway's do (here the
+/// listen address, the session limit and the allowed origins).
+#[tokio::test]
+async fn forward_http_reads_its_settings_from_the_environment() {
+    let p = Server::start_with_env(
+        &["forward", "http", "--demo"],
+        &[
+            ("SHADOWCAT_LISTEN", "127.0.0.1:0"),
+            ("SHADOWCAT_MAX_SESSIONS", "1"),
+            ("SHADOWCAT_ALLOW_ORIGINS", "https://a.example,https://b.example"),
+        ],
+    )
+    .await;
+    let init = |origin: &'static str| {
+        Raw::new(p.url())
+            .post_builder(init_body(1, "2025-06-18").to_string())
+            .header("origin", origin)
+    };
+    let first = Raw::send(init("https://b.example")).await;
+    assert_eq!(first.status, 200, "an origin from the variable: {}", first.body);
+    let second = Raw::send(init("https://a.example")).await;
+    assert_eq!(second.status, 503, "the limit from the variable: {}", second.body);
+    let other = Raw::send(init("https://c.example")).await;
+    assert_eq!(other.status, 403, "{}", other.body);
+}
