@@ -77,7 +77,20 @@ class Composite(Runner):
             mode=self.args.mode,
         )
         async with client as c:
-            await self.checks(c)
+            if not str(c.protocol_version).startswith("2026"):
+                await self.checks(c)
+                return
+            # 2026-07-28: list changes arrive on a `subscriptions/listen` stream.
+            async with anyio.create_task_group() as tg, c.listen(tools_list_changed=True) as sub:
+
+                async def changes() -> None:
+                    async for _ in sub:
+                        self.changed += 1
+                        self.changed_event.set()
+
+                tg.start_soon(changes)
+                await self.checks(c)
+                tg.cancel_scope.cancel()
 
     async def all_tools(self, c: Client) -> list[types.Tool]:
         tools: list[types.Tool] = []
@@ -208,9 +221,8 @@ class Composite(Runner):
         await self.check("elicitation", elicitation)
         await self.check("resources", resources)
         await self.check("prompts", prompts)
-        if self.args.live:
-            await self.check("list_changed", list_changed)
-            await self.check("member_dies_and_returns", member_dies_and_returns)
+        await self.check("list_changed", list_changed)
+        await self.check("member_dies_and_returns", member_dies_and_returns)
 
 
 def main() -> None:
@@ -218,12 +230,6 @@ def main() -> None:
     ap.add_argument("--url", required=True)
     ap.add_argument("--everything", action="store_true")
     ap.add_argument("--mode", default="legacy", help="the SDK client mode (legacy, 2026-07-28, auto)")
-    ap.add_argument(
-        "--no-live",
-        dest="live",
-        action="store_false",
-        help="skip the checks that wait for list_changed (a member that changes or dies)",
-    )
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--verbose", action="store_true", help="print tracebacks of failed checks")
     args = ap.parse_args()

@@ -4,8 +4,7 @@
 //! of 50 that can announce a new tool and die mid-call (tests/interop/paged_server.py). The
 //! client (tests/interop/composite_client.py) checks lists (every page, names LLM APIs
 //! accept), calls, sampling and elicitation from members, resources and prompts, list_changed,
-//! and a member killed mid-session that comes back; then the same (without list_changed) as a
-//! 2026-07-28 client.
+//! and a member killed mid-session that comes back; then the same as a 2026-07-28 client.
 
 use super::harness::{Server, bin};
 use super::peers::node_peers;
@@ -33,12 +32,11 @@ async fn python_client_through_a_composite_route() {
             "composite_client.py",
             &["--url", &url, "--everything", "--timeout", "30"],
         );
-        // A 2026-07-28 client (no handshake, no standalone stream): served through a held
-        // session like any session-based upstream; the checks that wait for list_changed
-        // are left out (not verified for this era yet).
+        // A 2026-07-28 client (no handshake; list changes on a `subscriptions/listen`
+        // stream): served through a held session like any session-based upstream.
         interop_client_passes(
             "composite_client.py",
-            &["--url", &url, "--mode", "2026-07-28", "--no-live"],
+            &["--url", &url, "--mode", "2026-07-28"],
         );
     })
     .await

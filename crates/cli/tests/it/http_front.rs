@@ -682,7 +682,10 @@ async fn forward_http_reads_its_settings_from_the_environment() {
         &[
             ("SHADOWCAT_LISTEN", "127.0.0.1:0"),
             ("SHADOWCAT_MAX_SESSIONS", "1"),
-            ("SHADOWCAT_ALLOW_ORIGINS", "https://a.example,https://b.example"),
+            (
+                "SHADOWCAT_ALLOW_ORIGINS",
+                "https://a.example,https://b.example",
+            ),
         ],
     )
     .await;
@@ -692,9 +695,17 @@ async fn forward_http_reads_its_settings_from_the_environment() {
             .header("origin", origin)
     };
     let first = Raw::send(init("https://b.example")).await;
-    assert_eq!(first.status, 200, "an origin from the variable: {}", first.body);
+    assert_eq!(
+        first.status, 200,
+        "an origin from the variable: {}",
+        first.body
+    );
     let second = Raw::send(init("https://a.example")).await;
-    assert_eq!(second.status, 503, "the limit from the variable: {}", second.body);
+    assert_eq!(
+        second.status, 503,
+        "the limit from the variable: {}",
+        second.body
+    );
     let other = Raw::send(init("https://c.example")).await;
     assert_eq!(other.status, 403, "{}", other.body);
 }
