@@ -172,6 +172,17 @@ async fn exercise(s: RunningService<RoleClient, Client>, client: Client) {
     s.cancel().await.expect("close client");
 }
 
+/// A client initialized over Streamable HTTP at `url`, and its handler (what it saw).
+async fn over_http(url: String) -> (RunningService<RoleClient, Client>, Client) {
+    let client = Client::default();
+    let s = client
+        .clone()
+        .serve(StreamableHttpClientTransport::from_uri(url))
+        .await
+        .expect("initialize");
+    (s, client)
+}
+
 fn child(args: &[&str]) -> TokioChildProcess {
     TokioChildProcess::new(Launch::shadowcat(args).command()).expect("spawn shadowcat")
 }
@@ -199,12 +210,7 @@ async fn rmcp_through_forward_stdio_to_an_http_server() {
 #[tokio::test]
 async fn rmcp_through_forward_http_to_a_stdio_child() {
     let p = Server::forward_http(&["--demo"]).await;
-    let client = Client::default();
-    let s = client
-        .clone()
-        .serve(StreamableHttpClientTransport::from_uri(p.url()))
-        .await
-        .expect("initialize");
+    let (s, client) = over_http(p.url()).await;
     exercise(s, client).await;
 }
 
@@ -212,12 +218,7 @@ async fn rmcp_through_forward_http_to_a_stdio_child() {
 async fn rmcp_through_forward_http_to_an_http_server() {
     let demo = Server::demo_http().await;
     let p = Server::forward_http(&["--target", &demo.url()]).await;
-    let client = Client::default();
-    let s = client
-        .clone()
-        .serve(StreamableHttpClientTransport::from_uri(p.url()))
-        .await
-        .expect("initialize");
+    let (s, client) = over_http(p.url()).await;
     exercise(s, client).await;
 }
 
@@ -230,12 +231,7 @@ async fn rmcp_through_a_composite_route() {
     let http = Server::demo_http().await;
     let twin = format!("b={}", http.url());
     let p = Server::forward_http(&["--server", &demo, "--server", &twin, "--page-size", "3"]).await;
-    let client = Client::default();
-    let s = client
-        .clone()
-        .serve(StreamableHttpClientTransport::from_uri(p.url()))
-        .await
-        .expect("initialize");
+    let (s, client) = over_http(p.url()).await;
     let info = s.peer_info().expect("initialized");
     assert_eq!(
         info.server_info.as_ref().unwrap().name,
