@@ -1963,6 +1963,16 @@ env = { LOG = "info" }
         assert!(lines[1].ends_with("did you mean `least-in-flight`?"), "{e}");
         assert!(lines[2].contains("routes[0].upstreams[0].wieght"), "{e}");
         assert!(lines[2].ends_with("did you mean `weight`?"), "{e}");
+        // Broken TOML too: each syntax error on its line, and what follows is still read.
+        let text = "[server]\nlisten = \"127.0.0.1:8080\nmax_sessions = = 3\n[[routes]]\n\
+                    path = \"/mcp\"\nbalance = \"randm\"\n";
+        let e = GatewayConfig::parse("g.toml", text)
+            .unwrap_err()
+            .to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(lines[0].starts_with("g.toml:2:"), "{e}");
+        assert!(lines[1].starts_with("g.toml:3:"), "{e}");
+        assert!(lines[2].contains("did you mean `random`?"), "{e}");
         // Far from every name: no suggestion.
         let e = GatewayConfig::parse("g.toml", "[server]\nzzzzzzzz = 1\n")
             .unwrap_err()
