@@ -15,6 +15,17 @@ use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
+/// The demo server's tools, sorted.
+const DEMO_TOOLS: [&str; 7] = [
+    "add",
+    "echo",
+    "elicit",
+    "increment",
+    "log",
+    "sample",
+    "slow",
+];
+
 #[derive(Default)]
 struct Seen {
     progress: Vec<f64>,
@@ -122,18 +133,7 @@ async fn exercise(s: RunningService<RoleClient, Client>, client: Client) {
     let tools = s.list_all_tools().await.expect("tools/list");
     let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "add",
-            "echo",
-            "elicit",
-            "increment",
-            "log",
-            "sample",
-            "slow"
-        ]
-    );
+    assert_eq!(names, DEMO_TOOLS);
     assert_eq!(
         call(&s, "echo", json!({"message": "héllo 🐈\nline"})).await,
         "héllo 🐈\nline"
@@ -242,19 +242,7 @@ async fn rmcp_through_a_composite_route() {
     names.sort();
     let mut expected: Vec<String> = ["a", "b"]
         .iter()
-        .flat_map(|m| {
-            [
-                "add",
-                "echo",
-                "elicit",
-                "increment",
-                "log",
-                "sample",
-                "slow",
-            ]
-            .iter()
-            .map(move |t| format!("{m}__{t}"))
-        })
+        .flat_map(|m| DEMO_TOOLS.iter().map(move |t| format!("{m}__{t}")))
         .collect();
     expected.sort();
     assert_eq!(names, expected);

@@ -226,12 +226,10 @@ mod tests {
     use super::*;
     use crate::guard::{Guard, GuardConfig};
     use crate::pipeline::Pipeline;
-    use crate::upstream::{HttpClient, UpstreamCtx, UpstreamEvent, UpstreamOptions, UpstreamSpec};
+    use crate::upstream::{UpstreamCtx, UpstreamEvent, UpstreamSpec};
     use bytes::Bytes;
     use shadowcat_proto::Frame;
     use tokio::sync::mpsc;
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
 
     /// A session on a child that reads everything into `log` and never answers.
     async fn mute(
@@ -243,12 +241,8 @@ mod tests {
             ..GuardConfig::default()
         };
         let ctx = UpstreamCtx {
-            session: Arc::from("s"),
-            cancel: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            http: HttpClient::new(Duration::from_secs(5)).unwrap(),
-            options: UpstreamOptions::default(),
             guard: Some(Arc::new(Guard::new("mute", &cfg))),
+            ..UpstreamCtx::for_test()
         };
         let script = format!("cat > '{}'", log.display());
         let spec = UpstreamSpec::stdio("sh", vec!["-c".into(), script]);

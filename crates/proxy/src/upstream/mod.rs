@@ -197,6 +197,22 @@ pub struct UpstreamCtx {
     pub guard: Option<Arc<Guard>>,
 }
 
+#[cfg(test)]
+impl UpstreamCtx {
+    /// A context for tests: session `s`, its own cancel token and tracker, default options,
+    /// no guard.
+    pub(crate) fn for_test() -> UpstreamCtx {
+        UpstreamCtx {
+            session: Arc::from("s"),
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            http: HttpClient::new(Duration::from_secs(5)).expect("an HTTP client"),
+            options: UpstreamOptions::default(),
+            guard: None,
+        }
+    }
+}
+
 /// The server side of one session.
 pub enum Upstream {
     /// A child process.

@@ -286,11 +286,8 @@ impl From<CompositeUpstream> for Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::{HttpClient, UpstreamOptions};
     use serde_json::{Map, Value, json};
     use std::time::Duration;
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
 
     /// Hides `t0001`, lists `t0002` as `renamed` without its `secret` parameter, and gives
     /// every call of `t0002` `secret = 42`.
@@ -370,14 +367,7 @@ mod tests {
             },
             Member::new("q", paged(3)),
         ]);
-        let ctx = UpstreamCtx {
-            session: Arc::from("s"),
-            cancel: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            http: HttpClient::new(Duration::from_secs(5)).unwrap(),
-            options: UpstreamOptions::default(),
-            guard: None,
-        };
+        let ctx = UpstreamCtx::for_test();
         let opened = crate::upstream::open(&UpstreamSpec::Composite(Arc::new(spec)), ctx)
             .await
             .unwrap();
