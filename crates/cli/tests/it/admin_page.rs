@@ -38,10 +38,12 @@ async fn admin_page_shows_live_sessions_in_headless_chromium() {
     let mut b = Browser::open(&format!("{}/#token={TOKEN}", gw.admin)).await;
     let s = state(
         &b.wait_for(STATE, |v| {
+            // The page fetches sessions and upstreams separately: wait for both.
             let s = state(v);
             s["sessions"]
                 .as_array()
                 .is_some_and(|l| l.contains(&json!(id)))
+                && s["upstreams"].as_array().is_some_and(|l| !l.is_empty())
         })
         .await,
     );
