@@ -618,7 +618,7 @@ scenario_g() {
   #    relay path with neither --record nor --rules), and the cost of each hook.
   local r v
   for r in $(seq 1 "$ROUNDS"); do
-    for v in $(rotate "$r" relay no-hooks no-hooks-entered rules record rules+record); do
+    for v in $(rotate "$r" relay no-hooks no-hooks-entered rules record rules+record audit); do
       bench "g|pipeline|$v|payload=$PAYLOAD|r$r" pipeline --variant "$v" --rules "$rules" \
         --dir "$tapes" --payload "$PAYLOAD" --exchanges "$PIPE_EXCHANGES" --batches "$PIPE_BATCHES"
     done
@@ -628,11 +628,12 @@ scenario_g() {
   #    side. The recorder waits for the disk (`block`) so that every frame is written.
   declare -A url=() pid=()
   local args=(--log-level warn forward http --listen 127.0.0.1:0 --max-sessions 100000 --shutdown-deadline 2)
-  for v in plain record rules; do
+  for v in plain record rules audit; do
     local extra=()
     case $v in
       record) extra=(--record "$tapes/g-e2e.jsonl" --record-on-full block) ;;
       rules) extra=(--rules "$rules") ;;
+      audit) extra=(--audit "$tapes/g-audit.jsonl") ;;
     esac
     start "g-$v" "$SC" "${args[@]}" "${extra[@]}" -- "$SC" demo-server
     pid[$v]=$LAST_PID
@@ -656,6 +657,12 @@ scenario_g() {
       *'"type":"end"'*'"dropped":0'*) log "g: tape closed: $end" ;;
       *) failure "g|record" "the recorded tape is incomplete; last line: $end" ;;
     esac
+  fi
+  # The audit log has a line per request (each call plus each session's initialize).
+  if [[ -n ${url[audit]:-} ]]; then
+    local n
+    n=$(wc -l <"$tapes/g-audit.jsonl" 2>/dev/null || echo 0)
+    if [[ $n -gt 0 ]]; then log "g: audit log: $n lines"; else failure "g|audit" "the audit log is empty"; fi
   fi
   unset url pid
 }

@@ -13,7 +13,8 @@
 //! * `rules`: the interceptor with the rules of `--rules FILE`;
 //! * `record`: the recorder writing a tape into `--dir` (`--record-on-full block`, so every frame
 //!   is written; the writer thread's time is reported apart: it runs beside the relay);
-//! * `rules+record`: both.
+//! * `rules+record`: both;
+//! * `audit`: the audit log (`--audit`) writing into `--dir` (arguments left out, the default).
 //!
 //! The time per frame is the median over `--batches` batches (the machine is shared: read the
 //! median, and compare variants of the same run).
@@ -43,6 +44,7 @@ pub enum Variant {
     Record,
     #[value(name = "rules+record")]
     RulesRecord,
+    Audit,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +106,26 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
         hooks.push(hook);
         recorder = Some(handle);
     }
+    let audit_path = tmp.join(format!("pipeline-bench-audit-{}.jsonl", std::process::id()));
+    let audit = if a.variant == Variant::Audit {
+        let audit = shadowcat_proxy::audit::Audit::open(
+            &shadowcat_proxy::audit::AuditConfig {
+                path: Some(audit_path.clone()),
+                arguments: Default::default(),
+                max_bytes: u64::MAX,
+                keep: 1,
+                replica: None,
+                redact: Default::default(),
+                hash_key: None,
+            },
+            &tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )?;
+        hooks.push(audit.clone());
+        Some(audit)
+    } else {
+        None
+    };
     let pipeline = Pipeline::new(hooks);
     let message = "x".repeat(a.payload);
     let call = frame(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
@@ -188,6 +210,20 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
          traffic through (use `continue` rules)"
     );
     let mut written = serde_json::Value::Null;
+    if let Some(audit) = audit {
+        audit.flush();
+        let lines = std::fs::read_to_string(&audit_path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        let bytes = std::fs::metadata(&audit_path).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_file(&audit_path);
+        let requests = (a.exchanges * (a.batches + 1)) as u64;
+        anyhow::ensure!(
+            lines as u64 == requests,
+            "the audit log holds {lines} lines for {requests} requests"
+        );
+        written = json!({ "audit_lines": lines, "audit_bytes": bytes });
+    }
     if let Some(handle) = recorder {
         let t = Instant::now();
         let dropped = handle.dropped();

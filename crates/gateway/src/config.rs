@@ -205,6 +205,117 @@ pub struct GatewayConfig {
     /// The `/metrics` endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The audit log (absent: none; `--audit` on the command line also turns it on).
+    #[serde(default)]
+    pub audit: Option<AuditFileConfig>,
+}
+
+/// `[audit]`: one JSON line per client request (see docs/audit.md).
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFileConfig {
+    /// A file (created with mode 0600, rotated by size), or `-` for standard output.
+    pub path: String,
+    /// What is kept of `tools/call` and `prompts/get` arguments.
+    #[serde(default)]
+    pub arguments: AuditArguments,
+    /// Rotate the file when it would grow past this many bytes.
+    #[serde(default = "default_audit_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`PATH.1` … `PATH.N`).
+    #[serde(default = "default_audit_keep")]
+    pub keep: usize,
+    /// Read the key of the arguments' HMAC (`arguments = "hash"`) from this environment
+    /// variable at start (absent: a random key per process).
+    #[serde(default)]
+    pub hash_key_env: Option<String>,
+    /// Also redact the value at these JSON pointers (`arguments = "redacted"`).
+    #[serde(default)]
+    pub redact_pointers: Vec<String>,
+    /// Also redact every match of these regexes inside JSON strings (`arguments = "redacted"`).
+    #[serde(default)]
+    pub redact_patterns: Vec<String>,
+}
+
+/// What the audit log keeps of a request's arguments.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditArguments {
+    /// Nothing.
+    #[default]
+    None,
+    /// An HMAC-SHA256 of them.
+    Hash,
+    /// The arguments with the redaction rules applied.
+    Redacted,
+}
+
+fn default_audit_max_bytes() -> u64 {
+    shadowcat_proxy::audit::DEFAULT_MAX_BYTES
+}
+
+fn default_audit_keep() -> usize {
+    shadowcat_proxy::audit::DEFAULT_KEEP
+}
+
+impl AuditFileConfig {
+    /// The engine's settings (the hash key read from its variable now).
+    pub fn resolve(&self) -> Result<shadowcat_proxy::audit::AuditConfig, String> {
+        use shadowcat_proxy::audit::Arguments;
+        let hash_key = match &self.hash_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ => {
+                    return Err(format!(
+                        "environment variable `{var}` (audit.hash_key_env) is not set or empty"
+                    ));
+                }
+            },
+        };
+        Ok(shadowcat_proxy::audit::AuditConfig {
+            path: (self.path != "-").then(|| self.path.clone().into()),
+            arguments: match self.arguments {
+                AuditArguments::None => Arguments::None,
+                AuditArguments::Hash => Arguments::Hash,
+                AuditArguments::Redacted => Arguments::Redacted,
+            },
+            max_bytes: self.max_bytes,
+            keep: self.keep,
+            replica: None,
+            redact: shadowcat_tape::RedactConfig {
+                pointers: self.redact_pointers.clone(),
+                patterns: self.redact_patterns.clone(),
+            },
+            hash_key,
+        })
+    }
+
+    /// What is wrong with these settings, field by field (checked by `config check` too).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.path.trim().is_empty() {
+            out.push((
+                "audit.path",
+                "must name a file, or `-` for standard output".into(),
+            ));
+        }
+        if self.max_bytes == 0 {
+            out.push(("audit.max_bytes", "must be above 0".into()));
+        }
+        if self.keep == 0 {
+            out.push(("audit.keep", "must be at least 1".into()));
+        }
+        if let Err(e) = shadowcat_tape::Redactor::new(&shadowcat_tape::RedactConfig {
+            pointers: self.redact_pointers.clone(),
+            patterns: self.redact_patterns.clone(),
+        }) {
+            out.push(("audit", e.to_string()));
+        }
+        out
+    }
 }
 
 /// `[metrics]`: who may read `/metrics` (it names routes and upstreams).

@@ -13,6 +13,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use shadowcat_proto::error::{INVALID_REQUEST, error_bytes};
+use shadowcat_proxy::audit::Refused;
 use shadowcat_proxy::front::http::{ClientIp, HttpFront, serve_mcp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -50,7 +51,7 @@ impl Gateway {
             .unwrap_or("unmatched");
         // The body is not `Sync`: only the head is borrowed across the awaits of admission.
         let (mut parts, body) = req.into_parts();
-        let resp = match self.admit(&parts, route.as_ref(), label).await {
+        let resp = match self.admit(&parts, route.as_ref(), label, started).await {
             Ok((principal, ip)) => {
                 if let Some(p) = principal {
                     parts.extensions.insert(p);
@@ -75,6 +76,7 @@ impl Gateway {
         req: &http::request::Parts,
         route: Option<&Arc<Route>>,
         label: &str,
+        started: Instant,
     ) -> Result<(Option<Principal>, IpAddr), Response> {
         let peer = req
             .extensions
@@ -82,9 +84,25 @@ impl Gateway {
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let ip = self.limits.client_ip(peer, &req.headers);
+        // The audit log's line for a request refused here (before any session).
+        let audit = |principal: Option<&str>, r: &Response, reason: &str| {
+            if let Some(a) = self.audit.get() {
+                a.refused(Refused {
+                    route: route.map(|r| r.path.as_str()),
+                    principal,
+                    client_ip: Some(ip),
+                    http_method: req.method.as_str(),
+                    status: r.status().as_u16(),
+                    reason,
+                    started,
+                });
+            }
+        };
         if let Err(l) = self.limits.check_client(ip).await {
             self.metrics.rate_limited(label, l.scope);
-            return Err(too_many(&l));
+            let r = too_many(&l);
+            audit(None, &r, "rate_limit");
+            return Err(r);
         }
         // With [auth], every path but the gateway's own endpoints needs credentials: unknown
         // paths too (no route enumeration, nothing served unauthenticated by accident).
@@ -96,7 +114,9 @@ impl Gateway {
             Err(e) => {
                 self.metrics.auth_failure(label, e.reason());
                 tracing::info!(%ip, reason = %e, "request refused by authentication");
-                return Err(self.challenge(route, &e));
+                let r = self.challenge(route, &e);
+                audit(None, &r, "auth");
+                return Err(r);
             }
         };
         let needed = route
@@ -106,11 +126,15 @@ impl Gateway {
             let e = AuthError::InsufficientScope(needed.to_vec());
             self.metrics.auth_failure(label, e.reason());
             tracing::info!(principal = %principal.id, reason = %e, "request refused");
-            return Err(self.challenge(route, &e));
+            let r = self.challenge(route, &e);
+            audit(Some(&principal.id), &r, "scope");
+            return Err(r);
         }
         if let Err(l) = self.limits.check_principal(&principal.id).await {
             self.metrics.rate_limited(label, l.scope);
-            return Err(too_many(&l));
+            let r = too_many(&l);
+            audit(Some(&principal.id), &r, "rate_limit");
+            return Err(r);
         }
         Ok((Some(principal), ip))
     }

@@ -39,6 +39,7 @@ use limits::{Limits, RATE_LIMITED};
 use metrics::Metrics;
 use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
 use shadowcat_proto::{Frame, RequestId};
+use shadowcat_proxy::audit::Audit;
 use shadowcat_proxy::error::ProxyError;
 use shadowcat_proxy::forward::CONNECT_TIMEOUT;
 use shadowcat_proxy::front::http::{
@@ -109,6 +110,8 @@ pub struct Gateway {
     any_rules: bool,
     /// The front serving this gateway, once [`gateway`] has built it (for the admin API).
     front: OnceLock<Weak<HttpFront>>,
+    /// The audit log, when one is written: refusals at admission go there.
+    audit: OnceLock<Arc<Audit>>,
 }
 
 /// What the gateway knows about one live session (for the admin API).
@@ -244,6 +247,7 @@ impl Gateway {
             metrics: Metrics::default(),
             sessions: Mutex::new(HashMap::new()),
             front: OnceLock::new(),
+            audit: OnceLock::new(),
         }))
     }
 
@@ -339,8 +343,14 @@ impl Gateway {
 
     /// The pipeline hook of the gateway (per-tool limits, session accounting). Install it in
     /// the pipeline of the front that uses this gateway.
-    pub fn hook(self: &Arc<Self>) -> Arc<dyn Hook> {
-        Arc::new(GatewayHook(self.clone()))
+    /// The gateway's pipeline stages, in order: authorization (route rules, and the sessions'
+    /// accounting), then per-tool rate limits. Two hooks, so that what sees a refusal (the
+    /// audit log) knows which one refused.
+    pub fn hooks(self: &Arc<Self>) -> [Arc<dyn Hook>; 2] {
+        [
+            Arc::new(AuthzHook(self.clone())),
+            Arc::new(ToolLimitHook(self.clone())),
+        ]
     }
 
     fn forget(&self, session: &str) {
@@ -431,25 +441,42 @@ impl Policy for GatewayPolicy {
     }
 }
 
-/// The gateway's pipeline stage: per-tool rate limits and session accounting.
-struct GatewayHook(Arc<Gateway>);
+/// The gateway's authorization stage: route rules on requests and list answers, and the
+/// sessions' accounting.
+struct AuthzHook(Arc<Gateway>);
 
-impl Hook for GatewayHook {
+impl Hook for AuthzHook {
     fn name(&self) -> &'static str {
-        "gateway"
+        "authz"
     }
 
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        if self.0.any_rules {
-            match ctx.direction {
-                Direction::ClientToServer => {
-                    if let Some(v) = self.0.authorize(ctx.session, frame) {
-                        return v;
-                    }
-                }
-                Direction::ServerToClient => return self.0.filter(ctx.session, frame),
-            }
+        if !self.0.any_rules {
+            return Verdict::Forward;
         }
+        match ctx.direction {
+            Direction::ClientToServer => self
+                .0
+                .authorize(ctx.session, frame)
+                .unwrap_or(Verdict::Forward),
+            Direction::ServerToClient => self.0.filter(ctx.session, frame),
+        }
+    }
+
+    fn on_session_end(&self, session: &str) {
+        self.0.forget(session);
+    }
+}
+
+/// The gateway's per-tool rate limits.
+struct ToolLimitHook(Arc<Gateway>);
+
+impl Hook for ToolLimitHook {
+    fn name(&self) -> &'static str {
+        "rate-limit"
+    }
+
+    fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
         if ctx.direction != Direction::ClientToServer
             || !self.0.limits.has_tool_limits()
             || frame.method() != Some("tools/call")
@@ -479,10 +506,6 @@ impl Hook for GatewayHook {
             None => Verdict::Defer(decide),
         }
     }
-
-    fn on_session_end(&self, session: &str) {
-        self.0.forget(session);
-    }
 }
 
 /// The pipeline hooks a gateway runs besides its own stage.
@@ -491,8 +514,11 @@ pub struct GatewayHooks {
     /// Before the gateway's stage: they see what clients sent (the traffic log).
     pub before: Vec<Arc<dyn Hook>>,
     /// After it: they see what it admitted, and its refusals through `on_answered`
-    /// (interceptor, recorder, the admin's live traffic).
+    /// (interceptor, recorder, the admin's live traffic, the audit log).
     pub after: Vec<Arc<dyn Hook>>,
+    /// The audit log (one of `after`), which also gets the requests refused at admission
+    /// (authentication, per-client and per-principal rate limits).
+    pub audit: Option<Arc<Audit>>,
 }
 
 /// The HTTP front's settings for the gateway `gw` with `[server]` section `s`.
@@ -547,9 +573,16 @@ pub async fn gateway(
     ready: impl FnOnce(),
 ) -> Result<(), ProxyError> {
     let config = front_config(&gw, s)?;
-    let GatewayHooks { before, after } = hooks;
+    let GatewayHooks {
+        before,
+        after,
+        audit,
+    } = hooks;
+    if let Some(a) = audit {
+        let _ = gw.audit.set(a);
+    }
     let mut hooks = before;
-    hooks.push(gw.hook());
+    hooks.extend(gw.hooks());
     hooks.extend(after);
     let tracker = TaskTracker::new();
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;

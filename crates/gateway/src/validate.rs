@@ -162,6 +162,11 @@ impl GatewayConfig {
                 message,
             })
         };
+        if let Some(a) = &self.audit {
+            for (field, message) in a.problems() {
+                bad(field.into(), message);
+            }
+        }
         let s = &self.server;
         if let Some(u) = &s.public_url
             && let Err(e) = check_url(u)

@@ -19,6 +19,7 @@
 //! * [`shadow`]: shadow traffic (`--shadow`): requests mirrored to a second upstream, replies compared.
 
 pub mod admin;
+pub mod audit;
 pub mod error;
 pub mod forward;
 pub mod front;

@@ -6,6 +6,7 @@
 //! person, backpressure from a recorder) it returns [`Verdict::Defer`] with a future that the
 //! session awaits, which holds back the frames behind it in the same direction.
 
+use crate::error::ProxyError;
 use shadowcat_proto::Frame;
 use std::future::Future;
 use std::pin::Pin;
@@ -113,6 +114,14 @@ pub struct FrameCtx<'a> {
     pub principal: Option<&'a str>,
     /// Transport details, when the front has them.
     pub transport: Transport<'a>,
+    /// The key of the route the session (or stateless request) belongs to: `""` for `/mcp`,
+    /// `NAME` for `/servers/NAME/mcp` (see [`crate::front::http::route_path`]); `None` where
+    /// there is no route (the stdio front).
+    pub route: Option<&'a str>,
+    /// Tells apart requests that have no session (2026-07-28 stateless requests share the
+    /// session `-`): a number of the request's own, the same for the request and its answer;
+    /// `0` inside a session.
+    pub exchange: u64,
 }
 
 impl<'a> FrameCtx<'a> {
@@ -123,7 +132,15 @@ impl<'a> FrameCtx<'a> {
             direction,
             principal: None,
             transport: Transport::None,
+            route: None,
+            exchange: 0,
         }
+    }
+
+    /// A new [`FrameCtx::exchange`] number for a request outside any session.
+    pub fn next_exchange() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -133,9 +150,21 @@ pub trait Hook: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Inspect (never mutate in place) a frame and decide.
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict;
-    /// An earlier hook answered `frame` with `answer` (sent back to the frame's sender), so this
-    /// hook never saw `frame` in [`Hook::on_frame`]. Observers (the recorder) use this.
-    fn on_answered(&self, _ctx: &FrameCtx<'_>, _frame: &Frame, _answer: &Frame) {}
+    /// An earlier stage (the hook named `by`, or the front for a refusal made outside the
+    /// hooks) answered `frame` with `answer` (sent back to the frame's sender), so this hook
+    /// never saw `frame` in [`Hook::on_frame`]. Observers (the recorder, the audit log) use this.
+    fn on_answered(&self, _ctx: &FrameCtx<'_>, _frame: &Frame, _answer: &Frame, _by: &'static str) {
+    }
+    /// A client request that passed every hook never reached the upstream: the client gets
+    /// `error` (an HTTP error, or a JSON-RPC error made from it) instead of an answer that
+    /// would pass the hooks. Observers (the audit log) use this.
+    fn on_failed(
+        &self,
+        _ctx: &FrameCtx<'_>,
+        _id: &shadowcat_proto::RequestId,
+        _error: &ProxyError,
+    ) {
+    }
     /// A frame that passed the pipeline with [`Transport::Later`] (and was forwarded) has been
     /// handed to the client; `ctx.transport` now says how ([`Transport::Http`]), or that nobody
     /// could receive it ([`Transport::Undelivered`]). Observers (the recorder) use this; a
@@ -184,7 +213,7 @@ impl Pipeline {
                     Verdict::Defer(later) => verdict = later.await,
                     Verdict::Reply(answer) => {
                         for later in &self.hooks[i + 1..] {
-                            later.on_answered(ctx, &frame, &answer);
+                            later.on_answered(ctx, &frame, &answer, h.name());
                         }
                         return Outcome::Reply(answer);
                     }
@@ -202,6 +231,22 @@ impl Pipeline {
             if let Some(wait) = h.on_delivered(ctx, frame) {
                 wait.await;
             }
+        }
+    }
+
+    /// Tell every hook that `frame` was answered with `answer` outside the hooks, by the
+    /// stage named `by` (a refusal made before the pipeline ran).
+    pub fn answered(&self, ctx: &FrameCtx<'_>, frame: &Frame, answer: &Frame, by: &'static str) {
+        for h in &self.hooks {
+            h.on_answered(ctx, frame, answer, by);
+        }
+    }
+
+    /// Tell every hook that the request `id`, which passed them, failed with `error` before
+    /// it reached the upstream (see [`Hook::on_failed`]).
+    pub fn failed(&self, ctx: &FrameCtx<'_>, id: &shadowcat_proto::RequestId, error: &ProxyError) {
+        for h in &self.hooks {
+            h.on_failed(ctx, id, error);
         }
     }
 
@@ -326,7 +371,7 @@ mod tests {
             self.0.lock().unwrap().push(m);
             Verdict::Forward
         }
-        fn on_answered(&self, _: &FrameCtx<'_>, f: &Frame, a: &Frame) {
+        fn on_answered(&self, _: &FrameCtx<'_>, f: &Frame, a: &Frame, _: &'static str) {
             let m = format!("answered {} with {:?}", f.method().unwrap_or(""), a.kind());
             self.0.lock().unwrap().push(m);
         }

@@ -374,7 +374,20 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
         upstream: describe_routes(&gw),
         headers: Vec::new(),
     };
-    let hooks = Hooks::assemble(&a.hooks, false, describe, admin).await?;
+    let audit = match &cfg.audit {
+        Some(f) => Some(
+            f.resolve()
+                .map_err(|e| anyhow::anyhow!("{source}: audit: {e}"))?,
+        ),
+        None => None,
+    };
+    let replica = Some(
+        s.replica_id
+            .clone()
+            .unwrap_or_else(shadowcat_proxy::front::http::default_replica_id),
+    );
+    let audit = a.hooks.audit_config(audit, replica)?;
+    let hooks = Hooks::assemble(&a.hooks, false, describe, admin, audit).await?;
     // The traffic log sees what clients sent; the others what the gateway admitted.
     let mut before: Vec<Arc<dyn Hook>> = Vec::new();
     if log_traffic {
@@ -383,6 +396,7 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
     let around = GatewayHooks {
         before,
         after: hooks.list(),
+        audit: hooks.audit(),
     };
     let served = gateway(listener, gw, s, around, store, shutdown.clone(), ready).await;
     hooks.finish().await;

@@ -5,6 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shadowcat_gateway::{Gateway, GatewayConfig};
 use shadowcat_proxy::admin::{AdminServer, Traffic};
+use shadowcat_proxy::audit::{Arguments, Audit, AuditConfig, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
 use shadowcat_proxy::forward::CONNECT_TIMEOUT;
 use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::intercept::{Interceptor, PauseBoard};
@@ -82,6 +83,104 @@ pub struct HookArgs {
     /// Record the shadow's traffic to its own tape (compare with `tape diff`).
     #[arg(long, value_name = "PATH", requires = "shadow")]
     pub record_shadow: Option<PathBuf>,
+    /// Write an audit log: one JSON line per client request (who, what, where, outcome,
+    /// latency, bytes, refusal reason) to this file (created with mode 0600, rotated by size),
+    /// or `-` for standard output. See docs/audit.md.
+    #[arg(long, value_name = "PATH|-")]
+    pub audit: Option<PathBuf>,
+    /// What the audit log keeps of `tools/call` and `prompts/get` arguments: `none`, `hash`
+    /// (an HMAC-SHA256, keyed by --audit-hash-key) or `redacted` (with the --redact-* rules).
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub audit_arguments: Option<AuditArgumentsArg>,
+    /// Rotate the audit log file when it would grow past this many bytes [default: 104857600].
+    #[arg(long, value_name = "BYTES")]
+    pub audit_max_bytes: Option<u64>,
+    /// Rotated audit log files kept (PATH.1 … PATH.N) [default: 5].
+    #[arg(long, value_name = "N")]
+    pub audit_keep: Option<usize>,
+    /// Key of the arguments' HMAC (`--audit-arguments hash`), so that hashes compare across
+    /// replicas and restarts; without it a random key per process.
+    #[arg(
+        long,
+        env = "SHADOWCAT_AUDIT_HASH_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub audit_hash_key: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditArgumentsArg {
+    /// Leave arguments out.
+    None,
+    /// An HMAC-SHA256 of the arguments.
+    Hash,
+    /// The arguments with the redaction rules applied.
+    Redacted,
+}
+
+impl From<AuditArgumentsArg> for Arguments {
+    fn from(a: AuditArgumentsArg) -> Arguments {
+        match a {
+            AuditArgumentsArg::None => Arguments::None,
+            AuditArgumentsArg::Hash => Arguments::Hash,
+            AuditArgumentsArg::Redacted => Arguments::Redacted,
+        }
+    }
+}
+
+impl HookArgs {
+    /// The audit log these flags ask for, on top of `base` (the gateway's `[audit]`): a flag
+    /// wins over the file. `None`: no audit log.
+    pub fn audit_config(
+        &self,
+        base: Option<AuditConfig>,
+        replica: Option<String>,
+    ) -> anyhow::Result<Option<AuditConfig>> {
+        let mut cfg = match (&self.audit, base) {
+            (None, None) => {
+                if self.audit_arguments.is_some()
+                    || self.audit_max_bytes.is_some()
+                    || self.audit_keep.is_some()
+                {
+                    bail!(
+                        "--audit-arguments, --audit-max-bytes and --audit-keep apply to the audit \
+                         log: add --audit PATH (or, for the gateway, an [audit] section)"
+                    );
+                }
+                return Ok(None);
+            }
+            (Some(_), Some(b)) | (None, Some(b)) => b,
+            (Some(_), None) => AuditConfig {
+                path: None,
+                arguments: Arguments::None,
+                max_bytes: DEFAULT_MAX_BYTES,
+                keep: DEFAULT_KEEP,
+                replica: None,
+                redact: RedactConfig::default(),
+                hash_key: None,
+            },
+        };
+        if let Some(p) = &self.audit {
+            cfg.path = (p.as_os_str() != "-").then(|| p.clone());
+        }
+        if let Some(a) = self.audit_arguments {
+            cfg.arguments = a.into();
+        }
+        if let Some(n) = self.audit_max_bytes {
+            cfg.max_bytes = n;
+        }
+        if let Some(n) = self.audit_keep {
+            cfg.keep = n;
+        }
+        if self.audit_hash_key.is_some() {
+            cfg.hash_key = self.audit_hash_key.clone();
+        }
+        cfg.redact.pointers.extend(self.redact_pointers.clone());
+        cfg.redact.patterns.extend(self.redact_patterns.clone());
+        cfg.replica = cfg.replica.or(replica);
+        Ok(Some(cfg))
+    }
 }
 
 /// What the tape header says about the proxy.
@@ -114,8 +213,9 @@ pub struct Hooks {
     recorders: Vec<RecordHandle>,
     shadow: Option<(Arc<Shadow>, TaskTracker)>,
     stop: CancellationToken,
-    /// The admin listener's task.
+    /// The admin listener's task, and the audit log's flushing.
     admin: TaskTracker,
+    audit: Option<Arc<Audit>>,
 }
 
 impl Hooks {
@@ -138,7 +238,7 @@ impl Hooks {
             gateway: None,
             conn,
         });
-        Hooks::assemble(a, log_traffic, d, admin).await
+        Hooks::assemble(a, log_traffic, d, admin, a.audit_config(None, None)?).await
     }
 
     /// The hooks, in order.
@@ -146,25 +246,44 @@ impl Hooks {
         self.hooks.clone()
     }
 
-    /// Build the pipeline: traffic log → interceptor → shadow → recorder → live traffic (so
-    /// tapes, the shadow and the admin's live view get what was relayed), and start the admin
+    /// The audit log, when one is written (the gateway writes its own refusals there too).
+    pub fn audit(&self) -> Option<Arc<Audit>> {
+        self.audit.clone()
+    }
+
+    /// Build the pipeline: traffic log → interceptor → shadow → recorder → live traffic →
+    /// audit log (so tapes, the shadow and the admin's live view get what was relayed, and the
+    /// audit log every refusal and the answers as clients get them), and start the admin
     /// listener of `admin`.
     pub async fn assemble(
         a: &HookArgs,
         log_traffic: bool,
         d: Describe<'_>,
         admin: Option<AdminPlan>,
+        audit: Option<AuditConfig>,
     ) -> anyhow::Result<Hooks> {
         let recording_asked = a.record.is_some() || a.record_shadow.is_some();
         if !recording_asked
-            && (!a.redact_pointers.is_empty()
-                || !a.redact_patterns.is_empty()
-                || a.record_on_full != OnFullArg::Drop
-                || a.record_buffer != DEFAULT_BUFFER)
+            && (a.record_on_full != OnFullArg::Drop || a.record_buffer != DEFAULT_BUFFER)
         {
             bail!(
-                "--redact-pointer, --redact-regex, --record-on-full and --record-buffer apply to \
-                 recordings: add --record PATH (or --record-shadow PATH)"
+                "--record-on-full and --record-buffer apply to recordings: add --record PATH (or \
+                 --record-shadow PATH)"
+            );
+        }
+        if !recording_asked
+            && audit.is_none()
+            && (!a.redact_pointers.is_empty() || !a.redact_patterns.is_empty())
+        {
+            bail!(
+                "--redact-pointer and --redact-regex apply to recordings and the audit log: add \
+                 --record PATH (or --record-shadow PATH, or --audit PATH)"
+            );
+        }
+        if d.front == "stdio" && audit.as_ref().is_some_and(|c| c.path.is_none()) {
+            bail!(
+                "--audit - would write into the MCP messages on standard output: give the audit \
+                 log a file"
             );
         }
         let stop = CancellationToken::new();
@@ -239,6 +358,19 @@ impl Hooks {
                 }
             });
         }
+        // Last: it sees the other hooks' refusals, and answers as the client gets them.
+        let audit = match audit {
+            Some(cfg) => {
+                let audit = Audit::open(&cfg, &tasks, stop.clone())?;
+                match &cfg.path {
+                    Some(p) => tracing::info!(path = %p.display(), "writing the audit log"),
+                    None => tracing::info!("writing the audit log to standard output"),
+                }
+                hooks.push(audit.clone());
+                Some(audit)
+            }
+            None => None,
+        };
         Ok(Hooks {
             pipeline: Pipeline::new(hooks.clone()),
             hooks,
@@ -246,6 +378,7 @@ impl Hooks {
             shadow,
             stop,
             admin: tasks,
+            audit,
         })
     }
 
@@ -265,6 +398,9 @@ impl Hooks {
                 not_mirrored = s.dropped,
                 "shadow traffic summary"
             );
+        }
+        if let Some(a) = &self.audit {
+            a.flush();
         }
         for r in self.recorders {
             let dropped = r.dropped();

@@ -3,6 +3,7 @@ pub mod harness;
 mod admin;
 mod admin_page;
 mod admission;
+mod audit;
 mod cdp;
 mod composite;
 mod era_matrix;

@@ -114,6 +114,7 @@ args = ["-c", "cat > /dev/null"]
     let hooks = GatewayHooks {
         before: Vec::new(),
         after: vec![icpt as Arc<dyn Hook>],
+        audit: None,
     };
     let server = tokio::spawn({
         let stop = stop.clone();

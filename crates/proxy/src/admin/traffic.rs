@@ -176,7 +176,7 @@ impl Hook for Traffic {
         Verdict::Forward
     }
 
-    fn on_answered(&self, ctx: &FrameCtx<'_>, frame: &Frame, answer: &Frame) {
+    fn on_answered(&self, ctx: &FrameCtx<'_>, frame: &Frame, answer: &Frame, _by: &'static str) {
         if !self.watched() {
             return;
         }

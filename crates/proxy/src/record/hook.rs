@@ -172,7 +172,7 @@ impl Hook for RecordHook {
         }
     }
 
-    fn on_answered(&self, ctx: &FrameCtx<'_>, frame: &Frame, answer: &Frame) {
+    fn on_answered(&self, ctx: &FrameCtx<'_>, frame: &Frame, answer: &Frame, _by: &'static str) {
         // Observers cannot wait: both lines are offered without blocking.
         let m = self.msg(
             ctx.direction,

@@ -49,6 +49,8 @@ pub struct Session {
     inflight: Inflight,
     protocol: OnceLock<String>,
     principal: OnceLock<Arc<str>>,
+    /// The route it was admitted under (hooks see it in [`FrameCtx::route`]).
+    route: OnceLock<Arc<str>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     ending: AtomicBool,
@@ -103,6 +105,7 @@ impl Session {
             inflight: Inflight::default(),
             protocol: OnceLock::new(),
             principal: OnceLock::new(),
+            route: OnceLock::new(),
             cancel,
             tracker,
             ending: AtomicBool::new(false),
@@ -159,6 +162,9 @@ impl Session {
         if let Some(p) = slot.principal() {
             self.set_principal(p);
         }
+        if kind != Kind::Stdio {
+            let _ = self.route.set(route.clone());
+        }
         slot.list(self, kind, route);
         *crate::sync::lock(&self.slot) = Some(slot);
     }
@@ -181,6 +187,8 @@ impl Session {
             direction,
             principal: self.principal(),
             transport,
+            route: self.route.get().map(|r| &**r),
+            exchange: 0,
         }
     }
 
@@ -335,7 +343,12 @@ impl Session {
                     if let Some(id) = frame.id() {
                         self.inflight.remove(id);
                     }
+                    // Hooks saw the request go on: its answer passes them like the server's.
                     let answer = error_frame(frame.id(), UPSTREAM_ERROR, &why);
+                    let answer = self
+                        .from_server(answer)
+                        .await
+                        .unwrap_or_else(|| error_frame(frame.id(), UPSTREAM_ERROR, &why));
                     return Ok((Sent::Replied(answer), None));
                 }
                 frame.id().cloned()
@@ -347,6 +360,10 @@ impl Session {
             Err(e) => {
                 if let Some(id) = tracked {
                     self.inflight.remove(&id);
+                    if !self.pipeline.is_empty() {
+                        let ctx = self.ctx(Direction::ClientToServer, Transport::None);
+                        self.pipeline.failed(&ctx, &id, &e);
+                    }
                 }
                 Err(e)
             }

@@ -19,6 +19,9 @@ use std::sync::Arc;
 pub(super) struct Asker {
     pub pipeline: Pipeline,
     pub principal: Option<Arc<str>>,
+    /// The route, and the request's [`FrameCtx::exchange`] number.
+    pub route: Arc<str>,
+    pub exchange: u64,
     /// The request's id (a withheld JSON answer becomes an error for it).
     pub id: Option<RequestId>,
     /// Largest message read.
@@ -31,6 +34,8 @@ impl Asker {
         let ctx = FrameCtx {
             principal: self.principal.as_deref(),
             transport,
+            route: Some(&self.route),
+            exchange: self.exchange,
             ..FrameCtx::new("-", Direction::ServerToClient)
         };
         match self.pipeline.process(&ctx, frame).await {

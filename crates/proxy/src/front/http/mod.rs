@@ -582,6 +582,17 @@ impl HttpFront {
 /// Route keys of absolute-URI targets start with this.
 const ABSOLUTE_KEY: &str = "abs:";
 
+/// The endpoint path of a route key, as clients address it: `/mcp`, `/servers/NAME/mcp`, or
+/// `absolute-uri` for an upstream the client named with an absolute-form URI (the URI itself
+/// is not shown: it may carry credentials).
+pub fn route_path(key: &str) -> std::borrow::Cow<'static, str> {
+    match key {
+        "" => "/mcp".into(),
+        k if k.starts_with(ABSOLUTE_KEY) => "absolute-uri".into(),
+        k => format!("/servers/{k}/mcp").into(),
+    }
+}
+
 impl Target {
     /// Whether the client chose this upstream with an absolute-form URI.
     pub(crate) fn is_absolute(&self) -> bool {

@@ -196,23 +196,10 @@ async fn serve(
             });
         }
     };
-    // No session carries the principal, so the route's rules are applied here.
-    let list = match target.placer.authorize_stateless(&frame) {
-        Err(answer) => {
-            let status = super::translated::status_of(&answer);
-            return Ok(reply::json_response(status, answer.into_raw()));
-        }
-        Ok(list) => list,
-    };
     // No session: the request's own principal is what `principal =` rules match, and its
     // answers pass through the hooks here (answers.rs).
     let principal = target.placer.principal();
-    let asker = answers::Asker {
-        pipeline: front.pipeline.clone(),
-        principal: principal.map(Arc::from),
-        id: frame.id().cloned(),
-        limit: front.config.upstream.max_message,
-    };
+    let exchange = FrameCtx::next_exchange();
     let ctx = FrameCtx {
         principal,
         transport: PipeTransport::Http(HttpMeta {
@@ -222,7 +209,26 @@ async fn serve(
             headers: Some(&headers),
             sse_id: None,
         }),
+        route: Some(&target.key),
+        exchange,
         ..FrameCtx::new("-", Direction::ClientToServer)
+    };
+    // No session carries the principal, so the route's rules are applied here.
+    let list = match target.placer.authorize_stateless(&frame) {
+        Err(answer) => {
+            front.pipeline.answered(&ctx, &frame, &answer, "authz");
+            let status = super::translated::status_of(&answer);
+            return Ok(reply::json_response(status, answer.into_raw()));
+        }
+        Ok(list) => list,
+    };
+    let asker = answers::Asker {
+        pipeline: front.pipeline.clone(),
+        principal: principal.map(Arc::from),
+        route: target.key.clone(),
+        exchange,
+        id: frame.id().cloned(),
+        limit: front.config.upstream.max_message,
     };
     let frame = match front.pipeline.process(&ctx, frame).await {
         Outcome::Forward(f) => f,
@@ -253,7 +259,15 @@ async fn serve(
             frame.clone(),
         )
     };
-    let answer = guarded::exchange(guard, ask, send).await?;
+    let answer = match guarded::exchange(guard, ask, send).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            if let Some(id) = frame.id() {
+                front.pipeline.failed(&ctx, id, &e);
+            }
+            return Err(e);
+        }
+    };
     let answer = answers::through_pipeline(answer, asker).await;
     match list {
         Some(filter) => {

@@ -62,6 +62,16 @@ pub(crate) async fn handle(
             // Gateway: served here, not through the held session's hooks, so the route's rules
             // are applied here — to the request and to every URI it would subscribe to.
             if let Err(answer) = target.placer.authorize_stateless(&frame) {
+                let ctx = crate::pipeline::FrameCtx {
+                    principal: target.placer.principal(),
+                    route: Some(&target.key),
+                    exchange: crate::pipeline::FrameCtx::next_exchange(),
+                    ..crate::pipeline::FrameCtx::new(
+                        held.core().id(),
+                        crate::pipeline::Direction::ClientToServer,
+                    )
+                };
+                front.pipeline.answered(&ctx, &frame, &answer, "authz");
                 let status = status_of(&answer);
                 return Ok(reply::json_response(status, answer.into_raw()));
             }
