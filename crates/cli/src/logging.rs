@@ -59,6 +59,8 @@ pub fn init(args: &LogArgs) -> Result<Guard, String> {
                 .map_err(|e| format!("invalid SHADOWCAT_OTEL_FILTER: {e}"))?;
             let (layer, guard) = crate::otel::layer::<Registry>(endpoint)?;
             layers.push(layer.with_filter(filter).boxed());
+            // Trace context from clients continues in our spans and goes on to upstreams.
+            shadowcat_proxy::tracecontext::install(std::sync::Arc::new(crate::otel::Link));
             Some(guard)
         }
         None => None,

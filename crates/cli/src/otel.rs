@@ -78,6 +78,33 @@ where
     Ok((layer, Guard(provider)))
 }
 
+/// The engine's [`SpanLink`](shadowcat_proxy::tracecontext::SpanLink): W3C trace context in
+/// and out of `tracing` spans, through OpenTelemetry's own propagator.
+pub struct Link;
+
+impl shadowcat_proxy::tracecontext::SpanLink for Link {
+    fn adopt(&self, span: &tracing::Span, parent: &shadowcat_proxy::tracecontext::TraceContext) {
+        use opentelemetry::propagation::TextMapPropagator;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let mut carrier = std::collections::HashMap::new();
+        carrier.insert("traceparent".to_string(), parent.traceparent.clone());
+        if let Some(s) = &parent.tracestate {
+            carrier.insert("tracestate".to_string(), s.clone());
+        }
+        let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+        let _ = span.set_parent(cx);
+    }
+
+    fn traceparent_of(&self, span: &tracing::Span) -> Option<String> {
+        use opentelemetry::propagation::TextMapPropagator;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let mut carrier = std::collections::HashMap::new();
+        opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .inject_context(&span.context(), &mut carrier);
+        carrier.remove("traceparent")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

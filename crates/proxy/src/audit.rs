@@ -19,13 +19,12 @@
 //! nothing: the hook is not in the pipeline.
 
 use crate::error::ProxyError;
-use crate::pipeline::{Direction, FrameCtx, Hook, Transport, Verdict, Wait};
+use crate::pipeline::{Awaiting, Direction, FrameCtx, Hook, Transport, Verdict, Wait};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use shadowcat_tape::{RedactConfig, Redactor};
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -98,8 +97,8 @@ pub struct Refused<'a> {
 /// The audit log (a pipeline hook; see the module docs).
 pub struct Audit {
     out: Mutex<Out>,
-    /// Requests waiting for their answer: session → (exchange, id) → what is known.
-    pending: Mutex<HashMap<Box<str>, Waiting>>,
+    /// Requests waiting for their answer.
+    pending: Awaiting<Pending>,
     arguments: Arguments,
     key: Vec<u8>,
     redactor: Redactor,
@@ -107,9 +106,6 @@ pub struct Audit {
     /// A write failed (said once in the log, not per line).
     failing: AtomicBool,
 }
-
-/// One session's requests waiting for their answer, by (exchange, id).
-type Waiting = HashMap<(u64, RequestId), Pending>;
 
 /// What the log knows of a request until its answer.
 struct Pending {
@@ -219,7 +215,7 @@ impl Audit {
         };
         let audit = Arc::new(Audit {
             out: Mutex::new(out),
-            pending: Mutex::default(),
+            pending: Awaiting::new(MAX_PENDING_PER_SESSION),
             arguments: cfg.arguments,
             key,
             redactor,
@@ -349,26 +345,14 @@ impl Audit {
     fn asked(&self, ctx: &FrameCtx<'_>, frame: &Frame) {
         let Some(id) = frame.id() else { return };
         let p = self.pending(ctx, frame);
-        let mut all = crate::sync::lock(&self.pending);
-        let waiting = all.entry(Box::from(ctx.session)).or_default();
-        if waiting.len() >= MAX_PENDING_PER_SESSION {
-            drop(all);
+        if let Err(p) = self.pending.insert(ctx, id, p) {
             self.finish(ctx.session, id, &p, None, "untracked", None, None);
-            return;
         }
-        waiting.insert((ctx.exchange, id.clone()), p);
     }
 
     /// Take the request an answer in `ctx` answers.
     fn take(&self, ctx: &FrameCtx<'_>, id: &RequestId) -> Option<Pending> {
-        let mut all = crate::sync::lock(&self.pending);
-        let waiting = all.get_mut(ctx.session)?;
-        let p = waiting.remove(&(ctx.exchange, id.clone()));
-        if waiting.is_empty() && ctx.exchange != 0 {
-            // Stateless requests share one pseudo-session: do not keep an empty map for it.
-            all.remove(ctx.session);
-        }
-        p
+        self.pending.take(ctx, id)
     }
 
     /// Write the line of a request.
@@ -429,13 +413,7 @@ impl Hook for Audit {
                 let answer = answer_of(frame);
                 if matches!(ctx.transport, Transport::Later) {
                     // Its delivery (and the HTTP status it went with) is reported later.
-                    let mut all = crate::sync::lock(&self.pending);
-                    if let Some(p) = all
-                        .get_mut(ctx.session)
-                        .and_then(|w| w.get_mut(&(ctx.exchange, id.clone())))
-                    {
-                        p.answer = Some(answer);
-                    }
+                    self.pending.update(ctx, id, |p| p.answer = Some(answer));
                     return Verdict::Forward;
                 }
                 if let Some(p) = self.take(ctx, id) {
@@ -498,8 +476,7 @@ impl Hook for Audit {
     }
 
     fn on_session_end(&self, session: &str) {
-        let left = crate::sync::lock(&self.pending).remove(session);
-        for ((_, id), p) in left.into_iter().flatten() {
+        for (id, p) in self.pending.end(session) {
             self.finish(session, &id, &p, p.answer, "no_answer", None, None);
         }
     }

@@ -31,6 +31,7 @@ pub mod runtime;
 pub mod session;
 pub mod shadow;
 pub mod sync;
+pub mod tracecontext;
 pub mod translate;
 pub mod upstream;
 

@@ -7,7 +7,8 @@
 //! session awaits, which holds back the frames behind it in the same direction.
 
 use crate::error::ProxyError;
-use shadowcat_proto::Frame;
+use shadowcat_proto::{Frame, RequestId};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -158,13 +159,7 @@ pub trait Hook: Send + Sync + 'static {
     /// A client request that passed every hook never reached the upstream: the client gets
     /// `error` (an HTTP error, or a JSON-RPC error made from it) instead of an answer that
     /// would pass the hooks. Observers (the audit log) use this.
-    fn on_failed(
-        &self,
-        _ctx: &FrameCtx<'_>,
-        _id: &shadowcat_proto::RequestId,
-        _error: &ProxyError,
-    ) {
-    }
+    fn on_failed(&self, _ctx: &FrameCtx<'_>, _id: &RequestId, _error: &ProxyError) {}
     /// A frame that passed the pipeline with [`Transport::Later`] (and was forwarded) has been
     /// handed to the client; `ctx.transport` now says how ([`Transport::Http`]), or that nobody
     /// could receive it ([`Transport::Undelivered`]). Observers (the recorder) use this; a
@@ -174,6 +169,75 @@ pub trait Hook: Send + Sync + 'static {
     }
     /// The session ended: release what is kept for it.
     fn on_session_end(&self, _session: &str) {}
+}
+
+/// What an observer hook keeps for each client request until its answer (the audit log's line,
+/// the trace's span), keyed by session, [`FrameCtx::exchange`] and request id. Bounded per
+/// session: [`Awaiting::insert`] hands the value back when the session has `max` already.
+pub struct Awaiting<T> {
+    max: usize,
+    map: std::sync::Mutex<HashMap<Box<str>, Requests<T>>>,
+}
+
+/// One session's requests, by (exchange, id).
+type Requests<T> = HashMap<(u64, RequestId), T>;
+
+impl<T> Awaiting<T> {
+    /// At most `max` requests of one session are kept.
+    pub fn new(max: usize) -> Self {
+        Awaiting {
+            max,
+            map: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Keep `value` for the request `id` of `ctx`; `Err(value)` when the session is full.
+    pub fn insert(&self, ctx: &FrameCtx<'_>, id: &RequestId, value: T) -> Result<(), T> {
+        let mut all = crate::sync::lock(&self.map);
+        let waiting = all.entry(Box::from(ctx.session)).or_default();
+        if waiting.len() >= self.max {
+            return Err(value);
+        }
+        waiting.insert((ctx.exchange, id.clone()), value);
+        Ok(())
+    }
+
+    /// Change what is kept for the request `id` of `ctx`, if anything.
+    pub fn update(&self, ctx: &FrameCtx<'_>, id: &RequestId, f: impl FnOnce(&mut T)) {
+        let mut all = crate::sync::lock(&self.map);
+        if let Some(v) = all
+            .get_mut(ctx.session)
+            .and_then(|w| w.get_mut(&(ctx.exchange, id.clone())))
+        {
+            f(v);
+        }
+    }
+
+    /// Take what is kept for the request `id` of `ctx` (its answer came).
+    pub fn take(&self, ctx: &FrameCtx<'_>, id: &RequestId) -> Option<T> {
+        let mut all = crate::sync::lock(&self.map);
+        let waiting = all.get_mut(ctx.session)?;
+        let v = waiting.remove(&(ctx.exchange, id.clone()));
+        if waiting.is_empty() {
+            all.remove(ctx.session);
+        }
+        v
+    }
+
+    /// Take everything kept for `session` (it ended).
+    pub fn end(&self, session: &str) -> Vec<(RequestId, T)> {
+        crate::sync::lock(&self.map)
+            .remove(session)
+            .into_iter()
+            .flatten()
+            .map(|((_, id), v)| (id, v))
+            .collect()
+    }
+
+    /// True when nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        crate::sync::lock(&self.map).is_empty()
+    }
 }
 
 /// The ordered hooks of a proxy.
@@ -244,7 +308,7 @@ impl Pipeline {
 
     /// Tell every hook that the request `id`, which passed them, failed with `error` before
     /// it reached the upstream (see [`Hook::on_failed`]).
-    pub fn failed(&self, ctx: &FrameCtx<'_>, id: &shadowcat_proto::RequestId, error: &ProxyError) {
+    pub fn failed(&self, ctx: &FrameCtx<'_>, id: &RequestId, error: &ProxyError) {
         for h in &self.hooks {
             h.on_failed(ctx, id, error);
         }

@@ -358,6 +358,10 @@ impl Hooks {
                 }
             });
         }
+        // With spans exported: a span per request, its context passed upstream in `_meta`.
+        if let Some(trace) = shadowcat_proxy::tracecontext::TraceHook::new() {
+            hooks.push(trace);
+        }
         // Last: it sees the other hooks' refusals, and answers as the client gets them.
         let audit = match audit {
             Some(cfg) => {

@@ -35,6 +35,9 @@ struct Span {
     name: String,
     service: String,
     attrs: HashMap<String, String>,
+    trace_id: String,
+    span_id: String,
+    parent: String,
 }
 
 fn attr_map(list: &Value) -> HashMap<String, String> {
@@ -65,6 +68,9 @@ fn spans(bodies: &Bodies) -> Vec<Span> {
                         name: s["name"].as_str().unwrap_or_default().to_owned(),
                         service: service.clone(),
                         attrs: attr_map(&s["attributes"]),
+                        trace_id: s["traceId"].as_str().unwrap_or_default().to_owned(),
+                        span_id: s["spanId"].as_str().unwrap_or_default().to_owned(),
+                        parent: s["parentSpanId"].as_str().unwrap_or_default().to_owned(),
                     });
                 }
             }
@@ -144,4 +150,215 @@ fn an_unsupported_otlp_protocol_is_refused_at_start() {
         err.contains("OTEL_EXPORTER_OTLP_PROTOCOL `grpc` is not supported"),
         "stderr: {err}"
     );
+}
+
+/// What the fake HTTP upstream saw of each `tools/call`: its `traceparent` header and the
+/// `traceparent` in its `params._meta`.
+type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+async fn fake_upstream() -> (String, Seen) {
+    async fn post(
+        State(seen): State<Seen>,
+        headers: axum::http::HeaderMap,
+        body: String,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let Some(id) = v.get("id").cloned() else {
+            return axum::http::StatusCode::ACCEPTED.into_response();
+        };
+        let result = match v["method"].as_str() {
+            Some("initialize") => {
+                json!({"protocolVersion":"2025-06-18","capabilities":{"tools":{}},
+                "serverInfo":{"name":"fake","version":"1"}})
+            }
+            Some("tools/call") => {
+                seen.lock().unwrap().push((
+                    headers
+                        .get("traceparent")
+                        .map(|h| h.to_str().unwrap().to_owned()),
+                    v["params"]["_meta"]["traceparent"]
+                        .as_str()
+                        .map(str::to_owned),
+                ));
+                json!({"content":[{"type":"text","text":"ok"}]})
+            }
+            _ => json!({}),
+        };
+        (
+            [("content-type", "application/json")],
+            json!({"jsonrpc":"2.0","id":id,"result":result}).to_string(),
+        )
+            .into_response()
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route("/mcp", axum::routing::post(post))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/mcp"), seen)
+}
+
+/// A stdio MCP server (Python, standard library only) whose one tool answers with the
+/// `traceparent` it found in the request's `params._meta`.
+const META_SERVER: &str = r#"
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    if m["method"] == "initialize":
+        r = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+             "serverInfo": {"name": "meta", "version": "1"}}
+    elif m["method"] == "tools/call":
+        tp = m.get("params", {}).get("_meta", {}).get("traceparent", "")
+        r = {"content": [{"type": "text", "text": tp}]}
+    else:
+        r = {}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#;
+
+/// The span id of a `traceparent`.
+fn span_of(tp: &str) -> &str {
+    &tp[36..52]
+}
+
+async fn span_named(bodies: &Bodies, name: &str, trace: &str) -> Span {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(s) = spans(bodies)
+            .into_iter()
+            .find(|s| s.name == name && s.trace_id == trace)
+        {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{name}` span in trace {trace}; got {:?}",
+            spans(bodies)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_clients_trace_continues_through_the_proxy_to_http_and_stdio_upstreams() {
+    let (endpoint, bodies) = collector().await;
+    let (http_url, seen) = fake_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("meta_server.py");
+    std::fs::write(&script, META_SERVER).unwrap();
+    let stdio_target = format!("stdio=python3 {}", script.display());
+    let http_target = format!("http={http_url}");
+    let p = Server::start_with_env(
+        &[
+            "forward",
+            "http",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &http_target,
+            "--target",
+            &stdio_target,
+            "--log-level",
+            "warn",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+
+    // 1. Over HTTP headers, to an HTTP upstream: the trace goes on as a header and in `_meta`.
+    let trace_a = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_a = format!("00-{trace_a}-00f067aa0ba902b7-01");
+    let mut c = Raw::new(format!("{}/servers/http/mcp", p.base));
+    c.initialize().await;
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"echo","arguments":{}}});
+    let r = Raw::send(
+        c.post_builder(call.to_string())
+            .header("traceparent", &client_a)
+            .header("tracestate", "vendor=a"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (header, meta) = seen.lock().unwrap().last().cloned().unwrap();
+    let (header, meta) = (header.expect("traceparent header"), meta.expect("_meta"));
+    assert_eq!(header, meta);
+    assert_eq!(&header[3..35], trace_a, "same trace: {header}");
+    assert_ne!(
+        span_of(&header),
+        span_of(&client_a),
+        "the proxy's span is the parent"
+    );
+    let mcp = span_named(&bodies, "tools/call echo", trace_a).await;
+    assert_eq!(
+        mcp.span_id,
+        span_of(&header),
+        "the upstream's parent is the MCP span"
+    );
+    assert_eq!(mcp.attrs["mcp.method.name"], "tools/call");
+    assert_eq!(mcp.attrs["gen_ai.tool.name"], "echo");
+    assert_eq!(mcp.attrs["jsonrpc.request.id"], "1");
+    assert_eq!(mcp.attrs["mcp.session.id"], c.session.clone().unwrap());
+    assert_eq!(mcp.attrs["network.transport"], "tcp");
+    let request = span_named(&bodies, "request", trace_a).await;
+    assert_eq!(
+        mcp.parent, request.span_id,
+        "inside the HTTP request's span"
+    );
+    assert_eq!(
+        request.parent,
+        span_of(&client_a),
+        "which continues the client's"
+    );
+
+    // 2. In `_meta` (as a stdio client would send it), to a stdio upstream.
+    let trace_b = "0af7651916cd43dd8448eb211c80319c";
+    let client_b = format!("00-{trace_b}-b7ad6b7169203331-01");
+    let mut s = Raw::new(format!("{}/servers/stdio/mcp", p.base));
+    s.initialize().await;
+    let r = s
+        .post(json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+            "params":{"name":"meta","arguments":{},"_meta":{"traceparent": client_b}}}))
+        .await;
+    let got = r.json()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        &got[3..35],
+        trace_b,
+        "the stdio server got the trace: {}",
+        r.body
+    );
+    assert_ne!(span_of(&got), span_of(&client_b));
+    let mcp = span_named(&bodies, "tools/call meta", trace_b).await;
+    assert_eq!(mcp.span_id, span_of(&got));
+    assert_eq!(
+        mcp.parent,
+        span_of(&client_b),
+        "the message's own context is the parent"
+    );
+
+    // 3. A malformed traceparent is not passed on.
+    let r = Raw::send(
+        c.post_builder(
+            json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+                "params":{"name":"echo","arguments":{}}})
+            .to_string(),
+        )
+        .header("traceparent", "00-zz-junk"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (header, _) = seen.lock().unwrap().last().cloned().unwrap();
+    let header = header.expect("the proxy's own trace still goes on");
+    assert!(!header.contains("zz"), "{header}");
+    p.terminate().await;
 }

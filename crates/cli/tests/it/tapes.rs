@@ -409,7 +409,7 @@ async fn secrets_never_reach_the_tape() {
     let lines = [
         json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
         json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
-        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"pay with card-1234","pin":"9876","api_key":"ARG-KEY-789"}}}),
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"pay with card-1234","pin":"PIN-9876","api_key":"ARG-KEY-789"}}}),
     ];
     let mut replies = Vec::new();
     for (i, l) in lines.iter().enumerate() {
@@ -436,7 +436,8 @@ async fn secrets_never_reach_the_tape() {
         "KEY-456",
         "pa55word",
         "card-1234",
-        "9876",
+        // (Not a bare number: it could appear in a timestamp.)
+        "PIN-9876",
         "ARG-KEY-789",
     ] {
         assert!(

@@ -515,7 +515,12 @@ async fn send_post(
     body: Bytes,
     idempotent: bool,
 ) -> Result<Response, ProxyError> {
-    let build = || inner.request(Method::POST, body.clone(), client::json_post_headers);
+    let build = || {
+        inner.request(Method::POST, body.clone(), |h| {
+            client::json_post_headers(h);
+            crate::tracecontext::upstream_headers(&body, h);
+        })
+    };
     let Some(g) = inner.ctx.guard.as_deref() else {
         return inner.send(build).await;
     };

@@ -78,6 +78,7 @@ pub(crate) async fn relay(
         .map_err(|e| ProxyError::UpstreamConnect(format!("invalid upstream URL `{label}`: {e}")))?;
     let mut head = HeaderMap::new();
     client::json_post_headers(&mut head);
+    crate::tracecontext::upstream_headers(frame.raw(), &mut head);
     for (k, v) in extra {
         if let (Ok(k), Ok(v)) = (
             http::HeaderName::try_from(k.as_str()),

@@ -718,6 +718,7 @@ pub async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
         name = tracing::field::Empty,
         status = tracing::field::Empty
     );
+    crate::tracecontext::adopt_headers(&span, req.headers());
     let result = tracing::Instrument::instrument(
         async {
             front.config.origins.check(req.headers())?;

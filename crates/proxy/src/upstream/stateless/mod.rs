@@ -471,6 +471,7 @@ async fn send(inner: &Arc<Inner>, out: Outgoing) {
     let build = || {
         inner.request(http::Method::POST, out.body.clone(), |h| {
             super::client::json_post_headers(h);
+            crate::tracecontext::upstream_headers(&out.body, h);
             for (k, v) in &headers {
                 h.append(k, v.clone());
             }
