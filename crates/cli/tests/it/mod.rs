@@ -5,6 +5,7 @@ mod admin_page;
 mod admission;
 mod cdp;
 mod composite;
+mod deploy;
 mod era_matrix;
 mod eras;
 mod gateway;
