@@ -138,10 +138,12 @@ where
 /// listener until `cancel` fires, then shut down gracefully.
 ///
 /// Sessions are stateful (`Mcp-Session-Id`) and responses are SSE streams.
-/// Only loopback `Host` headers (`localhost`, `127.0.0.1`, `::1`, any port)
-/// are accepted, which protects a locally running server from DNS rebinding.
-/// All sessions share one counter, and `increment` notifies subscribers in
-/// every session.
+/// On a loopback listener only loopback `Host` headers (`localhost`,
+/// `127.0.0.1`, `::1`, any port) are accepted, which protects a locally running
+/// server from DNS rebinding; on any other address (`0.0.0.0` in a container,
+/// reached as `http://demo:9000/mcp`) every name is served, as the proxy's own
+/// front does. All sessions share one counter, and `increment` notifies
+/// subscribers in every session.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
@@ -150,9 +152,12 @@ pub async fn serve_http(
     // A child token: cancelling it ends every session (and its SSE streams) so
     // the graceful shutdown below does not wait on long-lived GET streams.
     let sessions_ct = cancel.child_token();
-    let config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(["localhost", "127.0.0.1", "::1"])
-        .with_cancellation_token(sessions_ct.clone());
+    let config = StreamableHttpServerConfig::default().with_cancellation_token(sessions_ct.clone());
+    // An address we cannot read is treated as loopback: the check stays on.
+    let config = match listener.local_addr() {
+        Ok(addr) if !addr.ip().is_loopback() => config.disable_allowed_hosts(),
+        _ => config.with_allowed_hosts(["localhost", "127.0.0.1", "::1"]),
+    };
     let service = StreamableHttpService::new(
         move || Ok(DemoServer::new(state.clone())),
         Arc::new(LocalSessionManager::default()),

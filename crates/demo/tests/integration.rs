@@ -1007,6 +1007,24 @@ async fn serve_http_streamable_http_round_trip() {
     drop(service);
 }
 
+/// Off loopback (`0.0.0.0` in a container, where the gateway reaches it as
+/// `http://demo:9000/mcp`) every `Host` is served; the listener is reached over
+/// 127.0.0.1 here.
+#[tokio::test]
+async fn serve_http_on_a_non_loopback_address_serves_any_host() {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(serve_http(listener, cancel.clone()));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let response = raw_http(addr, initialize_request("demo:9000")).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"serverInfo\""), "{response}");
+    cancel.cancel();
+    let result = tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
 /// The CLI propagates `DemoError` through `anyhow` and may spawn the serve
 /// futures on a multi-threaded runtime.
 #[test]

@@ -6,6 +6,7 @@ mod admission;
 mod audit;
 mod cdp;
 mod composite;
+mod deploy;
 mod era_matrix;
 mod eras;
 mod gateway;
