@@ -150,6 +150,7 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
             content_type: None,
             headers: Some(&headers),
             sse_id: None,
+            url: Some("http://127.0.0.1:8080/mcp"),
         }),
         ..FrameCtx::new(session, Direction::ClientToServer)
     };
@@ -164,6 +165,7 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
             content_type: Some("application/json"),
             headers: None,
             sse_id: None,
+            url: None,
         }),
         ..FrameCtx::new(session, Direction::ServerToClient)
     };

@@ -13,6 +13,11 @@
 //!   (`closed`/`half-open`/`open`, null without one), retries, timeouts}]}]}`.
 //! * `GET /api/config` → the effective configuration, secrets redacted.
 //! * `GET /api/metrics` → request totals (by status class), refusals, live sessions, store.
+//! * `GET /api/series` → the last 15 minutes in 10-second buckets (see [`crate::series`]):
+//!   `{bucket_ms, start_ms, now_ms, requests:[90], errors:[90], latency_p50_ms:[90],
+//!   latency_p99_ms:[90], tools:[{name (null: other tools), calls, errors, p50_ms, p99_ms}],
+//!   upstreams:[{route, name, states:[90], connect_failures:[90], sessions:[90]}]}`, oldest
+//!   bucket first, the last one still filling (`null`: nothing to show for that bucket).
 //!
 //! Mounted on the admin listener with `AdminServer::extension("gateway", admin::routes(…))`:
 //! behind its token and host checks. Without a gateway (forward modes) these answer `404`.
@@ -54,6 +59,7 @@ pub fn routes(gw: Arc<Gateway>, cfg: &GatewayConfig) -> axum::Router {
         .route("/api/upstreams", get(upstreams))
         .route("/api/config", get(config))
         .route("/api/metrics", get(metrics))
+        .route("/api/series", get(series))
         // The Prometheus page too, behind the admin listener's token and host checks (for a
         // scraper that reaches the admin address rather than the MCP one).
         .route("/metrics", get(prometheus))
@@ -73,7 +79,7 @@ fn running(a: &Admin) -> Result<(&Arc<Gateway>, Arc<HttpFront>), Refused> {
 }
 
 /// Upstream names as shown: URL credentials redacted.
-fn shown(name: &str) -> String {
+pub(crate) fn shown(name: &str) -> String {
     if name.contains("://") {
         Redactor::default().url(name)
     } else {
@@ -234,6 +240,13 @@ async fn prometheus(State(a): Shared) -> axum::response::Response {
         Ok((gw, front)) => gw.metrics_page(&front),
         Err(refused) => axum::response::IntoResponse::into_response(refused),
     }
+}
+
+async fn series(State(a): Shared) -> Answer {
+    let (gw, _) = running(&a)?;
+    // The current bucket shows the upstreams as they are now.
+    gw.sample_series();
+    Ok(json(StatusCode::OK, gw.series().snapshot()))
 }
 
 async fn metrics(State(a): Shared) -> Answer {

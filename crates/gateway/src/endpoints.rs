@@ -68,6 +68,7 @@ impl Gateway {
             resp.status().as_u16(),
             started.elapsed(),
         );
+        self.series.http(resp.status().as_u16());
         resp
     }
 

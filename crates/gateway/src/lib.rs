@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 mod redact;
 pub mod resilience;
+pub mod series;
 pub mod shape;
 mod target;
 mod validate;
@@ -105,6 +106,8 @@ pub struct Gateway {
     metrics_token: Option<String>,
     limits: Limits,
     metrics: Metrics,
+    /// The last 15 minutes, for the admin page.
+    series: series::Series,
     sessions: Mutex<HashMap<Arc<str>, Bound>>,
     /// Some route has authorization rules (the hook then looks at every frame).
     any_rules: bool,
@@ -226,7 +229,14 @@ impl Gateway {
             .filter_map(|t| Cidr::parse(t).ok())
             .collect();
         let any_rules = routes.values().any(|r| !r.rules.is_open());
+        let series = series::Series::new(
+            Gateway::upstream_order(&routes)
+                .iter()
+                .map(|(r, i)| (r.path.clone(), admin::shown(r.set.members()[*i].name())))
+                .collect(),
+        );
         Ok(Arc::new(Gateway {
+            series,
             any_rules,
             routes,
             auth,
@@ -264,6 +274,11 @@ impl Gateway {
     /// Request counters.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The last 15 minutes.
+    pub(crate) fn series(&self) -> &series::Series {
+        &self.series
     }
 
     /// Route, principal and upstream of a session this gateway holds.
@@ -584,6 +599,8 @@ pub async fn gateway(
     let mut hooks = before;
     hooks.extend(gw.hooks());
     hooks.extend(after);
+    // Last: it times what reached the upstream and the client.
+    hooks.push(gw.series_hook());
     let tracker = TaskTracker::new();
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
@@ -631,12 +648,14 @@ pub async fn gateway(
     let (housekeeping, live) = (gw.clone(), front.clone());
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut sample = tokio::time::interval(series::SAMPLE_EVERY);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     housekeeping.limits.housekeeping();
                     housekeeping.prune(&live.registry().ids().into_iter().collect());
                 }
+                _ = sample.tick() => housekeeping.sample_series(),
                 _ = stop.cancelled() => return,
             }
         }

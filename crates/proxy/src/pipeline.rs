@@ -81,6 +81,10 @@ pub struct HttpMeta<'a> {
     /// Client → server: the request's headers (hooks pick what they need; secrets included, so
     /// a hook that keeps any must redact them).
     pub headers: Option<&'a http::HeaderMap>,
+    /// Client → server: the URL the client sent the request to (see
+    /// [`crate::front::http::request_url`]; its query may hold secrets, so a hook that keeps it
+    /// must redact it).
+    pub url: Option<&'a str>,
     /// Server → client: the SSE event id the frame was sent under (a proxy-issued id that the
     /// client can resume after).
     pub sse_id: Option<&'a str>,

@@ -2,8 +2,11 @@
 //!
 //! HAR is request/response shaped, so: every client request with its reply is one entry
 //! (the request as `postData`, the reply as the response body, the latency as `time`). HTTP
-//! method, status, headers and content type come from the frames' recorded transport details
-//! when there are any (`forward http`), else `POST`, `200` and `application/json`;
+//! method, URL, status, headers and content type come from the frames' recorded transport
+//! details when there are any (the Streamable HTTP front: `forward http`, `gateway`,
+//! `replay --listen`), else `POST`, `200` and `application/json`. The URL is the one the
+//! client sent the request to; without one (see [`fallback_url`]) a stdio client's entries get
+//! the placeholder [`STDIO_URL`];
 //! client notifications and responses are entries answered with `202`; messages the server sent
 //! while a request was open (progress, logs, sampling requests) are listed in that entry's
 //! `_serverMessages`, and the others in the log's `_serverMessages`.
@@ -45,14 +48,38 @@ pub fn to_json(tape: &Tape) -> Value {
     })
 }
 
-fn url_of(tape: &Tape) -> String {
+/// The request URL of HAR entries whose client spoke over stdio (no URL; HAR needs one). Not
+/// an `http` URL on purpose: nothing was requested over HTTP.
+pub const STDIO_URL: &str = "mcp://stdio/";
+
+/// The URL of entries whose request has none recorded: [`STDIO_URL`] for a stdio client;
+/// otherwise (tapes from before request URLs were recorded, the legacy HTTP+SSE front) the
+/// upstream's URL when it is one — where the requests went, not where the client sent them —
+/// else [`STDIO_URL`].
+pub fn fallback_url(tape: &Tape) -> String {
     let u = &tape.header.upstream;
-    if u.starts_with("http://") || u.starts_with("https://") {
+    let stdio_front = tape.header.front.as_deref() == Some("stdio");
+    if !stdio_front && (u.starts_with("http://") || u.starts_with("https://")) {
         u.clone()
     } else {
-        // A stdio server: no URL; HAR needs one, so name the session's MCP endpoint.
-        "mcp://stdio/".to_string()
+        STDIO_URL.to_string()
     }
+}
+
+/// A URL's query parameters, as HAR lists them (as they appear in the URL).
+fn query_string(url: &str) -> Vec<Value> {
+    let query = url.split_once('#').map_or(url, |(u, _)| u).split_once('?');
+    let Some((_, query)) = query else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (name, value) = kv.split_once('=').unwrap_or((kv, ""));
+            json!({"name": name, "value": value})
+        })
+        .collect()
 }
 
 fn har_headers(t: &Transport) -> Vec<Value> {
@@ -93,7 +120,7 @@ fn entry(started_ms: i64, url: &str, session: &str, request: &Value, t: &Transpo
             "httpVersion": "HTTP/1.1",
             "cookies": [],
             "headers": headers,
-            "queryString": [],
+            "queryString": query_string(url),
             "postData": {"mimeType": "application/json", "text": text},
             "headersSize": -1,
             "bodySize": text.len(),
@@ -119,7 +146,7 @@ fn entry(started_ms: i64, url: &str, session: &str, request: &Value, t: &Transpo
 /// The tape as HAR 1.2.
 pub fn to_har(tape: &Tape) -> Value {
     let start_ms = parse_ms(&tape.header.created).unwrap_or(0);
-    let url = url_of(tape);
+    let fallback = fallback_url(tape);
     let mut entries: Vec<Value> = Vec::new();
     let mut open: HashMap<(String, RequestId), usize> = HashMap::new();
     let mut loose: Vec<Value> = Vec::new();
@@ -130,7 +157,8 @@ pub fn to_har(tape: &Tape) -> Value {
         match (r.dir, f.frame.kind()) {
             (Dir::ClientToServer, kind) => {
                 let i = entries.len();
-                entries.push(entry(at_ms, &url, &r.session, &msg, &r.transport));
+                let url = r.transport.url.as_deref().unwrap_or(&fallback);
+                entries.push(entry(at_ms, url, &r.session, &msg, &r.transport));
                 if kind == FrameKind::Request
                     && let Some(id) = f.frame.id()
                 {

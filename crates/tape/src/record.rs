@@ -92,6 +92,10 @@ pub struct Transport {
     /// HTTP method of the request that carried the frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Client → server: the URL the client sent the request to (secret query parameters
+    /// redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// HTTP status of the response that carried the frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -107,6 +111,7 @@ impl Transport {
     /// True when nothing is known.
     pub fn is_empty(&self) -> bool {
         self.method.is_none()
+            && self.url.is_none()
             && self.status.is_none()
             && self.headers.is_empty()
             && self.sse_id.is_none()

@@ -152,6 +152,9 @@ pub fn render(tape: &Tape, opts: &ShowOptions) -> String {
         if opts.full {
             let pretty = serde_json::to_string_pretty(&f.json()).unwrap_or_default();
             let _ = writeln!(out, "{head}");
+            if let Some(url) = &r.transport.url {
+                let _ = writeln!(out, "            {}", p.wrap("34", &format!("url: {url}")));
+            }
             for (name, value) in &r.transport.headers {
                 let _ = writeln!(
                     out,

@@ -451,6 +451,7 @@ fn transport_details_are_kept_redacted_shown_and_exported() {
     let mut w = TapeWriter::new(Vec::new(), &header, red).unwrap();
     let post = Transport {
         method: Some("POST".into()),
+        url: Some("http://127.0.0.1:8080/mcp?api_key=k-991&region=eu".into()),
         status: None,
         headers: [
             ("mcp-session-id", "abc"),
@@ -465,6 +466,7 @@ fn transport_details_are_kept_redacted_shown_and_exported() {
     };
     let sse = Transport {
         method: Some("POST".into()),
+        url: None,
         status: Some(200),
         headers: [("content-type".to_string(), "text/event-stream".to_string())].into(),
         sse_id: Some("p1.7".into()),
@@ -476,7 +478,7 @@ fn transport_details_are_kept_redacted_shown_and_exported() {
     w.frame(2010, S, "abc", sse, None, reply.to_string().as_bytes())
         .unwrap();
     let text = String::from_utf8(w.finish(3000, 0).unwrap()).unwrap();
-    for secret in ["hunter2", "sk-abc123"] {
+    for secret in ["hunter2", "sk-abc123", "k-991"] {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
     let t = Tape::read(text.as_bytes()).unwrap();
@@ -484,6 +486,10 @@ fn transport_details_are_kept_redacted_shown_and_exported() {
     assert_eq!(c.method.as_deref(), Some("POST"));
     assert_eq!(c.headers["authorization"], crate::redact::REDACTED);
     assert_eq!(c.headers["x-note"], "key [REDACTED]");
+    assert_eq!(
+        c.url.as_deref(),
+        Some("http://127.0.0.1:8080/mcp?api_key=[REDACTED]&region=eu")
+    );
     assert_eq!(t.frames[1].record.transport.sse_id.as_deref(), Some("p1.7"));
     assert!(validate(text.as_bytes()).is_valid());
 
@@ -498,10 +504,23 @@ fn transport_details_are_kept_redacted_shown_and_exported() {
         },
     );
     assert!(full.contains("mcp-session-id: abc"), "{full}");
+    assert!(
+        full.contains("url: http://127.0.0.1:8080/mcp?api_key=[REDACTED]&region=eu"),
+        "{full}"
+    );
 
     let har = crate::export::to_har(&t);
     let e = &har["log"]["entries"][0];
     assert_eq!(e["request"]["method"], "POST");
+    // The URL the client sent it to (not the upstream's, `http://h/mcp`), redacted.
+    assert_eq!(
+        e["request"]["url"],
+        "http://127.0.0.1:8080/mcp?api_key=[REDACTED]&region=eu"
+    );
+    assert_eq!(
+        e["request"]["queryString"],
+        json!([{"name": "api_key", "value": "[REDACTED]"}, {"name": "region", "value": "eu"}])
+    );
     let names: Vec<&str> = e["request"]["headers"]
         .as_array()
         .unwrap()
@@ -533,7 +552,34 @@ fn tapes_without_transport_details_still_read() {
     assert!(validate(text.as_bytes()).is_valid());
     let har = crate::export::to_har(&t);
     assert_eq!(har["log"]["entries"][0]["request"]["method"], "POST");
+    // No URL recorded, no front named, a command for upstream: the placeholder.
+    assert_eq!(
+        har["log"]["entries"][0]["request"]["url"],
+        crate::export::STDIO_URL
+    );
     assert!(!crate::show::render(&t, &Default::default()).contains('['));
+    // An older HTTP tape without request URLs: the upstream's URL, as before.
+    let http = text.replace(
+        r#""upstream":"demo""#,
+        r#""upstream":"http://up.example/mcp""#,
+    );
+    let t = Tape::read(http.as_bytes()).unwrap();
+    let har = crate::export::to_har(&t);
+    assert_eq!(
+        har["log"]["entries"][0]["request"]["url"],
+        "http://up.example/mcp"
+    );
+    // A stdio client never talked to a URL, whatever the upstream.
+    let stdio = http.replace(
+        r#""mode":"forward-stdio""#,
+        r#""mode":"forward-stdio","front":"stdio""#,
+    );
+    let t = Tape::read(stdio.as_bytes()).unwrap();
+    let har = crate::export::to_har(&t);
+    assert_eq!(
+        har["log"]["entries"][0]["request"]["url"],
+        crate::export::STDIO_URL
+    );
 }
 
 /// Property tests of the reader: arbitrary lines never panic it, a written tape reads back.
@@ -600,12 +646,17 @@ mod props {
         });
         (
             prop::option::of("[A-Z]{3,6}"),
+            // Query names that redaction leaves alone.
+            prop::option::of(
+                "http://[a-z0-9.]{1,12}(:[0-9]{1,5})?/[a-z/]{0,12}(\\?(q|page|x)=[a-z0-9]{0,5})?",
+            ),
             prop::option::of(any::<u16>()),
             prop::collection::btree_map(header_name, any::<String>(), 0..3),
             prop::option::of(any::<String>()),
         )
-            .prop_map(|(method, status, headers, sse_id)| Transport {
+            .prop_map(|(method, url, status, headers, sse_id)| Transport {
                 method,
+                url,
                 status,
                 headers,
                 sse_id,

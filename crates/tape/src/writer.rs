@@ -29,7 +29,7 @@ impl<W: Write> TapeWriter<W> {
     }
 
     /// Append one frame. `raw` is the message as it travelled; secrets are redacted (in the
-    /// message and in the transport's header values) and line breaks (only possible as
+    /// message, in the transport's header values and URL) and line breaks (only possible as
     /// insignificant whitespace in JSON) become spaces.
     pub fn frame(
         &mut self,
@@ -40,6 +40,9 @@ impl<W: Write> TapeWriter<W> {
         note: Option<&str>,
         raw: &[u8],
     ) -> io::Result<()> {
+        if let Some(url) = transport.url.as_mut() {
+            *url = self.redactor.url(url);
+        }
         for (name, value) in transport.headers.iter_mut() {
             let clean = self.redactor.header(name, value);
             if clean != value.as_str() {

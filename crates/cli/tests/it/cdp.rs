@@ -137,6 +137,24 @@ impl Browser {
         }
     }
 
+    /// Show the page as a `width`×`height` window would.
+    pub async fn resize(&mut self, width: u32, height: u32) {
+        let size =
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false});
+        self.call("Emulation.setDeviceMetricsOverride", size).await;
+    }
+
+    /// A PNG of what the page shows.
+    pub async fn screenshot(&mut self) -> Vec<u8> {
+        use base64::Engine as _;
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("base64 PNG")
+    }
+
     /// One DevTools command on the page; its result (events in between are skipped).
     async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;

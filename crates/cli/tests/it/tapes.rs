@@ -457,7 +457,13 @@ async fn forward_http_tapes_carry_http_details_and_never_credentials() {
     let tape = dir.path().join("http.jsonl");
     let t = tape.to_string_lossy().into_owned();
     let proxy = Server::forward_http(&["--demo", "--record", &t]).await;
-    let mut raw = Raw::new(proxy.url());
+    // A query string may carry a secret too.
+    let mut raw = Raw::new(format!("{}?api_key=QSECRET-31&trace=1", proxy.url()));
+    let recorded_url = format!("{}?api_key=[REDACTED]&trace=1", proxy.url());
+    assert!(
+        recorded_url.starts_with("http://127.0.0.1:"),
+        "{recorded_url}"
+    );
     let secret = |r: reqwest::RequestBuilder| r.header("authorization", "Bearer TOPSECRET-777");
     let init = Raw::send(secret(
         raw.post_builder(init_body(0, "2025-06-18").to_string()),
@@ -491,6 +497,7 @@ async fn forward_http_tapes_carry_http_details_and_never_credentials() {
 
     let text = std::fs::read_to_string(&tape).unwrap();
     assert!(!text.contains("TOPSECRET"), "{text}");
+    assert!(!text.contains("QSECRET"), "{text}");
     assert!(
         !text.to_ascii_lowercase().contains("\"authorization\""),
         "{text}"
@@ -510,6 +517,8 @@ async fn forward_http_tapes_carry_http_details_and_never_credentials() {
     // Client → server: the POST and its selected headers.
     let init_t = &find("c2s", &|m| m["method"] == "initialize")[0];
     assert_eq!(init_t["method"], "POST", "{init_t}");
+    // The URL the client talked to (the proxy's address and path), its secret redacted.
+    assert_eq!(init_t["url"], recorded_url.as_str(), "{init_t}");
     assert_eq!(init_t["headers"]["content-type"], "application/json");
     assert_eq!(
         init_t["headers"]["accept"],
@@ -568,4 +577,12 @@ async fn forward_http_tapes_carry_http_details_and_never_credentials() {
     );
     assert_eq!(entry["response"]["_sseId"], sent_ids[2].as_str());
     assert_eq!(entry["_serverMessages"].as_array().unwrap().len(), 2);
+    // Every entry names the URL the client sent it to, not the upstream's.
+    for e in har["log"]["entries"].as_array().unwrap() {
+        assert_eq!(e["request"]["url"], recorded_url.as_str(), "{e}");
+    }
+    assert_eq!(
+        entry["request"]["queryString"],
+        json!([{"name": "api_key", "value": "[REDACTED]"}, {"name": "trace", "value": "1"}])
+    );
 }

@@ -79,6 +79,10 @@ async fn fake_post(State(f): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
                 "capabilities": {"tools": {}}, "serverInfo": {"name": f.name, "version": "1"}});
             (r, Some(format!("{}-{n}", f.name)))
         }
+        "tools/call" if v["params"]["name"] == "fail" => (
+            json!({"content": [{"type": "text", "text": "failed"}], "isError": true}),
+            None,
+        ),
         "tools/call" => (json!({"content": [{"type": "text", "text": f.name}]}), None),
         _ => (json!({}), None),
     };
@@ -282,6 +286,86 @@ async fn a_new_session_fails_over_from_an_unreachable_upstream() {
         assert_eq!(c.who(i).await, "b");
     }
     assert_eq!(fake.sessions.load(Ordering::SeqCst), 4);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_series_counts_calls_errors_and_upstream_states() {
+    let (_fake, url) = Fake::start("up").await;
+    let gw = serve(
+        &route(&["http://127.0.0.1:1/mcp", &url], "").replace(
+            "path = \"/mcp\"\n",
+            "path = \"/mcp\"\nbalance = \"round-robin\"\n",
+        ),
+        Arc::new(MemoryStore::new()),
+        "one",
+    )
+    .await;
+    let mut c = Client::new(&gw.url);
+    assert_eq!(c.initialize().await.0, 200);
+    assert_eq!(c.who(1).await, "up");
+    assert_eq!(c.who(2).await, "up");
+    let (status, _, body) = c
+        .post(json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"fail","arguments":{}}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"]["isError"], true);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let text = http
+        .get(format!("{}/api/series", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let sum = |k: &str| -> u64 {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    assert!(sum("requests") >= 4, "{v}");
+    assert_eq!(sum("errors"), 1, "the failed tool result: {v}");
+    assert!(
+        v["latency_p50_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(Value::is_number),
+        "{v}"
+    );
+    let tools = v["tools"].as_array().unwrap();
+    let tool = |n: &str| tools.iter().find(|t| t["name"] == n).cloned().unwrap();
+    assert_eq!(
+        (tool("x")["calls"].clone(), tool("x")["errors"].clone()),
+        (json!(2), json!(0))
+    );
+    assert_eq!(
+        (
+            tool("fail")["calls"].clone(),
+            tool("fail")["errors"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    assert!(tool("x")["p99_ms"].is_number(), "{v}");
+    let ups = v["upstreams"].as_array().unwrap();
+    assert_eq!(ups.len(), 2, "{v}");
+    let last = |u: &Value, k: &str| u[k].as_array().unwrap().last().unwrap().clone();
+    // The unreachable one was ejected when the session failed over from it.
+    assert_eq!(ups[0]["name"], "http://127.0.0.1:1/mcp");
+    assert_eq!(last(&ups[0], "states"), "ejected", "{v}");
+    let failures: u64 = ups[0]["connect_failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(failures >= 1, "{v}");
+    assert_eq!(last(&ups[1], "states"), "up", "{v}");
+    assert_eq!(last(&ups[1], "sessions"), 1, "{v}");
     gw.shutdown().await;
 }
 

@@ -1,13 +1,14 @@
 //! The admin listener: a JSON API, live traffic as SSE and a web page, on its own address
 //! (never the proxy's listener). What it serves depends on what the proxy has:
 //!
-//! * always: `GET /` (the web page, `admin.js`, `admin.css`: no data in them, no token needed)
-//!   and `GET /api` (which parts this proxy has);
+//! * always: `GET /` (the web page, `admin.js`, `admin.css`, `favicon.svg`: no data in them, no
+//!   token needed) and `GET /api` (which parts this proxy has);
 //! * interceptor rules (a [`PauseBoard`]): `/intercept/paused…` (see [`intercept`]);
-//! * live traffic ([`Traffic`]): `GET /api/traffic` (SSE, see [`traffic`]);
+//! * live traffic ([`Traffic`]): `GET /api/traffic` (SSE) and each session's latest messages,
+//!   `GET /api/traffic/history?session=ID` (see [`traffic`]);
 //! * extensions ([`AdminServer::extension`]): API routes a mode adds, served behind the same
 //!   token and host checks — the gateway's `/api/sessions[/{id}]`, `/api/upstreams`,
-//!   `/api/config`, `/api/metrics` (in `shadowcat-gateway`); without it those answer `404`
+//!   `/api/config`, `/api/metrics`, `/api/series` (in `shadowcat-gateway`); without it those answer `404`
 //!   saying this proxy is not a gateway.
 //!
 //! With a token, every API request needs `Authorization: Bearer TOKEN` (compared in constant
@@ -112,6 +113,7 @@ impl AdminServer {
             .route("/api", get(index))
             .merge(intercept::routes())
             .route("/api/traffic", get(traffic::stream))
+            .route("/api/traffic/history", get(traffic::history))
             .with_state(admin.clone());
         if !has_gateway {
             api = api.merge(not_a_gateway());
@@ -222,6 +224,7 @@ fn not_a_gateway() -> axum::Router {
         .route("/api/upstreams", get(refuse))
         .route("/api/config", get(refuse))
         .route("/api/metrics", get(refuse))
+        .route("/api/series", get(refuse))
 }
 
 /// `GET /api`: what this admin listener serves.

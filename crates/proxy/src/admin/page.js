@@ -31,7 +31,11 @@ async function api(path, opts = {}) {
   const r = await fetch(path, Object.assign({}, opts, { headers, cache: "no-store" }));
   if (r.status === 401) throw new Unauthorized("the admin token is missing or wrong");
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error || r.status + " " + r.statusText);
+  if (!r.ok) {
+    const e = new Error(body.error || r.status + " " + r.statusText);
+    e.status = r.status;
+    throw e;
+  }
   return body;
 }
 
@@ -58,8 +62,36 @@ function ago(ms) {
   const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
   if (s < 60) return s + " s ago";
   if (s < 3600) return Math.floor(s / 60) + " min ago";
-  return Math.floor(s / 3600) + " h ago";
+  if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min ago";
+  return Math.floor(s / 86400) + " d ago";
 }
+
+// A readable timestamp: the date, the time to the second, the time zone.
+function stamp(ms) {
+  return new Date(ms).toLocaleString(undefined, {
+    year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+  });
+}
+
+// Clock time with milliseconds (message times).
+function clock(ms) {
+  const t = new Date(ms);
+  return t.toLocaleTimeString() + "." + String(t.getMilliseconds()).padStart(3, "0");
+}
+
+// "3 s ago", kept up to date every second, the full time in its tooltip.
+function since(ms) {
+  if (!ms) return "";
+  const e = el("span", ago(ms), "reltime");
+  e.dataset.ms = String(ms);
+  e.title = stamp(ms);
+  return e;
+}
+
+setInterval(() => {
+  for (const e of document.querySelectorAll(".reltime")) e.textContent = ago(Number(e.dataset.ms));
+}, 1000);
 
 function setStatus(text, bad) {
   const s = $("status");
@@ -113,14 +145,13 @@ function killButton(id) {
   return b;
 }
 
-function sessionLink(id) {
-  const a = el("a", id, "session-id");
+function sessionLink(id, text) {
+  const a = el("a", text || id, "session-id");
   a.href = "#";
-  a.title = "Show only this session's messages";
+  a.title = "Show session " + id + " and its messages";
   a.addEventListener("click", (ev) => {
     ev.preventDefault();
-    $("live-filter").value = id;
-    refilter();
+    openSession(id);
   });
   return a;
 }
@@ -139,7 +170,7 @@ function renderSessions(list) {
     const client = s.client && s.client.name ? s.client.name + (s.client.version ? " " + s.client.version : "") : "";
     const tr = row([
       sessionLink(s.id), s.route, s.principal || "–", client, upstreamOf(s),
-      s.protocol_version || "", s.inflight, ago(s.last_active_ms), killButton(s.id),
+      s.protocol_version || "", s.inflight, since(s.created_ms), since(s.last_active_ms), killButton(s.id),
     ]);
     tr.dataset.session = s.id;
     body.appendChild(tr);
@@ -186,6 +217,299 @@ function renderMetrics(m) {
   $("store").className = st.healthy ? "ok" : "bad";
 }
 
+// --- charts (plain SVG, no library) ---------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = String(text);
+  return e;
+}
+
+// A round upper bound for an axis (1, 2 or 5 × 10^n).
+function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
+  return 10 * p;
+}
+
+function fmt(v) {
+  if (v === null || v === undefined) return "–";
+  if (v === 0) return "0";
+  if (v >= 100) return String(Math.round(v));
+  if (v >= 10) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+// Draw lines [{values, cls, label}] over buckets starting at `start` ms, `step` ms apart, into
+// the <svg>; null values leave gaps. Hovering shows the values of a bucket in `readout`.
+function lineChart(el, lines, start, step, readout) {
+  const W = Math.max(300, Math.round(el.clientWidth || 600));
+  const H = 160, L = 44, R = 8, T = 8, B = 20;
+  const n = lines[0].values.length;
+  const pw = W - L - R, ph = H - T - B;
+  const all = lines.flatMap((l) => l.values).filter((v) => v !== null && v !== undefined);
+  const max = niceMax(Math.max(0, ...all));
+  const x = (i) => L + (n > 1 ? (i * pw) / (n - 1) : 0);
+  const y = (v) => T + ph * (1 - v / max);
+  el.setAttribute("viewBox", "0 0 " + W + " " + H);
+  el.replaceChildren();
+  for (const f of [0, 0.5, 1]) {
+    el.appendChild(svg("line", { x1: L, x2: W - R, y1: y(max * f), y2: y(max * f), class: "grid" }));
+    el.appendChild(svg("text", { x: L - 4, y: y(max * f) + 3, class: "axis", "text-anchor": "end" }, fmt(max * f)));
+  }
+  const mins = Math.round(((n - 1) * step) / 60000);
+  for (const [i, label] of [[0, "−" + mins + " min"], [Math.round((n - 1) / 3), "−" + Math.round((mins * 2) / 3) + " min"],
+    [Math.round((2 * (n - 1)) / 3), "−" + Math.round(mins / 3) + " min"], [n - 1, "now"]]) {
+    const anchor = i === 0 ? "start" : i === n - 1 ? "end" : "middle";
+    el.appendChild(svg("text", { x: x(i), y: H - 5, class: "axis", "text-anchor": anchor }, label));
+  }
+  let points = 0;
+  for (const line of lines) {
+    let d = "";
+    line.values.forEach((v, i) => {
+      if (v === null || v === undefined) return;
+      const prev = i > 0 ? line.values[i - 1] : null;
+      const next = i + 1 < n ? line.values[i + 1] : null;
+      const open = prev === null || prev === undefined;
+      d += (open ? "M" : "L") + x(i).toFixed(1) + " " + y(v).toFixed(1);
+      if (open && (next === null || next === undefined)) {
+        el.appendChild(svg("circle", { cx: x(i), cy: y(v), r: 2, class: "dot " + line.cls }));
+      }
+      points++;
+    });
+    const path = svg("path", { d: d, class: "line " + line.cls });
+    path.dataset.series = line.label;
+    el.appendChild(path);
+  }
+  el.dataset.points = String(points);
+  el.dataset.peak = String(Math.max(0, ...all));
+  const cursor = svg("line", { x1: 0, x2: 0, y1: T, y2: T + ph, class: "cursor", visibility: "hidden" });
+  el.appendChild(cursor);
+  const hover = svg("rect", { x: L, y: T, width: pw, height: ph, class: "hover" });
+  hover.addEventListener("mousemove", (ev) => {
+    const box = el.getBoundingClientRect();
+    const px = ((ev.clientX - box.left) * W) / box.width;
+    const i = Math.max(0, Math.min(n - 1, Math.round(((px - L) * (n - 1)) / pw)));
+    cursor.setAttribute("x1", x(i));
+    cursor.setAttribute("x2", x(i));
+    cursor.setAttribute("visibility", "visible");
+    readout.textContent = new Date(start + i * step).toLocaleTimeString() + ": " +
+      lines.map((l) => l.label + " " + fmt(l.values[i])).join(", ");
+  });
+  hover.addEventListener("mouseleave", () => {
+    cursor.setAttribute("visibility", "hidden");
+    readout.textContent = "";
+  });
+  el.appendChild(hover);
+}
+
+// Per-second rates of counts per bucket; the last bucket is still filling.
+function rates(counts, s) {
+  const n = counts.length;
+  const filling = Math.max(1000, s.now_ms - (s.start_ms + (n - 1) * s.bucket_ms));
+  return counts.map((c, i) => (c * 1000) / (i === n - 1 ? filling : s.bucket_ms));
+}
+
+function renderHealth(s) {
+  const box = $("health");
+  box.replaceChildren();
+  const n = s.requests.length;
+  for (const u of s.upstreams) {
+    const rowEl = el("div", null, "health-row");
+    rowEl.dataset.upstream = u.name;
+    rowEl.dataset.last = u.states[n - 1] || "";
+    rowEl.appendChild(el("span", u.route + " · " + u.name, "health-name"));
+    const strip = svg("svg", { class: "strip", viewBox: "0 0 " + n + " 1", preserveAspectRatio: "none" });
+    u.states.forEach((st, i) => {
+      const cell = svg("rect", { x: i, y: 0, width: 1.02, height: 1, class: "st-" + (st || "none") });
+      const from = s.start_ms + i * s.bucket_ms;
+      let tip = new Date(from).toLocaleTimeString() + "–" + new Date(from + s.bucket_ms).toLocaleTimeString() + ": " + (st || "no sample");
+      if (st) tip += ", " + u.sessions[i] + " sessions";
+      if (u.connect_failures[i]) tip += ", " + u.connect_failures[i] + " failed connections";
+      cell.appendChild(svg("title", {}, tip));
+      strip.appendChild(cell);
+    });
+    rowEl.appendChild(strip);
+    box.appendChild(rowEl);
+  }
+}
+
+function renderTools(tools) {
+  const body = $("tools").tBodies[0];
+  body.replaceChildren();
+  for (const t of tools) {
+    const name = t.name === null ? el("em", "other tools") : t.name;
+    const rate = t.calls ? ((100 * t.errors) / t.calls).toFixed(1) + " %" : "";
+    const tr = row([name, t.calls, t.errors, rate, fmt(t.p50_ms), fmt(t.p99_ms)]);
+    for (let i = 1; i < tr.cells.length; i++) tr.cells[i].className = "num";
+    if (t.errors) tr.cells[2].classList.add("bad");
+    tr.dataset.tool = t.name === null ? "" : t.name;
+    tr.dataset.calls = String(t.calls);
+    body.appendChild(tr);
+  }
+  $("tools-empty").hidden = tools.length > 0;
+}
+
+function renderSeries(s) {
+  lineChart($("chart-rate"), [
+    { values: rates(s.requests, s), cls: "req", label: "requests/s" },
+    { values: rates(s.errors, s), cls: "err", label: "errors/s" },
+  ], s.start_ms, s.bucket_ms, $("rate-readout"));
+  lineChart($("chart-latency"), [
+    { values: s.latency_p50_ms, cls: "p50", label: "p50 ms" },
+    { values: s.latency_p99_ms, cls: "p99", label: "p99 ms" },
+  ], s.start_ms, s.bucket_ms, $("latency-readout"));
+  renderHealth(s);
+  renderTools(s.tools);
+}
+
+// --- session detail -----------------------------------------------------------------------
+
+const MAX_TIMELINE_ROWS = 500;
+// The session shown: its id and the last message sequence number fetched.
+let detail = null;
+
+// A JSON value as an expandable tree (objects and arrays fold; everything is text).
+function jsonTree(v, key) {
+  const label = key === undefined ? null : el("span", JSON.stringify(key) + ": ", "j-key");
+  if (v !== null && typeof v === "object") {
+    const isArr = Array.isArray(v);
+    const entries = isArr ? v.map((x, i) => [i, x]) : Object.entries(v);
+    const d = document.createElement("details");
+    d.open = true;
+    const sum = document.createElement("summary");
+    if (label) sum.appendChild(label);
+    sum.appendChild(el("span", isArr ? "[" + entries.length + "]" : "{" + entries.length + "}", "j-count"));
+    d.appendChild(sum);
+    for (const [k, x] of entries) d.appendChild(jsonTree(x, isArr ? undefined : k));
+    d.className = "j-node";
+    return d;
+  }
+  const line = el("div", null, "j-leaf");
+  if (label) line.appendChild(label);
+  const type = v === null ? "null" : typeof v;
+  line.appendChild(el("span", JSON.stringify(v), "j-" + type));
+  return line;
+}
+
+// A message: one line (click to unfold its tree).
+function messageView(m) {
+  if (m === null || m === undefined) return el("em", "too large to keep", "empty");
+  const d = document.createElement("details");
+  d.className = "message";
+  const text = JSON.stringify(m);
+  const sum = el("summary", null);
+  sum.appendChild(el("code", text.length > 160 ? text.slice(0, 160) + " …" : text));
+  d.appendChild(sum);
+  // Built when first opened.
+  d.addEventListener("toggle", () => {
+    if (d.open && d.childNodes.length === 1) d.appendChild(jsonTree(m));
+  });
+  return d;
+}
+
+function info(label, value) {
+  const div = document.createElement("div");
+  div.appendChild(el("dt", label));
+  const dd = document.createElement("dd");
+  if (value instanceof Node) dd.appendChild(value);
+  else dd.textContent = value === undefined || value === null || value === "" ? "–" : String(value);
+  div.appendChild(dd);
+  return div;
+}
+
+function renderSessionInfo(s) {
+  const client = s.client_info && s.client_info.name ? s.client_info.name + (s.client_info.version ? " " + s.client_info.version : "") : "";
+  const list = [
+    info("Kind", s.kind), info("Route", s.route), info("Principal", s.principal), info("Client", client),
+    info("Upstream", upstreamOf(s)), info("Protocol version", s.protocol_version), info("In flight", s.inflight),
+    info("Started", since(s.created_ms)), info("Last active", since(s.last_active_ms)),
+    info("Replica", s.replica), info("Upstream session", s.upstream_session_id),
+  ];
+  if (s.client_capabilities) list.push(info("Client capabilities", messageView(s.client_capabilities)));
+  $("session-info").replaceChildren(...list);
+  $("session-state").textContent = "live";
+  $("session-actions").replaceChildren(killButton(s.id));
+}
+
+function addTimeline(messages) {
+  const body = $("timeline").tBodies[0];
+  for (const m of messages) {
+    const time = el("span", clock(m.time_ms));
+    time.title = stamp(m.time_ms);
+    const tr = row([
+      time, el("span", m.direction === "c2s" ? "→" : "←", m.direction), m.kind + (m.note ? " (" + m.note + ")" : ""),
+      m.method || "", m.id === undefined ? "" : JSON.stringify(m.id), m.name || "", m.bytes, messageView(m.message),
+    ]);
+    tr.cells[6].className = "num";
+    tr.className = m.kind;
+    tr.dataset.seq = String(m.seq);
+    if (m.method) tr.dataset.method = m.method;
+    body.appendChild(tr);
+  }
+  while (body.rows.length > MAX_TIMELINE_ROWS) body.deleteRow(0);
+  $("timeline-count").textContent = "(" + body.rows.length + ")";
+  $("timeline-empty").hidden = body.rows.length > 0;
+}
+
+async function refreshSession() {
+  const d = detail;
+  if (!d) return;
+  const jobs = [];
+  if (features.gateway) {
+    jobs.push(api("/api/sessions/" + encodeURIComponent(d.id)).then((s) => {
+      if (detail === d) renderSessionInfo(s);
+    }).catch((e) => {
+      if (e.status !== 404) throw e;
+      if (detail !== d) return;
+      $("session-state").textContent = "ended (not live on this replica)";
+      $("session-actions").replaceChildren();
+    }));
+  }
+  if (features.traffic) {
+    const q = "/api/traffic/history?session=" + encodeURIComponent(d.id) + "&after=" + d.after;
+    jobs.push(api(q).then((r) => {
+      if (detail !== d) return;
+      if (r.messages.length) d.after = r.messages[r.messages.length - 1].seq;
+      addTimeline(r.messages);
+    }));
+  }
+  const failed = (await Promise.allSettled(jobs)).find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
+}
+
+function openSession(id) {
+  detail = { id: id, after: 0 };
+  $("session-panel").hidden = false;
+  $("session-title").textContent = id;
+  $("session-state").textContent = "";
+  $("session-info").replaceChildren();
+  $("session-actions").replaceChildren();
+  $("timeline").tBodies[0].replaceChildren();
+  $("timeline-count").textContent = "";
+  $("timeline-empty").hidden = true;
+  $("session-panel").scrollIntoView({ block: "start" });
+  refreshSession().catch((e) => {
+    if (e instanceof Unauthorized) showLogin(e.message);
+    else setStatus("session " + id + ": " + e.message, true);
+  });
+}
+
+$("session-close").addEventListener("click", () => {
+  detail = null;
+  $("session-panel").hidden = true;
+});
+$("session-filter").addEventListener("click", () => {
+  if (!detail) return;
+  $("live-filter").value = detail.id;
+  refilter();
+  $("live-panel").scrollIntoView({ block: "start" });
+});
+
 // --- paused messages --------------------------------------------------------------------
 
 function decide(id, verb) {
@@ -223,7 +547,9 @@ async function poll() {
     jobs.push(api("/api/sessions").then((r) => renderSessions(r.sessions)));
     jobs.push(api("/api/upstreams").then((r) => renderUpstreams(r.routes)));
     jobs.push(api("/api/metrics").then(renderMetrics));
+    jobs.push(api("/api/series").then(renderSeries));
   }
+  if (detail) jobs.push(refreshSession());
   if (features.intercept) jobs.push(api("/intercept/paused").then((r) => renderPaused(r.paused)));
   const results = await Promise.allSettled(jobs);
   const failed = results.find((r) => r.status === "rejected");
@@ -252,14 +578,13 @@ function refilter() {
 
 function addLive(ev) {
   const body = $("live").tBodies[0];
-  const t = new Date(ev.time_ms);
   const arrow = ev.direction === "c2s" ? "→" : "←";
   const msg = el("code", ev.preview + (ev.truncated ? " …" : ""));
-  const sid = el("span", ev.session.slice(0, 8) + "…", "session-id");
-  sid.title = ev.session;
+  const sid = sessionLink(ev.session, ev.session.slice(0, 8) + "…");
+  const time = el("span", clock(ev.time_ms));
+  time.title = stamp(ev.time_ms);
   const tr = row([
-    t.toLocaleTimeString() + "." + String(t.getMilliseconds()).padStart(3, "0"),
-    sid, el("span", arrow, ev.direction), ev.kind + (ev.note ? " (" + ev.note + ")" : ""),
+    time, sid, el("span", arrow, ev.direction), ev.kind + (ev.note ? " (" + ev.note + ")" : ""),
     ev.method || "", ev.id === undefined ? "" : JSON.stringify(ev.id), ev.name || "", ev.bytes, msg,
   ]);
   tr.dataset.session = ev.session;
@@ -357,7 +682,7 @@ async function start() {
   }
   $("login").hidden = true;
   $("main").hidden = false;
-  for (const id of ["overview-panel", "sessions-panel", "upstreams-panel"]) $(id).hidden = !features.gateway;
+  for (const id of ["overview-panel", "charts-panel", "sessions-panel", "upstreams-panel"]) $(id).hidden = !features.gateway;
   $("paused-panel").hidden = !features.intercept;
   $("live-panel").hidden = !features.traffic;
   await poll();

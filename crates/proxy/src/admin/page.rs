@@ -1,4 +1,5 @@
-//! The web page: plain HTML, CSS and JavaScript compiled into the binary (no build step).
+//! The web page: plain HTML, CSS and JavaScript compiled into the binary (no build step; the
+//! charts are SVG drawn by `page.js` itself, no chart library), and its icon (`favicon.svg`).
 //! It holds no data (everything comes from the API with the token the user gives it: in the
 //! URL fragment `#token=…`, which browsers never send, or in its sign-in form), so it is served
 //! without a token. A strict Content-Security-Policy allows only this origin's script, style
@@ -14,6 +15,7 @@ use std::sync::Arc;
 const HTML: &str = include_str!("page.html");
 const JS: &str = include_str!("page.js");
 const CSS: &str = include_str!("page.css");
+const FAVICON: &str = include_str!("favicon.svg");
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -57,5 +59,9 @@ pub(super) fn routes() -> axum::Router<Arc<Admin>> {
         .route(
             "/admin.css",
             get(|| async { asset(CSS, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/favicon.svg",
+            get(|| async { asset(FAVICON, "image/svg+xml") }),
         )
 }

@@ -114,6 +114,7 @@ async fn every_outcome_gets_one_line() {
             content_type: Some("application/json"),
             headers: None,
             sse_id: None,
+            url: None,
         }),
         ..s2c
     };

@@ -399,8 +399,12 @@ pub(crate) fn body_error(e: axum::Error) -> ProxyError {
     )
 }
 
+/// The local address a request's connection was accepted on, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenAddr(pub SocketAddr);
+
 /// Serve HTTP/1.1 on one connection with `limits`, handing each request (with the peer's
-/// address as [`ConnectInfo`]) to `handler`, until the client closes, a timer of `limits`
+/// address as [`ConnectInfo`] and its own as [`ListenAddr`]) to `handler`, until the client closes, a timer of `limits`
 /// expires, or `cancel` fires (then in-flight requests finish first). `slot` is released when
 /// the connection ends.
 pub(crate) async fn serve<H, F>(
@@ -415,6 +419,7 @@ pub(crate) async fn serve<H, F>(
     F: Future<Output = http::Response<Body>> + Send + 'static,
 {
     let _slot = slot;
+    let local = tcp.local_addr().ok();
     let watch = Watch::new(limits);
     let handler = Arc::new(handler);
     let w = watch.clone();
@@ -434,6 +439,9 @@ pub(crate) async fn serve<H, F>(
         async move {
             let mut req = req;
             req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(a) = local {
+                req.extensions_mut().insert(ListenAddr(a));
+            }
             let mut resp = handler(req).await;
             if timed_out.load(Ordering::Relaxed) {
                 // The rest of the body may still be trickling in: do not wait for it.

@@ -51,6 +51,8 @@ fn capture(t: &Transport<'_>) -> Option<Box<shadowcat_tape::Transport>> {
     }
     Some(Box::new(shadowcat_tape::Transport {
         method: Some(m.method.to_string()),
+        // Redacted by the writer, with the message.
+        url: m.url.map(str::to_string),
         status: m.status,
         headers,
         sse_id: m.sse_id.map(str::to_string),

@@ -209,6 +209,7 @@ async fn http_details_are_kept_and_server_frames_wait_for_delivery() {
             status: None,
             content_type: None,
             headers: Some(&headers),
+            url: Some("http://127.0.0.1:9/mcp?access_token=t0k3n&page=2"),
             sse_id: None,
         }),
         ..ctx("s", Direction::ClientToServer)
@@ -235,6 +236,7 @@ async fn http_details_are_kept_and_server_frames_wait_for_delivery() {
             status: Some(200),
             content_type: Some("text/event-stream"),
             headers: None,
+            url: None,
             sse_id: Some("p1.3"),
         }),
         ..ctx("s", Direction::ServerToClient)
@@ -248,7 +250,10 @@ async fn http_details_are_kept_and_server_frames_wait_for_delivery() {
     p.delivered(&lost, &stray).await;
     handle.finish(Duration::from_secs(5)).await;
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(!text.contains("s3cret") && !text.contains("k3y"), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("k3y") && !text.contains("t0k3n"),
+        "{text}"
+    );
     assert!(
         !text
             .to_ascii_lowercase()
@@ -262,6 +267,10 @@ async fn http_details_are_kept_and_server_frames_wait_for_delivery() {
     assert_eq!(c.headers["content-type"], "application/json");
     assert!(!c.headers.contains_key("authorization"));
     assert!(!c.headers.contains_key("x-api-key"));
+    assert_eq!(
+        c.url.as_deref(),
+        Some("http://127.0.0.1:9/mcp?access_token=[REDACTED]&page=2")
+    );
     let s = &t.frames[2].record.transport;
     assert_eq!((s.status, s.sse_id.as_deref()), (Some(200), Some("p1.3")));
     assert_eq!(s.headers["content-type"], "text/event-stream");

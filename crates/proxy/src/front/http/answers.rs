@@ -52,6 +52,7 @@ fn http_meta<'a>(content_type: &'static str, sse_id: Option<&'a str>) -> Transpo
         status: Some(200),
         content_type: Some(content_type),
         headers: None,
+        url: None,
         sse_id,
     })
 }

@@ -233,6 +233,32 @@ impl FixedTargets {
     }
 }
 
+/// The URL a client sent a request to: an absolute-form request target as it came (a client
+/// using this front as an HTTP proxy), else `http://` + the `Host` header (or the address the
+/// connection was accepted on, without a usable one) + the path and query. The front speaks
+/// plain HTTP: a TLS terminator in front of it is not seen. `None` when neither a host nor the
+/// listen address is known.
+pub fn request_url(parts: &http::request::Parts) -> Option<String> {
+    let uri = &parts.uri;
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return Some(uri.to_string());
+    }
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@', ' ']))
+        .map(str::to_string)
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<crate::front::conn::ListenAddr>()
+                .map(|a| a.0.to_string())
+        })?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(format!("http://{host}{path}"))
+}
+
 /// The client's address as the gateway determined it (the peer, or from a trusted proxy's
 /// `X-Forwarded-For`), in a request's extensions.
 #[derive(Debug, Clone, Copy)]
@@ -839,6 +865,42 @@ async fn handle_delete(
 mod tests {
     use super::*;
     use crate::upstream::destinations::Destinations;
+
+    #[test]
+    fn the_url_a_client_sent_its_request_to() {
+        let url = |uri: &str, host: Option<&str>, listen: Option<&str>| {
+            let mut b = Request::builder().method("POST").uri(uri);
+            if let Some(h) = host {
+                b = b.header(http::header::HOST, h);
+            }
+            let (mut parts, _) = b.body(Body::empty()).unwrap().into_parts();
+            if let Some(a) = listen {
+                parts
+                    .extensions
+                    .insert(crate::front::conn::ListenAddr(a.parse().unwrap()));
+            }
+            request_url(&parts)
+        };
+        let listen = Some("127.0.0.1:8080");
+        assert_eq!(
+            url("/mcp?x=1", Some("gw.example:9000"), listen).as_deref(),
+            Some("http://gw.example:9000/mcp?x=1")
+        );
+        // No usable Host: the address the connection came in on.
+        for host in [None, Some(""), Some("evil/path"), Some("user@host")] {
+            assert_eq!(
+                url("/servers/a/mcp", host, listen).as_deref(),
+                Some("http://127.0.0.1:8080/servers/a/mcp"),
+                "{host:?}"
+            );
+        }
+        // A client using the proxy as an HTTP proxy: the target it named.
+        assert_eq!(
+            url("http://up.example/mcp?k=v", Some("127.0.0.1:8080"), listen).as_deref(),
+            Some("http://up.example/mcp?k=v")
+        );
+        assert_eq!(url("/mcp", None, None), None);
+    }
 
     fn front(config: HttpFrontConfig) -> Arc<HttpFront> {
         HttpFront::new(

@@ -131,6 +131,7 @@ pub async fn handle(
     front: &HttpFront,
     target: Target,
     headers: HeaderMap,
+    client_url: Option<&str>,
     raw: Bytes,
     version: ProtocolVersion,
 ) -> Result<Response, ProxyError> {
@@ -155,7 +156,7 @@ pub async fn handle(
     }
     let id = frame.id().cloned();
     answer(
-        serve(front, target, headers, frame, version).await,
+        serve(front, target, headers, client_url, frame, version).await,
         id.as_ref(),
     )
 }
@@ -172,6 +173,7 @@ async fn serve(
     front: &HttpFront,
     target: Target,
     headers: HeaderMap,
+    client_url: Option<&str>,
     frame: Frame,
     version: ProtocolVersion,
 ) -> Result<Response, ProxyError> {
@@ -207,6 +209,7 @@ async fn serve(
             status: None,
             content_type: None,
             headers: Some(&headers),
+            url: client_url,
             sse_id: None,
         }),
         route: Some(&target.key),

@@ -34,11 +34,14 @@ pub async fn handle(
     let header_version = checks::protocol_version(req.headers())?;
     if let Some(v) = header_version.filter(|v| v.is_modern()) {
         let (parts, body) = req.into_parts();
+        let url = super::request_url(&parts);
         let raw = read_body(body, front.config.max_body).await?;
-        return super::modern::handle(front, target, parts.headers, raw, v).await;
+        return super::modern::handle(front, target, parts.headers, url.as_deref(), raw, v).await;
     }
     let sid = session_header(&req)?.map(str::to_owned);
     let (parts, body) = req.into_parts();
+    let url = super::request_url(&parts);
+    let url = url.as_deref();
     let raw = read_body(body, front.config.max_body).await?;
     let msg = Message::parse(raw)?;
     super::note_message(&msg);
@@ -53,7 +56,7 @@ pub async fn handle(
                     ));
                 }
             };
-            return initialize(front, target, init, &parts.headers).await;
+            return initialize(front, target, init, &parts.headers, url).await;
         }
         Some(id) => {
             let s = front
@@ -80,7 +83,11 @@ pub async fn handle(
     }
     let batch = msg.is_batch();
     let retry = front.config.sse_retry;
-    match relay(&session, msg.into_frames(), batch, retry, &parts.headers).await? {
+    let via = Posted {
+        headers: &parts.headers,
+        url,
+    };
+    match relay(&session, msg.into_frames(), batch, retry, via).await? {
         Relayed::Answer(r) => Ok(r),
         Relayed::InitFailed(replies) => Ok(json_replies(replies, batch)),
     }
@@ -96,7 +103,9 @@ async fn initialize(
     target: Target,
     init: Frame,
     headers: &HeaderMap,
+    url: Option<&str>,
 ) -> Result<Response, ProxyError> {
+    let via = Posted { headers, url };
     let mut tried = Vec::new();
     loop {
         let (session, placed) = match create_session(front, &target, &init, &tried).await {
@@ -105,7 +114,7 @@ async fn initialize(
         };
         let core = session.core();
         let retry = front.config.sse_retry;
-        let response = match relay(&session, vec![init.clone()], false, retry, headers).await? {
+        let response = match relay(&session, vec![init.clone()], false, retry, via).await? {
             Relayed::Answer(r) => r,
             Relayed::InitFailed(replies) => {
                 let by_upstream = replies.iter().all(upstream_failed);
@@ -188,20 +197,28 @@ enum Relayed {
     InitFailed(Vec<Frame>),
 }
 
-/// Send the frames upstream and build the HTTP answer. `headers` are the POST's, for hooks.
+/// What hooks learn of the POST that carried client frames.
+#[derive(Clone, Copy)]
+struct Posted<'a> {
+    headers: &'a HeaderMap,
+    url: Option<&'a str>,
+}
+
+/// Send the frames upstream and build the HTTP answer.
 async fn relay(
     session: &Arc<HttpSession>,
     frames: Vec<Frame>,
     batch: bool,
     retry: std::time::Duration,
-    headers: &HeaderMap,
+    via: Posted<'_>,
 ) -> Result<Relayed, ProxyError> {
     let core = session.core();
     let transport = Transport::Http(HttpMeta {
         method: "POST",
         status: None,
         content_type: None,
-        headers: Some(headers),
+        headers: Some(via.headers),
+        url: via.url,
         sse_id: None,
     });
     let requests: Vec<RequestId> = frames

@@ -134,6 +134,7 @@ fn json_reply() -> Transport<'static> {
         status: Some(200),
         content_type: Some("application/json"),
         headers: None,
+        url: None,
         sse_id: None,
     })
 }
@@ -145,6 +146,7 @@ fn sse_event<'a>(stream: &str, id: Option<&'a str>) -> Transport<'a> {
         status: Some(200),
         content_type: Some("text/event-stream"),
         headers: None,
+        url: None,
         sse_id: id,
     })
 }
