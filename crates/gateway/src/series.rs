@@ -23,16 +23,16 @@
 //! the bucket holding the rank, as Prometheus' `histogram_quantile` does, so a p99 is as exact as
 //! the bucket bounds ([`LATENCY_MS`]) allow.
 //!
-//! Requests waiting for their answer are remembered per session (at most [`MAX_PENDING`] in all;
-//! beyond, a request is not timed) and forgotten when answered, cancelled, when the session ends
-//! or after the window (15 minutes).
+//! Requests waiting for their answer are remembered per session (in the engine's
+//! [`Awaiting`]: at most [`MAX_PENDING`] in all; beyond, a request is not timed) and forgotten
+//! when answered, cancelled, when the session ends or after the window (15 minutes).
 
 use super::Gateway;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use shadowcat_proxy::guard::BreakerState;
-use shadowcat_proxy::pipeline::{Direction, FrameCtx, Hook, Verdict};
+use shadowcat_proxy::pipeline::{Awaiting, Direction, FrameCtx, Hook, Verdict};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -269,12 +269,6 @@ struct Waiting {
     tool: Option<Box<str>>,
 }
 
-#[derive(Debug, Default)]
-struct Pending {
-    by_session: HashMap<Arc<str>, HashMap<RequestId, Waiting>>,
-    total: usize,
-}
-
 /// The wall clock, advanced monotonically from when the series started.
 #[derive(Debug)]
 struct Clock {
@@ -295,7 +289,7 @@ pub struct Series {
     /// (route, upstream as shown) of every upstream, in the order samples come.
     upstreams: Vec<(String, String)>,
     ring: Mutex<Ring>,
-    pending: Mutex<Pending>,
+    pending: Awaiting<Waiting>,
 }
 
 /// `name` cut to [`MAX_NAME_CHARS`] characters.
@@ -345,16 +339,12 @@ impl Series {
             },
             ring: Mutex::new(Ring::new(upstreams.len())),
             upstreams,
-            pending: Mutex::new(Pending::default()),
+            pending: Awaiting::new(MAX_PENDING, MAX_PENDING),
         }
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
         shadowcat_proxy::sync::lock(&self.ring)
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        shadowcat_proxy::sync::lock(&self.pending)
     }
 
     fn index(&self) -> u64 {
@@ -372,45 +362,27 @@ impl Series {
         }
     }
 
-    /// A client request is on its way to the upstream.
-    fn asked(&self, session: &str, frame: &Frame) {
+    /// A client request is on its way to the upstream (beyond the bound it is not timed).
+    fn asked(&self, ctx: &FrameCtx<'_>, frame: &Frame) {
         let Some(id) = frame.id() else { return };
         let tool = (frame.method() == Some("tools/call"))
             .then(|| frame.target().map(bounded))
             .flatten();
-        let mut p = self.pending();
-        if p.total >= MAX_PENDING {
-            return;
-        }
         let waiting = Waiting {
             since: Instant::now(),
             tool,
         };
-        if !p.by_session.contains_key(session) {
-            p.by_session.insert(Arc::from(session), HashMap::new());
-        }
-        let fresh = p
-            .by_session
-            .get_mut(session)
-            .is_some_and(|calls| calls.insert(id.clone(), waiting).is_none());
-        p.total += usize::from(fresh);
+        let _ = self.pending.insert(ctx, id, waiting);
     }
 
-    /// The request `id` of `session` will not be answered (cancelled, or the session ended).
-    fn forget(&self, session: &str, id: &RequestId) -> Option<Waiting> {
-        let mut p = self.pending();
-        let calls = p.by_session.get_mut(session)?;
-        let w = calls.remove(id)?;
-        if calls.is_empty() {
-            p.by_session.remove(session);
-        }
-        p.total -= 1;
-        Some(w)
+    /// The request `id` of `ctx` will not be answered (cancelled), or was.
+    fn forget(&self, ctx: &FrameCtx<'_>, id: &RequestId) -> Option<Waiting> {
+        self.pending.take(ctx, id)
     }
 
     /// An answer (response or error) goes to the client.
-    fn answered(&self, session: &str, answer: &Frame) {
-        let waiting = answer.id().and_then(|id| self.forget(session, id));
+    fn answered(&self, ctx: &FrameCtx<'_>, answer: &Frame) {
+        let waiting = answer.id().and_then(|id| self.forget(ctx, id));
         let took = waiting.as_ref().map(|w| w.since.elapsed());
         let tool = waiting.and_then(|w| w.tool);
         let failed = answer.kind() == FrameKind::Error || (tool.is_some() && tool_failed(answer));
@@ -452,10 +424,7 @@ impl Series {
 
     /// A session ended: its requests are no longer waited for.
     fn session_ended(&self, session: &str) {
-        let mut p = self.pending();
-        if let Some(calls) = p.by_session.remove(session) {
-            p.total -= calls.len();
-        }
+        self.pending.end(session);
     }
 
     /// Record one sample of every upstream (in the order given to [`Series::new`]) and stop
@@ -464,15 +433,7 @@ impl Series {
         let index = self.index();
         self.ring().sample(index, samples);
         let window = Duration::from_millis(BUCKET_MS * BUCKETS as u64);
-        let mut p = self.pending();
-        let mut dropped = 0;
-        p.by_session.retain(|_, calls| {
-            let before = calls.len();
-            calls.retain(|_, w| w.since.elapsed() < window);
-            dropped += before - calls.len();
-            !calls.is_empty()
-        });
-        p.total -= dropped;
+        self.pending.retain(|w| w.since.elapsed() < window);
     }
 
     /// The window as JSON (see `GET /api/series` in the admin module).
@@ -616,14 +577,14 @@ impl Hook for SeriesHook {
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
         let series = &self.0.series;
         match (ctx.direction, frame.kind()) {
-            (Direction::ClientToServer, FrameKind::Request) => series.asked(ctx.session, frame),
+            (Direction::ClientToServer, FrameKind::Request) => series.asked(ctx, frame),
             (Direction::ClientToServer, FrameKind::Notification) => {
                 if let Some(id) = frame.cancelled_id() {
-                    series.forget(ctx.session, id);
+                    series.forget(ctx, id);
                 }
             }
             (Direction::ServerToClient, FrameKind::Response | FrameKind::Error) => {
-                series.answered(ctx.session, frame)
+                series.answered(ctx, frame)
             }
             _ => {}
         }
@@ -644,6 +605,14 @@ impl Hook for SeriesHook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn c2s(session: &str) -> FrameCtx<'_> {
+        FrameCtx::new(session, Direction::ClientToServer)
+    }
+
+    fn s2c(session: &str) -> FrameCtx<'_> {
+        FrameCtx::new(session, Direction::ServerToClient)
+    }
     use bytes::Bytes;
 
     fn frame(s: &str) -> Frame {
@@ -727,19 +696,19 @@ mod tests {
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}"}}}}"#
             ))
         };
-        s.asked("s1", &call(1, "add"));
-        s.asked("s1", &call(2, "add"));
-        s.asked("s1", &call(3, "flaky"));
+        s.asked(&c2s("s1"), &call(1, "add"));
+        s.asked(&c2s("s1"), &call(2, "add"));
+        s.asked(&c2s("s1"), &call(3, "flaky"));
         s.answered(
-            "s1",
+            &s2c("s1"),
             &frame(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#),
         );
         s.answered(
-            "s1",
+            &s2c("s1"),
             &frame(r#"{"jsonrpc":"2.0","id":2,"result":{"content":[],"isError":true}}"#),
         );
         s.answered(
-            "s1",
+            &s2c("s1"),
             &frame(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32000,"message":"x"}}"#),
         );
         // Refused by the gateway itself: a call and an error, not timed.
@@ -763,7 +732,7 @@ mod tests {
         assert!(by("add")["p99_ms"].is_number());
         assert_eq!(by("flaky")["calls"], 2);
         assert_eq!(by("flaky")["errors"], 2);
-        assert_eq!(s.pending().total, 0, "every answered request forgotten");
+        assert!(s.pending.is_empty(), "every answered request forgotten");
     }
 
     #[test]
@@ -794,15 +763,14 @@ mod tests {
         let s = series();
         for i in 0..MAX_PENDING + 10 {
             let f = frame(&format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"ping"}}"#));
-            s.asked(if i % 2 == 0 { "a" } else { "b" }, &f);
+            s.asked(&c2s(if i % 2 == 0 { "a" } else { "b" }), &f);
         }
-        assert_eq!(s.pending().total, MAX_PENDING, "the rest are not timed");
-        let total = s.pending().total;
-        let n = s.pending().by_session["a"].len();
+        assert_eq!(s.pending.len(None), MAX_PENDING, "the rest are not timed");
+        let n = s.pending.len(Some("a"));
         s.session_ended("a");
-        assert_eq!(s.pending().total, total - n);
-        assert!(s.forget("b", &RequestId::Number(1)).is_some());
-        assert!(s.forget("b", &RequestId::Number(1)).is_none());
+        assert_eq!(s.pending.len(None), MAX_PENDING - n);
+        assert!(s.forget(&c2s("b"), &RequestId::Number(1)).is_some());
+        assert!(s.forget(&c2s("b"), &RequestId::Number(1)).is_none());
     }
 
     #[test]

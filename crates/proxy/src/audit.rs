@@ -72,6 +72,8 @@ pub const DEFAULT_KEEP: usize = 5;
 /// Requests of one session waiting for their answer that the log follows; more are written at
 /// once with the outcome `untracked` (a client cannot grow the log's memory without bound).
 const MAX_PENDING_PER_SESSION: usize = 10_000;
+/// Requests of all sessions waiting for their answer that the log follows.
+const MAX_PENDING: usize = 200_000;
 /// Bytes buffered before a write reaches the file.
 const BUFFER: usize = 64 * 1024;
 
@@ -215,7 +217,7 @@ impl Audit {
         };
         let audit = Arc::new(Audit {
             out: Mutex::new(out),
-            pending: Awaiting::new(MAX_PENDING_PER_SESSION),
+            pending: Awaiting::new(MAX_PENDING_PER_SESSION, MAX_PENDING),
             arguments: cfg.arguments,
             key,
             redactor,

@@ -176,40 +176,64 @@ pub trait Hook: Send + Sync + 'static {
 }
 
 /// What an observer hook keeps for each client request until its answer (the audit log's line,
-/// the trace's span), keyed by session, [`FrameCtx::exchange`] and request id. Bounded per
-/// session: [`Awaiting::insert`] hands the value back when the session has `max` already.
+/// the trace's span, the gateway series' timing), keyed by session, [`FrameCtx::exchange`] and
+/// request id. Bounded per session and in all: [`Awaiting::insert`] hands the value back when
+/// either bound is reached.
 pub struct Awaiting<T> {
-    max: usize,
-    map: std::sync::Mutex<HashMap<Box<str>, Requests<T>>>,
+    per_session: usize,
+    total: usize,
+    inner: std::sync::Mutex<Kept<T>>,
+}
+
+struct Kept<T> {
+    map: HashMap<Box<str>, Requests<T>>,
+    len: usize,
 }
 
 /// One session's requests, by (exchange, id).
 type Requests<T> = HashMap<(u64, RequestId), T>;
 
+impl<T> std::fmt::Debug for Awaiting<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Awaiting")
+            .field("len", &self.len(None))
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T> Awaiting<T> {
-    /// At most `max` requests of one session are kept.
-    pub fn new(max: usize) -> Self {
+    /// At most `per_session` requests of one session, and `total` in all, are kept.
+    pub fn new(per_session: usize, total: usize) -> Self {
         Awaiting {
-            max,
-            map: std::sync::Mutex::default(),
+            per_session,
+            total,
+            inner: std::sync::Mutex::new(Kept {
+                map: HashMap::new(),
+                len: 0,
+            }),
         }
     }
 
-    /// Keep `value` for the request `id` of `ctx`; `Err(value)` when the session is full.
+    /// Keep `value` for the request `id` of `ctx`; `Err(value)` when a bound is reached.
     pub fn insert(&self, ctx: &FrameCtx<'_>, id: &RequestId, value: T) -> Result<(), T> {
-        let mut all = crate::sync::lock(&self.map);
-        let waiting = all.entry(Box::from(ctx.session)).or_default();
-        if waiting.len() >= self.max {
+        let mut k = crate::sync::lock(&self.inner);
+        if k.len >= self.total {
             return Err(value);
         }
-        waiting.insert((ctx.exchange, id.clone()), value);
+        let waiting = k.map.entry(Box::from(ctx.session)).or_default();
+        if waiting.len() >= self.per_session {
+            return Err(value);
+        }
+        let fresh = waiting.insert((ctx.exchange, id.clone()), value).is_none();
+        k.len += usize::from(fresh);
         Ok(())
     }
 
     /// Change what is kept for the request `id` of `ctx`, if anything.
     pub fn update(&self, ctx: &FrameCtx<'_>, id: &RequestId, f: impl FnOnce(&mut T)) {
-        let mut all = crate::sync::lock(&self.map);
-        if let Some(v) = all
+        let mut k = crate::sync::lock(&self.inner);
+        if let Some(v) = k
+            .map
             .get_mut(ctx.session)
             .and_then(|w| w.get_mut(&(ctx.exchange, id.clone())))
         {
@@ -219,28 +243,51 @@ impl<T> Awaiting<T> {
 
     /// Take what is kept for the request `id` of `ctx` (its answer came).
     pub fn take(&self, ctx: &FrameCtx<'_>, id: &RequestId) -> Option<T> {
-        let mut all = crate::sync::lock(&self.map);
-        let waiting = all.get_mut(ctx.session)?;
-        let v = waiting.remove(&(ctx.exchange, id.clone()));
+        let mut k = crate::sync::lock(&self.inner);
+        let waiting = k.map.get_mut(ctx.session)?;
+        let v = waiting.remove(&(ctx.exchange, id.clone()))?;
         if waiting.is_empty() {
-            all.remove(ctx.session);
+            k.map.remove(ctx.session);
         }
-        v
+        k.len -= 1;
+        Some(v)
     }
 
     /// Take everything kept for `session` (it ended).
     pub fn end(&self, session: &str) -> Vec<(RequestId, T)> {
-        crate::sync::lock(&self.map)
-            .remove(session)
-            .into_iter()
-            .flatten()
-            .map(|((_, id), v)| (id, v))
-            .collect()
+        let mut k = crate::sync::lock(&self.inner);
+        let Some(waiting) = k.map.remove(session) else {
+            return Vec::new();
+        };
+        k.len -= waiting.len();
+        waiting.into_iter().map(|((_, id), v)| (id, v)).collect()
+    }
+
+    /// Keep only what `keep` says (e.g. forget requests older than a window).
+    pub fn retain(&self, mut keep: impl FnMut(&T) -> bool) {
+        let mut k = crate::sync::lock(&self.inner);
+        let mut dropped = 0;
+        k.map.retain(|_, waiting| {
+            let before = waiting.len();
+            waiting.retain(|_, v| keep(v));
+            dropped += before - waiting.len();
+            !waiting.is_empty()
+        });
+        k.len -= dropped;
+    }
+
+    /// How many requests are kept, in all and for `session`.
+    pub fn len(&self, session: Option<&str>) -> usize {
+        let k = crate::sync::lock(&self.inner);
+        match session {
+            None => k.len,
+            Some(s) => k.map.get(s).map_or(0, HashMap::len),
+        }
     }
 
     /// True when nothing is kept.
     pub fn is_empty(&self) -> bool {
-        crate::sync::lock(&self.map).is_empty()
+        self.len(None) == 0
     }
 }
 

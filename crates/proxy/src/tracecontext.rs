@@ -32,6 +32,8 @@ const MAX_TRACESTATE: usize = 512;
 const MAX_BAGGAGE: usize = 8192;
 /// Requests of one session with an open span; more are traced without waiting for their answer.
 const MAX_OPEN_PER_SESSION: usize = 10_000;
+/// Open spans of all sessions.
+const MAX_OPEN: usize = 200_000;
 
 /// A trace context: a valid `traceparent`, and the `tracestate` and `baggage` that go with it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -216,7 +218,7 @@ impl TraceHook {
     pub fn new() -> Option<Arc<TraceHook>> {
         Some(Arc::new(TraceHook {
             link: link()?.clone(),
-            open: Awaiting::new(MAX_OPEN_PER_SESSION),
+            open: Awaiting::new(MAX_OPEN_PER_SESSION, MAX_OPEN),
         }))
     }
 
