@@ -451,3 +451,239 @@ async fn yaml_rules_apply_reload_and_report_bad_lines() {
         "{err}"
     );
 }
+
+/// What the fake guardrail service was asked: (rule, method, target, route, session).
+type Asked = Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// A guardrail service: it rejects an echo of `reject-me`, rewrites an echo of `rewrite-me`,
+/// never answers about `slow`, `add` or `bad-answer` (a broken answer), and lets the rest go.
+async fn guardrail() -> (String, Asked) {
+    async fn decide(
+        axum::extract::State(asked): axum::extract::State<Asked>,
+        body: String,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let q: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        asked.lock().unwrap().push(q.clone());
+        let message = q["message"]["params"]["arguments"]["message"]
+            .as_str()
+            .unwrap_or("");
+        if q["target"] == "add" || message == "slow" {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        let answer = match message {
+            "reject-me" => json!({"decision":"reject","message":"not on my watch"}),
+            "rewrite-me" => json!({"decision":"replace",
+                "params":{"name":"echo","arguments":{"message":"rewritten"}}}),
+            "other-tool" => json!({"decision":"replace",
+                "params":{"name":"add","arguments":{"a":1,"b":2}}}),
+            "bad-answer" => json!({"verdict":"yes"}),
+            _ => json!({"decision":"continue"}),
+        };
+        ([("content-type", "application/json")], answer.to_string()).into_response()
+    }
+    let asked: Asked = Arc::default();
+    let app = axum::Router::new()
+        .route("/decide", axum::routing::post(decide))
+        .with_state(asked.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/decide"), asked)
+}
+
+#[tokio::test]
+async fn guardrails_call_out_reject_rewrite_time_out_and_redact_secrets() {
+    let (url, asked) = guardrail().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(
+        &rules,
+        &format!(
+            r#"
+[[rule]]
+name = "secrets-in-results"
+direction = "server"
+kind = "reply"
+method = "tools/call"
+action = "detect"
+detectors = ["secrets"]
+on_match = "redact"
+
+[[rule]]
+name = "no-card-numbers"
+tool = "echo"
+action = "detect"
+patterns = ["card-[0-9]{{4}}"]
+
+[[rule]]
+name = "judge"
+route = "/mcp"
+tool = "echo"
+action = "callout"
+url = "{url}"
+timeout_ms = 500
+
+[[rule]]
+name = "judge-open"
+tool = "add"
+action = "callout"
+url = "{url}"
+timeout_ms = 300
+failure_mode = "open"
+"#
+        ),
+    );
+    let p = Proxy::start(&["--rules", rules.to_str().unwrap()]).await;
+    let c = p.client().await;
+    let echo = |id: i64, message: &str| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"message":message}}})
+    };
+    // Continue: the call goes through, and the service saw who asked what.
+    assert_eq!(
+        c.call_tool(1, "echo", json!({"message": "hello"})).await,
+        "hello"
+    );
+    let q = asked.lock().unwrap()[0].clone();
+    assert_eq!(q["rule"], "judge");
+    assert_eq!(q["method"], "tools/call");
+    assert_eq!(q["target"], "echo");
+    assert_eq!(q["route"], "/mcp");
+    assert_eq!(q["session"], json!(c.session.clone().unwrap()));
+    assert_eq!(q["message"]["params"]["arguments"]["message"], "hello");
+    // Reject: the client gets the service's message; the server never sees the call.
+    let r = c.post(echo(2, "reject-me")).await;
+    assert_eq!(r.rpc_code(), -32003, "{}", r.body);
+    assert_eq!(r.json()["error"]["message"], "not on my watch");
+    // Replace: the server gets the new params.
+    assert_eq!(
+        c.post(echo(3, "rewrite-me")).await.json()["result"]["content"][0]["text"],
+        "rewritten"
+    );
+    // A replacement may not change which tool is called (fail closed).
+    let r = c.post(echo(4, "other-tool")).await;
+    assert_eq!(r.rpc_code(), -32003, "{}", r.body);
+    assert!(r.body.contains("from `echo` to `add`"), "{}", r.body);
+    // No decision in time, failure_mode closed: refused, saying why.
+    let t = Instant::now();
+    let r = c.post(echo(5, "slow")).await;
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(r.rpc_code(), -32003, "{}", r.body);
+    assert!(
+        r.body
+            .contains("could not decide (no decision within 500 ms)"),
+        "{}",
+        r.body
+    );
+    // An answer that is not a decision: refused too.
+    let r = c.post(echo(6, "bad-answer")).await;
+    assert_eq!(r.rpc_code(), -32003, "{}", r.body);
+    // failure_mode open: the message goes on.
+    assert_eq!(c.call_tool(7, "add", json!({"a": 1, "b": 2})).await, "3");
+    // A secret in a result is redacted before the client sees it.
+    let secret = "AKIAIOSFODNN7EXAMPLE";
+    let r = c.post(echo(8, &format!("the key is {secret}"))).await;
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "the key is [REDACTED]",
+        "{}",
+        r.body
+    );
+    // A configured pattern in a request is blocked before the callout is asked.
+    let before = asked.lock().unwrap().len();
+    let r = c.post(echo(9, "pay with card-1234")).await;
+    assert_eq!(r.rpc_code(), -32003, "{}", r.body);
+    assert_eq!(
+        asked.lock().unwrap().len(),
+        before,
+        "the detector decided first"
+    );
+    p.terminate().await;
+}
+
+#[tokio::test]
+async fn a_callout_rule_without_a_usable_url_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    for (text, needle) in [
+        ("[[rule]]\naction = \"callout\"\n", "callout needs `url`"),
+        (
+            "[[rule]]\naction = \"callout\"\nurl = \"ftp://x\"\n",
+            "must be http:// or https://",
+        ),
+        (
+            "[[rule]]\naction = \"callout\"\nurl = \"http://x\"\nfailure_mode = \"maybe\"\n",
+            "failure_mode `maybe`",
+        ),
+        (
+            "[[rule]]\naction = \"detect\"\ndetectors = [\"magic\"]\n",
+            "detector `magic`",
+        ),
+    ] {
+        write_rules(&rules, text);
+        let out = Launch::shadowcat(&[
+            "forward",
+            "http",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo",
+            "--rules",
+            rules.to_str().unwrap(),
+        ])
+        .run();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_example_guardrail_service_lets_calls_through_and_refuses_others() {
+    let script = format!("{}/../../examples/guardrail.py", env!("CARGO_MANIFEST_DIR"));
+    let mut g = Launch::new("python3")
+        .args([&script, "--port", "0"])
+        .stdout_piped()
+        .label("guardrail")
+        .start()
+        .await;
+    let line = g.next_line().await.expect("the guardrail's first line");
+    let url = line
+        .trim()
+        .strip_prefix("guardrail listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let example = std::fs::read_to_string(format!(
+        "{}/../../examples/guardrail-rules.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace("http://127.0.0.1:9100/", &url);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    write_rules(&rules, &example);
+    let p = Proxy::start(&["--rules", rules.to_str().unwrap()]).await;
+    let c = p.client().await;
+    assert_eq!(
+        c.call_tool(1, "echo", json!({"message": "ls /tmp"})).await,
+        "ls /tmp"
+    );
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"message":"rm -rf / please"}}}))
+        .await;
+    assert_eq!(r.rpc_code(), -32003, "{}", r.body);
+    assert!(r.body.contains("destructive arguments"), "{}", r.body);
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"message":"ghp_abcdefghijklmnopqrstuvwxyz0123456789"}}}))
+        .await;
+    assert_eq!(
+        r.rpc_code(),
+        -32003,
+        "a secret in the arguments: {}",
+        r.body
+    );
+    p.terminate().await;
+    g.terminate().await;
+}

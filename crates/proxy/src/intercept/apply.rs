@@ -31,6 +31,13 @@ pub(super) fn matches(
     {
         return false;
     }
+    if let Some(p) = &rule.route
+        && !ctx
+            .route
+            .is_some_and(|k| p.matches(&crate::front::http::route_path(k)))
+    {
+        return false;
+    }
     let m = method.unwrap_or("");
     let named = |p: &Option<pattern::Pattern>, methods: &[&str]| {
         p.is_none() || (methods.contains(&m) && fits(p, target))
@@ -69,7 +76,7 @@ fn frame_of(v: &Value) -> Option<Frame> {
 }
 
 /// A JSON-RPC error for the sender of a request, or in place of a reply; notifications vanish.
-fn block(frame: &Frame, code: i64, message: &str) -> Verdict {
+pub(super) fn block(frame: &Frame, code: i64, message: &str) -> Verdict {
     match (frame.kind(), frame.id()) {
         (FrameKind::Request, Some(id)) => Verdict::Reply(error_frame(Some(id), code, message)),
         (k, Some(id)) if k.is_reply() => Verdict::Replace(error_frame(Some(id), code, message)),
@@ -136,15 +143,26 @@ fn dropped(frame: &Frame, message: &str) -> Verdict {
     }
 }
 
-/// Carry out a rule's action on a frame.
+/// What the rule the message is looked at by deals with: the method and target of the message,
+/// or for a reply those of the request it answers.
+pub(super) struct Asked<'a> {
+    pub method: Option<&'a str>,
+    pub target: Option<&'a str>,
+}
+
+/// Carry out a rule's action on a frame; `None` when the rule did not decide (a detector that
+/// found nothing: later rules apply).
 pub(super) fn apply(
     rule: &Rule,
     ctx: &FrameCtx<'_>,
+    asked: Asked<'_>,
     frame: &Frame,
     board: &Arc<PauseBoard>,
     limits: PauseLimits,
-) -> Verdict {
-    match &rule.action {
+) -> Option<Verdict> {
+    Some(match &rule.action {
+        Action::Detect(d) => return d.check(&rule.name, frame),
+        Action::Callout(c) => c.ask(&rule.name, ctx, asked.method, asked.target, frame),
         Action::Continue => Verdict::Forward,
         Action::Block { code, message } => block(frame, *code, message),
         Action::Modify { set, remove } => modify(rule, frame, set, remove),
@@ -179,7 +197,7 @@ pub(super) fn apply(
                          decision, but {full}; retry later",
                         rule.name
                     );
-                    return block(frame, BLOCKED, &message);
+                    return Some(block(frame, BLOCKED, &message));
                 }
             };
             tracing::info!(paused = id, rule = %rule.name, session = ctx.session, method = frame.method(), "message paused; use `shadowcat intercept` to resume, edit or drop it");
@@ -213,5 +231,5 @@ pub(super) fn apply(
                 }
             }))
         }
-    }
+    })
 }

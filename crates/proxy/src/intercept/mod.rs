@@ -4,6 +4,7 @@
 //! See `docs/interceptor.md`.
 
 mod apply;
+mod guard;
 mod pattern;
 mod pause;
 mod rules;
@@ -191,17 +192,19 @@ impl Hook for Interceptor {
             None => (frame.method(), frame.target()),
         };
         let mut parsed: Option<serde_json::Value> = None;
-        let rule = rules
-            .rules
-            .iter()
-            .find(|r| apply::matches(r, ctx, kind, method, target, frame, &mut parsed));
-        let verdict = match rule {
-            Some(rule) => {
-                tracing::debug!(rule = %rule.name, session = ctx.session, method, "interceptor rule matched");
-                apply::apply(rule, ctx, frame, &self.board, rules.pause)
+        let mut verdict = Verdict::Forward;
+        for rule in &rules.rules {
+            if !apply::matches(rule, ctx, kind, method, target, frame, &mut parsed) {
+                continue;
             }
-            None => Verdict::Forward,
-        };
+            tracing::debug!(rule = %rule.name, session = ctx.session, method, "interceptor rule matched");
+            let asked = apply::Asked { method, target };
+            // A detector that finds nothing does not decide: later rules still apply.
+            if let Some(v) = apply::apply(rule, ctx, asked, frame, &self.board, rules.pause) {
+                verdict = v;
+                break;
+            }
+        }
         if kind == FrameKind::Request
             && replies
             && matches!(

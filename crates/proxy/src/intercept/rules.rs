@@ -159,6 +159,7 @@ struct RawRule {
     prompt: Option<String>,
     session: Option<String>,
     principal: Option<String>,
+    route: Option<String>,
     #[serde(default)]
     when: Vec<RawCond>,
     action: String,
@@ -175,9 +176,20 @@ struct RawRule {
     error: Option<RawError>,
     // delay
     delay_ms: Option<u64>,
-    // pause
+    // pause, callout
     timeout_ms: Option<u64>,
     on_timeout: Option<String>,
+    // callout
+    url: Option<String>,
+    failure_mode: Option<String>,
+    max_concurrency: Option<usize>,
+    token_env: Option<String>,
+    // detect
+    #[serde(default)]
+    detectors: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
+    on_match: Option<String>,
 }
 
 /// A condition on the message, by JSON pointer (into the whole message: `/params/…`,
@@ -269,6 +281,10 @@ pub enum Action {
         /// What then.
         on_timeout: OnTimeout,
     },
+    /// Ask an external guardrail service: continue, reject, or replace the params/result.
+    Callout(super::guard::Callout),
+    /// Look for secrets and patterns: redact or block on a match; no match, later rules apply.
+    Detect(super::guard::Detect),
 }
 
 /// A compiled rule.
@@ -297,6 +313,9 @@ pub struct Rule {
     /// Authenticated principal pattern (gateway with `[auth]`): a rule with one never matches a
     /// session without a principal.
     pub principal: Option<Pattern>,
+    /// Route pattern (`/mcp`, `/servers/NAME/mcp`): a rule with one never matches on the stdio
+    /// front.
+    pub route: Option<Pattern>,
     /// Conditions that must all hold.
     pub when: Vec<Cond>,
     /// What to do.
@@ -442,9 +461,54 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
                 }
             },
         },
+        "callout" => {
+            let url = r.url.ok_or_else(|| at("callout needs `url`".into()))?;
+            let fail_open = match r.failure_mode.as_deref() {
+                // Fail closed: a message the guardrail could not judge is not forwarded.
+                None | Some("closed") => false,
+                Some("open") => true,
+                Some(o) => return Err(at(format!("failure_mode `{o}`: use closed or open"))),
+            };
+            let token = match &r.token_env {
+                None => None,
+                Some(var) => Some(
+                    std::env::var(var)
+                        .ok()
+                        .filter(|t| !t.trim().is_empty())
+                        .ok_or_else(|| {
+                            at(format!(
+                                "token_env: environment variable `{var}` is not set"
+                            ))
+                        })?,
+                ),
+            };
+            Action::Callout(
+                super::guard::Callout::new(
+                    &url,
+                    r.timeout_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(super::guard::DEFAULT_CALLOUT_TIMEOUT),
+                    fail_open,
+                    r.max_concurrency
+                        .unwrap_or(super::guard::DEFAULT_CALLOUT_CONCURRENCY),
+                    token,
+                )
+                .map_err(at)?,
+            )
+        }
+        "detect" => {
+            let redact = match r.on_match.as_deref() {
+                None | Some("block") => false,
+                Some("redact") => true,
+                Some(o) => return Err(at(format!("on_match `{o}`: use block or redact"))),
+            };
+            Action::Detect(
+                super::guard::Detect::new(&r.detectors, &r.patterns, redact).map_err(at)?,
+            )
+        }
         o => {
             return Err(at(format!(
-                "action `{o}`: use continue, block, modify, mock, delay or pause"
+                "action `{o}`: use continue, block, modify, mock, delay, pause, callout or detect"
             )));
         }
     };
@@ -459,6 +523,7 @@ fn compile(i: usize, r: RawRule) -> Result<Option<Rule>, String> {
         prompt: pattern("prompt", r.prompt).map_err(at)?,
         session: pattern("session", r.session).map_err(at)?,
         principal: pattern("principal", r.principal).map_err(at)?,
+        route: pattern("route", r.route).map_err(at)?,
         when,
         action,
     }))
