@@ -15,6 +15,9 @@ pub struct OpenOptions {
     /// Events kept per stream on append, for backends that trim on append (Redis; default
     /// 10 000).
     pub max_events: usize,
+    /// Only read (SQLite: the file must exist and is opened read-only; every write fails). For
+    /// tools that inspect a store, never change it.
+    pub read_only: bool,
 }
 
 impl Default for OpenOptions {
@@ -23,6 +26,7 @@ impl Default for OpenOptions {
             redis_prefix: "shadowcat:".to_owned(),
             idle_ttl: Duration::from_secs(30 * 60),
             max_events: 10_000,
+            read_only: false,
         }
     }
 }
@@ -68,18 +72,22 @@ fn parse(spec: &str) -> StoreResult<Spec<'_>> {
 pub async fn open(spec: &str, opts: &OpenOptions) -> StoreResult<Arc<dyn SessionStore>> {
     match parse(spec)? {
         Spec::Memory => Ok(Arc::new(MemoryStore::new())),
-        Spec::Sqlite(path) => open_sqlite(path),
+        Spec::Sqlite(path) => open_sqlite(path, opts.read_only),
         Spec::Redis(url) => open_redis(url, opts).await,
     }
 }
 
 #[cfg(feature = "sqlite")]
-fn open_sqlite(path: &str) -> StoreResult<Arc<dyn SessionStore>> {
-    Ok(Arc::new(crate::SqliteStore::open(path)?))
+fn open_sqlite(path: &str, read_only: bool) -> StoreResult<Arc<dyn SessionStore>> {
+    Ok(Arc::new(if read_only {
+        crate::SqliteStore::open_read_only(path)?
+    } else {
+        crate::SqliteStore::open(path)?
+    }))
 }
 
 #[cfg(not(feature = "sqlite"))]
-fn open_sqlite(_path: &str) -> StoreResult<Arc<dyn SessionStore>> {
+fn open_sqlite(_path: &str, _read_only: bool) -> StoreResult<Arc<dyn SessionStore>> {
     Err(StoreError::Backend(
         "this build has no sqlite backend (feature `sqlite`)".into(),
     ))

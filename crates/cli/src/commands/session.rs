@@ -12,10 +12,20 @@ pub async fn open_store(
     max_events: usize,
     idle_ttl: Duration,
 ) -> anyhow::Result<Arc<dyn SessionStore>> {
+    open_with(a, max_events, idle_ttl, false).await
+}
+
+async fn open_with(
+    a: &StoreArgs,
+    max_events: usize,
+    idle_ttl: Duration,
+    read_only: bool,
+) -> anyhow::Result<Arc<dyn SessionStore>> {
     let opts = OpenOptions {
         redis_prefix: a.redis_prefix.clone(),
         idle_ttl,
         max_events,
+        read_only,
     };
     let store = shadowcat_store::open(&a.store, &opts)
         .await
@@ -23,7 +33,8 @@ pub async fn open_store(
     Ok(store)
 }
 
-async fn open_for_cli(a: &StoreArgs) -> anyhow::Result<Arc<dyn SessionStore>> {
+/// Open a store to inspect (`read_only`: SQLite opened read-only) or to change (`kill`).
+async fn open_for_cli(a: &StoreArgs, read_only: bool) -> anyhow::Result<Arc<dyn SessionStore>> {
     if a.store.trim() == "memory" {
         bail!(
             "the memory store lives inside a running proxy; give --store sqlite:PATH or --store redis://…"
@@ -39,7 +50,7 @@ async fn open_for_cli(a: &StoreArgs) -> anyhow::Result<Arc<dyn SessionStore>> {
             );
         }
     }
-    open_store(a, 10_000, Duration::from_secs(1800)).await
+    open_with(a, 10_000, Duration::from_secs(1800), read_only).await
 }
 
 pub async fn run(cmd: SessionCmd) -> anyhow::Result<i32> {
@@ -50,7 +61,7 @@ pub async fn run(cmd: SessionCmd) -> anyhow::Result<i32> {
             limit,
             json,
         } => {
-            let store = open_for_cli(&store).await?;
+            let store = open_for_cli(&store, true).await?;
             let filter = SessionFilter {
                 status: status.as_deref().map(|s| {
                     if s == "ended" {
@@ -82,7 +93,7 @@ pub async fn run(cmd: SessionCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         SessionCmd::Show { store, id, json } => {
-            let store = open_for_cli(&store).await?;
+            let store = open_for_cli(&store, true).await?;
             let Some(rec) = store.get(&id).await? else {
                 eprintln!("shadowcat: no session `{id}` in the store");
                 return Ok(1);
@@ -95,7 +106,7 @@ pub async fn run(cmd: SessionCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         SessionCmd::Kill { store, id } => {
-            let store = open_for_cli(&store).await?;
+            let store = open_for_cli(&store, false).await?;
             if store.delete(&id).await? {
                 println!("deleted session {id}");
                 Ok(0)

@@ -80,4 +80,21 @@ fn session_commands_never_create_a_store() {
     let (code, err) = run(&["session", "list"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--store"), "{err}");
+    // Inspecting someone else's file never turns it into a store (it is opened read-only).
+    let other = dir.path().join("other.db");
+    std::fs::write(&other, b"").unwrap();
+    let other_store = format!("sqlite:{}", other.display());
+    for cmd in [&["list"][..], &["show", "abc"]] {
+        let mut args = vec!["session"];
+        args.extend_from_slice(cmd);
+        args.extend(["--store", &other_store]);
+        let (code, err) = run(&args);
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        assert!(err.contains("not a Shadowcat session store"), "{err}");
+    }
+    assert_eq!(
+        std::fs::metadata(&other).unwrap().len(),
+        0,
+        "left untouched"
+    );
 }

@@ -48,6 +48,27 @@ impl SqliteStore {
         })
     }
 
+    /// Opens an existing database read-only: nothing is created or migrated, and every write
+    /// fails (for tools that inspect a store). A file that is not a Shadowcat store is an error.
+    pub fn open_read_only(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        if !path.is_file() {
+            return Err(crate::StoreError::Backend(format!(
+                "sqlite: no database at `{}`",
+                path.display()
+            )));
+        }
+        let conn = schema::open_reader(&path)?;
+        schema::check_version(&conn)?;
+        let writer = Writer::spawn(conn)?;
+        let readers = Readers::new(path.clone())?;
+        Ok(SqliteStore {
+            path,
+            writer,
+            readers,
+        })
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

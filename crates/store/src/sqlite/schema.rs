@@ -78,6 +78,22 @@ pub(super) fn open_reader(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Checks that a database opened read-only is a Shadowcat store of this schema version.
+pub(super) fn check_version(conn: &Connection) -> StoreResult<()> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sql_err)?;
+    match version {
+        SCHEMA_VERSION => Ok(()),
+        0 => Err(StoreError::Backend(
+            "sqlite: the file is not a Shadowcat session store (no schema)".into(),
+        )),
+        v => Err(StoreError::Backend(format!(
+            "sqlite: schema version {v} is not the one this build reads ({SCHEMA_VERSION})"
+        ))),
+    }
+}
+
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction().map_err(sql_err)?;
     let version: i64 = tx
