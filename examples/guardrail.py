@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """An example guardrail service for Shadowcat's `callout` interceptor action (standard library
-only). Run it, then point a rule at it (see examples/guardrail-rules.toml):
+only). Run it, then point a rule at it (see examples/rules/guardrails.toml):
 
     python3 examples/guardrail.py --port 9100
-    shadowcat forward http --rules examples/guardrail-rules.toml -- npx -y @modelcontextprotocol/server-everything
+    shadowcat forward http --rules examples/rules/guardrails.toml -- npx -y @modelcontextprotocol/server-everything
 
 Shadowcat POSTs one JSON object per matching message:
 

@@ -82,6 +82,10 @@ pub enum Command {
     /// Inspect and end sessions in a session store (sqlite:PATH or redis://…).
     #[command(subcommand)]
     Session(SessionCmd),
+    /// Tool pinning (rug-pull defence): list, show, approve, reject, export and import the
+    /// pinned tool and prompt definitions in the session store your proxies share.
+    #[command(subcommand)]
+    Pins(crate::commands::pins::PinsCmd),
     /// Work with tapes (recordings made with --record): list, show, export, diff, validate.
     #[command(subcommand)]
     Tape(crate::commands::tape::TapeCmd),
@@ -212,6 +216,15 @@ pub struct StdioArgs {
 
 #[derive(Args, Debug)]
 pub struct HttpArgs {
+    /// Tool and prompt pinning (docs/pins.md): `warn` (report and mark tools whose definition
+    /// changed) or `enforce` (leave them out and refuse their calls until approved with
+    /// `shadowcat pins`). Pins are kept in --store (give `sqlite:PATH` to keep them).
+    #[arg(long, value_enum, default_value_t = PinningArg::Off, env = "SHADOWCAT_PINNING")]
+    pub pinning: PinningArg,
+    /// With --pinning: a tool never seen before is `allow`ed (trusted on first use) or
+    /// `hold`-ed until approved.
+    #[arg(long, value_enum, default_value_t = NewToolsArg::Allow)]
+    pub new_tools: NewToolsArg,
     /// Address to listen on: `HOST:PORT`, `localhost:8080`, `:8080` or `8080` (the last two on
     /// loopback; `0.0.0.0:8080` listens on every interface).
     #[arg(long, env = "SHADOWCAT_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
@@ -452,6 +465,37 @@ mod log_filter_tests {
                 log_filter(bad).unwrap_err().contains("unknown log level"),
                 "{bad}"
             );
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinningArg {
+    Off,
+    Warn,
+    Enforce,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewToolsArg {
+    Allow,
+    Hold,
+}
+
+impl PinningArg {
+    /// The policy these flags ask for.
+    pub fn policy(self, new_tools: NewToolsArg) -> shadowcat_gateway::pins::Policy {
+        use shadowcat_gateway::pins::{NewTools, Pinning, Policy};
+        Policy {
+            pinning: match self {
+                PinningArg::Off => Pinning::Off,
+                PinningArg::Warn => Pinning::Warn,
+                PinningArg::Enforce => Pinning::Enforce,
+            },
+            new_tools: match new_tools {
+                NewToolsArg::Allow => NewTools::Allow,
+                NewToolsArg::Hold => NewTools::Hold,
+            },
         }
     }
 }

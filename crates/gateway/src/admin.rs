@@ -60,6 +60,9 @@ pub fn routes(gw: Arc<Gateway>, cfg: &GatewayConfig) -> axum::Router {
         .route("/api/config", get(config))
         .route("/api/metrics", get(metrics))
         .route("/api/series", get(series))
+        .route("/api/pins", get(pins_list))
+        .route("/api/pins/{id}/approve", axum::routing::post(pins_approve))
+        .route("/api/pins/{id}/reject", axum::routing::post(pins_reject))
         // The Prometheus page too, behind the admin listener's token and host checks (for a
         // scraper that reaches the admin address rather than the MCP one).
         .route("/metrics", get(prometheus))
@@ -190,6 +193,80 @@ async fn kill(State(a): Shared, Path(id): Path<String>) -> Answer {
     }
     tracing::info!(session = %id, "session ended through the admin API");
     Ok(json(StatusCode::OK, json!({ "ended": id })))
+}
+
+/// The pinning hook, or why there is none.
+fn pinning(a: &Admin) -> Result<&Arc<crate::pins::PinHook>, Refused> {
+    a.gateway.pins.get().ok_or_else(|| {
+        Refused::new(
+            StatusCode::NOT_FOUND,
+            "no route has tool pinning (`pinning = \"warn\"` or `\"enforce\"` on a route)",
+        )
+    })
+}
+
+fn pin_json(p: &crate::pins::Pin) -> Value {
+    let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+    v["state"] = json!(p.state());
+    v
+}
+
+async fn pins_list(State(a): Shared) -> Answer {
+    let hook = pinning(&a)?;
+    let pins: Vec<Value> = hook.pins().iter().map(pin_json).collect();
+    Ok(json(StatusCode::OK, json!({ "pins": pins })))
+}
+
+/// `{"hash": "…"}` (optional): approve only the definition that was reviewed.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    #[serde(default)]
+    hash: Option<String>,
+}
+
+async fn pins_decide(a: &Admin, id: &str, body: &[u8], approve: bool) -> Answer {
+    let hook = pinning(a)?;
+    let decision: Decision = if body.iter().all(u8::is_ascii_whitespace) {
+        Decision::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            Refused::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"hash\": \"…\"}} or empty: {e}"),
+            )
+        })?
+    };
+    let store = hook.store().clone();
+    let unavailable = |e: String| Refused::new(StatusCode::SERVICE_UNAVAILABLE, &e);
+    let all = crate::pins::load(&*store).await.map_err(unavailable)?;
+    let Some(mut pin) = all.into_iter().find(|p| p.id == id) else {
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            format!("no pin `{id}`"),
+        ));
+    };
+    let done = if approve {
+        pin.approve(decision.hash.as_deref())
+    } else {
+        pin.reject()
+    };
+    done.map_err(|e| Refused::new(StatusCode::CONFLICT, &e))?;
+    crate::pins::save(&*store, &pin)
+        .await
+        .map_err(unavailable)?;
+    tracing::info!(pin = %pin.id, name = %pin.name, route = %pin.route, approved = approve, "tool pin decided through the admin API");
+    // Now here; the other replicas within their refresh.
+    hook.refresh().await;
+    Ok(json(StatusCode::OK, pin_json(&pin)))
+}
+
+async fn pins_approve(State(a): Shared, Path(id): Path<String>, body: axum::body::Bytes) -> Answer {
+    pins_decide(&a, &id, &body, true).await
+}
+
+async fn pins_reject(State(a): Shared, Path(id): Path<String>, body: axum::body::Bytes) -> Answer {
+    pins_decide(&a, &id, &body, false).await
 }
 
 async fn upstreams(State(a): Shared) -> Answer {

@@ -906,6 +906,13 @@ pub struct RouteConfig {
     /// Composite routes: items per page of a merged list (default 0: the whole list at once).
     #[serde(default)]
     pub page_size: Option<usize>,
+    /// Tool and prompt pinning on this route (docs/pins.md): `off`, `warn` or `enforce`.
+    #[serde(default)]
+    pub pinning: crate::pins::Pinning,
+    /// A tool the route has never seen: `allow` (trusted on first use) or `hold` (until
+    /// approved). Applies with `pinning` on.
+    #[serde(default)]
+    pub new_tools: crate::pins::NewTools,
     /// Composite routes: a *virtual server* — only these tools, as `server:glob` (`*` = any
     /// run of characters), e.g. `["github:create_issue", "jira:*"]`. Default: every tool.
     #[serde(default)]

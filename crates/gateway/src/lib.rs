@@ -17,6 +17,7 @@ mod endpoints;
 mod health;
 pub mod limits;
 pub mod metrics;
+pub mod pins;
 mod redact;
 pub mod resilience;
 pub mod series;
@@ -69,6 +70,8 @@ pub struct Route {
     connect_timeout: Duration,
     rules: Rules,
     health: Option<config::HealthConfig>,
+    /// Tool pinning on this route.
+    pins: pins::Policy,
 }
 
 impl Route {
@@ -115,6 +118,8 @@ pub struct Gateway {
     front: OnceLock<Weak<HttpFront>>,
     /// The audit log, when one is written: refusals at admission go there.
     audit: OnceLock<Arc<Audit>>,
+    /// Tool pinning, when a route has it (for the admin API).
+    pins: OnceLock<Arc<pins::PinHook>>,
 }
 
 /// What the gateway knows about one live session (for the admin API).
@@ -195,6 +200,10 @@ impl Gateway {
                     connect_timeout: r.connect_timeout.0,
                     rules: Rules::new(r.rules.clone(), r.default_effect),
                     health: r.health.clone(),
+                    pins: pins::Policy {
+                        pinning: r.pinning,
+                        new_tools: r.new_tools,
+                    },
                 }),
             );
         }
@@ -258,6 +267,7 @@ impl Gateway {
             sessions: Mutex::new(HashMap::new()),
             front: OnceLock::new(),
             audit: OnceLock::new(),
+            pins: OnceLock::new(),
         }))
     }
 
@@ -598,10 +608,33 @@ pub async fn gateway(
     }
     let mut hooks = before;
     hooks.extend(gw.hooks());
+    let tracker = TaskTracker::new();
+    // Pinning sees what the route admitted, before the recorder, the live view and the audit
+    // log: they get lists as the client gets them.
+    if gw
+        .routes
+        .values()
+        .any(|r| r.pins.pinning != pins::Pinning::Off)
+    {
+        let policies: HashMap<Arc<str>, pins::Policy> = gw
+            .routes
+            .values()
+            .map(|r| (r.key.clone(), r.pins))
+            .collect();
+        let policy = move |key: Option<&str>| {
+            key.and_then(|k| policies.get(k))
+                .copied()
+                .unwrap_or_default()
+        };
+        let hook = pins::PinHook::start(store.clone(), policy, &tracker, shutdown.child_token())
+            .await
+            .map_err(|e| ProxyError::Startup(format!("cannot read the tool pins: {e}")))?;
+        let _ = gw.pins.set(hook.clone());
+        hooks.push(hook);
+    }
     hooks.extend(after);
     // Last: it times what reached the upstream and the client.
     hooks.push(gw.series_hook());
-    let tracker = TaskTracker::new();
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
     let http_checks = http.client().clone();
@@ -626,6 +659,9 @@ pub async fn gateway(
         tracker.clone(),
     )?;
     let _ = gw.front.set(Arc::downgrade(&front));
+    if let Some(p) = gw.pins.get() {
+        p.attach(front.host());
+    }
     for r in gw.routes.values() {
         for m in r.set.members() {
             if let Some(spares) = m.spares() {

@@ -145,11 +145,14 @@ pub async fn forward_http(
     store: Arc<dyn SessionStore>,
     shutdown: CancellationToken,
     ready: impl FnOnce(),
+    built: impl FnOnce(&Arc<HttpFront>),
 ) -> Result<(), ProxyError> {
     let tracker = TaskTracker::new();
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
     let front = HttpFront::new(config, pipeline, http, store, shutdown, tracker.clone())?;
+    // Hooks that reach the sessions themselves (pinning's list_changed) learn the front here.
+    built(&front);
     let result = front.clone().serve(listener, ready).await;
     drain(&tracker, deadline).await;
     front.workers().stop(STOP_WORKERS).await;

@@ -185,6 +185,18 @@ impl SessionStore for FailoverStore {
     async fn ping(&self) -> StoreResult<()> {
         self.primary.ping().await
     }
+    async fn doc_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        route!(self, s => s.doc_put(ns, key, value))
+    }
+    async fn doc_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        route!(self, s => s.doc_get(ns, key))
+    }
+    async fn doc_list(&self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        route!(self, s => s.doc_list(ns))
+    }
+    async fn doc_delete(&self, ns: &str, key: &str) -> StoreResult<bool> {
+        route!(self, s => s.doc_delete(ns, key))
+    }
     fn health(&self) -> StoreHealth {
         let healthy = self.healthy.load(Ordering::Acquire);
         StoreHealth {
@@ -270,6 +282,18 @@ mod tests {
         }
         async fn ping(&self) -> StoreResult<()> {
             self.check()
+        }
+        async fn doc_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+            self.inner.doc_put(ns, key, value).await
+        }
+        async fn doc_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+            self.inner.doc_get(ns, key).await
+        }
+        async fn doc_list(&self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+            self.inner.doc_list(ns).await
+        }
+        async fn doc_delete(&self, ns: &str, key: &str) -> StoreResult<bool> {
+            self.inner.doc_delete(ns, key).await
         }
     }
 

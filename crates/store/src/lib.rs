@@ -252,6 +252,16 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Whether the store is reachable (for readiness checks).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Put a small shared document (a tool pin, …) under `ns`/`key`, replacing any. Documents
+    /// never expire: every replica sharing the store sees them, across restarts.
+    async fn doc_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()>;
+    /// The document under `ns`/`key`.
+    async fn doc_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Every document of `ns`, ordered by key.
+    async fn doc_list(&self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    /// Delete a document; false if there was none.
+    async fn doc_delete(&self, ns: &str, key: &str) -> StoreResult<bool>;
+
     /// Whether the backend is reachable right now and how many outages it has had (for
     /// `/health` and metrics). Plain backends report healthy; [`FailoverStore`] tracks it.
     fn health(&self) -> StoreHealth {

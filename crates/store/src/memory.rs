@@ -54,6 +54,8 @@ struct State {
     upstream: HashMap<String, String>,
     /// session id → its event log.
     events: HashMap<String, SessionLog>,
+    /// (namespace, key) → document.
+    docs: BTreeMap<(String, String), Vec<u8>>,
 }
 
 impl State {
@@ -341,5 +343,39 @@ impl SessionStore for MemoryStore {
 
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
+    }
+
+    async fn doc_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.lock()
+            .docs
+            .insert((ns.to_owned(), key.to_owned()), value.to_vec());
+        Ok(())
+    }
+
+    async fn doc_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .lock()
+            .docs
+            .get(&(ns.to_owned(), key.to_owned()))
+            .cloned())
+    }
+
+    async fn doc_list(&self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let start = (ns.to_owned(), String::new());
+        Ok(self
+            .lock()
+            .docs
+            .range(start..)
+            .take_while(|((n, _), _)| n == ns)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn doc_delete(&self, ns: &str, key: &str) -> StoreResult<bool> {
+        Ok(self
+            .lock()
+            .docs
+            .remove(&(ns.to_owned(), key.to_owned()))
+            .is_some())
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The store operations, as named in metrics.
-pub const OPS: [&str; 17] = [
+pub const OPS: [&str; 21] = [
     "create",
     "get",
     "get_many",
@@ -29,6 +29,10 @@ pub const OPS: [&str; 17] = [
     "ping",
     "append_events",
     "trim_session_bytes",
+    "doc_put",
+    "doc_get",
+    "doc_list",
+    "doc_delete",
 ];
 
 /// Upper bounds (seconds) of the latency histogram's buckets; the last bucket is `+Inf`.
@@ -223,6 +227,18 @@ impl SessionStore for MeteredStore {
     }
     fn op_samples(&self) -> Vec<OpSample> {
         self.samples()
+    }
+    async fn doc_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        timed!(self, 17, self.inner.doc_put(ns, key, value))
+    }
+    async fn doc_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        timed!(self, 18, self.inner.doc_get(ns, key))
+    }
+    async fn doc_list(&self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        timed!(self, 19, self.inner.doc_list(ns))
+    }
+    async fn doc_delete(&self, ns: &str, key: &str) -> StoreResult<bool> {
+        timed!(self, 20, self.inner.doc_delete(ns, key))
     }
 }
 

@@ -171,6 +171,42 @@ async fn sqlite_rejects_unknown_schema_version() {
     }
 }
 
+/// A store written by the previous version (sessions, no documents) is migrated in place:
+/// its sessions stay, documents work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migrates_a_version_1_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v1.db");
+    {
+        let store = SqliteStore::open(&path).expect("create");
+        store
+            .create(&contract::record("old"))
+            .await
+            .expect("create");
+    }
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute_batch("DROP TABLE docs; PRAGMA user_version = 1;")
+        .expect("back to version 1");
+    drop(conn);
+    let read_only = SqliteStore::open_read_only(&path).expect("version 1 can be read");
+    assert!(read_only.get("old").await.expect("get").is_some());
+    assert!(
+        read_only.doc_put("pins", "a", b"x").await.is_err(),
+        "read-only: no writes"
+    );
+    drop(read_only);
+    let store = SqliteStore::open(&path).expect("migrate");
+    assert!(
+        store.get("old").await.expect("get").is_some(),
+        "sessions kept"
+    );
+    store
+        .doc_put("pins", "a", b"x")
+        .await
+        .expect("documents after the migration");
+    assert_eq!(store.doc_list("pins").await.expect("list").len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_uses_wal() {
     let dir = tempfile::tempdir().expect("tempdir");

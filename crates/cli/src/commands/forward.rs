@@ -10,6 +10,7 @@ use shadowcat_proxy::front::conn::ConnLimits;
 use shadowcat_proxy::front::http::{
     HostPolicy, HttpFrontConfig, OriginPolicy, Targets, default_replica_id,
 };
+use shadowcat_proxy::pipeline::Hook;
 use shadowcat_proxy::upstream::composite::{CompositeSpec, Member, names};
 use shadowcat_proxy::upstream::destinations::Destinations;
 use shadowcat_proxy::upstream::{UpstreamOptions, UpstreamSpec};
@@ -351,7 +352,27 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         upstream: describe_targets(&config.targets, config.allow_absolute_uri),
         headers: headers(&a.common)?,
     };
-    let hooks = Hooks::build_limited(&a.hooks, log_traffic, describe, config.conn).await?;
+    let policy = a.pinning.policy(a.new_tools);
+    let mut early: Vec<Arc<dyn Hook>> = Vec::new();
+    let mut pins = None;
+    if policy.pinning != shadowcat_gateway::pins::Pinning::Off {
+        if store.backend() == "memory" {
+            tracing::warn!(
+                "pins are kept in the memory store: they are forgotten at exit (give --store sqlite:PATH to keep them)"
+            );
+        }
+        let hook = shadowcat_gateway::pins::PinHook::start(
+            store.clone(),
+            move |_| policy,
+            &tracker,
+            shutdown.child_token(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the tool pins: {e}"))?;
+        early.push(hook.clone());
+        pins = Some(hook);
+    }
+    let hooks = Hooks::build_limited(&a.hooks, log_traffic, describe, config.conn, early).await?;
     let served = forward_http(
         listener,
         config,
@@ -359,6 +380,11 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         store,
         shutdown.clone(),
         ready,
+        |front| {
+            if let Some(p) = &pins {
+                p.attach(front.host());
+            }
+        },
     )
     .await;
     hooks.finish().await;

@@ -200,6 +200,8 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
                 tools: Vec::new(),
                 failure: None,
                 page_size: None,
+                pinning: Default::default(),
+                new_tools: Default::default(),
                 rules: Vec::new(),
                 default_effect: Default::default(),
                 health: None,
@@ -387,7 +389,7 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
             .unwrap_or_else(shadowcat_proxy::front::http::default_replica_id),
     );
     let audit = a.hooks.audit_config(audit, replica)?;
-    let hooks = Hooks::assemble(&a.hooks, false, describe, admin, audit).await?;
+    let hooks = Hooks::assemble(&a.hooks, false, describe, admin, audit, Vec::new()).await?;
     // The traffic log sees what clients sent; the others what the gateway admitted.
     let mut before: Vec<Arc<dyn Hook>> = Vec::new();
     if log_traffic {

@@ -222,15 +222,17 @@ impl Hooks {
     /// The pipeline of the forward and replay modes (the admin listener, if asked for, serves
     /// paused messages and live traffic).
     pub async fn build(a: &HookArgs, log_traffic: bool, d: Describe<'_>) -> anyhow::Result<Hooks> {
-        Hooks::build_limited(a, log_traffic, d, ConnLimits::default()).await
+        Hooks::build_limited(a, log_traffic, d, ConnLimits::default(), Vec::new()).await
     }
 
-    /// [`Hooks::build`] with the admin listener's connection limits.
+    /// [`Hooks::build`] with the admin listener's connection limits, and `early` hooks of the
+    /// mode's own run first (after the traffic log: pinning).
     pub async fn build_limited(
         a: &HookArgs,
         log_traffic: bool,
         d: Describe<'_>,
         conn: ConnLimits,
+        early: Vec<Arc<dyn Hook>>,
     ) -> anyhow::Result<Hooks> {
         let admin = a.admin.map(|addr| AdminPlan {
             addr: addr.unwrap_or(DEFAULT_ADMIN),
@@ -238,7 +240,7 @@ impl Hooks {
             gateway: None,
             conn,
         });
-        Hooks::assemble(a, log_traffic, d, admin, a.audit_config(None, None)?).await
+        Hooks::assemble(a, log_traffic, d, admin, a.audit_config(None, None)?, early).await
     }
 
     /// The hooks, in order.
@@ -261,6 +263,7 @@ impl Hooks {
         d: Describe<'_>,
         admin: Option<AdminPlan>,
         audit: Option<AuditConfig>,
+        early: Vec<Arc<dyn Hook>>,
     ) -> anyhow::Result<Hooks> {
         let recording_asked = a.record.is_some() || a.record_shadow.is_some();
         if !recording_asked
@@ -291,6 +294,7 @@ impl Hooks {
         if log_traffic {
             hooks.push(Arc::new(TrafficLog));
         }
+        hooks.extend(early);
         let board = Arc::new(PauseBoard::default());
         if let Some(path) = &a.rules {
             let rules = shadowcat_proxy::intercept::load(path)?;

@@ -6,6 +6,7 @@ mod forward;
 pub(crate) mod gateway;
 pub(crate) mod hooks;
 pub(crate) mod intercept;
+pub(crate) mod pins;
 pub(crate) mod replay;
 mod servers;
 mod session;
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Forward(Forward::Http(a)) => forward::http(*a, cli.log.log_traffic).await,
         Command::DemoServer(a) => demo::run(a).await,
         Command::Session(cmd) => session::run(cmd).await,
+        Command::Pins(cmd) => pins::run(cmd).await,
         Command::Tape(cmd) => tape::run(cmd),
         Command::Replay(a) => replay::run(*a, cli.log.log_traffic).await,
         Command::Intercept(cmd) => intercept::run(cmd).await,

@@ -155,9 +155,17 @@ pub async fn run(a: ReplayArgs, log_traffic: bool) -> anyhow::Result<i32> {
                 eprintln!("shadowcat: listening on http://{local}");
             };
             let pipeline = hooks.pipeline.clone();
-            forward_http(listener, config, pipeline, store, shutdown.clone(), ready)
-                .await
-                .map(|_| 0)
+            forward_http(
+                listener,
+                config,
+                pipeline,
+                store,
+                shutdown.clone(),
+                ready,
+                |_| {},
+            )
+            .await
+            .map(|_| 0)
         }
     };
     bar.cancel();

@@ -654,7 +654,7 @@ async fn the_example_guardrail_service_lets_calls_through_and_refuses_others() {
         .unwrap_or_else(|| panic!("{line}"))
         .to_string();
     let example = std::fs::read_to_string(format!(
-        "{}/../../examples/guardrail-rules.toml",
+        "{}/../../examples/rules/guardrails.toml",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()

@@ -20,6 +20,7 @@ mod lifecycle;
 #[cfg(feature = "otel")]
 mod otel;
 mod peers;
+mod pins;
 mod python;
 mod replicas;
 mod resumption;

@@ -539,6 +539,68 @@ function renderPaused(list) {
   $("paused-empty").hidden = list.length > 0;
 }
 
+// --- tool pins ---------------------------------------------------------------------------
+
+/** The definition as pretty JSON lines. */
+function defLines(d) {
+  return d ? JSON.stringify(d.definition, null, 2).split("\n") : [];
+}
+
+/** The approved and the offered definitions side by side, lines only in one marked. */
+function pinDiff(p) {
+  const before = defLines(p.approved);
+  const after = defLines(p.pending);
+  const a = new Set(before);
+  const b = new Set(after);
+  const side = (lines, other, mark) => {
+    const pre = el("pre", "", "pin-def");
+    for (const l of lines) {
+      const line = el("span", (other.has(l) ? "  " : mark + " ") + l + "\n", other.has(l) ? "" : "pin-" + (mark === "-" ? "old" : "new"));
+      pre.appendChild(line);
+    }
+    return pre;
+  };
+  const box = el("div", "", "pin-diff");
+  box.append(side(before.length ? before : ["(none: a new tool)"], b, "-"), side(after, a, "+"));
+  return box;
+}
+
+function pinButton(p, verb) {
+  const b = el("button", verb);
+  b.type = "button";
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    try {
+      await api("/api/pins/" + encodeURIComponent(p.id) + "/" + verb, {
+        method: "POST",
+        body: JSON.stringify({ hash: p.pending ? p.pending.hash : undefined }),
+      });
+      await poll();
+    } catch (e) {
+      setStatus(verb + " " + p.name + ": " + e.message, true);
+      b.disabled = false;
+    }
+  });
+  return b;
+}
+
+function renderPins(r) {
+  $("pins-panel").hidden = !r;
+  if (!r) return;
+  const waiting = r.pins.filter((p) => p.state !== "approved");
+  const body = $("pins").tBodies[0];
+  body.replaceChildren();
+  for (const p of waiting) {
+    const actions = document.createElement("span");
+    actions.append(pinButton(p, "approve"), " ", pinButton(p, "reject"));
+    const tr = row([p.route, p.kind, p.name, p.state, pinDiff(p), actions]);
+    tr.dataset.pin = p.id;
+    body.appendChild(tr);
+  }
+  $("pins-count").textContent = "(" + waiting.length + ")";
+  $("pins-empty").hidden = waiting.length > 0;
+}
+
 // --- polling ----------------------------------------------------------------------------
 
 async function poll() {
@@ -548,6 +610,11 @@ async function poll() {
     jobs.push(api("/api/upstreams").then((r) => renderUpstreams(r.routes)));
     jobs.push(api("/api/metrics").then(renderMetrics));
     jobs.push(api("/api/series").then(renderSeries));
+    // 404 when no route pins tools: the panel stays hidden.
+    jobs.push(api("/api/pins").then(renderPins, (e) => {
+      if (e.status !== 404) throw e;
+      renderPins(null);
+    }));
   }
   if (detail) jobs.push(refreshSession());
   if (features.intercept) jobs.push(api("/intercept/paused").then((r) => renderPaused(r.paused)));

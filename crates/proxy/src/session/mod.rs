@@ -176,6 +176,22 @@ impl Session {
         let _ = self.principal.set(Arc::from(principal));
     }
 
+    /// Send the client a message of the proxy's own (a `list_changed` after an approval), as if
+    /// the server had sent it: it passes the hooks and reaches the client like a server
+    /// notification. Never waits: when the session's queue is full it is dropped (and logged).
+    pub fn notify_client(&self, frame: Frame) {
+        let Some(tx) = self.loopback.upgrade() else {
+            return;
+        };
+        let event = UpstreamEvent::Frame {
+            frame: Box::new(frame),
+            via: Via::Unrelated,
+        };
+        if tx.try_send(event).is_err() {
+            tracing::warn!(session = %self.id, "a notification of the proxy's own was dropped: the session is busy or ending");
+        }
+    }
+
     /// The principal the session is bound to, if any.
     pub fn principal(&self) -> Option<&str> {
         self.principal.get().map(|p| &**p)

@@ -9,6 +9,7 @@
 //! own key prefix or file). Cases panic (assert) on the first violation; the case name is printed
 //! to stderr before it runs.
 
+mod docs;
 mod events;
 mod sessions;
 
@@ -65,6 +66,7 @@ cases!(
     events::trim_by_max_age,
     events::trim_session_by_bytes,
     events::ping_ok,
+    docs::documents_round_trip,
 );
 
 /// A fully populated active record with the given id; tests adjust fields from there.

@@ -200,6 +200,11 @@ impl RedisStore {
         format!("{}events:{session}:{stream}", self.prefix)
     }
 
+    /// The hash of the documents of `ns` (no TTL: documents are kept until deleted).
+    fn docs_key(&self, ns: &str) -> String {
+        format!("{}docs:{ns}", self.prefix)
+    }
+
     /// Runs the create or update script for `rec`.
     async fn write_record(
         &self,
@@ -605,6 +610,44 @@ impl SessionStore for RedisStore {
                 "redis: PING answered `{pong}`"
             )))
         }
+    }
+
+    async fn doc_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let cmd = ::redis::cmd("HSET")
+            .arg(self.docs_key(ns))
+            .arg(key)
+            .arg(value)
+            .to_owned();
+        let _: i64 = bounded(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn doc_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let cmd = ::redis::cmd("HGET")
+            .arg(self.docs_key(ns))
+            .arg(key)
+            .to_owned();
+        bounded(cmd.query_async(&mut conn)).await
+    }
+
+    async fn doc_list(&self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        let cmd = ::redis::cmd("HGETALL").arg(self.docs_key(ns)).to_owned();
+        let mut all: Vec<(String, Vec<u8>)> = bounded(cmd.query_async(&mut conn)).await?;
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    async fn doc_delete(&self, ns: &str, key: &str) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let cmd = ::redis::cmd("HDEL")
+            .arg(self.docs_key(ns))
+            .arg(key)
+            .to_owned();
+        let n: i64 = bounded(cmd.query_async(&mut conn)).await?;
+        Ok(n > 0)
     }
 }
 

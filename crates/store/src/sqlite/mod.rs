@@ -516,4 +516,57 @@ impl SessionStore for SqliteStore {
             .run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_err))
             .await
     }
+
+    async fn doc_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        let (ns, key, value) = (ns.to_owned(), key.to_owned(), value.to_vec());
+        self.writer
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO docs (ns, key, value) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
+                )
+                .and_then(|mut s| s.execute(params![ns, key, value]))
+                .map(|_| ())
+                .map_err(sql_err)
+            })
+            .await
+    }
+
+    async fn doc_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.readers
+            .run(move |conn| {
+                conn.prepare_cached("SELECT value FROM docs WHERE ns = ?1 AND key = ?2")
+                    .and_then(|mut s| s.query_row(params![ns, key], |r| r.get(0)).optional())
+                    .map_err(sql_err)
+            })
+            .await
+    }
+
+    async fn doc_list(&self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let ns = ns.to_owned();
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT key, value FROM docs WHERE ns = ?1 ORDER BY key")
+                    .map_err(sql_err)?;
+                let rows = stmt
+                    .query_map(params![ns], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(sql_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(sql_err)
+            })
+            .await
+    }
+
+    async fn doc_delete(&self, ns: &str, key: &str) -> StoreResult<bool> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.writer
+            .run(move |conn| {
+                conn.prepare_cached("DELETE FROM docs WHERE ns = ?1 AND key = ?2")
+                    .and_then(|mut s| s.execute(params![ns, key]))
+                    .map(|n| n > 0)
+                    .map_err(sql_err)
+            })
+            .await
+    }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The schema version this build writes and understands.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for a lock held by another connection before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +39,16 @@ CREATE TABLE events (
     data    BLOB NOT NULL
 );
 CREATE INDEX events_stream ON events (session, stream, id);
+";
+
+/// Version 2: shared documents (tool pins).
+const SCHEMA_V2: &str = "
+CREATE TABLE docs (
+    ns    TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
 ";
 
 /// The columns of `sessions`, in the order [`record_from_row`] reads them.
@@ -84,7 +94,8 @@ pub(super) fn check_version(conn: &Connection) -> StoreResult<()> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(sql_err)?;
     match version {
-        SCHEMA_VERSION => Ok(()),
+        // Version 1 has the sessions, not the documents (read-only tools look at sessions).
+        1 | SCHEMA_VERSION => Ok(()),
         0 => Err(StoreError::Backend(
             "sqlite: the file is not a Shadowcat session store (no schema)".into(),
         )),
@@ -102,6 +113,12 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     match version {
         0 => {
             tx.execute_batch(SCHEMA_V1).map_err(sql_err)?;
+            tx.execute_batch(SCHEMA_V2).map_err(sql_err)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(sql_err)?;
+        }
+        1 => {
+            tx.execute_batch(SCHEMA_V2).map_err(sql_err)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql_err)?;
         }
