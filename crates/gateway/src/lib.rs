@@ -120,6 +120,8 @@ pub struct Gateway {
     audit: OnceLock<Arc<Audit>>,
     /// Tool pinning, when a route has it (for the admin API).
     pins: OnceLock<Arc<pins::PinHook>>,
+    /// An admin listener is configured: its page reads the series, so requests are timed.
+    admin: bool,
 }
 
 /// What the gateway knows about one live session (for the admin API).
@@ -268,6 +270,7 @@ impl Gateway {
             front: OnceLock::new(),
             audit: OnceLock::new(),
             pins: OnceLock::new(),
+            admin: cfg.admin.as_ref().is_some_and(|a| a.enabled),
         }))
     }
 
@@ -633,8 +636,11 @@ pub async fn gateway(
         hooks.push(hook);
     }
     hooks.extend(after);
-    // Last: it times what reached the upstream and the client.
-    hooks.push(gw.series_hook());
+    // Last: it times what reached the upstream and the client. Only for the admin page: without
+    // an admin listener nobody reads it, and the relay does not pay for it.
+    if gw.admin {
+        hooks.push(gw.series_hook());
+    }
     let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
     let http_checks = http.client().clone();

@@ -504,8 +504,18 @@ fn reason_of(by: &str) -> &str {
     }
 }
 
-/// The error code, and a result's `isError`, of an answer (reads only those fields).
+/// The error code, and a result's `isError`, of an answer (reads only those fields; a result
+/// that does not mention `isError` is not parsed at all).
 fn answer_of(frame: &Frame) -> Answer {
+    if frame.kind() == FrameKind::Response
+        && memchr::memmem::find(frame.raw(), b"\"isError\"").is_none()
+    {
+        return Answer {
+            error_code: None,
+            is_error: None,
+            bytes_out: frame.raw().len(),
+        };
+    }
     #[derive(serde::Deserialize)]
     struct Head {
         #[serde(default)]

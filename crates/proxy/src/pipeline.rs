@@ -220,7 +220,13 @@ impl<T> Awaiting<T> {
         if k.len >= self.total {
             return Err(value);
         }
-        let waiting = k.map.entry(Box::from(ctx.session)).or_default();
+        // The session's map is usually there: its key is allocated only the first time.
+        if !k.map.contains_key(ctx.session) {
+            k.map.insert(Box::from(ctx.session), HashMap::new());
+        }
+        let Some(waiting) = k.map.get_mut(ctx.session) else {
+            return Err(value);
+        };
         if waiting.len() >= self.per_session {
             return Err(value);
         }
@@ -244,11 +250,11 @@ impl<T> Awaiting<T> {
     /// Take what is kept for the request `id` of `ctx` (its answer came).
     pub fn take(&self, ctx: &FrameCtx<'_>, id: &RequestId) -> Option<T> {
         let mut k = crate::sync::lock(&self.inner);
-        let waiting = k.map.get_mut(ctx.session)?;
-        let v = waiting.remove(&(ctx.exchange, id.clone()))?;
-        if waiting.is_empty() {
-            k.map.remove(ctx.session);
-        }
+        // An empty map stays until the session ends (no allocation per request).
+        let v = k
+            .map
+            .get_mut(ctx.session)?
+            .remove(&(ctx.exchange, id.clone()))?;
         k.len -= 1;
         Some(v)
     }

@@ -32,15 +32,17 @@ pub async fn handle(
     checks::content_type(req.headers())?;
     checks::post_accept(req.headers())?;
     let header_version = checks::protocol_version(req.headers())?;
+    // The URL is only for hooks (tapes): not built when there are none.
+    let hooked = !front.pipeline.is_empty();
     if let Some(v) = header_version.filter(|v| v.is_modern()) {
         let (parts, body) = req.into_parts();
-        let url = super::request_url(&parts);
+        let url = hooked.then(|| super::request_url(&parts)).flatten();
         let raw = read_body(body, front.config.max_body).await?;
         return super::modern::handle(front, target, parts.headers, url.as_deref(), raw, v).await;
     }
     let sid = session_header(&req)?.map(str::to_owned);
     let (parts, body) = req.into_parts();
-    let url = super::request_url(&parts);
+    let url = hooked.then(|| super::request_url(&parts)).flatten();
     let url = url.as_deref();
     let raw = read_body(body, front.config.max_body).await?;
     let msg = Message::parse(raw)?;
