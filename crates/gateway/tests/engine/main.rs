@@ -117,6 +117,9 @@ async fn serve(config: &str, store: Arc<dyn SessionStore>, replica: &str) -> Run
     let mut cfg = GatewayConfig::parse("engine.toml", config).unwrap();
     cfg.validate("engine.toml").unwrap();
     cfg.server.replica_id = Some(replica.to_string());
+    // It serves the admin API below (the series is timed only with an admin listener).
+    cfg.admin
+        .get_or_insert_with(shadowcat_gateway::config::AdminConfig::default);
     let gw = Gateway::new(&cfg, "engine.toml").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
