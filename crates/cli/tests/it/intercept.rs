@@ -622,18 +622,7 @@ async fn a_callout_rule_without_a_usable_url_is_refused_at_start() {
         ),
     ] {
         write_rules(&rules, text);
-        let out = Launch::shadowcat(&[
-            "forward",
-            "http",
-            "--listen",
-            "127.0.0.1:0",
-            "--demo",
-            "--rules",
-            rules.to_str().unwrap(),
-        ])
-        .run();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused(&rules).await;
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }

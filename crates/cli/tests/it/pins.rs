@@ -64,24 +64,33 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-#[tokio::test]
-async fn a_changed_tool_is_quarantined_until_approved_from_another_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let (script, desc) = (dir.path().join("shifty.py"), dir.path().join("desc.txt"));
+/// The changing server's files in `dir`, and its description set to `desc`.
+fn shifty(dir: &Path, desc: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (script, file) = (dir.join("shifty.py"), dir.join("desc.txt"));
     write(&script, SERVER);
-    write(&desc, "Add two numbers.");
-    let store = format!("sqlite:{}", dir.path().join("sessions.db").display());
-    let p = Server::forward_http(&[
-        "--store",
-        &store,
-        "--pinning",
-        "enforce",
+    write(&file, desc);
+    (script, file)
+}
+
+/// `forward http` over the changing server, with pins in `store` and these pinning flags.
+async fn proxy(store: &str, flags: &[&str], script: &Path, desc: &Path) -> Server {
+    let mut args = vec!["--store", store];
+    args.extend_from_slice(flags);
+    args.extend([
         "--",
         "python3",
         script.to_str().unwrap(),
         desc.to_str().unwrap(),
-    ])
-    .await;
+    ]);
+    Server::forward_http(&args).await
+}
+
+#[tokio::test]
+async fn a_changed_tool_is_quarantined_until_approved_from_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (script, desc) = shifty(dir.path(), "Add two numbers.");
+    let store = format!("sqlite:{}", dir.path().join("sessions.db").display());
+    let p = proxy(&store, &["--pinning", "enforce"], &script, &desc).await;
 
     // First use: trusted and pinned.
     let mut first = Raw::new(p.url());
@@ -157,22 +166,15 @@ async fn a_changed_tool_is_quarantined_until_approved_from_another_process() {
 #[tokio::test]
 async fn warn_marks_held_tools_and_enforce_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (script, desc) = (dir.path().join("shifty.py"), dir.path().join("desc.txt"));
-    write(&script, SERVER);
-    write(&desc, "v1");
+    let (script, desc) = shifty(dir.path(), "v1");
     let store = format!("sqlite:{}", dir.path().join("sessions.db").display());
-    let p = Server::forward_http(&[
-        "--store",
+    let hold = ["--new-tools", "hold"];
+    let p = proxy(
         &store,
-        "--pinning",
-        "warn",
-        "--new-tools",
-        "hold",
-        "--",
-        "python3",
-        script.to_str().unwrap(),
-        desc.to_str().unwrap(),
-    ])
+        &[&["--pinning", "warn"][..], &hold].concat(),
+        &script,
+        &desc,
+    )
     .await;
     let mut c = Raw::new(p.url());
     c.initialize().await;
@@ -197,18 +199,12 @@ async fn warn_marks_held_tools_and_enforce_refuses_them() {
 
     // The same pins under enforce: held tools are not listed, and no call gets through, not
     // even to a name no list has shown.
-    let p = Server::forward_http(&[
-        "--store",
+    let p = proxy(
         &store,
-        "--pinning",
-        "enforce",
-        "--new-tools",
-        "hold",
-        "--",
-        "python3",
-        script.to_str().unwrap(),
-        desc.to_str().unwrap(),
-    ])
+        &[&["--pinning", "enforce"][..], &hold].concat(),
+        &script,
+        &desc,
+    )
     .await;
     let mut c = Raw::new(p.url());
     c.initialize().await;
@@ -245,9 +241,7 @@ fn pins_commands_need_a_shared_store() {
 #[tokio::test]
 async fn the_gateway_admin_api_approves_on_a_route_with_pinning() {
     let dir = tempfile::tempdir().unwrap();
-    let (script, desc) = (dir.path().join("shifty.py"), dir.path().join("desc.txt"));
-    write(&script, SERVER);
-    write(&desc, "v1");
+    let (script, desc) = shifty(dir.path(), "v1");
     let db = dir.path().join("sessions.db");
     let (_d, cfg) = super::gateway_support::config_file(&format!(
         r#"

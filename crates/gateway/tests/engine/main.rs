@@ -268,19 +268,24 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn a_new_session_fails_over_from_an_unreachable_upstream() {
-    // Port 1 on loopback: nothing listens there.
-    let (fake, url) = Fake::start("b").await;
-    let gw = serve(
-        &route(&["http://127.0.0.1:1/mcp", &url], "").replace(
+/// A gateway whose `/mcp` balances round-robin over port 1 on loopback (nothing listens
+/// there) and `url`.
+async fn behind_a_dead_upstream(url: &str) -> Running {
+    serve(
+        &route(&["http://127.0.0.1:1/mcp", url], "").replace(
             "path = \"/mcp\"\n",
             "path = \"/mcp\"\nbalance = \"round-robin\"\n",
         ),
         Arc::new(MemoryStore::new()),
         "one",
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_new_session_fails_over_from_an_unreachable_upstream() {
+    let (fake, url) = Fake::start("b").await;
+    let gw = behind_a_dead_upstream(&url).await;
     for i in 0..4 {
         let mut c = Client::new(&gw.url);
         let (status, _, body) = c.initialize().await;
@@ -295,15 +300,7 @@ async fn a_new_session_fails_over_from_an_unreachable_upstream() {
 #[tokio::test]
 async fn the_admin_series_counts_calls_errors_and_upstream_states() {
     let (_fake, url) = Fake::start("up").await;
-    let gw = serve(
-        &route(&["http://127.0.0.1:1/mcp", &url], "").replace(
-            "path = \"/mcp\"\n",
-            "path = \"/mcp\"\nbalance = \"round-robin\"\n",
-        ),
-        Arc::new(MemoryStore::new()),
-        "one",
-    )
-    .await;
+    let gw = behind_a_dead_upstream(&url).await;
     let mut c = Client::new(&gw.url);
     assert_eq!(c.initialize().await.0, 200);
     assert_eq!(c.who(1).await, "up");

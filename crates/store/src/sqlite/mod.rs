@@ -39,6 +39,11 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let conn = schema::open_writer(&path)?;
+        SqliteStore::with_writer(path, conn)
+    }
+
+    /// The store over `path` whose writes go through `conn`.
+    fn with_writer(path: PathBuf, conn: rusqlite::Connection) -> StoreResult<SqliteStore> {
         let writer = Writer::spawn(conn)?;
         let readers = Readers::new(path.clone())?;
         Ok(SqliteStore {
@@ -60,13 +65,7 @@ impl SqliteStore {
         }
         let conn = schema::open_reader(&path)?;
         schema::check_version(&conn)?;
-        let writer = Writer::spawn(conn)?;
-        let readers = Readers::new(path.clone())?;
-        Ok(SqliteStore {
-            path,
-            writer,
-            readers,
-        })
+        SqliteStore::with_writer(path, conn)
     }
 
     /// The database file.
