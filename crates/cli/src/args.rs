@@ -225,6 +225,10 @@ pub struct HttpArgs {
     /// `hold`-ed until approved.
     #[arg(long, value_enum, default_value_t = NewToolsArg::Allow)]
     pub new_tools: NewToolsArg,
+    /// With --pinning: reviewed pins (from `shadowcat pins export` or `tape pins`), written into
+    /// --store at start; their definitions are the approved ones.
+    #[arg(long, value_name = "FILE")]
+    pub pins: Option<std::path::PathBuf>,
     /// Address to listen on: `HOST:PORT`, `localhost:8080`, `:8080` or `8080` (the last two on
     /// loopback; `0.0.0.0:8080` listens on every interface).
     #[arg(long, env = "SHADOWCAT_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_addr)]

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod balance;
+mod client;
 pub mod config;
 mod endpoints;
 mod health;

@@ -356,6 +356,80 @@ pub async fn save(store: &dyn SessionStore, pin: &Pin) -> Result<(), String> {
 /// The policy of a route, by its key.
 type PolicyOf = Box<dyn Fn(Option<&str>) -> Policy + Send + Sync>;
 
+/// Most pages of one list read by [`fetch`].
+const MAX_PAGES: usize = 1_000;
+
+/// Every tool (and prompt, when the server has them) a server lists now, as pinned
+/// definitions: `(kind, name, definition)`. Every page is read.
+pub async fn fetch(
+    spec: &shadowcat_proxy::upstream::UpstreamSpec,
+    ctx: shadowcat_proxy::upstream::UpstreamCtx,
+) -> Result<Vec<(Kind, String, Def)>, String> {
+    let (mut c, init) =
+        crate::client::McpClient::open(spec, ctx, "shadowcat-pins-check", "pins check").await?;
+    let mut kinds = vec![Kind::Tool];
+    if init["capabilities"].get("prompts").is_some() {
+        kinds.push(Kind::Prompt);
+    }
+    let mut out = Vec::new();
+    let result = async {
+        for kind in kinds {
+            let method = format!("{}/list", kind.list_key());
+            let mut cursor: Option<String> = None;
+            for page in 0.. {
+                if page == MAX_PAGES {
+                    return Err(format!("{method}: more than {MAX_PAGES} pages"));
+                }
+                let params = match &cursor {
+                    Some(c) => json!({ "cursor": c }),
+                    None => json!({}),
+                };
+                let answer = c.request(&method, params).await?;
+                let result =
+                    crate::client::result_of(&answer).map_err(|e| format!("{method}: {e}"))?;
+                for item in result[kind.list_key()].as_array().into_iter().flatten() {
+                    if let Some(name) = item.get("name").and_then(Value::as_str) {
+                        out.push((kind, name.to_string(), Def::of(kind, item)));
+                    }
+                }
+                cursor = result
+                    .get("nextCursor")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                if cursor.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    c.shutdown().await;
+    result.map(|()| out)
+}
+
+/// What a server offers against reviewed pins of `route`: a pin (with the offered definition
+/// pending) for every tool or prompt that is new or not the approved one, ordered by name.
+/// Approved pins the server no longer offers are not drift (a tool taken away is no danger).
+pub fn drift(reviewed: &[Pin], route: &str, seen: Vec<(Kind, String, Def)>) -> Vec<Pin> {
+    let by_id: HashMap<&str, &Pin> = reviewed
+        .iter()
+        .filter(|p| p.route == route)
+        .map(|p| (p.id.as_str(), p))
+        .collect();
+    let mut out: Vec<Pin> = seen
+        .into_iter()
+        .filter_map(|(kind, name, def)| {
+            let known = by_id.get(Pin::id_of(route, kind, &name).as_str()).copied();
+            // A reviewed file is the truth: nothing new is trusted on first use.
+            let (pin, seen) = Pin::observe(known, route, kind, &name, def, NewTools::Hold);
+            (seen != Seen::Approved).then_some(pin)
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.name, a.kind as u8).cmp(&(&b.name, b.kind as u8)));
+    out
+}
+
 /// The pipeline hook (see the module docs).
 pub struct PinHook {
     store: Arc<dyn SessionStore>,

@@ -60,15 +60,7 @@ fn options(c: &Common) -> anyhow::Result<UpstreamOptions> {
 }
 
 fn headers(c: &Common) -> anyhow::Result<Vec<(String, String)>> {
-    c.headers
-        .iter()
-        .map(|h| match h.split_once(':') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                Ok((k.trim().to_string(), v.trim().to_string()))
-            }
-            _ => bail!("--header `{h}` must look like `Name: value`"),
-        })
-        .collect()
+    servers::headers(&c.headers)
 }
 
 fn demo_spec() -> anyhow::Result<UpstreamSpec> {
@@ -355,6 +347,13 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
     let policy = a.pinning.policy(a.new_tools);
     let mut early: Vec<Arc<dyn Hook>> = Vec::new();
     let mut pins = None;
+    if let Some(file) = &a.pins {
+        if policy.pinning == shadowcat_gateway::pins::Pinning::Off {
+            bail!("--pins needs --pinning warn or --pinning enforce");
+        }
+        let n = super::pins::seed(&*store, file).await?;
+        tracing::info!(pins = n, file = %file.display(), "reviewed tool pins loaded");
+    }
     if policy.pinning != shadowcat_gateway::pins::Pinning::Off {
         if store.backend() == "memory" {
             tracing::warn!(

@@ -34,6 +34,10 @@ pub struct GatewayArgs {
     /// Configuration file (TOML): routes, upstream sets, auth, limits. See examples/gateway.toml.
     #[arg(long, short = 'c', env = "SHADOWCAT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Reviewed tool pins (from `shadowcat pins export` or `tape pins`), written into the store
+    /// at start: their definitions are the approved ones on routes with `pinning`.
+    #[arg(long, value_name = "FILE")]
+    pub pins: Option<PathBuf>,
     /// Address to listen on (overrides `server.listen`; default 127.0.0.1:8080).
     #[arg(long, env = "SHADOWCAT_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -329,6 +333,17 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
     }
     // Operation counts and latencies for /metrics.
     let store: Arc<dyn SessionStore> = MeteredStore::new(store);
+    if let Some(file) = &a.pins {
+        if !cfg
+            .routes
+            .iter()
+            .any(|r| r.pinning != shadowcat_gateway::pins::Pinning::Off)
+        {
+            bail!("--pins: no route has `pinning = \"warn\"` or `\"enforce\"`");
+        }
+        let n = super::pins::seed(&*store, file).await?;
+        tracing::info!(pins = n, file = %file.display(), "reviewed tool pins loaded");
+    }
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("cannot listen on {}", s.listen))?;

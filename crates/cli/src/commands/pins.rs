@@ -6,6 +6,7 @@ use crate::args::StoreArgs;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use shadowcat_gateway::pins::{self, Pin};
+use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use shadowcat_store::SessionStore;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,28 @@ pub enum PinsCmd {
         /// Where (default: stdout).
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// Compare what a server offers now with reviewed pins (a file from `export` or `tape
+    /// pins`): exit 1, with what changed, when a tool or prompt is new or not the reviewed one.
+    /// For CI: `shadowcat pins check pins.json -- npx my-server` or `--url URL`.
+    Check {
+        /// The reviewed pins.
+        file: PathBuf,
+        /// The route of the pins to compare with.
+        #[arg(long, default_value = "/mcp")]
+        route: String,
+        /// A Streamable HTTP server (instead of `-- CMD`).
+        #[arg(long, conflicts_with = "command")]
+        url: Option<String>,
+        /// Header sent to the server, `Name: value` (repeatable; with --url).
+        #[arg(long = "header", value_name = "NAME: VALUE", requires = "url")]
+        headers: Vec<String>,
+        /// The server's command line.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+        /// Print JSON (the drifted pins) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Read pins written by `export` into the store (replacing those with the same id).
     Import {
@@ -180,21 +203,7 @@ pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         PinsCmd::Import { store, file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let list: Vec<Pin> = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a pins export", file.display()))?;
-            for p in &list {
-                let want = Pin::id_of(&p.route, p.kind, &p.name);
-                if p.id != want {
-                    bail!(
-                        "{}: pin `{}` has id {} but its route, kind and name give {want}",
-                        file.display(),
-                        p.name,
-                        p.id
-                    );
-                }
-            }
+            let list = read_file(&file)?;
             let store = open(&store).await?;
             for p in &list {
                 pins::save(&*store, p).await.map_err(anyhow::Error::msg)?;
@@ -202,7 +211,161 @@ pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
             println!("imported {} pins", list.len());
             Ok(0)
         }
+        PinsCmd::Check {
+            file,
+            route,
+            url,
+            headers,
+            command,
+            json,
+        } => {
+            let reviewed = read_file(&file)?;
+            let spec = match (url, command.split_first()) {
+                (Some(u), _) => UpstreamSpec::http(u, super::servers::headers(&headers)?),
+                (None, Some((cmd, args))) => UpstreamSpec::stdio(cmd.clone(), args.to_vec()),
+                (None, None) => bail!("give the server: `-- CMD [ARGS…]` or --url URL"),
+            };
+            let ctx = UpstreamCtx {
+                session: Arc::from("pins-check"),
+                cancel: tokio_util::sync::CancellationToken::new(),
+                tracker: tokio_util::task::TaskTracker::new(),
+                http: HttpClient::new(shadowcat_proxy::forward::CONNECT_TIMEOUT)?,
+                options: UpstreamOptions::default(),
+                guard: None,
+            };
+            let seen = tokio::time::timeout(CHECK_TIMEOUT, pins::fetch(&spec, ctx))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "the server did not list its tools within {} s",
+                        CHECK_TIMEOUT.as_secs()
+                    )
+                })?
+                .map_err(anyhow::Error::msg)?;
+            let n = seen.len();
+            let drifted = pins::drift(&reviewed, &route, seen);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&drifted)?);
+            } else if drifted.is_empty() {
+                println!("{n} tools and prompts match the reviewed pins of {route}");
+            } else {
+                for p in &drifted {
+                    let what = if p.approved.is_none() {
+                        "new"
+                    } else {
+                        "changed"
+                    };
+                    println!(
+                        "{what}: {} ({})",
+                        p.name,
+                        serde_json::to_value(p.kind)?.as_str().unwrap_or("")
+                    );
+                    print!("{}", describe(p));
+                }
+                println!("{} of {n} drifted from {}", drifted.len(), file.display());
+            }
+            Ok(i32::from(!drifted.is_empty()))
+        }
     }
+}
+
+/// How long `pins check` waits for the server.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Pins from a file `export` (or `tape pins`) wrote, each checked against its id.
+pub fn read_file(file: &std::path::Path) -> anyhow::Result<Vec<Pin>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let list: Vec<Pin> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a pins export", file.display()))?;
+    for p in &list {
+        let want = Pin::id_of(&p.route, p.kind, &p.name);
+        if p.id != want {
+            bail!(
+                "{}: pin `{}` has id {} but its route, kind and name give {want}",
+                file.display(),
+                p.name,
+                p.id
+            );
+        }
+    }
+    Ok(list)
+}
+
+/// Write the pins of `file` into `store` (`--pins FILE` at start): their definitions are the
+/// approved ones.
+pub async fn seed(store: &dyn SessionStore, file: &std::path::Path) -> anyhow::Result<usize> {
+    let list = read_file(file)?;
+    for p in &list {
+        pins::save(store, p).await.map_err(anyhow::Error::msg)?;
+    }
+    Ok(list.len())
+}
+
+/// The definitions a tape's `tools/list` and `prompts/list` answers carried, as pins of
+/// `route` (the first definition of each name; a later different one is reported).
+pub fn from_tape(tape: &std::path::Path, route: &str) -> anyhow::Result<String> {
+    use shadowcat_proto::FrameKind;
+    use std::collections::{BTreeMap, HashMap};
+    let t =
+        shadowcat_tape::Tape::open(tape).map_err(|e| anyhow::anyhow!("{}: {e}", tape.display()))?;
+    // (session, id) → which list was asked for.
+    let mut asked: HashMap<(String, String), pins::Kind> = HashMap::new();
+    let mut out: BTreeMap<String, Pin> = BTreeMap::new();
+    for f in &t.frames {
+        let key = |id: &shadowcat_proto::RequestId| (f.record.session.clone(), id.to_string());
+        match (f.record.dir, f.frame.kind(), f.frame.id()) {
+            (shadowcat_tape::Dir::ClientToServer, FrameKind::Request, Some(id)) => {
+                let kind = match f.frame.method() {
+                    Some("tools/list") => pins::Kind::Tool,
+                    Some("prompts/list") => pins::Kind::Prompt,
+                    _ => continue,
+                };
+                asked.insert(key(id), kind);
+            }
+            (shadowcat_tape::Dir::ServerToClient, FrameKind::Response, Some(id)) => {
+                let Some(kind) = asked.remove(&key(id)) else {
+                    continue;
+                };
+                let list_key = match kind {
+                    pins::Kind::Tool => "tools",
+                    pins::Kind::Prompt => "prompts",
+                };
+                let v = f.json();
+                for item in v["result"][list_key].as_array().into_iter().flatten() {
+                    let Some(name) = item.get("name").and_then(serde_json::Value::as_str) else {
+                        continue;
+                    };
+                    if item.to_string().contains(shadowcat_tape::redact::REDACTED) {
+                        eprintln!(
+                            "shadowcat: `{name}` left out: the tape redacted part of its definition (line {})",
+                            f.line
+                        );
+                        continue;
+                    }
+                    let def = pins::Def::of(kind, item);
+                    let id = Pin::id_of(route, kind, name);
+                    match out.get(&id) {
+                        Some(p) if p.approved.as_ref().is_some_and(|a| a.hash != def.hash) => {
+                            eprintln!(
+                                "shadowcat: `{name}` changed during the tape (line {}); the first definition is kept",
+                                f.line
+                            );
+                        }
+                        Some(_) => {}
+                        None => {
+                            let (pin, _) =
+                                Pin::observe(None, route, kind, name, def, pins::NewTools::Allow);
+                            out.insert(id, pin);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let list: Vec<&Pin> = out.values().collect();
+    Ok(serde_json::to_string_pretty(&list)? + "\n")
 }
 
 /// The approved definition, and a line diff to the waiting one.

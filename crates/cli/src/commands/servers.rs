@@ -29,6 +29,18 @@ pub struct ServerFlag {
 
 /// A URL's transport: its prefix (`sse+`, `auto+`, `streamable+`) or else `default`, and the
 /// URL without the prefix. `None` when it is not an http(s) URL.
+/// `--header Name: value` flags as pairs.
+pub fn headers(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    list.iter()
+        .map(|h| match h.split_once(':') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => anyhow::bail!("--header `{h}` must look like `Name: value`"),
+        })
+        .collect()
+}
+
 pub fn url_transport(raw: &str, default: UpstreamTransport) -> Option<(UpstreamTransport, &str)> {
     let prefixes = [
         ("sse+", UpstreamTransport::Sse),

@@ -73,6 +73,18 @@ pub enum TapeCmd {
         #[arg(long = "ignore", value_name = "POINTER")]
         ignore: Vec<String>,
     },
+    /// The tool and prompt definitions a tape saw, as pins (the format of `shadowcat pins
+    /// export`): a reviewed baseline for `--pins FILE` and `pins check`.
+    Pins {
+        /// The tape.
+        tape: PathBuf,
+        /// The route the pins are for.
+        #[arg(long, default_value = "/mcp")]
+        route: String,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Check a tape and report every problem with its line number. Exit code 1 on errors
     /// (or on warnings too with --strict).
     Validate {
@@ -165,6 +177,19 @@ pub fn run(cmd: TapeCmd) -> anyhow::Result<i32> {
                 println!("{} difference(s)", changes.len());
                 Ok(1)
             }
+        }
+        TapeCmd::Pins {
+            tape,
+            route,
+            output,
+        } => {
+            let text = super::pins::from_tape(&tape, &route)?;
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(0)
         }
         TapeCmd::Validate { tape, strict } => {
             let file = std::fs::File::open(&tape)

@@ -5,29 +5,17 @@
 //! answers MCP fails it. A 2026-07-28-only server has no `ping`; it is asked `server/discover`.
 //! Stdio upstreams get a child of their own for the checks.
 
+use crate::client::McpClient;
 use serde_json::{Value, json};
-use shadowcat_proto::error::{METHOD_NOT_FOUND, error_frame};
-use shadowcat_proto::{Frame, FrameKind, RequestId};
-use shadowcat_proxy::upstream::{self, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec};
+use shadowcat_proto::{Frame, FrameKind};
+use shadowcat_proxy::upstream::{UpstreamCtx, UpstreamSpec};
 use std::time::Duration;
-use tokio::sync::mpsc;
-
-/// The protocol version the checker asks for (the server may answer with an older one).
-const CHECK_VERSION: &str = "2025-11-25";
 
 /// The checker of one upstream.
 pub(super) struct Pinger {
     spec: UpstreamSpec,
     ctx: UpstreamCtx,
-    live: Option<Live>,
-    next_id: i64,
-}
-
-/// The checker's session with the upstream.
-struct Live {
-    upstream: Upstream,
-    events: mpsc::Receiver<UpstreamEvent>,
-    ctx: UpstreamCtx,
+    live: Option<McpClient>,
 }
 
 impl Pinger {
@@ -38,7 +26,6 @@ impl Pinger {
             spec,
             ctx,
             live: None,
-            next_id: 0,
         }
     }
 
@@ -71,120 +58,35 @@ impl Pinger {
     }
 
     async fn round(&mut self) -> Result<(), String> {
-        if self.live.is_none() {
-            let live = self.open().await?;
-            self.live = Some(live);
-        }
-        let id = self.id();
-        let live = self.live.as_mut().expect("opened above");
-        let method = if live.upstream.is_stateless() {
+        let live = match &mut self.live {
+            Some(l) => l,
+            None => {
+                let mut ctx = self.ctx.clone();
+                ctx.cancel = self.ctx.cancel.child_token();
+                let (c, _) = McpClient::open(
+                    &self.spec,
+                    ctx,
+                    "shadowcat-health-check",
+                    "MCP health check",
+                )
+                .await?;
+                self.live.insert(c)
+            }
+        };
+        let method = if live.is_stateless() {
             "server/discover"
         } else {
             "ping"
         };
-        live.request(id, method, json!({})).await.map(|_| ())
+        let answer = live.request(method, json!({})).await?;
+        outcome(method, &answer).map(|_| ())
     }
 
-    async fn open(&mut self) -> Result<Live, String> {
-        let mut ctx = self.ctx.clone();
-        ctx.cancel = self.ctx.cancel.child_token();
-        let opened = upstream::open(&self.spec, ctx.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut live = Live {
-            upstream: opened.upstream,
-            events: opened.events,
-            ctx,
-        };
-        let params = json!({
-            "protocolVersion": CHECK_VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "shadowcat-health-check", "version": env!("CARGO_PKG_VERSION")},
-        });
-        let id = self.id();
-        let result = match live.request(id, "initialize", params).await {
-            Ok(r) => r,
-            Err(e) => {
-                live.close();
-                return Err(e);
-            }
-        };
-        if let Some(v) = result.get("protocolVersion").and_then(Value::as_str) {
-            live.upstream.set_protocol_version(v);
-        }
-        let initialized = frame(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        if let Err(e) = live.upstream.send(initialized).await {
-            live.close();
-            return Err(format!("MCP health check: {e}"));
-        }
-        Ok(live)
-    }
-
-    fn id(&mut self) -> RequestId {
-        self.next_id += 1;
-        RequestId::Number(self.next_id)
-    }
-
-    /// End the kept session (in the background: a child gets its grace periods).
+    /// End the kept session.
     fn close(&mut self) {
         if let Some(live) = self.live.take() {
             live.close();
         }
-    }
-}
-
-impl Live {
-    /// Send a request and wait for its answer: the result, or why there is none.
-    async fn request(
-        &mut self,
-        id: RequestId,
-        method: &str,
-        params: Value,
-    ) -> Result<Value, String> {
-        let req = frame(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        self.upstream
-            .send(req)
-            .await
-            .map_err(|e| format!("MCP health check: {method}: {e}"))?;
-        loop {
-            let frame = match self.events.recv().await {
-                Some(UpstreamEvent::Frame { frame, .. }) => *frame,
-                Some(UpstreamEvent::Closed { reason, .. }) => {
-                    return Err(format!("MCP health check: {method}: {reason}"));
-                }
-                None => return Err(format!("MCP health check: {method}: the upstream is gone")),
-            };
-            match frame.kind() {
-                FrameKind::Request => self.answer(&frame).await,
-                FrameKind::Response | FrameKind::Error if frame.id() == Some(&id) => {
-                    return outcome(method, &frame);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// The server asked something: `ping` is answered, anything else refused (the checker
-    /// declares no capabilities).
-    async fn answer(&self, request: &Frame) {
-        let reply = if request.method() == Some("ping") {
-            frame(json!({"jsonrpc": "2.0", "id": request.id(), "result": {}}))
-        } else {
-            error_frame(
-                request.id(),
-                METHOD_NOT_FOUND,
-                "the gateway's health checker does not serve requests",
-            )
-        };
-        let _ = self.upstream.send(reply).await;
-    }
-
-    fn close(self) {
-        let tracker = self.ctx.tracker.clone();
-        tracker.spawn(async move {
-            self.upstream.shutdown().await;
-            self.ctx.cancel.cancel();
-        });
     }
 }
 
@@ -203,13 +105,12 @@ fn outcome(method: &str, frame: &Frame) -> Result<Value, String> {
     Ok(Value::Null)
 }
 
-fn frame(v: Value) -> Frame {
-    Frame::parse_single(v.to_string().into()).expect("a JSON-RPC message we built")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::frame;
+    use shadowcat_proto::RequestId;
+    use shadowcat_proto::error::error_frame;
 
     #[test]
     fn answers_decide_health() {
