@@ -255,6 +255,7 @@ async fn pins_decide(a: &Admin, id: &str, body: &[u8], approve: bool) -> Answer 
     crate::pins::save(&*store, &pin)
         .await
         .map_err(unavailable)?;
+    hook.decided(&pin, if approve { "approve" } else { "reject" });
     tracing::info!(pin = %pin.id, name = %pin.name, route = %pin.route, approved = approve, "tool pin decided through the admin API");
     // Now here; the other replicas within their refresh.
     hook.refresh().await;

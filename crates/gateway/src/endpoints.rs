@@ -270,6 +270,9 @@ impl Gateway {
     pub(crate) fn metrics_page(&self, front: &HttpFront) -> Response {
         let mut text = self.metrics.render(&self.snapshot(front));
         self.limits.render_metrics(&mut text);
+        if let Some(p) = self.pins.get() {
+            p.render_metrics(&mut text);
+        }
         let mut r = Response::new(Body::from(text));
         r.headers_mut().insert(
             header::CONTENT_TYPE,

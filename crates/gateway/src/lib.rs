@@ -633,6 +633,9 @@ pub async fn gateway(
         let hook = pins::PinHook::start(store.clone(), policy, &tracker, shutdown.child_token())
             .await
             .map_err(|e| ProxyError::Startup(format!("cannot read the tool pins: {e}")))?;
+        if let Some(a) = gw.audit.get() {
+            hook.audit_to(a.clone());
+        }
         let _ = gw.pins.set(hook.clone());
         hooks.push(hook);
     }

@@ -442,6 +442,17 @@ pub struct PinHook {
     host: OnceLock<Weak<Host>>,
     /// Itself, for deferred writes.
     me: Weak<PinHook>,
+    /// Where drift and decisions are written, when there is an audit log.
+    audit: OnceLock<Arc<shadowcat_proxy::audit::Audit>>,
+    /// Counts for `/metrics`: definitions found not approved (route, `new`|`changed`), and
+    /// calls refused (route).
+    counts: std::sync::Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    drift: std::collections::BTreeMap<(String, &'static str), u64>,
+    refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// The route label pins are kept under.
@@ -469,6 +480,8 @@ impl PinHook {
             lists: Awaiting::new(1_000, 100_000),
             host: OnceLock::new(),
             me: me.clone(),
+            audit: OnceLock::new(),
+            counts: std::sync::Mutex::default(),
         });
         let weak = Arc::downgrade(&hook);
         tracker.spawn(async move {
@@ -484,6 +497,72 @@ impl PinHook {
             }
         });
         Ok(hook)
+    }
+
+    /// Write drift and decisions to this audit log too.
+    pub fn audit_to(&self, audit: Arc<shadowcat_proxy::audit::Audit>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// A decision made through this replica's admin API, for the audit log.
+    pub fn decided(&self, pin: &Pin, decision: &str) {
+        if let Some(a) = self.audit.get() {
+            a.event(
+                "pin_decided",
+                json!({"route": pin.route, "kind": pin.kind, "name": pin.name,
+                       "decision": decision, "state": pin.state(),
+                       "hash": pin.approved.as_ref().map(|d| &d.hash)}),
+            );
+        }
+    }
+
+    /// The pins' families for `/metrics`: pins by route and state, definitions found not
+    /// approved, calls refused. Labels are route paths and fixed words, never tool names.
+    pub fn render_metrics(&self, o: &mut String) {
+        use std::fmt::Write;
+        let mut states: std::collections::BTreeMap<(String, &'static str), u64> =
+            std::collections::BTreeMap::new();
+        for p in shadowcat_proxy::sync::read(&self.pins).values() {
+            *states.entry((p.route.clone(), p.state())).or_default() += 1;
+        }
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_pins Pinned tools and prompts by state."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_pins gauge");
+        for ((route, state), n) in &states {
+            let _ = writeln!(
+                o,
+                "shadowcat_pins{{route=\"{}\",state=\"{state}\"}} {n}",
+                esc(route)
+            );
+        }
+        let c = shadowcat_proxy::sync::lock(&self.counts);
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_pin_drift_total Definitions a server offered that were not approved (new or changed), counted when first seen by this replica."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_pin_drift_total counter");
+        for ((route, seen), n) in &c.drift {
+            let _ = writeln!(
+                o,
+                "shadowcat_pin_drift_total{{route=\"{}\",seen=\"{seen}\"}} {n}",
+                esc(route)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP shadowcat_pin_refused_total Calls refused because the tool or prompt awaits approval."
+        );
+        let _ = writeln!(o, "# TYPE shadowcat_pin_refused_total counter");
+        for (route, n) in &c.refused {
+            let _ = writeln!(
+                o,
+                "shadowcat_pin_refused_total{{route=\"{}\"}} {n}",
+                esc(route)
+            );
+        }
     }
 
     /// The store the pins are kept in.
@@ -555,7 +634,11 @@ impl PinHook {
         }
     }
 
-    fn refuse(&self, frame: &Frame, kind: Kind, name: &str, why: &str) -> Verdict {
+    fn refuse(&self, route: &str, frame: &Frame, kind: Kind, name: &str, why: &str) -> Verdict {
+        *shadowcat_proxy::sync::lock(&self.counts)
+            .refused
+            .entry(route.to_string())
+            .or_default() += 1;
         let what = match kind {
             Kind::Tool => "tool",
             Kind::Prompt => "prompt",
@@ -660,12 +743,28 @@ impl PinHook {
                 return;
             }
         };
-        let (pin, _) = Pin::observe(stored.as_ref(), route, kind, name, def, new_tools);
-        if stored.as_ref() != Some(&pin)
-            && let Err(e) = save(&*self.store, &pin).await
-        {
+        let (pin, seen) = Pin::observe(stored.as_ref(), route, kind, name, def, new_tools);
+        if stored.as_ref() == Some(&pin) {
+            shadowcat_proxy::sync::write(&self.pins).insert(id, pin);
+            return;
+        }
+        if let Err(e) = save(&*self.store, &pin).await {
             tracing::error!(name, error = %e, "cannot record a pin; it is judged again when next listed");
             return;
+        }
+        if seen != Seen::Approved {
+            let label = if seen == Seen::New { "new" } else { "changed" };
+            *shadowcat_proxy::sync::lock(&self.counts)
+                .drift
+                .entry((route.to_string(), label))
+                .or_default() += 1;
+            if let Some(a) = self.audit.get() {
+                a.event(
+                    "pin_pending",
+                    json!({"route": route, "kind": kind, "name": name, "seen": label,
+                           "hash": pin.pending.as_ref().map(|d| &d.hash)}),
+                );
+            }
         }
         shadowcat_proxy::sync::write(&self.pins).insert(id, pin);
     }
@@ -706,12 +805,14 @@ impl Hook for PinHook {
                 let route = route_label(ctx.route);
                 let pins = shadowcat_proxy::sync::read(&self.pins);
                 match pins.get(&Pin::id_of(&route, kind, name)) {
-                    Some(p) if p.approved.is_none() => self.refuse(frame, kind, name, "is new"),
+                    Some(p) if p.approved.is_none() => {
+                        self.refuse(&route, frame, kind, name, "is new")
+                    }
                     Some(p) if p.quarantined() => {
-                        self.refuse(frame, kind, name, "changed since it was approved")
+                        self.refuse(&route, frame, kind, name, "changed since it was approved")
                     }
                     None if policy.new_tools == NewTools::Hold => {
-                        self.refuse(frame, kind, name, "has not been reviewed")
+                        self.refuse(&route, frame, kind, name, "has not been reviewed")
                     }
                     _ => Verdict::Forward,
                 }

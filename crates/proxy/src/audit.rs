@@ -252,6 +252,29 @@ impl Audit {
         self.write(&line);
     }
 
+    /// Write a line about something other than a request (a tool pin's drift or approval):
+    /// `{"time", "replica", "event": EVENT, …fields}`.
+    pub fn event(&self, event: &str, fields: serde_json::Value) {
+        let mut line = serde_json::json!({
+            "time": now_rfc3339(),
+            "event": event,
+        });
+        if let Some(r) = &self.replica {
+            line["replica"] = serde_json::json!(r);
+        }
+        if let (Some(o), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
+            for (k, v) in f {
+                o.entry(k).or_insert(v);
+            }
+        }
+        let Ok(mut bytes) = serde_json::to_vec(&line) else {
+            return;
+        };
+        bytes.push(b'\n');
+        let r = crate::sync::lock(&self.out).write_line(&bytes);
+        self.failed(r);
+    }
+
     /// The fields every line has, the rest empty.
     fn line(&self) -> Line<'_> {
         Line {

@@ -372,6 +372,9 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         pins = Some(hook);
     }
     let hooks = Hooks::build_limited(&a.hooks, log_traffic, describe, config.conn, early).await?;
+    if let (Some(p), Some(audit)) = (&pins, hooks.audit()) {
+        p.audit_to(audit);
+    }
     let served = forward_http(
         listener,
         config,

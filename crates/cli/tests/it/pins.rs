@@ -243,11 +243,14 @@ async fn the_gateway_admin_api_approves_on_a_route_with_pinning() {
     let dir = tempfile::tempdir().unwrap();
     let (script, desc) = shifty(dir.path(), "v1");
     let db = dir.path().join("sessions.db");
+    let log = dir.path().join("audit.jsonl");
     let (_d, cfg) = super::gateway_support::config_file(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 store = "sqlite:{db}"
+[audit]
+path = "{log}"
 [[routes]]
 path = "/mcp"
 pinning = "enforce"
@@ -256,6 +259,7 @@ command = "python3"
 args = ["{script}", "{desc}"]
 "#,
         db = db.display(),
+        log = log.display(),
         script = script.display(),
         desc = desc.display()
     ));
@@ -267,6 +271,16 @@ args = ["{script}", "{desc}"]
     let mut d = Raw::new(gw.server.url());
     d.initialize().await;
     assert_eq!(tools(&d, 1).await, ["echo"]);
+    assert_eq!(call(&d, 9, "add").await["error"]["code"], -32003);
+    // Counted in /metrics (by route and state; never by tool name).
+    let (_, _, metrics) = super::gateway_support::get(&gw.server.base, "/metrics").await;
+    for line in [
+        "shadowcat_pins{route=\"/mcp\",state=\"pending\"} 1",
+        "shadowcat_pin_drift_total{route=\"/mcp\",seen=\"changed\"} 1",
+        "shadowcat_pin_refused_total{route=\"/mcp\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     let (status, list) = super::admin::call("GET", &format!("{}/api/pins", gw.admin), None).await;
     assert_eq!(status, 200, "{list}");
@@ -305,6 +319,29 @@ args = ["{script}", "{desc}"]
         "called add"
     );
     gw.server.terminate().await;
+    // The audit log has the drift, the refusal and the decision.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let event = |e: &str| lines.iter().find(|l| l["event"] == e).cloned();
+    let pending = event("pin_pending").expect("a pin_pending line");
+    assert_eq!(
+        (&pending["name"], &pending["seen"]),
+        (&json!("add"), &json!("changed"))
+    );
+    let decided = event("pin_decided").expect("a pin_decided line");
+    assert_eq!(
+        (&decided["decision"], &decided["hash"]),
+        (&json!("approve"), &json!(hash))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["tool"] == "add" && l["outcome"] == "refused" && l["reason"] == "pinning"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
