@@ -117,6 +117,7 @@ struct Pending {
     target: Option<Box<str>>,
     principal: Option<Box<str>>,
     route: Option<Box<str>>,
+    member: Option<Box<str>>,
     bytes_in: usize,
     arguments: Option<Box<RawValue>>,
     arguments_hash: Option<String>,
@@ -140,6 +141,8 @@ struct Line<'a> {
     replica: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -281,6 +284,7 @@ impl Audit {
             time: String::new(),
             replica: self.replica.as_deref(),
             route: None,
+            member: None,
             session: None,
             principal: None,
             client_ip: None,
@@ -347,6 +351,7 @@ impl Audit {
             route: ctx
                 .route
                 .map(|k| Box::from(crate::front::http::route_path(k))),
+            member: ctx.member.map(Box::from),
             bytes_in: frame.raw().len(),
             arguments,
             arguments_hash,
@@ -400,6 +405,7 @@ impl Audit {
         let line = Line {
             time: format_ms(p.time),
             route: p.route.as_deref(),
+            member: p.member.as_deref(),
             session: (session != "-").then_some(session),
             principal: p.principal.as_deref(),
             method: Some(&p.method),

@@ -123,6 +123,9 @@ pub struct FrameCtx<'a> {
     /// `NAME` for `/servers/NAME/mcp` (see [`crate::front::http::route_path`]); `None` where
     /// there is no route (the stdio front).
     pub route: Option<&'a str>,
+    /// On a composite route, the member server a client request goes to, when the proxy knows
+    /// it before sending (a `tools/call` of a listed tool, a resource URI).
+    pub member: Option<&'a str>,
     /// Tells apart requests that have no session (2026-07-28 stateless requests share the
     /// session `-`): a number of the request's own, the same for the request and its answer;
     /// `0` inside a session.
@@ -138,6 +141,7 @@ impl<'a> FrameCtx<'a> {
             principal: None,
             transport: Transport::None,
             route: None,
+            member: None,
             exchange: 0,
         }
     }

@@ -188,3 +188,58 @@ async fn forward_stdio_audits_to_a_file_and_refuses_stdout() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("give the audit log a file"), "{err}");
 }
+
+#[tokio::test]
+async fn composite_routes_name_the_member_a_request_went_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let bin = super::harness::bin();
+    let (one, two) = (
+        format!("one={bin} demo-server"),
+        format!("two={bin} demo-server"),
+    );
+    let p = super::harness::Server::forward_http(&[
+        "--server",
+        &one,
+        "--server",
+        &two,
+        "--audit",
+        log.to_str().unwrap(),
+    ])
+    .await;
+    let mut c = super::harness::Raw::new(p.url());
+    c.initialize().await;
+    // The names are known once listed.
+    let listed = c
+        .post(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
+        .await;
+    assert!(listed.body.contains("two__echo"), "{}", listed.body);
+    assert_eq!(
+        c.call_tool(2, "two__echo", json!({"message": "hi"})).await,
+        "hi"
+    );
+    let read = c
+        .post(json!({"jsonrpc":"2.0","id":3,"method":"resources/read",
+            "params":{"uri":"one+demo://readme"}}))
+        .await;
+    assert!(
+        read.json()["result"]["contents"].is_array(),
+        "{}",
+        read.body
+    );
+    let l = lines(&log, 4).await;
+    let call = find(&l, |x| x["id"] == json!(2));
+    assert_eq!(
+        (&call["tool"], &call["member"]),
+        (&json!("two__echo"), &json!("two")),
+        "{call}"
+    );
+    let res = find(&l, |x| x["id"] == json!(3));
+    assert_eq!(res["member"], "one", "{res}");
+    let list = find(&l, |x| x["id"] == json!(1));
+    assert!(
+        list.get("member").is_none(),
+        "a list goes to every member: {list}"
+    );
+    p.terminate().await;
+}

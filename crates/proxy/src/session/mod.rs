@@ -204,6 +204,7 @@ impl Session {
             principal: self.principal(),
             transport,
             route: self.route.get().map(|r| &**r),
+            member: None,
             exchange: 0,
         }
     }
@@ -339,7 +340,10 @@ impl Session {
         let frame = if self.pipeline.is_empty() {
             frame
         } else {
-            let ctx = self.ctx(Direction::ClientToServer, transport);
+            let ctx = FrameCtx {
+                member: self.upstream.composite().and_then(|c| c.member_of(&frame)),
+                ..self.ctx(Direction::ClientToServer, transport)
+            };
             match self.pipeline.process(&ctx, frame).await {
                 Outcome::Forward(f) => f,
                 Outcome::Reply(f) => return Ok((Sent::Replied(f), None)),

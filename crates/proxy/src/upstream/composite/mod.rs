@@ -215,6 +215,15 @@ pub struct CompositeUpstream {
 }
 
 impl CompositeUpstream {
+    /// The name of the member a client request goes to, when it is known before it is sent (a
+    /// `tools/call` of a listed tool, a resource URI): hooks see it as [`FrameCtx::member`].
+    ///
+    /// [`FrameCtx::member`]: crate::pipeline::FrameCtx::member
+    pub fn member_of(&self, frame: &Frame) -> Option<&str> {
+        let i = mux::member_of(&self.spec, &self.shared, frame)?;
+        self.spec.members.get(i).map(|m| m.name.as_str())
+    }
+
     /// Open the members (in parallel) and start the mux; server frames go to `events`. With
     /// [`Failure::Closed`] a member that cannot start refuses the session; otherwise it is
     /// retried in the background, and only a session none of whose members starts is refused.

@@ -207,6 +207,24 @@ impl Names {
     }
 }
 
+/// The member a client request is for, when it is known without asking the mux: a
+/// `tools/call` of a listed tool, or a resource by its exposed URI. (A prompt's name is
+/// resolved by the mux itself; it stays unknown here.)
+pub(super) fn member_of(spec: &CompositeSpec, shared: &Shared, frame: &Frame) -> Option<usize> {
+    let target = frame.target()?;
+    match frame.method()? {
+        "tools/call" => {
+            let tools = crate::sync::lock(&shared.tools).clone()?;
+            tools.resolve(target).map(|(i, _)| i)
+        }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            let (server, _) = super::names::parse_uri(target)?;
+            spec.members.iter().position(|m| m.name == server)
+        }
+        _ => None,
+    }
+}
+
 /// Internal request ids start with this (a client request using one goes the slow way, where
 /// a collision is refused).
 const OWN_ID: &str = "shadowcat-mux-";
