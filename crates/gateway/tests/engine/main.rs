@@ -145,18 +145,23 @@ async fn serve(config: &str, store: Arc<dyn SessionStore>, replica: &str) -> Run
 }
 
 impl Running {
-    /// The live sessions its admin API lists (id, kind).
-    async fn sessions(&self) -> Vec<(String, String)> {
+    /// GET `path` of its admin API, as JSON.
+    async fn admin_get(&self, path: &str) -> Value {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let text = http
-            .get(format!("{}/api/sessions", self.admin))
+            .get(format!("{}{path}", self.admin))
             .send()
             .await
             .unwrap()
             .text()
             .await
             .unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The live sessions its admin API lists (id, kind).
+    async fn sessions(&self) -> Vec<(String, String)> {
+        let v = self.admin_get("/api/sessions").await;
         v["sessions"]
             .as_array()
             .unwrap()
@@ -310,16 +315,7 @@ async fn the_admin_series_counts_calls_errors_and_upstream_states() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["result"]["isError"], true);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let text = http
-        .get(format!("{}/api/series", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let v = gw.admin_get("/api/series").await;
     let sum = |k: &str| -> u64 {
         v[k].as_array()
             .unwrap()
