@@ -16,6 +16,157 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// `--log-traffic` of the relay commands (forward, gateway, replay).
+    pub fn log_traffic(&self) -> bool {
+        match &self.command {
+            Command::Forward(Forward::Stdio(a)) => a.hooks.log_traffic,
+            Command::Forward(Forward::Http(a)) => a.hooks.log_traffic,
+            Command::Gateway(a) => a.hooks.log_traffic,
+            Command::Replay(a) => a.hooks.log_traffic,
+            _ => false,
+        }
+    }
+}
+
+/// Examples shown after each command's help (`after_help`), by the command's path.
+const EXAMPLES: &[(&[&str], &str)] = &[
+    (
+        &["forward", "stdio"],
+        "shadowcat forward stdio -- npx -y @modelcontextprotocol/server-everything\n  shadowcat forward stdio --url https://mcp.example.com/mcp --header 'Authorization: Bearer $TOKEN'\n  shadowcat forward stdio --record session.jsonl --audit audit.jsonl -- python server.py",
+    ),
+    (
+        &["forward", "http"],
+        "shadowcat forward http --listen 8080 -- npx -y @modelcontextprotocol/server-everything\n  shadowcat forward http --target https://mcp.example.com/mcp --record tapes/\n  shadowcat forward http --server files='npx -y @modelcontextprotocol/server-filesystem /tmp' --server web=https://mcp.example.com/mcp\n  shadowcat forward http --pinning enforce --store sqlite:pins.db -- python server.py",
+    ),
+    (
+        &["demo-server"],
+        "shadowcat demo-server\n  shadowcat demo-server --http 127.0.0.1:9000",
+    ),
+    (
+        &["session", "list"],
+        "shadowcat session list --store sqlite:sessions.db\n  shadowcat session list --store redis://127.0.0.1:6379 --status active --json",
+    ),
+    (
+        &["session", "show"],
+        "shadowcat session show 3a35c0ffee --store sqlite:sessions.db",
+    ),
+    (
+        &["session", "kill"],
+        "shadowcat session kill 3a35c0ffee --store redis://127.0.0.1:6379",
+    ),
+    (
+        &["pins", "list"],
+        "shadowcat pins list --store sqlite:sessions.db --pending",
+    ),
+    (
+        &["pins", "show"],
+        "shadowcat pins show 3f9c2a1b --store sqlite:sessions.db",
+    ),
+    (
+        &["pins", "approve"],
+        "shadowcat pins approve 3f9c2a1b --hash 9e1f… --store sqlite:sessions.db",
+    ),
+    (
+        &["pins", "reject"],
+        "shadowcat pins reject 3f9c2a1b --store redis://127.0.0.1:6379",
+    ),
+    (
+        &["pins", "export"],
+        "shadowcat pins export -o pins.json --store sqlite:sessions.db",
+    ),
+    (
+        &["pins", "import"],
+        "shadowcat pins import pins.json --store sqlite:sessions.db",
+    ),
+    (
+        &["pins", "check"],
+        "shadowcat pins check pins.json -- npx -y my-mcp-server\n  shadowcat pins check pins.json --url https://mcp.example.com/mcp --header 'Authorization: Bearer $TOKEN'",
+    ),
+    (
+        &["tape", "list"],
+        "shadowcat tape list tapes/\n  shadowcat tape list session.jsonl --json",
+    ),
+    (
+        &["tape", "show"],
+        "shadowcat tape show session.jsonl\n  shadowcat tape show session.jsonl --full --session 3a35",
+    ),
+    (
+        &["tape", "export"],
+        "shadowcat tape export session.jsonl --format har -o session.har",
+    ),
+    (
+        &["tape", "diff"],
+        "shadowcat tape diff before.jsonl after.jsonl --ignore /result/content/0/text",
+    ),
+    (
+        &["tape", "pins"],
+        "shadowcat tape pins session.jsonl -o pins.json",
+    ),
+    (
+        &["tape", "validate"],
+        "shadowcat tape validate session.jsonl --strict",
+    ),
+    (
+        &["replay"],
+        "shadowcat replay session.jsonl\n  shadowcat replay session.jsonl --listen 127.0.0.1:8080 --speed 0",
+    ),
+    (
+        &["intercept", "list"],
+        "shadowcat intercept list\n  shadowcat intercept list --admin http://127.0.0.1:7474 --token $ADMIN_TOKEN",
+    ),
+    (&["intercept", "resume"], "shadowcat intercept resume 3"),
+    (&["intercept", "edit"], "shadowcat intercept edit 3"),
+    (&["intercept", "drop"], "shadowcat intercept drop 3"),
+    (
+        &["gateway"],
+        "shadowcat gateway --config examples/local-gateway.toml\n  shadowcat gateway --listen 8080 --upstream https://mcp.example.com/mcp\n  shadowcat gateway --server files='npx -y @modelcontextprotocol/server-filesystem /tmp' --server web=https://mcp.example.com/mcp",
+    ),
+    (&["config", "check"], "shadowcat config check gateway.toml"),
+    (
+        &["config", "hash-key"],
+        "shadowcat config hash-key   # reads the key from stdin",
+    ),
+    (
+        &["config", "schema"],
+        "shadowcat config schema > gateway.schema.json",
+    ),
+    (
+        &["completions"],
+        "shadowcat completions bash > /etc/bash_completion.d/shadowcat\n  shadowcat completions zsh > \"${fpath[1]}/_shadowcat\"",
+    ),
+    (
+        &["man"],
+        "shadowcat man > /usr/local/share/man/man1/shadowcat.1",
+    ),
+];
+
+/// The command line, with the examples after each command's help.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    for (path, examples) in EXAMPLES {
+        cmd = with_examples(cmd, path, examples);
+    }
+    cmd
+}
+
+fn with_examples(cmd: clap::Command, path: &[&str], examples: &str) -> clap::Command {
+    match path {
+        [] => cmd.after_help(format!("Examples:\n  {examples}")),
+        [first, rest @ ..] => cmd.mut_subcommand(*first, |sub| with_examples(sub, rest, examples)),
+    }
+}
+
+/// Parse the process's arguments (with [`command`]'s help).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct LogArgs {
     /// Log filter: a level (`trace`, `debug`, `info`, `warn`, `error`, `off`) and/or
@@ -26,9 +177,6 @@ pub struct LogArgs {
     /// Log format. Logs always go to stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Log every relayed message (direction, kind, id, method, name, size).
-    #[arg(long, global = true)]
-    pub log_traffic: bool,
     /// Export trace spans over OTLP/HTTP to this collector (base URL, e.g.
     /// http://127.0.0.1:4318; spans go to BASE/v1/traces).
     #[cfg(feature = "otel")]
@@ -116,10 +264,15 @@ pub enum Command {
 pub struct StoreArgs {
     /// Session store: `memory`, `sqlite:PATH` or `redis://HOST[:PORT][/DB]` (also `rediss://`,
     /// `redis+unix:///path`). Holds session records and the SSE event log used for resumption.
-    #[arg(long, env = "SHADOWCAT_STORE", default_value = "memory")]
+    #[arg(
+        long,
+        env = "SHADOWCAT_STORE",
+        default_value = "memory",
+        help_heading = "Session store"
+    )]
     pub store: String,
     /// Prefix of every Redis key.
-    #[arg(long, default_value = "shadowcat:")]
+    #[arg(long, default_value = "shadowcat:", help_heading = "Session store")]
     pub redis_prefix: String,
 }
 
@@ -219,15 +372,15 @@ pub struct HttpArgs {
     /// Tool and prompt pinning (docs/pins.md): `warn` (report and mark tools whose definition
     /// changed) or `enforce` (leave them out and refuse their calls until approved with
     /// `shadowcat pins`). Pins are kept in --store (give `sqlite:PATH` to keep them).
-    #[arg(long, value_enum, default_value_t = PinningArg::Off, env = "SHADOWCAT_PINNING")]
+    #[arg(long, value_enum, default_value_t = PinningArg::Off, env = "SHADOWCAT_PINNING", help_heading = "Tool pinning")]
     pub pinning: PinningArg,
     /// With --pinning: a tool never seen before is `allow`ed (trusted on first use) or
     /// `hold`-ed until approved.
-    #[arg(long, value_enum, default_value_t = NewToolsArg::Allow)]
+    #[arg(long, value_enum, default_value_t = NewToolsArg::Allow, help_heading = "Tool pinning")]
     pub new_tools: NewToolsArg,
     /// With --pinning: reviewed pins (from `shadowcat pins export` or `tape pins`), written into
     /// --store at start; their definitions are the approved ones.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Tool pinning")]
     pub pins: Option<std::path::PathBuf>,
     /// Address to listen on: `HOST:PORT`, `localhost:8080`, `:8080` or `8080` (the last two on
     /// loopback; `0.0.0.0:8080` listens on every interface).
@@ -500,6 +653,46 @@ impl PinningArg {
                 NewToolsArg::Allow => NewTools::Allow,
                 NewToolsArg::Hold => NewTools::Hold,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::command;
+
+    /// Every command a user runs (every leaf) shows examples after its help; the relay
+    /// commands offer --log-traffic and the others do not.
+    #[test]
+    fn every_command_has_examples_and_only_relays_log_traffic() {
+        let mut cmd = command();
+        cmd.build();
+        fn leaves(c: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+            let subs: Vec<&clap::Command> = c
+                .get_subcommands()
+                .filter(|s| s.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                out.push((path.clone(), c.clone()));
+            }
+            for s in subs {
+                leaves(s, format!("{path} {}", s.get_name()), out);
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&cmd, "shadowcat".into(), &mut all);
+        assert!(all.len() > 25, "{}", all.len());
+        for (path, c) in &all {
+            let after = c
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(after.starts_with("Examples:"), "`{path}` has no examples");
+            let relays = ["forward stdio", "forward http", "gateway", "replay"]
+                .iter()
+                .any(|r| path.ends_with(r));
+            let logs = c.get_arguments().any(|a| a.get_id() == "log_traffic");
+            assert_eq!(logs, relays, "`{path}`: --log-traffic");
         }
     }
 }

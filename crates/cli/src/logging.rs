@@ -26,11 +26,11 @@ fn filter(default: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(default).map_err(|e| format!("invalid log filter: {e}"))
 }
 
-pub fn init(args: &LogArgs) -> Result<Guard, String> {
+pub fn init(args: &LogArgs, log_traffic: bool) -> Result<Guard, String> {
     // The demo server's MCP library (rmcp) logs every handshake at INFO with `Debug` dumps of
     // the peer: quiet unless asked for (`--log-level rmcp=info`).
     let quiet = "rmcp=warn";
-    let default = if args.log_traffic {
+    let default = if log_traffic {
         format!("{quiet},{},shadowcat::traffic=info", args.log_level)
     } else {
         format!("{quiet},{}", args.log_level)

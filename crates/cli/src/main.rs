@@ -6,8 +6,6 @@ mod logging;
 #[cfg(feature = "otel")]
 mod otel;
 
-use clap::Parser;
-
 /// The runtime a command runs on. One thread for everything but the HTTP demo server: the
 /// HTTP fronts serve connections on worker threads of their own (`--workers`), and what stays
 /// here (accepting, signals, housekeeping, a stdio session) is light; a stdio demo server serves
@@ -22,8 +20,8 @@ fn runtime_for(command: &args::Command) -> tokio::runtime::Builder {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = args::Cli::parse();
-    let _logging = match logging::init(&cli.log) {
+    let cli = args::parse();
+    let _logging = match logging::init(&cli.log, cli.log_traffic()) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("shadowcat: cannot set up logging: {e}");

@@ -36,36 +36,47 @@ pub enum OnFullArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct HookArgs {
+    /// Log every relayed message (direction, kind, id, method, name, size).
+    #[arg(long, help_heading = "Logging")]
+    pub log_traffic: bool,
     /// Record all traffic to a tape (JSON Lines, see docs/tape-format.md): a file (every
     /// session in one tape), or a directory (one tape per session; a path ending in `/` is
     /// created). Secrets are redacted before they reach the disk.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Recording")]
     pub record: Option<PathBuf>,
     /// When the disk is slower than the traffic and the recording buffer is full: `drop` frames
     /// from the tape (counted in its end line and warned about; the relay never waits) or
     /// `block` (backpressure: traffic waits for the disk, the tape is complete).
-    #[arg(long, value_enum, value_name = "POLICY", default_value_t = OnFullArg::Drop)]
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = OnFullArg::Drop, help_heading = "Recording")]
     pub record_on_full: OnFullArg,
     /// Frames buffered between the relay and the tape writer.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER, help_heading = "Recording")]
     pub record_buffer: usize,
     /// Also redact the value at this JSON pointer of every recorded message (repeatable),
     /// e.g. `/params/arguments/password`.
-    #[arg(long = "redact-pointer", value_name = "POINTER")]
+    #[arg(
+        long = "redact-pointer",
+        value_name = "POINTER",
+        help_heading = "Recording"
+    )]
     pub redact_pointers: Vec<String>,
     /// Also redact every match of this regex inside recorded JSON strings (repeatable).
-    #[arg(long = "redact-regex", value_name = "REGEX")]
+    #[arg(
+        long = "redact-regex",
+        value_name = "REGEX",
+        help_heading = "Recording"
+    )]
     pub redact_patterns: Vec<String>,
     /// Interceptor rules (TOML, or YAML for *.yaml/*.yml; see docs/interceptor.md): block,
     /// modify, mock, delay or pause matching messages. The file is reloaded when it changes; a
     /// bad file keeps the old rules.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Interception and shadowing")]
     pub rules: Option<PathBuf>,
     /// Serve the admin API and web page (paused messages for `shadowcat intercept`, live
     /// traffic; a gateway's sessions and upstreams) on this address. `--admin` alone:
     /// 127.0.0.1:7474, or for `gateway` its `[admin].listen` (default 127.0.0.1:7474 too).
     /// Anything but loopback needs --admin-token.
-    #[arg(long, value_name = "ADDR", num_args = 0..=1)]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, help_heading = "Admin listener")]
     pub admin: Option<Option<SocketAddr>>,
     /// Token the admin API requires as `Authorization: Bearer TOKEN` (for `gateway`: replaces
     /// `[admin].token` / `token_env`).
@@ -73,30 +84,40 @@ pub struct HookArgs {
         long,
         env = "SHADOWCAT_ADMIN_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Admin listener"
     )]
     pub admin_token: Option<String>,
     /// Mirror every client request to this second server (a Streamable HTTP URL, or a command
     /// line): clients only see the primary's answers; differing replies are logged and counted.
-    #[arg(long, value_name = "URL|CMD")]
+    #[arg(
+        long,
+        value_name = "URL|CMD",
+        help_heading = "Interception and shadowing"
+    )]
     pub shadow: Option<String>,
     /// Record the shadow's traffic to its own tape (compare with `tape diff`).
-    #[arg(long, value_name = "PATH", requires = "shadow")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "shadow",
+        help_heading = "Interception and shadowing"
+    )]
     pub record_shadow: Option<PathBuf>,
     /// Write an audit log: one JSON line per client request (who, what, where, outcome,
     /// latency, bytes, refusal reason) to this file (created with mode 0600, rotated by size),
     /// or `-` for standard output. See docs/audit.md.
-    #[arg(long, value_name = "PATH|-")]
+    #[arg(long, value_name = "PATH|-", help_heading = "Audit log")]
     pub audit: Option<PathBuf>,
     /// What the audit log keeps of `tools/call` and `prompts/get` arguments: `none`, `hash`
     /// (an HMAC-SHA256, keyed by --audit-hash-key) or `redacted` (with the --redact-* rules).
-    #[arg(long, value_enum, value_name = "WHAT")]
+    #[arg(long, value_enum, value_name = "WHAT", help_heading = "Audit log")]
     pub audit_arguments: Option<AuditArgumentsArg>,
     /// Rotate the audit log file when it would grow past this many bytes [default: 104857600].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help_heading = "Audit log")]
     pub audit_max_bytes: Option<u64>,
     /// Rotated audit log files kept (PATH.1 … PATH.N) [default: 5].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Audit log")]
     pub audit_keep: Option<usize>,
     /// Key of the arguments' HMAC (`--audit-arguments hash`), so that hashes compare across
     /// replicas and restarts; without it a random key per process.
@@ -104,7 +125,8 @@ pub struct HookArgs {
         long,
         env = "SHADOWCAT_AUDIT_HASH_KEY",
         value_name = "KEY",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Audit log"
     )]
     pub audit_hash_key: Option<String>,
 }

@@ -17,24 +17,36 @@ use crate::args::{Cli, Command, Forward};
 /// Run a command; the result is the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Forward(Forward::Stdio(a)) => forward::stdio(*a, cli.log.log_traffic).await,
-        Command::Forward(Forward::Http(a)) => forward::http(*a, cli.log.log_traffic).await,
+        Command::Forward(Forward::Stdio(a)) => {
+            let t = a.hooks.log_traffic;
+            forward::stdio(*a, t).await
+        }
+        Command::Forward(Forward::Http(a)) => {
+            let t = a.hooks.log_traffic;
+            forward::http(*a, t).await
+        }
         Command::DemoServer(a) => demo::run(a).await,
         Command::Session(cmd) => session::run(cmd).await,
         Command::Pins(cmd) => pins::run(cmd).await,
         Command::Tape(cmd) => tape::run(cmd),
-        Command::Replay(a) => replay::run(*a, cli.log.log_traffic).await,
+        Command::Replay(a) => {
+            let t = a.hooks.log_traffic;
+            replay::run(*a, t).await
+        }
         Command::Intercept(cmd) => intercept::run(cmd).await,
-        Command::Gateway(a) => gateway::run(*a, cli.log.log_traffic).await,
+        Command::Gateway(a) => {
+            let t = a.hooks.log_traffic;
+            gateway::run(*a, t).await
+        }
         Command::Config(cmd) => config::run(cmd),
         Command::Completions { shell } => {
-            let mut cmd = <crate::args::Cli as clap::CommandFactory>::command();
+            let mut cmd = crate::args::command();
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut cmd, "shadowcat", &mut out);
             print(&out)
         }
         Command::Man => {
-            let cmd = <crate::args::Cli as clap::CommandFactory>::command();
+            let cmd = crate::args::command();
             let mut out = Vec::new();
             clap_mangen::Man::new(cmd).render(&mut out)?;
             print(&out)
