@@ -128,7 +128,7 @@ impl Authenticator {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Err(AuthError::Missing);
     };

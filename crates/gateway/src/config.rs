@@ -1145,12 +1145,30 @@ pub struct OAuthConfig {
     /// `client_secret_basic` (default) or `client_secret_post`.
     #[serde(default)]
     pub auth_method: OAuthAuthMethod,
+    /// `client_credentials` (default: the gateway's own token), or `token_exchange` (RFC 8693:
+    /// each client's validated JWT is exchanged for a token meant for this upstream; needs
+    /// `[auth.jwt]`).
+    #[serde(default)]
+    pub grant: OAuthGrant,
     /// Refresh a token this long before it expires (at most half its lifetime).
     #[serde(default = "default_refresh_before")]
     pub refresh_before: Dur,
     /// Bound on one request to the token endpoint.
     #[serde(default = "default_token_timeout")]
     pub timeout: Dur,
+}
+
+/// The grant an upstream's token is fetched with.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthGrant {
+    /// The gateway's own token (client credentials).
+    #[default]
+    ClientCredentials,
+    /// Each client's token exchanged for one meant for the upstream (RFC 8693).
+    TokenExchange,
 }
 
 /// Why an upstream's spec cannot be built: the field (relative to the upstream) and the problem.
@@ -1238,6 +1256,8 @@ impl OAuthConfig {
             },
             refresh_before: self.refresh_before.0,
             timeout: self.timeout.0,
+            exchange: self.grant == OAuthGrant::TokenExchange,
+            subject_token: None,
         })
     }
 }

@@ -6,7 +6,7 @@ use super::auth::{AuthError, Principal};
 use super::config::route_key;
 use super::limits::{Limited, RATE_LIMITED};
 use super::metrics::{Snapshot, UpstreamGauge};
-use super::{Gateway, Route, WELL_KNOWN};
+use super::{ClientToken, Gateway, Route, WELL_KNOWN};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
@@ -54,6 +54,9 @@ impl Gateway {
         let resp = match self.admit(&parts, route.as_ref(), label, started).await {
             Ok((principal, ip)) => {
                 if let Some(p) = principal {
+                    if let Some(t) = self.client_token(&parts, &p) {
+                        parts.extensions.insert(t);
+                    }
                     parts.extensions.insert(p);
                 }
                 // What a request forwarded to another replica says in X-Forwarded-For.
@@ -138,6 +141,20 @@ impl Gateway {
             return Err(r);
         }
         Ok((Some(principal), ip))
+    }
+
+    /// The client's JWT, for upstreams that exchange it (an API key is never exchanged).
+    pub(crate) fn client_token(
+        &self,
+        req: &http::request::Parts,
+        principal: &Principal,
+    ) -> Option<ClientToken> {
+        if !self.exchanges || !principal.id.starts_with("jwt:") {
+            return None;
+        }
+        super::auth::bearer(&req.headers)
+            .ok()
+            .map(|t| ClientToken(Arc::from(t)))
     }
 
     /// The base URL of this gateway as clients see it: `server.public_url`, which validation

@@ -86,6 +86,11 @@ impl Route {
     }
 }
 
+/// The client's validated JWT, kept for the request when an upstream exchanges it (RFC 8693);
+/// never logged, never sent upstream.
+#[derive(Clone)]
+pub(crate) struct ClientToken(pub Arc<str>);
+
 /// What the gateway knows about a live session.
 struct Bound {
     /// The principal of its latest request (scopes and claims as of that token).
@@ -123,6 +128,8 @@ pub struct Gateway {
     pins: OnceLock<Arc<pins::PinHook>>,
     /// An admin listener is configured: its page reads the series, so requests are timed.
     admin: bool,
+    /// Some upstream exchanges the client's token (admission keeps it for the request).
+    exchanges: bool,
 }
 
 /// What the gateway knows about one live session (for the admin API).
@@ -247,6 +254,12 @@ impl Gateway {
                 .map(|(r, i)| (r.path.clone(), admin::shown(r.set.members()[*i].name())))
                 .collect(),
         );
+        let exchanges = routes.values().any(|r: &Arc<Route>| {
+            r.set
+                .members()
+                .iter()
+                .any(|m| target::needs_client_token(m.spec()))
+        });
         Ok(Arc::new(Gateway {
             series,
             any_rules,
@@ -272,6 +285,7 @@ impl Gateway {
             audit: OnceLock::new(),
             pins: OnceLock::new(),
             admin: cfg.admin.as_ref().is_some_and(|a| a.enabled),
+            exchanges,
         }))
     }
 
@@ -436,14 +450,17 @@ impl Gateway {
         } else {
             0
         };
+        let client_token = req.extensions().get::<ClientToken>().map(|t| t.0.clone());
+        let spec = target::for_client(route.set.members()[member].spec(), client_token.as_deref())?;
         Ok(Target {
             key: route.key.clone(),
-            spec: route.set.members()[member].spec().clone(),
+            spec,
             placer: Arc::new(GatewayTarget {
                 gateway: self.clone(),
                 route: route.clone(),
                 principal,
                 member: stateless.then_some(member),
+                client_token,
             }),
         })
     }

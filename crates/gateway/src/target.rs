@@ -11,6 +11,7 @@ use shadowcat_proto::error::error_frame;
 use shadowcat_proxy::error::ProxyError;
 use shadowcat_proxy::session::Session;
 use shadowcat_proxy::session::place::{AnswerFilter, Candidate, Placer};
+use shadowcat_proxy::upstream::UpstreamSpec;
 use shadowcat_store::SessionStore;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,65 @@ pub struct GatewayTarget {
     pub(super) principal: Option<Principal>,
     /// The member a stateless (2026-07-28) request was placed on.
     pub(super) member: Option<usize>,
+    /// The client's validated JWT, when a member exchanges it for its own token.
+    pub(super) client_token: Option<Arc<str>>,
+}
+
+/// `spec` for a request whose client sent `token`: an upstream whose OAuth client does token
+/// exchange gets credentials of its own for that token (cached per token); others are
+/// unchanged. Without a token such an upstream cannot be reached: the error says so.
+pub(crate) fn for_client(
+    spec: &UpstreamSpec,
+    token: Option<&str>,
+) -> Result<UpstreamSpec, ProxyError> {
+    use shadowcat_proxy::upstream::credentials::Credentials;
+    match spec {
+        UpstreamSpec::Http {
+            url,
+            headers,
+            credentials: Some(c),
+        } if c.client().exchange => {
+            let Some(t) = token else {
+                return Err(ProxyError::bad(
+                    shadowcat_proxy::error::Refusal::Forbidden,
+                    shadowcat_proto::error::INVALID_REQUEST,
+                    "this route exchanges the client's token for the upstream's: authenticate with a JWT (an API key cannot be exchanged)",
+                ));
+            };
+            Ok(UpstreamSpec::Http {
+                url: url.clone(),
+                headers: headers.clone(),
+                credentials: Some(Credentials::exchange(c.client(), t)),
+            })
+        }
+        UpstreamSpec::Composite(c) if needs_client_token(spec) => {
+            let mut members = Vec::with_capacity(c.members.len());
+            for m in &c.members {
+                let mut m = m.clone();
+                m.spec = for_client(&m.spec, token)?;
+                members.push(m);
+            }
+            Ok(UpstreamSpec::Composite(Arc::new(
+                shadowcat_proxy::upstream::composite::CompositeSpec {
+                    members,
+                    ..(**c).clone()
+                },
+            )))
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+/// Whether `spec` (or a member of it) exchanges the client's token.
+pub(crate) fn needs_client_token(spec: &UpstreamSpec) -> bool {
+    match spec {
+        UpstreamSpec::Http {
+            credentials: Some(c),
+            ..
+        } => c.client().exchange,
+        UpstreamSpec::Composite(c) => c.members.iter().any(|m| needs_client_token(&m.spec)),
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for GatewayTarget {
@@ -38,10 +98,14 @@ impl std::fmt::Debug for GatewayTarget {
 impl GatewayTarget {
     fn candidate(&self, i: usize) -> Candidate {
         let m = &self.route.set.members()[i];
+        // A client without the token an exchanging member needs gets the error when the
+        // session connects (the spec is left as it is: its exchange has no subject token).
+        let spec =
+            for_client(m.spec(), self.client_token.as_deref()).unwrap_or_else(|_| m.spec().clone());
         Candidate {
             index: i,
             name: Arc::from(m.name()),
-            spec: m.spec().clone(),
+            spec,
             guard: Some(m.guard().clone()),
             spares: m.spares().cloned(),
         }

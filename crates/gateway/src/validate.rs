@@ -389,6 +389,30 @@ impl GatewayConfig {
                 let at = format!("{at}.upstreams[{j}]");
                 validate_upstream(&at, u, &mut seen, &mut bad);
             }
+            // Token exchange trades the client's JWT: there must be one.
+            let jwt = self.auth.as_ref().is_some_and(|a| a.jwt.is_some());
+            let exchanging = r
+                .upstreams
+                .iter()
+                .map(|u| (format!("{at}.upstreams"), u))
+                .chain(
+                    r.servers
+                        .iter()
+                        .map(|m| (format!("{at}.servers"), &m.upstream)),
+                )
+                .filter(|(_, u)| {
+                    u.oauth
+                        .as_ref()
+                        .is_some_and(|o| o.grant == crate::config::OAuthGrant::TokenExchange)
+                });
+            for (at, _) in exchanging {
+                if !jwt {
+                    bad(
+                        format!("{at}.oauth.grant"),
+                        "`token_exchange` exchanges each client's JWT for an upstream token: configure [auth.jwt]".into(),
+                    );
+                }
+            }
         }
         if p.is_empty() {
             Ok(())

@@ -106,13 +106,23 @@ async fn token(State(s): State<Arc<TokenState>>, headers: HeaderMap, body: Bytes
             json!({"error": "invalid_client", "error_description": "unknown client or wrong secret"}),
         );
     }
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return json_body(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "unsupported_grant_type"}),
-        );
-    }
-    let tok = format!("tok-{n}");
+    let tok = match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => format!("tok-{n}"),
+        // RFC 8693: only an access token is exchanged, for an access token.
+        Some("urn:ietf:params:oauth:grant-type:token-exchange")
+            if form.get("subject_token").is_some_and(|t| !t.is_empty())
+                && form.get("subject_token_type").map(String::as_str)
+                    == Some("urn:ietf:params:oauth:token-type:access_token") =>
+        {
+            format!("xchg-{n}")
+        }
+        _ => {
+            return json_body(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "unsupported_grant_type"}),
+            );
+        }
+    };
     s.valid.lock().unwrap().insert(tok.clone());
     json_body(
         StatusCode::OK,
@@ -384,5 +394,125 @@ async fn a_failing_token_endpoint_gives_the_client_a_clear_error() {
             && r.body.contains("invalid_client"),
         "{}",
         r.body
+    );
+}
+
+#[tokio::test]
+async fn token_exchange_trades_each_clients_jwt_for_an_upstream_token_once() {
+    use super::gateway_support::{AUDIENCE, ISSUER, JwksServer, TestKey};
+    let key = TestKey::load("ed1.pem", "ed-1", jsonwebtoken::Algorithm::EdDSA);
+    let jwks = JwksServer::start(&[&key]).await;
+    let tokens = TokenServer::start(3600).await;
+    let up = GuardedUpstream::start(&tokens).await;
+    let (_d, cfg) = config_file(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "https://mcp.example.test"
+[auth.jwt]
+issuer = "{ISSUER}"
+audience = ["{AUDIENCE}"]
+jwks_url = "{jwks}"
+[[routes]]
+path = "/mcp"
+[[routes.upstreams]]
+url = "{up}"
+[routes.upstreams.oauth]
+token_url = "{sts}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "GW_SECRET"
+grant = "token_exchange"
+audience = "upstream-api"
+"#,
+        jwks = jwks.url,
+        up = up.url,
+        sts = tokens.url,
+    ));
+    let gw = start_gateway(&["--config", &cfg], &[("GW_SECRET", SECRET)]).await;
+    let alice = key.token(json!({"sub": "alice"}));
+    let bob = key.token(json!({"sub": "bob"}));
+
+    // Alice's JWT is exchanged; the upstream gets the exchanged token, never the JWT.
+    let mut a = client(gw.url(), Some(&alice));
+    a.initialize().await;
+    assert_eq!(a.call_tool(1, "whoami", json!({})).await, "up");
+    assert_eq!(tokens.calls(), 1);
+    let (_, form) = tokens.requests()[0].clone();
+    assert_eq!(
+        form["subject_token"], alice,
+        "the client's token is what is exchanged"
+    );
+    assert_eq!(form["audience"], "upstream-api");
+    assert!(
+        up.seen()
+            .iter()
+            .all(|h| h.as_deref() == Some("Bearer xchg-1")),
+        "{:?}",
+        up.seen()
+    );
+    // A second session of the same token reuses the exchange.
+    let mut a2 = client(gw.url(), Some(&alice));
+    a2.initialize().await;
+    assert_eq!(a2.call_tool(1, "whoami", json!({})).await, "up");
+    assert_eq!(tokens.calls(), 1, "cached per client token");
+    // Bob gets his own.
+    let mut b = client(gw.url(), Some(&bob));
+    b.initialize().await;
+    assert_eq!(b.call_tool(1, "whoami", json!({})).await, "up");
+    assert_eq!(tokens.calls(), 2);
+    assert_eq!(
+        up.seen().last().cloned().flatten().as_deref(),
+        Some("Bearer xchg-2")
+    );
+    let seen = format!("{:?}", up.seen());
+    assert!(!seen.contains(&alice) && !seen.contains(&bob), "{seen}");
+
+    // The token endpoint refuses: the client is told clearly, nothing reaches the upstream.
+    tokens.set_down(true);
+    let carol = key.token(json!({"sub": "carol"}));
+    let before = up.seen().len();
+    let r = client(gw.url(), Some(&carol))
+        .post(init_body(0, "2025-06-18"))
+        .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains("token endpoint") && msg.contains("HTTP 503"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains(&carol),
+        "the token is never in an error: {msg}"
+    );
+    assert_eq!(up.seen().len(), before);
+    gw.terminate().await;
+}
+
+#[tokio::test]
+async fn token_exchange_needs_jwt_clients() {
+    let (_d, cfg) = config_file(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+path = "/mcp"
+[[routes.upstreams]]
+url = "http://127.0.0.1:9/mcp"
+[routes.upstreams.oauth]
+token_url = "http://127.0.0.1:9/token"
+client_id = "gw"
+client_secret_env = "GW_SECRET"
+grant = "token_exchange"
+"#,
+    );
+    let (code, _, err) =
+        super::gateway_support::run(&["config", "check", &cfg], &[("GW_SECRET", "x")]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("routes[0].upstreams.oauth.grant") && err.contains("[auth.jwt]"),
+        "{err}"
     );
 }

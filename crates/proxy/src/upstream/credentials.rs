@@ -50,6 +50,12 @@ pub struct OAuthClient {
     pub refresh_before: Duration,
     /// Bound on one token request.
     pub timeout: Duration,
+    /// RFC 8693 token exchange: the client's own (validated) token is exchanged for one meant
+    /// for the upstream, per client token (`exchange` on, `subject_token` set per request by
+    /// the gateway). Never logged.
+    pub exchange: bool,
+    /// The token to exchange (`exchange`): the client's bearer token.
+    pub subject_token: Option<String>,
 }
 
 impl fmt::Debug for OAuthClient {
@@ -86,7 +92,56 @@ impl fmt::Debug for Credentials {
 static SHARED: LazyLock<Mutex<HashMap<OAuthClient, Weak<TokenSource>>>> =
     LazyLock::new(Default::default);
 
+/// Most client tokens whose exchanged tokens are kept (the least recently used go first).
+const MAX_EXCHANGED: usize = 10_000;
+
+/// Exchanged tokens by client token, kept (strongly) until they expire or the cache is full:
+/// one exchange serves every session and stateless request of a client token.
+static EXCHANGED: LazyLock<Mutex<Exchanged>> = LazyLock::new(Default::default);
+
+/// A client token's exchange, and when it was last asked for.
+type Exchanged = HashMap<OAuthClient, (Arc<TokenSource>, Instant)>;
+
 impl Credentials {
+    /// The client these credentials fetch tokens as.
+    pub fn client(&self) -> &OAuthClient {
+        &self.0.client
+    }
+
+    /// Credentials that exchange `subject_token` (a client's validated bearer token) with the
+    /// client of `template` (its `exchange` on), cached per subject token.
+    pub fn exchange(template: &OAuthClient, subject_token: &str) -> Credentials {
+        let client = OAuthClient {
+            subject_token: Some(subject_token.to_string()),
+            ..template.clone()
+        };
+        let now = Instant::now();
+        let mut cache = lock(&EXCHANGED);
+        if let Some((s, used)) = cache.get_mut(&client) {
+            *used = now;
+            return Credentials(s.clone());
+        }
+        if cache.len() >= MAX_EXCHANGED {
+            // Expired ones first, else the least recently used.
+            cache.retain(|_, (s, _)| matches!(s.current(), Have::Fresh(_) | Have::Stale(_)));
+            if cache.len() >= MAX_EXCHANGED
+                && let Some(oldest) = cache
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(k, _)| k.clone())
+            {
+                cache.remove(&oldest);
+            }
+        }
+        let s = Arc::new(TokenSource {
+            client: client.clone(),
+            cached: Mutex::new(None),
+            gate: tokio::sync::Mutex::new(Outcome::default()),
+        });
+        cache.insert(client, (s.clone(), now));
+        Credentials(s)
+    }
+
     /// Credentials from the client-credentials grant (the cache is shared with every other
     /// upstream using the same client). Nothing is fetched until a token is needed.
     pub fn oauth(client: OAuthClient) -> Credentials {
@@ -104,11 +159,16 @@ impl Credentials {
         Credentials(s)
     }
 
-    /// For logs: `oauth client ID at TOKEN_URL`.
+    /// For logs: `oauth client ID at TOKEN_URL` (`token exchange by …` when exchanging).
     pub fn describe(&self) -> String {
         let c = &self.0.client;
         format!(
-            "oauth client `{}` at {}",
+            "{} `{}` at {}",
+            if c.exchange {
+                "token exchange by oauth client"
+            } else {
+                "oauth client"
+            },
             c.client_id,
             shadowcat_tape::redact::url_label(&c.token_url)
         )
@@ -381,6 +441,8 @@ mod tests {
 
     fn client(url: &str, secret: &str) -> OAuthClient {
         OAuthClient {
+            exchange: false,
+            subject_token: None,
             token_url: url.to_string(),
             client_id: "id".into(),
             client_secret: secret.into(),

@@ -1,4 +1,5 @@
-//! The OAuth 2.1 client-credentials grant (RFC 6749 §4.4): one POST to the token endpoint, the
+//! The OAuth 2.1 client-credentials grant (RFC 6749 §4.4), or RFC 8693 token exchange of a
+//! client's token: one POST to the token endpoint, the
 //! client authenticated with HTTP Basic (`client_secret_basic`, the default) or in the form body
 //! (`client_secret_post`), the target named with `scope`, RFC 8707 `resource` and/or `audience`.
 
@@ -87,7 +88,28 @@ pub(super) async fn request(c: &OAuthClient) -> Result<Grant, CredentialError> {
     let url = &c.token_url;
     let label = shadowcat_tape::redact::url_label(url);
     let fail = |what: String| CredentialError(format!("token endpoint {label}: {what}"));
-    let mut body = vec![("grant_type", "client_credentials")];
+    let mut body = match (c.exchange, &c.subject_token) {
+        (false, _) => vec![("grant_type", "client_credentials")],
+        // RFC 8693: the client's token for one meant for the upstream.
+        (true, Some(subject)) => vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", subject.as_str()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            (
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+        ],
+        (true, None) => {
+            return Err(fail("no client token to exchange".into()));
+        }
+    };
     if let Some(s) = &c.scope {
         body.push(("scope", s));
     }
