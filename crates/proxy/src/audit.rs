@@ -19,7 +19,7 @@
 //! nothing: the hook is not in the pipeline.
 
 use crate::error::ProxyError;
-use crate::pipeline::{Awaiting, Direction, FrameCtx, Hook, Transport, Verdict, Wait};
+use crate::pipeline::{Awaiting, Direction, FrameCtx, Hook, Transport, Verdict};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -121,8 +121,6 @@ struct Pending {
     bytes_in: usize,
     arguments: Option<Box<RawValue>>,
     arguments_hash: Option<String>,
-    /// The answer, once it passed the hooks, while its delivery is awaited.
-    answer: Option<Answer>,
 }
 
 /// What the log keeps of an answer.
@@ -355,7 +353,6 @@ impl Audit {
             bytes_in: frame.raw().len(),
             arguments,
             arguments_hash,
-            answer: None,
         }
     }
 
@@ -438,21 +435,20 @@ impl Hook for Audit {
         match (ctx.direction, frame.kind()) {
             (Direction::ClientToServer, FrameKind::Request) => self.asked(ctx, frame),
             (Direction::ServerToClient, FrameKind::Response | FrameKind::Error) => {
-                let Some(id) = frame.id() else {
+                let Some(p) = frame.id().and_then(|id| self.take(ctx, id)) else {
                     return Verdict::Forward;
                 };
+                // The hook is last: this is the answer the client gets. Over HTTP a JSON-RPC
+                // answer always travels in a 200 (the POST's response or an SSE stream); a
+                // stdio front has no status.
+                let status = match ctx.transport {
+                    Transport::Http(m) => m.status,
+                    _ if ctx.route.is_some() => Some(200),
+                    _ => None,
+                };
                 let answer = answer_of(frame);
-                if matches!(ctx.transport, Transport::Later) {
-                    // Its delivery (and the HTTP status it went with) is reported later.
-                    self.pending.update(ctx, id, |p| p.answer = Some(answer));
-                    return Verdict::Forward;
-                }
-                if let Some(p) = self.take(ctx, id) {
-                    let status = match ctx.transport {
-                        Transport::Http(m) => m.status,
-                        _ => None,
-                    };
-                    let outcome = outcome_of(&answer);
+                let outcome = outcome_of(&answer);
+                if let Some(id) = frame.id() {
                     self.finish(ctx.session, id, &p, Some(answer), outcome, None, status);
                 }
             }
@@ -477,23 +473,6 @@ impl Hook for Audit {
         self.finish(ctx.session, id, &p, Some(a), outcome, reason, status);
     }
 
-    fn on_delivered(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Option<Wait> {
-        if !frame.kind().is_reply() {
-            return None;
-        }
-        let id = frame.id()?;
-        let p = self.take(ctx, id)?;
-        let answer = p.answer.unwrap_or_else(|| answer_of(frame));
-        match ctx.transport {
-            Transport::Http(m) => {
-                let outcome = outcome_of(&answer);
-                self.finish(ctx.session, id, &p, Some(answer), outcome, None, m.status);
-            }
-            _ => self.finish(ctx.session, id, &p, Some(answer), "undelivered", None, None),
-        }
-        None
-    }
-
     fn on_failed(&self, ctx: &FrameCtx<'_>, id: &RequestId, error: &ProxyError) {
         if let Some(p) = self.take(ctx, id) {
             let a = Answer {
@@ -508,7 +487,7 @@ impl Hook for Audit {
 
     fn on_session_end(&self, session: &str) {
         for (id, p) in self.pending.end(session) {
-            self.finish(session, &id, &p, p.answer, "no_answer", None, None);
+            self.finish(session, &id, &p, None, "no_answer", None, None);
         }
     }
 }

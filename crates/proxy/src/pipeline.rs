@@ -177,6 +177,11 @@ pub trait Hook: Send + Sync + 'static {
     }
     /// The session ended: release what is kept for it.
     fn on_session_end(&self, _session: &str) {}
+    /// True when the hook needs [`Hook::on_delivered`] (the recorder). The HTTP front reports
+    /// deliveries only when some hook does: telling them costs work per server frame.
+    fn wants_delivery(&self) -> bool {
+        false
+    }
 }
 
 /// What an observer hook keeps for each client request until its answer (the audit log's line,
@@ -239,18 +244,6 @@ impl<T> Awaiting<T> {
         Ok(())
     }
 
-    /// Change what is kept for the request `id` of `ctx`, if anything.
-    pub fn update(&self, ctx: &FrameCtx<'_>, id: &RequestId, f: impl FnOnce(&mut T)) {
-        let mut k = crate::sync::lock(&self.inner);
-        if let Some(v) = k
-            .map
-            .get_mut(ctx.session)
-            .and_then(|w| w.get_mut(&(ctx.exchange, id.clone())))
-        {
-            f(v);
-        }
-    }
-
     /// Take what is kept for the request `id` of `ctx` (its answer came).
     pub fn take(&self, ctx: &FrameCtx<'_>, id: &RequestId) -> Option<T> {
         let mut k = crate::sync::lock(&self.inner);
@@ -305,12 +298,21 @@ impl<T> Awaiting<T> {
 #[derive(Clone, Default)]
 pub struct Pipeline {
     hooks: Vec<Arc<dyn Hook>>,
+    /// Some hook wants to hear how server frames were delivered.
+    delivery: bool,
 }
 
 impl Pipeline {
     /// A pipeline with the given hooks, run in order.
     pub fn new(hooks: Vec<Arc<dyn Hook>>) -> Self {
-        Pipeline { hooks }
+        let delivery = hooks.iter().any(|h| h.wants_delivery());
+        Pipeline { hooks, delivery }
+    }
+
+    /// True when some hook wants [`Hook::on_delivered`]: the front then passes server frames
+    /// with [`Transport::Later`] and reports their delivery.
+    pub fn reports_delivery(&self) -> bool {
+        self.delivery
     }
 
     /// True when there are no hooks (the relay path then does no work here).

@@ -160,6 +160,10 @@ impl Hook for RecordHook {
         self.offer(ctx.session, msg).unwrap_or(Verdict::Forward)
     }
 
+    fn wants_delivery(&self) -> bool {
+        true
+    }
+
     fn on_delivered(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Option<Wait> {
         let note = match ctx.transport {
             Transport::Undelivered => Some("undelivered"),

@@ -400,7 +400,7 @@ impl Session {
     /// passes [`Transport::Later`] to [`Session::from_server_via`] and then calls
     /// [`Session::delivered`]. False when there are no hooks (no work at all then).
     pub fn reports_delivery(&self) -> bool {
-        !self.pipeline.is_empty()
+        self.pipeline.reports_delivery()
     }
 
     /// [`Session::from_server`] for a front that tells hooks how the frame travelled.
