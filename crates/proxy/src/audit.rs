@@ -123,11 +123,11 @@ struct Pending {
     arguments_hash: Option<String>,
 }
 
-/// What the log keeps of an answer.
+/// What the log keeps of an answer (the trace hook reads answers with it too).
 #[derive(Clone, Copy)]
-struct Answer {
-    error_code: Option<i64>,
-    is_error: Option<bool>,
+pub(crate) struct Answer {
+    pub(crate) error_code: Option<i64>,
+    pub(crate) is_error: Option<bool>,
     bytes_out: usize,
 }
 
@@ -377,11 +377,6 @@ impl Audit {
         }
     }
 
-    /// Take the request an answer in `ctx` answers.
-    fn take(&self, ctx: &FrameCtx<'_>, id: &RequestId) -> Option<Pending> {
-        self.pending.take(ctx, id)
-    }
-
     /// Write the line of a request.
     #[allow(clippy::too_many_arguments)]
     fn finish(
@@ -435,7 +430,10 @@ impl Hook for Audit {
         match (ctx.direction, frame.kind()) {
             (Direction::ClientToServer, FrameKind::Request) => self.asked(ctx, frame),
             (Direction::ServerToClient, FrameKind::Response | FrameKind::Error) => {
-                let Some(p) = frame.id().and_then(|id| self.take(ctx, id)) else {
+                let Some(id) = frame.id() else {
+                    return Verdict::Forward;
+                };
+                let Some(p) = self.pending.take(ctx, id) else {
                     return Verdict::Forward;
                 };
                 // The hook is last: this is the answer the client gets. Over HTTP a JSON-RPC
@@ -448,9 +446,7 @@ impl Hook for Audit {
                 };
                 let answer = answer_of(frame);
                 let outcome = outcome_of(&answer);
-                if let Some(id) = frame.id() {
-                    self.finish(ctx.session, id, &p, Some(answer), outcome, None, status);
-                }
+                self.finish(ctx.session, id, &p, Some(answer), outcome, None, status);
             }
             _ => {}
         }
@@ -474,7 +470,7 @@ impl Hook for Audit {
     }
 
     fn on_failed(&self, ctx: &FrameCtx<'_>, id: &RequestId, error: &ProxyError) {
-        if let Some(p) = self.take(ctx, id) {
+        if let Some(p) = self.pending.take(ctx, id) {
             let a = Answer {
                 error_code: Some(error.jsonrpc_code()),
                 is_error: None,
@@ -514,7 +510,7 @@ fn reason_of(by: &str) -> &str {
 
 /// The error code, and a result's `isError`, of an answer (reads only those fields; a result
 /// that does not mention `isError` is not parsed at all).
-fn answer_of(frame: &Frame) -> Answer {
+pub(crate) fn answer_of(frame: &Frame) -> Answer {
     if frame.kind() == FrameKind::Response
         && memchr::memmem::find(frame.raw(), b"\"isError\"").is_none()
     {

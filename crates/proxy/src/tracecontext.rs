@@ -322,11 +322,11 @@ impl Hook for TraceHook {
             }
             (Direction::ServerToClient, FrameKind::Response | FrameKind::Error) => {
                 if let Some(span) = frame.id().and_then(|id| self.close(ctx, id)) {
-                    if frame.kind() == FrameKind::Error {
-                        let code = error_code(frame.raw());
-                        failed(&span, &code);
-                    } else if memchr::memmem::find(frame.raw(), b"\"isError\":true").is_some() {
-                        failed(&span, "tool_error");
+                    let a = crate::audit::answer_of(frame);
+                    match (a.error_code, a.is_error) {
+                        (Some(code), _) => failed(&span, &code.to_string()),
+                        (None, Some(true)) => failed(&span, "tool_error"),
+                        _ => {}
                     }
                 }
                 Verdict::Forward
@@ -360,23 +360,6 @@ impl Hook for TraceHook {
             failed(&span, "no_answer");
         }
     }
-}
-
-/// The JSON-RPC error code of an error answer, as text (`error.type`).
-fn error_code(raw: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct E {
-        error: Option<C>,
-    }
-    #[derive(serde::Deserialize)]
-    struct C {
-        code: Option<i64>,
-    }
-    serde_json::from_slice::<E>(raw)
-        .ok()
-        .and_then(|e| e.error?.code)
-        .map(|c| c.to_string())
-        .unwrap_or_else(|| "error".into())
 }
 
 #[cfg(test)]
