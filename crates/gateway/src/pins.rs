@@ -17,7 +17,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use shadowcat_proto::error::error_frame;
 use shadowcat_proto::{Frame, FrameKind};
 use shadowcat_proxy::pipeline::{Awaiting, Direction, FrameCtx, Hook, Verdict};
@@ -146,7 +145,7 @@ impl Def {
         let mut canon = String::new();
         canonical(&definition, &mut canon);
         Def {
-            hash: hex(&Sha256::digest(canon.as_bytes())),
+            hash: crate::auth::sha256_hex(canon.as_bytes()),
             definition,
             at_ms: now_ms(),
         }
@@ -219,12 +218,15 @@ pub enum Seen {
 impl Pin {
     /// The store key of a route's tool or prompt.
     pub fn id_of(route: &str, kind: Kind, name: &str) -> String {
-        let mut h = Sha256::new();
+        let mut bytes = Vec::with_capacity(route.len() + name.len() + 10);
         for part in [route, kind.list_key(), name] {
-            h.update(part.as_bytes());
-            h.update([0]);
+            bytes.extend_from_slice(part.as_bytes());
+            bytes.push(0);
         }
-        hex(&h.finalize()[..12])
+        // The first 12 bytes of the digest.
+        let mut id = crate::auth::sha256_hex(&bytes);
+        id.truncate(24);
+        id
     }
 
     /// Left out and refused under `enforce`.
@@ -838,10 +840,6 @@ impl Hook for PinHook {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -921,6 +919,11 @@ mod tests {
         // Held when new.
         let (held, seen) = Pin::observe(None, "/mcp", Kind::Tool, "rm", d1, NewTools::Hold);
         assert_eq!((seen, held.state()), (Seen::New, "held"));
+        // The id is the first 12 bytes of SHA-256 over route, list and name, each NUL-ended.
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(b"/mcp\0tools\0add\0");
+        let want: String = d[..12].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(Pin::id_of("/mcp", Kind::Tool, "add"), want);
         assert_ne!(
             Pin::id_of("/mcp", Kind::Tool, "add"),
             Pin::id_of("/x", Kind::Tool, "add")
