@@ -30,6 +30,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const NS: &str = "pins";
 /// How often each replica reads the pins again.
 pub const REFRESH: Duration = Duration::from_secs(2);
+/// Most pins kept. A server that keeps inventing tool names cannot grow them without bound:
+/// beyond this a name never seen is not pinned and counts as held (left out under `enforce`).
+pub const MAX_PINS: usize = 100_000;
 /// The JSON-RPC code of a call to a tool that awaits approval.
 pub const AWAITS_APPROVAL: i64 = -32003;
 /// Where `warn` marks a tool in a list.
@@ -444,6 +447,8 @@ pub struct PinHook {
     host: OnceLock<Weak<Host>>,
     /// Itself, for deferred writes.
     me: Weak<PinHook>,
+    /// [`MAX_PINS`] (smaller in tests).
+    max_pins: usize,
     /// Where drift and decisions are written, when there is an audit log.
     audit: OnceLock<Arc<shadowcat_proxy::audit::Audit>>,
     /// Counts for `/metrics`: definitions found not approved (route, `new`|`changed`), and
@@ -474,12 +479,24 @@ impl PinHook {
         tracker: &tokio_util::task::TaskTracker,
         cancel: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<PinHook>, String> {
+        PinHook::start_bounded(store, policy, MAX_PINS, tracker, cancel).await
+    }
+
+    /// [`PinHook::start`] keeping at most `max_pins`.
+    async fn start_bounded(
+        store: Arc<dyn SessionStore>,
+        policy: impl Fn(Option<&str>) -> Policy + Send + Sync + 'static,
+        max_pins: usize,
+        tracker: &tokio_util::task::TaskTracker,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<PinHook>, String> {
         let initial = load(&*store).await?;
         let hook = Arc::new_cyclic(|me| PinHook {
             store,
             policy: Box::new(policy),
             pins: RwLock::new(initial.into_iter().map(|p| (p.id.clone(), p)).collect()),
             lists: Awaiting::new(1_000, 100_000),
+            max_pins,
             host: OnceLock::new(),
             me: me.clone(),
             audit: OnceLock::new(),
@@ -676,9 +693,23 @@ impl PinHook {
                 let def = Def::of(kind, item);
                 let id = Pin::id_of(&route, kind, &name);
                 let known = pins.get(&id);
-                let (pin, seen) =
-                    Pin::observe(known, &route, kind, &name, def.clone(), policy.new_tools);
-                if known != Some(&pin) {
+                // This list's own new pins count too (they are written after it).
+                let full = known.is_none() && pins.len() + writes.len() >= self.max_pins;
+                let (pin, seen) = if full {
+                    // Fail closed: what cannot be pinned is not trusted.
+                    let held = NewTools::Hold;
+                    Pin::observe(None, &route, kind, &name, def.clone(), held)
+                } else {
+                    Pin::observe(known, &route, kind, &name, def.clone(), policy.new_tools)
+                };
+                if full {
+                    tracing::warn!(
+                        route,
+                        name,
+                        max = self.max_pins,
+                        "too many pins: a new name is held, not pinned"
+                    );
+                } else if known != Some(&pin) {
                     writes.push((name.clone(), def));
                 }
                 if seen == Seen::Approved {
@@ -813,7 +844,7 @@ impl Hook for PinHook {
                     Some(p) if p.quarantined() => {
                         self.refuse(&route, frame, kind, name, "changed since it was approved")
                     }
-                    None if policy.new_tools == NewTools::Hold => {
+                    None if policy.new_tools == NewTools::Hold || pins.len() >= self.max_pins => {
                         self.refuse(&route, frame, kind, name, "has not been reviewed")
                     }
                     _ => Verdict::Forward,
@@ -869,6 +900,64 @@ mod tests {
         let mut c = String::new();
         canonical(&json!({"b":[1,{"d":2,"c":"x"}],"a":null}), &mut c);
         assert_eq!(c, r#"{"a":null,"b":[1,{"c":"x","d":2}]}"#);
+    }
+
+    /// Past the bound a new name is not pinned: left out under `enforce`, its call refused.
+    #[tokio::test]
+    async fn past_the_bound_new_names_are_held_not_pinned() {
+        let store: Arc<dyn SessionStore> = Arc::new(shadowcat_store::MemoryStore::new());
+        let policy = Policy {
+            pinning: Pinning::Enforce,
+            new_tools: NewTools::Allow,
+        };
+        let hook = PinHook::start_bounded(
+            store.clone(),
+            move |_| policy,
+            1,
+            &tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let frame = |v: Value| Frame::parse_single(v.to_string().into()).unwrap();
+        let ctx = |d| FrameCtx {
+            route: Some(""),
+            ..FrameCtx::new("s", d)
+        };
+        let list = |id: i64| frame(json!({"jsonrpc":"2.0","id":id,"method":"tools/list"}));
+        let answer = |id: i64| {
+            frame(json!({"jsonrpc":"2.0","id":id,"result":{"tools":[tool("a"),
+                {"name":"b","description":"b","inputSchema":{"type":"object"}}]}}))
+        };
+        let run = |v: Verdict| async move {
+            match v {
+                Verdict::Defer(f) => f.await,
+                v => v,
+            }
+        };
+        // The first list pins `add`; `b` is over the bound: held, left out.
+        assert!(matches!(
+            hook.on_frame(&ctx(Direction::ClientToServer), &list(1)),
+            Verdict::Forward
+        ));
+        let out = run(hook.on_frame(&ctx(Direction::ServerToClient), &answer(1))).await;
+        let Verdict::Replace(f) = out else {
+            panic!("not filtered")
+        };
+        let v: Value = serde_json::from_slice(f.raw()).unwrap();
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["result"]["tools"][0]["name"], "add");
+        assert_eq!(
+            load(&*store).await.unwrap().len(),
+            1,
+            "nothing written past the bound"
+        );
+        let call = frame(json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+            "params":{"name":"never-listed","arguments":{}}}));
+        assert!(matches!(
+            hook.on_frame(&ctx(Direction::ClientToServer), &call),
+            Verdict::Reply(_)
+        ));
     }
 
     #[test]
