@@ -245,21 +245,26 @@ impl Shared {
             bad("the message endpoint needs `?sessionId=` (from the `endpoint` event)")
         })?;
         tracing::Span::current().record("session", id.as_str());
-        if let Some(policy) = &self.policy {
-            // A session answers only to the principal that opened it.
-            let store = self.host.records().store();
-            policy
-                .target(&req)?
-                .placer
-                .check_session(&id, &**store)
-                .await?;
-        }
+        let grant = match &self.policy {
+            Some(policy) => {
+                // A session answers only to the principal that opened it.
+                let store = self.host.records().store();
+                let placer = policy.target(&req)?.placer;
+                placer.check_session(&id, &**store).await?;
+                placer.grant()
+            }
+            None => None,
+        };
         let session = self
             .lock()
             .get(id.as_str())
             .filter(|s| s.route() == &*route)
             .cloned()
             .ok_or(ProxyError::SessionNotFound)?;
+        // The policy's hooks see what this request's credentials grant.
+        if grant.is_some() {
+            session.core().set_grant(grant);
+        }
         let raw = read_body(req.into_body(), self.max_body).await?;
         let frame = Frame::parse_single(raw)?;
         if frame.is_initialize() {
