@@ -215,14 +215,6 @@ async fn serve(
         grant: grant.as_ref(),
         ..FrameCtx::new("-", Direction::ClientToServer)
     };
-    let asker = answers::Asker {
-        pipeline: front.pipeline.clone(),
-        principal: principal.map(Arc::from),
-        route: target.key.clone(),
-        exchange,
-        id: frame.id().cloned(),
-        limit: front.config.upstream.max_message,
-    };
     let frame = match front.pipeline.process(&ctx, frame).await {
         Outcome::Forward(f) => f,
         Outcome::Reply(answer) => {
@@ -261,6 +253,16 @@ async fn serve(
             }
             return Err(e);
         }
+    };
+    // From here on, an answer that never passes the hooks is reported to them as failed.
+    let asker = answers::Asker {
+        pipeline: front.pipeline.clone(),
+        principal: principal.map(Arc::from),
+        route: target.key.clone(),
+        exchange,
+        id: frame.id().cloned(),
+        limit: front.config.upstream.max_message,
+        answered: false,
     };
     Ok(answers::through_pipeline(answer, asker).await)
 }
