@@ -44,12 +44,11 @@ use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
 use shadowcat_proxy::audit::Audit;
 use shadowcat_proxy::error::ProxyError;
-use shadowcat_proxy::forward::CONNECT_TIMEOUT;
 use shadowcat_proxy::front::http::{
     HostPolicy, HttpFront, HttpFrontConfig, OriginPolicy, Policy, Target,
 };
 use shadowcat_proxy::pipeline::{Awaiting, Direction, FrameCtx, Grant, Hook, Pipeline, Verdict};
-use shadowcat_proxy::runtime::drain;
+use shadowcat_proxy::upstream::CONNECT_TIMEOUT;
 use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{Retention, SessionStore};
 use std::collections::HashMap;
@@ -691,7 +690,6 @@ pub async fn gateway(
     if gw.admin {
         hooks.push(gw.series_hook());
     }
-    let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
     let http_checks = http.client().clone();
     let check_ctx = UpstreamCtx {
@@ -752,13 +750,7 @@ pub async fn gateway(
             }
         }
     });
-    let result = front.clone().serve(listener, ready).await;
-    drain(&tracker, deadline).await;
-    front
-        .workers()
-        .stop(shadowcat_proxy::forward::STOP_WORKERS)
-        .await;
-    result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
+    front.run(listener, ready).await
 }
 
 #[cfg(test)]

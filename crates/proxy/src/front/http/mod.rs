@@ -17,7 +17,7 @@ mod stream;
 mod translated;
 
 /// Session records (the era translation's held sessions write them too).
-use crate::session::records::{self, Records};
+use crate::session::records::Records;
 pub use checks::{HostPolicy, OriginPolicy};
 pub use registry::Registry;
 
@@ -460,6 +460,22 @@ impl HttpFront {
         }
     }
 
+    /// Serve on `listener` until shutdown (see [`HttpFront::serve`]), then wait for every task
+    /// of the front (sessions, children, background work on its tracker) up to the shutdown
+    /// deadline plus three child grace periods, and stop its worker threads. Every mode that
+    /// serves HTTP (forward, gateway) ends this way.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        ready: impl FnOnce(),
+    ) -> Result<(), ProxyError> {
+        let deadline = self.config.shutdown_deadline + self.config.upstream.shutdown_grace * 3;
+        let result = self.clone().serve(listener, ready).await;
+        crate::runtime::drain(&self.tracker, deadline).await;
+        self.workers.stop(crate::runtime::STOP_WORKERS).await;
+        result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
+    }
+
     /// Serve on `listener` until the cancel token fires, then shut down gracefully: stop
     /// accepting, let in-flight requests finish (up to the deadline), end every session (which
     /// stops its upstream and kills its child), and close the remaining streams.
@@ -548,17 +564,7 @@ impl HttpFront {
                 .await;
             if last_expire.elapsed() >= Duration::from_secs(60) {
                 last_expire = tokio::time::Instant::now();
-                let store = self.host.records().store();
-                match store
-                    .expire(records::now_ms(), self.config.record_ttl)
-                    .await
-                {
-                    Ok(gone) if !gone.is_empty() => {
-                        tracing::info!(expired = gone.len(), "expired old session records")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not expire old session records"),
-                }
+                self.host.records().expire(self.config.record_ttl).await;
             }
         }
     }
