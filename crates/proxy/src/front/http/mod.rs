@@ -12,7 +12,7 @@ mod outbox;
 mod post;
 mod registry;
 mod replicas;
-pub(crate) mod reply;
+pub mod reply;
 mod stream;
 mod translated;
 
@@ -816,33 +816,19 @@ pub(crate) fn note_message(msg: &Message) {
 }
 
 fn method_not_allowed_modern() -> Response {
-    let mut r = reply::error(
-        &ProxyError::bad(
-            crate::error::Refusal::MethodNotAllowed,
-            INVALID_REQUEST,
-            "2026-07-28 has no GET stream and no sessions: use POST (subscriptions/listen for change notifications)",
-        ),
-        None,
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
-    r
+    let e = ProxyError::MethodNotAllowed {
+        allow: "POST",
+        message: "2026-07-28 has no GET stream and no sessions: use POST (subscriptions/listen for change notifications)".into(),
+    };
+    reply::error(&e, None)
 }
 
 fn method_not_allowed() -> Response {
-    let mut r = reply::error(
-        &ProxyError::bad(
-            crate::error::Refusal::MethodNotAllowed,
-            INVALID_REQUEST,
-            "use POST, GET or DELETE",
-        ),
-        None,
-    );
-    r.headers_mut().insert(
-        header::ALLOW,
-        http::HeaderValue::from_static("GET, POST, DELETE"),
-    );
-    r
+    let e = ProxyError::MethodNotAllowed {
+        allow: "GET, POST, DELETE",
+        message: "use POST, GET or DELETE".into(),
+    };
+    reply::error(&e, None)
 }
 
 async fn handle_delete(

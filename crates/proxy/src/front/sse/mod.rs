@@ -45,7 +45,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use session::LegacySession;
-use shadowcat_proto::error::{INVALID_REQUEST, error_bytes, error_frame};
+use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
 use shadowcat_proto::{Frame, FrameError, FrameKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -364,21 +364,11 @@ fn accepted() -> Response {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response {
-    let body = error_bytes(
-        None,
-        INVALID_REQUEST,
-        &format!("this HTTP+SSE endpoint only takes {allow}"),
-        None,
-    );
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
+    let e = ProxyError::MethodNotAllowed {
+        allow,
+        message: format!("this HTTP+SSE endpoint only takes {allow}"),
+    };
+    crate::front::http::reply::error(&e, None)
 }
 
 fn sse_response(body: Body) -> Response {
