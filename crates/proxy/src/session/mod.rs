@@ -379,11 +379,8 @@ impl Session {
                         self.inflight.remove(id);
                     }
                     // Hooks saw the request go on: its answer passes them like the server's.
-                    let answer = error_frame(frame.id(), UPSTREAM_ERROR, &why);
-                    let answer = self
-                        .from_server(answer)
-                        .await
-                        .unwrap_or_else(|| error_frame(frame.id(), UPSTREAM_ERROR, &why));
+                    let refused = || error_frame(frame.id(), why.jsonrpc_code(), &why.to_string());
+                    let answer = self.from_server(refused()).await.unwrap_or_else(refused);
                     return Ok((Sent::Replied(answer), None));
                 }
                 frame.id().cloned()
