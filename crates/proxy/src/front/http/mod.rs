@@ -674,23 +674,48 @@ pub(crate) fn session_header(req: &Request) -> Result<Option<&str>, ProxyError> 
     }
 }
 
-/// `GET /health`: liveness plus the session count and the store's reachability. 200 while the
-/// store is reachable (or degraded onto memory), 503 while it is down and failing closed.
+/// `GET /health`: liveness — `200` while the proxy serves, whatever its store does (a liveness
+/// probe that failed during a store outage would restart replicas, which does not bring the
+/// store back) — with the session count and the store's state in the body. Readiness is
+/// `/ready`.
 fn health(front: &HttpFront) -> Response {
-    let store = front.host.records().store();
-    let h = store.health();
-    let ok = h.healthy || h.degraded;
+    let (_, store) = store_state(front);
     let body = serde_json::json!({
-        "status": if ok { "ok" } else { "degraded" },
+        "status": "ok",
         "sessions": front.host.len(),
-        "store": { "backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages },
+        "store": store,
     });
-    let status = if ok {
+    reply::json_response(StatusCode::OK, bytes::Bytes::from(body.to_string()))
+}
+
+/// `GET /ready` (forward mode; the gateway answers its own, with its routes): `200` while new
+/// sessions can be taken — the store is reachable (or degraded onto memory) and the proxy is
+/// not shutting down —, `503` otherwise, the body saying which.
+fn ready(front: &HttpFront) -> Response {
+    let (store_ok, store) = store_state(front);
+    let shutting_down = front.is_shutting_down();
+    let ready = store_ok && !shutting_down;
+    let body = serde_json::json!({
+        "ready": ready,
+        "shutting_down": shutting_down,
+        "store": store,
+    });
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     reply::json_response(status, bytes::Bytes::from(body.to_string()))
+}
+
+/// Whether the store takes new sessions (reachable, or degraded onto memory), and its state.
+fn store_state(front: &HttpFront) -> (bool, serde_json::Value) {
+    let store = front.host.records().store();
+    let h = store.health();
+    let state = serde_json::json!({
+        "backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages,
+    });
+    (h.healthy || h.degraded, state)
 }
 
 async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
@@ -699,9 +724,13 @@ async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
     {
         return reply::error(&e, None);
     }
-    if req.uri().path() == "/health" && req.method() == Method::GET && req.uri().scheme().is_none()
-    {
-        return health(&front);
+    if req.method() == Method::GET && req.uri().scheme().is_none() {
+        match req.uri().path() {
+            "/health" => return health(&front),
+            // A policy (the gateway) answers its own readiness.
+            "/ready" if front.config.policy.is_none() => return ready(&front),
+            _ => {}
+        }
     }
     let has_body = has_body(req.headers());
     let mut response = match front.config.policy.clone() {
