@@ -287,3 +287,32 @@ async fn a_new_session_is_served_on_another_replica_after_one_is_sigkilled() {
     );
     assert_eq!(fresh.delete().await.status, 204);
 }
+
+/// A graceful stop (SIGTERM, as in a rolling upgrade) hands the sessions another replica can
+/// continue over to the shared store instead of ending them: the client's next request, on B,
+/// goes on in the same session (its upstream session was not deleted).
+#[tokio::test]
+async fn a_graceful_stop_hands_its_http_sessions_to_another_replica() {
+    let redis = Redis::start();
+    let demo = Server::demo_http().await;
+    let a = replica(&redis, "a", &["--target", &demo.url()]).await;
+    let b = replica(&redis, "b", &["--target", &demo.url()]).await;
+    let mut on_a = Raw::new(a.url());
+    on_a.initialize().await;
+    assert_eq!(
+        on_a.call_tool(1, "echo", json!({"message": "from a"}))
+            .await,
+        "from a"
+    );
+    assert_eq!(a.terminate().await, Some(0));
+
+    let mut moved = Raw::new(b.url());
+    moved.session = on_a.session.clone();
+    assert_eq!(
+        moved
+            .call_tool(2, "echo", json!({"message": "after a stopped"}))
+            .await,
+        "after a stopped"
+    );
+    assert_eq!(moved.delete().await.status, 204);
+}

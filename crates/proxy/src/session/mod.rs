@@ -555,6 +555,30 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Whether another replica sharing the store can continue this session once this one lets
+    /// go of it: its upstream is a Streamable HTTP session, which any replica reaches (a child
+    /// process or an HTTP+SSE stream lives and dies here).
+    pub fn can_hand_off(&self) -> bool {
+        matches!(self.upstream, Upstream::Http(_))
+    }
+
+    /// Let go of the session for another replica to continue (a graceful stop with a shared
+    /// store): like [`Session::shutdown`], but the upstream session is left open (no DELETE)
+    /// and the record stays active, so the client's next request — on any replica — adopts it.
+    pub async fn hand_off(&self) {
+        if self.ending.swap(true, Ordering::AcqRel) {
+            self.cancel.cancelled().await;
+            return;
+        }
+        self.pipeline.session_ended(&self.id);
+        self.cancel.cancel();
+        // Its activity is flushed with the records' own stop; the place in the host is free.
+        let slot = crate::sync::lock(&self.slot).take();
+        drop(slot);
+    }
+}
+
 /// A reply the proxy made because the upstream failed (not the server's own answer).
 fn upstream_failed(frame: &Frame) -> bool {
     matches!(frame.proxy_error(), Some(UPSTREAM_ERROR | REQUEST_TIMEOUT))

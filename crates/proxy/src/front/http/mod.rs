@@ -520,17 +520,38 @@ impl HttpFront {
         while self.host.inflight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // With a shared store, a session another replica can continue is handed off, not
+        // ended: its client's next request (with the same id, or a Last-Event-ID) goes on
+        // elsewhere, as in a rolling upgrade. The others end here.
+        let shared = !matches!(self.host.records().store().backend(), "memory" | "sqlite");
+        let handed = std::sync::atomic::AtomicUsize::new(0);
         let ends = self.host.entries().into_iter().map(|(id, entry)| {
             let reg = self.registry.clone();
+            let handed = &handed;
             async move {
+                let session = entry.session();
+                if shared
+                    && session.as_ref().is_some_and(|s| s.can_hand_off())
+                    && reg.hand_off(&id).await
+                {
+                    handed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 if !reg.end(&id).await
-                    && let Some(s) = entry.session()
+                    && let Some(s) = session
                 {
                     s.shutdown().await;
                 }
             }
         });
         futures_util::future::join_all(ends).await;
+        let handed = handed.into_inner();
+        if handed > 0 {
+            tracing::info!(
+                sessions = handed,
+                "left sessions in the shared store for other replicas to continue"
+            );
+        }
         self.sessions_cancel.cancel();
         let _ = reaper.await;
         let _ = accept.await;

@@ -241,6 +241,22 @@ impl Registry {
         }
     }
 
+    /// Let go of session `id` for another replica to continue ([`Session::hand_off`]); `false`
+    /// when it is not here.
+    ///
+    /// [`Session::hand_off`]: crate::session::Session::hand_off
+    pub async fn hand_off(&self, id: &str) -> bool {
+        let s = self.lock().remove(id);
+        match s {
+            Some(s) => {
+                s.core.hand_off().await;
+                s.outbox().close();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every session id.
     pub fn ids(&self) -> Vec<Arc<str>> {
         self.lock().keys().cloned().collect()
