@@ -464,6 +464,7 @@ impl Metrics {
                 }
             }
         }
+        render_callouts(&mut o);
         let spares: Vec<_> = snap
             .upstreams
             .iter()
@@ -485,6 +486,43 @@ impl Metrics {
             }
         }
         o
+    }
+}
+
+/// `shadowcat_guardrail_callouts_total` and `shadowcat_guardrail_callout_seconds_total`, per
+/// interceptor rule with a `callout` action (nothing until one was made).
+fn render_callouts(o: &mut String) {
+    use shadowcat_proxy::intercept::guard::{OUTCOMES, callout_counts};
+    use std::sync::atomic::Ordering;
+    let counts = callout_counts();
+    if counts.is_empty() {
+        return;
+    }
+    let name = "shadowcat_guardrail_callouts_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Guardrail callouts by interceptor rule and outcome (the service's decision, or a failure let through or refused by failure_mode)."
+    );
+    let _ = writeln!(o, "# TYPE {name} counter");
+    for (rule, c) in &counts {
+        for (outcome, n) in OUTCOMES.iter().zip(&c.outcomes) {
+            let _ = writeln!(
+                o,
+                "{name}{{rule=\"{}\",outcome=\"{outcome}\"}} {}",
+                esc(rule),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "shadowcat_guardrail_callout_seconds_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Time spent waiting for guardrail callouts, by interceptor rule."
+    );
+    let _ = writeln!(o, "# TYPE {name} counter");
+    for (rule, c) in &counts {
+        let secs = c.micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(o, "{name}{{rule=\"{}\"}} {secs}", esc(rule));
     }
 }
 

@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use shadowcat_proto::{Frame, FrameKind};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Default time a callout gets (waiting for a free slot included).
@@ -36,6 +37,56 @@ const SECRETS: &[&str] = &[
     r"-----BEGIN (?:[A-Z0-9]+ )?PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )?PRIVATE KEY-----)?",
     r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
 ];
+
+/// What a callout can come to: the service's decision, or a failure let through (`open`) or
+/// refused (`closed`) by the rule's `failure_mode`. The `outcome` label of the metrics.
+pub const OUTCOMES: [&str; 5] = [
+    "continue",
+    "reject",
+    "replace",
+    "failed_open",
+    "failed_closed",
+];
+
+/// Rules counted apart in the metrics; beyond, further rule names share one series
+/// ([`OTHER_RULES`]): a rules file reloaded with ever new names cannot grow them without bound.
+const MAX_COUNTED_RULES: usize = 1_000;
+/// The rule label of the callouts of rules beyond [`MAX_COUNTED_RULES`].
+pub const OTHER_RULES: &str = "(other)";
+
+/// One rule's callouts since the proxy started: per outcome ([`OUTCOMES`]), and the time spent.
+#[derive(Debug, Default)]
+pub struct CalloutCounts {
+    /// By outcome, in the order of [`OUTCOMES`].
+    pub outcomes: [AtomicU64; 5],
+    /// Time spent deciding, in microseconds, over all of them.
+    pub micros: AtomicU64,
+}
+
+type CountsByRule = std::collections::BTreeMap<String, Arc<CalloutCounts>>;
+static COUNTS: LazyLock<Mutex<CountsByRule>> = LazyLock::new(Mutex::default);
+
+/// The counts of `rule`'s callouts (made on first use).
+fn counts_of(rule: &str) -> Arc<CalloutCounts> {
+    let mut all = crate::sync::lock(&COUNTS);
+    if let Some(c) = all.get(rule) {
+        return c.clone();
+    }
+    let key = if all.len() < MAX_COUNTED_RULES {
+        rule
+    } else {
+        OTHER_RULES
+    };
+    all.entry(key.to_string()).or_default().clone()
+}
+
+/// Every rule's callout counts so far (for `/metrics`), by rule name.
+pub fn callout_counts() -> Vec<(String, Arc<CalloutCounts>)> {
+    crate::sync::lock(&COUNTS)
+        .iter()
+        .map(|(r, c)| (r.clone(), c.clone()))
+        .collect()
+}
 
 /// An external guardrail service.
 #[derive(Debug, Clone)]
@@ -112,15 +163,35 @@ impl Callout {
         .to_string();
         let (me, rule, frame) = (self.clone(), rule.to_string(), frame.clone());
         Verdict::Defer(Box::pin(async move {
+            let started = Instant::now();
+            let counts = counts_of(&rule);
+            let count = |outcome: &str| {
+                if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+                    counts.outcomes[i].fetch_add(1, Ordering::Relaxed);
+                }
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                counts.micros.fetch_add(micros, Ordering::Relaxed);
+            };
             let decided = tokio::time::timeout(me.timeout, me.decide(body)).await;
             let why = match decided {
-                Ok(Ok(d)) => match d.verdict(&rule, &frame) {
-                    Ok(v) => return v,
-                    Err(why) => why,
-                },
+                Ok(Ok(d)) => {
+                    let decision = d.decision.clone();
+                    match d.verdict(&rule, &frame) {
+                        Ok(v) => {
+                            count(&decision);
+                            return v;
+                        }
+                        Err(why) => why,
+                    }
+                }
                 Ok(Err(why)) => why,
                 Err(_) => format!("no decision within {} ms", me.timeout.as_millis()),
             };
+            count(if me.fail_open {
+                "failed_open"
+            } else {
+                "failed_closed"
+            });
             if me.fail_open {
                 tracing::warn!(rule, reason = %why, "guardrail callout failed; the message goes on (failure_mode = open)");
                 Verdict::Forward

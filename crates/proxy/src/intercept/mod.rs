@@ -4,7 +4,7 @@
 //! See `docs/interceptor.md`.
 
 mod apply;
-mod guard;
+pub mod guard;
 mod pattern;
 mod pause;
 mod rules;

@@ -548,3 +548,44 @@ async fn rules_on_the_principal_need_one() {
         Outcome::Forward(_)
     ));
 }
+
+#[tokio::test]
+async fn callouts_are_counted_per_rule_and_outcome() {
+    use crate::pipeline::{Direction, Verdict};
+    use std::sync::atomic::Ordering;
+    // Nothing listens on port 1: every callout fails, and its failure_mode decides.
+    for (rule, fail_open) in [("count-closed", false), ("count-open", true)] {
+        let c = guard::Callout::new(
+            "http://127.0.0.1:1/decide",
+            std::time::Duration::from_secs(2),
+            fail_open,
+            1,
+            None,
+        )
+        .unwrap();
+        let ctx = FrameCtx::new("s", Direction::ClientToServer);
+        for _ in 0..2 {
+            let Verdict::Defer(decide) = c.ask(
+                rule,
+                &ctx,
+                Some("tools/call"),
+                Some("echo"),
+                &call(1, "echo"),
+            ) else {
+                panic!("a callout decides later");
+            };
+            let v = decide.await;
+            assert_eq!(matches!(v, Verdict::Forward), fail_open, "{v:?}");
+        }
+    }
+    let counts = guard::callout_counts();
+    let of = |rule: &str, outcome: &str| {
+        let (_, c) = counts.iter().find(|(r, _)| r == rule).expect("counted");
+        let i = guard::OUTCOMES.iter().position(|o| *o == outcome).unwrap();
+        c.outcomes[i].load(Ordering::Relaxed)
+    };
+    assert_eq!(of("count-closed", "failed_closed"), 2);
+    assert_eq!(of("count-closed", "failed_open"), 0);
+    assert_eq!(of("count-open", "failed_open"), 2);
+    assert_eq!(of("count-open", "continue"), 0);
+}
