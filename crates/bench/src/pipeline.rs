@@ -15,6 +15,8 @@
 //!   is written; the writer thread's time is reported apart: it runs beside the relay);
 //! * `rules+record`: both;
 //! * `audit`: the audit log (`--audit`) writing into `--dir` (arguments left out, the default).
+//! * `pinning`: tool pinning under `enforce` on a warm session: the tool was listed (and pinned)
+//!   once before the batches, so each call is checked against its approved pin.
 //!
 //! The time per frame is the median over `--batches` batches (the machine is shared: read the
 //! median, and compare variants of the same run).
@@ -45,6 +47,7 @@ pub enum Variant {
     #[value(name = "rules+record")]
     RulesRecord,
     Audit,
+    Pinning,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +129,24 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    if a.variant == Variant::Pinning {
+        use shadowcat_gateway::pins::{NewTools, PinHook, Pinning, Policy};
+        let policy = |_: Option<&str>| Policy {
+            pinning: Pinning::Enforce,
+            new_tools: NewTools::Allow,
+        };
+        let store: Arc<dyn shadowcat_store::SessionStore> =
+            Arc::new(shadowcat_store::MemoryStore::new());
+        let hook = PinHook::start(
+            store,
+            policy,
+            &tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        hooks.push(hook);
+    }
     let pipeline = Pipeline::new(hooks);
     let message = "x".repeat(a.payload);
     let call = frame(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
@@ -169,6 +190,24 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
         }),
         ..FrameCtx::new(session, Direction::ServerToClient)
     };
+    if a.variant == Variant::Pinning {
+        // A warm session: the tool was listed (and pinned, trusted on first use) before.
+        let list = frame(json!({"jsonrpc":"2.0","id":0,"method":"tools/list"}))?;
+        let tools = frame(
+            json!({"jsonrpc":"2.0","id":0,"result":{"tools":[{"name":"echo",
+            "description":"Echo a message","inputSchema":{"type":"object",
+            "properties":{"message":{"type":"string"}}}}]}}),
+        )?;
+        pipeline.process(&c2s, list).await;
+        pipeline.process(&s2c, tools).await;
+        anyhow::ensure!(
+            matches!(
+                pipeline.process(&c2s, call.clone()).await,
+                Outcome::Forward(_)
+            ),
+            "the pinned tool's call is refused"
+        );
+    }
     let relay = a.variant == Variant::Relay;
     let enter_anyway = a.variant == Variant::NoHooksEntered;
     // As `Session` does: with no hooks the pipeline is not entered (checked per frame; the
