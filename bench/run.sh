@@ -618,7 +618,7 @@ scenario_g() {
   #    relay path with neither --record nor --rules), and the cost of each hook.
   local r v
   for r in $(seq 1 "$ROUNDS"); do
-    for v in $(rotate "$r" relay no-hooks no-hooks-entered rules record rules+record audit); do
+    for v in $(rotate "$r" relay no-hooks no-hooks-entered rules record rules+record audit pinning); do
       bench "g|pipeline|$v|payload=$PAYLOAD|r$r" pipeline --variant "$v" --rules "$rules" \
         --dir "$tapes" --payload "$PAYLOAD" --exchanges "$PIPE_EXCHANGES" --batches "$PIPE_BATCHES"
     done
