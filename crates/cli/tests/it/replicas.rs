@@ -3,14 +3,17 @@
 //! to the replica that owns the child; Redis outages fail closed or degrade onto memory.
 
 use super::harness::{
-    EventExt, Raw, Redis, Server, SseStream, descendants, free_port, wait_descendants,
+    AnyRedis, EventExt, Raw, Redis, Server, SseStream, descendants, free_port, wait_descendants,
 };
 use serde_json::json;
 use std::time::Duration;
 
 async fn replica(redis: &Redis, id: &str, extra: &[&str]) -> Server {
-    let store = redis.url();
-    let mut args = vec!["--store", store.as_str(), "--replica-id", id];
+    replica_on(&redis.url(), id, extra).await
+}
+
+async fn replica_on(store: &str, id: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--store", store, "--replica-id", id];
     args.extend_from_slice(extra);
     Server::forward_http(&args).await
 }
@@ -48,10 +51,24 @@ async fn a_session_created_on_one_replica_continues_on_another() {
 
 #[tokio::test]
 async fn a_stream_cut_by_sigkill_resumes_on_another_replica() {
-    let redis = Redis::start();
+    resumes_on_another_replica(AnyRedis::single()).await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_sigkill_resumes_on_another_replica_on_a_redis_cluster() {
+    resumes_on_another_replica(AnyRedis::cluster()).await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_sigkill_resumes_on_another_replica_through_sentinel() {
+    resumes_on_another_replica(AnyRedis::sentinel()).await;
+}
+
+async fn resumes_on_another_replica(redis: AnyRedis) {
+    let store = redis.url();
     let demo = Server::demo_http().await;
-    let mut a = replica(&redis, "a", &["--target", &demo.url()]).await;
-    let b = replica(&redis, "b", &["--target", &demo.url()]).await;
+    let mut a = replica_on(&store, "a", &["--target", &demo.url()]).await;
+    let b = replica_on(&store, "b", &["--target", &demo.url()]).await;
     let mut c = Raw::new(a.url());
     c.version = "2025-11-25";
     c.initialize().await;
