@@ -235,12 +235,24 @@ impl Raw {
 pub struct Redis {
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// More `redis-server` arguments (e.g. a `maxmemory`).
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A server started with more arguments.
+    pub fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut r = Redis { dir, child: None };
+        let extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        let mut r = Redis {
+            dir,
+            child: None,
+            extra,
+        };
         r.restart();
         r
     }
@@ -276,6 +288,7 @@ impl Redis {
                 "--unixsocket",
             ])
             .arg(self.socket())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -245,6 +245,29 @@ async fn redis_outage_fails_closed_then_recovers_without_restart() {
     assert_eq!(h.json()["store"]["outages"], json!(1));
 }
 
+/// A full Redis (`maxmemory` reached, `noeviction`: writes answer `OOM`) refuses new sessions
+/// like an unreachable one: a 503 with `Retry-After`, and nothing started for the session.
+#[tokio::test]
+async fn a_full_redis_refuses_new_sessions() {
+    let redis = Redis::start_with(&["--maxmemory", "1", "--maxmemory-policy", "noeviction"]);
+    let p = replica(&redis, "solo", &["--demo"]).await;
+    for id in 1..=2 {
+        let r = Raw::new(p.url())
+            .post(super::harness::init_body(id, "2025-06-18"))
+            .await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(
+            r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("5")
+        );
+        assert!(r.body.contains("session store"), "{}", r.body);
+        assert!(r.body.contains("OOM"), "says why: {}", r.body);
+        assert_eq!(r.json()["id"], json!(id), "{}", r.body);
+        assert!(r.headers.get("mcp-session-id").is_none(), "no session");
+    }
+    assert!(descendants(p.pid()).is_empty(), "no child was started");
+}
+
 #[tokio::test]
 async fn redis_outage_can_continue_on_memory() {
     let mut redis = Redis::start();
