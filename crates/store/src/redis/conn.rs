@@ -25,10 +25,11 @@ use std::time::Duration;
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often a Sentinel connection asks the Sentinels which server is the primary (a manual
+/// How often a Sentinel connection asks a Sentinel which server is the primary (a manual
 /// `SENTINEL FAILOVER` promotes a replica while the old primary still answers: without asking,
-/// writes would go on landing on the old one until Sentinel demotes it).
-const SENTINEL_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// writes would go on landing on the old one, and be lost, until Sentinel demotes it). One
+/// small command on a kept connection to a Sentinel.
+const SENTINEL_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Default ports of the URL forms that list hosts.
 const REDIS_PORT: u16 = 6379;
@@ -286,10 +287,14 @@ pub(crate) async fn open(url: &str) -> StoreResult<RedisConn> {
             let db = node.redis_settings().db();
             let node = SentinelNodeConnectionInfo::default()
                 .set_redis_connection_info(node.redis_settings().clone());
-            let client =
-                SentinelClient::build(sentinels, service, Some(node), SentinelServerType::Master)
-                    .map_err(|e| bad(url, e))?;
-            let conn = SentinelConn::new(client, db);
+            let client = SentinelClient::build(
+                sentinels,
+                service.clone(),
+                Some(node),
+                SentinelServerType::Master,
+            )
+            .map_err(|e| bad(url, e))?;
+            let conn = SentinelConn::new(client, service, db);
             conn.0.primary().await.map_err(unavailable)?;
             Ok(RedisConn::Sentinel(conn))
         }
@@ -299,14 +304,15 @@ pub(crate) async fn open(url: &str) -> StoreResult<RedisConn> {
 /// The primary of a Sentinel-monitored service. Resolved through the Sentinels on first use
 /// and again after any failure that says the primary is gone or demoted (connection errors,
 /// `READONLY`; a command refused with `READONLY` is sent once more to the new primary, since
-/// a replica applied none of it), and whenever the Sentinels name another primary (asked every
-/// second by a task that ends when the last clone is dropped).
+/// a replica applied none of it), and whenever a Sentinel names another primary (asked every
+/// [`SENTINEL_CHECK_EVERY`] by a task that ends when the last clone is dropped).
 #[derive(Clone)]
 pub struct SentinelConn(Arc<SentinelShared>);
 
 struct SentinelShared {
     /// Asks the Sentinels; one lookup at a time.
     resolver: tokio::sync::Mutex<SentinelClient>,
+    service: String,
     current: Mutex<Option<Primary>>,
     generation: AtomicU64,
     config: AsyncConnectionConfig,
@@ -325,9 +331,10 @@ fn is_readonly(e: &RedisError) -> bool {
 }
 
 impl SentinelConn {
-    fn new(client: SentinelClient, db: i64) -> SentinelConn {
+    fn new(client: SentinelClient, service: String, db: i64) -> SentinelConn {
         let shared = Arc::new(SentinelShared {
             resolver: tokio::sync::Mutex::new(client),
+            service,
             current: Mutex::new(None),
             generation: AtomicU64::new(0),
             config: AsyncConnectionConfig::new()
@@ -340,14 +347,21 @@ impl SentinelConn {
     }
 }
 
-/// Every [`SENTINEL_CHECK_EVERY`], asks whether the primary moved; ends with the connection.
+/// Every [`SENTINEL_CHECK_EVERY`], asks a Sentinel whether the primary moved, over a
+/// connection kept for it (made again, to the first Sentinel that answers, after a failure);
+/// ends with the connection.
 async fn watch(shared: Weak<SentinelShared>) {
+    let mut sentinel: Option<MultiplexedConnection> = None;
     loop {
         tokio::time::sleep(SENTINEL_CHECK_EVERY).await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let _ = tokio::time::timeout(SENTINEL_CHECK_EVERY, shared.check()).await;
+        let checked =
+            tokio::time::timeout(SENTINEL_CHECK_EVERY * 4, shared.check(&mut sentinel)).await;
+        if !matches!(checked, Ok(Ok(()))) {
+            sentinel = None;
+        }
     }
 }
 
@@ -398,22 +412,40 @@ impl SentinelShared {
         }
     }
 
-    /// Asks the Sentinels where the primary is; drops the connection if it moved.
-    async fn check(&self) {
+    /// Asks a Sentinel where the primary is; drops the connection to it if it moved.
+    async fn check(&self, sentinel: &mut Option<MultiplexedConnection>) -> RedisResult<()> {
         let Some(current) = self.cached() else {
-            return;
+            return Ok(());
         };
-        // A lookup under way (after a failure) answers the same question.
-        let Ok(mut resolver) = self.resolver.try_lock() else {
-            return;
+        let conn = match sentinel {
+            Some(c) => c,
+            None => {
+                let client = self
+                    .resolver
+                    .lock()
+                    .await
+                    .async_get_sentinel_client()
+                    .await?;
+                sentinel.insert(
+                    client
+                        .get_multiplexed_async_connection_with_config(&self.config)
+                        .await?,
+                )
+            }
         };
-        if let Ok(client) = resolver.async_get_client().await {
-            let addr = client.get_connection_info().addr().to_string();
+        let named: Option<(String, u16)> = ::redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.service)
+            .query_async(conn)
+            .await?;
+        if let Some((host, port)) = named {
+            let addr = format!("{host}:{port}");
             if addr != current.addr {
                 tracing::warn!(from = %current.addr, to = %addr, "redis: Sentinel names a new primary; switching to it");
                 self.forget(current.generation);
             }
         }
+        Ok(())
     }
 
     async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
