@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
 pub struct StoreArgs {
-    /// Store to measure: `memory`, `sqlite:PATH`, `redis://…` / `redis+unix:///path` (repeatable).
+    /// Store to measure: `memory`, `sqlite:PATH`, `redis://…` / `redis+unix:///path` /
+    /// `redis+cluster://…` / `redis+sentinel://…` (repeatable).
     #[arg(long = "store", required = true)]
     stores: Vec<String>,
     /// Operations of each kind.

@@ -45,7 +45,7 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     ),
     (
         &["session", "list"],
-        "shadowcat session list --store sqlite:sessions.db\n  shadowcat session list --store redis://127.0.0.1:6379 --status active --json",
+        "shadowcat session list --store sqlite:sessions.db\n  shadowcat session list --store redis://127.0.0.1:6379 --status active --json\n  shadowcat session list --store redis+cluster://10.0.0.1:7000,10.0.0.2:7000\n  shadowcat session list --store redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/mymaster",
     ),
     (
         &["session", "show"],
@@ -227,7 +227,8 @@ pub enum Command {
     Forward(Forward),
     /// Run the built-in demo MCP server (stdio by default, or Streamable HTTP at /mcp).
     DemoServer(DemoArgs),
-    /// Inspect and end sessions in a session store (sqlite:PATH or redis://…).
+    /// Inspect and end sessions in a session store (sqlite:PATH, redis://…, redis+cluster://…,
+    /// redis+sentinel://…).
     #[command(subcommand)]
     Session(SessionCmd),
     /// Tool pinning (rug-pull defence): list, show, approve, reject, export and import the
@@ -263,7 +264,9 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
     /// Session store: `memory`, `sqlite:PATH` or `redis://HOST[:PORT][/DB]` (also `rediss://`,
-    /// `redis+unix:///path`). Holds session records and the SSE event log used for resumption.
+    /// `redis+unix:///path`; a Redis Cluster: `redis+cluster://HOST:PORT[,HOST:PORT…]`; the
+    /// primary a set of Sentinels names: `redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]`).
+    /// Holds session records and the SSE event log used for resumption.
     #[arg(
         long,
         env = "SHADOWCAT_STORE",
@@ -271,7 +274,7 @@ pub struct StoreArgs {
         help_heading = "Session store"
     )]
     pub store: String,
-    /// Prefix of every Redis key.
+    /// Prefix of every Redis key (no `{` or `}`).
     #[arg(long, default_value = "shadowcat:", help_heading = "Session store")]
     pub redis_prefix: String,
 }

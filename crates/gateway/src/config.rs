@@ -407,10 +407,13 @@ pub struct ServerConfig {
     /// the OAuth metadata are built from it. Required with `[auth]`.
     #[serde(default)]
     pub public_url: Option<String>,
-    /// Session store: `memory`, `sqlite:PATH`, `redis://…`.
+    /// Session store: `memory`, `sqlite:PATH`, `redis://…` (also `rediss://`,
+    /// `redis+unix:///path`), `redis+cluster://HOST:PORT[,HOST:PORT…]` (a Redis Cluster, from
+    /// its seed nodes) or `redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]` (the primary
+    /// the Sentinels name).
     #[serde(default = "default_store")]
     pub store: String,
-    /// Prefix of every Redis key.
+    /// Prefix of every Redis key (no `{` or `}`: Shadowcat adds its own hash tags).
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
     /// While a shared store is unreachable: `closed` (503) or `memory`.
@@ -682,11 +685,18 @@ impl LimitsConfig {
     }
 }
 
-/// Whether a string names a Redis server (`redis://`, `rediss://`, `redis+unix://`).
+/// Whether a string names a Redis server (`redis://`, `rediss://`, `redis+unix://`), a Redis
+/// Cluster (`redis+cluster://`) or a Sentinel-monitored primary (`redis+sentinel://`).
 pub fn is_redis_url(s: &str) -> bool {
-    ["redis://", "rediss://", "redis+unix://"]
-        .iter()
-        .any(|p| s.trim().starts_with(p))
+    [
+        "redis://",
+        "rediss://",
+        "redis+unix://",
+        "redis+cluster://",
+        "redis+sentinel://",
+    ]
+    .iter()
+    .any(|p| s.trim().starts_with(p))
 }
 
 /// A GCRA rate: `requests` per `per`, bursts of up to `burst` (default: `requests`).
@@ -1644,6 +1654,45 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("allowed_hosts[0]"), "{e}");
+    }
+
+    #[test]
+    fn store_specs_and_the_redis_prefix_are_validated() {
+        let route = "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\nurl = \"http://a/mcp\"\n";
+        for ok in [
+            "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000",
+            "redis+sentinel://s1:26379,s2:26379/mymaster/2",
+        ] {
+            let text =
+                format!("[server]\nstore = \"{ok}\"\n[limits]\nbackend = \"redis\"\n{route}");
+            assert_eq!(errors(&text), "", "{ok}");
+            let cfg = GatewayConfig::parse("g.toml", &text).unwrap();
+            assert_eq!(cfg.limits.shared_redis(&cfg.server), Some(ok));
+        }
+        let e = errors(&format!(
+            "[server]\nstore = \"redis+sentinel://:secret@s1:26379\"\nredis_prefix = \"{{app}}:\"\n\
+             [limits]\nbackend = \"redis\"\nredis_url = \"redis+cluster://:secret@a:x\"\n{route}"
+        ));
+        for want in [
+            "g.toml: server.store: session store error: redis: bad url `redis+sentinel://s1:26379`: name the primary",
+            "g.toml: server.redis_prefix: `{app}:` contains `{` or `}`",
+            "g.toml: limits.redis_url: session store error: redis: bad url `redis+cluster://a:x`: `x` is not a port",
+        ] {
+            assert!(
+                e.lines().any(|l| l.starts_with(want)),
+                "missing `{want}` in:\n{e}"
+            );
+        }
+        assert!(!e.contains("secret"), "{e}");
+        let e = errors(&format!(
+            "[server]\nstore = \"postgres://u:secret@db\"\n{route}"
+        ));
+        assert!(
+            e.contains(
+                "g.toml: server.store: session store error: unknown store spec `postgres://db`"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -208,6 +208,12 @@ impl GatewayConfig {
         if s.event_max_age.0.is_zero() {
             bad("server.event_max_age".into(), "must be more than 0".into());
         }
+        if let Err(e) = shadowcat_store::check_spec(&s.store) {
+            bad("server.store".into(), e.to_string());
+        }
+        if let Err(e) = shadowcat_store::check_redis_prefix(&s.redis_prefix) {
+            bad("server.redis_prefix".into(), e);
+        }
         if !matches!(s.on_store_outage.as_str(), "closed" | "memory") {
             bad(
                 "server.on_store_outage".into(),
@@ -895,13 +901,15 @@ fn validate_oauth(at: &str, o: &OAuthConfig, bad: &mut impl FnMut(String, String
 
 fn validate_limits_backend(cfg: &GatewayConfig, bad: &mut impl FnMut(String, String)) {
     let l = &cfg.limits;
-    if let Some(u) = &l.redis_url
-        && !is_redis_url(u)
-    {
-        bad(
-            "limits.redis_url".into(),
-            format!("`{u}` must be a redis://, rediss:// or redis+unix:// URL"),
-        );
+    if let Some(u) = &l.redis_url {
+        if !is_redis_url(u) {
+            bad(
+                "limits.redis_url".into(),
+                "must be a redis://, rediss://, redis+unix://, redis+cluster:// or redis+sentinel:// URL".into(),
+            );
+        } else if let Err(e) = shadowcat_store::check_spec(u) {
+            bad("limits.redis_url".into(), e.to_string());
+        }
     }
     if l.redis_timeout.0.is_zero() {
         bad("limits.redis_timeout".into(), "must be more than 0".into());

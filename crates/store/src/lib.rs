@@ -3,7 +3,8 @@
 //! suite (module `contract`, feature `contract-tests`) that every backend must pass.
 //!
 //! Backends: `memory` ([`MemoryStore`]), `sqlite` ([`SqliteStore`], feature `sqlite`), `redis`
-//! ([`RedisStore`], feature `redis`; `rediss://` needs feature `redis-tls`). [`open()`] picks one
+//! ([`RedisStore`], feature `redis`: one server, a Redis Cluster or a Sentinel-monitored
+//! primary; `rediss://` needs feature `redis-tls`). [`open()`] picks one
 //! from a spec string. [`ActivityCoalescer`] turns per-frame activity into one `touch_many` per
 //! interval.
 //!
@@ -46,12 +47,12 @@ mod sqlite;
 mod util;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisStore, redis_connection};
+pub use self::redis::{RedisConn, RedisStore, SentinelConn, redis_connection};
 pub use coalesce::ActivityCoalescer;
 pub use failover::{FailoverStore, OnOutage};
 pub use memory::MemoryStore;
 pub use metered::{BUCKETS as OP_BUCKETS, MeteredStore, OpSample};
-pub use open::{OpenOptions, open};
+pub use open::{OpenOptions, check_redis_prefix, check_spec, open};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 

@@ -1,5 +1,5 @@
 //! Opening a store from a spec string (`memory`, `sqlite:PATH`, `redis://…`, `rediss://…`,
-//! `redis+unix://…`).
+//! `redis+unix://…`, `redis+cluster://…`, `redis+sentinel://…`).
 
 use crate::{MemoryStore, SessionStore, StoreError, StoreResult};
 use std::sync::Arc;
@@ -39,11 +39,22 @@ enum Spec<'a> {
     Redis(&'a str),
 }
 
-const SPEC_HELP: &str =
-    "expected `memory`, `sqlite:PATH`, `redis://…`, `rediss://…` or `redis+unix:///path`";
+const SPEC_HELP: &str = "expected `memory`, `sqlite:PATH`, `redis://…`, `rediss://…`, \
+     `redis+unix:///path`, `redis+cluster://HOST:PORT[,HOST:PORT…]` or \
+     `redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]`";
+
+/// The URL schemes of Redis specs.
+const REDIS_SCHEMES: [&str; 5] = [
+    "redis://",
+    "rediss://",
+    "redis+unix://",
+    "redis+cluster://",
+    "redis+sentinel://",
+];
 
 fn parse(spec: &str) -> StoreResult<Spec<'_>> {
     let spec = spec.trim();
+    let shown = crate::util::url_label(spec);
     if spec == "memory" {
         return Ok(Spec::Memory);
     }
@@ -51,20 +62,51 @@ fn parse(spec: &str) -> StoreResult<Spec<'_>> {
         let path = path.strip_prefix("//").unwrap_or(path);
         if path.is_empty() {
             return Err(StoreError::Backend(format!(
-                "store spec `{spec}` has no path; {SPEC_HELP}"
+                "store spec `{shown}` has no path; {SPEC_HELP}"
             )));
         }
         return Ok(Spec::Sqlite(path));
     }
-    if ["redis://", "rediss://", "redis+unix://"]
-        .iter()
-        .any(|p| spec.starts_with(p))
-    {
+    if REDIS_SCHEMES.iter().any(|p| spec.starts_with(p)) {
         return Ok(Spec::Redis(spec));
     }
     Err(StoreError::Backend(format!(
-        "unknown store spec `{spec}`; {SPEC_HELP}"
+        "unknown store spec `{shown}`; {SPEC_HELP}"
     )))
+}
+
+/// Checks a spec without opening anything (for `config check`): its form, and for Redis every
+/// part of the URL (hosts, ports, the Sentinel service, the database). Errors never repeat a
+/// URL's credentials.
+pub fn check_spec(spec: &str) -> StoreResult<()> {
+    match parse(spec)? {
+        Spec::Memory | Spec::Sqlite(_) => Ok(()),
+        Spec::Redis(url) => check_redis(url),
+    }
+}
+
+#[cfg(feature = "redis")]
+fn check_redis(url: &str) -> StoreResult<()> {
+    crate::redis::check_url(url)
+}
+
+#[cfg(not(feature = "redis"))]
+fn check_redis(_url: &str) -> StoreResult<()> {
+    Err(StoreError::Backend(
+        "this build has no redis backend (feature `redis`)".into(),
+    ))
+}
+
+/// Why `prefix` cannot start Redis keys, if it cannot: it may not contain `{` or `}` (the store
+/// and the shared rate limiter put their own Redis Cluster hash tags after it).
+pub fn check_redis_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.contains(['{', '}']) {
+        Err(format!(
+            "`{prefix}` contains `{{` or `}}`: Shadowcat puts its own hash tags after the prefix (each session's keys in one Redis Cluster slot), so the prefix cannot carry one"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Opens the store a spec names. Backends left out of the build (features `sqlite`, `redis`,
@@ -138,11 +180,34 @@ mod tests {
             parse("redis+unix:///s.sock").ok(),
             Some(Spec::Redis("redis+unix:///s.sock"))
         );
+        assert_eq!(
+            parse("redis+cluster://a:1,b:2").ok(),
+            Some(Spec::Redis("redis+cluster://a:1,b:2"))
+        );
+        assert_eq!(
+            parse("redis+sentinel://s:26379/m").ok(),
+            Some(Spec::Redis("redis+sentinel://s:26379/m"))
+        );
         for bad in ["", "mem", "sqlite:", "postgres://x", "redis:/x", "Memory"] {
             match parse(bad) {
                 Err(StoreError::Backend(msg)) => assert!(msg.contains("expected"), "{bad}: {msg}"),
                 other => panic!("{bad}: {other:?}"),
             }
         }
+        assert!(check_spec("memory").is_ok());
+        assert!(check_spec("redis+cluster://a:1,b:2").is_ok());
+        assert!(check_spec("redis+sentinel://:pw@s/m/2").is_ok());
+        for bad in [
+            "redis+cluster://a:x",
+            "redis+sentinel://s",
+            "redis://:pw@h:port",
+        ] {
+            match check_spec(bad) {
+                Err(StoreError::Backend(msg)) => assert!(!msg.contains("pw"), "{bad}: {msg}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(check_redis_prefix("shadowcat:").is_ok());
+        assert!(check_redis_prefix("{x}:").is_err());
     }
 }

@@ -24,6 +24,23 @@ pub(crate) fn page(mut sessions: Vec<crate::SessionRecord>, limit: usize) -> cra
     crate::SessionPage { sessions, next }
 }
 
+/// A store spec or URL as messages show it: without user information (`redis://:secret@h` →
+/// `redis://h`) or query (`?password=…`).
+pub(crate) fn url_label(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{hosts}{path}")
+        }
+        None => match url.rsplit_once('@') {
+            Some((_, h)) => format!("…@{h}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -72,6 +89,22 @@ pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_hide_credentials() {
+        assert_eq!(url_label("redis://:pw@h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            url_label("redis+cluster://u:p@a:1,b:2"),
+            "redis+cluster://a:1,b:2"
+        );
+        assert_eq!(url_label("redis+sentinel://s/m"), "redis+sentinel://s/m");
+        assert_eq!(
+            url_label("redis+unix:///tmp/r.sock?db=1&pass=pw"),
+            "redis+unix:///tmp/r.sock"
+        );
+        assert_eq!(url_label("redis:/:pw@h"), "…@h");
+        assert_eq!(url_label("sqlite:a.db"), "sqlite:a.db");
+    }
 
     #[test]
     fn cutoff_is_strict_and_saturating() {

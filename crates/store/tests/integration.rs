@@ -7,8 +7,11 @@
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/redis_topology.rs"]
+mod redis_topology;
 
 use redis_server::RedisServer;
+use redis_topology::{RedisCluster, RedisSentinel};
 use shadowcat_store::{
     MemoryStore, OpenOptions, RedisStore, SessionFilter, SessionStatus, SessionStore, SqliteStore,
     StoreError, contract, open,
@@ -280,6 +283,110 @@ async fn latency_probe() {
     print_latencies(&redis_store(&server, Duration::from_secs(600)).await).await;
 }
 
+/// `MEMORY USAGE` of `key` (bytes; 0 if absent).
+async fn memory_usage(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(key)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async::<Option<u64>>(conn)
+        .await
+        .expect("MEMORY USAGE")
+        .unwrap_or(0)
+}
+
+/// Keys and bytes per session and per event, for docs/operations.md: sessions recorded as the
+/// proxy records them (an upstream session id, a client's `clientInfo` and capabilities),
+/// then ~130-byte progress notifications logged on a stream (a measurement, not a check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "sizing probe: run with --ignored --nocapture"]
+async fn redis_sizing_probe() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "shadowcat:", Duration::from_secs(600))
+        .await
+        .expect("connect");
+    let mut conn = server.raw().await;
+    let used = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory")
+    };
+    let info = || redis::cmd("INFO").arg("memory").to_owned();
+    let n = 1000u64;
+    let before = used(info().query_async(&mut conn).await.expect("INFO"));
+    for i in 0..n {
+        let id = format!("{:032x}", 0x5eed_0000_u128 + u128::from(i) * 7_919);
+        let mut r = contract::record(&id);
+        r.upstream_session_id = Some(format!("{:032x}", 0xab_0000_u128 + u128::from(i)));
+        r.upstream = "http://127.0.0.1:9000/mcp".into();
+        r.route = "/mcp".into();
+        r.owner = Some("http://10.0.0.12:8080".into());
+        r.client_info = Some(serde_json::json!({"name": "claude-code", "version": "2.1.3"}));
+        r.client_capabilities =
+            Some(serde_json::json!({"roots": {"listChanged": true}, "sampling": {}}));
+        store.create(&r).await.expect("create");
+        store.touch_many(&[(id, now_ms())]).await.expect("touch");
+    }
+    let idle = used(info().query_async(&mut conn).await.expect("INFO"));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("shadowcat:*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let sample = format!("{:032x}", 0x5eed_0000_u128);
+    let up = format!("{:032x}", 0xab_0000_u128);
+    let session = memory_usage(&mut conn, &format!("shadowcat:session:{{{sample}}}")).await;
+    let mapping = memory_usage(&mut conn, &format!("shadowcat:upstream:{up}")).await;
+    let index = memory_usage(&mut conn, "shadowcat:sessions").await;
+    println!(
+        "idle: {} keys for {n} sessions; used_memory +{} B per session; MEMORY USAGE: session hash {session} B, upstream mapping {mapping} B, index {:.1} B per entry",
+        keys.len(),
+        (idle - before) / n,
+        index as f64 / n as f64
+    );
+
+    // Events: 11 per session on one stream (a streamed call), then 1,000 on one stream.
+    let event = |k: u64| {
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":"k","progress":{k},"total":40,"message":"step {k} of 40"}}}}"#
+        )
+    };
+    let m = 200u64;
+    let before = used(info().query_async(&mut conn).await.expect("INFO"));
+    for i in 0..m {
+        let id = format!("{:032x}", 0x5eed_0000_u128 + u128::from(i) * 7_919);
+        for k in 0..11 {
+            store
+                .append_event(&id, "p1", event(k).as_bytes())
+                .await
+                .expect("append");
+        }
+    }
+    let after = used(info().query_async(&mut conn).await.expect("INFO"));
+    let stream = memory_usage(&mut conn, &format!("shadowcat:events:{{{sample}}}:p1")).await;
+    let streams = memory_usage(&mut conn, &format!("shadowcat:streams:{{{sample}}}")).await;
+    let bytes = memory_usage(&mut conn, &format!("shadowcat:bytes:{{{sample}}}")).await;
+    println!(
+        "11 events of {} B: used_memory +{} B per session; MEMORY USAGE: stream {stream} B, streams set {streams} B, bytes counter {bytes} B",
+        event(10).len(),
+        (after - before) / m
+    );
+    let long = "long-stream";
+    for k in 0..1000 {
+        store
+            .append_event(long, "p1", event(k % 40).as_bytes())
+            .await
+            .expect("append");
+    }
+    let stream = memory_usage(&mut conn, &format!("shadowcat:events:{{{long}}}:p1")).await;
+    println!(
+        "1,000 events on one stream: MEMORY USAGE {stream} B, {:.0} B per event",
+        stream as f64 / 1000.0
+    );
+}
+
 // ---------------------------------------------------------------- redis
 
 async fn redis_store(server: &RedisServer, ttl: Duration) -> RedisStore {
@@ -323,12 +430,12 @@ async fn redis_every_key_has_ttl() {
     assert_eq!(
         names,
         vec![
-            "bytes:k-a",
-            "events:k-a:get",
-            "events:k-a:main",
-            "session:k-a",
+            "bytes:{k-a}",
+            "events:{k-a}:get",
+            "events:{k-a}:main",
+            "session:{k-a}",
             "sessions",
-            "streams:k-a",
+            "streams:{k-a}",
             "upstream:k-up",
         ]
     );
@@ -496,6 +603,174 @@ async fn redis_connect_fails_when_down() {
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_prefix_with_braces_is_refused() {
+    let server = RedisServer::start();
+    for prefix in ["{app}:", "a}b:", "x{:"] {
+        match RedisStore::connect(&server.url(), prefix, Duration::from_secs(1)).await {
+            Err(StoreError::Backend(msg)) => assert!(msg.contains("hash tag"), "{prefix}: {msg}"),
+            other => panic!("{prefix}: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- redis cluster, sentinel
+
+/// One scripted session per id: a record with an upstream id, events on two streams, a touch.
+async fn scripted_sessions(store: &dyn SessionStore, ids: &[String]) {
+    for id in ids {
+        let mut r = contract::record(id);
+        r.upstream_session_id = Some(format!("up-{id}"));
+        store.create(&r).await.expect("create");
+        store.append_event(id, "p1", b"one").await.expect("append");
+        store.append_event(id, "g", b"two").await.expect("append");
+    }
+    let touches: Vec<(String, u64)> = ids.iter().map(|id| (id.clone(), 7)).collect();
+    assert_eq!(store.touch_many(&touches).await.expect("touch"), ids.len());
+}
+
+/// The contract on a 3-primary Cluster, then the layout: a session's keys share one hash slot,
+/// sessions spread over the primaries, the shared keys (index, mappings) work across them,
+/// and a delete leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_contract_and_layout() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    contract::run_all(|| async {
+        RedisStore::connect(&url, &format!("t{}:", next_seq()), Duration::from_secs(600))
+            .await
+            .expect("connect to the cluster")
+    })
+    .await;
+
+    let store = RedisStore::connect(&url, "layout:", Duration::from_secs(600))
+        .await
+        .expect("connect");
+    assert!(store.is_cluster());
+    let ids: Vec<String> = (0..24).map(|i| format!("c{i:02}-{}", i * 7919)).collect();
+    scripted_sessions(&store, &ids).await;
+
+    let keys = cluster.keys("layout:");
+    let mut nodes = std::collections::BTreeSet::new();
+    for id in &ids {
+        let mine: Vec<&(u16, String)> = keys
+            .iter()
+            .filter(|(_, k)| k.contains(&format!("{{{id}}}")))
+            .collect();
+        assert_eq!(
+            mine.len(),
+            5,
+            "session, streams, bytes, two streams: {mine:?}"
+        );
+        let slot = cluster.slot(&format!("layout:session:{{{id}}}"));
+        for (port, key) in &mine {
+            assert_eq!(cluster.slot(key), slot, "{key} is in the session's slot");
+            nodes.insert(*port);
+        }
+        assert_eq!(
+            store
+                .find_by_upstream_id(&format!("up-{id}"))
+                .await
+                .expect("find"),
+            Some(id.clone())
+        );
+    }
+    assert_eq!(nodes.len(), 3, "sessions are spread over every primary");
+    let page = store
+        .list(&SessionFilter::default(), None, 100)
+        .await
+        .expect("list");
+    let listed: Vec<&str> = page.sessions.iter().map(|r| r.id.as_str()).collect();
+    let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    sorted.sort();
+    assert_eq!(
+        listed, sorted,
+        "one listing, in id order, over every primary"
+    );
+    for id in &ids {
+        assert!(store.delete(id).await.expect("delete"));
+    }
+    assert_eq!(cluster.keys("layout:"), Vec::new(), "delete leaves nothing");
+}
+
+/// The contract on a Sentinel-monitored primary, then a manual failover: the store follows
+/// the promotion within a bounded retry, and what it wrote before is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_contract_and_failover() {
+    let set = RedisSentinel::start();
+    let url = set.url();
+    contract::run_all(|| async {
+        RedisStore::connect(&url, &format!("t{}:", next_seq()), Duration::from_secs(600))
+            .await
+            .expect("connect through sentinel")
+    })
+    .await;
+
+    let store = RedisStore::connect(&url, "fo:", Duration::from_secs(600))
+        .await
+        .expect("connect");
+    store
+        .create(&contract::record("before"))
+        .await
+        .expect("create before the failover");
+    let ev = store
+        .append_event("before", "p1", b"logged")
+        .await
+        .expect("append");
+    // Replicated before the primary changes (replication is asynchronous: what the replica has
+    // not received when it is promoted is lost, whoever wrote it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis_topology::must(set.replica.port, &["EXISTS", "fo:events:{before}:p1"])
+        != redis_topology::Reply::Int(1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never got the writes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    set.failover();
+    let promoted = Instant::now();
+    let deadline = promoted + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let id = format!("after-{n}");
+        let r = within(
+            "create after the failover",
+            store.create(&contract::record(&id)),
+        )
+        .await;
+        let on_new = r.is_ok()
+            && redis_topology::must(
+                set.replica.port,
+                &["EXISTS", &format!("fo:session:{{{id}}}")],
+            ) == redis_topology::Reply::Int(1);
+        if on_new {
+            eprintln!(
+                "failover: writes reached the new primary after {:?} ({n} tries)",
+                promoted.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store did not follow the failover: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        store.get("before").await.expect("get").is_some(),
+        "written before the failover"
+    );
+    let replay = store
+        .events_after("before", "p1", None, 10)
+        .await
+        .expect("replay");
+    assert_eq!(replay.first().map(|e| &e.id), Some(&ev));
+}
+
 // ---------------------------------------------------------------- open
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,7 +799,7 @@ async fn open_every_spec() {
     s.create(&contract::record("open-a")).await.expect("create");
     let mut conn = server.raw().await;
     let exists: bool = redis::cmd("EXISTS")
-        .arg(format!("{}session:open-a", opts.redis_prefix))
+        .arg(format!("{}session:{{open-a}}", opts.redis_prefix))
         .query_async(&mut conn)
         .await
         .expect("EXISTS");

@@ -60,7 +60,8 @@ pub struct GatewayArgs {
     /// weighted-round-robin, least-in-flight, random, consistent-hash.
     #[arg(long, env = "SHADOWCAT_BALANCE", value_name = "STRATEGY", value_parser = parse_strategy)]
     pub balance: Option<Strategy>,
-    /// Session store: `memory`, `sqlite:PATH`, `redis://…` (overrides `server.store`).
+    /// Session store: `memory`, `sqlite:PATH`, `redis://…`, `redis+cluster://HOST:PORT[,…]`
+    /// or `redis+sentinel://HOST:PORT[,…]/SERVICE[/DB]` (overrides `server.store`).
     #[arg(long, env = "SHADOWCAT_STORE")]
     pub store: Option<String>,
     /// Public base URL of the gateway, used in OAuth metadata (overrides `server.public_url`;

@@ -29,7 +29,13 @@ async fn open_with(
     };
     let store = shadowcat_store::open(&a.store, &opts)
         .await
-        .with_context(|| format!("cannot open session store `{}`", a.store))?;
+        .with_context(|| {
+            // Without the URL's credentials (this goes to the terminal and the service's log).
+            format!(
+                "cannot open session store `{}`",
+                shadowcat_tape::redact::url_label(&a.store)
+            )
+        })?;
     Ok(store)
 }
 
@@ -37,7 +43,7 @@ async fn open_with(
 async fn open_for_cli(a: &StoreArgs, read_only: bool) -> anyhow::Result<Arc<dyn SessionStore>> {
     if a.store.trim() == "memory" {
         bail!(
-            "the memory store lives inside a running proxy; give --store sqlite:PATH or --store redis://…"
+            "the memory store lives inside a running proxy; give --store sqlite:PATH or --store redis://… (or redis+cluster://…, redis+sentinel://…)"
         );
     }
     // Inspecting a store never creates one: a mistyped path is an error, not a new file.

@@ -3,6 +3,9 @@
 //! their child processes.
 
 mod launch;
+// The Redis Cluster and Sentinel deployments the store's own tests use.
+#[path = "../../../store/tests/support/redis_topology.rs"]
+pub mod redis_topology;
 mod sse;
 
 pub use launch::{Launch, Process, Server, bin, lossy, run};
@@ -233,12 +236,24 @@ impl Raw {
 pub struct Redis {
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// More `redis-server` arguments (e.g. a `maxmemory`).
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A server started with more arguments.
+    pub fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut r = Redis { dir, child: None };
+        let extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        let mut r = Redis {
+            dir,
+            child: None,
+            extra,
+        };
         r.restart();
         r
     }
@@ -274,6 +289,7 @@ impl Redis {
                 "--unixsocket",
             ])
             .arg(self.socket())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -293,6 +309,36 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The Redis deployments a test can run on: one server, a Redis Cluster, a Sentinel set.
+pub enum AnyRedis {
+    Single(Redis),
+    Cluster(redis_topology::RedisCluster),
+    Sentinel(redis_topology::RedisSentinel),
+}
+
+impl AnyRedis {
+    pub fn single() -> AnyRedis {
+        AnyRedis::Single(Redis::start())
+    }
+
+    pub fn cluster() -> AnyRedis {
+        AnyRedis::Cluster(redis_topology::RedisCluster::start())
+    }
+
+    pub fn sentinel() -> AnyRedis {
+        AnyRedis::Sentinel(redis_topology::RedisSentinel::start())
+    }
+
+    /// The store spec for `--store` / `server.store`.
+    pub fn url(&self) -> String {
+        match self {
+            AnyRedis::Single(r) => r.url(),
+            AnyRedis::Cluster(c) => c.url(),
+            AnyRedis::Sentinel(s) => s.url(),
+        }
     }
 }
 

@@ -3,14 +3,17 @@
 //! to the replica that owns the child; Redis outages fail closed or degrade onto memory.
 
 use super::harness::{
-    EventExt, Raw, Redis, Server, SseStream, descendants, free_port, wait_descendants,
+    AnyRedis, EventExt, Raw, Redis, Server, SseStream, descendants, free_port, wait_descendants,
 };
 use serde_json::json;
 use std::time::Duration;
 
 async fn replica(redis: &Redis, id: &str, extra: &[&str]) -> Server {
-    let store = redis.url();
-    let mut args = vec!["--store", store.as_str(), "--replica-id", id];
+    replica_on(&redis.url(), id, extra).await
+}
+
+async fn replica_on(store: &str, id: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--store", store, "--replica-id", id];
     args.extend_from_slice(extra);
     Server::forward_http(&args).await
 }
@@ -48,10 +51,24 @@ async fn a_session_created_on_one_replica_continues_on_another() {
 
 #[tokio::test]
 async fn a_stream_cut_by_sigkill_resumes_on_another_replica() {
-    let redis = Redis::start();
+    resumes_on_another_replica(AnyRedis::single()).await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_sigkill_resumes_on_another_replica_on_a_redis_cluster() {
+    resumes_on_another_replica(AnyRedis::cluster()).await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_sigkill_resumes_on_another_replica_through_sentinel() {
+    resumes_on_another_replica(AnyRedis::sentinel()).await;
+}
+
+async fn resumes_on_another_replica(redis: AnyRedis) {
+    let store = redis.url();
     let demo = Server::demo_http().await;
-    let mut a = replica(&redis, "a", &["--target", &demo.url()]).await;
-    let b = replica(&redis, "b", &["--target", &demo.url()]).await;
+    let mut a = replica_on(&store, "a", &["--target", &demo.url()]).await;
+    let b = replica_on(&store, "b", &["--target", &demo.url()]).await;
     let mut c = Raw::new(a.url());
     c.version = "2025-11-25";
     c.initialize().await;
@@ -232,6 +249,29 @@ async fn redis_outage_fails_closed_then_recovers_without_restart() {
     assert_eq!(h.json()["store"]["outages"], json!(1));
     let h = Raw::send(c.http.get(format!("{}/ready", p.base))).await;
     assert_eq!(h.status, 200, "{}", h.body);
+}
+
+/// A full Redis (`maxmemory` reached, `noeviction`: writes answer `OOM`) refuses new sessions
+/// like an unreachable one: a 503 with `Retry-After`, and nothing started for the session.
+#[tokio::test]
+async fn a_full_redis_refuses_new_sessions() {
+    let redis = Redis::start_with(&["--maxmemory", "1", "--maxmemory-policy", "noeviction"]);
+    let p = replica(&redis, "solo", &["--demo"]).await;
+    for id in 1..=2 {
+        let r = Raw::new(p.url())
+            .post(super::harness::init_body(id, "2025-06-18"))
+            .await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(
+            r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("5")
+        );
+        assert!(r.body.contains("session store"), "{}", r.body);
+        assert!(r.body.contains("OOM"), "says why: {}", r.body);
+        assert_eq!(r.json()["id"], json!(id), "{}", r.body);
+        assert!(r.headers.get("mcp-session-id").is_none(), "no session");
+    }
+    assert!(descendants(p.pid()).is_empty(), "no child was started");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use super::gateway_support::{
     FakeUpstream, alice_and_bob_with, client, config_file, get, sample, start_gateway,
 };
-use super::harness::{Redis, Reply, Server, WAIT, init_body};
+use super::harness::{AnyRedis, Redis, Reply, Server, WAIT, init_body};
 use serde_json::json;
 use std::time::Instant;
 
@@ -15,7 +15,21 @@ async fn init(gw: &Server, key: Option<&str>) -> Reply {
 
 #[tokio::test]
 async fn replicas_enforce_one_per_principal_limit() {
-    let redis = Redis::start();
+    replicas_enforce_one_limit(AnyRedis::single()).await;
+}
+
+#[tokio::test]
+async fn replicas_enforce_one_per_principal_limit_on_a_redis_cluster() {
+    replicas_enforce_one_limit(AnyRedis::cluster()).await;
+}
+
+#[tokio::test]
+async fn replicas_enforce_one_per_principal_limit_through_sentinel() {
+    replicas_enforce_one_limit(AnyRedis::sentinel()).await;
+}
+
+/// Two gateways sharing `redis` for their sessions and their limits.
+async fn replicas_enforce_one_limit(redis: AnyRedis) {
     let up = FakeUpstream::start("up").await;
     let (_d, cfg) = config_file(&alice_and_bob_with(
         &format!("store = \"{}\"", redis.url()),

@@ -98,3 +98,22 @@ fn session_commands_never_create_a_store() {
         "left untouched"
     );
 }
+
+/// A Redis store that cannot be opened (bad, or unreachable) is named without its credentials,
+/// in every URL form.
+#[test]
+fn store_errors_never_show_the_password() {
+    for store in [
+        "redis://:hunter2@127.0.0.1:1/0",
+        "redis+cluster://user:hunter2@127.0.0.1:1,127.0.0.1:2",
+        "redis+cluster://user:hunter2@127.0.0.1:x",
+        "redis+sentinel://:hunter2@127.0.0.1:1/mymaster",
+        "redis+sentinel://:hunter2@127.0.0.1:1",
+    ] {
+        let out = Launch::shadowcat(&["session", "list", "--store", store]).run();
+        let err = lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{store}: {err}");
+        assert!(err.contains("cannot open session store"), "{store}: {err}");
+        assert!(!err.contains("hunter2"), "{store}: {err}");
+    }
+}

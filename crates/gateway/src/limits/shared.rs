@@ -3,8 +3,11 @@
 //!
 //! * One Lua script checks all the limits of a request atomically against Redis' clock (`TIME`,
 //!   so replicas' clocks do not matter) and consumes them only if every one allows it. Key per
-//!   limit: `PREFIX ratelimit:SCOPE:KEY` holding the theoretical arrival time (µs); it expires
-//!   when the limit is full again, so idle keys cost nothing.
+//!   limit: `PREFIX {ratelimit}:SCOPE:KEY` holding the theoretical arrival time (µs); it expires
+//!   when the limit is full again, so idle keys cost nothing. The hash tag `{ratelimit}` puts
+//!   every limit in one hash slot: on a Redis Cluster the script's keys must share one, and a
+//!   request checks the global limit with its own, so all of them must (the limiter's keys then
+//!   live on one primary; they are few and small).
 //! * Sent with `EVALSHA`, falling back to loading the script on `NOSCRIPT` (a restarted or
 //!   flushed Redis).
 //! * Each check is bounded by `redis_timeout`. A failure (refused, dropped, timed out) starts an
@@ -12,11 +15,11 @@
 //!   `on_redis_outage`; then the next request tries again. Outages are logged once each and
 //!   counted in the metrics.
 //!
-//! The keys of one request are checked in one script, so the limiter targets a standalone
-//! Redis (not Cluster), like the session store.
+//! Redis is any deployment the session store takes (one server, a Cluster, a Sentinel-monitored
+//! primary), over the store's connection ([`shadowcat_store::redis_connection`]).
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+use shadowcat_store::RedisConn;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -72,7 +75,7 @@ pub(crate) struct Shared {
     prefix: String,
     timeout: Duration,
     deny: bool,
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<RedisConn>,
     /// During an outage: when to try Redis again.
     retry_at: Mutex<Option<Instant>>,
     down: AtomicBool,
@@ -85,7 +88,7 @@ impl Shared {
     pub(crate) fn new(url: &str, prefix: &str, timeout: Duration, deny: bool) -> Self {
         Shared {
             url: url.to_string(),
-            prefix: format!("{prefix}ratelimit:"),
+            prefix: format!("{prefix}{{ratelimit}}:"),
             timeout,
             deny,
             conn: OnceCell::new(),
@@ -159,7 +162,7 @@ impl Shared {
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, String> {
+    async fn connection(&self) -> Result<RedisConn, String> {
         self.conn
             .get_or_try_init(|| async {
                 // Waiters queued behind a failed attempt do not each try again.

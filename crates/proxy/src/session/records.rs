@@ -79,8 +79,10 @@ impl Records {
     }
 
     /// A session of `route` on `upstream` is being created by this `initialize`, bound to the
-    /// authenticated `principal` if any (gateway). Fails only when the store is unavailable
-    /// (and fails closed); other store errors are logged.
+    /// authenticated `principal` if any (gateway). Fails closed whenever the record cannot be
+    /// written — the store is unreachable, or refuses the write (a full Redis answers `OOM`, a
+    /// full disk fails SQLite): a session no record names could not be continued or listed
+    /// anywhere, so it is not started (the caller has spawned nothing yet).
     pub async fn created(
         &self,
         id: &str,
@@ -108,10 +110,7 @@ impl Records {
         match self.store.create(&rec).await {
             Ok(()) => Ok(()),
             Err(StoreError::Unavailable(why)) => Err(ProxyError::StoreUnavailable(why)),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record the session in the store");
-                Ok(())
-            }
+            Err(e) => Err(ProxyError::StoreUnavailable(e.to_string())),
         }
     }
 

@@ -1,23 +1,41 @@
 //! Redis backend: sessions as hashes, an id index (sorted set) pruned of entries whose session
 //! key expired, the upstream-id mapping as plain keys, and the event log as Redis Streams (entry
-//! ids `ms-seq` are the event ids). Every key carries the idle TTL. Connections go through a
-//! [`ConnectionManager`] (automatic reconnect); every operation is bounded by a timeout, and
-//! connection failures are [`StoreError::Unavailable`]. Key layout: see [`scripts`].
+//! ids `ms-seq` are the event ids). Every key carries the idle TTL. One server, a Redis Cluster
+//! or the primary of a Sentinel set ([`conn`]); every operation is bounded by a timeout, and
+//! failures that may pass (unreachable, failover) are [`StoreError::Unavailable`]. Key layout:
+//! see [`scripts`].
+//!
+//! A session's keys share one hash slot and each of its scripts touches that slot only, so the
+//! same layout works on a Cluster. The two keys shared by all sessions, the index and the
+//! upstream-id mapping, are in other slots, so they are written after the session's script
+//! rather than inside it, in an order that keeps them usable if a replica dies in between:
+//! - create/update/touch write the session first, then list it in the index (and touch lists
+//!   it again, so an entry lost between the two comes back with the session's next activity);
+//!   delete removes the session first, then its index entry. An index entry without a session
+//!   is pruned by the next listing (and listed again if the session was created meanwhile).
+//! - the mapping is written after the session and only trusted when the session it names still
+//!   carries that upstream id (`find_by_upstream_id` checks), so a stale one is harmless; it
+//!   expires with the idle TTL.
 
+mod conn;
 mod scripts;
+
+pub use conn::{RedisConn, SentinelConn};
 
 use crate::util::{duration_ms, expiry_cutoff, matches, page_limit};
 use crate::{
     LoggedEvent, Retention, SessionFilter, SessionPage, SessionRecord, SessionStore, StoreError,
     StoreResult,
 };
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::streams::StreamRangeReply;
-use ::redis::{Client, RedisError, Value};
+use ::redis::{RedisError, Script, ScriptInvocation, Value};
 use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
 use scripts::{
-    ABSENT, CREATE_SCRIPT, DELETE_SCRIPT, DELETED, TOUCH_SCRIPT, TRIM_BYTES_SCRIPT, UPDATE_SCRIPT,
+    ABSENT, CREATE_SCRIPT, DELETE_SCRIPT, DELETED, KEPT, TOUCH_SCRIPT, TRIM_AGE_SCRIPT,
+    TRIM_BYTES_SCRIPT, UNMAP_SCRIPT, UPDATE_SCRIPT,
 };
+use std::borrow::Cow;
 use std::future::Future;
 use std::time::Duration;
 
@@ -30,10 +48,11 @@ const SCAN_BATCH: usize = 200;
 /// Entries read per stream and step by the byte budget's walk (inside its script).
 const TRIM_PAGE: usize = 64;
 
-/// Connect / response timeouts of the underlying connection, and the bound on a whole operation
-/// (including waiting for a reconnect).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Commands of one operation in flight at once when it reads or touches many sessions (each
+/// session is its own hash slot; the connections pipeline them).
+const CONCURRENCY: usize = 32;
+
+/// The bound on a whole call (including waiting for a reconnect).
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When the delete script may delete.
@@ -45,10 +64,13 @@ enum DeleteIf {
     IdleBefore(u64),
 }
 
+/// What the session scripts report besides their code: the session's upstream id, if any.
+type ScriptReply = (i64, i64, String);
+
 /// The Redis store. Cloning shares the connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     ttl_ms: u64,
     max_events: usize,
@@ -65,12 +87,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn redis_err(e: RedisError) -> StoreError {
-    if e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_unrecoverable_error()
-    {
+    if conn::transient(&e) {
         StoreError::Unavailable(format!("redis: {e}"))
     } else {
         StoreError::Backend(format!("redis: {e}"))
@@ -93,6 +110,37 @@ fn is_stream_id(id: &str) -> bool {
     let canonical = |p: &str| p.parse::<u64>().is_ok_and(|n| n.to_string() == p);
     id.split_once('-')
         .is_some_and(|(ms, seq)| canonical(ms) && canonical(seq))
+}
+
+/// A session id as its keys' hash tag: `%`, `{` and `}` percent-escaped (so the tag ends where
+/// the id does, and two ids never share a key), the empty id as `%` (an empty tag would not be
+/// one).
+fn tag(id: &str) -> Cow<'_, str> {
+    if id.is_empty() {
+        return Cow::Borrowed("%");
+    }
+    if !id.contains(['%', '{', '}']) {
+        return Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(id.len() + 8);
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The keys of one session (see [`scripts`]).
+struct SessionKeys {
+    session: String,
+    streams: String,
+    bytes: String,
+    /// `P events:T:`; a stream's key is this plus its name.
+    events: String,
 }
 
 fn decode_record(
@@ -137,25 +185,35 @@ fn decode_events(reply: StreamRangeReply) -> StoreResult<Vec<LoggedEvent>> {
         .collect()
 }
 
-/// A connection to the Redis at `url` (`redis://`, `rediss://` with feature `redis-tls`,
-/// `redis+unix:///path`) with the store's timeouts: reconnects by itself after a failure.
-/// Fails with `Unavailable` if the server cannot be reached now.
-pub async fn redis_connection(url: &str) -> StoreResult<ConnectionManager> {
-    let client = Client::open(url)
-        .map_err(|e| StoreError::Backend(format!("redis: bad url `{url}`: {e}")))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    bounded(ConnectionManager::new_with_config(client, config)).await
+/// A connection to the Redis `url` names, with the store's timeouts: `redis://`, `rediss://`
+/// (feature `redis-tls`), `redis+unix:///path`, `redis+cluster://HOST:PORT[,HOST:PORT…]` (a
+/// Redis Cluster, from its seed nodes) or `redis+sentinel://HOST:PORT[,…]/SERVICE[/DB]` (the
+/// primary the Sentinels name, followed across failovers). It reconnects by itself after a
+/// failure. Fails with `Unavailable` if the server cannot be reached now.
+pub async fn redis_connection(url: &str) -> StoreResult<RedisConn> {
+    // Boxed: the cluster and Sentinel connects are deep futures, and callers nest this in
+    // their own request handling.
+    match tokio::time::timeout(OP_TIMEOUT, Box::pin(conn::open(url))).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "redis: `{}` did not answer within {OP_TIMEOUT:?}",
+            crate::util::url_label(url)
+        ))),
+    }
+}
+
+/// Checks a Redis URL without connecting (for configuration checks).
+pub(crate) fn check_url(url: &str) -> StoreResult<()> {
+    conn::parse(url).map(|_| ())
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://`, `rediss://` with feature `redis-tls`, `redis+unix:///path`).
-    /// `prefix` starts every key; `ttl` is the idle TTL every key gets (refreshed on
+    /// Connects to `url` (any form [`redis_connection`] takes). `prefix` starts every key (it
+    /// cannot contain `{` or `}`); `ttl` is the idle TTL every key gets (refreshed on
     /// create/update/touch). Fails with `Unavailable` if the server cannot be reached.
     pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> StoreResult<RedisStore> {
+        crate::check_redis_prefix(prefix)
+            .map_err(|why| StoreError::Backend(format!("redis: key prefix {why}")))?;
         let conn = redis_connection(url).await?;
         Ok(RedisStore {
             conn,
@@ -176,8 +234,19 @@ impl RedisStore {
         &self.prefix
     }
 
-    fn session_key(&self, id: &str) -> String {
-        format!("{}session:{id}", self.prefix)
+    /// Whether the store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    fn keys(&self, id: &str) -> SessionKeys {
+        let (p, t) = (&self.prefix, tag(id));
+        SessionKeys {
+            session: format!("{p}session:{{{t}}}"),
+            streams: format!("{p}streams:{{{t}}}"),
+            bytes: format!("{p}bytes:{{{t}}}"),
+            events: format!("{p}events:{{{t}}}:"),
+        }
     }
 
     fn index_key(&self) -> String {
@@ -188,36 +257,78 @@ impl RedisStore {
         format!("{}upstream:{up}", self.prefix)
     }
 
-    fn streams_key(&self, session: &str) -> String {
-        format!("{}streams:{session}", self.prefix)
-    }
-
-    fn bytes_key(&self, session: &str) -> String {
-        format!("{}bytes:{session}", self.prefix)
-    }
-
-    fn events_key(&self, session: &str, stream: &str) -> String {
-        format!("{}events:{session}:{stream}", self.prefix)
-    }
-
     /// The hash of the documents of `ns` (no TTL: documents are kept until deleted).
     fn docs_key(&self, ns: &str) -> String {
         format!("{}docs:{ns}", self.prefix)
     }
 
-    /// Runs the create or update script for `rec`.
-    async fn write_record(
-        &self,
-        script: &::redis::Script,
-        rec: &SessionRecord,
-    ) -> StoreResult<bool> {
-        let json = encode_record(rec)?;
+    /// An invocation of a session script with the session's keys and events prefix.
+    fn session_call<'a>(script: &'a Script, keys: &SessionKeys) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        inv.key(self.session_key(&rec.id))
-            .key(self.index_key())
-            .arg(&self.prefix)
-            .arg(&rec.id)
+        inv.key(&keys.session)
+            .key(&keys.streams)
+            .key(&keys.bytes)
+            .arg(&keys.events);
+        inv
+    }
+
+    async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> StoreResult<T> {
+        let mut conn = self.conn.clone();
+        bounded(inv.invoke_async(&mut conn)).await
+    }
+
+    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
+        let mut conn = self.conn.clone();
+        bounded(cmd.query_async(&mut conn)).await
+    }
+
+    /// Lists `ids` in the index and refreshes its TTL (one slot: one pipeline).
+    async fn index_add(&self, ids: &[&str]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let index = self.index_key();
+        let mut pipe = ::redis::pipe();
+        let zadd = pipe.cmd("ZADD").arg(&index);
+        for id in ids {
+            zadd.arg(0).arg(*id);
+        }
+        zadd.ignore()
+            .cmd("PEXPIRE")
+            .arg(&index)
             .arg(self.ttl_ms)
+            .ignore();
+        let mut conn = self.conn.clone();
+        bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Points the mapping of upstream id `up` at session `id` (for the idle TTL).
+    async fn map(&self, up: &str, id: &str) -> StoreResult<()> {
+        let cmd = ::redis::cmd("SET")
+            .arg(self.upstream_key(up))
+            .arg(id)
+            .arg("PX")
+            .arg(self.ttl_ms)
+            .to_owned();
+        self.query::<()>(&cmd).await
+    }
+
+    /// Drops the mapping of `up` if it still names `id`.
+    async fn unmap(&self, up: &str, id: &str) -> StoreResult<()> {
+        let mut inv = UNMAP_SCRIPT.prepare_invoke();
+        inv.key(self.upstream_key(up)).arg(id);
+        self.invoke::<i64>(&inv).await.map(drop)
+    }
+
+    /// Runs the create or update script for `rec`.
+    async fn write_record(&self, script: &Script, rec: &SessionRecord) -> StoreResult<ScriptReply> {
+        let json = encode_record(rec)?;
+        let keys = self.keys(&rec.id);
+        let mut inv = Self::session_call(script, &keys);
+        inv.arg(self.ttl_ms)
             .arg(json)
             .arg(rec.last_active_ms)
             .arg(if rec.upstream_session_id.is_some() {
@@ -226,47 +337,59 @@ impl RedisStore {
                 "0"
             })
             .arg(rec.upstream_session_id.as_deref().unwrap_or(""));
-        let mut conn = self.conn.clone();
-        let n: i64 = bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(n == 1)
+        self.invoke(&inv).await
     }
 
-    /// Runs the delete script with a condition (see [`scripts`]).
+    /// Runs the delete script with a condition (see [`scripts`]), then drops the session's
+    /// index entry and mapping. Returns the script's code.
     async fn delete_script(&self, id: &str, condition: DeleteIf) -> StoreResult<i64> {
+        let absent = matches!(condition, DeleteIf::Absent);
         let condition = match condition {
             DeleteIf::Always => String::new(),
             DeleteIf::Absent => "absent".to_owned(),
             DeleteIf::IdleBefore(cutoff) => cutoff.to_string(),
         };
-        let mut inv = DELETE_SCRIPT.prepare_invoke();
-        inv.key(self.session_key(id))
-            .key(self.index_key())
-            .arg(&self.prefix)
+        let keys = self.keys(id);
+        let mut inv = Self::session_call(&DELETE_SCRIPT, &keys);
+        inv.arg(condition);
+        let (code, had_up, up): ScriptReply = self.invoke(&inv).await?;
+        if code == KEPT {
+            return Ok(code);
+        }
+        let zrem = ::redis::cmd("ZREM")
+            .arg(self.index_key())
             .arg(id)
-            .arg(condition);
-        let mut conn = self.conn.clone();
-        bounded(inv.invoke_async(&mut conn)).await
+            .to_owned();
+        self.query::<i64>(&zrem).await?;
+        if had_up == 1 {
+            self.unmap(&up, id).await?;
+        }
+        if absent {
+            // Created meanwhile (between the script and ZREM)? Then it is listed again.
+            let exists = ::redis::cmd("EXISTS").arg(&keys.session).to_owned();
+            if self.query::<i64>(&exists).await? == 1 {
+                self.index_add(&[id]).await?;
+            }
+        }
+        Ok(code)
     }
 
-    /// Fetches (record JSON, last) for each id, in one round trip.
+    /// Fetches the records of `ids`, in order (one command per session, pipelined). Owned ids:
+    /// the stream's closures then take no borrowed arguments (`async_trait` needs `Send`).
     async fn fetch(&self, ids: &[String]) -> StoreResult<Vec<Option<SessionRecord>>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = ::redis::pipe();
-        for id in ids {
-            pipe.cmd("HMGET")
-                .arg(self.session_key(id))
-                .arg("rec")
-                .arg("last");
-        }
-        let mut conn = self.conn.clone();
-        let rows: Vec<(Option<Vec<u8>>, Option<u64>)> =
-            bounded(pipe.query_async(&mut conn)).await?;
-        ids.iter()
-            .zip(rows)
-            .map(|(id, (rec, last))| decode_record(id, rec, last))
-            .collect()
+        futures_util::stream::iter(ids.to_vec())
+            .map(|id| async move {
+                let cmd = ::redis::cmd("HMGET")
+                    .arg(self.keys(&id).session)
+                    .arg("rec")
+                    .arg("last")
+                    .to_owned();
+                let (rec, last): (Option<Vec<u8>>, Option<u64>) = self.query(&cmd).await?;
+                decode_record(&id, rec, last)
+            })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     /// Walks the index in id order from after `after`, calling `visit` with every live record
@@ -280,7 +403,6 @@ impl RedisStore {
     ) -> StoreResult<()> {
         let mut from = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
         loop {
-            let mut conn = self.conn.clone();
             let cmd = ::redis::cmd("ZRANGE")
                 .arg(self.index_key())
                 .arg(&from)
@@ -290,7 +412,7 @@ impl RedisStore {
                 .arg(0)
                 .arg(SCAN_BATCH)
                 .to_owned();
-            let ids: Vec<String> = bounded(cmd.query_async(&mut conn)).await?;
+            let ids: Vec<String> = self.query(&cmd).await?;
             let full = ids.len() == SCAN_BATCH;
             let recs = self.fetch(&ids).await?;
             for (id, rec) in ids.iter().zip(recs) {
@@ -322,22 +444,34 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, rec: &SessionRecord) -> StoreResult<()> {
-        if self.write_record(&CREATE_SCRIPT, rec).await? {
-            Ok(())
-        } else {
-            Err(StoreError::Exists(rec.id.clone()))
+        let (created, _, _) = self.write_record(&CREATE_SCRIPT, rec).await?;
+        if created == 0 {
+            return Err(StoreError::Exists(rec.id.clone()));
         }
+        let shared = async {
+            self.index_add(&[&rec.id]).await?;
+            if let Some(up) = &rec.upstream_session_id {
+                self.map(up, &rec.id).await?;
+            }
+            Ok(())
+        };
+        if let Err(e) = shared.await {
+            // A create that fails leaves nothing behind (a full Redis still deletes).
+            if let Err(undo) = self.delete_script(&rec.id, DeleteIf::Always).await {
+                tracing::warn!(error = %undo, "redis: could not remove a half-created session");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
-        let mut conn = self.conn.clone();
         let cmd = ::redis::cmd("HMGET")
-            .arg(self.session_key(id))
+            .arg(self.keys(id).session)
             .arg("rec")
             .arg("last")
             .to_owned();
-        let (rec, last): (Option<Vec<u8>>, Option<u64>) =
-            bounded(cmd.query_async(&mut conn)).await?;
+        let (rec, last): (Option<Vec<u8>>, Option<u64>) = self.query(&cmd).await?;
         decode_record(id, rec, last)
     }
 
@@ -346,7 +480,18 @@ impl SessionStore for RedisStore {
     }
 
     async fn update(&self, rec: &SessionRecord) -> StoreResult<bool> {
-        self.write_record(&UPDATE_SCRIPT, rec).await
+        let (updated, had_up, old) = self.write_record(&UPDATE_SCRIPT, rec).await?;
+        if updated == 0 {
+            return Ok(false);
+        }
+        self.index_add(&[&rec.id]).await?;
+        if let Some(up) = &rec.upstream_session_id {
+            self.map(up, &rec.id).await?;
+        }
+        if had_up == 1 && rec.upstream_session_id.as_deref() != Some(old.as_str()) {
+            self.unmap(&old, &rec.id).await?;
+        }
+        Ok(true)
     }
 
     async fn update_many(&self, recs: &[SessionRecord]) -> StoreResult<usize> {
@@ -358,16 +503,35 @@ impl SessionStore for RedisStore {
     }
 
     async fn touch_many(&self, touches: &[(String, u64)]) -> StoreResult<usize> {
-        if touches.is_empty() {
-            return Ok(0);
+        let touched: Vec<(String, ScriptReply)> = futures_util::stream::iter(touches.to_vec())
+            .map(|(id, at)| async move {
+                let keys = self.keys(&id);
+                let mut inv = Self::session_call(&TOUCH_SCRIPT, &keys);
+                inv.arg(self.ttl_ms).arg(at);
+                let reply: ScriptReply = self.invoke(&inv).await?;
+                Ok::<_, StoreError>((id, reply))
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut live = Vec::new();
+        let mut mapped = Vec::new();
+        for (id, (exists, has_up, up)) in touched {
+            if exists == 1 {
+                if has_up == 1 {
+                    mapped.push((up, id.clone()));
+                }
+                live.push(id);
+            }
         }
-        let mut inv = TOUCH_SCRIPT.prepare_invoke();
-        inv.arg(&self.prefix).arg(self.ttl_ms);
-        for (id, at) in touches {
-            inv.arg(id).arg(*at);
-        }
-        let mut conn = self.conn.clone();
-        bounded(inv.invoke_async(&mut conn)).await
+        self.index_add(&live.iter().map(String::as_str).collect::<Vec<_>>())
+            .await?;
+        futures_util::stream::iter(mapped)
+            .map(|(up, id)| async move { self.map(&up, &id).await })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        Ok(live.len())
     }
 
     async fn delete(&self, id: &str) -> StoreResult<bool> {
@@ -433,7 +597,7 @@ impl SessionStore for RedisStore {
             if self
                 .delete_script(&id, DeleteIf::IdleBefore(cutoff))
                 .await?
-                != 0
+                != KEPT
             {
                 gone.push(id);
             }
@@ -442,12 +606,20 @@ impl SessionStore for RedisStore {
         Ok(gone)
     }
 
+    /// The mapping is trusted only while the session it names carries that upstream id.
     async fn find_by_upstream_id(&self, upstream_session_id: &str) -> StoreResult<Option<String>> {
-        let mut conn = self.conn.clone();
-        let cmd = ::redis::cmd("GET")
+        let get = ::redis::cmd("GET")
             .arg(self.upstream_key(upstream_session_id))
             .to_owned();
-        bounded(cmd.query_async(&mut conn)).await
+        let Some(id) = self.query::<Option<String>>(&get).await? else {
+            return Ok(None);
+        };
+        let up = ::redis::cmd("HGET")
+            .arg(self.keys(&id).session)
+            .arg("up")
+            .to_owned();
+        let up: Option<String> = self.query(&up).await?;
+        Ok((up.as_deref() == Some(upstream_session_id)).then_some(id))
     }
 
     async fn append_event(&self, session: &str, stream: &str, data: &[u8]) -> StoreResult<String> {
@@ -465,8 +637,9 @@ impl SessionStore for RedisStore {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let key = self.events_key(session, stream);
-        let streams = self.streams_key(session);
+        let keys = self.keys(session);
+        let key = format!("{}{stream}", keys.events);
+        // One slot (the session's tag), so one transaction even on a Cluster.
         let mut pipe = ::redis::pipe();
         pipe.atomic();
         for d in data {
@@ -480,25 +653,24 @@ impl SessionStore for RedisStore {
                 .arg(*d);
         }
         let bytes: u64 = data.iter().map(|d| d.len() as u64).sum();
-        let bytes_key = self.bytes_key(session);
         pipe.cmd("PEXPIRE")
             .arg(&key)
             .arg(self.ttl_ms)
             .ignore()
             .cmd("INCRBY")
-            .arg(&bytes_key)
+            .arg(&keys.bytes)
             .arg(bytes)
             .ignore()
             .cmd("PEXPIRE")
-            .arg(&bytes_key)
+            .arg(&keys.bytes)
             .arg(self.ttl_ms)
             .ignore()
             .cmd("SADD")
-            .arg(&streams)
+            .arg(&keys.streams)
             .arg(stream)
             .ignore()
             .cmd("PEXPIRE")
-            .arg(&streams)
+            .arg(&keys.streams)
             .arg(self.ttl_ms)
             .ignore();
         let mut conn = self.conn.clone();
@@ -512,8 +684,7 @@ impl SessionStore for RedisStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<LoggedEvent>> {
-        let key = self.events_key(session, stream);
-        let mut conn = self.conn.clone();
+        let key = format!("{}{stream}", self.keys(session).events);
         let Some(after) = after else {
             if limit == 0 {
                 return Ok(Vec::new());
@@ -525,7 +696,7 @@ impl SessionStore for RedisStore {
                 .arg("COUNT")
                 .arg(limit)
                 .to_owned();
-            return decode_events(bounded(cmd.query_async(&mut conn)).await?);
+            return decode_events(self.query(&cmd).await?);
         };
         if !is_stream_id(after) {
             return Err(StoreError::EventGone(after.to_owned()));
@@ -545,6 +716,7 @@ impl SessionStore for RedisStore {
             .arg("+")
             .arg("COUNT")
             .arg(limit.max(1));
+        let mut conn = self.conn.clone();
         let (anchor, rest): (StreamRangeReply, StreamRangeReply) =
             bounded(pipe.query_async(&mut conn)).await?;
         if anchor.ids.is_empty() {
@@ -561,22 +733,13 @@ impl SessionStore for RedisStore {
         stream: &str,
         retention: Retention,
     ) -> StoreResult<usize> {
-        let key = self.events_key(session, stream);
-        let mut conn = self.conn.clone();
+        let key = format!("{}{stream}", self.keys(session).events);
         let mut n = 0;
         if let Some(max_age) = retention.max_age {
-            // Entry ids carry the server's clock, so the cutoff uses it too.
-            let (secs, micros): (u64, u64) =
-                bounded(::redis::cmd("TIME").query_async(&mut conn)).await?;
-            let now = secs.saturating_mul(1000).saturating_add(micros / 1000);
-            let min_id = now.saturating_sub(duration_ms(max_age));
-            let cmd = ::redis::cmd("XTRIM")
-                .arg(&key)
-                .arg("MINID")
-                .arg("=")
-                .arg(min_id)
-                .to_owned();
-            n += bounded(cmd.query_async::<usize>(&mut conn)).await?;
+            // By the clock of the server that holds the stream (entry ids carry it).
+            let mut inv = TRIM_AGE_SCRIPT.prepare_invoke();
+            inv.key(&key).arg(duration_ms(max_age));
+            n += self.invoke::<usize>(&inv).await?;
         }
         if let Some(max) = retention.max_events {
             let cmd = ::redis::cmd("XTRIM")
@@ -585,24 +748,25 @@ impl SessionStore for RedisStore {
                 .arg("=")
                 .arg(max)
                 .to_owned();
-            n += bounded(cmd.query_async::<usize>(&mut conn)).await?;
+            n += self.query::<usize>(&cmd).await?;
         }
         Ok(n)
     }
 
     async fn trim_session_bytes(&self, session: &str, max_bytes: u64) -> StoreResult<usize> {
+        let keys = self.keys(session);
         let mut inv = TRIM_BYTES_SCRIPT.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(session)
+        inv.key(&keys.bytes)
+            .key(&keys.streams)
+            .arg(&keys.events)
             .arg(max_bytes)
             .arg(TRIM_PAGE);
-        let mut conn = self.conn.clone();
-        bounded(inv.invoke_async(&mut conn)).await
+        self.invoke(&inv).await
     }
 
+    /// On a Cluster, every primary must answer.
     async fn ping(&self) -> StoreResult<()> {
-        let mut conn = self.conn.clone();
-        let pong: String = bounded(::redis::cmd("PING").query_async(&mut conn)).await?;
+        let pong: String = self.query(&::redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -613,47 +777,51 @@ impl SessionStore for RedisStore {
     }
 
     async fn doc_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()> {
-        let mut conn = self.conn.clone();
         let cmd = ::redis::cmd("HSET")
             .arg(self.docs_key(ns))
             .arg(key)
             .arg(value)
             .to_owned();
-        let _: i64 = bounded(cmd.query_async(&mut conn)).await?;
-        Ok(())
+        self.query::<i64>(&cmd).await.map(drop)
     }
 
     async fn doc_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        let mut conn = self.conn.clone();
         let cmd = ::redis::cmd("HGET")
             .arg(self.docs_key(ns))
             .arg(key)
             .to_owned();
-        bounded(cmd.query_async(&mut conn)).await
+        self.query(&cmd).await
     }
 
     async fn doc_list(&self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
-        let mut conn = self.conn.clone();
         let cmd = ::redis::cmd("HGETALL").arg(self.docs_key(ns)).to_owned();
-        let mut all: Vec<(String, Vec<u8>)> = bounded(cmd.query_async(&mut conn)).await?;
+        let mut all: Vec<(String, Vec<u8>)> = self.query(&cmd).await?;
         all.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(all)
     }
 
     async fn doc_delete(&self, ns: &str, key: &str) -> StoreResult<bool> {
-        let mut conn = self.conn.clone();
         let cmd = ::redis::cmd("HDEL")
             .arg(self.docs_key(ns))
             .arg(key)
             .to_owned();
-        let n: i64 = bounded(cmd.query_async(&mut conn)).await?;
+        let n: i64 = self.query(&cmd).await?;
         Ok(n > 0)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_stream_id;
+    use super::{is_stream_id, tag};
+
+    #[test]
+    fn tags_end_where_the_id_does() {
+        assert_eq!(tag("3a35c0ffee"), "3a35c0ffee");
+        assert_eq!(tag(""), "%");
+        assert_eq!(tag("a}b{c%"), "a%7Db%7Bc%25");
+        // Injective: an id that looks escaped is escaped again.
+        assert_ne!(tag("%7D"), tag("}"));
+    }
 
     #[test]
     fn stream_ids() {

@@ -1,128 +1,137 @@
-//! Lua scripts: the multi-key updates that must be atomic (create-if-absent, replace-if-present,
-//! touch, delete with mapping and event streams).
+//! Lua scripts: the updates of one session that must be atomic (create-if-absent,
+//! replace-if-present, touch, delete with its event streams, the byte budget), and the small
+//! conditional writes of the shared keys.
 //!
-//! Key layout (`P` = the store's prefix): `P session:ID` hash {rec: JSON record, last:
-//! last_active_ms, up: upstream session id}; `P sessions` sorted set of ids (score 0, ordered by
-//! id); `P upstream:UP` → id; `P streams:ID` set of stream names; `P events:ID:STREAM` Redis
-//! Stream; `P bytes:ID` payload bytes appended to the session's streams since its log was last
-//! measured (never less than what they hold: it only gates the byte budget's walk). Every key
-//! has a TTL (the idle TTL), refreshed together on create/update/touch.
-//! Scripts build the companion key names from the prefix, so the store targets a standalone
-//! Redis (not Cluster).
+//! Key layout (`P` = the store's prefix, `T` = the session's hash tag: `{ID}`, the id with `%`,
+//! `{` and `}` percent-escaped so the tag ends where the id does):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P session:T` | hash | `rec`: the record's JSON; `last`: last activity (ms); `up`: the upstream session id |
+//! | `P streams:T` | set | names of the session's event streams |
+//! | `P events:T:STREAM` | stream | one event stream (entry ids are the event ids) |
+//! | `P bytes:T` | string | payload bytes appended since the log was last measured (never less than it holds: it only gates the byte budget's walk) |
+//! | `P sessions` | sorted set | every session id (score 0, ordered by id): listings |
+//! | `P upstream:UP` | string | the session id whose upstream session id is `UP` |
+//! | `P docs:NS` | hash | the documents of namespace `NS` (no TTL) |
+//!
+//! A session's own keys share the hash tag, so on Redis Cluster they live in one hash slot and
+//! every script here touches one slot: the session scripts take the session's keys as `KEYS`
+//! and reach its streams through `ARGV[1]` (`P events:T:`, the same tag); the mapping script
+//! touches its one key. The index and the mapping live in other slots and are written by the
+//! store after the session's script, not inside it (see the store's docs for the order that
+//! keeps them consistent). Every session key carries the idle TTL, refreshed together on
+//! create/update/touch.
 
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Helpers prepended to every script.
+/// Refreshes the TTL of a session's companion keys (KEYS[2] streams, KEYS[3] bytes, and each
+/// stream `ARGV[1] .. name`).
 const LIB: &str = r#"
-local function unmap(prefix, id, up)
-  local mk = prefix .. 'upstream:' .. up
-  if redis.call('GET', mk) == id then redis.call('DEL', mk) end
-end
-local function refresh(prefix, id, ttl)
-  local skey = prefix .. 'streams:' .. id
-  redis.call('PEXPIRE', prefix .. 'bytes:' .. id, ttl)
-  if redis.call('PEXPIRE', skey, ttl) == 1 then
-    for _, s in ipairs(redis.call('SMEMBERS', skey)) do
-      redis.call('PEXPIRE', prefix .. 'events:' .. id .. ':' .. s, ttl)
+local function refresh(ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+  if redis.call('PEXPIRE', KEYS[2], ttl) == 1 then
+    for _, s in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+      redis.call('PEXPIRE', ARGV[1] .. s, ttl)
     end
   end
-  redis.call('PEXPIRE', prefix .. 'sessions', ttl)
 end
 "#;
 
-/// KEYS: session key, index. ARGV: prefix, id, ttl_ms, record JSON, last_active_ms,
-/// has_upstream ('1'/'0'), upstream id. Returns 1 if created, 0 if the id exists.
+/// KEYS: session, streams, bytes. ARGV: events prefix, ttl_ms, record JSON, last_active_ms,
+/// has_upstream ('1'/'0'), upstream id. Returns `{1, 0, ''}` if created, `{0, 0, ''}` if the
+/// id exists (the reply has the shape of [`UPDATE`]'s).
 const CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'last', ARGV[5])
-if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[1], 'up', ARGV[7])
-  redis.call('SET', ARGV[1] .. 'upstream:' .. ARGV[7], ARGV[2], 'PX', ARGV[3])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-refresh(ARGV[1], ARGV[2], ARGV[3])
-return 1
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0, ''} end
+redis.call('HSET', KEYS[1], 'rec', ARGV[3], 'last', ARGV[4])
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'up', ARGV[6]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+refresh(ARGV[2])
+return {1, 0, ''}
 "#;
 
-/// Same KEYS/ARGV as [`CREATE`]. Returns 1 if replaced, 0 if the session does not exist.
+/// Same KEYS/ARGV as [`CREATE`]. Returns `{0, 0, ''}` if the session does not exist, else
+/// `{1, had_upstream, old upstream id}` (the caller drops the old mapping).
 const UPDATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, ''} end
 local old = redis.call('HGET', KEYS[1], 'up')
-if old and (ARGV[6] ~= '1' or old ~= ARGV[7]) then unmap(ARGV[1], ARGV[2], old) end
-redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'last', ARGV[5])
-if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[1], 'up', ARGV[7])
-  redis.call('SET', ARGV[1] .. 'upstream:' .. ARGV[7], ARGV[2], 'PX', ARGV[3])
+redis.call('HSET', KEYS[1], 'rec', ARGV[3], 'last', ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], 'up', ARGV[6])
 else
   redis.call('HDEL', KEYS[1], 'up')
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-refresh(ARGV[1], ARGV[2], ARGV[3])
-return 1
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+refresh(ARGV[2])
+if old then return {1, 1, old} end
+return {1, 0, ''}
 "#;
 
-/// KEYS: none. ARGV: prefix, ttl_ms, then pairs of (id, last_active_ms). Returns how many
-/// sessions existed (and were touched).
+/// KEYS: session, streams, bytes. ARGV: events prefix, ttl_ms, last_active_ms. Returns
+/// `{0, 0, ''}` if the session does not exist, else `{1, has_upstream, upstream id}` (the
+/// caller refreshes the mapping).
 const TOUCH: &str = r#"
-local n = 0
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  local key = ARGV[1] .. 'session:' .. id
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, 'last', ARGV[i + 1])
-    redis.call('PEXPIRE', key, ARGV[2])
-    local up = redis.call('HGET', key, 'up')
-    if up then
-      local mk = ARGV[1] .. 'upstream:' .. up
-      if redis.call('GET', mk) == id then redis.call('PEXPIRE', mk, ARGV[2]) end
-    end
-    refresh(ARGV[1], id, ARGV[2])
-    n = n + 1
-  end
-end
-return n
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, ''} end
+redis.call('HSET', KEYS[1], 'last', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+refresh(ARGV[2])
+local up = redis.call('HGET', KEYS[1], 'up')
+if up then return {1, 1, up} end
+return {1, 0, ''}
 "#;
 
-/// KEYS: session key, index. ARGV: prefix, id, condition. Deletes the session, its mapping, its
-/// event streams and its index entry. Condition: `''` none; `'absent'` only if the session key
-/// is gone (pruning after a TTL expiry); a number: only if the session's last activity is below
-/// it. Returns 1 if a session was deleted, 2 if there was no session (its leftovers were still
-/// removed), 0 if the condition kept it.
+/// KEYS: session, streams, bytes. ARGV: events prefix, condition. Deletes the session and its
+/// event streams. Condition: `''` none; `'absent'` only if the session key is gone (pruning
+/// after a TTL expiry); a number: only if the session's last activity is below it. Returns
+/// `{code, had_upstream, upstream id}`, code 1 if a session was deleted, 2 if there was none
+/// (its leftovers were still removed), 0 if the condition kept it.
 const DELETE: &str = r#"
 local exists = redis.call('EXISTS', KEYS[1])
-if ARGV[3] == 'absent' then
-  if exists == 1 then return 0 end
-elseif ARGV[3] ~= '' and exists == 1 then
+if ARGV[2] == 'absent' then
+  if exists == 1 then return {0, 0, ''} end
+elseif ARGV[2] ~= '' and exists == 1 then
   local last = tonumber(redis.call('HGET', KEYS[1], 'last'))
-  if last and last >= tonumber(ARGV[3]) then return 0 end
+  if last and last >= tonumber(ARGV[2]) then return {0, 0, ''} end
 end
 local up = redis.call('HGET', KEYS[1], 'up')
-if up then unmap(ARGV[1], ARGV[2], up) end
-local skey = ARGV[1] .. 'streams:' .. ARGV[2]
-for _, s in ipairs(redis.call('SMEMBERS', skey)) do
-  redis.call('DEL', ARGV[1] .. 'events:' .. ARGV[2] .. ':' .. s)
+for _, s in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('DEL', ARGV[1] .. s)
 end
-redis.call('DEL', skey, KEYS[1], ARGV[1] .. 'bytes:' .. ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[2])
-if exists == 1 then return 1 end
-return 2
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local code = 2
+if exists == 1 then code = 1 end
+if up then return {code, 1, up} end
+return {code, 0, ''}
 "#;
 
-/// KEYS: none. ARGV: prefix, id, max_bytes, page size. The session's byte budget: unless the
-/// `bytes:` counter says the session may hold more than `max_bytes`, nothing is read. Otherwise
-/// its streams are walked from the newest entry back (merged by entry id, a page at a time),
-/// the kept payloads summed; the first entry that does not fit is dropped with everything older
-/// (`XTRIM MINID` to the oldest kept entry of each stream, `MAXLEN 0` when none is kept, which
-/// keeps the stream's last id so ids are never reused). The counter is then set to what is kept.
-/// Returns how many entries were dropped.
+/// KEYS: an upstream mapping. ARGV: session id. Deletes the mapping if it still names that
+/// session (another session may have taken the upstream id since). Returns 1 if deleted.
+const UNMAP: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// KEYS: one event stream. ARGV: max age (ms). Drops the entries older than that by the
+/// server's own clock (entry ids carry it). Returns how many were dropped.
+const TRIM_AGE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local min = now - tonumber(ARGV[1])
+if min < 0 then min = 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', '=', string.format('%.0f', min))
+"#;
+
+/// KEYS: bytes, streams. ARGV: events prefix, max_bytes, page size. The session's byte budget:
+/// unless the bytes counter says the session may hold more than `max_bytes`, nothing is read.
+/// Otherwise its streams are walked from the newest entry back (merged by entry id, a page at
+/// a time), the kept payloads summed; the first entry that does not fit is dropped with
+/// everything older (`XTRIM MINID` to the oldest kept entry of each stream, `MAXLEN 0` when
+/// none is kept, which keeps the stream's last id so ids are never reused). The counter is
+/// then set to what is kept. Returns how many entries were dropped.
 const TRIM_BYTES: &str = r#"
-local prefix, id = ARGV[1], ARGV[2]
-local max, page = tonumber(ARGV[3]), tonumber(ARGV[4])
-local bkey = prefix .. 'bytes:' .. id
-if tonumber(redis.call('GET', bkey) or '0') <= max then return 0 end
+local max, page = tonumber(ARGV[2]), tonumber(ARGV[3])
+if tonumber(redis.call('GET', KEYS[1]) or '0') <= max then return 0 end
 local function key_of(e)
   local dash = string.find(e, '-', 1, true)
   return tonumber(string.sub(e, 1, dash - 1)), tonumber(string.sub(e, dash + 1))
@@ -135,8 +144,8 @@ local function size_of(entry)
   return 0
 end
 local cursors = {}
-for _, s in ipairs(redis.call('SMEMBERS', prefix .. 'streams:' .. id)) do
-  table.insert(cursors, {key = prefix .. 'events:' .. id .. ':' .. s, buf = {}, pos = 1,
+for _, s in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  table.insert(cursors, {key = ARGV[1] .. s, buf = {}, pos = 1,
     upper = '+', done = false, kept = nil})
 end
 local function head(c)
@@ -180,20 +189,23 @@ for _, c in ipairs(cursors) do
     end
   end
 end
-redis.call('SET', bkey, total, 'KEEPTTL')
+redis.call('SET', KEYS[1], total, 'KEEPTTL')
 return dropped
 "#;
 
-fn script(body: &str) -> Script {
+fn session_script(body: &str) -> Script {
     Script::new(&format!("{LIB}{body}"))
 }
 
-pub(super) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CREATE));
-pub(super) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(UPDATE));
-pub(super) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(TOUCH));
-pub(super) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DELETE));
-pub(super) static TRIM_BYTES_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(TRIM_BYTES));
+pub(super) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| session_script(CREATE));
+pub(super) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| session_script(UPDATE));
+pub(super) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| session_script(TOUCH));
+pub(super) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE));
+pub(super) static UNMAP_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(UNMAP));
+pub(super) static TRIM_AGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM_AGE));
+pub(super) static TRIM_BYTES_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM_BYTES));
 
 /// Result codes of [`DELETE_SCRIPT`].
+pub(super) const KEPT: i64 = 0;
 pub(super) const DELETED: i64 = 1;
 pub(super) const ABSENT: i64 = 2;
