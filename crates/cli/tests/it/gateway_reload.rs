@@ -502,7 +502,7 @@ async fn reloads_under_load_fail_no_request_and_sessions_keep_their_upstream() {
     for (i, text) in configs.iter().enumerate() {
         // Some traffic between reloads.
         let seen = calls.load(Ordering::Relaxed);
-        while calls.load(Ordering::Relaxed) < seen + 50 {
+        while calls.load(Ordering::Relaxed) < seen + 100 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         std::fs::write(&path, text).unwrap();
@@ -519,6 +519,12 @@ async fn reloads_under_load_fail_no_request_and_sessions_keep_their_upstream() {
             .unwrap();
     }
     let failures = failures.lock().unwrap().clone();
+    eprintln!(
+        "{} calls on the four sessions, {} failed, across {} reloads",
+        calls.load(Ordering::Relaxed),
+        failures.len(),
+        configs.len()
+    );
     assert!(
         failures.is_empty(),
         "{} failed of {} calls: {:?}",
@@ -531,4 +537,59 @@ async fn reloads_under_load_fail_no_request_and_sessions_keep_their_upstream() {
         sample(&m, "shadowcat_config_reloads_total{result=\"ok\"}"),
         Some(4.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_shows_the_generation_and_the_last_reload_in_headless_chromium() {
+    let one = FakeUpstream::start("one").await;
+    let good = format!("{}{}", server(""), route("/mcp", &[&one.url]));
+    let (dir, cfg) = config_file(&good);
+    let path = dir.path().join("gateway.toml");
+    let gw = start(&["--config", &cfg], &[]).await;
+    const CONFIG: &str = r#"JSON.stringify((e => ({text: e.textContent, class: e.className, title: e.title}))(document.getElementById('config')))"#;
+    let shown = |v: &Value| -> Value { serde_json::from_str(v.as_str().unwrap_or("{}")).unwrap() };
+    let mut b = super::cdp::Browser::open(&format!("{}/", gw.admin)).await;
+    b.wait_for(CONFIG, |v| shown(v)["text"] == "generation 1")
+        .await;
+
+    std::fs::write(
+        &path,
+        format!("{}{}", server(""), route("/api", &[&one.url])),
+    )
+    .unwrap();
+    let (status, _) = call("POST", &format!("{}/admin/reload", gw.admin), None).await;
+    assert_eq!(status, 422);
+    let s = shown(
+        &b.wait_for(CONFIG, |v| {
+            shown(v)["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("generation 1 · reload refused "))
+        })
+        .await,
+    );
+    assert_eq!(s["class"], "bad", "{s}");
+    assert!(
+        s["title"]
+            .as_str()
+            .unwrap()
+            .contains("routes[0].path: `/api` must be"),
+        "the problems on hover: {s}"
+    );
+
+    std::fs::write(
+        &path,
+        format!("{good}{}", route("/servers/x/mcp", &[&one.url])),
+    )
+    .unwrap();
+    let (status, _) = call("POST", &format!("{}/admin/reload", gw.admin), None).await;
+    assert_eq!(status, 200);
+    let s = shown(
+        &b.wait_for(CONFIG, |v| {
+            shown(v)["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("generation 2 · reloaded "))
+        })
+        .await,
+    );
+    assert_eq!(s["class"], "ok", "{s}");
 }
