@@ -593,3 +593,146 @@ async fn the_admin_page_shows_the_generation_and_the_last_reload_in_headless_chr
     );
     assert_eq!(s["class"], "ok", "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_routes_servers_and_shaping_reload_and_its_old_sessions_drain() {
+    let composite = |servers: &[&str], tools: &str| {
+        let mut t = format!("{}[[routes]]\npath = \"/mcp\"\n", server(""));
+        for s in servers {
+            t.push_str(&format!(
+                "[[routes.servers]]\nname = \"{s}\"\ncommand = \"{}\"\nargs = [\"demo-server\"]\n{tools}",
+                bin()
+            ));
+        }
+        t
+    };
+    let (dir, cfg) = config_file(&composite(&["a"], ""));
+    let gw = start(&["--config", &cfg], &[]).await;
+    let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}});
+    let tools = |r: super::harness::Reply| -> Vec<String> {
+        let msgs = r.messages();
+        let reply = msgs.iter().find(|m| m["id"] == json!(1)).expect("reply");
+        let mut names: Vec<String> = reply["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tools: {reply}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut before = Raw::new(format!("{}/mcp", gw.server.base));
+    before.initialize().await;
+    let names = tools(before.post(list.clone()).await);
+    assert!(names.iter().all(|n| n.starts_with("a__")), "{names:?}");
+
+    // A second server, and the first one's `add` hidden.
+    let hide = "[routes.servers.tools]\ndeny = [\"add\"]\n";
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        composite(&["a", "b"], hide),
+    )
+    .unwrap();
+    let (status, v) = call("POST", &format!("{}/admin/reload", gw.admin), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["changes"]["routes_changed"], json!(["/mcp"]), "{v}");
+    assert_eq!(
+        v["draining"], 1,
+        "the session on the old servers drains: {v}"
+    );
+
+    let mut after = Raw::new(format!("{}/mcp", gw.server.base));
+    after.initialize().await;
+    let names = tools(after.post(list.clone()).await);
+    assert!(names.contains(&"b__echo".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with("__add")), "{names:?}");
+    assert_eq!(
+        after
+            .call_tool(2, "b__echo", json!({"message": "hi"}))
+            .await,
+        "hi"
+    );
+    // The old session still has its servers, unshaped, during the grace.
+    assert_eq!(
+        before.call_tool(3, "a__add", json!({"a": 1, "b": 2})).await,
+        "3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_drains_while_the_kept_one_keeps_its_sessions() {
+    let (one, two) = (
+        FakeUpstream::start("one").await,
+        FakeUpstream::start("two").await,
+    );
+    let (dir, cfg) = config_file(&format!(
+        "{}{}",
+        server(""),
+        route("/mcp", &[&one.url, &two.url])
+    ));
+    let gw = start(&["--config", &cfg], &[]).await;
+    let url = format!("{}/mcp", gw.server.base);
+    // Round-robin: one session on each member.
+    let mut on = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let mut c = Raw::new(url.clone());
+        c.initialize().await;
+        let who = c.call_tool(1, "who", json!({})).await;
+        on.insert(who, c);
+    }
+    let (Some(kept), Some(gone)) = (on.remove("one"), on.remove("two")) else {
+        panic!("a session on each member");
+    };
+
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            "{}{}",
+            server("drain_grace = \"0s\""),
+            route("/mcp", &[&one.url])
+        ),
+    )
+    .unwrap();
+    let (status, v) = call("POST", &format!("{}/admin/reload", gw.admin), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["changes"]["upstreams_removed"],
+        json!([format!("/mcp {}", two.url)]),
+        "{v}"
+    );
+    assert_eq!(v["draining"], 1, "{v}");
+
+    // No grace: the session on the removed member ends at once (its next request, or the one
+    // after, is refused with the reason)…
+    let mut id = 10;
+    let refused = loop {
+        id += 1;
+        let r = gone.post(tool_call(id)).await;
+        if r.status == 404 {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(id < 10_000, "the drained session never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let why = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        why,
+        format!(
+            "the session ended: its upstream {} of route /mcp was removed or changed by a configuration reload; start a new session",
+            two.url
+        )
+    );
+    // …the other goes on, on its upstream.
+    assert_eq!(kept.call_tool(2, "who", json!({})).await, "one");
+    let (_, u) = call("GET", &format!("{}/api/upstreams", gw.admin), None).await;
+    let members = &u["routes"][0]["upstreams"];
+    assert_eq!(members.as_array().unwrap().len(), 1, "{u}");
+    assert_eq!(
+        members[0]["sessions"], 1,
+        "the kept session is still counted: {u}"
+    );
+}
