@@ -365,7 +365,7 @@ async fn metrics(State(a): Shared) -> Answer {
             "active_sessions": front.host().len(),
             "max_sessions": front.host().limits().max_sessions,
             "max_sessions_per_principal": front.host().limits().max_per_principal,
-            "inflight": front.registry().inflight(),
+            "inflight": front.host().inflight(),
             "store": {"backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages},
             "config": gw.reload_status(),
         }),

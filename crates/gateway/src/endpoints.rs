@@ -4,7 +4,7 @@
 
 use super::auth::{AuthError, Principal};
 use super::config::route_key;
-use super::limits::{Limited, RATE_LIMITED};
+use super::limits::Limited;
 use super::live::Live;
 use super::metrics::{Snapshot, UpstreamGauge};
 use super::{ClientToken, Current, Gateway, Route, WELL_KNOWN};
@@ -15,7 +15,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use shadowcat_proto::error::{INVALID_REQUEST, error_bytes};
 use shadowcat_proxy::audit::Refused;
-use shadowcat_proxy::front::http::{ClientIp, HttpFront, serve_mcp};
+use shadowcat_proxy::error::ProxyError;
+use shadowcat_proxy::front::http::{ClientIp, HttpFront, reply, serve_mcp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -166,6 +167,11 @@ impl Gateway {
     }
 
     fn challenge(&self, live: &Live, route: Option<&Arc<Route>>, e: &AuthError) -> Response {
+        reply::error(&self.refusal(live, route, e), None)
+    }
+
+    /// The error that refuses a request's credentials, with its RFC 6750 / RFC 9728 challenge.
+    fn refusal(&self, live: &Live, route: Option<&Arc<Route>>, e: &AuthError) -> ProxyError {
         let clean = |s: &str| s.replace(['"', '\\'], "'");
         let mut v = format!("Bearer resource_metadata=\"{}\"", self.metadata_url(route));
         let scopes = route
@@ -174,28 +180,21 @@ impl Gateway {
         if !scopes.is_empty() {
             v.push_str(&format!(", scope=\"{}\"", clean(&scopes.join(" "))));
         }
-        let status = match e {
-            AuthError::Missing => StatusCode::UNAUTHORIZED,
+        match e {
+            AuthError::Missing => {}
             AuthError::Invalid(_) | AuthError::Expired => {
                 v.push_str(&format!(
                     ", error=\"invalid_token\", error_description=\"{}\"",
                     clean(&e.to_string())
                 ));
-                StatusCode::UNAUTHORIZED
             }
-            AuthError::InsufficientScope(_) => {
-                v.push_str(", error=\"insufficient_scope\"");
-                StatusCode::FORBIDDEN
-            }
-        };
-        let mut r = json(
-            status,
-            error_bytes(None, INVALID_REQUEST, &e.to_string(), None),
-        );
-        if let Ok(h) = HeaderValue::try_from(v) {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, h);
+            AuthError::InsufficientScope(_) => v.push_str(", error=\"insufficient_scope\""),
         }
-        r
+        ProxyError::Unauthorized {
+            message: e.to_string(),
+            challenge: v,
+            insufficient_scope: matches!(e, AuthError::InsufficientScope(_)),
+        }
     }
 
     /// RFC 9728 protected-resource metadata: `rest` is empty (the whole origin) or a route path.
@@ -334,36 +333,16 @@ fn json(status: StatusCode, body: Bytes) -> Response {
 
 /// `/metrics` without its token: `401` with a challenge.
 fn metrics_refused() -> Response {
-    let mut r = json(
-        StatusCode::UNAUTHORIZED,
-        error_bytes(
-            None,
-            INVALID_REQUEST,
-            "missing or wrong metrics token (Authorization: Bearer TOKEN)",
-            None,
-        ),
-    );
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"shadowcat-metrics\""),
-    );
-    r
+    let e = ProxyError::Unauthorized {
+        message: "missing or wrong metrics token (Authorization: Bearer TOKEN)".into(),
+        challenge: "Bearer realm=\"shadowcat-metrics\"".into(),
+        insufficient_scope: false,
+    };
+    reply::error(&e, None)
 }
 
 fn too_many(l: &Limited) -> Response {
-    let mut r = json(
-        l.status(),
-        error_bytes(None, RATE_LIMITED, &l.message(), None),
-    );
-    let secs = HeaderValue::from(l.retry_secs().max(1));
-    let h = r.headers_mut();
-    h.insert(header::RETRY_AFTER, secs.clone());
-    if !l.unavailable {
-        h.insert("ratelimit-reset", secs);
-        h.insert("ratelimit-limit", HeaderValue::from(l.limit));
-        h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
-    }
-    r
+    reply::error(&l.error(), None)
 }
 
 /// Each composite route's servers, over its live sessions: in how many each is up, starting,

@@ -46,15 +46,14 @@ use limits::RATE_LIMITED;
 use live::Live;
 use metrics::Metrics;
 use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
-use shadowcat_proto::{Frame, RequestId};
+use shadowcat_proto::{Frame, FrameKind, RequestId};
 use shadowcat_proxy::audit::Audit;
 use shadowcat_proxy::error::ProxyError;
-use shadowcat_proxy::forward::CONNECT_TIMEOUT;
 use shadowcat_proxy::front::http::{
     HostPolicy, HttpFront, HttpFrontConfig, OriginPolicy, Policy, Target,
 };
-use shadowcat_proxy::pipeline::{Direction, FrameCtx, Hook, Pipeline, Verdict};
-use shadowcat_proxy::runtime::drain;
+use shadowcat_proxy::pipeline::{Awaiting, Direction, FrameCtx, Grant, Hook, Pipeline, Verdict};
+use shadowcat_proxy::upstream::CONNECT_TIMEOUT;
 use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
 use shadowcat_store::{Retention, SessionStore};
 use std::collections::HashMap;
@@ -99,16 +98,16 @@ impl Route {
 #[derive(Clone)]
 pub(crate) struct ClientToken(pub Arc<str>);
 
-/// What the gateway knows about a live session.
+/// Where a live session is: the member of its route it was placed on (balancing, the admin
+/// API), or the owner of a session this replica continues or forwards for another one. Rules
+/// never read it: the authorization hook gets the principal with each request.
 struct Bound {
-    /// The principal of its latest request (scopes and claims as of that token).
-    principal: Option<Principal>,
+    /// The principal that owns it (sessions answer only to their owner).
+    owner: Option<Arc<str>>,
     route: Arc<Route>,
     /// The member of the route's set it lives on; `None` for a session this replica continues
     /// (or forwards) for another one.
     member: Option<usize>,
-    /// List requests in flight whose answers are filtered by the route's rules.
-    lists: HashMap<RequestId, (Kind, &'static str)>,
     since: Instant,
     /// A reload removed its upstream (or route): it ends after the drain grace.
     draining: bool,
@@ -232,63 +231,25 @@ impl Gateway {
         shadowcat_proxy::sync::lock(&self.sessions)
     }
 
-    fn route_of(&self, session: &str) -> String {
-        self.bound()
-            .get(session)
-            .map(|b| b.route.path.clone())
+    /// The path of the route a hook's frame belongs to (`""` when it has none).
+    fn route_path(&self, key: Option<&str>) -> String {
+        let live = self.live();
+        key.and_then(|k| live.routes.get(k))
+            .map(|r| r.path.clone())
             .unwrap_or_default()
     }
 
-    /// Apply the session's route rules to a client request: `Some(reply)` when it is refused.
-    /// List requests are remembered so that their answers get filtered.
-    fn authorize(&self, session: &str, frame: &Frame) -> Option<Verdict> {
-        let (Some(id), Some(method)) = (frame.id(), frame.method()) else {
-            return None;
-        };
-        let mut bound = self.bound();
-        let b = bound.get_mut(session)?;
-        if b.route.rules.is_open() {
-            return None;
+    /// The route of a hook's frame: the session's route in the configuration in force or,
+    /// for a session draining on a route a reload removed, the route it lives on.
+    fn hook_route(&self, key: Option<&str>, session: &str) -> Option<Arc<Route>> {
+        let key = key?;
+        if let Some(r) = self.live().routes.get(key) {
+            return Some(r.clone());
         }
-        if let Err(denied) = b.route.rules.check_frame(b.principal.as_ref(), frame) {
-            let route = b.route.path.clone();
-            drop(bound);
-            tracing::info!(session, reason = %denied.message, "request refused by an authorization rule");
-            self.metrics.authz_denied(&route);
-            let answer = error_frame(Some(id), denied.code, &denied.message);
-            return Some(Verdict::Reply(answer));
-        }
-        if let Some(list) = Kind::of_list(method) {
-            b.lists.insert(id.clone(), list);
-        }
-        None
-    }
-
-    /// Filter a list answer by the session's route rules.
-    fn filter(&self, session: &str, frame: &Frame) -> Verdict {
-        if !frame.kind().is_reply() {
-            return Verdict::Forward;
-        }
-        let Some(id) = frame.id() else {
-            return Verdict::Forward;
-        };
-        let (rules, principal, (kind, key)) = {
-            let mut bound = self.bound();
-            let Some(b) = bound.get_mut(session) else {
-                return Verdict::Forward;
-            };
-            let Some(list) = b.lists.remove(id) else {
-                return Verdict::Forward;
-            };
-            (b.route.clone(), b.principal.clone(), list)
-        };
-        match rules
-            .rules
-            .filter_list(principal.as_ref(), kind, key, frame)
-        {
-            Some(filtered) => Verdict::Replace(filtered),
-            None => Verdict::Forward,
-        }
+        self.bound()
+            .get(session)
+            .filter(|b| &*b.route.key == key)
+            .map(|b| b.route.clone())
     }
 
     /// The pipeline hook of the gateway (per-tool limits, session accounting). Install it in
@@ -298,7 +259,10 @@ impl Gateway {
     /// audit log) knows which one refused.
     pub fn hooks(self: &Arc<Self>) -> [Arc<dyn Hook>; 2] {
         [
-            Arc::new(AuthzHook(self.clone())),
+            Arc::new(AuthzHook {
+                gw: self.clone(),
+                lists: Awaiting::new(MAX_LISTS_PER_SESSION, MAX_LISTS),
+            }),
             Arc::new(ToolLimitHook(self.clone())),
         ]
     }
@@ -373,6 +337,7 @@ impl Gateway {
             )
         })?;
         let route = &route;
+        let principal = principal.map(Arc::new);
         // A stateless (2026-07-28) request has no session placed on a member: the route's
         // balancing picks one per request (consistent hashing keys on the principal). New
         // sessions are placed by `GatewayTarget::connect`, so member 0 is only a default.
@@ -433,9 +398,84 @@ impl Policy for GatewayPolicy {
     }
 }
 
-/// The gateway's authorization stage: route rules on requests and list answers, and the
-/// sessions' accounting.
-struct AuthzHook(Arc<Gateway>);
+/// List requests kept until their answers by the authorization hook, per session and in all.
+const MAX_LISTS_PER_SESSION: usize = 1_000;
+const MAX_LISTS: usize = 100_000;
+
+/// The gateway's authorization stage, one for every front and era: route rules on requests
+/// (with the principal the request came with, its [`Grant`]) and on list answers, and the
+/// sessions' accounting. What it cannot place it refuses: a request of no known route, or a
+/// list beyond the bound of those waiting for their answers.
+struct AuthzHook {
+    gw: Arc<Gateway>,
+    /// List requests whose answers lose what the principal may not see: the list and the
+    /// grant of the request.
+    lists: Awaiting<(Kind, &'static str, Option<Grant>)>,
+}
+
+impl AuthzHook {
+    fn authorize(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
+        let (Some(id), Some(method)) = (frame.id(), frame.method()) else {
+            return Verdict::Forward;
+        };
+        let Some(route) = self.gw.hook_route(ctx.route, ctx.session) else {
+            tracing::warn!(
+                session = ctx.session,
+                "a request of no known route; refused"
+            );
+            return Verdict::Reply(error_frame(
+                Some(id),
+                INVALID_REQUEST,
+                "the gateway cannot tell which route's rules apply to this request",
+            ));
+        };
+        if route.rules.is_open() {
+            return Verdict::Forward;
+        }
+        let principal = ctx.grant.and_then(|g| g.downcast_ref::<Principal>());
+        if let Err(denied) = route.rules.check_frame(principal, frame) {
+            tracing::info!(session = ctx.session, reason = %denied.message, "request refused by an authorization rule");
+            self.gw.metrics.authz_denied(&route.path);
+            return Verdict::Reply(error_frame(Some(id), denied.code, &denied.message));
+        }
+        if let Some((kind, key)) = Kind::of_list(method)
+            && self
+                .lists
+                .insert(ctx, id, (kind, key, ctx.grant.cloned()))
+                .is_err()
+        {
+            // Beyond the bound a list answer could not be filtered: refused, not let through.
+            return Verdict::Reply(error_frame(
+                Some(id),
+                INVALID_REQUEST,
+                "too many list requests waiting for their answers",
+            ));
+        }
+        Verdict::Forward
+    }
+
+    /// Filter a list answer by the route's rules, for the principal of its request.
+    fn filter(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
+        let Some(id) = frame.id() else {
+            return Verdict::Forward;
+        };
+        let Some((kind, key, grant)) = self.lists.take(ctx, id) else {
+            return Verdict::Forward;
+        };
+        if frame.kind() != FrameKind::Response {
+            return Verdict::Forward;
+        }
+        let Some(route) = self.gw.hook_route(ctx.route, ctx.session) else {
+            // Its request was checked under a route: an answer that lost it is withheld.
+            return Verdict::Drop;
+        };
+        let principal = grant.as_ref().and_then(|g| g.downcast_ref::<Principal>());
+        match route.rules.filter_list(principal, kind, key, frame) {
+            Some(filtered) => Verdict::Replace(filtered),
+            None => Verdict::Forward,
+        }
+    }
+}
 
 impl Hook for AuthzHook {
     fn name(&self) -> &'static str {
@@ -443,20 +483,23 @@ impl Hook for AuthzHook {
     }
 
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        if !self.0.reloads.any_rules() {
+        if !self.gw.reloads.any_rules() {
             return Verdict::Forward;
         }
         match ctx.direction {
-            Direction::ClientToServer => self
-                .0
-                .authorize(ctx.session, frame)
-                .unwrap_or(Verdict::Forward),
-            Direction::ServerToClient => self.0.filter(ctx.session, frame),
+            Direction::ClientToServer => self.authorize(ctx, frame),
+            Direction::ServerToClient if frame.kind().is_reply() => self.filter(ctx, frame),
+            Direction::ServerToClient => Verdict::Forward,
         }
     }
 
+    fn on_failed(&self, ctx: &FrameCtx<'_>, id: &RequestId, _error: &ProxyError) {
+        self.lists.take(ctx, id);
+    }
+
     fn on_session_end(&self, session: &str) {
-        self.0.forget(session);
+        self.lists.end(session);
+        self.gw.forget(session);
     }
 }
 
@@ -481,12 +524,12 @@ impl Hook for ToolLimitHook {
         };
         let live = arc_swap::Guard::into_inner(live);
         let (gw, tool, id) = (self.0.clone(), tool.to_string(), frame.id().cloned());
-        let session = ctx.session.to_string();
+        let key = ctx.route.map(str::to_owned);
         let decide = async move {
             match live.limits.check_tool(&tool).await {
                 Ok(()) => Verdict::Forward,
                 Err(l) => {
-                    let route = gw.route_of(&session);
+                    let route = gw.route_path(key.as_deref());
                     gw.metrics.rate_limited(&route, l.scope);
                     let msg = format!("tool `{tool}`: {}", l.message());
                     Verdict::Reply(error_frame(id.as_ref(), RATE_LIMITED, &msg))
@@ -611,7 +654,6 @@ pub async fn gateway(
     if gw.admin {
         hooks.push(gw.series_hook());
     }
-    let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
     let http_checks = http.client().clone();
     let check_ctx = UpstreamCtx {
@@ -663,13 +705,7 @@ pub async fn gateway(
             }
         }
     });
-    let result = front.clone().serve(listener, ready).await;
-    drain(&tracker, deadline).await;
-    front
-        .workers()
-        .stop(shadowcat_proxy::forward::STOP_WORKERS)
-        .await;
-    result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
+    front.run(listener, ready).await
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
+use shadowcat_proxy::error::ProxyError;
 use shared::{Shared, SharedKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// JSON-RPC error code of a call refused by a rate limit.
-pub const RATE_LIMITED: i64 = -32029;
+pub use shadowcat_proto::error::RATE_LIMITED;
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -72,12 +73,14 @@ impl Limited {
             self.retry_secs().max(1)
         )
     }
-    /// The HTTP status of a refused request: `429`, or `503` when the limiter is unavailable.
-    pub fn status(&self) -> StatusCode {
-        if self.unavailable {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::TOO_MANY_REQUESTS
+    /// The refusal, as the one error model maps it onto HTTP: `429` (`503` when the limiter is
+    /// unavailable) with `Retry-After` and `RateLimit-*`.
+    pub fn error(&self) -> ProxyError {
+        ProxyError::RateLimited {
+            message: self.message(),
+            retry_after: self.retry_secs(),
+            limit: self.limit,
+            unavailable: self.unavailable,
         }
     }
 }
@@ -507,7 +510,7 @@ mod tests {
         }
         let r = l.check_client(ip).await.unwrap_err();
         assert_eq!((r.scope, r.limit, r.unavailable), ("ip", 3, false));
-        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.error().http_status(), http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.retry_after, Duration::from_secs(10), "{r:?}");
         assert_eq!(r.retry_secs(), 10);
         assert!(l.check_client("127.0.0.2".parse().unwrap()).await.is_ok());
@@ -603,7 +606,10 @@ mod tests {
         let l = Limits::new(&cfg, vec![], Some(&url), "t:");
         let r = l.check_client(ip).await.unwrap_err();
         assert!(r.unavailable, "{r:?}");
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.error().http_status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
         assert!(r.message().contains("Redis unreachable"), "{}", r.message());
     }
 }

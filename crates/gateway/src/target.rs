@@ -1,19 +1,18 @@
 //! The gateway's [`Placer`]: a request's route (its upstream set and rules) and principal. It
-//! binds sessions to principals, places new sessions on the set and applies the route's rules
-//! to stateless requests. The engine's one creation path ([`shadowcat_proxy::session::place::create`])
+//! binds sessions to principals, places new sessions on the set, and attaches the principal to
+//! requests for the authorization hook (which applies the route's rules in every era). The engine's one creation path ([`shadowcat_proxy::session::place::create`])
 //! runs the failover loop over the candidates it gives.
 
-use super::authz::Kind;
 use super::{Bound, Gateway, Principal, Route};
 use futures_util::future::BoxFuture;
 use shadowcat_proto::Frame;
 use shadowcat_proto::error::error_frame;
 use shadowcat_proxy::error::ProxyError;
+use shadowcat_proxy::pipeline::Grant;
 use shadowcat_proxy::session::Session;
-use shadowcat_proxy::session::place::{AnswerFilter, Candidate, Placer};
+use shadowcat_proxy::session::place::{Candidate, Placer};
 use shadowcat_proxy::upstream::UpstreamSpec;
 use shadowcat_store::SessionStore;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,8 @@ use std::time::{Duration, Instant};
 pub struct GatewayTarget {
     pub(super) gateway: Arc<Gateway>,
     pub(super) route: Arc<Route>,
-    pub(super) principal: Option<Principal>,
+    /// Shared with the session's hooks as its [`Grant`].
+    pub(super) principal: Option<Arc<Principal>>,
     /// The member a stateless (2026-07-28) request was placed on.
     pub(super) member: Option<usize>,
     /// The client's validated JWT, when a member exchanges it for its own token.
@@ -113,10 +113,9 @@ impl GatewayTarget {
 
     fn bound(&self, member: Option<usize>) -> Bound {
         Bound {
-            principal: self.principal.clone(),
+            owner: self.principal.as_ref().map(|p| p.id.clone()),
             route: self.route.clone(),
             member,
-            lists: HashMap::new(),
             since: Instant::now(),
             draining: false,
         }
@@ -210,11 +209,9 @@ impl Placer for GatewayTarget {
                 ));
             }
             {
-                let mut bound = self.gateway.bound();
-                if let Some(b) = bound.get_mut(id) {
-                    if b.principal.as_ref().map(|p| &*p.id) == mine {
-                        // Rules see the scopes and claims of the latest token.
-                        b.principal = self.principal.clone();
+                let bound = self.gateway.bound();
+                if let Some(b) = bound.get(id) {
+                    if b.owner.as_deref() == mine {
                         return Ok(());
                     }
                     drop(bound);
@@ -230,7 +227,7 @@ impl Placer for GatewayTarget {
                 return Err(self.foreign(id));
             }
             // A session of another replica that this one continues (or forwards): remember its
-            // principal and route for the pipeline's rules.
+            // owner, so that its next requests are checked without the store.
             self.gateway
                 .bound()
                 .entry(Arc::from(id))
@@ -244,27 +241,28 @@ impl Placer for GatewayTarget {
         Some(self.route.set.members()[m].guard().clone())
     }
 
-    /// The route's authorization rules for a stateless request relayed to a modern upstream,
-    /// which has no session to carry its principal (and for `subscriptions/listen` served on a
-    /// held session, outside its hooks): `Err(answer)` when a rule refuses it — for
-    /// `subscriptions/listen`, when one of its `resourceSubscriptions` URIs is denied —, a
-    /// filter when its answer (a list) must lose the items the principal may not use.
-    fn authorize_stateless(&self, frame: &Frame) -> Result<Option<AnswerFilter>, Frame> {
+    /// The gateway attaches the request's principal (scopes and claims) for its authorization
+    /// hook, when some route has rules (nothing else reads it).
+    fn grant(&self) -> Option<Grant> {
+        if !self.gateway.reloads.any_rules() {
+            return None;
+        }
+        let p: Grant = self.principal.clone()?;
+        Some(p)
+    }
+
+    /// The route's rules for a 2026-07-28 `subscriptions/listen` served on a held session:
+    /// refused when a rule refuses it, or one of its `resourceSubscriptions` URIs.
+    fn authorize_listen(&self, frame: &Frame) -> Result<(), Frame> {
         let rules = &self.route.rules;
         if rules.is_open() {
-            return Ok(None);
+            return Ok(());
         }
-        if let Err(denied) = rules.check_frame(self.principal.as_ref(), frame) {
-            tracing::info!(reason = %denied.message, "stateless request refused by an authorization rule");
+        let principal = self.principal.as_deref();
+        rules.check_frame(principal, frame).map_err(|denied| {
+            tracing::info!(reason = %denied.message, "subscriptions/listen refused by an authorization rule");
             self.gateway.metrics.authz_denied(&self.route.path);
-            return Err(error_frame(frame.id(), denied.code, &denied.message));
-        }
-        let Some((kind, key)) = frame.method().and_then(Kind::of_list) else {
-            return Ok(None);
-        };
-        let (route, principal) = (self.route.clone(), self.principal.clone());
-        Ok(Some(Box::new(move |f: &Frame| {
-            route.rules.filter_list(principal.as_ref(), kind, key, f)
-        })))
+            error_frame(frame.id(), denied.code, &denied.message)
+        })
     }
 }

@@ -25,6 +25,8 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub const MISSING_CAPABILITY: i64 = -32021;
 /// 2026-07-28 `UnsupportedProtocolVersionError` (`data.supported` lists what is served).
 pub const UNSUPPORTED_VERSION: i64 = -32022;
+/// A rate limit refused the request (Shadowcat's own code).
+pub const RATE_LIMITED: i64 = -32029;
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {

@@ -1,8 +1,9 @@
 //! Typed errors of the relay engine. Each says which side failed and whether a retry is safe;
-//! [`ProxyError::http_status`] and [`ProxyError::jsonrpc_code`] are the one table that maps them
-//! onto the wire.
+//! [`ProxyError::http_status`], [`ProxyError::jsonrpc_code`] and [`ProxyError::headers`]
+//! (`Retry-After`, `WWW-Authenticate`, `RateLimit-*`) are the one table that maps them onto the
+//! wire.
 
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use shadowcat_proto::FrameError;
 use shadowcat_proto::error as rpc;
 
@@ -26,8 +27,6 @@ pub enum Refusal {
     Forbidden,
     /// Nothing is served at that path, or the named thing is unknown (404).
     NotFound,
-    /// The endpoint does not take this HTTP method (405).
-    MethodNotAllowed,
     /// The client does not accept what the endpoint answers with (406).
     NotAcceptable,
     /// The client did not send its request in time (408).
@@ -43,7 +42,6 @@ impl Refusal {
             Refusal::Malformed => StatusCode::BAD_REQUEST,
             Refusal::Forbidden => StatusCode::FORBIDDEN,
             Refusal::NotFound => StatusCode::NOT_FOUND,
-            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Refusal::TooSlow => StatusCode::REQUEST_TIMEOUT,
             Refusal::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -142,6 +140,38 @@ pub enum ProxyError {
         /// Seconds until the breaker lets a probe through.
         retry_after: u64,
     },
+    /// The endpoint does not take this HTTP method (`405` with `Allow`).
+    #[error("{message}")]
+    MethodNotAllowed {
+        /// The methods it takes (the `Allow` header).
+        allow: &'static str,
+        /// What to do instead.
+        message: String,
+    },
+    /// The request's credentials were refused: `401` (missing, invalid, expired) or `403`
+    /// (a scope is missing), with `challenge` as its `WWW-Authenticate` header.
+    #[error("{message}")]
+    Unauthorized {
+        /// What was wrong (never the credentials themselves).
+        message: String,
+        /// The `WWW-Authenticate` value (RFC 6750 / RFC 9728).
+        challenge: String,
+        /// The credentials are valid but lack a scope (`403`).
+        insufficient_scope: bool,
+    },
+    /// A rate limit refused the request (`429` with `Retry-After` and `RateLimit-*`), or the
+    /// shared limiter could not decide and refuses (`503` with `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, and when to retry.
+        message: String,
+        /// Seconds until a request would be allowed.
+        retry_after: u64,
+        /// The limit's burst size (`RateLimit-Limit`).
+        limit: u32,
+        /// The limiter is unavailable (not over the limit).
+        unavailable: bool,
+    },
 }
 
 impl ProxyError {
@@ -172,7 +202,15 @@ impl ProxyError {
             | ProxyError::SessionNotFound
             | ProxyError::DuplicateRequestId(_)
             | ProxyError::UnsupportedVersion { .. }
+            | ProxyError::Unauthorized { .. }
+            | ProxyError::MethodNotAllowed { .. }
             | ProxyError::Cancelled => Side::Client,
+            ProxyError::RateLimited {
+                unavailable: false, ..
+            } => Side::Client,
+            ProxyError::RateLimited {
+                unavailable: true, ..
+            } => Side::Internal,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_)
@@ -218,6 +256,59 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Startup(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Unauthorized {
+                insufficient_scope: true,
+                ..
+            } => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RateLimited {
+                unavailable: true, ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The HTTP headers that go with this error: `Retry-After` where waiting helps,
+    /// `WWW-Authenticate` on a refused credential, `RateLimit-*` over a rate limit.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let retry = |secs: u64| (header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        match self {
+            ProxyError::SessionLimit(_)
+            | ProxyError::PrincipalSessionLimit(_)
+            | ProxyError::ShuttingDown
+            | ProxyError::StoreUnavailable(_) => vec![retry(5)],
+            ProxyError::CircuitOpen { retry_after, .. } => vec![retry(*retry_after)],
+            ProxyError::RateLimited {
+                retry_after,
+                unavailable: true,
+                ..
+            } => vec![retry(*retry_after)],
+            ProxyError::RateLimited {
+                retry_after, limit, ..
+            } => vec![
+                retry(*retry_after),
+                (
+                    HeaderName::from_static("ratelimit-reset"),
+                    HeaderValue::from((*retry_after).max(1)),
+                ),
+                (
+                    HeaderName::from_static("ratelimit-limit"),
+                    HeaderValue::from(*limit),
+                ),
+                (
+                    HeaderName::from_static("ratelimit-remaining"),
+                    HeaderValue::from_static("0"),
+                ),
+            ],
+            ProxyError::MethodNotAllowed { allow, .. } => {
+                vec![(header::ALLOW, HeaderValue::from_static(allow))]
+            }
+            // A challenge that is not a valid header value is left out rather than sent broken.
+            ProxyError::Unauthorized { challenge, .. } => HeaderValue::try_from(challenge.as_str())
+                .map(|v| vec![(header::WWW_AUTHENTICATE, v)])
+                .unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 
@@ -259,6 +350,10 @@ impl ProxyError {
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_)
             | ProxyError::Startup(_) => rpc::INTERNAL_ERROR,
+            ProxyError::Unauthorized { .. } | ProxyError::MethodNotAllowed { .. } => {
+                rpc::INVALID_REQUEST
+            }
+            ProxyError::RateLimited { .. } => rpc::RATE_LIMITED,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamClosed(_)
             | ProxyError::UpstreamProtocol(_)
@@ -271,6 +366,73 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_are_mapped_in_the_table_too() {
+        let names = |e: &ProxyError| {
+            e.headers()
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let e = ProxyError::Unauthorized {
+            message: "invalid token: expired".into(),
+            challenge: "Bearer error=\"invalid_token\"".into(),
+            insufficient_scope: false,
+        };
+        assert_eq!(e.http_status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(e.jsonrpc_code(), rpc::INVALID_REQUEST);
+        assert_eq!(
+            names(&e),
+            ["www-authenticate: Bearer error=\"invalid_token\""]
+        );
+        let e = ProxyError::Unauthorized {
+            message: "insufficient scope".into(),
+            challenge: "Bearer error=\"insufficient_scope\"\n".into(),
+            insufficient_scope: true,
+        };
+        assert_eq!(e.http_status(), StatusCode::FORBIDDEN);
+        assert!(names(&e).is_empty(), "a broken challenge is not sent");
+        let e = ProxyError::RateLimited {
+            message: "rate limit exceeded".into(),
+            retry_after: 0,
+            limit: 10,
+            unavailable: false,
+        };
+        assert_eq!(
+            (e.http_status(), e.jsonrpc_code(), e.side()),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                rpc::RATE_LIMITED,
+                Side::Client
+            )
+        );
+        assert_eq!(
+            names(&e),
+            [
+                "retry-after: 1",
+                "ratelimit-reset: 1",
+                "ratelimit-limit: 10",
+                "ratelimit-remaining: 0"
+            ]
+        );
+        let e = ProxyError::RateLimited {
+            message: "the shared rate limiter is unavailable".into(),
+            retry_after: 3,
+            limit: 10,
+            unavailable: true,
+        };
+        assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(names(&e), ["retry-after: 3"]);
+        assert_eq!(names(&ProxyError::SessionLimit(3)), ["retry-after: 5"]);
+        assert!(names(&ProxyError::SessionNotFound).is_empty());
+        let e = ProxyError::MethodNotAllowed {
+            allow: "GET, POST",
+            message: "use GET or POST".into(),
+        };
+        assert_eq!(e.http_status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(names(&e), ["allow: GET, POST"]);
+    }
 
     #[test]
     fn table_maps_sides_statuses_and_codes() {

@@ -13,19 +13,13 @@ use crate::session::host::Limits;
 use crate::session::place::{self, Creator, NewSession, Target};
 use crate::session::records::Records;
 use crate::session::{Host, Kind};
-use crate::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
+use crate::upstream::{CONNECT_TIMEOUT, HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use shadowcat_store::{MemoryStore, SessionStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Connect timeout for HTTP upstreams.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long stopping the worker threads may take once every task is drained.
-pub const STOP_WORKERS: Duration = Duration::from_secs(2);
 
 /// Settings of `forward stdio`.
 #[derive(Clone)]
@@ -147,16 +141,11 @@ pub async fn forward_http(
     ready: impl FnOnce(),
     built: impl FnOnce(&Arc<HttpFront>),
 ) -> Result<(), ProxyError> {
-    let tracker = TaskTracker::new();
-    let deadline = config.shutdown_deadline + config.upstream.shutdown_grace * 3;
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
-    let front = HttpFront::new(config, pipeline, http, store, shutdown, tracker.clone())?;
+    let front = HttpFront::new(config, pipeline, http, store, shutdown, TaskTracker::new())?;
     // Hooks that reach the sessions themselves (pinning's list_changed) learn the front here.
     built(&front);
-    let result = front.clone().serve(listener, ready).await;
-    drain(&tracker, deadline).await;
-    front.workers().stop(STOP_WORKERS).await;
-    result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
+    front.run(listener, ready).await
 }
 
 #[cfg(test)]

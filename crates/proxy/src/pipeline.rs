@@ -107,6 +107,12 @@ pub enum Transport<'a> {
     Undelivered,
 }
 
+/// What the policy that admitted a request attached to it (the gateway: the principal with its
+/// scopes and claims), for that policy's own hooks to read by downcasting. The engine only
+/// carries it: sessions keep the one of their latest request ([`crate::session::Session::set_grant`]),
+/// a stateless request has its own.
+pub type Grant = Arc<dyn std::any::Any + Send + Sync>;
+
 /// Per-frame context a hook sees.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCtx<'a> {
@@ -130,6 +136,9 @@ pub struct FrameCtx<'a> {
     /// session `-`): a number of the request's own, the same for the request and its answer;
     /// `0` inside a session.
     pub exchange: u64,
+    /// Client → server: what the admitting policy attached to the request ([`Grant`]); `None`
+    /// where there is no such policy (forward modes), and on server → client frames.
+    pub grant: Option<&'a Grant>,
 }
 
 impl<'a> FrameCtx<'a> {
@@ -143,6 +152,7 @@ impl<'a> FrameCtx<'a> {
             route: None,
             member: None,
             exchange: 0,
+            grant: None,
         }
     }
 

@@ -229,7 +229,7 @@ pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
                 session: Arc::from("pins-check"),
                 cancel: tokio_util::sync::CancellationToken::new(),
                 tracker: tokio_util::task::TaskTracker::new(),
-                http: HttpClient::new(shadowcat_proxy::forward::CONNECT_TIMEOUT)?,
+                http: HttpClient::new(shadowcat_proxy::upstream::CONNECT_TIMEOUT)?,
                 options: UpstreamOptions::default(),
                 guard: None,
             };

@@ -89,30 +89,63 @@ async fn max_sessions_holds_across_every_kind_of_session() {
     drop(legacy);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_creations_never_overshoot_the_limit() {
-    let p = Server::forward_http(&["--demo", "--max-sessions", "3"]).await;
-    let (url, base) = (p.url(), p.base.clone());
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    // Eight creations of three kinds at once, racing for three places.
+/// Eight creations of three kinds at once (Streamable, legacy SSE, held for a 2026-07-28
+/// client), sent with `auth` (`Authorization` value) if any: the statuses, sorted, each refusal
+/// checked for its `Retry-After` and for `why` in its message. The legacy streams that opened
+/// are kept open (their sessions live as long as they do) and returned.
+async fn race(
+    url: &str,
+    base: &str,
+    auth: Option<&'static str>,
+    why: &'static str,
+) -> (Vec<u16>, Vec<reqwest::Response>) {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(a) = auth {
+        headers.insert("authorization", a.parse().unwrap());
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..8 {
-        let (url, base, http) = (url.clone(), base.clone(), http.clone());
+        let (url, base, http) = (url.to_string(), base.to_string(), http.clone());
         tasks.spawn(async move {
-            match i % 3 {
+            let extra: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+            let (status, retry, body, stream) = match i % 3 {
                 0 => {
-                    let r = Raw::new(url).post(init_body(i, "2025-06-18")).await;
-                    (r.status, None)
+                    let r = Raw::send(
+                        http.post(&url)
+                            .header("accept", "application/json, text/event-stream")
+                            .header("content-type", "application/json")
+                            .body(init_body(i, "2025-06-18").to_string()),
+                    )
+                    .await;
+                    let retry = r
+                        .headers
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (r.status, retry, r.body, None)
                 }
                 1 => match open_sse(&http, &base).await {
-                    Ok(stream) => (200, Some(stream)),
-                    Err((status, _, _)) => (status, None),
+                    Ok(stream) => (200, None, String::new(), Some(stream)),
+                    Err((status, retry, body)) => (status, retry, body, None),
                 },
                 _ => {
-                    let r = modern_list(&url, &format!("client-{i}"), &[]).await;
-                    (r.status, None)
+                    let r = modern_list(&url, &format!("client-{i}"), &extra).await;
+                    let retry = r
+                        .headers
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (r.status, retry, r.body, None)
                 }
+            };
+            if status != 200 {
+                assert_limited(status, retry.as_deref(), &body);
+                assert!(body.contains(why), "{body}");
             }
+            (status, stream)
         });
     }
     let mut streams = Vec::new();
@@ -123,12 +156,36 @@ async fn racing_creations_never_overshoot_the_limit() {
         streams.extend(stream);
     }
     statuses.sort();
+    (statuses, streams)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creations_never_overshoot_the_limit() {
+    let p = Server::forward_http(&["--demo", "--max-sessions", "3"]).await;
+    let (statuses, _streams) = race(&p.url(), &p.base, None, "limit").await;
     assert_eq!(statuses, [200, 200, 200, 503, 503, 503, 503, 503]);
     assert_eq!(
         wait_descendants(p.pid(), 3).await.len(),
         3,
         "one child per admitted session, none for the refused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creations_of_one_principal_never_overshoot_its_limit() {
+    let (_dir, cfg) = config_file(&alice_and_bob("max_sessions_per_principal = 2", ""));
+    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let (statuses, _streams) =
+        race(&gw.url(), &gw.base, Some("Bearer alice-key"), "principal").await;
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 503, 503, 503]);
+    assert_eq!(
+        wait_descendants(gw.pid(), 2).await.len(),
+        2,
+        "one child per admitted session, none for the refused"
+    );
+    // Bob still has his own places.
+    let r = modern_list(&gw.url(), "bob", &[("authorization", "Bearer bob-key")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -594,7 +594,7 @@ url = "{b}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_rules_apply_to_stateless_requests_relayed_or_translated() {
     let py = Peer::python(PyEra::Dual).await;
-    let (_dir, cfg) = config_file(&format!(
+    let (dir, cfg) = config_file(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -616,7 +616,9 @@ tools = ["add", "count"]
         url = py.url,
         stdio = python_stdio_toml(),
     ));
-    let gw = start_gateway(&["--config", &cfg], &[]).await;
+    let tape = dir.path().join("rules.jsonl");
+    let t = tape.display().to_string();
+    let gw = start_gateway(&["--config", &cfg, "--record", &t], &[]).await;
     for route in ["relayed", "held"] {
         let url = format!("{}/servers/{route}/mcp", gw.base);
         let r = modern(&url, "tools/list", None, json!({})).await;
@@ -653,6 +655,29 @@ tools = ["add", "count"]
         )
         .await;
         assert_eq!(text_of(&r, &json!(1)), "ok", "{route}");
+    }
+    assert_eq!(gw.terminate().await, Some(0));
+    // The tape sees the lists as the client got them (the rules' filter runs before the
+    // recorder, in every era): no hidden tool reaches it.
+    let text = std::fs::read_to_string(&tape).unwrap();
+    let lists: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["dir"] == "s2c" && v["message"]["result"]["tools"].is_array())
+        .collect();
+    assert!(lists.len() >= 2, "both routes' lists are taped: {text}");
+    for l in &lists {
+        let names: Vec<&str> = l["message"]["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert!(names.contains(&"echo"), "{names:?}");
+        assert!(
+            !names.iter().any(|n| *n == "add" || *n == "count"),
+            "a hidden tool reached the tape: {names:?}"
+        );
     }
 }
 

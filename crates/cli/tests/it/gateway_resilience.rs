@@ -283,7 +283,9 @@ async fn an_adopted_session_is_guarded_and_counted_like_one_placed_here() {
         redis.url(),
         route(
             &up.url,
-            "request_timeout = \"1s\"\nbalance = \"least-in-flight\"\n"
+            "request_timeout = \"1s\"\nbalance = \"least-in-flight\"\n\
+             [routes.breaker]\nconsecutive_failures = 2\nopen_for = \"60s\"\n\
+             [routes.retry]\nattempts = 0\n"
         )
     ));
     let a = start_gateway(&["--config", &file, "--replica-id", "a"], &[]).await;
@@ -299,15 +301,46 @@ async fn an_adopted_session_is_guarded_and_counted_like_one_placed_here() {
         up.url
     );
     assert_eq!(metric(&b.base, &sessions).await, 1.0);
-    // ...and gets the route's request timeout.
+    // ...its requests count as in flight on b's upstream (least-in-flight balances on it)...
     up.set_fault(Some(Fault::Hang));
-    let r = call(&on_b, 2).await;
+    let inflight = format!(
+        "shadowcat_upstream_inflight_requests{{route=\"/mcp\",upstream=\"{}\"}}",
+        up.url
+    );
+    let hung = tokio::spawn({
+        let c = on_b.clone();
+        async move { call(&c, 2).await }
+    });
+    let mut seen = 0.0;
+    for _ in 0..50 {
+        seen = metric(&b.base, &inflight).await;
+        if seen == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 1.0, "the hung request is in flight on b");
+    // ...it gets the route's request timeout...
+    let r = hung.await.unwrap();
     assert_eq!(r["error"]["code"], -32001, "{r}");
     let timeouts = format!(
         "shadowcat_upstream_request_timeouts_total{{route=\"/mcp\",upstream=\"{}\"}}",
         up.url
     );
     assert_eq!(metric(&b.base, &timeouts).await, 1.0);
+    // ...and the route's breaker: a second failure opens it, and the next request is refused
+    // without reaching the upstream.
+    let r = call(&on_b, 3).await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    let sent = up.count("tools/call");
+    let r = call(&on_b, 4).await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("circuit breaker open")),
+        "{r}"
+    );
+    assert_eq!(up.count("tools/call"), sent, "refused at the breaker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,7 @@ pub fn process_alive(pid: u32) -> bool {
 }
 
 /// A raw Streamable HTTP client: exact statuses and headers, JSON or SSE bodies.
+#[derive(Clone)]
 pub struct Raw {
     pub http: reqwest::Client,
     pub url: String,

@@ -198,8 +198,12 @@ async fn redis_outage_fails_closed_then_recovers_without_restart() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.headers.get("retry-after").is_some());
     assert!(r.body.contains("session store"), "{}", r.body);
-    let h = Raw::send(c.http.get(format!("{}/health", p.base))).await;
+    // Not ready (new sessions are refused), but alive: a liveness probe does not restart it.
+    let h = Raw::send(c.http.get(format!("{}/ready", p.base))).await;
     assert_eq!(h.status, 503, "{}", h.body);
+    assert_eq!(h.json()["store"]["healthy"], json!(false));
+    let h = Raw::send(c.http.get(format!("{}/health", p.base))).await;
+    assert_eq!(h.status, 200, "{}", h.body);
     assert_eq!(h.json()["store"]["healthy"], json!(false));
     // the live session keeps working (its events just cannot be logged)
     assert_eq!(
@@ -226,6 +230,8 @@ async fn redis_outage_fails_closed_then_recovers_without_restart() {
     let h = Raw::send(c.http.get(format!("{}/health", p.base))).await;
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["store"]["outages"], json!(1));
+    let h = Raw::send(c.http.get(format!("{}/ready", p.base))).await;
+    assert_eq!(h.status, 200, "{}", h.body);
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ mod retry;
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use retry::{RetryBudget, RetryConfig, backoff, is_idempotent};
 
+use crate::error::ProxyError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -93,18 +94,22 @@ impl Guard {
         self.sse_idle_timeout
     }
 
-    /// May a request go to the upstream now? `Err(message)` when the breaker is open.
-    pub fn admit(&self) -> Result<(), String> {
+    /// May a request go to the upstream now? [`ProxyError::CircuitOpen`] when the breaker is
+    /// open.
+    pub fn admit(&self) -> Result<(), ProxyError> {
         let Some(b) = &self.breaker else {
             return Ok(());
         };
         b.admit().map_err(|wait| {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            format!(
-                "upstream {} is failing (circuit breaker open); try again in {} s",
-                self.name,
-                wait.as_secs().max(1)
-            )
+            let retry_after = wait.as_secs().max(1);
+            ProxyError::CircuitOpen {
+                message: format!(
+                    "upstream {} is failing (circuit breaker open); try again in {retry_after} s",
+                    self.name,
+                ),
+                retry_after,
+            }
         })
     }
 

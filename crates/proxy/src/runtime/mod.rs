@@ -26,6 +26,9 @@ pub fn cancel_on_signals(token: CancellationToken, tracker: &TaskTracker) -> std
     Ok(())
 }
 
+/// How long stopping the worker threads may take once every task is drained.
+pub const STOP_WORKERS: Duration = Duration::from_secs(2);
+
 /// Close `tracker` and wait for its tasks, at most `deadline`. Returns false on timeout.
 pub async fn drain(tracker: &TaskTracker, deadline: Duration) -> bool {
     tracker.close();

@@ -17,7 +17,7 @@ pub use inflight::Inflight;
 
 use crate::error::ProxyError;
 use crate::guard::Guard;
-use crate::pipeline::{Direction, FrameCtx, Outcome, Pipeline, Transport};
+use crate::pipeline::{Direction, FrameCtx, Grant, Outcome, Pipeline, Transport};
 use crate::upstream::{self, Exchange, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
 use shadowcat_proto::era::ProtocolVersion;
 use shadowcat_proto::error::{REQUEST_TIMEOUT, UPSTREAM_ERROR, error_frame};
@@ -51,6 +51,9 @@ pub struct Session {
     principal: OnceLock<Arc<str>>,
     /// The route it was admitted under (hooks see it in [`FrameCtx::route`]).
     route: OnceLock<Arc<str>>,
+    /// What the admitting policy attached to its latest request (hooks see it in
+    /// [`FrameCtx::grant`]).
+    grant: std::sync::RwLock<Option<Grant>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     ending: AtomicBool,
@@ -106,6 +109,7 @@ impl Session {
             protocol: OnceLock::new(),
             principal: OnceLock::new(),
             route: OnceLock::new(),
+            grant: std::sync::RwLock::new(None),
             cancel,
             tracker,
             ending: AtomicBool::new(false),
@@ -207,6 +211,14 @@ impl Session {
         .is_ok()
     }
 
+    /// What the admitting policy attached to the session's latest request (the gateway: the
+    /// principal with the scopes and claims of the token it came with): hooks see it on the
+    /// client's frames. Set when the session is placed and again by each request, so rules see
+    /// the latest token.
+    pub fn set_grant(&self, grant: Option<Grant>) {
+        *crate::sync::write(&self.grant) = grant;
+    }
+
     /// The principal the session is bound to, if any.
     pub fn principal(&self) -> Option<&str> {
         self.principal.get().map(|p| &**p)
@@ -221,6 +233,7 @@ impl Session {
             route: self.route.get().map(|r| &**r),
             member: None,
             exchange: 0,
+            grant: None,
         }
     }
 
@@ -355,8 +368,10 @@ impl Session {
         let frame = if self.pipeline.is_empty() {
             frame
         } else {
+            let grant = crate::sync::read(&self.grant).clone();
             let ctx = FrameCtx {
                 member: self.upstream.composite().and_then(|c| c.member_of(&frame)),
+                grant: grant.as_ref(),
                 ..self.ctx(Direction::ClientToServer, transport)
             };
             match self.pipeline.process(&ctx, frame).await {
@@ -379,11 +394,8 @@ impl Session {
                         self.inflight.remove(id);
                     }
                     // Hooks saw the request go on: its answer passes them like the server's.
-                    let answer = error_frame(frame.id(), UPSTREAM_ERROR, &why);
-                    let answer = self
-                        .from_server(answer)
-                        .await
-                        .unwrap_or_else(|| error_frame(frame.id(), UPSTREAM_ERROR, &why));
+                    let refused = || error_frame(frame.id(), why.jsonrpc_code(), &why.to_string());
+                    let answer = self.from_server(refused()).await.unwrap_or_else(refused);
                     return Ok((Sent::Replied(answer), None));
                 }
                 frame.id().cloned()

@@ -13,7 +13,7 @@
 
 use crate::error::ProxyError;
 use crate::guard::Guard;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Grant, Pipeline};
 use crate::session::{Host, Kind, Session, Slot, mint_session_id};
 use crate::upstream::spares::Spares;
 use crate::upstream::{UpstreamCtx, UpstreamEvent, UpstreamSpec};
@@ -67,15 +67,20 @@ pub struct Candidate {
     pub spares: Option<Arc<Spares>>,
 }
 
-/// Filters the answer to a stateless list request (see [`Placer::authorize_stateless`]):
-/// `None` keeps a frame as it is.
-pub type AnswerFilter = Box<dyn Fn(&Frame) -> Option<Frame> + Send + Sync>;
-
 /// Where the sessions of one route (for one request's principal) go. Implemented by the modes:
 /// [`StaticPlacer`] in forward mode, the gateway's route placer in gateway mode.
 pub trait Placer: Send + Sync + 'static {
     /// The authenticated principal of the request (new sessions are bound to it).
     fn principal(&self) -> Option<&str> {
+        None
+    }
+
+    /// What the policy attaches to the request for its own hooks ([`FrameCtx::grant`]): a new
+    /// session starts with it, each later request of the session refreshes it, a stateless
+    /// request carries it.
+    ///
+    /// [`FrameCtx::grant`]: crate::pipeline::FrameCtx::grant
+    fn grant(&self) -> Option<Grant> {
         None
     }
 
@@ -123,10 +128,11 @@ pub trait Placer: Send + Sync + 'static {
         None
     }
 
-    /// The route's rules for a stateless (2026-07-28) request, which has no session to carry
-    /// them: `Err(answer)` refuses it, `Ok(Some(filter))` filters its answer (a list).
-    fn authorize_stateless(&self, _frame: &Frame) -> Result<Option<AnswerFilter>, Frame> {
-        Ok(None)
+    /// The route's rules for a 2026-07-28 `subscriptions/listen`, which the proxy serves itself
+    /// on a held session (no hook sees it): `Err(answer)` refuses it, or one of the URIs it
+    /// would subscribe to. Every other message meets the rules in the policy's hooks.
+    fn authorize_listen(&self, _frame: &Frame) -> Result<(), Frame> {
+        Ok(())
     }
 }
 
@@ -261,6 +267,7 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
         match connected {
             Ok((session, events)) => {
                 session.attach(env.host);
+                session.set_grant(placer.grant());
                 placer.placed(c.index, &session);
                 session.admit(slot, new.kind, new.target.key.clone());
                 tracing::info!(upstream = %c.name, kind = new.kind.as_str(), "session created");
@@ -314,6 +321,7 @@ pub struct Unlisted {
 impl Unlisted {
     /// Bind `session` to its candidate and list it in the host.
     pub fn admit(self, session: &Arc<Session>) {
+        session.set_grant(self.placer.grant());
         self.placer.placed(self.candidate, session);
         session.admit(self.slot, self.kind, self.key);
     }

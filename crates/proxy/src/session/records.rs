@@ -194,6 +194,17 @@ impl Records {
         }
     }
 
+    /// Delete the records of sessions that ended (or went quiet) more than `ttl` ago.
+    pub async fn expire(&self, ttl: Duration) {
+        match self.store.expire(now_ms(), ttl).await {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(expired = gone.len(), "expired old session records")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not expire old session records"),
+        }
+    }
+
     /// At start: sessions a previous run of this replica left active have lost their upstream
     /// (their children died with it). Mark them ended. Returns how many.
     pub async fn end_orphans(&self) -> usize {

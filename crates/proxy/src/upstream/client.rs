@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Connect timeout of the proxy's HTTP clients (upstreams, health checks, token endpoints).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// An upstream's answer; its body streams.
 pub type Response = http::Response<Incoming>;
 

@@ -43,13 +43,7 @@ where
     let Some(g) = guard else {
         return send().await;
     };
-    if let Err(message) = g.admit() {
-        let retry_after = g.open_for().map_or(1, |d| d.as_secs().max(1));
-        return Err(ProxyError::CircuitOpen {
-            message,
-            retry_after,
-        });
-    }
+    g.admit()?;
     let timeout = g.request_timeout();
     let deadline = timeout.map(|t| Instant::now() + t);
     let timed_out = |g: &Guard| {

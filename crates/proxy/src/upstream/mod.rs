@@ -21,7 +21,7 @@ mod stateless;
 mod stdio;
 mod tape;
 
-pub use client::HttpClient;
+pub use client::{CONNECT_TIMEOUT, HttpClient};
 pub use credentials::Credentials;
 pub use exchange::Exchange;
 pub use http::HttpUpstream;

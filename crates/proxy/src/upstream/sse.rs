@@ -98,8 +98,7 @@ impl SseUpstream {
             })?;
         let endpoint = match first {
             Ok(Some(ev)) if ev.event.as_deref() == Some("endpoint") => {
-                resolve_endpoint(&sse_url, ev.data.as_deref().unwrap_or(""))
-                    .map_err(ProxyError::UpstreamProtocol)?
+                resolve_endpoint(&sse_url, ev.data.as_deref().unwrap_or(""))?
             }
             Ok(Some(ev)) => {
                 return Err(ProxyError::UpstreamProtocol(format!(
@@ -113,7 +112,7 @@ impl SseUpstream {
                     "upstream {label} closed its event stream before sending `endpoint`"
                 )));
             }
-            Err(why) => return Err(ProxyError::UpstreamProtocol(format!("{label}: {why}"))),
+            Err(why) => return Err(why.context(&label)),
         };
         let span = tracing::info_span!("upstream", session = %ctx.session);
         tracing::info!(parent: &span, sse_url = %label, endpoint = %url_label(endpoint.as_str()), "connected to an HTTP+SSE upstream");
@@ -216,26 +215,28 @@ fn is_sse(h: &HeaderMap) -> bool {
 /// The POST URI of an `endpoint` event, resolved against the SSE URL. It must stay on the SSE
 /// URL's origin: client messages (and the configured upstream headers, credentials included)
 /// are never sent anywhere else.
-fn resolve_endpoint(sse_url: &reqwest::Url, data: &str) -> Result<reqwest::Url, String> {
+fn resolve_endpoint(sse_url: &reqwest::Url, data: &str) -> Result<reqwest::Url, ProxyError> {
     let data = data.trim();
     let label = url_label(sse_url.as_str());
     if data.is_empty() {
-        return Err(format!("upstream {label} sent an empty `endpoint` event"));
+        return Err(ProxyError::UpstreamProtocol(format!(
+            "upstream {label} sent an empty `endpoint` event"
+        )));
     }
     let endpoint = sse_url.join(data).map_err(|e| {
-        format!(
+        ProxyError::UpstreamProtocol(format!(
             "upstream {label} sent an invalid endpoint `{}`: {e}",
             url_label(data)
-        )
+        ))
     })?;
     let same_origin = endpoint.scheme() == sse_url.scheme()
         && endpoint.host_str() == sse_url.host_str()
         && endpoint.port_or_known_default() == sse_url.port_or_known_default();
     if !same_origin {
-        return Err(format!(
+        return Err(ProxyError::UpstreamProtocol(format!(
             "upstream {label} sent an endpoint on another origin ({}); refused",
             url_label(endpoint.as_str())
-        ));
+        )));
     }
     Ok(endpoint)
 }
@@ -258,7 +259,7 @@ impl EventStream {
 
     /// The next event; `None` at the end of the stream; an error when the stream broke.
     /// Oversized and non-UTF-8 events are skipped (logged), the stream goes on.
-    async fn next(&mut self) -> Result<Option<SseEvent>, String> {
+    async fn next(&mut self) -> Result<Option<SseEvent>, ProxyError> {
         loop {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(ev)) => return Ok(Some(ev)),
@@ -267,12 +268,20 @@ impl EventStream {
                     tracing::error!(error = %e, "dropped an upstream SSE event");
                     continue;
                 }
-                Err(SseError::Io(e)) => return Err(format!("upstream event stream failed: {e}")),
+                Err(SseError::Io(e)) => {
+                    return Err(ProxyError::UpstreamClosed(format!(
+                        "upstream event stream failed: {e}"
+                    )));
+                }
             }
             match self.resp.chunk().await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(format!("upstream event stream broke: {e}")),
+                Err(e) => {
+                    return Err(ProxyError::UpstreamClosed(format!(
+                        "upstream event stream broke: {e}"
+                    )));
+                }
             }
         }
     }
@@ -284,7 +293,7 @@ async fn read_events(inner: &Arc<Inner>, mut stream: EventStream) {
         let ev = match stream.next().await {
             Ok(Some(ev)) => ev,
             Ok(None) => break "the upstream closed its HTTP+SSE event stream".to_string(),
-            Err(why) => break why,
+            Err(why) => break why.to_string(),
         };
         match ev.event.as_deref() {
             None | Some("message") => {}

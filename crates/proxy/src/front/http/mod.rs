@@ -12,12 +12,12 @@ mod outbox;
 mod post;
 mod registry;
 mod replicas;
-pub(crate) mod reply;
+pub mod reply;
 mod stream;
 mod translated;
 
 /// Session records (the era translation's held sessions write them too).
-use crate::session::records::{self, Records};
+use crate::session::records::Records;
 pub use checks::{HostPolicy, OriginPolicy};
 pub use registry::Registry;
 
@@ -460,6 +460,22 @@ impl HttpFront {
         }
     }
 
+    /// Serve on `listener` until shutdown (see [`HttpFront::serve`]), then wait for every task
+    /// of the front (sessions, children, background work on its tracker) up to the shutdown
+    /// deadline plus three child grace periods, and stop its worker threads. Every mode that
+    /// serves HTTP (forward, gateway) ends this way.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        ready: impl FnOnce(),
+    ) -> Result<(), ProxyError> {
+        let deadline = self.config.shutdown_deadline + self.config.upstream.shutdown_grace * 3;
+        let result = self.clone().serve(listener, ready).await;
+        crate::runtime::drain(&self.tracker, deadline).await;
+        self.workers.stop(crate::runtime::STOP_WORKERS).await;
+        result.map_err(|e| ProxyError::UpstreamConnect(format!("HTTP front failed: {e}")))
+    }
+
     /// Serve on `listener` until the cancel token fires, then shut down gracefully: stop
     /// accepting, let in-flight requests finish (up to the deadline), end every session (which
     /// stops its upstream and kills its child), and close the remaining streams.
@@ -548,17 +564,7 @@ impl HttpFront {
                 .await;
             if last_expire.elapsed() >= Duration::from_secs(60) {
                 last_expire = tokio::time::Instant::now();
-                let store = self.host.records().store();
-                match store
-                    .expire(records::now_ms(), self.config.record_ttl)
-                    .await
-                {
-                    Ok(gone) if !gone.is_empty() => {
-                        tracing::info!(expired = gone.len(), "expired old session records")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not expire old session records"),
-                }
+                self.host.records().expire(self.config.record_ttl).await;
             }
         }
     }
@@ -668,23 +674,48 @@ pub(crate) fn session_header(req: &Request) -> Result<Option<&str>, ProxyError> 
     }
 }
 
-/// `GET /health`: liveness plus the session count and the store's reachability. 200 while the
-/// store is reachable (or degraded onto memory), 503 while it is down and failing closed.
+/// `GET /health`: liveness — `200` while the proxy serves, whatever its store does (a liveness
+/// probe that failed during a store outage would restart replicas, which does not bring the
+/// store back) — with the session count and the store's state in the body. Readiness is
+/// `/ready`.
 fn health(front: &HttpFront) -> Response {
-    let store = front.host.records().store();
-    let h = store.health();
-    let ok = h.healthy || h.degraded;
+    let (_, store) = store_state(front);
     let body = serde_json::json!({
-        "status": if ok { "ok" } else { "degraded" },
+        "status": "ok",
         "sessions": front.host.len(),
-        "store": { "backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages },
+        "store": store,
     });
-    let status = if ok {
+    reply::json_response(StatusCode::OK, bytes::Bytes::from(body.to_string()))
+}
+
+/// `GET /ready` (forward mode; the gateway answers its own, with its routes): `200` while new
+/// sessions can be taken — the store is reachable (or degraded onto memory) and the proxy is
+/// not shutting down —, `503` otherwise, the body saying which.
+fn ready(front: &HttpFront) -> Response {
+    let (store_ok, store) = store_state(front);
+    let shutting_down = front.is_shutting_down();
+    let ready = store_ok && !shutting_down;
+    let body = serde_json::json!({
+        "ready": ready,
+        "shutting_down": shutting_down,
+        "store": store,
+    });
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     reply::json_response(status, bytes::Bytes::from(body.to_string()))
+}
+
+/// Whether the store takes new sessions (reachable, or degraded onto memory), and its state.
+fn store_state(front: &HttpFront) -> (bool, serde_json::Value) {
+    let store = front.host.records().store();
+    let h = store.health();
+    let state = serde_json::json!({
+        "backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages,
+    });
+    (h.healthy || h.degraded, state)
 }
 
 async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
@@ -693,9 +724,13 @@ async fn dispatch(front: Arc<HttpFront>, req: Request) -> Response {
     {
         return reply::error(&e, None);
     }
-    if req.uri().path() == "/health" && req.method() == Method::GET && req.uri().scheme().is_none()
-    {
-        return health(&front);
+    if req.method() == Method::GET && req.uri().scheme().is_none() {
+        match req.uri().path() {
+            "/health" => return health(&front),
+            // A policy (the gateway) answers its own readiness.
+            "/ready" if front.config.policy.is_none() => return ready(&front),
+            _ => {}
+        }
     }
     let has_body = has_body(req.headers());
     let mut response = match front.config.policy.clone() {
@@ -810,33 +845,19 @@ pub(crate) fn note_message(msg: &Message) {
 }
 
 fn method_not_allowed_modern() -> Response {
-    let mut r = reply::error(
-        &ProxyError::bad(
-            crate::error::Refusal::MethodNotAllowed,
-            INVALID_REQUEST,
-            "2026-07-28 has no GET stream and no sessions: use POST (subscriptions/listen for change notifications)",
-        ),
-        None,
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
-    r
+    let e = ProxyError::MethodNotAllowed {
+        allow: "POST",
+        message: "2026-07-28 has no GET stream and no sessions: use POST (subscriptions/listen for change notifications)".into(),
+    };
+    reply::error(&e, None)
 }
 
 fn method_not_allowed() -> Response {
-    let mut r = reply::error(
-        &ProxyError::bad(
-            crate::error::Refusal::MethodNotAllowed,
-            INVALID_REQUEST,
-            "use POST, GET or DELETE",
-        ),
-        None,
-    );
-    r.headers_mut().insert(
-        header::ALLOW,
-        http::HeaderValue::from_static("GET, POST, DELETE"),
-    );
-    r
+    let e = ProxyError::MethodNotAllowed {
+        allow: "GET, POST, DELETE",
+        message: "use POST, GET or DELETE".into(),
+    };
+    reply::error(&e, None)
 }
 
 async fn handle_delete(

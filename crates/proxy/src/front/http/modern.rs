@@ -25,18 +25,15 @@ use crate::error::ProxyError;
 use crate::pipeline::{Direction, FrameCtx, HttpMeta, Outcome, Transport as PipeTransport};
 use crate::upstream::guarded;
 use crate::upstream::modern::{Era, era, relay};
-use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode, header};
+use http::HeaderMap;
 use shadowcat_proto::era::{
     META_PROTOCOL_VERSION, METHOD_HEADER, NAME_HEADER, PARAM_HEADER_PREFIX, ProtocolVersion,
 };
 use shadowcat_proto::error::{HEADER_MISMATCH, INVALID_REQUEST};
-use shadowcat_proto::sse::{SseDecoder, encode_event};
 use shadowcat_proto::{Frame, FrameKind, Message, header_value};
 use std::sync::Arc;
-use tokio_util::codec::Decoder;
 
 fn mismatch(frame: &Frame, msg: String) -> ProxyError {
     let _ = frame;
@@ -201,6 +198,7 @@ async fn serve(
     // No session: the request's own principal is what `principal =` rules match, and its
     // answers pass through the hooks here (answers.rs).
     let principal = target.placer.principal();
+    let grant = target.placer.grant();
     let exchange = FrameCtx::next_exchange();
     let ctx = FrameCtx {
         principal,
@@ -214,29 +212,14 @@ async fn serve(
         }),
         route: Some(&target.key),
         exchange,
+        grant: grant.as_ref(),
         ..FrameCtx::new("-", Direction::ClientToServer)
-    };
-    // No session carries the principal, so the route's rules are applied here.
-    let list = match target.placer.authorize_stateless(&frame) {
-        Err(answer) => {
-            front.pipeline.answered(&ctx, &frame, &answer, "authz");
-            let status = super::translated::status_of(&answer);
-            return Ok(reply::json_response(status, answer.into_raw()));
-        }
-        Ok(list) => list,
-    };
-    let asker = answers::Asker {
-        pipeline: front.pipeline.clone(),
-        principal: principal.map(Arc::from),
-        route: target.key.clone(),
-        exchange,
-        id: frame.id().cloned(),
-        limit: front.config.upstream.max_message,
     };
     let frame = match front.pipeline.process(&ctx, frame).await {
         Outcome::Forward(f) => f,
         Outcome::Reply(answer) => {
-            return Ok(reply::json_response(StatusCode::OK, answer.into_raw()));
+            let status = super::translated::status_of(&answer);
+            return Ok(reply::json_response(status, answer.into_raw()));
         }
         Outcome::Drop => return Ok(reply::accepted()),
     };
@@ -271,61 +254,17 @@ async fn serve(
             return Err(e);
         }
     };
-    let answer = answers::through_pipeline(answer, asker).await;
-    match list {
-        Some(filter) => {
-            let limit = front.config.upstream.max_message;
-            filtered(answer, limit, filter).await
-        }
-        None => Ok(answer),
-    }
-}
-
-/// A list answer (JSON or SSE) with its response frame passed through `filter` (which returns
-/// `None` to keep a frame unchanged). The answer is buffered, up to `limit` bytes.
-async fn filtered(
-    answer: Response,
-    limit: usize,
-    filter: impl Fn(&Frame) -> Option<Frame>,
-) -> Result<Response, ProxyError> {
-    let (parts, body) = answer.into_parts();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        ProxyError::UpstreamProtocol(format!("the upstream's list answer could not be read: {e}"))
-    })?;
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let apply = |raw: Bytes| match Frame::parse_single(raw.clone()) {
-        Ok(f) if f.kind().is_reply() => filter(&f).map(Frame::into_raw).unwrap_or(raw),
-        _ => raw,
+    // From here on, an answer that never passes the hooks is reported to them as failed.
+    let asker = answers::Asker {
+        pipeline: front.pipeline.clone(),
+        principal: principal.map(Arc::from),
+        route: target.key.clone(),
+        exchange,
+        id: frame.id().cloned(),
+        limit: front.config.upstream.max_message,
+        answered: false,
     };
-    let out = if is_sse {
-        let mut buf = bytes::BytesMut::from(&bytes[..]);
-        let mut decoder = SseDecoder::new(limit);
-        let mut out = bytes::BytesMut::new();
-        while let Ok(Some(ev)) = decoder.decode(&mut buf) {
-            match ev.data.as_deref().filter(|d| !d.trim().is_empty()) {
-                Some(d) => {
-                    let data = apply(Bytes::copy_from_slice(d.as_bytes()));
-                    let text = String::from_utf8_lossy(&data);
-                    out.extend_from_slice(&encode_event(
-                        ev.id.as_deref(),
-                        ev.event.as_deref(),
-                        &text,
-                        ev.retry,
-                    ));
-                }
-                None => out.extend_from_slice(&ev.raw),
-            }
-        }
-        out.freeze()
-    } else {
-        apply(bytes)
-    };
-    let mut r = Response::from_parts(parts, Body::from(out));
-    r.headers_mut().remove(header::CONTENT_LENGTH);
-    Ok(r)
+    Ok(answers::through_pipeline(answer, asker).await)
 }
 
 #[cfg(test)]

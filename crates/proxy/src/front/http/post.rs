@@ -70,6 +70,10 @@ pub async fn handle(
                     "`initialize` must be sent without an Mcp-Session-Id header",
                 ));
             }
+            // The policy's hooks see what this request's credentials grant.
+            if let Some(g) = target.placer.grant() {
+                s.core().set_grant(Some(g));
+            }
             s
         }
     };

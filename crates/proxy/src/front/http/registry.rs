@@ -268,11 +268,6 @@ impl Registry {
         }
     }
 
-    /// Requests still in flight across all sessions.
-    pub fn inflight(&self) -> usize {
-        self.lock().values().map(|s| s.core.inflight().len()).sum()
-    }
-
     /// Route a session's server frames until its upstream closes or the session ends. Idle,
     /// this future waits on the channel only: everything else it awaits is boxed, so that the
     /// task a session keeps (its size is the largest state it can be in) stays small.

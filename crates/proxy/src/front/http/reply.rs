@@ -21,22 +21,7 @@ pub fn error(e: &ProxyError, id: Option<&RequestId>) -> Response {
     let id = id.or(e.request_id());
     let body = error_bytes(id, e.jsonrpc_code(), &e.to_string(), e.data().as_ref());
     let mut r = json_response(status, body);
-    match e {
-        ProxyError::SessionLimit(_)
-        | ProxyError::PrincipalSessionLimit(_)
-        | ProxyError::ShuttingDown
-        | ProxyError::StoreUnavailable(_) => {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        }
-        ProxyError::CircuitOpen { retry_after, .. } => {
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from((*retry_after).max(1)),
-            );
-        }
-        _ => {}
-    }
+    r.headers_mut().extend(e.headers());
     r
 }
 

@@ -192,11 +192,7 @@ async fn open_listen(
     retry: Duration,
 ) -> Result<Response, ProxyError> {
     if !session.core().upstream().open_listen().await? {
-        return Err(ProxyError::bad(
-            crate::error::Refusal::MethodNotAllowed,
-            INVALID_REQUEST,
-            "the upstream server offers no server-to-client stream",
-        ));
+        return Err(no_listen_stream());
     }
     let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
     let (attached, priming) = {
@@ -267,11 +263,7 @@ async fn resume(
     let (stream, event) =
         parse_event_id(last).ok_or_else(|| gone(last, "it is not an id this proxy issued"))?;
     if stream == GET_STREAM && !session.core().upstream().open_listen().await? {
-        return Err(ProxyError::bad(
-            crate::error::Refusal::MethodNotAllowed,
-            INVALID_REQUEST,
-            "the upstream server offers no server-to-client stream",
-        ));
+        return Err(no_listen_stream());
     }
     let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
     let attached = attach_resumed(&mut session.outbox(), stream, tx)?;
@@ -311,6 +303,14 @@ async fn resume(
         retry,
         busy,
     )))
+}
+
+/// A GET on a session whose upstream has no server-to-client stream.
+fn no_listen_stream() -> ProxyError {
+    ProxyError::MethodNotAllowed {
+        allow: "POST, DELETE",
+        message: "the upstream server offers no server-to-client stream".into(),
+    }
 }
 
 #[cfg(test)]

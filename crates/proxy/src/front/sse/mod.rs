@@ -45,7 +45,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use session::LegacySession;
-use shadowcat_proto::error::{INVALID_REQUEST, error_bytes, error_frame};
+use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
 use shadowcat_proto::{Frame, FrameError, FrameKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -245,21 +245,26 @@ impl Shared {
             bad("the message endpoint needs `?sessionId=` (from the `endpoint` event)")
         })?;
         tracing::Span::current().record("session", id.as_str());
-        if let Some(policy) = &self.policy {
-            // A session answers only to the principal that opened it.
-            let store = self.host.records().store();
-            policy
-                .target(&req)?
-                .placer
-                .check_session(&id, &**store)
-                .await?;
-        }
+        let grant = match &self.policy {
+            Some(policy) => {
+                // A session answers only to the principal that opened it.
+                let store = self.host.records().store();
+                let placer = policy.target(&req)?.placer;
+                placer.check_session(&id, &**store).await?;
+                placer.grant()
+            }
+            None => None,
+        };
         let session = self
             .lock()
             .get(id.as_str())
             .filter(|s| s.route() == &*route)
             .cloned()
             .ok_or(ProxyError::SessionNotFound)?;
+        // The policy's hooks see what this request's credentials grant.
+        if grant.is_some() {
+            session.core().set_grant(grant);
+        }
         let raw = read_body(req.into_body(), self.max_body).await?;
         let frame = Frame::parse_single(raw)?;
         if frame.is_initialize() {
@@ -359,21 +364,11 @@ fn accepted() -> Response {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response {
-    let body = error_bytes(
-        None,
-        INVALID_REQUEST,
-        &format!("this HTTP+SSE endpoint only takes {allow}"),
-        None,
-    );
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
+    let e = ProxyError::MethodNotAllowed {
+        allow,
+        message: format!("this HTTP+SSE endpoint only takes {allow}"),
+    };
+    crate::front::http::reply::error(&e, None)
 }
 
 fn sse_response(body: Body) -> Response {

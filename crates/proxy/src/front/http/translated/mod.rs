@@ -44,6 +44,10 @@ pub(crate) async fn handle(
     }
     let env = envelope::read_envelope(&frame);
     let held = front.translations().get(front, target, &env).await?;
+    // The policy's hooks see what this request's credentials grant.
+    if let Some(g) = target.placer.grant() {
+        held.core().set_grant(Some(g));
+    }
     let id = frame.id().cloned();
     match method.as_str() {
         "server/discover" => {
@@ -61,7 +65,7 @@ pub(crate) async fn handle(
             };
             // Gateway: served here, not through the held session's hooks, so the route's rules
             // are applied here — to the request and to every URI it would subscribe to.
-            if let Err(answer) = target.placer.authorize_stateless(&frame) {
+            if let Err(answer) = target.placer.authorize_listen(&frame) {
                 let ctx = crate::pipeline::FrameCtx {
                     principal: target.placer.principal(),
                     route: Some(&target.key),
