@@ -78,10 +78,11 @@ async fn sighup_adds_and_removes_routes_and_the_removed_routes_session_drains_wi
     );
     let grace = "drain_grace = \"3s\"";
     let (dir, cfg) = config_file(&format!(
-        "{}{}{}",
+        "{}{}{}{}",
         server(grace),
         route("/mcp", &[&one.url]),
-        route("/servers/old/mcp", &[&old.url])
+        route("/servers/old/mcp", &[&old.url]),
+        "[[routes.rules]]\neffect = \"deny\"\ntools = [\"secret\"]\n"
     ));
     let gw = start(&["--config", &cfg], &[]).await;
     let base = gw.server.base.clone();
@@ -134,6 +135,17 @@ async fn sighup_adds_and_removes_routes_and_the_removed_routes_session_drains_wi
     assert_eq!(r.status, 404, "{}", r.body);
     // …but its live session keeps its upstream during the grace.
     assert_eq!(on_old.call_tool(2, "who", json!({})).await, "old");
+    // …under its route's rules, which the new configuration no longer has.
+    let r = on_old
+        .post(json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"secret","arguments":{}}}))
+        .await;
+    assert!(
+        r.messages()[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("secret")),
+        "refused by the removed route's rule: {}",
+        r.body
+    );
 
     // A call in flight when the grace ends gets a JSON-RPC error saying why.
     old.set_fault(Some(Fault::Hang));
