@@ -11,8 +11,13 @@
 //! * `GET /api/upstreams` → `{"routes":[{path, strategy, upstreams:[{name, weight, available,
 //!   healthy, sessions, inflight, sessions_total, connect_failures, breaker
 //!   (`closed`/`half-open`/`open`, null without one), retries, timeouts}]}]}`.
-//! * `GET /api/config` → the effective configuration, secrets redacted.
-//! * `GET /api/metrics` → request totals (by status class), refusals, live sessions, store.
+//! * `GET /api/config` → the configuration in force, secrets redacted.
+//! * `GET /api/metrics` → request totals (by status class), refusals, live sessions, store,
+//!   and `config`: the configuration's generation and its last reload (see [`crate::reload`]).
+//! * `POST /admin/reload` → read the configuration file again and apply it: `200`
+//!   `{"ok":true, generation, changed, changes:{…}, draining}`, or `422` `{"ok":false,
+//!   generation, errors:[…]}` with the lines `config check` prints (the running configuration
+//!   stays in force).
 //! * `GET /api/series` → the last 15 minutes in 10-second buckets (see [`crate::series`]):
 //!   `{bucket_ms, start_ms, now_ms, requests:[90], errors:[90], latency_p50_ms:[90],
 //!   latency_p99_ms:[90], tools:[{name (null: other tools), calls, errors, p50_ms, p99_ms}],
@@ -22,7 +27,7 @@
 //! Mounted on the admin listener with `AdminServer::extension("gateway", admin::routes(…))`:
 //! behind its token and host checks. Without a gateway (forward modes) these answer `404`.
 
-use crate::{Gateway, GatewayConfig};
+use crate::Gateway;
 use axum::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -38,19 +43,15 @@ use std::time::Instant;
 /// What the gateway's admin routes serve from.
 struct Admin {
     gateway: Arc<Gateway>,
-    /// The effective configuration, secrets redacted.
-    config: Arc<Value>,
     started: Instant,
 }
 
 type Shared = State<Arc<Admin>>;
 
-/// The admin API of gateway `gw`, whose configuration `cfg` is shown with every secret
-/// redacted.
-pub fn routes(gw: Arc<Gateway>, cfg: &GatewayConfig) -> axum::Router {
+/// The admin API of gateway `gw` (its configuration is shown with every secret redacted).
+pub fn routes(gw: Arc<Gateway>) -> axum::Router {
     let admin = Arc::new(Admin {
         gateway: gw,
-        config: Arc::new(crate::redact::config(cfg)),
         started: Instant::now(),
     });
     axum::Router::new()
@@ -63,6 +64,7 @@ pub fn routes(gw: Arc<Gateway>, cfg: &GatewayConfig) -> axum::Router {
         .route("/api/pins", get(pins_list))
         .route("/api/pins/{id}/approve", axum::routing::post(pins_approve))
         .route("/api/pins/{id}/reject", axum::routing::post(pins_reject))
+        .route("/admin/reload", axum::routing::post(reload))
         // The Prometheus page too, behind the admin listener's token and host checks (for a
         // scraper that reaches the admin address rather than the MCP one).
         .route("/metrics", get(prometheus))
@@ -272,9 +274,8 @@ async fn pins_reject(State(a): Shared, Path(id): Path<String>, body: axum::body:
 
 async fn upstreams(State(a): Shared) -> Answer {
     let (gw, _) = running(&a)?;
-    let mut routes: Vec<_> = gw.routes().collect();
-    routes.sort_by(|x, y| x.path().cmp(y.path()));
-    let routes: Vec<Value> = routes
+    let routes: Vec<Value> = gw
+        .routes()
         .into_iter()
         .map(|r| {
             let set = r.set();
@@ -310,7 +311,24 @@ async fn upstreams(State(a): Shared) -> Answer {
 }
 
 async fn config(State(a): Shared) -> Answer {
-    Ok(json(StatusCode::OK, (*a.config).clone()))
+    Ok(json(StatusCode::OK, (*a.gateway.live().redacted).clone()))
+}
+
+/// `POST /admin/reload`: read the file again and apply it (see [`crate::reload`]).
+async fn reload(State(a): Shared) -> Answer {
+    if !a.gateway.can_reload() {
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            "this gateway cannot reload its configuration",
+        ));
+    }
+    let outcome = a.gateway.reload(crate::Trigger::Admin).await;
+    let status = if outcome.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    Ok(json(status, outcome.json()))
 }
 
 async fn prometheus(State(a): Shared) -> axum::response::Response {
@@ -349,6 +367,7 @@ async fn metrics(State(a): Shared) -> Answer {
             "max_sessions_per_principal": front.host().limits().max_per_principal,
             "inflight": front.host().inflight(),
             "store": {"backend": store.backend(), "healthy": h.healthy, "degraded": h.degraded, "outages": h.outages},
+            "config": gw.reload_status(),
         }),
     ))
 }

@@ -13,7 +13,7 @@ use shadowcat_proxy::session::Session;
 use shadowcat_proxy::upstream::UpstreamSpec;
 use shadowcat_proxy::upstream::spares::Spares;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,11 +22,17 @@ const VNODES_PER_WEIGHT: u32 = 160;
 /// Most points on the ring.
 const MAX_RING: u32 = 160_000;
 
-/// One upstream of a set.
+/// One upstream of a set. Shared (`Arc`) so that a configuration reload that keeps it
+/// (same name and settings) carries it over with its state: live sessions, health, breaker,
+/// ejection, spares.
 pub struct Member {
     spec: UpstreamSpec,
     name: String,
-    weight: u32,
+    /// What it was built from (its settings and its route's guard settings, weight excluded):
+    /// a reload keeps the member when this is unchanged.
+    fingerprint: String,
+    /// Its weight (a reload may change it without replacing the member).
+    weight: AtomicU32,
     ejected_until_ms: AtomicU64,
     live: Mutex<HashMap<Arc<str>, Weak<Session>>>,
     sessions_total: AtomicU64,
@@ -42,6 +48,40 @@ pub struct Member {
 }
 
 impl Member {
+    /// A member named `name` (see [`UpstreamSet::names`]) with its own guard.
+    pub fn new(
+        spec: UpstreamSpec,
+        name: String,
+        weight: u32,
+        guard: &GuardConfig,
+        fingerprint: String,
+    ) -> Arc<Member> {
+        Arc::new(Member {
+            guard: Arc::new(Guard::new(&name, guard)),
+            name,
+            fingerprint,
+            spec,
+            weight: AtomicU32::new(weight.max(1)),
+            ejected_until_ms: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+            sessions_total: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            streak: AtomicI64::new(0),
+            spares: OnceLock::new(),
+        })
+    }
+
+    /// What it was built from (see the field).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Set its weight (a reload that keeps it; the set is rebuilt around it).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
     /// Whether active health checks consider it healthy (always, without checks).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
@@ -95,7 +135,11 @@ impl Member {
     }
     /// Its weight.
     pub fn weight(&self) -> u32 {
-        self.weight
+        self.weight.load(Ordering::Relaxed)
+    }
+    /// Its live sessions (those still alive).
+    pub fn live_sessions(&self) -> Vec<Arc<Session>> {
+        self.live().values().filter_map(Weak::upgrade).collect()
     }
     fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Weak<Session>>> {
         shadowcat_proxy::sync::lock(&self.live)
@@ -124,7 +168,7 @@ impl Member {
 
 /// The upstreams of one route and how new sessions are spread over them.
 pub struct UpstreamSet {
-    members: Vec<Member>,
+    members: Vec<Arc<Member>>,
     strategy: Strategy,
     next: AtomicUsize,
     /// Smooth weighted round-robin order (one period).
@@ -132,7 +176,13 @@ pub struct UpstreamSet {
     /// Hash ring: (point, member), sorted by point.
     ring: Vec<(u64, usize)>,
     eject_for: Duration,
-    epoch: Instant,
+}
+
+/// What ejection times count from: one instant for the process, so a member carried over to
+/// the set of a reloaded configuration keeps its ejection.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 fn hash64(data: &[u8]) -> u64 {
@@ -150,40 +200,43 @@ impl UpstreamSet {
         eject_for: Duration,
         guard: &GuardConfig,
     ) -> Self {
-        // Names without secrets can collide (`python3` twice with other arguments): those
-        // get their position in the set, so a session record still names one member.
-        let labels: Vec<String> = members.iter().map(|(s, _)| s.describe()).collect();
-        let names = labels.iter().enumerate().map(|(i, l)| {
-            if labels.iter().filter(|o| *o == l).count() > 1 {
-                format!("{l} #{}", i + 1)
-            } else {
-                l.clone()
-            }
-        });
-        let members: Vec<Member> = members
+        let names = UpstreamSet::names(members.iter().map(|(s, _)| s));
+        let members = members
             .into_iter()
             .zip(names)
-            .map(|((spec, weight), name)| Member {
-                guard: Arc::new(Guard::new(&name, guard)),
-                name,
-                spec,
-                weight: weight.max(1),
-                ejected_until_ms: AtomicU64::new(0),
-                live: Mutex::new(HashMap::new()),
-                sessions_total: AtomicU64::new(0),
-                connect_failures: AtomicU64::new(0),
-                healthy: AtomicBool::new(true),
-                streak: AtomicI64::new(0),
-                spares: OnceLock::new(),
-            })
+            .map(|((spec, weight), name)| Member::new(spec, name, weight, guard, String::new()))
             .collect();
-        let wrr = smooth_wrr(&members.iter().map(|m| m.weight).collect::<Vec<_>>());
+        UpstreamSet::of(members, strategy, eject_for)
+    }
+
+    /// The names of members with these specs, in order: each one's `describe()`, without
+    /// secrets. Names that collide (`python3` twice with other arguments) get their position
+    /// in the set, so a session record still names one member.
+    pub fn names<'a>(specs: impl Iterator<Item = &'a UpstreamSpec>) -> Vec<String> {
+        let labels: Vec<String> = specs.map(UpstreamSpec::describe).collect();
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                if labels.iter().filter(|o| *o == l).count() > 1 {
+                    format!("{l} #{}", i + 1)
+                } else {
+                    l.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// A set of these members (at least one), new or carried over from an earlier set.
+    pub fn of(members: Vec<Arc<Member>>, strategy: Strategy, eject_for: Duration) -> Self {
+        let weights: Vec<u32> = members.iter().map(|m| m.weight()).collect();
+        let wrr = smooth_wrr(&weights);
         let mut ring = Vec::new();
         if strategy == Strategy::ConsistentHash {
-            let total: u32 = members.iter().map(|m| m.weight).sum();
+            let total: u32 = weights.iter().sum();
             let per_weight = (MAX_RING / total.max(1)).clamp(1, VNODES_PER_WEIGHT);
             for (i, m) in members.iter().enumerate() {
-                for v in 0..m.weight * per_weight {
+                for v in 0..weights[i] * per_weight {
                     ring.push((hash64(format!("{}#{v}", m.name).as_bytes()), i));
                 }
             }
@@ -196,12 +249,11 @@ impl UpstreamSet {
             wrr,
             ring,
             eject_for,
-            epoch: Instant::now(),
         }
     }
 
     /// The members, in configuration order.
-    pub fn members(&self) -> &[Member] {
+    pub fn members(&self) -> &[Arc<Member>] {
         &self.members
     }
 
@@ -212,11 +264,11 @@ impl UpstreamSet {
 
     /// The member with this name (as stored in a session record).
     pub fn find(&self, name: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.name == name)
+        self.members.iter().find(|m| m.name == name).map(|m| &**m)
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        epoch().elapsed().as_millis() as u64
     }
 
     /// Whether member `i` may get new sessions: healthy, not ejected, breaker not open.
@@ -306,11 +358,11 @@ impl UpstreamSet {
             Strategy::Random => {
                 let total: u64 = (0..n)
                     .filter(|&i| ok(i))
-                    .map(|i| u64::from(self.members[i].weight))
+                    .map(|i| u64::from(self.members[i].weight()))
                     .sum();
                 let mut r = rand::random_range(0..total.max(1));
                 for i in (0..n).filter(|&i| ok(i)) {
-                    let w = u64::from(self.members[i].weight);
+                    let w = u64::from(self.members[i].weight());
                     if r < w {
                         return i;
                     }
@@ -394,7 +446,10 @@ mod tests {
         );
         let names: Vec<&str> = s.members().iter().map(|m| m.name()).collect();
         assert_eq!(names, ["python3 #1", "python3 #2", "http://h/mcp?key"]);
-        assert!(std::ptr::eq(s.find("python3 #2").unwrap(), &s.members()[1]));
+        assert!(std::ptr::eq(
+            s.find("python3 #2").unwrap(),
+            &*s.members()[1]
+        ));
     }
 
     #[test]

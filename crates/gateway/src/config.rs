@@ -362,6 +362,9 @@ fn default_idle() -> Dur {
 fn default_deadline() -> Dur {
     Dur(Duration::from_secs(10))
 }
+fn default_drain_grace() -> Dur {
+    Dur(Duration::from_secs(30))
+}
 fn default_grace() -> Dur {
     Dur(Duration::from_secs(2))
 }
@@ -481,6 +484,11 @@ pub struct ServerConfig {
     /// Most client connections served at once; more are accepted and closed immediately.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// After a configuration reload removes an upstream (or its route, or changes it), the
+    /// sessions on it keep working this long, then end with an error saying why (at most 1 h;
+    /// `0s`: at once). The one `[server]` setting a reload may change.
+    #[serde(default = "default_drain_grace")]
+    pub drain_grace: Dur,
 }
 
 impl ServerConfig {
@@ -522,6 +530,7 @@ impl Default for ServerConfig {
             body_timeout: default_body_timeout(),
             keep_alive_timeout: default_keep_alive_timeout(),
             max_connections: default_max_connections(),
+            drain_grace: default_drain_grace(),
         }
     }
 }
@@ -700,7 +709,7 @@ pub fn is_redis_url(s: &str) -> bool {
 }
 
 /// A GCRA rate: `requests` per `per`, bursts of up to `burst` (default: `requests`).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
     /// Requests allowed per period.

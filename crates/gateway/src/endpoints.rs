@@ -5,8 +5,9 @@
 use super::auth::{AuthError, Principal};
 use super::config::route_key;
 use super::limits::Limited;
+use super::live::Live;
 use super::metrics::{Snapshot, UpstreamGauge};
-use super::{ClientToken, Gateway, Route, WELL_KNOWN};
+use super::{ClientToken, Current, Gateway, Route, WELL_KNOWN};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
@@ -24,11 +25,13 @@ impl Gateway {
     /// Serve one request: gateway endpoints, limits, authentication, then the MCP front.
     pub(crate) async fn handle(self: &Arc<Self>, front: &Arc<HttpFront>, req: Request) -> Response {
         let started = Instant::now();
+        // One configuration for the whole request, even when a reload lands meanwhile.
+        let live = self.live.load_full();
         let method = req.method().clone();
         let path = req.uri().path();
         if method == Method::GET && req.uri().scheme().is_none() {
             if path == "/metrics" {
-                if let Some(token) = &self.metrics_token
+                if let Some(token) = &live.metrics_token
                     && !shadowcat_proxy::admin::bearer_matches(req.headers(), token)
                 {
                     return metrics_refused();
@@ -39,29 +42,31 @@ impl Gateway {
                 return self.ready(front);
             }
             if let Some(rest) = path.strip_prefix(WELL_KNOWN) {
-                return self.resource_metadata(rest);
+                return self.resource_metadata(&live, rest);
             }
         }
         // Legacy HTTP+SSE endpoints are admitted as their route (its scopes, its label).
-        let route = super::route_key_of(path)
-            .and_then(|k| self.routes.get(k))
-            .cloned();
+        let route = self.route_for(&live, path, req.headers());
         let label = route
             .as_ref()
             .map(|r| r.path.as_str())
             .unwrap_or("unmatched");
         // The body is not `Sync`: only the head is borrowed across the awaits of admission.
         let (mut parts, body) = req.into_parts();
-        let resp = match self.admit(&parts, route.as_ref(), label, started).await {
+        let resp = match self
+            .admit(&live, &parts, route.as_ref(), label, started)
+            .await
+        {
             Ok((principal, ip)) => {
                 if let Some(p) = principal {
-                    if let Some(t) = self.client_token(&parts, &p) {
+                    if let Some(t) = client_token(&live, &parts, &p) {
                         parts.extensions.insert(t);
                     }
                     parts.extensions.insert(p);
                 }
                 // What a request forwarded to another replica says in X-Forwarded-For.
                 parts.extensions.insert(ClientIp(ip));
+                parts.extensions.insert(Current(live.clone()));
                 serve_mcp(front.clone(), Request::from_parts(parts, body)).await
             }
             Err(r) => r,
@@ -78,6 +83,7 @@ impl Gateway {
 
     async fn admit(
         &self,
+        live: &Live,
         req: &http::request::Parts,
         route: Option<&Arc<Route>>,
         label: &str,
@@ -88,7 +94,7 @@ impl Gateway {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let ip = self.limits.client_ip(peer, &req.headers);
+        let ip = live.limits.client_ip(peer, &req.headers);
         // The audit log's line for a request refused here (before any session).
         let audit = |principal: Option<&str>, r: &Response, reason: &str| {
             if let Some(a) = self.audit.get() {
@@ -103,7 +109,7 @@ impl Gateway {
                 });
             }
         };
-        if let Err(l) = self.limits.check_client(ip).await {
+        if let Err(l) = live.limits.check_client(ip).await {
             self.metrics.rate_limited(label, l.scope);
             let r = too_many(&l);
             audit(None, &r, "rate_limit");
@@ -111,7 +117,7 @@ impl Gateway {
         }
         // With [auth], every path but the gateway's own endpoints needs credentials: unknown
         // paths too (no route enumeration, nothing served unauthenticated by accident).
-        let Some(auth) = &self.auth else {
+        let Some(auth) = &live.auth else {
             return Ok((None, ip));
         };
         let principal = match auth.authenticate(&req.headers).await {
@@ -119,43 +125,29 @@ impl Gateway {
             Err(e) => {
                 self.metrics.auth_failure(label, e.reason());
                 tracing::info!(%ip, reason = %e, "request refused by authentication");
-                let r = self.challenge(route, &e);
+                let r = self.challenge(live, route, &e);
                 audit(None, &r, "auth");
                 return Err(r);
             }
         };
         let needed = route
             .map(|r| r.scopes.as_slice())
-            .unwrap_or(&self.auth_scopes);
+            .unwrap_or(&live.auth_scopes);
         if !principal.has_scopes(needed) {
             let e = AuthError::InsufficientScope(needed.to_vec());
             self.metrics.auth_failure(label, e.reason());
             tracing::info!(principal = %principal.id, reason = %e, "request refused");
-            let r = self.challenge(route, &e);
+            let r = self.challenge(live, route, &e);
             audit(Some(&principal.id), &r, "scope");
             return Err(r);
         }
-        if let Err(l) = self.limits.check_principal(&principal.id).await {
+        if let Err(l) = live.limits.check_principal(&principal.id).await {
             self.metrics.rate_limited(label, l.scope);
             let r = too_many(&l);
             audit(Some(&principal.id), &r, "rate_limit");
             return Err(r);
         }
         Ok((Some(principal), ip))
-    }
-
-    /// The client's JWT, for upstreams that exchange it (an API key is never exchanged).
-    pub(crate) fn client_token(
-        &self,
-        req: &http::request::Parts,
-        principal: &Principal,
-    ) -> Option<ClientToken> {
-        if !self.exchanges || !principal.id.starts_with("jwt:") {
-            return None;
-        }
-        super::auth::bearer(&req.headers)
-            .ok()
-            .map(|t| ClientToken(Arc::from(t)))
     }
 
     /// The base URL of this gateway as clients see it: `server.public_url`, which validation
@@ -174,17 +166,17 @@ impl Gateway {
         )
     }
 
-    fn challenge(&self, route: Option<&Arc<Route>>, e: &AuthError) -> Response {
-        reply::error(&self.refusal(route, e), None)
+    fn challenge(&self, live: &Live, route: Option<&Arc<Route>>, e: &AuthError) -> Response {
+        reply::error(&self.refusal(live, route, e), None)
     }
 
     /// The error that refuses a request's credentials, with its RFC 6750 / RFC 9728 challenge.
-    fn refusal(&self, route: Option<&Arc<Route>>, e: &AuthError) -> ProxyError {
+    fn refusal(&self, live: &Live, route: Option<&Arc<Route>>, e: &AuthError) -> ProxyError {
         let clean = |s: &str| s.replace(['"', '\\'], "'");
         let mut v = format!("Bearer resource_metadata=\"{}\"", self.metadata_url(route));
         let scopes = route
             .map(|r| r.scopes.as_slice())
-            .unwrap_or(&self.auth_scopes);
+            .unwrap_or(&live.auth_scopes);
         if !scopes.is_empty() {
             v.push_str(&format!(", scope=\"{}\"", clean(&scopes.join(" "))));
         }
@@ -206,8 +198,8 @@ impl Gateway {
     }
 
     /// RFC 9728 protected-resource metadata: `rest` is empty (the whole origin) or a route path.
-    fn resource_metadata(&self, rest: &str) -> Response {
-        if self.auth.is_none() {
+    fn resource_metadata(&self, live: &Live, rest: &str) -> Response {
+        if live.auth.is_none() {
             return json(
                 StatusCode::NOT_FOUND,
                 error_bytes(
@@ -220,8 +212,8 @@ impl Gateway {
         }
         let base = self.base_url().to_string();
         let (resource, scopes) = if rest.is_empty() || rest == "/" {
-            let mut all = self.auth_scopes.clone();
-            for r in self.routes.values() {
+            let mut all = live.auth_scopes.clone();
+            for r in live.sorted_routes() {
                 all.extend(
                     r.scopes
                         .iter()
@@ -232,7 +224,7 @@ impl Gateway {
             }
             (base, all)
         } else {
-            match route_key(rest).and_then(|k| self.routes.get(k)) {
+            match route_key(rest).and_then(|k| live.routes.get(k)) {
                 Some(r) => (format!("{base}{}", r.path), r.scopes.clone()),
                 None => {
                     return json(
@@ -252,8 +244,8 @@ impl Gateway {
             "bearer_methods_supported": ["header"],
             "resource_name": "Shadowcat MCP gateway",
         });
-        if !self.authorization_servers.is_empty() {
-            doc["authorization_servers"] = serde_json::json!(self.authorization_servers);
+        if !live.authorization_servers.is_empty() {
+            doc["authorization_servers"] = serde_json::json!(live.authorization_servers);
         }
         if !scopes.is_empty() {
             doc["scopes_supported"] = serde_json::json!(scopes);
@@ -265,9 +257,8 @@ impl Gateway {
         let store = front.host().records().store();
         let h = store.health();
         let mut upstreams = Vec::new();
-        let mut routes: Vec<&Arc<Route>> = self.routes.values().collect();
-        routes.sort_by(|a, b| a.path.cmp(&b.path));
-        for r in routes {
+        let live = self.live();
+        for r in live.sorted_routes() {
             for i in 0..r.set.members().len() {
                 upstreams.push(UpstreamGauge::of(&r.path, &r.set, i));
             }
@@ -278,14 +269,15 @@ impl Gateway {
             store_backend: store.backend(),
             store_ops: store.op_samples(),
             upstreams,
-            servers: server_gauges(front, |key| self.routes.get(key).map(|r| r.path.clone())),
+            servers: server_gauges(front, |key| live.routes.get(key).map(|r| r.path.clone())),
         }
     }
 
     /// The Prometheus text of `/metrics` (also served on the admin listener).
     pub(crate) fn metrics_page(&self, front: &HttpFront) -> Response {
         let mut text = self.metrics.render(&self.snapshot(front));
-        self.limits.render_metrics(&mut text);
+        self.live().limits.render_metrics(&mut text);
+        self.render_reload_metrics(&mut text);
         if let Some(p) = self.pins.get() {
             p.render_metrics(&mut text);
         }
@@ -303,7 +295,7 @@ impl Gateway {
         let snap = self.snapshot(front);
         let mut routes = serde_json::Map::new();
         let mut all_routes = true;
-        for r in self.routes.values() {
+        for r in self.live().sorted_routes() {
             let up = (0..r.set.members().len())
                 .filter(|&i| r.set.is_available(i))
                 .count();
@@ -386,4 +378,18 @@ fn server_gauges(
         }
     }
     by.into_values().collect()
+}
+
+/// The client's JWT, for upstreams that exchange it (an API key is never exchanged).
+fn client_token(
+    live: &Live,
+    req: &http::request::Parts,
+    principal: &Principal,
+) -> Option<ClientToken> {
+    if !live.exchanges || !principal.id.starts_with("jwt:") {
+        return None;
+    }
+    super::auth::bearer(&req.headers)
+        .ok()
+        .map(|t| ClientToken(Arc::from(t)))
 }

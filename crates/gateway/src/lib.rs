@@ -17,9 +17,11 @@ pub mod config;
 mod endpoints;
 mod health;
 pub mod limits;
+mod live;
 pub mod metrics;
 pub mod pins;
 mod redact;
+pub mod reload;
 pub mod resilience;
 pub mod series;
 pub mod shape;
@@ -29,16 +31,19 @@ mod validate;
 pub use auth::{AuthError, Principal};
 pub use balance::UpstreamSet;
 pub use config::{ConfigError, GatewayConfig};
+pub use live::Changes;
+pub use reload::{Loader, Outcome, Trigger};
 pub use target::GatewayTarget;
 
-use auth::Authenticator;
+use arc_swap::ArcSwap;
 use authz::{Kind, Rules};
 use axum::extract::Request;
 use axum::response::Response;
-use config::{Cidr, route_key};
+use config::route_key;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use limits::{Limits, RATE_LIMITED};
+use limits::RATE_LIMITED;
+use live::Live;
 use metrics::Metrics;
 use shadowcat_proto::error::{INVALID_REQUEST, error_frame};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
@@ -49,7 +54,7 @@ use shadowcat_proxy::front::http::{
 };
 use shadowcat_proxy::pipeline::{Awaiting, Direction, FrameCtx, Grant, Hook, Pipeline, Verdict};
 use shadowcat_proxy::upstream::CONNECT_TIMEOUT;
-use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
+use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions};
 use shadowcat_store::{Retention, SessionStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -72,6 +77,9 @@ pub struct Route {
     health: Option<config::HealthConfig>,
     /// Tool pinning on this route.
     pins: pins::Policy,
+    /// What it was built from (its settings and scopes): a reload keeps the route whole when
+    /// this is unchanged.
+    fingerprint: String,
 }
 
 impl Route {
@@ -101,24 +109,21 @@ struct Bound {
     /// (or forwards) for another one.
     member: Option<usize>,
     since: Instant,
+    /// A reload removed its upstream (or route): it ends after the drain grace.
+    draining: bool,
 }
 
-/// The gateway's policies and state, shared by every request of the front.
+/// The gateway's policies and state, shared by every request of the front. What a reload
+/// replaces is one [`Live`] snapshot, swapped atomically; the rest lives across reloads.
 pub struct Gateway {
-    routes: HashMap<Arc<str>, Arc<Route>>,
-    auth: Option<Authenticator>,
-    auth_scopes: Vec<String>,
-    authorization_servers: Vec<String>,
+    /// The configuration in force (routes, auth, limits…).
+    live: ArcSwap<Live>,
+    /// `server.public_url` (set at start: `[server]` does not reload).
     public_url: Option<String>,
-    /// The bearer token `/metrics` requires (`None`: open).
-    metrics_token: Option<String>,
-    limits: Limits,
     metrics: Metrics,
     /// The last 15 minutes, for the admin page.
     series: series::Series,
     sessions: Mutex<HashMap<Arc<str>, Bound>>,
-    /// Some route has authorization rules (the hook then looks at every frame).
-    any_rules: bool,
     /// The front serving this gateway, once [`gateway`] has built it (for the admin API).
     front: OnceLock<Weak<HttpFront>>,
     /// The audit log, when one is written: refusals at admission go there.
@@ -127,9 +132,14 @@ pub struct Gateway {
     pins: OnceLock<Arc<pins::PinHook>>,
     /// An admin listener is configured: its page reads the series, so requests are timed.
     admin: bool,
-    /// Some upstream exchanges the client's token (admission keeps it for the request).
-    exchanges: bool,
+    /// Reloads: their triggers' loader, results, the per-route tasks they restart, drains.
+    reloads: reload::Reloads,
 }
+
+/// The configuration a request was admitted under, kept in its extensions so that routing
+/// sees the same one (a reload in between does not split it).
+#[derive(Clone)]
+pub(crate) struct Current(pub Arc<Live>);
 
 /// What the gateway knows about one live session (for the admin API).
 pub(crate) struct SessionBinding {
@@ -141,9 +151,11 @@ pub(crate) struct SessionBinding {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let live = self.live();
         f.debug_struct("Gateway")
-            .field("routes", &self.routes.keys().collect::<Vec<_>>())
-            .field("auth", &self.auth.is_some())
+            .field("generation", &live.generation)
+            .field("routes", &live.routes.keys().collect::<Vec<_>>())
+            .field("auth", &live.auth.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -151,146 +163,41 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Build from a configuration (validated again here; `source` names it in errors).
     pub fn new(cfg: &GatewayConfig, source: &str) -> Result<Arc<Gateway>, ConfigError> {
-        cfg.validate(source)?;
-        let mut routes = HashMap::new();
-        let global_scopes = cfg
-            .auth
-            .as_ref()
-            .map(|a| a.scopes.clone())
-            .unwrap_or_default();
-        for (i, r) in cfg.routes.iter().enumerate() {
-            let key: Arc<str> = Arc::from(route_key(&r.path).unwrap_or_default());
-            let (members, spares): (Vec<_>, Vec<_>) = match r.composite() {
-                // A composite route: one candidate, every server of it in each session.
-                Some(spec) => {
-                    let spec = spec.map_err(|e| {
-                        let at = format!("routes[{i}].{}", e.field);
-                        ConfigError::one(source, &at, e.message)
-                    })?;
-                    let problems = spec.problems();
-                    if !problems.is_empty() {
-                        let at = format!("routes[{i}].servers");
-                        return Err(ConfigError::one(source, &at, problems.join("; ")));
-                    }
-                    (vec![(UpstreamSpec::Composite(Arc::new(spec)), 1)], vec![0])
-                }
-                None => r
-                    .upstreams
-                    .iter()
-                    .filter_map(|u| u.spec().ok().map(|s| ((s, u.weight), u.spares)))
-                    .unzip(),
-            };
-            let set = UpstreamSet::new(
-                members,
-                r.balance,
-                r.eject_for.0,
-                &resilience::guard_config(r),
-            );
-            for (m, n) in set.members().iter().zip(spares) {
-                if n > 0 {
-                    m.keep_spares(n as usize);
-                }
-            }
-            let mut scopes = global_scopes.clone();
-            scopes.extend(
-                r.scopes
-                    .iter()
-                    .filter(|s| !global_scopes.contains(s))
-                    .cloned(),
-            );
-            routes.insert(
-                key.clone(),
-                Arc::new(Route {
-                    path: r.path.clone(),
-                    key,
-                    set,
-                    scopes,
-                    failover: r.failover,
-                    connect_timeout: r.connect_timeout.0,
-                    rules: Rules::new(r.rules.clone(), r.default_effect),
-                    health: r.health.clone(),
-                    pins: pins::Policy {
-                        pinning: r.pinning,
-                        new_tools: r.new_tools,
-                    },
-                }),
-            );
-        }
-        let jwks_http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ConfigError {
-                file: source.to_string(),
-                problems: vec![config::Problem {
-                    field: "auth.jwt".into(),
-                    position: None,
-                    message: format!("cannot build the HTTP client for the JWKS: {e}"),
-                }],
-            })?;
-        let auth = cfg.auth.as_ref().map(|a| Authenticator::new(a, jwks_http));
-        let authorization_servers = cfg
-            .auth
-            .as_ref()
-            .map(|a| {
-                if a.authorization_servers.is_empty() {
-                    a.jwt.iter().map(|j| j.issuer.clone()).collect()
-                } else {
-                    a.authorization_servers.clone()
-                }
-            })
-            .unwrap_or_default();
-        let trusted = cfg
-            .server
-            .trusted_proxies
-            .iter()
-            .filter_map(|t| Cidr::parse(t).ok())
-            .collect();
-        let any_rules = routes.values().any(|r| !r.rules.is_open());
+        let live = Live::build(cfg, source, None, 1)?;
         let series = series::Series::new(
-            Gateway::upstream_order(&routes)
+            Gateway::upstream_order(&live.routes)
                 .iter()
                 .map(|(r, i)| (r.path.clone(), admin::shown(r.set.members()[*i].name())))
                 .collect(),
         );
-        let exchanges = routes.values().any(|r: &Arc<Route>| {
-            r.set
-                .members()
-                .iter()
-                .any(|m| target::needs_client_token(m.spec()))
-        });
+        let reloads = reload::Reloads::default();
+        reloads.saw_rules(live.any_rules);
         Ok(Arc::new(Gateway {
             series,
-            any_rules,
-            routes,
-            auth,
-            auth_scopes: global_scopes,
-            authorization_servers,
             public_url: cfg
                 .server
                 .public_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
-            metrics_token: cfg.metrics.resolve_token().ok().flatten(),
-            limits: Limits::new(
-                &cfg.limits,
-                trusted,
-                cfg.limits.shared_redis(&cfg.server),
-                &cfg.server.redis_prefix,
-            ),
+            live: ArcSwap::from_pointee(live),
             metrics: Metrics::default(),
             sessions: Mutex::new(HashMap::new()),
             front: OnceLock::new(),
             audit: OnceLock::new(),
             pins: OnceLock::new(),
             admin: cfg.admin.as_ref().is_some_and(|a| a.enabled),
-            exchanges,
+            reloads,
         }))
     }
 
-    /// The routes by key.
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.values()
+    /// The configuration in force.
+    pub(crate) fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// The routes in force, by path.
+    pub fn routes(&self) -> Vec<Arc<Route>> {
+        self.live().sorted_routes()
     }
 
     /// The front serving this gateway (`None` before it starts and after it is gone).
@@ -326,9 +233,23 @@ impl Gateway {
 
     /// The path of the route a hook's frame belongs to (`""` when it has none).
     fn route_path(&self, key: Option<&str>) -> String {
-        key.and_then(|k| self.routes.get(k))
+        let live = self.live();
+        key.and_then(|k| live.routes.get(k))
             .map(|r| r.path.clone())
             .unwrap_or_default()
+    }
+
+    /// The route of a hook's frame: the session's route in the configuration in force or,
+    /// for a session draining on a route a reload removed, the route it lives on.
+    fn hook_route(&self, key: Option<&str>, session: &str) -> Option<Arc<Route>> {
+        let key = key?;
+        if let Some(r) = self.live().routes.get(key) {
+            return Some(r.clone());
+        }
+        self.bound()
+            .get(session)
+            .filter(|b| &*b.route.key == key)
+            .map(|b| b.route.clone())
     }
 
     /// The pipeline hook of the gateway (per-tool limits, session accounting). Install it in
@@ -366,24 +287,57 @@ impl Gateway {
         });
     }
 
+    /// The route of a request for `path` under `live`: the configured one, or for a session
+    /// whose route a reload removed (draining), the route it lives on until it ends.
+    pub(crate) fn route_for(
+        &self,
+        live: &Live,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<Arc<Route>> {
+        let key = route_key_of(path)?;
+        if let Some(r) = live.routes.get(key) {
+            return Some(r.clone());
+        }
+        let session = session_of(headers)?;
+        self.bound()
+            .get(session)
+            .filter(|b| &*b.route.key == key)
+            .map(|b| b.route.clone())
+    }
+
     /// Which route a request addresses (paths only: the gateway is an origin server).
     pub(crate) fn target(self: &Arc<Self>, req: &Request) -> Result<Target, ProxyError> {
+        let live = match req.extensions().get::<Current>() {
+            Some(c) => c.0.clone(),
+            None => self.live.load_full(),
+        };
         let path = req.uri().path();
-        let route = route_key_of(path)
-            .and_then(|k| self.routes.get(k))
-            .ok_or_else(|| {
-                let mut known: Vec<&str> = self.routes.values().map(|r| r.path.as_str()).collect();
-                known.sort_unstable();
-                ProxyError::bad(
+        let principal = req.extensions().get::<Principal>().cloned();
+        let route = self.route_for(&live, path, req.headers()).ok_or_else(|| {
+            // A session a reload ended with its route: say so.
+            if let Some(reason) = session_of(req.headers())
+                .and_then(|s| self.reloads.ended(s, principal.as_ref().map(|p| &*p.id)))
+            {
+                return ProxyError::bad(
                     shadowcat_proxy::error::Refusal::NotFound,
                     INVALID_REQUEST,
-                    format!(
-                        "no MCP endpoint at `{path}`; this gateway serves {}",
-                        known.join(", ")
-                    ),
-                )
-            })?;
-        let principal = req.extensions().get::<Principal>().cloned().map(Arc::new);
+                    reason.to_string(),
+                );
+            }
+            let mut known: Vec<&str> = live.routes.values().map(|r| r.path.as_str()).collect();
+            known.sort_unstable();
+            ProxyError::bad(
+                shadowcat_proxy::error::Refusal::NotFound,
+                INVALID_REQUEST,
+                format!(
+                    "no MCP endpoint at `{path}`; this gateway serves {}",
+                    known.join(", ")
+                ),
+            )
+        })?;
+        let route = &route;
+        let principal = principal.map(Arc::new);
         // A stateless (2026-07-28) request has no session placed on a member: the route's
         // balancing picks one per request (consistent hashing keys on the principal). New
         // sessions are placed by `GatewayTarget::connect`, so member 0 is only a default.
@@ -414,6 +368,13 @@ impl Gateway {
             }),
         })
     }
+}
+
+/// The session id a request names (`Mcp-Session-Id`).
+pub(crate) fn session_of(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(shadowcat_proto::era::SESSION_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// The route key a request path addresses: a route's MCP endpoint, or one of its legacy
@@ -457,7 +418,7 @@ impl AuthzHook {
         let (Some(id), Some(method)) = (frame.id(), frame.method()) else {
             return Verdict::Forward;
         };
-        let Some(route) = ctx.route.and_then(|k| self.gw.routes.get(k)) else {
+        let Some(route) = self.gw.hook_route(ctx.route, ctx.session) else {
             tracing::warn!(
                 session = ctx.session,
                 "a request of no known route; refused"
@@ -504,7 +465,7 @@ impl AuthzHook {
         if frame.kind() != FrameKind::Response {
             return Verdict::Forward;
         }
-        let Some(route) = ctx.route.and_then(|k| self.gw.routes.get(k)) else {
+        let Some(route) = self.gw.hook_route(ctx.route, ctx.session) else {
             // Its request was checked under a route: an answer that lost it is withheld.
             return Verdict::Drop;
         };
@@ -522,7 +483,7 @@ impl Hook for AuthzHook {
     }
 
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        if !self.gw.any_rules {
+        if !self.gw.reloads.any_rules() {
             return Verdict::Forward;
         }
         match ctx.direction {
@@ -551,19 +512,21 @@ impl Hook for ToolLimitHook {
     }
 
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        if ctx.direction != Direction::ClientToServer
-            || !self.0.limits.has_tool_limits()
-            || frame.method() != Some("tools/call")
-        {
+        if ctx.direction != Direction::ClientToServer || frame.method() != Some("tools/call") {
             return Verdict::Forward;
         }
-        let Some(tool) = frame.target().filter(|t| self.0.limits.limits_tool(t)) else {
+        let live = self.0.live();
+        if !live.limits.has_tool_limits() {
+            return Verdict::Forward;
+        }
+        let Some(tool) = frame.target().filter(|t| live.limits.limits_tool(t)) else {
             return Verdict::Forward;
         };
+        let live = arc_swap::Guard::into_inner(live);
         let (gw, tool, id) = (self.0.clone(), tool.to_string(), frame.id().cloned());
         let key = ctx.route.map(str::to_owned);
         let decide = async move {
-            match gw.limits.check_tool(&tool).await {
+            match live.limits.check_tool(&tool).await {
                 Ok(()) => Verdict::Forward,
                 Err(l) => {
                     let route = gw.route_path(key.as_deref());
@@ -661,19 +624,20 @@ pub async fn gateway(
     // Pinning sees what the route admitted, before the recorder, the live view and the audit
     // log: they get lists as the client gets them.
     if gw
+        .live()
         .routes
         .values()
         .any(|r| r.pins.pinning != pins::Pinning::Off)
     {
-        let policies: HashMap<Arc<str>, pins::Policy> = gw
-            .routes
-            .values()
-            .map(|r| (r.key.clone(), r.pins))
-            .collect();
+        // Each route's policy as the configuration in force says (a reload may change it).
+        let me = Arc::downgrade(&gw);
         let policy = move |key: Option<&str>| {
-            key.and_then(|k| policies.get(k))
-                .copied()
-                .unwrap_or_default()
+            key.and_then(|k| {
+                let gw = me.upgrade()?;
+                let live = gw.live();
+                live.routes.get(k).map(|r| r.pins)
+            })
+            .unwrap_or_default()
         };
         let hook = pins::PinHook::start(store.clone(), policy, &tracker, shutdown.child_token())
             .await
@@ -700,7 +664,7 @@ pub async fn gateway(
         options: config.upstream.clone(),
         guard: None,
     };
-    if let Some(a) = &gw.auth {
+    if let Some(a) = &gw.live().auth {
         a.prefetch().await;
     }
     let stop = shutdown.clone();
@@ -716,25 +680,15 @@ pub async fn gateway(
     if let Some(p) = gw.pins.get() {
         p.attach(front.host());
     }
-    for r in gw.routes.values() {
-        for m in r.set.members() {
-            if let Some(spares) = m.spares() {
-                let mut ctx = check_ctx.clone();
-                ctx.session = Arc::from("spare");
-                tracker.spawn(spares.clone().keep(m.spec().clone(), ctx));
-            }
-        }
-        if let Some(h) = &r.health {
-            let checker = health::watch(
-                r.clone(),
-                h.clone(),
-                http_checks.clone(),
-                check_ctx.clone(),
-                stop.clone(),
-            );
-            tracker.spawn(checker);
-        }
-    }
+    // Health checkers and warm spares: started here, and again for what a reload adds
+    // (stopped for what it removes).
+    gw.reloads.serving(reload::Runtime {
+        tracker: tracker.clone(),
+        check_ctx,
+        http_checks,
+        stop: stop.clone(),
+    });
+    gw.retask(None, &gw.live.load_full());
     let (housekeeping, live) = (gw.clone(), front.clone());
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -742,8 +696,9 @@ pub async fn gateway(
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    housekeeping.limits.housekeeping();
+                    housekeeping.live().limits.housekeeping();
                     housekeeping.prune(&live.registry().ids().into_iter().collect());
+                    housekeeping.reloads.forget_ended();
                 }
                 _ = sample.tick() => housekeeping.sample_series(),
                 _ = stop.cancelled() => return,

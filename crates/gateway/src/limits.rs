@@ -33,6 +33,8 @@ pub use shadowcat_proto::error::RATE_LIMITED;
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// A limit shared by the configurations that keep it (see [`Limits::carry_over`]).
+type Kept<L> = Option<Arc<Limit<L>>>;
 
 /// A request over a limit (or refused because the shared limiter is unreachable).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,14 +113,19 @@ impl<L> Limit<L> {
 /// (`governor::clock::FakeRelativeClock`).
 pub struct Limits<C: Clock = DefaultClock> {
     clock: C,
-    global: Option<Limit<Direct<C>>>,
-    principal: Option<Limit<Keyed<Arc<str>, C>>>,
-    ip: Option<Limit<Keyed<IpAddr, C>>>,
-    tools: HashMap<String, Limit<Direct<C>>>,
+    global: Kept<Direct<C>>,
+    principal: Kept<Keyed<Arc<str>, C>>,
+    ip: Kept<Keyed<IpAddr, C>>,
+    tools: HashMap<String, Arc<Limit<Direct<C>>>>,
     trusted: Vec<Cidr>,
     /// `backend = "redis"`: the shared state.
-    shared: Option<Shared>,
+    shared: Option<Arc<Shared>>,
+    /// What `shared` was built from (URL, key prefix, timeout, deny on outage).
+    shared_from: Option<SharedFrom>,
 }
+
+/// The settings a shared limiter is built from.
+type SharedFrom = (String, String, Duration, bool);
 
 impl Limits {
     /// Build from validated configuration; `trusted` are the proxies whose `X-Forwarded-For`
@@ -138,28 +145,37 @@ impl<C: Clock + Clone> Limits<C> {
         prefix: &str,
         clock: C,
     ) -> Self {
-        let direct = |r: &RateConfig| Limit {
-            local: RateLimiter::direct_with_clock(quota(r), clock.clone()),
-            rate: *r,
+        let direct = |r: &RateConfig| {
+            Arc::new(Limit {
+                local: RateLimiter::direct_with_clock(quota(r), clock.clone()),
+                rate: *r,
+            })
         };
-        let shared = match (cfg.backend, redis) {
-            (LimitsBackend::Redis, Some(url)) => Some(Shared::new(
-                url,
-                prefix,
+        let shared_from = match (cfg.backend, redis) {
+            (LimitsBackend::Redis, Some(url)) => Some((
+                url.to_string(),
+                prefix.to_string(),
                 cfg.redis_timeout.0,
                 cfg.on_redis_outage == RedisOutage::Deny,
             )),
             _ => None,
         };
+        let shared = shared_from.as_ref().map(|(url, prefix, timeout, deny)| {
+            Arc::new(Shared::new(url, prefix, *timeout, *deny))
+        });
         Limits {
             global: cfg.global.as_ref().map(direct),
-            principal: cfg.per_principal.as_ref().map(|r| Limit {
-                local: RateLimiter::dashmap_with_clock(quota(r), clock.clone()),
-                rate: *r,
+            principal: cfg.per_principal.as_ref().map(|r| {
+                Arc::new(Limit {
+                    local: RateLimiter::dashmap_with_clock(quota(r), clock.clone()),
+                    rate: *r,
+                })
             }),
-            ip: cfg.per_ip.as_ref().map(|r| Limit {
-                local: RateLimiter::dashmap_with_clock(quota(r), clock.clone()),
-                rate: *r,
+            ip: cfg.per_ip.as_ref().map(|r| {
+                Arc::new(Limit {
+                    local: RateLimiter::dashmap_with_clock(quota(r), clock.clone()),
+                    rate: *r,
+                })
             }),
             tools: cfg
                 .per_tool
@@ -168,8 +184,37 @@ impl<C: Clock + Clone> Limits<C> {
                 .collect(),
             trusted,
             shared,
+            shared_from,
             clock,
         }
+    }
+
+    /// These limits (of a reloaded configuration), keeping the state of `old`'s limits that
+    /// are unchanged: a limit whose rate is the same goes on with its buckets (nobody's
+    /// allowance is reset by a reload), one whose rate changed starts full. The shared
+    /// limiter is kept when its Redis settings are unchanged (its state is in Redis anyway).
+    pub fn carry_over(mut self, old: &Limits<C>) -> Self {
+        fn keep<L>(new: &mut Kept<L>, old: &Kept<L>) {
+            if let (Some(n), Some(o)) = (new.as_ref(), old)
+                && n.rate == o.rate
+            {
+                *new = Some(o.clone());
+            }
+        }
+        keep(&mut self.global, &old.global);
+        keep(&mut self.principal, &old.principal);
+        keep(&mut self.ip, &old.ip);
+        for (tool, l) in self.tools.iter_mut() {
+            if let Some(o) = old.tools.get(tool)
+                && o.rate == l.rate
+            {
+                *l = o.clone();
+            }
+        }
+        if self.shared_from.is_some() && self.shared_from == old.shared_from {
+            self.shared = old.shared.clone();
+        }
+        self
     }
 
     /// Whether any per-tool limit is configured.
@@ -410,6 +455,40 @@ mod tests {
         assert_eq!(walk(&["[2001:db8::1]:443"]), ip("2001:db8::1"));
         // Without bad hops nothing changes.
         assert_eq!(walk(&["6.6.6.6", "5.6.7.8, 10.0.0.9"]), ip("5.6.7.8"));
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_buckets_of_unchanged_limits_only() {
+        let rate = |requests| RateConfig {
+            requests,
+            per: Dur(Duration::from_secs(60)),
+            burst: None,
+        };
+        let cfg = |ip, tool| LimitsConfig {
+            per_ip: Some(rate(ip)),
+            per_tool: [("t".to_string(), rate(tool))].into(),
+            ..LimitsConfig::default()
+        };
+        let clock = governor::clock::FakeRelativeClock::default();
+        let first = Limits::with_clock(&cfg(2, 1), vec![], None, "t:", clock.clone());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(first.check_client(ip).await.is_ok());
+        assert!(first.check_client(ip).await.is_ok());
+        assert!(first.check_client(ip).await.is_err());
+        assert!(first.check_tool("t").await.is_ok());
+        assert!(first.check_tool("t").await.is_err());
+        // Same per-IP rate, another per-tool rate: the address stays limited, the tool starts
+        // over.
+        let second =
+            Limits::with_clock(&cfg(2, 5), vec![], None, "t:", clock.clone()).carry_over(&first);
+        assert!(second.check_client(ip).await.is_err(), "bucket kept");
+        assert!(
+            second.check_tool("t").await.is_ok(),
+            "changed limit starts full"
+        );
+        // Without carry_over every bucket would start full (what the test above rules out).
+        let fresh = Limits::with_clock(&cfg(2, 5), vec![], None, "t:", clock);
+        assert!(fresh.check_client(ip).await.is_ok());
     }
 
     #[tokio::test]

@@ -189,6 +189,8 @@ struct Bucket {
 /// The ring of buckets and the last upstream samples.
 #[derive(Debug)]
 struct Ring {
+    /// (route, upstream as shown) of every upstream, in the order samples come.
+    names: Vec<(String, String)>,
     slots: Vec<Bucket>,
     /// Each upstream's running failure total at its previous sample (0 before the first: the
     /// failures since the gateway started belong to the first sample's bucket).
@@ -196,11 +198,39 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(upstreams: usize) -> Ring {
+    fn new(names: Vec<(String, String)>) -> Ring {
         Ring {
             slots: (0..BUCKETS).map(|_| Bucket::default()).collect(),
-            last_failures: vec![0; upstreams],
+            last_failures: vec![0; names.len()],
+            names,
         }
+    }
+
+    /// The upstreams are now `names` (a configuration reload): each one's history follows
+    /// it to its new place; a new one starts empty, a removed one's is dropped.
+    fn rename(&mut self, names: &[(String, String)]) {
+        let from: Vec<Option<usize>> = names
+            .iter()
+            .map(|n| self.names.iter().position(|o| o == n))
+            .collect();
+        let moved = |old: &[Option<UpCell>]| -> Vec<Option<UpCell>> {
+            from.iter()
+                .map(|i| i.and_then(|i| old.get(i).copied().flatten()))
+                .collect()
+        };
+        for slot in &mut self.slots {
+            if slot.index.is_some() {
+                slot.upstreams = moved(&slot.upstreams);
+            }
+        }
+        self.last_failures = from
+            .iter()
+            .map(|i| {
+                i.and_then(|i| self.last_failures.get(i).copied())
+                    .unwrap_or(0)
+            })
+            .collect();
+        self.names = names.to_vec();
     }
 
     /// Bucket `index`, emptied first when its slot held an older one; `None` when the slot
@@ -286,8 +316,6 @@ impl Clock {
 #[derive(Debug)]
 pub struct Series {
     clock: Clock,
-    /// (route, upstream as shown) of every upstream, in the order samples come.
-    upstreams: Vec<(String, String)>,
     ring: Mutex<Ring>,
     pending: Awaiting<Waiting>,
 }
@@ -337,8 +365,7 @@ impl Series {
                 start: Instant::now(),
                 start_ms: now_ms,
             },
-            ring: Mutex::new(Ring::new(upstreams.len())),
-            upstreams,
+            ring: Mutex::new(Ring::new(upstreams)),
             pending: Awaiting::new(MAX_PENDING, MAX_PENDING),
         }
     }
@@ -427,11 +454,17 @@ impl Series {
         self.pending.end(session);
     }
 
-    /// Record one sample of every upstream (in the order given to [`Series::new`]) and stop
+    /// Record one sample of every upstream, `names` saying whose (route, name as shown; in
+    /// the order given to [`Series::new`] unless a reload changed the upstreams) and stop
     /// waiting for requests older than the window.
-    pub fn sample(&self, samples: &[UpSample]) {
+    pub fn sample(&self, names: &[(String, String)], samples: &[UpSample]) {
         let index = self.index();
-        self.ring().sample(index, samples);
+        let mut ring = self.ring();
+        if ring.names != names {
+            ring.rename(names);
+        }
+        ring.sample(index, samples);
+        drop(ring);
         let window = Duration::from_millis(BUCKET_MS * BUCKETS as u64);
         self.pending.retain(|w| w.since.elapsed() < window);
     }
@@ -482,8 +515,8 @@ impl Series {
         if other.calls > 0 {
             tool_rows.push(row(None, &other));
         }
-        let upstreams: Vec<Value> = self
-            .upstreams
+        let upstreams: Vec<Value> = ring
+            .names
             .iter()
             .enumerate()
             .map(|(i, (route, name))| {
@@ -532,7 +565,17 @@ impl Gateway {
 
     /// Sample every upstream's state into the series.
     pub(crate) fn sample_series(&self) {
-        let samples: Vec<UpSample> = Gateway::upstream_order(&self.routes)
+        let order = Gateway::upstream_order(&self.live().routes);
+        let names: Vec<(String, String)> = order
+            .iter()
+            .map(|(r, i)| {
+                (
+                    r.path.clone(),
+                    super::admin::shown(r.set.members()[*i].name()),
+                )
+            })
+            .collect();
+        let samples: Vec<UpSample> = order
             .iter()
             .map(|(r, i)| {
                 let set = &r.set;
@@ -556,7 +599,7 @@ impl Gateway {
                 }
             })
             .collect();
-        self.series.sample(&samples);
+        self.series.sample(&names, &samples);
     }
 
     /// The pipeline hook that times requests for the series; install it last, so that it
@@ -658,7 +701,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_fifteen_minutes_and_reuses_old_buckets() {
-        let mut ring = Ring::new(0);
+        let mut ring = Ring::new(Vec::new());
         let start = 1_000_000u64;
         ring.at(start).unwrap().requests = 5;
         ring.at(start + 1).unwrap().requests = 7;
@@ -781,9 +824,10 @@ mod tests {
             connect_failures: failures,
             sessions,
         };
-        s.sample(&[at(UpState::Up, 3, 1)]);
-        s.sample(&[at(UpState::Ejected, 5, 2)]);
-        s.sample(&[at(UpState::Up, 6, 0)]);
+        let a = [("/mcp".to_string(), "http://a/mcp".to_string())];
+        s.sample(&a, &[at(UpState::Up, 3, 1)]);
+        s.sample(&a, &[at(UpState::Ejected, 5, 2)]);
+        s.sample(&a, &[at(UpState::Up, 6, 0)]);
         let v = s.snapshot();
         let u = &v["upstreams"][0];
         assert_eq!(u["route"], "/mcp");
@@ -797,5 +841,43 @@ mod tests {
         assert_eq!(last("sessions"), 0, "as last sampled");
         let states = u["states"].as_array().unwrap();
         assert!(states[0].is_null(), "nothing sampled 15 minutes ago");
+    }
+
+    #[test]
+    fn a_reload_moves_each_upstreams_history_with_it() {
+        let s = series();
+        let up = |sessions| UpSample {
+            state: UpState::Up,
+            connect_failures: 0,
+            sessions,
+        };
+        let name = |route: &str, n: &str| (route.to_string(), n.to_string());
+        s.sample(&[name("/mcp", "http://a/mcp")], &[up(4)]);
+        // A reload adds a route before it and a member after it.
+        let after = [
+            name("/mcp", "http://0/mcp"),
+            name("/mcp", "http://a/mcp"),
+            name("/servers/x/mcp", "x"),
+        ];
+        s.sample(&after, &[up(1), up(5), up(2)]);
+        let v = s.snapshot();
+        let rows = v["upstreams"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{v}");
+        assert_eq!(rows[1]["name"], "http://a/mcp");
+        let last = |i: usize| {
+            rows[i]["sessions"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(last(1), 5, "a's cell followed it to its new place: {v}");
+        assert_eq!(last(0), 1);
+        // Removed: its history goes with it.
+        s.sample(&after[1..2], &[up(6)]);
+        let v = s.snapshot();
+        assert_eq!(v["upstreams"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["upstreams"][0]["name"], "http://a/mcp");
     }
 }

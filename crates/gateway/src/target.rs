@@ -117,6 +117,7 @@ impl GatewayTarget {
             route: self.route.clone(),
             member,
             since: Instant::now(),
+            draining: false,
         }
     }
 
@@ -175,11 +176,14 @@ impl Placer for GatewayTarget {
     /// ends, and the session is bound to the principal and the route's rules.
     fn placed(&self, index: usize, session: &Arc<Session>) {
         self.route.set.bind(index, session);
-        self.gateway
-            .bound()
+        let mut bound = self.gateway.bound();
+        let b = bound
             .entry(session.id().clone())
-            .or_insert_with(|| self.bound(None))
-            .member = Some(index);
+            .or_insert_with(|| self.bound(None));
+        b.member = Some(index);
+        // Routed before a reload that replaced the route: moved onto the configuration in
+        // force, or drained when its member is gone.
+        self.gateway.placed_late(session.id(), b);
     }
 
     fn pinned(&self, upstream: &str) -> Option<Candidate> {
@@ -195,6 +199,15 @@ impl Placer for GatewayTarget {
     ) -> BoxFuture<'a, Result<(), ProxyError>> {
         Box::pin(async move {
             let mine = Placer::principal(self);
+            // Ended by a drain (first: its binding goes only once its upstream is shut down):
+            // the client learns why, and starts a new session.
+            if let Some(why) = self.gateway.reloads.ended(id, mine) {
+                return Err(ProxyError::bad(
+                    shadowcat_proxy::error::Refusal::NotFound,
+                    shadowcat_proto::error::INVALID_REQUEST,
+                    why.to_string(),
+                ));
+            }
             {
                 let bound = self.gateway.bound();
                 if let Some(b) = bound.get(id) {
@@ -231,7 +244,7 @@ impl Placer for GatewayTarget {
     /// The gateway attaches the request's principal (scopes and claims) for its authorization
     /// hook, when some route has rules (nothing else reads it).
     fn grant(&self) -> Option<Grant> {
-        if !self.gateway.any_rules {
+        if !self.gateway.reloads.any_rules() {
             return None;
         }
         let p: Grant = self.principal.clone()?;

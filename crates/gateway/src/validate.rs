@@ -235,6 +235,12 @@ impl GatewayConfig {
         if s.max_connections == 0 {
             bad("server.max_connections".into(), "must be at least 1".into());
         }
+        if s.drain_grace.0 > Duration::from_secs(3600) {
+            bad(
+                "server.drain_grace".into(),
+                "must be at most 1h (sessions of a removed upstream end after it)".into(),
+            );
+        }
         for (i, h) in s.allowed_hosts.iter().enumerate() {
             if let Err(e) = shadowcat_proxy::front::http::HostPolicy::parse_name(h) {
                 bad(format!("server.allowed_hosts[{i}]"), e);

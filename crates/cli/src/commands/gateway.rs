@@ -6,6 +6,11 @@
 //! every flag can also be given as a `SHADOWCAT_*` environment variable. `--record`, `--rules`
 //! and `--admin` work as in the forward modes; the admin listener also serves the gateway's
 //! sessions, upstreams and configuration (`[admin]`).
+//!
+//! The configuration reloads on `SIGHUP`, on `POST /admin/reload` (admin listener) and, with
+//! `--watch`, when the file changes: the file is read and checked again with the same flags
+//! applied, and the gateway swaps it in or keeps the running one (see
+//! `shadowcat_gateway::reload`).
 
 use super::hooks::{AdminPlan, Describe, HookArgs, Hooks};
 use super::servers::Place;
@@ -16,7 +21,7 @@ use clap::Args;
 use shadowcat_gateway::config::{
     AdminConfig, MemberConfig, RouteConfig, Strategy, UpstreamConfig, UrlTransport,
 };
-use shadowcat_gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
+use shadowcat_gateway::{ConfigError, Gateway, GatewayConfig, GatewayHooks, Trigger, gateway};
 use shadowcat_proxy::pipeline::{Hook, TrafficLog};
 use shadowcat_proxy::upstream::UpstreamSpec;
 use shadowcat_store::{FailoverStore, MeteredStore, OnOutage, SessionStore};
@@ -34,6 +39,12 @@ pub struct GatewayArgs {
     /// Configuration file (TOML): routes, upstream sets, auth, limits. See examples/gateway.toml.
     #[arg(long, short = 'c', env = "SHADOWCAT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Reload the configuration when the file changes (checked every 500 ms; applied once
+    /// it has stopped changing). `SIGHUP` and `POST /admin/reload` reload it too, with or
+    /// without this flag; a file that does not pass `config check` is refused and the
+    /// running configuration stays in force.
+    #[arg(long, requires = "config")]
+    pub watch: bool,
     /// Reviewed tool pins (from `shadowcat pins export` or `tape pins`), written into the store
     /// at start: their definitions are the approved ones on routes with `pinning`.
     #[arg(long, value_name = "FILE")]
@@ -253,6 +264,88 @@ pub fn load(a: &GatewayArgs) -> anyhow::Result<(GatewayConfig, String)> {
     Ok((cfg, source))
 }
 
+/// The problems of a configuration that could not be loaded, one line each (a file's as
+/// `config check` prints them).
+fn problems(e: &anyhow::Error) -> Vec<String> {
+    match e.downcast_ref::<ConfigError>() {
+        Some(c) => c.to_string().lines().map(str::to_string).collect(),
+        None => vec![format!("{e:#}")],
+    }
+}
+
+/// `SIGHUP` reloads the configuration (until `stop`).
+fn reload_on_hangup(
+    gw: &Arc<Gateway>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let (gw, stop) = (gw.clone(), stop.clone());
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received; reloading the configuration");
+                    gw.reload(Trigger::Signal).await;
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+/// How often `--watch` looks at the file.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// A changed file is read once it looks the same this long apart (an editor or a deploy tool
+/// may write it in steps)…
+const SETTLE: Duration = Duration::from_millis(200);
+/// …but after at most this many looks.
+const SETTLE_LOOKS: usize = 25;
+
+/// `--watch`: reload when `path` changes (until `stop`). Polling its modification time and
+/// size, as the interceptor's rules file is watched: no inotify limits, and it sees a file
+/// replaced by a rename or a Kubernetes ConfigMap's symlink swap (the metadata of the target
+/// is read) as well as one edited in place.
+fn watch(gw: &Arc<Gateway>, path: PathBuf, tracker: &TaskTracker, stop: &CancellationToken) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| (m.modified().ok(), m.len()))
+            .ok()
+    };
+    // Taken now, not in the task: a change made before the task first runs is still seen.
+    let mut last = stamp(&path);
+    let (gw, stop) = (gw.clone(), stop.clone());
+    tracing::info!(path = %path.display(), "watching the configuration file");
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(WATCH_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            let mut now = stamp(&path);
+            if now == last {
+                continue;
+            }
+            for _ in 0..SETTLE_LOOKS {
+                tokio::select! {
+                    _ = tokio::time::sleep(SETTLE) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let again = stamp(&path);
+                if again == now {
+                    break;
+                }
+                now = again;
+            }
+            last = now;
+            tracing::info!(path = %path.display(), "the configuration file changed; reloading");
+            gw.reload(Trigger::Watch).await;
+        }
+    });
+}
+
 /// A `--server NAME=URL|CMD ARGS` flag as a `[[routes.servers]]` entry.
 fn member(raw: &str) -> anyhow::Result<MemberConfig> {
     let flag = super::servers::parse(raw, UpstreamTransport::Streamable)?;
@@ -289,6 +382,7 @@ fn describe_routes(gw: &Gateway) -> String {
     let r = Redactor::default();
     let mut routes: Vec<String> = gw
         .routes()
+        .iter()
         .map(|route| {
             let members: Vec<String> = route
                 .set()
@@ -317,6 +411,16 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
+    // Reloads read the file again with the same flags applied.
+    let a = Arc::new(a);
+    let again = a.clone();
+    gw.set_loader(Box::new(move || load(&again).map_err(|e| problems(&e))));
+    reload_on_hangup(&gw, &tracker, &shutdown)?;
+    if a.watch
+        && let Some(path) = &a.config
+    {
+        watch(&gw, path.clone(), &tracker, &shutdown);
+    }
     let store_args = StoreArgs {
         store: s.store.clone(),
         redis_prefix: s.redis_prefix.clone(),
@@ -356,6 +460,7 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
     }
     let routes: Vec<String> = gw
         .routes()
+        .iter()
         .map(|r| match r.set().members() {
             [only] if matches!(only.spec(), UpstreamSpec::Composite(_)) => {
                 format!("{} ({})", r.path(), only.name())
@@ -381,7 +486,7 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
             token: admin
                 .resolve_token()
                 .map_err(|e| anyhow::anyhow!("{source}: admin: {e}"))?,
-            gateway: Some((gw.clone(), cfg.clone())),
+            gateway: Some(gw.clone()),
             conn: cfg.server.conn_limits(),
         }),
         _ => None,

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use shadowcat_gateway::{Gateway, GatewayConfig};
+use shadowcat_gateway::Gateway;
 use shadowcat_proxy::admin::{AdminServer, Traffic};
 use shadowcat_proxy::audit::{Arguments, Audit, AuditConfig, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
 use shadowcat_proxy::front::conn::ConnLimits;
@@ -222,7 +222,7 @@ pub struct AdminPlan {
     pub addr: SocketAddr,
     pub token: Option<String>,
     /// A gateway's sessions, upstreams, metrics and (redacted) configuration.
-    pub gateway: Option<(Arc<Gateway>, GatewayConfig)>,
+    pub gateway: Option<Arc<Gateway>>,
     /// Connection timeouts and limit (those of the proxy's own listener).
     pub conn: ConnLimits,
 }
@@ -481,8 +481,8 @@ async fn start_admin(
     if let Some(b) = board {
         server = server.intercept(b);
     }
-    if let Some((gw, cfg)) = &plan.gateway {
-        server = server.extension("gateway", shadowcat_gateway::admin::routes(gw.clone(), cfg));
+    if let Some(gw) = &plan.gateway {
+        server = server.extension("gateway", shadowcat_gateway::admin::routes(gw.clone()));
     }
     tracing::info!("admin API and page on http://{local}/");
     // Machine-readable line for scripts and tests that listen on port 0.

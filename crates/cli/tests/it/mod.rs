@@ -11,6 +11,7 @@ mod era_matrix;
 mod eras;
 mod gateway;
 mod gateway_auth;
+mod gateway_reload;
 mod gateway_resilience;
 mod gateway_support;
 mod http_front;

@@ -126,7 +126,7 @@ async fn serve(config: &str, store: Arc<dyn SessionStore>, replica: &str) -> Run
     let stop = CancellationToken::new();
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = format!("http://{}", admin_listener.local_addr().unwrap());
-    let api = AdminServer::new(None).extension("gateway", admin::routes(gw.clone(), &cfg));
+    let api = AdminServer::new(None).extension("gateway", admin::routes(gw.clone()));
     tokio::spawn(api.serve(admin_listener, stop.clone()));
     let server = cfg.server.clone();
     let token = stop.clone();

@@ -215,6 +215,24 @@ function renderMetrics(m) {
   const st = m.store;
   $("store").textContent = st.backend + (st.healthy ? " (up)" : st.degraded ? " (degraded)" : " (down)");
   $("store").className = st.healthy ? "ok" : "bad";
+  renderConfig(m.config);
+}
+
+// The configuration's generation and its last reload (SIGHUP, --watch, POST /admin/reload):
+// a refused one is shown in red, its problems on hover.
+function renderConfig(c) {
+  const el = $("config");
+  if (!c) return;
+  const last = c.last_reload;
+  let text = "generation " + c.generation;
+  if (last) {
+    const at = new Date(last.at_ms).toLocaleTimeString();
+    text += last.ok ? " · reloaded " + at : " · reload refused " + at;
+  }
+  if (c.draining_sessions > 0) text += " · " + c.draining_sessions + " draining";
+  el.textContent = text;
+  el.className = last && !last.ok ? "bad" : "ok";
+  el.title = last && !last.ok ? (last.errors || []).join("\n") : "";
 }
 
 // --- charts (plain SVG, no library) ---------------------------------------------------

@@ -196,6 +196,21 @@ impl Session {
         }
     }
 
+    /// End the session from outside as if its upstream had closed with `reason` (a gateway
+    /// draining an upstream that a reload removed): every request still in flight is answered
+    /// with a JSON-RPC error saying it, then the front ends the session. Never waits: `false`
+    /// when the session's queue is full or gone (the caller then shuts it down).
+    pub fn end_with(&self, reason: &str) -> bool {
+        let Some(tx) = self.loopback.upgrade() else {
+            return false;
+        };
+        tx.try_send(UpstreamEvent::Closed {
+            reason: reason.to_string(),
+            exit_code: None,
+        })
+        .is_ok()
+    }
+
     /// What the admitting policy attached to the session's latest request (the gateway: the
     /// principal with the scopes and claims of the token it came with): hooks see it on the
     /// client's frames. Set when the session is placed and again by each request, so rules see

@@ -7,7 +7,7 @@
 
 use crate::upstream::{self, Opened, UpstreamCtx, UpstreamSpec};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -32,6 +32,8 @@ pub struct Spares {
     ready: Mutex<VecDeque<Spare>>,
     wake: Notify,
     taken: AtomicU64,
+    /// Its member left the configuration (a reload): the keeper stops and the spares end.
+    retired: AtomicBool,
 }
 
 impl Spares {
@@ -42,6 +44,7 @@ impl Spares {
             ready: Mutex::new(VecDeque::with_capacity(want)),
             wake: Notify::new(),
             taken: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -85,14 +88,35 @@ impl Spares {
         spare
     }
 
-    /// Keep the pool full until `cancel` fires. `ctx` is the template of the spares' contexts
+    /// Stop keeping spares (the member left the configuration): the keeper ends the spares
+    /// still waiting and returns. Sessions that took one are not touched.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// End the spares still waiting.
+    fn end_waiting(&self) {
+        for s in self.lock().drain(..) {
+            s.cancel.cancel();
+        }
+    }
+
+    /// Keep the pool full until `cancel` fires or [`Spares::retire`]. `ctx` is the template of the spares' contexts
     /// (each spare gets a child of its cancel token).
     pub async fn keep(self: Arc<Self>, spec: UpstreamSpec, ctx: UpstreamCtx) {
         let stop = ctx.cancel.clone();
         let mut backoff = BACKOFF.0;
         loop {
+            if self.retired.load(Ordering::Acquire) {
+                self.end_waiting();
+                return;
+            }
             self.prune();
-            while self.lock().len() < self.want && !stop.is_cancelled() {
+            while self.lock().len() < self.want
+                && !stop.is_cancelled()
+                && !self.retired.load(Ordering::Acquire)
+            {
                 let mut c = ctx.clone();
                 c.cancel = stop.child_token();
                 match upstream::open(&spec, c.clone()).await {
