@@ -117,6 +117,20 @@ impl StdioUpstream {
             .map_err(|_| ProxyError::UpstreamClosed("the server process has exited".into()))
     }
 
+    /// Queue raw bytes for the child's stdin without waiting: handed back when the queue is
+    /// full (dropped when the child is gone).
+    pub(super) fn try_queue(&self, raw: Bytes) -> Option<Bytes> {
+        match self.stdin.try_send(raw) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(raw)) => Some(raw),
+        }
+    }
+
+    /// Queue raw bytes for the child's stdin, waiting for room (dropped when the child is gone).
+    pub(super) async fn send_raw(&self, raw: Bytes) {
+        let _ = self.stdin.send(raw).await;
+    }
+
     /// Close stdin, wait, SIGTERM, wait, SIGKILL; resolves when the child is gone.
     pub(super) async fn shutdown(&self) {
         self.stop.cancel();
