@@ -160,6 +160,7 @@ impl StdioPool {
                 level: None,
                 subs: HashSet::new(),
                 busy: 0,
+                ready: false,
             },
         );
         tracing::debug!(session = %ctx.session, slot = slot.index, "session joined a shared stdio child");
@@ -251,6 +252,10 @@ struct LegState {
     subs: HashSet<Arc<str>>,
     /// Its requests in flight at the child.
     busy: usize,
+    /// Its handshake is over (its `notifications/initialized` came): until then the child's
+    /// requests and broadcasts are not for it (a client gets nothing before its `initialize`
+    /// answer).
+    ready: bool,
 }
 
 /// A request sent to the child, by the slot's id for it.
@@ -325,10 +330,14 @@ impl State {
         self.legs.values().filter_map(|l| l.level).min()
     }
 
-    /// The sessions with requests in flight.
+    /// The sessions past their handshake.
+    fn ready_legs(&self) -> impl Iterator<Item = (&u64, &LegState)> {
+        self.legs.iter().filter(|(_, l)| l.ready)
+    }
+
+    /// The sessions (past their handshake) with requests in flight.
     fn busy_legs(&self) -> Vec<u64> {
-        self.legs
-            .iter()
+        self.ready_legs()
             .filter(|(_, l)| l.busy > 0)
             .map(|(id, _)| *id)
             .collect()
@@ -338,11 +347,14 @@ impl State {
     /// one with requests in flight, or the only session at all.
     fn attributed(&self) -> Result<u64, String> {
         let busy = self.busy_legs();
-        match (busy.as_slice(), self.legs.len()) {
+        let ready: Vec<u64> = self.ready_legs().map(|(id, _)| *id).collect();
+        match (busy.as_slice(), ready.as_slice()) {
             ([one], _) => Ok(*one),
-            ([], 1) => Ok(self.legs.keys().next().copied().unwrap_or_default()),
+            ([], [one]) => Ok(*one),
+            ([], []) => Err("no session of this server process has finished its handshake: the proxy cannot tell which one this request is for".into()),
             ([], n) => Err(format!(
-                "{n} sessions share this server process and none of them has a request in flight: the proxy cannot tell which one this request is for"
+                "{} sessions share this server process and none of them has a request in flight: the proxy cannot tell which one this request is for",
+                n.len()
             )),
             (many, _) => Err(format!(
                 "{} sessions sharing this server process have requests in flight: the proxy cannot tell which one this request is for",
@@ -796,7 +808,7 @@ impl Slot {
                 let level = log_level(&frame);
                 let legs: Vec<u64> = match st.busy_legs().as_slice() {
                     [one] => vec![*one],
-                    [] => st.legs.keys().copied().collect(),
+                    [] => st.ready_legs().map(|(id, _)| *id).collect(),
                     _ => {
                         tracing::debug!(
                             "a log message while several sessions are busy: delivered to none"
@@ -815,7 +827,7 @@ impl Slot {
                 let Some(uri) = updated_uri(&frame) else {
                     return;
                 };
-                for (leg, l) in &st.legs {
+                for (leg, l) in st.ready_legs() {
                     if l.subs.contains(uri.as_str()) {
                         deliver.push((*leg, l.tx.clone(), frame.clone()));
                     }
@@ -824,7 +836,7 @@ impl Slot {
             "notifications/tools/list_changed"
             | "notifications/prompts/list_changed"
             | "notifications/resources/list_changed" => {
-                for (leg, l) in &st.legs {
+                for (leg, l) in st.ready_legs() {
                     deliver.push((*leg, l.tx.clone(), frame.clone()));
                 }
             }
@@ -1064,13 +1076,14 @@ impl SharedLeg {
     /// if none is running); what the client declared is remembered for routing.
     async fn initialize(&self, id: &RequestId, frame: &Frame) -> Result<(), ProxyError> {
         let (version, caps) = read_client_init(frame);
+        self.slot
+            .lock()
+            .legs
+            .get_mut(&self.id)
+            .ok_or_else(gone)?
+            .caps = caps;
         self.child(version.as_deref()).await?;
-        let handshake = {
-            let mut st = self.slot.lock();
-            let l = st.legs.get_mut(&self.id).ok_or_else(gone)?;
-            l.caps = caps;
-            st.handshake.clone()
-        };
+        let handshake = self.slot.lock().handshake.clone();
         let h = handshake.ok_or_else(exited_early)?;
         self.reply_result(id, h.result.get()).await
     }
@@ -1212,8 +1225,14 @@ impl SharedLeg {
 
     async fn notification(&self, frame: Frame) -> Result<(), ProxyError> {
         let out = match frame.method().unwrap_or("") {
-            // The pool initialized the child itself.
-            "notifications/initialized" => return Ok(()),
+            // The pool initialized the child itself: the session is now ready for what the
+            // child sends on its own.
+            "notifications/initialized" => {
+                if let Some(l) = self.slot.lock().legs.get_mut(&self.id) {
+                    l.ready = true;
+                }
+                return Ok(());
+            }
             "notifications/cancelled" => {
                 let Some(id) = frame.cancelled_id() else {
                     return Ok(());
@@ -1522,8 +1541,18 @@ mod tests {
             level: None,
             subs: HashSet::new(),
             busy,
+            ready: true,
         };
         let mut st = State::default();
+        // A session still in its handshake is never the one (busy or not).
+        st.legs.insert(
+            3,
+            LegState {
+                ready: false,
+                ..leg(1)
+            },
+        );
+        assert!(st.attributed().is_err(), "nobody is past the handshake");
         st.legs.insert(1, leg(0));
         assert_eq!(st.attributed(), Ok(1), "the only session");
         st.legs.insert(2, leg(0));
