@@ -465,6 +465,38 @@ fn release(subscriptions: &mut HashMap<Arc<str>, usize>, uri: &Arc<str>) -> bool
     }
 }
 
+/// A frame for a session, and what of its own it gets back first.
+struct Delivery {
+    leg: u64,
+    tx: mpsc::Sender<UpstreamEvent>,
+    frame: Frame,
+    fix: Fix,
+}
+
+/// What a frame for a session gets back before it is delivered.
+enum Fix {
+    None,
+    /// The session's request id (an answer).
+    Id(RequestId),
+    /// The session's progress token (a progress notification).
+    Token(RequestId),
+}
+
+impl Delivery {
+    fn plain(leg: u64, tx: mpsc::Sender<UpstreamEvent>, frame: Frame) -> Delivery {
+        Delivery::fixed(leg, tx, frame, Fix::None)
+    }
+
+    fn fixed(leg: u64, tx: mpsc::Sender<UpstreamEvent>, frame: Frame, fix: Fix) -> Delivery {
+        Delivery {
+            leg,
+            tx,
+            frame,
+            fix,
+        }
+    }
+}
+
 /// One running child.
 struct Child {
     upstream: StdioUpstream,
@@ -547,14 +579,16 @@ impl Slot {
             front_cancel: ctx.front_cancel.clone(),
         };
         let (tx, rx) = mpsc::channel(ctx.options.channel_capacity.max(64));
-        let upstream = StdioUpstream::spawn(&pool.command, &pool.args, &pool.env, child_ctx, tx)?;
+        // Its spans are its own, not those of the request that happened to start it.
+        let upstream =
+            StdioUpstream::spawn_root(&pool.command, &pool.args, &pool.env, child_ctx, tx)?;
         let child = Arc::new(Child {
             upstream,
             generation,
             stop,
             alive: AtomicBool::new(true),
         });
-        let span = tracing::info_span!("shared", program = %program, slot = self.index, generation);
+        let span = tracing::info_span!(parent: None, "shared", program = %program, slot = self.index, generation);
         ctx.tracker
             .spawn(demux(self.clone(), child.clone(), rx).instrument(span));
         match self.handshake(&child, &version).await {
@@ -653,7 +687,7 @@ impl Slot {
 
     /// A frame from child `child`.
     fn child_frame(&self, child: &Arc<Child>, frame: Frame) {
-        let mut deliver: Vec<(u64, mpsc::Sender<UpstreamEvent>, Frame)> = Vec::new();
+        let mut deliver: Vec<Delivery> = Vec::new();
         let mut to_child = Vec::new();
         {
             let mut st = self.lock();
@@ -680,7 +714,7 @@ impl Slot {
         st: &mut State,
         child: &Arc<Child>,
         frame: Frame,
-        deliver: &mut Vec<(u64, mpsc::Sender<UpstreamEvent>, Frame)>,
+        deliver: &mut Vec<Delivery>,
     ) {
         let Some(RequestId::Number(n)) = frame.id().cloned() else {
             tracing::debug!("dropping an answer to no request of the pool");
@@ -706,12 +740,7 @@ impl Slot {
                     release(&mut st.subscriptions, &uri);
                 }
                 let tx = l.tx.clone();
-                match rewrite(frame.raw(), &["id"], &id) {
-                    Some(f) => deliver.push((leg, tx, f)),
-                    None => {
-                        tracing::warn!("could not give an answer its session's id back; dropped")
-                    }
-                }
+                deliver.push(Delivery::fixed(leg, tx, frame, Fix::Id(id)));
             }
             Some(Pending::Init { tx, .. }) => {
                 let _ = tx.send(frame);
@@ -732,7 +761,7 @@ impl Slot {
         st: &mut State,
         child: &Arc<Child>,
         frame: &Frame,
-        deliver: &mut Vec<(u64, mpsc::Sender<UpstreamEvent>, Frame)>,
+        deliver: &mut Vec<Delivery>,
     ) -> Option<Frame> {
         let id = frame.id()?;
         let method = frame.method().unwrap_or("");
@@ -775,17 +804,12 @@ impl Slot {
         }
         let tx = l.tx.clone();
         st.asked.insert(id.clone(), (leg, child.generation));
-        deliver.push((leg, tx, frame.clone()));
+        deliver.push(Delivery::plain(leg, tx, frame.clone()));
         None
     }
 
     /// A notification of the child, to the sessions it is for.
-    fn notification(
-        &self,
-        st: &mut State,
-        frame: Frame,
-        deliver: &mut Vec<(u64, mpsc::Sender<UpstreamEvent>, Frame)>,
-    ) {
+    fn notification(&self, st: &mut State, frame: Frame, deliver: &mut Vec<Delivery>) {
         let method = frame.method().unwrap_or("");
         let to = |st: &State, leg: u64| st.legs.get(&leg).map(|l| (leg, l.tx.clone()));
         match method {
@@ -799,9 +823,8 @@ impl Slot {
                     ..
                 }) = st.pending.get(&n)
                     && let Some((leg, tx)) = to(st, *leg)
-                    && let Some(f) = rewrite(frame.raw(), &["params", "progressToken"], token)
                 {
-                    deliver.push((leg, tx, f));
+                    deliver.push(Delivery::fixed(leg, tx, frame, Fix::Token(token.clone())));
                 }
             }
             "notifications/message" => {
@@ -819,7 +842,7 @@ impl Slot {
                 for leg in legs {
                     let Some(l) = st.legs.get(&leg) else { continue };
                     if admits(l.level, level) {
-                        deliver.push((leg, l.tx.clone(), frame.clone()));
+                        deliver.push(Delivery::plain(leg, l.tx.clone(), frame.clone()));
                     }
                 }
             }
@@ -829,7 +852,7 @@ impl Slot {
                 };
                 for (leg, l) in st.ready_legs() {
                     if l.subs.contains(uri.as_str()) {
-                        deliver.push((*leg, l.tx.clone(), frame.clone()));
+                        deliver.push(Delivery::plain(*leg, l.tx.clone(), frame.clone()));
                     }
                 }
             }
@@ -837,7 +860,7 @@ impl Slot {
             | "notifications/prompts/list_changed"
             | "notifications/resources/list_changed" => {
                 for (leg, l) in st.ready_legs() {
-                    deliver.push((*leg, l.tx.clone(), frame.clone()));
+                    deliver.push(Delivery::plain(*leg, l.tx.clone(), frame.clone()));
                 }
             }
             "notifications/cancelled" => {
@@ -846,7 +869,7 @@ impl Slot {
                     && let Some((leg, _)) = st.asked.remove(id)
                     && let Some((leg, tx)) = to(st, leg)
                 {
-                    deliver.push((leg, tx, frame));
+                    deliver.push(Delivery::plain(leg, tx, frame));
                 }
             }
             _ => tracing::debug!(
@@ -858,8 +881,29 @@ impl Slot {
 
     /// Hand frames to their sessions without waiting: a session that cannot take one (its
     /// channel full: it does not keep up) is ended rather than stalling the child for all.
-    fn deliver(&self, deliver: Vec<(u64, mpsc::Sender<UpstreamEvent>, Frame)>) {
-        for (leg, tx, frame) in deliver {
+    fn deliver(&self, deliver: Vec<Delivery>) {
+        for Delivery {
+            leg,
+            tx,
+            frame,
+            fix,
+        } in deliver
+        {
+            // The session's own id or token back, outside the slot's lock.
+            let frame = match fix {
+                Fix::None => frame,
+                Fix::Id(id) => match rewrite(frame.raw(), &["id"], &id) {
+                    Some(f) => f,
+                    None => {
+                        tracing::warn!("could not give an answer its session's id back; dropped");
+                        continue;
+                    }
+                },
+                Fix::Token(t) => match rewrite(frame.raw(), &["params", "progressToken"], &t) {
+                    Some(f) => f,
+                    None => continue,
+                },
+            };
             let ev = UpstreamEvent::Frame {
                 frame: Box::new(frame),
                 via: Via::Unrelated,
@@ -927,7 +971,7 @@ impl Slot {
                 let msg = format!(
                     "{method} failed: the shared server process exited ({reason}); it is started again on the next request, so retrying is possible"
                 );
-                deliver.push((
+                deliver.push(Delivery::plain(
                     leg,
                     l.tx.clone(),
                     error_frame(Some(&id), UPSTREAM_ERROR, &msg),
