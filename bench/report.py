@@ -66,6 +66,9 @@ def metrics(run):
             "children_pss_b_per_session": dig(p, "proxy", "children_pss_bytes_per_session"),
             "upstream_b_per_session": dig(p, "upstream", "rss_bytes_per_session"),
             "upstream_rss_kb": dig(p, "upstream", "after", "rss_kb"),
+            "children_rss_kb": dig(p, "proxy", "after", "children_rss_kb"),
+            "total_rss_mb": total_mb(dig(p, "proxy", "after", "rss_kb"),
+                                     dig(p, "proxy", "after", "children_rss_kb")),
         }
     if mode == "sse":
         cpu = run.get("cpu", {})
@@ -144,6 +147,11 @@ def metrics(run):
             "errors": dig(run, "errors", "total"),
         }
     return {}
+
+
+def total_mb(*kbs):
+    """kB values summed, in MB (None if one is missing)."""
+    return None if any(k is None for k in kbs) else sum(kbs) / 1024.0
 
 
 def ms(us):
@@ -243,20 +251,22 @@ def targets(agg):
                 rows.append((f"a. HTTP→HTTP added p50 latency, {via}, {lo}{note}",
                              f'{fmt(x["p50_us"])} µs', f'{fmt(d["p50_us"])} µs direct',
                              f"{added:+.0f} µs", "≤ 50 µs", added <= 50))
-    for srv in ("demo", "everything"):
+    for srv, v in (("demo", "shadowcat"), ("everything", "shadowcat"), ("demo", "shadowcat-share"),
+                   ("everything", "shadowcat-share")):
         for p in (hi, lo):
-            x, rp = agg.get(("b", srv, "shadowcat", p)), agg.get(("b", srv, "rust-mcp-proxy", p))
+            x, rp = agg.get(("b", srv, v, p)), agg.get(("b", srv, "rust-mcp-proxy", p))
+            how = "" if v == "shadowcat" else ", --share"
             if not x:
                 continue
             if not rp or not rp.get("rps"):
-                rows.append((f"b. HTTP→stdio ({srv} server) vs Rust mcp-proxy, {p}",
+                rows.append((f"b. HTTP→stdio ({srv} server{how}) vs Rust mcp-proxy, {p}",
                              f'{fmt(x["rps"])} req/s, p99 {fmt(x["p99_us"])} µs',
                              "Rust mcp-proxy: no result", "–", "≥ 1.2× at no worse p99", None))
                 continue
             r = ratio(x["rps"], rp["rps"])
             ok = r is not None and r >= 1.2 and x["p99_us"] is not None and rp["p99_us"] is not None \
                 and x["p99_us"] <= rp["p99_us"]
-            rows.append((f"b. HTTP→stdio ({srv} server) vs Rust mcp-proxy, {p}",
+            rows.append((f"b. HTTP→stdio ({srv} server{how}) vs Rust mcp-proxy, {p}",
                          f'{fmt(x["rps"])} req/s, p99 {fmt(x["p99_us"])} µs',
                          f'{fmt(rp["rps"])} req/s, p99 {fmt(rp["p99_us"])} µs',
                          f"{fmt(r, 2)}×", "≥ 1.2× at no worse p99", ok))
@@ -320,6 +330,13 @@ def targets(agg):
             rows.append((f"h. cold start, spawn → first initialize answered ({what})", f"{fmt(t)} ms",
                          f'first tools/call: {fmt(row.get("first_call_p50_ms"))} ms', f"{fmt(t)} ms",
                          "≤ 50 ms", t is not None and t <= 50))
+    for (s, g, v, p), row in sorted(agg.items()):
+        if s == "j" and p.startswith("n="):
+            t = row.get("total_rss_mb")
+            rows.append((f"j. {p[2:]} sessions on server-everything, forward http --share: RSS of proxy + children",
+                         f'{fmt(t)} MB ({fmt(row.get("children"))} children, verified {row.get("verified")})',
+                         f'proxy {fmt(row.get("proxy_rss_kb"))} kB, children {fmt(row.get("children_rss_kb"))} kB',
+                         f"{fmt(t)} MB", "≤ 2 GB (2,048 MB)", t is not None and t <= 2048))
     x, alone = agg_find(agg, "i", "list", "composite"), agg_find(agg, "i", "list", "slowest-alone")
     if x or alone:
         p = (x or alone)[0]
@@ -386,6 +403,10 @@ COLUMNS = {
                 ("errors", "errors"), ("proxy_cpu_us", "proxy CPU µs/req"),
                 ("children_cpu_us", "children CPU µs/req"), ("generator_cpu_us", "generator CPU µs/req")],
     },
+    "j": [("sessions_per_s", "sessions opened/s"), ("verified", "verified"), ("total_rss_mb", "proxy + children RSS MB"),
+          ("proxy_rss_kb", "proxy RSS kB"), ("children", "children"), ("children_rss_kb", "children RSS kB"),
+          ("rps", "req/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs"), ("errors", "errors"),
+          ("proxy_cpu_us", "proxy CPU µs/req"), ("children_cpu_us", "children CPU µs/req")],
     "h": [("listening_p50_ms", "→ listening p50 ms"), ("init_p50_ms", "→ initialize p50 ms"),
           ("init_max_ms", "→ initialize max ms"), ("first_call_p50_ms", "→ first call p50 ms"),
           ("runs", "runs/round"), ("errors", "errors")],
@@ -411,6 +432,7 @@ TITLES = {
         "pipeline": "g. Pipeline cost per frame, in process (a `tools/call` and its reply as the HTTP front runs them; `relay` = no pipeline call at all, `no-hooks` = what a session does without --record/--rules (one emptiness check), `no-hooks-entered` = the empty pipeline's future built and polled anyway; the recorder (`block`) is paced by its writer thread, which runs beside the relay)",
         "e2e": "g. Recording and 100 interceptor rules end to end: `forward http` to a stdio demo child per session, plain vs `--record FILE --record-on-full block` vs `--rules` (100 non-matching + 3 matching `continue` rules)",
     },
+    "j": "j. Shared stdio children: POOL_SESSIONS sessions on server-everything (stdio) through `forward http --share SHARE`; `n=` rows: every session open at once, memory after (children = the proxy's descendants), 100 of them verified with a call; `c=32,sessions=` rows: echo calls, 32 in flight, spread over all the sessions",
     "h": "h. Cold start: spawn → stderr `listening` line → first `initialize` answered → first `tools/call` answered",
     "i": {
         "list": "i1. Composite route, merged `tools/list`: each run opens a new session (initialize spawns the members) and times its first `tools/list`, all pages; `composite` = `forward http` with LIST_MEMBERS stdio members (`tests/interop/paged_server.py --tools LIST_TOOLS`), one of which (`slow`) sleeps `--list-delay` before answering; `slowest-alone` = that slow server alone behind a plain `forward http -- CMD`. The members are asked in parallel, so composite − slowest-alone is the cost of the fan-out and merge (target ≤ 5 ms)",
@@ -478,7 +500,7 @@ def markdown(meta, peers, failures, pending, agg, target_rows, runs=()):
     for what, x, ref, val, tgt, ok in target_rows:
         w(f"| {what} | {x} | {ref} | {val} | {tgt} | {'yes' if ok else ('–' if ok is None else '**no**')} |")
     w("")
-    for s in ("a", "b", "c", "d", "e", "f", "g", "h", "i"):
+    for s in ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"):
         keys = sorted(k for k in agg if k[0] == s)
         if not keys:
             continue

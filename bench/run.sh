@@ -33,6 +33,8 @@
 #   LIST_RUNS=20       new sessions (first tools/list each) per run (scenario i)
 #   LIST_MEMBERS=10    composite members (one of them slow)   LIST_TOOLS=20   tools per member
 #   LIST_DELAY=0.2     seconds the slow member sleeps before answering tools/list
+#   SHARE=2            children of `forward http --share` (variant shadowcat-share, scenario j)
+#   POOL_SESSIONS=1000 sessions on server-everything through --share (scenario j)
 #   SHADOWCAT_PYTHON   python for tests/interop/paged_server.py (default: python3)
 #   BENCH_THREADS=1    generator threads (it shares the 2 cores with what it measures)
 #   BENCH_QUICKACK=1   generator ACKs at once (see crates/bench: --quickack); 0 = delayed ACKs
@@ -45,7 +47,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PEERS=${PEERS_DIR:-$ROOT/target/bench-peers}
 RESULTS=${RESULTS_DIR:-$ROOT/bench/results}
 DATE=${DATE:-$(date -u +%Y-%m-%d-%H%M)}
-SCENARIOS=${SCENARIOS:-a,b,c,d,e,f,g,h,i}
+SCENARIOS=${SCENARIOS:-a,b,c,d,e,f,g,h,i,j}
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
   ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-1} WARMUP=${WARMUP:-0.3}
@@ -56,6 +58,7 @@ if [[ $QUICK == 1 ]]; then
   STORE_OPS=${STORE_OPS:-300}
   RESUME_ROUNDS=${RESUME_ROUNDS:-2} RESUME_COUNT=${RESUME_COUNT:-2000} RESUME_STEPS=${RESUME_STEPS:-200}
   LIST_RUNS=${LIST_RUNS:-5}
+  POOL_SESSIONS=${POOL_SESSIONS:-100}
 fi
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} PAYLOAD=${PAYLOAD:-64}
 CONCURRENCY=${CONCURRENCY:-1 32}
@@ -66,6 +69,7 @@ PIPE_EXCHANGES=${PIPE_EXCHANGES:-20000} PIPE_BATCHES=${PIPE_BATCHES:-15}
 STORE_OPS=${STORE_OPS:-2000}
 RESUME_ROUNDS=${RESUME_ROUNDS:-10} RESUME_CONC=${RESUME_CONC:-1} RESUME_COUNT=${RESUME_COUNT:-10000}
 RESUME_STEPS=${RESUME_STEPS:-500} RESUME_READ=${RESUME_READ:-100} RESUME_PAUSE_MS=${RESUME_PAUSE_MS:-300}
+SHARE=${SHARE:-2} POOL_SESSIONS=${POOL_SESSIONS:-1000}
 LIST_RUNS=${LIST_RUNS:-20} LIST_MEMBERS=${LIST_MEMBERS:-10} LIST_TOOLS=${LIST_TOOLS:-20} LIST_DELAY=${LIST_DELAY:-0.2}
 export BENCH_THREADS=${BENCH_THREADS:-1}
 # The generator ACKs at once (TCP_QUICKACK) so it takes no part in Nagle/delayed-ACK stalls of
@@ -210,7 +214,7 @@ PY_PEER=$PEERS/pyvenv/bin/mcp-proxy
 SG=$PEERS/node/node_modules/supergateway/dist/index.js
 EVERYTHING=$PEERS/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js
 HAVE_RUST=0 HAVE_PY=0 HAVE_SG=0 HAVE_EVERYTHING=0
-if [[ ${SKIP_PEERS:-0} != 1 ]] && { has b || has c || has h; }; then
+if [[ ${SKIP_PEERS:-0} != 1 ]] && { has b || has c || has h || has j; }; then
   mkdir -p "$PEERS"
   if [[ ! -x $RUST_PEER && ${NO_INSTALL:-0} != 1 ]]; then
     log "installing Rust mcp-proxy 0.6 into $PEERS"
@@ -265,9 +269,11 @@ start_front() {
   local port
   FRONT_TOOL=echo
   case $kind in
-    shadowcat)
+    shadowcat | shadowcat-share)
+      local share=()
+      [[ $kind == shadowcat-share ]] && share=(--share "$SHARE")
       start "$name" "$SC" --log-level warn forward http --listen 127.0.0.1:0 \
-        --max-sessions 100000 --idle-timeout 3600 --shutdown-deadline 2 -- "$@"
+        --max-sessions 100000 --idle-timeout 3600 --shutdown-deadline 2 "${share[@]}" -- "$@"
       FRONT_PID=$LAST_PID
       FRONT_URL=$(wait_listen "$name" "$FRONT_PID")/mcp || { failure "$name" "did not start: $(tail -c 1500 "$WORK/$name.log")"; return 1; }
       return 0
@@ -314,7 +320,7 @@ start_front() {
 
 have_kind() {
   case $1 in
-    shadowcat) return 0 ;;
+    shadowcat | shadowcat-share) return 0 ;;
     rust-mcp-proxy) [[ $HAVE_RUST == 1 ]] ;;
     python-mcp-proxy) [[ $HAVE_PY == 1 ]] ;;
     supergateway) [[ $HAVE_SG == 1 ]] ;;
@@ -386,7 +392,9 @@ scenario_a() {
 
 scenario_b() {
   log "== b. HTTP→stdio: shadowcat vs peers, each fronting the same stdio server"
-  local servers=(demo) kinds=(shadowcat rust-mcp-proxy python-mcp-proxy supergateway)
+  # shadowcat: a child per session (the default); shadowcat-share: --share $SHARE children for
+  # all sessions.
+  local servers=(demo) kinds=(shadowcat shadowcat-share rust-mcp-proxy python-mcp-proxy supergateway)
   [[ $HAVE_EVERYTHING == 1 ]] && servers+=(everything)
   local srv
   for srv in "${servers[@]}"; do
@@ -776,11 +784,32 @@ scenario_i() {
   unset url pid tool
 }
 
+scenario_j() {
+  log "== j. shared stdio children: POOL_SESSIONS sessions on server-everything through forward http --share SHARE"
+  if [[ $HAVE_EVERYTHING != 1 ]]; then
+    failure "j" "server-everything is not installed (see peers)"
+    return
+  fi
+  local cmd=(node "$EVERYTHING" stdio) r
+  for r in $(seq 1 "$IDLE_ROUNDS"); do
+    start_front shadowcat-share "j-share-$r" "${cmd[@]}" || continue
+    # Memory: every session open at once (the children are the proxy's descendants).
+    BENCH_TIMEOUT=600 bench "j|everything|shadowcat-share|n=$POOL_SESSIONS|r$r" idle-sessions \
+      --url "$FRONT_URL" --sessions "$POOL_SESSIONS" --concurrency 32 --verify 100 \
+      --expect-prefix "Echo: " --pid "proxy=$FRONT_PID"
+    # Throughput over all of them: 32 requests in flight spread over POOL_SESSIONS sessions.
+    # shellcheck disable=SC2046
+    bench "j|everything|shadowcat-share|c=32,sessions=$POOL_SESSIONS|r$r" calls --url "$FRONT_URL" \
+      -c 32 --sessions "$POOL_SESSIONS" $(calls_args) --expect-prefix "Echo: " --pid "proxy=$FRONT_PID"
+    stop "$FRONT_PID"
+  done
+}
+
 # --- run ------------------------------------------------------------------------------------------
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A TOOK=()
-for s in a b c d e f g h i; do
+for s in a b c d e f g h i j; do
   if has "$s"; then
     t0=$(date +%s)
     "scenario_$s" || failure "$s" "scenario aborted (exit $?)"
@@ -802,7 +831,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "load_before=$LOAD_BEFORE"
   echo "load_after=$LOAD_AFTER"
   echo "elapsed_s=$(($(date +%s) - START_TS))"
-  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS PIPE_EXCHANGES=$PIPE_EXCHANGES PIPE_BATCHES=$PIPE_BATCHES STORE_OPS=$STORE_OPS RESUME_ROUNDS=$RESUME_ROUNDS RESUME_CONC=$RESUME_CONC RESUME_COUNT=$RESUME_COUNT RESUME_STEPS=$RESUME_STEPS RESUME_READ=$RESUME_READ RESUME_PAUSE_MS=$RESUME_PAUSE_MS LIST_RUNS=$LIST_RUNS LIST_MEMBERS=$LIST_MEMBERS LIST_TOOLS=$LIST_TOOLS LIST_DELAY=$LIST_DELAY BENCH_THREADS=$BENCH_THREADS"
+  echo "settings=BENCH_QUICKACK=$BENCH_QUICKACK ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP PAYLOAD=$PAYLOAD CONCURRENCY=$CONCURRENCY IDLE_HTTP=$IDLE_HTTP IDLE_STDIO=$IDLE_STDIO IDLE_ROUNDS=$IDLE_ROUNDS SSE_COUNT=$SSE_COUNT SSE_CALLS=$SSE_CALLS SSE_STREAMS=$SSE_STREAMS COLD_RUNS=$COLD_RUNS PIPE_EXCHANGES=$PIPE_EXCHANGES PIPE_BATCHES=$PIPE_BATCHES STORE_OPS=$STORE_OPS RESUME_ROUNDS=$RESUME_ROUNDS RESUME_CONC=$RESUME_CONC RESUME_COUNT=$RESUME_COUNT RESUME_STEPS=$RESUME_STEPS RESUME_READ=$RESUME_READ RESUME_PAUSE_MS=$RESUME_PAUSE_MS LIST_RUNS=$LIST_RUNS LIST_MEMBERS=$LIST_MEMBERS LIST_TOOLS=$LIST_TOOLS LIST_DELAY=$LIST_DELAY SHARE=$SHARE POOL_SESSIONS=$POOL_SESSIONS BENCH_THREADS=$BENCH_THREADS"
   for s in "${!TOOK[@]}"; do echo "took_$s=${TOOK[$s]}"; done
 } >"$WORK/meta.txt"
 

@@ -442,6 +442,11 @@ pub struct HttpArgs {
     /// Most concurrent sessions; more get 503 with Retry-After.
     #[arg(long, env = "SHADOWCAT_MAX_SESSIONS", default_value_t = 1000)]
     pub max_sessions: usize,
+    /// Run each stdio upstream (`-- CMD`, --demo, --target NAME=CMD) as K children shared by
+    /// all sessions instead of a child per session (1..=64). A shared child cannot keep its
+    /// sessions apart the way separate processes do: see docs/operations.md.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub share: Option<u16>,
     /// Seconds a session may stay idle before it is reaped (its child killed).
     #[arg(long, env = "SHADOWCAT_IDLE_TIMEOUT", default_value_t = 600.0)]
     pub idle_timeout: f64,

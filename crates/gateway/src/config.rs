@@ -983,6 +983,11 @@ pub struct UpstreamConfig {
     /// a spawn (each still serves one session).
     #[serde(default)]
     pub spares: u32,
+    /// Stdio upstreams: `K` children shared by every session placed here instead of a child
+    /// per session (`0`, the default: a child per session). See docs/gateway.md for what a
+    /// shared child cannot keep apart.
+    #[serde(default)]
+    pub share: u32,
     /// Headers sent with every upstream request (upstream credentials).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -1339,18 +1344,21 @@ impl UpstreamConfig {
                     }
                 })
             }
-            (None, Some(command)) => Ok(UpstreamSpec::Stdio {
-                command: command.clone(),
-                args: self.args.clone(),
-                env: ChildEnv::Minimal {
+            (None, Some(command)) => {
+                let env = ChildEnv::Minimal {
                     passthrough: self.env_passthrough.clone(),
                     set: self
                         .env
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
-                },
-            }),
+                };
+                let (command, args) = (command.clone(), self.args.clone());
+                Ok(match self.share {
+                    0 => UpstreamSpec::Stdio { command, args, env },
+                    k => UpstreamSpec::shared(command, args, env, k as usize),
+                })
+            }
             (Some(_), Some(_)) => Err(upstream_error(
                 "",
                 "give either `url` or `command`, not both",
@@ -1879,6 +1887,59 @@ mod tests {
         let e = up("command = \"srv\"\nspares = 65\n");
         assert!(
             e.contains("routes[0].upstreams[0].spares: 65 is too many (at most 64)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shared_children_are_for_stdio_upstreams_without_spares() {
+        let up = |u: &str| {
+            errors(&format!(
+                "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\n{u}"
+            ))
+        };
+        assert_eq!(up("command = \"srv\"\nshare = 2\n"), "");
+        let cfg = GatewayConfig::parse(
+            "g.toml",
+            "[[routes]]\npath = \"/mcp\"\n[[routes.upstreams]]\ncommand = \"srv\"\nargs = [\"--x\"]\nshare = 3\n",
+        )
+        .expect("parse");
+        match cfg.routes[0].upstreams[0].spec().expect("spec") {
+            UpstreamSpec::Shared(p) => {
+                assert_eq!(p.0.share(), 3);
+                assert_eq!(p.0.command(), ("srv", &["--x".to_string()][..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = up("url = \"http://a/mcp\"\nshare = 1\n");
+        assert!(
+            e.contains(
+                "routes[0].upstreams[0].share: shared children are for stdio upstreams (`command`)"
+            ),
+            "{e}"
+        );
+        let e = up("command = \"srv\"\nshare = 2\nspares = 2\n");
+        assert!(
+            e.contains("routes[0].upstreams[0].spares: does not go with `share`"),
+            "{e}"
+        );
+        let e = up("command = \"srv\"\nshare = 65\n");
+        assert!(
+            e.contains("routes[0].upstreams[0].share: 65 is too many (at most 64)"),
+            "{e}"
+        );
+        // The same command twice is still caught when shared.
+        let e = up(
+            "command = \"srv\"\nshare = 1\n[[routes.upstreams]]\ncommand = \"srv\"\nshare = 2\n",
+        );
+        assert!(e.contains("`srv` is listed twice in this route"), "{e}");
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[[routes.servers]]\nname = \"a\"\ncommand = \"x\"\nshare = 1\n",
+        );
+        assert!(
+            e.contains(
+                "routes[0].servers[0].share: is not supported on a composite route's servers"
+            ),
             "{e}"
         );
     }

@@ -656,9 +656,11 @@ pub async fn gateway(
     }
     let http = HttpClient::new(CONNECT_TIMEOUT)?;
     let http_checks = http.client().clone();
-    let check_ctx = UpstreamCtx {
+    let mut check_ctx = UpstreamCtx {
         session: Arc::from("health-check"),
         cancel: shutdown.child_token(),
+        // Replaced by the front's below (a shared child a health check starts outlives it).
+        front_cancel: shutdown.child_token(),
         tracker: tracker.clone(),
         http: http.clone(),
         options: config.upstream.clone(),
@@ -677,6 +679,7 @@ pub async fn gateway(
         tracker.clone(),
     )?;
     let _ = gw.front.set(Arc::downgrade(&front));
+    check_ctx.front_cancel = front.sessions_token();
     if let Some(p) = gw.pins.get() {
         p.attach(front.host());
     }

@@ -602,6 +602,30 @@ fn validate_upstream(
             format!("{} is too many (at most {MAX_SPARES})", u.spares),
         );
     }
+    if u.share as usize > shadowcat_proxy::upstream::shared::MAX_SHARE {
+        bad(
+            format!("{at}.share"),
+            format!(
+                "{} is too many (at most {})",
+                u.share,
+                shadowcat_proxy::upstream::shared::MAX_SHARE
+            ),
+        );
+    }
+    if u.share > 0 && u.command.is_none() {
+        bad(
+            format!("{at}.share"),
+            "shared children are for stdio upstreams (`command`)".into(),
+        );
+    }
+    if u.share > 0 && u.spares > 0 {
+        bad(
+            format!("{at}.spares"),
+            "does not go with `share`: a shared child is started once and serves every session, \
+             spares are children kept ahead of need for one session each; keep one of them"
+                .into(),
+        );
+    }
     if u.spares > 0 && u.command.is_none() {
         bad(
             format!("{at}.spares"),
@@ -720,6 +744,10 @@ fn validate_upstream(
                 shadowcat_proxy::upstream::UpstreamSpec::Stdio { command, args, .. } => {
                     format!("{command}\0{}", args.join("\0"))
                 }
+                shadowcat_proxy::upstream::UpstreamSpec::Shared(p) => {
+                    let (command, args) = p.0.command();
+                    format!("{command}\0{}", args.join("\0"))
+                }
                 _ => format!(
                     "{:?}\0{}",
                     u.transport,
@@ -801,12 +829,13 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
         for (field, set) in [
             ("weight", m.weight.is_some()),
             ("spares", m.spares.is_some()),
+            ("share", m.upstream.share > 0),
         ] {
             if set {
                 bad(
                     format!("{at}.{field}"),
                     "is not supported on a composite route's servers (each session uses all \
-                     of them, and keeps no spares)"
+                     of them, and keeps no spares or shared children)"
                         .into(),
                 );
             }

@@ -93,6 +93,7 @@ where
         ctx: Box::new(|id: &Arc<str>| UpstreamCtx {
             session: id.clone(),
             cancel: shutdown.child_token(),
+            front_cancel: shutdown.clone(),
             tracker: tracker.clone(),
             http: http.clone(),
             options: cfg.options.clone(),

@@ -197,6 +197,7 @@ async fn run(inner: Arc<Inner>, session: Arc<str>, mut rx: mpsc::Receiver<Frame>
     let ctx = UpstreamCtx {
         session: session.clone(),
         cancel: inner.cancel.child_token(),
+        front_cancel: inner.cancel.clone(),
         tracker: inner.tracker.clone(),
         http: inner.http.clone(),
         options: inner.options.clone(),

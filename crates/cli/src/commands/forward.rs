@@ -218,7 +218,28 @@ fn targets(a: &HttpArgs) -> anyhow::Result<Targets> {
             "no upstream: give `-- CMD [ARGS…]`, `--target URL`, `--target NAME=…`, `--demo` or `--allow-absolute-uri`"
         );
     }
+    if let Some(k) = a.share {
+        share(&mut t, usize::from(k))?;
+    }
     Ok(t)
+}
+
+/// `--share K`: every stdio target becomes a pool of K children shared by its sessions (each
+/// target its own pool). Composite members keep a child per session.
+fn share(t: &mut Targets, k: usize) -> anyhow::Result<()> {
+    let mut any = false;
+    for spec in t.default.iter_mut().chain(t.named.values_mut()) {
+        if let UpstreamSpec::Stdio { command, args, env } = spec {
+            *spec = UpstreamSpec::shared(command.clone(), args.clone(), env.clone(), k);
+            any = true;
+        }
+    }
+    if !any {
+        bail!(
+            "--share applies to stdio upstreams (`-- CMD`, --demo, --target NAME=CMD); there is none (a composite route's --server members are not shared)"
+        );
+    }
+    Ok(())
 }
 
 /// Warn at start about a stdio upstream whose program cannot be found (each session would fail
@@ -235,9 +256,12 @@ fn warn_missing_programs(t: &Targets) {
         .collect();
     specs.extend(members);
     for spec in specs {
-        if let UpstreamSpec::Stdio { command, .. } = spec
-            && !program_exists(command)
-        {
+        let command = match spec {
+            UpstreamSpec::Stdio { command, .. } => command.as_str(),
+            UpstreamSpec::Shared(p) => p.0.command().0,
+            _ => continue,
+        };
+        if !program_exists(command) {
             tracing::warn!(
                 program = %shadowcat_tape::redact::command_label(command),
                 "the upstream's program is not found (not on PATH, or not executable): sessions will fail to start it"

@@ -228,6 +228,7 @@ pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
             let ctx = UpstreamCtx {
                 session: Arc::from("pins-check"),
                 cancel: tokio_util::sync::CancellationToken::new(),
+                front_cancel: tokio_util::sync::CancellationToken::new(),
                 tracker: tokio_util::task::TaskTracker::new(),
                 http: HttpClient::new(shadowcat_proxy::upstream::CONNECT_TIMEOUT)?,
                 options: UpstreamOptions::default(),

@@ -30,6 +30,7 @@ mod secrets;
 mod sessions;
 mod shadow;
 mod shared_limits;
+mod shared_pool;
 mod store;
 mod tapes;
 mod upstream_credentials;

@@ -1,6 +1,6 @@
 //! Many sessions at once: isolation, one child per session, cleanup on DELETE and idle timeout.
 
-use super::harness::{Raw, Server, descendants, wait_descendants};
+use super::harness::{Raw, Server, SseStream, WAIT, descendants, wait_descendants};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,6 +60,35 @@ async fn idle_sessions_are_reaped_and_their_child_killed() {
         .call_tool(1, "slow", json!({"steps": 2, "duration": 1.2}))
         .await;
     assert_eq!(r, "completed 2 steps");
+    wait_descendants(p.pid(), 0).await;
+    let r = c
+        .post(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status, 404, "a reaped session is unknown: {}", r.body);
+}
+
+#[tokio::test]
+async fn an_open_get_stream_does_not_keep_an_idle_session() {
+    let p = Server::forward_http(&["--demo", "--idle-timeout", "1"]).await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    assert_eq!(descendants(p.pid()).len(), 1);
+    let get = c
+        .http
+        .get(&c.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", c.session.as_deref().unwrap())
+        .header("mcp-protocol-version", c.version);
+    let resp = tokio::time::timeout(WAIT, get.send())
+        .await
+        .expect("HTTP timeout")
+        .expect("GET");
+    assert_eq!(resp.status(), 200);
+    // Nobody asks anything and the server says nothing: the session is reaped with its stream
+    // open, the stream ends, and the child is gone.
+    let mut s = SseStream::new(resp);
+    s.take(None).await;
+    assert!(s.finished(), "the GET stream ended cleanly");
     wait_descendants(p.pid(), 0).await;
     let r = c
         .post(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))

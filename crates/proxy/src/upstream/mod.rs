@@ -14,6 +14,7 @@ pub mod guarded;
 mod http;
 pub(crate) mod modern;
 mod process;
+pub mod shared;
 pub mod spares;
 mod sse;
 pub(crate) mod sse_map;
@@ -26,6 +27,7 @@ pub use credentials::Credentials;
 pub use exchange::Exchange;
 pub use http::HttpUpstream;
 pub use process::{ChildEnv, MINIMAL_ENV};
+pub use shared::{SharedLeg, SharedStdio, StdioPool};
 pub use sse::SseUpstream;
 pub use stdio::StdioUpstream;
 pub use tape::{TapeSource, TapeSpec, TapeUpstream};
@@ -80,6 +82,8 @@ pub enum UpstreamSpec {
     Tape(TapeSpec),
     /// Several servers behind one session (a composite route).
     Composite(Arc<composite::CompositeSpec>),
+    /// A stdio server whose children are shared by all its sessions (`share = K`).
+    Shared(SharedStdio),
 }
 
 impl UpstreamSpec {
@@ -91,6 +95,21 @@ impl UpstreamSpec {
             args,
             env: ChildEnv::Inherit,
         }
+    }
+
+    /// A stdio server run as `share` children that all its sessions share (see [`shared`]).
+    pub fn shared(
+        command: impl Into<String>,
+        args: Vec<String>,
+        env: ChildEnv,
+        share: usize,
+    ) -> UpstreamSpec {
+        UpstreamSpec::Shared(SharedStdio(Arc::new(StdioPool::new(
+            command.into(),
+            args,
+            env,
+            share,
+        ))))
     }
 
     /// A Streamable HTTP endpoint with static headers only.
@@ -115,6 +134,7 @@ impl UpstreamSpec {
             UpstreamSpec::Auto { url, .. } => format!("auto+{}", url_label(url)),
             UpstreamSpec::Tape(t) => format!("tape:{}", t.0.path.display()),
             UpstreamSpec::Composite(c) => c.describe(),
+            UpstreamSpec::Shared(p) => p.0.describe(),
         }
     }
 }
@@ -187,6 +207,10 @@ pub struct UpstreamCtx {
     pub session: Arc<str>,
     /// Cancelled when the session ends.
     pub cancel: CancellationToken,
+    /// Cancelled once every session of the front has ended (after the shutdown drain): the
+    /// parent of the sessions' tokens. What outlives one session — a shared stdio child — runs
+    /// under it, so it stops with the front and not with the session that started it.
+    pub front_cancel: CancellationToken,
     /// Tracks the upstream's tasks.
     pub tracker: TaskTracker,
     /// Shared HTTP client (connection pool).
@@ -205,6 +229,7 @@ impl UpstreamCtx {
         UpstreamCtx {
             session: Arc::from("s"),
             cancel: CancellationToken::new(),
+            front_cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             http: HttpClient::new(Duration::from_secs(5)).expect("an HTTP client"),
             options: UpstreamOptions::default(),
@@ -225,6 +250,8 @@ pub enum Upstream {
     Tape(TapeUpstream),
     /// The members of a composite route.
     Composite(composite::CompositeUpstream),
+    /// A session of a shared stdio pool.
+    Shared(SharedLeg),
 }
 
 /// Create the upstream for a session. Server frames arrive on the returned receiver.
@@ -285,6 +312,7 @@ pub async fn open(spec: &UpstreamSpec, ctx: UpstreamCtx) -> Result<Opened, Proxy
         UpstreamSpec::Composite(c) => Box::pin(composite::CompositeUpstream::start(c, ctx, tx))
             .await?
             .into(),
+        UpstreamSpec::Shared(p) => Upstream::Shared(p.0.join(ctx, tx)),
     };
     Ok(Opened {
         upstream: up,
@@ -312,6 +340,7 @@ impl Upstream {
             Upstream::Sse(s) => s.send(frame).await.map(|()| None),
             Upstream::Tape(t) => t.send(frame).await.map(|()| None),
             Upstream::Composite(c) => Box::pin(c.send(frame)).await,
+            Upstream::Shared(l) => l.send(frame).await.map(|()| None),
         }
     }
 
@@ -320,9 +349,11 @@ impl Upstream {
     pub async fn open_listen(&self) -> Result<bool, ProxyError> {
         match self {
             // A composite opens its members' streams itself, once they joined.
-            Upstream::Stdio(_) | Upstream::Sse(_) | Upstream::Tape(_) | Upstream::Composite(_) => {
-                Ok(true)
-            }
+            Upstream::Stdio(_)
+            | Upstream::Sse(_)
+            | Upstream::Tape(_)
+            | Upstream::Composite(_)
+            | Upstream::Shared(_) => Ok(true),
             Upstream::Http(h) => h.open_listen().await,
         }
     }
@@ -336,6 +367,7 @@ impl Upstream {
             Upstream::Sse(s) => s.shutdown().await,
             Upstream::Tape(t) => t.shutdown().await,
             Upstream::Composite(c) => c.shutdown().await,
+            Upstream::Shared(l) => l.shutdown().await,
         }
     }
 
@@ -369,9 +401,11 @@ impl Upstream {
     pub fn upstream_session_id(&self) -> Option<String> {
         match self {
             Upstream::Http(h) => h.session_id(),
-            Upstream::Stdio(_) | Upstream::Sse(_) | Upstream::Tape(_) | Upstream::Composite(_) => {
-                None
-            }
+            Upstream::Stdio(_)
+            | Upstream::Sse(_)
+            | Upstream::Tape(_)
+            | Upstream::Composite(_)
+            | Upstream::Shared(_) => None,
         }
     }
 

@@ -54,9 +54,10 @@ pub(crate) async fn era(http: &HttpClient, spec: &UpstreamSpec) -> Era {
                 Some(true) | None => relay,
             }
         }
-        UpstreamSpec::Stdio { .. } | UpstreamSpec::Sse { .. } | UpstreamSpec::Composite(_) => {
-            Era::Translate
-        }
+        UpstreamSpec::Stdio { .. }
+        | UpstreamSpec::Sse { .. }
+        | UpstreamSpec::Composite(_)
+        | UpstreamSpec::Shared(_) => Era::Translate,
         UpstreamSpec::Tape(_) => Era::Refuse,
     }
 }

@@ -29,13 +29,36 @@ pub struct StdioUpstream {
 }
 
 impl StdioUpstream {
-    /// Start the child and its I/O tasks.
+    /// Start the child and its I/O tasks (its log span inside the current one: the session's).
     pub(super) fn spawn(
         command: &str,
         args: &[String],
         env: &process::ChildEnv,
         ctx: UpstreamCtx,
         events: mpsc::Sender<UpstreamEvent>,
+    ) -> Result<Self, ProxyError> {
+        Self::start(command, args, env, ctx, events, false)
+    }
+
+    /// [`StdioUpstream::spawn`] with a log span of its own (a shared child outlives the request
+    /// that started it).
+    pub(super) fn spawn_root(
+        command: &str,
+        args: &[String],
+        env: &process::ChildEnv,
+        ctx: UpstreamCtx,
+        events: mpsc::Sender<UpstreamEvent>,
+    ) -> Result<Self, ProxyError> {
+        Self::start(command, args, env, ctx, events, true)
+    }
+
+    fn start(
+        command: &str,
+        args: &[String],
+        env: &process::ChildEnv,
+        ctx: UpstreamCtx,
+        events: mpsc::Sender<UpstreamEvent>,
+        root: bool,
     ) -> Result<Self, ProxyError> {
         let mut child = process::spawn(command, args, env).map_err(|e| {
             let program = shadowcat_tape::redact::command_label(command);
@@ -44,8 +67,11 @@ impl StdioUpstream {
         let pid = child.id();
         // The pid as a plain number (no `Some(…)` in log lines); a child that is already gone
         // has none.
-        let span =
-            tracing::info_span!("upstream", session = %ctx.session, pid = tracing::field::Empty);
+        let span = if root {
+            tracing::info_span!(parent: None, "upstream", session = %ctx.session, pid = tracing::field::Empty)
+        } else {
+            tracing::info_span!("upstream", session = %ctx.session, pid = tracing::field::Empty)
+        };
         if let Some(pid) = pid {
             span.record("pid", pid);
         }
@@ -115,6 +141,20 @@ impl StdioUpstream {
             .send(frame.into_raw())
             .await
             .map_err(|_| ProxyError::UpstreamClosed("the server process has exited".into()))
+    }
+
+    /// Queue raw bytes for the child's stdin without waiting: handed back when the queue is
+    /// full (dropped when the child is gone).
+    pub(super) fn try_queue(&self, raw: Bytes) -> Option<Bytes> {
+        match self.stdin.try_send(raw) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(raw)) => Some(raw),
+        }
+    }
+
+    /// Queue raw bytes for the child's stdin, waiting for room (dropped when the child is gone).
+    pub(super) async fn send_raw(&self, raw: Bytes) {
+        let _ = self.stdin.send(raw).await;
     }
 
     /// Close stdin, wait, SIGTERM, wait, SIGKILL; resolves when the child is gone.

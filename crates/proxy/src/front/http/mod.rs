@@ -448,11 +448,17 @@ impl HttpFront {
         ctx
     }
 
+    /// Cancelled once every session of the front has ended (after the shutdown drain).
+    pub fn sessions_token(&self) -> CancellationToken {
+        self.sessions_cancel.clone()
+    }
+
     /// The context for a new session's upstream (cancelled with the front, tracked by it).
     pub(crate) fn upstream_ctx(&self, session: &Arc<str>) -> UpstreamCtx {
         UpstreamCtx {
             session: session.clone(),
             cancel: self.sessions_cancel.child_token(),
+            front_cancel: self.sessions_cancel.clone(),
             tracker: self.tracker.clone(),
             http: self.http.clone(),
             options: self.config.upstream.clone(),

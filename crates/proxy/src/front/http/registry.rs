@@ -48,6 +48,12 @@ impl HttpSession {
         BusyGuard(self.clone())
     }
 
+    /// Activity without keeping the session busy (a GET stream opened).
+    pub fn touched(&self) {
+        self.touch();
+        self.core.touch();
+    }
+
     fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_active_ms.store(ms, Ordering::Release);
@@ -308,6 +314,8 @@ struct ToOutbox<'a>(&'a Arc<HttpSession>);
 impl Deliver for ToOutbox<'_> {
     fn frames(&mut self, mut burst: Vec<(Frame, Via)>) -> impl Future<Output = bool> + Send {
         let s = self.0;
+        // A server message is activity (an idle timeout counts from the last one).
+        s.touch();
         Box::pin(async move {
             if burst.len() == 1
                 && let Some((frame, via)) = burst.pop()

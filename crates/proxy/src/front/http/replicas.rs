@@ -71,7 +71,8 @@ pub async fn locate(
         | UpstreamSpec::Sse { .. }
         | UpstreamSpec::Auto { .. }
         | UpstreamSpec::Tape(_)
-        | UpstreamSpec::Composite(_) => {
+        | UpstreamSpec::Composite(_)
+        | UpstreamSpec::Shared(_) => {
             let me = front.host.records().owner();
             return match rec.owner {
                 Some(owner) if !forwarded && owner != me && is_url(&owner) => {

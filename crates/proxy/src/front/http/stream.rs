@@ -47,7 +47,7 @@ struct BodyState {
     replay: Option<Replay>,
     rx: Option<mpsc::Receiver<Out>>,
     retry: Duration,
-    _busy: BusyGuard,
+    _busy: Option<BusyGuard>,
 }
 
 /// An SSE body: the already-encoded `first` events, then every event arriving on `rx` until the
@@ -58,7 +58,7 @@ pub fn body(
     retry: Duration,
     busy: BusyGuard,
 ) -> Body {
-    replaying_body(first, None, rx, retry, busy)
+    replaying_body(first, None, rx, retry, Some(busy))
 }
 
 /// [`body`] that sends the rest of `replay` (page by page) after `first`, before `rx`.
@@ -67,7 +67,7 @@ fn replaying_body(
     replay: Option<Replay>,
     rx: Option<mpsc::Receiver<Out>>,
     retry: Duration,
-    busy: BusyGuard,
+    busy: Option<BusyGuard>,
 ) -> Body {
     let state = BodyState {
         first,
@@ -177,20 +177,18 @@ pub async fn handle_get(
                 .to_string(),
         ),
     };
-    let busy = session.busy();
+    // Opening a stream is activity; an open GET stream is not (only requests and server
+    // messages are): an idle session is reaped even while its client listens.
+    session.touched();
     let retry = front.config.sse_retry;
     match last {
-        Some(last) => resume(&session, &last, busy, retry).await,
-        None => open_listen(&session, busy, retry).await,
+        Some(last) => resume(&session, &last, retry).await,
+        None => open_listen(&session, retry).await,
     }
 }
 
 /// A fresh GET connection: replay what the previous GET connection never got, then live.
-async fn open_listen(
-    session: &Arc<HttpSession>,
-    busy: BusyGuard,
-    retry: Duration,
-) -> Result<Response, ProxyError> {
+async fn open_listen(session: &Arc<HttpSession>, retry: Duration) -> Result<Response, ProxyError> {
     if !session.core().upstream().open_listen().await? {
         return Err(no_listen_stream());
     }
@@ -249,7 +247,7 @@ async fn open_listen(
         rest,
         Some(rx),
         retry,
-        busy,
+        None,
     )))
 }
 
@@ -257,11 +255,12 @@ async fn open_listen(
 async fn resume(
     session: &Arc<HttpSession>,
     last: &str,
-    busy: BusyGuard,
     retry: Duration,
 ) -> Result<Response, ProxyError> {
     let (stream, event) =
         parse_event_id(last).ok_or_else(|| gone(last, "it is not an id this proxy issued"))?;
+    // A request's stream keeps its session busy while it is read; the GET stream does not.
+    let busy = (stream != GET_STREAM).then(|| session.busy());
     if stream == GET_STREAM && !session.core().upstream().open_listen().await? {
         return Err(no_listen_stream());
     }
