@@ -26,7 +26,7 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Refreshes the TTL of a session's companion keys (KEYS[2] streams, KEYS[3] bytes, and each
+/// Refreshes the TTL of a session's companion keys (`KEYS[2]` streams, `KEYS[3]` bytes, and each
 /// stream `ARGV[1] .. name`).
 const LIB: &str = r#"
 local function refresh(ttl)
