@@ -235,16 +235,8 @@ impl Registry {
 
     /// Remove a session, stop its upstream and drop its event log. False if it was not there.
     pub async fn end(&self, id: &str) -> bool {
-        let s = self.lock().remove(id);
-        match s {
-            Some(s) => {
-                // Ends its record too (the session host's teardown).
-                s.core.shutdown().await;
-                s.outbox().close();
-                true
-            }
-            None => false,
-        }
+        // Ends its record too (the session host's teardown).
+        self.let_go(id, false).await
     }
 
     /// Let go of session `id` for another replica to continue ([`Session::hand_off`]); `false`
@@ -252,15 +244,21 @@ impl Registry {
     ///
     /// [`Session::hand_off`]: crate::session::Session::hand_off
     pub async fn hand_off(&self, id: &str) -> bool {
-        let s = self.lock().remove(id);
-        match s {
-            Some(s) => {
-                s.core.hand_off().await;
-                s.outbox().close();
-                true
-            }
-            None => false,
+        self.let_go(id, true).await
+    }
+
+    /// Take session `id` out of the table, end it or hand it off, and close its outbox.
+    async fn let_go(&self, id: &str, hand_off: bool) -> bool {
+        let Some(s) = self.lock().remove(id) else {
+            return false;
+        };
+        if hand_off {
+            s.core.hand_off().await;
+        } else {
+            s.core.shutdown().await;
         }
+        s.outbox().close();
+        true
     }
 
     /// Every session id.
