@@ -237,6 +237,17 @@ impl ProxyError {
         )
     }
 
+    /// The upstream could not answer (unreachable, gone, too slow), as opposed to answering
+    /// with something wrong: another upstream of the route might do better.
+    pub fn upstream_failed(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamConnect(_)
+                | ProxyError::UpstreamClosed(_)
+                | ProxyError::RequestTimeout(_)
+        )
+    }
+
     /// HTTP status for this error when it ends an HTTP request.
     pub fn http_status(&self) -> StatusCode {
         match self {

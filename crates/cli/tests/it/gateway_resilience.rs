@@ -234,6 +234,51 @@ async fn a_new_session_whose_upstream_fails_initialize_moves_to_the_next() {
     assert!(r.body.contains("503"), "{}", r.body);
 }
 
+/// The session the proxy holds for 2026-07-28 clients of a session-based server fails over on
+/// a failed `initialize` exactly as a Streamable HTTP client's does (one loop, in the engine).
+#[tokio::test]
+async fn a_held_session_whose_upstream_fails_initialize_moves_to_the_next() {
+    let bad = FakeUpstream::start("bad").await;
+    bad.refuse_initialize(true);
+    let good = FakeUpstream::start("good").await;
+    // Weighted 20:1 for `bad`: the first held session is placed on it first.
+    let (_d, file) = config_file(&format!(
+        "[[routes]]\npath = \"/mcp\"\nbalance = \"weighted\"\n\
+         [routes.retry]\nattempts = 0\n\
+         [[routes.upstreams]]\nurl = \"{}\"\nweight = 20\n\
+         [[routes.upstreams]]\nurl = \"{}\"\n",
+        bad.url, good.url
+    ));
+    let gw = start_gateway(&["--config", &file, "--listen", "127.0.0.1:0"], &[]).await;
+    let url = gw.url();
+    for i in 0..3 {
+        // Each client identity gets a held session of its own.
+        let who = format!("client-{i}");
+        let meta =
+            json!({"_meta": {"io.modelcontextprotocol/clientInfo": {"name": who, "version": "1"}}});
+        let mut params = meta.clone();
+        params["arguments"] = json!({});
+        let r = Raw::send(super::eras::modern_request(
+            &url,
+            json!(i),
+            "tools/call",
+            Some("whoami"),
+            params,
+            &[],
+        ))
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.json()["result"]["content"][0]["text"],
+            "good",
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(good.sessions(), 3);
+    assert_eq!(bad.count("initialize"), 1, "tried once, then ejected");
+}
+
 #[tokio::test]
 async fn a_stdio_upstream_that_exits_before_initialize_fails_over() {
     let demo = super::harness::bin();

@@ -185,6 +185,7 @@ pub struct Creator<'a> {
 }
 
 /// A session to create.
+#[derive(Clone, Copy)]
 pub struct NewSession<'a> {
     /// Its route (and placement).
     pub target: &'a Target,
@@ -298,6 +299,57 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
     Err(last.unwrap_or_else(|| ProxyError::UpstreamConnect("no upstream to try".into())))
 }
 
+/// What a front's `initialize` exchange on a new session came to (see [`initialize`]).
+pub enum Initialized<T> {
+    /// The server answered: the session started, or the server itself refused (its own error,
+    /// e.g. a version it does not speak, is its answer; another upstream would not change it).
+    Answered(T),
+    /// The upstream failed the `initialize` (unreachable, HTTP error, child exited, timed out:
+    /// the proxy had to answer it) before anything reached the client, and the front has ended
+    /// the session. `T` is the front's answer should no other upstream be left to try.
+    UpstreamFailed(T),
+}
+
+/// Create a session and run the front's `initialize` exchange on it (`exchange` gets the
+/// created session; on failure it ends it). When the route fails over and the upstream failed
+/// the `initialize`, that upstream is ejected and a new session is created on the route's next
+/// one: the client sees only the upstream that took it. This is the one initialize-failover
+/// loop; every front whose client's `initialize` opens the session (Streamable HTTP, held
+/// 2026-07-28 sessions) goes through it. (A legacy HTTP+SSE session exists before its client's
+/// `initialize`, by that wire format, so it fails over only while connecting, in [`create`].)
+pub async fn initialize<T, F, Fut>(
+    env: &Creator<'_>,
+    new: NewSession<'_>,
+    mut exchange: F,
+) -> Result<T, ProxyError>
+where
+    F: FnMut(Created) -> Fut,
+    Fut: Future<Output = Initialized<T>>,
+{
+    let placer = &*new.target.placer;
+    let mut tried = new.tried.to_vec();
+    loop {
+        let created = create(
+            env,
+            NewSession {
+                tried: &tried,
+                ..new
+            },
+        )
+        .await?;
+        let candidate = created.candidate;
+        match exchange(created).await {
+            Initialized::Answered(t) => return Ok(t),
+            Initialized::UpstreamFailed(t) => {
+                if fail_over(placer, candidate, &mut tried) {
+                    continue;
+                }
+                return Ok(t);
+            }
+        }
+    }
+}
+
 /// A session of another replica to continue here (from its record).
 pub struct Resumed {
     /// Its id.
@@ -372,7 +424,7 @@ pub async fn resume(
 /// A new session failed its `initialize` on candidate `index` (the proxy had to answer it).
 /// With failover, the candidate is ejected and added to `tried`; `true` when the route has
 /// another candidate left to try.
-pub fn fail_over(placer: &dyn Placer, index: usize, tried: &mut Vec<usize>) -> bool {
+fn fail_over(placer: &dyn Placer, index: usize, tried: &mut Vec<usize>) -> bool {
     if placer.failover().is_none() || placer.size() < 2 {
         return false;
     }

@@ -394,16 +394,38 @@ impl HttpFront {
         kind: Kind,
         route: &str,
         init: Option<&Frame>,
-        tried: &[usize],
     ) -> Result<Created, ProxyError> {
         let new = NewSession {
             target,
             kind,
             route,
             init,
-            tried,
+            tried: &[],
         };
         place::create(&self.creator(target), new).await
+    }
+
+    /// Create a session whose client's `initialize` opens it, and run the front's exchange of
+    /// that `initialize` on it, failing over as the route says (see [`place::initialize`]).
+    pub(crate) async fn initialize<T, Fut>(
+        &self,
+        target: &Target,
+        kind: Kind,
+        route: &str,
+        init: &Frame,
+        exchange: impl FnMut(Created) -> Fut,
+    ) -> Result<T, ProxyError>
+    where
+        Fut: Future<Output = place::Initialized<T>>,
+    {
+        let new = NewSession {
+            target,
+            kind,
+            route,
+            init: Some(init),
+            tried: &[],
+        };
+        place::initialize(&self.creator(target), new, exchange).await
     }
 
     /// Continue a session of another replica on `candidate` (see [`place::resume`]).

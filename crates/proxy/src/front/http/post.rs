@@ -9,7 +9,8 @@ use super::stream::{STREAM_CAPACITY, body, encode};
 use super::{HttpFront, Target, checks, reply, session_header};
 use crate::error::ProxyError;
 use crate::pipeline::{HttpMeta, Transport};
-use crate::session::{Kind, Sent, place};
+use crate::session::place::{self, Initialized};
+use crate::session::{Kind, Sent};
 use crate::upstream::Via;
 use axum::body::Body;
 use axum::extract::Request;
@@ -99,11 +100,9 @@ pub async fn handle(
     }
 }
 
-/// A new session: create it and relay its `initialize`. When the route fails over (the
-/// gateway's), an upstream that fails the `initialize` itself (the proxy had to answer it:
-/// unreachable, HTTP error, child exited, timed out) before anything reached the client is
-/// ejected, and the session is placed on the route's next upstream; the client sees only the
-/// upstream that took it.
+/// A new session: create it and relay its `initialize`. An upstream that fails the
+/// `initialize` itself before anything reached the client is failed over by the engine
+/// ([`place::initialize`]).
 async fn initialize(
     front: &HttpFront,
     target: Target,
@@ -112,22 +111,22 @@ async fn initialize(
     url: Option<&str>,
 ) -> Result<Response, ProxyError> {
     let via = Posted { headers, url };
-    let mut tried = Vec::new();
-    loop {
-        let (session, placed) = match create_session(front, &target, &init, &tried).await {
-            Ok(s) => s,
-            Err(e) => return Ok(reply::error(&e, init.id())),
-        };
+    let retry = front.config.sse_retry;
+    let (key, init_ref) = (&target.key, &init);
+    let exchange = |created: place::Created| async move {
+        let session = front
+            .registry
+            .insert(created.session, key.clone(), created.events);
         let core = session.core();
-        let retry = front.config.sse_retry;
-        let response = match relay(&session, vec![init.clone()], false, retry, via).await? {
-            Relayed::Answer(r) => r,
-            Relayed::InitFailed(replies) => {
+        match relay(&session, vec![init_ref.clone()], false, retry, via).await {
+            Ok(Relayed::Answer(response)) => {
+                // Before the client can send its next request (maybe to another replica).
+                core.record_negotiated().await;
+                Initialized::Answered(Ok(reply::with_session(response, Some(core.id()))))
+            }
+            Ok(Relayed::InitFailed(replies)) => {
                 let by_upstream = replies.iter().all(upstream_failed);
                 front.registry.end(core.id()).await;
-                if by_upstream && place::fail_over(&*target.placer, placed, &mut tried) {
-                    continue;
-                }
                 // No session id for a session that never started. An upstream that could not
                 // answer is a 502 whatever its kind (a command that cannot start is refused
                 // the same way before the session exists); the server's own error to the
@@ -143,12 +142,22 @@ async fn initialize(
                     .next()
                     .map(Frame::into_raw)
                     .unwrap_or_default();
-                return Ok(reply::json_response(status, body));
+                let answer = Ok(reply::json_response(status, body));
+                if by_upstream {
+                    Initialized::UpstreamFailed(answer)
+                } else {
+                    Initialized::Answered(answer)
+                }
             }
-        };
-        // Before the client can send its next request (maybe to another replica).
-        core.record_negotiated().await;
-        return Ok(reply::with_session(response, Some(core.id())));
+            Err(e) => Initialized::Answered(Err(e)),
+        }
+    };
+    match front
+        .initialize(&target, Kind::Streamable, &target.key, &init, exchange)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(e) => Ok(reply::error(&e, init.id())),
     }
 }
 
@@ -175,23 +184,6 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
         }
     }
     Ok(out.freeze())
-}
-
-/// `tried`: candidates of the route that already failed this `initialize`. Returns the session
-/// and the candidate it was placed on.
-async fn create_session(
-    front: &HttpFront,
-    target: &Target,
-    init: &Frame,
-    tried: &[usize],
-) -> Result<(Arc<HttpSession>, usize), ProxyError> {
-    let created = front
-        .create(target, Kind::Streamable, &target.key, Some(init), tried)
-        .await?;
-    let session = front
-        .registry
-        .insert(created.session, target.key.clone(), created.events);
-    Ok((session, created.candidate))
 }
 
 /// What [`relay`] made of the client's frames.

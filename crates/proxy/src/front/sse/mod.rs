@@ -206,7 +206,7 @@ impl Shared {
             None => Self::target(front, &route)?,
         };
         let created = front
-            .create(&target, Kind::Legacy, &record_route(&route), None, &[])
+            .create(&target, Kind::Legacy, &record_route(&route), None)
             .await?;
         let (core, events) = (created.session, created.events);
         let id = core.id().clone();

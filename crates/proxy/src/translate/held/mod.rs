@@ -38,7 +38,7 @@ use bytes::Bytes;
 use listen::Listener;
 use route::severity;
 use serde_json::{Value, json};
-use shadowcat_proto::error::{UPSTREAM_ERROR, error_frame};
+use shadowcat_proto::error::{REQUEST_TIMEOUT, UPSTREAM_ERROR, error_frame};
 use shadowcat_proto::{Frame, RequestId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -197,7 +197,7 @@ impl Held {
                 }
                 Err(_) => {
                     self.table().waiting.remove(&id);
-                    return Err(ProxyError::UpstreamProtocol(format!(
+                    return Err(ProxyError::RequestTimeout(format!(
                         "the server did not answer initialize within {} s",
                         timeout.as_secs()
                     )));
@@ -207,9 +207,15 @@ impl Held {
         let v: Value = serde_json::from_slice(answer.raw()).unwrap_or(Value::Null);
         let Some(result) = v.get("result").filter(|r| r.is_object()) else {
             let why = v["error"]["message"].as_str().unwrap_or("no result");
-            return Err(ProxyError::UpstreamProtocol(format!(
-                "the server refused initialize: {why}"
-            )));
+            // The proxy answered for an upstream that could not (see `upstream_failed`); the
+            // server's own error is a refusal.
+            return Err(match answer.proxy_error() {
+                Some(REQUEST_TIMEOUT) => ProxyError::RequestTimeout(why.to_string()),
+                Some(_) => ProxyError::UpstreamClosed(why.to_string()),
+                None => {
+                    ProxyError::UpstreamProtocol(format!("the server refused initialize: {why}"))
+                }
+            });
         };
         let _ = self.init.set(result.clone());
         let initialized = Frame::parse_single(Bytes::from_static(

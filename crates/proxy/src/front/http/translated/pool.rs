@@ -8,6 +8,7 @@
 use crate::error::ProxyError;
 use crate::front::http::{HttpFront, Target};
 use crate::session::Kind;
+use crate::session::place::{Created, Initialized};
 use crate::translate::envelope::Envelope;
 use crate::translate::handshake;
 use crate::translate::held::Held;
@@ -107,18 +108,40 @@ async fn create(
     let init = Frame::parse_single(Bytes::from(init.to_string())).map_err(ProxyError::Frame)?;
     // Held sessions count against the front's limits like any other session; with the
     // gateway, the route's upstream set places it and binds it to the principal, so the
-    // route's authorization rules apply to every translated request.
+    // route's authorization rules apply to every translated request. An upstream that fails
+    // the `initialize` is failed over like a Streamable HTTP client's (`place::initialize`).
     let route = format!("modern:{}", target.key);
-    let created = front
-        .create(target, Kind::Held, &route, Some(&init), &[])
-        .await?;
+    let idle = front.config().idle_timeout;
+    let exchange = |created: Created| {
+        let (pool, key, params) = (pool.clone(), key.clone(), params.clone());
+        async move {
+            let answer = hold(pool, created, key, params, idle).await;
+            match answer {
+                Err(e) if e.upstream_failed() => Initialized::UpstreamFailed(Err(e)),
+                answer => Initialized::Answered(answer),
+            }
+        }
+    };
+    front
+        .initialize(target, Kind::Held, &route, &init, exchange)
+        .await?
+}
+
+/// Hold `created` for 2026-07-28 clients: start its pump and run its `initialize` (`params`);
+/// on failure the session is ended.
+async fn hold(
+    pool: Arc<Pool>,
+    created: Created,
+    key: Arc<str>,
+    params: serde_json::Value,
+    idle: Duration,
+) -> Result<Arc<Held>, ProxyError> {
     let (core, events) = (created.session, created.events);
     let id = core.id().clone();
     let held = Held::new(core, key);
     let upstream = held.core().spec().describe();
     tracing::info!(session = %id, %upstream, "holding a session-based session for 2026-07-28 clients");
-    let idle = front.config().idle_timeout;
-    let (h, p) = (held.clone(), pool.clone());
+    let (h, p) = (held.clone(), pool);
     let span = tracing::info_span!("held_session", id = %id);
     held.core().tracker().spawn(tracing::Instrument::instrument(
         async move {
