@@ -6,7 +6,7 @@ use super::gateway_support::{
     FakeUpstream, alice_and_bob_with, client, config_file, get, run, sample, start_gateway,
     with_api_keys,
 };
-use super::harness::{Raw, free_port, lossy};
+use super::harness::{Launch, Raw, free_port, lossy};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -1033,12 +1033,11 @@ assert typo and "max_sesions" in typo[0].message, typo
 print("schema ok", len(files))
 "#;
     let examples = super::python::workspace().join("examples");
-    let out = std::process::Command::new(super::python::python())
+    let out = Launch::python()
         .args(["-c", check])
         .arg(&path)
         .arg(&examples)
-        .output()
-        .unwrap();
+        .run();
     assert!(
         out.status.success(),
         "{}{}",

@@ -630,7 +630,7 @@ async fn a_callout_rule_without_a_usable_url_is_refused_at_start() {
 #[tokio::test]
 async fn the_example_guardrail_service_lets_calls_through_and_refuses_others() {
     let script = format!("{}/../../examples/guardrail.py", env!("CARGO_MANIFEST_DIR"));
-    let mut g = Launch::new("python3")
+    let mut g = Launch::python()
         .args([&script, "--port", "0"])
         .stdout_piped()
         .label("guardrail")

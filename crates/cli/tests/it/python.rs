@@ -69,14 +69,9 @@ async fn the_readme_python_client_runs() {
     let p = Server::forward_http(&["--demo"]).await;
     let code = block.replace("http://127.0.0.1:8080/mcp", &p.url());
     assert_ne!(code, block, "the README's client uses the default address");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python())
-            .args(["-c", &code])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || Launch::python().args(["-c", &code]).run())
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", lossy(&out.stderr));
     assert_eq!(lossy(&out.stdout).trim(), "hello");
 }

@@ -191,10 +191,12 @@ fn route(upstreams: &[&str], extra: &str) -> String {
     s
 }
 
-/// A raw Streamable HTTP client.
+/// A raw Streamable HTTP client (the engine tests' one).
 struct Client {
     http: reqwest::Client,
     url: String,
+    /// Its API key (`Authorization: Bearer`), if any.
+    key: Option<String>,
     session: Option<String>,
 }
 
@@ -203,7 +205,16 @@ impl Client {
         Client {
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             url: url.to_string(),
+            key: None,
             session: None,
+        }
+    }
+
+    /// A client that presents API key `key`.
+    fn with_key(url: &str, key: &str) -> Client {
+        Client {
+            key: Some(key.to_string()),
+            ..Client::new(url)
         }
     }
 
@@ -214,6 +225,9 @@ impl Client {
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .body(body.to_string());
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
         if let Some(s) = &self.session {
             req = req
                 .header("mcp-session-id", s)
@@ -245,8 +259,13 @@ impl Client {
 
     /// Which upstream answers a tool call.
     async fn who(&mut self, id: i64) -> String {
+        self.call(id, "x").await
+    }
+
+    /// The text of tool `name`'s result.
+    async fn call(&mut self, id: i64, name: &str) -> String {
         let (status, _, body) = self
-            .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"x","arguments":{}}}))
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":{}}}))
             .await;
         assert_eq!(status, 200, "{body}");
         body["result"]["content"][0]["text"]

@@ -1,7 +1,8 @@
 //! Rules on the principal through a real gateway: API keys authenticate two principals over
 //! HTTP, the gateway binds each session to its principal, and rules see it.
 
-use serde_json::{Value, json};
+use super::Client;
+use serde_json::json;
 use shadowcat_gateway::auth::sha256_hex;
 use shadowcat_gateway::{Gateway, GatewayConfig, GatewayHooks, gateway};
 use shadowcat_proxy::intercept::{Interceptor, PauseBoard, RuleSet};
@@ -31,54 +32,6 @@ tool = "whoami"
 action = "mock"
 result = { content = [{ type = "text", text = "another key holder" }] }
 "#;
-
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    key: &'static str,
-    session: Option<String>,
-}
-
-impl Client {
-    async fn post(&mut self, body: Value) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body.to_string());
-        if !self.key.is_empty() {
-            req = req.bearer_auth(self.key);
-        }
-        if let Some(s) = &self.session {
-            req = req
-                .header("mcp-session-id", s)
-                .header("mcp-protocol-version", "2025-06-18");
-        }
-        let resp = tokio::time::timeout(Duration::from_secs(10), req.send())
-            .await
-            .expect("answered in time")
-            .expect("HTTP works");
-        if let Some(s) = resp.headers().get("mcp-session-id") {
-            self.session = Some(s.to_str().unwrap().to_string());
-        }
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn whoami(&mut self) -> Value {
-        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
-        let (status, body) = self.post(init).await;
-        assert_eq!(status, 200, "{body}");
-        assert!(self.session.is_some(), "a session was created");
-        let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}});
-        let (status, body) = self.post(call).await;
-        assert_eq!(status, 200, "{body}");
-        body["result"]["content"][0]["text"].clone()
-    }
-}
 
 #[tokio::test]
 async fn gateway_sessions_carry_their_principal_to_the_rules() {
@@ -132,17 +85,15 @@ args = ["-c", "cat > /dev/null"]
             .await
         }
     });
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let client = |key| Client {
-        http: http.clone(),
-        url: url.clone(),
-        key,
-        session: None,
-    };
-    assert_eq!(client("alice-key").whoami().await, "alice");
-    assert_eq!(client("bob-key").whoami().await, "another key holder");
+    for (key, who) in [("alice-key", "alice"), ("bob-key", "another key holder")] {
+        let mut c = Client::with_key(&url, key);
+        let (status, _, body) = c.initialize().await;
+        assert_eq!(status, 200, "{body}");
+        assert!(c.session.is_some(), "a session was created");
+        assert_eq!(c.call(1, "whoami").await, who);
+    }
     // Without a key the gateway refuses before any rule runs.
-    let (status, _) = client("")
+    let (status, _, _) = Client::new(&url)
         .post(json!({"jsonrpc":"2.0","id":0,"method":"initialize"}))
         .await;
     assert_eq!(status, 401);

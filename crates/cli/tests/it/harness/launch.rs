@@ -77,9 +77,15 @@ impl Launch {
         Launch::new(bin()).args(args)
     }
 
-    /// The Python interpreter (with `mcp`) on tests/interop/SCRIPT.
+    /// The Python interpreter of the tests (scripts/python-env.sh's, with `mcp`): every test
+    /// that runs Python starts it through here.
+    pub fn python() -> Launch {
+        Launch::new(python()).label("python")
+    }
+
+    /// The Python interpreter on tests/interop/SCRIPT.
     pub fn interop(script: &str) -> Launch {
-        Launch::new(python())
+        Launch::python()
             .arg(workspace().join("tests/interop").join(script))
             .label(script)
     }
