@@ -185,7 +185,7 @@ impl Callout {
                     }
                 }
                 Ok(Err(why)) => why,
-                Err(_) => format!("no decision within {} ms", me.timeout.as_millis()),
+                Err(_) => CalloutError::Timeout(me.timeout),
             };
             count(if me.fail_open {
                 "failed_open"
@@ -206,12 +206,12 @@ impl Callout {
         }))
     }
 
-    async fn decide(&self, body: String) -> Result<Decision, String> {
+    async fn decide(&self, body: String) -> Result<Decision, CalloutError> {
         let _permit = self
             .permits
             .acquire()
             .await
-            .map_err(|_| "the callout is closed".to_string())?;
+            .map_err(|_| CalloutError::Closed)?;
         let mut req = self
             .client
             .post(&self.url)
@@ -223,26 +223,52 @@ impl Callout {
         let resp = req
             .send()
             .await
-            .map_err(|e| format!("cannot reach the guardrail service: {}", e.without_url()))?;
+            .map_err(|e| CalloutError::Unreachable(e.without_url().to_string()))?;
         if !resp.status().is_success() {
-            return Err(format!(
-                "the guardrail service answered HTTP {}",
-                resp.status()
-            ));
+            return Err(CalloutError::Status(resp.status()));
         }
         if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
-            return Err("the guardrail service's answer is too large".into());
+            return Err(CalloutError::TooLarge);
         }
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| format!("reading the guardrail answer: {}", e.without_url()))?;
+            .map_err(|e| CalloutError::Read(e.without_url().to_string()))?;
         if bytes.len() > MAX_ANSWER {
-            return Err("the guardrail service's answer is too large".into());
+            return Err(CalloutError::TooLarge);
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the guardrail answer is not valid: {e}"))
+        serde_json::from_slice(&bytes).map_err(|e| CalloutError::Invalid(e.to_string()))
     }
+}
+
+/// Why a callout gave no decision the proxy can carry out (then `failure_mode` decides).
+#[derive(Debug, thiserror::Error)]
+enum CalloutError {
+    /// The proxy is shutting the callout down.
+    #[error("the callout is closed")]
+    Closed,
+    /// The service could not be reached.
+    #[error("cannot reach the guardrail service: {0}")]
+    Unreachable(String),
+    /// It answered with an HTTP error.
+    #[error("the guardrail service answered HTTP {0}")]
+    Status(http::StatusCode),
+    /// Its answer is larger than `MAX_ANSWER`.
+    #[error("the guardrail service's answer is too large")]
+    TooLarge,
+    /// Its answer could not be read.
+    #[error("reading the guardrail answer: {0}")]
+    Read(String),
+    /// Its answer is not a decision.
+    #[error("the guardrail answer is not valid: {0}")]
+    Invalid(String),
+    /// A decision that cannot be carried out (unknown, or a replacement that is not a valid
+    /// message for this one).
+    #[error("{0}")]
+    Unusable(String),
+    /// No decision within the callout's timeout.
+    #[error("no decision within {} ms", .0.as_millis())]
+    Timeout(Duration),
 }
 
 /// What the service says.
@@ -262,7 +288,7 @@ struct Decision {
 
 impl Decision {
     /// The verdict it stands for; `Err` (why) when it cannot be carried out.
-    fn verdict(self, rule: &str, frame: &Frame) -> Result<Verdict, String> {
+    fn verdict(self, rule: &str, frame: &Frame) -> Result<Verdict, CalloutError> {
         match self.decision.as_str() {
             "continue" => Ok(Verdict::Forward),
             "reject" => Ok(super::apply::block(
@@ -273,9 +299,9 @@ impl Decision {
                     .unwrap_or(&format!("refused by guardrail `{rule}`")),
             )),
             "replace" => replaced(frame, self.params, self.result).map(Verdict::Replace),
-            other => Err(format!(
+            other => Err(CalloutError::Unusable(format!(
                 "decision `{other}`: use continue, reject or replace"
-            )),
+            ))),
         }
     }
 }
@@ -285,11 +311,12 @@ fn replaced(
     frame: &Frame,
     params: Option<Box<RawValue>>,
     result: Option<Box<RawValue>>,
-) -> Result<Frame, String> {
+) -> Result<Frame, CalloutError> {
+    let unusable = |why: String| CalloutError::Unusable(why);
     let msg = match (frame.kind(), params, result) {
         (FrameKind::Request | FrameKind::Notification, Some(p), None) => {
             if !p.get().trim_start().starts_with('{') {
-                return Err("replace: `params` must be an object".into());
+                return Err(unusable("replace: `params` must be an object".into()));
             }
             let mut m = json!({"jsonrpc": "2.0", "method": frame.method(), "params": p});
             if let Some(id) = frame.id() {
@@ -301,17 +328,17 @@ fn replaced(
             json!({"jsonrpc": "2.0", "id": frame.id(), "result": r})
         }
         _ => {
-            return Err(
+            return Err(unusable(
                 "replace needs `params` for a request or notification, `result` for a reply".into(),
-            );
+            ));
         }
     };
-    let bytes = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
-    let new = Frame::parse_single(bytes.into()).map_err(|e| format!("replace: {e}"))?;
+    let bytes = serde_json::to_vec(&msg).map_err(|e| unusable(e.to_string()))?;
+    let new = Frame::parse_single(bytes.into()).map_err(|e| unusable(format!("replace: {e}")))?;
     // Fail closed: a replacement may not point the request at another tool, prompt or
     // resource (rules and authorization before this stage judged the original one).
     if new.target() != frame.target() {
-        return Err(format!(
+        return Err(unusable(format!(
             "replace changed the {} from `{}` to `{}`",
             match frame.method() {
                 Some("tools/call") => "tool",
@@ -320,7 +347,7 @@ fn replaced(
             },
             frame.target().unwrap_or(""),
             new.target().unwrap_or("")
-        ));
+        )));
     }
     Ok(new)
 }
@@ -481,7 +508,7 @@ mod tests {
         assert!(std::str::from_utf8(ok.raw()).unwrap().contains("\"y\""));
         assert_eq!(ok.id(), f.id());
         let e = replaced(&f, p(json!({"name":"rm","arguments":{}})), None).unwrap_err();
-        assert!(e.contains("from `echo` to `rm`"), "{e}");
+        assert!(e.to_string().contains("from `echo` to `rm`"), "{e}");
         assert!(replaced(&f, p(json!([1])), None).is_err());
         assert!(replaced(&f, None, p(json!({}))).is_err());
         let reply = frame(json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}}));

@@ -345,21 +345,15 @@ impl State {
 
     /// The one session a request or log message of the child can be attributed to: the only
     /// one with requests in flight, or the only session at all.
-    fn attributed(&self) -> Result<u64, String> {
+    fn attributed(&self) -> Result<u64, Unattributed> {
         let busy = self.busy_legs();
         let ready: Vec<u64> = self.ready_legs().map(|(id, _)| *id).collect();
         match (busy.as_slice(), ready.as_slice()) {
             ([one], _) => Ok(*one),
             ([], [one]) => Ok(*one),
-            ([], []) => Err("no session of this server process has finished its handshake: the proxy cannot tell which one this request is for".into()),
-            ([], n) => Err(format!(
-                "{} sessions share this server process and none of them has a request in flight: the proxy cannot tell which one this request is for",
-                n.len()
-            )),
-            (many, _) => Err(format!(
-                "{} sessions sharing this server process have requests in flight: the proxy cannot tell which one this request is for",
-                many.len()
-            )),
+            ([], []) => Err(Unattributed::NoneReady),
+            ([], n) => Err(Unattributed::AllIdle(n.len())),
+            (many, _) => Err(Unattributed::ManyBusy(many.len())),
         }
     }
 
@@ -1529,6 +1523,24 @@ fn rewrite(raw: &[u8], path: &[&str], id: &RequestId) -> Option<Frame> {
     let text = std::str::from_utf8(raw).ok()?;
     let out = set_path(text, path, &id_json(id))?;
     Frame::parse_single(Bytes::from(out)).ok()
+}
+
+/// Why a request or log message of a shared child cannot be given to one of its sessions (the
+/// child is answered with this, never guessed for).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum Unattributed {
+    #[error(
+        "no session of this server process has finished its handshake: the proxy cannot tell which one this request is for"
+    )]
+    NoneReady,
+    #[error(
+        "{0} sessions share this server process and none of them has a request in flight: the proxy cannot tell which one this request is for"
+    )]
+    AllIdle(usize),
+    #[error(
+        "{0} sessions sharing this server process have requests in flight: the proxy cannot tell which one this request is for"
+    )]
+    ManyBusy(usize),
 }
 
 #[cfg(test)]
