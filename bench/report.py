@@ -347,6 +347,7 @@ def targets(agg):
                      f"{fmt(cx)} ms p50 composite", f"{fmt(ca)} ms p50 slowest member alone",
                      "–" if diff is None else f"{diff:+.1f} ms", "≤ 5 ms (parallel fan-out)",
                      None if diff is None else diff <= 5))
+    rows += base_rows(agg, hi, lo)
     def by_variant_then_c(kv):
         (_s, _g, v, p), _row = kv
         return v, int(p[2:]) if p[2:].isdigit() else 0
@@ -360,6 +361,37 @@ def targets(agg):
                          f'{fmt(row.get("rps"))} req/s, p50 {fmt(row.get("p50_us"))} µs',
                          f'{fmt(plain.get("rps"))} req/s, p50 {fmt(plain.get("p50_us"))} µs plain',
                          f"{fmt(r, 2)}×", "≥ 0.95×", None if r is None else r >= 0.95))
+    return rows
+
+
+def base_rows(agg, hi, lo):
+    """Before/after rows: the current binary vs SC_BASE's (`*-base` variants, same rounds)."""
+    rows = []
+    pairs = [("a", g, v, f"a. HTTP→HTTP ({g} upstream), {via}") for g in ("http", "json-upstream")
+             for v, via in (("shadowcat", "forward http"), ("gateway", "gateway"))]
+    pairs += [("b", srv, "shadowcat", f"b. HTTP→stdio ({srv} server), a child per session")
+              for srv in ("demo", "everything")]
+    for s, g, v, what in pairs:
+        for p in (hi, lo):
+            x, b = agg.get((s, g, v, p)), agg.get((s, g, v + "-base", p))
+            if not x or not b:
+                continue
+            r = ratio(x.get("rps"), b.get("rps"))
+            rows.append((f"{what}, {p}: throughput now / before",
+                         f'{fmt(x.get("rps"))} req/s, p50 {fmt(x.get("p50_us"))} µs',
+                         f'{fmt(b.get("rps"))} req/s, p50 {fmt(b.get("p50_us"))} µs before',
+                         "–" if r is None else f"{r:.2f}×", "≥ 0.95× (no loss beyond noise)",
+                         None if r is None else r >= 0.95))
+    for (s, g, v, p), x in sorted(agg.items()):
+        if s == "c" and v == "shadowcat":
+            b = agg.get((s, g, "shadowcat-base", p))
+            if not b:
+                continue
+            xb, bb = x.get("proxy_b_per_session"), b.get("proxy_b_per_session")
+            r = ratio(xb, bb)
+            rows.append((f"c. idle RSS per session ({g}, {p}): now / before", f"{fmt(xb)} B",
+                         f"{fmt(bb)} B before", "–" if r is None else f"{r:.2f}×",
+                         "≤ 1.05× (no growth beyond noise)", None if r is None else r <= 1.05))
     return rows
 
 
@@ -484,6 +516,8 @@ def markdown(meta, peers, failures, pending, agg, target_rows, runs=()):
     w(f"| kernel | {meta.get('kernel')} |")
     w(f"| rustc | {meta.get('rustc')} |")
     w(f"| shadowcat commit | {meta.get('commit')} |")
+    if meta.get("base"):
+        w(f"| before/after baseline (`*-base` variants) | {meta.get('base')} |")
     w(f"| load average before / after | {meta.get('load_before')} / {meta.get('load_after')} |")
     w(f"| wall time | {meta.get('elapsed_s')} s |")
     w(f"| settings | `{meta.get('settings')}` |")

@@ -39,6 +39,10 @@
 #   BENCH_THREADS=1    generator threads (it shares the 2 cores with what it measures)
 #   BENCH_QUICKACK=1   generator ACKs at once (see crates/bench: --quickack); 0 = delayed ACKs
 #   KEEP_WORK=1        keep the scratch directory (logs of every process)
+#   SC_BASE=PATH       a second shadowcat binary (e.g. a release build of an older commit): scenarios
+#                      a, b and c add it as variants `shadowcat-base`/`gateway-base`, alternating
+#                      with the current binary in the same rounds (a before/after A/B under the same
+#                      load); SC_BASE_LABEL names it in the report (e.g. its commit)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -200,6 +204,11 @@ fi
 SC=$TARGET_DIR/release/shadowcat
 BENCH=$TARGET_DIR/release/shadowcat-bench
 [[ -x $SC && -x $BENCH ]] || { log "missing $SC or $BENCH"; exit 1; }
+SC_BASE=${SC_BASE:-}
+[[ -z $SC_BASE || -x $SC_BASE ]] || { log "SC_BASE=$SC_BASE is not an executable"; exit 1; }
+SC_BASE_LABEL=${SC_BASE_LABEL:-$SC_BASE}
+# The binary of a shadowcat variant: `*-base` runs SC_BASE.
+sc_of() { if [[ $1 == *-base ]]; then echo "$SC_BASE"; else echo "$SC"; fi; }
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -269,10 +278,10 @@ start_front() {
   local port
   FRONT_TOOL=echo
   case $kind in
-    shadowcat | shadowcat-share)
+    shadowcat | shadowcat-share | shadowcat-base)
       local share=()
       [[ $kind == shadowcat-share ]] && share=(--share "$SHARE")
-      start "$name" "$SC" --log-level warn forward http --listen 127.0.0.1:0 \
+      start "$name" "$(sc_of "$kind")" --log-level warn forward http --listen 127.0.0.1:0 \
         --max-sessions 100000 --idle-timeout 3600 --shutdown-deadline 2 "${share[@]}" -- "$@"
       FRONT_PID=$LAST_PID
       FRONT_URL=$(wait_listen "$name" "$FRONT_PID")/mcp || { failure "$name" "did not start: $(tail -c 1500 "$WORK/$name.log")"; return 1; }
@@ -321,6 +330,7 @@ start_front() {
 have_kind() {
   case $1 in
     shadowcat | shadowcat-share) return 0 ;;
+    shadowcat-base) [[ -n $SC_BASE ]] ;;
     rust-mcp-proxy) [[ $HAVE_RUST == 1 ]] ;;
     python-mcp-proxy) [[ $HAVE_PY == 1 ]] ;;
     supergateway) [[ $HAVE_SG == 1 ]] ;;
@@ -351,16 +361,17 @@ scenario_a() {
   local json_pid=$LAST_PID json_url
   json_url=$(wait_listen a-json "$json_pid")/mcp || { failure "a" "json upstream did not start"; return; }
   declare -A purl=() ppid=()
-  local g up_url kind name
+  local g up_url kind name kinds=(shadowcat gateway)
+  [[ -n $SC_BASE ]] && kinds+=(shadowcat-base gateway-base)
   for g in http json-upstream; do
     [[ $g == http ]] && up_url=$DEMO_URL || up_url=$json_url
-    for kind in shadowcat gateway; do
+    for kind in "${kinds[@]}"; do
       name="a-$kind-$g"
-      if [[ $kind == shadowcat ]]; then
-        start "$name" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$up_url" \
+      if [[ $kind == shadowcat* ]]; then
+        start "$name" "$(sc_of "$kind")" --log-level warn forward http --listen 127.0.0.1:0 --target "$up_url" \
           --max-sessions 100000 --shutdown-deadline 2
       else
-        start "$name" "$SC" --log-level warn gateway --listen 127.0.0.1:0 --upstream "$up_url"
+        start "$name" "$(sc_of "$kind")" --log-level warn gateway --listen 127.0.0.1:0 --upstream "$up_url"
       fi
       ppid[$g-$kind]=$LAST_PID
       purl[$g-$kind]=$(wait_listen "$name" "$LAST_PID")/mcp || { failure "a" "$name did not start"; return; }
@@ -370,7 +381,7 @@ scenario_a() {
   for r in $(seq 1 "$ROUNDS"); do
     for g in http json-upstream; do
       for c in $CONCURRENCY; do
-        for v in $(rotate "$r" direct shadowcat gateway); do
+        for v in $(rotate "$r" direct "${kinds[@]}"); do
           [[ $g == http ]] && up=$DEMO_PID || up=$json_pid
           local watch=(--pid "upstream=$up")
           if [[ $v == direct ]]; then
@@ -395,6 +406,7 @@ scenario_b() {
   # shadowcat: a child per session (the default); shadowcat-share: --share $SHARE children for
   # all sessions.
   local servers=(demo) kinds=(shadowcat shadowcat-share rust-mcp-proxy python-mcp-proxy supergateway)
+  [[ -n $SC_BASE ]] && kinds+=(shadowcat-base)
   [[ $HAVE_EVERYTHING == 1 ]] && servers+=(everything)
   local srv
   for srv in "${servers[@]}"; do
@@ -440,19 +452,20 @@ scenario_b() {
 
 scenario_c() {
   log "== c. idle sessions: memory per session"
-  local r v
+  local r v http_kinds=(direct shadowcat)
+  [[ -n $SC_BASE ]] && http_kinds+=(shadowcat-base)
   for r in $(seq 1 "$IDLE_ROUNDS"); do
-    for v in $(rotate "$r" direct shadowcat); do
+    for v in $(rotate "$r" "${http_kinds[@]}"); do
       start_demo_http "c-demo-$v-$r" || { failure "c" "demo server did not start"; continue; }
       if [[ $v == direct ]]; then
         bench "c|http|direct|n=$IDLE_HTTP|r$r" idle-sessions --url "$DEMO_URL" --sessions "$IDLE_HTTP" \
           --pid "upstream=$DEMO_PID"
       else
-        start "c-proxy-$r" "$SC" --log-level warn forward http --listen 127.0.0.1:0 --target "$DEMO_URL" \
+        start "c-proxy-$v-$r" "$(sc_of "$v")" --log-level warn forward http --listen 127.0.0.1:0 --target "$DEMO_URL" \
           --max-sessions $((IDLE_HTTP * 2)) --idle-timeout 3600 --shutdown-deadline 2
         local ppid=$LAST_PID purl
-        if purl=$(wait_listen "c-proxy-$r" "$ppid"); then
-          bench "c|http|shadowcat|n=$IDLE_HTTP|r$r" idle-sessions --url "$purl/mcp" --sessions "$IDLE_HTTP" \
+        if purl=$(wait_listen "c-proxy-$v-$r" "$ppid"); then
+          bench "c|http|$v|n=$IDLE_HTTP|r$r" idle-sessions --url "$purl/mcp" --sessions "$IDLE_HTTP" \
             --pid "proxy=$ppid" --pid "upstream=$DEMO_PID"
         fi
         stop "$ppid"
@@ -461,6 +474,7 @@ scenario_c() {
     done
   done
   local kinds=(shadowcat)
+  [[ -n $SC_BASE ]] && kinds+=(shadowcat-base)
   [[ $IDLE_PEERS == 1 ]] && kinds+=(rust-mcp-proxy python-mcp-proxy)
   for r in $(seq 1 "$IDLE_ROUNDS"); do
     for v in $(rotate "$r" "${kinds[@]}"); do
@@ -828,6 +842,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "kernel=$(uname -r)"
   echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
   echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
+  [[ -n $SC_BASE ]] && echo "base=$SC_BASE_LABEL"
   echo "load_before=$LOAD_BEFORE"
   echo "load_after=$LOAD_AFTER"
   echo "elapsed_s=$(($(date +%s) - START_TS))"
