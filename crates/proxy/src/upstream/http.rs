@@ -115,6 +115,22 @@ impl HttpUpstream {
         })
     }
 
+    /// The POST for one client frame, whose frames `divert` may send elsewhere than this
+    /// upstream's event channel (see [`Divert`]).
+    pub(super) fn exchange_diverted(&self, frame: Frame, divert: Arc<dyn Divert>) -> Exchange {
+        let inner = self.inner.clone();
+        let span = tracing::debug_span!("upstream_post", session = %inner.ctx.session);
+        let cancel = inner.ctx.cancel.clone();
+        let tracker = inner.ctx.tracker.clone();
+        let work = DIVERT.scope(divert, async move {
+            tokio::select! {
+                _ = post(&inner, frame) => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+        Exchange::new(work.instrument(span), tracker)
+    }
+
     /// The POST for one client frame; its answer arrives as events.
     pub(super) fn exchange(&self, frame: Frame) -> Exchange {
         let inner = self.inner.clone();
@@ -226,6 +242,20 @@ impl HttpUpstream {
     }
 }
 
+/// Where the frames of one exchange go instead of its upstream's event channel: a composite
+/// session hands the answer to a `tools/call` it routed itself straight to the session, not
+/// through its mux task (one task hop less per call).
+pub(crate) trait Divert: Send + Sync {
+    /// The channel `frame` goes to instead (`None`: the upstream's own). Called once per frame,
+    /// right before it is sent.
+    fn divert(&self, frame: &Frame) -> Option<mpsc::Sender<UpstreamEvent>>;
+}
+
+tokio::task_local! {
+    /// The diversion of the exchange running in this task (see [`HttpUpstream::exchange_diverted`]).
+    static DIVERT: Arc<dyn Divert>;
+}
+
 /// `Accept: text/event-stream` (GET streams).
 fn sse_accept(h: &mut HeaderMap) {
     h.insert(
@@ -326,7 +356,11 @@ impl Inner {
     }
 
     async fn send_event(&self, frame: Frame, via: Via) -> bool {
-        self.events
+        // An exchange whose frames may go elsewhere (a composite's direct answers).
+        let diverted = DIVERT.try_with(|d| d.divert(&frame)).ok().flatten();
+        diverted
+            .as_ref()
+            .unwrap_or(&self.events)
             .send(UpstreamEvent::Frame {
                 frame: Box::new(frame),
                 via,

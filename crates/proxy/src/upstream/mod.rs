@@ -344,6 +344,19 @@ impl Upstream {
         }
     }
 
+    /// Like [`Upstream::start`], and an HTTP upstream's frames of this exchange go where
+    /// `divert` says (the others are not diverted).
+    pub(crate) async fn start_diverted(
+        &self,
+        frame: Frame,
+        divert: Arc<dyn http::Divert>,
+    ) -> Result<Option<Exchange>, ProxyError> {
+        match self {
+            Upstream::Http(h) => Ok(Some(h.exchange_diverted(frame, divert))),
+            other => other.start(frame).await,
+        }
+    }
+
     /// Make sure server-initiated messages can flow (HTTP: open the GET stream once). Returns
     /// `false` when the upstream has no such stream (HTTP 405).
     pub async fn open_listen(&self) -> Result<bool, ProxyError> {

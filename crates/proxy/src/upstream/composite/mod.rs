@@ -212,6 +212,8 @@ pub struct CompositeUpstream {
     inbox: mpsc::Sender<Frame>,
     legs: Arc<mux::Legs>,
     shared: Arc<mux::Shared>,
+    /// The session's event channel (weak: the mux owns it), for answers that skip the mux.
+    to_session: mpsc::WeakSender<UpstreamEvent>,
 }
 
 impl CompositeUpstream {
@@ -240,23 +242,32 @@ impl CompositeUpstream {
             )));
         }
         let (inbox, rx) = mpsc::channel(ctx.options.channel_capacity);
+        let to_session = events.downgrade();
         let (legs, shared) = mux::start(spec.clone(), ctx, rx, events).await?;
         Ok(CompositeUpstream {
             spec: spec.clone(),
             inbox,
             legs,
             shared,
+            to_session,
         })
     }
 
     /// Send a client frame: a `tools/call` whose name is known goes straight to its member
     /// (an HTTP member's exchange is handed back for the caller to drive, as a plain
-    /// session's is); anything else is handed to the mux.
+    /// session's is, and its answer goes straight to the session, see [`Direct`]); anything
+    /// else is handed to the mux.
     pub async fn send(&self, frame: Frame) -> Result<Option<super::Exchange>, ProxyError> {
         if let Some((i, routed)) = mux::fast_call(&self.spec, &self.legs, &self.shared, &frame) {
-            let sent = match self.legs.get(i) {
-                Some(up) => up.start(routed).await,
-                None => Err(ProxyError::UpstreamClosed(format!(
+            let direct = frame.id().cloned().map(|id| Direct {
+                id,
+                shared: self.shared.clone(),
+                to_session: self.to_session.clone(),
+            });
+            let sent = match (self.legs.get(i), direct) {
+                (Some(up), Some(d)) => up.start_diverted(routed, Arc::new(d)).await,
+                (Some(up), None) => up.start(routed).await,
+                (None, _) => Err(ProxyError::UpstreamClosed(format!(
                     "server `{}` of the composite route is unavailable",
                     self.spec.members[i].name
                 ))),
@@ -283,6 +294,39 @@ impl CompositeUpstream {
     /// Stop every member.
     pub async fn shutdown(&self) {
         self.legs.shutdown().await;
+    }
+}
+
+/// The diversion of a `tools/call` the composite routed itself (its name known, its member
+/// up): the member's answer, and the progress and log notifications on its response stream, go
+/// straight to the session — they are relayed untouched anyway — instead of through the mux
+/// task. Anything else on that stream (requests from the member, `list_changed`…) still goes
+/// to the mux, which rewrites or merges it; so does an answer the mux already settled (the
+/// member went down meanwhile).
+struct Direct {
+    id: shadowcat_proto::RequestId,
+    shared: Arc<mux::Shared>,
+    to_session: mpsc::WeakSender<UpstreamEvent>,
+}
+
+impl super::http::Divert for Direct {
+    fn divert(&self, frame: &Frame) -> Option<mpsc::Sender<UpstreamEvent>> {
+        use shadowcat_proto::FrameKind;
+        let direct = match frame.kind() {
+            FrameKind::Response | FrameKind::Error => {
+                frame.id() == Some(&self.id) && self.shared.unroute(&self.id).is_some()
+            }
+            FrameKind::Notification => matches!(
+                frame.method(),
+                Some("notifications/progress" | "notifications/message")
+            ),
+            FrameKind::Request => false,
+        };
+        if direct {
+            self.to_session.upgrade()
+        } else {
+            None
+        }
     }
 }
 
