@@ -294,18 +294,40 @@ pub(super) fn fast_call(
     shared.route(id.clone(), i, false).then_some((i, frame))
 }
 
-/// `frame` (a `tools/call`) naming `name` instead; everything else as it was (arguments are
-/// not parsed, only carried).
+/// `frame` (a `tools/call`) naming `name` instead; every other byte as it was (the
+/// arguments are not parsed, only carried). The `params.name` value is located by borrowing it
+/// from the frame's bytes (no allocation) and replaced in place; the result is parsed again as
+/// any client frame is, so a frame whose name cannot be found this way is not sent (`None`:
+/// it goes the mux's way).
 fn renamed_call(frame: &Frame, name: &str) -> Option<Frame> {
-    use serde_json::value::{RawValue, to_raw_value};
-    let mut top: HashMap<String, Box<RawValue>> = serde_json::from_slice(frame.raw()).ok()?;
-    let mut params: HashMap<String, Box<RawValue>> =
-        serde_json::from_str(top.get("params")?.get()).ok()?;
-    params.insert("name".into(), to_raw_value(name).ok()?);
-    top.insert("params".into(), to_raw_value(&params).ok()?);
-    // Raw values are written out as they came: the arguments are never parsed.
-    let bytes = serde_json::to_vec(&top).ok()?;
-    Frame::parse_single(Bytes::from(bytes)).ok()
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        params: &'a RawValue,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow)]
+        name: &'a RawValue,
+    }
+    let raw = frame.raw();
+    let top: Top<'_> = serde_json::from_slice(raw).ok()?;
+    let params: Params<'_> = serde_json::from_str(top.params.get()).ok()?;
+    // Where the name's JSON string sits in the frame's bytes.
+    let old = params.name.get().as_bytes();
+    let start = (old.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    let end = start.checked_add(old.len())?;
+    if raw.get(start..end)? != old {
+        return None;
+    }
+    let quoted = serde_json::to_string(name).ok()?;
+    let mut bytes = Vec::with_capacity(raw.len() + quoted.len());
+    bytes.extend_from_slice(&raw[..start]);
+    bytes.extend_from_slice(quoted.as_bytes());
+    bytes.extend_from_slice(&raw[end..]);
+    let renamed = Frame::parse_single(Bytes::from(bytes)).ok()?;
+    (renamed.target() == Some(name) && renamed.id() == frame.id()).then_some(renamed)
 }
 
 /// A member's state.
@@ -1710,4 +1732,32 @@ fn merge(
         }
     }
     Ok((out, map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Frame {
+        Frame::parse_single(Bytes::from(text.to_string())).unwrap()
+    }
+
+    #[test]
+    fn a_renamed_call_changes_only_the_name() {
+        // Arguments (with keys called `name`, odd spacing, escapes) are carried byte for byte.
+        let f = frame(
+            r#"{"jsonrpc":"2.0", "id":7,"method":"tools/call","params":{ "arguments":{"name":"keep \"me\"","n":{"name":1}} ,"name" : "a\u005f_echo"}}"#,
+        );
+        assert_eq!(f.target(), Some("a__echo"));
+        let r = renamed_call(&f, "echo").unwrap();
+        assert_eq!(
+            std::str::from_utf8(r.raw()).unwrap(),
+            r#"{"jsonrpc":"2.0", "id":7,"method":"tools/call","params":{ "arguments":{"name":"keep \"me\"","n":{"name":1}} ,"name" : "echo"}}"#
+        );
+        assert_eq!(r.target(), Some("echo"));
+        assert_eq!(r.id(), f.id());
+        // A name that needs escaping is written as a JSON string.
+        let r = renamed_call(&f, "say \"hi\"").unwrap();
+        assert_eq!(r.target(), Some("say \"hi\""));
+    }
 }
