@@ -526,6 +526,22 @@ mod tests {
             .map(|m| (m.name.as_str(), m.session.as_deref()))
             .collect();
         assert_eq!(members, [("p", None), ("q", None)], "stdio: no session");
+        // A member that fails and comes back (re)joins: the state is published again.
+        rpc(
+            &up,
+            &mut events,
+            90,
+            "tools/call",
+            json!({"name": "q__die"}),
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(20), saved.changed())
+            .await
+            .expect("published again once the member is back")
+            .expect("the mux is still running");
+        let again = saved.borrow().clone().unwrap();
+        assert_eq!(again.key, state.key, "the same cursor key");
+        assert!(again.members[1].capabilities.get("tools").is_some());
         up.shutdown().await;
 
         // Another process (a fresh context, the same session id) continues it.
