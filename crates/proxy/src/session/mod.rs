@@ -190,6 +190,9 @@ impl Session {
                 let Some(s) = me.upgrade() else { return };
                 if let Some(r) = s.records() {
                     let _held = s.record_lock.lock().await;
+                    if s.ending.load(Ordering::Acquire) {
+                        return;
+                    }
                     r.composite(&s.id, state.to_record()).await;
                 }
             }
@@ -602,6 +605,9 @@ impl Session {
         // The upstream is released: its record ends, and its place in the host is free again.
         let slot = crate::sync::lock(&self.slot).take();
         if let Some(records) = self.records() {
+            // Not while a composite's state is being written: that write, read before, would
+            // put the record back as active.
+            let _held = self.record_lock.lock().await;
             records.ended(&self.id).await;
         }
         drop(slot);
