@@ -248,13 +248,41 @@ fn tool_names(reply: &super::harness::Reply) -> Vec<String> {
 #[tokio::test]
 async fn a_composite_session_is_adopted_when_its_owner_is_sigkilled() {
     let redis = Redis::start();
-    let store = shadowcat_store::open(&redis.url(), &Default::default())
-        .await
-        .expect("the test's own store handle");
     let demo = Server::demo_http().await;
     let web = format!("web={}", demo.url());
     let local = format!("local={} demo-server", super::harness::bin());
-    let (mut a, b) = owner_and_other(&redis, &["--server", &web, "--server", &local]).await;
+    let (a, b) = owner_and_other(&redis, &["--server", &web, "--server", &local]).await;
+    let a_id = a.base.clone();
+    adopted_after_sigkill(&redis, a, &a_id, b, "http://b.invalid:1").await;
+}
+
+/// The same with two gateways (`gateway --server …`), their replica ids their URLs.
+#[tokio::test]
+async fn a_gateway_composite_session_is_adopted_when_its_owner_is_sigkilled() {
+    let redis = Redis::start();
+    let demo = Server::demo_http().await;
+    let web = format!("web={}", demo.url());
+    let local = format!("local={} demo-server", super::harness::bin());
+    let store = redis.url();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let a_id = format!("http://{listen}");
+    let common = ["--server", &web, "--server", &local, "--store", &store];
+    let mut args_a = vec!["--listen", &listen, "--replica-id", &a_id];
+    args_a.extend_from_slice(&common);
+    let a = super::gateway_support::start_gateway(&args_a, &[]).await;
+    let b_id = "http://b.invalid:1";
+    let mut args_b = vec!["--listen", "127.0.0.1:0", "--replica-id", b_id];
+    args_b.extend_from_slice(&common);
+    let b = super::gateway_support::start_gateway(&args_b, &[]).await;
+    adopted_after_sigkill(&redis, a, &a_id, b, b_id).await;
+}
+
+/// A (replica id `a_id`, owner of a new composite session with a `web` HTTP member and a
+/// `local` stdio member) and B (`b_id`) share `redis`: see the tests above.
+async fn adopted_after_sigkill(redis: &Redis, mut a: Server, a_id: &str, b: Server, b_id: &str) {
+    let store = shadowcat_store::open(&redis.url(), &Default::default())
+        .await
+        .expect("the test's own store handle");
     let mut on_a = Raw::new(a.url());
     on_a.initialize().await;
     wait_descendants(a.pid(), 1).await;
@@ -292,7 +320,7 @@ async fn a_composite_session_is_adopted_when_its_owner_is_sigkilled() {
     };
     let (before, owner) = composite_record(&*store, &id, |c, _| web_session(c).is_some()).await;
     let member_session = web_session(&before).unwrap();
-    assert_eq!(owner.as_deref(), Some(a.base.as_str()), "A owns it");
+    assert_eq!(owner.as_deref(), Some(a_id), "A owns it");
 
     a.kill().await;
     let names_on_b = tool_names(&on_b.post(list.clone()).await);
@@ -308,14 +336,13 @@ async fn a_composite_session_is_adopted_when_its_owner_is_sigkilled() {
         "42"
     );
     assert_eq!(descendants(b.pid()).len(), 1, "the stdio member, now on B");
-    let (after, owner) =
-        composite_record(&*store, &id, |_, o| o == Some("http://b.invalid:1")).await;
+    let (after, owner) = composite_record(&*store, &id, |_, o| o == Some(b_id)).await;
     assert_eq!(
         web_session(&after).as_deref(),
         Some(member_session.as_str()),
         "the HTTP member goes on with its upstream session"
     );
-    assert_eq!(owner.as_deref(), Some("http://b.invalid:1"));
+    assert_eq!(owner.as_deref(), Some(b_id));
     assert_eq!(on_b.delete().await.status, 204);
     wait_descendants(b.pid(), 0).await;
 }
