@@ -41,6 +41,7 @@ fn rec(id: &str) -> SessionRecord {
         status: SessionStatus::Active,
         created_ms: 0,
         last_active_ms: 0,
+        composite: None,
     }
 }
 

@@ -159,6 +159,7 @@ mod tests {
             status: SessionStatus::Active,
             created_ms: 1,
             last_active_ms: 1,
+            composite: None,
         }
     }
 

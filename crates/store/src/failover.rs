@@ -321,6 +321,7 @@ mod tests {
             status: crate::SessionStatus::Active,
             created_ms: 0,
             last_active_ms: 0,
+            composite: None,
         }
     }
 

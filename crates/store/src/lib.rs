@@ -95,6 +95,11 @@ pub struct SessionRecord {
     pub created_ms: u64,
     /// Last activity, milliseconds since the Unix epoch.
     pub last_active_ms: u64,
+    /// What a composite session needs to continue on another replica (its members' upstream
+    /// sessions, the client's `initialize`), as the proxy writes it; opaque to the store.
+    /// `None` for every other session (and in records written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composite: Option<serde_json::Value>,
 }
 
 /// Which sessions a listing or count selects. Every `Some` field must match.

@@ -188,11 +188,21 @@ async fn sqlite_migrates_a_version_1_store() {
             .expect("create");
     }
     let conn = rusqlite::Connection::open(&path).expect("raw open");
-    conn.execute_batch("DROP TABLE docs; PRAGMA user_version = 1;")
-        .expect("back to version 1");
+    conn.execute_batch(
+        "DROP TABLE docs; ALTER TABLE sessions DROP COLUMN composite; PRAGMA user_version = 1;",
+    )
+    .expect("back to version 1");
     drop(conn);
     let read_only = SqliteStore::open_read_only(&path).expect("version 1 can be read");
-    assert!(read_only.get("old").await.expect("get").is_some());
+    let old = read_only
+        .get("old")
+        .await
+        .expect("get")
+        .expect("the session");
+    assert_eq!(
+        old.composite, None,
+        "read as a record without composite state"
+    );
     assert!(
         read_only.doc_put("pins", "a", b"x").await.is_err(),
         "read-only: no writes"
@@ -208,6 +218,51 @@ async fn sqlite_migrates_a_version_1_store() {
         .await
         .expect("documents after the migration");
     assert_eq!(store.doc_list("pins").await.expect("list").len(), 1);
+    let mut composite = contract::record("old");
+    composite.composite = Some(serde_json::json!({"members": [{"name": "a"}]}));
+    assert!(store.update(&composite).await.expect("update"));
+    assert_eq!(
+        store.get("old").await.expect("get"),
+        Some(composite),
+        "composite state after the migration"
+    );
+}
+
+/// A store written by version 2 (sessions and documents, no composite state) is read as it is
+/// read-only, and migrated in place: its sessions and documents stay, composite state works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migrates_a_version_2_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v2.db");
+    {
+        let store = SqliteStore::open(&path).expect("create");
+        store
+            .create(&contract::record("old"))
+            .await
+            .expect("create");
+        store.doc_put("pins", "a", b"x").await.expect("doc");
+    }
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute_batch("ALTER TABLE sessions DROP COLUMN composite; PRAGMA user_version = 2;")
+        .expect("back to version 2");
+    drop(conn);
+    let read_only = SqliteStore::open_read_only(&path).expect("version 2 can be read");
+    assert_eq!(
+        read_only.get("old").await.expect("get"),
+        Some(contract::record("old"))
+    );
+    drop(read_only);
+    let store = SqliteStore::open(&path).expect("migrate");
+    assert_eq!(
+        store.get("old").await.expect("get"),
+        Some(contract::record("old")),
+        "sessions kept"
+    );
+    assert_eq!(store.doc_list("pins").await.expect("list").len(), 1);
+    let mut composite = contract::record("old");
+    composite.composite = Some(serde_json::json!({"members": [{"name": "a"}]}));
+    assert!(store.update(&composite).await.expect("update"));
+    assert_eq!(store.get("old").await.expect("get"), Some(composite));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,6 +202,151 @@ async fn a_composite_session_continues_through_another_replica() {
     wait_descendants(a.pid(), 0).await;
 }
 
+/// The composite state in session `id`'s record, once it satisfies `ready` (the record is
+/// written in the background after the handshake), and the record's owner.
+async fn composite_record(
+    store: &dyn shadowcat_store::SessionStore,
+    id: &str,
+    ready: impl Fn(&serde_json::Value, Option<&str>) -> bool,
+) -> (serde_json::Value, Option<String>) {
+    for _ in 0..200 {
+        let rec = store.get(id).await.expect("the store answers");
+        if let Some(rec) = rec
+            && let Some(c) = &rec.composite
+            && ready(c, rec.owner.as_deref())
+        {
+            return (c.clone(), rec.owner);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rec = store.get(id).await.expect("the store answers");
+    panic!("the record of {id} never got there: {rec:?}");
+}
+
+fn tool_names(reply: &super::harness::Reply) -> Vec<String> {
+    let msgs = reply.messages();
+    let list = msgs
+        .iter()
+        .find(|m| m["id"] == json!(10) || m["id"] == json!(20))
+        .unwrap_or_else(|| panic!("no tools/list answer: {}", reply.body));
+    let mut names: Vec<String> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools: {list}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A composite session whose owner dies is adopted by another replica: created on A (an HTTP
+/// member, a stdio member), used through B while A lives (forwarded: B starts nothing), then
+/// A is SIGKILLed and the same session id goes on at B — same exposed names, calls of both
+/// members answered. The HTTP member continues its upstream session (the record keeps the
+/// same member session id, no new `initialize`), the stdio member is started afresh on B, and
+/// the record names B as the owner.
+#[tokio::test]
+async fn a_composite_session_is_adopted_when_its_owner_is_sigkilled() {
+    let redis = Redis::start();
+    let demo = Server::demo_http().await;
+    let web = format!("web={}", demo.url());
+    let local = format!("local={} demo-server", super::harness::bin());
+    let (a, b) = owner_and_other(&redis, &["--server", &web, "--server", &local]).await;
+    let a_id = a.base.clone();
+    adopted_after_sigkill(&redis, a, &a_id, b, "http://b.invalid:1").await;
+}
+
+/// The same with two gateways (`gateway --server …`), their replica ids their URLs.
+#[tokio::test]
+async fn a_gateway_composite_session_is_adopted_when_its_owner_is_sigkilled() {
+    let redis = Redis::start();
+    let demo = Server::demo_http().await;
+    let web = format!("web={}", demo.url());
+    let local = format!("local={} demo-server", super::harness::bin());
+    let store = redis.url();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let a_id = format!("http://{listen}");
+    let common = ["--server", &web, "--server", &local, "--store", &store];
+    let mut args_a = vec!["--listen", &listen, "--replica-id", &a_id];
+    args_a.extend_from_slice(&common);
+    let a = super::gateway_support::start_gateway(&args_a, &[]).await;
+    let b_id = "http://b.invalid:1";
+    let mut args_b = vec!["--listen", "127.0.0.1:0", "--replica-id", b_id];
+    args_b.extend_from_slice(&common);
+    let b = super::gateway_support::start_gateway(&args_b, &[]).await;
+    adopted_after_sigkill(&redis, a, &a_id, b, b_id).await;
+}
+
+/// A (replica id `a_id`, owner of a new composite session with a `web` HTTP member and a
+/// `local` stdio member) and B (`b_id`) share `redis`: see the tests above.
+async fn adopted_after_sigkill(redis: &Redis, mut a: Server, a_id: &str, b: Server, b_id: &str) {
+    let store = shadowcat_store::open(&redis.url(), &Default::default())
+        .await
+        .expect("the test's own store handle");
+    let mut on_a = Raw::new(a.url());
+    on_a.initialize().await;
+    wait_descendants(a.pid(), 1).await;
+    let id = on_a.session.clone().unwrap();
+    let list = json!({"jsonrpc":"2.0","id":10,"method":"tools/list"});
+    let names_on_a = tool_names(&on_a.post(list.clone()).await);
+    assert!(
+        names_on_a.contains(&"web__echo".to_string()),
+        "{names_on_a:?}"
+    );
+    assert!(
+        names_on_a.contains(&"local__add".to_string()),
+        "{names_on_a:?}"
+    );
+    assert_eq!(
+        on_a.call_tool(1, "web__echo", json!({"message": "on a"}))
+            .await,
+        "on a"
+    );
+    let mut on_b = Raw::new(b.url());
+    on_b.session = Some(id.clone());
+    assert_eq!(
+        on_b.call_tool(2, "local__add", json!({"a": 1, "b": 2}))
+            .await,
+        "3",
+        "forwarded to A while A lives"
+    );
+    assert_eq!(descendants(b.pid()).len(), 0, "B started no member");
+    let web_session = |c: &serde_json::Value| {
+        c["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == "web"))
+            .and_then(|m| m["session"].as_str())
+            .map(str::to_string)
+    };
+    let (before, owner) = composite_record(&*store, &id, |c, _| web_session(c).is_some()).await;
+    let member_session = web_session(&before).unwrap();
+    assert_eq!(owner.as_deref(), Some(a_id), "A owns it");
+
+    a.kill().await;
+    let names_on_b = tool_names(&on_b.post(list.clone()).await);
+    assert_eq!(names_on_b, names_on_a, "the same exposed names on B");
+    assert_eq!(
+        on_b.call_tool(3, "web__echo", json!({"message": "on b"}))
+            .await,
+        "on b"
+    );
+    assert_eq!(
+        on_b.call_tool(4, "local__add", json!({"a": 40, "b": 2}))
+            .await,
+        "42"
+    );
+    assert_eq!(descendants(b.pid()).len(), 1, "the stdio member, now on B");
+    let (after, owner) = composite_record(&*store, &id, |_, o| o == Some(b_id)).await;
+    assert_eq!(
+        web_session(&after).as_deref(),
+        Some(member_session.as_str()),
+        "the HTTP member goes on with its upstream session"
+    );
+    assert_eq!(owner.as_deref(), Some(b_id));
+    assert_eq!(on_b.delete().await.status, 204);
+    wait_descendants(b.pid(), 0).await;
+}
+
 #[tokio::test]
 async fn redis_outage_fails_closed_then_recovers_without_restart() {
     let mut redis = Redis::start();

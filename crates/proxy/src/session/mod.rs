@@ -67,6 +67,9 @@ pub struct Session {
     host: OnceLock<Arc<Host>>,
     /// Appends to its event log since retention last ran.
     log_counters: events::LogCounters,
+    /// Held while its record is read and written back, so that two changes (the negotiated
+    /// version, a composite's state) never overwrite each other.
+    record_lock: tokio::sync::Mutex<()>,
     /// With a request timeout: its place in the thread's sweeper, which times its requests out.
     _timeouts: Option<sweeper::Registration>,
 }
@@ -118,6 +121,7 @@ impl Session {
             slot: std::sync::Mutex::new(None),
             host: OnceLock::new(),
             log_counters: events::LogCounters::default(),
+            record_lock: tokio::sync::Mutex::new(()),
             _timeouts: timeout.map(|t| sweeper::register(me.clone(), t)),
         });
         (s, opened.events)
@@ -155,8 +159,44 @@ impl Session {
 
     /// The session belongs to `host` (set by the creation path as soon as the session exists,
     /// before it is admitted): its record is written, and its SSE events logged, there.
-    pub(crate) fn attach(&self, host: &Arc<Host>) {
+    pub(crate) fn attach(self: &Arc<Self>, host: &Arc<Host>) {
         let _ = self.host.set(host.clone());
+        if let Some(c) = self.upstream.composite() {
+            self.record_composite(c.saved());
+        }
+    }
+
+    /// Keep a composite session's state in its record, as the mux publishes it, until the
+    /// session ends (another replica continues the session from it).
+    fn record_composite(
+        self: &Arc<Self>,
+        mut saved: tokio::sync::watch::Receiver<
+            Option<Arc<crate::upstream::composite::saved::Saved>>,
+        >,
+    ) {
+        let me = Arc::downgrade(self);
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            // A state published before this task started counts as a change.
+            saved.mark_changed();
+            loop {
+                tokio::select! {
+                    changed = saved.changed() => if changed.is_err() { return },
+                    _ = cancel.cancelled() => return,
+                }
+                let Some(state) = saved.borrow_and_update().clone() else {
+                    continue;
+                };
+                let Some(s) = me.upgrade() else { return };
+                if let Some(r) = s.records() {
+                    let _held = s.record_lock.lock().await;
+                    if s.ending.load(Ordering::Acquire) {
+                        return;
+                    }
+                    r.composite(&s.id, state.to_record()).await;
+                }
+            }
+        });
     }
 
     /// Take the place reserved for this session in the host ([`Host::reserve`]): the session
@@ -307,6 +347,7 @@ impl Session {
         };
         if let Some(r) = self.records() {
             let upstream = self.upstream.upstream_session_id();
+            let _held = self.record_lock.lock().await;
             r.negotiated(&self.id, version, upstream).await;
         }
         true
@@ -564,6 +605,9 @@ impl Session {
         // The upstream is released: its record ends, and its place in the host is free again.
         let slot = crate::sync::lock(&self.slot).take();
         if let Some(records) = self.records() {
+            // Not while a composite's state is being written: that write, read before, would
+            // put the record back as active.
+            let _held = self.record_lock.lock().await;
             records.ended(&self.id).await;
         }
         drop(slot);

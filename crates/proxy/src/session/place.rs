@@ -358,6 +358,9 @@ pub struct Resumed {
     pub version: Option<String>,
     /// The upstream's session id.
     pub upstream_session_id: Option<String>,
+    /// A composite session's recorded state (its members' sessions, the client's
+    /// `initialize`): the composite is rebuilt from it.
+    pub composite: Option<crate::upstream::composite::saved::Saved>,
 }
 
 /// A session connected but not yet admitted: [`Unlisted::admit`] binds it to its candidate and
@@ -395,13 +398,27 @@ pub async fn resume(
     if let Some(g) = &candidate.guard {
         ctx.guard = Some(g.clone());
     }
-    let (session, events) = Session::connect(
-        resumed.id.clone(),
-        candidate.spec,
-        env.pipeline.clone(),
-        ctx,
-    )
-    .await?;
+    let (session, events) = match (&candidate.spec, &resumed.composite) {
+        (UpstreamSpec::Composite(c), Some(saved)) => {
+            let opened = crate::upstream::open_resumed(c, ctx.clone(), saved).await?;
+            Session::with_upstream(
+                resumed.id.clone(),
+                candidate.spec,
+                env.pipeline.clone(),
+                opened,
+                ctx,
+            )
+        }
+        _ => {
+            Session::connect(
+                resumed.id.clone(),
+                candidate.spec,
+                env.pipeline.clone(),
+                ctx,
+            )
+            .await?
+        }
+    };
     session.attach(env.host);
     session.restore(
         resumed.version.as_deref(),

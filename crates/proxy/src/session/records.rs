@@ -106,6 +106,7 @@ impl Records {
             status: SessionStatus::Active,
             created_ms: now,
             last_active_ms: now,
+            composite: None,
         };
         match self.store.create(&rec).await {
             Ok(()) => Ok(()),
@@ -153,6 +154,18 @@ impl Records {
             rec.protocol_version = Some(version.to_string());
             rec.upstream_session_id = upstream_session_id;
             rec.last_active_ms = now_ms();
+        })
+        .await;
+    }
+
+    /// A composite session's state changed (its handshake was answered, a member (re)joined,
+    /// or this replica continued it): it goes in the record, which names this replica as the
+    /// session's owner from now on.
+    pub async fn composite(&self, id: &str, state: serde_json::Value) {
+        let owner = self.owner.to_string();
+        self.modify(id, |rec| {
+            rec.composite = Some(state);
+            rec.owner = Some(owner);
         })
         .await;
     }

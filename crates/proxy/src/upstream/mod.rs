@@ -321,6 +321,23 @@ pub async fn open(spec: &UpstreamSpec, ctx: UpstreamCtx) -> Result<Opened, Proxy
     })
 }
 
+/// Open a composite route's upstream for a session another replica started, from its
+/// recorded state (see [`composite::CompositeUpstream::resume`]).
+pub async fn open_resumed(
+    spec: &Arc<composite::CompositeSpec>,
+    ctx: UpstreamCtx,
+    saved: &composite::saved::Saved,
+) -> Result<Opened, ProxyError> {
+    let (tx, rx) = mpsc::channel(ctx.options.channel_capacity);
+    let loopback = tx.downgrade();
+    let up = Box::pin(composite::CompositeUpstream::resume(spec, ctx, tx, saved)).await?;
+    Ok(Opened {
+        upstream: up.into(),
+        events: rx,
+        loopback,
+    })
+}
+
 impl Upstream {
     /// Send one client frame to the server. Returns once the frame is handed over (stdio: queued
     /// for the child's stdin; HTTP: the POST is under way). Replies arrive as events.

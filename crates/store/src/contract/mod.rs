@@ -57,6 +57,7 @@ cases!(
     sessions::count_filters,
     sessions::expire_idle_only,
     sessions::upstream_mapping_follows_updates,
+    sessions::composite_state_round_trips,
     events::append_ids_increase,
     events::batches_append_in_order,
     events::streams_are_independent,
@@ -88,6 +89,7 @@ pub fn record(id: &str) -> SessionRecord {
         status: SessionStatus::Active,
         created_ms: 1_700_000_000_000,
         last_active_ms: 1_700_000_000_500,
+        composite: None,
     }
 }
 

@@ -626,3 +626,52 @@ pub(super) async fn upstream_mapping_follows_updates(store: &dyn SessionStore) {
         Some("m-b".into())
     );
 }
+
+/// A composite session's state is kept with its record: written by `create` and `update`,
+/// replaced, cleared, listed, and left alone by `touch_many` (which only moves activity).
+pub(super) async fn composite_state_round_trips(store: &dyn SessionStore) {
+    let state = |member_session: &str| {
+        serde_json::json!({
+            "init": {"protocolVersion": "2025-06-18", "capabilities": {"roots": {}}},
+            "members": [
+                {"name": "web", "session": member_session, "version": "2025-06-18"},
+                {"name": "files", "session": null},
+            ],
+        })
+    };
+    let mut rec = record("cs-a");
+    rec.composite = Some(state("up-1"));
+    put(store, &rec).await;
+    assert_eq!(store.get("cs-a").await.expect("get"), Some(rec.clone()));
+
+    // A member reconnected with a new upstream session: the state is replaced whole.
+    rec.composite = Some(state("up-2"));
+    rec.owner = Some("replica-2".into());
+    assert!(store.update(&rec).await.expect("update"));
+    assert_eq!(store.get("cs-a").await.expect("get"), Some(rec.clone()));
+
+    assert_eq!(
+        store
+            .touch_many(&[("cs-a".into(), rec.last_active_ms + 5)])
+            .await
+            .expect("touch"),
+        1
+    );
+    let touched = store.get("cs-a").await.expect("get").expect("the record");
+    assert_eq!(touched.composite, rec.composite, "activity keeps the state");
+
+    let plain = record("cs-b");
+    put(store, &plain).await;
+    let page = store
+        .list(&SessionFilter::default(), None, 10)
+        .await
+        .expect("list");
+    let listed: Vec<Option<serde_json::Value>> =
+        page.sessions.into_iter().map(|r| r.composite).collect();
+    assert_eq!(listed, vec![rec.composite.clone(), None]);
+
+    rec.composite = None;
+    rec.last_active_ms = touched.last_active_ms;
+    assert!(store.update(&rec).await.expect("update"));
+    assert_eq!(store.get("cs-a").await.expect("get"), Some(rec), "cleared");
+}

@@ -95,7 +95,7 @@ impl SqliteStore {
 
 const UPDATE_SQL: &str = "UPDATE sessions SET route = ?2, upstream = ?3, upstream_session_id = ?4, \
     protocol_version = ?5, client_info = ?6, client_capabilities = ?7, principal = ?8, owner = ?9, \
-    status = ?10, created_ms = ?11, last_active_ms = ?12 WHERE id = ?1";
+    status = ?10, created_ms = ?11, last_active_ms = ?12, composite = ?13 WHERE id = ?1";
 
 fn update_one(conn: &Connection, rec: &RecordParams) -> StoreResult<bool> {
     let mut stmt = conn.prepare_cached(UPDATE_SQL).map_err(sql_err)?;
@@ -166,7 +166,7 @@ impl SessionStore for SqliteStore {
             .run(move |conn| {
                 let sql = format!(
                     "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT (id) DO NOTHING"
                 );
                 let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
                 match stmt.execute(params_from_iter(p.values.iter())).map_err(sql_err)? {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The schema version this build writes and understands.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for a lock held by another connection before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,10 +51,21 @@ CREATE TABLE docs (
 ) WITHOUT ROWID;
 ";
 
+/// Version 3: a composite session's state (its members' upstream sessions, the client's
+/// `initialize`), so another replica can continue it.
+const SCHEMA_V3: &str = "ALTER TABLE sessions ADD COLUMN composite TEXT;";
+
+/// What a read-only connection to a database of an older version (1 or 2) reads `sessions`
+/// through: a view of its own (in the connection's temporary schema, which is searched before
+/// the file's) that adds the columns of later versions, as `NULL`. Nothing is written to the
+/// file.
+const OLDER_SESSIONS_VIEW: &str =
+    "CREATE TEMP VIEW IF NOT EXISTS sessions AS SELECT *, NULL AS composite FROM main.sessions;";
+
 /// The columns of `sessions`, in the order [`record_from_row`] reads them.
 pub(super) const SESSION_COLUMNS: &str = "id, route, upstream, upstream_session_id, \
     protocol_version, client_info, client_capabilities, principal, owner, status, created_ms, \
-    last_active_ms";
+    last_active_ms, composite";
 
 pub(super) fn sql_err(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
@@ -85,6 +96,12 @@ pub(super) fn open_reader(path: &Path) -> StoreResult<Connection> {
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags).map_err(sql_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sql_err)?;
+    if version == 1 || version == 2 {
+        conn.execute_batch(OLDER_SESSIONS_VIEW).map_err(sql_err)?;
+    }
     Ok(conn)
 }
 
@@ -94,8 +111,9 @@ pub(super) fn check_version(conn: &Connection) -> StoreResult<()> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(sql_err)?;
     match version {
-        // Version 1 has the sessions, not the documents (read-only tools look at sessions).
-        1 | SCHEMA_VERSION => Ok(()),
+        // Version 1 has the sessions, not the documents (read-only tools look at sessions);
+        // versions 1 and 2 are read through a view that adds the later columns.
+        1 | 2 | SCHEMA_VERSION => Ok(()),
         0 => Err(StoreError::Backend(
             "sqlite: the file is not a Shadowcat session store (no schema)".into(),
         )),
@@ -111,14 +129,14 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(sql_err)?;
     match version {
-        0 => {
-            tx.execute_batch(SCHEMA_V1).map_err(sql_err)?;
-            tx.execute_batch(SCHEMA_V2).map_err(sql_err)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(sql_err)?;
-        }
-        1 => {
-            tx.execute_batch(SCHEMA_V2).map_err(sql_err)?;
+        0..=2 => {
+            if version == 0 {
+                tx.execute_batch(SCHEMA_V1).map_err(sql_err)?;
+            }
+            if version < 2 {
+                tx.execute_batch(SCHEMA_V2).map_err(sql_err)?;
+            }
+            tx.execute_batch(SCHEMA_V3).map_err(sql_err)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql_err)?;
         }
@@ -183,6 +201,7 @@ impl RecordParams {
             Value::Text(status_str(rec.status).to_owned()),
             Value::Integer(to_i64(rec.created_ms)?),
             Value::Integer(to_i64(rec.last_active_ms)?),
+            text(&json_text(&rec.composite)?),
         ];
         Ok(Self { values })
     }
@@ -229,6 +248,7 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> 
         status,
         created_ms: to_u64(row.get(10)?, "created_ms")?,
         last_active_ms: to_u64(row.get(11)?, "last_active_ms")?,
+        composite: json(12)?,
     })
 }
 

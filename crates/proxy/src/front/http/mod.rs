@@ -814,7 +814,7 @@ fn close_if_refused_with_body(has_body: bool, response: &mut Response) {
 }
 
 /// Serve one MCP request (with a [`Policy`]: once it has admitted it).
-pub async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
+pub async fn serve_mcp(front: Arc<HttpFront>, mut req: Request) -> Response {
     let sid = req
         .headers()
         .get(SESSION_ID_HEADER)
@@ -854,10 +854,18 @@ pub async fn serve_mcp(front: Arc<HttpFront>, req: Request) -> Response {
                 let store = front.host.records().store();
                 target.placer.check_session(id, &**store).await?;
                 let forwarded = req.headers().contains_key(replicas::FORWARDED_HEADER);
-                if let replicas::Located::Owner(owner) =
+                if let replicas::Located::Owner { url, adoptable } =
                     replicas::locate(&front, id, &target, forwarded).await?
                 {
-                    return replicas::forward(&front, &owner, req).await;
+                    let id = id.to_string();
+                    match replicas::forward(&front, &url, req, adoptable).await? {
+                        replicas::Forwarded::Answered(r) => return Ok(r),
+                        // The owner is gone: the session continues here.
+                        replicas::Forwarded::Unreachable(back) => {
+                            replicas::take_over(&front, &id, &target).await?;
+                            req = back;
+                        }
+                    }
                 }
             }
             match *req.method() {

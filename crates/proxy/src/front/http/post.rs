@@ -170,7 +170,7 @@ fn bad(msg: &str) -> ProxyError {
     ProxyError::bad(crate::error::Refusal::Malformed, INVALID_REQUEST, msg)
 }
 
-async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
+pub(super) async fn read_body(body: Body, max: usize) -> Result<Bytes, ProxyError> {
     let too_large = |size| ProxyError::Frame(FrameError::TooLarge { size, limit: max });
     let mut out = BytesMut::new();
     let mut body = body;

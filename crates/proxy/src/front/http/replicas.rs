@@ -7,18 +7,25 @@
 //! * stdio upstream: the child lives on the replica that owns it. The request is forwarded
 //!   over direct HTTP to that replica's advertised URL (its replica id, `--advertise`), and the
 //!   answer streamed back. A forwarded request is never forwarded again (no loops).
+//! * composite route: forwarded to the owner like a stdio session while the owner answers (its
+//!   stdio members keep their state there). When the owner cannot be reached (the connection is
+//!   refused: it is gone), has no reachable address, or the request was forwarded here already,
+//!   this replica *adopts* the session from the state its record keeps
+//!   ([`crate::upstream::composite::saved`]): HTTP members continue their upstream sessions,
+//!   the others start afresh, and the record names this replica as the owner from then on.
 
 use super::{HttpFront, Target};
 use crate::error::ProxyError;
-use crate::session::place::Resumed;
+use crate::session::place::{Candidate, Resumed};
 use crate::upstream::UpstreamSpec;
+use crate::upstream::composite::saved::Saved;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::extract::Request;
 use axum::response::Response;
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use shadowcat_store::{SessionStatus, StoreError};
+use shadowcat_store::{SessionRecord, SessionStatus, StoreError};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -29,8 +36,9 @@ pub const FORWARDED_HEADER: &str = "x-shadowcat-forwarded-by";
 pub enum Located {
     /// Held (or now adopted) here.
     Here,
-    /// Owned by the replica at this base URL.
-    Owner(String),
+    /// Owned by the replica at this base URL. `adoptable`: when it cannot be reached, this
+    /// replica continues the session itself ([`take_over`]).
+    Owner { url: String, adoptable: bool },
 }
 
 /// Find the session `id` for a request on `target`: local, adopted from the store, or owned by
@@ -45,6 +53,77 @@ pub async fn locate(
         drop(s);
         return Ok(Located::Here);
     }
+    let (rec, mut pinned) = record_of(front, id, target).await?;
+    let mut composite = None;
+    match &pinned.spec {
+        UpstreamSpec::Http { .. } => {}
+        // Detected as Streamable HTTP and given an upstream session id: any replica continues it.
+        UpstreamSpec::Auto { url, headers } if rec.upstream_session_id.is_some() => {
+            pinned.spec = UpstreamSpec::http(url.clone(), headers.clone());
+        }
+        // A composite's members live on the replica that owns the session; with its state
+        // recorded, this replica can rebuild it when that one cannot be reached.
+        UpstreamSpec::Composite(_) => {
+            let saved = rec.composite.as_ref().and_then(Saved::from_record);
+            match owner_to_forward_to(front, &rec, forwarded) {
+                Some(url) => {
+                    let adoptable = saved.is_some();
+                    return Ok(Located::Owner { url, adoptable });
+                }
+                None if saved.is_some() => composite = saved,
+                None => return Err(ProxyError::SessionNotFound),
+            }
+        }
+        // The child process or the HTTP+SSE stream lives on the replica that owns the
+        // session.
+        UpstreamSpec::Stdio { .. }
+        | UpstreamSpec::Sse { .. }
+        | UpstreamSpec::Auto { .. }
+        | UpstreamSpec::Tape(_)
+        | UpstreamSpec::Shared(_) => {
+            return match owner_to_forward_to(front, &rec, forwarded) {
+                Some(url) => Ok(Located::Owner {
+                    url,
+                    adoptable: false,
+                }),
+                None => Err(ProxyError::SessionNotFound),
+            };
+        }
+    }
+    adopt(front, id, target, rec, pinned, composite).await
+}
+
+/// The owning replica of a composite session (`Located::Owner { adoptable: true }`) could not
+/// be reached: continue the session here from its record.
+pub async fn take_over(front: &HttpFront, id: &str, target: &Target) -> Result<(), ProxyError> {
+    if let Some(s) = front.registry.get(id, &target.key) {
+        drop(s);
+        return Ok(());
+    }
+    let (rec, pinned) = record_of(front, id, target).await?;
+    let composite = match &pinned.spec {
+        UpstreamSpec::Composite(_) => rec.composite.as_ref().and_then(Saved::from_record),
+        _ => None,
+    };
+    if composite.is_none() {
+        return Err(ProxyError::SessionNotFound);
+    }
+    tracing::warn!(
+        session = id,
+        owner = rec.owner.as_deref().unwrap_or(""),
+        "the replica that owns this composite session is unreachable; continuing it here"
+    );
+    adopt(front, id, target, rec, pinned, composite)
+        .await
+        .map(|_| ())
+}
+
+/// The active record of session `id` on `target`'s route, and the upstream it stays on.
+async fn record_of(
+    front: &HttpFront,
+    id: &str,
+    target: &Target,
+) -> Result<(SessionRecord, Candidate), ProxyError> {
     let store = front.host.records().store();
     let rec = match store.get(id).await {
         Ok(Some(rec)) => rec,
@@ -56,36 +135,36 @@ pub async fn locate(
         return Err(ProxyError::SessionNotFound);
     }
     // The session stays on the upstream its record names (affinity across replicas).
-    let Some(mut pinned) = target.placer.pinned(&rec.upstream) else {
+    let Some(pinned) = target.placer.pinned(&rec.upstream) else {
         return Err(ProxyError::SessionNotFound);
     };
-    match &pinned.spec {
-        UpstreamSpec::Http { .. } => {}
-        // Detected as Streamable HTTP and given an upstream session id: any replica continues it.
-        UpstreamSpec::Auto { url, headers } if rec.upstream_session_id.is_some() => {
-            pinned.spec = UpstreamSpec::http(url.clone(), headers.clone());
-        }
-        // The child process, the HTTP+SSE stream, or a composite's member sessions, live on the
-        // replica that owns the session.
-        UpstreamSpec::Stdio { .. }
-        | UpstreamSpec::Sse { .. }
-        | UpstreamSpec::Auto { .. }
-        | UpstreamSpec::Tape(_)
-        | UpstreamSpec::Composite(_)
-        | UpstreamSpec::Shared(_) => {
-            let me = front.host.records().owner();
-            return match rec.owner {
-                Some(owner) if !forwarded && owner != me && is_url(&owner) => {
-                    Ok(Located::Owner(owner))
-                }
-                _ => Err(ProxyError::SessionNotFound),
-            };
-        }
+    Ok((rec, pinned))
+}
+
+/// The replica to forward a request of the session `rec` to: its owner, when that is another
+/// replica with an address and the request was not forwarded already.
+fn owner_to_forward_to(front: &HttpFront, rec: &SessionRecord, forwarded: bool) -> Option<String> {
+    let me = front.host.records().owner();
+    match &rec.owner {
+        Some(owner) if !forwarded && owner != me && is_url(owner) => Some(owner.clone()),
+        _ => None,
     }
+}
+
+/// Continue the session `rec` here, on `pinned` (a composite from its `composite` state).
+async fn adopt(
+    front: &HttpFront,
+    id: &str,
+    target: &Target,
+    rec: SessionRecord,
+    pinned: Candidate,
+    composite: Option<Saved>,
+) -> Result<Located, ProxyError> {
     let resumed = Resumed {
         id: Arc::from(id),
         version: rec.protocol_version,
         upstream_session_id: rec.upstream_session_id,
+        composite,
     };
     let (session, events, unlisted) = front.resume(target, pinned, &resumed).await?;
     match front
@@ -116,8 +195,24 @@ fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 
-/// Relay the request to the owning replica and stream its answer back.
-pub async fn forward(front: &HttpFront, owner: &str, req: Request) -> Result<Response, ProxyError> {
+/// What became of a request forwarded to the owning replica.
+pub enum Forwarded {
+    /// The owner answered (this is its answer).
+    Answered(Response),
+    /// The owner could not be connected to (the request never reached it): here it is back,
+    /// to be served here.
+    Unreachable(Request),
+}
+
+/// Relay the request to the owning replica and stream its answer back. With `fallback`, the
+/// body is read first (up to the front's `max_body`) so that a request the owner cannot be
+/// connected to comes back whole ([`Forwarded::Unreachable`]); without it, that is an error.
+pub async fn forward(
+    front: &HttpFront,
+    owner: &str,
+    req: Request,
+    fallback: bool,
+) -> Result<Forwarded, ProxyError> {
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -141,13 +236,31 @@ pub async fn forward(front: &HttpFront, owner: &str, req: Request) -> Result<Res
         .client()
         .request(parts.method.clone(), &url)
         .headers(headers);
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let out = out.body(reqwest::Body::wrap_stream(stream));
-    let resp = out.send().await.map_err(|e| {
+    let unreachable = |e: reqwest::Error| {
         ProxyError::UpstreamConnect(format!(
             "the replica {owner} that owns this session is unreachable: {e}"
         ))
-    })?;
+    };
+    let resp = if fallback {
+        let bytes = super::post::read_body(body, front.config.max_body).await?;
+        match out.body(bytes.clone()).send().await {
+            Ok(resp) => resp,
+            Err(e) if e.is_connect() => {
+                tracing::debug!(%owner, error = %e, "the owning replica cannot be connected to");
+                return Ok(Forwarded::Unreachable(Request::from_parts(
+                    parts,
+                    Body::from(bytes),
+                )));
+            }
+            Err(e) => return Err(unreachable(e)),
+        }
+    } else {
+        let stream = body.into_data_stream().map_err(std::io::Error::other);
+        out.body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map_err(unreachable)?
+    };
     tracing::debug!(%owner, status = %resp.status(), "forwarded to the owning replica");
     let mut r = Response::new(Body::empty());
     *r.status_mut() =
@@ -163,7 +276,7 @@ pub async fn forward(front: &HttpFront, owner: &str, req: Request) -> Result<Res
         }
     }
     *r.body_mut() = Body::from_stream(resp.bytes_stream());
-    Ok(r)
+    Ok(Forwarded::Answered(r))
 }
 
 /// The headers of a request forwarded to the owning replica: the client's, except the

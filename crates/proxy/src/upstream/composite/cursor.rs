@@ -3,8 +3,9 @@
 //! A composite session merges every member's list (all pages of all members) and pages the merged
 //! list itself; the cursor names a [`Position`] in it. The cursor is the position's fields and an
 //! HMAC-SHA256 tag (cut to 16 bytes) over them and the session id, base64url without padding: a
-//! client cannot make up a position, and a cursor of one session (or of an earlier process, whose
-//! [`CursorKey`] was another) is refused in any other.
+//! client cannot make up a position, and a cursor of one session is refused in any other. Each
+//! session has a random [`CursorKey`] of its own, kept in its record (see [`super::saved`]), so
+//! a replica that continues the session opens the cursors another issued.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -28,7 +29,8 @@ const CONTEXT: &[u8] = b"shadowcat composite cursor\0";
 /// How much of a refused cursor an error message shows.
 const SHOWN_CHARS: usize = 16;
 
-/// The key cursors are sealed with; a new random one per process, so cursors do not outlive it.
+/// The key cursors are sealed with: a random one per session (kept in the session's record, so
+/// that another replica continuing the session has it too).
 #[derive(Clone)]
 pub struct CursorKey(HmacSha256);
 

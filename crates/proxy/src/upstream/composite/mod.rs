@@ -24,13 +24,15 @@
 pub mod cursor;
 mod mux;
 pub mod names;
+pub mod saved;
 
 use super::{Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec};
 use crate::error::ProxyError;
 use names::NameRules;
+use saved::Saved;
 use shadowcat_proto::Frame;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// One member server of a composite route.
 #[derive(Clone)]
@@ -214,6 +216,7 @@ pub struct CompositeUpstream {
     shared: Arc<mux::Shared>,
     /// The session's event channel (weak: the mux owns it), for answers that skip the mux.
     to_session: mpsc::WeakSender<UpstreamEvent>,
+    saved: watch::Receiver<Option<Arc<Saved>>>,
 }
 
 impl CompositeUpstream {
@@ -234,6 +237,29 @@ impl CompositeUpstream {
         ctx: UpstreamCtx,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> Result<CompositeUpstream, ProxyError> {
+        CompositeUpstream::open(spec, ctx, events, None).await
+    }
+
+    /// Continue a session another replica started, from its recorded state ([`saved`]): a
+    /// Streamable HTTP member goes on with its recorded upstream session (no new
+    /// `initialize`); the others (a stdio child, an HTTP+SSE stream: they died with that
+    /// replica) start afresh and are initialized with the client's recorded `initialize`
+    /// params, then told `notifications/initialized`. Client frames wait for those handshakes.
+    pub async fn resume(
+        spec: &Arc<CompositeSpec>,
+        ctx: UpstreamCtx,
+        events: mpsc::Sender<UpstreamEvent>,
+        saved: &Saved,
+    ) -> Result<CompositeUpstream, ProxyError> {
+        CompositeUpstream::open(spec, ctx, events, Some(saved)).await
+    }
+
+    async fn open(
+        spec: &Arc<CompositeSpec>,
+        ctx: UpstreamCtx,
+        events: mpsc::Sender<UpstreamEvent>,
+        restore: Option<&Saved>,
+    ) -> Result<CompositeUpstream, ProxyError> {
         let problems = spec.problems();
         if !problems.is_empty() {
             return Err(ProxyError::UpstreamConnect(format!(
@@ -243,14 +269,21 @@ impl CompositeUpstream {
         }
         let (inbox, rx) = mpsc::channel(ctx.options.channel_capacity);
         let to_session = events.downgrade();
-        let (legs, shared) = mux::start(spec.clone(), ctx, rx, events).await?;
+        let (legs, shared, saved) = mux::start(spec.clone(), ctx, rx, events, restore).await?;
         Ok(CompositeUpstream {
             spec: spec.clone(),
             inbox,
             legs,
             shared,
             to_session,
+            saved,
         })
+    }
+
+    /// The session's state for its record, as it changes (`None` until the client's
+    /// `initialize` has been answered; see [`saved`]).
+    pub fn saved(&self) -> watch::Receiver<Option<Arc<Saved>>> {
+        self.saved.clone()
     }
 
     /// Send a client frame: a `tools/call` whose name is known goes straight to its member
@@ -489,6 +522,112 @@ mod tests {
         )
         .await;
         assert_eq!(other["result"]["content"][0]["text"], "t0002");
+        up.shutdown().await;
+    }
+
+    fn names_of(answer: &Value) -> Vec<&str> {
+        answer["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tools: {answer}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect()
+    }
+
+    /// A session continued from its recorded state, as another replica continues it: the stdio
+    /// members start afresh (initialized with the recorded params before any client frame),
+    /// the merged list has the same names, and a cursor the first process issued opens the
+    /// next page in the second (the key is in the state, the generation is the list's digest).
+    #[tokio::test]
+    async fn a_session_continued_from_its_record_keeps_names_and_cursors() {
+        let spec = Arc::new(CompositeSpec {
+            page_size: 3,
+            ..CompositeSpec::new(vec![Member::new("p", paged(4)), Member::new("q", paged(3))])
+        });
+        let opened = crate::upstream::open(
+            &UpstreamSpec::Composite(spec.clone()),
+            UpstreamCtx::for_test(),
+        )
+        .await
+        .unwrap();
+        let (up, mut events) = (opened.upstream, opened.events);
+        let mut saved = up.composite().expect("a composite").saved();
+        let params = json!({"protocolVersion": "2025-06-18", "capabilities": {"roots": {}}, "clientInfo": {"name": "t", "version": "1"}});
+        rpc(&up, &mut events, 1, "initialize", params.clone()).await;
+        let first = rpc(&up, &mut events, 2, "tools/list", json!({})).await;
+        assert_eq!(names_of(&first), ["p__t0000", "p__t0001", "p__t0002"]);
+        let cursor = first["result"]["nextCursor"].as_str().unwrap().to_string();
+        let state = saved
+            .wait_for(Option::is_some)
+            .await
+            .expect("the mux publishes its state")
+            .clone()
+            .unwrap();
+        assert_eq!(state.init, params);
+        let members: Vec<(&str, Option<&str>)> = state
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.session.as_deref()))
+            .collect();
+        assert_eq!(members, [("p", None), ("q", None)], "stdio: no session");
+        // A member that fails and comes back (re)joins: the state is published again.
+        rpc(
+            &up,
+            &mut events,
+            90,
+            "tools/call",
+            json!({"name": "q__die"}),
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(20), saved.changed())
+            .await
+            .expect("published again once the member is back")
+            .expect("the mux is still running");
+        let again = saved.borrow().clone().unwrap();
+        assert_eq!(again.key, state.key, "the same cursor key");
+        assert!(again.members[1].capabilities.get("tools").is_some());
+        up.shutdown().await;
+
+        // Another process (a fresh context, the same session id) continues it.
+        let opened = crate::upstream::open_resumed(&spec, UpstreamCtx::for_test(), &state)
+            .await
+            .unwrap();
+        let (up, mut events) = (opened.upstream, opened.events);
+        let next = rpc(&up, &mut events, 3, "tools/list", json!({"cursor": cursor})).await;
+        assert_eq!(names_of(&next), ["p__t0003", "p__grow", "p__die"], "{next}");
+        let called = rpc(
+            &up,
+            &mut events,
+            4,
+            "tools/call",
+            json!({"name": "q__t0001"}),
+        )
+        .await;
+        assert_eq!(called["result"]["content"][0]["text"], "t0001");
+        // A member's list changes: the old cursor no longer opens a page.
+        let grown = rpc(
+            &up,
+            &mut events,
+            5,
+            "tools/call",
+            json!({"name": "q__grow"}),
+        )
+        .await;
+        assert!(grown.get("result").is_some(), "{grown}");
+        // The client hears of it once the merged list is invalidated.
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(20), events.recv())
+                .await
+                .expect("list_changed in time")
+                .expect("the composite is still open");
+            if let UpstreamEvent::Frame { frame, .. } = ev
+                && frame.method() == Some("notifications/tools/list_changed")
+            {
+                break;
+            }
+        }
+        let stale = rpc(&up, &mut events, 6, "tools/list", json!({"cursor": cursor})).await;
+        assert_eq!(stale["error"]["code"], -32602, "{stale}");
         up.shutdown().await;
     }
 }

@@ -9,9 +9,10 @@
 
 use super::cursor::{CursorKey, Position};
 use super::names::{self, NameMap};
+use super::saved::{Saved, SavedMember};
 use super::{CompositeSpec, Failure, MemberState};
 use crate::error::ProxyError;
-use crate::upstream::{Upstream, UpstreamCtx, UpstreamEvent, Via};
+use crate::upstream::{Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
@@ -22,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::ReceiverStream;
@@ -225,6 +226,27 @@ pub(super) fn member_of(spec: &CompositeSpec, shared: &Shared, frame: &Frame) ->
     }
 }
 
+/// Why a cursor of a list that changed since it was issued is refused.
+const LIST_CHANGED: &str =
+    "the list changed since this cursor was issued; list again from the start";
+
+/// A merged list's generation: a digest of its items, so that every replica continuing a
+/// session gives the same list the same generation (a cursor issued on one opens on another)
+/// and a list that changed gets another.
+fn generation_of(items: &[Value]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for it in items {
+        let bytes = serde_json::to_vec(it).unwrap_or_default();
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&bytes);
+    }
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(first)
+}
+
 /// Internal request ids start with this (a client request using one goes the slow way, where
 /// a collision is refused).
 const OWN_ID: &str = "shadowcat-mux-";
@@ -348,6 +370,8 @@ struct Leg {
     /// What it answered `initialize` with.
     capabilities: Value,
     instructions: Option<String>,
+    /// The protocol version it negotiated.
+    version: Option<String>,
     /// Restarts since it last served.
     attempts: u32,
 }
@@ -394,8 +418,9 @@ struct Walk {
 struct ListState {
     merged: Option<Merged>,
     walk: Option<Walk>,
-    /// Client list requests waiting for the walk: (id, offset).
-    readers: Vec<(RequestId, usize)>,
+    /// Client list requests waiting for the walk: (id, offset, the generation its cursor was
+    /// issued for).
+    readers: Vec<(RequestId, usize, Option<u64>)>,
     /// Client calls waiting for the walk to resolve their names.
     calls: Vec<Frame>,
     /// Exposed names of members that are down, and which member (a call to one is told so).
@@ -429,20 +454,34 @@ struct Mux {
     handshake: Option<Handshake>,
     initialized: bool,
     lists: [ListState; 4],
-    generation: u64,
     key: CursorKey,
+    /// The cursor key's bytes (recorded, so that another replica opens this session's cursors).
+    key_bytes: [u8; 32],
+    /// The session's state as last recorded (see [`super::saved`]).
+    saved: watch::Sender<Option<Arc<Saved>>>,
+    /// A session continued from its record: the members started afresh whose handshake is not
+    /// done, and until when it may take. Client frames wait meanwhile.
+    restoring: Option<(HashSet<usize>, Instant)>,
     /// `list_changed` to send the client once the debounce window closes.
     changed: [bool; 4],
     debounce: Option<Instant>,
 }
 
-/// Open the members and start the mux on `ctx.tracker`.
+/// What [`start`] hands the session: the members' upstreams, what the session's task routes
+/// itself, and the session's recorded state as it changes.
+pub(super) type Started = (Arc<Legs>, Arc<Shared>, watch::Receiver<Option<Arc<Saved>>>);
+
+/// Open the members and start the mux on `ctx.tracker`. With `restore`, the session continues
+/// from its record (another replica created it): a Streamable HTTP member recorded with an
+/// upstream session goes on with it, every other member starts afresh and is initialized with
+/// the recorded params.
 pub(super) async fn start(
     spec: Arc<CompositeSpec>,
     ctx: UpstreamCtx,
     inbox: mpsc::Receiver<Frame>,
     out: mpsc::Sender<UpstreamEvent>,
-) -> Result<(Arc<Legs>, Arc<Shared>), ProxyError> {
+    restore: Option<&Saved>,
+) -> Result<Started, ProxyError> {
     let n = spec.members.len();
     let legs = Arc::new(Legs {
         ups: (0..n).map(|_| Mutex::new(None)).collect(),
@@ -456,10 +495,35 @@ pub(super) async fn start(
             .collect(),
         cancel: ctx.cancel.child_token(),
     });
+    // A member recorded with an upstream session continues it (an `auto` URL that was found
+    // to be Streamable HTTP is opened as one: nothing to detect again).
+    let continued: Vec<Option<&SavedMember>> = spec
+        .members
+        .iter()
+        .map(|m| {
+            let saved = restore.and_then(|r| r.member(&m.name))?;
+            let http = matches!(
+                m.spec,
+                UpstreamSpec::Http { .. } | UpstreamSpec::Auto { .. }
+            );
+            (http && saved.session.is_some()).then_some(saved)
+        })
+        .collect();
+    let specs: Vec<UpstreamSpec> = spec
+        .members
+        .iter()
+        .zip(&continued)
+        .map(|(m, c)| match (&m.spec, c) {
+            (UpstreamSpec::Auto { url, headers }, Some(_)) => {
+                UpstreamSpec::http(url.clone(), headers.clone())
+            }
+            (other, _) => other.clone(),
+        })
+        .collect();
     let opened = futures_util::future::join_all(
-        spec.members
+        specs
             .iter()
-            .map(|m| super::super::open(&m.spec, member_ctx(&ctx, &legs.cancel))),
+            .map(|m| super::super::open(m, member_ctx(&ctx, &legs.cancel))),
     )
     .await;
     let mut streams = StreamMap::new();
@@ -467,11 +531,28 @@ pub(super) async fn start(
     let mut failed = Vec::new();
     let now = Instant::now();
     for (i, (m, o)) in spec.members.iter().zip(opened).enumerate() {
+        let mut leg_capabilities = Value::Null;
+        let mut leg_version = None;
         let status = match o {
             Ok(o) => {
+                let status = match continued[i] {
+                    Some(saved) => {
+                        if let Some(session) = &saved.session {
+                            o.upstream.restore_session_id(session);
+                        }
+                        if let Some(v) = &saved.version {
+                            o.upstream.set_protocol_version(v);
+                        }
+                        leg_capabilities = saved.capabilities.clone();
+                        leg_version = saved.version.clone();
+                        legs.mark(i, MemberState::Up);
+                        Status::Up
+                    }
+                    None => Status::Joining,
+                };
                 legs.set(i, Some(Arc::new(o.upstream)));
                 streams.insert(i, member_events(o.events));
-                Status::Joining
+                status
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -487,8 +568,9 @@ pub(super) async fn start(
         state.push(Leg {
             name: Arc::from(m.name.as_str()),
             status,
-            capabilities: Value::Null,
+            capabilities: leg_capabilities,
             instructions: None,
+            version: leg_version,
             attempts: 0,
         });
     }
@@ -501,7 +583,11 @@ pub(super) async fn start(
     }
     let (reopened, reopened_rx) = mpsc::channel(n.max(1));
     let shared = Arc::new(Shared::default());
-    let mux = Mux {
+    let key_bytes = restore
+        .and_then(Saved::key_bytes)
+        .unwrap_or_else(rand::random);
+    let (saved, saved_rx) = watch::channel(None);
+    let mut mux = Mux {
         spec,
         ctx: ctx.clone(),
         legs: legs.clone(),
@@ -517,17 +603,22 @@ pub(super) async fn start(
         handshake: None,
         initialized: false,
         lists: Default::default(),
-        generation: 0,
-        key: CursorKey::random(),
+        key: CursorKey::from_bytes(key_bytes),
+        key_bytes,
+        saved,
+        restoring: None,
         changed: [false; 4],
         debounce: None,
     };
+    if let Some(r) = restore {
+        mux.restore(r).await;
+    }
     let span = tracing::info_span!("composite", session = %ctx.session);
     ctx.tracker.spawn(tracing::Instrument::instrument(
         mux.run(inbox, reopened_rx),
         span,
     ));
-    Ok((legs, shared))
+    Ok((legs, shared, saved_rx))
 }
 
 /// A member's events, ending with `Closed` even when its channel closes without one (so a
@@ -585,7 +676,7 @@ impl Mux {
         loop {
             let wake = self.next_timer();
             tokio::select! {
-                f = inbox.recv() => match f {
+                f = inbox.recv(), if self.restoring.is_none() => match f {
                     Some(f) => self.client_frame(f).await,
                     None => break,
                 },
@@ -759,6 +850,83 @@ impl Mux {
         }
     }
 
+    // ----- continuing on another replica -----
+
+    /// Continue a session from its record: the client's handshake is done; the members started
+    /// afresh are initialized with its params (client frames wait until they have answered, at
+    /// most [`MEMBER_DEADLINE`]); the continued ones open their server-to-client streams.
+    async fn restore(&mut self, saved: &Saved) {
+        self.init = Some(saved.init.clone());
+        self.initialized = true;
+        let mut waiting = HashSet::new();
+        for i in 0..self.state.len() {
+            match self.state[i].status {
+                Status::Joining => {
+                    if self
+                        .ask(i, "initialize", saved.init.clone(), Pending::Rejoin)
+                        .await
+                    {
+                        waiting.insert(i);
+                    } else {
+                        self.down(i, "could not send initialize".into()).await;
+                    }
+                }
+                Status::Up => {
+                    if let Some(up) = self.legs.get(i) {
+                        let name = self.state[i].name.clone();
+                        self.ctx.tracker.spawn(async move {
+                            if let Err(e) = up.open_listen().await {
+                                tracing::warn!(server = %name, error = %e, "could not open a member's server-to-client stream");
+                            }
+                        });
+                    }
+                }
+                Status::Down { .. } | Status::Opening => {}
+            }
+        }
+        if !waiting.is_empty() {
+            self.restoring = Some((waiting, Instant::now() + MEMBER_DEADLINE));
+        }
+        self.record();
+    }
+
+    /// Member `i`, started afresh for a continued session, has answered its handshake (or
+    /// failed it).
+    fn restored(&mut self, i: usize) {
+        if let Some((waiting, _)) = &mut self.restoring {
+            waiting.remove(&i);
+            if waiting.is_empty() {
+                self.restoring = None;
+            }
+        }
+    }
+
+    /// Publish the session's state for its record (see [`super::saved`]); nothing before the
+    /// client's `initialize`.
+    fn record(&self) {
+        let Some(init) = &self.init else { return };
+        let members = self
+            .state
+            .iter()
+            .enumerate()
+            .map(|(i, l)| SavedMember {
+                name: l.name.to_string(),
+                session: self
+                    .legs
+                    .get(i)
+                    .filter(|_| l.up())
+                    .and_then(|u| u.upstream_session_id()),
+                version: l.version.clone(),
+                capabilities: l.capabilities.clone(),
+            })
+            .collect();
+        self.saved.send_replace(Some(Arc::new(Saved {
+            init: init.clone(),
+            key: Saved::encode_key(&self.key_bytes),
+            members,
+        })));
+    }
+
     // ----- initialize -----
 
     async fn initialize(&mut self, id: RequestId, frame: &Frame) {
@@ -795,11 +963,13 @@ impl Mux {
                     .get("instructions")
                     .and_then(Value::as_str)
                     .map(str::to_string);
-                if let Some(v) = r.get("protocolVersion").and_then(Value::as_str)
+                let version = r.get("protocolVersion").and_then(Value::as_str);
+                if let Some(v) = version
                     && let Some(up) = self.legs.get(i)
                 {
                     up.set_protocol_version(v);
                 }
+                leg.version = version.map(str::to_string);
                 leg.status = Status::Up;
                 self.legs.mark(i, MemberState::Up);
                 leg.attempts = 0;
@@ -875,6 +1045,7 @@ impl Mux {
             result["instructions"] = json!(instructions.join("\n\n"));
         }
         self.answer(&h.id, result).await;
+        self.record();
     }
 
     /// Member `i` serves (and the client has sent `initialized`): tell it, open its stream.
@@ -903,10 +1074,17 @@ impl Mux {
         if let Some(c) = cursor {
             match self.key.open(&self.ctx.session, &c) {
                 Ok(p) if p.list == list.cursor_list() => {
+                    // Not merged (yet) here — a list invalidated since, or a session continued
+                    // from another replica: the cursor is checked against the list once read.
+                    if self.lists[list.index()].merged.is_none() {
+                        let st = &mut self.lists[list.index()];
+                        st.readers.push((id, p.offset as usize, Some(p.generation)));
+                        self.walk(list).await;
+                        return;
+                    }
                     let current = self.lists[list.index()].merged.as_ref();
                     if current.map(|m| m.generation) != Some(p.generation) {
-                        let msg = "the list changed since this cursor was issued; list again from the start";
-                        self.fail(&id, INVALID_PARAMS, msg).await;
+                        self.fail(&id, INVALID_PARAMS, LIST_CHANGED).await;
                         return;
                     }
                     offset = p.offset as usize;
@@ -926,7 +1104,7 @@ impl Mux {
             self.page(&id, list, offset).await;
             return;
         }
-        self.lists[list.index()].readers.push((id, offset));
+        self.lists[list.index()].readers.push((id, offset, None));
         self.walk(list).await;
     }
 
@@ -1037,18 +1215,22 @@ impl Mux {
         };
         match merge(&self.spec, list, &self.state, shaped) {
             Ok((items, map)) => {
-                self.generation += 1;
+                let generation = generation_of(&items);
                 let names = map.map(|map| Arc::new(Names { map, renamed }));
                 if list == List::Tools {
                     *crate::sync::lock(&self.shared.tools) = names.clone();
                 }
                 self.lists[list.index()].merged = Some(Merged {
-                    generation: self.generation,
+                    generation,
                     items,
                     names,
                 });
-                for (id, offset) in readers {
-                    self.page(&id, list, offset).await;
+                for (id, offset, issued) in readers {
+                    if issued.is_some_and(|g| g != generation) {
+                        self.fail(&id, INVALID_PARAMS, LIST_CHANGED).await;
+                    } else {
+                        self.page(&id, list, offset).await;
+                    }
                 }
                 for call in calls {
                     // Boxed: routing a call may start a walk, which ends here.
@@ -1058,7 +1240,7 @@ impl Mux {
             Err(e) => {
                 let msg = e.to_string();
                 tracing::warn!(error = %msg, "the composite route cannot merge its members' lists");
-                for (id, _) in readers {
+                for (id, _, _) in readers {
                     self.fail(&id, INTERNAL_ERROR, &msg).await;
                 }
                 for call in calls {
@@ -1329,8 +1511,13 @@ impl Mux {
                                     self.lists[list.index()].gone.retain(|_, m| *m != i);
                                     self.invalidate(list);
                                 }
+                                self.restored(i);
+                                self.record();
                             }
-                            Err(e) => self.restart_later(i, format!("initialize failed: {e}")),
+                            Err(e) => {
+                                self.restored(i);
+                                self.restart_later(i, format!("initialize failed: {e}"));
+                            }
                         }
                     }
                     Some(Pending::Page(list)) => {
@@ -1466,7 +1653,8 @@ impl Mux {
                     self.handshake_done().await;
                 }
                 Pending::Page(list) => self.page_in(i, list, None).await,
-                Pending::Rejoin | Pending::Ignore => {}
+                Pending::Rejoin => self.restored(i),
+                Pending::Ignore => {}
             }
         }
         self.asked.retain(|_, (m, _)| *m != i);
@@ -1553,6 +1741,9 @@ impl Mux {
         if let Some(h) = &self.handshake {
             at(h.deadline);
         }
+        if let Some((_, deadline)) = &self.restoring {
+            at(*deadline);
+        }
         for st in &self.lists {
             if let Some(w) = &st.walk {
                 at(w.deadline);
@@ -1586,6 +1777,17 @@ impl Mux {
             && h.deadline <= now
         {
             let late: Vec<usize> = h.waiting.iter().copied().collect();
+            for i in late {
+                if !self.down(i, "no answer to initialize in time".into()).await {
+                    return false;
+                }
+            }
+        }
+        if let Some((waiting, deadline)) = &self.restoring
+            && *deadline <= now
+        {
+            let late: Vec<usize> = waiting.iter().copied().collect();
+            self.restoring = None;
             for i in late {
                 if !self.down(i, "no answer to initialize in time".into()).await {
                     return false;
