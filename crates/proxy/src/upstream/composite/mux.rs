@@ -9,9 +9,11 @@
 
 use super::cursor::{CursorKey, Position};
 use super::names::{self, NameMap};
-use super::{CompositeSpec, Failure, MemberState};
+use super::{CompositeSpec, Failure, Member, MemberState};
 use crate::error::ProxyError;
-use crate::upstream::{Upstream, UpstreamCtx, UpstreamEvent, Via};
+use crate::guard::Guard;
+use crate::session::place::{Connected, connect_first};
+use crate::upstream::{Opened, Upstream, UpstreamCtx, UpstreamEvent, Via};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
@@ -140,7 +142,34 @@ pub(super) struct Legs {
     /// Each member's name and [`MemberState`] (as a `u8`), for whoever watches the session.
     names: Vec<Arc<str>>,
     states: Vec<AtomicU8>,
+    /// The candidate of its placer each member's leg runs on.
+    on: Vec<Mutex<Option<On>>>,
     cancel: CancellationToken,
+}
+
+/// The candidate a member's leg was placed on: its name, and the guard (breaker, retry budget)
+/// the member's requests run under.
+#[derive(Clone)]
+pub(super) struct On {
+    pub(super) upstream: Arc<str>,
+    pub(super) guard: Option<Arc<Guard>>,
+}
+
+/// A member's leg opened on a candidate of its placer.
+type Placed = Result<Connected<Opened>, ProxyError>;
+
+/// Open member `m`'s leg on the first candidate of its placer that works (probed, ejected
+/// and failed over as a new session's upstream is: [`connect_first`]); the leg runs under
+/// that candidate's guard.
+async fn open_member(m: &Member, ctx: UpstreamCtx) -> Placed {
+    let placer = m.placer();
+    let plan = placer.plan(&ctx.session, &[])?;
+    connect_first(&*placer, plan, |_, c| {
+        let mut ctx = ctx.clone();
+        ctx.guard = c.guard.clone();
+        async move { super::super::open(&c.spec, ctx).await }
+    })
+    .await
 }
 
 impl Legs {
@@ -157,6 +186,35 @@ impl Legs {
             .zip(&self.states)
             .map(|(n, s)| (n.clone(), MemberState::from_u8(s.load(Ordering::Relaxed))))
             .collect()
+    }
+
+    /// The candidate member `i` runs on (`None` while it is down).
+    pub(super) fn on(&self, i: usize) -> Option<On> {
+        self.on.get(i).and_then(|o| crate::sync::lock(o).clone())
+    }
+
+    /// The guard of member `i`'s candidate.
+    pub(super) fn guard(&self, i: usize) -> Option<Arc<Guard>> {
+        self.on(i).and_then(|o| o.guard)
+    }
+
+    fn set_on(&self, i: usize, on: Option<On>) {
+        if let Some(cell) = self.on.get(i) {
+            *crate::sync::lock(cell) = on;
+        }
+    }
+
+    /// Member `i`'s leg is open on `placed`'s candidate.
+    fn open(&self, i: usize, placed: Connected<Opened>) -> mpsc::Receiver<UpstreamEvent> {
+        self.set_on(
+            i,
+            Some(On {
+                upstream: placed.name,
+                guard: placed.guard,
+            }),
+        );
+        self.set(i, Some(Arc::new(placed.value.upstream)));
+        placed.value.events
     }
 
     pub(super) fn get(&self, i: usize) -> Option<Arc<Upstream>> {
@@ -283,6 +341,7 @@ pub(super) fn fast_call(
     let (i, original) = tools.resolve(name)?;
     if spec.members.get(i)?.shaper.is_some()
         || legs.states.get(i)?.load(Ordering::Relaxed) != MemberState::Up as u8
+        || !breaker_closed(legs, i)
     {
         return None;
     }
@@ -292,6 +351,15 @@ pub(super) fn fast_call(
         renamed_call(frame, original)?
     };
     shared.route(id.clone(), i, false).then_some((i, frame))
+}
+
+/// Whether member `i`'s breaker lets every request through (or it has none): otherwise its
+/// calls go through the mux, which asks the breaker and answers a refused one itself.
+fn breaker_closed(legs: &Legs, i: usize) -> bool {
+    use crate::guard::BreakerState;
+    legs.guard(i)
+        .and_then(|g| g.breaker().map(|b| b.state()))
+        .is_none_or(|s| s == BreakerState::Closed)
 }
 
 /// `frame` (a `tools/call`) naming `name` instead; everything else as it was (arguments are
@@ -395,7 +463,7 @@ struct Mux {
     state: Vec<Leg>,
     streams: StreamMap<usize, MemberEvents>,
     out: mpsc::Sender<UpstreamEvent>,
-    reopened: mpsc::Sender<(usize, Result<super::super::Opened, ProxyError>)>,
+    reopened: mpsc::Sender<(usize, Placed)>,
     pending: HashMap<(usize, RequestId), Pending>,
     /// What the session's task routes itself (tool names, requests in flight at a member).
     shared: Arc<Shared>,
@@ -432,12 +500,13 @@ pub(super) async fn start(
         states: (0..n)
             .map(|_| AtomicU8::new(MemberState::Starting as u8))
             .collect(),
+        on: (0..n).map(|_| Mutex::new(None)).collect(),
         cancel: ctx.cancel.child_token(),
     });
     let opened = futures_util::future::join_all(
         spec.members
             .iter()
-            .map(|m| super::super::open(&m.spec, member_ctx(&ctx, &legs.cancel))),
+            .map(|m| open_member(m, member_ctx(&ctx, &legs.cancel))),
     )
     .await;
     let mut streams = StreamMap::new();
@@ -446,9 +515,9 @@ pub(super) async fn start(
     let now = Instant::now();
     for (i, (m, o)) in spec.members.iter().zip(opened).enumerate() {
         let status = match o {
-            Ok(o) => {
-                legs.set(i, Some(Arc::new(o.upstream)));
-                streams.insert(i, member_events(o.events));
+            Ok(placed) => {
+                let events = legs.open(i, placed);
+                streams.insert(i, member_events(events));
                 Status::Joining
             }
             Err(e) => {
@@ -557,7 +626,7 @@ impl Mux {
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<Frame>,
-        mut reopened: mpsc::Receiver<(usize, Result<super::super::Opened, ProxyError>)>,
+        mut reopened: mpsc::Receiver<(usize, Placed)>,
     ) {
         let cancel = self.legs.cancel.clone();
         loop {
@@ -1126,6 +1195,13 @@ impl Mux {
                 .await;
             return;
         };
+        // The member's breaker may refuse it fast, as a plain session's guard does.
+        if let Some(g) = self.legs.guard(i)
+            && let Err(why) = g.admit()
+        {
+            self.fail(&id, why.jsonrpc_code(), &why.to_string()).await;
+            return;
+        }
         if !self.shared.route(id.clone(), i, method == "resources/read") {
             self.fail(
                 &id,
@@ -1274,6 +1350,9 @@ impl Mux {
                 if pending.is_none()
                     && let Some((_, expose_uris)) = self.shared.unroute(&id)
                 {
+                    if let Some(g) = self.legs.guard(i) {
+                        g.record(!crate::session::upstream_failed(&frame));
+                    }
                     let frame = if expose_uris && !self.spec.transparent() {
                         self.expose_contents(i, frame)
                     } else {
@@ -1415,6 +1494,8 @@ impl Mux {
         let name = self.state[i].name.clone();
         tracing::warn!(server = %name, reason = %reason, "composite member failed");
         self.streams.remove(&i);
+        let guard = self.legs.guard(i);
+        self.legs.set_on(i, None);
         if let Some(old) = self.legs.set(i, None) {
             self.ctx.tracker.spawn(async move { old.shutdown().await });
         }
@@ -1432,6 +1513,10 @@ impl Mux {
             .filter_map(|k| self.pending.remove(&k).map(|p| (k.1, p)))
             .collect();
         for id in self.shared.drain(i) {
+            // Each call in flight failed with it, as a plain session's would.
+            if let Some(g) = &guard {
+                g.record(false);
+            }
             self.fail(&id, UPSTREAM_ERROR, &msg).await;
         }
         for (_, p) in mine {
@@ -1494,20 +1579,20 @@ impl Mux {
     fn reopen(&mut self, i: usize) {
         self.state[i].status = Status::Opening;
         self.legs.mark(i, MemberState::Starting);
-        let spec = self.spec.members[i].spec.clone();
+        let member = self.spec.members[i].clone();
         let ctx = member_ctx(&self.ctx, &self.legs.cancel);
         let tx = self.reopened.clone();
         self.ctx.tracker.spawn(async move {
-            let o = super::super::open(&spec, ctx).await;
+            let o = open_member(&member, ctx).await;
             let _ = tx.send((i, o)).await;
         });
     }
 
-    async fn reopened(&mut self, i: usize, o: Result<super::super::Opened, ProxyError>) {
+    async fn reopened(&mut self, i: usize, o: Placed) {
         match o {
-            Ok(o) => {
-                self.legs.set(i, Some(Arc::new(o.upstream)));
-                self.streams.insert(i, member_events(o.events));
+            Ok(placed) => {
+                let events = self.legs.open(i, placed);
+                self.streams.insert(i, member_events(events));
                 self.state[i].status = Status::Joining;
                 // Before the client's `initialize` it joins with the others.
                 if let Some(params) = self.init.clone()
