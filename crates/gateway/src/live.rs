@@ -476,3 +476,58 @@ pub(crate) fn restart_only(
 fn json(v: &impl serde::Serialize) -> Value {
     serde_json::to_value(v).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(text: &str, old: Option<&Live>) -> Live {
+        let cfg = GatewayConfig::parse("g.toml", text).expect("parse");
+        let generation = old.map_or(1, |o| o.generation + 1);
+        Live::build(&cfg, "g.toml", old, generation).expect("build")
+    }
+
+    const SET: &str = "[[routes]]\npath = \"/mcp\"\n\
+        [[routes.servers]]\nname = \"a\"\n\
+        [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\n\
+        [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:2/mcp\"\n\
+        [[routes.servers]]\nname = \"b\"\ncommand = \"x\"\n";
+
+    /// A server's set is placed through its placer; a reload that changes only the route's
+    /// rules keeps the composite member and the set it places on, and one that changes the set
+    /// replaces the composite member (its sessions drain) while an unchanged upstream of the
+    /// set keeps its state.
+    #[test]
+    fn a_servers_set_follows_its_composite_member_across_reloads() {
+        let a = live(SET, None);
+        let ra = &a.routes[""];
+        assert_eq!(ra.servers.len(), 1);
+        let UpstreamSpec::Composite(spec) = ra.set.members()[0].spec() else {
+            panic!("a composite member")
+        };
+        assert!(spec.members[0].placer.is_some() && spec.members[1].placer.is_none());
+        let plan = spec.members[0].placer().plan("s", &[]).expect("a plan");
+        let names: Vec<&str> = plan.iter().map(|c| &*c.name).collect();
+        assert_eq!(names, ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"]);
+
+        let denying = SET.replace(
+            "path = \"/mcp\"\n",
+            "path = \"/mcp\"\ndefault_effect = \"deny\"\n",
+        );
+        let b = live(&denying, Some(&a));
+        let rb = &b.routes[""];
+        assert!(!Arc::ptr_eq(ra, rb), "the route is rebuilt");
+        assert!(Arc::ptr_eq(&ra.set.members()[0], &rb.set.members()[0]));
+        assert!(Arc::ptr_eq(&ra.servers[0].1, &rb.servers[0].1));
+
+        let c = live(&SET.replace("127.0.0.1:2/", "127.0.0.1:3/"), Some(&b));
+        let rc = &c.routes[""];
+        assert!(!Arc::ptr_eq(&rb.set.members()[0], &rc.set.members()[0]));
+        let (old, new) = (&rb.servers[0].1.set, &rc.servers[0].1.set);
+        assert!(Arc::ptr_eq(&old.members()[0], &new.members()[0]));
+        assert!(!Arc::ptr_eq(&old.members()[1], &new.members()[1]));
+        let changes = Changes::between(&b, &c);
+        assert_eq!(changes.upstreams_removed, ["/mcp composite(a,b)"]);
+        assert_eq!(changes.upstreams_added, ["/mcp composite(a,b)"]);
+    }
+}
