@@ -357,9 +357,14 @@ pub(super) fn fast_call(
 /// calls go through the mux, which asks the breaker and answers a refused one itself.
 fn breaker_closed(legs: &Legs, i: usize) -> bool {
     use crate::guard::BreakerState;
-    legs.guard(i)
-        .and_then(|g| g.breaker().map(|b| b.state()))
-        .is_none_or(|s| s == BreakerState::Closed)
+    let Some(cell) = legs.on.get(i) else {
+        return true;
+    };
+    let on = crate::sync::lock(cell);
+    on.as_ref()
+        .and_then(|o| o.guard.as_deref())
+        .and_then(Guard::breaker)
+        .is_none_or(|b| b.state() == BreakerState::Closed)
 }
 
 /// `frame` (a `tools/call`) naming `name` instead; everything else as it was (arguments are
