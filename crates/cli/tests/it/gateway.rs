@@ -1009,6 +1009,12 @@ async fn a_composite_servers_upstream_set_fails_over_and_a_server_with_none_up_i
     ));
     let (code, out, err) = run(&["config", "check", &cfg], &[]).await;
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "route /mcp: composite of 2 server(s) (a (2 upstream(s), round-robin), b), failure open"
+        ),
+        "{out}"
+    );
     let admin = super::admin::start(
         &[
             "--config",
