@@ -128,7 +128,14 @@ fn session_json(
         v["servers"] = c
             .members()
             .into_iter()
-            .map(|(name, state)| json!({"name": &*name, "state": state.as_str()}))
+            .zip(c.upstreams())
+            .map(|((name, state), on)| {
+                json!({
+                    "name": &*name,
+                    "state": state.as_str(),
+                    "upstream": on.map(|u| shown(&u)),
+                })
+            })
             .collect();
     }
     if detail {
@@ -279,8 +286,8 @@ async fn upstreams(State(a): Shared) -> Answer {
         .into_iter()
         .map(|r| {
             let set = r.set();
-            let members: Vec<Value> = set
-                .members()
+            let members = |set: &crate::UpstreamSet| -> Vec<Value> {
+                set.members()
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
@@ -299,12 +306,29 @@ async fn upstreams(State(a): Shared) -> Answer {
                         "spares": m.spares().map(|s| json!({"want": s.want(), "ready": s.ready(), "taken": s.taken()})),
                     })
                 })
-                .collect();
-            json!({
+                .collect()
+            };
+            let mut v = json!({
                 "path": r.path(),
                 "strategy": set.strategy().name(),
-                "upstreams": members,
-            })
+                "upstreams": members(set),
+            });
+            // A composite route's servers with upstream sets of their own.
+            let servers: Vec<Value> = r
+                .sets()
+                .filter(|(name, _)| !name.is_empty())
+                .map(|(name, set)| {
+                    json!({
+                        "name": name,
+                        "strategy": set.strategy().name(),
+                        "upstreams": members(set),
+                    })
+                })
+                .collect();
+            if !servers.is_empty() {
+                v["servers"] = json!(servers);
+            }
+            v
         })
         .collect();
     Ok(json(StatusCode::OK, json!({ "routes": routes })))

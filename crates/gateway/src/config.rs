@@ -1013,7 +1013,9 @@ pub struct UpstreamConfig {
 }
 
 /// One `[[routes.servers]]`: a member server of a composite route, its `name` and, as in
-/// `[[routes.upstreams]]`, where it is (`url` or `command`, credentials, environment).
+/// `[[routes.upstreams]]`, where it is (`url` or `command`, credentials, environment) — or,
+/// instead, an upstream set of its own (`[[routes.servers.upstreams]]`, balanced with
+/// `balance`), each of whose sessions' legs goes to one of them.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
@@ -1030,9 +1032,46 @@ pub struct MemberConfig {
     /// describe, fixed parameters, defaults).
     #[serde(default)]
     pub tools: Option<crate::shape::ToolsConfig>,
-    /// Where it is: the fields of an upstream.
+    /// Its upstream set, instead of one upstream: each composite session's leg to this server
+    /// goes to one of them (balanced, health-checked, failed over, each with its breaker, as a
+    /// plain route's upstreams).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Balancing strategy over `upstreams` (default `round_robin`).
+    #[serde(default)]
+    pub balance: Option<Strategy>,
+    /// Where it is: the fields of an upstream (without `upstreams`).
     #[serde(flatten)]
     pub upstream: UpstreamConfig,
+}
+
+impl MemberConfig {
+    /// Whether it has an upstream set (`[[routes.servers.upstreams]]`) rather than one upstream.
+    pub fn has_set(&self) -> bool {
+        !self.upstreams.is_empty()
+    }
+
+    /// Its upstreams' specs, credentials resolved: its set, or its one upstream. An error's
+    /// field is relative to the server (`upstreams[1].bearer_env`, or `bearer_env`).
+    pub fn specs(&self) -> Result<Vec<UpstreamSpec>, UpstreamError> {
+        if !self.has_set() {
+            return Ok(vec![self.upstream.spec()?]);
+        }
+        self.upstreams
+            .iter()
+            .enumerate()
+            .map(|(k, u)| {
+                u.spec().map_err(|e| UpstreamError {
+                    field: if e.field.is_empty() {
+                        format!("upstreams[{k}]")
+                    } else {
+                        format!("upstreams[{k}].{}", e.field)
+                    },
+                    message: e.message,
+                })
+            })
+            .collect()
+    }
 }
 
 fn default_separator() -> String {
@@ -1096,13 +1135,19 @@ impl RouteConfig {
             .iter()
             .enumerate()
             .map(|(j, m)| {
-                let spec = m.upstream.spec().map_err(|e| UpstreamError {
+                let spec = m.specs().map_err(|e| UpstreamError {
                     field: if e.field.is_empty() {
                         format!("servers[{j}]")
                     } else {
                         format!("servers[{j}].{}", e.field)
                     },
                     message: e.message,
+                })?;
+                // The first of a set names the member in logs; the set is placed by the
+                // gateway's placer (see `live`).
+                let spec = spec.into_iter().next().ok_or_else(|| UpstreamError {
+                    field: format!("servers[{j}].upstreams"),
+                    message: "no upstreams".into(),
                 })?;
                 let shaper = crate::shape::ToolShape::new(&m.name, m.tools.as_ref(), &self.tools)
                     .map(|s| Arc::new(s) as Arc<dyn Shaper>);
@@ -2159,11 +2204,61 @@ env = { LOG = "info" }
         assert!(e.contains("routes[0].names.prefix"), "{e}");
     }
 
+    /// A composite route's server with an upstream set: parsed into a spec whose member is
+    /// named by its first upstream; each problem of the set named by its field path.
+    #[test]
+    fn a_servers_upstream_set_is_parsed_and_its_problems_are_named() {
+        let good = "[[routes]]\npath = \"/mcp\"\n[routes.health]\ninterval = \"5s\"\n\
+             [[routes.servers]]\nname = \"a\"\nbalance = \"random\"\n\
+             [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\n\
+             [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:2/mcp\"\nweight = 3\n\
+             [[routes.servers]]\nname = \"b\"\ncommand = \"x\"\n";
+        assert_eq!(errors(good), "");
+        let cfg = GatewayConfig::parse("g.toml", good).expect("parse");
+        let r = &cfg.routes[0];
+        assert!(r.servers[0].has_set() && !r.servers[1].has_set());
+        assert_eq!(r.servers[0].upstreams[1].weight, 3);
+        assert_eq!(r.servers[0].balance, Some(Strategy::Random));
+        let spec = r.composite().expect("composite").expect("spec");
+        assert_eq!(spec.members[0].spec.describe(), "http://127.0.0.1:1/mcp");
+
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n\
+             [[routes.servers]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\n\
+             [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\nspares = 1\n\
+             [[routes.servers.upstreams]]\nurl = \"ftp://x\"\n\
+             [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\n\
+             [[routes.servers]]\nname = \"b\"\ncommand = \"x\"\nbalance = \"random\"\n\
+             [[routes.servers]]\nname = \"c\"\nbalance = \"least-in-flight\"\n\
+             [[routes.servers.upstreams]]\ncommand = \"x\"\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        for want in [
+            "g.toml: routes[0].servers[0].url: give a server either one upstream",
+            "g.toml: routes[0].servers[0].upstreams[0].spares: is not supported on a composite route's servers",
+            "g.toml: routes[0].servers[0].upstreams[1].url: `ftp://x` must be",
+            "g.toml: routes[0].servers[0].upstreams[2]: `http://127.0.0.1:1/mcp` is listed twice",
+            "g.toml: routes[0].servers[1].balance: balances a server's upstream set",
+            "g.toml: routes[0].servers[2].balance: `least-in-flight` weighs",
+        ] {
+            assert!(lines.iter().any(|l| l.starts_with(want)), "{want} in\n{e}");
+        }
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[[routes.servers]]\nname = \"a\"\n\
+             [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\n\
+             bearer_env = \"SHADOWCAT_TEST_SURELY_UNSET\"\n",
+        );
+        assert!(
+            e.contains("g.toml: routes[0].servers[0].upstreams[0].bearer_env: environment variable `SHADOWCAT_TEST_SURELY_UNSET`"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn health_and_balance_on_a_composite_route_and_composite_options_on_a_set_are_refused() {
         let e = errors(&format!("{COMPOSITE}[routes.health]\ninterval = \"5s\"\n"));
         assert!(
-            e.contains("g.toml: routes[0].health: active health checks are not supported on composite routes"),
+            e.contains("g.toml: routes[0].health: active health checks of a composite route check its servers' upstream sets ([[routes.servers.upstreams]]), and no server here has one"),
             "{e}"
         );
         let e = errors(&COMPOSITE.replace(

@@ -259,8 +259,15 @@ impl Gateway {
         let mut upstreams = Vec::new();
         let live = self.live();
         for r in live.sorted_routes() {
-            for i in 0..r.set.members().len() {
-                upstreams.push(UpstreamGauge::of(&r.path, &r.set, i));
+            // A composite server's upstreams are labelled `SERVER=UPSTREAM`.
+            for (server, set) in r.sets() {
+                for i in 0..set.members().len() {
+                    let mut g = UpstreamGauge::of(&r.path, set, i);
+                    if !server.is_empty() {
+                        g.upstream = format!("{server}={}", g.upstream);
+                    }
+                    upstreams.push(g);
+                }
             }
         }
         Snapshot {

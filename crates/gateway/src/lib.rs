@@ -70,6 +70,9 @@ pub struct Route {
     path: String,
     key: Arc<str>,
     set: UpstreamSet,
+    /// A composite route's servers that have an upstream set of their own, by name, each
+    /// with the placer its composite sessions' legs are placed by.
+    servers: Servers,
     scopes: Vec<String>,
     failover: bool,
     connect_timeout: Duration,
@@ -91,7 +94,20 @@ impl Route {
     pub fn set(&self) -> &UpstreamSet {
         &self.set
     }
+
+    /// Its upstream sets, each with its label in metrics and the admin API: the route's own
+    /// (`""`), then each composite server's that has one (the server's name).
+    pub(crate) fn sets(&self) -> impl Iterator<Item = (&str, &UpstreamSet)> {
+        std::iter::once(("", &self.set)).chain(
+            self.servers
+                .iter()
+                .map(|(name, p)| (name.as_str(), &*p.set)),
+        )
+    }
 }
+
+/// A composite route's servers with upstream sets: (name, placer).
+pub(crate) type Servers = Vec<(String, Arc<target::MemberPlacer>)>;
 
 /// The client's validated JWT, kept for the request when an upstream exchanges it (RFC 8693);
 /// never logged, never sent upstream.

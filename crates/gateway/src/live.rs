@@ -14,7 +14,8 @@ use super::authz::Rules;
 use super::balance::{Member, UpstreamSet};
 use super::config::{self, Cidr, ConfigError, GatewayConfig, RouteConfig, route_key};
 use super::limits::Limits;
-use super::{Route, pins, resilience};
+use super::target::MemberPlacer;
+use super::{Route, Servers, pins, resilience};
 use serde_json::Value;
 use shadowcat_proxy::upstream::UpstreamSpec;
 use std::collections::HashMap;
@@ -91,13 +92,14 @@ impl Live {
                 routes.insert(key, b.clone());
                 continue;
             }
-            let set = build_set(i, r, source, before.map(|b| &b.set))?;
+            let (set, servers) = build_set(i, r, source, before.map(|b| &**b))?;
             routes.insert(
                 key.clone(),
                 Arc::new(Route {
                     path: r.path.clone(),
                     key,
                     set,
+                    servers,
                     scopes,
                     failover: r.failover,
                     connect_timeout: r.connect_timeout.0,
@@ -160,9 +162,8 @@ impl Live {
         };
         let any_rules = routes.values().any(|r: &Arc<Route>| !r.rules.is_open());
         let exchanges = routes.values().any(|r: &Arc<Route>| {
-            r.set
-                .members()
-                .iter()
+            r.sets()
+                .flat_map(|(_, set)| set.members().iter())
                 .any(|m| super::target::needs_client_token(m.spec()))
         });
         Ok(Live {
@@ -189,20 +190,38 @@ impl Live {
     }
 }
 
-/// The upstream set of route `i` (`r`), keeping the members of `before` (the route's set in
-/// the running configuration) whose name and settings are unchanged.
+/// `(spec, weight, spares, what the member is built from)` of each upstream of a set.
+type Built = (UpstreamSpec, u32, u32, String);
+
+/// What the upstreams of a set are built from: their specs, weights and spares, and each one's
+/// settings (weight aside) and the route's guard settings.
+fn upstreams_of(ups: &[config::UpstreamConfig], guard: &str) -> Vec<Built> {
+    ups.iter()
+        .filter_map(|u| {
+            let spec = u.spec().ok()?;
+            let mut unweighted = u.clone();
+            unweighted.weight = 0;
+            Some((spec, u.weight, u.spares, text(&(&unweighted, guard))))
+        })
+        .collect()
+}
+
+/// The upstream set of route `i` (`r`) and its servers' sets (a composite route's servers
+/// with `[[routes.servers.upstreams]]`), keeping the members of `before` (the route in the
+/// running configuration) whose name and settings are unchanged.
 fn build_set(
     i: usize,
     r: &RouteConfig,
     source: &str,
-    before: Option<&UpstreamSet>,
-) -> Result<UpstreamSet, ConfigError> {
+    before: Option<&Route>,
+) -> Result<(UpstreamSet, Servers), ConfigError> {
     let guard = guard_fingerprint(r);
-    // (spec, weight, spares, what the member is built from)
-    let members: Vec<(UpstreamSpec, u32, u32, String)> = match r.composite() {
+    let guard_cfg = resilience::guard_config(r);
+    let mut servers = Servers::new();
+    let members: Vec<Built> = match r.composite() {
         // A composite route: one candidate, every server of it in each session.
         Some(spec) => {
-            let spec = spec.map_err(|e| {
+            let mut spec = spec.map_err(|e| {
                 let at = format!("routes[{i}].{}", e.field);
                 ConfigError::one(source, &at, e.message)
             })?;
@@ -211,6 +230,35 @@ fn build_set(
                 let at = format!("routes[{i}].servers");
                 return Err(ConfigError::one(source, &at, problems.join("; ")));
             }
+            // Each server with an upstream set is placed by a placer of its own over it.
+            for (m, mc) in spec.members.iter_mut().zip(&r.servers) {
+                if !mc.has_set() {
+                    continue;
+                }
+                let old = before.and_then(|b| {
+                    b.servers
+                        .iter()
+                        .find(|(n, _)| *n == m.name)
+                        .map(|(_, p)| &*p.set)
+                });
+                let set = Arc::new(UpstreamSet::of(
+                    carry(upstreams_of(&mc.upstreams, &guard), old, &guard_cfg),
+                    mc.balance.unwrap_or_default(),
+                    r.eject_for.0,
+                ));
+                let placer = Arc::new(MemberPlacer {
+                    set,
+                    what: format!("{} server `{}`", r.path, m.name),
+                    failover: r.failover,
+                    connect_timeout: r.connect_timeout.0,
+                    client_token: None,
+                });
+                m.placer = Some(placer.clone());
+                servers.push((m.name.clone(), placer));
+            }
+            // The servers' placers fail over and eject with the route's settings.
+            let placing =
+                (!servers.is_empty()).then_some((&r.failover, &r.eject_for, &r.connect_timeout));
             let from = text(&(
                 &r.servers,
                 &r.names,
@@ -218,24 +266,37 @@ fn build_set(
                 &r.failure,
                 &r.page_size,
                 &guard,
+                placing,
             ));
             vec![(UpstreamSpec::Composite(Arc::new(spec)), 1, 0, from)]
         }
-        None => r
-            .upstreams
-            .iter()
-            .filter_map(|u| {
-                let spec = u.spec().ok()?;
-                let mut unweighted = u.clone();
-                unweighted.weight = 0;
-                Some((spec, u.weight, u.spares, text(&(&unweighted, &guard))))
-            })
-            .collect(),
+        None => upstreams_of(&r.upstreams, &guard),
     };
+    let set = UpstreamSet::of(
+        carry(members, before.map(|b| &b.set), &guard_cfg),
+        r.balance,
+        r.eject_for.0,
+    );
+    // A composite candidate carried over keeps the servers' sets its spec places on.
+    if let (Some(b), Some(m)) = (before, set.members().first())
+        && r.is_composite()
+        && b.set.members().iter().any(|o| Arc::ptr_eq(o, m))
+    {
+        servers = b.servers.clone();
+    }
+    Ok((set, servers))
+}
+
+/// The members of a set built from `members`, each carried over from `before` (with its state)
+/// when its name and settings are unchanged.
+fn carry(
+    members: Vec<Built>,
+    before: Option<&UpstreamSet>,
+    guard_cfg: &shadowcat_proxy::guard::GuardConfig,
+) -> Vec<Arc<Member>> {
     let names = UpstreamSet::names(members.iter().map(|(s, ..)| s));
-    let guard_cfg = resilience::guard_config(r);
     let mut taken: Vec<usize> = Vec::new();
-    let members: Vec<Arc<Member>> = members
+    members
         .into_iter()
         .zip(names)
         .map(|((spec, weight, spares, from), name)| {
@@ -253,7 +314,7 @@ fn build_set(
                     m.clone()
                 }
                 None => {
-                    let m = Member::new(spec, name, weight, &guard_cfg, fingerprint);
+                    let m = Member::new(spec, name, weight, guard_cfg, fingerprint);
                     if spares > 0 {
                         m.keep_spares(spares as usize);
                     }
@@ -261,8 +322,7 @@ fn build_set(
                 }
             }
         })
-        .collect();
-    Ok(UpstreamSet::of(members, r.balance, r.eject_for.0))
+        .collect()
 }
 
 /// What a reload changed, for its log line and its answer (paths and upstream names, which
@@ -415,4 +475,59 @@ pub(crate) fn restart_only(
 /// `v` as JSON (the configuration types always serialize).
 fn json(v: &impl serde::Serialize) -> Value {
     serde_json::to_value(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(text: &str, old: Option<&Live>) -> Live {
+        let cfg = GatewayConfig::parse("g.toml", text).expect("parse");
+        let generation = old.map_or(1, |o| o.generation + 1);
+        Live::build(&cfg, "g.toml", old, generation).expect("build")
+    }
+
+    const SET: &str = "[[routes]]\npath = \"/mcp\"\n\
+        [[routes.servers]]\nname = \"a\"\n\
+        [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\n\
+        [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:2/mcp\"\n\
+        [[routes.servers]]\nname = \"b\"\ncommand = \"x\"\n";
+
+    /// A server's set is placed through its placer; a reload that changes only the route's
+    /// rules keeps the composite member and the set it places on, and one that changes the set
+    /// replaces the composite member (its sessions drain) while an unchanged upstream of the
+    /// set keeps its state.
+    #[test]
+    fn a_servers_set_follows_its_composite_member_across_reloads() {
+        let a = live(SET, None);
+        let ra = &a.routes[""];
+        assert_eq!(ra.servers.len(), 1);
+        let UpstreamSpec::Composite(spec) = ra.set.members()[0].spec() else {
+            panic!("a composite member")
+        };
+        assert!(spec.members[0].placer.is_some() && spec.members[1].placer.is_none());
+        let plan = spec.members[0].placer().plan("s", &[]).expect("a plan");
+        let names: Vec<&str> = plan.iter().map(|c| &*c.name).collect();
+        assert_eq!(names, ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"]);
+
+        let denying = SET.replace(
+            "path = \"/mcp\"\n",
+            "path = \"/mcp\"\ndefault_effect = \"deny\"\n",
+        );
+        let b = live(&denying, Some(&a));
+        let rb = &b.routes[""];
+        assert!(!Arc::ptr_eq(ra, rb), "the route is rebuilt");
+        assert!(Arc::ptr_eq(&ra.set.members()[0], &rb.set.members()[0]));
+        assert!(Arc::ptr_eq(&ra.servers[0].1, &rb.servers[0].1));
+
+        let c = live(&SET.replace("127.0.0.1:2/", "127.0.0.1:3/"), Some(&b));
+        let rc = &c.routes[""];
+        assert!(!Arc::ptr_eq(&rb.set.members()[0], &rc.set.members()[0]));
+        let (old, new) = (&rb.servers[0].1.set, &rc.servers[0].1.set);
+        assert!(Arc::ptr_eq(&old.members()[0], &new.members()[0]));
+        assert!(!Arc::ptr_eq(&old.members()[1], &new.members()[1]));
+        let changes = Changes::between(&b, &c);
+        assert_eq!(changes.upstreams_removed, ["/mcp composite(a,b)"]);
+        assert_eq!(changes.upstreams_added, ["/mcp composite(a,b)"]);
+    }
 }

@@ -3,6 +3,7 @@
 //! requests for the authorization hook (which applies the route's rules in every era). The engine's one creation path ([`shadowcat_proxy::session::place::create`])
 //! runs the failover loop over the candidates it gives.
 
+use super::balance::UpstreamSet;
 use super::{Bound, Gateway, Principal, Route};
 use futures_util::future::BoxFuture;
 use shadowcat_proto::Frame;
@@ -95,20 +96,129 @@ impl std::fmt::Debug for GatewayTarget {
     }
 }
 
+/// Candidate `i` of `set` for a request whose client sent `token`.
+fn candidate_of(set: &UpstreamSet, i: usize, token: Option<&str>) -> Candidate {
+    let m = &set.members()[i];
+    // A client without the token an exchanging member needs gets the error when the
+    // session connects (the spec is left as it is: its exchange has no subject token).
+    let spec = for_client(m.spec(), token).unwrap_or_else(|_| m.spec().clone());
+    Candidate {
+        index: i,
+        name: Arc::from(m.name()),
+        spec,
+        guard: Some(m.guard().clone()),
+        spares: m.spares().cloned(),
+    }
+}
+
+/// The members of `set` to try for new session `session`, best first, without those in
+/// `tried`; refused when every breaker among them is open (`what` names the set in the error).
+fn plan_on(
+    set: &UpstreamSet,
+    failover: bool,
+    session: &str,
+    tried: &[usize],
+    what: &str,
+) -> Result<Vec<usize>, ProxyError> {
+    let mut plan = set.plan(session, failover);
+    plan.retain(|i| !tried.contains(i));
+    let waits: Option<Vec<_>> = plan
+        .iter()
+        .map(|&i| set.members()[i].guard().open_for())
+        .collect();
+    if let Some(wait) = waits.and_then(|w| w.into_iter().min()) {
+        return Err(ProxyError::CircuitOpen {
+            message: format!(
+                "every upstream of {what} is failing (circuit breakers open); retry in {} s",
+                wait.as_secs().max(1)
+            ),
+            retry_after: wait.as_secs().max(1),
+        });
+    }
+    Ok(plan)
+}
+
+/// The placer of a composite route's server that has an upstream set
+/// (`[[routes.servers.upstreams]]`): the engine's mux plans its leg through it when the
+/// session starts and each time the server restarts, as a plain route's sessions are planned
+/// ([`GatewayTarget`]): balanced over the set, unhealthy and ejected upstreams last, failed
+/// over with the route's `failover` and `connect_timeout`, refused while every breaker is open.
+pub(crate) struct MemberPlacer {
+    /// The server's upstream set (shared with the route, for health checks, metrics and the
+    /// admin API).
+    pub(crate) set: Arc<UpstreamSet>,
+    /// `ROUTE server NAME`, for errors.
+    pub(crate) what: String,
+    pub(crate) failover: bool,
+    pub(crate) connect_timeout: Duration,
+    /// The client's validated JWT, for an upstream of the set that exchanges it.
+    pub(crate) client_token: Option<Arc<str>>,
+}
+
+impl MemberPlacer {
+    /// The same placer for a request whose client sent `token`.
+    pub(crate) fn for_token(&self, token: Option<&str>) -> MemberPlacer {
+        MemberPlacer {
+            set: self.set.clone(),
+            what: self.what.clone(),
+            failover: self.failover,
+            connect_timeout: self.connect_timeout,
+            client_token: token.map(Arc::from),
+        }
+    }
+}
+
+impl Placer for MemberPlacer {
+    fn plan(&self, session: &str, tried: &[usize]) -> Result<Vec<Candidate>, ProxyError> {
+        let plan = plan_on(&self.set, self.failover, session, tried, &self.what)?;
+        let token = self.client_token.as_deref();
+        Ok(plan
+            .into_iter()
+            .map(|i| candidate_of(&self.set, i, token))
+            .collect())
+    }
+
+    fn failover(&self) -> Option<Duration> {
+        self.failover.then_some(self.connect_timeout)
+    }
+
+    fn size(&self) -> usize {
+        self.set.members().len()
+    }
+
+    fn eject(&self, index: usize) {
+        self.set.eject(index);
+    }
+
+    fn pinned(&self, upstream: &str) -> Option<Candidate> {
+        let i = self
+            .set
+            .members()
+            .iter()
+            .position(|m| m.name() == upstream)?;
+        Some(candidate_of(&self.set, i, self.client_token.as_deref()))
+    }
+}
+
 impl GatewayTarget {
     fn candidate(&self, i: usize) -> Candidate {
-        let m = &self.route.set.members()[i];
-        // A client without the token an exchanging member needs gets the error when the
-        // session connects (the spec is left as it is: its exchange has no subject token).
-        let spec =
-            for_client(m.spec(), self.client_token.as_deref()).unwrap_or_else(|_| m.spec().clone());
-        Candidate {
-            index: i,
-            name: Arc::from(m.name()),
-            spec,
-            guard: Some(m.guard().clone()),
-            spares: m.spares().cloned(),
+        let token = self.client_token.as_deref();
+        let mut c = candidate_of(&self.route.set, i, token);
+        // A composite route's servers with upstream sets are placed with the client's token
+        // too (an upstream of a set may exchange it).
+        if token.is_some()
+            && !self.route.servers.is_empty()
+            && let UpstreamSpec::Composite(spec) = &c.spec
+        {
+            let mut spec = (**spec).clone();
+            for m in &mut spec.members {
+                if let Some((_, p)) = self.route.servers.iter().find(|(n, _)| *n == m.name) {
+                    m.placer = Some(Arc::new(p.for_token(token)));
+                }
+            }
+            c.spec = UpstreamSpec::Composite(Arc::new(spec));
         }
+        c
     }
 
     fn bound(&self, member: Option<usize>) -> Bound {
@@ -140,23 +250,13 @@ impl Placer for GatewayTarget {
     /// The route's set chooses; members that already failed this session are left out. Every
     /// breaker open: refused now rather than starting a session bound to fail.
     fn plan(&self, session: &str, tried: &[usize]) -> Result<Vec<Candidate>, ProxyError> {
-        let set = &self.route.set;
-        let mut plan = set.plan(session, self.route.failover);
-        plan.retain(|i| !tried.contains(i));
-        let waits: Option<Vec<_>> = plan
-            .iter()
-            .map(|&i| set.members()[i].guard().open_for())
-            .collect();
-        if let Some(wait) = waits.and_then(|w| w.into_iter().min()) {
-            return Err(ProxyError::CircuitOpen {
-                message: format!(
-                    "every upstream of {} is failing (circuit breakers open); retry in {} s",
-                    self.route.path,
-                    wait.as_secs().max(1)
-                ),
-                retry_after: wait.as_secs().max(1),
-            });
-        }
+        let plan = plan_on(
+            &self.route.set,
+            self.route.failover,
+            session,
+            tried,
+            &self.route.path,
+        )?;
         Ok(plan.into_iter().map(|i| self.candidate(i)).collect())
     }
 

@@ -407,11 +407,16 @@ impl GatewayConfig {
                 .upstreams
                 .iter()
                 .map(|u| (format!("{at}.upstreams"), u))
-                .chain(
-                    r.servers
+                .chain(r.servers.iter().enumerate().flat_map(|(j, m)| {
+                    let at = &at;
+                    let own = (!m.has_set()).then(|| (format!("{at}.servers[{j}]"), &m.upstream));
+                    let set = m
+                        .upstreams
                         .iter()
-                        .map(|m| (format!("{at}.servers"), &m.upstream)),
-                )
+                        .enumerate()
+                        .map(move |(k, u)| (format!("{at}.servers[{j}].upstreams[{k}]"), u));
+                    own.into_iter().chain(set)
+                }))
                 .filter(|(_, u)| {
                     u.oauth
                         .as_ref()
@@ -801,10 +806,11 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
                 .into(),
         );
     }
-    if r.health.is_some() {
+    if r.health.is_some() && !r.servers.iter().any(|m| m.has_set()) {
         bad(
             format!("{at}.health"),
-            "active health checks are not supported on composite routes yet: remove \
+            "active health checks of a composite route check its servers' upstream sets \
+             ([[routes.servers.upstreams]]), and no server here has one: remove \
              [routes.health] (a composite session restarts a failed server itself, with backoff)"
                 .into(),
         );
@@ -845,9 +851,21 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
                 bad(format!("{at}.tools.{field}"), message);
             }
         }
-        // The same server twice under two names is allowed (e.g. one command with two
-        // environments), so each is checked on its own.
-        validate_upstream(&at, &m.upstream, &mut HashSet::new(), bad);
+        if m.has_set() {
+            validate_member_set(&at, m, bad);
+        } else {
+            if m.balance.is_some() {
+                bad(
+                    format!("{at}.balance"),
+                    "balances a server's upstream set ([[routes.servers.upstreams]]); this \
+                     server has one upstream"
+                        .into(),
+                );
+            }
+            // The same server twice under two names is allowed (e.g. one command with two
+            // environments), so each is checked on its own.
+            validate_upstream(&at, &m.upstream, &mut HashSet::new(), bad);
+        }
     }
     for (k, entry) in r.tools.iter().enumerate() {
         match entry.split_once(':') {
@@ -872,6 +890,63 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
                 format!("{} is not between 1 and {MAX_NAME_LEN}", n.max_len),
             );
         }
+    }
+}
+
+/// A composite route's server with an upstream set: no upstream of its own besides the set, and
+/// each upstream of the set as a plain route's (no two the same), without spares or shared
+/// children (a member's leg is opened by its composite session).
+fn validate_member_set(
+    at: &str,
+    m: &crate::config::MemberConfig,
+    bad: &mut impl FnMut(String, String),
+) {
+    let u = &m.upstream;
+    let own = [
+        ("url", u.url.is_some()),
+        ("command", u.command.is_some()),
+        ("args", !u.args.is_empty()),
+        ("headers", !u.headers.is_empty()),
+        ("headers_env", !u.headers_env.is_empty()),
+        ("bearer_env", u.bearer_env.is_some()),
+        ("oauth", u.oauth.is_some()),
+        ("env", !u.env.is_empty()),
+        ("env_passthrough", !u.env_passthrough.is_empty()),
+        ("share", u.share > 0),
+    ];
+    for (field, set) in own {
+        if set {
+            bad(
+                format!("{at}.{field}"),
+                "give a server either one upstream (`url` or `command`…) or an upstream set \
+                 ([[routes.servers.upstreams]]), not both: move it into the set's upstreams"
+                    .into(),
+            );
+        }
+    }
+    if m.balance == Some(Strategy::LeastInFlight) {
+        bad(
+            format!("{at}.balance"),
+            "`least-in-flight` weighs an upstream's sessions and their requests, and a \
+             composite server's legs are not counted as sessions: choose `round-robin`, \
+             `weighted-round-robin`, `random` or `consistent-hash`"
+                .into(),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (k, u) in m.upstreams.iter().enumerate() {
+        let at = format!("{at}.upstreams[{k}]");
+        for (field, set) in [("spares", u.spares > 0), ("share", u.share > 0)] {
+            if set {
+                bad(
+                    format!("{at}.{field}"),
+                    "is not supported on a composite route's servers (a member's leg is opened \
+                     by its composite session, which keeps no spares or shared children)"
+                        .into(),
+                );
+            }
+        }
+        validate_upstream(&at, u, &mut seen, bad);
     }
 }
 

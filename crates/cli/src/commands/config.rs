@@ -55,7 +55,20 @@ pub fn run(cmd: ConfigCmd) -> anyhow::Result<i32> {
                 }
                 for r in &cfg.routes {
                     if r.is_composite() {
-                        let names: Vec<&str> = r.servers.iter().map(|m| m.name.as_str()).collect();
+                        // A server with an upstream set: its size and balancing too.
+                        let names: Vec<String> = r
+                            .servers
+                            .iter()
+                            .map(|m| match m.has_set() {
+                                true => format!(
+                                    "{} ({} upstream(s), {})",
+                                    m.name,
+                                    m.upstreams.len(),
+                                    m.balance.unwrap_or_default().name()
+                                ),
+                                false => m.name.clone(),
+                            })
+                            .collect();
                         let _ = writeln!(
                             out,
                             "  route {}: composite of {} server(s) ({}), failure {}, {} rule(s)",

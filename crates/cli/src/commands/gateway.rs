@@ -372,6 +372,8 @@ fn member(raw: &str) -> anyhow::Result<MemberConfig> {
         weight: None,
         spares: None,
         tools: None,
+        upstreams: Vec::new(),
+        balance: None,
         upstream,
     })
 }

@@ -879,7 +879,18 @@ async fn composite_routes_shape_tools_and_make_virtual_servers() {
          [routes.servers.tools.fixed.echo]\nmessage = \"fixed by the gateway\"\n\
          [[routes.servers]]\nname = \"b\"\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n"
     ));
-    let admin = super::admin::start(&["--config", &cfg, "--admin", "127.0.0.1:0"], &[]).await;
+    let admin = super::admin::start(
+        &[
+            "--config",
+            &cfg,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .await;
     let gw = &admin.server;
     let mut c = client(gw.url(), None);
     c.initialize().await;
@@ -939,9 +950,15 @@ async fn composite_routes_shape_tools_and_make_virtual_servers() {
     let (status, list) =
         super::admin::call("GET", &format!("{}/api/sessions", admin.admin), None).await;
     assert_eq!(status, 200, "{list}");
-    assert_eq!(
-        list["sessions"][0]["servers"],
-        json!([{"name": "a", "state": "up"}, {"name": "b", "state": "up"}]),
+    let servers = list["sessions"][0]["servers"].as_array().expect("servers");
+    let states: Vec<(&str, &str)> = servers
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("a", "up"), ("b", "up")], "{list}");
+    // Each names the upstream its leg runs on (a server's one upstream here: the program).
+    assert!(
+        servers.iter().all(|s| s["upstream"] == "shadowcat"),
         "{list}"
     );
 
@@ -960,6 +977,162 @@ async fn composite_routes_shape_tools_and_make_virtual_servers() {
         err.contains("routes[0].tools[0]: `zz` is not a server of this route"),
         "{err}"
     );
+}
+
+/// A composite route whose server has an upstream set (`[[routes.servers.upstreams]]`): the
+/// session's leg to it fails over from a dead upstream (probed, ejected, counted) to a live one,
+/// and calls reach it; a server whose every upstream is down is down in the session (failure
+/// `open`) while the other server serves, and health checks of its set see them unhealthy.
+/// Each set's upstreams are in `/metrics` and `/api/upstreams` under their server.
+#[tokio::test]
+async fn a_composite_servers_upstream_set_fails_over_and_a_server_with_none_up_is_down() {
+    let bin = super::harness::bin();
+    let live = super::harness::Server::demo_http().await;
+    let dead = format!("http://127.0.0.1:{}/mcp", free_port());
+    let (dead1, dead2) = (
+        format!("http://127.0.0.1:{}/mcp", free_port()),
+        format!("http://127.0.0.1:{}/mcp", free_port()),
+    );
+    let (_d, cfg) = config_file(&format!(
+        "[[routes]]\npath = \"/mcp\"\n\
+         [[routes.servers]]\nname = \"a\"\n\
+         [[routes.servers.upstreams]]\nurl = \"{dead}\"\n\
+         [[routes.servers.upstreams]]\nurl = \"{}\"\n\
+         [[routes.servers]]\nname = \"b\"\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n\
+         [[routes]]\npath = \"/servers/half/mcp\"\n\
+         [routes.health]\ninterval = \"50ms\"\nunhealthy_threshold = 1\n\
+         [[routes.servers]]\nname = \"gone\"\n\
+         [[routes.servers.upstreams]]\nurl = \"{dead1}\"\n\
+         [[routes.servers.upstreams]]\nurl = \"{dead2}\"\n\
+         [[routes.servers]]\nname = \"b\"\ncommand = \"{bin}\"\nargs = [\"demo-server\"]\n",
+        live.url()
+    ));
+    let (code, out, err) = run(&["config", "check", &cfg], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "route /mcp: composite of 2 server(s) (a (2 upstream(s), round-robin), b), failure open"
+        ),
+        "{out}"
+    );
+    let admin = super::admin::start(
+        &[
+            "--config",
+            &cfg,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .await;
+    let gw = &admin.server;
+
+    // The first session's plan starts on the dead upstream (round-robin): it fails over.
+    let mut c = client(gw.url(), None);
+    c.initialize().await;
+    assert_eq!(
+        c.call_tool(1, "a__echo", json!({"message": "over the set"}))
+            .await,
+        "over the set"
+    );
+    assert_eq!(
+        c.call_tool(2, "b__echo", json!({"message": "b"})).await,
+        "b"
+    );
+    let (status, list) =
+        super::admin::call("GET", &format!("{}/api/sessions", admin.admin), None).await;
+    assert_eq!(status, 200, "{list}");
+    let a = &list["sessions"][0]["servers"][0];
+    assert_eq!(a["name"], "a", "{list}");
+    assert_eq!(a["state"], "up", "{list}");
+    assert_eq!(a["upstream"], json!(live.url()), "{list}");
+
+    let (status, ups) =
+        super::admin::call("GET", &format!("{}/api/upstreams", admin.admin), None).await;
+    assert_eq!(status, 200, "{ups}");
+    let route = ups["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/mcp")
+        .expect("/mcp");
+    let set = &route["servers"][0];
+    assert_eq!(set["name"], "a", "{ups}");
+    assert_eq!(set["strategy"], "round-robin", "{ups}");
+    assert_eq!(set["upstreams"][0]["name"], json!(dead), "{ups}");
+    assert_eq!(set["upstreams"][0]["connect_failures"], 1, "{ups}");
+    assert_eq!(set["upstreams"][0]["available"], false, "ejected: {ups}");
+    assert_eq!(set["upstreams"][1]["connect_failures"], 0, "{ups}");
+    assert_eq!(set["upstreams"][1]["breaker"], "closed", "{ups}");
+    let (_, _, metrics) = get(&gw.base, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!(
+                "shadowcat_upstream_connect_failures_total{{route=\"/mcp\",upstream=\"a={dead}\"}}"
+            )
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // Every upstream of `gone` is down: the session serves `b` alone.
+    let mut h = client(format!("{}/servers/half/mcp", gw.base), None);
+    h.initialize().await;
+    let r = h
+        .post(json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}))
+        .await;
+    let msgs = r.messages();
+    let names: Vec<&str> = msgs[0]["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("tools: {}", r.body))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"b__echo"), "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("b__")), "{names:?}");
+    assert_eq!(
+        h.call_tool(2, "b__echo", json!({"message": "still"})).await,
+        "still"
+    );
+    let gone = h
+        .post(json!({"jsonrpc":"2.0","id":3,"method":"resources/read",
+            "params":{"uri":"gone+demo://x"}}))
+        .await;
+    assert!(
+        gone.body.contains("server `gone` of the composite route"),
+        "{}",
+        gone.body
+    );
+    let (_, list) = super::admin::call("GET", &format!("{}/api/sessions", admin.admin), None).await;
+    let half = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["route"] == "/servers/half/mcp")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_ne!(half["servers"][0]["state"], "up", "{list}");
+    assert_eq!(half["servers"][1]["state"], "up", "{list}");
+    // The set's health checks see both upstreams down.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, metrics) = get(&gw.base, "/metrics").await;
+        let unhealthy = [&dead1, &dead2].iter().all(|u| {
+            sample(
+                &metrics,
+                &format!(
+                    "shadowcat_upstream_healthy{{route=\"/servers/half/mcp\",upstream=\"gone={u}\"}}"
+                ),
+            ) == Some(0.0)
+        });
+        if unhealthy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// examples/local-gateway.toml runs as shipped (only the ports are moved, so tests do not

@@ -443,3 +443,47 @@ async fn stateless_requests_get_the_members_timeout_and_breaker() {
         "refused without reaching the upstream"
     );
 }
+
+/// A composite server's upstream set: each upstream has its own breaker, fed by the outcomes
+/// of the server's requests (three HTTP 500s open it), shown in `/metrics` under the route as
+/// `SERVER=UPSTREAM`; once open, the server's requests fail fast without reaching it.
+#[tokio::test]
+async fn a_composite_servers_upstream_has_its_own_breaker() {
+    let up = FakeUpstream::start("flaky").await;
+    let (_d, file) = config_file(&format!(
+        "[[routes]]\npath = \"/mcp\"\n[routes.names]\nprefix = \"never\"\n\
+         [routes.breaker]\nconsecutive_failures = 3\nopen_for = \"60s\"\n\
+         [routes.retry]\nattempts = 0\n\
+         [[routes.servers]]\nname = \"f\"\n[[routes.servers.upstreams]]\nurl = \"{}\"\n",
+        up.url
+    ));
+    let gw = start_gateway(&["--config", &file, "--listen", "127.0.0.1:0"], &[]).await;
+    let series = format!(
+        "shadowcat_upstream_breaker_state{{route=\"/mcp\",upstream=\"f={}\"}}",
+        up.url
+    );
+    let mut c = Raw::new(gw.url());
+    c.initialize().await;
+    assert_eq!(call(&c, 1).await["result"]["content"][0]["text"], "flaky");
+    assert_eq!(metric(&gw.base, &series).await, 0.0, "closed");
+
+    up.set_fault(Some(Fault::Error500));
+    for id in 2..5 {
+        let r = call(&c, id).await;
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("HTTP 500")),
+            "{r}"
+        );
+    }
+    assert_eq!(metric(&gw.base, &series).await, 2.0, "open");
+    let r = call(&c, 5).await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("circuit breaker open")),
+        "{r}"
+    );
+    assert_eq!(up.count("tools/call"), 4, "kept away from the upstream");
+}

@@ -1,4 +1,5 @@
-//! Active health checks of a route's upstreams, every `interval` within `timeout`:
+//! Active health checks of a route's upstreams (a composite route's: its servers' upstream
+//! sets), every `interval` within `timeout`:
 //!
 //! * `tcp` (the default without `http_path`): a TCP connect to an HTTP upstream;
 //! * `http` (the default with `http_path`): `GET http_path` on its origin, 2xx = healthy;
@@ -13,6 +14,7 @@
 mod ping;
 
 use super::Route;
+use super::balance::Member;
 use super::config::{HealthCheck, HealthConfig};
 use ping::Pinger;
 use shadowcat_proxy::session::place::probe;
@@ -41,12 +43,16 @@ pub(super) async fn watch(
     cancel: CancellationToken,
 ) {
     let kind = cfg.kind();
-    let mut checkers: Vec<Checker> = route
-        .set
-        .members()
+    // The route's upstreams and its composite servers' (each server's set is checked like a
+    // route's; the composite itself is not: its session restarts a failed server).
+    let members: Vec<Arc<Member>> = route
+        .sets()
+        .flat_map(|(_, set)| set.members().iter().cloned())
+        .collect();
+    let mut checkers: Vec<Checker> = members
         .iter()
         .map(|m| match (kind, m.spec()) {
-            (_, UpstreamSpec::Tape(_)) => Checker::None,
+            (_, UpstreamSpec::Tape(_) | UpstreamSpec::Composite(_)) => Checker::None,
             (HealthCheck::Ping, spec) => {
                 let mut ctx = ctx.clone();
                 ctx.session = Arc::from(format!("health-check {}", m.name()));
@@ -63,30 +69,29 @@ pub(super) async fn watch(
             _ = tick.tick() => {}
             _ = cancel.cancelled() => return,
         }
-        let checks = route
-            .set
-            .members()
-            .iter()
-            .zip(checkers.iter_mut())
-            .enumerate()
-            .map(|(i, (m, checker))| {
-                let (cfg, http) = (&cfg, &http);
-                async move {
-                    let r = match checker {
-                        Checker::Probe => Some(check(m.spec(), cfg, http).await),
-                        Checker::Ping(p) => Some(p.check(cfg.timeout.0).await),
-                        Checker::None => None,
-                    };
-                    (i, r)
-                }
-            });
+        let checks =
+            members
+                .iter()
+                .zip(checkers.iter_mut())
+                .enumerate()
+                .map(|(i, (m, checker))| {
+                    let (cfg, http) = (&cfg, &http);
+                    async move {
+                        let r = match checker {
+                            Checker::Probe => Some(check(m.spec(), cfg, http).await),
+                            Checker::Ping(p) => Some(p.check(cfg.timeout.0).await),
+                            Checker::None => None,
+                        };
+                        (i, r)
+                    }
+                });
         let results = tokio::select! {
             r = futures_util::future::join_all(checks) => r,
             _ = cancel.cancelled() => return,
         };
         for (i, result) in results {
             let Some(result) = result else { continue };
-            let m = &route.set.members()[i];
+            let m = &members[i];
             let change = m.checked(
                 result.is_ok(),
                 cfg.healthy_threshold,

@@ -639,6 +639,6 @@ impl Session {
 }
 
 /// A reply the proxy made because the upstream failed (not the server's own answer).
-fn upstream_failed(frame: &Frame) -> bool {
+pub(crate) fn upstream_failed(frame: &Frame) -> bool {
     matches!(frame.proxy_error(), Some(UPSTREAM_ERROR | REQUEST_TIMEOUT))
 }

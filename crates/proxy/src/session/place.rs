@@ -229,13 +229,90 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
     records
         .created(&id, new.route, &first.name, new.init, placer.principal())
         .await?;
+    let records = &**records;
+    let connected = connect_first(placer, plan, |n, c| {
+        let id = id.clone();
+        async move {
+            if n > 0 {
+                records.moved(&id, &c.name).await;
+            }
+            let mut ctx = (env.ctx)(&id);
+            if let Some(g) = &c.guard {
+                ctx.guard = Some(g.clone());
+            }
+            match c.spares.as_ref().and_then(|s| s.take()) {
+                Some(spare) => {
+                    tracing::debug!(upstream = %c.name, "the session takes a warm spare");
+                    ctx.cancel = spare.cancel;
+                    Ok(Session::with_upstream(
+                        id.clone(),
+                        c.spec,
+                        env.pipeline.clone(),
+                        spare.opened,
+                        ctx,
+                    ))
+                }
+                None => Session::connect(id.clone(), c.spec, env.pipeline.clone(), ctx).await,
+            }
+        }
+    })
+    .await;
+    match connected {
+        Ok(Connected {
+            candidate,
+            name,
+            value: (session, events),
+            ..
+        }) => {
+            session.attach(env.host);
+            session.set_grant(placer.grant());
+            placer.placed(candidate, &session);
+            session.admit(slot, new.kind, new.target.key.clone());
+            tracing::info!(upstream = %name, kind = new.kind.as_str(), "session created");
+            Ok(Created {
+                session,
+                events,
+                candidate,
+            })
+        }
+        Err(e) => {
+            records.ended(&id).await;
+            Err(e)
+        }
+    }
+}
+
+/// What [`connect_first`] connected, and on which candidate.
+pub struct Connected<T> {
+    /// The candidate's index (see [`Candidate::index`]).
+    pub candidate: usize,
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its guard (breaker, retry budget, request timeout), for what runs on it.
+    pub guard: Option<Arc<Guard>>,
+    /// What `connect` made.
+    pub value: T,
+}
+
+/// Connect on the first candidate of `plan` (from `placer`) that works: with failover each
+/// candidate is first probed (a TCP connect); one that cannot be reached, or fails to start
+/// with a retryable error, is ejected, counted as a failure by its breaker, and the next is
+/// tried. `connect(n, candidate)` starts the leg on the `n`-th candidate of the plan. A
+/// session ([`create`]) and a composite route's member (its mux) both start their upstream
+/// through here, so both fail over the same way.
+pub async fn connect_first<T, F, Fut>(
+    placer: &dyn Placer,
+    plan: Vec<Candidate>,
+    mut connect: F,
+) -> Result<Connected<T>, ProxyError>
+where
+    F: FnMut(usize, Candidate) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProxyError>>,
+{
     let probe_within = placer.failover().filter(|_| plan.len() > 1);
     let count = plan.len();
     let mut last = None;
     for (n, c) in plan.into_iter().enumerate() {
-        if n > 0 {
-            records.moved(&id, &c.name).await;
-        }
         if let Some(timeout) = probe_within
             && let Err(e) = probe(&c.spec, timeout).await
         {
@@ -247,55 +324,32 @@ pub async fn create(env: &Creator<'_>, new: NewSession<'_>) -> Result<Created, P
             last = Some(e);
             continue;
         }
-        let mut ctx = (env.ctx)(&id);
-        if let Some(g) = &c.guard {
-            ctx.guard = Some(g.clone());
-        }
-        let connected = match c.spares.as_ref().and_then(|s| s.take()) {
-            Some(spare) => {
-                tracing::debug!(upstream = %c.name, "the session takes a warm spare");
-                ctx.cancel = spare.cancel;
-                Ok(Session::with_upstream(
-                    id.clone(),
-                    c.spec,
-                    env.pipeline.clone(),
-                    spare.opened,
-                    ctx,
-                ))
-            }
-            None => Session::connect(id.clone(), c.spec, env.pipeline.clone(), ctx).await,
-        };
-        match connected {
-            Ok((session, events)) => {
-                session.attach(env.host);
-                session.set_grant(placer.grant());
-                placer.placed(c.index, &session);
-                session.admit(slot, new.kind, new.target.key.clone());
-                tracing::info!(upstream = %c.name, kind = new.kind.as_str(), "session created");
-                return Ok(Created {
-                    session,
-                    events,
-                    candidate: c.index,
+        let (candidate, name, guard) = (c.index, c.name.clone(), c.guard.clone());
+        match connect(n, c).await {
+            Ok(value) => {
+                return Ok(Connected {
+                    candidate,
+                    name,
+                    guard,
+                    value,
                 });
             }
             Err(e) => {
-                if let Some(g) = &c.guard {
+                if let Some(g) = &guard {
                     g.record(false);
                 }
                 if e.retryable() {
-                    placer.eject(c.index);
+                    placer.eject(candidate);
                 }
                 if e.retryable() && n + 1 < count {
-                    tracing::warn!(upstream = %c.name, error = %e, "upstream failed to start; trying the next");
+                    tracing::warn!(upstream = %name, error = %e, "upstream failed to start; trying the next");
                     last = Some(e);
                     continue;
                 }
-                records.ended(&id).await;
                 return Err(e);
             }
         }
     }
-    records.ended(&id).await;
     Err(last.unwrap_or_else(|| ProxyError::UpstreamConnect("no upstream to try".into())))
 }
 

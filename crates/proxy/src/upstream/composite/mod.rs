@@ -20,6 +20,12 @@
 //! * A member that fails (at start or later) takes its tools away (`list_changed`), its calls
 //!   in flight get a JSON-RPC error naming it, and it is restarted with backoff; when it is back
 //!   its tools return. With [`Failure::Closed`] the whole session ends instead.
+//! * A member is placed through the same [`Placer`] seam as a route's sessions: each start and
+//!   restart plans candidates (one, [`StaticPlacer`], unless the policy gives the member an
+//!   upstream set), connects on the first that works
+//!   ([`connect_first`](crate::session::place::connect_first): probe, eject, next), and the
+//!   member's requests then run under that candidate's guard (its breaker refuses them fast
+//!   and counts their outcomes; its retry budget covers an HTTP member's retries).
 
 pub mod cursor;
 mod mux;
@@ -28,6 +34,7 @@ pub mod saved;
 
 use super::{Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec};
 use crate::error::ProxyError;
+use crate::session::place::{Placer, StaticPlacer};
 use names::NameRules;
 use saved::Saved;
 use shadowcat_proto::Frame;
@@ -40,19 +47,31 @@ pub struct Member {
     /// Its name: the prefix of its tools and prompts, the scheme prefix of its resources
     /// (see [`names::valid_server_name`]).
     pub name: String,
-    /// Where it is.
+    /// Where it is: its one upstream, or the first of its upstream set (how logs name it).
     pub spec: UpstreamSpec,
     /// How its tools are shaped for the client (`None`: as the member lists them).
     pub shaper: Option<Arc<dyn Shaper>>,
+    /// Where its leg goes when the mux starts or restarts it: the same seam a route's sessions
+    /// are placed through (`None`: always `spec`, as [`StaticPlacer`] places it).
+    pub placer: Option<Arc<dyn Placer>>,
 }
 
 impl Member {
-    /// A member whose tools are served as it lists them.
+    /// A member whose tools are served as it lists them, on `spec` alone.
     pub fn new(name: impl Into<String>, spec: UpstreamSpec) -> Member {
         Member {
             name: name.into(),
             spec,
             shaper: None,
+            placer: None,
+        }
+    }
+
+    /// Its placer: the one it was given, or a [`StaticPlacer`] on `spec`.
+    pub fn placer(&self) -> Arc<dyn Placer> {
+        match &self.placer {
+            Some(p) => p.clone(),
+            None => Arc::new(StaticPlacer::new(self.spec.clone())),
         }
     }
 }
@@ -63,6 +82,7 @@ impl std::fmt::Debug for Member {
             .field("name", &self.name)
             .field("spec", &self.spec)
             .field("shaped", &self.shaper.is_some())
+            .field("placed", &self.placer.is_some())
             .finish()
     }
 }
@@ -74,7 +94,12 @@ impl PartialEq for Member {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
         };
-        self.name == other.name && self.spec == other.spec && same_shaper
+        let same_placer = match (&self.placer, &other.placer) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        self.name == other.name && self.spec == other.spec && same_shaper && same_placer
     }
 }
 
@@ -294,6 +319,8 @@ impl CompositeUpstream {
         if let Some((i, routed)) = mux::fast_call(&self.spec, &self.legs, &self.shared, &frame) {
             let direct = frame.id().cloned().map(|id| Direct {
                 id,
+                member: i,
+                legs: self.legs.clone(),
                 shared: self.shared.clone(),
                 to_session: self.to_session.clone(),
             });
@@ -324,6 +351,14 @@ impl CompositeUpstream {
         self.legs.members()
     }
 
+    /// The name of the upstream each member's leg runs on (the candidate its placer gave),
+    /// in member order; `None` while a member is down.
+    pub fn upstreams(&self) -> Vec<Option<Arc<str>>> {
+        (0..self.spec.members.len())
+            .map(|i| self.legs.on(i).map(|o| o.upstream))
+            .collect()
+    }
+
     /// Stop every member.
     pub async fn shutdown(&self) {
         self.legs.shutdown().await;
@@ -338,6 +373,9 @@ impl CompositeUpstream {
 /// member went down meanwhile).
 struct Direct {
     id: shadowcat_proto::RequestId,
+    /// The member it went to: its breaker counts the answer's outcome, as the mux would.
+    member: usize,
+    legs: Arc<mux::Legs>,
     shared: Arc<mux::Shared>,
     to_session: mpsc::WeakSender<UpstreamEvent>,
 }
@@ -347,7 +385,11 @@ impl super::http::Divert for Direct {
         use shadowcat_proto::FrameKind;
         let direct = match frame.kind() {
             FrameKind::Response | FrameKind::Error => {
-                frame.id() == Some(&self.id) && self.shared.unroute(&self.id).is_some()
+                let mine = frame.id() == Some(&self.id) && self.shared.unroute(&self.id).is_some();
+                if mine && let Some(g) = self.legs.guard(self.member) {
+                    g.record(!crate::session::upstream_failed(frame));
+                }
+                mine
             }
             FrameKind::Notification => matches!(
                 frame.method(),
@@ -438,6 +480,150 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A member placed over two candidates (a test placer): an HTTP one nobody listens on and
+    /// the paged server.
+    struct TwoPlacer {
+        candidates: Vec<crate::session::place::Candidate>,
+        ejected: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl Placer for TwoPlacer {
+        fn plan(
+            &self,
+            _session: &str,
+            tried: &[usize],
+        ) -> Result<Vec<crate::session::place::Candidate>, ProxyError> {
+            Ok(self
+                .candidates
+                .iter()
+                .filter(|c| !tried.contains(&c.index))
+                .cloned()
+                .collect())
+        }
+
+        fn failover(&self) -> Option<Duration> {
+            Some(Duration::from_secs(2))
+        }
+
+        fn size(&self) -> usize {
+            self.candidates.len()
+        }
+
+        fn eject(&self, index: usize) {
+            self.ejected.lock().unwrap().push(index);
+        }
+
+        fn pinned(&self, _upstream: &str) -> Option<crate::session::place::Candidate> {
+            None
+        }
+    }
+
+    /// A member with a placer starts on the first candidate that works (the unreachable one is
+    /// probed, ejected and counted by its breaker), and its calls run under that candidate's
+    /// guard: once its breaker opens, a call is refused fast with the breaker's error (the
+    /// member never sees it) while the other member still serves.
+    #[tokio::test]
+    async fn a_placed_member_fails_over_and_runs_under_its_candidates_breaker() {
+        use crate::guard::{BreakerConfig, Guard, GuardConfig};
+        use crate::session::place::Candidate;
+        use std::sync::atomic::Ordering::Relaxed;
+        let cfg = GuardConfig {
+            breaker: Some(BreakerConfig {
+                consecutive_failures: 1,
+                open_for: Duration::from_secs(600),
+                ..BreakerConfig::default()
+            }),
+            ..GuardConfig::default()
+        };
+        let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dead = Arc::new(Guard::new("dead", &cfg));
+        let live = Arc::new(Guard::new("live", &cfg));
+        let candidate = |index: usize, spec: UpstreamSpec, guard: &Arc<Guard>| Candidate {
+            index,
+            name: Arc::from(format!("c{index}")),
+            spec,
+            guard: Some(guard.clone()),
+            spares: None,
+        };
+        let placer = Arc::new(TwoPlacer {
+            candidates: vec![
+                candidate(
+                    0,
+                    UpstreamSpec::http(format!("http://127.0.0.1:{dead_port}/mcp"), Vec::new()),
+                    &dead,
+                ),
+                candidate(1, paged(3), &live),
+            ],
+            ejected: Default::default(),
+        });
+        let spec = CompositeSpec::new(vec![
+            Member {
+                placer: Some(placer.clone()),
+                ..Member::new("p", paged(1))
+            },
+            Member::new("q", paged(2)),
+        ]);
+        let ctx = UpstreamCtx::for_test();
+        let opened = crate::upstream::open(&UpstreamSpec::Composite(Arc::new(spec)), ctx)
+            .await
+            .unwrap();
+        let (up, mut events) = (opened.upstream, opened.events);
+        let Upstream::Composite(c) = &up else {
+            panic!("a composite upstream")
+        };
+        assert_eq!(
+            c.upstreams(),
+            [Some(Arc::from("c1")), Some(Arc::from("python3"))]
+        );
+        assert_eq!(*placer.ejected.lock().unwrap(), [0]);
+        assert_eq!(dead.stats().failures.load(Relaxed), 1);
+        rpc(&up, &mut events, 1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})).await;
+        rpc(&up, &mut events, 2, "tools/list", json!({})).await;
+        // Three tools: the leg runs on the second candidate (`paged(3)`), not `spec`.
+        let called = rpc(
+            &up,
+            &mut events,
+            3,
+            "tools/call",
+            json!({"name": "p__t0002"}),
+        )
+        .await;
+        assert_eq!(called["result"]["content"][0]["text"], "t0002", "{called}");
+        assert_eq!(live.stats().failures.load(Relaxed), 0);
+
+        // The candidate's breaker opens: the member's calls are refused fast.
+        live.record(false);
+        let refused = rpc(
+            &up,
+            &mut events,
+            4,
+            "tools/call",
+            json!({"name": "p__t0000"}),
+        )
+        .await;
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("circuit breaker open")),
+            "{refused}"
+        );
+        assert_eq!(live.stats().rejected.load(Relaxed), 1);
+        let other = rpc(
+            &up,
+            &mut events,
+            5,
+            "tools/call",
+            json!({"name": "q__t0001"}),
+        )
+        .await;
+        assert_eq!(other["result"]["content"][0]["text"], "t0001", "{other}");
+        up.shutdown().await;
     }
 
     /// A shaped member: a hidden tool is not listed and cannot be called by any name, a renamed

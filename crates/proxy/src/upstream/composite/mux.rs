@@ -10,9 +10,11 @@
 use super::cursor::{CursorKey, Position};
 use super::names::{self, NameMap};
 use super::saved::{Saved, SavedMember};
-use super::{CompositeSpec, Failure, MemberState};
+use super::{CompositeSpec, Failure, Member, MemberState};
 use crate::error::ProxyError;
-use crate::upstream::{Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
+use crate::guard::Guard;
+use crate::session::place::{Connected, connect_first};
+use crate::upstream::{Opened, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
@@ -141,7 +143,81 @@ pub(super) struct Legs {
     /// Each member's name and [`MemberState`] (as a `u8`), for whoever watches the session.
     names: Vec<Arc<str>>,
     states: Vec<AtomicU8>,
+    /// The candidate of its placer each member's leg runs on.
+    on: Vec<Mutex<Option<On>>>,
     cancel: CancellationToken,
+}
+
+/// The candidate a member's leg was placed on: its name, and the guard (breaker, retry budget)
+/// the member's requests run under.
+#[derive(Clone)]
+pub(super) struct On {
+    pub(super) upstream: Arc<str>,
+    pub(super) guard: Option<Arc<Guard>>,
+}
+
+/// A member's leg opened on a candidate of its placer.
+type Placed = Result<Connected<Opened>, ProxyError>;
+
+/// Open member `m`'s leg for a session another replica started: a member recorded with an
+/// upstream session (`saved`) continues it on the upstream it ran on, when its placer still
+/// has that one and it is a Streamable HTTP server (an `auto` URL that was found to be one is
+/// opened as one: nothing to detect again); `true` then. Otherwise the member is placed
+/// afresh ([`open_member`]; `false`: it starts with a new `initialize`).
+async fn continue_member(
+    m: &Member,
+    ctx: UpstreamCtx,
+    saved: Option<&SavedMember>,
+) -> Result<(Connected<Opened>, bool), ProxyError> {
+    let placer = m.placer();
+    let pinned = saved
+        .and_then(|s| match &s.upstream {
+            Some(name) => placer.pinned(name),
+            // Recorded before members had upstream sets: its one upstream.
+            None => placer.plan(&ctx.session, &[]).ok()?.into_iter().next(),
+        })
+        .and_then(|mut c| {
+            c.spec = match c.spec {
+                UpstreamSpec::Http { .. } => c.spec,
+                UpstreamSpec::Auto { url, headers } => UpstreamSpec::http(url, headers),
+                _ => return None,
+            };
+            Some(c)
+        });
+    let Some(c) = pinned else {
+        return open_member(m, ctx).await.map(|p| (p, false));
+    };
+    let mut ctx = ctx;
+    ctx.guard = c.guard.clone();
+    match super::super::open(&c.spec, ctx.clone()).await {
+        Ok(opened) => Ok((
+            Connected {
+                candidate: c.index,
+                value: opened,
+                name: c.name,
+                guard: c.guard,
+            },
+            true,
+        )),
+        Err(e) => {
+            tracing::warn!(server = %m.name, error = %e, "the recorded upstream of a composite member is gone; placing it afresh");
+            open_member(m, ctx).await.map(|p| (p, false))
+        }
+    }
+}
+
+/// Open member `m`'s leg on the first candidate of its placer that works (probed, ejected
+/// and failed over as a new session's upstream is: [`connect_first`]); the leg runs under
+/// that candidate's guard.
+async fn open_member(m: &Member, ctx: UpstreamCtx) -> Placed {
+    let placer = m.placer();
+    let plan = placer.plan(&ctx.session, &[])?;
+    connect_first(&*placer, plan, |_, c| {
+        let mut ctx = ctx.clone();
+        ctx.guard = c.guard.clone();
+        async move { super::super::open(&c.spec, ctx).await }
+    })
+    .await
 }
 
 impl Legs {
@@ -158,6 +234,35 @@ impl Legs {
             .zip(&self.states)
             .map(|(n, s)| (n.clone(), MemberState::from_u8(s.load(Ordering::Relaxed))))
             .collect()
+    }
+
+    /// The candidate member `i` runs on (`None` while it is down).
+    pub(super) fn on(&self, i: usize) -> Option<On> {
+        self.on.get(i).and_then(|o| crate::sync::lock(o).clone())
+    }
+
+    /// The guard of member `i`'s candidate.
+    pub(super) fn guard(&self, i: usize) -> Option<Arc<Guard>> {
+        self.on(i).and_then(|o| o.guard)
+    }
+
+    fn set_on(&self, i: usize, on: Option<On>) {
+        if let Some(cell) = self.on.get(i) {
+            *crate::sync::lock(cell) = on;
+        }
+    }
+
+    /// Member `i`'s leg is open on `placed`'s candidate.
+    fn open(&self, i: usize, placed: Connected<Opened>) -> mpsc::Receiver<UpstreamEvent> {
+        self.set_on(
+            i,
+            Some(On {
+                upstream: placed.name,
+                guard: placed.guard,
+            }),
+        );
+        self.set(i, Some(Arc::new(placed.value.upstream)));
+        placed.value.events
     }
 
     pub(super) fn get(&self, i: usize) -> Option<Arc<Upstream>> {
@@ -305,6 +410,7 @@ pub(super) fn fast_call(
     let (i, original) = tools.resolve(name)?;
     if spec.members.get(i)?.shaper.is_some()
         || legs.states.get(i)?.load(Ordering::Relaxed) != MemberState::Up as u8
+        || !breaker_closed(legs, i)
     {
         return None;
     }
@@ -314,6 +420,20 @@ pub(super) fn fast_call(
         renamed_call(frame, original)?
     };
     shared.route(id.clone(), i, false).then_some((i, frame))
+}
+
+/// Whether member `i`'s breaker lets every request through (or it has none): otherwise its
+/// calls go through the mux, which asks the breaker and answers a refused one itself.
+fn breaker_closed(legs: &Legs, i: usize) -> bool {
+    use crate::guard::BreakerState;
+    let Some(cell) = legs.on.get(i) else {
+        return true;
+    };
+    let on = crate::sync::lock(cell);
+    on.as_ref()
+        .and_then(|o| o.guard.as_deref())
+        .and_then(Guard::breaker)
+        .is_none_or(|b| b.state() == BreakerState::Closed)
 }
 
 /// `frame` (a `tools/call`) naming `name` instead; every other byte as it was (the
@@ -442,7 +562,7 @@ struct Mux {
     state: Vec<Leg>,
     streams: StreamMap<usize, MemberEvents>,
     out: mpsc::Sender<UpstreamEvent>,
-    reopened: mpsc::Sender<(usize, Result<super::super::Opened, ProxyError>)>,
+    reopened: mpsc::Sender<(usize, Placed)>,
     pending: HashMap<(usize, RequestId), Pending>,
     /// What the session's task routes itself (tool names, requests in flight at a member).
     shared: Arc<Shared>,
@@ -493,37 +613,24 @@ pub(super) async fn start(
         states: (0..n)
             .map(|_| AtomicU8::new(MemberState::Starting as u8))
             .collect(),
+        on: (0..n).map(|_| Mutex::new(None)).collect(),
         cancel: ctx.cancel.child_token(),
     });
-    // A member recorded with an upstream session continues it (an `auto` URL that was found
-    // to be Streamable HTTP is opened as one: nothing to detect again).
+    // A member recorded with an upstream session continues it on the upstream it ran on.
     let continued: Vec<Option<&SavedMember>> = spec
         .members
         .iter()
         .map(|m| {
-            let saved = restore.and_then(|r| r.member(&m.name))?;
-            let http = matches!(
-                m.spec,
-                UpstreamSpec::Http { .. } | UpstreamSpec::Auto { .. }
-            );
-            (http && saved.session.is_some()).then_some(saved)
-        })
-        .collect();
-    let specs: Vec<UpstreamSpec> = spec
-        .members
-        .iter()
-        .zip(&continued)
-        .map(|(m, c)| match (&m.spec, c) {
-            (UpstreamSpec::Auto { url, headers }, Some(_)) => {
-                UpstreamSpec::http(url.clone(), headers.clone())
-            }
-            (other, _) => other.clone(),
+            restore
+                .and_then(|r| r.member(&m.name))
+                .filter(|s| s.session.is_some())
         })
         .collect();
     let opened = futures_util::future::join_all(
-        specs
+        spec.members
             .iter()
-            .map(|m| super::super::open(m, member_ctx(&ctx, &legs.cancel))),
+            .zip(&continued)
+            .map(|(m, c)| continue_member(m, member_ctx(&ctx, &legs.cancel), *c)),
     )
     .await;
     let mut streams = StreamMap::new();
@@ -534,14 +641,14 @@ pub(super) async fn start(
         let mut leg_capabilities = Value::Null;
         let mut leg_version = None;
         let status = match o {
-            Ok(o) => {
-                let status = match continued[i] {
+            Ok((placed, continues)) => {
+                let status = match continued[i].filter(|_| continues) {
                     Some(saved) => {
                         if let Some(session) = &saved.session {
-                            o.upstream.restore_session_id(session);
+                            placed.value.upstream.restore_session_id(session);
                         }
                         if let Some(v) = &saved.version {
-                            o.upstream.set_protocol_version(v);
+                            placed.value.upstream.set_protocol_version(v);
                         }
                         leg_capabilities = saved.capabilities.clone();
                         leg_version = saved.version.clone();
@@ -550,8 +657,8 @@ pub(super) async fn start(
                     }
                     None => Status::Joining,
                 };
-                legs.set(i, Some(Arc::new(o.upstream)));
-                streams.insert(i, member_events(o.events));
+                let events = legs.open(i, placed);
+                streams.insert(i, member_events(events));
                 status
             }
             Err(e) => {
@@ -670,7 +777,7 @@ impl Mux {
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<Frame>,
-        mut reopened: mpsc::Receiver<(usize, Result<super::super::Opened, ProxyError>)>,
+        mut reopened: mpsc::Receiver<(usize, Placed)>,
     ) {
         let cancel = self.legs.cancel.clone();
         loop {
@@ -918,6 +1025,7 @@ impl Mux {
                     .and_then(|u| u.upstream_session_id()),
                 version: l.version.clone(),
                 capabilities: l.capabilities.clone(),
+                upstream: self.legs.on(i).map(|o| o.upstream.to_string()),
             })
             .collect();
         self.saved.send_replace(Some(Arc::new(Saved {
@@ -1330,6 +1438,13 @@ impl Mux {
                 .await;
             return;
         };
+        // The member's breaker may refuse it fast, as a plain session's guard does.
+        if let Some(g) = self.legs.guard(i)
+            && let Err(why) = g.admit()
+        {
+            self.fail(&id, why.jsonrpc_code(), &why.to_string()).await;
+            return;
+        }
         if !self.shared.route(id.clone(), i, method == "resources/read") {
             self.fail(
                 &id,
@@ -1478,6 +1593,9 @@ impl Mux {
                 if pending.is_none()
                     && let Some((_, expose_uris)) = self.shared.unroute(&id)
                 {
+                    if let Some(g) = self.legs.guard(i) {
+                        g.record(!crate::session::upstream_failed(&frame));
+                    }
                     let frame = if expose_uris && !self.spec.transparent() {
                         self.expose_contents(i, frame)
                     } else {
@@ -1624,6 +1742,8 @@ impl Mux {
         let name = self.state[i].name.clone();
         tracing::warn!(server = %name, reason = %reason, "composite member failed");
         self.streams.remove(&i);
+        let guard = self.legs.guard(i);
+        self.legs.set_on(i, None);
         if let Some(old) = self.legs.set(i, None) {
             self.ctx.tracker.spawn(async move { old.shutdown().await });
         }
@@ -1641,6 +1761,10 @@ impl Mux {
             .filter_map(|k| self.pending.remove(&k).map(|p| (k.1, p)))
             .collect();
         for id in self.shared.drain(i) {
+            // Each call in flight failed with it, as a plain session's would.
+            if let Some(g) = &guard {
+                g.record(false);
+            }
             self.fail(&id, UPSTREAM_ERROR, &msg).await;
         }
         for (_, p) in mine {
@@ -1704,20 +1828,20 @@ impl Mux {
     fn reopen(&mut self, i: usize) {
         self.state[i].status = Status::Opening;
         self.legs.mark(i, MemberState::Starting);
-        let spec = self.spec.members[i].spec.clone();
+        let member = self.spec.members[i].clone();
         let ctx = member_ctx(&self.ctx, &self.legs.cancel);
         let tx = self.reopened.clone();
         self.ctx.tracker.spawn(async move {
-            let o = super::super::open(&spec, ctx).await;
+            let o = open_member(&member, ctx).await;
             let _ = tx.send((i, o)).await;
         });
     }
 
-    async fn reopened(&mut self, i: usize, o: Result<super::super::Opened, ProxyError>) {
+    async fn reopened(&mut self, i: usize, o: Placed) {
         match o {
-            Ok(o) => {
-                self.legs.set(i, Some(Arc::new(o.upstream)));
-                self.streams.insert(i, member_events(o.events));
+            Ok(placed) => {
+                let events = self.legs.open(i, placed);
+                self.streams.insert(i, member_events(events));
                 self.state[i].status = Status::Joining;
                 // Before the client's `initialize` it joins with the others.
                 if let Some(params) = self.init.clone()

@@ -45,6 +45,10 @@ pub struct SavedMember {
     /// What it answered `initialize` with (`capabilities`).
     #[serde(default)]
     pub capabilities: Value,
+    /// The upstream of its set it ran on (its placer's candidate name; `None` in records
+    /// written before members had upstream sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 impl Saved {
@@ -98,12 +102,14 @@ mod tests {
                     session: Some("up-1".into()),
                     version: Some("2025-06-18".into()),
                     capabilities: json!({"tools": {}}),
+                    upstream: Some("web=http://a/mcp".into()),
                 },
                 SavedMember {
                     name: "files".into(),
                     session: None,
                     version: None,
                     capabilities: Value::Null,
+                    upstream: None,
                 },
             ],
         };
