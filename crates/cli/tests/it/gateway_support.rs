@@ -210,6 +210,11 @@ async fn fake_post(State(s): State<Arc<FakeState>>, headers: HeaderMap, body: By
                 .into_response();
         }
         "tools/call" => json!({"content":[{"type":"text","text":s.name}]}),
+        // Every tool answers with the server's name.
+        "tools/list" => json!({"tools": [
+            {"name": "echo", "inputSchema": {"type": "object"}},
+            {"name": "whoami", "inputSchema": {"type": "object"}},
+        ]}),
         "server/discover" if s.modern.load(Ordering::SeqCst) => json!({
             "supportedVersions": ["2026-07-28"],
             "capabilities": {"tools": {}},
