@@ -116,7 +116,8 @@ struct Pending {
     method: Box<str>,
     target: Option<Box<str>>,
     principal: Option<Box<str>>,
-    route: Option<Box<str>>,
+    /// `/mcp` borrowed, a named route's path made once per request.
+    route: Option<std::borrow::Cow<'static, str>>,
     member: Option<Box<str>>,
     bytes_in: usize,
     arguments: Option<Box<RawValue>>,
@@ -346,9 +347,7 @@ impl Audit {
             method: Box::from(frame.method().unwrap_or("")),
             target: frame.target().map(Box::from),
             principal: ctx.principal.map(Box::from),
-            route: ctx
-                .route
-                .map(|k| Box::from(crate::front::http::route_path(k))),
+            route: ctx.route.map(crate::front::http::route_path),
             member: ctx.member.map(Box::from),
             bytes_in: frame.raw().len(),
             arguments,

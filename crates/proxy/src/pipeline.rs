@@ -192,6 +192,11 @@ pub trait Hook: Send + Sync + 'static {
     fn wants_delivery(&self) -> bool {
         false
     }
+    /// True when the hook reads [`HttpMeta::url`] (the recorder): the HTTP front builds the
+    /// request's URL only when some hook does.
+    fn wants_url(&self) -> bool {
+        false
+    }
 }
 
 /// What an observer hook keeps for each client request until its answer (the audit log's line,
@@ -310,19 +315,30 @@ pub struct Pipeline {
     hooks: Vec<Arc<dyn Hook>>,
     /// Some hook wants to hear how server frames were delivered.
     delivery: bool,
+    url: bool,
 }
 
 impl Pipeline {
     /// A pipeline with the given hooks, run in order.
     pub fn new(hooks: Vec<Arc<dyn Hook>>) -> Self {
         let delivery = hooks.iter().any(|h| h.wants_delivery());
-        Pipeline { hooks, delivery }
+        let url = hooks.iter().any(|h| h.wants_url());
+        Pipeline {
+            hooks,
+            delivery,
+            url,
+        }
     }
 
     /// True when some hook wants [`Hook::on_delivered`]: the front then passes server frames
     /// with [`Transport::Later`] and reports their delivery.
     pub fn reports_delivery(&self) -> bool {
         self.delivery
+    }
+
+    /// True when some hook reads the client request's URL ([`Hook::wants_url`]).
+    pub fn wants_url(&self) -> bool {
+        self.url
     }
 
     /// True when there are no hooks (the relay path then does no work here).

@@ -164,6 +164,10 @@ impl Hook for RecordHook {
         true
     }
 
+    fn wants_url(&self) -> bool {
+        true
+    }
+
     fn on_delivered(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Option<Wait> {
         let note = match ctx.transport {
             Transport::Undelivered => Some("undelivered"),

@@ -33,8 +33,8 @@ pub async fn handle(
     checks::content_type(req.headers())?;
     checks::post_accept(req.headers())?;
     let header_version = checks::protocol_version(req.headers())?;
-    // The URL is only for hooks (tapes): not built when there are none.
-    let hooked = !front.pipeline.is_empty();
+    // The URL is only for the hooks that read it (tapes): not built when none does.
+    let hooked = front.pipeline.wants_url();
     if let Some(v) = header_version.filter(|v| v.is_modern()) {
         let (parts, body) = req.into_parts();
         let url = hooked.then(|| super::request_url(&parts)).flatten();
