@@ -66,11 +66,84 @@ pub enum NewTools {
     Hold,
 }
 
-/// A route's pinning policy.
+/// A route's (or a composite route member's) pinning policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Policy {
     pub pinning: Pinning,
     pub new_tools: NewTools,
+}
+
+impl Policy {
+    /// The stricter of the two in each setting (`enforce` over `warn` over `off`, `hold` over
+    /// `allow`).
+    pub fn stricter(self, other: Policy) -> Policy {
+        let rank = |p: Pinning| match p {
+            Pinning::Off => 0,
+            Pinning::Warn => 1,
+            Pinning::Enforce => 2,
+        };
+        Policy {
+            pinning: if rank(other.pinning) > rank(self.pinning) {
+                other.pinning
+            } else {
+                self.pinning
+            },
+            new_tools: if other.new_tools == NewTools::Hold {
+                NewTools::Hold
+            } else {
+                self.new_tools
+            },
+        }
+    }
+}
+
+/// The pinning policy of a route and, on a composite route, of each of its members (a
+/// `[[routes.servers]]` may set its own `pinning` and `new_tools`; the route's apply to the
+/// others).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutePolicy {
+    /// Each member's policy in force, in member order (empty: not a composite route).
+    members: Vec<(String, Policy)>,
+    /// The strictest of the members' (the route's when there are none): what applies where
+    /// the member is not known (fail closed).
+    strictest: Policy,
+}
+
+impl RoutePolicy {
+    /// `route`'s policy, and each member's own settings (`None`: the route's).
+    pub fn new(
+        route: Policy,
+        members: impl IntoIterator<Item = (String, Option<Pinning>, Option<NewTools>)>,
+    ) -> RoutePolicy {
+        let members: Vec<(String, Policy)> = members
+            .into_iter()
+            .map(|(name, pinning, new_tools)| {
+                let p = Policy {
+                    pinning: pinning.unwrap_or(route.pinning),
+                    new_tools: new_tools.unwrap_or(route.new_tools),
+                };
+                (name, p)
+            })
+            .collect();
+        let strictest = match members.split_first() {
+            None => route,
+            Some(((_, first), rest)) => rest.iter().fold(*first, |a, (_, p)| a.stricter(*p)),
+        };
+        RoutePolicy { members, strictest }
+    }
+
+    /// The policy of `member`'s tools and prompts; the strictest of the route's when the
+    /// member is not known (`None`, or a name that is not a member).
+    pub fn of(&self, member: Option<&str>) -> Policy {
+        member
+            .and_then(|m| self.members.iter().find(|(n, _)| n == m))
+            .map_or(self.strictest, |(_, p)| *p)
+    }
+
+    /// Pinning is on for the route or some member.
+    pub fn any_on(&self) -> bool {
+        self.strictest.pinning != Pinning::Off
+    }
 }
 
 /// Tools or prompts.
@@ -358,8 +431,10 @@ pub async fn save(store: &dyn SessionStore, pin: &Pin) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The policy of a route, by its key.
-type PolicyOf = Box<dyn Fn(Option<&str>) -> Policy + Send + Sync>;
+/// The policy of a route's tools and prompts, by the route's key and, on a composite route,
+/// the member offering them (`None`: not known, or not a composite route; see
+/// [`RoutePolicy::of`]).
+type PolicyOf = Box<dyn Fn(Option<&str>, Option<&str>) -> Policy + Send + Sync>;
 
 /// Most pages of one list read by [`fetch`].
 const MAX_PAGES: usize = 1_000;
@@ -438,7 +513,8 @@ pub fn drift(reviewed: &[Pin], route: &str, seen: Vec<(Kind, String, Def)>) -> V
 /// The pipeline hook (see the module docs).
 pub struct PinHook {
     store: Arc<dyn SessionStore>,
-    /// The policy of a route (by route key; `None` for the stdio front).
+    /// The policy of a route's (and member's) tools (by route key, `None` for the stdio front,
+    /// and member name).
     policy: PolicyOf,
     pins: RwLock<HashMap<String, Pin>>,
     /// List requests whose answers are checked.
@@ -471,11 +547,11 @@ fn route_label(key: Option<&str>) -> String {
 }
 
 impl PinHook {
-    /// A hook over `store`, with `policy` per route key; it reads the pins now and then every
-    /// [`REFRESH`] until `cancel`.
+    /// A hook over `store`, with `policy` per route key and member; it reads the pins now and
+    /// then every [`REFRESH`] until `cancel`.
     pub async fn start(
         store: Arc<dyn SessionStore>,
-        policy: impl Fn(Option<&str>) -> Policy + Send + Sync + 'static,
+        policy: impl Fn(Option<&str>, Option<&str>) -> Policy + Send + Sync + 'static,
         tracker: &tokio_util::task::TaskTracker,
         cancel: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<PinHook>, String> {
@@ -485,7 +561,7 @@ impl PinHook {
     /// [`PinHook::start`] keeping at most `max_pins`.
     async fn start_bounded(
         store: Arc<dyn SessionStore>,
-        policy: impl Fn(Option<&str>) -> Policy + Send + Sync + 'static,
+        policy: impl Fn(Option<&str>, Option<&str>) -> Policy + Send + Sync + 'static,
         max_pins: usize,
         tracker: &tokio_util::task::TaskTracker,
         cancel: tokio_util::sync::CancellationToken,
@@ -668,8 +744,35 @@ impl PinHook {
         Verdict::Reply(error_frame(frame.id(), AWAITS_APPROVAL, &msg))
     }
 
+    /// The session's composite upstream, to tell which member offers each listed name.
+    fn composite_of(&self, session: &str) -> Option<Arc<shadowcat_proxy::session::Session>> {
+        let host = self.host.get()?.upgrade()?;
+        let s = host.get(session)?.session()?;
+        s.upstream().composite().is_some().then_some(s)
+    }
+
     /// Check the items of a list answer; the verdict (a deferred one when pins must be written).
-    fn check_list(&self, route: String, kind: Kind, policy: Policy, frame: &Frame) -> Verdict {
+    /// `strictest`: the policy of the route's strictest member (the route's own when it has no
+    /// members); each item is judged by the policy of the member that offers it, or by
+    /// `strictest` when that member is not known.
+    fn check_list(
+        &self,
+        ctx: &FrameCtx<'_>,
+        kind: Kind,
+        strictest: Policy,
+        frame: &Frame,
+    ) -> Verdict {
+        let route = route_label(ctx.route);
+        let composite = self.composite_of(ctx.session);
+        let names_kind = match kind {
+            Kind::Tool => shadowcat_proxy::upstream::composite::names::Kind::Tool,
+            Kind::Prompt => shadowcat_proxy::upstream::composite::names::Kind::Prompt,
+        };
+        let policy_of = |name: &str| match composite.as_ref().and_then(|s| s.upstream().composite())
+        {
+            Some(c) => (self.policy)(ctx.route, c.member_of_listed(names_kind, name)),
+            None => strictest,
+        };
         let Ok(mut msg) = serde_json::from_slice::<Value>(frame.raw()) else {
             return Verdict::Forward;
         };
@@ -682,7 +785,7 @@ impl PinHook {
         };
         // Definitions whose pin changes (new, or a definition not seen before): written to the
         // store after a fresh read, so that a decision made meanwhile elsewhere is not undone.
-        let mut writes: Vec<(String, Def)> = Vec::new();
+        let mut writes: Vec<(String, Def, NewTools)> = Vec::new();
         let mut touched = false;
         {
             let pins = shadowcat_proxy::sync::read(&self.pins);
@@ -690,6 +793,10 @@ impl PinHook {
                 let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_owned) else {
                     return true;
                 };
+                let policy = policy_of(&name);
+                if policy.pinning == Pinning::Off {
+                    return true;
+                }
                 let def = Def::of(kind, item);
                 let id = Pin::id_of(&route, kind, &name);
                 let known = pins.get(&id);
@@ -710,7 +817,7 @@ impl PinHook {
                         "too many pins: a new name is held, not pinned"
                     );
                 } else if known != Some(&pin) {
-                    writes.push((name.clone(), def));
+                    writes.push((name.clone(), def, policy.new_tools));
                 }
                 if seen == Seen::Approved {
                     return true;
@@ -758,8 +865,8 @@ impl PinHook {
         let me = self.me.clone();
         Verdict::Defer(Box::pin(async move {
             if let Some(h) = me.upgrade() {
-                for (name, def) in writes {
-                    h.record(&route, kind, &name, def, policy.new_tools).await;
+                for (name, def, new_tools) in writes {
+                    h.record(&route, kind, &name, def, new_tools).await;
                 }
             }
             verdict()
@@ -809,7 +916,9 @@ impl Hook for PinHook {
     }
 
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        let policy = (self.policy)(ctx.route);
+        // A call's member is known when its name was listed; a list (and its answer) may span
+        // every member of a composite route: their strictest policy decides whether to look.
+        let policy = (self.policy)(ctx.route, ctx.member);
         if policy.pinning == Pinning::Off {
             return Verdict::Forward;
         }
@@ -854,7 +963,7 @@ impl Hook for PinHook {
                 let Some(kind) = frame.id().and_then(|id| self.lists.take(ctx, id)) else {
                     return Verdict::Forward;
                 };
-                self.check_list(route_label(ctx.route), kind, policy, frame)
+                self.check_list(ctx, kind, policy, frame)
             }
             (Direction::ServerToClient, FrameKind::Error) => {
                 if let Some(id) = frame.id() {
@@ -912,7 +1021,7 @@ mod tests {
         };
         let hook = PinHook::start_bounded(
             store.clone(),
-            move |_| policy,
+            move |_, _| policy,
             1,
             &tokio_util::task::TaskTracker::new(),
             tokio_util::sync::CancellationToken::new(),
@@ -958,6 +1067,43 @@ mod tests {
             hook.on_frame(&ctx(Direction::ClientToServer), &call),
             Verdict::Reply(_)
         ));
+    }
+
+    #[test]
+    fn a_members_policy_is_its_own_and_an_unknown_member_gets_the_strictest() {
+        let p = |pinning, new_tools| Policy { pinning, new_tools };
+        let route = p(Pinning::Warn, NewTools::Allow);
+        let rp = RoutePolicy::new(
+            route,
+            [
+                ("strict".to_string(), Some(Pinning::Enforce), None),
+                ("loose".to_string(), Some(Pinning::Off), None),
+                ("held".to_string(), None, Some(NewTools::Hold)),
+                ("plain".to_string(), None, None),
+            ],
+        );
+        assert_eq!(rp.of(Some("strict")), p(Pinning::Enforce, NewTools::Allow));
+        assert_eq!(rp.of(Some("loose")), p(Pinning::Off, NewTools::Allow));
+        assert_eq!(rp.of(Some("held")), p(Pinning::Warn, NewTools::Hold));
+        assert_eq!(rp.of(Some("plain")), route);
+        // Fail closed: not known, or not a member.
+        let strictest = p(Pinning::Enforce, NewTools::Hold);
+        assert_eq!(rp.of(None), strictest);
+        assert_eq!(rp.of(Some("other")), strictest);
+        assert!(rp.any_on());
+        // Without members the route's policy is the one.
+        let plain = RoutePolicy::new(route, []);
+        assert_eq!((plain.of(None), plain.of(Some("x"))), (route, route));
+        // Every member off: pinning is off though the route has it.
+        let off = RoutePolicy::new(route, [("a".to_string(), Some(Pinning::Off), None)]);
+        assert!(!off.any_on());
+        assert!(
+            RoutePolicy::new(
+                p(Pinning::Off, NewTools::Allow),
+                [("a".into(), Some(Pinning::Warn), None)]
+            )
+            .any_on()
+        );
     }
 
     #[test]

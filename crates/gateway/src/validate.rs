@@ -845,6 +845,14 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
                 bad(format!("{at}.tools.{field}"), message);
             }
         }
+        if m.new_tools.is_some() && m.pinning.unwrap_or(r.pinning) == crate::pins::Pinning::Off {
+            bad(
+                format!("{at}.new_tools"),
+                "does nothing with pinning off for this server: set `pinning = \"warn\"` or \
+                 `\"enforce\"` on it or on the route"
+                    .into(),
+            );
+        }
         // The same server twice under two names is allowed (e.g. one command with two
         // environments), so each is checked on its own.
         validate_upstream(&at, &m.upstream, &mut HashSet::new(), bad);

@@ -386,7 +386,7 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         }
         let hook = shadowcat_gateway::pins::PinHook::start(
             store.clone(),
-            move |_| policy,
+            move |_, _| policy,
             &tracker,
             shutdown.child_token(),
         )
