@@ -720,7 +720,12 @@ impl PinHook {
             return;
         };
         for (_, entry) in host.entries() {
-            if route_label(Some(&entry.route)) != route {
+            // The stdio front's session has no route: its pins are the `stdio` ones.
+            let label = match entry.kind {
+                shadowcat_proxy::session::Kind::Stdio => "stdio".to_string(),
+                _ => route_label(Some(&entry.route)),
+            };
+            if label != route {
                 continue;
             }
             if let Some(s) = entry.session() {
