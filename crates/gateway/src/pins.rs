@@ -409,6 +409,19 @@ impl Pin {
     }
 }
 
+/// The audit event of a decision on a pin.
+pub const DECIDED: &str = "pin_decided";
+
+/// The audit fields of a decision (`approve`, `reject`, `import`) on `pin` as it is after it,
+/// made through `via` (`admin_api`, `cli`): route, kind, name, decision, state, the approved
+/// hash (`hash`) and, when one waits, the waiting one (`pending_hash`).
+pub fn decided_fields(pin: &Pin, decision: &str, via: &str) -> Value {
+    json!({"route": pin.route, "kind": pin.kind, "name": pin.name, "id": pin.id,
+           "decision": decision, "state": pin.state(), "via": via,
+           "hash": pin.approved.as_ref().map(|d| &d.hash),
+           "pending_hash": pin.pending.as_ref().map(|d| &d.hash)})
+}
+
 /// Read every pin of the store.
 pub async fn load(store: &dyn SessionStore) -> Result<Vec<Pin>, String> {
     let docs = store.doc_list(NS).await.map_err(|e| e.to_string())?;
@@ -602,12 +615,7 @@ impl PinHook {
     /// A decision made through this replica's admin API, for the audit log.
     pub fn decided(&self, pin: &Pin, decision: &str) {
         if let Some(a) = self.audit.get() {
-            a.event(
-                "pin_decided",
-                json!({"route": pin.route, "kind": pin.kind, "name": pin.name,
-                       "decision": decision, "state": pin.state(),
-                       "hash": pin.approved.as_ref().map(|d| &d.hash)}),
-            );
+            a.event(DECIDED, decided_fields(pin, decision, "admin_api"));
         }
     }
 

@@ -613,3 +613,104 @@ async fn forward_stdio_pins_a_tool_that_changes_between_two_runs() {
     p.close_stdin();
     assert_eq!(p.wait().await.code(), Some(0));
 }
+
+/// `pins approve|reject` write a `pin_decided` line to the audit log (`--audit PATH`, or the
+/// `[audit]` of a gateway's `--config`, whose store they then use too); a decision whose audit
+/// log cannot be opened is not made.
+#[tokio::test]
+async fn decisions_made_with_the_cli_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (script, desc) = shifty(dir.path(), "v1");
+    let db = dir.path().join("sessions.db");
+    let store = format!("sqlite:{}", db.display());
+    let p = proxy(&store, &["--pinning", "enforce"], &script, &desc).await;
+    // Lists `add` as `text` (trusted on first use, or changed) in a new session.
+    let drift = |text: &'static str| {
+        let (desc, url) = (desc.clone(), p.url());
+        async move {
+            write(&desc, text);
+            let mut c = Raw::new(url);
+            c.initialize().await;
+            tools(&c, 1).await
+        }
+    };
+    assert_eq!(drift("v1").await, ["add", "echo"]);
+    assert_eq!(drift("v2").await, ["echo"]);
+    let waiting = || {
+        let (_, out, _) = pins_cmd(&["list", "--store", &store, "--pending", "--json"]);
+        serde_json::from_str::<Vec<Value>>(&out).unwrap()
+    };
+    let pending = waiting();
+    let id = pending[0]["id"].as_str().unwrap().to_string();
+    let v2 = pending[0]["pending"]["hash"].as_str().unwrap().to_string();
+
+    // An audit log that cannot be opened: nothing is decided.
+    let (code, _, err) = pins_cmd(&[
+        "approve",
+        &id,
+        "--store",
+        &store,
+        "--audit",
+        "/nonexistent/dir/audit.jsonl",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot open the audit log"), "{err}");
+    assert_eq!(waiting().len(), 1, "still waiting");
+
+    // --audit PATH.
+    let log = dir.path().join("audit.jsonl");
+    let l = log.to_str().unwrap();
+    let (code, out, err) = pins_cmd(&["approve", &id, "--store", &store, "--audit", l]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let approved = lines();
+    assert_eq!(approved.len(), 1, "{approved:?}");
+    let a = &approved[0];
+    assert_eq!(
+        (&a["event"], &a["decision"], &a["via"], &a["state"]),
+        (
+            &json!("pin_decided"),
+            &json!("approve"),
+            &json!("cli"),
+            &json!("approved")
+        ),
+        "{a}"
+    );
+    assert_eq!(
+        (&a["route"], &a["name"], &a["hash"], &a["id"]),
+        (&json!("/mcp"), &json!("add"), &json!(v2), &json!(id))
+    );
+    assert!(a["time"].is_string() && a["uid"].is_u64(), "{a}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A gateway's --config: its store and its [audit] log.
+    assert_eq!(drift("v3").await, ["echo"]);
+    let v3 = waiting()[0]["pending"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_d, cfg) = super::gateway_support::config_file(&format!(
+        "[server]\nstore = \"{store}\"\n[audit]\npath = \"{l}\"\n\
+         [[routes]]\npath = \"/mcp\"\npinning = \"enforce\"\n\
+         [[routes.upstreams]]\ncommand = \"python3\"\n"
+    ));
+    let (code, out, err) = pins_cmd(&["reject", &id[..8], "--config", &cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+    let all = lines();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let r = &all[1];
+    assert_eq!(
+        (&r["decision"], &r["state"], &r["pending_hash"], &r["hash"]),
+        (&json!("reject"), &json!("rejected"), &json!(v3), &json!(v2)),
+        "{r}"
+    );
+    p.terminate().await;
+}
