@@ -529,7 +529,7 @@ pub struct PinHook {
     /// The policy of a route's (and member's) tools (by route key, `None` for the stdio front,
     /// and member name).
     policy: PolicyOf,
-    pins: RwLock<HashMap<String, Pin>>,
+    pins: RwLock<Known>,
     /// List requests whose answers are checked.
     lists: Awaiting<Kind>,
     /// Where `list_changed` goes after an approval (set once the front exists).
@@ -549,6 +549,65 @@ pub struct PinHook {
 struct Counts {
     drift: std::collections::BTreeMap<(String, &'static str), u64>,
     refused: std::collections::BTreeMap<String, u64>,
+}
+
+/// The pins this replica knows: by id, and each one's id by route, kind and name (so that a
+/// call finds its pin without hashing its id; see [`Known::find`]).
+#[derive(Default)]
+struct Known {
+    by_id: HashMap<String, Pin>,
+    /// By [`slot_of_label`] of the pin's route, then kind (`Kind as usize`), then name.
+    ids: HashMap<String, [HashMap<String, String>; 2]>,
+}
+
+impl Known {
+    fn of(pins: Vec<Pin>) -> Known {
+        let mut k = Known::default();
+        for p in pins {
+            k.insert(p.id.clone(), p);
+        }
+        k
+    }
+
+    /// Keep `pin` under `id`. A pin whose id is not the one its route, kind and name give (a
+    /// store edited by hand) is kept but never found by [`Known::find`], as when calls hashed
+    /// the id.
+    fn insert(&mut self, id: String, pin: Pin) {
+        if !self.by_id.contains_key(&id)
+            && let Some(slot) = slot_of_label(&pin.route)
+            && id == Pin::id_of(&pin.route, pin.kind, &pin.name)
+        {
+            self.ids.entry(slot.to_string()).or_default()[pin.kind as usize]
+                .insert(pin.name.clone(), id.clone());
+        }
+        self.by_id.insert(id, pin);
+    }
+
+    /// The pin of `name` on the route with this key (as [`FrameCtx::route`] has it).
+    fn find(&self, route: Option<&str>, kind: Kind, name: &str) -> Option<&Pin> {
+        let id = self.ids.get(slot_of_key(route))?[kind as usize].get(name)?;
+        self.by_id.get(id)
+    }
+}
+
+/// Where [`Known`] files the pins of the route with this key: the key itself, or for the
+/// routes without one of their own (the stdio front, absolute-URI targets) a word no route key
+/// can be (route keys have no `#`).
+fn slot_of_key(key: Option<&str>) -> &str {
+    match key {
+        None => "#stdio",
+        Some(k) if shadowcat_proxy::front::http::is_absolute_key(k) => "#absolute-uri",
+        Some(k) => k,
+    }
+}
+
+/// [`slot_of_key`] of the route a pin's label names (`None`: no route has that label).
+fn slot_of_label(label: &str) -> Option<&str> {
+    match label {
+        "stdio" => Some("#stdio"),
+        "absolute-uri" => Some("#absolute-uri"),
+        l => crate::config::route_key(l),
+    }
 }
 
 /// The route label pins are kept under.
@@ -583,7 +642,7 @@ impl PinHook {
         let hook = Arc::new_cyclic(|me| PinHook {
             store,
             policy: Box::new(policy),
-            pins: RwLock::new(initial.into_iter().map(|p| (p.id.clone(), p)).collect()),
+            pins: RwLock::new(Known::of(initial)),
             lists: Awaiting::new(1_000, 100_000),
             max_pins,
             host: OnceLock::new(),
@@ -625,7 +684,7 @@ impl PinHook {
         use std::fmt::Write;
         let mut states: std::collections::BTreeMap<(String, &'static str), u64> =
             std::collections::BTreeMap::new();
-        for p in shadowcat_proxy::sync::read(&self.pins).values() {
+        for p in shadowcat_proxy::sync::read(&self.pins).by_id.values() {
             *states.entry((p.route.clone(), p.state())).or_default() += 1;
         }
         let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
@@ -681,6 +740,7 @@ impl PinHook {
     /// Every pin, as this replica knows them.
     pub fn pins(&self) -> Vec<Pin> {
         let mut v: Vec<Pin> = shadowcat_proxy::sync::read(&self.pins)
+            .by_id
             .values()
             .cloned()
             .collect();
@@ -701,7 +761,7 @@ impl PinHook {
         {
             let mut pins = shadowcat_proxy::sync::write(&self.pins);
             for p in fresh {
-                let was = pins.get(&p.id).map(Pin::quarantined);
+                let was = pins.by_id.get(&p.id).map(Pin::quarantined);
                 if was.is_some_and(|q| q != p.quarantined()) {
                     changed.push((p.route.clone(), p.kind));
                 }
@@ -801,7 +861,8 @@ impl PinHook {
         let mut writes: Vec<(String, Def, NewTools)> = Vec::new();
         let mut touched = false;
         {
-            let pins = shadowcat_proxy::sync::read(&self.pins);
+            let known = shadowcat_proxy::sync::read(&self.pins);
+            let pins = &known.by_id;
             items.retain_mut(|item| {
                 let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_owned) else {
                     return true;
@@ -957,20 +1018,21 @@ impl Hook for PinHook {
                 if policy.pinning != Pinning::Enforce {
                     return Verdict::Forward;
                 }
-                let route = route_label(ctx.route);
-                let pins = shadowcat_proxy::sync::read(&self.pins);
-                match pins.get(&Pin::id_of(&route, kind, name)) {
-                    Some(p) if p.approved.is_none() => {
-                        self.refuse(&route, frame, kind, name, "is new")
+                // The warm path: a lookup by route, kind and name (no hashing, no allocation).
+                let why = {
+                    let pins = shadowcat_proxy::sync::read(&self.pins);
+                    match pins.find(ctx.route, kind, name) {
+                        Some(p) if p.approved.is_none() => "is new",
+                        Some(p) if p.quarantined() => "changed since it was approved",
+                        None if policy.new_tools == NewTools::Hold
+                            || pins.by_id.len() >= self.max_pins =>
+                        {
+                            "has not been reviewed"
+                        }
+                        _ => return Verdict::Forward,
                     }
-                    Some(p) if p.quarantined() => {
-                        self.refuse(&route, frame, kind, name, "changed since it was approved")
-                    }
-                    None if policy.new_tools == NewTools::Hold || pins.len() >= self.max_pins => {
-                        self.refuse(&route, frame, kind, name, "has not been reviewed")
-                    }
-                    _ => Verdict::Forward,
-                }
+                };
+                self.refuse(&route_label(ctx.route), frame, kind, name, why)
             }
             (Direction::ServerToClient, FrameKind::Response) => {
                 let Some(kind) = frame.id().and_then(|id| self.lists.take(ctx, id)) else {
@@ -1080,6 +1142,55 @@ mod tests {
             hook.on_frame(&ctx(Direction::ClientToServer), &call),
             Verdict::Reply(_)
         ));
+    }
+
+    /// A call finds its pin by route key, kind and name, as it did by hashing the id.
+    #[test]
+    fn calls_find_their_pin_without_hashing_its_id() {
+        let def = Def::of(Kind::Tool, &tool("v1"));
+        let pin = |route: &str, kind, name: &str| {
+            Pin::observe(None, route, kind, name, def.clone(), NewTools::Allow).0
+        };
+        let absolute = "abs:https://mcp.example.com/mcp";
+        let mut known = Known::of(vec![
+            pin("/mcp", Kind::Tool, "add"),
+            pin("/servers/a-b_c/mcp", Kind::Tool, "add"),
+            pin("/servers/stdio/mcp", Kind::Prompt, "p"),
+            pin("stdio", Kind::Tool, "add"),
+            pin("absolute-uri", Kind::Tool, "add"),
+        ]);
+        for (key, route, kind, name) in [
+            (Some(""), "/mcp", Kind::Tool, "add"),
+            (Some("a-b_c"), "/servers/a-b_c/mcp", Kind::Tool, "add"),
+            (Some("stdio"), "/servers/stdio/mcp", Kind::Prompt, "p"),
+            (None, "stdio", Kind::Tool, "add"),
+            (Some(absolute), "absolute-uri", Kind::Tool, "add"),
+        ] {
+            // The route label of the key, as the hook computes it.
+            assert_eq!(route_label(key), route);
+            let found = known.find(key, kind, name).map(|p| p.id.clone());
+            assert_eq!(found, Some(Pin::id_of(route, kind, name)), "{route}");
+        }
+        assert!(known.find(Some(""), Kind::Prompt, "add").is_none(), "kind");
+        assert!(known.find(Some("x"), Kind::Tool, "add").is_none(), "route");
+        assert!(known.find(Some(""), Kind::Tool, "sub").is_none(), "name");
+        assert!(known.find(Some("stdio"), Kind::Tool, "add").is_none());
+        // A pin stored under an id that is not its own is never found (as before).
+        let mut odd = pin("/mcp", Kind::Tool, "odd");
+        odd.id = "0123456789abcdef01234567".into();
+        known.insert(odd.id.clone(), odd);
+        assert!(known.find(Some(""), Kind::Tool, "odd").is_none());
+        assert_eq!(known.by_id.len(), 6);
+        // A pin written again (a decision) is found with its new state.
+        let mut p = pin("/mcp", Kind::Tool, "add");
+        p.pending = Some(Def::of(Kind::Tool, &tool("v2")));
+        known.insert(p.id.clone(), p);
+        assert!(
+            known
+                .find(Some(""), Kind::Tool, "add")
+                .unwrap()
+                .quarantined()
+        );
     }
 
     #[test]
