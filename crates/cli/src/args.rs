@@ -177,8 +177,9 @@ pub struct LogArgs {
     /// Log format. Logs always go to stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Export trace spans over OTLP/HTTP to this collector (base URL, e.g.
-    /// http://127.0.0.1:4318; spans go to BASE/v1/traces).
+    /// Export trace spans over OTLP to this collector (base URL, e.g. http://127.0.0.1:4318:
+    /// spans go to BASE/v1/traces; with OTEL_EXPORTER_OTLP_PROTOCOL=grpc the collector's
+    /// address, e.g. http://127.0.0.1:4317).
     #[cfg(feature = "otel")]
     #[arg(
         long,
