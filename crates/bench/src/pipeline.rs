@@ -131,7 +131,7 @@ pub async fn run(a: PipelineArgs) -> anyhow::Result<()> {
     };
     if a.variant == Variant::Pinning {
         use shadowcat_gateway::pins::{NewTools, PinHook, Pinning, Policy};
-        let policy = |_: Option<&str>| Policy {
+        let policy = |_: Option<&str>, _: Option<&str>| Policy {
             pinning: Pinning::Enforce,
             new_tools: NewTools::Allow,
         };

@@ -177,8 +177,9 @@ pub struct LogArgs {
     /// Log format. Logs always go to stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Export trace spans over OTLP/HTTP to this collector (base URL, e.g.
-    /// http://127.0.0.1:4318; spans go to BASE/v1/traces).
+    /// Export trace spans over OTLP to this collector (base URL, e.g. http://127.0.0.1:4318:
+    /// spans go to BASE/v1/traces; with OTEL_EXPORTER_OTLP_PROTOCOL=grpc the collector's
+    /// address, e.g. http://127.0.0.1:4317).
     #[cfg(feature = "otel")]
     #[arg(
         long,
@@ -365,13 +366,19 @@ pub struct StdioArgs {
     pub common: Common,
     #[command(flatten)]
     pub hooks: crate::commands::hooks::HookArgs,
+    #[command(flatten)]
+    pub trust: PinArgs,
+    // Where tool pins are kept with --pinning (`forward stdio` keeps nothing else in it).
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The MCP server command and its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
+/// Tool pinning flags of `forward stdio` and `forward http`.
 #[derive(Args, Debug)]
-pub struct HttpArgs {
+pub struct PinArgs {
     /// Tool and prompt pinning (docs/pins.md): `warn` (report and mark tools whose definition
     /// changed) or `enforce` (leave them out and refuse their calls until approved with
     /// `shadowcat pins`). Pins are kept in --store (give `sqlite:PATH` to keep them).
@@ -385,6 +392,12 @@ pub struct HttpArgs {
     /// --store at start; their definitions are the approved ones.
     #[arg(long, value_name = "FILE", help_heading = "Tool pinning")]
     pub pins: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct HttpArgs {
+    #[command(flatten)]
+    pub trust: PinArgs,
     /// Address to listen on: `HOST:PORT`, `localhost:8080`, `:8080` or `8080` (the last two on
     /// loopback; `0.0.0.0:8080` listens on every interface).
     #[arg(long, env = "SHADOWCAT_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_addr)]

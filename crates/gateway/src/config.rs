@@ -1040,6 +1040,14 @@ pub struct MemberConfig {
     /// Balancing strategy over `upstreams` (default `round_robin`).
     #[serde(default)]
     pub balance: Option<Strategy>,
+    /// Tool and prompt pinning of this server's tools and prompts (docs/pins.md): `off`,
+    /// `warn` or `enforce`. Default: the route's `pinning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinning: Option<crate::pins::Pinning>,
+    /// A tool of this server the route has never seen: `allow` or `hold`. Default: the
+    /// route's `new_tools`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_tools: Option<crate::pins::NewTools>,
     /// Where it is: the fields of an upstream (without `upstreams`).
     #[serde(flatten)]
     pub upstream: UpstreamConfig,
@@ -1119,6 +1127,12 @@ impl NamesConfig {
 }
 
 impl RouteConfig {
+    /// Tool pinning is on for the route or for one of its servers.
+    pub fn pinning_on(&self) -> bool {
+        let on = |p: crate::pins::Pinning| p != crate::pins::Pinning::Off;
+        on(self.pinning) || self.servers.iter().any(|m| m.pinning.is_some_and(on))
+    }
+
     /// A composite route (`servers`) rather than an upstream set (`upstreams`).
     pub fn is_composite(&self) -> bool {
         !self.servers.is_empty()
@@ -1987,6 +2001,42 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_composite_routes_servers_may_have_their_own_pinning() {
+        let route = |pinning: &str, servers: &str| {
+            format!(
+                "[[routes]]\npath = \"/mcp\"\n{pinning}\n\
+                 [[routes.servers]]\nname = \"a\"\ncommand = \"x\"\n{servers}\n\
+                 [[routes.servers]]\nname = \"b\"\ncommand = \"y\"\n"
+            )
+        };
+        assert_eq!(
+            errors(&route("pinning = \"enforce\"", "pinning = \"off\"")),
+            ""
+        );
+        assert_eq!(
+            errors(&route("", "pinning = \"warn\"\nnew_tools = \"hold\"")),
+            ""
+        );
+        let e = errors(&route("", "pinning = \"strict\""));
+        assert!(e.contains("pinning") && e.contains("strict"), "{e}");
+        // A member's `new_tools` with pinning off for it does nothing: refused.
+        let e = errors(&route("", "new_tools = \"hold\""));
+        assert!(
+            e.contains("routes[0].servers[0].new_tools: does nothing with pinning off"),
+            "{e}"
+        );
+        let e = errors(&route(
+            "pinning = \"warn\"",
+            "pinning = \"off\"\nnew_tools = \"hold\"",
+        ));
+        assert!(e.contains("routes[0].servers[0].new_tools"), "{e}");
+        let cfg = GatewayConfig::parse("g.toml", &route("", "pinning = \"warn\"")).unwrap();
+        assert!(cfg.routes[0].pinning_on());
+        let cfg = GatewayConfig::parse("g.toml", &route("", "pinning = \"off\"")).unwrap();
+        assert!(!cfg.routes[0].pinning_on());
     }
 
     #[test]

@@ -78,8 +78,8 @@ pub struct Route {
     connect_timeout: Duration,
     rules: Rules,
     health: Option<config::HealthConfig>,
-    /// Tool pinning on this route.
-    pins: pins::Policy,
+    /// Tool pinning on this route (and, on a composite route, each member's).
+    pins: pins::RoutePolicy,
     /// What it was built from (its settings and scopes): a reload keeps the route whole when
     /// this is unchanged.
     fingerprint: String,
@@ -639,19 +639,15 @@ pub async fn gateway(
     let tracker = TaskTracker::new();
     // Pinning sees what the route admitted, before the recorder, the live view and the audit
     // log: they get lists as the client gets them.
-    if gw
-        .live()
-        .routes
-        .values()
-        .any(|r| r.pins.pinning != pins::Pinning::Off)
-    {
-        // Each route's policy as the configuration in force says (a reload may change it).
+    if gw.live().routes.values().any(|r| r.pins.any_on()) {
+        // Each route's (and member's) policy as the configuration in force says (a reload may
+        // change it).
         let me = Arc::downgrade(&gw);
-        let policy = move |key: Option<&str>| {
+        let policy = move |key: Option<&str>, member: Option<&str>| {
             key.and_then(|k| {
                 let gw = me.upgrade()?;
                 let live = gw.live();
-                live.routes.get(k).map(|r| r.pins)
+                live.routes.get(k).map(|r| r.pins.of(member))
             })
             .unwrap_or_default()
         };

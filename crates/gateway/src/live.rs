@@ -105,10 +105,15 @@ impl Live {
                     connect_timeout: r.connect_timeout.0,
                     rules: Rules::new(r.rules.clone(), r.default_effect),
                     health: r.health.clone(),
-                    pins: pins::Policy {
-                        pinning: r.pinning,
-                        new_tools: r.new_tools,
-                    },
+                    pins: pins::RoutePolicy::new(
+                        pins::Policy {
+                            pinning: r.pinning,
+                            new_tools: r.new_tools,
+                        },
+                        r.servers
+                            .iter()
+                            .map(|m| (m.name.clone(), m.pinning, m.new_tools)),
+                    ),
                     fingerprint,
                 }),
             );
@@ -458,9 +463,17 @@ pub(crate) fn restart_only(
     differ("audit", json(&old.audit), json(&new.audit));
     if !pinning_hook {
         for (i, r) in new.routes.iter().enumerate() {
-            if r.pinning != pins::Pinning::Off {
+            let members = r
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(j, m)| (format!("routes[{i}].servers[{j}].pinning"), m.pinning));
+            let on = std::iter::once((format!("routes[{i}].pinning"), Some(r.pinning)))
+                .chain(members)
+                .filter(|(_, p)| p.is_some_and(|p| p != pins::Pinning::Off));
+            for (field, _) in on {
                 problems.push(config::Problem {
-                    field: format!("routes[{i}].pinning"),
+                    field,
                     position: None,
                     message: "tool pinning was off on every route at start: turning it on \
                               needs a restart"

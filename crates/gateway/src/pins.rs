@@ -66,11 +66,84 @@ pub enum NewTools {
     Hold,
 }
 
-/// A route's pinning policy.
+/// A route's (or a composite route member's) pinning policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Policy {
     pub pinning: Pinning,
     pub new_tools: NewTools,
+}
+
+impl Policy {
+    /// The stricter of the two in each setting (`enforce` over `warn` over `off`, `hold` over
+    /// `allow`).
+    pub fn stricter(self, other: Policy) -> Policy {
+        let rank = |p: Pinning| match p {
+            Pinning::Off => 0,
+            Pinning::Warn => 1,
+            Pinning::Enforce => 2,
+        };
+        Policy {
+            pinning: if rank(other.pinning) > rank(self.pinning) {
+                other.pinning
+            } else {
+                self.pinning
+            },
+            new_tools: if other.new_tools == NewTools::Hold {
+                NewTools::Hold
+            } else {
+                self.new_tools
+            },
+        }
+    }
+}
+
+/// The pinning policy of a route and, on a composite route, of each of its members (a
+/// `[[routes.servers]]` may set its own `pinning` and `new_tools`; the route's apply to the
+/// others).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutePolicy {
+    /// Each member's policy in force, in member order (empty: not a composite route).
+    members: Vec<(String, Policy)>,
+    /// The strictest of the members' (the route's when there are none): what applies where
+    /// the member is not known (fail closed).
+    strictest: Policy,
+}
+
+impl RoutePolicy {
+    /// `route`'s policy, and each member's own settings (`None`: the route's).
+    pub fn new(
+        route: Policy,
+        members: impl IntoIterator<Item = (String, Option<Pinning>, Option<NewTools>)>,
+    ) -> RoutePolicy {
+        let members: Vec<(String, Policy)> = members
+            .into_iter()
+            .map(|(name, pinning, new_tools)| {
+                let p = Policy {
+                    pinning: pinning.unwrap_or(route.pinning),
+                    new_tools: new_tools.unwrap_or(route.new_tools),
+                };
+                (name, p)
+            })
+            .collect();
+        let strictest = match members.split_first() {
+            None => route,
+            Some(((_, first), rest)) => rest.iter().fold(*first, |a, (_, p)| a.stricter(*p)),
+        };
+        RoutePolicy { members, strictest }
+    }
+
+    /// The policy of `member`'s tools and prompts; the strictest of the route's when the
+    /// member is not known (`None`, or a name that is not a member).
+    pub fn of(&self, member: Option<&str>) -> Policy {
+        member
+            .and_then(|m| self.members.iter().find(|(n, _)| n == m))
+            .map_or(self.strictest, |(_, p)| *p)
+    }
+
+    /// Pinning is on for the route or some member.
+    pub fn any_on(&self) -> bool {
+        self.strictest.pinning != Pinning::Off
+    }
 }
 
 /// Tools or prompts.
@@ -336,6 +409,19 @@ impl Pin {
     }
 }
 
+/// The audit event of a decision on a pin.
+pub const DECIDED: &str = "pin_decided";
+
+/// The audit fields of a decision (`approve`, `reject`, `import`) on `pin` as it is after it,
+/// made through `via` (`admin_api`, `cli`): route, kind, name, decision, state, the approved
+/// hash (`hash`) and, when one waits, the waiting one (`pending_hash`).
+pub fn decided_fields(pin: &Pin, decision: &str, via: &str) -> Value {
+    json!({"route": pin.route, "kind": pin.kind, "name": pin.name, "id": pin.id,
+           "decision": decision, "state": pin.state(), "via": via,
+           "hash": pin.approved.as_ref().map(|d| &d.hash),
+           "pending_hash": pin.pending.as_ref().map(|d| &d.hash)})
+}
+
 /// Read every pin of the store.
 pub async fn load(store: &dyn SessionStore) -> Result<Vec<Pin>, String> {
     let docs = store.doc_list(NS).await.map_err(|e| e.to_string())?;
@@ -358,8 +444,10 @@ pub async fn save(store: &dyn SessionStore, pin: &Pin) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The policy of a route, by its key.
-type PolicyOf = Box<dyn Fn(Option<&str>) -> Policy + Send + Sync>;
+/// The policy of a route's tools and prompts, by the route's key and, on a composite route,
+/// the member offering them (`None`: not known, or not a composite route; see
+/// [`RoutePolicy::of`]).
+type PolicyOf = Box<dyn Fn(Option<&str>, Option<&str>) -> Policy + Send + Sync>;
 
 /// Most pages of one list read by [`fetch`].
 const MAX_PAGES: usize = 1_000;
@@ -438,9 +526,10 @@ pub fn drift(reviewed: &[Pin], route: &str, seen: Vec<(Kind, String, Def)>) -> V
 /// The pipeline hook (see the module docs).
 pub struct PinHook {
     store: Arc<dyn SessionStore>,
-    /// The policy of a route (by route key; `None` for the stdio front).
+    /// The policy of a route's (and member's) tools (by route key, `None` for the stdio front,
+    /// and member name).
     policy: PolicyOf,
-    pins: RwLock<HashMap<String, Pin>>,
+    pins: RwLock<Known>,
     /// List requests whose answers are checked.
     lists: Awaiting<Kind>,
     /// Where `list_changed` goes after an approval (set once the front exists).
@@ -462,6 +551,65 @@ struct Counts {
     refused: std::collections::BTreeMap<String, u64>,
 }
 
+/// The pins this replica knows: by id, and each one's id by route, kind and name (so that a
+/// call finds its pin without hashing its id; see [`Known::find`]).
+#[derive(Default)]
+struct Known {
+    by_id: HashMap<String, Pin>,
+    /// By [`slot_of_label`] of the pin's route, then kind (`Kind as usize`), then name.
+    ids: HashMap<String, [HashMap<String, String>; 2]>,
+}
+
+impl Known {
+    fn of(pins: Vec<Pin>) -> Known {
+        let mut k = Known::default();
+        for p in pins {
+            k.insert(p.id.clone(), p);
+        }
+        k
+    }
+
+    /// Keep `pin` under `id`. A pin whose id is not the one its route, kind and name give (a
+    /// store edited by hand) is kept but never found by [`Known::find`], as when calls hashed
+    /// the id.
+    fn insert(&mut self, id: String, pin: Pin) {
+        if !self.by_id.contains_key(&id)
+            && let Some(slot) = slot_of_label(&pin.route)
+            && id == Pin::id_of(&pin.route, pin.kind, &pin.name)
+        {
+            self.ids.entry(slot.to_string()).or_default()[pin.kind as usize]
+                .insert(pin.name.clone(), id.clone());
+        }
+        self.by_id.insert(id, pin);
+    }
+
+    /// The pin of `name` on the route with this key (as [`FrameCtx::route`] has it).
+    fn find(&self, route: Option<&str>, kind: Kind, name: &str) -> Option<&Pin> {
+        let id = self.ids.get(slot_of_key(route))?[kind as usize].get(name)?;
+        self.by_id.get(id)
+    }
+}
+
+/// Where [`Known`] files the pins of the route with this key: the key itself, or for the
+/// routes without one of their own (the stdio front, absolute-URI targets) a word no route key
+/// can be (route keys have no `#`).
+fn slot_of_key(key: Option<&str>) -> &str {
+    match key {
+        None => "#stdio",
+        Some(k) if shadowcat_proxy::front::http::is_absolute_key(k) => "#absolute-uri",
+        Some(k) => k,
+    }
+}
+
+/// [`slot_of_key`] of the route a pin's label names (`None`: no route has that label).
+fn slot_of_label(label: &str) -> Option<&str> {
+    match label {
+        "stdio" => Some("#stdio"),
+        "absolute-uri" => Some("#absolute-uri"),
+        l => crate::config::route_key(l),
+    }
+}
+
 /// The route label pins are kept under.
 fn route_label(key: Option<&str>) -> String {
     match key {
@@ -471,11 +619,11 @@ fn route_label(key: Option<&str>) -> String {
 }
 
 impl PinHook {
-    /// A hook over `store`, with `policy` per route key; it reads the pins now and then every
-    /// [`REFRESH`] until `cancel`.
+    /// A hook over `store`, with `policy` per route key and member; it reads the pins now and
+    /// then every [`REFRESH`] until `cancel`.
     pub async fn start(
         store: Arc<dyn SessionStore>,
-        policy: impl Fn(Option<&str>) -> Policy + Send + Sync + 'static,
+        policy: impl Fn(Option<&str>, Option<&str>) -> Policy + Send + Sync + 'static,
         tracker: &tokio_util::task::TaskTracker,
         cancel: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<PinHook>, String> {
@@ -485,7 +633,7 @@ impl PinHook {
     /// [`PinHook::start`] keeping at most `max_pins`.
     async fn start_bounded(
         store: Arc<dyn SessionStore>,
-        policy: impl Fn(Option<&str>) -> Policy + Send + Sync + 'static,
+        policy: impl Fn(Option<&str>, Option<&str>) -> Policy + Send + Sync + 'static,
         max_pins: usize,
         tracker: &tokio_util::task::TaskTracker,
         cancel: tokio_util::sync::CancellationToken,
@@ -494,7 +642,7 @@ impl PinHook {
         let hook = Arc::new_cyclic(|me| PinHook {
             store,
             policy: Box::new(policy),
-            pins: RwLock::new(initial.into_iter().map(|p| (p.id.clone(), p)).collect()),
+            pins: RwLock::new(Known::of(initial)),
             lists: Awaiting::new(1_000, 100_000),
             max_pins,
             host: OnceLock::new(),
@@ -526,12 +674,7 @@ impl PinHook {
     /// A decision made through this replica's admin API, for the audit log.
     pub fn decided(&self, pin: &Pin, decision: &str) {
         if let Some(a) = self.audit.get() {
-            a.event(
-                "pin_decided",
-                json!({"route": pin.route, "kind": pin.kind, "name": pin.name,
-                       "decision": decision, "state": pin.state(),
-                       "hash": pin.approved.as_ref().map(|d| &d.hash)}),
-            );
+            a.event(DECIDED, decided_fields(pin, decision, "admin_api"));
         }
     }
 
@@ -541,7 +684,7 @@ impl PinHook {
         use std::fmt::Write;
         let mut states: std::collections::BTreeMap<(String, &'static str), u64> =
             std::collections::BTreeMap::new();
-        for p in shadowcat_proxy::sync::read(&self.pins).values() {
+        for p in shadowcat_proxy::sync::read(&self.pins).by_id.values() {
             *states.entry((p.route.clone(), p.state())).or_default() += 1;
         }
         let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
@@ -597,6 +740,7 @@ impl PinHook {
     /// Every pin, as this replica knows them.
     pub fn pins(&self) -> Vec<Pin> {
         let mut v: Vec<Pin> = shadowcat_proxy::sync::read(&self.pins)
+            .by_id
             .values()
             .cloned()
             .collect();
@@ -617,7 +761,7 @@ impl PinHook {
         {
             let mut pins = shadowcat_proxy::sync::write(&self.pins);
             for p in fresh {
-                let was = pins.get(&p.id).map(Pin::quarantined);
+                let was = pins.by_id.get(&p.id).map(Pin::quarantined);
                 if was.is_some_and(|q| q != p.quarantined()) {
                     changed.push((p.route.clone(), p.kind));
                 }
@@ -644,7 +788,12 @@ impl PinHook {
             return;
         };
         for (_, entry) in host.entries() {
-            if route_label(Some(&entry.route)) != route {
+            // The stdio front's session has no route: its pins are the `stdio` ones.
+            let label = match entry.kind {
+                shadowcat_proxy::session::Kind::Stdio => "stdio".to_string(),
+                _ => route_label(Some(&entry.route)),
+            };
+            if label != route {
                 continue;
             }
             if let Some(s) = entry.session() {
@@ -668,8 +817,35 @@ impl PinHook {
         Verdict::Reply(error_frame(frame.id(), AWAITS_APPROVAL, &msg))
     }
 
+    /// The session's composite upstream, to tell which member offers each listed name.
+    fn composite_of(&self, session: &str) -> Option<Arc<shadowcat_proxy::session::Session>> {
+        let host = self.host.get()?.upgrade()?;
+        let s = host.get(session)?.session()?;
+        s.upstream().composite().is_some().then_some(s)
+    }
+
     /// Check the items of a list answer; the verdict (a deferred one when pins must be written).
-    fn check_list(&self, route: String, kind: Kind, policy: Policy, frame: &Frame) -> Verdict {
+    /// `strictest`: the policy of the route's strictest member (the route's own when it has no
+    /// members); each item is judged by the policy of the member that offers it, or by
+    /// `strictest` when that member is not known.
+    fn check_list(
+        &self,
+        ctx: &FrameCtx<'_>,
+        kind: Kind,
+        strictest: Policy,
+        frame: &Frame,
+    ) -> Verdict {
+        let route = route_label(ctx.route);
+        let composite = self.composite_of(ctx.session);
+        let names_kind = match kind {
+            Kind::Tool => shadowcat_proxy::upstream::composite::names::Kind::Tool,
+            Kind::Prompt => shadowcat_proxy::upstream::composite::names::Kind::Prompt,
+        };
+        let policy_of = |name: &str| match composite.as_ref().and_then(|s| s.upstream().composite())
+        {
+            Some(c) => (self.policy)(ctx.route, c.member_of_listed(names_kind, name)),
+            None => strictest,
+        };
         let Ok(mut msg) = serde_json::from_slice::<Value>(frame.raw()) else {
             return Verdict::Forward;
         };
@@ -682,14 +858,19 @@ impl PinHook {
         };
         // Definitions whose pin changes (new, or a definition not seen before): written to the
         // store after a fresh read, so that a decision made meanwhile elsewhere is not undone.
-        let mut writes: Vec<(String, Def)> = Vec::new();
+        let mut writes: Vec<(String, Def, NewTools)> = Vec::new();
         let mut touched = false;
         {
-            let pins = shadowcat_proxy::sync::read(&self.pins);
+            let known = shadowcat_proxy::sync::read(&self.pins);
+            let pins = &known.by_id;
             items.retain_mut(|item| {
                 let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_owned) else {
                     return true;
                 };
+                let policy = policy_of(&name);
+                if policy.pinning == Pinning::Off {
+                    return true;
+                }
                 let def = Def::of(kind, item);
                 let id = Pin::id_of(&route, kind, &name);
                 let known = pins.get(&id);
@@ -710,7 +891,7 @@ impl PinHook {
                         "too many pins: a new name is held, not pinned"
                     );
                 } else if known != Some(&pin) {
-                    writes.push((name.clone(), def));
+                    writes.push((name.clone(), def, policy.new_tools));
                 }
                 if seen == Seen::Approved {
                     return true;
@@ -758,8 +939,8 @@ impl PinHook {
         let me = self.me.clone();
         Verdict::Defer(Box::pin(async move {
             if let Some(h) = me.upgrade() {
-                for (name, def) in writes {
-                    h.record(&route, kind, &name, def, policy.new_tools).await;
+                for (name, def, new_tools) in writes {
+                    h.record(&route, kind, &name, def, new_tools).await;
                 }
             }
             verdict()
@@ -809,7 +990,9 @@ impl Hook for PinHook {
     }
 
     fn on_frame(&self, ctx: &FrameCtx<'_>, frame: &Frame) -> Verdict {
-        let policy = (self.policy)(ctx.route);
+        // A call's member is known when its name was listed; a list (and its answer) may span
+        // every member of a composite route: their strictest policy decides whether to look.
+        let policy = (self.policy)(ctx.route, ctx.member);
         if policy.pinning == Pinning::Off {
             return Verdict::Forward;
         }
@@ -835,26 +1018,27 @@ impl Hook for PinHook {
                 if policy.pinning != Pinning::Enforce {
                     return Verdict::Forward;
                 }
-                let route = route_label(ctx.route);
-                let pins = shadowcat_proxy::sync::read(&self.pins);
-                match pins.get(&Pin::id_of(&route, kind, name)) {
-                    Some(p) if p.approved.is_none() => {
-                        self.refuse(&route, frame, kind, name, "is new")
+                // The warm path: a lookup by route, kind and name (no hashing, no allocation).
+                let why = {
+                    let pins = shadowcat_proxy::sync::read(&self.pins);
+                    match pins.find(ctx.route, kind, name) {
+                        Some(p) if p.approved.is_none() => "is new",
+                        Some(p) if p.quarantined() => "changed since it was approved",
+                        None if policy.new_tools == NewTools::Hold
+                            || pins.by_id.len() >= self.max_pins =>
+                        {
+                            "has not been reviewed"
+                        }
+                        _ => return Verdict::Forward,
                     }
-                    Some(p) if p.quarantined() => {
-                        self.refuse(&route, frame, kind, name, "changed since it was approved")
-                    }
-                    None if policy.new_tools == NewTools::Hold || pins.len() >= self.max_pins => {
-                        self.refuse(&route, frame, kind, name, "has not been reviewed")
-                    }
-                    _ => Verdict::Forward,
-                }
+                };
+                self.refuse(&route_label(ctx.route), frame, kind, name, why)
             }
             (Direction::ServerToClient, FrameKind::Response) => {
                 let Some(kind) = frame.id().and_then(|id| self.lists.take(ctx, id)) else {
                     return Verdict::Forward;
                 };
-                self.check_list(route_label(ctx.route), kind, policy, frame)
+                self.check_list(ctx, kind, policy, frame)
             }
             (Direction::ServerToClient, FrameKind::Error) => {
                 if let Some(id) = frame.id() {
@@ -912,7 +1096,7 @@ mod tests {
         };
         let hook = PinHook::start_bounded(
             store.clone(),
-            move |_| policy,
+            move |_, _| policy,
             1,
             &tokio_util::task::TaskTracker::new(),
             tokio_util::sync::CancellationToken::new(),
@@ -958,6 +1142,92 @@ mod tests {
             hook.on_frame(&ctx(Direction::ClientToServer), &call),
             Verdict::Reply(_)
         ));
+    }
+
+    /// A call finds its pin by route key, kind and name, as it did by hashing the id.
+    #[test]
+    fn calls_find_their_pin_without_hashing_its_id() {
+        let def = Def::of(Kind::Tool, &tool("v1"));
+        let pin = |route: &str, kind, name: &str| {
+            Pin::observe(None, route, kind, name, def.clone(), NewTools::Allow).0
+        };
+        let absolute = "abs:https://mcp.example.com/mcp";
+        let mut known = Known::of(vec![
+            pin("/mcp", Kind::Tool, "add"),
+            pin("/servers/a-b_c/mcp", Kind::Tool, "add"),
+            pin("/servers/stdio/mcp", Kind::Prompt, "p"),
+            pin("stdio", Kind::Tool, "add"),
+            pin("absolute-uri", Kind::Tool, "add"),
+        ]);
+        for (key, route, kind, name) in [
+            (Some(""), "/mcp", Kind::Tool, "add"),
+            (Some("a-b_c"), "/servers/a-b_c/mcp", Kind::Tool, "add"),
+            (Some("stdio"), "/servers/stdio/mcp", Kind::Prompt, "p"),
+            (None, "stdio", Kind::Tool, "add"),
+            (Some(absolute), "absolute-uri", Kind::Tool, "add"),
+        ] {
+            // The route label of the key, as the hook computes it.
+            assert_eq!(route_label(key), route);
+            let found = known.find(key, kind, name).map(|p| p.id.clone());
+            assert_eq!(found, Some(Pin::id_of(route, kind, name)), "{route}");
+        }
+        assert!(known.find(Some(""), Kind::Prompt, "add").is_none(), "kind");
+        assert!(known.find(Some("x"), Kind::Tool, "add").is_none(), "route");
+        assert!(known.find(Some(""), Kind::Tool, "sub").is_none(), "name");
+        assert!(known.find(Some("stdio"), Kind::Tool, "add").is_none());
+        // A pin stored under an id that is not its own is never found (as before).
+        let mut odd = pin("/mcp", Kind::Tool, "odd");
+        odd.id = "0123456789abcdef01234567".into();
+        known.insert(odd.id.clone(), odd);
+        assert!(known.find(Some(""), Kind::Tool, "odd").is_none());
+        assert_eq!(known.by_id.len(), 6);
+        // A pin written again (a decision) is found with its new state.
+        let mut p = pin("/mcp", Kind::Tool, "add");
+        p.pending = Some(Def::of(Kind::Tool, &tool("v2")));
+        known.insert(p.id.clone(), p);
+        assert!(
+            known
+                .find(Some(""), Kind::Tool, "add")
+                .unwrap()
+                .quarantined()
+        );
+    }
+
+    #[test]
+    fn a_members_policy_is_its_own_and_an_unknown_member_gets_the_strictest() {
+        let p = |pinning, new_tools| Policy { pinning, new_tools };
+        let route = p(Pinning::Warn, NewTools::Allow);
+        let rp = RoutePolicy::new(
+            route,
+            [
+                ("strict".to_string(), Some(Pinning::Enforce), None),
+                ("loose".to_string(), Some(Pinning::Off), None),
+                ("held".to_string(), None, Some(NewTools::Hold)),
+                ("plain".to_string(), None, None),
+            ],
+        );
+        assert_eq!(rp.of(Some("strict")), p(Pinning::Enforce, NewTools::Allow));
+        assert_eq!(rp.of(Some("loose")), p(Pinning::Off, NewTools::Allow));
+        assert_eq!(rp.of(Some("held")), p(Pinning::Warn, NewTools::Hold));
+        assert_eq!(rp.of(Some("plain")), route);
+        // Fail closed: not known, or not a member.
+        let strictest = p(Pinning::Enforce, NewTools::Hold);
+        assert_eq!(rp.of(None), strictest);
+        assert_eq!(rp.of(Some("other")), strictest);
+        assert!(rp.any_on());
+        // Without members the route's policy is the one.
+        let plain = RoutePolicy::new(route, []);
+        assert_eq!((plain.of(None), plain.of(Some("x"))), (route, route));
+        // Every member off: pinning is off though the route has it.
+        let off = RoutePolicy::new(route, [("a".to_string(), Some(Pinning::Off), None)]);
+        assert!(!off.any_on());
+        assert!(
+            RoutePolicy::new(
+                p(Pinning::Off, NewTools::Allow),
+                [("a".into(), Some(Pinning::Warn), None)]
+            )
+            .any_on()
+        );
     }
 
     #[test]

@@ -635,4 +635,29 @@ mod tests {
             "g.toml: server.max_sessions: must be at least 1"
         );
     }
+
+    /// Turning pinning on (on a route or on one server of a composite route) needs a restart
+    /// when no route had it at start; with the hook running, it reloads.
+    #[test]
+    fn pinning_turned_on_for_a_server_needs_the_hook() {
+        let cfg = |server_pinning: &str| {
+            let text = format!(
+                "[[routes]]\npath = \"/mcp\"\n\
+                 [[routes.servers]]\nname = \"a\"\ncommand = \"x\"\n{server_pinning}\n\
+                 [[routes.servers]]\nname = \"b\"\ncommand = \"y\"\n"
+            );
+            GatewayConfig::parse("g.toml", &text).unwrap()
+        };
+        let old = cfg("");
+        let fields = |new: &GatewayConfig, hook: bool| -> Vec<String> {
+            restart_only(&old, new, hook)
+                .into_iter()
+                .map(|p| p.field)
+                .collect()
+        };
+        let on = cfg("pinning = \"warn\"");
+        assert_eq!(fields(&on, false), ["routes[0].servers[0].pinning"]);
+        assert!(fields(&on, true).is_empty());
+        assert!(fields(&cfg("pinning = \"off\""), false).is_empty());
+    }
 }

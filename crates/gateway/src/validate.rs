@@ -851,6 +851,14 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
                 bad(format!("{at}.tools.{field}"), message);
             }
         }
+        if m.new_tools.is_some() && m.pinning.unwrap_or(r.pinning) == crate::pins::Pinning::Off {
+            bad(
+                format!("{at}.new_tools"),
+                "does nothing with pinning off for this server: set `pinning = \"warn\"` or \
+                 `\"enforce\"` on it or on the route"
+                    .into(),
+            );
+        }
         if m.has_set() {
             validate_member_set(&at, m, bad);
         } else {

@@ -257,6 +257,26 @@ impl Audit {
     /// Write a line about something other than a request (a tool pin's drift or approval):
     /// `{"time", "replica", "event": EVENT, …fields}`.
     pub fn event(&self, event: &str, fields: serde_json::Value) {
+        let Some(bytes) = self.event_line(event, fields) else {
+            return;
+        };
+        let r = crate::sync::lock(&self.out).write_line(&bytes);
+        self.failed(r);
+    }
+
+    /// [`Audit::event`] written through to the file at once, or the error saying why it could
+    /// not be (for a command that must not report a decision it could not audit).
+    pub fn event_now(&self, event: &str, fields: serde_json::Value) -> std::io::Result<()> {
+        let bytes = self
+            .event_line(event, fields)
+            .ok_or_else(|| std::io::Error::other("the event cannot be written as JSON"))?;
+        let mut out = crate::sync::lock(&self.out);
+        out.write_line(&bytes)?;
+        out.flush()
+    }
+
+    /// The line of an event, newline included.
+    fn event_line(&self, event: &str, fields: serde_json::Value) -> Option<Vec<u8>> {
         let mut line = serde_json::json!({
             "time": now_rfc3339(),
             "event": event,
@@ -269,12 +289,9 @@ impl Audit {
                 o.entry(k).or_insert(v);
             }
         }
-        let Ok(mut bytes) = serde_json::to_vec(&line) else {
-            return;
-        };
+        let mut bytes = serde_json::to_vec(&line).ok()?;
         bytes.push(b'\n');
-        let r = crate::sync::lock(&self.out).write_line(&bytes);
-        self.failed(r);
+        Some(bytes)
     }
 
     /// The fields every line has, the rest empty.

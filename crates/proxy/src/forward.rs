@@ -35,10 +35,13 @@ pub struct StdioForward {
 }
 
 /// Relay our stdin/stdout to the upstream until the client or the server ends.
-/// Returns the exit code for the process (the child's, for stdio upstreams).
+/// Returns the exit code for the process (the child's, for stdio upstreams). `built` is handed
+/// the session host before the session starts (hooks that reach the session themselves, such
+/// as pinning's `list_changed`, learn it there).
 pub async fn forward_stdio(
     cfg: StdioForward,
     shutdown: CancellationToken,
+    built: impl FnOnce(&Arc<Host>),
 ) -> Result<i32, ProxyError> {
     let tracker = TaskTracker::new();
     let grace = cfg.options.shutdown_grace;
@@ -46,6 +49,7 @@ pub async fn forward_stdio(
     // drain below waits for the upstream's tasks alone.
     let records_stop = CancellationToken::new();
     let host = stdio_host(&tracker, records_stop.clone());
+    built(&host);
     let io = (tokio::io::stdin(), tokio::io::stdout());
     let code = relay_stdio(cfg, &host, &records_stop, &tracker, io, shutdown.clone()).await;
     drain(&tracker, grace * 3).await;

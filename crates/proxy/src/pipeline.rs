@@ -130,7 +130,8 @@ pub struct FrameCtx<'a> {
     /// there is no route (the stdio front).
     pub route: Option<&'a str>,
     /// On a composite route, the member server a client request goes to, when the proxy knows
-    /// it before sending (a `tools/call` of a listed tool, a resource URI).
+    /// it before sending (a `tools/call` of a listed tool, a `prompts/get` of a listed prompt,
+    /// a resource URI).
     pub member: Option<&'a str>,
     /// Tells apart requests that have no session (2026-07-28 stateless requests share the
     /// session `-`): a number of the request's own, the same for the request and its answer;

@@ -3,7 +3,9 @@
 use super::hooks::{Describe, Hooks};
 use super::servers;
 use crate::args::StoreOutage;
-use crate::args::{Common, ConnArgs, HttpArgs, Prefix, StdioArgs, UpstreamTransport};
+use crate::args::{
+    Common, ConnArgs, HttpArgs, PinArgs, PinningArg, Prefix, StdioArgs, UpstreamTransport,
+};
 use anyhow::{Context, bail};
 use shadowcat_proxy::forward::{StdioForward, forward_http, forward_stdio};
 use shadowcat_proxy::front::conn::ConnLimits;
@@ -118,20 +120,83 @@ pub async fn stdio(a: StdioArgs, log_traffic: bool) -> anyhow::Result<i32> {
         upstream: upstream.describe(),
         headers: headers(&a.common)?,
     };
-    let hooks = Hooks::build(&a.hooks, log_traffic, describe).await?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
+    let pins = if a.trust.pinning == PinningArg::Off {
+        if a.store.store.trim() != "memory" {
+            tracing::warn!(
+                "forward stdio keeps only tool pins in --store, and --pinning is off: the store is not used"
+            );
+        }
+        None
+    } else {
+        // Nothing but pins is kept here: no session records, no event log.
+        let store = super::session::open_store(&a.store, 10_000, Duration::from_secs(1800)).await?;
+        pinning(&a.trust, &store, &tracker, &shutdown).await?
+    };
+    let early: Vec<Arc<dyn Hook>> = pins.iter().map(|p| p.clone() as Arc<dyn Hook>).collect();
+    let hooks = Hooks::build_limited(
+        &a.hooks,
+        log_traffic,
+        describe,
+        ConnLimits::default(),
+        early,
+    )
+    .await?;
+    if let (Some(p), Some(audit)) = (&pins, hooks.audit()) {
+        p.audit_to(audit);
+    }
     let cfg = StdioForward {
         upstream,
         max_line: a.common.max_message,
         options: options(&a.common)?,
         pipeline: hooks.pipeline.clone(),
     };
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    shadowcat_proxy::runtime::cancel_on_signals(shutdown.clone(), &tracker)?;
-    let code = forward_stdio(cfg, shutdown.clone()).await;
+    let code = forward_stdio(cfg, shutdown.clone(), |host| {
+        if let Some(p) = &pins {
+            p.attach(host);
+        }
+    })
+    .await;
     hooks.finish().await;
     shutdown.cancel();
     Ok(code?)
+}
+
+/// The pinning hook the flags ask for (`None` with `--pinning off`), its pins in `store`, after
+/// writing the `--pins` file's into it.
+async fn pinning(
+    a: &PinArgs,
+    store: &Arc<dyn shadowcat_store::SessionStore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<shadowcat_gateway::pins::PinHook>>> {
+    let policy = a.pinning.policy(a.new_tools);
+    if let Some(file) = &a.pins {
+        if policy.pinning == shadowcat_gateway::pins::Pinning::Off {
+            bail!("--pins needs --pinning warn or --pinning enforce");
+        }
+        let n = super::pins::seed(&**store, file).await?;
+        tracing::info!(pins = n, file = %file.display(), "reviewed tool pins loaded");
+    }
+    if policy.pinning == shadowcat_gateway::pins::Pinning::Off {
+        return Ok(None);
+    }
+    if store.backend() == "memory" {
+        tracing::warn!(
+            "pins are kept in the memory store: they are forgotten at exit (give --store sqlite:PATH to keep them)"
+        );
+    }
+    let hook = shadowcat_gateway::pins::PinHook::start(
+        store.clone(),
+        move |_, _| policy,
+        tracker,
+        shutdown.child_token(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot read the tool pins: {e}"))?;
+    Ok(Some(hook))
 }
 
 /// A `--server NAME=URL|CMD ARGS` member of a composite route (`--header`s go to HTTP ones).
@@ -368,33 +433,8 @@ pub async fn http(a: HttpArgs, log_traffic: bool) -> anyhow::Result<i32> {
         upstream: describe_targets(&config.targets, config.allow_absolute_uri),
         headers: headers(&a.common)?,
     };
-    let policy = a.pinning.policy(a.new_tools);
-    let mut early: Vec<Arc<dyn Hook>> = Vec::new();
-    let mut pins = None;
-    if let Some(file) = &a.pins {
-        if policy.pinning == shadowcat_gateway::pins::Pinning::Off {
-            bail!("--pins needs --pinning warn or --pinning enforce");
-        }
-        let n = super::pins::seed(&*store, file).await?;
-        tracing::info!(pins = n, file = %file.display(), "reviewed tool pins loaded");
-    }
-    if policy.pinning != shadowcat_gateway::pins::Pinning::Off {
-        if store.backend() == "memory" {
-            tracing::warn!(
-                "pins are kept in the memory store: they are forgotten at exit (give --store sqlite:PATH to keep them)"
-            );
-        }
-        let hook = shadowcat_gateway::pins::PinHook::start(
-            store.clone(),
-            move |_| policy,
-            &tracker,
-            shutdown.child_token(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the tool pins: {e}"))?;
-        early.push(hook.clone());
-        pins = Some(hook);
-    }
+    let pins = pinning(&a.trust, &store, &tracker, &shutdown).await?;
+    let early: Vec<Arc<dyn Hook>> = pins.iter().map(|p| p.clone() as Arc<dyn Hook>).collect();
     let hooks = Hooks::build_limited(&a.hooks, log_traffic, describe, config.conn, early).await?;
     if let (Some(p), Some(audit)) = (&pins, hooks.audit()) {
         p.audit_to(audit);

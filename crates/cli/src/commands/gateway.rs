@@ -374,6 +374,8 @@ fn member(raw: &str) -> anyhow::Result<MemberConfig> {
         tools: None,
         upstreams: Vec::new(),
         balance: None,
+        pinning: None,
+        new_tools: None,
         upstream,
     })
 }
@@ -441,12 +443,10 @@ pub async fn run(a: GatewayArgs, log_traffic: bool) -> anyhow::Result<i32> {
     // Operation counts and latencies for /metrics.
     let store: Arc<dyn SessionStore> = MeteredStore::new(store);
     if let Some(file) = &a.pins {
-        if !cfg
-            .routes
-            .iter()
-            .any(|r| r.pinning != shadowcat_gateway::pins::Pinning::Off)
-        {
-            bail!("--pins: no route has `pinning = \"warn\"` or `\"enforce\"`");
+        if !cfg.routes.iter().any(|r| r.pinning_on()) {
+            bail!(
+                "--pins: no route (or composite route server) has `pinning = \"warn\"` or `\"enforce\"`"
+            );
         }
         let n = super::pins::seed(&*store, file).await?;
         tracing::info!(pins = n, file = %file.display(), "reviewed tool pins loaded");

@@ -5,7 +5,9 @@
 use crate::args::StoreArgs;
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use shadowcat_gateway::config::GatewayConfig;
 use shadowcat_gateway::pins::{self, Pin};
+use shadowcat_proxy::audit::{Audit, AuditConfig};
 use shadowcat_proxy::upstream::{HttpClient, UpstreamCtx, UpstreamOptions, UpstreamSpec};
 use shadowcat_store::SessionStore;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ pub enum PinsCmd {
     /// List every pinned tool and prompt with its state (approved, pending, held, rejected).
     List {
         #[command(flatten)]
-        store: StoreArgs,
+        place: Place,
         /// Only those waiting for a decision (pending, held).
         #[arg(long)]
         pending: bool,
@@ -27,7 +29,7 @@ pub enum PinsCmd {
     /// Show one pin: its approved definition and, when one waits, what changed.
     Show {
         #[command(flatten)]
-        store: StoreArgs,
+        place: Place,
         /// The pin's id (from `pins list`).
         id: String,
         /// Print JSON instead of text.
@@ -37,24 +39,28 @@ pub enum PinsCmd {
     /// Approve the definition waiting for a decision.
     Approve {
         #[command(flatten)]
-        store: StoreArgs,
+        place: Place,
         /// The pin's id.
         id: String,
         /// Approve only if the waiting definition still has this hash (the one you reviewed).
         #[arg(long)]
         hash: Option<String>,
+        #[command(flatten)]
+        audit: AuditArg,
     },
     /// Reject the definition waiting for a decision (it stays out under `enforce`).
     Reject {
         #[command(flatten)]
-        store: StoreArgs,
+        place: Place,
         /// The pin's id.
         id: String,
+        #[command(flatten)]
+        audit: AuditArg,
     },
     /// Write every pin as JSON (to a file to review and check in, or stdout).
     Export {
         #[command(flatten)]
-        store: StoreArgs,
+        place: Place,
         /// Where (default: stdout).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -84,22 +90,127 @@ pub enum PinsCmd {
     /// Read pins written by `export` into the store (replacing those with the same id).
     Import {
         #[command(flatten)]
-        store: StoreArgs,
+        place: Place,
         /// The file `export` wrote.
         file: PathBuf,
+        #[command(flatten)]
+        audit: AuditArg,
     },
 }
 
-async fn open(a: &StoreArgs) -> anyhow::Result<Arc<dyn SessionStore>> {
+/// Which store (and, for decisions, which audit log): `--store`, or a gateway's `--config`.
+#[derive(clap::Args, Debug)]
+pub struct Place {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// A gateway configuration file: its `server.store` (and `redis_prefix`) unless --store is
+    /// given, and for approve, reject and import its `[audit]` log unless --audit is given.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Where a decision is audited.
+#[derive(clap::Args, Debug)]
+pub struct AuditArg {
+    /// Append the decision to this audit log (a `pin_decided` JSON line, as the gateway writes
+    /// for its admin API; the file is created with mode 0600). Default: the `[audit]` log of
+    /// --config, if any. The decision is not made when the log cannot be opened.
+    #[arg(long, value_name = "PATH")]
+    audit: Option<PathBuf>,
+}
+
+/// A gateway configuration named by --config.
+fn gateway_config(p: &Place) -> anyhow::Result<Option<GatewayConfig>> {
+    p.config
+        .as_deref()
+        .map(|f| GatewayConfig::load(f).map_err(|e| anyhow::anyhow!("{e}")))
+        .transpose()
+}
+
+/// The store: --store, else the --config's `server.store`.
+async fn open(p: &Place, cfg: Option<&GatewayConfig>) -> anyhow::Result<Arc<dyn SessionStore>> {
+    match cfg {
+        Some(c) if p.store.store.trim() == "memory" => {
+            let a = StoreArgs {
+                store: c.server.store.clone(),
+                redis_prefix: c.server.redis_prefix.clone(),
+            };
+            open_store(&a).await
+        }
+        _ => open_store(&p.store).await,
+    }
+}
+
+/// The audit log a decision goes to (--audit, else the --config's `[audit]`), opened before
+/// anything changes: a decision that cannot be audited is not made.
+fn audit_log(
+    a: &AuditArg,
+    cfg: Option<&GatewayConfig>,
+    tracker: &tokio_util::task::TaskTracker,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<Arc<Audit>>> {
+    let config = match (&a.audit, cfg.and_then(|c| c.audit.as_ref())) {
+        (Some(path), _) => {
+            if path.as_os_str() == "-" {
+                bail!("--audit -: a decision is audited to a file (give its path)");
+            }
+            AuditConfig {
+                path: Some(path.clone()),
+                arguments: Default::default(),
+                max_bytes: shadowcat_proxy::audit::DEFAULT_MAX_BYTES,
+                keep: shadowcat_proxy::audit::DEFAULT_KEEP,
+                replica: None,
+                redact: Default::default(),
+                hash_key: None,
+            }
+        }
+        (None, Some(f)) => {
+            let c = f.resolve().map_err(|e| anyhow::anyhow!("audit: {e}"))?;
+            if c.path.is_none() {
+                bail!(
+                    "the gateway's audit log is its standard output, which this command cannot append to: give --audit PATH"
+                );
+            }
+            AuditConfig { replica: None, ..c }
+        }
+        (None, None) => return Ok(None),
+    };
+    let audit = Audit::open(&config, tracker, cancel.clone())?;
+    Ok(Some(audit))
+}
+
+/// Write the decision on `pin` to `audit`.
+fn audited(audit: Option<&Audit>, pin: &Pin, decision: &str) -> anyhow::Result<()> {
+    let Some(a) = audit else { return Ok(()) };
+    let mut fields = pins::decided_fields(pin, decision, "cli");
+    // Who ran it: the uid (what the kernel says) and the login name (when the shell has one).
+    if let Ok(m) = std::fs::metadata("/proc/self") {
+        use std::os::unix::fs::MetadataExt;
+        fields["uid"] = m.uid().into();
+    }
+    if let Ok(user) = std::env::var("USER") {
+        fields["user"] = user.into();
+    }
+    a.event_now(pins::DECIDED, fields).with_context(|| {
+        format!(
+            "the decision on {} ({}) is in the store, but its audit line could not be written",
+            pin.name, pin.id
+        )
+    })
+}
+
+async fn open_store(a: &StoreArgs) -> anyhow::Result<Arc<dyn SessionStore>> {
     if a.store.trim() == "memory" {
         bail!(
-            "pins kept in the memory store live inside a running proxy; give the --store (sqlite:PATH or redis://…) your proxies share"
+            "pins kept in the memory store live inside a running proxy; give the --store (sqlite:PATH or redis://…) your proxies share, or the gateway's --config"
         );
     }
     if let Some(path) = a.store.trim().strip_prefix("sqlite:")
         && !std::path::Path::new(path).is_file()
     {
-        bail!("no session store at `{path}` (no such file); give the --store of a proxy that ran");
+        bail!(
+            "no session store at `{path}` (no such file); give the --store (or --config) of a proxy that ran"
+        );
     }
     super::session::open_store(a, 10_000, std::time::Duration::from_secs(1800)).await
 }
@@ -122,11 +233,11 @@ fn short(hash: Option<&str>) -> String {
 pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
     match cmd {
         PinsCmd::List {
-            store,
+            place,
             pending,
             json,
         } => {
-            let store = open(&store).await?;
+            let store = open(&place, gateway_config(&place)?.as_ref()).await?;
             let mut all = pins::load(&*store).await.map_err(anyhow::Error::msg)?;
             all.retain(|p| !pending || p.quarantined());
             all.sort_by(|a, b| (&a.route, &a.name).cmp(&(&b.route, &b.name)));
@@ -156,8 +267,8 @@ pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        PinsCmd::Show { store, id, json } => {
-            let store = open(&store).await?;
+        PinsCmd::Show { place, id, json } => {
+            let store = open(&place, gateway_config(&place)?.as_ref()).await?;
             let p = find(&*store, &id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&p)?);
@@ -174,24 +285,39 @@ pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
             print!("{}", describe(&p));
             Ok(0)
         }
-        PinsCmd::Approve { store, id, hash } => {
-            let store = open(&store).await?;
+        PinsCmd::Approve {
+            place,
+            id,
+            hash,
+            audit,
+        } => {
+            let cfg = gateway_config(&place)?;
+            let (tracker, cancel) = background();
+            let log = audit_log(&audit, cfg.as_ref(), &tracker, &cancel)?;
+            let store = open(&place, cfg.as_ref()).await?;
             let mut p = find(&*store, &id).await?;
             p.approve(hash.as_deref()).map_err(anyhow::Error::msg)?;
             pins::save(&*store, &p).await.map_err(anyhow::Error::msg)?;
+            audited(log.as_deref(), &p, "approve")?;
+            cancel.cancel();
             println!("approved {} ({})", p.name, p.id);
             Ok(0)
         }
-        PinsCmd::Reject { store, id } => {
-            let store = open(&store).await?;
+        PinsCmd::Reject { place, id, audit } => {
+            let cfg = gateway_config(&place)?;
+            let (tracker, cancel) = background();
+            let log = audit_log(&audit, cfg.as_ref(), &tracker, &cancel)?;
+            let store = open(&place, cfg.as_ref()).await?;
             let mut p = find(&*store, &id).await?;
             p.reject().map_err(anyhow::Error::msg)?;
             pins::save(&*store, &p).await.map_err(anyhow::Error::msg)?;
+            audited(log.as_deref(), &p, "reject")?;
+            cancel.cancel();
             println!("rejected the waiting definition of {} ({})", p.name, p.id);
             Ok(0)
         }
-        PinsCmd::Export { store, output } => {
-            let store = open(&store).await?;
+        PinsCmd::Export { place, output } => {
+            let store = open(&place, gateway_config(&place)?.as_ref()).await?;
             let mut all = pins::load(&*store).await.map_err(anyhow::Error::msg)?;
             all.sort_by(|a, b| (&a.route, &a.name).cmp(&(&b.route, &b.name)));
             let text = serde_json::to_string_pretty(&all)? + "\n";
@@ -202,12 +328,17 @@ pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        PinsCmd::Import { store, file } => {
+        PinsCmd::Import { place, file, audit } => {
             let list = read_file(&file)?;
-            let store = open(&store).await?;
+            let cfg = gateway_config(&place)?;
+            let (tracker, cancel) = background();
+            let log = audit_log(&audit, cfg.as_ref(), &tracker, &cancel)?;
+            let store = open(&place, cfg.as_ref()).await?;
             for p in &list {
                 pins::save(&*store, p).await.map_err(anyhow::Error::msg)?;
+                audited(log.as_deref(), p, "import")?;
             }
+            cancel.cancel();
             println!("imported {} pins", list.len());
             Ok(0)
         }
@@ -268,6 +399,18 @@ pub async fn run(cmd: PinsCmd) -> anyhow::Result<i32> {
             Ok(i32::from(!drifted.is_empty()))
         }
     }
+}
+
+/// The task tracker and token the audit log's flushing runs on (cancelled once the decision
+/// is written: every line is written through at once).
+fn background() -> (
+    tokio_util::task::TaskTracker,
+    tokio_util::sync::CancellationToken,
+) {
+    (
+        tokio_util::task::TaskTracker::new(),
+        tokio_util::sync::CancellationToken::new(),
+    )
 }
 
 /// How long `pins check` waits for the server.

@@ -131,7 +131,9 @@ pub async fn run(a: ReplayArgs, log_traffic: bool) -> anyhow::Result<i32> {
                 options: UpstreamOptions::default(),
                 pipeline: hooks.pipeline.clone(),
             };
-            forward_stdio(cfg, shutdown.clone()).await.map(|_| 0)
+            forward_stdio(cfg, shutdown.clone(), |_| {})
+                .await
+                .map(|_| 0)
         }
         Some(addr) => {
             let config = HttpFrontConfig {

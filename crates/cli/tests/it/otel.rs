@@ -1,8 +1,11 @@
-//! OpenTelemetry export (feature `otel`): the proxy sends its spans over OTLP/HTTP to a
-//! collector — here a fake one on a real socket that keeps every OTLP/JSON body it receives.
+//! OpenTelemetry export (feature `otel`): the proxy sends its spans over OTLP/HTTP or OTLP/gRPC
+//! to a collector — here fake ones on real sockets that keep every OTLP/JSON body, or every
+//! decoded gRPC export, they receive.
 
 use super::harness::{Launch, Raw, Server, WAIT, lossy};
 use axum::extract::State;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -142,14 +145,156 @@ async fn request_spans_reach_an_otlp_collector() {
 fn an_unsupported_otlp_protocol_is_refused_at_start() {
     let out = Launch::shadowcat(&["forward", "http", "--listen", "127.0.0.1:0", "--demo"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")
         .run();
     assert!(!out.status.success());
     let err = lossy(&out.stderr);
     assert!(
-        err.contains("OTEL_EXPORTER_OTLP_PROTOCOL `grpc` is not supported"),
+        err.contains("OTEL_EXPORTER_OTLP_PROTOCOL `thrift` is not supported"),
         "stderr: {err}"
     );
+}
+
+type Exports = Arc<Mutex<Vec<(String, String, ExportTraceServiceRequest)>>>;
+
+/// A fake OTLP/gRPC collector: HTTP/2 without TLS (as gRPC to an `http://` endpoint is),
+/// keeping every request it gets — path, content type and the decoded export — and answering
+/// each as a gRPC server does (an empty `ExportTraceServiceResponse`, `grpc-status: 0`).
+async fn grpc_collector() -> (String, Exports) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Exports = Arc::default();
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let keep = keep.clone();
+                    tokio::spawn(async move {
+                        let (parts, mut body) = req.into_parts();
+                        let mut bytes = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            bytes.extend_from_slice(&chunk);
+                        }
+                        // A gRPC message: a compression flag, a 4-byte length, the protobuf.
+                        assert!(bytes.len() >= 5 && bytes[0] == 0, "{bytes:?}");
+                        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+                        assert_eq!(len as usize, bytes.len() - 5);
+                        let export = ExportTraceServiceRequest::decode(&bytes[5..]).unwrap();
+                        let content_type = parts
+                            .headers
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        keep.lock().unwrap().push((
+                            parts.uri.path().to_owned(),
+                            content_type,
+                            export,
+                        ));
+                        let response = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut send) = respond.send_response(response, false) else {
+                            return;
+                        };
+                        let _ = send.send_data(bytes::Bytes::from_static(&[0; 5]), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    });
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), got)
+}
+
+/// The exported spans' (service name, span name) pairs.
+fn grpc_spans(got: &Exports) -> Vec<(String, String)> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    let mut out = Vec::new();
+    for (_, _, export) in got.lock().unwrap().iter() {
+        for rs in &export.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .map(|v| match v {
+                    Any::StringValue(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                out.push((service.clone(), span.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn spans_reach_a_collector_over_otlp_grpc() {
+    let (endpoint, got) = grpc_collector().await;
+    let p = Server::start_with_env(
+        &[
+            "forward",
+            "http",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo",
+            "--log-level",
+            "warn",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "shadowcat-over-grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let mut c = Raw::new(p.url());
+    c.initialize().await;
+    assert_eq!(c.call_tool(1, "add", json!({"a": 2, "b": 3})).await, "5");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !grpc_spans(&got).iter().any(|(_, name)| name == "request") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request span exported over gRPC; got {:?}",
+            grpc_spans(&got)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(p.terminate().await, Some(0));
+    for (path, content_type, _) in got.lock().unwrap().iter() {
+        assert_eq!(
+            path,
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        );
+        assert!(
+            content_type.starts_with("application/grpc"),
+            "{content_type}"
+        );
+    }
+    let spans = grpc_spans(&got);
+    assert!(
+        spans
+            .iter()
+            .all(|(service, _)| service == "shadowcat-over-grpc"),
+        "{spans:?}"
+    );
+    // The session span closes at shutdown and is flushed before the process exits.
+    assert!(spans.iter().any(|(_, name)| name == "session"), "{spans:?}");
 }
 
 /// What the fake HTTP upstream saw of each `tools/call`: its `traceparent` header and the

@@ -674,6 +674,11 @@ pub fn route_path(key: &str) -> std::borrow::Cow<'static, str> {
     }
 }
 
+/// Whether a route key is an absolute-URI target's (its [`route_path`] is `absolute-uri`).
+pub fn is_absolute_key(key: &str) -> bool {
+    key.starts_with(ABSOLUTE_KEY)
+}
+
 impl Target {
     /// Whether the client chose this upstream with an absolute-form URI.
     pub(crate) fn is_absolute(&self) -> bool {

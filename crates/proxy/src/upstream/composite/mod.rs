@@ -254,6 +254,14 @@ impl CompositeUpstream {
         self.spec.members.get(i).map(|m| m.name.as_str())
     }
 
+    /// The name of the member offering the tool (or prompt) that the current merged list
+    /// exposes as `exposed`; `None` when no such list is current or it has no such name. Hooks
+    /// that judge a list answer item by item (tool pinning) use it.
+    pub fn member_of_listed(&self, kind: names::Kind, exposed: &str) -> Option<&str> {
+        let i = mux::member_of_name(&self.shared, kind, exposed)?;
+        self.spec.members.get(i).map(|m| m.name.as_str())
+    }
+
     /// Open the members (in parallel) and start the mux; server frames go to `events`. With
     /// [`Failure::Closed`] a member that cannot start refuses the session; otherwise it is
     /// retried in the background, and only a session none of whose members starts is refused.

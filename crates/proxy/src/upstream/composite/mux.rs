@@ -292,6 +292,8 @@ impl Legs {
 pub(super) struct Shared {
     /// The merged tool names while they are current.
     tools: Mutex<Option<Arc<Names>>>,
+    /// The merged prompt names while they are current.
+    prompts: Mutex<Option<Arc<Names>>>,
     /// Client requests routed to a member, by id: (member, whether its answer's URIs are
     /// exposed).
     routed: Mutex<HashMap<RequestId, (usize, bool)>>,
@@ -314,15 +316,13 @@ impl Names {
 }
 
 /// The member a client request is for, when it is known without asking the mux: a
-/// `tools/call` of a listed tool, or a resource by its exposed URI. (A prompt's name is
-/// resolved by the mux itself; it stays unknown here.)
+/// `tools/call` of a listed tool, a `prompts/get` of a listed prompt, or a resource by its
+/// exposed URI.
 pub(super) fn member_of(spec: &CompositeSpec, shared: &Shared, frame: &Frame) -> Option<usize> {
     let target = frame.target()?;
     match frame.method()? {
-        "tools/call" => {
-            let tools = crate::sync::lock(&shared.tools).clone()?;
-            tools.resolve(target).map(|(i, _)| i)
-        }
+        "tools/call" => member_of_name(shared, names::Kind::Tool, target),
+        "prompts/get" => member_of_name(shared, names::Kind::Prompt, target),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             let (server, _) = super::names::parse_uri(target)?;
             spec.members.iter().position(|m| m.name == server)
@@ -352,11 +352,30 @@ fn generation_of(items: &[Value]) -> u64 {
     u64::from_be_bytes(first)
 }
 
+/// The member behind the exposed name of a tool or prompt of the current merged list.
+pub(super) fn member_of_name(shared: &Shared, kind: names::Kind, exposed: &str) -> Option<usize> {
+    let names = match kind {
+        names::Kind::Tool => &shared.tools,
+        names::Kind::Prompt => &shared.prompts,
+    };
+    let names = crate::sync::lock(names).clone()?;
+    names.resolve(exposed).map(|(i, _)| i)
+}
+
 /// Internal request ids start with this (a client request using one goes the slow way, where
 /// a collision is refused).
 const OWN_ID: &str = "shadowcat-mux-";
 
 impl Shared {
+    /// Where the exposed names of `list` are shared (tools and prompts).
+    fn names(&self, list: List) -> Option<&Mutex<Option<Arc<Names>>>> {
+        match list {
+            List::Tools => Some(&self.tools),
+            List::Prompts => Some(&self.prompts),
+            List::Resources | List::Templates => None,
+        }
+    }
+
     fn route(&self, id: RequestId, member: usize, expose_uris: bool) -> bool {
         let mut r = crate::sync::lock(&self.routed);
         if r.contains_key(&id) {
@@ -1325,8 +1344,8 @@ impl Mux {
             Ok((items, map)) => {
                 let generation = generation_of(&items);
                 let names = map.map(|map| Arc::new(Names { map, renamed }));
-                if list == List::Tools {
-                    *crate::sync::lock(&self.shared.tools) = names.clone();
+                if let Some(shared) = self.shared.names(list) {
+                    *crate::sync::lock(shared) = names.clone();
                 }
                 self.lists[list.index()].merged = Some(Merged {
                     generation,
@@ -1363,8 +1382,8 @@ impl Mux {
     /// The merged `list` is out of date (a member changed, failed or came back).
     fn invalidate(&mut self, list: List) {
         self.lists[list.index()].merged = None;
-        if list == List::Tools {
-            *crate::sync::lock(&self.shared.tools) = None;
+        if let Some(shared) = self.shared.names(list) {
+            *crate::sync::lock(shared) = None;
         }
         self.changed[list.index()] = true;
         self.debounce
