@@ -76,6 +76,12 @@ const MAX_PENDING_PER_SESSION: usize = 10_000;
 const MAX_PENDING: usize = 200_000;
 /// Bytes buffered before a write reaches the file.
 const BUFFER: usize = 64 * 1024;
+/// Bytes reserved for one line before it is written.
+const LINE_CAPACITY: usize = 512;
+
+/// `"isError"`, searched for in every answer (built once).
+static IS_ERROR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"isError\""));
 
 /// A request refused before any session existed (see [`Audit::refused`]).
 #[derive(Debug, Clone, Copy)]
@@ -324,9 +330,11 @@ impl Audit {
     }
 
     fn write(&self, line: &Line<'_>) {
-        let Ok(mut bytes) = serde_json::to_vec(line) else {
+        // Room for a typical line at once (no regrowing while it is written).
+        let mut bytes = Vec::with_capacity(LINE_CAPACITY);
+        if serde_json::to_writer(&mut bytes, line).is_err() {
             return;
-        };
+        }
         bytes.push(b'\n');
         let r = crate::sync::lock(&self.out).write_line(&bytes);
         self.failed(r);
@@ -527,14 +535,31 @@ fn reason_of(by: &str) -> &str {
 /// The error code, and a result's `isError`, of an answer (reads only those fields; a result
 /// that does not mention `isError` is not parsed at all).
 pub(crate) fn answer_of(frame: &Frame) -> Answer {
-    if frame.kind() == FrameKind::Response
-        && memchr::memmem::find(frame.raw(), b"\"isError\"").is_none()
-    {
-        return Answer {
-            error_code: None,
-            is_error: None,
-            bytes_out: frame.raw().len(),
+    if frame.kind() == FrameKind::Response {
+        let raw = frame.raw();
+        let lone_false = match IS_ERROR.find(raw) {
+            None => Some(None),
+            // Most tool results say `"isError": false`, once: no need to parse them. (Were
+            // that one key nested deeper, the line would say `false` where the result has no
+            // `isError`: the outcome is `ok` either way.) `true`, or more than one key, is
+            // parsed below.
+            Some(at) => {
+                let after = &raw[at + IS_ERROR.needle().len()..];
+                let value = after
+                    .iter()
+                    .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+                    .map(|i| &after[i..]);
+                (value.is_some_and(|v| v.starts_with(b"false")) && IS_ERROR.find(after).is_none())
+                    .then_some(Some(false))
+            }
         };
+        if let Some(is_error) = lone_false {
+            return Answer {
+                error_code: None,
+                is_error,
+                bytes_out: raw.len(),
+            };
+        }
     }
     #[derive(serde::Deserialize)]
     struct Head {

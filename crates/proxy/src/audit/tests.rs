@@ -294,3 +294,49 @@ async fn a_log_that_cannot_be_opened_is_a_clear_error() {
     cfg.keep = 0;
     assert!(Audit::open(&cfg, &TaskTracker::new(), CancellationToken::new()).is_err());
 }
+
+#[test]
+fn answers_are_read_for_their_error_and_is_error() {
+    let raw = |text: &str| Frame::parse_single(Bytes::from(text.to_string())).unwrap();
+    let is_error = |text: &str| answer_of(&raw(text)).is_error;
+    // Not mentioned: not parsed, nothing to say.
+    assert_eq!(
+        is_error(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#),
+        None
+    );
+    // Said once, `false` (with or without spaces): read without parsing.
+    assert_eq!(
+        is_error(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}"#),
+        Some(false)
+    );
+    assert_eq!(
+        is_error(r#"{"jsonrpc":"2.0","id":1,"result":{"isError" : false,"content":[]}}"#),
+        Some(false)
+    );
+    // `true`, or the key more than once: parsed, and only the result's own key counts.
+    assert_eq!(
+        is_error(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#),
+        Some(true)
+    );
+    assert_eq!(
+        is_error(
+            r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"isError":false},"isError":true}}"#
+        ),
+        Some(true)
+    );
+    assert_eq!(
+        is_error(r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"isError":true}}}"#),
+        None
+    );
+    // A text that quotes the key is not the key.
+    assert_eq!(
+        is_error(
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"\"isError\": true"}]}}"#
+        ),
+        None
+    );
+    let e = answer_of(&raw(
+        r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"x"}}"#,
+    ));
+    assert_eq!((e.error_code, e.is_error), (Some(-32602), None));
+}
