@@ -82,9 +82,10 @@ fn spans(bodies: &Bodies) -> Vec<Span> {
     out
 }
 
-#[tokio::test]
-async fn request_spans_reach_an_otlp_collector() {
-    let (endpoint, bodies) = collector().await;
+/// `forward http --demo` exporting its spans to `endpoint` over `protocol` as `service`, after
+/// one `add` call through it: the proxy (keep it alive until the spans are in) and the
+/// session's id.
+async fn traced_call(endpoint: &str, protocol: &str, service: &str) -> (Server, String) {
     let p = Server::start_with_env(
         &[
             "forward",
@@ -97,9 +98,9 @@ async fn request_spans_reach_an_otlp_collector() {
             "warn",
         ],
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ("OTEL_SERVICE_NAME", "shadowcat-under-test"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_SERVICE_NAME", service),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     )
@@ -108,6 +109,13 @@ async fn request_spans_reach_an_otlp_collector() {
     c.initialize().await;
     assert_eq!(c.call_tool(1, "add", json!({"a": 2, "b": 3})).await, "5");
     let sid = c.session.clone().unwrap();
+    (p, sid)
+}
+
+#[tokio::test]
+async fn request_spans_reach_an_otlp_collector() {
+    let (endpoint, bodies) = collector().await;
+    let (p, sid) = traced_call(&endpoint, "http/json", "shadowcat-under-test").await;
 
     let deadline = tokio::time::Instant::now() + WAIT;
     let call = loop {
@@ -245,27 +253,7 @@ fn grpc_spans(got: &Exports) -> Vec<(String, String)> {
 #[tokio::test]
 async fn spans_reach_a_collector_over_otlp_grpc() {
     let (endpoint, got) = grpc_collector().await;
-    let p = Server::start_with_env(
-        &[
-            "forward",
-            "http",
-            "--listen",
-            "127.0.0.1:0",
-            "--demo",
-            "--log-level",
-            "warn",
-        ],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_SERVICE_NAME", "shadowcat-over-grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .await;
-    let mut c = Raw::new(p.url());
-    c.initialize().await;
-    assert_eq!(c.call_tool(1, "add", json!({"a": 2, "b": 3})).await, "5");
+    let (p, _) = traced_call(&endpoint, "grpc", "shadowcat-over-grpc").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while !grpc_spans(&got).iter().any(|(_, name)| name == "request") {
         assert!(
