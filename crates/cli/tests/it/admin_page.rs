@@ -14,6 +14,7 @@ const STATE: &str = r#"JSON.stringify({
   sessions: [...document.querySelectorAll('#sessions tbody tr')].map(r => r.dataset.session),
   upstreams: [...document.querySelectorAll('#upstreams tbody tr')].map(r => r.dataset.upstream),
   live: [...document.querySelectorAll('#live tbody tr')].map(r => [r.dataset.session, r.dataset.method || '']),
+  live_state: document.getElementById('live-state').textContent,
   rate_peak: Number(document.getElementById('chart-rate').dataset.peak || 0),
   rate_lines: document.querySelectorAll('#chart-rate path.line').length,
   latency_points: Number(document.getElementById('chart-latency').dataset.points || 0),
@@ -48,12 +49,15 @@ async fn admin_page_shows_live_sessions_in_headless_chromium() {
     let mut b = Browser::open(&format!("{}/#token={TOKEN}", gw.admin)).await;
     let s = state(
         &b.wait_for(STATE, |v| {
-            // The page fetches sessions and upstreams separately: wait for both.
+            // The page fetches sessions and upstreams separately, and follows live traffic on
+            // a stream of its own: wait for all three (a call made before the stream is
+            // followed never shows in the live view).
             let s = state(v);
             s["sessions"]
                 .as_array()
                 .is_some_and(|l| l.contains(&json!(id)))
                 && s["upstreams"].as_array().is_some_and(|l| !l.is_empty())
+                && s["live_state"] == "following"
         })
         .await,
     );
