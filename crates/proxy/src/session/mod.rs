@@ -436,7 +436,11 @@ impl Session {
                     }
                     // Hooks saw the request go on: its answer passes them like the server's.
                     let refused = || error_frame(frame.id(), why.jsonrpc_code(), &why.to_string());
-                    let answer = self.from_server(refused()).await.unwrap_or_else(refused);
+                    // Boxed: a refusal is rare, and the answer's path would otherwise be part
+                    // of every request's future.
+                    let answer = Box::pin(self.from_server(refused()))
+                        .await
+                        .unwrap_or_else(refused);
                     return Ok((Sent::Replied(answer), None));
                 }
                 frame.id().cloned()
@@ -504,7 +508,7 @@ impl Session {
             Outcome::Forward(f) => Some(f),
             Outcome::Drop => None,
             Outcome::Reply(answer) => {
-                if let Err(e) = self.upstream.send(answer).await {
+                if let Err(e) = Box::pin(self.upstream.send(answer)).await {
                     tracing::warn!(error = %e, "could not send a hook's answer upstream");
                 }
                 None

@@ -354,10 +354,13 @@ impl Upstream {
         match self {
             Upstream::Stdio(s) => s.send(frame).await.map(|()| None),
             Upstream::Http(h) => Ok(Some(h.exchange(frame))),
-            Upstream::Sse(s) => s.send(frame).await.map(|()| None),
-            Upstream::Tape(t) => t.send(frame).await.map(|()| None),
+            // The legacy POST, a tape's replay and a shared child's lease are boxed: their
+            // state would otherwise be part of every request's future (moved and polled for
+            // each one), whatever its upstream.
+            Upstream::Sse(s) => Box::pin(s.send(frame)).await.map(|()| None),
+            Upstream::Tape(t) => Box::pin(t.send(frame)).await.map(|()| None),
             Upstream::Composite(c) => Box::pin(c.send(frame)).await,
-            Upstream::Shared(l) => l.send(frame).await.map(|()| None),
+            Upstream::Shared(l) => Box::pin(l.send(frame)).await.map(|()| None),
         }
     }
 

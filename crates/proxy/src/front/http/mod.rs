@@ -839,7 +839,7 @@ pub async fn serve_mcp(front: Arc<HttpFront>, mut req: Request) -> Response {
             front.config.origins.check(req.headers())?;
             checks::single_headers(req.headers())?;
             if let Some(endpoint) = front.legacy.endpoint(&req) {
-                return front.legacy.handle(&front, endpoint, req).await;
+                return Box::pin(front.legacy.handle(&front, endpoint, req)).await;
             }
             let target = front.target(&req)?;
             if target.is_absolute() {
@@ -859,15 +859,19 @@ pub async fn serve_mcp(front: Arc<HttpFront>, mut req: Request) -> Response {
                 let store = front.host.records().store();
                 target.placer.check_session(id, &**store).await?;
                 let forwarded = req.headers().contains_key(replicas::FORWARDED_HEADER);
-                if let replicas::Located::Owner { url, adoptable } =
-                    replicas::locate(&front, id, &target, forwarded).await?
+                // A session held here (nearly every request) is served at once; finding one
+                // elsewhere is boxed, so that its state is not part of every request's future.
+                let held = front.registry.get(id, &target.key).is_some();
+                if !held
+                    && let replicas::Located::Owner { url, adoptable } =
+                        Box::pin(replicas::locate(&front, id, &target, forwarded)).await?
                 {
                     let id = id.to_string();
-                    match replicas::forward(&front, &url, req, adoptable).await? {
+                    match Box::pin(replicas::forward(&front, &url, req, adoptable)).await? {
                         replicas::Forwarded::Answered(r) => return Ok(r),
                         // The owner is gone: the session continues here.
                         replicas::Forwarded::Unreachable(back) => {
-                            replicas::take_over(&front, &id, &target).await?;
+                            Box::pin(replicas::take_over(&front, &id, &target)).await?;
                             req = back;
                         }
                     }
@@ -875,8 +879,9 @@ pub async fn serve_mcp(front: Arc<HttpFront>, mut req: Request) -> Response {
             }
             match *req.method() {
                 Method::POST => post::handle(&front, target, req).await,
-                Method::GET => stream::handle_get(&front, target, req).await,
-                Method::DELETE => handle_delete(&front, target, req).await,
+                // GET streams and DELETE are boxed as the other paths that are not a POST.
+                Method::GET => Box::pin(stream::handle_get(&front, target, req)).await,
+                Method::DELETE => Box::pin(handle_delete(&front, target, req)).await,
                 _ => Ok(method_not_allowed()),
             }
         },

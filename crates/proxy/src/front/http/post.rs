@@ -39,7 +39,17 @@ pub async fn handle(
         let (parts, body) = req.into_parts();
         let url = hooked.then(|| super::request_url(&parts)).flatten();
         let raw = read_body(body, front.config.max_body).await?;
-        return super::modern::handle(front, target, parts.headers, url.as_deref(), raw, v).await;
+        // Boxed, as `initialize` below: the session request's path (every other POST) then
+        // carries neither's state in its own future, which every request moves and polls.
+        return Box::pin(super::modern::handle(
+            front,
+            target,
+            parts.headers,
+            url.as_deref(),
+            raw,
+            v,
+        ))
+        .await;
     }
     let sid = session_header(&req)?.map(str::to_owned);
     let (parts, body) = req.into_parts();
@@ -59,7 +69,7 @@ pub async fn handle(
                     ));
                 }
             };
-            return initialize(front, target, init, &parts.headers, url).await;
+            return Box::pin(initialize(front, target, init, &parts.headers, url)).await;
         }
         Some(id) => {
             let s = front
@@ -256,17 +266,20 @@ async fn relay(
                 Some(x) => x.detach(),
                 None => {}
             },
-            Ok((Sent::Replied(answer), _)) => session.deliver(answer, &Via::Unrelated, None).await,
+            // The rare outcomes' deliveries are boxed: kept out of every request's future.
+            Ok((Sent::Replied(answer), _)) => {
+                Box::pin(session.deliver(answer, &Via::Unrelated, None)).await
+            }
             Ok((Sent::Dropped, _)) => {
                 if let Some(id) = id {
                     let plan = session.outbox().forget_request(&id);
-                    session.execute(plan).await;
+                    Box::pin(session.execute(plan)).await;
                 }
             }
             Err(e) => match id {
                 Some(id) => {
                     let err = error_frame(Some(&id), e.jsonrpc_code(), &e.to_string());
-                    session.deliver(err, &Via::Unrelated, None).await;
+                    Box::pin(session.deliver(err, &Via::Unrelated, None)).await;
                 }
                 None => tracing::warn!(error = %e, "could not forward a client message"),
             },
