@@ -272,6 +272,36 @@ impl<'de> serde::de::Visitor<'de> for TargetSeed {
     }
 }
 
+/// The raw JSON value of the target field in `params` (borrowed from the input), for
+/// [`Frame::with_target`]; `params` passed [`TargetSeed`] already, so the field is there once.
+struct RawTargetSeed(&'static str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RawTargetSeed {
+    type Value = Option<&'de RawValue>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RawTargetSeed {
+    type Value = Option<&'de RawValue>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key_seed(TargetKeySeed(self.0))? {
+            match key {
+                TargetKey::Exact => found = Some(map.next_value::<&'de RawValue>()?),
+                TargetKey::CaseVariant | TargetKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// A string, borrowed from the input where it has no escapes.
 struct BorrowedStr<'a>(Cow<'a, str>);
 
@@ -549,6 +579,52 @@ impl Frame {
     pub fn is_initialize(&self) -> bool {
         self.kind == FrameKind::Request && self.method() == Some("initialize")
     }
+
+    /// This message naming `target` instead of its own [`Frame::target`] (`params.name` of
+    /// `tools/call` and `prompts/get`, `params.uri` of `resources/read`…), every other byte as
+    /// it was: the arguments are carried, not parsed. The value is found by borrowing it from
+    /// the message's bytes and replaced in place by `target` written as a JSON string, so the
+    /// result is the same valid message and is not parsed again (a composite route restores a
+    /// member's own tool name on every call this way). `None` for a message without a target.
+    pub fn with_target(&self, target: &str) -> Option<Frame> {
+        use serde::de::DeserializeSeed;
+        #[derive(Deserialize)]
+        struct Top<'a> {
+            #[serde(borrow)]
+            params: &'a RawValue,
+        }
+        self.hints.target.as_ref()?;
+        let field = target_field(self.method()?)?;
+        let raw = &self.raw;
+        let top: Top<'_> = serde_json::from_slice(raw).ok()?;
+        let mut de = serde_json::Deserializer::from_str(top.params.get());
+        let old = RawTargetSeed(field)
+            .deserialize(&mut de)
+            .ok()??
+            .get()
+            .as_bytes();
+        // Where the value sits in the message's bytes (it was borrowed from them).
+        let start = (old.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+        let end = start.checked_add(old.len())?;
+        if raw.get(start..end)? != old {
+            return None;
+        }
+        let quoted = serde_json::to_string(target).ok()?;
+        let mut bytes = Vec::with_capacity(raw.len() - old.len() + quoted.len());
+        bytes.extend_from_slice(&raw[..start]);
+        bytes.extend_from_slice(quoted.as_bytes());
+        bytes.extend_from_slice(&raw[end..]);
+        Some(Frame {
+            raw: Bytes::from(bytes),
+            kind: self.kind,
+            id: self.id.clone(),
+            method: self.method.clone(),
+            hints: Box::new(Hints {
+                target: Some(Arc::from(target)),
+                ..(*self.hints).clone()
+            }),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -557,6 +633,51 @@ mod tests {
 
     fn p(s: &str) -> Result<Frame, FrameError> {
         Frame::parse_single(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn with_target_changes_only_the_target() {
+        // Arguments (with keys called `name`, odd spacing, escapes) are carried byte for byte.
+        let f = p(r#"{"jsonrpc":"2.0", "id":7,"method":"tools/call","params":{ "arguments":{"name":"keep \"me\"","n":{"name":1}} ,"name" : "a\u005f_echo","_meta":{"progressToken":3}}}"#).unwrap();
+        assert_eq!(f.target(), Some("a__echo"));
+        let r = f.with_target("echo").unwrap();
+        assert_eq!(
+            std::str::from_utf8(r.raw()).unwrap(),
+            r#"{"jsonrpc":"2.0", "id":7,"method":"tools/call","params":{ "arguments":{"name":"keep \"me\"","n":{"name":1}} ,"name" : "echo","_meta":{"progressToken":3}}}"#
+        );
+        // The result is what parsing its bytes gives.
+        let again = p(std::str::from_utf8(r.raw()).unwrap()).unwrap();
+        assert_eq!(r.target(), Some("echo"));
+        assert_eq!(
+            (r.kind(), r.id(), r.method(), r.target(), r.progress_token()),
+            (
+                again.kind(),
+                again.id(),
+                again.method(),
+                again.target(),
+                again.progress_token()
+            )
+        );
+        // A name that needs escaping is written as a JSON string.
+        let r = f.with_target("say \"hi\"").unwrap();
+        assert_eq!(r.target(), Some("say \"hi\""));
+        assert_eq!(
+            p(std::str::from_utf8(r.raw()).unwrap()).unwrap().target(),
+            Some("say \"hi\"")
+        );
+        // A resource's URI; a message without a target has nothing to change.
+        let f = p(r#"{"jsonrpc":"2.0","id":"x","method":"resources/read","params":{"uri":"a+file:///x"}}"#).unwrap();
+        let r = f.with_target("file:///x").unwrap();
+        assert_eq!(
+            std::str::from_utf8(r.raw()).unwrap(),
+            r#"{"jsonrpc":"2.0","id":"x","method":"resources/read","params":{"uri":"file:///x"}}"#
+        );
+        assert!(
+            p(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+                .unwrap()
+                .with_target("x")
+                .is_none()
+        );
     }
 
     #[test]

@@ -303,14 +303,14 @@ pub(super) struct Shared {
 /// changed: (member, name as shaped) → the member's own name.
 pub(super) struct Names {
     map: NameMap,
-    renamed: HashMap<(usize, String), String>,
+    renamed: Renamed,
 }
 
 impl Names {
     /// The member behind an exposed name, and the member's own name for it.
     fn resolve(&self, exposed: &str) -> Option<(usize, &str)> {
         let (i, shaped) = self.map.resolve(exposed)?;
-        let own = self.renamed.get(&(i, shaped.to_string()));
+        let own = self.renamed.get(i).and_then(|r| r.get(shaped));
         Some((i, own.map_or(shaped, String::as_str)))
     }
 }
@@ -377,12 +377,13 @@ impl Shared {
     }
 
     fn route(&self, id: RequestId, member: usize, expose_uris: bool) -> bool {
-        let mut r = crate::sync::lock(&self.routed);
-        if r.contains_key(&id) {
-            return false;
+        match crate::sync::lock(&self.routed).entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((member, expose_uris));
+                true
+            }
         }
-        r.insert(id, (member, expose_uris));
-        true
     }
 
     pub(super) fn unroute(&self, id: &RequestId) -> Option<(usize, bool)> {
@@ -433,10 +434,11 @@ pub(super) fn fast_call(
     {
         return None;
     }
+    // The member's own name back in place of the exposed one (no new parse).
     let frame = if original == name {
         frame.clone()
     } else {
-        renamed_call(frame, original)?
+        frame.with_target(original)?
     };
     shared.route(id.clone(), i, false).then_some((i, frame))
 }
@@ -453,42 +455,6 @@ fn breaker_closed(legs: &Legs, i: usize) -> bool {
         .and_then(|o| o.guard.as_deref())
         .and_then(Guard::breaker)
         .is_none_or(|b| b.state() == BreakerState::Closed)
-}
-
-/// `frame` (a `tools/call`) naming `name` instead; every other byte as it was (the
-/// arguments are not parsed, only carried). The `params.name` value is located by borrowing it
-/// from the frame's bytes (no allocation) and replaced in place; the result is parsed again as
-/// any client frame is, so a frame whose name cannot be found this way is not sent (`None`:
-/// it goes the mux's way).
-fn renamed_call(frame: &Frame, name: &str) -> Option<Frame> {
-    use serde_json::value::RawValue;
-    #[derive(serde::Deserialize)]
-    struct Top<'a> {
-        #[serde(borrow)]
-        params: &'a RawValue,
-    }
-    #[derive(serde::Deserialize)]
-    struct Params<'a> {
-        #[serde(borrow)]
-        name: &'a RawValue,
-    }
-    let raw = frame.raw();
-    let top: Top<'_> = serde_json::from_slice(raw).ok()?;
-    let params: Params<'_> = serde_json::from_str(top.params.get()).ok()?;
-    // Where the name's JSON string sits in the frame's bytes.
-    let old = params.name.get().as_bytes();
-    let start = (old.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
-    let end = start.checked_add(old.len())?;
-    if raw.get(start..end)? != old {
-        return None;
-    }
-    let quoted = serde_json::to_string(name).ok()?;
-    let mut bytes = Vec::with_capacity(raw.len() + quoted.len());
-    bytes.extend_from_slice(&raw[..start]);
-    bytes.extend_from_slice(quoted.as_bytes());
-    bytes.extend_from_slice(&raw[end..]);
-    let renamed = Frame::parse_single(Bytes::from(bytes)).ok()?;
-    (renamed.target() == Some(name) && renamed.id() == frame.id()).then_some(renamed)
 }
 
 /// A member's state.
@@ -1338,7 +1304,7 @@ impl Mux {
         let calls = std::mem::take(&mut st.calls);
         let (shaped, renamed) = match list {
             List::Tools => shape(&self.spec, walk.items),
-            _ => (walk.items, HashMap::new()),
+            _ => (walk.items, Vec::new()),
         };
         match merge(&self.spec, list, &self.state, shaped) {
             Ok((items, map)) => {
@@ -2001,11 +1967,11 @@ fn merge_capabilities(into: &mut Map<String, Value>, member: &Value) {
 }
 
 /// Apply each member's shaper to its tools: hidden ones go, the rest are listed as shaped; the
-/// names a shaper changed are returned as (member, shaped name) → the member's own name.
-type Renamed = HashMap<(usize, String), String>;
+/// names a shaper changed are returned, per member, as shaped name → the member's own name.
+type Renamed = Vec<HashMap<String, String>>;
 
 fn shape(spec: &CompositeSpec, items: Vec<Vec<Value>>) -> (Vec<Vec<Value>>, Renamed) {
-    let mut renamed = HashMap::new();
+    let mut renamed: Renamed = vec![HashMap::new(); items.len()];
     let shaped = items
         .into_iter()
         .enumerate()
@@ -2019,7 +1985,7 @@ fn shape(spec: &CompositeSpec, items: Vec<Vec<Value>>) -> (Vec<Vec<Value>>, Rena
                         let out = shaper.list(t)?;
                         let name = out.get("name").and_then(Value::as_str)?;
                         if name != own {
-                            renamed.insert((i, name.to_string()), own.to_string());
+                            renamed[i].insert(name.to_string(), own.to_string());
                         }
                         Some(out)
                     })
@@ -2077,32 +2043,4 @@ fn merge(
         }
     }
     Ok((out, map))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(text: &str) -> Frame {
-        Frame::parse_single(Bytes::from(text.to_string())).unwrap()
-    }
-
-    #[test]
-    fn a_renamed_call_changes_only_the_name() {
-        // Arguments (with keys called `name`, odd spacing, escapes) are carried byte for byte.
-        let f = frame(
-            r#"{"jsonrpc":"2.0", "id":7,"method":"tools/call","params":{ "arguments":{"name":"keep \"me\"","n":{"name":1}} ,"name" : "a\u005f_echo"}}"#,
-        );
-        assert_eq!(f.target(), Some("a__echo"));
-        let r = renamed_call(&f, "echo").unwrap();
-        assert_eq!(
-            std::str::from_utf8(r.raw()).unwrap(),
-            r#"{"jsonrpc":"2.0", "id":7,"method":"tools/call","params":{ "arguments":{"name":"keep \"me\"","n":{"name":1}} ,"name" : "echo"}}"#
-        );
-        assert_eq!(r.target(), Some("echo"));
-        assert_eq!(r.id(), f.id());
-        // A name that needs escaping is written as a JSON string.
-        let r = renamed_call(&f, "say \"hi\"").unwrap();
-        assert_eq!(r.target(), Some("say \"hi\""));
-    }
 }
