@@ -201,6 +201,8 @@ pub struct HttpFront {
     target_origins: Vec<String>,
     /// The configured targets, each with its placer (built once).
     fixed: FixedTargets,
+    /// Sessions of other replicas being adopted here (one adoption of a session at a time).
+    adoptions: replicas::Adoptions,
 }
 
 /// The configured targets of forward mode, as [`Target`]s.
@@ -350,6 +352,7 @@ impl HttpFront {
             absolute_http,
             target_origins,
             fixed,
+            adoptions: replicas::Adoptions::default(),
         }))
     }
 
@@ -859,16 +862,17 @@ pub async fn serve_mcp(front: Arc<HttpFront>, mut req: Request) -> Response {
                 let store = front.host.records().store();
                 target.placer.check_session(id, &**store).await?;
                 let forwarded = req.headers().contains_key(replicas::FORWARDED_HEADER);
-                if let replicas::Located::Owner { url, adoptable } =
-                    replicas::locate(&front, id, &target, forwarded).await?
-                {
-                    let id = id.to_string();
+                let mut at = replicas::locate(&front, id, &target, forwarded).await?;
+                let id = id.to_string();
+                while let replicas::Located::Owner { url, adoptable } = at {
                     match replicas::forward(&front, &url, req, adoptable).await? {
                         replicas::Forwarded::Answered(r) => return Ok(r),
-                        // The owner is gone: the session continues here.
+                        // The owner is gone: the session continues here, or where another
+                        // replica that took it over first runs it (forwarded there, with no
+                        // second fallback).
                         replicas::Forwarded::Unreachable(back) => {
-                            replicas::take_over(&front, &id, &target).await?;
                             req = back;
+                            at = replicas::take_over(&front, &id, &target).await?;
                         }
                     }
                 }
