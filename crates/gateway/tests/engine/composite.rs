@@ -1,5 +1,6 @@
 //! Composite sessions over a shared store: replicas that take over a session whose owner is
-//! gone, against fake Streamable HTTP servers.
+//! gone (racing each other, losing the claim, or finding the upstream a server ran on gone
+//! too), against fake Streamable HTTP servers.
 
 use super::{Client, Fake, Running, WAIT, serve, serve_addressed};
 use shadowcat_store::{
@@ -119,6 +120,62 @@ async fn replicas_racing_to_take_over_a_composite_session_adopt_it_once() {
     assert_eq!(continuing(&three, &id).call(5, "slow__x").await, "slow");
     assert_eq!(slow.sessions.load(Ordering::SeqCst), 2);
     for gw in [owner, two, three] {
+        gw.shutdown().await;
+    }
+}
+
+/// A composite session continued by another replica after the upstream its server ran on
+/// died: the server's set has two upstreams, the recorded one refuses connections by then. The
+/// recorded upstream is probed, counted and ejected, and the server is placed afresh on the
+/// other one at once — the first call after the takeover is answered there.
+#[tokio::test]
+async fn a_taken_over_composite_server_leaves_its_dead_recorded_upstream() {
+    let stop_a = CancellationToken::new();
+    let (a, a_url, a_done) = Fake::serve(Fake::named("a"), stop_a.clone()).await;
+    let (b, b_url) = Fake::start("b").await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/mcp\"\n\
+         [[routes.servers]]\nname = \"web\"\nbalance = \"round-robin\"\n\
+         [[routes.servers.upstreams]]\nurl = \"{a_url}\"\n\
+         [[routes.servers.upstreams]]\nurl = \"{b_url}\"\n"
+    );
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let owner = serve(&config, store.clone(), "one").await;
+    let other = serve(&config, store.clone(), "two").await;
+    let mut c = Client::new(&owner.url);
+    assert_eq!(c.initialize().await.0, 200);
+    assert_eq!(
+        c.call(1, "web__x").await,
+        "a",
+        "placed on the first upstream"
+    );
+    let id = c.session.clone().unwrap();
+    record_when(&*store, &id, |r| {
+        r.composite.as_ref().is_some_and(|c| {
+            c["members"][0]["session"].is_string() && c["members"][0]["upstream"].is_string()
+        })
+    })
+    .await;
+
+    stop_a.cancel();
+    a_done.await.unwrap();
+    // The owner ("one") has no address: the other replica takes the session over.
+    assert_eq!(continuing(&other, &id).call(2, "web__x").await, "b");
+    assert_eq!(b.sessions.load(Ordering::SeqCst), 1, "a new session on b");
+    assert_eq!(a.sessions.load(Ordering::SeqCst), 1);
+    let ups = other.admin_get("/api/upstreams").await;
+    let route = ups["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/mcp")
+        .unwrap_or_else(|| panic!("/mcp: {ups}"));
+    let set = &route["servers"][0]["upstreams"];
+    assert_eq!(set[0]["name"], serde_json::json!(a_url), "{ups}");
+    assert_eq!(set[0]["available"], false, "ejected: {ups}");
+    assert_eq!(set[0]["connect_failures"], 1, "{ups}");
+    assert_eq!(set[1]["available"], true, "{ups}");
+    for gw in [owner, other] {
         gw.shutdown().await;
     }
 }

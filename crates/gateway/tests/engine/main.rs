@@ -315,7 +315,7 @@ impl Client {
         assert_eq!(status, 200, "{body}");
         body["result"]["content"][0]["text"]
             .as_str()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no result text: {body}"))
             .to_string()
     }
 
