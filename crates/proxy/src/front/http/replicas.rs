@@ -209,8 +209,9 @@ async fn claimed_elsewhere(
 
 /// Adoptions of sessions of other replicas in progress on this replica: one turn per session
 /// id, so a request for a session being adopted waits for that adoption (and then finds the
-/// session here) instead of starting its upstreams again. An entry lives only while a turn is
-/// held or awaited.
+/// session here) instead of starting its upstreams again. An entry lives while a turn is held
+/// or awaited (the last turn removes it; one left by a cancelled waiter goes with the next
+/// turn taken).
 #[derive(Default)]
 pub struct Adoptions {
     turns: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
@@ -229,6 +230,9 @@ impl Adoptions {
     pub async fn turn(&self, id: &str) -> Turn<'_> {
         let (id, lock) = {
             let mut turns = crate::sync::lock(&self.turns);
+            // Entries no one holds or awaits any more (a waiter cancelled just as its turn
+            // came leaves one behind); adoptions are rare, the map small.
+            turns.retain(|_, l| Arc::strong_count(l) > 1);
             match turns.get_key_value(id) {
                 Some((k, l)) => (k.clone(), l.clone()),
                 None => {
@@ -487,6 +491,21 @@ mod tests {
             crate::sync::lock(&adoptions.turns).is_empty(),
             "no entry once no one holds or awaits a turn"
         );
+        // A waiter given up on just as its turn comes leaves an entry behind, for no longer
+        // than the next turn taken.
+        let held = adoptions.turn("s3").await;
+        let given_up = {
+            let adoptions = adoptions.clone();
+            tokio::spawn(async move { drop(adoptions.turn("s3").await) })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        given_up.abort();
+        let _ = given_up.await;
+        drop(adoptions.turn("s4").await);
+        assert!(crate::sync::lock(&adoptions.turns).is_empty());
     }
 
     #[test]
