@@ -99,6 +99,11 @@ pub enum ProxyError {
     /// flight in the same session (the answers could not be told apart).
     #[error("request id {0} is already in flight in this session; use a new id")]
     DuplicateRequestId(shadowcat_proto::RequestId),
+    /// Another replica of the proxy took the session over at the same moment as this one
+    /// (its claim to the session won) and the request could not be passed on to it: sent
+    /// again, it reaches the session where it now runs.
+    #[error("another replica of the proxy is taking this session over; retry the request")]
+    SessionMoving,
     /// Too many sessions.
     #[error("the proxy is at its session limit ({0}); retry later")]
     SessionLimit(usize),
@@ -218,6 +223,7 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. } => Side::Upstream,
             ProxyError::PrincipalSessionLimit(_) => Side::Client,
             ProxyError::SessionLimit(_)
+            | ProxyError::SessionMoving
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_)
             | ProxyError::Startup(_) => Side::Internal,
@@ -232,6 +238,7 @@ impl ProxyError {
                 | ProxyError::CircuitOpen { .. }
                 | ProxyError::SessionLimit(_)
                 | ProxyError::PrincipalSessionLimit(_)
+                | ProxyError::SessionMoving
                 | ProxyError::ShuttingDown
                 | ProxyError::StoreUnavailable(_)
         )
@@ -259,6 +266,7 @@ impl ProxyError {
             ProxyError::DuplicateRequestId(_) | ProxyError::Cancelled => StatusCode::BAD_REQUEST,
             ProxyError::SessionLimit(_)
             | ProxyError::PrincipalSessionLimit(_)
+            | ProxyError::SessionMoving
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_)
             | ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -289,6 +297,7 @@ impl ProxyError {
             | ProxyError::PrincipalSessionLimit(_)
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_) => vec![retry(5)],
+            ProxyError::SessionMoving => vec![retry(1)],
             ProxyError::CircuitOpen { retry_after, .. } => vec![retry(*retry_after)],
             ProxyError::RateLimited {
                 retry_after,
@@ -358,6 +367,7 @@ impl ProxyError {
             | ProxyError::Cancelled => rpc::INVALID_REQUEST,
             ProxyError::SessionLimit(_)
             | ProxyError::PrincipalSessionLimit(_)
+            | ProxyError::SessionMoving
             | ProxyError::ShuttingDown
             | ProxyError::StoreUnavailable(_)
             | ProxyError::Startup(_) => rpc::INTERNAL_ERROR,
@@ -468,6 +478,20 @@ mod tests {
         let e = ProxyError::UpstreamClosed("the stream broke".into()).context("resuming");
         assert_eq!(e.to_string(), "upstream closed: resuming: the stream broke");
         assert_eq!(e.side(), Side::Upstream);
+        let e = ProxyError::SessionMoving;
+        assert_eq!(
+            (e.side(), e.http_status(), e.jsonrpc_code(), e.retryable()),
+            (
+                Side::Internal,
+                StatusCode::SERVICE_UNAVAILABLE,
+                -32603,
+                true
+            )
+        );
+        assert_eq!(
+            e.headers(),
+            [(header::RETRY_AFTER, HeaderValue::from_static("1"))]
+        );
         let e = ProxyError::Frame(FrameError::TooLarge { size: 2, limit: 1 });
         assert_eq!(e.http_status(), StatusCode::PAYLOAD_TOO_LARGE);
         let e = ProxyError::Frame(FrameError::Parse("x".into()));

@@ -134,6 +134,14 @@ impl SessionStore for FailoverStore {
     async fn delete(&self, id: &str) -> StoreResult<bool> {
         route!(self, s => s.delete(id))
     }
+    async fn claim_owner(
+        &self,
+        id: &str,
+        expected: Option<&str>,
+        owner: &str,
+    ) -> StoreResult<bool> {
+        route!(self, s => s.claim_owner(id, expected, owner))
+    }
     async fn list(
         &self,
         filter: &SessionFilter,
@@ -244,6 +252,9 @@ mod tests {
         }
         async fn delete(&self, id: &str) -> StoreResult<bool> {
             self.inner.delete(id).await
+        }
+        async fn claim_owner(&self, id: &str, e: Option<&str>, o: &str) -> StoreResult<bool> {
+            self.inner.claim_owner(id, e, o).await
         }
         async fn list(
             &self,

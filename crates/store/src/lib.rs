@@ -13,6 +13,8 @@
 //!   the page when more matching sessions follow, else `None`.
 //! - `expire(now_ms, idle_ttl)` deletes sessions with `last_active_ms < now_ms - idle_ttl`
 //!   (idle for strictly longer than `idle_ttl`); nothing expires while `now_ms < idle_ttl`.
+//! - `claim_owner` is a compare-and-set of the record's `owner` alone: concurrent claims of
+//!   one session from the same expected owner, from any number of replicas, succeed once.
 //! - `find_by_upstream_id` follows `update` (old upstream id dropped, new one added) and goes
 //!   away with the session. Upstream ids are expected to be unique; if several sessions carry the
 //!   same one, which of them is returned is unspecified.
@@ -201,6 +203,13 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn touch_many(&self, touches: &[(String, u64)]) -> StoreResult<usize>;
     /// Delete a session, its id mapping and its event log. Returns false if it did not exist.
     async fn delete(&self, id: &str) -> StoreResult<bool>;
+    /// Make `owner` the owner of session `id` if its record is active and still names
+    /// `expected` as its owner (`None`: no owner): one atomic compare-and-set, so that of
+    /// several replicas taking over a session at once exactly one does. Nothing else of the
+    /// record changes. Returns whether it did; false when the record names another owner, has
+    /// ended, or does not exist.
+    async fn claim_owner(&self, id: &str, expected: Option<&str>, owner: &str)
+    -> StoreResult<bool>;
     /// List sessions matching `filter`, ordered by id, starting after the id `after`, at most
     /// `limit` per page.
     async fn list(

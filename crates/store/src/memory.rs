@@ -3,8 +3,8 @@
 
 use crate::util::{expiry_cutoff, matches, now_ms, page_limit};
 use crate::{
-    LoggedEvent, Retention, SessionFilter, SessionPage, SessionRecord, SessionStore, StoreError,
-    StoreResult,
+    LoggedEvent, Retention, SessionFilter, SessionPage, SessionRecord, SessionStatus, SessionStore,
+    StoreError, StoreResult,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -164,6 +164,23 @@ impl SessionStore for MemoryStore {
 
     async fn delete(&self, id: &str) -> StoreResult<bool> {
         Ok(self.lock().remove(id))
+    }
+
+    async fn claim_owner(
+        &self,
+        id: &str,
+        expected: Option<&str>,
+        owner: &str,
+    ) -> StoreResult<bool> {
+        match self.lock().sessions.get_mut(id) {
+            Some(rec)
+                if rec.status == SessionStatus::Active && rec.owner.as_deref() == expected =>
+            {
+                rec.owner = Some(owner.to_owned());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn list(

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The store operations, as named in metrics.
-pub const OPS: [&str; 21] = [
+pub const OPS: [&str; 22] = [
     "create",
     "get",
     "get_many",
@@ -33,6 +33,7 @@ pub const OPS: [&str; 21] = [
     "doc_get",
     "doc_list",
     "doc_delete",
+    "claim_owner",
 ];
 
 /// Upper bounds (seconds) of the latency histogram's buckets; the last bucket is `+Inf`.
@@ -162,6 +163,14 @@ impl SessionStore for MeteredStore {
     }
     async fn delete(&self, id: &str) -> StoreResult<bool> {
         timed!(self, 6, self.inner.delete(id))
+    }
+    async fn claim_owner(
+        &self,
+        id: &str,
+        expected: Option<&str>,
+        owner: &str,
+    ) -> StoreResult<bool> {
+        timed!(self, 21, self.inner.claim_owner(id, expected, owner))
     }
     async fn list(
         &self,

@@ -456,6 +456,79 @@ async fn redis_contract() {
     contract::run_all(|| redis_store(&server, Duration::from_secs(600))).await;
 }
 
+/// Replicas with connections of their own race to claim the same sessions while activity is
+/// touched: each session is won exactly once, by the replica its record then names, and the
+/// claim leaves activity, TTLs and the mapping as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_claims_race_across_replicas() {
+    let server = RedisServer::start();
+    let prefix = format!("t{}:", next_seq());
+    let ttl = Duration::from_secs(600);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let store = RedisStore::connect(&server.url(), &prefix, ttl)
+            .await
+            .expect("connect to test redis");
+        replicas.push(store);
+    }
+    let ids: Vec<String> = (0..40).map(|i| format!("race-{i}")).collect();
+    for id in &ids {
+        let mut r = contract::record(id);
+        r.upstream_session_id = Some(format!("{id}-up"));
+        replicas[0].create(&r).await.expect("create");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, store) in replicas.iter().enumerate() {
+        let (store, ids) = (store.clone(), ids.clone());
+        tasks.spawn(async move {
+            let me = format!("replica-{}", n + 10);
+            let mut won = Vec::new();
+            for id in &ids {
+                let activity = [(id.clone(), 1_700_000_009_000)];
+                let touch = store.touch_many(&activity);
+                let claim = store.claim_owner(id, Some("replica-1"), &me);
+                let (touched, claimed) = tokio::join!(touch, claim);
+                touched.expect("touch");
+                if claimed.expect("claim") {
+                    won.push(id.clone());
+                }
+            }
+            (me, won)
+        });
+    }
+    let mut winner = std::collections::HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (me, won) = r.expect("the task");
+        for id in won {
+            assert!(
+                winner.insert(id.clone(), me.clone()).is_none(),
+                "{id} was claimed twice"
+            );
+        }
+    }
+    assert_eq!(winner.len(), ids.len(), "every session was claimed once");
+    for id in &ids {
+        let rec = replicas[1].get(id).await.expect("get").expect("the record");
+        assert_eq!(rec.owner.as_ref(), winner.get(id), "{id}");
+        assert_eq!(rec.last_active_ms, 1_700_000_009_000, "{id}");
+        assert_eq!(rec.status, SessionStatus::Active);
+        assert_eq!(
+            replicas[2]
+                .find_by_upstream_id(&format!("{id}-up"))
+                .await
+                .expect("find"),
+            Some(id.clone())
+        );
+    }
+    let mut conn = server.raw().await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}session:{{race-0}}"))
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(pttl > 0, "the claim kept the session's TTL: {pttl}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_every_key_has_ttl() {
     let server = RedisServer::start();

@@ -1,6 +1,7 @@
 //! The engine in-process: gateways served on 127.0.0.1 ephemeral ports from this test process,
-//! against fake upstreams (axum) — placement and failover, adoption over a shared store,
-//! limits, and teardown. Fast: nothing is spawned, no binary is built.
+//! against fake upstreams (axum) — placement and failover, adoption over a shared store
+//! (composite sessions taken over by racing replicas: `composite.rs`), limits, and teardown.
+//! Fast: nothing is spawned, no binary is built.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -19,27 +20,45 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod composite;
 mod principal;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A Streamable HTTP upstream that names itself in every tool result, issues its own session
-/// ids and remembers which ones it was asked to end.
+/// A Streamable HTTP upstream that names itself in every tool result, lists one tool (`x`),
+/// issues its own session ids and remembers which ones it was asked to end.
 #[derive(Default)]
 struct Fake {
     name: String,
+    /// `initialize`s answered.
     sessions: AtomicUsize,
     /// Session ids presented on requests after `initialize`.
     seen: Mutex<Vec<String>>,
     deleted: Mutex<Vec<String>>,
+    /// Issues no session id (a composite session continued on another replica starts it
+    /// afresh, as it does a stdio server).
+    sessionless: bool,
+    /// How long it takes to answer `initialize`.
+    init_delay: Duration,
 }
 
 impl Fake {
     async fn start(name: &str) -> (Arc<Fake>, String) {
-        let fake = Arc::new(Fake {
+        let (fake, url, _) = Fake::serve(Fake::named(name), CancellationToken::new()).await;
+        (fake, url)
+    }
+
+    fn named(name: &str) -> Fake {
+        Fake {
             name: name.to_string(),
             ..Fake::default()
-        });
+        }
+    }
+
+    /// Serve `fake` until `stop` is cancelled; once the returned task has ended, its port
+    /// refuses connections.
+    async fn serve(fake: Fake, stop: CancellationToken) -> (Arc<Fake>, String, JoinHandle<()>) {
+        let fake = Arc::new(fake);
         let app = axum::Router::new()
             .route(
                 "/mcp",
@@ -50,8 +69,13 @@ impl Fake {
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (fake, url)
+        let done = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        (fake, url, done)
     }
 
     fn deleted(&self) -> Vec<String> {
@@ -74,11 +98,16 @@ async fn fake_post(State(f): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
     }
     let (result, session) = match v["method"].as_str().unwrap_or("") {
         "initialize" => {
+            tokio::time::sleep(f.init_delay).await;
             let n = f.sessions.fetch_add(1, Ordering::SeqCst);
             let r = json!({"protocolVersion": v["params"]["protocolVersion"],
                 "capabilities": {"tools": {}}, "serverInfo": {"name": f.name, "version": "1"}});
-            (r, Some(format!("{}-{n}", f.name)))
+            (r, (!f.sessionless).then(|| format!("{}-{n}", f.name)))
         }
+        "tools/list" => (
+            json!({"tools": [{"name": "x", "inputSchema": {"type": "object"}}]}),
+            None,
+        ),
         "tools/call" if v["params"]["name"] == "fail" => (
             json!({"content": [{"type": "text", "text": "failed"}], "isError": true}),
             None,
@@ -114,6 +143,23 @@ struct Running {
 }
 
 async fn serve(config: &str, store: Arc<dyn SessionStore>, replica: &str) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, config, store, replica).await
+}
+
+/// A gateway whose replica id is its own URL (so other replicas forward to it).
+async fn serve_addressed(config: &str, store: Arc<dyn SessionStore>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica = format!("http://{}", listener.local_addr().unwrap());
+    serve_on(listener, config, store, &replica).await
+}
+
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: &str,
+    store: Arc<dyn SessionStore>,
+    replica: &str,
+) -> Running {
     let mut cfg = GatewayConfig::parse("engine.toml", config).unwrap();
     cfg.validate("engine.toml").unwrap();
     cfg.server.replica_id = Some(replica.to_string());
@@ -121,7 +167,6 @@ async fn serve(config: &str, store: Arc<dyn SessionStore>, replica: &str) -> Run
     cfg.admin
         .get_or_insert_with(shadowcat_gateway::config::AdminConfig::default);
     let gw = Gateway::new(&cfg, "engine.toml").unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -270,7 +315,7 @@ impl Client {
         assert_eq!(status, 200, "{body}");
         body["result"]["content"][0]["text"]
             .as_str()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no result text: {body}"))
             .to_string()
     }
 

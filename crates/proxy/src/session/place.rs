@@ -317,10 +317,7 @@ where
             && let Err(e) = probe(&c.spec, timeout).await
         {
             tracing::warn!(upstream = %c.name, error = %e, "upstream unreachable; ejecting it and trying the next");
-            if let Some(g) = &c.guard {
-                g.record(false);
-            }
-            placer.eject(c.index);
+            candidate_failed(placer, c.index, c.guard.as_ref(), &e);
             last = Some(e);
             continue;
         }
@@ -335,12 +332,7 @@ where
                 });
             }
             Err(e) => {
-                if let Some(g) = &guard {
-                    g.record(false);
-                }
-                if e.retryable() {
-                    placer.eject(candidate);
-                }
+                candidate_failed(placer, candidate, guard.as_ref(), &e);
                 if e.retryable() && n + 1 < count {
                     tracing::warn!(upstream = %name, error = %e, "upstream failed to start; trying the next");
                     last = Some(e);
@@ -351,6 +343,23 @@ where
         }
     }
     Err(last.unwrap_or_else(|| ProxyError::UpstreamConnect("no upstream to try".into())))
+}
+
+/// Candidate `index` of `placer` (guarded by `guard`) could not be reached or failed to start
+/// with `e`: its breaker counts the failure, and, when the failure may pass (`e` is
+/// retryable: unreachable, refused), it is ejected so that the next plans put it last.
+pub(crate) fn candidate_failed(
+    placer: &dyn Placer,
+    index: usize,
+    guard: Option<&Arc<Guard>>,
+    e: &ProxyError,
+) {
+    if let Some(g) = guard {
+        g.record(false);
+    }
+    if e.retryable() {
+        placer.eject(index);
+    }
 }
 
 /// What a front's `initialize` exchange on a new session came to (see [`initialize`]).

@@ -159,15 +159,13 @@ impl Records {
     }
 
     /// A composite session's state changed (its handshake was answered, a member (re)joined,
-    /// or this replica continued it): it goes in the record, which names this replica as the
-    /// session's owner from now on.
+    /// or this replica continued it): it goes in the record. The owner is left as it is: it
+    /// changes by a claim ([`SessionStore::claim_owner`]), so a replica that lost a session
+    /// to another (which found it unreachable) does not name itself the owner again by writing
+    /// its state (only a write racing the claim can undo it: the whole record is rewritten as
+    /// read).
     pub async fn composite(&self, id: &str, state: serde_json::Value) {
-        let owner = self.owner.to_string();
-        self.modify(id, |rec| {
-            rec.composite = Some(state);
-            rec.owner = Some(owner);
-        })
-        .await;
+        self.modify(id, |rec| rec.composite = Some(state)).await;
     }
 
     /// Activity (coalesced; never waits).

@@ -58,6 +58,8 @@ cases!(
     sessions::expire_idle_only,
     sessions::upstream_mapping_follows_updates,
     sessions::composite_state_round_trips,
+    sessions::claim_owner_compares_and_sets,
+    sessions::concurrent_claims_succeed_once,
     events::append_ids_increase,
     events::batches_append_in_order,
     events::streams_are_independent,

@@ -675,3 +675,128 @@ pub(super) async fn composite_state_round_trips(store: &dyn SessionStore) {
     assert!(store.update(&rec).await.expect("update"));
     assert_eq!(store.get("cs-a").await.expect("get"), Some(rec), "cleared");
 }
+
+/// `claim_owner` sets the owner only from the expected one, only on an active record, and
+/// changes nothing else: the composite state, the upstream mapping and activity stay.
+pub(super) async fn claim_owner_compares_and_sets(store: &dyn SessionStore) {
+    let mut rec = record("co-a");
+    rec.upstream_session_id = Some("co-up".into());
+    rec.composite = Some(serde_json::json!({"members": [{"name": "web", "session": "s-1"}]}));
+    put(store, &rec).await;
+    assert_eq!(
+        store
+            .touch_many(&[("co-a".into(), rec.last_active_ms + 7)])
+            .await
+            .expect("touch"),
+        1
+    );
+    rec.last_active_ms += 7;
+
+    let claim = |expected: Option<&'static str>, owner: &'static str| {
+        store.claim_owner("co-a", expected, owner)
+    };
+    assert!(
+        !claim(Some("replica-9"), "replica-2").await.expect("claim"),
+        "another owner is expected: nothing changes"
+    );
+    assert!(
+        !claim(None, "replica-2").await.expect("claim"),
+        "it has one"
+    );
+    assert_eq!(store.get("co-a").await.expect("get"), Some(rec.clone()));
+
+    assert!(claim(Some("replica-1"), "replica-2").await.expect("claim"));
+    rec.owner = Some("replica-2".into());
+    assert_eq!(
+        store.get("co-a").await.expect("get"),
+        Some(rec.clone()),
+        "only the owner changed"
+    );
+    assert_eq!(
+        store.find_by_upstream_id("co-up").await.expect("find"),
+        Some("co-a".into())
+    );
+    assert!(
+        !claim(Some("replica-1"), "replica-3").await.expect("claim"),
+        "a claim from the old owner loses once another won"
+    );
+    assert!(
+        claim(Some("replica-2"), "replica-2").await.expect("claim"),
+        "claiming what one owns holds"
+    );
+    assert_eq!(store.get("co-a").await.expect("get"), Some(rec.clone()));
+
+    let mut none = record("co-b");
+    none.owner = None;
+    put(store, &none).await;
+    assert!(
+        store
+            .claim_owner("co-b", None, "replica-2")
+            .await
+            .expect("claim"),
+        "no owner: claimed from none"
+    );
+    none.owner = Some("replica-2".into());
+    assert_eq!(store.get("co-b").await.expect("get"), Some(none));
+
+    let mut ended = record("co-c");
+    ended.status = SessionStatus::Ended;
+    put(store, &ended).await;
+    assert!(
+        !store
+            .claim_owner("co-c", Some("replica-1"), "replica-2")
+            .await
+            .expect("claim"),
+        "an ended session is not claimed"
+    );
+    assert_eq!(store.get("co-c").await.expect("get"), Some(ended));
+    assert!(
+        !store
+            .claim_owner("co-none", Some("replica-1"), "replica-2")
+            .await
+            .expect("claim"),
+        "no such session"
+    );
+    assert_eq!(
+        store.get("co-none").await.expect("get"),
+        None,
+        "not created"
+    );
+}
+
+/// Replicas that take over one session at once: of concurrent claims from the same owner,
+/// exactly one wins, and the record names the winner.
+pub(super) async fn concurrent_claims_succeed_once(store: &dyn SessionStore) {
+    let rec = record("co-race");
+    put(store, &rec).await;
+    let claim = |owner: &'static str| store.claim_owner("co-race", Some("replica-1"), owner);
+    let (a, b, c, d) = tokio::join!(
+        claim("racer-a"),
+        claim("racer-b"),
+        claim("racer-c"),
+        claim("racer-d")
+    );
+    let won: Vec<&str> = [
+        ("racer-a", a),
+        ("racer-b", b),
+        ("racer-c", c),
+        ("racer-d", d),
+    ]
+    .into_iter()
+    .filter_map(|(who, r)| r.expect("claim").then_some(who))
+    .collect();
+    assert_eq!(won.len(), 1, "exactly one claim wins: {won:?}");
+    let now = store
+        .get("co-race")
+        .await
+        .expect("get")
+        .expect("the record");
+    assert_eq!(now.owner.as_deref(), Some(won[0]));
+    assert_eq!(
+        now,
+        SessionRecord {
+            owner: Some(won[0].to_owned()),
+            ..rec
+        }
+    );
+}

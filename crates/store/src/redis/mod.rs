@@ -32,8 +32,8 @@ use ::redis::{RedisError, Script, ScriptInvocation, Value};
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 use scripts::{
-    ABSENT, CREATE_SCRIPT, DELETE_SCRIPT, DELETED, KEPT, TOUCH_SCRIPT, TRIM_AGE_SCRIPT,
-    TRIM_BYTES_SCRIPT, UNMAP_SCRIPT, UPDATE_SCRIPT,
+    ABSENT, CHANGED, CREATE_SCRIPT, DELETE_SCRIPT, DELETED, KEPT, SWAP_SCRIPT, SWAPPED,
+    TOUCH_SCRIPT, TRIM_AGE_SCRIPT, TRIM_BYTES_SCRIPT, UNMAP_SCRIPT, UPDATE_SCRIPT,
 };
 use std::borrow::Cow;
 use std::future::Future;
@@ -51,6 +51,10 @@ const TRIM_PAGE: usize = 64;
 /// Commands of one operation in flight at once when it reads or touches many sessions (each
 /// session is its own hash slot; the connections pipeline them).
 const CONCURRENCY: usize = 32;
+
+/// Times `claim_owner` reads the record again when another write changed it between its read
+/// and its compare-and-set (an activity touch does not: it writes another field).
+const CLAIM_ATTEMPTS: usize = 16;
 
 /// The bound on a whole call (including waiting for a reconnect).
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -536,6 +540,40 @@ impl SessionStore for RedisStore {
 
     async fn delete(&self, id: &str) -> StoreResult<bool> {
         Ok(self.delete_script(id, DeleteIf::Always).await? == DELETED)
+    }
+
+    /// The record is read, checked and rewritten with the new owner by a compare-and-set of
+    /// its bytes ([`SWAP_SCRIPT`]: one key, so one slot on a Cluster); a record another write
+    /// changed in between is read again.
+    async fn claim_owner(
+        &self,
+        id: &str,
+        expected: Option<&str>,
+        owner: &str,
+    ) -> StoreResult<bool> {
+        let key = self.keys(id).session;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let read = ::redis::cmd("HGET").arg(&key).arg("rec").to_owned();
+            let Some(raw) = self.query::<Option<Vec<u8>>>(&read).await? else {
+                return Ok(false);
+            };
+            let mut rec: SessionRecord = serde_json::from_slice(&raw)
+                .map_err(|e| StoreError::Corrupt(format!("redis: session `{id}`: {e}")))?;
+            if rec.status != crate::SessionStatus::Active || rec.owner.as_deref() != expected {
+                return Ok(false);
+            }
+            rec.owner = Some(owner.to_owned());
+            let mut inv = SWAP_SCRIPT.prepare_invoke();
+            inv.key(&key).arg(raw).arg(encode_record(&rec)?);
+            match self.invoke::<i64>(&inv).await? {
+                SWAPPED => return Ok(true),
+                CHANGED => continue,
+                _ => return Ok(false),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "redis: a session record kept changing while it was being claimed".to_owned(),
+        ))
     }
 
     async fn list(

@@ -1,5 +1,6 @@
 //! Lua scripts: the updates of one session that must be atomic (create-if-absent,
-//! replace-if-present, touch, delete with its event streams, the byte budget), and the small
+//! replace-if-present, touch, delete with its event streams, the byte budget, the
+//! compare-and-set of a record that claims its ownership), and the small
 //! conditional writes of the shared keys.
 //!
 //! Key layout (`P` = the store's prefix, `T` = the session's hash tag: `{ID}`, the id with `%`,
@@ -105,6 +106,18 @@ if up then return {code, 1, up} end
 return {code, 0, ''}
 "#;
 
+/// KEYS: session. ARGV: the record's JSON as last read, the record's new JSON. Replaces the
+/// record only if it is still exactly what was read (a compare-and-set of the whole record, so
+/// a check made on what was read — whose owner it names — holds when it is written). Returns
+/// 1 if replaced, 0 if the session does not exist, 2 if the record has changed since.
+const SWAP: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'rec')
+if not cur then return 0 end
+if cur ~= ARGV[1] then return 2 end
+redis.call('HSET', KEYS[1], 'rec', ARGV[2])
+return 1
+"#;
+
 /// KEYS: an upstream mapping. ARGV: session id. Deletes the mapping if it still names that
 /// session (another session may have taken the upstream id since). Returns 1 if deleted.
 const UNMAP: &str = r#"
@@ -201,9 +214,14 @@ pub(super) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| session_scr
 pub(super) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| session_script(UPDATE));
 pub(super) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| session_script(TOUCH));
 pub(super) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE));
+pub(super) static SWAP_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SWAP));
 pub(super) static UNMAP_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(UNMAP));
 pub(super) static TRIM_AGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM_AGE));
 pub(super) static TRIM_BYTES_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM_BYTES));
+
+/// Result codes of [`SWAP_SCRIPT`].
+pub(super) const SWAPPED: i64 = 1;
+pub(super) const CHANGED: i64 = 2;
 
 /// Result codes of [`DELETE_SCRIPT`].
 pub(super) const KEPT: i64 = 0;

@@ -256,6 +256,35 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn claim_owner(
+        &self,
+        id: &str,
+        expected: Option<&str>,
+        owner: &str,
+    ) -> StoreResult<bool> {
+        let (id, expected, owner) = (id.to_owned(), expected.map(str::to_owned), owner.to_owned());
+        self.writer
+            .run(move |conn| {
+                // One statement: the comparison and the write cannot be separated.
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE sessions SET owner = ?3 \
+                         WHERE id = ?1 AND owner IS ?2 AND status = ?4",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            id,
+                            expected,
+                            owner,
+                            status_str(crate::SessionStatus::Active)
+                        ])
+                    })
+                    .map_err(sql_err)?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
     async fn list(
         &self,
         filter: &SessionFilter,

@@ -201,6 +201,8 @@ pub struct HttpFront {
     target_origins: Vec<String>,
     /// The configured targets, each with its placer (built once).
     fixed: FixedTargets,
+    /// Sessions of other replicas being adopted here (one adoption of a session at a time).
+    adoptions: replicas::Adoptions,
 }
 
 /// The configured targets of forward mode, as [`Target`]s.
@@ -350,6 +352,7 @@ impl HttpFront {
             absolute_http,
             target_origins,
             fixed,
+            adoptions: replicas::Adoptions::default(),
         }))
     }
 
@@ -862,17 +865,19 @@ pub async fn serve_mcp(front: Arc<HttpFront>, mut req: Request) -> Response {
                 // A session held here (nearly every request) is served at once; finding one
                 // elsewhere is boxed, so that its state is not part of every request's future.
                 let held = front.registry.get(id, &target.key).is_some();
-                if !held
-                    && let replicas::Located::Owner { url, adoptable } =
-                        Box::pin(replicas::locate(&front, id, &target, forwarded)).await?
-                {
+                if !held {
+                    let mut at = Box::pin(replicas::locate(&front, id, &target, forwarded)).await?;
                     let id = id.to_string();
-                    match Box::pin(replicas::forward(&front, &url, req, adoptable)).await? {
-                        replicas::Forwarded::Answered(r) => return Ok(r),
-                        // The owner is gone: the session continues here.
-                        replicas::Forwarded::Unreachable(back) => {
-                            Box::pin(replicas::take_over(&front, &id, &target)).await?;
-                            req = back;
+                    while let replicas::Located::Owner { url, adoptable } = at {
+                        match Box::pin(replicas::forward(&front, &url, req, adoptable)).await? {
+                            replicas::Forwarded::Answered(r) => return Ok(r),
+                            // The owner is gone: the session continues here, or where another
+                            // replica that took it over first runs it (forwarded there, with no
+                            // second fallback).
+                            replicas::Forwarded::Unreachable(back) => {
+                                req = back;
+                                at = Box::pin(replicas::take_over(&front, &id, &target)).await?;
+                            }
                         }
                     }
                 }

@@ -12,7 +12,16 @@
 //!   refused: it is gone), has no reachable address, or the request was forwarded here already,
 //!   this replica *adopts* the session from the state its record keeps
 //!   ([`crate::upstream::composite::saved`]): HTTP members continue their upstream sessions,
-//!   the others start afresh, and the record names this replica as the owner from then on.
+//!   the others start afresh. It first *claims* the session in the store
+//!   ([`SessionStore::claim_owner`]: the record's owner from the one it read to this replica,
+//!   only if no one changed it since), so of replicas taking it over at once exactly one runs
+//!   it; the others forward the request to that one, or answer
+//!   [`ProxyError::SessionMoving`] (`503`, retry) when they cannot. Within this replica,
+//!   requests for a session being adopted wait for that adoption ([`Adoptions`]).
+//!
+//! A plain HTTP-upstream session is adopted without a claim: it holds nothing on the replica
+//! that runs it (the upstream session and the event log are shared), so any number of
+//! replicas may continue it at once, and its record's owner stays the replica that created it.
 
 use super::{HttpFront, Target};
 use crate::error::ProxyError;
@@ -25,9 +34,10 @@ use axum::extract::Request;
 use axum::response::Response;
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use shadowcat_store::{SessionRecord, SessionStatus, StoreError};
+use shadowcat_store::{SessionRecord, SessionStatus, SessionStore, StoreError};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Marks a request forwarded by a peer replica.
 pub const FORWARDED_HEADER: &str = "x-shadowcat-forwarded-by";
@@ -54,7 +64,6 @@ pub async fn locate(
         return Ok(Located::Here);
     }
     let (rec, mut pinned) = record_of(front, id, target).await?;
-    let mut composite = None;
     match &pinned.spec {
         UpstreamSpec::Http { .. } => {}
         // Detected as Streamable HTTP and given an upstream session id: any replica continues it.
@@ -64,15 +73,17 @@ pub async fn locate(
         // A composite's members live on the replica that owns the session; with its state
         // recorded, this replica can rebuild it when that one cannot be reached.
         UpstreamSpec::Composite(_) => {
-            let saved = rec.composite.as_ref().and_then(Saved::from_record);
-            match owner_to_forward_to(front, &rec, forwarded) {
+            return match owner_to_forward_to(front, &rec, forwarded) {
                 Some(url) => {
-                    let adoptable = saved.is_some();
-                    return Ok(Located::Owner { url, adoptable });
+                    let adoptable = rec
+                        .composite
+                        .as_ref()
+                        .and_then(Saved::from_record)
+                        .is_some();
+                    Ok(Located::Owner { url, adoptable })
                 }
-                None if saved.is_some() => composite = saved,
-                None => return Err(ProxyError::SessionNotFound),
-            }
+                None => continue_composite(front, id, target, forwarded).await,
+            };
         }
         // The child process or the HTTP+SSE stream lives on the replica that owns the
         // session.
@@ -90,32 +101,167 @@ pub async fn locate(
             };
         }
     }
-    adopt(front, id, target, rec, pinned, composite).await
+    adopt(front, id, target, rec, pinned, None).await
 }
 
 /// The owning replica of a composite session (`Located::Owner { adoptable: true }`) could not
-/// be reached: continue the session here from its record.
-pub async fn take_over(front: &HttpFront, id: &str, target: &Target) -> Result<(), ProxyError> {
+/// be reached: continue the session here from its record — or, when another replica claimed
+/// it first, learn where the request goes instead (`Located::Owner`, not adoptable).
+pub async fn take_over(
+    front: &HttpFront,
+    id: &str,
+    target: &Target,
+) -> Result<Located, ProxyError> {
+    continue_composite(front, id, target, false).await
+}
+
+/// Continue the composite session `id` here from its record, once this replica has claimed
+/// it: the record's owner goes from the one read to this replica only if it is still the one
+/// read ([`SessionStore::claim_owner`]), so of replicas taking it over at once only the one
+/// whose claim wins runs it. A loser forwards the request to the winner; when it cannot (the
+/// request was forwarded here already, the winner has no address) the client is asked to
+/// retry ([`ProxyError::SessionMoving`]). `forwarded`: the request came from a peer.
+async fn continue_composite(
+    front: &HttpFront,
+    id: &str,
+    target: &Target,
+    forwarded: bool,
+) -> Result<Located, ProxyError> {
+    // One adoption of a session at a time on this replica: a request that waited finds the
+    // session adopted by the one before it.
+    let _turn = front.adoptions.turn(id).await;
     if let Some(s) = front.registry.get(id, &target.key) {
         drop(s);
-        return Ok(());
+        return Ok(Located::Here);
     }
     let (rec, pinned) = record_of(front, id, target).await?;
-    let composite = match &pinned.spec {
+    let saved = match &pinned.spec {
         UpstreamSpec::Composite(_) => rec.composite.as_ref().and_then(Saved::from_record),
         _ => None,
     };
-    if composite.is_none() {
+    let Some(saved) = saved else {
+        // Recorded without the state (an older record, or one whose `initialize` was never
+        // answered): it cannot be rebuilt here.
         return Err(ProxyError::SessionNotFound);
+    };
+    let me = front.host.records().owner();
+    let store = front.host.records().store();
+    if !claim(&**store, id, rec.owner.as_deref(), me).await? {
+        return claimed_elsewhere(front, id, target, forwarded).await;
     }
-    tracing::warn!(
-        session = id,
-        owner = rec.owner.as_deref().unwrap_or(""),
-        "the replica that owns this composite session is unreachable; continuing it here"
-    );
-    adopt(front, id, target, rec, pinned, composite)
-        .await
-        .map(|_| ())
+    if rec.owner.as_deref() != Some(me) {
+        tracing::warn!(
+            session = id,
+            owner = rec.owner.as_deref().unwrap_or(""),
+            "the replica that owns this composite session is unreachable; continuing it here"
+        );
+    }
+    adopt(front, id, target, rec, pinned, Some(saved)).await
+}
+
+/// Claim session `id` for this replica (`me`) from `expected`.
+async fn claim(
+    store: &dyn SessionStore,
+    id: &str,
+    expected: Option<&str>,
+    me: &str,
+) -> Result<bool, ProxyError> {
+    match store.claim_owner(id, expected, me).await {
+        Ok(won) => Ok(won),
+        Err(StoreError::Unavailable(why)) => Err(ProxyError::StoreUnavailable(why)),
+        Err(e) => Err(ProxyError::StoreUnavailable(e.to_string())),
+    }
+}
+
+/// This replica lost the claim to session `id`: where its request goes now.
+async fn claimed_elsewhere(
+    front: &HttpFront,
+    id: &str,
+    target: &Target,
+    forwarded: bool,
+) -> Result<Located, ProxyError> {
+    // Ended meanwhile: not found.
+    let (rec, _) = record_of(front, id, target).await?;
+    let me = front.host.records().owner();
+    match rec.owner.as_deref() {
+        Some(owner) if !forwarded && owner != me && is_url(owner) => {
+            tracing::info!(
+                session = id,
+                %owner,
+                "another replica took this composite session over first; forwarding to it"
+            );
+            Ok(Located::Owner {
+                url: owner.to_string(),
+                adoptable: false,
+            })
+        }
+        owner => {
+            tracing::info!(
+                session = id,
+                owner = owner.unwrap_or(""),
+                forwarded,
+                "another replica took this composite session over first and cannot be forwarded to; asking the client to retry"
+            );
+            Err(ProxyError::SessionMoving)
+        }
+    }
+}
+
+/// Adoptions of sessions of other replicas in progress on this replica: one turn per session
+/// id, so a request for a session being adopted waits for that adoption (and then finds the
+/// session here) instead of starting its upstreams again. An entry lives while a turn is held
+/// or awaited (the last turn removes it; one left by a cancelled waiter goes with the next
+/// turn taken).
+#[derive(Default)]
+pub struct Adoptions {
+    turns: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A turn at adopting one session (see [`Adoptions`]); the next waiter's turn starts when it
+/// is dropped.
+pub struct Turn<'a> {
+    adoptions: &'a Adoptions,
+    id: Arc<str>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Adoptions {
+    /// Wait for the turn at adopting session `id`.
+    pub async fn turn(&self, id: &str) -> Turn<'_> {
+        let (id, lock) = {
+            let mut turns = crate::sync::lock(&self.turns);
+            // Entries no one holds or awaits any more (a waiter cancelled just as its turn
+            // came leaves one behind); adoptions are rare, the map small.
+            turns.retain(|_, l| Arc::strong_count(l) > 1);
+            match turns.get_key_value(id) {
+                Some((k, l)) => (k.clone(), l.clone()),
+                None => {
+                    let k: Arc<str> = Arc::from(id);
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    turns.insert(k.clone(), l.clone());
+                    (k, l)
+                }
+            }
+        };
+        Turn {
+            adoptions: self,
+            id,
+            _held: lock.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turns = crate::sync::lock(&self.adoptions.turns);
+        // Held by the map and this turn alone: no one waits, the entry goes.
+        if turns
+            .get(&self.id)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            turns.remove(&self.id);
+        }
+    }
 }
 
 /// The active record of session `id` on `target`'s route, and the upstream it stays on.
@@ -183,7 +329,8 @@ async fn adopt(
             drop(s);
             Ok(Located::Here)
         }
-        // Another request adopted it first; ours never did I/O, so just drop it.
+        // Another request adopted it first (a plain HTTP session: nothing was sent
+        // upstream, so ours is just dropped).
         Err(_existing) => {
             session.cancel_token().cancel();
             Ok(Located::Here)
@@ -312,6 +459,54 @@ fn forwarded_headers(headers: &HeaderMap, client: Option<IpAddr>, me: &str) -> H
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn adoptions_of_one_session_take_turns_and_leave_nothing_behind() {
+        let adoptions = Arc::new(Adoptions::default());
+        let first = adoptions.turn("s1").await;
+        // Another session's turn is not held up.
+        drop(adoptions.turn("s2").await);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let waiter = {
+            let adoptions = adoptions.clone();
+            tokio::spawn(async move {
+                let turn = adoptions.turn("s1").await;
+                tx.send(()).unwrap();
+                drop(turn);
+            })
+        };
+        // The waiter cannot have its turn while the first is held.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "a second turn while the first is held"
+        );
+        assert_eq!(crate::sync::lock(&adoptions.turns).len(), 1);
+        drop(first);
+        waiter.await.unwrap();
+        assert!(rx.try_recv().is_ok());
+        assert!(
+            crate::sync::lock(&adoptions.turns).is_empty(),
+            "no entry once no one holds or awaits a turn"
+        );
+        // A waiter given up on just as its turn comes leaves an entry behind, for no longer
+        // than the next turn taken.
+        let held = adoptions.turn("s3").await;
+        let given_up = {
+            let adoptions = adoptions.clone();
+            tokio::spawn(async move { drop(adoptions.turn("s3").await) })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        given_up.abort();
+        let _ = given_up.await;
+        drop(adoptions.turn("s4").await);
+        assert!(crate::sync::lock(&adoptions.turns).is_empty());
+    }
 
     #[test]
     fn forwarding_overwrites_where_the_request_came_from() {

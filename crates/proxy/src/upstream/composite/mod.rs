@@ -491,10 +491,12 @@ mod tests {
     }
 
     /// A member placed over two candidates (a test placer): an HTTP one nobody listens on and
-    /// the paged server.
+    /// the paged server. As a gateway's upstream set: ejected candidates are planned last, and
+    /// without failover only the first is.
     struct TwoPlacer {
         candidates: Vec<crate::session::place::Candidate>,
         ejected: std::sync::Mutex<Vec<usize>>,
+        failover: Option<Duration>,
     }
 
     impl Placer for TwoPlacer {
@@ -503,16 +505,22 @@ mod tests {
             _session: &str,
             tried: &[usize],
         ) -> Result<Vec<crate::session::place::Candidate>, ProxyError> {
-            Ok(self
+            let ejected = self.ejected.lock().unwrap().clone();
+            let (mut plan, last): (Vec<_>, Vec<_>) = self
                 .candidates
                 .iter()
                 .filter(|c| !tried.contains(&c.index))
                 .cloned()
-                .collect())
+                .partition(|c| !ejected.contains(&c.index));
+            plan.extend(last);
+            if self.failover.is_none() {
+                plan.truncate(1);
+            }
+            Ok(plan)
         }
 
         fn failover(&self) -> Option<Duration> {
-            Some(Duration::from_secs(2))
+            self.failover
         }
 
         fn size(&self) -> usize {
@@ -523,20 +531,26 @@ mod tests {
             self.ejected.lock().unwrap().push(index);
         }
 
-        fn pinned(&self, _upstream: &str) -> Option<crate::session::place::Candidate> {
-            None
+        fn pinned(&self, upstream: &str) -> Option<crate::session::place::Candidate> {
+            self.candidates
+                .iter()
+                .find(|c| &*c.name == upstream)
+                .cloned()
         }
     }
 
-    /// A member with a placer starts on the first candidate that works (the unreachable one is
-    /// probed, ejected and counted by its breaker), and its calls run under that candidate's
-    /// guard: once its breaker opens, a call is refused fast with the breaker's error (the
-    /// member never sees it) while the other member still serves.
-    #[tokio::test]
-    async fn a_placed_member_fails_over_and_runs_under_its_candidates_breaker() {
+    /// Two candidates for a member: an HTTP one nobody listens on (`c0`; without failover,
+    /// with a token endpoint nobody listens on either, so that it cannot even be opened), then
+    /// the paged server with three tools (`c1`), each with its own breaker.
+    fn dead_then_paged(
+        failover: Option<Duration>,
+    ) -> (
+        Arc<TwoPlacer>,
+        Arc<crate::guard::Guard>,
+        Arc<crate::guard::Guard>,
+    ) {
         use crate::guard::{BreakerConfig, Guard, GuardConfig};
         use crate::session::place::Candidate;
-        use std::sync::atomic::Ordering::Relaxed;
         let cfg = GuardConfig {
             breaker: Some(BreakerConfig {
                 consecutive_failures: 1,
@@ -559,17 +573,118 @@ mod tests {
             guard: Some(guard.clone()),
             spares: None,
         };
+        let token = crate::upstream::credentials::OAuthClient {
+            token_url: format!("http://127.0.0.1:{dead_port}/token"),
+            client_id: "c".into(),
+            client_secret: "s".into(),
+            scope: None,
+            resource: None,
+            audience: None,
+            auth_method: Default::default(),
+            refresh_before: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            exchange: false,
+            subject_token: None,
+        };
+        let gone = UpstreamSpec::Http {
+            url: format!("http://127.0.0.1:{dead_port}/mcp"),
+            headers: Vec::new(),
+            // With failover it is probed; without, it must fail to open to be found out.
+            credentials: failover
+                .is_none()
+                .then(|| crate::upstream::Credentials::oauth(token)),
+        };
         let placer = Arc::new(TwoPlacer {
-            candidates: vec![
-                candidate(
-                    0,
-                    UpstreamSpec::http(format!("http://127.0.0.1:{dead_port}/mcp"), Vec::new()),
-                    &dead,
-                ),
-                candidate(1, paged(3), &live),
-            ],
+            candidates: vec![candidate(0, gone, &dead), candidate(1, paged(3), &live)],
             ejected: Default::default(),
+            failover,
         });
+        (placer, dead, live)
+    }
+
+    /// A session continued from its record whose member ran on an upstream that is gone since
+    /// (with failover: it is probed; without: it fails to open): the recorded upstream is
+    /// counted by its breaker and ejected, and the member is placed afresh on the other
+    /// candidate — which a placement without failover picks only because the dead one was
+    /// ejected — where it serves.
+    #[tokio::test]
+    async fn a_continued_member_whose_recorded_upstream_is_gone_is_placed_elsewhere() {
+        for failover in [Some(Duration::from_secs(2)), None] {
+            continued_off_a_dead_upstream(failover).await;
+        }
+    }
+
+    async fn continued_off_a_dead_upstream(failover: Option<Duration>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (placer, dead, live) = dead_then_paged(failover);
+        let spec = Arc::new(CompositeSpec::new(vec![
+            Member {
+                placer: Some(placer.clone()),
+                ..Member::new("p", paged(1))
+            },
+            Member::new("q", paged(2)),
+        ]));
+        let init = json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}});
+        let saved = Saved {
+            init,
+            key: Saved::encode_key(&[7u8; 32]),
+            members: vec![
+                saved::SavedMember {
+                    name: "p".into(),
+                    session: Some("gone-1".into()),
+                    version: Some("2025-06-18".into()),
+                    capabilities: json!({"tools": {}}),
+                    upstream: Some("c0".into()),
+                },
+                saved::SavedMember {
+                    name: "q".into(),
+                    session: None,
+                    version: None,
+                    capabilities: Value::Null,
+                    upstream: None,
+                },
+            ],
+        };
+        let opened = crate::upstream::open_resumed(&spec, UpstreamCtx::for_test(), &saved)
+            .await
+            .unwrap();
+        let (up, mut events) = (opened.upstream, opened.events);
+        let Upstream::Composite(c) = &up else {
+            panic!("a composite upstream")
+        };
+        assert_eq!(
+            c.upstreams(),
+            [Some(Arc::from("c1")), Some(Arc::from("python3"))],
+            "the member left its recorded upstream (failover {failover:?})"
+        );
+        assert_eq!(*placer.ejected.lock().unwrap(), [0], "ejected once");
+        assert_eq!(
+            dead.stats().failures.load(Relaxed),
+            1,
+            "counted by its breaker"
+        );
+        rpc(&up, &mut events, 2, "tools/list", json!({})).await;
+        let called = rpc(
+            &up,
+            &mut events,
+            3,
+            "tools/call",
+            json!({"name": "p__t0002"}),
+        )
+        .await;
+        assert_eq!(called["result"]["content"][0]["text"], "t0002", "{called}");
+        assert_eq!(live.stats().failures.load(Relaxed), 0);
+        up.shutdown().await;
+    }
+
+    /// A member with a placer starts on the first candidate that works (the unreachable one is
+    /// probed, ejected and counted by its breaker), and its calls run under that candidate's
+    /// guard: once its breaker opens, a call is refused fast with the breaker's error (the
+    /// member never sees it) while the other member still serves.
+    #[tokio::test]
+    async fn a_placed_member_fails_over_and_runs_under_its_candidates_breaker() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (placer, dead, live) = dead_then_paged(Some(Duration::from_secs(2)));
         let spec = CompositeSpec::new(vec![
             Member {
                 placer: Some(placer.clone()),

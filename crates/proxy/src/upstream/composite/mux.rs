@@ -13,7 +13,7 @@ use super::saved::{Saved, SavedMember};
 use super::{CompositeSpec, Failure, Member, MemberState};
 use crate::error::ProxyError;
 use crate::guard::Guard;
-use crate::session::place::{Connected, connect_first};
+use crate::session::place::{Connected, candidate_failed, connect_first, probe};
 use crate::upstream::{Opened, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -163,7 +163,12 @@ type Placed = Result<Connected<Opened>, ProxyError>;
 /// upstream session (`saved`) continues it on the upstream it ran on, when its placer still
 /// has that one and it is a Streamable HTTP server (an `auto` URL that was found to be one is
 /// opened as one: nothing to detect again); `true` then. Otherwise the member is placed
-/// afresh ([`open_member`]; `false`: it starts with a new `initialize`).
+/// afresh ([`open_member`]; `false`: it starts with a new `initialize`). The recorded upstream
+/// is treated as a candidate of [`connect_first`] is: with failover it is first probed (an
+/// HTTP leg opens without connecting, so a dead upstream would otherwise be found only by the
+/// member's first request), and when it cannot be reached or opened its breaker counts the
+/// failure and it is ejected before the member is placed afresh, so that placement does not
+/// choose it again first.
 async fn continue_member(
     m: &Member,
     ctx: UpstreamCtx,
@@ -189,7 +194,15 @@ async fn continue_member(
     };
     let mut ctx = ctx;
     ctx.guard = c.guard.clone();
-    match super::super::open(&c.spec, ctx.clone()).await {
+    let probed = match placer.failover().filter(|_| placer.size() > 1) {
+        Some(timeout) => probe(&c.spec, timeout).await,
+        None => Ok(()),
+    };
+    let opened = match probed {
+        Ok(()) => super::super::open(&c.spec, ctx.clone()).await,
+        Err(e) => Err(e),
+    };
+    match opened {
         Ok(opened) => Ok((
             Connected {
                 candidate: c.index,
@@ -200,7 +213,8 @@ async fn continue_member(
             true,
         )),
         Err(e) => {
-            tracing::warn!(server = %m.name, error = %e, "the recorded upstream of a composite member is gone; placing it afresh");
+            tracing::warn!(server = %m.name, upstream = %c.name, error = %e, "the recorded upstream of a composite member is gone; placing it afresh");
+            candidate_failed(&*placer, c.index, c.guard.as_ref(), &e);
             open_member(m, ctx).await.map(|p| (p, false))
         }
     }
