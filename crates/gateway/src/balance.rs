@@ -1,5 +1,7 @@
 //! Upstream sets and balancing: which upstream a new session goes to. A session stays on the
-//! upstream it was given for life (affinity); only new sessions are balanced.
+//! upstream it was given for life (affinity); only new sessions are balanced. A composite
+//! route's server has a set too: each composite session's leg to the server is placed on one of
+//! its upstreams, and counts there like a session while it runs there.
 //!
 //! Strategies: round-robin, smooth weighted round-robin, least in-flight (requests in flight
 //! across the member's live sessions, then fewest sessions), weighted random, and a consistent
@@ -10,6 +12,7 @@ use super::config::Strategy;
 use sha2::{Digest, Sha256};
 use shadowcat_proxy::guard::{Guard, GuardConfig};
 use shadowcat_proxy::session::Session;
+use shadowcat_proxy::session::place::{LegHold, PlacedLeg};
 use shadowcat_proxy::upstream::UpstreamSpec;
 use shadowcat_proxy::upstream::spares::Spares;
 use std::collections::HashMap;
@@ -34,7 +37,8 @@ pub struct Member {
     /// Its weight (a reload may change it without replacing the member).
     weight: AtomicU32,
     ejected_until_ms: AtomicU64,
-    live: Mutex<HashMap<Arc<str>, Weak<Session>>>,
+    /// What lives on it, by session id.
+    live: Mutex<HashMap<Arc<str>, Occupant>>,
     sessions_total: AtomicU64,
     connect_failures: AtomicU64,
     /// Active health: healthy until checks say otherwise.
@@ -45,6 +49,35 @@ pub struct Member {
     guard: Arc<Guard>,
     /// Warm spares (stdio upstreams with `spares`).
     spares: OnceLock<Arc<Spares>>,
+}
+
+/// What lives on a member: a session placed on it, or a composite session's leg.
+enum Occupant {
+    Session(Weak<Session>),
+    /// `ticket` tells this leg from a later one of the same session (its hold removes only
+    /// its own entry).
+    Leg {
+        ticket: u64,
+        inflight: Arc<dyn Fn() -> usize + Send + Sync>,
+    },
+}
+
+/// A composite session's leg counted on a member until this is dropped (the leg closed, or
+/// its session ended).
+struct LegBound {
+    member: Arc<Member>,
+    session: Arc<str>,
+    ticket: u64,
+}
+
+impl Drop for LegBound {
+    fn drop(&mut self) {
+        let mut live = self.member.live();
+        if matches!(live.get(&self.session), Some(Occupant::Leg { ticket, .. }) if *ticket == self.ticket)
+        {
+            live.remove(&self.session);
+        }
+    }
 }
 
 impl Member {
@@ -137,26 +170,38 @@ impl Member {
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }
-    /// Its live sessions (those still alive).
+    /// Its live sessions (those still alive; composite legs on it aside).
     pub fn live_sessions(&self) -> Vec<Arc<Session>> {
-        self.live().values().filter_map(Weak::upgrade).collect()
+        self.live()
+            .values()
+            .filter_map(|o| match o {
+                Occupant::Session(s) => s.upgrade(),
+                Occupant::Leg { .. } => None,
+            })
+            .collect()
     }
-    fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Weak<Session>>> {
+    fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Occupant>> {
         shadowcat_proxy::sync::lock(&self.live)
     }
-    /// Live sessions on it.
+    /// Live sessions on it (a composite session's leg counts as one).
     pub fn sessions(&self) -> usize {
         self.live().len()
     }
-    /// Client requests in flight across its live sessions.
+    /// Client requests in flight across its live sessions (and composite legs).
     pub fn inflight(&self) -> usize {
-        self.live()
+        // Counted outside the lock (a leg's count takes its composite's own lock).
+        let (sessions, legs): (Vec<_>, Vec<_>) = self
+            .live()
             .values()
-            .filter_map(Weak::upgrade)
-            .map(|s| s.inflight().len())
-            .sum()
+            .map(|o| match o {
+                Occupant::Session(s) => (s.upgrade(), None),
+                Occupant::Leg { inflight, .. } => (None, Some(inflight.clone())),
+            })
+            .unzip();
+        let sessions: usize = sessions.iter().flatten().map(|s| s.inflight().len()).sum();
+        sessions + legs.iter().flatten().map(|f| f()).sum::<usize>()
     }
-    /// Sessions ever placed on it.
+    /// Sessions ever placed on it (composite legs included).
     pub fn sessions_total(&self) -> u64 {
         self.sessions_total.load(Ordering::Relaxed)
     }
@@ -291,8 +336,31 @@ impl UpstreamSet {
     pub fn bind(&self, i: usize, session: &Arc<Session>) {
         let m = &self.members[i];
         m.sessions_total.fetch_add(1, Ordering::Relaxed);
-        m.live()
-            .insert(session.id().clone(), Arc::downgrade(session));
+        m.live().insert(
+            session.id().clone(),
+            Occupant::Session(Arc::downgrade(session)),
+        );
+    }
+
+    /// A composite session's leg now runs on member `i`: it counts there (sessions,
+    /// least-in-flight, the admin view, metrics) until the returned hold is dropped.
+    pub fn bind_leg(&self, i: usize, leg: PlacedLeg) -> Option<LegHold> {
+        static TICKETS: AtomicU64 = AtomicU64::new(0);
+        let m = self.members.get(i)?.clone();
+        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
+        m.sessions_total.fetch_add(1, Ordering::Relaxed);
+        m.live().insert(
+            leg.session.clone(),
+            Occupant::Leg {
+                ticket,
+                inflight: leg.inflight,
+            },
+        );
+        Some(Box::new(LegBound {
+            member: m,
+            session: leg.session,
+            ticket,
+        }))
     }
 
     /// The session ended.

@@ -5,7 +5,9 @@
 //! validation then reports *every* semantic problem, each naming the file, the field (as a path
 //! such as `routes[0].upstreams[1].url`) and what is wrong. See `examples/gateway.toml`.
 
-use super::resilience::{BreakerSection, RetrySection};
+use super::resilience::{
+    BreakerOverride, BreakerSection, HealthOverride, Resilience, RetryOverride, RetrySection,
+};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use shadowcat_proxy::upstream::composite::names::{
@@ -862,6 +864,19 @@ pub struct HealthConfig {
     pub check: Option<HealthCheck>,
 }
 
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            healthy_threshold: default_healthy_threshold(),
+            unhealthy_threshold: default_unhealthy_threshold(),
+            http_path: None,
+            check: None,
+        }
+    }
+}
+
 /// What an active health check does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -1015,8 +1030,11 @@ pub struct UpstreamConfig {
 /// One `[[routes.servers]]`: a member server of a composite route, its `name` and, as in
 /// `[[routes.upstreams]]`, where it is (`url` or `command`, credentials, environment) — or,
 /// instead, an upstream set of its own (`[[routes.servers.upstreams]]`, balanced with
-/// `balance`), each of whose sessions' legs goes to one of them.
-#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+/// `balance`), each of whose sessions' legs goes to one of them. Either way the server's
+/// upstreams are protected by the route's `failover`, `eject_for`, `connect_timeout`,
+/// `health`, `breaker`, `retry`, `request_timeout` and `sse_idle_timeout`, unless it sets its
+/// own (see [`RouteConfig::server_resilience`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// The prefix of its tools and prompts: lowercase letters, digits and `-` (at most 32).
@@ -1048,6 +1066,38 @@ pub struct MemberConfig {
     /// route's `new_tools`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_tools: Option<crate::pins::NewTools>,
+    /// A leg that cannot start on one of its upstreams tries the next. Default: the route's
+    /// `failover`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<bool>,
+    /// An upstream of it that failed to connect gets no new leg for this long. Default: the
+    /// route's `eject_for`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eject_for: Option<Dur>,
+    /// Connect timeout of the reachability probe of its HTTP upstreams (with failover).
+    /// Default: the route's `connect_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Dur>,
+    /// Active health checks of its upstreams (`[routes.servers.health]`); each setting left
+    /// out is the route's `[routes.health]`; `enabled = false`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthOverride>,
+    /// Its upstreams' circuit breakers (`[routes.servers.breaker]`); each setting left out is
+    /// the route's `[routes.breaker]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerOverride>,
+    /// Retries of its requests (`[routes.servers.retry]`); each setting left out is the
+    /// route's `[routes.retry]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryOverride>,
+    /// Longest wait for its answer to a request (`0`: no limit). Default: the route's
+    /// `request_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Dur>,
+    /// Longest silence on one of its response streams before it counts as broken (`0`:
+    /// none). Default: the route's `sse_idle_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse_idle_timeout: Option<Dur>,
     /// Where it is: the fields of an upstream (without `upstreams`).
     #[serde(flatten)]
     pub upstream: UpstreamConfig,
@@ -1057,6 +1107,15 @@ impl MemberConfig {
     /// Whether it has an upstream set (`[[routes.servers.upstreams]]`) rather than one upstream.
     pub fn has_set(&self) -> bool {
         !self.upstreams.is_empty()
+    }
+
+    /// Its upstreams: its set, or its one upstream (a set of one).
+    pub fn set_upstreams(&self) -> &[UpstreamConfig] {
+        if self.has_set() {
+            &self.upstreams
+        } else {
+            std::slice::from_ref(&self.upstream)
+        }
     }
 
     /// Its upstreams' specs, credentials resolved: its set, or its one upstream. An error's
@@ -1136,6 +1195,45 @@ impl RouteConfig {
     /// A composite route (`servers`) rather than an upstream set (`upstreams`).
     pub fn is_composite(&self) -> bool {
         !self.servers.is_empty()
+    }
+
+    /// What protects its upstreams (a plain route's set; on a composite route, what each
+    /// server's settings start from).
+    pub fn resilience(&self) -> Resilience {
+        Resilience {
+            failover: self.failover,
+            eject_for: self.eject_for,
+            connect_timeout: self.connect_timeout,
+            health: self.health.clone(),
+            breaker: self.breaker.clone(),
+            retry: self.retry.clone(),
+            request_timeout: self.request_timeout,
+            sse_idle_timeout: self.sse_idle_timeout,
+        }
+    }
+
+    /// What protects the upstreams of its server `m`: each setting `m` gives, and the
+    /// route's for the others (a `breaker`, `retry` or `health` section field by field).
+    pub fn server_resilience(&self, m: &MemberConfig) -> Resilience {
+        Resilience {
+            failover: m.failover.unwrap_or(self.failover),
+            eject_for: m.eject_for.unwrap_or(self.eject_for),
+            connect_timeout: m.connect_timeout.unwrap_or(self.connect_timeout),
+            health: match &m.health {
+                Some(h) => h.over(self.health.as_ref()),
+                None => self.health.clone(),
+            },
+            breaker: m
+                .breaker
+                .as_ref()
+                .map_or_else(|| self.breaker.clone(), |b| b.over(&self.breaker)),
+            retry: m
+                .retry
+                .as_ref()
+                .map_or_else(|| self.retry.clone(), |r| r.over(&self.retry)),
+            request_timeout: m.request_timeout.unwrap_or(self.request_timeout),
+            sse_idle_timeout: m.sse_idle_timeout.unwrap_or(self.sse_idle_timeout),
+        }
     }
 
     /// A composite route's spec, its servers' credentials resolved (`None` for an upstream
@@ -2289,10 +2387,11 @@ env = { LOG = "info" }
             "g.toml: routes[0].servers[0].upstreams[1].url: `ftp://x` must be",
             "g.toml: routes[0].servers[0].upstreams[2]: `http://127.0.0.1:1/mcp` is listed twice",
             "g.toml: routes[0].servers[1].balance: balances a server's upstream set",
-            "g.toml: routes[0].servers[2].balance: `least-in-flight` weighs",
         ] {
             assert!(lines.iter().any(|l| l.starts_with(want)), "{want} in\n{e}");
         }
+        // Legs count on the upstreams they run on, so least-in-flight balances a server's set.
+        assert!(!e.contains("routes[0].servers[2]"), "{e}");
         let e = errors(
             "[[routes]]\npath = \"/mcp\"\n[[routes.servers]]\nname = \"a\"\n\
              [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:1/mcp\"\n\
@@ -2305,11 +2404,12 @@ env = { LOG = "info" }
     }
 
     #[test]
-    fn health_and_balance_on_a_composite_route_and_composite_options_on_a_set_are_refused() {
-        let e = errors(&format!("{COMPOSITE}[routes.health]\ninterval = \"5s\"\n"));
-        assert!(
-            e.contains("g.toml: routes[0].health: active health checks of a composite route check its servers' upstream sets ([[routes.servers.upstreams]]), and no server here has one"),
-            "{e}"
+    fn balance_on_a_composite_route_and_composite_options_on_a_set_are_refused() {
+        // Health checks of a composite route check each server's upstreams (a server with one
+        // upstream is a set of one).
+        assert_eq!(
+            errors(&format!("{COMPOSITE}[routes.health]\ninterval = \"5s\"\n")),
+            ""
         );
         let e = errors(&COMPOSITE.replace(
             "failure = \"closed\"",
@@ -2331,6 +2431,85 @@ env = { LOG = "info" }
                 "{e}"
             );
         }
+    }
+
+    /// A composite server's own failover, ejection, probe timeout, health checks, breaker,
+    /// retries and timeouts: each one it sets is its own, the route's is used for the rest (the
+    /// breaker, retry and health sections field by field), on a server with one upstream as on
+    /// one with a set; problems are named at the server's field, and one it inherits from the
+    /// route is reported at the route only.
+    #[test]
+    fn a_servers_own_resilience_settings_override_the_routes() {
+        let text = "[[routes]]\npath = \"/mcp\"\nrequest_timeout = \"30s\"\nfailover = false\n\
+             [routes.breaker]\nconsecutive_failures = 7\nopen_for = \"10s\"\n\
+             [routes.health]\ninterval = \"3s\"\nhttp_path = \"/healthz\"\n\
+             [[routes.servers]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\n\
+             request_timeout = \"200ms\"\nsse_idle_timeout = \"0\"\nfailover = true\n\
+             eject_for = \"5s\"\nconnect_timeout = \"250ms\"\n\
+             [routes.servers.breaker]\nconsecutive_failures = 2\n\
+             [routes.servers.retry]\nattempts = 0\n\
+             [routes.servers.health]\ncheck = \"ping\"\nunhealthy_threshold = 1\n\
+             [[routes.servers]]\nname = \"b\"\n\
+             [routes.servers.health]\nenabled = false\n\
+             [[routes.servers.upstreams]]\nurl = \"http://127.0.0.1:2/mcp\"\n\
+             [[routes.servers]]\nname = \"c\"\ncommand = \"x\"\n";
+        assert_eq!(errors(text), "");
+        let cfg = GatewayConfig::parse("g.toml", text).expect("parse");
+        let r = &cfg.routes[0];
+        let a = r.server_resilience(&r.servers[0]);
+        assert_eq!(a.request_timeout.0, Duration::from_millis(200));
+        assert_eq!(a.sse_idle_timeout.0, Duration::ZERO);
+        assert!(a.failover);
+        assert_eq!(a.eject_for.0, Duration::from_secs(5));
+        assert_eq!(a.connect_timeout.0, Duration::from_millis(250));
+        assert_eq!(a.breaker.consecutive_failures, 2);
+        assert_eq!(a.breaker.open_for.0, Duration::from_secs(10), "the route's");
+        assert_eq!(a.retry.attempts, 0);
+        let h = a.health.expect("checked");
+        assert_eq!(h.kind(), HealthCheck::Ping);
+        assert_eq!(h.http_path, None, "`check` and `http_path` go together");
+        assert_eq!(
+            (h.interval.0, h.unhealthy_threshold),
+            (Duration::from_secs(3), 1)
+        );
+        let b = r.server_resilience(&r.servers[1]);
+        assert!(b.health.is_none(), "turned off");
+        assert!(!b.failover, "the route's");
+        let c = r.server_resilience(&r.servers[2]);
+        assert_eq!(c.request_timeout.0, Duration::from_secs(30));
+        assert_eq!(c.breaker.consecutive_failures, 7);
+        assert_eq!(c.health.expect("the route's").kind(), HealthCheck::Http);
+
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[routes.retry]\nbackoff = \"10s\"\n\
+             [[routes.servers]]\nname = \"a\"\ncommand = \"x\"\n\
+             [[routes.servers]]\nname = \"b\"\ncommand = \"y\"\nconnect_timeout = \"0\"\n\
+             [routes.servers.breaker]\nfailure_rate = 2.0\n\
+             [routes.servers.retry]\nattempts = 11\n\
+             [routes.servers.health]\ncheck = \"http\"\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        for want in [
+            "g.toml: routes[0].retry.backoff: is larger than retry.backoff_max",
+            "g.toml: routes[0].servers[1].connect_timeout: must be more than 0",
+            "g.toml: routes[0].servers[1].breaker.failure_rate: 2 is not a share between 0 and 1",
+            "g.toml: routes[0].servers[1].retry.attempts: 11 is too many",
+            "g.toml: routes[0].servers[1].health.http_path: check = \"http\" needs the path",
+        ] {
+            assert!(lines.iter().any(|l| l.starts_with(want)), "{want} in\n{e}");
+        }
+        assert!(
+            !e.contains("servers[0]") && !e.contains("servers[1].retry.backoff"),
+            "inherited problems are the route's: {e}"
+        );
+        let e = errors(
+            "[[routes]]\npath = \"/mcp\"\n[[routes.servers]]\nname = \"a\"\ncommand = \"x\"\n\
+             [routes.servers.breaker]\nfailures = 2\n",
+        );
+        assert!(
+            e.contains("routes[0].servers[0]") && e.contains("failures"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,13 +70,15 @@ pub struct Route {
     path: String,
     key: Arc<str>,
     set: UpstreamSet,
-    /// A composite route's servers that have an upstream set of their own, by name, each
-    /// with the placer its composite sessions' legs are placed by.
+    /// A composite route's servers, by name, each with the placer its composite sessions'
+    /// legs are placed by (over the server's upstream set).
     servers: Servers,
     scopes: Vec<String>,
     failover: bool,
     connect_timeout: Duration,
     rules: Rules,
+    /// The active health checks of `set` (a plain route's; a composite route's servers have
+    /// theirs in their placers).
     health: Option<config::HealthConfig>,
     /// Tool pinning on this route (and, on a composite route, each member's).
     pins: pins::RoutePolicy,
@@ -95,8 +97,19 @@ impl Route {
         &self.set
     }
 
+    /// Its upstream sets that are checked, each with its checks: a plain route's set with the
+    /// route's `[routes.health]`, each composite server's with its own (or the route's).
+    pub(crate) fn checks(&self) -> Vec<(&UpstreamSet, &config::HealthConfig)> {
+        let own = self.health.as_ref().map(|h| (&self.set, h));
+        let servers = self
+            .servers
+            .iter()
+            .filter_map(|(_, p)| p.health.as_ref().map(|h| (&*p.set, h)));
+        own.into_iter().chain(servers).collect()
+    }
+
     /// Its upstream sets, each with its label in metrics and the admin API: the route's own
-    /// (`""`), then each composite server's that has one (the server's name).
+    /// (`""`), then each composite server's (the server's name).
     pub(crate) fn sets(&self) -> impl Iterator<Item = (&str, &UpstreamSet)> {
         std::iter::once(("", &self.set)).chain(
             self.servers
@@ -106,7 +119,7 @@ impl Route {
     }
 }
 
-/// A composite route's servers with upstream sets: (name, placer).
+/// A composite route's servers: (name, placer).
 pub(crate) type Servers = Vec<(String, Arc<target::MemberPlacer>)>;
 
 /// The client's validated JWT, kept for the request when an upstream exchanges it (RFC 8693);

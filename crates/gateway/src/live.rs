@@ -50,9 +50,9 @@ pub(crate) struct Live {
     pub redacted: Arc<Value>,
 }
 
-/// The settings of a route's members that are not theirs alone: their guard (breaker, retry
+/// The settings of a set's members that are not theirs alone: their guard (breaker, retry
 /// budget, timeouts). A member whose guard settings change is replaced.
-fn guard_fingerprint(r: &RouteConfig) -> String {
+fn guard_fingerprint(r: &resilience::Resilience) -> String {
     serde_json::json!([r.breaker, r.retry, r.request_timeout, r.sse_idle_timeout]).to_string()
 }
 
@@ -104,7 +104,12 @@ impl Live {
                     failover: r.failover,
                     connect_timeout: r.connect_timeout.0,
                     rules: Rules::new(r.rules.clone(), r.default_effect),
-                    health: r.health.clone(),
+                    // A composite route's servers are checked by their own settings.
+                    health: if r.is_composite() {
+                        None
+                    } else {
+                        r.health.clone()
+                    },
                     pins: pins::RoutePolicy::new(
                         pins::Policy {
                             pinning: r.pinning,
@@ -211,17 +216,18 @@ fn upstreams_of(ups: &[config::UpstreamConfig], guard: &str) -> Vec<Built> {
         .collect()
 }
 
-/// The upstream set of route `i` (`r`) and its servers' sets (a composite route's servers
-/// with `[[routes.servers.upstreams]]`), keeping the members of `before` (the route in the
-/// running configuration) whose name and settings are unchanged.
+/// The upstream set of route `i` (`r`) and its servers' sets (each composite server's: its
+/// `[[routes.servers.upstreams]]`, or its one upstream), keeping the members of `before` (the
+/// route in the running configuration) whose name and settings are unchanged.
 fn build_set(
     i: usize,
     r: &RouteConfig,
     source: &str,
     before: Option<&Route>,
 ) -> Result<(UpstreamSet, Servers), ConfigError> {
-    let guard = guard_fingerprint(r);
-    let guard_cfg = resilience::guard_config(r);
+    let own = r.resilience();
+    let guard = guard_fingerprint(&own);
+    let mut guard_cfg = resilience::guard_config(&own);
     let mut servers = Servers::new();
     let members: Vec<Built> = match r.composite() {
         // A composite route: one candidate, every server of it in each session.
@@ -235,11 +241,11 @@ fn build_set(
                 let at = format!("routes[{i}].servers");
                 return Err(ConfigError::one(source, &at, problems.join("; ")));
             }
-            // Each server with an upstream set is placed by a placer of its own over it.
+            // Each server is placed by a placer of its own over its set, protected by its
+            // settings (the route's where it has none of its own).
+            let mut settings = Vec::with_capacity(r.servers.len());
             for (m, mc) in spec.members.iter_mut().zip(&r.servers) {
-                if !mc.has_set() {
-                    continue;
-                }
+                let res = r.server_resilience(mc);
                 let old = before.and_then(|b| {
                     b.servers
                         .iter()
@@ -247,31 +253,39 @@ fn build_set(
                         .map(|(_, p)| &*p.set)
                 });
                 let set = Arc::new(UpstreamSet::of(
-                    carry(upstreams_of(&mc.upstreams, &guard), old, &guard_cfg),
+                    carry(
+                        upstreams_of(mc.set_upstreams(), &guard_fingerprint(&res)),
+                        old,
+                        &resilience::guard_config(&res),
+                    ),
                     mc.balance.unwrap_or_default(),
-                    r.eject_for.0,
+                    res.eject_for.0,
                 ));
                 let placer = Arc::new(MemberPlacer {
                     set,
                     what: format!("{} server `{}`", r.path, m.name),
-                    failover: r.failover,
-                    connect_timeout: r.connect_timeout.0,
+                    failover: res.failover,
+                    connect_timeout: res.connect_timeout.0,
+                    health: res.health.clone(),
                     client_token: None,
                 });
                 m.placer = Some(placer.clone());
                 servers.push((m.name.clone(), placer));
+                settings.push(res);
             }
-            // The servers' placers fail over and eject with the route's settings.
-            let placing =
-                (!servers.is_empty()).then_some((&r.failover, &r.eject_for, &r.connect_timeout));
+            // The composite session as a whole has no breaker and no timeouts: each server's
+            // upstreams have theirs (a failing server must not refuse the others' requests,
+            // nor a route-wide timeout cut a server's longer one).
+            guard_cfg.breaker = None;
+            guard_cfg.request_timeout = None;
+            guard_cfg.sse_idle_timeout = None;
             let from = text(&(
                 &r.servers,
                 &r.names,
                 &r.tools,
                 &r.failure,
                 &r.page_size,
-                &guard,
-                placing,
+                &settings,
             ));
             vec![(UpstreamSpec::Composite(Arc::new(spec)), 1, 0, from)]
         }
@@ -514,11 +528,13 @@ mod tests {
     fn a_servers_set_follows_its_composite_member_across_reloads() {
         let a = live(SET, None);
         let ra = &a.routes[""];
-        assert_eq!(ra.servers.len(), 1);
+        // Every server has a set: `b`'s one upstream is a set of one.
+        assert_eq!(ra.servers.len(), 2);
         let UpstreamSpec::Composite(spec) = ra.set.members()[0].spec() else {
             panic!("a composite member")
         };
-        assert!(spec.members[0].placer.is_some() && spec.members[1].placer.is_none());
+        assert!(spec.members.iter().all(|m| m.placer.is_some()));
+        assert_eq!(ra.servers[1].1.set.members()[0].name(), "x");
         let plan = spec.members[0].placer().plan("s", &[]).expect("a plan");
         let names: Vec<&str> = plan.iter().map(|c| &*c.name).collect();
         assert_eq!(names, ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"]);

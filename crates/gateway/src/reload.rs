@@ -422,20 +422,24 @@ impl Gateway {
                 kept
             });
             for r in new.routes.values() {
-                let Some(h) = &r.health else { continue };
-                if checkers.contains_key(&r.key) {
+                let checks = r.checks();
+                if checks.is_empty() || checkers.contains_key(&r.key) {
                     continue;
                 }
+                // One checker per set (each with its settings), stopped together.
                 let stop = rt.stop.child_token();
-                let mut ctx = rt.check_ctx.clone();
-                ctx.cancel = stop.clone();
-                rt.tracker.spawn(health::watch(
-                    r.clone(),
-                    h.clone(),
-                    rt.http_checks.clone(),
-                    ctx,
-                    stop.clone(),
-                ));
+                for (set, h) in checks {
+                    let mut ctx = rt.check_ctx.clone();
+                    ctx.cancel = stop.clone();
+                    rt.tracker.spawn(health::watch(
+                        r.path().to_string(),
+                        set.members().to_vec(),
+                        h.clone(),
+                        rt.http_checks.clone(),
+                        ctx,
+                        stop.clone(),
+                    ));
+                }
                 checkers.insert(r.key.clone(), (r.clone(), stop));
             }
         }

@@ -11,7 +11,7 @@ use shadowcat_proto::error::error_frame;
 use shadowcat_proxy::error::ProxyError;
 use shadowcat_proxy::pipeline::Grant;
 use shadowcat_proxy::session::Session;
-use shadowcat_proxy::session::place::{Candidate, Placer};
+use shadowcat_proxy::session::place::{Candidate, LegHold, PlacedLeg, Placer};
 use shadowcat_proxy::upstream::UpstreamSpec;
 use shadowcat_store::SessionStore;
 use std::sync::Arc;
@@ -138,11 +138,13 @@ fn plan_on(
     Ok(plan)
 }
 
-/// The placer of a composite route's server that has an upstream set
-/// (`[[routes.servers.upstreams]]`): the engine's mux plans its leg through it when the
-/// session starts and each time the server restarts, as a plain route's sessions are planned
-/// ([`GatewayTarget`]): balanced over the set, unhealthy and ejected upstreams last, failed
-/// over with the route's `failover` and `connect_timeout`, refused while every breaker is open.
+/// The placer of a composite route's server, over its upstream set
+/// (`[[routes.servers.upstreams]]`, or its one upstream as a set of one): the engine's mux
+/// plans its leg through it when the session starts and each time the server restarts, as a
+/// plain route's sessions are planned ([`GatewayTarget`]): balanced over the set, unhealthy
+/// and ejected upstreams last, failed over with the server's `failover` and `connect_timeout`
+/// (default: the route's), refused while every breaker is open. The leg counts on the upstream
+/// it runs on while it runs there.
 pub(crate) struct MemberPlacer {
     /// The server's upstream set (shared with the route, for health checks, metrics and the
     /// admin API).
@@ -151,6 +153,8 @@ pub(crate) struct MemberPlacer {
     pub(crate) what: String,
     pub(crate) failover: bool,
     pub(crate) connect_timeout: Duration,
+    /// The set's active health checks (the server's, or the route's).
+    pub(crate) health: Option<crate::config::HealthConfig>,
     /// The client's validated JWT, for an upstream of the set that exchanges it.
     pub(crate) client_token: Option<Arc<str>>,
 }
@@ -163,6 +167,7 @@ impl MemberPlacer {
             what: self.what.clone(),
             failover: self.failover,
             connect_timeout: self.connect_timeout,
+            health: self.health.clone(),
             client_token: token.map(Arc::from),
         }
     }
@@ -188,6 +193,12 @@ impl Placer for MemberPlacer {
 
     fn eject(&self, index: usize) {
         self.set.eject(index);
+    }
+
+    /// The leg counts as a session of the upstream it runs on (least-in-flight, the admin
+    /// API, `shadowcat_upstream_sessions`) while the composite keeps the hold.
+    fn leg_placed(&self, index: usize, leg: PlacedLeg) -> Option<LegHold> {
+        self.set.bind_leg(index, leg)
     }
 
     fn pinned(&self, upstream: &str) -> Option<Candidate> {

@@ -3,9 +3,9 @@
 //! the field and what is wrong.
 
 use super::config::{
-    AdminConfig, AuthConfig, Cidr, ConfigError, GatewayConfig, HealthCheck, JWT_ALGORITHMS,
-    LimitsBackend, OAuthConfig, Problem, RateConfig, RouteConfig, Strategy, UpstreamConfig,
-    is_redis_url, route_key,
+    AdminConfig, AuthConfig, Cidr, ConfigError, GatewayConfig, JWT_ALGORITHMS, LimitsBackend,
+    OAuthConfig, Problem, RateConfig, RouteConfig, Strategy, UpstreamConfig, is_redis_url,
+    route_key,
 };
 use shadowcat_proxy::upstream::composite::names::{
     MAX_NAME_LEN, valid_separator, valid_server_name,
@@ -326,63 +326,12 @@ impl GatewayConfig {
             if !r.servers.is_empty() {
                 validate_composite(&at, r, &mut bad);
             }
-            if r.connect_timeout.0.is_zero() {
-                bad(
-                    format!("{at}.connect_timeout"),
-                    "must be more than 0".into(),
-                );
-            }
-            super::resilience::validate(&at, r, &mut bad);
+            super::resilience::validate(&at, &r.resilience(), &mut bad);
             if !r.scopes.is_empty() && self.auth.is_none() {
                 bad(
                     format!("{at}.scopes"),
                     "scopes need [auth]: without authentication no token carries scopes".into(),
                 );
-            }
-            if let Some(h) = &r.health {
-                if h.interval.0 < Duration::from_millis(10) {
-                    bad(
-                        format!("{at}.health.interval"),
-                        "must be at least 10ms".into(),
-                    );
-                }
-                if h.timeout.0.is_zero() {
-                    bad(format!("{at}.health.timeout"), "must be more than 0".into());
-                }
-                if h.healthy_threshold == 0 {
-                    bad(
-                        format!("{at}.health.healthy_threshold"),
-                        "must be at least 1".into(),
-                    );
-                }
-                if h.unhealthy_threshold == 0 {
-                    bad(
-                        format!("{at}.health.unhealthy_threshold"),
-                        "must be at least 1".into(),
-                    );
-                }
-                if let Some(p) = &h.http_path
-                    && !p.starts_with('/')
-                {
-                    bad(
-                        format!("{at}.health.http_path"),
-                        format!("`{p}` must start with `/`"),
-                    );
-                }
-                match (h.check, &h.http_path) {
-                    (Some(HealthCheck::Http), None) => bad(
-                        format!("{at}.health.http_path"),
-                        "check = \"http\" needs the path to GET".into(),
-                    ),
-                    (Some(c @ (HealthCheck::Tcp | HealthCheck::Ping)), Some(_)) => bad(
-                        format!("{at}.health.http_path"),
-                        format!(
-                            "is only used by check = \"http\", not by check = \"{}\"",
-                            if c == HealthCheck::Tcp { "tcp" } else { "ping" }
-                        ),
-                    ),
-                    _ => {}
-                }
             }
             for (j, rule) in r.rules.iter().enumerate() {
                 let who = !rule.principals.is_empty()
@@ -806,15 +755,6 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
                 .into(),
         );
     }
-    if r.health.is_some() && !r.servers.iter().any(|m| m.has_set()) {
-        bad(
-            format!("{at}.health"),
-            "active health checks of a composite route check its servers' upstream sets \
-             ([[routes.servers.upstreams]]), and no server here has one: remove \
-             [routes.health] (a composite session restarts a failed server itself, with backoff)"
-                .into(),
-        );
-    }
     if r.balance != Strategy::default() {
         bad(
             format!("{at}.balance"),
@@ -859,6 +799,7 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
                     .into(),
             );
         }
+        validate_server_resilience(&at, r, m, bad);
         if m.has_set() {
             validate_member_set(&at, m, bad);
         } else {
@@ -901,6 +842,24 @@ fn validate_composite(at: &str, r: &RouteConfig, bad: &mut impl FnMut(String, St
     }
 }
 
+/// The settings protecting server `m`'s upstreams (at `at`, `routes[0].servers[1]`): those it
+/// sets, checked as a route's are. A problem it inherits from route `r` is reported at the
+/// route only.
+fn validate_server_resilience(
+    at: &str,
+    r: &RouteConfig,
+    m: &crate::config::MemberConfig,
+    bad: &mut impl FnMut(String, String),
+) {
+    let mut inherited = Vec::new();
+    super::resilience::validate("", &r.resilience(), &mut |f, msg| inherited.push((f, msg)));
+    super::resilience::validate("", &r.server_resilience(m), &mut |f, msg| {
+        if !inherited.iter().any(|(g, gm)| *g == f && *gm == msg) {
+            bad(format!("{at}{f}"), msg);
+        }
+    });
+}
+
 /// A composite route's server with an upstream set: no upstream of its own besides the set, and
 /// each upstream of the set as a plain route's (no two the same), without spares or shared
 /// children (a member's leg is opened by its composite session).
@@ -931,15 +890,6 @@ fn validate_member_set(
                     .into(),
             );
         }
-    }
-    if m.balance == Some(Strategy::LeastInFlight) {
-        bad(
-            format!("{at}.balance"),
-            "`least-in-flight` weighs an upstream's sessions and their requests, and a \
-             composite server's legs are not counted as sessions: choose `round-robin`, \
-             `weighted-round-robin`, `random` or `consistent-hash`"
-                .into(),
-        );
     }
     let mut seen = HashSet::new();
     for (k, u) in m.upstreams.iter().enumerate() {

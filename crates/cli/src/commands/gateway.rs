@@ -369,14 +369,8 @@ fn member(raw: &str) -> anyhow::Result<MemberConfig> {
     };
     Ok(MemberConfig {
         name: flag.name,
-        weight: None,
-        spares: None,
-        tools: None,
-        upstreams: Vec::new(),
-        balance: None,
-        pinning: None,
-        new_tools: None,
         upstream,
+        ..MemberConfig::default()
     })
 }
 

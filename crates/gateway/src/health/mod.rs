@@ -1,5 +1,5 @@
-//! Active health checks of a route's upstreams (a composite route's: its servers' upstream
-//! sets), every `interval` within `timeout`:
+//! Active health checks of an upstream set (a route's, or a composite route's server's, each
+//! with its own settings), every `interval` within `timeout`:
 //!
 //! * `tcp` (the default without `http_path`): a TCP connect to an HTTP upstream;
 //! * `http` (the default with `http_path`): `GET http_path` on its origin, 2xx = healthy;
@@ -13,7 +13,6 @@
 
 mod ping;
 
-use super::Route;
 use super::balance::Member;
 use super::config::{HealthCheck, HealthConfig};
 use ping::Pinger;
@@ -33,22 +32,18 @@ enum Checker {
     None,
 }
 
-/// Check the route's upstreams until `cancel` fires. `ctx` is the template of the contexts of
-/// the `ping` checker's sessions.
+/// Check `members` (the upstreams of one set of route `route`) until `cancel` fires. `ctx`
+/// is the template of the contexts of the `ping` checker's sessions. A composite route's
+/// candidate is not checked: its session restarts a failed server, whose set is checked.
 pub(super) async fn watch(
-    route: Arc<Route>,
+    route: String,
+    members: Vec<Arc<Member>>,
     cfg: HealthConfig,
     http: reqwest::Client,
     ctx: UpstreamCtx,
     cancel: CancellationToken,
 ) {
     let kind = cfg.kind();
-    // The route's upstreams and its composite servers' (each server's set is checked like a
-    // route's; the composite itself is not: its session restarts a failed server).
-    let members: Vec<Arc<Member>> = route
-        .sets()
-        .flat_map(|(_, set)| set.members().iter().cloned())
-        .collect();
     let mut checkers: Vec<Checker> = members
         .iter()
         .map(|m| match (kind, m.spec()) {
@@ -99,10 +94,10 @@ pub(super) async fn watch(
             );
             match (change, result) {
                 (Some(true), _) => {
-                    tracing::info!(route = %route.path, upstream = m.name(), "upstream is healthy again")
+                    tracing::info!(route = %route, upstream = m.name(), "upstream is healthy again")
                 }
                 (Some(false), Err(e)) => tracing::warn!(
-                    route = %route.path,
+                    route = %route,
                     upstream = m.name(),
                     error = %e,
                     "upstream is unhealthy; it gets no new sessions"

@@ -22,11 +22,14 @@ use tokio_util::sync::CancellationToken;
 
 mod composite;
 mod principal;
+mod servers;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A Streamable HTTP upstream that names itself in every tool result, lists one tool (`x`),
-/// issues its own session ids and remembers which ones it was asked to end.
+/// A Streamable HTTP upstream that names itself in every tool result, issues its own session
+/// ids and remembers which ones it was asked to end. Its tools: `x` (answers its name),
+/// `fail` (a tool error), `boom` (HTTP 500) and `slow` (answers once the test opens its
+/// `gate`).
 #[derive(Default)]
 struct Fake {
     name: String,
@@ -40,6 +43,26 @@ struct Fake {
     sessionless: bool,
     /// How long it takes to answer `initialize`.
     init_delay: Duration,
+    /// The tools called, in order.
+    calls: Mutex<Vec<String>>,
+    /// `slow` answers once a permit is added here.
+    gate: Gate,
+}
+
+/// Permits for `slow` calls to answer (none at first).
+struct Gate(tokio::sync::Semaphore);
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate(tokio::sync::Semaphore::new(0))
+    }
+}
+
+impl Gate {
+    /// Let `n` more `slow` calls answer.
+    fn add_permits(&self, n: usize) {
+        self.0.add_permits(n);
+    }
 }
 
 impl Fake {
@@ -81,6 +104,16 @@ impl Fake {
     fn deleted(&self) -> Vec<String> {
         self.deleted.lock().unwrap().clone()
     }
+
+    /// How many times tool `name` was called.
+    fn called(&self, name: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == name)
+            .count()
+    }
 }
 
 async fn fake_post(State(f): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -104,15 +137,31 @@ async fn fake_post(State(f): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
                 "capabilities": {"tools": {}}, "serverInfo": {"name": f.name, "version": "1"}});
             (r, (!f.sessionless).then(|| format!("{}-{n}", f.name)))
         }
-        "tools/list" => (
-            json!({"tools": [{"name": "x", "inputSchema": {"type": "object"}}]}),
-            None,
-        ),
+        "tools/list" => {
+            let tools: Vec<Value> = ["x", "fail", "boom", "slow"]
+                .iter()
+                .map(|t| json!({"name": t, "inputSchema": {"type": "object"}}))
+                .collect();
+            (json!({ "tools": tools }), None)
+        }
+        "tools/call" if v["params"]["name"] == "boom" => {
+            f.calls.lock().unwrap().push("boom".into());
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        "tools/call" if v["params"]["name"] == "slow" => {
+            f.calls.lock().unwrap().push("slow".into());
+            f.gate.0.acquire().await.unwrap().forget();
+            (json!({"content": [{"type": "text", "text": f.name}]}), None)
+        }
         "tools/call" if v["params"]["name"] == "fail" => (
             json!({"content": [{"type": "text", "text": "failed"}], "isError": true}),
             None,
         ),
-        "tools/call" => (json!({"content": [{"type": "text", "text": f.name}]}), None),
+        "tools/call" => {
+            let name = v["params"]["name"].as_str().unwrap_or_default().to_string();
+            f.calls.lock().unwrap().push(name);
+            (json!({"content": [{"type": "text", "text": f.name}]}), None)
+        }
         _ => (json!({}), None),
     };
     let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
@@ -288,11 +337,7 @@ impl Client {
             self.session = Some(s.to_str().unwrap().to_string());
         }
         let text = resp.text().await.unwrap();
-        (
-            status,
-            headers,
-            serde_json::from_str(&text).unwrap_or(Value::Null),
-        )
+        (status, headers, answer_of(&text))
     }
 
     /// `initialize`; the status and the server's name.
@@ -326,6 +371,19 @@ impl Client {
         }
         req.send().await.unwrap().status().as_u16()
     }
+}
+
+/// A POST's answer: its JSON body, or the JSON-RPC answer among the events of an SSE body
+/// (`Null` for neither).
+fn answer_of(text: &str) -> Value {
+    if let Ok(v) = serde_json::from_str(text) {
+        return v;
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some() && v.get("method").is_none())
+        .unwrap_or(Value::Null)
 }
 
 /// Wait until `f` holds (upstream effects are asynchronous).

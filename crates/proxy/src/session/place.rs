@@ -107,6 +107,14 @@ pub trait Placer: Send + Sync + 'static {
     /// `session` now lives on candidate `index` (placed here, or continued for another replica).
     fn placed(&self, _index: usize, _session: &Arc<Session>) {}
 
+    /// A composite session's leg now runs on candidate `index` (its server started, restarted,
+    /// or was continued for another replica): it counts there (balancing, the admin view) for
+    /// as long as the returned hold is kept. The composite drops the hold when the leg closes
+    /// (its server fails) or the session ends, and with it the leg's place on the candidate.
+    fn leg_placed(&self, _index: usize, _leg: PlacedLeg) -> Option<LegHold> {
+        None
+    }
+
     /// The candidate a session of another replica, whose record names `upstream`, continues on
     /// (`None`: the route has no such upstream; the session is not found).
     fn pinned(&self, upstream: &str) -> Option<Candidate>;
@@ -135,6 +143,18 @@ pub trait Placer: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// A composite session's leg on one candidate, as [`Placer::leg_placed`] is told of it.
+pub struct PlacedLeg {
+    /// The composite session's id.
+    pub session: Arc<str>,
+    /// The client requests in flight on the leg now.
+    pub inflight: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// What a placer keeps a composite session's leg counted by ([`Placer::leg_placed`]): its
+/// place on the candidate ends when this is dropped.
+pub type LegHold = Box<dyn std::any::Any + Send + Sync>;
 
 /// Forward mode's placer: every session of the route goes to one upstream.
 pub struct StaticPlacer {

@@ -749,6 +749,114 @@ mod tests {
         up.shutdown().await;
     }
 
+    /// A placer of one candidate that counts the legs placed on it: how many were placed, and
+    /// how many it holds now (a hold is dropped when its leg closes).
+    struct Counting {
+        candidate: crate::session::place::Candidate,
+        placed: std::sync::atomic::AtomicUsize,
+        held: Arc<std::sync::atomic::AtomicUsize>,
+        inflight: std::sync::Mutex<Vec<Arc<dyn Fn() -> usize + Send + Sync>>>,
+    }
+
+    /// Held while a leg counts on the candidate.
+    struct Held(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Placer for Counting {
+        fn plan(
+            &self,
+            _session: &str,
+            _tried: &[usize],
+        ) -> Result<Vec<crate::session::place::Candidate>, ProxyError> {
+            Ok(vec![self.candidate.clone()])
+        }
+
+        fn leg_placed(
+            &self,
+            index: usize,
+            leg: crate::session::place::PlacedLeg,
+        ) -> Option<crate::session::place::LegHold> {
+            use std::sync::atomic::Ordering::SeqCst;
+            assert_eq!(index, self.candidate.index);
+            assert_eq!(&*leg.session, "s", "the session's id");
+            self.placed.fetch_add(1, SeqCst);
+            self.held.fetch_add(1, SeqCst);
+            self.inflight.lock().unwrap().push(leg.inflight);
+            Some(Box::new(Held(self.held.clone())))
+        }
+
+        fn pinned(&self, _upstream: &str) -> Option<crate::session::place::Candidate> {
+            None
+        }
+    }
+
+    /// A member's leg is counted on the candidate it runs on from the moment it opens: its
+    /// requests in flight are told, a restart after the member failed moves the count (the old
+    /// leg's hold is dropped, the new one's kept), and the session's end drops it.
+    #[tokio::test]
+    async fn a_placed_members_leg_counts_on_its_candidate_until_it_closes() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let placer = Arc::new(Counting {
+            candidate: crate::session::place::Candidate {
+                index: 7,
+                name: Arc::from("c7"),
+                spec: paged(2),
+                guard: None,
+                spares: None,
+            },
+            placed: Default::default(),
+            held: Default::default(),
+            inflight: Default::default(),
+        });
+        let spec = CompositeSpec::new(vec![
+            Member {
+                placer: Some(placer.clone()),
+                ..Member::new("p", paged(2))
+            },
+            Member::new("q", paged(1)),
+        ]);
+        let opened = crate::upstream::open(
+            &UpstreamSpec::Composite(Arc::new(spec)),
+            UpstreamCtx::for_test(),
+        )
+        .await
+        .unwrap();
+        let (up, mut events) = (opened.upstream, opened.events);
+        assert_eq!(
+            (placer.placed.load(SeqCst), placer.held.load(SeqCst)),
+            (1, 1)
+        );
+        rpc(&up, &mut events, 1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})).await;
+        rpc(&up, &mut events, 2, "tools/list", json!({})).await;
+        // A call in flight at the member is the leg's: `die` never answers before the child
+        // exits, so it is counted until the member goes down.
+        let die = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "p__die"}});
+        let inflight = placer.inflight.lock().unwrap()[0].clone();
+        assert_eq!(inflight(), 0);
+        up.send(Frame::parse_single(die.to_string().into()).unwrap())
+            .await
+            .unwrap();
+        // Down, then restarted on the candidate: placed again, held once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while placer.placed.load(SeqCst) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "never restarted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(placer.held.load(SeqCst), 1, "the old leg's hold is dropped");
+        assert_eq!(inflight(), 0, "the failed call is no longer in flight");
+        up.shutdown().await;
+        assert_eq!(
+            placer.held.load(SeqCst),
+            0,
+            "the session's end drops the hold"
+        );
+    }
+
     /// A shaped member: a hidden tool is not listed and cannot be called by any name, a renamed
     /// one is listed and called under its new name only, and the member gets the argument the
     /// shaper fills in (one the client sets itself is refused). Two members' lists are merged

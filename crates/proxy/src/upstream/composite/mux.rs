@@ -13,15 +13,19 @@ use super::saved::{Saved, SavedMember};
 use super::{CompositeSpec, Failure, Member, MemberState};
 use crate::error::ProxyError;
 use crate::guard::Guard;
-use crate::session::place::{Connected, candidate_failed, connect_first, probe};
+use crate::session::place::{
+    Connected, LegHold, PlacedLeg, candidate_failed, connect_first, probe,
+};
 use crate::upstream::{Opened, Upstream, UpstreamCtx, UpstreamEvent, UpstreamSpec, Via};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use shadowcat_proto::error::error_frame;
-use shadowcat_proto::error::{INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, UPSTREAM_ERROR};
+use shadowcat_proto::error::{
+    INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_TIMEOUT, UPSTREAM_ERROR,
+};
 use shadowcat_proto::{Frame, FrameKind, RequestId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +50,8 @@ const MAX_ITEMS: usize = 100_000;
 const MAX_WAITING: usize = 1024;
 /// Members' requests waiting for the client's answer.
 const MAX_ASKED: usize = 1024;
+/// Client requests the mux timed out, remembered so that their late answers are dropped.
+const TIMED_OUT_KEPT: usize = 256;
 
 /// The four lists a composite merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +151,9 @@ pub(super) struct Legs {
     states: Vec<AtomicU8>,
     /// The candidate of its placer each member's leg runs on.
     on: Vec<Mutex<Option<On>>>,
+    /// What each member's placer keeps the leg counted on its candidate by, while it runs
+    /// there ([`crate::session::place::Placer::leg_placed`]).
+    held: Vec<Mutex<Option<LegHold>>>,
     cancel: CancellationToken,
 }
 
@@ -220,6 +229,26 @@ async fn continue_member(
     }
 }
 
+/// What member `m`'s placer keeps leg `i` (of session `session`) counted on `placed`'s candidate
+/// by; the requests in flight on it are those `shared` routed to the member.
+fn leg_hold(
+    m: &Member,
+    placed: &Connected<Opened>,
+    session: &Arc<str>,
+    shared: &Arc<Shared>,
+    i: usize,
+) -> Option<LegHold> {
+    let placer = m.placer.as_ref()?;
+    let shared = Arc::downgrade(shared);
+    placer.leg_placed(
+        placed.candidate,
+        PlacedLeg {
+            session: session.clone(),
+            inflight: Arc::new(move || shared.upgrade().map_or(0, |s| s.inflight_at(i))),
+        },
+    )
+}
+
 /// Open member `m`'s leg on the first candidate of its placer that works (probed, ejected
 /// and failed over as a new session's upstream is: [`connect_first`]); the leg runs under
 /// that candidate's guard.
@@ -266,8 +295,13 @@ impl Legs {
         }
     }
 
-    /// Member `i`'s leg is open on `placed`'s candidate.
-    fn open(&self, i: usize, placed: Connected<Opened>) -> mpsc::Receiver<UpstreamEvent> {
+    /// Member `i`'s leg is open on `placed`'s candidate, counted there while `hold` is kept.
+    fn open(
+        &self,
+        i: usize,
+        placed: Connected<Opened>,
+        hold: Option<LegHold>,
+    ) -> mpsc::Receiver<UpstreamEvent> {
         self.set_on(
             i,
             Some(On {
@@ -275,8 +309,23 @@ impl Legs {
                 guard: placed.guard,
             }),
         );
+        if let Some(cell) = self.held.get(i) {
+            *crate::sync::lock(cell) = hold;
+        }
         self.set(i, Some(Arc::new(placed.value.upstream)));
         placed.value.events
+    }
+
+    /// Member `i`'s leg is closed: it runs on no candidate, and counts on none.
+    fn close(&self, i: usize) {
+        self.set_on(i, None);
+        self.release(i);
+    }
+
+    /// Drop what keeps member `i`'s leg counted on its candidate.
+    fn release(&self, i: usize) {
+        let hold = self.held.get(i).and_then(|h| crate::sync::lock(h).take());
+        drop(hold);
     }
 
     pub(super) fn get(&self, i: usize) -> Option<Arc<Upstream>> {
@@ -290,11 +339,15 @@ impl Legs {
         }
     }
 
-    /// Stop every member (in parallel) and the mux.
+    /// Stop every member (in parallel) and the mux; the legs count on their candidates no
+    /// more.
     pub(super) async fn shutdown(&self) {
         self.cancel.cancel();
         let ups: Vec<Arc<Upstream>> = (0..self.ups.len()).filter_map(|i| self.get(i)).collect();
         futures_util::future::join_all(ups.iter().map(|u| u.shutdown())).await;
+        for i in 0..self.held.len() {
+            self.release(i);
+        }
     }
 }
 
@@ -308,9 +361,34 @@ pub(super) struct Shared {
     tools: Mutex<Option<Arc<Names>>>,
     /// The merged prompt names while they are current.
     prompts: Mutex<Option<Arc<Names>>>,
-    /// Client requests routed to a member, by id: (member, whether its answer's URIs are
-    /// exposed).
-    routed: Mutex<HashMap<RequestId, (usize, bool)>>,
+    /// Client requests routed to a member, by id.
+    routed: Mutex<HashMap<RequestId, Routed>>,
+}
+
+/// A client request routed to a member, until its answer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Routed {
+    /// The member.
+    pub(super) member: usize,
+    /// Whether its answer's URIs are exposed (`resources/read`).
+    pub(super) expose_uris: bool,
+    /// Its method (what a timeout's answer names).
+    pub(super) method: &'static str,
+    /// When it was sent (the member's request timeout counts from here).
+    pub(super) since: Instant,
+}
+
+/// The methods routed to a member, as `'static` names (the others are not routed).
+fn routed_method(method: &str) -> &'static str {
+    match method {
+        "tools/call" => "tools/call",
+        "prompts/get" => "prompts/get",
+        "resources/read" => "resources/read",
+        "resources/subscribe" => "resources/subscribe",
+        "resources/unsubscribe" => "resources/unsubscribe",
+        "completion/complete" => "completion/complete",
+        _ => "the request",
+    }
 }
 
 /// The exposed names of a merged list (tools or prompts), and the tool names a member's shaper
@@ -390,22 +468,60 @@ impl Shared {
         }
     }
 
-    fn route(&self, id: RequestId, member: usize, expose_uris: bool) -> bool {
+    fn route(&self, id: RequestId, member: usize, expose_uris: bool, method: &str) -> bool {
+        let routed = Routed {
+            member,
+            expose_uris,
+            method: routed_method(method),
+            since: Instant::now(),
+        };
         match crate::sync::lock(&self.routed).entry(id) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert((member, expose_uris));
+                v.insert(routed);
                 true
             }
         }
     }
 
-    pub(super) fn unroute(&self, id: &RequestId) -> Option<(usize, bool)> {
+    pub(super) fn unroute(&self, id: &RequestId) -> Option<Routed> {
         crate::sync::lock(&self.routed).remove(id)
     }
 
-    fn member_of(&self, id: &RequestId) -> Option<usize> {
-        crate::sync::lock(&self.routed).get(id).map(|r| r.0)
+    /// Client requests in flight at `member`.
+    fn inflight_at(&self, member: usize) -> usize {
+        crate::sync::lock(&self.routed)
+            .values()
+            .filter(|r| r.member == member)
+            .count()
+    }
+
+    /// Take the requests in flight at a member for `timeout_of(member)` or more at `now`; and
+    /// when the first of those left is due.
+    fn expire(
+        &self,
+        now: Instant,
+        timeout_of: impl Fn(usize) -> Option<Duration>,
+    ) -> (Vec<(RequestId, Routed)>, Option<Instant>) {
+        let mut r = crate::sync::lock(&self.routed);
+        let mut next: Option<Instant> = None;
+        let mut due = Vec::new();
+        for (id, routed) in r.iter() {
+            let Some(at) = timeout_of(routed.member).and_then(|t| routed.since.checked_add(t))
+            else {
+                continue;
+            };
+            if at <= now {
+                due.push(id.clone());
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        let due = due
+            .into_iter()
+            .filter_map(|id| r.remove(&id).map(|routed| (id, routed)))
+            .collect();
+        (due, next)
     }
 
     /// Remove and return every request in flight at `member`.
@@ -413,7 +529,7 @@ impl Shared {
         let mut r = crate::sync::lock(&self.routed);
         let ids: Vec<RequestId> = r
             .iter()
-            .filter(|(_, (m, _))| *m == member)
+            .filter(|(_, r)| r.member == member)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &ids {
@@ -454,7 +570,9 @@ pub(super) fn fast_call(
     } else {
         frame.with_target(original)?
     };
-    shared.route(id.clone(), i, false).then_some((i, frame))
+    shared
+        .route(id.clone(), i, false, "tools/call")
+        .then_some((i, frame))
 }
 
 /// Whether member `i`'s breaker lets every request through (or it has none): otherwise its
@@ -584,6 +702,14 @@ struct Mux {
     /// `list_changed` to send the client once the debounce window closes.
     changed: [bool; 4],
     debounce: Option<Instant>,
+    /// When the requests in flight at members are next looked at for their members' request
+    /// timeouts (`None`: no member has one). Like the sessions' sweeper
+    /// ([`crate::session`]), it wakes at the first known deadline or one shortest timeout
+    /// after it last looked, whichever is first: a request sent since cannot be due earlier.
+    sweep_at: Option<Instant>,
+    /// Client requests the mux timed out: (member, id), oldest first; their late answers are
+    /// dropped.
+    timed_out: VecDeque<(usize, RequestId)>,
 }
 
 /// What [`start`] hands the session: the members' upstreams, what the session's task routes
@@ -613,8 +739,10 @@ pub(super) async fn start(
             .map(|_| AtomicU8::new(MemberState::Starting as u8))
             .collect(),
         on: (0..n).map(|_| Mutex::new(None)).collect(),
+        held: (0..n).map(|_| Mutex::new(None)).collect(),
         cancel: ctx.cancel.child_token(),
     });
+    let shared = Arc::new(Shared::default());
     // A member recorded with an upstream session continues it on the upstream it ran on.
     let continued: Vec<Option<&SavedMember>> = spec
         .members
@@ -656,7 +784,8 @@ pub(super) async fn start(
                     }
                     None => Status::Joining,
                 };
-                let events = legs.open(i, placed);
+                let hold = leg_hold(m, &placed, &ctx.session, &shared, i);
+                let events = legs.open(i, placed, hold);
                 streams.insert(i, member_events(events));
                 status
             }
@@ -688,7 +817,6 @@ pub(super) async fn start(
         )));
     }
     let (reopened, reopened_rx) = mpsc::channel(n.max(1));
-    let shared = Arc::new(Shared::default());
     let key_bytes = restore
         .and_then(Saved::key_bytes)
         .unwrap_or_else(rand::random);
@@ -715,7 +843,12 @@ pub(super) async fn start(
         restoring: None,
         changed: [false; 4],
         debounce: None,
+        sweep_at: None,
+        timed_out: VecDeque::new(),
     };
+    for i in 0..n {
+        mux.arm_sweep(i);
+    }
     if let Some(r) = restore {
         mux.restore(r).await;
     }
@@ -922,11 +1055,13 @@ impl Mux {
                     }
                 }
             }
+            // The member is told; the request is no longer in flight there (a member need not
+            // answer a cancelled request, so it is not waited for, nor timed out).
             Some("notifications/cancelled") => {
                 if let Some(id) = frame.cancelled_id()
-                    && let Some(i) = self.shared.member_of(id)
+                    && let Some(r) = self.shared.unroute(id)
                 {
-                    self.to_member(i, frame).await;
+                    self.to_member(r.member, frame).await;
                 }
             }
             // Roots changed, progress of a member's request, anything else: every member that
@@ -1444,7 +1579,10 @@ impl Mux {
             self.fail(&id, why.jsonrpc_code(), &why.to_string()).await;
             return;
         }
-        if !self.shared.route(id.clone(), i, method == "resources/read") {
+        if !self
+            .shared
+            .route(id.clone(), i, method == "resources/read", &method)
+        {
             self.fail(
                 &id,
                 shadowcat_proto::error::INVALID_REQUEST,
@@ -1590,7 +1728,7 @@ impl Mux {
                 };
                 let pending = self.pending.remove(&(i, id.clone()));
                 if pending.is_none()
-                    && let Some((_, expose_uris)) = self.shared.unroute(&id)
+                    && let Some(Routed { expose_uris, .. }) = self.shared.unroute(&id)
                 {
                     if let Some(g) = self.legs.guard(i) {
                         g.record(!crate::session::upstream_failed(&frame));
@@ -1642,8 +1780,20 @@ impl Mux {
                         self.page_in(i, list, answer.as_ref()).await;
                     }
                     Some(Pending::Ignore) => {}
-                    // A late answer (the request timed out at the proxy): the session drops it.
-                    None => self.emit(frame, via).await,
+                    None => {
+                        // A late answer to a request the mux timed out: the client has its
+                        // answer already.
+                        if let Some(k) =
+                            self.timed_out.iter().position(|(m, t)| *m == i && *t == id)
+                        {
+                            self.timed_out.remove(k);
+                            tracing::debug!(server = %self.state[i].name, %id, "dropping the late answer to a request that timed out");
+                            return;
+                        }
+                        // A late answer (the request timed out at the proxy): the session
+                        // drops it.
+                        self.emit(frame, via).await
+                    }
                 }
             }
             FrameKind::Request => {
@@ -1742,7 +1892,7 @@ impl Mux {
         tracing::warn!(server = %name, reason = %reason, "composite member failed");
         self.streams.remove(&i);
         let guard = self.legs.guard(i);
-        self.legs.set_on(i, None);
+        self.legs.close(i);
         if let Some(old) = self.legs.set(i, None) {
             self.ctx.tracker.spawn(async move { old.shutdown().await });
         }
@@ -1839,7 +1989,10 @@ impl Mux {
     async fn reopened(&mut self, i: usize, o: Placed) {
         match o {
             Ok(placed) => {
-                let events = self.legs.open(i, placed);
+                let spec = &self.spec.members[i];
+                let hold = leg_hold(spec, &placed, &self.ctx.session, &self.shared, i);
+                let events = self.legs.open(i, placed, hold);
+                self.arm_sweep(i);
                 self.streams.insert(i, member_events(events));
                 self.state[i].status = Status::Joining;
                 // Before the client's `initialize` it joins with the others.
@@ -1877,12 +2030,77 @@ impl Mux {
                 at(retry);
             }
         }
+        if let Some(s) = self.sweep_at {
+            at(s);
+        }
         t
+    }
+
+    /// Member `i`'s leg timeout, from its candidate's guard (`None`: no limit).
+    fn request_timeout(&self, i: usize) -> Option<Duration> {
+        self.legs.guard(i).and_then(|g| g.request_timeout())
+    }
+
+    /// Member `i`'s leg opened: with a request timeout, its requests are looked at within one
+    /// timeout from now.
+    fn arm_sweep(&mut self, i: usize) {
+        if let Some(t) = self.request_timeout(i) {
+            let at = Instant::now() + t;
+            self.sweep_at = Some(self.sweep_at.map_or(at, |s| s.min(at)));
+        }
+    }
+
+    /// Time out the requests in flight at members for their member's request timeout; look
+    /// again at the first deadline left, or one shortest timeout from now.
+    async fn sweep(&mut self, now: Instant) {
+        let timeouts: Vec<Option<Duration>> = (0..self.state.len())
+            .map(|i| self.request_timeout(i))
+            .collect();
+        let (due, next) = self
+            .shared
+            .expire(now, |m| timeouts.get(m).copied().flatten());
+        for (id, r) in due {
+            let after = timeouts[r.member].unwrap_or_default();
+            self.request_timed_out(id, r, after).await;
+        }
+        let horizon = timeouts.iter().flatten().min().map(|t| now + *t);
+        self.sweep_at = match (next, horizon) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// A client request got no answer from its member within the member's request timeout:
+    /// the client is answered with the error, the member's breaker counts it, and the member
+    /// is told to stop (`notifications/cancelled`).
+    async fn request_timed_out(&mut self, id: RequestId, r: Routed, after: Duration) {
+        let i = r.member;
+        if let Some(g) = self.legs.guard(i) {
+            g.timed_out();
+        }
+        let server = self.state[i].name.clone();
+        tracing::warn!(%server, %id, method = r.method, "a composite member's request timed out");
+        let msg = format!(
+            "{} timed out: server `{server}` did not answer within {} s",
+            r.method,
+            after.as_secs_f64()
+        );
+        self.fail(&id, REQUEST_TIMEOUT, &msg).await;
+        let cancel = json!({"requestId": id, "reason": "timed out at the proxy"});
+        self.notify_member(i, "notifications/cancelled", Some(cancel))
+            .await;
+        if self.timed_out.len() >= TIMED_OUT_KEPT {
+            self.timed_out.pop_front();
+        }
+        self.timed_out.push_back((i, id));
     }
 
     /// Whatever is due; false when the session must end.
     async fn timers(&mut self) -> bool {
         let now = Instant::now();
+        if self.sweep_at.is_some_and(|s| s <= now) {
+            self.sweep(now).await;
+        }
         if self.debounce.is_some_and(|d| d <= now) {
             self.debounce = None;
             let mut sent = HashSet::new();
