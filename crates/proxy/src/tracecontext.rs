@@ -44,6 +44,11 @@ pub struct TraceContext {
     pub baggage: Option<String>,
 }
 
+/// Finds `traceparent` in a message's bytes; built once (a searcher built per message showed in
+/// the relay's profile).
+static TRACEPARENT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"traceparent"));
+
 impl TraceContext {
     /// A context from its three values, each checked: `None` without a valid `traceparent`.
     pub fn new(
@@ -68,7 +73,7 @@ impl TraceContext {
     /// From `params._meta` of a JSON-RPC message (looked for only when the bytes mention
     /// `traceparent`: a message without one is not parsed).
     pub fn from_meta(raw: &[u8]) -> Option<TraceContext> {
-        memchr::memmem::find(raw, b"traceparent")?;
+        TRACEPARENT.find(raw)?;
         #[derive(serde::Deserialize)]
         struct Msg {
             params: Option<Params>,
