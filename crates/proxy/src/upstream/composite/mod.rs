@@ -466,6 +466,15 @@ mod tests {
         )
     }
 
+    /// `spec` opened as a session's upstream (in a test context): the upstream and its events.
+    async fn open_composite(spec: CompositeSpec) -> (Upstream, mpsc::Receiver<UpstreamEvent>) {
+        let spec = UpstreamSpec::Composite(Arc::new(spec));
+        let opened = crate::upstream::open(&spec, UpstreamCtx::for_test())
+            .await
+            .unwrap();
+        (opened.upstream, opened.events)
+    }
+
     async fn rpc(
         up: &Upstream,
         events: &mut mpsc::Receiver<UpstreamEvent>,
@@ -692,11 +701,7 @@ mod tests {
             },
             Member::new("q", paged(2)),
         ]);
-        let ctx = UpstreamCtx::for_test();
-        let opened = crate::upstream::open(&UpstreamSpec::Composite(Arc::new(spec)), ctx)
-            .await
-            .unwrap();
-        let (up, mut events) = (opened.upstream, opened.events);
+        let (up, mut events) = open_composite(spec).await;
         let Upstream::Composite(c) = &up else {
             panic!("a composite upstream")
         };
@@ -820,13 +825,7 @@ mod tests {
             },
             Member::new("q", paged(1)),
         ]);
-        let opened = crate::upstream::open(
-            &UpstreamSpec::Composite(Arc::new(spec)),
-            UpstreamCtx::for_test(),
-        )
-        .await
-        .unwrap();
-        let (up, mut events) = (opened.upstream, opened.events);
+        let (up, mut events) = open_composite(spec).await;
         assert_eq!(
             (placer.placed.load(SeqCst), placer.held.load(SeqCst)),
             (1, 1)
@@ -870,11 +869,7 @@ mod tests {
             },
             Member::new("q", paged(3)),
         ]);
-        let ctx = UpstreamCtx::for_test();
-        let opened = crate::upstream::open(&UpstreamSpec::Composite(Arc::new(spec)), ctx)
-            .await
-            .unwrap();
-        let (up, mut events) = (opened.upstream, opened.events);
+        let (up, mut events) = open_composite(spec).await;
         let init = rpc(&up, &mut events, 1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})).await;
         assert_eq!(init["result"]["serverInfo"]["name"], "shadowcat-composite");
         let list = rpc(&up, &mut events, 2, "tools/list", json!({})).await;
